@@ -1,0 +1,1 @@
+"""Agent runtimes: the worker base, example agents and model-backed workers."""

@@ -1,0 +1,179 @@
+"""How a worker reaches the bus: directly (same process or shared Redis) or through a gateway.
+
+``DirectLink`` talks to a backend object; ``HttpLink`` speaks the gateway's ``/bus`` API, which
+is a thin wrapper over a DirectLink on the gateway side, so both behave the same.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+from pydantic import TypeAdapter
+
+from gateway.backends import Backend, Delivery, StoredEvent
+from schemas import InvalidTransition, Message, Task, TaskEvent, TaskState, TextPart
+
+EVENT = TypeAdapter(TaskEvent)
+
+
+class WorkerLink(abc.ABC):
+    @abc.abstractmethod
+    async def receive(self, agent: str, consumer: str, block_ms: int, count: int) -> list[Delivery]: ...
+
+    @abc.abstractmethod
+    async def announce(self, agent: str, ttl_ms: int) -> None: ...
+
+    @abc.abstractmethod
+    async def begin(self, delivery: Delivery, consumer: str, ttl_ms: int) -> Task | None:
+        """Take the run lock; None when the task must not run here (done, or run elsewhere)."""
+
+    @abc.abstractmethod
+    async def heartbeat(self, delivery: Delivery, consumer: str, ttl_ms: int) -> bool:
+        """Keep the entry and the run lock; False when the lock went to someone else."""
+
+    @abc.abstractmethod
+    async def emit(self, task_id: str, event: TaskEvent) -> str:
+        """Apply an event; returns its id. Raises InvalidTransition when the task moved on."""
+
+    @abc.abstractmethod
+    async def finish(self, delivery: Delivery, consumer: str) -> None:
+        """Ack the entry and drop the run lock."""
+
+    @abc.abstractmethod
+    async def release(self, delivery: Delivery, consumer: str) -> None:
+        """Drop the run lock but leave the entry pending, for redelivery elsewhere."""
+
+    @abc.abstractmethod
+    def events(self, task_id: str, after: str | None) -> AsyncIterator[StoredEvent]: ...
+
+    async def close(self) -> None:
+        return None
+
+
+class DirectLink(WorkerLink):
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    async def receive(self, agent, consumer, block_ms, count):
+        return await self.backend.bus.receive(agent, consumer, block_ms=block_ms, count=count)
+
+    async def announce(self, agent, ttl_ms):
+        await self.backend.directory.announce(agent, ttl_ms)
+
+    async def begin(self, delivery, consumer, ttl_ms):
+        tasks = self.backend.tasks
+        task = await tasks.get(delivery.task_id)
+        if task is None or task.state.terminal or task.state.interrupted:
+            # Done already (a redelivery after the ack was lost), expired, or waiting for input.
+            await self.backend.bus.ack(delivery)
+            return None
+        if delivery.attempt > self.backend.limits.max_deliveries:
+            await self._give_up(task, delivery)
+            return None
+        if not await tasks.lock(task.id, consumer, ttl_ms):
+            return None
+        return task
+
+    async def _give_up(self, task: Task, delivery: Delivery) -> None:
+        note = Message(role="agent", parts=[TextPart(text=f"gave up after {delivery.attempt - 1} deliveries")])
+        try:
+            await self.backend.tasks.apply(task.id, task.status_event(TaskState.FAILED, note))
+        except InvalidTransition:
+            pass
+        await self.backend.bus.ack(delivery)
+
+    async def heartbeat(self, delivery, consumer, ttl_ms):
+        if not await self.backend.tasks.lock(delivery.task_id, consumer, ttl_ms):
+            return False
+        await self.backend.bus.extend(delivery, consumer)
+        return True
+
+    async def emit(self, task_id, event):
+        _, event_id = await self.backend.tasks.apply(task_id, event)
+        return event_id
+
+    async def finish(self, delivery, consumer):
+        await self.backend.bus.ack(delivery)
+        await self.backend.tasks.unlock(delivery.task_id, consumer)
+
+    async def release(self, delivery, consumer):
+        await self.backend.tasks.unlock(delivery.task_id, consumer)
+
+    def events(self, task_id, after):
+        return self.backend.events(task_id, after)
+
+
+class HttpLink(WorkerLink):
+    """The gateway's ``/bus`` API (see gateway/worker_api.py), with one pooled client."""
+
+    def __init__(self, base_url: str, token: str | None = None) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=httpx.Timeout(30.0))
+
+    async def _post(self, path: str, body: dict) -> dict:
+        resp = await self.http.post(path, json=body)
+        if resp.status_code == 409:
+            raise InvalidTransition(TaskState.CANCELED, TaskState.WORKING)
+        resp.raise_for_status()
+        return resp.json() if resp.content else {}
+
+    @staticmethod
+    def _delivery(d: Delivery) -> dict:
+        return {"agent": d.agent, "entry_id": d.entry_id, "task_id": d.task_id, "attempt": d.attempt}
+
+    async def receive(self, agent, consumer, block_ms, count):
+        body = await self._post("/bus/receive", {"agent": agent, "consumer": consumer, "block_ms": block_ms, "count": count})
+        return [Delivery(**d) for d in body["deliveries"]]
+
+    async def announce(self, agent, ttl_ms):
+        await self._post("/bus/announce", {"agent": agent, "ttl_ms": ttl_ms})
+
+    async def begin(self, delivery, consumer, ttl_ms):
+        body = await self._post("/bus/begin", {"delivery": self._delivery(delivery), "consumer": consumer, "ttl_ms": ttl_ms})
+        return Task.model_validate(body["task"]) if body.get("task") else None
+
+    async def heartbeat(self, delivery, consumer, ttl_ms):
+        body = await self._post("/bus/heartbeat", {"delivery": self._delivery(delivery), "consumer": consumer, "ttl_ms": ttl_ms})
+        return bool(body["owned"])
+
+    async def emit(self, task_id, event):
+        body = await self._post("/bus/emit", {"task_id": task_id, "event": event.model_dump(mode="json", exclude_none=True)})
+        return body["event_id"]
+
+    async def finish(self, delivery, consumer):
+        await self._post("/bus/finish", {"delivery": self._delivery(delivery), "consumer": consumer})
+
+    async def release(self, delivery, consumer):
+        await self._post("/bus/release", {"delivery": self._delivery(delivery), "consumer": consumer})
+
+    async def events(self, task_id, after):
+        headers = {"Last-Event-ID": after} if after else {}
+        async with self.http.stream("GET", f"/tasks/{task_id}/events", headers=headers, timeout=None) as resp:
+            resp.raise_for_status()
+            event_id, data = None, []
+            async for line in resp.aiter_lines():
+                if line.startswith("id:"):
+                    event_id = line[3:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].strip())
+                elif not line and data:
+                    payload = json.loads("\n".join(data))
+                    data = []
+                    if payload.get("kind") in ("status-update", "artifact-update"):
+                        yield StoredEvent(event_id or "", EVENT.validate_python(payload))
+
+    async def close(self):
+        await self.http.aclose()
+
+
+async def wait_cancelled(task: asyncio.Task) -> None:
+    """Cancel ``task`` and wait until it has finished unwinding."""
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):
+        pass

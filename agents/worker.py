@@ -1,0 +1,209 @@
+"""The worker runtime: consume an agent's stream, run ``handle``, publish its events, ack.
+
+A subclass of ``Worker`` implements ``handle(task)`` as an async generator of canonical events
+(use ``task.artifact_event`` / ``task.status_event``). The runner around it:
+
+* marks the task working, publishes every event, completes the task if the handler did not end
+  it, and fails it with a short message (never a traceback) if the handler raises;
+* holds the task's run lock and heartbeats the bus entry while the handler runs, so a
+  redelivered entry never runs twice at once and a dead worker's entry is claimed elsewhere;
+* cancels the handler when the task is canceled (it watches the task's event stream);
+* on ``stop``: stops taking work, lets running handlers finish within a grace period, and leaves
+  the rest pending (unacked) for redelivery, so no task is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+
+from agents.links import WorkerLink, wait_cancelled
+from gateway.backends import BackendUnavailable, Delivery
+from schemas import InvalidTransition, Message, Task, TaskEvent, TaskState, TaskStatusUpdate, TextPart
+
+log = logging.getLogger("interlace.worker")
+
+
+class TaskFailed(Exception):
+    """Raised by a handler to fail its task with a message meant for the client."""
+
+
+class Worker:
+    agent: str = "worker"
+    concurrency: int = 16
+
+    async def handle(self, task: Task) -> AsyncIterator[TaskEvent]:  # pragma: no cover - abstract
+        raise NotImplementedError
+        yield
+
+
+class WorkerRunner:
+    def __init__(
+        self,
+        worker: Worker,
+        link: WorkerLink,
+        *,
+        consumer: str | None = None,
+        lock_ttl_ms: int = 30_000,
+        poll_ms: int = 1_000,
+    ) -> None:
+        self.worker, self.link = worker, link
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.lock_ttl_ms, self.poll_ms = lock_ttl_ms, poll_ms
+        self._inflight: dict[asyncio.Task, Delivery] = {}
+        self._stopping = asyncio.Event()
+        self._loop_task: asyncio.Task | None = None
+        self.ready = asyncio.Event()
+
+    def start(self) -> asyncio.Task:
+        self._loop_task = asyncio.create_task(self.run(), name=f"worker-{self.worker.agent}")
+        return self._loop_task
+
+    async def run(self) -> None:
+        agent, backoff = self.worker.agent, 0.1
+        while not self._stopping.is_set():
+            try:
+                await self.link.announce(agent, self.lock_ttl_ms)
+                self.ready.set()
+                free = self.worker.concurrency - len(self._inflight)
+                if free <= 0:
+                    await asyncio.wait(list(self._inflight), return_when=asyncio.FIRST_COMPLETED, timeout=self.poll_ms / 1000)
+                    continue
+                deliveries = await self.link.receive(agent, self.consumer, self.poll_ms, free)
+                backoff = 0.1
+            except (BackendUnavailable, OSError, httpx.HTTPError) as exc:
+                log.warning("bus unavailable, retrying", extra={"agent": agent, "error": exc.__class__.__name__})
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            for delivery in deliveries:
+                job = asyncio.create_task(self._process(delivery))
+                self._inflight[job] = delivery
+                job.add_done_callback(self._inflight.pop)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop taking work; running handlers get ``grace_s`` to finish, the rest stay pending."""
+        self._stopping.set()
+        if self._loop_task is not None:
+            await wait_cancelled(self._loop_task)
+        if self._inflight:
+            _, late = await asyncio.wait(list(self._inflight), timeout=grace_s)
+            for job in late:
+                await wait_cancelled(job)
+        await self.link.close()
+
+    async def _process(self, delivery: Delivery) -> None:
+        try:
+            task = await self.link.begin(delivery, self.consumer, self.lock_ttl_ms)
+        except Exception:
+            log.exception("could not begin task", extra={"task_id": delivery.task_id})
+            return  # the entry stays pending and is redelivered
+        if task is None:
+            return
+        run = _Run(delivery, task)
+        run.job = asyncio.create_task(self._run(run))
+        beat = asyncio.create_task(self._heartbeat(run))
+        try:
+            await asyncio.shield(run.job)
+        except asyncio.CancelledError:
+            if not run.job.done():  # the runner is stopping: interrupt, leave the entry pending
+                run.interrupt("shutdown")
+                await asyncio.gather(run.job, return_exceptions=True)
+        finally:
+            beat.cancel()
+            try:
+                if run.reason in ("done", "canceled"):
+                    await self.link.finish(delivery, self.consumer)
+                else:
+                    await self.link.release(delivery, self.consumer)
+            except Exception:
+                log.warning("could not settle delivery; it will be redelivered", extra={"task_id": task.id})
+
+    async def _run(self, run: "_Run") -> None:
+        task, watcher = run.task, None
+        try:
+            meta = {"attempt": run.delivery.attempt} if run.delivery.attempt > 1 else {}
+            after = await self.link.emit(task.id, task.status_event(TaskState.WORKING, **meta))
+            task = task.apply(task.status_event(TaskState.WORKING))
+            watcher = asyncio.create_task(self._watch_cancel(run, after))
+            final = False
+            async for event in self.worker.handle(task):
+                await self.link.emit(task.id, event)
+                if isinstance(event, TaskStatusUpdate) and event.final:
+                    final = True
+                    break
+            if not final:
+                await self.link.emit(task.id, task.status_event(TaskState.COMPLETED))
+        except InvalidTransition:
+            run.reason = "canceled"  # the task moved on (canceled) under us
+        except TaskFailed as exc:
+            await self._fail(task, str(exc))
+        except BackendUnavailable:
+            run.reason = "lost"  # left pending: redelivered once the bus is back
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("handler failed", extra={"task_id": task.id, "agent": self.worker.agent})
+            await self._fail(task, f"{self.worker.agent} failed: {exc.__class__.__name__}")
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    async def _fail(self, task: Task, text: str) -> None:
+        note = Message(role="agent", parts=[TextPart(text=text)], task_id=task.id, context_id=task.context_id)
+        try:
+            await self.link.emit(task.id, task.status_event(TaskState.FAILED, note))
+        except InvalidTransition:
+            pass
+
+    async def _watch_cancel(self, run: "_Run", after: str) -> None:
+        try:
+            async for stored in self.link.events(run.task.id, after):
+                ev = stored.event
+                if isinstance(ev, TaskStatusUpdate) and ev.status.state is TaskState.CANCELED:
+                    run.interrupt("canceled")
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.debug("cancel watch ended", extra={"task_id": run.task.id})
+
+    async def _heartbeat(self, run: "_Run") -> None:
+        while not run.job.done():
+            await asyncio.sleep(self.lock_ttl_ms / 3000)
+            try:
+                owned = await self.link.heartbeat(run.delivery, self.consumer, self.lock_ttl_ms)
+            except Exception:
+                continue  # bus hiccup: try again next beat; the lock TTL bounds the damage
+            if not owned:
+                log.warning("run lock lost; stopping handler", extra={"task_id": run.task.id})
+                run.interrupt("lost")
+                return
+
+
+@dataclass
+class _Run:
+    """One handler execution; ``reason`` decides how its bus entry is settled."""
+
+    delivery: Delivery
+    task: Task
+    reason: str = "done"  # done | canceled (ack) | lost | shutdown (leave pending)
+    job: asyncio.Task | None = field(default=None, repr=False)
+
+    def interrupt(self, reason: str) -> None:
+        self.reason = reason
+        if self.job is not None:
+            self.job.cancel()

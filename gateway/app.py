@@ -1,0 +1,112 @@
+"""The Starlette application factory: routes, error mapping, limits and the runtime's lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from agents.echo import EchoWorker
+from gateway import __version__, tasks_api, worker_api
+from gateway.backends import Backend, BackendUnavailable, QueueFull, TaskExists, TaskNotFound
+from gateway.config import Config
+from gateway.http import BodyLimit, HttpError, error_response, validation_errors
+from gateway.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
+from schemas import InvalidTransition
+
+log = logging.getLogger("interlace.app")
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok", "version": __version__, "node": request.app.state.runtime.node_id})
+
+
+async def readyz(request: Request) -> Response:
+    rt: Runtime = request.app.state.runtime
+    try:
+        await rt.ready()
+    except BackendUnavailable as exc:
+        return error_response(503, "not_ready", str(exc), headers={"Retry-After": "1"})
+    return JSONResponse({"status": "ready", "backend": rt.backend.name})
+
+
+async def metrics(request: Request) -> Response:
+    rt: Runtime = request.app.state.runtime
+    try:
+        for agent in await rt.known_agents():
+            rt.metrics.queue_depth.labels(agent).set(await rt.backend.bus.depth(agent))
+    except BackendUnavailable:
+        pass  # serve the counters we have; depth gauges keep their last value
+    return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+# Each typed error becomes one HTTP status with a stable code; nothing else reaches a client.
+_STATUS: list[tuple[type[Exception], int]] = [
+    (TaskNotFound, 404),
+    (UnknownAgent, 404),
+    (NotCancelable, 409),
+    (NotContinuable, 409),
+    (TaskExists, 409),
+    (InvalidTransition, 409),
+]
+
+
+async def _typed_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, HTTPException):  # Starlette's own 404 / 405
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+    if isinstance(exc, HttpError):
+        return error_response(exc.status, exc.code, exc.message, **exc.details)
+    if isinstance(exc, (BackendUnavailable, QueueFull)):
+        return error_response(503, exc.code, str(exc), headers={"Retry-After": "1"})
+    if isinstance(exc, ValidationError):
+        return error_response(400, "invalid_request", "invalid payload", errors=validation_errors(exc))
+    for kind, status in _STATUS:
+        if isinstance(exc, kind):
+            return error_response(status, getattr(exc, "code", "error"), str(exc))
+    log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
+    return error_response(500, "internal", "internal error")
+
+
+def create_app(config: Config | None = None, *, backend: Backend | None = None, workers: list | None = None) -> Starlette:
+    """Build a gateway. ``workers`` defaults to the echo agent when ``config.echo`` is set."""
+    config = config or Config.load()
+    if workers is None:
+        workers = [EchoWorker()] if config.echo else []
+    runtime = Runtime(config, backend, workers)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        await runtime.start()
+        log.info("gateway started", extra={"node": runtime.node_id, "backend": runtime.backend.name})
+        try:
+            yield
+        finally:
+            await runtime.stop()
+            log.info("gateway stopped", extra={"node": runtime.node_id})
+
+    routes = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+        *tasks_api.routes,
+        *worker_api.routes,
+    ]
+    handlers = {exc: _typed_error for exc in (Exception, HTTPException, HttpError, ValidationError, BackendUnavailable, QueueFull)}
+    for kind, _ in _STATUS:
+        handlers[kind] = _typed_error
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers=handlers,
+        middleware=[Middleware(BodyLimit, max_bytes=config.max_body_bytes)],
+    )
+    app.state.runtime = runtime
+    return app

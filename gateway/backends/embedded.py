@@ -1,0 +1,280 @@
+"""In-process backend: asyncio queues and dicts, nothing to install.
+
+It keeps the same delivery semantics as the Redis backend (pending entries, visibility timeout,
+redelivery count) so the behavioural suite holds for both; it lives and dies with the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from gateway.backends.base import (
+    Backend,
+    Bus,
+    Delivery,
+    Directory,
+    Finished,
+    KeyValue,
+    Limits,
+    QueueFull,
+    StoredEvent,
+    TaskExists,
+    TaskNotFound,
+    TaskStore,
+)
+from schemas import Task, TaskEvent, TaskStatusUpdate
+
+
+def _now_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
+class _Signal:
+    """A broadcast 'something changed' that waiters can await with a timeout."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def fire(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout_ms: int) -> None:
+        if timeout_ms <= 0:
+            return
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout_ms / 1000)
+        except asyncio.TimeoutError:
+            pass
+
+
+@dataclass
+class _Pending:
+    task_id: str
+    consumer: str
+    since_ms: int
+    deliveries: int
+
+
+@dataclass
+class _Queue:
+    waiting: "OrderedDict[str, str]" = field(default_factory=OrderedDict)  # entry id -> task id
+    pending: dict[str, _Pending] = field(default_factory=dict)
+    signal: _Signal = field(default_factory=_Signal)
+
+
+class EmbeddedBus(Bus):
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._queues: dict[str, _Queue] = {}
+        self._ids = itertools.count(1)
+
+    def _queue(self, agent: str) -> _Queue:
+        return self._queues.setdefault(agent, _Queue())
+
+    def push(self, agent: str, task_id: str) -> None:
+        q = self._queue(agent)
+        if len(q.waiting) + len(q.pending) >= self.limits.max_queue:
+            raise QueueFull(f"queue of agent {agent!r} is full")
+        q.waiting[f"{next(self._ids)}-0"] = task_id
+        q.signal.fire()
+
+    async def receive(self, agent: str, consumer: str, *, block_ms: int, count: int = 1) -> list[Delivery]:
+        q = self._queue(agent)
+        deadline = _now_ms() + block_ms
+        while True:
+            out = self._claim_stale(q, agent, consumer, count)
+            while len(out) < count and q.waiting:
+                entry_id, task_id = q.waiting.popitem(last=False)
+                q.pending[entry_id] = _Pending(task_id, consumer, _now_ms(), 1)
+                out.append(Delivery(agent, entry_id, task_id, 1))
+            if out:
+                return out
+            remaining = deadline - _now_ms()
+            if remaining <= 0:
+                return []
+            # Wake on new entries, or when the oldest pending entry becomes claimable.
+            wait = remaining
+            if q.pending:
+                oldest = min(p.since_ms for p in q.pending.values())
+                wait = max(1, min(wait, oldest + self.limits.visibility_timeout_ms - _now_ms()))
+            await q.signal.wait(wait)
+
+    def _claim_stale(self, q: _Queue, agent: str, consumer: str, count: int) -> list[Delivery]:
+        now, out = _now_ms(), []
+        for entry_id, p in q.pending.items():
+            if len(out) >= count:
+                break
+            if now - p.since_ms >= self.limits.visibility_timeout_ms:
+                p.consumer, p.since_ms, p.deliveries = consumer, now, p.deliveries + 1
+                out.append(Delivery(agent, entry_id, p.task_id, p.deliveries))
+        return out
+
+    async def extend(self, delivery: Delivery, consumer: str) -> None:
+        p = self._queue(delivery.agent).pending.get(delivery.entry_id)
+        if p is not None:
+            p.consumer, p.since_ms = consumer, _now_ms()
+
+    async def ack(self, delivery: Delivery) -> None:
+        q = self._queue(delivery.agent)
+        q.pending.pop(delivery.entry_id, None)
+        q.waiting.pop(delivery.entry_id, None)
+
+    async def depth(self, agent: str) -> int:
+        q = self._queues.get(agent)
+        return 0 if q is None else len(q.waiting) + len(q.pending)
+
+
+@dataclass
+class _TaskSlot:
+    task: Task
+    accepted_by: str
+    events: list[StoredEvent] = field(default_factory=list)
+    signal: _Signal = field(default_factory=_Signal)
+    lock_owner: str | None = None
+    lock_until_ms: int = 0
+
+
+class EmbeddedTaskStore(TaskStore):
+    def __init__(self, bus: EmbeddedBus, limits: Limits) -> None:
+        self.bus, self.limits = bus, limits
+        self._tasks: dict[str, _TaskSlot] = {}
+        self._order: list[str] = []
+        self._event_ids = itertools.count(1)
+        self._finished: deque[tuple[int, Finished]] = deque(maxlen=10_000)
+        self._finished_ids = itertools.count(1)
+        self._finished_signal = _Signal()
+
+    async def submit(self, task: Task, agent: str, accepted_by: str) -> None:
+        if task.id in self._tasks:
+            raise TaskExists(f"task {task.id} exists")
+        self.bus.push(agent, task.id)  # raises QueueFull before anything is stored
+        self._tasks[task.id] = _TaskSlot(task.model_copy(deep=True), accepted_by)
+        self._order.append(task.id)
+
+    async def requeue(self, task: Task, agent: str) -> None:
+        self._slot(task.id)
+        self.bus.push(agent, task.id)
+
+    def _slot(self, task_id: str) -> _TaskSlot:
+        slot = self._tasks.get(task_id)
+        if slot is None:
+            raise TaskNotFound(f"task {task_id} not found")
+        return slot
+
+    async def get(self, task_id: str) -> Task | None:
+        slot = self._tasks.get(task_id)
+        return None if slot is None else slot.task.model_copy(deep=True)
+
+    async def list(self, context_id=None, limit=50, cursor=None):
+        ids = [t for t in reversed(self._order) if context_id is None or self._tasks[t].task.context_id == context_id]
+        start = int(cursor) if cursor else 0
+        page = ids[start : start + limit]
+        nxt = str(start + limit) if start + limit < len(ids) else None
+        return [self._tasks[t].task.model_copy(deep=True) for t in page], nxt
+
+    async def apply(self, task_id: str, event: TaskEvent) -> tuple[Task, str]:
+        slot = self._slot(task_id)
+        slot.task = slot.task.apply(event)  # raises InvalidTransition, leaving the slot unchanged
+        stored = StoredEvent(f"{next(self._event_ids)}-0", event)
+        slot.events.append(stored)
+        del slot.events[: -self.limits.max_events_per_task]
+        slot.signal.fire()
+        if isinstance(event, TaskStatusUpdate) and event.final:
+            agent = slot.task.route.agent if slot.task.route else ""
+            fin = Finished(task_id, event.status.state, slot.accepted_by, slot.task.created_at, agent)
+            self._finished.append((next(self._finished_ids), fin))
+            self._finished_signal.fire()
+        return slot.task.model_copy(deep=True), stored.event_id
+
+    async def read_events(self, task_id: str, after: str | None, block_ms: int) -> list[StoredEvent]:
+        slot = self._slot(task_id)
+        for attempt in range(2):
+            out = [e for e in slot.events if after is None or _id_gt(e.event_id, after)]
+            if out or attempt:
+                return out
+            await slot.signal.wait(block_ms)
+        return []
+
+    async def read_finished(self, after: str | None, block_ms: int):
+        last = int(after) if after is not None else (self._finished[-1][0] if self._finished else 0)
+        for attempt in range(2):
+            out = [f for i, f in self._finished if i > last]
+            if out or attempt:
+                return out, str(self._finished[-1][0] if self._finished else last)
+            await self._finished_signal.wait(block_ms)
+        return [], str(last)
+
+    async def lock(self, task_id: str, owner: str, ttl_ms: int) -> bool:
+        slot = self._slot(task_id)
+        now = _now_ms()
+        if slot.lock_owner not in (None, owner) and slot.lock_until_ms > now:
+            return False
+        slot.lock_owner, slot.lock_until_ms = owner, now + ttl_ms
+        return True
+
+    async def unlock(self, task_id: str, owner: str) -> None:
+        slot = self._tasks.get(task_id)
+        if slot is not None and slot.lock_owner == owner:
+            slot.lock_owner, slot.lock_until_ms = None, 0
+
+
+def _id_gt(a: str, b: str) -> bool:
+    return tuple(map(int, a.split("-"))) > tuple(map(int, b.split("-")))
+
+
+class EmbeddedDirectory(Directory):
+    def __init__(self) -> None:
+        self._until: dict[str, int] = {}
+
+    async def announce(self, agent: str, ttl_ms: int) -> None:
+        self._until[agent] = max(self._until.get(agent, 0), _now_ms() + ttl_ms)
+
+    async def live(self) -> list[str]:
+        now = _now_ms()
+        return sorted(a for a, until in self._until.items() if until > now)
+
+
+class EmbeddedKeyValue(KeyValue):
+    def __init__(self) -> None:
+        self._data: dict[str, tuple[str, float]] = {}
+
+    async def get(self, key: str) -> str | None:
+        item = self._data.get(key)
+        if item is None or item[1] <= time.monotonic():
+            self._data.pop(key, None)
+            return None
+        return item[0]
+
+    async def set(self, key: str, value: str, ttl_s: int, *, only_new: bool = False) -> bool:
+        if only_new and await self.get(key) is not None:
+            return False
+        if len(self._data) > 100_000:  # bound memory: drop what has expired
+            now = time.monotonic()
+            self._data = {k: v for k, v in self._data.items() if v[1] > now}
+        self._data[key] = (value, time.monotonic() + ttl_s)
+        return True
+
+    async def delete(self, key: str) -> None:
+        self._data.pop(key, None)
+
+
+class EmbeddedBackend(Backend):
+    name = "embedded"
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self.bus = EmbeddedBus(self.limits)
+        self.tasks = EmbeddedTaskStore(self.bus, self.limits)
+        self.directory = EmbeddedDirectory()
+        self.kv = EmbeddedKeyValue()
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

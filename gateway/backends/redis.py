@@ -1,0 +1,319 @@
+"""Redis Streams backend: how Interlace runs as many processes on one or more machines.
+
+Keys (prefix ``il:``):
+  q:{agent}          stream of task ids, consumer group ``workers``; acked entries are deleted,
+                     so XLEN is the queue depth and the bound on it is exact
+  t:{id}             hash: ``task`` (canonical JSON), ``by`` (accepting node)
+  t:{id}:ev          stream of the task's status/artifact events (approximately trimmed)
+  t:{id}:lock        run lock of the worker executing the task (the idempotency key)
+  tasks, ctx:{cid}   sorted sets of task ids by creation time
+  finished           stream of tasks that became final (metrics, ?wait=true)
+  agents             sorted set: agent name -> expiry of its workers' heartbeat (ms)
+  kv:{key}           small shared state with a TTL (protocol sessions, nonces)
+
+Submitting is one Lua script (store + enqueue, or nothing); applying an event is a WATCH/MULTI
+transaction so the state and its event land together.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from gateway.backends.base import (
+    Backend,
+    BackendUnavailable,
+    Bus,
+    Delivery,
+    Directory,
+    Finished,
+    KeyValue,
+    Limits,
+    QueueFull,
+    StoredEvent,
+    TaskExists,
+    TaskNotFound,
+    TaskStore,
+)
+from schemas import Task, TaskEvent, TaskState, TaskStatusUpdate
+
+try:
+    import redis.asyncio as aioredis
+    from redis import exceptions as rexc
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("the Redis backend needs the 'redis' extra: pip install 'interlace[redis]'") from exc
+
+GROUP = "workers"
+EVENT = TypeAdapter(TaskEvent)
+_UNAVAILABLE = (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, OSError)
+
+SUBMIT = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[5]) then return -2 end
+redis.call('HSET', KEYS[2], 'task', ARGV[1], 'by', ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
+redis.call('XADD', KEYS[1], '*', 'task', ARGV[3])
+return 1
+"""
+
+ENQUEUE = """
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[2]) then return -2 end
+redis.call('XADD', KEYS[1], '*', 'task', ARGV[1])
+return 1
+"""
+
+LOCK = """
+local v = redis.call('GET', KEYS[1])
+if v == false or v == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _translate(fn):
+    """Map connection-level Redis failures to BackendUnavailable (503 upstream of here)."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await fn(*args, **kwargs)
+        except _UNAVAILABLE as exc:
+            raise BackendUnavailable(f"redis unavailable: {exc.__class__.__name__}") from exc
+
+    return wrapper
+
+
+def _q(agent: str) -> str:
+    return f"il:q:{agent}"
+
+
+def _t(task_id: str) -> str:
+    return f"il:t:{task_id}"
+
+
+class RedisBus(Bus):
+    def __init__(self, r: "aioredis.Redis", limits: Limits) -> None:
+        self.r, self.limits = r, limits
+        self._groups: set[str] = set()
+
+    async def _ensure_group(self, agent: str) -> None:
+        if agent in self._groups:
+            return
+        try:
+            await self.r.xgroup_create(_q(agent), GROUP, id="0", mkstream=True)
+        except rexc.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups.add(agent)
+
+    @_translate
+    async def receive(self, agent: str, consumer: str, *, block_ms: int, count: int = 1) -> list[Delivery]:
+        await self._ensure_group(agent)
+        try:
+            return await self._receive(agent, consumer, block_ms, count)
+        except rexc.ResponseError as exc:
+            if "NOGROUP" not in str(exc):  # the stream was lost (Redis restarted without it)
+                raise
+            self._groups.discard(agent)
+            await self._ensure_group(agent)
+            return []
+
+    async def _receive(self, agent: str, consumer: str, block_ms: int, count: int) -> list[Delivery]:
+        _, claimed, _ = await self.r.xautoclaim(
+            _q(agent), GROUP, consumer, self.limits.visibility_timeout_ms, "0-0", count=count
+        )
+        if claimed:
+            pending = await self.r.xpending_range(
+                _q(agent), GROUP, min=claimed[0][0], max=claimed[-1][0], count=len(claimed) + 16
+            )
+            times = {p["message_id"]: p["times_delivered"] for p in pending}
+            return [Delivery(agent, eid, f["task"], int(times.get(eid, 2))) for eid, f in claimed if f]
+        got = await self.r.xreadgroup(GROUP, consumer, {_q(agent): ">"}, count=count, block=max(1, block_ms))
+        return [Delivery(agent, eid, f["task"], 1) for _, entries in got or [] for eid, f in entries]
+
+    @_translate
+    async def extend(self, delivery: Delivery, consumer: str) -> None:
+        await self.r.xclaim(_q(delivery.agent), GROUP, consumer, 0, [delivery.entry_id], justid=True)
+
+    @_translate
+    async def ack(self, delivery: Delivery) -> None:
+        async with self.r.pipeline(transaction=True) as p:
+            p.xack(_q(delivery.agent), GROUP, delivery.entry_id)
+            p.xdel(_q(delivery.agent), delivery.entry_id)
+            await p.execute()
+
+    @_translate
+    async def depth(self, agent: str) -> int:
+        return int(await self.r.xlen(_q(agent)))
+
+
+class RedisTaskStore(TaskStore):
+    def __init__(self, r: "aioredis.Redis", limits: Limits) -> None:
+        self.r, self.limits = r, limits
+        self._submit = r.register_script(SUBMIT)
+        self._enqueue = r.register_script(ENQUEUE)
+        self._lock = r.register_script(LOCK)
+        self._unlock = r.register_script(UNLOCK)
+
+    @_translate
+    async def submit(self, task: Task, agent: str, accepted_by: str) -> None:
+        score = int(time.time() * 1000)
+        keys = [_q(agent), _t(task.id), "il:tasks", f"il:ctx:{task.context_id}"]
+        args = [task.model_dump_json(exclude_none=True), accepted_by, task.id, score, self.limits.max_queue]
+        result = await self._submit(keys=keys, args=args)
+        if result == -1:
+            raise TaskExists(f"task {task.id} exists")
+        if result == -2:
+            raise QueueFull(f"queue of agent {agent!r} is full")
+        await self._prune(score)
+
+    async def _prune(self, now_ms: int) -> None:
+        # Ids of expired tasks linger in the index sets; drop the ones past retention.
+        await self.r.zremrangebyscore("il:tasks", 0, now_ms - self.limits.retention_s * 1000)
+
+    @_translate
+    async def requeue(self, task: Task, agent: str) -> None:
+        if await self._enqueue(keys=[_q(agent)], args=[task.id, self.limits.max_queue]) == -2:
+            raise QueueFull(f"queue of agent {agent!r} is full")
+
+    @_translate
+    async def get(self, task_id: str) -> Task | None:
+        raw = await self.r.hget(_t(task_id), "task")
+        return None if raw is None else Task.model_validate_json(raw)
+
+    @_translate
+    async def list(self, context_id=None, limit=50, cursor=None):
+        key = f"il:ctx:{context_id}" if context_id else "il:tasks"
+        start = int(cursor) if cursor else 0
+        ids = await self.r.zrevrange(key, start, start + limit)  # one extra tells if more follow
+        more = len(ids) > limit
+        ids = ids[:limit]
+        tasks = []
+        if ids:
+            async with self.r.pipeline(transaction=False) as p:
+                for tid in ids:
+                    p.hget(_t(tid), "task")
+                raws = await p.execute()
+            tasks = [Task.model_validate_json(raw) for raw in raws if raw is not None]
+        return tasks, str(start + limit) if more else None
+
+    @_translate
+    async def apply(self, task_id: str, event: TaskEvent) -> tuple[Task, str]:
+        key = _t(task_id)
+        async with self.r.pipeline(transaction=True) as p:
+            while True:
+                try:
+                    await p.watch(key)
+                    raw, by = await p.hmget(key, "task", "by")
+                    if raw is None:
+                        raise TaskNotFound(f"task {task_id} not found")
+                    task = Task.model_validate_json(raw).apply(event)  # may raise InvalidTransition
+                    p.multi()
+                    p.hset(key, "task", task.model_dump_json(exclude_none=True))
+                    p.xadd(f"{key}:ev", {"e": event.model_dump_json(exclude_none=True)},
+                           maxlen=self.limits.max_events_per_task, approximate=True)
+                    if isinstance(event, TaskStatusUpdate) and event.final:
+                        p.xadd("il:finished", {"id": task_id, "state": event.status.state.value,
+                                               "by": by or "", "at": task.created_at,
+                                               "agent": task.route.agent if task.route else ""},
+                               maxlen=10_000, approximate=True)
+                    if task.state.terminal:
+                        for k in (key, f"{key}:ev", f"{key}:lock"):
+                            p.expire(k, self.limits.retention_s)
+                    results = await p.execute()
+                    return task, results[1]
+                except rexc.WatchError:
+                    continue
+
+    @_translate
+    async def read_events(self, task_id: str, after: str | None, block_ms: int) -> list[StoredEvent]:
+        key = f"{_t(task_id)}:ev"
+        if after is None and not await self.r.exists(_t(task_id)):
+            raise TaskNotFound(f"task {task_id} not found")
+        kwargs: dict[str, Any] = {"block": block_ms} if block_ms > 0 else {}
+        got = await self.r.xread({key: after or "0-0"}, count=500, **kwargs)
+        return [StoredEvent(eid, EVENT.validate_json(f["e"])) for _, entries in got or [] for eid, f in entries]
+
+    @_translate
+    async def read_finished(self, after: str | None, block_ms: int):
+        if after is None:
+            last = await self.r.xrevrange("il:finished", count=1)
+            after = last[0][0] if last else "0-0"
+        kwargs: dict[str, Any] = {"block": block_ms} if block_ms > 0 else {}
+        got = await self.r.xread({"il:finished": after}, count=1000, **kwargs)
+        out = []
+        for _, entries in got or []:
+            for eid, f in entries:
+                out.append(Finished(f["id"], TaskState(f["state"]), f["by"], f["at"], f.get("agent", "")))
+                after = eid
+        return out, after
+
+    @_translate
+    async def lock(self, task_id: str, owner: str, ttl_ms: int) -> bool:
+        return bool(await self._lock(keys=[f"{_t(task_id)}:lock"], args=[owner, ttl_ms]))
+
+    @_translate
+    async def unlock(self, task_id: str, owner: str) -> None:
+        await self._unlock(keys=[f"{_t(task_id)}:lock"], args=[owner])
+
+
+class RedisDirectory(Directory):
+    def __init__(self, r: "aioredis.Redis") -> None:
+        self.r = r
+
+    @_translate
+    async def announce(self, agent: str, ttl_ms: int) -> None:
+        await self.r.zadd("il:agents", {agent: int(time.time() * 1000) + ttl_ms}, gt=True)
+
+    @_translate
+    async def live(self) -> list[str]:
+        return sorted(await self.r.zrangebyscore("il:agents", int(time.time() * 1000), "+inf"))
+
+
+class RedisKeyValue(KeyValue):
+    def __init__(self, r: "aioredis.Redis") -> None:
+        self.r = r
+
+    @_translate
+    async def get(self, key: str) -> str | None:
+        return await self.r.get(f"il:kv:{key}")
+
+    @_translate
+    async def set(self, key: str, value: str, ttl_s: int, *, only_new: bool = False) -> bool:
+        return bool(await self.r.set(f"il:kv:{key}", value, ex=ttl_s, nx=only_new))
+
+    @_translate
+    async def delete(self, key: str) -> None:
+        await self.r.delete(f"il:kv:{key}")
+
+
+class RedisBackend(Backend):
+    name = "redis"
+
+    def __init__(self, url: str, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self.r = aioredis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=2, socket_keepalive=True, health_check_interval=15
+        )
+        self.bus = RedisBus(self.r, self.limits)
+        self.tasks = RedisTaskStore(self.r, self.limits)
+        self.directory = RedisDirectory(self.r)
+        self.kv = RedisKeyValue(self.r)
+
+    @_translate
+    async def ping(self) -> None:
+        await self.r.ping()
+
+    async def close(self) -> None:
+        await self.r.aclose()

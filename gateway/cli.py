@@ -1,0 +1,120 @@
+"""The ``interlace`` command line.
+
+  interlace serve [--host H] [--port P] [--redis URL] [--no-echo] ...
+  interlace worker echo [--gateway URL | --redis URL] [--concurrency N]
+  interlace version
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from gateway import __version__, logs
+from gateway.config import Config
+
+log = logging.getLogger("interlace.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="interlace", description="Agent interoperability gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run a gateway node")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1; env INTERLACE_HOST)")
+    serve.add_argument("--port", type=int, help="port (default 8080; env INTERLACE_PORT)")
+    serve.add_argument("--redis", dest="redis_url", metavar="URL", help="Redis URL for the shared bus (env INTERLACE_REDIS_URL)")
+    serve.add_argument("--node-id", help="this node's name in logs and metrics")
+    serve.add_argument("--no-echo", dest="echo", action="store_const", const=False, help="do not run the in-process echo agent")
+    serve.add_argument("--max-body-bytes", type=int, help="largest request body accepted (default 4 MiB)")
+    serve.add_argument("--visibility-timeout-ms", type=int, help="how long a silent worker keeps a task before redelivery")
+    serve.add_argument("--max-queue", type=int, help="bound on each agent's queue")
+    serve.add_argument("--worker-token", help="token workers must present on /bus (env INTERLACE_WORKER_TOKEN)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    worker = sub.add_parser("worker", help="run an agent worker")
+    kinds = worker.add_subparsers(dest="kind", required=True)
+    echo = kinds.add_parser("echo", help="the example echo agent")
+    where = echo.add_mutually_exclusive_group()
+    where.add_argument("--gateway", metavar="URL", help="reach the bus through this gateway (default http://127.0.0.1:8080)")
+    where.add_argument("--redis", dest="redis_url", metavar="URL", help="consume from this Redis directly")
+    echo.add_argument("--token", help="worker token of the gateway (env INTERLACE_WORKER_TOKEN)")
+    echo.add_argument("--concurrency", type=int, default=16, help="tasks handled at once")
+    echo.add_argument("--visibility-timeout-ms", type=int, help="must match the gateway's")
+    echo.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "version":
+        print(f"interlace {__version__}")
+        return 0
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "kind")}
+    try:
+        config = Config.load(flags)
+    except ValueError as exc:
+        print(f"interlace: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(config.log_level)
+    if args.command == "serve":
+        return serve(config)
+    return asyncio.run(run_worker(args, config))
+
+
+def serve(config: Config) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            host=config.host,
+            port=config.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=int(config.shutdown_grace_s),
+        )
+    )
+    server.run()
+    return 0 if server.started else 1
+
+
+async def run_worker(args: argparse.Namespace, config: Config) -> int:
+    from agents.echo import EchoWorker
+    from agents.links import DirectLink, HttpLink
+    from agents.worker import WorkerRunner
+
+    if args.redis_url:
+        from gateway.backends import Limits, open_backend
+
+        limits = Limits(visibility_timeout_ms=config.visibility_timeout_ms)
+        link = DirectLink(open_backend(args.redis_url, limits))
+    else:
+        link = HttpLink(args.gateway or "http://127.0.0.1:8080", args.token or config.worker_token)
+    worker = EchoWorker()
+    worker.concurrency = args.concurrency
+    runner = WorkerRunner(worker, link, lock_ttl_ms=config.visibility_timeout_ms)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    job = runner.start()
+    log.info("worker started", extra={"agent": worker.agent, "consumer": runner.consumer})
+    await asyncio.wait([job, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    await runner.stop(config.shutdown_grace_s)
+    if isinstance(link, DirectLink):
+        await link.backend.close()
+    log.info("worker stopped", extra={"agent": worker.agent})
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Gateway configuration: CLI flags win over ``INTERLACE_*`` environment variables, which win
+over the defaults below. Each field's environment variable is ``INTERLACE_`` + its upper-case name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+
+@dataclasses.dataclass
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    redis_url: str | None = None
+    node_id: str = dataclasses.field(default_factory=lambda: f"node-{uuid.uuid4().hex[:8]}")
+    echo: bool = True  # run the example echo agent in-process
+    max_body_bytes: int = 4 * 1024 * 1024
+    visibility_timeout_ms: int = 30_000
+    max_queue: int = 10_000
+    max_deliveries: int = 5
+    retention_s: int = 24 * 3600
+    wait_timeout_s: float = 30.0  # default for POST /tasks?wait=true
+    max_wait_timeout_s: float = 300.0
+    sse_max_s: float = 3600.0  # an SSE response is closed after this long
+    shutdown_grace_s: float = 10.0
+    worker_token: str | None = None  # required on /bus from non-loopback clients
+    log_level: str = "info"
+
+    @classmethod
+    def load(cls, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> "Config":
+        flags = flags or {}
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if flags.get(f.name) is not None:
+                values[f.name] = flags[f.name]
+            elif (raw := env.get(f"INTERLACE_{f.name.upper()}")) not in (None, ""):
+                values[f.name] = _parse(f, raw)
+        return cls(**values)
+
+
+def _parse(f: dataclasses.Field, raw: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind.startswith("bool"):
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes", "on")
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"INTERLACE_{f.name.upper()}={raw!r} is not a valid {kind}") from None
+    return raw

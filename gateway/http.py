@@ -1,0 +1,154 @@
+"""HTTP plumbing shared by every route: JSON errors, body parsing, size limit, SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import ASGIApp, Message as AsgiMessage, Receive, Scope, Send
+
+
+class HttpError(Exception):
+    """An error with its HTTP status and a stable machine-readable code."""
+
+    def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None, **details: Any) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, **details}}, status_code=status, headers=headers)
+
+
+async def read_json(request: Request) -> Any:
+    body = await request.body()
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HttpError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
+
+
+def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """Pydantic errors without the echoed input (it may be large or secret)."""
+    return [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors(include_url=False, include_input=False)]
+
+
+async def read_model(request: Request, model: type[BaseModel]) -> Any:
+    data = await read_json(request)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise HttpError(400, "invalid_request", "request body does not match the schema", errors=validation_errors(exc)) from None
+
+
+class BodyLimit:
+    """Answer 413 to a request body over ``max_bytes`` before any route sees it.
+
+    The body is read here (routes read whole JSON bodies anyway) and replayed to the app, so a
+    body without Content-Length, or one that lies about it, is bounded too.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._reject(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                return await self._reject(scope, receive, send)
+            chunks.append(chunk)
+            if not msg.get("more_body"):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> AsgiMessage:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        resp = error_response(413, "payload_too_large", f"request body exceeds {self.max_bytes} bytes")
+        await resp(scope, receive, send)
+
+
+SseEvent = tuple[str | None, str | None, Any]  # (id, event name, JSON-able data)
+
+
+def sse_response(
+    events: AsyncIterator[SseEvent],
+    *,
+    max_seconds: float,
+    keepalive_s: float = 15.0,
+    on_close: Callable[[], Awaitable[None]] | None = None,
+) -> StreamingResponse:
+    """Server-Sent Events with keep-alive comments and a bound on the stream's duration."""
+
+    async def body() -> AsyncIterator[bytes]:
+        deadline = time.monotonic() + max_seconds
+        it = events.__aiter__()
+        pending: asyncio.Task | None = None
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                if pending is None:
+                    pending = asyncio.ensure_future(it.__anext__())
+                done, _ = await asyncio.wait({pending}, timeout=min(keepalive_s, remaining))
+                if not done:
+                    yield b": keep-alive\n\n"
+                    continue
+                try:
+                    event_id, name, data = pending.result()
+                except StopAsyncIteration:
+                    return
+                finally:
+                    pending = None
+                yield format_sse(event_id, name, data)
+        finally:
+            if pending is not None:
+                pending.cancel()
+            if on_close is not None:
+                await on_close()
+
+    return StreamingResponse(
+        body(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def format_sse(event_id: str | None, name: str | None, data: Any) -> bytes:
+    lines = []
+    if event_id:
+        lines.append(f"id: {event_id}")
+    if name:
+        lines.append(f"event: {name}")
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    lines.extend(f"data: {line}" for line in payload.split("\n"))
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def json_response(model: BaseModel | dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    data = model.model_dump(mode="json", exclude_none=True) if isinstance(model, BaseModel) else model
+    return JSONResponse(data, status_code=status, headers=headers)

@@ -1,0 +1,1 @@
+"""Protocol adapters: one package per protocol (mcp, a2a, acp, anp); adapters never import each other."""

@@ -1,0 +1,1 @@
+"""Identities, signed agent records, the registry store, gossip and the capability index."""
