@@ -1,0 +1,176 @@
+"""Shared fixtures: a real redis-server, backends of both kinds, and live gateways on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from gateway.app import create_app
+from gateway.backends import Backend, EmbeddedBackend, Limits
+from gateway.config import Config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisProcess:
+    """A real redis-server on a free loopback port, with AOF so a restart keeps acked writes."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed: apt-get install -y redis-server (see README)")
+        self.binary = binary
+        self.dir = tempfile.mkdtemp(prefix="interlace-redis-")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "yes"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(5)
+            self.proc = None
+
+    def flush(self) -> None:
+        with socket.create_connection(("127.0.0.1", self.port), 2) as s:
+            s.sendall(b"FLUSHALL\r\n")
+            s.recv(16)
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = RedisProcess()
+    server.start()
+    yield server
+    server.kill()
+    shutil.rmtree(server.dir, ignore_errors=True)
+
+
+FAST = Limits(visibility_timeout_ms=1_000, max_queue=1_000, max_deliveries=5, retention_s=600)
+
+
+def make_backend(kind: str, redis_url: str | None, limits: Limits = FAST) -> Backend:
+    if kind == "embedded":
+        return EmbeddedBackend(limits)
+    from gateway.backends.redis import RedisBackend
+
+    return RedisBackend(redis_url, limits)
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def backend_kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+async def backend(backend_kind, request) -> AsyncIterator[Backend]:
+    url = None
+    if backend_kind == "redis":
+        server = request.getfixturevalue("redis_server")
+        server.flush()
+        url = server.url
+    b = make_backend(backend_kind, url)
+    yield b
+    await b.close()
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app, port: int | None = None) -> AsyncIterator[str]:
+    """Run an ASGI app with uvicorn inside the test's event loop; yields its base URL."""
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if task.done() or time.monotonic() > deadline:
+            raise RuntimeError("gateway did not start")
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+
+
+def test_config(**overrides) -> Config:
+    base = dict(visibility_timeout_ms=1_000, shutdown_grace_s=2.0, wait_timeout_s=10.0)
+    base.update(overrides)
+    return Config(**base)
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(config: Config | None = None, **kw) -> AsyncIterator[tuple[str, object]]:
+    """A live gateway (embedded backend unless config says Redis); yields (base URL, app)."""
+    app = create_app(config or test_config(), **kw)
+    async with serve_app(app) as url:
+        yield url, app
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[str]:
+    async with running_gateway() as (url, _):
+        yield url
+
+
+@pytest.fixture
+async def client(gateway) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=gateway, timeout=15) as c:
+        yield c
+
+
+def interlace_cmd(*args: str) -> list[str]:
+    """The CLI as a subprocess, with this interpreter (no reliance on PATH)."""
+    return [sys.executable, "-m", "gateway.cli", *args]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+async def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02):
+    """Poll an async predicate until truthy (for state that has no event to await)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)
