@@ -132,6 +132,9 @@ def test_config(**overrides) -> Config:
     return Config(**base)
 
 
+test_config.__test__ = False  # a helper, not a test, when imported into a test module
+
+
 @contextlib.asynccontextmanager
 async def running_gateway(config: Config | None = None, **kw) -> AsyncIterator[tuple[str, object]]:
     """A live gateway (embedded backend unless config says Redis); yields (base URL, app)."""

@@ -130,17 +130,32 @@ class RedisBus(Bus):
             return []
 
     async def _receive(self, agent: str, consumer: str, block_ms: int, count: int) -> list[Delivery]:
+        # Block in slices so entries of dead consumers are claimed soon after they turn stale.
+        deadline = time.monotonic() + block_ms / 1000
+        slice_ms = max(50, self.limits.visibility_timeout_ms // 4)
+        while True:
+            claimed = await self._claim_stale(agent, consumer, count)
+            if claimed:
+                return claimed
+            remaining = int((deadline - time.monotonic()) * 1000)
+            got = await self.r.xreadgroup(
+                GROUP, consumer, {_q(agent): ">"}, count=count, block=max(1, min(remaining, slice_ms))
+            )
+            fresh = [Delivery(agent, eid, f["task"], 1) for _, entries in got or [] for eid, f in entries]
+            if fresh or remaining <= slice_ms:
+                return fresh
+
+    async def _claim_stale(self, agent: str, consumer: str, count: int) -> list[Delivery]:
         _, claimed, _ = await self.r.xautoclaim(
             _q(agent), GROUP, consumer, self.limits.visibility_timeout_ms, "0-0", count=count
         )
-        if claimed:
-            pending = await self.r.xpending_range(
-                _q(agent), GROUP, min=claimed[0][0], max=claimed[-1][0], count=len(claimed) + 16
-            )
-            times = {p["message_id"]: p["times_delivered"] for p in pending}
-            return [Delivery(agent, eid, f["task"], int(times.get(eid, 2))) for eid, f in claimed if f]
-        got = await self.r.xreadgroup(GROUP, consumer, {_q(agent): ">"}, count=count, block=max(1, block_ms))
-        return [Delivery(agent, eid, f["task"], 1) for _, entries in got or [] for eid, f in entries]
+        if not claimed:
+            return []
+        pending = await self.r.xpending_range(
+            _q(agent), GROUP, min=claimed[0][0], max=claimed[-1][0], count=len(claimed) + 16
+        )
+        times = {p["message_id"]: p["times_delivered"] for p in pending}
+        return [Delivery(agent, eid, f["task"], int(times.get(eid, 2))) for eid, f in claimed if f]
 
     @_translate
     async def extend(self, delivery: Delivery, consumer: str) -> None:

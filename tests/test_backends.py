@@ -1,0 +1,191 @@
+"""One behavioural suite for both backends (embedded and a real redis-server)."""
+
+import asyncio
+
+import pytest
+
+from gateway.backends import QueueFull, TaskExists, TaskNotFound
+from schemas import Artifact, InvalidTransition, Message, Route, Task, TaskState, TextPart
+from tests.conftest import make_backend
+
+S = TaskState
+
+
+def new_task(context_id: str | None = None, agent: str = "echo") -> Task:
+    task = Task(route=Route(agent=agent))
+    if context_id:
+        task.context_id = context_id
+    task.history.append(Message(role="user", parts=[TextPart(text="hi")], task_id=task.id, context_id=task.context_id))
+    return task
+
+
+async def test_submit_get_and_list_by_context(backend):
+    a, b, c = new_task("ctx-1"), new_task("ctx-1"), new_task("ctx-2")
+    for t in (a, b, c):
+        await backend.tasks.submit(t, "echo", "node-a")
+    assert (await backend.tasks.get(a.id)) == a
+    assert await backend.tasks.get("missing") is None
+    page, cursor = await backend.tasks.list("ctx-1", limit=1)
+    assert [t.id for t in page] == [b.id] and cursor is not None  # newest first
+    page2, cursor2 = await backend.tasks.list("ctx-1", limit=1, cursor=cursor)
+    assert [t.id for t in page2] == [a.id] and cursor2 is None
+    everything, _ = await backend.tasks.list(limit=10)
+    assert {t.id for t in everything} == {a.id, b.id, c.id}
+
+
+async def test_submit_twice_is_refused(backend):
+    task = new_task()
+    await backend.tasks.submit(task, "echo", "n")
+    with pytest.raises(TaskExists):
+        await backend.tasks.submit(task, "echo", "n")
+    assert await backend.bus.depth("echo") == 1
+
+
+async def test_queue_bound_rejects_without_storing(backend):
+    backend.limits.max_queue = 2
+    for _ in range(2):
+        await backend.tasks.submit(new_task(), "bounded", "n")
+    extra = new_task()
+    with pytest.raises(QueueFull):
+        await backend.tasks.submit(extra, "bounded", "n")
+    assert await backend.tasks.get(extra.id) is None
+    assert await backend.bus.depth("bounded") == 2
+
+
+async def test_apply_checks_transitions_and_appends_events(backend):
+    task = new_task()
+    await backend.tasks.submit(task, "echo", "n")
+    stored, first = await backend.tasks.apply(task.id, task.status_event(S.WORKING))
+    assert stored.state is S.WORKING
+    art = Artifact(artifact_id="x", parts=[TextPart(text="a")])
+    stored, second = await backend.tasks.apply(task.id, task.artifact_event(art))
+    stored, third = await backend.tasks.apply(task.id, task.status_event(S.COMPLETED))
+    with pytest.raises(InvalidTransition):
+        await backend.tasks.apply(task.id, task.status_event(S.WORKING))
+    assert (await backend.tasks.get(task.id)).state is S.COMPLETED  # unchanged by the refused event
+    events = await backend.tasks.read_events(task.id, None, 0)
+    assert [e.event_id for e in events] == [first, second, third]
+    assert [e.event.kind for e in events] == ["status-update", "artifact-update", "status-update"]
+    assert await backend.tasks.read_events(task.id, second, 0) == events[2:]
+    with pytest.raises(TaskNotFound):
+        await backend.tasks.apply("missing", task.status_event(S.WORKING))
+
+
+async def test_subscriber_on_another_connection_sees_live_events(backend, backend_kind, request):
+    """Subscribe through a second backend object (for Redis: another client, as another process would)."""
+    other = backend
+    if backend_kind == "redis":
+        other = make_backend("redis", request.getfixturevalue("redis_server").url)
+    task = new_task()
+    await backend.tasks.submit(task, "echo", "n")
+
+    async def collect():
+        return [e.event async for e in other.events(task.id)]
+
+    reader = asyncio.create_task(collect())
+    await asyncio.sleep(0)  # let the reader block first; correctness does not depend on it
+    await backend.tasks.apply(task.id, task.status_event(S.WORKING))
+    await backend.tasks.apply(task.id, task.status_event(S.COMPLETED))
+    events = await asyncio.wait_for(reader, 10)
+    assert [e.status.state for e in events] == [S.WORKING, S.COMPLETED]
+    if other is not backend:
+        await other.close()
+
+
+async def test_finished_feed(backend):
+    _, cursor = await backend.tasks.read_finished(None, 0)
+    task = new_task()
+    await backend.tasks.submit(task, "echo", "node-a")
+    await backend.tasks.apply(task.id, task.status_event(S.COMPLETED))
+    batch, _ = await backend.tasks.read_finished(cursor, 2000)
+    assert [(f.task_id, f.state, f.accepted_by, f.agent) for f in batch] == [(task.id, S.COMPLETED, "node-a", "echo")]
+
+
+async def test_receive_ack_and_depth(backend):
+    task = new_task()
+    await backend.tasks.submit(task, "echo", "n")
+    assert await backend.bus.depth("echo") == 1
+    got = await backend.bus.receive("echo", "c1", block_ms=1000)
+    assert [(d.task_id, d.attempt) for d in got] == [(task.id, 1)]
+    assert await backend.bus.depth("echo") == 1  # in flight until acked
+    assert await backend.bus.receive("echo", "c2", block_ms=50) == []
+    await backend.bus.ack(got[0])
+    assert await backend.bus.depth("echo") == 0
+
+
+async def test_blocking_receive_wakes_on_submit(backend):
+    task = new_task()
+    waiter = asyncio.create_task(backend.bus.receive("echo", "c1", block_ms=5000))
+    await asyncio.sleep(0.05)
+    await backend.tasks.submit(task, "echo", "n")
+    got = await asyncio.wait_for(waiter, 5)
+    assert [d.task_id for d in got] == [task.id]
+
+
+async def test_unacked_entry_is_redelivered_after_visibility_timeout(backend):
+    task = new_task()
+    await backend.tasks.submit(task, "echo", "n")
+    first = await backend.bus.receive("echo", "dead-consumer", block_ms=1000)
+    assert first
+    # The consumer dies silently; another one gets the entry once the timeout has passed.
+    again = await backend.bus.receive("echo", "live-consumer", block_ms=3000)
+    assert [(d.task_id, d.entry_id, d.attempt) for d in again] == [(task.id, first[0].entry_id, 2)]
+
+
+async def test_extend_keeps_the_entry(backend):
+    task = new_task()
+    await backend.tasks.submit(task, "echo", "n")
+    (d,) = await backend.bus.receive("echo", "c1", block_ms=1000)
+    for _ in range(3):
+        await asyncio.sleep(0.4)
+        await backend.bus.extend(d, "c1")
+    assert await backend.bus.receive("echo", "c2", block_ms=300) == []
+
+
+async def test_run_lock_is_exclusive_and_expires(backend):
+    task = new_task()
+    await backend.tasks.submit(task, "echo", "n")
+    assert await backend.tasks.lock(task.id, "a", 300)
+    assert await backend.tasks.lock(task.id, "a", 300)  # refresh by the owner
+    assert not await backend.tasks.lock(task.id, "b", 300)
+    await asyncio.sleep(0.4)
+    assert await backend.tasks.lock(task.id, "b", 300)
+    await backend.tasks.unlock(task.id, "a")  # not the owner: no effect
+    assert not await backend.tasks.lock(task.id, "a", 300)
+    await backend.tasks.unlock(task.id, "b")
+    assert await backend.tasks.lock(task.id, "a", 300)
+
+
+async def test_requeue_continues_a_task(backend):
+    task = new_task()
+    await backend.tasks.submit(task, "echo", "n")
+    (d,) = await backend.bus.receive("echo", "c", block_ms=1000)
+    await backend.bus.ack(d)
+    await backend.tasks.requeue(task, "echo")
+    (d2,) = await backend.bus.receive("echo", "c", block_ms=1000)
+    assert d2.task_id == task.id and d2.entry_id != d.entry_id
+
+
+async def test_event_stream_is_bounded(backend):
+    backend.limits.max_events_per_task = 50
+    task = new_task()
+    await backend.tasks.submit(task, "echo", "n")
+    await backend.tasks.apply(task.id, task.status_event(S.WORKING))
+    for i in range(300):
+        art = Artifact(artifact_id="a", parts=[TextPart(text="x")])
+        await backend.tasks.apply(task.id, task.artifact_event(art, append=True))
+    events = await backend.tasks.read_events(task.id, None, 0)
+    assert len(events) < 300  # trimmed (Redis trims approximately, in whole nodes)
+    assert (await backend.tasks.get(task.id)).artifacts[0].parts[0].text == "x" * 300
+
+
+async def test_directory_and_kv(backend):
+    await backend.directory.announce("echo", 300)
+    assert "echo" in await backend.directory.live()
+    await asyncio.sleep(0.4)
+    assert "echo" not in await backend.directory.live()
+    assert await backend.kv.set("k", "v", 10)
+    assert not await backend.kv.set("k", "w", 10, only_new=True)
+    assert await backend.kv.get("k") == "v"
+    await backend.kv.delete("k")
+    assert await backend.kv.get("k") is None
