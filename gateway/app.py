@@ -92,7 +92,10 @@ def create_app(config: Config | None = None, *, backend: Backend | None = None, 
             await runtime.stop()
             log.info("gateway stopped", extra={"node": runtime.node_id})
 
+    from protocols.mcp import routes as mcp_routes  # /mcp (protocols.mcp.mount adds upstreams)
+
     routes = [
+        *mcp_routes,
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),

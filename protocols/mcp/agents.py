@@ -1,0 +1,255 @@
+"""Routable agents as MCP tools, and the canonical mapping between the two.
+
+Every agent the runtime can route to (``runtime.known_agents()``, minus the MCP upstreams, which
+expose their own tools) is a tool named after the agent, taking ``{message: string, data?:
+object}``. Two meta tools: ``find_agents(query)`` and ``send_task(agent_or_query, message, data?,
+task_id?)``. The mapping table is in the package docstring (protocols/mcp/__init__.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gateway.backends import TaskNotFound
+from gateway.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
+from schemas import DataPart, FilePart, Message, Task, TaskState, TextPart
+
+from .upstream import sanitize
+
+MESSAGE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "message": {"type": "string", "description": "What to ask the agent (plain text)"},
+        "data": {"type": "object", "description": "Optional structured input, sent as a data part"},
+    },
+    "required": ["message"],
+}
+
+META_TOOLS = [
+    {
+        "name": "find_agents",
+        "title": "Find agents",
+        "description": "List the agents this gateway can route to whose name matches the query "
+                       "(an empty query lists them all).",
+        "inputSchema": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]},
+        "annotations": {"readOnlyHint": True, "openWorldHint": False},
+    },
+    {
+        "name": "send_task",
+        "title": "Send a task",
+        "description": "Send a message to the agent named (or best matching) agent_or_query and return its answer. "
+                       "Pass task_id to answer an agent that asked for more input.",
+        "inputSchema": {
+            "type": "object",
+            "properties": {
+                "agent_or_query": {"type": "string", "description": "An agent name, or words describing the agent"},
+                "message": {"type": "string"},
+                "data": {"type": "object"},
+                "task_id": {"type": "string", "description": "Continue this task (it waits for input)"},
+            },
+            "required": ["agent_or_query", "message"],
+        },
+        "annotations": {"openWorldHint": True},
+    },
+]
+META_NAMES = {t["name"] for t in META_TOOLS}
+
+Notify = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+def agent_tool(agent: str) -> dict[str, Any]:
+    return {
+        "name": sanitize(agent),
+        "title": agent,
+        "description": f"Send a task to the agent {agent!r} through the gateway and return its artifacts.",
+        "inputSchema": MESSAGE_SCHEMA,
+        "annotations": {"openWorldHint": True},
+    }
+
+
+def tool_error(text: str) -> dict[str, Any]:
+    return {"content": [{"type": "text", "text": text}], "isError": True}
+
+
+def arguments_message(args: dict[str, Any]) -> Message | str:
+    """tools/call arguments -> the canonical user message; a string is a validation error."""
+    text, data = args.get("message"), args.get("data")
+    if not isinstance(text, str):
+        return "argument 'message' is required and must be a string"
+    if data is not None and not isinstance(data, dict):
+        return "argument 'data' must be an object"
+    parts: list[Any] = [TextPart(text=text)]
+    if data is not None:
+        parts.append(DataPart(data=data))
+    return Message(role="user", parts=parts)
+
+
+def part_content(part: Any, task: Task, index: int) -> dict[str, Any]:
+    """One canonical part -> one MCP content block."""
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text}
+    if isinstance(part, DataPart):
+        return {"type": "text", "text": json.dumps(part.data, ensure_ascii=False)}
+    assert isinstance(part, FilePart)
+    media = part.media_type or "application/octet-stream"
+    if part.bytes is not None:
+        if media.startswith("image/"):
+            return {"type": "image", "data": part.bytes, "mimeType": media}
+        if media.startswith("audio/"):
+            return {"type": "audio", "data": part.bytes, "mimeType": media}
+        name = part.filename or f"part-{index}"
+        uri = f"interlace://tasks/{task.id}/files/{name}"
+        if media.startswith("text/"):
+            with contextlib.suppress(UnicodeDecodeError):
+                return {"type": "resource", "resource": {"uri": uri, "mimeType": media, "text": part.raw().decode()}}
+        return {"type": "resource", "resource": {"uri": uri, "mimeType": media, "blob": part.bytes}}
+    link: dict[str, Any] = {"type": "resource_link", "uri": part.url, "name": part.filename or part.url}
+    if part.media_type:
+        link["mimeType"] = part.media_type
+    return link
+
+
+def task_result(task: Task) -> dict[str, Any]:
+    """A task as a CallToolResult: artifacts -> content, data parts -> structuredContent,
+    failed/canceled/rejected -> isError, input-required -> the agent's question."""
+    state = task.state
+    if state in (TaskState.FAILED, TaskState.REJECTED, TaskState.CANCELED):
+        note = task.status.message.text() if task.status.message else ""
+        return tool_error(note or f"task {task.id} {state.value}")
+    content: list[dict[str, Any]] = []
+    data: list[Any] = []
+    index = 0
+    for artifact in task.artifacts:
+        for part in artifact.parts:
+            content.append(part_content(part, task, index))
+            if isinstance(part, DataPart):
+                data.append(part.data)
+            index += 1
+    out: dict[str, Any] = {"content": content}
+    if state.interrupted:
+        question = task.status.message.text() if task.status.message else ""
+        content.append({"type": "text", "text": question or f"the agent needs more input ({state.value})"})
+        out["structuredContent"] = {"task_id": task.id, "state": state.value}
+        return out
+    if not state.terminal:
+        return tool_error(f"task {task.id} did not finish in time (still {state.value}); it was canceled")
+    if len(data) == 1 and isinstance(data[0], dict):
+        out["structuredContent"] = data[0]
+    elif data:
+        out["structuredContent"] = {"data": data}
+    if not content:
+        content.append({"type": "text", "text": ""})
+    return out
+
+
+def score(query: str, name: str) -> float:
+    """Lexical match of a query against an agent name (0 = no match)."""
+    q = [w for w in re.split(r"[^a-z0-9]+", query.lower()) if w]
+    if not q:
+        return 1.0
+    n = name.lower()
+    words = set(re.split(r"[^a-z0-9]+", n))
+    return sum(2.0 if w in words else 1.0 if w in n else 0.0 for w in q) / len(q)
+
+
+class AgentTools:
+    """The runtime's agents as tools (everything goes through ``Runtime``)."""
+
+    def __init__(self, runtime: Runtime, wait_s: float) -> None:
+        self.runtime, self.wait_s = runtime, wait_s
+
+    async def agents(self, exclude: set[str]) -> dict[str, str]:
+        """tool name -> agent name."""
+        out: dict[str, str] = {}
+        for agent in await self.runtime.known_agents():
+            if agent in exclude:
+                continue
+            name = sanitize(agent)
+            if name not in META_NAMES and name not in out:
+                out[name] = agent
+        return out
+
+    async def find_agents(self, query: str, exclude: set[str], upstreams: list[str]) -> dict[str, Any]:
+        found = []
+        for tool, agent in (await self.agents(exclude)).items():
+            s = score(query, agent)
+            if s > 0:
+                found.append({"name": agent, "tool": tool, "protocol": "task", "score": round(s, 3)})
+        for agent in upstreams:
+            s = score(query, agent)
+            if s > 0:
+                found.append({"name": agent, "protocol": "mcp", "score": round(s, 3)})
+        found.sort(key=lambda a: (-a["score"], a["name"]))
+        lines = [f"{a['name']} ({a['protocol']})" for a in found] or ["no agent matches"]
+        return {"content": [{"type": "text", "text": "\n".join(lines)}], "structuredContent": {"agents": found}}
+
+    async def send_task(self, args: dict[str, Any], exclude: set[str], notify: Notify | None, progress_token: Any) -> dict[str, Any]:
+        target = args.get("agent_or_query")
+        if not isinstance(target, str) or not target.strip():
+            return tool_error("argument 'agent_or_query' is required and must be a string")
+        message = arguments_message(args)
+        if isinstance(message, str):
+            return tool_error(message)
+        task_id = args.get("task_id")
+        if task_id is not None:
+            if not isinstance(task_id, str):
+                return tool_error("argument 'task_id' must be a string")
+            try:
+                task = await self.runtime.continue_task(task_id, message)
+            except (NotContinuable, TaskNotFound) as exc:
+                return tool_error(str(exc))
+            return await self._finish(task, notify, progress_token)
+        agents = await self.agents(exclude)
+        agent = target if target in agents.values() else None
+        if agent is None:
+            ranked = sorted(((score(target, a), a) for a in agents.values()), key=lambda x: (-x[0], x[1]))
+            if not ranked or ranked[0][0] <= 0:
+                return tool_error(f"no agent matches {target!r}")
+            agent = ranked[0][1]
+        return await self.call(agent, {"message": args["message"], "data": args.get("data")}, notify, progress_token)
+
+    async def call(self, agent: str, args: dict[str, Any], notify: Notify | None, progress_token: Any) -> dict[str, Any]:
+        message = arguments_message(args)
+        if isinstance(message, str):
+            return tool_error(message)
+        try:
+            task = await self.runtime.submit(message, agent=agent, metadata={"via": "mcp"})
+        except UnknownAgent as exc:
+            return tool_error(str(exc))
+        return await self._finish(task, notify, progress_token)
+
+    async def _finish(self, task: Task, notify: Notify | None, progress_token: Any) -> dict[str, Any]:
+        try:
+            if progress_token is not None and notify is not None:
+                await asyncio.wait_for(self._progress(task, notify, progress_token), self.wait_s)
+                final = await self.runtime.get(task.id)
+            else:
+                final = await self.runtime.wait(task.id, self.wait_s)
+        except asyncio.TimeoutError:
+            final = await self.runtime.get(task.id)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.runtime.cancel(task.id))
+            raise
+        if not (final.state.terminal or final.state.interrupted):
+            with contextlib.suppress(NotCancelable, Exception):
+                await self.runtime.cancel(task.id)
+        return task_result(final)
+
+    async def _progress(self, task: Task, notify: Notify, token: Any) -> None:
+        """Each task event becomes a notifications/progress (progress = events seen so far)."""
+        count = 0
+        async for stored in self.runtime.follow(task.id):
+            count += 1
+            ev = stored.event
+            if getattr(ev, "kind", "") == "status-update":
+                text = ev.status.message.text() if ev.status.message else ev.status.state.value
+            else:
+                text = f"artifact {ev.artifact.name or ev.artifact.artifact_id}"
+            await notify("notifications/progress", {"progressToken": token, "progress": count, "message": text})
+
