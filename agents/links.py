@@ -76,6 +76,9 @@ class DirectLink(WorkerLink):
             return None
         if not await tasks.lock(task.id, consumer, ttl_ms):
             return None
+        # Restart the entry's clock after the lock's: the lock then always lapses first, so a
+        # redelivery after a crash finds it free.
+        await self.backend.bus.extend(delivery, consumer)
         return task
 
     async def _give_up(self, task: Task, delivery: Delivery) -> None:

@@ -242,11 +242,21 @@ class Task(Model):
             task_id=self.id, context_id=self.context_id, artifact=artifact, append=append, last_chunk=last_chunk
         )
 
+    def snapshot(self) -> "Task":
+        """A copy whose lists can change without touching this task.
+
+        Messages, parts and artifacts are treated as immutable values and shared; a pydantic
+        deep copy of a task costs milliseconds and dominated the hot path.
+        """
+        return self.model_copy(
+            update={"history": list(self.history), "artifacts": list(self.artifacts), "metadata": dict(self.metadata)}
+        )
+
     def apply(self, event: TaskStatusUpdate | TaskArtifactUpdate) -> "Task":
         """Return this task with ``event`` applied; raise InvalidTransition for an illegal one."""
         if event.task_id != self.id:
             raise ValueError(f"event for task {event.task_id} applied to task {self.id}")
-        task = self.model_copy(deep=True)
+        task = self.snapshot()
         if isinstance(event, TaskStatusUpdate):
             check_transition(task.state, event.status.state)
             task.status = event.status

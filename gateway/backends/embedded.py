@@ -153,7 +153,7 @@ class EmbeddedTaskStore(TaskStore):
         if task.id in self._tasks:
             raise TaskExists(f"task {task.id} exists")
         self.bus.push(agent, task.id)  # raises QueueFull before anything is stored
-        self._tasks[task.id] = _TaskSlot(task.model_copy(deep=True), accepted_by)
+        self._tasks[task.id] = _TaskSlot(task.snapshot(), accepted_by)
         self._order.append(task.id)
 
     async def requeue(self, task: Task, agent: str) -> None:
@@ -168,14 +168,14 @@ class EmbeddedTaskStore(TaskStore):
 
     async def get(self, task_id: str) -> Task | None:
         slot = self._tasks.get(task_id)
-        return None if slot is None else slot.task.model_copy(deep=True)
+        return None if slot is None else slot.task.snapshot()
 
     async def list(self, context_id=None, limit=50, cursor=None):
         ids = [t for t in reversed(self._order) if context_id is None or self._tasks[t].task.context_id == context_id]
         start = int(cursor) if cursor else 0
         page = ids[start : start + limit]
         nxt = str(start + limit) if start + limit < len(ids) else None
-        return [self._tasks[t].task.model_copy(deep=True) for t in page], nxt
+        return [self._tasks[t].task.snapshot() for t in page], nxt
 
     async def apply(self, task_id: str, event: TaskEvent) -> tuple[Task, str]:
         slot = self._slot(task_id)
@@ -189,7 +189,7 @@ class EmbeddedTaskStore(TaskStore):
             fin = Finished(task_id, event.status.state, slot.accepted_by, slot.task.created_at, agent)
             self._finished.append((next(self._finished_ids), fin))
             self._finished_signal.fire()
-        return slot.task.model_copy(deep=True), stored.event_id
+        return slot.task.snapshot(), stored.event_id
 
     async def read_events(self, task_id: str, after: str | None, block_ms: int) -> list[StoredEvent]:
         slot = self._slot(task_id)
@@ -201,13 +201,15 @@ class EmbeddedTaskStore(TaskStore):
         return []
 
     async def read_finished(self, after: str | None, block_ms: int):
-        last = int(after) if after is not None else (self._finished[-1][0] if self._finished else 0)
-        for attempt in range(2):
-            out = [f for i, f in self._finished if i > last]
-            if out or attempt:
-                return out, str(self._finished[-1][0] if self._finished else last)
+        newest = self._finished[-1][0] if self._finished else 0
+        last = int(after) if after is not None else newest
+        if newest <= last:
             await self._finished_signal.wait(block_ms)
-        return [], str(last)
+            newest = self._finished[-1][0] if self._finished else 0
+        # Ids are consecutive, so the entries after ``last`` are the deque's tail.
+        fresh = min(newest - last, len(self._finished))
+        out = [f for _, f in list(self._finished)[len(self._finished) - fresh:]] if fresh > 0 else []
+        return out, str(max(last, newest))
 
     async def lock(self, task_id: str, owner: str, ttl_ms: int) -> bool:
         slot = self._slot(task_id)
