@@ -1,0 +1,124 @@
+"""The command line as a user runs it, configuration precedence, and the compose file."""
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+
+import httpx
+import pytest
+import yaml
+
+from gateway.cli import build_parser
+from gateway.config import Config
+from tests.conftest import REPO, free_port, interlace_cmd, subprocess_env
+
+
+def test_version():
+    out = subprocess.run(interlace_cmd("version"), env=subprocess_env(), capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.startswith("interlace ")
+
+
+def test_flags_beat_env_beat_defaults():
+    env = {"INTERLACE_PORT": "9000", "INTERLACE_REDIS_URL": "redis://env:6379/0", "INTERLACE_ECHO": "false"}
+    assert Config.load({}, env={}).port == 8080
+    from_env = Config.load({}, env=env)
+    assert (from_env.port, from_env.redis_url, from_env.echo) == (9000, "redis://env:6379/0", False)
+    flagged = Config.load({"port": 9100, "redis_url": None}, env=env)
+    assert flagged.port == 9100 and flagged.redis_url == "redis://env:6379/0"
+
+
+def test_bad_env_value_is_a_clear_error():
+    with pytest.raises(ValueError, match="INTERLACE_PORT"):
+        Config.load({}, env={"INTERLACE_PORT": "eighty"})
+    out = subprocess.run(interlace_cmd("serve"), env=subprocess_env(INTERLACE_PORT="eighty"),
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "INTERLACE_PORT" in out.stderr and "Traceback" not in out.stderr
+
+
+@contextlib.contextmanager
+def process(*args: str, **env: str):
+    proc = subprocess.Popen(interlace_cmd(*args), env=subprocess_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+async def _until_ok(client: httpx.AsyncClient, method: str, path: str, timeout: float = 20, **kw) -> httpx.Response:
+    async def attempt():
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                resp = await client.request(method, path, **kw)
+                if resp.status_code < 300:
+                    return resp
+            await asyncio.sleep(0.1)
+
+    return await asyncio.wait_for(attempt(), timeout)
+
+
+async def test_serve_with_no_flags_answers_with_the_echo_agent():
+    port = free_port()
+    with process("serve", INTERLACE_PORT=str(port)) as proc:  # only the port differs from a bare `interlace serve`
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            await _until_ok(client, "GET", "/readyz")
+            resp = await client.post("/tasks?wait=true", json={"agent": "echo", "message": {
+                "role": "user", "parts": [{"kind": "text", "text": "hi"}]}})
+            assert resp.json()["artifacts"][0]["parts"][0]["text"] == "hi"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)  # uvicorn re-raises SIGTERM after its graceful shutdown
+        logs = proc.stderr.read().decode()
+    assert '"msg": "gateway stopped"' in logs  # the lifespan shutdown ran: workers stopped cleanly
+    lines = [line for line in logs.splitlines() if line.strip()]
+    assert lines and all(line.startswith("{") for line in lines)  # structured JSON logs
+    assert '"msg": "task accepted"' in logs
+
+
+async def test_external_worker_through_the_gateway():
+    port = free_port()
+    with process("serve", "--port", str(port), "--no-echo"):
+        url = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            await _until_ok(client, "GET", "/readyz")
+            missing = await client.post("/tasks", json={"agent": "echo", "message": {"role": "user", "parts": [{"kind": "text", "text": "x"}]}})
+            assert missing.status_code == 404  # no echo worker yet
+            with process("worker", "echo", "--gateway", url):
+                body = {"agent": "echo", "message": {"role": "user", "parts": [{"kind": "text", "text": "remote"}]}}
+                resp = await _until_ok(client, "POST", "/tasks?wait=true", json=body)
+                assert resp.json()["artifacts"][0]["parts"][0]["text"] == "remote"
+
+
+# ---- docker-compose.yml: Docker cannot run here, so check that every command is real -------
+
+
+def compose():
+    return yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+def test_compose_has_redis_three_gateways_and_an_echo_worker():
+    services = compose()["services"]
+    commands = {name: svc.get("command", []) for name, svc in services.items()}
+    gateways = [n for n, c in commands.items() if c[:2] == ["interlace", "serve"]]
+    workers = [n for n, c in commands.items() if c[:3] == ["interlace", "worker", "echo"]]
+    assert "redis" in services and len(gateways) == 3 and len(workers) == 1
+    for name, svc in services.items():
+        for dep in svc.get("depends_on", {}):
+            assert dep in services, f"{name} depends on unknown service {dep}"
+    assert (REPO / "Dockerfile").exists()
+
+
+@pytest.mark.parametrize("name", [n for n, s in compose()["services"].items() if s.get("command", [""])[0] == "interlace"])
+def test_compose_commands_are_valid_interlace_invocations(name):
+    command = compose()["services"][name]["command"]
+    parser = build_parser()
+    args = parser.parse_args(command[1:])  # exits (fails the test) on an unknown flag or subcommand
+    if args.command == "serve":
+        assert args.host == "0.0.0.0" and args.redis_url.startswith("redis://redis:")
+    else:
+        assert args.redis_url.startswith("redis://redis:")
