@@ -93,9 +93,11 @@ def create_app(config: Config | None = None, *, backend: Backend | None = None, 
             log.info("gateway stopped", extra={"node": runtime.node_id})
 
     from protocols.mcp import routes as mcp_routes  # /mcp (protocols.mcp.mount adds upstreams)
+    from protocols.a2a import a2a_routes  # /a2a, agent cards (protocols.a2a.mount_a2a sets options)
 
     routes = [
         *mcp_routes,
+        *a2a_routes(),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),

@@ -1,0 +1,251 @@
+"""A small outbound A2A client on a pooled httpx client: card discovery and the task operations.
+
+It speaks JSON-RPC and HTTP+JSON, each in 1.0 and in 0.3, and parses every reply into canonical
+types with the same dialects the server uses (ids stay the remote agent's). It picks the first
+interface of the card it can speak (cards list interfaces in order of preference; a 0.3 card's
+``url``/``preferredTransport`` first, then its ``additionalInterfaces``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from protocols.a2a.errors import A2AError, RemoteAgentError
+from protocols.a2a.wire import V03, V03_REST, V10, Dialect, get
+from schemas import Message, Task, TaskArtifactUpdate, TaskStatusUpdate
+
+StreamItem = Task | Message | TaskStatusUpdate | TaskArtifactUpdate
+BINDINGS = ("JSONRPC", "HTTP+JSON")
+
+
+@dataclass(frozen=True)
+class RemoteInterface:
+    url: str
+    binding: str
+    version: str  # "1.0" | "0.3"
+
+
+@dataclass
+class RemoteCard:
+    name: str
+    interfaces: list[RemoteInterface]
+    streaming: bool
+    raw: dict[str, Any]
+
+    def preferred(self) -> RemoteInterface:
+        if not self.interfaces:
+            raise RemoteAgentError(f"the card of {self.name!r} lists no JSON-RPC or HTTP+JSON interface this gateway speaks")
+        return self.interfaces[0]
+
+
+def _version(raw: Any) -> str | None:
+    text = str(raw or "").strip()
+    if not text:
+        return None
+    if text.startswith("1."):
+        return "1.0"
+    if text.startswith("0.3"):
+        return "0.3"
+    return None
+
+
+def parse_card(d: Any, card_url: str = "") -> RemoteCard:
+    if not isinstance(d, dict):
+        raise RemoteAgentError(f"the agent card at {card_url} is not a JSON object")
+    out: list[RemoteInterface] = []
+    for i in get(d, "supportedInterfaces") or []:
+        if not isinstance(i, dict):
+            continue
+        binding = get(i, "protocolBinding") or get(i, "transport")
+        version = _version(get(i, "protocolVersion")) or "1.0"
+        if binding in BINDINGS and isinstance(get(i, "url"), str):
+            out.append(RemoteInterface(get(i, "url"), binding, version))
+    if not out and isinstance(get(d, "url"), str):  # a 0.3 card
+        legacy = _version(get(d, "protocolVersion")) or "0.3"
+        out.append(RemoteInterface(get(d, "url"), get(d, "preferredTransport") or "JSONRPC", legacy))
+        for i in get(d, "additionalInterfaces") or []:
+            if isinstance(i, dict) and isinstance(get(i, "url"), str):
+                out.append(RemoteInterface(get(i, "url"), get(i, "transport") or "", legacy))
+        out = [i for i in out if i.binding in BINDINGS]
+    caps = get(d, "capabilities") or {}
+    return RemoteCard(str(get(d, "name") or card_url), out, bool(isinstance(caps, dict) and get(caps, "streaming")), d)
+
+
+async def fetch_card(http: httpx.AsyncClient, card_url: str) -> RemoteCard:
+    try:
+        resp = await http.get(card_url, headers={"A2A-Version": "1.0"})
+    except httpx.HTTPError as exc:
+        raise RemoteAgentError(f"cannot fetch the agent card at {card_url}: {_describe(exc)}", retryable=True) from None
+    if resp.status_code != 200:
+        raise RemoteAgentError(f"the agent card at {card_url} answered HTTP {resp.status_code}", retryable=resp.status_code >= 500)
+    try:
+        return parse_card(resp.json(), card_url)
+    except ValueError:
+        raise RemoteAgentError(f"the agent card at {card_url} is not JSON") from None
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, httpx.ConnectError):
+        return "connection refused or host unreachable"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    return exc.__class__.__name__
+
+
+_METHODS = {
+    "1.0": {"send": "SendMessage", "stream": "SendStreamingMessage", "get": "GetTask", "cancel": "CancelTask", "subscribe": "SubscribeToTask"},
+    "0.3": {"send": "message/send", "stream": "message/stream", "get": "tasks/get", "cancel": "tasks/cancel", "subscribe": "tasks/resubscribe"},
+}
+
+
+class A2AClient:
+    """Calls one interface of a remote agent; every error is a RemoteAgentError with a readable message."""
+
+    def __init__(self, http: httpx.AsyncClient, interface: RemoteInterface, headers: dict[str, str] | None = None) -> None:
+        self.http, self.iface = http, interface
+        self.rest = interface.binding == "HTTP+JSON"
+        self.dialect: Dialect = (V03_REST if self.rest else V03) if interface.version == "0.3" else V10
+        self.headers = {"A2A-Version": interface.version, **(headers or {})}
+        self._ids = itertools.count(1)
+        self.base = interface.url.rstrip("/")
+        self._v1 = "/v1" if interface.version == "0.3" else ""
+
+    # ---- public operations -------------------------------------------------------------------
+
+    async def send(self, message: Message, *, blocking: bool = True, metadata: dict | None = None) -> Task | Message:
+        params = self.dialect.send_params_out(message, blocking=blocking, metadata=metadata)
+        if self.rest:
+            result = await self._rest("POST", "/message:send", params)
+        else:
+            result = await self._rpc("send", params)
+        item = self._parse(result)
+        if not isinstance(item, (Task, Message)):
+            raise RemoteAgentError("the remote agent answered SendMessage with neither a task nor a message")
+        return item
+
+    def stream(self, message: Message, *, metadata: dict | None = None) -> AsyncIterator[StreamItem]:
+        params = self.dialect.send_params_out(message, metadata=metadata)
+        if self.rest:
+            return self._rest_stream("POST", "/message:stream", params)
+        return self._rpc_stream("stream", params)
+
+    def subscribe(self, task_id: str) -> AsyncIterator[StreamItem]:
+        if self.rest:
+            return self._rest_stream("GET", f"/tasks/{task_id}:subscribe", None)
+        return self._rpc_stream("subscribe", {"id": task_id})
+
+    async def get_task(self, task_id: str) -> Task:
+        result = await (self._rest("GET", f"/tasks/{task_id}", None) if self.rest else self._rpc("get", {"id": task_id}))
+        return self.dialect.task_in(result)
+
+    async def cancel(self, task_id: str) -> Task:
+        result = await (self._rest("POST", f"/tasks/{task_id}:cancel", {}) if self.rest else self._rpc("cancel", {"id": task_id}))
+        return self.dialect.task_in(result)
+
+    # ---- transport ---------------------------------------------------------------------------
+
+    def _parse(self, d: Any) -> StreamItem | None:
+        try:
+            return self.dialect.stream_in(d)
+        except A2AError as exc:
+            raise RemoteAgentError(f"the remote agent sent an invalid reply: {exc.message}") from None
+
+    def _envelope(self, op: str, params: Any) -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "id": next(self._ids), "method": _METHODS[self.iface.version][op], "params": params}
+
+    @staticmethod
+    def _rpc_result(body: Any) -> Any:
+        if not isinstance(body, dict):
+            raise RemoteAgentError("the remote agent sent a reply that is not a JSON-RPC response")
+        if "error" in body:
+            err = body["error"] if isinstance(body["error"], dict) else {}
+            raise RemoteAgentError(f"the remote agent answered error {err.get('code')}: {err.get('message')}", code=err.get("code"))
+        return body.get("result")
+
+    async def _rpc(self, op: str, params: Any) -> Any:
+        try:
+            resp = await self.http.post(self.base, json=self._envelope(op, params), headers=self.headers)
+        except httpx.HTTPError as exc:
+            raise RemoteAgentError(f"cannot reach the remote agent at {self.base}: {_describe(exc)}", retryable=True) from None
+        if resp.status_code >= 400 and not resp.headers.get("content-type", "").startswith("application/json"):
+            raise RemoteAgentError(f"the remote agent answered HTTP {resp.status_code}", retryable=resp.status_code >= 500)
+        try:
+            return self._rpc_result(resp.json())
+        except ValueError:
+            raise RemoteAgentError("the remote agent sent a reply that is not JSON") from None
+
+    async def _rest(self, method: str, path: str, body: Any) -> Any:
+        url = f"{self.base}{self._v1}{path}"
+        try:
+            resp = await self.http.request(method, url, json=body, headers=self.headers)
+        except httpx.HTTPError as exc:
+            raise RemoteAgentError(f"cannot reach the remote agent at {self.base}: {_describe(exc)}", retryable=True) from None
+        try:
+            data = resp.json()
+        except ValueError:
+            raise RemoteAgentError(f"the remote agent answered HTTP {resp.status_code} without JSON") from None
+        if resp.status_code >= 400:
+            raise RemoteAgentError(_rest_error(resp.status_code, data), code=resp.status_code)
+        return data
+
+    async def _rpc_stream(self, op: str, params: Any) -> AsyncIterator[StreamItem]:
+        async for data in self._sse("POST", self.base, self._envelope(op, params)):
+            item = self._parse(self._rpc_result(data))
+            if item is not None:
+                yield item
+
+    async def _rest_stream(self, method: str, path: str, body: Any) -> AsyncIterator[StreamItem]:
+        async for data in self._sse(method, f"{self.base}{self._v1}{path}", body):
+            item = self._parse(data)
+            if item is not None:
+                yield item
+
+    async def _sse(self, method: str, url: str, body: Any) -> AsyncIterator[Any]:
+        headers = {**self.headers, "Accept": "text/event-stream"}
+        try:
+            async with self.http.stream(method, url, json=body, headers=headers) as resp:
+                if "text/event-stream" not in resp.headers.get("content-type", ""):
+                    raw = await resp.aread()
+                    try:
+                        data = json.loads(raw)
+                    except ValueError:
+                        raise RemoteAgentError(f"the remote agent answered HTTP {resp.status_code} without a stream") from None
+                    if self.rest:
+                        raise RemoteAgentError(_rest_error(resp.status_code, data), code=resp.status_code)
+                    yield data
+                    return
+                event, lines = "message", []
+                async for line in resp.aiter_lines():
+                    if line == "":
+                        if lines:
+                            payload = json.loads("\n".join(lines))
+                            if event == "error":
+                                raise RemoteAgentError(_rest_error(400, payload))
+                            yield payload
+                        event, lines = "message", []
+                    elif line.startswith(":"):
+                        continue
+                    else:
+                        key, _, value = line.partition(":")
+                        value = value[1:] if value.startswith(" ") else value
+                        if key == "data":
+                            lines.append(value)
+                        elif key == "event":
+                            event = value
+        except httpx.HTTPError as exc:
+            raise RemoteAgentError(f"the stream from the remote agent at {self.base} broke: {_describe(exc)}", retryable=True) from None
+        except json.JSONDecodeError:
+            raise RemoteAgentError("the remote agent streamed an event that is not JSON") from None
+
+
+def _rest_error(status: int, data: Any) -> str:
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        return f"the remote agent answered HTTP {status}: {err.get('message')}"
+    return f"the remote agent answered HTTP {status}"

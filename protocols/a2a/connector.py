@@ -1,0 +1,290 @@
+"""The outbound A2A connector: a Worker that runs its tasks on a remote A2A agent.
+
+``A2AConnector(agent_name, card_url)`` consumes the bus stream of ``agent_name``. For each task it
+sends the latest user message to the remote agent over the interface the remote card prefers,
+streaming when the card says it can, and turns the remote's task, status and artifact events
+into this task's events. Specifics:
+
+* contextId: the gateway's context id is sent as the remote contextId, so the remote groups
+  the tasks of one conversation too.
+* input-required: the remote task/context ids ride in the metadata of the status message
+  (``REMOTE_IDS``); the follow-up message (``runtime.continue_task``) goes to that remote task.
+* a direct Message reply completes the task with that message (flagged ``DIRECT_REPLY``).
+* remote ``failed``/``rejected`` fail the task with the remote's status text; an unreachable
+  agent fails it with a clear message, and the card is fetched again for the next task.
+* cancel: when the gateway task is canceled, the runner cancels ``handle``, which then sends
+  CancelTask to the remote (bounded by a few seconds) before it unwinds.
+* a stream that ends before a final state is resumed with SubscribeToTask, else polled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+
+from agents.worker import TaskFailed, Worker
+from protocols.a2a.client import A2AClient, RemoteCard, StreamItem, fetch_card
+from protocols.a2a.errors import RemoteAgentError
+from protocols.a2a.wire import DIRECT_REPLY, REMOTE_IDS
+from schemas import Message, Task, TaskArtifactUpdate, TaskEvent, TaskState, TaskStatusUpdate, TextPart
+
+log = logging.getLogger("interlace.a2a.connector")
+
+
+_END = object()
+
+
+class _Mirror:
+    """What the connector knows of the remote task while it runs."""
+
+    def __init__(self) -> None:
+        self.task_id: str | None = None
+        self.context_id: str | None = None
+        self.final = False
+        self.known = asyncio.Event()
+
+    def learn(self, task_id: str | None, context_id: str | None) -> None:
+        self.task_id = self.task_id or task_id or None
+        self.context_id = self.context_id or context_id or None
+        if self.task_id:
+            self.known.set()
+
+
+class A2AConnector(Worker):
+    concurrency = 64
+
+    def __init__(
+        self,
+        agent_name: str,
+        card_url: str,
+        *,
+        streaming: bool | None = None,
+        headers: dict[str, str] | None = None,
+        timeout_s: float = 300.0,
+        card_ttl_s: float = 300.0,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.agent = agent_name
+        self.card_url = card_url if card_url.endswith(".json") else card_url.rstrip("/") + "/.well-known/agent-card.json"
+        self.streaming, self.headers = streaming, headers or {}
+        self.timeout_s, self.card_ttl_s = timeout_s, card_ttl_s
+        self._http = http
+        self._card: RemoteCard | None = None
+        self._card_at = 0.0
+        self._card_lock: asyncio.Lock | None = None
+
+    # ---- plumbing ----------------------------------------------------------------------------
+
+    def _client_http(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.timeout_s, connect=5.0),
+                limits=httpx.Limits(max_connections=self.concurrency * 2, max_keepalive_connections=self.concurrency),
+            )
+        return self._http
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    async def card(self) -> RemoteCard:
+        if self._card_lock is None:
+            self._card_lock = asyncio.Lock()
+        async with self._card_lock:
+            if self._card is None or time.monotonic() - self._card_at > self.card_ttl_s:
+                self._card = await fetch_card(self._client_http(), self.card_url)
+                self._card_at = time.monotonic()
+            return self._card
+
+    def _forget_card(self) -> None:
+        self._card = None
+
+    # ---- the handler -------------------------------------------------------------------------
+
+    async def handle(self, task: Task) -> AsyncIterator[TaskEvent]:
+        mirror = _Mirror()
+        client: A2AClient | None = None
+        pump: asyncio.Task | None = None
+        try:
+            card = await self.card()
+            client = A2AClient(self._client_http(), card.preferred(), self.headers)
+            streaming = card.streaming if self.streaming is None else (self.streaming and card.streaming)
+            outgoing = self._outgoing(task, mirror)
+            source = client.stream(outgoing) if streaming else self._send_and_poll(client, outgoing)
+            # The remote is read by its own task, so a cancel that arrives before the remote task id
+            # is known can still wait (briefly) for it and then cancel the remote task.
+            queue: asyncio.Queue = asyncio.Queue()
+            pump = asyncio.create_task(self._pump(source, queue, mirror), name=f"a2a-remote-{task.id}")
+            while not mirror.final:
+                item = await queue.get()
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                for ev in self._map(task, mirror, item):
+                    yield ev
+            if not mirror.final and mirror.task_id:
+                async for ev in self._settle(task, mirror, client, streaming):
+                    yield ev
+            if not mirror.final:
+                raise TaskFailed(f"the remote agent {self.agent!r} ended without finishing the task")
+        except asyncio.CancelledError:
+            if client is not None and not mirror.final:
+                if mirror.task_id is None:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(mirror.known.wait(), 5.0)
+                if mirror.task_id:
+                    await self._cancel_remote(client, mirror.task_id)
+            raise
+        except RemoteAgentError as exc:
+            if exc.retryable:
+                self._forget_card()
+            raise TaskFailed(f"remote agent {self.agent!r}: {exc}") from None
+        finally:
+            if pump is not None:
+                pump.cancel()
+
+    @staticmethod
+    async def _pump(source: AsyncIterator[StreamItem], queue: asyncio.Queue, mirror: _Mirror) -> None:
+        try:
+            async for item in source:
+                if isinstance(item, Task):
+                    mirror.learn(item.id, item.context_id)
+                elif isinstance(item, (TaskStatusUpdate, TaskArtifactUpdate)):
+                    mirror.learn(item.task_id, item.context_id)
+                await queue.put(item)
+            await queue.put(_END)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await queue.put(exc)
+
+    async def _send_and_poll(self, client: A2AClient, outgoing: Message) -> AsyncIterator[StreamItem]:
+        """A remote without streaming: send without blocking (so the task id is known at once and a
+        cancel can reach it), then poll the task until it is final."""
+        first = await client.send(outgoing, blocking=False)
+        yield first
+        if not isinstance(first, Task) or first.state.terminal or first.state.interrupted:
+            return
+        deadline, delay = time.monotonic() + self.timeout_s, 0.05
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            remote = await client.get_task(first.id)
+            if remote.state.terminal or remote.state.interrupted:
+                yield remote
+                return
+
+    def _outgoing(self, task: Task, mirror: _Mirror) -> Message:
+        user = [m for m in task.history if m.role == "user"]
+        if not user:
+            raise TaskFailed("the task has no user message to send")
+        remote = self._remote_ids(task)
+        if remote:
+            mirror.learn(remote.get("taskId"), remote.get("contextId"))
+        meta = {k: v for k, v in (user[-1].metadata or {}).items() if not k.startswith("interlace.")}
+        return Message(
+            message_id=user[-1].message_id,
+            role="user",
+            parts=user[-1].parts,
+            task_id=mirror.task_id,
+            context_id=mirror.context_id or task.context_id,
+            metadata=meta or None,
+        )
+
+    @staticmethod
+    def _remote_ids(task: Task) -> dict | None:
+        """The remote ids of a task that waited for input (from the last agent message that has them)."""
+        for m in reversed(task.history):
+            if m.role == "agent" and m.metadata and isinstance(m.metadata.get(REMOTE_IDS), dict):
+                return m.metadata[REMOTE_IDS]
+        return None
+
+    async def _relay(self, task: Task, mirror: _Mirror, items: AsyncIterator[StreamItem]) -> AsyncIterator[TaskEvent]:
+        async for item in items:
+            for ev in self._map(task, mirror, item):
+                yield ev
+            if mirror.final:
+                return
+
+    async def _settle(self, task: Task, mirror: _Mirror, client: A2AClient, streaming: bool) -> AsyncIterator[TaskEvent]:
+        """The stream ended before a final state: follow the remote task by subscription, or poll it."""
+        deadline = time.monotonic() + self.timeout_s
+        delay = 0.2
+        while not mirror.final and time.monotonic() < deadline:
+            if streaming:
+                try:
+                    async for ev in self._relay(task, mirror, client.subscribe(mirror.task_id)):  # type: ignore[arg-type]
+                        yield ev
+                    continue
+                except RemoteAgentError:
+                    streaming = False  # fall back to polling
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            remote = await client.get_task(mirror.task_id)  # type: ignore[arg-type]
+            if remote.state.terminal or remote.state.interrupted:
+                for ev in self._map(task, mirror, remote):
+                    yield ev
+
+    async def _cancel_remote(self, client: A2AClient, remote_id: str) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(client.cancel(remote_id)), 5.0)
+            log.info("canceled the remote task", extra={"agent": self.agent, "remote_task": remote_id})
+        except (RemoteAgentError, asyncio.TimeoutError, asyncio.CancelledError) as exc:
+            log.warning("could not cancel the remote task", extra={"agent": self.agent, "error": str(exc)})
+
+    # ---- mapping remote items to this task's events ------------------------------------------
+
+    def _message(self, task: Task, remote: Message | None, extra: dict | None = None) -> Message | None:
+        if remote is None and not extra:
+            return None
+        parts = remote.parts if remote is not None else [TextPart(text="")]
+        meta = {**((remote.metadata or {}) if remote is not None else {}), **(extra or {})}
+        return Message(
+            message_id=remote.message_id if remote is not None else Message(role="agent", parts=parts).message_id,
+            role="agent",
+            parts=parts,
+            task_id=task.id,
+            context_id=task.context_id,
+            metadata=meta or None,
+        )
+
+    def _map(self, task: Task, mirror: _Mirror, item: StreamItem | None) -> list[TaskEvent]:
+        if item is None:
+            return []
+        if isinstance(item, Message):
+            mirror.final = True
+            return [task.status_event(TaskState.COMPLETED, self._message(task, item, {DIRECT_REPLY: True}))]
+        if isinstance(item, Task):
+            mirror.task_id, mirror.context_id = item.id, item.context_id or mirror.context_id
+            events: list[TaskEvent] = [task.artifact_event(a) for a in item.artifacts]
+            return events + self._status(task, mirror, item.status.state, item.status.message)
+        if isinstance(item, TaskArtifactUpdate):
+            mirror.task_id = mirror.task_id or item.task_id or None
+            return [task.artifact_event(item.artifact, append=item.append, last_chunk=item.last_chunk)]
+        mirror.task_id = mirror.task_id or item.task_id or None
+        mirror.context_id = mirror.context_id or item.context_id or None
+        return self._status(task, mirror, item.status.state, item.status.message)
+
+    def _status(self, task: Task, mirror: _Mirror, state: TaskState, message: Message | None) -> list[TaskEvent]:
+        if state is TaskState.SUBMITTED:
+            return []
+        if state is TaskState.WORKING:
+            return [task.status_event(TaskState.WORKING, self._message(task, message))] if message else []
+        if state in (TaskState.FAILED, TaskState.REJECTED):
+            mirror.final = True
+            text = message.text() if message is not None else ""
+            verb = "failed" if state is TaskState.FAILED else "rejected"
+            raise TaskFailed(f"remote agent {self.agent!r} {verb} the task" + (f": {text}" if text else ""))
+        mirror.final = True
+        if state.interrupted:
+            ids = {REMOTE_IDS: {"taskId": mirror.task_id, "contextId": mirror.context_id}}
+            return [task.status_event(state, self._message(task, message, ids))]
+        return [task.status_event(state, self._message(task, message))]
+

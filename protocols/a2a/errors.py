@@ -1,0 +1,129 @@
+"""A2A errors: one class per protocol error, each knowing its JSON-RPC code, HTTP status and reason.
+
+Rendering (A2A 1.0 §5.4, §9.5, §11.6):
+
+* JSON-RPC 1.0: ``{"code", "message", "data": [google.rpc.ErrorInfo]}``; JSON-RPC 0.3: ``{"code", "message"}``.
+* HTTP+JSON: ``google.rpc.Status`` ``{"error": {"code": <http>, "status", "message", "details": [ErrorInfo]}}``;
+  the 0.3 REST face adds the top-level ``type`` (the error's class name) that 0.3 clients map back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ERROR_INFO_TYPE = "type.googleapis.com/google.rpc.ErrorInfo"
+A2A_DOMAIN = "a2a-protocol.org"
+
+
+class A2AError(Exception):
+    code = -32603
+    http = 500
+    status = "INTERNAL"
+    reason = "INTERNAL_ERROR"
+    default = "Internal error"
+
+    def __init__(self, message: str | None = None, **metadata: str) -> None:
+        self.message = message or self.default
+        self.metadata = {k: str(v) for k, v in metadata.items()}
+        super().__init__(self.message)
+
+    @property
+    def type_name(self) -> str:
+        return type(self).__name__
+
+    def jsonrpc(self, version: str) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        if version != "0.3":
+            err["data"] = [self.error_info()]
+        return err
+
+    def error_info(self) -> dict[str, Any]:
+        return {"@type": ERROR_INFO_TYPE, "reason": self.reason, "domain": A2A_DOMAIN, "metadata": self.metadata}
+
+    def rest(self, version: str) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "error": {"code": self.http, "status": self.status, "message": self.message, "details": [self.error_info()]}
+        }
+        if version == "0.3":
+            body["type"] = self.type_name
+            body["message"] = self.message
+        return body
+
+
+class TaskNotFoundError(A2AError):
+    code, http, status, reason, default = -32001, 404, "NOT_FOUND", "TASK_NOT_FOUND", "Task not found"
+
+
+class TaskNotCancelableError(A2AError):
+    code, http, status, reason, default = -32002, 400, "FAILED_PRECONDITION", "TASK_NOT_CANCELABLE", "Task cannot be canceled"
+
+
+class PushNotificationNotSupportedError(A2AError):
+    code, http, status, reason = -32003, 400, "FAILED_PRECONDITION", "PUSH_NOTIFICATION_NOT_SUPPORTED"
+    default = "Push notifications are not supported"
+
+
+class UnsupportedOperationError(A2AError):
+    code, http, status, reason = -32004, 400, "FAILED_PRECONDITION", "UNSUPPORTED_OPERATION"
+    default = "This operation is not supported"
+
+
+class ContentTypeNotSupportedError(A2AError):
+    code, http, status, reason = -32005, 400, "INVALID_ARGUMENT", "CONTENT_TYPE_NOT_SUPPORTED"
+    default = "Incompatible content types"
+
+
+class InvalidAgentResponseError(A2AError):
+    code, http, status, reason, default = -32006, 500, "INTERNAL", "INVALID_AGENT_RESPONSE", "Invalid agent response"
+
+
+class ExtendedAgentCardNotConfiguredError(A2AError):
+    code, http, status, reason = -32007, 400, "FAILED_PRECONDITION", "EXTENDED_AGENT_CARD_NOT_CONFIGURED"
+    default = "Extended agent card is not configured"
+
+    @property
+    def type_name(self) -> str:  # the 0.3 name
+        return "AuthenticatedExtendedCardNotConfiguredError"
+
+
+class VersionNotSupportedError(A2AError):
+    code, http, status, reason, default = -32009, 400, "FAILED_PRECONDITION", "VERSION_NOT_SUPPORTED", "Version not supported"
+
+
+class InvalidParamsError(A2AError):
+    code, http, status, reason, default = -32602, 400, "INVALID_ARGUMENT", "INVALID_PARAMS", "Invalid parameters"
+
+
+class InvalidRequestError(A2AError):
+    code, http, status, reason, default = -32600, 400, "INVALID_ARGUMENT", "INVALID_REQUEST", "Invalid request"
+
+
+class MethodNotFoundError(A2AError):
+    code, http, status, reason, default = -32601, 404, "NOT_FOUND", "METHOD_NOT_FOUND", "Method not found"
+
+
+class JSONParseError(A2AError):
+    code, http, status, reason, default = -32700, 400, "INVALID_ARGUMENT", "INVALID_REQUEST", "Invalid JSON payload"
+
+
+class InternalError(A2AError):
+    pass
+
+
+class RemoteAgentError(Exception):
+    """An outbound call to a remote A2A agent failed (raised by the client, never sent to a peer)."""
+
+    def __init__(self, message: str, *, code: int | None = None, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.code, self.retryable = code, retryable
+
+
+BY_CODE: dict[int, type[A2AError]] = {
+    cls.code: cls
+    for cls in (
+        TaskNotFoundError, TaskNotCancelableError, PushNotificationNotSupportedError, UnsupportedOperationError,
+        ContentTypeNotSupportedError, InvalidAgentResponseError, ExtendedAgentCardNotConfiguredError,
+        VersionNotSupportedError, InvalidParamsError, InvalidRequestError, MethodNotFoundError, JSONParseError,
+        InternalError,
+    )
+}

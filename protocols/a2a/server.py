@@ -1,0 +1,93 @@
+"""The inbound A2A face of the gateway: cards, JSON-RPC and HTTP+JSON routes.
+
+  GET  /.well-known/agent-card.json                 the gateway's card (skills = routable agents)
+  GET  /a2a/.well-known/agent-card.json             the same card, for clients given ``<base>/a2a``
+  GET  /a2a/jwks.json                               the card-signing key (JWK Set; the JWS ``jku``)
+  POST /a2a                                         JSON-RPC, gateway scope (routing rule: service.py)
+  *    /a2a/rest/...                                HTTP+JSON, gateway scope (1.0 paths; 0.3 under /v1)
+  GET  /a2a/agents/{name}/.well-known/agent-card.json   one agent's card
+  POST /a2a/agents/{name}                           JSON-RPC for that agent only
+  *    /a2a/agents/{name}/rest/...                  HTTP+JSON for that agent only
+
+``a2a_routes(**options)`` returns the routes (the app's default list uses it); ``mount_a2a(app,
+**options)`` replaces them on a built app and closes the adapter's clients on shutdown. The
+options are the fields of ``A2AOptions``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from protocols.a2a import jsonrpc, rest
+from protocols.a2a.card import jwks
+from protocols.a2a.service import A2AOptions, A2AService, Call
+from protocols.a2a.wire import V10, Dialect
+
+ROUTE_PREFIX = "a2a"
+
+
+def _base(service: A2AService, request: Request) -> str:
+    configured = service.options.public_url or getattr(request.app.state.runtime.config, "public_url", None)
+    return (configured or str(request.base_url)).rstrip("/")
+
+
+def build_routes(service: A2AService) -> list[BaseRoute]:
+    def call_for(request: Request, dialect: Dialect) -> Call:
+        return Call(request.app.state.runtime, request.path_params.get("agent"), dialect, _base(service, request))
+
+    async def gateway_card(request: Request) -> Response:
+        call = call_for(request, V10)
+        return service.cards.response(request, "gateway", await service.card(call))
+
+    async def agent_card(request: Request) -> Response:
+        call = call_for(request, V10)
+        if not await service.agent_exists(call.rt, call.agent or ""):
+            return JSONResponse({"error": {"code": "not_found", "message": f"no agent named {call.agent!r}"}}, status_code=404)
+        return service.cards.response(request, f"agent:{call.agent}", await service.card(call))
+
+    async def key_set(request: Request) -> Response:
+        return JSONResponse(jwks(service.options.identity), headers={"Cache-Control": "public, max-age=3600"})  # type: ignore[arg-type]
+
+    async def rpc(request: Request) -> Response:
+        return await jsonrpc.handle(service, request, lambda d: call_for(request, d))
+
+    n = ROUTE_PREFIX
+    return [
+        Route("/.well-known/agent-card.json", gateway_card, methods=["GET"], name=f"{n}:card"),
+        Route("/a2a/.well-known/agent-card.json", gateway_card, methods=["GET"], name=f"{n}:card2"),
+        Route("/a2a/jwks.json", key_set, methods=["GET"], name=f"{n}:jwks"),
+        Route("/a2a", rpc, methods=["POST"], name=f"{n}:rpc"),
+        *rest.routes(service, "/a2a/rest", call_for, f"{n}:rest"),
+        Route("/a2a/agents/{agent}/.well-known/agent-card.json", agent_card, methods=["GET"], name=f"{n}:agent-card"),
+        Route("/a2a/agents/{agent}", rpc, methods=["POST"], name=f"{n}:agent-rpc"),
+        *rest.routes(service, "/a2a/agents/{agent}/rest", call_for, f"{n}:agent-rest"),
+    ]
+
+
+def a2a_routes(**options: Any) -> list[BaseRoute]:
+    return build_routes(A2AService(A2AOptions(**options)))
+
+
+def mount_a2a(app: Starlette, **options: Any) -> A2AService:
+    """Serve A2A on ``app`` with these options (replacing any A2A routes it has)."""
+    service = A2AService(A2AOptions(**options))
+    kept = [r for r in app.router.routes if not str(getattr(r, "name", "") or "").startswith(ROUTE_PREFIX + ":")]
+    app.router.routes[:] = build_routes(service) + kept
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a):
+        async with inner(a) as state:
+            try:
+                yield state
+            finally:
+                await service.close()
+
+    app.router.lifespan_context = lifespan
+    return service

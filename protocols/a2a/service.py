@@ -1,0 +1,413 @@
+"""The A2A operations, independent of binding: each takes a parsed request and returns wire data.
+
+Both bindings (JSON-RPC and HTTP+JSON) and both protocol versions call these; the dialect in
+``Call`` decides the wire shapes. State comes from the Runtime's task store, so any gateway node
+answers for any task.
+
+Routing rule for a message sent to the gateway-level endpoint (``/a2a``, ``/a2a/rest``) without
+``taskId``: the agent named by ``metadata.agent`` of the request, else ``metadata.agent`` of the
+message, else the only known agent, or, with several, the first known agent (in name order)
+that is available. A per-agent endpoint (``/a2a/agents/{name}``) always routes to its agent and
+only sees that agent's tasks. A message with ``taskId`` continues that task (it must be waiting
+for input); ``contextId`` groups tasks (it is kept as given, or a new one is made).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from weakref import WeakKeyDictionary
+
+import httpx
+
+from gateway import __version__
+from gateway.backends import BackendUnavailable, QueueFull, TaskNotFound
+from gateway.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
+from protocols.a2a import card as cards
+from protocols.a2a.errors import (
+    A2AError,
+    ContentTypeNotSupportedError,
+    ExtendedAgentCardNotConfiguredError,
+    InternalError,
+    InvalidParamsError,
+    PushNotificationNotSupportedError,
+    TaskNotCancelableError,
+    TaskNotFoundError,
+    UnsupportedOperationError,
+)
+from protocols.a2a.push import PushDispatcher, PushPolicy, PushStore
+from protocols.a2a.wire import Dialect, PushConfig, SendParams, boolean, direct_reply, get, integer, string
+from registry.identity import Identity
+from schemas import DataPart, Message, Task, TaskState, TextPart
+
+log = logging.getLogger("interlace.a2a")
+
+DEFAULT_INPUT_MODES = [
+    "text/plain", "text/markdown", "application/json", "application/octet-stream",
+    "image/png", "image/jpeg", "image/webp", "application/pdf", "audio/wav", "audio/mpeg",
+]
+DEFAULT_OUTPUT_MODES = ["text/plain", "application/json", "application/octet-stream"]
+MAX_LIST_SCAN = 10_000
+
+
+class Unavailable(A2AError):
+    code, http, status, reason, default = -32603, 503, "UNAVAILABLE", "UNAVAILABLE", "Service temporarily unavailable"
+
+
+@dataclass
+class A2AOptions:
+    """Settings of the A2A face; every field is a keyword argument of ``a2a_routes``/``mount_a2a``."""
+
+    public_url: str | None = None  # base URL clients reach the gateway at (behind a proxy); else from the request
+    identity: Identity | None = None  # the gateway's signing key; a fresh one per process when absent
+    name: str = "Interlace gateway"
+    description: str = "Agent interoperability gateway: routes A2A tasks to the agents it knows"
+    card_max_age_s: int = 300
+    card_v03_compat: bool = False  # list 0.3 interfaces and the 0.3 top-level card fields
+    input_modes: list[str] = field(default_factory=lambda: list(DEFAULT_INPUT_MODES))
+    output_modes: list[str] = field(default_factory=lambda: list(DEFAULT_OUTPUT_MODES))
+    push: PushPolicy = field(default_factory=PushPolicy)
+    extended_card: dict[str, Any] | None = None  # extra card fields served by GetExtendedAgentCard
+    blocking_timeout_s: float | None = None  # how long a blocking SendMessage waits; default config.max_wait_timeout_s
+    provider: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.identity is None:
+            self.identity = Identity.generate()
+
+
+@dataclass
+class Call:
+    """One request: the runtime, the agent scope (None: the gateway), the dialect and public base URL."""
+
+    rt: Runtime
+    agent: str | None
+    dialect: Dialect
+    base: str
+
+
+class _NodeState:
+    def __init__(self, rt: Runtime, policy: PushPolicy) -> None:
+        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=64), follow_redirects=False)
+        self.store = PushStore(rt.backend.kv, rt.config.retention_s)
+        self.dispatcher = PushDispatcher(rt, self.store, policy, self.http, rt.config.sse_max_s)
+
+    async def close(self) -> None:
+        await self.dispatcher.close()
+        await self.http.aclose()
+
+
+class A2AService:
+    def __init__(self, options: A2AOptions) -> None:
+        self.options = options
+        self.cards = cards.CardCache(options.card_max_age_s)
+        self._nodes: WeakKeyDictionary[Runtime, _NodeState] = WeakKeyDictionary()
+
+    def node(self, rt: Runtime) -> _NodeState:
+        state = self._nodes.get(rt)
+        if state is None:
+            state = self._nodes[rt] = _NodeState(rt, self.options.push)
+        return state
+
+    async def close(self) -> None:
+        for state in list(self._nodes.values()):
+            await state.close()
+        self._nodes.clear()
+
+    # ---- helpers -----------------------------------------------------------------------------
+
+    async def _visible(self, call: Call, task_id: Any) -> Task:
+        if not isinstance(task_id, str) or not task_id:
+            raise InvalidParamsError("a task id is required")
+        try:
+            task = await call.rt.get(task_id)
+        except TaskNotFound:
+            raise TaskNotFoundError(f"Task {task_id} not found") from None
+        if call.agent is not None and (task.route is None or task.route.agent != call.agent):
+            raise TaskNotFoundError(f"Task {task_id} not found")
+        return task
+
+    async def _route(self, call: Call, p: SendParams) -> str:
+        if call.agent is not None:
+            return call.agent
+        named = (p.metadata or {}).get("agent") or (p.message.metadata or {}).get("agent")
+        if named:
+            if not isinstance(named, str):
+                raise InvalidParamsError("metadata.agent must be a string")
+            return named
+        for agent in await call.rt.known_agents():
+            try:
+                return await call.rt.resolve_agent(agent)
+            except UnknownAgent:
+                continue
+        raise InvalidParamsError("no agent is available to take the task")
+
+    def _check_modes(self, message: Message) -> None:
+        for part in message.parts:
+            if isinstance(part, TextPart):
+                media = "text/plain"
+            elif isinstance(part, DataPart):
+                media = "application/json"
+            else:
+                media = part.media_type or "application/octet-stream"
+            if not _mode_accepted(media, self.options.input_modes):
+                raise ContentTypeNotSupportedError(f"media type {media!r} is not accepted; accepted: {', '.join(self.options.input_modes)}")
+
+    @staticmethod
+    async def last_event_id(rt: Runtime, task_id: str) -> str | None:
+        last = None
+        while True:
+            batch = await rt.backend.tasks.read_events(task_id, last, 0)
+            if not batch:
+                return last
+            last = batch[-1].event_id
+
+    def _blocking_timeout(self, rt: Runtime) -> float:
+        return self.options.blocking_timeout_s or rt.config.max_wait_timeout_s
+
+    # ---- send / stream -----------------------------------------------------------------------
+
+    async def _accept(self, call: Call, p: SendParams) -> tuple[Task, str | None]:
+        rt = call.rt
+        self._check_modes(p.message)
+        if p.push is not None:
+            if not self.options.push.enabled:
+                raise PushNotificationNotSupportedError()
+            self.options.push.check_url(p.push.url)
+        msg = p.message
+        if msg.task_id:
+            task = await self._visible(call, msg.task_id)
+            if task.state.terminal:
+                raise UnsupportedOperationError(f"Task {task.id} is in terminal state {task.state.value}")
+            if not task.state.interrupted:
+                raise UnsupportedOperationError(f"Task {task.id} is {task.state.value}; only a task waiting for input takes a follow-up message")
+            if msg.context_id and msg.context_id != task.context_id:
+                raise InvalidParamsError(f"message.contextId {msg.context_id} does not match the task's context {task.context_id}")
+            after = await self.last_event_id(rt, task.id)
+            try:
+                task = await rt.continue_task(task.id, msg)
+            except NotContinuable as exc:
+                raise UnsupportedOperationError(str(exc)) from None
+        else:
+            agent = await self._route(call, p)
+            try:
+                task = await rt.submit(msg, agent=agent, context_id=msg.context_id, metadata=p.metadata)
+            except UnknownAgent as exc:
+                raise InvalidParamsError(str(exc)) from None
+            after = None
+        if p.push is not None:
+            p.push.task_id = task.id
+            await self.node(rt).store.put(p.push, call.dialect.version)
+            await self.node(rt).dispatcher.watch(task.id, after)
+        return task, after
+
+    async def send(self, call: Call, params: Any) -> dict[str, Any]:
+        p = call.dialect.send_params_in(params)
+        task, _ = await self._accept(call, p)
+        if p.blocking:
+            task = await call.rt.wait(task.id, self._blocking_timeout(call.rt))
+        if task.state is TaskState.COMPLETED and not task.artifacts and direct_reply(task.status.message):
+            reply = task.status.message.model_copy(update={"task_id": None})  # type: ignore[union-attr]
+            return call.dialect.send_result(reply)
+        return call.dialect.send_result(task, p.history_length)
+
+    async def open_stream(self, call: Call, params: Any) -> AsyncIterator[Any]:
+        """Accept the message (errors raise here, before any byte is sent), then stream its events."""
+        p = call.dialect.send_params_in(params)
+        task, after = await self._accept(call, p)
+        return self._events(call, task, after, p.history_length)
+
+    async def _events(self, call: Call, task: Task, after: str | None, history_length: int | None) -> AsyncIterator[Any]:
+        yield call.dialect.stream_task(task, history_length)
+        async for stored in call.rt.follow(task.id, after):
+            yield call.dialect.stream_event(stored.event)
+
+    async def open_subscribe(self, call: Call, task_id: Any) -> AsyncIterator[Any]:
+        task = await self._visible(call, task_id)
+        if task.state.terminal:
+            raise UnsupportedOperationError(f"Task {task.id} is in terminal state {task.state.value}")
+        after = await self.last_event_id(call.rt, task.id)
+        task = await call.rt.get(task.id)  # newer than `after`: an event may repeat, none is lost
+        return self._subscription(call, task, after)
+
+    async def _subscription(self, call: Call, task: Task, after: str | None) -> AsyncIterator[Any]:
+        yield call.dialect.stream_task(task)
+        if task.state.terminal or task.state.interrupted:
+            return
+        async for stored in call.rt.follow(task.id, after):
+            yield call.dialect.stream_event(stored.event)
+
+    # ---- tasks -------------------------------------------------------------------------------
+
+    async def get_task(self, call: Call, task_id: Any, history_length: int | None) -> dict[str, Any]:
+        task = await self._visible(call, task_id)
+        return call.dialect.task_out(task, history_length)
+
+    async def cancel(self, call: Call, task_id: Any) -> dict[str, Any]:
+        task = await self._visible(call, task_id)
+        try:
+            task = await call.rt.cancel(task.id)
+        except NotCancelable:
+            current = await call.rt.get(task.id)
+            raise TaskNotCancelableError(f"Task {task.id} is in terminal state {current.state.value}") from None
+        return call.dialect.task_out(task)
+
+    async def list_tasks(self, call: Call, q: dict[str, Any]) -> dict[str, Any]:
+        d = call.dialect
+        context_id = string(q, "contextId", "params")
+        status = d.state_in(get(q, "status"), "params.status") if get(q, "status") else None
+        page_size = integer(q, "pageSize", "params", 1, 100) or 50
+        history_length = integer(q, "historyLength", "params")
+        include_artifacts = bool(boolean(q, "includeArtifacts", "params"))
+        after_ts = _timestamp(get(q, "statusTimestampAfter"))
+        start = _page_offset(string(q, "pageToken", "params"))
+        matched: list[Task] = []
+        total, cursor, scanned = 0, None, 0
+        while scanned < MAX_LIST_SCAN:
+            batch, cursor = await call.rt.backend.tasks.list(context_id, 200, cursor)
+            scanned += len(batch)
+            for t in batch:
+                if call.agent is not None and (t.route is None or t.route.agent != call.agent):
+                    continue
+                if status is not None and t.state is not status:
+                    continue
+                if after_ts is not None and (_timestamp(t.status.timestamp) or 0) <= after_ts:
+                    continue
+                if start <= total < start + page_size:
+                    matched.append(t)
+                total += 1
+            if cursor is None:
+                break
+        more = total > start + page_size
+        return {
+            "tasks": [d.task_out(t, history_length, include_artifacts) for t in matched],
+            "nextPageToken": _page_token(start + page_size) if more else "",
+            "pageSize": page_size,
+            "totalSize": total,
+        }
+
+    # ---- push notification configs -----------------------------------------------------------
+
+    def _push_enabled(self) -> None:
+        if not self.options.push.enabled:
+            raise PushNotificationNotSupportedError()
+
+    async def push_create(self, call: Call, cfg: PushConfig) -> Any:
+        self._push_enabled()
+        task = await self._visible(call, cfg.task_id)
+        self.options.push.check_url(cfg.url)
+        node = self.node(call.rt)
+        cfg = await node.store.put(cfg, call.dialect.version)
+        if not task.state.terminal:
+            await node.dispatcher.watch(task.id, await self.last_event_id(call.rt, task.id))
+        return call.dialect.push_out(cfg)
+
+    async def push_get(self, call: Call, task_id: str, config_id: str | None) -> Any:
+        self._push_enabled()
+        await self._visible(call, task_id)
+        cfg = await self.node(call.rt).store.get(task_id, config_id or task_id)
+        if cfg is None:
+            raise TaskNotFoundError(f"push notification config {config_id or task_id} not found for task {task_id}")
+        return call.dialect.push_out(cfg)
+
+    async def push_list(self, call: Call, task_id: str) -> Any:
+        self._push_enabled()
+        await self._visible(call, task_id)
+        return call.dialect.push_list_out([c for c, _ in await self.node(call.rt).store.list(task_id)])
+
+    async def push_delete(self, call: Call, task_id: str, config_id: str | None) -> None:
+        self._push_enabled()
+        await self._visible(call, task_id)
+        await self.node(call.rt).store.delete(task_id, config_id or task_id)
+
+    # ---- cards -------------------------------------------------------------------------------
+
+    def agent_urls(self, base: str, agent: str | None) -> tuple[str, str]:
+        root = f"{base}/a2a" if agent is None else f"{base}/a2a/agents/{agent}"
+        return root, f"{root}/rest"
+
+    async def card(self, call: Call, *, extended: bool = False, legacy: bool | None = None) -> dict[str, Any]:
+        o = self.options
+        rpc_url, rest_url = self.agent_urls(call.base, call.agent)
+        if call.agent is None:
+            skills = [cards.skill_for_agent(a) for a in await call.rt.known_agents()]
+            name, description, version = o.name, o.description, __version__
+        else:
+            skills = [cards.skill_for_agent(call.agent)]
+            name, description, version = call.agent, f"The agent {call.agent!r}, reached through {o.name}", __version__
+        card = cards.build_card(
+            name=name, description=description, version=version, rpc_url=rpc_url, rest_url=rest_url, skills=skills,
+            input_modes=o.input_modes, output_modes=o.output_modes, streaming=True, push=o.push.enabled,
+            extended=o.extended_card is not None, v03=o.card_v03_compat, provider=o.provider,
+        )
+        if extended:
+            if o.extended_card is None:
+                raise ExtendedAgentCardNotConfiguredError()
+            card = {**card, **o.extended_card}
+        signed = self.cards.signed(card, o.identity, f"{call.base}/a2a/jwks.json")  # type: ignore[arg-type]
+        if o.card_v03_compat if legacy is None else legacy:
+            signed = cards.add_legacy_fields(signed, rpc_url, rest_url)
+        return signed
+
+    async def agent_exists(self, rt: Runtime, agent: str) -> bool:
+        return agent in await rt.known_agents()
+
+
+def _mode_accepted(media: str, accepted: list[str]) -> bool:
+    media = media.split(";")[0].strip().lower()
+    major = media.split("/")[0]
+    for mode in accepted:
+        mode = mode.lower()
+        if mode in (media, "*/*", "*", f"{major}/*") or (mode == "text" and major == "text"):
+            return True
+    return False
+
+
+def _timestamp(raw: Any) -> float | None:
+    if raw in (None, ""):
+        return None
+    if not isinstance(raw, str):
+        raise InvalidParamsError("statusTimestampAfter must be an RFC 3339 timestamp")
+    try:
+        return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise InvalidParamsError("statusTimestampAfter must be an RFC 3339 timestamp") from None
+
+
+def _page_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode().rstrip("=")
+
+
+def _page_offset(token: str | None) -> int:
+    if not token:
+        return 0
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        if raw.startswith("o:") and raw[2:].isdigit():
+            return int(raw[2:])
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise InvalidParamsError("pageToken is not valid")
+
+
+def map_runtime_error(exc: Exception) -> A2AError:
+    """Typed runtime/backend errors as A2A errors; anything else is an internal error (logged)."""
+    if isinstance(exc, A2AError):
+        return exc
+    if isinstance(exc, TaskNotFound):
+        return TaskNotFoundError(str(exc))
+    if isinstance(exc, (BackendUnavailable, QueueFull)):
+        return Unavailable(str(exc))
+    if isinstance(exc, UnknownAgent):
+        return InvalidParamsError(str(exc))
+    if isinstance(exc, asyncio.TimeoutError):
+        return Unavailable("the request timed out")
+    log.error("unhandled error in the A2A adapter", exc_info=exc)
+    return InternalError("internal error")
+
