@@ -20,7 +20,7 @@ from gateway.app import create_app
 from protocols.mcp import McpSettings, mount
 from schemas import Artifact, DataPart, Message, Part, TaskState, TextPart
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::mcp.shared.exceptions.MCPDeprecationWarning")
 PART = TypeAdapter(Part)
 
 

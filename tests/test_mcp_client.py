@@ -16,7 +16,7 @@ from mcp.shared.exceptions import MCPError
 
 from fixtures.mcp_support import RawSession, UpstreamProcess, mcp_gateway, sse_ids, sse_messages
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::mcp.shared.exceptions.MCPDeprecationWarning")
 
 
 @pytest.fixture(scope="module")

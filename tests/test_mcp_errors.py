@@ -10,7 +10,7 @@ from mcp import Client
 from conftest import free_port, wait_until
 from fixtures.mcp_support import ACCEPT, RawSession, UpstreamProcess, mcp_gateway
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::mcp.shared.exceptions.MCPDeprecationWarning")
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from fixtures.mcp_support import RawSession, UpstreamProcess, mcp_gateway, sse_m
 from gateway.backends import EmbeddedBackend
 from protocols.mcp.upstream import UpstreamClient, UpstreamSet, tool_hash
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::mcp.shared.exceptions.MCPDeprecationWarning")
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +111,28 @@ async def test_rug_pull_hides_changed_tool_until_repinned():
             assert res["result"]["content"][0]["text"] == "x=2"
 
 
-async def test_pins_survive_reconnects_and_new_gateways():
-    """A changed definition seen by a fresh gateway (same shared store) is still caught."""
+async def test_resource_updates_reach_subscribers_on_their_get_stream():
     with UpstreamProcess("u") as up:
-        backend = EmbeddedBackend()
+        async with mcp_gateway([("u", up.url)]) as (url, _), httpx.AsyncClient(timeout=15) as http:
+            raw, other = RawSession(http, url), RawSession(http, url)
+            await raw.initialize()
+            await other.initialize()
+            assert (await raw.call("resources/subscribe", {"uri": "test://watched-resource"}))["result"] == {}
+            async with http.stream("GET", url, headers=raw.headers(Accept="text/event-stream")) as stream:
+                lines = stream.aiter_lines()
+                assert (await anext(lines)).startswith("id: g-")
+                await other.call("tools/call", {"name": "u__test_touch_resource", "arguments": {}})
+                got = ""
+                while "notifications/resources/updated" not in got:
+                    got = await asyncio.wait_for(anext(lines), 10)
+                assert "test://watched-resource" in got
+            assert (await raw.call("resources/unsubscribe", {"uri": "test://watched-resource"}))["result"] == {}
+
+
+async def test_pins_live_in_the_shared_store():
+    """The pin is in the shared key/value store: a definition that differs from it is caught on
+    any refresh (another node, a reconnect), not only by the node that saw it first."""
+    with UpstreamProcess("u") as up:
         async with mcp_gateway([("u", up.url)], config=test_config()) as (url, server):
             kv = server.runtime.backend.kv
             key = "mcp:pin:u:mutable_tool"
@@ -123,7 +141,6 @@ async def test_pins_survive_reconnects_and_new_gateways():
             await kv.set(key, "0" * 64, 3600)  # as if the first-seen definition had been another one
             await server.upstreams.refresh_now("u")
             assert [q["tool"] for q in server.upstreams.quarantined()] == ["mutable_tool"]
-        await backend.close()
 
 
 async def test_set_upstreams_adds_and_removes(upstreams):

@@ -271,10 +271,12 @@ class UpstreamClient:
             raise UpstreamUnavailable(f"upstream {self.name!r} answered HTTP {resp.status_code}")
 
     async def _exchange(self, body: dict[str, Any], rid: int, on_message: MessageHandler | None) -> dict[str, Any]:
-        for attempt in range(2):
+        for attempt in range(3):
+            answered = False
             try:
                 async with self.http.stream("POST", self.url, json=body, headers=self._headers()) as resp:
-                    if resp.status_code == 404 and self.session_id and attempt == 0:
+                    answered = True
+                    if resp.status_code == 404 and self.session_id and attempt < 2:
                         self._lost("session expired")  # the upstream restarted or dropped us
                         await self.ensure()
                         continue
@@ -284,6 +286,11 @@ class UpstreamClient:
                             raise UpstreamUnavailable(f"upstream {self.name!r} answered HTTP {resp.status_code}")
                     else:
                         reply = await self._read_reply(resp, rid, on_message)
+            except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                if not answered and attempt == 0:
+                    continue  # a pooled connection the upstream had just closed: nothing was read
+                self._lost(_describe(exc))
+                raise UpstreamUnavailable(f"upstream {self.name!r} is unavailable: {_describe(exc)}") from None
             except (httpx.TransportError, OSError) as exc:
                 self._lost(_describe(exc))
                 raise UpstreamUnavailable(f"upstream {self.name!r} is unavailable: {_describe(exc)}") from None
@@ -314,8 +321,15 @@ class UpstreamClient:
         if not ctype.startswith("text/event-stream"):
             raise UpstreamUnavailable(f"upstream {self.name!r} answered with content type {ctype!r}")
         last_id, retry_ms = None, 1000
-        reply = await self._read_events(resp.aiter_lines(), rid, on_message, lambda i, r: None)
+        lines = resp.aiter_lines()
+        reply = await self._read_events(lines, rid, on_message, lambda i, r: None)
         if reply is not None:
+            # The server ends the stream after the response: read to the end so the pooled
+            # connection is reused (a half-read response would close it).
+            with contextlib.suppress(TimeoutError, httpx.HTTPError):
+                async with asyncio.timeout(1.0):
+                    async for _ in lines:
+                        pass
             return reply
         # The stream closed before the response (SSE polling, SEP-1699): resume with GET.
         for _ in range(30):
@@ -502,7 +516,10 @@ class UpstreamSet:
         self.on_change, self.on_resource_updated, self.on_log = on_change, on_resource_updated, on_log
         self.local_names: set[str] = set()  # gateway tools (agent and meta tools) upstream names must not shadow
         self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(10.0, read=None), limits=httpx.Limits(max_connections=200, max_keepalive_connections=64)
+            timeout=httpx.Timeout(10.0, read=None),
+            # Idle connections are dropped before a typical server's keep-alive timeout (uvicorn: 5 s)
+            # so a request rarely meets a connection the upstream is closing.
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=64, keepalive_expiry=2.0),
         )
         self.clients: dict[str, UpstreamClient] = {}
         self._wanted = [Upstream.of(u) for u in upstreams]

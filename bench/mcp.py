@@ -1,0 +1,205 @@
+"""MCP federation overhead: tools/call through the gateway vs. the same call made directly to the
+upstream (an `mcp`-SDK server, tests/fixtures/mcp_upstream.py, tool ``test_echo``).
+
+Both run as separate processes on this machine; one load client drives both in the same run, at
+concurrency 1 and 32, each leg repeated (median reported). Prints throughput and p50/p99 per
+leg, and the ratios (targets: gateway >= 0.5x direct throughput; added p50 at concurrency 1 < 2 ms).
+
+    python -m bench.mcp [--calls 1000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+ACCEPT = "application/json, text/event-stream"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited at start")
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{what} did not start")
+
+
+def serve_gateway(port: int, upstream: str) -> None:
+    """The gateway process: embedded backend, the upstream federated as ``echo-server``."""
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.config import Config
+    from protocols.mcp import McpSettings, mount
+
+    app = create_app(Config(port=port, log_level="warning"))
+    mount(app, upstreams=[("up", upstream)], settings=McpSettings(naming="pass-through"))
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+class Session:
+    """A minimal MCP client for load: one session, JSON or SSE replies."""
+
+    def __init__(self, http: httpx.AsyncClient, url: str) -> None:
+        self.http, self.url, self.sid, self.ids = http, url, None, 0
+
+    def headers(self) -> dict[str, str]:
+        h = {"Accept": ACCEPT, "Content-Type": "application/json"}
+        if self.sid:
+            h.update({"Mcp-Session-Id": self.sid, "MCP-Protocol-Version": "2025-11-25"})
+        return h
+
+    async def open(self) -> None:
+        resp = await self.http.post(self.url, headers=self.headers(), json={
+            "jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}})
+        resp.raise_for_status()
+        self.sid = resp.headers["mcp-session-id"]
+        await self.http.post(self.url, headers=self.headers(), json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    async def call(self, text: str) -> None:
+        self.ids += 1
+        body = {"jsonrpc": "2.0", "id": self.ids, "method": "tools/call", "params": {"name": "test_echo", "arguments": {"text": text}}}
+        for attempt in range(2):
+            try:
+                resp = await self.http.post(self.url, headers=self.headers(), content=json.dumps(body))
+                break
+            except (httpx.RemoteProtocolError, httpx.ReadError):
+                if attempt:  # a keep-alive connection the server had just closed: once is retried
+                    raise
+        if resp.headers.get("content-type", "").startswith("text/event-stream"):
+            data = [line[5:].strip() for line in resp.text.split("\n") if line.startswith("data:") and line[5:].strip()]
+            msg = json.loads(data[-1])
+        else:
+            msg = resp.json()
+        if msg.get("result", {}).get("content", [{}])[0].get("text") != text:
+            raise RuntimeError(f"unexpected reply: {msg}")
+
+    async def close(self) -> None:
+        await self.http.delete(self.url, headers=self.headers())
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+async def leg(session: Session, calls: int, concurrency: int) -> dict[str, float]:
+    latencies: list[float] = []
+    counter = iter(range(calls))
+
+    async def worker() -> None:
+        for i in counter:
+            t0 = time.perf_counter()
+            await session.call(f"m{i}")
+            latencies.append(time.perf_counter() - t0)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    seconds = time.perf_counter() - start
+    return {"rps": calls / seconds, "p50": pct(latencies, 50) * 1000, "p99": pct(latencies, 99) * 1000}
+
+
+async def measure(direct_url: str, gateway_url: str, calls: int, repeats: int) -> dict:
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=2.0)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+        sessions = {"direct": Session(http, direct_url), "gateway": Session(http, gateway_url)}
+        for s in sessions.values():
+            await s.open()
+            await leg(s, 200, 8)  # warm up connections, caches and the upstream pool
+        results: dict = {}
+        for concurrency in (1, 32):
+            n = calls if concurrency == 1 else calls * 3
+            runs: dict[str, list[dict]] = {"direct": [], "gateway": []}
+            for _ in range(repeats):
+                for name in ("direct", "gateway"):  # interleaved so drift hits both alike
+                    runs[name].append(await leg(sessions[name], n, concurrency))
+            results[concurrency] = {
+                name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")} for name, rs in runs.items()
+            }
+        for s in sessions.values():
+            await s.close()
+    return results
+
+
+def report(results: dict) -> None:
+    print(f"{'concurrency':>11} {'path':>8} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    for c, legs in results.items():
+        for name in ("direct", "gateway"):
+            r = legs[name]
+            print(f"{c:>11} {name:>8} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f}")
+    for c, legs in results.items():
+        d, g = legs["direct"], legs["gateway"]
+        print(f"concurrency {c}: throughput ratio gateway/direct = {g['rps'] / d['rps']:.2f}x (target >= 0.5x); "
+              f"added p50 = {g['p50'] - d['p50']:.2f} ms; p99 ratio = {g['p99'] / d['p99']:.2f}x")
+    added = results[1]["gateway"]["p50"] - results[1]["direct"]["p50"]
+    print(f"added p50 at concurrency 1: {added:.2f} ms (target < 2 ms)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=1000, help="calls per leg at concurrency 1 (x3 at 32)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--serve-gateway", nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_gateway:
+        serve_gateway(int(args.serve_gateway[0]), args.serve_gateway[1])
+        return
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    up_port, gw_port = free_port(), free_port()
+    procs = []
+    try:
+        procs.append(subprocess.Popen([sys.executable, str(REPO / "tests/fixtures/mcp_upstream.py"), "--port", str(up_port)],
+                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_port(up_port, procs[-1], "upstream")
+        upstream = f"http://127.0.0.1:{up_port}/mcp"
+        procs.append(subprocess.Popen([sys.executable, "-m", "bench.mcp", "--serve-gateway", str(gw_port), upstream],
+                                      env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_port(gw_port, procs[-1], "gateway")
+        print(f"MCP tools/call test_echo: direct to the upstream (mcp SDK {_sdk()}) vs. through the gateway; "
+              f"median of {args.repeats} runs, {args.calls} calls per run at concurrency 1, {args.calls * 3} at 32")
+        results = asyncio.run(measure(upstream, f"http://127.0.0.1:{gw_port}/mcp", args.calls, args.repeats))
+        report(results)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _sdk() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("mcp")
+    except Exception:
+        return "?"
+
+
+if __name__ == "__main__":
+    main()
