@@ -198,3 +198,28 @@ async def test_find_agents_and_send_task_by_query(env):
     res = await call(raw, "send_task", {"message": "no target"})
     assert res["isError"]
     assert json.loads(json.dumps(res))  # plain JSON
+
+
+async def test_new_agent_announces_tools_list_changed():
+    app = create_app(test_config(), workers=[EchoWorker()])
+    mount(app, upstreams=[], settings=McpSettings(agents_poll_s=0.05))
+    async with serve_app(app) as base, httpx.AsyncClient(timeout=15) as http:
+        raw = RawSession(http, base + "/mcp")
+        await raw.initialize()
+        async with http.stream("GET", raw.url, headers=raw.headers(Accept="text/event-stream")) as stream:
+            lines = stream.aiter_lines()
+            assert (await anext(lines)).startswith("id: g-")
+            await wait_until(lambda: asyncio.sleep(0, result=raw.sid in app.state.mcp.get_streams))
+            await asyncio.sleep(0.2)  # let the watcher record the current agent set first
+            runtime = app.state.runtime
+            known = runtime.known_agents
+
+            async def with_weather():  # an agent registers elsewhere and becomes routable
+                return sorted({*await known(), "weather"})
+
+            runtime.known_agents = with_weather
+            got = ""
+            while "notifications/tools/list_changed" not in got:
+                got = await asyncio.wait_for(anext(lines), 10)
+        names = [t["name"] for t in (await raw.call("tools/list"))["result"]["tools"]]
+        assert "weather" in names

@@ -74,7 +74,6 @@ async def test_naming_policy_table():
         ups.set_local_names({"echo", "find_agents", "send_task"})
         ups._reindex()
         assert {t["name"] for t in ups.tools()} == expected
-        await ups.http.aclose()
     with pytest.raises(ValueError):
         UpstreamSet([], kv=kv, naming="whatever")
 

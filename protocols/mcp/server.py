@@ -70,6 +70,7 @@ class McpSettings:
     page_size: int = 100
     sse_retry_ms: int = 1000
     sse_max_s: float | None = None  # default: the gateway's sse_max_s
+    agents_poll_s: float = 5.0  # how often the agent set is checked for tools/list_changed
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "McpSettings":
@@ -83,7 +84,7 @@ class McpSettings:
                 values[f.name] = tuple(x.strip() for x in raw.split(",") if x.strip())
             elif f.name in ("session_ttl_s", "event_ttl_s", "page_size", "sse_retry_ms"):
                 values[f.name] = int(raw)
-            elif f.name in ("call_timeout_s", "client_request_timeout_s", "sse_max_s"):
+            elif f.name in ("call_timeout_s", "client_request_timeout_s", "sse_max_s", "agents_poll_s"):
                 values[f.name] = float(raw)
             else:
                 values[f.name] = raw
@@ -236,6 +237,22 @@ class McpServer:
 
     async def start(self) -> None:
         await self.upstreams.start()
+        self._spawn(self._watch_agents())
+
+    async def _watch_agents(self) -> None:
+        """Tell clients with a GET stream when the set of routable agents (tools) changes."""
+        last: set[str] | None = None
+        while True:
+            await asyncio.sleep(self.settings.agents_poll_s)
+            if not self.get_streams:
+                continue
+            try:
+                current = set(await self._agents())
+            except Exception:  # the bus is down: try again next round
+                continue
+            if last is not None and current != last:
+                await self._catalog_changed({"tools"})
+            last = current
 
     async def stop(self) -> None:
         for task in [*self.inflight.values(), *self._background]:
@@ -589,8 +606,12 @@ class McpServer:
     async def _relay(self, call: Call, client: UpstreamClient, method: str, params: dict[str, Any], *, tool: bool = False) -> dict[str, Any]:
         """Forward a request upstream; relay what arrives on its stream to this call's client."""
         params = dict(params)
-        if call.progress_token is not None:
-            params["_meta"] = {"progressToken": self.new_request_id()}
+        meta = dict(call.params.get("_meta") or {}) if isinstance(call.params.get("_meta"), dict) else {}
+        meta.pop("progressToken", None)
+        if call.progress_token is not None:  # a token of ours: unique on the shared upstream session
+            meta["progressToken"] = self.new_request_id()
+        if meta:
+            params["_meta"] = meta
 
         async def on_message(msg: dict[str, Any]) -> None:
             if "id" in msg:

@@ -515,12 +515,7 @@ class UpstreamSet:
         self.call_timeout_s = call_timeout_s
         self.on_change, self.on_resource_updated, self.on_log = on_change, on_resource_updated, on_log
         self.local_names: set[str] = set()  # gateway tools (agent and meta tools) upstream names must not shadow
-        self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(10.0, read=None),
-            # Idle connections are dropped before a typical server's keep-alive timeout (uvicorn: 5 s)
-            # so a request rarely meets a connection the upstream is closing.
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=64, keepalive_expiry=2.0),
-        )
+        self.http: httpx.AsyncClient | None = None  # one pooled client for every upstream, made at start
         self.clients: dict[str, UpstreamClient] = {}
         self._wanted = [Upstream.of(u) for u in upstreams]
         self._tools: dict[str, tuple[UpstreamClient, dict[str, Any]]] = {}
@@ -547,6 +542,12 @@ class UpstreamSet:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0, read=None),
+            # Idle connections are dropped before a typical server's keep-alive timeout (uvicorn: 5 s)
+            # so a request rarely meets a connection the upstream is closing.
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=64, keepalive_expiry=2.0),
+        )
         self._started = True
         await self.set_upstreams(self._wanted)
 
@@ -556,7 +557,8 @@ class UpstreamSet:
             task.cancel()
         await asyncio.gather(*self._keepers.values(), *self._refreshing.values(), return_exceptions=True)
         await asyncio.gather(*(c.close() for c in self.clients.values()), return_exceptions=True)
-        await self.http.aclose()
+        if self.http is not None:
+            await self.http.aclose()
 
     async def set_upstreams(self, upstreams: Iterable[Upstream | tuple | dict], wait_s: float = 5.0) -> None:
         """Replace the set of upstreams (the registry feeds this); new ones are connected,
