@@ -300,6 +300,10 @@ class McpServer:
         return None
 
     async def _session(self, request: Request) -> tuple[str, dict[str, Any]] | Response:
+        """The request's session (after its MCP-Protocol-Version header is checked), or the error."""
+        bad = self._check_version(request)
+        if bad is not None:
+            return bad
         sid = request.headers.get("mcp-session-id")
         if not sid:
             return self._rpc_error(400, INVALID_REQUEST, "Bad Request: Missing session ID")
@@ -339,9 +343,6 @@ class McpServer:
             return Response(status_code=400)
         if kind == "request" and msg["method"] == "initialize":
             return await self._initialize(msg)
-        bad = self._check_version(request)
-        if bad is not None:
-            return bad
         found = await self._session(request)
         if isinstance(found, Response):
             return found
@@ -445,9 +446,6 @@ class McpServer:
     async def _get(self, request: Request) -> Response:
         if "text/event-stream" not in request.headers.get("accept", ""):
             return self._rpc_error(406, INVALID_REQUEST, "Not Acceptable: GET needs Accept: text/event-stream")
-        bad = self._check_version(request)
-        if bad is not None:
-            return bad
         found = await self._session(request)
         if isinstance(found, Response):
             return found
