@@ -189,7 +189,7 @@ async def test_rest_errors(http):
     version = await http.post("/a2a/rest/message:send", json={"message": msg("x")}, headers={"A2A-Version": "99.0"})
     assert version.status_code == 400 and version.json()["error"]["details"][0]["reason"] == "VERSION_NOT_SUPPORTED"
     ctype = await http.post("/a2a/rest/message:send", content=b"x=1", headers={"Content-Type": "text/plain", **V10})
-    assert ctype.status_code == 400 and ctype.json()["error"]["details"][0]["reason"] == "CONTENT_TYPE_NOT_SUPPORTED"
+    assert ctype.status_code == 415 and ctype.json()["error"]["details"][0]["reason"] == "CONTENT_TYPE_NOT_SUPPORTED"
     empty = await http.post("/a2a/rest/message:send", json={}, headers=V10)
     assert empty.status_code == 400 and empty.json()["error"]["details"][0]["reason"] == "INVALID_PARAMS"
     legacy = await http.get("/a2a/rest/v1/tasks/nope")
@@ -416,3 +416,26 @@ async def test_remote_agent_down_fails_the_task_clearly():
             assert (await h.get("/healthz")).status_code == 200
             again = await asyncio.wait_for(call(h, "SendMessage", {"message": msg("again", mid="m2")}, path="/a2a/agents/down"), 10)
             assert again["result"]["task"]["status"]["state"] == "TASK_STATE_FAILED"
+
+
+async def test_subscription_stays_open_through_input_required(http):
+    task = (await call(http, "SendMessage", {"message": msg("q", mid="sub-ir", metadata={"ask": "?"})}))["result"]["task"]
+    assert task["status"]["state"] == "TASK_STATE_INPUT_REQUIRED"
+    body = rpc("SubscribeToTask", {"id": task["id"]})
+    async with http.stream("POST", "/a2a", json=body, headers=V10) as resp:
+        lines = resp.aiter_lines()
+
+        async def frame():
+            async for line in lines:
+                if line.startswith("data:"):
+                    return json.loads(line[5:])["result"]
+            return None
+
+        first = await asyncio.wait_for(frame(), 10)
+        assert first["task"]["status"]["state"] == "TASK_STATE_INPUT_REQUIRED"
+        await call(http, "SendMessage", {"message": msg("a", mid="sub-ir-2", taskId=task["id"])})
+        states = []
+        while (f := await asyncio.wait_for(frame(), 10)) is not None:
+            if "statusUpdate" in f:
+                states.append(f["statusUpdate"]["status"]["state"])
+    assert states[-1] == "TASK_STATE_COMPLETED"  # the stream ended at the terminal state

@@ -93,7 +93,7 @@ class A2AConnector(Worker):
             await self._http.aclose()
             self._http = None
 
-    async def card(self) -> RemoteCard:
+    async def remote_card(self) -> RemoteCard:
         if self._card_lock is None:
             self._card_lock = asyncio.Lock()
         async with self._card_lock:
@@ -112,7 +112,7 @@ class A2AConnector(Worker):
         client: A2AClient | None = None
         pump: asyncio.Task | None = None
         try:
-            card = await self.card()
+            card = await self.remote_card()
             client = A2AClient(self._client_http(), card.preferred(), self.headers)
             streaming = card.streaming if self.streaming is None else (self.streaming and card.streaming)
             outgoing = self._outgoing(task, mirror)

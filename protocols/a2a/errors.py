@@ -69,7 +69,8 @@ class UnsupportedOperationError(A2AError):
 
 
 class ContentTypeNotSupportedError(A2AError):
-    code, http, status, reason = -32005, 400, "INVALID_ARGUMENT", "CONTENT_TYPE_NOT_SUPPORTED"
+    # 415 as the spec's mapping table (§5.4) and the TCK have it (the SDK answers 400).
+    code, http, status, reason = -32005, 415, "INVALID_ARGUMENT", "CONTENT_TYPE_NOT_SUPPORTED"
     default = "Incompatible content types"
 
 

@@ -63,9 +63,11 @@ def build_routes(service: A2AService) -> list[BaseRoute]:
         Route("/a2a/.well-known/agent-card.json", gateway_card, methods=["GET"], name=f"{n}:card2"),
         Route("/a2a/jwks.json", key_set, methods=["GET"], name=f"{n}:jwks"),
         Route("/a2a", rpc, methods=["POST"], name=f"{n}:rpc"),
+        Route("/a2a/", rpc, methods=["POST"], name=f"{n}:rpc/"),  # clients that join "/" onto the interface URL
         *rest.routes(service, "/a2a/rest", call_for, f"{n}:rest"),
         Route("/a2a/agents/{agent}/.well-known/agent-card.json", agent_card, methods=["GET"], name=f"{n}:agent-card"),
         Route("/a2a/agents/{agent}", rpc, methods=["POST"], name=f"{n}:agent-rpc"),
+        Route("/a2a/agents/{agent}/", rpc, methods=["POST"], name=f"{n}:agent-rpc/"),
         *rest.routes(service, "/a2a/agents/{agent}/rest", call_for, f"{n}:agent-rest"),
     ]
 

@@ -44,7 +44,7 @@ from protocols.a2a.errors import (
 from protocols.a2a.push import PushDispatcher, PushPolicy, PushStore
 from protocols.a2a.wire import Dialect, PushConfig, SendParams, boolean, direct_reply, get, integer, string
 from registry.identity import Identity
-from schemas import DataPart, Message, Task, TaskState, TextPart
+from schemas import DataPart, Message, Task, TaskState, TaskStatusUpdate, TextPart
 
 log = logging.getLogger("interlace.a2a")
 
@@ -237,11 +237,17 @@ class A2AService:
         return self._subscription(call, task, after)
 
     async def _subscription(self, call: Call, task: Task, after: str | None) -> AsyncIterator[Any]:
+        """The task, then its events until it is terminal. Unlike SendStreamingMessage, a
+        subscription stays open through input-required: the follow-up may come from anyone."""
         yield call.dialect.stream_task(task)
-        if task.state.terminal or task.state.interrupted:
+        if task.state.terminal:
             return
-        async for stored in call.rt.follow(task.id, after):
-            yield call.dialect.stream_event(stored.event)
+        while True:
+            async for stored in call.rt.follow(task.id, after):
+                after = stored.event_id
+                yield call.dialect.stream_event(stored.event)
+                if isinstance(stored.event, TaskStatusUpdate) and stored.event.status.state.terminal:
+                    return
 
     # ---- tasks -------------------------------------------------------------------------------
 

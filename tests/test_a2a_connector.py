@@ -1,0 +1,138 @@
+"""The outbound A2AConnector against ``a2a-sdk`` server agents whose cards prefer different bindings,
+speak 1.0 or 0.3, stream or not: completion, chunked artifacts, cancel propagation, input-required
+continuation, remote failure, direct message replies and the binding actually used."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from conftest import serve_app, test_config, wait_until
+from fixtures import a2a_remote
+from fixtures.a2a_remote import remote_agent
+from fixtures.a2a_support import V10
+from gateway.app import create_app
+from protocols.a2a import A2AConnector, mount_a2a
+from protocols.a2a.client import parse_card
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+REMOTES = [
+    {"binding": "JSONRPC", "version": "1.0", "streaming": True},
+    {"binding": "HTTP+JSON", "version": "1.0", "streaming": True},
+    {"binding": "JSONRPC", "version": "0.3", "streaming": True},
+    {"binding": "HTTP+JSON", "version": "0.3", "streaming": True},
+    {"binding": "JSONRPC", "version": "1.0", "streaming": False},
+    {"binding": "HTTP+JSON", "version": "0.3", "streaming": False},
+]
+
+
+class Setup:
+    def __init__(self, url, options, calls):
+        self.url, self.options, self.calls = url, options, calls
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=REMOTES, ids=lambda o: f"{o['binding']}-{o['version']}-{'stream' if o['streaming'] else 'poll'}")
+async def setup(request):
+    calls: list[tuple[str, str, str | None, str | None]] = []
+
+    async def record(req: httpx.Request) -> None:
+        method = None
+        if req.method == "POST" and req.content:
+            try:
+                method = json.loads(req.content).get("method")
+            except ValueError:
+                pass
+        calls.append((req.method, req.url.path, req.headers.get("a2a-version"), method))
+
+    async with remote_agent(**request.param) as remote:
+        pooled = httpx.AsyncClient(timeout=30, event_hooks={"request": [record]})
+        app = create_app(test_config(echo=False), workers=[A2AConnector("remote", remote, http=pooled)])
+        mount_a2a(app)
+        async with serve_app(app) as url:
+            yield Setup(url, request.param, calls)
+        await pooled.aclose()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def http(setup):
+    async with httpx.AsyncClient(base_url=setup.url, timeout=30) as c:
+        yield c
+
+
+async def rpc(http, method, params):
+    resp = await http.post("/a2a/agents/remote", json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params}, headers=V10)
+    return resp.json()
+
+
+def msg(text, mid, **meta):
+    return {"messageId": mid, "role": "ROLE_USER", "parts": [{"text": text}], **({"metadata": meta} if meta else {})}
+
+
+def joined(task):
+    return "".join(p.get("text", "") for a in task.get("artifacts", []) for p in a["parts"])
+
+
+async def test_completes_with_chunked_artifact_and_uses_the_preferred_binding(setup, http):
+    task = (await rpc(http, "SendMessage", {"message": msg("abcdef", "c-1", chunks=3)}))["result"]["task"]
+    assert task["status"]["state"] == "TASK_STATE_COMPLETED" and joined(task) == "abcdef"
+    o = setup.options
+    sends = [c for c in setup.calls if c[1] != "/.well-known/agent-card.json"]
+    assert sends and all(c[2] == o["version"] for c in sends)
+    first = sends[0]
+    if o["binding"] == "HTTP+JSON":
+        prefix = "/rest/v1" if o["version"] == "0.3" else "/rest"
+        op = "message:stream" if o["streaming"] else "message:send"
+        assert first[1] == f"{prefix}/{op}"
+    else:
+        names = {("1.0", True): "SendStreamingMessage", ("1.0", False): "SendMessage", ("0.3", True): "message/stream", ("0.3", False): "message/send"}
+        assert first[3] == names[(o["version"], o["streaming"])]
+
+
+async def test_cancel_reaches_the_remote(setup, http):
+    before = len(a2a_remote.CANCELED)
+    task = (await rpc(http, "SendMessage", {"message": msg("slow", "c-2", delay_ms=30_000), "configuration": {"returnImmediately": True}}))["result"]["task"]
+    canceled = (await rpc(http, "CancelTask", {"id": task["id"]}))["result"]
+    assert canceled["status"]["state"] == "TASK_STATE_CANCELED"
+
+    async def reached():
+        return len(a2a_remote.CANCELED) > before
+
+    await wait_until(reached, timeout=10)
+
+
+async def test_input_required_then_follow_up_reaches_the_same_remote_task(setup, http):
+    first = (await rpc(http, "SendMessage", {"message": msg("start", "c-3", ask="name?")}))["result"]["task"]
+    assert first["status"]["state"] == "TASK_STATE_INPUT_REQUIRED"
+    assert first["status"]["message"]["parts"] == [{"text": "name?"}]
+    assert "metadata" not in first["status"]["message"]  # the remote ids stay internal
+    follow = {"messageId": "c-3b", "role": "ROLE_USER", "parts": [{"text": "ada"}], "taskId": first["id"]}
+    second = (await rpc(http, "SendMessage", {"message": follow}))["result"]["task"]
+    assert second["status"]["state"] == "TASK_STATE_COMPLETED" and joined(second) == "ada"
+
+
+async def test_remote_failure_fails_the_task_with_its_text(setup, http):
+    task = (await rpc(http, "SendMessage", {"message": msg("x", "c-4", fail="disk full")}))["result"]["task"]
+    assert task["status"]["state"] == "TASK_STATE_FAILED"
+    assert "disk full" in task["status"]["message"]["parts"][0]["text"]
+
+
+async def test_direct_message_reply(setup, http):
+    result = (await rpc(http, "SendMessage", {"message": msg("yo", "c-5", reply=True)}))["result"]
+    assert result["message"]["parts"] == [{"text": "reply: yo"}]
+
+
+async def test_parse_cards_of_both_versions():
+    v10 = parse_card({"name": "a", "supportedInterfaces": [
+        {"url": "http://a/g", "protocolBinding": "GRPC", "protocolVersion": "1.0"},
+        {"url": "http://a/r", "protocolBinding": "HTTP+JSON", "protocolVersion": "1.0"},
+        {"url": "http://a/j", "protocolBinding": "JSONRPC", "protocolVersion": "0.3"},
+    ], "capabilities": {"streaming": True}})
+    assert [(i.binding, i.version) for i in v10.interfaces] == [("HTTP+JSON", "1.0"), ("JSONRPC", "0.3")] and v10.streaming
+    v03 = parse_card({"name": "b", "url": "http://b/", "preferredTransport": "JSONRPC", "protocolVersion": "0.3.0",
+                      "additionalInterfaces": [{"url": "http://b/rest", "transport": "HTTP+JSON"}], "capabilities": {}})
+    assert [(i.url, i.binding, i.version) for i in v03.interfaces] == [("http://b/", "JSONRPC", "0.3"), ("http://b/rest", "HTTP+JSON", "0.3")]
+    assert not v03.streaming
