@@ -48,7 +48,7 @@ async def test_smollm2_with_llamacpp_answers_streams_and_cancels():
     from agents.model.loader import load_backend
     from agents.model.worker import ModelWorker
 
-    backend = load_backend("smollm2", backend="llamacpp", threads=2)
+    backend = load_backend("smollm2", device="cpu", threads=2)  # auto: a GGUF on CPU goes to llama.cpp
     assert backend.kind == "llamacpp" and backend.model_name == "smollm2-135m-instruct"
     worker = ModelWorker(backend, agent="smollm2")
     hints = await worker.calibrate(tokens=8)

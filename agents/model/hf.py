@@ -293,26 +293,16 @@ class TransformersBackend(ModelBackend):
             self._gauges(len(keep) + len(admit))
             started = time.monotonic()
             self._release(dropped, keep)  # the pass below starts by dropping their rows
-            tokens, failed = await loop.run_in_executor(self._pool, self._forward, rows, keep, admit)
-            if admit:
-                just_prefilled = True
-                if not failed:
-                    self._active = keep + admit
-                    for seq, tok in zip(admit, tokens):
-                        self._accept(seq, tok)
-                else:
-                    self._active = keep
-                    for seq in admit:
-                        self._fail(seq, failed)
+            tokens, failed, lost = await loop.run_in_executor(self._pool, self._forward, rows, keep, admit)
+            just_prefilled = bool(admit)
+            if failed is None:
+                self._active = keep + admit
+                for seq, tok in zip(admit or keep, tokens):
+                    self._accept(seq, tok)
             else:
-                just_prefilled = False
-                if not failed:
-                    for seq, tok in zip(keep, tokens):
-                        self._accept(seq, tok)
-                else:
-                    for seq in keep:
-                        self._fail(seq, failed)
-                    self._active = []
+                for seq in [*(keep if lost else []), *admit]:
+                    self._fail(seq, failed)
+                self._active = [] if lost else keep
             if self.metrics is not None and tokens:
                 self.metrics.generated(len(tokens), time.monotonic() - started)
 
@@ -358,28 +348,33 @@ class TransformersBackend(ModelBackend):
 
     # ---- the forward passes (model thread) ----------------------------------------------------
 
-    def _forward(self, rows: list[int], keep: list[_Seq], admit: list[_Seq]) -> tuple[list[int], BaseException | None]:
+    def _forward(self, rows: list[int], keep: list[_Seq], admit: list[_Seq]) -> tuple[list[int], BaseException | None, bool]:
         """One pass: keep ``rows`` of the batch (the sequences ``keep``), then prefill ``admit``
-        or decode every kept row."""
+        or decode every kept row. Returns (tokens, error, whether the running batch was lost)."""
         torch = self.torch
+        prefilling = False
         try:
             with torch.inference_mode():
                 self._select(rows)
                 if admit:
-                    return self._prefill(admit), None
-                return self._decode_step(keep), None
+                    prefilling = True
+                    return self._prefill(admit), None, False
+                return self._decode_step(keep), None, False
         except Exception as exc:
+            # A failed prefill leaves the running batch as it was (the merge commits last);
+            # anything else leaves it in an unknown state, so it is dropped.
+            lost = not prefilling
             if is_oom(exc):
-                error: BaseException = ModelOOM(self._oom_message(keep, admit))
-                log.warning("out of memory", extra={"phase": "prefill" if admit else "decode", "error": str(exc)[:200]})
+                error: BaseException = ModelOOM(self._oom_message(keep, admit if prefilling else []))
+                log.warning("out of memory", extra={"phase": "prefill" if prefilling else "decode", "error": str(exc)[:200]})
             else:
                 log.exception("model step failed")
                 error = ModelError(f"generation failed: {exc.__class__.__name__}")
-            if not admit:  # a decode failure leaves the batch in an unknown state: start afresh
+            if lost:
                 self._batch = None
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()
-            return [], error
+            return [], error, lost
 
     def _oom_message(self, keep: list[_Seq], admit: list[_Seq]) -> str:
         if admit:
