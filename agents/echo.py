@@ -19,6 +19,19 @@ from schemas import Artifact, Message, Task, TaskEvent, TaskState, TextPart
 
 class EchoWorker(Worker):
     agent = "echo"
+    description = "Replies with exactly the parts it was sent (text, data and files)."
+
+    def skills(self) -> list[dict]:
+        modes = ["text/plain", "application/json", "application/octet-stream"]
+        return [{
+            "id": "echo",
+            "name": "Echo",
+            "description": "Echo a message back unchanged: a test and demo agent.",
+            "tags": ["echo", "test", "demo"],
+            "input_modes": modes,
+            "output_modes": modes,
+            "examples": ["hello"],
+        }]
 
     async def handle(self, task: Task) -> AsyncIterator[TaskEvent]:
         user = [m for m in task.history if m.role == "user"]

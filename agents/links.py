@@ -15,9 +15,15 @@ import httpx
 from pydantic import TypeAdapter
 
 from gateway.backends import Backend, Delivery, StoredEvent
+from registry.service import Registry
 from schemas import InvalidTransition, Message, Task, TaskEvent, TaskState, TextPart
+from schemas.agent_record import AgentRecord, Tombstone
 
 EVENT = TypeAdapter(TaskEvent)
+
+
+class RegistrationFailed(Exception):
+    """The gateway refused the worker's record (the body says why)."""
 
 
 class WorkerLink(abc.ABC):
@@ -25,7 +31,8 @@ class WorkerLink(abc.ABC):
     async def receive(self, agent: str, consumer: str, block_ms: int, count: int) -> list[Delivery]: ...
 
     @abc.abstractmethod
-    async def announce(self, agent: str, ttl_ms: int) -> None: ...
+    async def register(self, model: AgentRecord | Tombstone) -> None:
+        """Publish the worker's signed record (or its tombstone) to the registry."""
 
     @abc.abstractmethod
     async def begin(self, delivery: Delivery, consumer: str, ttl_ms: int) -> Task | None:
@@ -55,14 +62,14 @@ class WorkerLink(abc.ABC):
 
 
 class DirectLink(WorkerLink):
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
+    def __init__(self, backend: Backend, registry: Registry) -> None:
+        self.backend, self.registry = backend, registry
 
     async def receive(self, agent, consumer, block_ms, count):
         return await self.backend.bus.receive(agent, consumer, block_ms=block_ms, count=count)
 
-    async def announce(self, agent, ttl_ms):
-        await self.backend.directory.announce(agent, ttl_ms)
+    async def register(self, model):
+        await self.registry.submit(model)
 
     async def begin(self, delivery, consumer, ttl_ms):
         tasks = self.backend.tasks
@@ -132,8 +139,10 @@ class HttpLink(WorkerLink):
         body = await self._post("/bus/receive", {"agent": agent, "consumer": consumer, "block_ms": block_ms, "count": count})
         return [Delivery(**d) for d in body["deliveries"]]
 
-    async def announce(self, agent, ttl_ms):
-        await self._post("/bus/announce", {"agent": agent, "ttl_ms": ttl_ms})
+    async def register(self, model):
+        resp = await self.http.post("/registry/agents", json=model.dump())
+        if resp.status_code >= 400:
+            raise RegistrationFailed(resp.status_code, resp.text[:500])
 
     async def begin(self, delivery, consumer, ttl_ms):
         body = await self._post("/bus/begin", {"delivery": self._delivery(delivery), "consumer": consumer, "ttl_ms": ttl_ms})

@@ -7,6 +7,8 @@ A subclass of ``Worker`` implements ``handle(task)`` as an async generator of ca
   it, and fails it with a short message (never a traceback) if the handler raises;
 * holds the task's run lock and heartbeats the bus entry while the handler runs, so a
   redelivered entry never runs twice at once and a dead worker's entry is claimed elsewhere;
+* registers the worker's signed record (its own did:key) and re-signs it before the lease
+  runs out, and deregisters with a signed tombstone on stop;
 * cancels the handler when the task is canceled (it watches the task's event stream);
 * on ``stop``: stops taking work, lets running handlers finish within a grace period, and leaves
   the rest pending (unacked) for redelivery, so no task is lost.
@@ -18,6 +20,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -26,6 +29,9 @@ import httpx
 
 from agents.links import WorkerLink, wait_cancelled
 from gateway.backends import BackendUnavailable, Delivery
+from registry.identity import Identity
+from registry.records import sign
+from schemas.agent_record import Tombstone, record_from_card
 from schemas import InvalidTransition, Message, Task, TaskEvent, TaskState, TaskStatusUpdate, TextPart
 
 log = logging.getLogger("interlace.worker")
@@ -37,7 +43,22 @@ class TaskFailed(Exception):
 
 class Worker:
     agent: str = "worker"
+    description: str = ""
+    version: str = "1"
     concurrency: int = 16
+
+    def skills(self) -> list[dict]:
+        return [{"id": self.agent, "name": self.agent, "description": self.description}]
+
+    def card(self) -> dict:
+        """What the worker's signed registry record says about it (see schemas.agent_record)."""
+        return {
+            "name": self.agent,
+            "description": self.description,
+            "version": self.version,
+            "skills": self.skills(),
+            "endpoints": {"bus": self.agent},
+        }
 
     async def handle(self, task: Task) -> AsyncIterator[TaskEvent]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -53,25 +74,63 @@ class WorkerRunner:
         consumer: str | None = None,
         lock_ttl_ms: int = 30_000,
         poll_ms: int = 1_000,
+        identity: Identity | None = None,
+        network: str = "interlace",
+        home_node: str | None = None,
+        lease_s: int = 60,
     ) -> None:
         self.worker, self.link = worker, link
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.lock_ttl_ms, self.poll_ms = lock_ttl_ms, poll_ms
+        self.identity = identity or Identity.generate()
+        self.network, self.home_node, self.lease_s = network, home_node or socket.gethostname(), lease_s
+        self._seq = 0
+        self._lease_task: asyncio.Task | None = None
         self._inflight: dict[asyncio.Task, Delivery] = {}
         self._stopping = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
         self.ready = asyncio.Event()
 
     def start(self) -> asyncio.Task:
+        self._lease_task = asyncio.create_task(self._keep_registered(), name=f"lease-{self.worker.agent}")
         self._loop_task = asyncio.create_task(self.run(), name=f"worker-{self.worker.agent}")
         return self._loop_task
+
+    def _next_seq(self) -> int:
+        # Milliseconds keep seq increasing across restarts of the same key; +1 within one.
+        self._seq = max(self._seq + 1, int(time.time() * 1000))
+        return self._seq
+
+    async def _keep_registered(self) -> None:
+        """Register the signed record, then re-sign it every third of the lease."""
+        backoff = 0.1
+        while not self._stopping.is_set():
+            try:
+                record = record_from_card(
+                    self.worker.card(), self.identity.did, self._next_seq(), self.lease_s, self.network, self.home_node
+                )
+                await self.link.register(sign(record, self.identity))
+                self.ready.set()
+                backoff = 0.1
+                await self._sleep(self.lease_s / 3)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("registration failed, retrying", extra={"agent": self.worker.agent, "error": str(exc)[:300]})
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, self.lease_s / 3)
+
+    async def _deregister(self) -> None:
+        tombstone = Tombstone(did=self.identity.did, seq=self._next_seq(), issued_at=int(time.time()), network=self.network)
+        try:
+            await self.link.register(sign(tombstone, self.identity))
+        except Exception:
+            log.info("could not deregister; the record lapses with its lease", extra={"agent": self.worker.agent})
 
     async def run(self) -> None:
         agent, backoff = self.worker.agent, 0.1
         while not self._stopping.is_set():
             try:
-                await self.link.announce(agent, self.lock_ttl_ms)
-                self.ready.set()
                 free = self.worker.concurrency - len(self._inflight)
                 if free <= 0:
                     await asyncio.wait(list(self._inflight), return_when=asyncio.FIRST_COMPLETED, timeout=self.poll_ms / 1000)
@@ -90,19 +149,22 @@ class WorkerRunner:
 
     async def _sleep(self, seconds: float) -> None:
         try:
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(seconds):  # not wait_for: it can swallow cancels (3.11)
+                await self._stopping.wait()
+        except TimeoutError:
             pass
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop taking work; running handlers get ``grace_s`` to finish, the rest stay pending."""
         self._stopping.set()
-        if self._loop_task is not None:
-            await wait_cancelled(self._loop_task)
+        for job in (self._lease_task, self._loop_task):
+            if job is not None:
+                await wait_cancelled(job)
         if self._inflight:
             _, late = await asyncio.wait(list(self._inflight), timeout=grace_s)
             for job in late:
                 await wait_cancelled(job)
+        await self._deregister()
         await self.link.close()
 
     async def _process(self, delivery: Delivery) -> None:

@@ -14,18 +14,20 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agents.echo import EchoWorker
-from gateway import __version__, tasks_api, worker_api
+from gateway import __version__, openapi, registry_api, tasks_api, worker_api
 from gateway.backends import Backend, BackendUnavailable, QueueFull, TaskExists, TaskNotFound
 from gateway.config import Config
 from gateway.http import BodyLimit, HttpError, error_response, validation_errors
 from gateway.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
+from registry.service import stream_of
 from schemas import InvalidTransition
 
 log = logging.getLogger("interlace.app")
 
 
 async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok", "version": __version__, "node": request.app.state.runtime.node_id})
+    rt: Runtime = request.app.state.runtime
+    return JSONResponse({"status": "ok", "version": __version__, "node": rt.node_id, "network": rt.config.network})
 
 
 async def readyz(request: Request) -> Response:
@@ -40,7 +42,7 @@ async def readyz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     try:
-        for agent in await rt.known_agents():
+        for agent in {stream_of(r) for r in rt.registry.live()}:
             rt.metrics.queue_depth.labels(agent).set(await rt.backend.bus.depth(agent))
     except BackendUnavailable:
         pass  # serve the counters we have; depth gauges keep their last value
@@ -63,7 +65,7 @@ async def _typed_error(request: Request, exc: Exception) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
     if isinstance(exc, HttpError):
-        return error_response(exc.status, exc.code, exc.message, **exc.details)
+        return error_response(exc.status, exc.code, exc.message, headers=exc.headers, **exc.details)
     if isinstance(exc, (BackendUnavailable, QueueFull)):
         return error_response(503, exc.code, str(exc), headers={"Retry-After": "1"})
     if isinstance(exc, ValidationError):
@@ -101,6 +103,8 @@ def create_app(config: Config | None = None, *, backend: Backend | None = None, 
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+        Route("/openapi.json", openapi.serve),
+        *registry_api.routes,
         *tasks_api.routes,
         *worker_api.routes,
     ]
@@ -114,4 +118,7 @@ def create_app(config: Config | None = None, *, backend: Backend | None = None, 
         middleware=[Middleware(BodyLimit, max_bytes=config.max_body_bytes)],
     )
     app.state.runtime = runtime
+    app.state.registry_writes = registry_api.TokenBucket(config.registry_write_rate, config.registry_write_burst)
+    app.state.allowlist = registry_api.load_allowlist(config.allowlist)
+    app.state.record_annotations = []  # callables adding facts to GET /registry/agents/{did}
     return app

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--gateway", metavar="URL", help="reach the bus through this gateway (default http://127.0.0.1:8080)")
     where.add_argument("--redis", dest="redis_url", metavar="URL", help="consume from this Redis directly")
     echo.add_argument("--token", help="worker token of the gateway (env INTERLACE_WORKER_TOKEN)")
+    echo.add_argument("--key", metavar="FILE", help="the agent's key file (interlace keys new); a fresh key if unset")
+    echo.add_argument("--network", help="registry network (default interlace; env INTERLACE_NETWORK)")
     echo.add_argument("--concurrency", type=int, default=16, help="tasks handled at once")
     echo.add_argument("--visibility-timeout-ms", type=int, help="must match the gateway's")
     echo.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -91,17 +93,23 @@ async def run_worker(args: argparse.Namespace, config: Config) -> int:
     from agents.echo import EchoWorker
     from agents.links import DirectLink, HttpLink
     from agents.worker import WorkerRunner
+    from registry.identity import Identity
 
     if args.redis_url:
         from gateway.backends import Limits, open_backend
+        from registry.service import Registry
 
-        limits = Limits(visibility_timeout_ms=config.visibility_timeout_ms)
-        link = DirectLink(open_backend(args.redis_url, limits))
+        backend = open_backend(args.redis_url, Limits(visibility_timeout_ms=config.visibility_timeout_ms))
+        link = DirectLink(backend, Registry(backend.records, config.network, skew_s=config.skew_s))
     else:
         link = HttpLink(args.gateway or "http://127.0.0.1:8080", args.token or config.worker_token)
     worker = EchoWorker()
     worker.concurrency = args.concurrency
-    runner = WorkerRunner(worker, link, lock_ttl_ms=config.visibility_timeout_ms)
+    identity = Identity.load(args.key) if args.key else None
+    runner = WorkerRunner(
+        worker, link, lock_ttl_ms=config.visibility_timeout_ms, identity=identity,
+        network=config.network, lease_s=config.lease_s,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

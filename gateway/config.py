@@ -29,6 +29,36 @@ class Config:
     shutdown_grace_s: float = 10.0
     worker_token: str | None = None  # required on /bus from non-loopback clients
     log_level: str = "info"
+    # Registry and identity
+    network: str = "interlace"  # records and gossip of another network are refused
+    node_key: str | None = None  # this node's Ed25519 key file; a fresh key each start when unset
+    skew_s: int = 300  # clock-skew window for issued_at
+    lease_s: int = 60  # lease of the records of in-process agents
+    admission: str | None = None  # open | token | allowlist; open only by default on loopback
+    registration_token: str | None = None
+    allowlist: str | None = None  # file of DIDs (one per line) allowed to register
+    registry_write_rate: float = 5.0  # registry writes per second per client ...
+    registry_write_burst: int = 20  # ... with this burst
+    max_record_bytes: int = 64 * 1024
+
+    def effective_admission(self) -> str:
+        """The admission policy in force; ``open`` is only a default for a loopback bind."""
+        if self.admission:
+            if self.admission not in ("open", "token", "allowlist"):
+                raise ValueError(f"admission must be open, token or allowlist, not {self.admission!r}")
+            if self.admission == "token" and not self.registration_token:
+                raise ValueError("admission 'token' needs a registration token (INTERLACE_REGISTRATION_TOKEN)")
+            if self.admission == "allowlist" and not self.allowlist:
+                raise ValueError("admission 'allowlist' needs an allowlist file (INTERLACE_ALLOWLIST)")
+            return self.admission
+        if self.registration_token:
+            return "token"
+        if self.host in ("127.0.0.1", "localhost", "::1"):
+            return "open"
+        raise ValueError(
+            f"binding to {self.host} needs an admission policy for agent registration: "
+            "--admission token with --registration-token, or --admission allowlist with --allowlist"
+        )
 
     @classmethod
     def load(cls, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> "Config":

@@ -17,9 +17,10 @@ from starlette.types import ASGIApp, Message as AsgiMessage, Receive, Scope, Sen
 class HttpError(Exception):
     """An error with its HTTP status and a stable machine-readable code."""
 
-    def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
+    def __init__(self, status: int, code: str, message: str, *, retry_after: int | None = None, **details: Any) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.details = status, code, message, details
+        self.headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None, **details: Any) -> JSONResponse:

@@ -16,6 +16,8 @@ from agents.worker import Worker, WorkerRunner
 from gateway.backends import Backend, BackendUnavailable, Limits, StoredEvent, TaskNotFound, open_backend
 from gateway.config import Config
 from gateway.metrics import Metrics
+from registry.identity import Identity
+from registry.service import Registry, stream_of
 from schemas import InvalidTransition, Message, Route, Task, TaskError, TaskState
 
 log = logging.getLogger("interlace.runtime")
@@ -47,27 +49,37 @@ class Runtime:
             ),
         )
         self.metrics = Metrics()
+        self.admission = config.effective_admission()
+        self.identity = Identity.load(config.node_key) if config.node_key else Identity.generate()
+        self.registry = Registry(self.backend.records, config.network, skew_s=config.skew_s)
         self._workers = list(workers or [])
         self._runners: list[WorkerRunner] = []
         self._waiters: dict[str, list[asyncio.Future]] = defaultdict(list)
         self._feed: asyncio.Task | None = None
-        self._seen_agents: set[str] = set()
+        self._stopped = False
 
     # ---- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.registry.start()
         self._feed = asyncio.create_task(self._follow_finished(), name="finished-feed")
         for worker in self._workers:
-            runner = WorkerRunner(worker, DirectLink(self.backend), lock_ttl_ms=self.config.visibility_timeout_ms)
+            runner = WorkerRunner(
+                worker, DirectLink(self.backend, self.registry),
+                lock_ttl_ms=self.config.visibility_timeout_ms, network=self.config.network,
+                home_node=self.node_id, lease_s=self.config.lease_s,
+            )
             runner.start()
             self._runners.append(runner)
         # In-process agents are routable as soon as the gateway answers.
         await asyncio.gather(*(asyncio.wait_for(r.ready.wait(), 10) for r in self._runners), return_exceptions=True)
 
     async def stop(self) -> None:
+        self._stopped = True  # as well as cancel: redis-py may turn a cancelled read into an error
         await asyncio.gather(*(r.stop(self.config.shutdown_grace_s) for r in self._runners))
         if self._feed is not None:
             await wait_cancelled(self._feed)
+        await self.registry.stop()
         await self.backend.close()
 
     async def ready(self) -> None:
@@ -79,10 +91,12 @@ class Runtime:
 
     # ---- tasks ------------------------------------------------------------------------------
 
-    async def resolve_agent(self, name: str) -> str:
-        if name in await self.backend.directory.live():
-            return name
-        raise UnknownAgent(f"no agent named {name!r} is available")
+    async def resolve_agent(self, name_or_did: str) -> str:
+        """The bus stream of the agent named (by name or DID) by the client."""
+        records = self.registry.resolve(name_or_did)
+        if not records:
+            raise UnknownAgent(f"no agent named {name_or_did!r} is registered")
+        return stream_of(records[0])
 
     async def submit(
         self,
@@ -100,7 +114,6 @@ class Runtime:
         task.history.append(message.model_copy(update={"task_id": task.id, "context_id": task.context_id}))
         await self.backend.tasks.submit(task, agent, self.node_id)
         self.metrics.accepted.labels(agent).inc()
-        self._seen_agents.add(agent)
         log.info("task accepted", extra={"task_id": task.id, "agent": agent})
         return task
 
@@ -140,8 +153,9 @@ class Runtime:
             task = await self.get(task_id)
             if not (task.state.terminal or task.state.interrupted):
                 try:
-                    await asyncio.wait_for(asyncio.shield(fut), timeout_s)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(timeout_s):
+                        await asyncio.shield(fut)
+                except TimeoutError:
                     pass
                 task = await self.get(task_id)
             return task
@@ -156,12 +170,13 @@ class Runtime:
         return self.backend.events(task_id, after)
 
     async def known_agents(self) -> list[str]:
-        return sorted(set(await self.backend.directory.live()) | self._seen_agents)
+        """Names of the agents with a live record."""
+        return sorted({r.name for r in self.registry.live()})
 
     async def _follow_finished(self) -> None:
         """One reader of the 'finished' feed per node: wakes waiters and feeds the metrics."""
         cursor, backoff = None, 0.1
-        while True:
+        while not self._stopped:
             try:
                 batch, cursor = await self.backend.tasks.read_finished(cursor, 5_000)
                 backoff = 0.1

@@ -42,11 +42,6 @@ class ReceiveBody(_Strict):
     count: int = Field(default=1, ge=1, le=256)
 
 
-class AnnounceBody(_Strict):
-    agent: str = Field(min_length=1, max_length=256)
-    ttl_ms: int = Field(ge=1000, le=600_000)
-
-
 class SettleBody(_Strict):
     delivery: DeliveryBody
     consumer: str
@@ -67,7 +62,7 @@ def _link(request: Request) -> DirectLink:
             raise HttpError(401, "unauthorized", "a valid worker token is required")
     elif (request.client.host if request.client else "") not in LOOPBACK:
         raise HttpError(403, "forbidden", "the worker API serves loopback clients unless a worker token is configured")
-    return DirectLink(rt.backend)
+    return DirectLink(rt.backend, rt.registry)
 
 
 def _delivery(body: DeliveryBody) -> Delivery:
@@ -79,13 +74,6 @@ async def receive(request: Request) -> Response:
     body = await read_model(request, ReceiveBody)
     got = await link.receive(body.agent, body.consumer, body.block_ms, body.count)
     return json_response({"deliveries": [d.__dict__ for d in got]})
-
-
-async def announce(request: Request) -> Response:
-    link = _link(request)
-    body = await read_model(request, AnnounceBody)
-    await link.announce(body.agent, body.ttl_ms)
-    return json_response({})
 
 
 async def begin(request: Request) -> Response:
@@ -124,7 +112,6 @@ async def release(request: Request) -> Response:
 
 routes = [
     Route("/bus/receive", receive, methods=["POST"]),
-    Route("/bus/announce", announce, methods=["POST"]),
     Route("/bus/begin", begin, methods=["POST"]),
     Route("/bus/heartbeat", heartbeat, methods=["POST"]),
     Route("/bus/emit", emit, methods=["POST"]),

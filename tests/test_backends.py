@@ -179,11 +179,27 @@ async def test_event_stream_is_bounded(backend):
     assert (await backend.tasks.get(task.id)).artifacts[0].parts[0].text == "x" * 300
 
 
-async def test_directory_and_kv(backend):
-    await backend.directory.announce("echo", 300)
-    assert "echo" in await backend.directory.live()
-    await asyncio.sleep(0.4)
-    assert "echo" not in await backend.directory.live()
+async def test_record_store_keeps_the_highest_seq_and_feeds_changes(backend):
+    store = backend.records
+    _, cursor = await store.load()
+    assert await store.put_if_newer("did:key:a", 2, '{"seq": 2}')
+    assert not await store.put_if_newer("did:key:a", 2, '{"seq": 2, "replay": 1}')
+    assert not await store.put_if_newer("did:key:a", 1, '{"seq": 1}')
+    assert await store.put_if_newer("did:key:a", 3, '{"seq": 3}')
+    entries, _ = await store.load()
+    assert entries == ['{"seq": 3}']
+    changes, cursor = await store.changes(cursor, 1000)
+    assert changes == ['{"seq": 2}', '{"seq": 3}']
+    waiter = asyncio.create_task(store.changes(cursor, 5000))
+    await asyncio.sleep(0.05)
+    await store.put_if_newer("did:key:b", 1, '{"b": 1}')
+    assert (await asyncio.wait_for(waiter, 5))[0] == ['{"b": 1}']
+    await store.drop("did:key:a", 2)  # not the stored seq: kept
+    await store.drop("did:key:b", 1)
+    assert sorted((await store.load())[0]) == ['{"seq": 3}']
+
+
+async def test_kv(backend):
     assert await backend.kv.set("k", "v", 10)
     assert not await backend.kv.set("k", "w", 10, only_new=True)
     assert await backend.kv.get("k") == "v"

@@ -7,6 +7,7 @@ import pytest
 from agents.echo import EchoWorker
 from agents.links import DirectLink
 from agents.worker import Worker, WorkerRunner
+from registry.service import Registry
 from schemas import Artifact, Message, Route, Task, TaskState, TaskStatusUpdate, TextPart
 
 S = TaskState
@@ -51,8 +52,12 @@ async def final(backend, task_id) -> list:
     return events
 
 
+def link(backend) -> DirectLink:
+    return DirectLink(backend, Registry(backend.records, "interlace"))
+
+
 def runner(backend, worker, **kw) -> WorkerRunner:
-    return WorkerRunner(worker, DirectLink(backend), lock_ttl_ms=backend.limits.visibility_timeout_ms, poll_ms=200, **kw)
+    return WorkerRunner(worker, link(backend), lock_ttl_ms=backend.limits.visibility_timeout_ms, poll_ms=200, **kw)
 
 
 async def test_echo_completes_with_the_same_parts(backend):
@@ -181,24 +186,40 @@ async def test_redelivered_finished_task_is_not_run_again(backend):
     await r.stop(1)
 
 
+async def test_runner_registers_its_signed_record_and_deregisters_on_stop(backend):
+    registry = Registry(backend.records, "interlace")
+    await registry.start()
+    r = WorkerRunner(EchoWorker(), DirectLink(backend, registry), lease_s=2, poll_ms=100)
+    r.start()
+    await asyncio.wait_for(r.ready.wait(), 10)
+    (record,) = registry.by_name("echo")
+    assert record.did == r.identity.did and record.endpoints.bus == "echo"
+    first_seq = record.seq
+    while registry.get(r.identity.did).seq == first_seq:  # re-signed before the 2 s lease ends
+        await asyncio.sleep(0.05)
+    assert registry.get(r.identity.did).expires_at > record.expires_at - 2
+    await r.stop(1)
+    assert registry.by_name("echo") == []
+    await registry.stop()
+
+
 async def test_locked_task_is_not_run_twice_at_once(backend):
     probe = Probe(hold=False)
     task = await submit(backend, agent="probe")
     assert await backend.tasks.lock(task.id, "someone-else", 60_000)  # a live worker runs it
-    link = DirectLink(backend)
     (d,) = await backend.bus.receive("probe", "me", block_ms=1000)
-    assert await link.begin(d, "me", 1000) is None
+    assert await link(backend).begin(d, "me", 1000) is None
     assert probe.runs == [] and await backend.bus.depth("probe") == 1
 
 
 async def test_poison_task_fails_after_max_deliveries(backend):
     backend.limits.max_deliveries = 2
     task = await submit(backend, agent="probe")
-    link = DirectLink(backend)
+    direct = link(backend)
     for attempt in (1, 2, 3):
         (d,) = await backend.bus.receive("probe", f"c{attempt}", block_ms=3000)
         assert d.attempt == attempt
-        began = await link.begin(d, f"c{attempt}", 100)
+        began = await direct.begin(d, f"c{attempt}", 100)
         if attempt < 3:
             assert began is not None
             await asyncio.sleep(0.15)  # let the lock lapse, as a crashed worker's would

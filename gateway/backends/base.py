@@ -1,8 +1,8 @@
 """The bus and store interface every backend implements.
 
 One ``Backend`` bundles the task queues (a stream per agent, consumer groups, at-least-once
-delivery with a visibility timeout), the task store (state + an event stream per task) and the
-directory of agents that currently have workers. Two implementations: ``embedded`` (in-process,
+delivery with a visibility timeout), the task store (state + an event stream per task), the
+store of signed agent records and a small key/value store for protocol sessions. Two implementations: ``embedded`` (in-process,
 the default) and ``redis`` (Redis Streams, shared by many gateway and worker processes). The
 same behavioural test suite runs against both.
 
@@ -17,6 +17,7 @@ import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from registry.store import RecordStore
 from schemas import Task, TaskArtifactUpdate, TaskEvent, TaskState, TaskStatusUpdate
 
 
@@ -138,16 +139,6 @@ class TaskStore(abc.ABC):
     async def unlock(self, task_id: str, owner: str) -> None: ...
 
 
-class Directory(abc.ABC):
-    """Agents that currently have a live worker (its heartbeat keeps the entry)."""
-
-    @abc.abstractmethod
-    async def announce(self, agent: str, ttl_ms: int) -> None: ...
-
-    @abc.abstractmethod
-    async def live(self) -> list[str]: ...
-
-
 class KeyValue(abc.ABC):
     """Small shared state with a lifetime (protocol sessions, nonces), visible to every node."""
 
@@ -165,7 +156,7 @@ class KeyValue(abc.ABC):
 class Backend(abc.ABC):
     bus: Bus
     tasks: TaskStore
-    directory: Directory
+    records: RecordStore
     kv: KeyValue
     limits: Limits
 

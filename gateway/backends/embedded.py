@@ -16,7 +16,6 @@ from gateway.backends.base import (
     Backend,
     Bus,
     Delivery,
-    Directory,
     Finished,
     KeyValue,
     Limits,
@@ -26,6 +25,7 @@ from gateway.backends.base import (
     TaskNotFound,
     TaskStore,
 )
+from registry.store import MemoryRecordStore
 from schemas import Task, TaskEvent, TaskStatusUpdate
 
 
@@ -46,9 +46,12 @@ class _Signal:
     async def wait(self, timeout_ms: int) -> None:
         if timeout_ms <= 0:
             return
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that races
+        # with the event firing, and then a cancelled reader never stops.
         try:
-            await asyncio.wait_for(self._event.wait(), timeout_ms / 1000)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout_ms / 1000):
+                await self._event.wait()
+        except TimeoutError:
             pass
 
 
@@ -229,18 +232,6 @@ def _id_gt(a: str, b: str) -> bool:
     return tuple(map(int, a.split("-"))) > tuple(map(int, b.split("-")))
 
 
-class EmbeddedDirectory(Directory):
-    def __init__(self) -> None:
-        self._until: dict[str, int] = {}
-
-    async def announce(self, agent: str, ttl_ms: int) -> None:
-        self._until[agent] = max(self._until.get(agent, 0), _now_ms() + ttl_ms)
-
-    async def live(self) -> list[str]:
-        now = _now_ms()
-        return sorted(a for a, until in self._until.items() if until > now)
-
-
 class EmbeddedKeyValue(KeyValue):
     def __init__(self) -> None:
         self._data: dict[str, tuple[str, float]] = {}
@@ -272,7 +263,7 @@ class EmbeddedBackend(Backend):
         self.limits = limits or Limits()
         self.bus = EmbeddedBus(self.limits)
         self.tasks = EmbeddedTaskStore(self.bus, self.limits)
-        self.directory = EmbeddedDirectory()
+        self.records = MemoryRecordStore()
         self.kv = EmbeddedKeyValue()
 
     async def ping(self) -> None:

@@ -8,7 +8,7 @@ Keys (prefix ``il:``):
   t:{id}:lock        run lock of the worker executing the task (the idempotency key)
   tasks, ctx:{cid}   sorted sets of task ids by creation time
   finished           stream of tasks that became final (metrics, ?wait=true)
-  agents             sorted set: agent name -> expiry of its workers' heartbeat (ms)
+  reg, reg:seq, reg:feed  signed agent records (see registry/store.py)
   kv:{key}           small shared state with a TTL (protocol sessions, nonces)
 
 Submitting is one Lua script (store + enqueue, or nothing); applying an event is a WATCH/MULTI
@@ -28,7 +28,6 @@ from gateway.backends.base import (
     BackendUnavailable,
     Bus,
     Delivery,
-    Directory,
     Finished,
     KeyValue,
     Limits,
@@ -38,6 +37,7 @@ from gateway.backends.base import (
     TaskNotFound,
     TaskStore,
 )
+from registry.store import RedisRecordStore
 from schemas import Task, TaskEvent, TaskState, TaskStatusUpdate
 
 try:
@@ -283,19 +283,6 @@ class RedisTaskStore(TaskStore):
         await self._unlock(keys=[f"{_t(task_id)}:lock"], args=[owner])
 
 
-class RedisDirectory(Directory):
-    def __init__(self, r: "aioredis.Redis") -> None:
-        self.r = r
-
-    @_translate
-    async def announce(self, agent: str, ttl_ms: int) -> None:
-        await self.r.zadd("il:agents", {agent: int(time.time() * 1000) + ttl_ms}, gt=True)
-
-    @_translate
-    async def live(self) -> list[str]:
-        return sorted(await self.r.zrangebyscore("il:agents", int(time.time() * 1000), "+inf"))
-
-
 class RedisKeyValue(KeyValue):
     def __init__(self, r: "aioredis.Redis") -> None:
         self.r = r
@@ -313,6 +300,15 @@ class RedisKeyValue(KeyValue):
         await self.r.delete(f"il:kv:{key}")
 
 
+class _RecordStore(RedisRecordStore):
+    """The registry's Redis store, with connection failures reported as BackendUnavailable."""
+
+    put_if_newer = _translate(RedisRecordStore.put_if_newer)
+    load = _translate(RedisRecordStore.load)
+    changes = _translate(RedisRecordStore.changes)
+    drop = _translate(RedisRecordStore.drop)
+
+
 class RedisBackend(Backend):
     name = "redis"
 
@@ -323,7 +319,7 @@ class RedisBackend(Backend):
         )
         self.bus = RedisBus(self.r, self.limits)
         self.tasks = RedisTaskStore(self.r, self.limits)
-        self.directory = RedisDirectory(self.r)
+        self.records = _RecordStore(self.r)
         self.kv = RedisKeyValue(self.r)
 
     @_translate

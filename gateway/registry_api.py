@@ -1,0 +1,158 @@
+"""``/registry/agents``: register (signed record), list/search, get, deregister (signed tombstone).
+
+Writes pass the admission policy first (open / token / allowlist) and a per-client token bucket
+(429 with Retry-After); then the registry's acceptance rules (registry/service.py). Every refusal
+is a 4xx JSON error whose ``code`` names the reason; the stored record is unchanged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import time
+from pathlib import Path
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.http import HttpError, json_response, read_json, validation_errors
+from registry.records import RecordRejected
+from registry.service import PROTOCOLS, Registry, parse_signed
+from schemas.agent_record import AgentRecord, Tombstone
+
+
+class TokenBucket:
+    """Per-client rate limit: ``rate`` tokens a second, up to ``burst``."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, client: str) -> float:
+        """0 when allowed, else the seconds until a token is available."""
+        now = time.monotonic()
+        tokens, last = self._buckets.get(client, (float(self.burst), now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens < 1:
+            self._buckets[client] = (tokens, now)
+            return (1 - tokens) / self.rate
+        self._buckets[client] = (tokens - 1, now)
+        if len(self._buckets) > 100_000:  # bound memory: forget clients with full buckets
+            self._buckets = {k: v for k, v in self._buckets.items() if v[0] < self.burst}
+        return 0.0
+
+
+def _bearer(request: Request) -> str | None:
+    given = request.headers.get("interlace-registration-token")
+    if given:
+        return given
+    auth = request.headers.get("authorization", "")
+    return auth[7:] if auth.lower().startswith("bearer ") else None
+
+
+def _admit(request: Request, did: str) -> None:
+    rt = request.app.state.runtime
+    client = request.client.host if request.client else "?"
+    wait = request.app.state.registry_writes.take(client)
+    if wait:
+        raise HttpError(429, "rate_limited", "too many registry writes; slow down", retry_after=math.ceil(wait))
+    if rt.admission == "token":
+        token = _bearer(request)
+        if token is None:
+            raise HttpError(401, "unauthorized", "a registration token is required")
+        if not hmac.compare_digest(token.encode(), rt.config.registration_token.encode()):
+            raise HttpError(403, "forbidden", "the registration token is not valid")
+    elif rt.admission == "allowlist" and did not in request.app.state.allowlist:
+        raise HttpError(403, "not_allowed", f"{did} is not on this gateway's allowlist")
+
+
+async def _read_signed(request: Request, expected: type) -> AgentRecord | Tombstone:
+    limit = request.app.state.runtime.config.max_record_bytes
+    if len(await request.body()) > limit:
+        raise HttpError(413, "record_too_large", f"a record may be at most {limit} bytes")
+    data = await read_json(request)
+    try:
+        model = parse_signed(data)
+    except ValidationError as exc:
+        raise HttpError(400, "invalid_record", "the record does not match the schema", errors=validation_errors(exc)) from None
+    if not isinstance(model, expected):
+        raise HttpError(400, "invalid_record", f"expected a {expected.__name__}")
+    return model
+
+
+async def _submit(request: Request, model: AgentRecord | Tombstone) -> str:
+    registry: Registry = request.app.state.runtime.registry
+    try:
+        return await registry.submit(model)
+    except RecordRejected as exc:
+        raise HttpError(409 if exc.reason_code == "stale_seq" else 400, exc.reason_code, str(exc)) from None
+
+
+async def register(request: Request) -> Response:
+    record = await _read_signed(request, AgentRecord)
+    _admit(request, record.did)
+    outcome = await _submit(request, record)
+    body = {"did": record.did, "name": record.name, "seq": record.seq, "expires_at": record.expires_at, "result": outcome}
+    return json_response(body, 201 if outcome == "created" else 200, headers={"Location": f"/registry/agents/{record.did}"})
+
+
+async def deregister(request: Request) -> Response:
+    tombstone = await _read_signed(request, Tombstone)
+    did = request.path_params["did"]
+    if tombstone.did != did:
+        raise HttpError(400, "did_mismatch", "the tombstone is for another DID than the URL names")
+    _admit(request, did)
+    if request.app.state.runtime.registry.get(did) is None:
+        raise HttpError(404, "not_found", f"no live record for {did}")
+    await _submit(request, tombstone)
+    return json_response({"did": did, "seq": tombstone.seq, "result": "deleted"})
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise HttpError(400, "invalid_request", f"{name} must be an integer in [{low}, {high}]")
+    return int(raw)
+
+
+async def list_agents(request: Request) -> Response:
+    q = request.query_params
+    protocol = q.get("protocol")
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise HttpError(400, "invalid_request", f"protocol must be one of {', '.join(PROTOCOLS)}")
+    limit = _int_param(request, "limit", 50, 1, 500)
+    offset = _int_param(request, "cursor", 0, 0, 10**9)
+    found = request.app.state.runtime.registry.search(tag=q.get("tag"), protocol=protocol, text=q.get("q"))
+    page = found[offset : offset + limit]
+    nxt = str(offset + limit) if offset + limit < len(found) else None
+    return json_response({"agents": [r.dump() for r in page], "total": len(found), "next_cursor": nxt})
+
+
+async def get_agent(request: Request) -> Response:
+    rt = request.app.state.runtime
+    record = rt.registry.get(request.path_params["did"])
+    if record is None:
+        raise HttpError(404, "not_found", f"no live record for {request.path_params['did']}")
+    body = record.dump()
+    for extra in request.app.state.record_annotations:
+        body.update(extra(record))
+    return json_response(body)
+
+
+def load_allowlist(path: str | None) -> frozenset[str]:
+    if not path:
+        return frozenset()
+    lines = Path(path).read_text().splitlines()
+    return frozenset(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+
+
+routes = [
+    Route("/registry/agents", register, methods=["POST"]),
+    Route("/registry/agents", list_agents, methods=["GET"]),
+    Route("/registry/agents/{did}", get_agent, methods=["GET"]),
+    Route("/registry/agents/{did}", deregister, methods=["DELETE"]),
+]
