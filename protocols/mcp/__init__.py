@@ -12,6 +12,13 @@ settings=McpSettings(naming="pass-through"))`` before the app starts (or set
 ``INTERLACE_MCP_UPSTREAMS``); ``app.state.mcp.upstreams.set_upstreams([...])`` swaps the set at
 run time (the registry will feed it).
 
+Settings (``McpSettings``, each also ``INTERLACE_MCP_<NAME>``): ``naming`` (prefix | pass-through),
+``allowed_hosts`` / ``allowed_origins`` (DNS-rebinding defence: a foreign Host gets 421, a foreign
+Origin 403; default loopback hosts only, so a gateway bound to 0.0.0.0 must list its public
+names, e.g. ``INTERLACE_MCP_ALLOWED_HOSTS=gw1:*,gw.example.com:*``), ``call_timeout_s``,
+``session_ttl_s``, ``event_ttl_s``, ``page_size``. Rug-pull state for a registry view:
+``app.state.mcp.upstreams.quarantined()`` and ``.repin(agent, tool)``.
+
 Mapping between MCP and the canonical model (each row is tested in tests/test_mcp_agents.py):
 
 | MCP                                                     | canonical                                                 |
