@@ -2,6 +2,8 @@
 
   interlace serve [--host H] [--port P] [--redis URL] [--no-echo] ...
   interlace worker echo [--gateway URL | --redis URL] [--concurrency N]
+  interlace keys new|show FILE
+  interlace agent register|list|show|deregister ...
   interlace version
 """
 
@@ -10,10 +12,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
-from gateway import __version__, logs
+from gateway import __version__, agent_cli, logs
 from gateway.config import Config
 
 log = logging.getLogger("interlace.cli")
@@ -34,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queue", type=int, help="bound on each agent's queue")
     serve.add_argument("--worker-token", help="token workers must present on /bus (env INTERLACE_WORKER_TOKEN)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--network", help="registry network id (default interlace)")
+    serve.add_argument("--node-key", metavar="FILE", help="this node's key file (default: a fresh key each start)")
+    serve.add_argument("--admission", choices=["open", "token", "allowlist"],
+                       help="who may register agents (default: open on loopback, else required)")
+    serve.add_argument("--registration-token", help="token for --admission token (env INTERLACE_REGISTRATION_TOKEN)")
+    serve.add_argument("--allowlist", metavar="FILE", help="DIDs allowed to register, one per line")
 
     worker = sub.add_parser("worker", help="run an agent worker")
     kinds = worker.add_subparsers(dest="kind", required=True)
@@ -49,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     echo.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
     sub.add_parser("version", help="print the version")
+    agent_cli.add_parsers(sub)
     return parser
 
 
@@ -57,9 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         print(f"interlace {__version__}")
         return 0
+    if args.command in ("keys", "agent"):
+        return agent_cli.run(args, os.environ.get("INTERLACE_REGISTRATION_TOKEN"))
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "kind")}
     try:
         config = Config.load(flags)
+        if args.command == "serve":
+            config.effective_admission()
     except ValueError as exc:
         print(f"interlace: {exc}", file=sys.stderr)
         return 2

@@ -178,7 +178,7 @@ class Runtime:
         cursor, backoff = None, 0.1
         while not self._stopped:
             try:
-                batch, cursor = await self.backend.tasks.read_finished(cursor, 5_000)
+                batch, cursor = await self.backend.tasks.read_finished(cursor, 1_000)
                 backoff = 0.1
             except BackendUnavailable:
                 await asyncio.sleep(backoff)

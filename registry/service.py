@@ -71,7 +71,7 @@ class Registry:
                     entries, cursor = await self.store.load()
                     self.ready.set()
                 else:
-                    entries, cursor = await self.store.changes(cursor, 5_000)
+                    entries, cursor = await self.store.changes(cursor, 1_000)
                 for raw in entries:
                     self._apply_entry(raw)
                 self._expire()
@@ -110,9 +110,9 @@ class Registry:
         else:
             kind, expires = "tombstone", now + TOMBSTONE_RETENTION_S
         entry = entry_json(kind, model.seq, expires, model.dump())
+        existed = model.did in self._records  # before the write: the feed may apply it meanwhile
         if not await self.store.put_if_newer(model.did, model.seq, entry):
             raise RecordRejected("stale_seq", f"seq {model.seq} is not higher than the stored one (replay or rollback)")
-        existed = model.did in self._records
         self._apply_entry(entry)
         if kind == "tombstone":
             return "deleted"
