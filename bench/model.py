@@ -44,11 +44,12 @@ async def _one(backend, i: int, tokens: int) -> int:
     return usage.completion_tokens
 
 
-async def _throughput(backend, concurrency: int, tokens: int) -> float:
+async def _throughput(backend, concurrency: int, tokens: int, exact: bool = True) -> float:
+    """Generated tokens per second; ``exact=False`` for llama.cpp, which may stop at EOS."""
     started = time.perf_counter()
     done = await asyncio.gather(*(_one(backend, i, tokens) for i in range(concurrency)))
     elapsed = time.perf_counter() - started
-    assert sum(done) == concurrency * tokens, done
+    assert not exact or sum(done) == concurrency * tokens, done
     return sum(done) / elapsed
 
 
@@ -116,7 +117,30 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{name} on {where}, {dtype}; loaded in {time.perf_counter() - t0:.1f} s; {tokens} tokens per request, greedy")
             print("  concurrency  one-at-a-time tok/s  batched tok/s  ratio")
             asyncio.run(bench_device(model, tokenizer, loaded.model_name, levels, tokens))
+        if args.smollm2 and "cpu" in devices:
+            bench_llamacpp(levels, args.tokens or 16, args.threads)
     return 0
+
+
+def bench_llamacpp(levels: list[int], tokens: int, threads: int | None) -> None:
+    """The same GGUF (Q4_1) through llama.cpp, which serves one request at a time: for reference."""
+    from agents.model import llamacpp
+    from agents.model.loader import load_backend
+
+    if not llamacpp.available():
+        print("\nllama.cpp: llama-cpp-python is not installed (pip install '.[llamacpp]'); skipped")
+        return
+    backend = load_backend("smollm2", backend="llamacpp", threads=threads)
+
+    async def run() -> None:
+        await _throughput(backend, 1, 4, exact=False)
+        for c in levels:
+            print(f"  {c:>11}  {await _throughput(backend, c, tokens, exact=False):>19.1f}", flush=True)
+        await backend.close()
+
+    print(f"\n{backend.model_name} Q4_1 with llama.cpp on CPU (one request at a time); {tokens} tokens per request")
+    print("  concurrency  one-at-a-time tok/s")
+    asyncio.run(run())
 
 
 if __name__ == "__main__":
