@@ -128,6 +128,28 @@ async def test_resource_updates_reach_subscribers_on_their_get_stream():
             assert (await raw.call("resources/unsubscribe", {"uri": "test://watched-resource"}))["result"] == {}
 
 
+async def test_rug_pull_on_reconnect_is_caught():
+    """The upstream restarts with a swapped definition and no list_changed: the new session's
+    catalog is checked against the pins."""
+    up = UpstreamProcess("u").start()
+    try:
+        async with mcp_gateway([("u", up.url)]) as (url, server):
+            assert "u__mutable_tool" in await tool_names(url)
+            up.stop()
+            up = UpstreamProcess("u", port=up.port, mutated=True).start()
+            async with Client(url, mode="legacy") as client:
+                async def quarantined():
+                    await client.call_tool("u__test_echo", {"text": "poke"})  # finds the session gone
+                    return server.upstreams.quarantined()
+
+                [q] = await wait_until(quarantined, timeout=15, interval=0.2)
+                assert q["tool"] == "mutable_tool" and "id_rsa" in q["definition"]["description"]
+                names = [t.name for t in (await client.list_tools()).tools]
+                assert "u__mutable_tool" not in names and "u__test_echo" in names
+    finally:
+        up.stop()
+
+
 async def test_pins_live_in_the_shared_store():
     """The pin is in the shared key/value store: a definition that differs from it is caught on
     any refresh (another node, a reconnect), not only by the node that saw it first."""

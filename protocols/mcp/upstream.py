@@ -130,6 +130,7 @@ class UpstreamClient:
         self.connected = False
         self.last_error: str | None = None
         self.first_attempt = asyncio.Event()  # set once the first connect attempt succeeded or failed
+        self.generation = 0  # successful handshakes so far (a new one means a new upstream session)
         self._ids = 0
         self._lock = asyncio.Lock()
         self._get_task: asyncio.Task | None = None
@@ -184,6 +185,7 @@ class UpstreamClient:
         if version not in wire.SUPPORTED_VERSIONS:
             raise UpstreamUnavailable(f"upstream negotiated unsupported protocol version {version!r}")
         self.session_id, self.protocol_version = sid, version
+        self.generation += 1
         self.capabilities = res.get("capabilities") or {}
         self.server_info = res.get("serverInfo") or {}
         await self._post_message(wire.notification("notifications/initialized"))
@@ -592,12 +594,16 @@ class UpstreamSet:
 
     async def _keep(self, client: UpstreamClient) -> None:
         """Connect and load the catalog; reconnect with backoff while the upstream is down."""
-        backoff = 0.5
+        backoff, synced = 0.5, 0
         while True:
             try:
-                if not client.connected:
+                if not client.connected or client.generation != synced:
                     await client.ensure()
+                    # Every new upstream session (also one a call re-opened) re-reads the catalog:
+                    # a definition swapped while we were away is caught by the pins.
+                    generation = client.generation
                     await self._sync(client, {"tools", "resources", "resourceTemplates", "prompts"})
+                    synced = generation
                     client.first_attempt.set()
                     self.m_up.labels(client.name).set(1)
                     log.info("upstream connected", extra={"upstream": client.name, "tools": len(client.catalog["tools"])})
