@@ -269,16 +269,30 @@ def test_cli_module_imports_nothing_heavy():
     assert out.returncode == 0, out.stderr
 
 
-def test_cli_bad_model_path_is_a_clear_error():
-    cmd = [sys.executable, "-m", "agents.model.cli", "--model", "/nonexistent/model", "--gateway", "http://127.0.0.1:9"]
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--model", "/nonexistent/model"], "no model at '/nonexistent/model'"),
+        (["--model", "/nonexistent/model", "--key", "/nonexistent/key.json"], "cannot open key file /nonexistent/key.json"),
+    ],
+)
+def test_cli_bad_paths_are_clear_errors(flags, message):
+    cmd = [sys.executable, "-m", "agents.model.cli", *flags, "--gateway", "http://127.0.0.1:9"]
     out = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "no model at '/nonexistent/model'" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
 
 
-async def test_cli_worker_over_http_serves_tasks_and_metrics(tiny_dir):
-    metrics_port = free_port()
-    async with running_gateway(test_config(echo=False)) as (url, app):
-        cmd = [sys.executable, "-m", "agents.model.cli", "--model", str(tiny_dir), "--gateway", url, "--name", "tiny",
+@pytest.mark.parametrize("bus", ["gateway", "redis"])
+async def test_cli_worker_serves_tasks_and_metrics(tiny_dir, bus, request):
+    """``python -m agents.model.cli`` (= ``interlace worker model``) over HTTP or straight on Redis."""
+    metrics_port, config = free_port(), test_config(echo=False)
+    if bus == "redis":
+        server = request.getfixturevalue("redis_server")
+        server.flush()
+        config = test_config(echo=False, redis_url=server.url)
+    async with running_gateway(config) as (url, app):
+        where = ["--gateway", url] if bus == "gateway" else ["--redis", config.redis_url, "--visibility-timeout-ms", str(config.visibility_timeout_ms)]
+        cmd = [sys.executable, "-m", "agents.model.cli", "--model", str(tiny_dir), *where, "--name", "tiny",
                "--max-batch", "4", "--metrics-port", str(metrics_port), "--threads", "1"]
         proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:

@@ -3,7 +3,7 @@
   interlace worker model --model PATH [--backend auto|transformers|llamacpp]
                          [--device auto|cuda|cpu] [--dtype auto|bfloat16|float16|float32]
                          [--max-batch N] [--name AGENT] [--gateway URL | --redis URL]
-                         [--metrics-port PORT] ...
+                         [--key FILE] [--network NAME] [--metrics-port PORT] ...
 
 ``gateway/cli.py`` wires it in with ``add_parser(kinds)`` (the ``worker`` sub-commands) and
 ``run(args, config)``. Until then ``python -m agents.model.cli --model PATH ...`` runs the same
@@ -45,6 +45,8 @@ def add_parser(kinds: argparse._SubParsersAction) -> argparse.ArgumentParser:
     where.add_argument("--gateway", metavar="URL", help="reach the bus through this gateway (default http://127.0.0.1:8080)")
     where.add_argument("--redis", dest="redis_url", metavar="URL", help="consume from this Redis directly")
     p.add_argument("--token", help="worker token of the gateway (env INTERLACE_WORKER_TOKEN)")
+    p.add_argument("--key", metavar="FILE", help="the agent's key file (interlace keys new); a fresh key if unset")
+    p.add_argument("--network", help="registry network (default interlace; env INTERLACE_NETWORK)")
     p.add_argument("--concurrency", type=int, help="tasks taken at once (default 2 x --max-batch; the rest queue)")
     p.add_argument("--visibility-timeout-ms", type=int, help="must match the gateway's")
     p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port (0: off)")
@@ -67,9 +69,15 @@ async def run(args: argparse.Namespace, config, link=None) -> int:
     from agents.model.metrics import ModelMetrics
     from agents.model.worker import ModelWorker
     from agents.worker import WorkerRunner
+    from registry.identity import Identity, KeyFileError
 
     if args.max_batch < 1 or args.max_tokens < 1 or args.max_tokens_limit < args.max_tokens:
         print("interlace: --max-batch and --max-tokens must be >= 1, and --max-tokens-limit >= --max-tokens", file=sys.stderr)
+        return 2
+    try:
+        identity = Identity.load(args.key) if args.key else None
+    except KeyFileError as exc:
+        print(f"interlace: {exc}", file=sys.stderr)
         return 2
     registry = CollectorRegistry()
     metrics = ModelMetrics(registry, args.agent_name)
@@ -112,12 +120,16 @@ async def run(args: argparse.Namespace, config, link=None) -> int:
     bus = None  # a Redis backend this function opened (and so closes)
     if link is None and args.redis_url:
         from gateway.backends import Limits, open_backend
+        from registry.service import Registry
 
         bus = open_backend(args.redis_url, Limits(visibility_timeout_ms=config.visibility_timeout_ms))
-        link = DirectLink(bus)
+        link = DirectLink(bus, Registry(bus.records, config.network, skew_s=config.skew_s))
     elif link is None:
         link = HttpLink(args.gateway or "http://127.0.0.1:8080", args.token or config.worker_token)
-    runner = WorkerRunner(worker, link, lock_ttl_ms=config.visibility_timeout_ms)
+    runner = WorkerRunner(
+        worker, link, lock_ttl_ms=config.visibility_timeout_ms, identity=identity,
+        network=config.network, lease_s=config.lease_s,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
