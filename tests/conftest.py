@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import socket
@@ -84,6 +85,7 @@ FAST = Limits(visibility_timeout_ms=1_000, max_queue=1_000, max_deliveries=5, re
 
 
 def make_backend(kind: str, redis_url: str | None, limits: Limits = FAST) -> Backend:
+    limits = dataclasses.replace(limits)  # tests tweak limits: never share one object
     if kind == "embedded":
         return EmbeddedBackend(limits)
     from gateway.backends.redis import RedisBackend
