@@ -196,6 +196,21 @@ async def test_sse_stream_resumes_with_last_event_id(gw):
         assert bad.status_code == 400
 
 
+async def test_upstream_stream_closed_mid_call_is_resumed(gw):
+    """The upstream closes its SSE stream after a priming event (SSE polling); the gateway resumes
+    it with GET + Last-Event-ID and its client sees one uninterrupted call."""
+    url, _ = gw
+    logs = []
+
+    async def on_log(params):
+        logs.append(params.data)
+
+    async with Client(url, mode="legacy", logging_callback=on_log) as client:
+        res = await client.call_tool("everything__test_reconnection", {})
+        assert not res.is_error and res.content[0].text == "Reconnection test completed"
+        assert logs == ["before the stream closes", "after the stream closed"]
+
+
 async def test_get_stream_and_delete(gw):
     url, _ = gw
     async with httpx.AsyncClient(timeout=10) as http:

@@ -322,9 +322,9 @@ class UpstreamClient:
             return msg
         if not ctype.startswith("text/event-stream"):
             raise UpstreamUnavailable(f"upstream {self.name!r} answered with content type {ctype!r}")
-        last_id, retry_ms = None, 1000
+        cursor = _Cursor()
         lines = resp.aiter_lines()
-        reply = await self._read_events(lines, rid, on_message, lambda i, r: None)
+        reply = await self._read_events(lines, rid, on_message, cursor)
         if reply is not None:
             # The server ends the stream after the response: read to the end so the pooled
             # connection is reused (a half-read response would close it).
@@ -333,16 +333,27 @@ class UpstreamClient:
                     async for _ in lines:
                         pass
             return reply
-        # The stream closed before the response (SSE polling, SEP-1699): resume with GET.
-        for _ in range(30):
-            reply, last_id, retry_ms = await self._resume(rid, on_message, last_id, retry_ms)
+        # The stream closed before the response (SSE polling, SEP-1699): resume it with GET +
+        # Last-Event-ID after the server's retry interval, as often as it closes it.
+        if cursor.last_id is None:
+            raise UpstreamUnavailable(f"upstream {self.name!r} closed the stream without a response")
+        for _ in range(1000):
+            await asyncio.sleep(cursor.retry_ms / 1000)
+            headers = {**self._headers(sse_only=True), "Last-Event-ID": cursor.last_id}
+            async with self.http.stream("GET", self.url, headers=headers) as resumed:
+                if resumed.status_code != 200:
+                    raise UpstreamUnavailable(f"upstream {self.name!r} refused to resume (HTTP {resumed.status_code})")
+                reply = await self._read_events(resumed.aiter_lines(), rid, on_message, cursor)
             if reply is not None:
                 return reply
         raise UpstreamUnavailable(f"upstream {self.name!r} closed the stream without a response")
 
-    async def _read_events(self, lines, rid, on_message, seen) -> dict[str, Any] | None:
+    async def _read_events(self, lines, rid, on_message, cursor: "_Cursor") -> dict[str, Any] | None:
         async for ev in wire.read_sse(lines):
-            seen(ev.id, ev.retry)
+            if ev.id:
+                cursor.last_id = ev.id
+            if ev.retry is not None:
+                cursor.retry_ms = ev.retry
             if not ev.data.strip():
                 continue  # priming event
             try:
@@ -355,25 +366,6 @@ class UpstreamClient:
                 return msg
             await self._dispatch(msg, on_message)
         return None
-
-    async def _resume(self, rid, on_message, last_id, retry_ms):
-        state = {"id": last_id, "retry": retry_ms}
-
-        def seen(event_id, retry):
-            if event_id:
-                state["id"] = event_id
-            if retry is not None:
-                state["retry"] = retry
-
-        await asyncio.sleep(state["retry"] / 1000)
-        headers = self._headers(sse_only=True)
-        if state["id"]:
-            headers["Last-Event-ID"] = state["id"]
-        async with self.http.stream("GET", self.url, headers=headers) as resp:
-            if resp.status_code != 200:
-                raise UpstreamUnavailable(f"upstream {self.name!r} refused to resume (HTTP {resp.status_code})")
-            reply = await self._read_events(resp.aiter_lines(), rid, on_message, seen)
-        return reply, state["id"], state["retry"]
 
     async def _dispatch(self, msg: dict[str, Any], on_message: MessageHandler | None) -> None:
         """A message on a request's stream that is not its response."""
@@ -477,6 +469,14 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, httpx.ConnectError):
         return f"connection failed ({text})"
     return text
+
+
+@dataclass
+class _Cursor:
+    """Where a request's SSE stream got to: the id to resume after, and the server's retry."""
+
+    last_id: str | None = None
+    retry_ms: int = 1000
 
 
 @dataclass
