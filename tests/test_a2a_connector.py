@@ -76,20 +76,44 @@ def joined(task):
     return "".join(p.get("text", "") for a in task.get("artifacts", []) for p in a["parts"])
 
 
+def _op(options: dict, streaming: bool) -> tuple[str | None, str | None]:
+    """(REST path, JSON-RPC method) the connector should use for a send to this remote."""
+    if options["binding"] == "HTTP+JSON":
+        prefix = "/rest/v1" if options["version"] == "0.3" else "/rest"
+        return f"{prefix}/{'message:stream' if streaming else 'message:send'}", None
+    names = {("1.0", True): "SendStreamingMessage", ("1.0", False): "SendMessage", ("0.3", True): "message/stream", ("0.3", False): "message/send"}
+    return None, names[(options["version"], streaming)]
+
+
+def _check_call(setup, call, streaming: bool) -> None:
+    path, method = _op(setup.options, streaming)
+    assert call[2] == setup.options["version"]  # the A2A-Version header
+    if path:
+        assert call[1] == path
+    else:
+        assert call[3] == method
+
+
 async def test_completes_with_chunked_artifact_and_uses_the_preferred_binding(setup, http):
+    setup.calls.clear()
     task = (await rpc(http, "SendMessage", {"message": msg("abcdef", "c-1", chunks=3)}))["result"]["task"]
     assert task["status"]["state"] == "TASK_STATE_COMPLETED" and joined(task) == "abcdef"
-    o = setup.options
     sends = [c for c in setup.calls if c[1] != "/.well-known/agent-card.json"]
-    assert sends and all(c[2] == o["version"] for c in sends)
-    first = sends[0]
-    if o["binding"] == "HTTP+JSON":
-        prefix = "/rest/v1" if o["version"] == "0.3" else "/rest"
-        op = "message:stream" if o["streaming"] else "message:send"
-        assert first[1] == f"{prefix}/{op}"
-    else:
-        names = {("1.0", True): "SendStreamingMessage", ("1.0", False): "SendMessage", ("0.3", True): "message/stream", ("0.3", False): "message/send"}
-        assert first[3] == names[(o["version"], o["streaming"])]
+    _check_call(setup, sends[0], streaming=False)  # a blocking client: a blocking SendMessage upstream
+
+
+async def test_a_streaming_client_makes_the_connector_stream(setup, http):
+    setup.calls.clear()
+    body = {"jsonrpc": "2.0", "id": 1, "method": "SendStreamingMessage", "params": {"message": msg("abcdef", "c-1s", chunks=3)}}
+    async with http.stream("POST", "/a2a/agents/remote", json=body, headers=V10) as resp:
+        frames = [json.loads(line[5:])["result"] async for line in resp.aiter_lines() if line.startswith("data:")]
+    chunks = [f["artifactUpdate"] for f in frames if "artifactUpdate" in f]
+    assert frames[-1]["statusUpdate"]["status"]["state"] == "TASK_STATE_COMPLETED"
+    assert "".join(p["text"] for c in chunks for p in c["artifact"]["parts"]) == "abcdef"
+    sends = [c for c in setup.calls if c[1] != "/.well-known/agent-card.json"]
+    _check_call(setup, sends[0], streaming=setup.options["streaming"])
+    if setup.options["streaming"]:  # the remote's chunks arrive as chunks
+        assert len(chunks) == 3 and [c.get("append", False) for c in chunks] == [False, True, True]
 
 
 async def test_cancel_reaches_the_remote(setup, http):

@@ -99,7 +99,8 @@ def _describe(exc: Exception) -> str:
 
 
 _METHODS = {
-    "1.0": {"send": "SendMessage", "stream": "SendStreamingMessage", "get": "GetTask", "cancel": "CancelTask", "subscribe": "SubscribeToTask"},
+    "1.0": {"send": "SendMessage", "stream": "SendStreamingMessage", "get": "GetTask", "cancel": "CancelTask", "subscribe": "SubscribeToTask",
+            "list": "ListTasks"},
     "0.3": {"send": "message/send", "stream": "message/stream", "get": "tasks/get", "cancel": "tasks/cancel", "subscribe": "tasks/resubscribe"},
 }
 
@@ -144,6 +145,15 @@ class A2AClient:
         result = await (self._rest("GET", f"/tasks/{task_id}", None) if self.rest else self._rpc("get", {"id": task_id}))
         return self.dialect.task_in(result)
 
+    async def list_tasks(self, context_id: str) -> list[Task]:
+        """Tasks of one context (ListTasks is A2A 1.0; a 0.3 agent raises RemoteAgentError)."""
+        if self.iface.version == "0.3":
+            raise RemoteAgentError("A2A 0.3 has no ListTasks")
+        query = {"contextId": context_id, "pageSize": 100}
+        result = await (self._rest("GET", "/tasks", None, params=query) if self.rest else self._rpc("list", query))
+        tasks = result.get("tasks") if isinstance(result, dict) else None
+        return [self.dialect.task_in(t) for t in tasks or []]
+
     async def cancel(self, task_id: str) -> Task:
         result = await (self._rest("POST", f"/tasks/{task_id}:cancel", {}) if self.rest else self._rpc("cancel", {"id": task_id}))
         return self.dialect.task_in(result)
@@ -180,10 +190,10 @@ class A2AClient:
         except ValueError:
             raise RemoteAgentError("the remote agent sent a reply that is not JSON") from None
 
-    async def _rest(self, method: str, path: str, body: Any) -> Any:
+    async def _rest(self, method: str, path: str, body: Any, params: dict | None = None) -> Any:
         url = f"{self.base}{self._v1}{path}"
         try:
-            resp = await self.http.request(method, url, json=body, headers=self.headers)
+            resp = await self.http.request(method, url, json=body, headers=self.headers, params=params)
         except httpx.HTTPError as exc:
             raise RemoteAgentError(f"cannot reach the remote agent at {self.base}: {_describe(exc)}", retryable=True) from None
         try:

@@ -1,9 +1,13 @@
 """The outbound A2A connector: a Worker that runs its tasks on a remote A2A agent.
 
 ``A2AConnector(agent_name, card_url)`` consumes the bus stream of ``agent_name``. For each task it
-sends the latest user message to the remote agent over the interface the remote card prefers,
-streaming when the card says it can, and turns the remote's task, status and artifact events
-into this task's events. Specifics:
+sends the latest user message to the remote agent over the interface the remote card prefers
+and turns the remote's task, status and artifact events into this task's events. Specifics:
+
+* streaming: SendStreamingMessage when the card says the agent streams and a client follows the
+  task as it runs (task metadata ``STREAM_HINT``, set by the A2A face for SendStreamingMessage,
+  non-blocking sends and push configs); a blocking SendMessage otherwise, which costs the remote
+  and the gateway much less (``streaming=True``/``False`` forces either way).
 
 * contextId: the gateway's context id is sent as the remote contextId, so the remote groups
   the tasks of one conversation too.
@@ -13,7 +17,10 @@ into this task's events. Specifics:
 * remote ``failed``/``rejected`` fail the task with the remote's status text; an unreachable
   agent fails it with a clear message, and the card is fetched again for the next task.
 * cancel: when the gateway task is canceled, the runner cancels ``handle``, which then sends
-  CancelTask to the remote (bounded by a few seconds) before it unwinds.
+  CancelTask to the remote (bounded by a few seconds) before it unwinds. The remote task id comes
+  from the stream's first event; a blocking SendMessage (1.0, no streaming) has not named it
+  yet, so the task is found with ListTasks on its context by our message id; a 0.3 agent without
+  streaming is sent the message without blocking (it names the task at once) and polled.
 * a stream that ends before a final state is resumed with SubscribeToTask, else polled.
 """
 
@@ -30,7 +37,7 @@ import httpx
 from agents.worker import TaskFailed, Worker
 from protocols.a2a.client import A2AClient, RemoteCard, StreamItem, fetch_card
 from protocols.a2a.errors import RemoteAgentError
-from protocols.a2a.wire import DIRECT_REPLY, REMOTE_IDS
+from protocols.a2a.wire import DIRECT_REPLY, REMOTE_IDS, STREAM_HINT
 from schemas import Message, Task, TaskArtifactUpdate, TaskEvent, TaskState, TaskStatusUpdate, TextPart
 
 log = logging.getLogger("interlace.a2a.connector")
@@ -57,6 +64,7 @@ class _Mirror:
 
 class A2AConnector(Worker):
     concurrency = 64
+    POOLS = 8
 
     def __init__(
         self,
@@ -73,7 +81,9 @@ class A2AConnector(Worker):
         self.card_url = card_url if card_url.endswith(".json") else card_url.rstrip("/") + "/.well-known/agent-card.json"
         self.streaming, self.headers = streaming, headers or {}
         self.timeout_s, self.card_ttl_s = timeout_s, card_ttl_s
-        self._http = http
+        self._http = http  # a caller-supplied client replaces the internal pools
+        self._pools: list[httpx.AsyncClient] = []
+        self._turn = 0
         self._card: RemoteCard | None = None
         self._card_at = 0.0
         self._card_lock: asyncio.Lock | None = None
@@ -81,17 +91,26 @@ class A2AConnector(Worker):
     # ---- plumbing ----------------------------------------------------------------------------
 
     def _client_http(self) -> httpx.AsyncClient:
-        if self._http is None:
-            self._http = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.timeout_s, connect=5.0),
-                limits=httpx.Limits(max_connections=self.concurrency * 2, max_keepalive_connections=self.concurrency),
-            )
-        return self._http
+        """A pooled client. httpcore scans its whole pool for every request it places, which grows
+        with the square of the concurrency; a few small pools used in turn keep that cheap."""
+        if self._http is not None:
+            return self._http
+        if not self._pools:
+            per_pool = max(4, -(-self.concurrency // self.POOLS))
+            self._pools = [
+                httpx.AsyncClient(
+                    timeout=httpx.Timeout(self.timeout_s, connect=5.0),
+                    limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
+                )
+                for _ in range(self.POOLS)
+            ]
+        self._turn = (self._turn + 1) % len(self._pools)
+        return self._pools[self._turn]
 
     async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        for pool in self._pools:
+            await pool.aclose()
+        self._pools = []
 
     async def remote_card(self) -> RemoteCard:
         if self._card_lock is None:
@@ -111,12 +130,15 @@ class A2AConnector(Worker):
         mirror = _Mirror()
         client: A2AClient | None = None
         pump: asyncio.Task | None = None
+        outgoing: Message | None = None
+        streaming = False
         try:
             card = await self.remote_card()
             client = A2AClient(self._client_http(), card.preferred(), self.headers)
-            streaming = card.streaming if self.streaming is None else (self.streaming and card.streaming)
+            wanted = bool(task.metadata.get(STREAM_HINT)) if self.streaming is None else self.streaming
+            streaming = card.streaming and wanted
             outgoing = self._outgoing(task, mirror)
-            source = client.stream(outgoing) if streaming else self._send_and_poll(client, outgoing)
+            source = client.stream(outgoing) if streaming else self._send_and_wait(client, outgoing)
             # The remote is read by its own task, so a cancel that arrives before the remote task id
             # is known can still wait (briefly) for it and then cancel the remote task.
             queue: asyncio.Queue = asyncio.Queue()
@@ -136,9 +158,12 @@ class A2AConnector(Worker):
                 raise TaskFailed(f"the remote agent {self.agent!r} ended without finishing the task")
         except asyncio.CancelledError:
             if client is not None and not mirror.final:
-                if mirror.task_id is None:
+                names_soon = streaming or client.iface.version == "0.3"  # a stream or a non-blocking send
+                if mirror.task_id is None and names_soon:
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(mirror.known.wait(), 5.0)
+                if mirror.task_id is None and outgoing is not None:  # a blocking send: look the task up
+                    mirror.task_id = await self._find_remote(client, outgoing)
                 if mirror.task_id:
                     await self._cancel_remote(client, mirror.task_id)
             raise
@@ -147,8 +172,13 @@ class A2AConnector(Worker):
                 self._forget_card()
             raise TaskFailed(f"remote agent {self.agent!r}: {exc}") from None
         finally:
-            if pump is not None:
-                pump.cancel()
+            if pump is not None and not pump.done():
+                if mirror.final:
+                    # The remote ends its stream after the final event: let the pump read it to
+                    # the end so the pooled connection is reused, but not for long.
+                    asyncio.get_running_loop().call_later(5.0, pump.cancel)
+                else:
+                    pump.cancel()
 
     @staticmethod
     async def _pump(source: AsyncIterator[StreamItem], queue: asyncio.Queue, mirror: _Mirror) -> None:
@@ -165,14 +195,17 @@ class A2AConnector(Worker):
         except Exception as exc:
             await queue.put(exc)
 
-    async def _send_and_poll(self, client: A2AClient, outgoing: Message) -> AsyncIterator[StreamItem]:
-        """A remote without streaming: send without blocking (so the task id is known at once and a
-        cancel can reach it), then poll the task until it is final."""
-        first = await client.send(outgoing, blocking=False)
+    async def _send_and_wait(self, client: A2AClient, outgoing: Message) -> AsyncIterator[StreamItem]:
+        """A remote without streaming. A 1.0 agent gets a blocking SendMessage (a cancel finds its
+        task with ListTasks). A 0.3 agent has no ListTasks, so it gets a non-blocking send, which
+        names the task at once, and is polled. Either way a task returned before it is final (the
+        remote's own time limit) is polled until it is."""
+        blocking = client.iface.version != "0.3"
+        first = await client.send(outgoing, blocking=blocking)
         yield first
         if not isinstance(first, Task) or first.state.terminal or first.state.interrupted:
             return
-        deadline, delay = time.monotonic() + self.timeout_s, 0.05
+        deadline, delay = time.monotonic() + self.timeout_s, 0.02
         while time.monotonic() < deadline:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
@@ -180,6 +213,7 @@ class A2AConnector(Worker):
             if remote.state.terminal or remote.state.interrupted:
                 yield remote
                 return
+
 
     def _outgoing(self, task: Task, mirror: _Mirror) -> Message:
         user = [m for m in task.history if m.role == "user"]
@@ -231,6 +265,21 @@ class A2AConnector(Worker):
             if remote.state.terminal or remote.state.interrupted:
                 for ev in self._map(task, mirror, remote):
                     yield ev
+
+    async def _find_remote(self, client: A2AClient, outgoing: Message) -> str | None:
+        """The remote task that holds our message, found by ListTasks on its context (A2A 1.0)."""
+        delay = 0.1
+        for _ in range(3):
+            try:
+                tasks = await asyncio.wait_for(client.list_tasks(outgoing.context_id or ""), 5.0)
+            except (RemoteAgentError, asyncio.TimeoutError):
+                return None
+            for t in tasks:
+                if any(m.message_id == outgoing.message_id for m in t.history) and not t.state.terminal:
+                    return t.id
+            await asyncio.sleep(delay)  # the remote may not have made the task yet
+            delay *= 2
+        return None
 
     async def _cancel_remote(self, client: A2AClient, remote_id: str) -> None:
         try:

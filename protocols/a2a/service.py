@@ -42,7 +42,7 @@ from protocols.a2a.errors import (
     UnsupportedOperationError,
 )
 from protocols.a2a.push import PushDispatcher, PushPolicy, PushStore
-from protocols.a2a.wire import Dialect, PushConfig, SendParams, boolean, direct_reply, get, integer, string
+from protocols.a2a.wire import STREAM_HINT, Dialect, PushConfig, SendParams, boolean, direct_reply, get, integer, string
 from registry.identity import Identity
 from schemas import DataPart, Message, Task, TaskState, TaskStatusUpdate, TextPart
 
@@ -173,7 +173,7 @@ class A2AService:
 
     # ---- send / stream -----------------------------------------------------------------------
 
-    async def _accept(self, call: Call, p: SendParams) -> tuple[Task, str | None]:
+    async def _accept(self, call: Call, p: SendParams, streaming: bool = False) -> tuple[Task, str | None]:
         rt = call.rt
         self._check_modes(p.message)
         if p.push is not None:
@@ -197,7 +197,10 @@ class A2AService:
         else:
             agent = await self._route(call, p)
             try:
-                task = await rt.submit(msg, agent=agent, context_id=msg.context_id, metadata=p.metadata)
+                metadata = dict(p.metadata or {})
+                if streaming or not p.blocking or p.push is not None:
+                    metadata[STREAM_HINT] = True  # an outbound connector streams from its agent only then
+                task = await rt.submit(msg, agent=agent, context_id=msg.context_id, metadata=metadata)
             except UnknownAgent as exc:
                 raise InvalidParamsError(str(exc)) from None
             after = None
@@ -220,7 +223,7 @@ class A2AService:
     async def open_stream(self, call: Call, params: Any) -> AsyncIterator[Any]:
         """Accept the message (errors raise here, before any byte is sent), then stream its events."""
         p = call.dialect.send_params_in(params)
-        task, after = await self._accept(call, p)
+        task, after = await self._accept(call, p, streaming=True)
         return self._events(call, task, after, p.history_length)
 
     async def _events(self, call: Call, task: Task, after: str | None, history_length: int | None) -> AsyncIterator[Any]:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -48,11 +49,13 @@ from schemas import Artifact, DataPart, FilePart, Message, Task, TaskArtifactUpd
 
 DIRECT_REPLY = "interlace.a2a.direct"  # metadata flag on a status message: the agent replied with a Message
 REMOTE_IDS = "interlace.a2a.remote"  # metadata on a connector's status message: the remote task/context ids
+STREAM_HINT = "interlace.stream"  # task metadata: a client follows this task's events as they happen
 INTERNAL_PREFIX = "interlace."
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 
 
+@functools.lru_cache(maxsize=256)
 def _snake(name: str) -> str:
     return _CAMEL.sub("_", name).lower()
 

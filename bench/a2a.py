@@ -1,0 +1,158 @@
+"""A2A connector overhead: SendMessage through the gateway to a remote ``a2a-sdk`` echo agent vs. the
+same SendMessage sent directly to that agent (tests/fixtures/a2a_remote.py, JSON-RPC, A2A 1.0).
+
+The agent and the gateway (embedded backend, the agent behind an A2AConnector as ``remote``) run
+as separate processes on this machine; one load client drives both in the same run, at
+concurrency 1 and 32, legs interleaved and repeated (median reported). Prints throughput,
+p50/p99 per leg and the ratios (target: gateway >= 0.5x direct throughput).
+
+    python -m bench.a2a [--calls 300] [--repeats 3] [--connector auto|stream|send]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.common import RawHttp, closed_loop, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+HEADERS = {"Content-Type": "application/json", "A2A-Version": "1.0"}
+
+
+def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 30) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited at start")
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{what} did not start")
+
+
+def serve_gateway(port: int, remote: str, streaming: bool | None) -> None:
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.config import Config
+    from protocols.a2a import A2AConnector, mount_a2a
+
+    app = create_app(Config(port=port, echo=False, log_level="warning"), workers=[A2AConnector("remote", remote, streaming=streaming)])
+    mount_a2a(app)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+class Caller:
+    def __init__(self, base: str, path: str) -> None:
+        self.http, self.path, self.ids = RawHttp(base), path, 0
+
+    async def call(self, i: int) -> None:
+        self.ids += 1
+        text = f"m{i}-{self.ids}"
+        body = {"jsonrpc": "2.0", "id": self.ids, "method": "SendMessage",
+                "params": {"message": {"messageId": f"b-{self.ids}-{i}", "role": "ROLE_USER", "parts": [{"text": text}]}}}
+        status, payload = await self.http.request("POST", self.path, json.dumps(body).encode(), HEADERS)
+        task = json.loads(payload).get("result", {}).get("task", {}) if status == 200 else {}
+        got = "".join(p.get("text", "") for a in task.get("artifacts", []) for p in a.get("parts", []))
+        if task.get("status", {}).get("state") != "TASK_STATE_COMPLETED" or got != text:
+            raise RuntimeError(f"unexpected reply ({status}): {payload[:300]!r}")
+
+
+async def leg(base: str, path: str, calls: int, concurrency: int) -> dict[str, float]:
+    """One run on fresh keep-alive connections (servers close connections idle for 5 s)."""
+    caller = Caller(base, path)
+    try:
+        run = await closed_loop(caller.call, calls, concurrency)
+    finally:
+        await caller.http.close()
+    return {"rps": run.throughput, "p50": run.p(50) * 1000, "p99": run.p(99) * 1000}
+
+
+async def measure(direct: str, gateway: str, calls: int, repeats: int) -> dict:
+    targets = {"direct": (direct, "/"), "gateway": (gateway, "/a2a/agents/remote")}
+    for base, path in targets.values():
+        await leg(base, path, 100, 8)  # warm up the servers and the connector's pool
+    results: dict = {}
+    for concurrency in (1, 32):
+        n = calls if concurrency == 1 else calls * 3
+        runs: dict[str, list[dict]] = {"direct": [], "gateway": []}
+        for _ in range(repeats):
+            for name in ("direct", "gateway"):  # interleaved so drift hits both alike
+                runs[name].append(await leg(*targets[name], n, concurrency))
+        results[concurrency] = {name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")} for name, rs in runs.items()}
+    return results
+
+
+def report(results: dict) -> None:
+    print(f"{'concurrency':>11} {'path':>8} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    for c, legs in results.items():
+        for name in ("direct", "gateway"):
+            r = legs[name]
+            print(f"{c:>11} {name:>8} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f}")
+    for c, legs in results.items():
+        d, g = legs["direct"], legs["gateway"]
+        print(f"concurrency {c}: throughput ratio gateway/direct = {g['rps'] / d['rps']:.2f}x (target >= 0.5x); "
+              f"p50 ratio = {g['p50'] / d['p50']:.2f}x (added {g['p50'] - d['p50']:.2f} ms); p99 ratio = {g['p99'] / d['p99']:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=300, help="calls per leg at concurrency 1 (x3 at 32)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--connector", choices=["auto", "stream", "send"], default="auto",
+                        help="how the connector calls the agent: auto (streams only for clients that follow the task; "
+                             "a blocking SendMessage here), always SendStreamingMessage, or always SendMessage")
+    parser.add_argument("--serve-gateway", nargs=3, metavar=("PORT", "REMOTE", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_gateway:
+        port, remote, mode = args.serve_gateway
+        serve_gateway(int(port), remote, {"auto": None, "stream": True, "send": False}[mode])
+        return
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    remote_port, gw_port = free_port(), free_port()
+    procs: list[subprocess.Popen] = []
+    try:
+        procs.append(subprocess.Popen([sys.executable, str(REPO / "tests/fixtures/a2a_remote.py"), "--port", str(remote_port)],
+                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_port(remote_port, procs[-1], "remote agent")
+        remote = f"http://127.0.0.1:{remote_port}"
+        procs.append(subprocess.Popen([sys.executable, "-m", "bench.a2a", "--serve-gateway", str(gw_port), remote, args.connector],
+                                      env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_port(gw_port, procs[-1], "gateway")
+        print(f"A2A SendMessage to an a2a-sdk {_sdk()} echo agent: direct vs. through the gateway "
+              f"(connector: {args.connector}); median of {args.repeats} runs, {args.calls} calls per run at "
+              f"concurrency 1, {args.calls * 3} at 32")
+        report(asyncio.run(measure(remote, f"http://127.0.0.1:{gw_port}", args.calls, args.repeats)))
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _sdk() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("a2a-sdk")
+    except Exception:
+        return "?"
+
+
+if __name__ == "__main__":
+    main()
