@@ -49,6 +49,19 @@ async def test_conformance_default_suite_passes_through_gateway(node_bin, upstre
     assert total and int(total.group(2)) == 0 and int(total.group(1)) >= 39, out[-2000:]
 
 
+async def test_conformance_pending_scenarios_pass_too(node_bin, upstream, tmp_path):
+    """0.1.16's pending scenarios: JSON Schema 2020-12 keywords survive the gateway, and SSE
+    polling (a stream closed mid-call, resumed with Last-Event-ID)."""
+    async with mcp_gateway([("everything", upstream.url)], naming="pass-through") as (url, _):
+        rc, out = await run_node(
+            [str(node_bin / "node"), CONFORMANCE, "server", "--url", url.replace("127.0.0.1", "localhost"),
+             "--suite", "pending", "-o", str(tmp_path / "results")],
+            node_env(node_bin, tmp_path), timeout=120,
+        )
+    summary = [line for line in out.splitlines() if re.match(r"^\s*[✓✗]", line)]
+    assert rc == 0 and len(summary) == 2 and all(": 0 passed" not in s and " 0 failed" in s for s in summary), out[-4000:]
+
+
 async def test_inspector_cli_lists_and_calls_tools(node_bin, upstream, tmp_path):
     async with mcp_gateway([("everything", upstream.url)]) as (url, _):
         env = node_env(node_bin, tmp_path)
