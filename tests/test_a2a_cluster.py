@@ -3,15 +3,12 @@ configs, blocking send to an agent whose worker runs on the other node)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-
 import httpx
 import pytest
 
 from agents.echo import EchoWorker
 from conftest import serve_app, test_config
-from fixtures.a2a_support import V10
+from fixtures.a2a_support import V10, Frames
 from gateway.app import create_app
 from protocols.a2a import PushPolicy, mount_a2a
 
@@ -47,19 +44,13 @@ async def test_any_node_answers_for_any_task(redis_server):
 
             body = {"jsonrpc": "2.0", "id": 2, "method": "SubscribeToTask", "params": {"id": slow["id"]}}
             async with b.stream("POST", "/a2a", json=body, headers=V10) as stream:
-                lines = stream.aiter_lines()
-
-                async def next_frame():
-                    async for line in lines:
-                        if line.startswith("data:"):
-                            return json.loads(line[5:])["result"]
-
-                first = await asyncio.wait_for(next_frame(), 10)
+                frames = Frames(stream)
+                first = await frames.next()
                 assert first["task"]["id"] == slow["id"]
                 canceled = (await rpc(b, "CancelTask", {"id": slow["id"]}))["result"]
                 assert canceled["status"]["state"] == "TASK_STATE_CANCELED"
                 while True:
-                    frame = await asyncio.wait_for(next_frame(), 10)
+                    frame = await frames.next()
                     if frame.get("statusUpdate", {}).get("status", {}).get("state") == "TASK_STATE_CANCELED":
                         break
             assert (await rpc(a, "GetTask", {"id": slow["id"]}))["result"]["status"]["state"] == "TASK_STATE_CANCELED"

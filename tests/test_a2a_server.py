@@ -18,7 +18,7 @@ from jwt import PyJWK
 
 from agents.echo import EchoWorker
 from conftest import running_gateway, serve_app, test_config
-from fixtures.a2a_support import V10, a2a_env
+from fixtures.a2a_support import V10, Frames, a2a_env
 from fixtures.a2a_webhook import webhook_receiver
 from gateway.app import create_app
 from protocols.a2a import A2AConnector, PushPolicy, mount_a2a
@@ -423,19 +423,12 @@ async def test_subscription_stays_open_through_input_required(http):
     assert task["status"]["state"] == "TASK_STATE_INPUT_REQUIRED"
     body = rpc("SubscribeToTask", {"id": task["id"]})
     async with http.stream("POST", "/a2a", json=body, headers=V10) as resp:
-        lines = resp.aiter_lines()
-
-        async def frame():
-            async for line in lines:
-                if line.startswith("data:"):
-                    return json.loads(line[5:])["result"]
-            return None
-
-        first = await asyncio.wait_for(frame(), 10)
+        frames = Frames(resp)
+        first = await frames.next()
         assert first["task"]["status"]["state"] == "TASK_STATE_INPUT_REQUIRED"
         await call(http, "SendMessage", {"message": msg("a", mid="sub-ir-2", taskId=task["id"])})
         states = []
-        while (f := await asyncio.wait_for(frame(), 10)) is not None:
+        while (f := await frames.next()) is not None:
             if "statusUpdate" in f:
                 states.append(f["statusUpdate"]["status"]["state"])
     assert states[-1] == "TASK_STATE_COMPLETED"  # the stream ended at the terminal state

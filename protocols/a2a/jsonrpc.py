@@ -120,6 +120,17 @@ DIALECTS: dict[str, Dialect] = {"1.0": V10, "0.3": V03}
 JSON_TYPES = ("application/json", "application/a2a+json", "application/json-rpc", "application/jsonrequest")
 
 
+def parse_json(raw: bytes, request: Request, invalid: type[A2AError]) -> Any:
+    """A JSON request body; ContentTypeNotSupportedError for a declared non-JSON type."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype and ctype not in JSON_TYPES:
+        raise ContentTypeNotSupportedError(f"Content-Type {ctype!r} is not supported; send application/json")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise invalid("request body is not valid JSON") from None
+
+
 def negotiate(request: Request) -> str:
     """The request's protocol version, "1.0" or "0.3"; VersionNotSupportedError otherwise."""
     raw = request.headers.get("a2a-version")
@@ -155,14 +166,7 @@ async def handle(service: A2AService, request: Request, call_for: Callable[[Dial
     rid: Any = None
     version = _guess_version(request)
     try:
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype and ctype not in JSON_TYPES:
-            raise ContentTypeNotSupportedError(f"Content-Type {ctype!r} is not supported; send application/json")
-        body = await request.body()
-        try:
-            envelope = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise JSONParseError("request body is not valid JSON") from None
+        envelope = parse_json(await request.body(), request, JSONParseError)
         if not isinstance(envelope, dict):
             raise InvalidRequestError("a JSON-RPC request is an object (batches are not supported)")
         rid = envelope.get("id")

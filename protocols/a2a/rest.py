@@ -10,7 +10,6 @@ Tenant-prefixed paths (``/{tenant}/...``) are not served.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -19,8 +18,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.http import sse_response
-from protocols.a2a.errors import A2AError, ContentTypeNotSupportedError, InvalidParamsError, VersionNotSupportedError
-from protocols.a2a.jsonrpc import JSON_TYPES, negotiate
+from protocols.a2a.errors import A2AError, InvalidParamsError, VersionNotSupportedError
+from protocols.a2a.jsonrpc import negotiate, parse_json
 from protocols.a2a.service import A2AService, Call, map_runtime_error
 from protocols.a2a.wire import V03_REST, V10, Dialect, integer
 
@@ -34,13 +33,7 @@ async def _body(request: Request, *, optional: bool = False) -> dict[str, Any]:
         if optional:
             return {}
         raise InvalidParamsError("a JSON request body is required")
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype and ctype not in JSON_TYPES:
-        raise ContentTypeNotSupportedError(f"Content-Type {ctype!r} is not supported; send application/json")
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InvalidParamsError("request body is not valid JSON") from None
+    body = parse_json(raw, request, InvalidParamsError)
     if not isinstance(body, dict):
         raise InvalidParamsError("request body must be a JSON object")
     return body

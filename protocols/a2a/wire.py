@@ -180,6 +180,19 @@ def _file_in(f: dict, where: str, meta: dict | None, bytes_key: str, uri_key: st
     raise InvalidParamsError(f"{where} holds neither {bytes_key} nor {uri_key}")
 
 
+def _object(value: Any, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise InvalidParamsError(f"{where} must be an object")
+    return value
+
+
+def _text_part(d: dict, where: str, meta: dict | None) -> TextPart:
+    text = get(d, "text")
+    if not isinstance(text, str):
+        raise InvalidParamsError(f"{where}.text must be a string")
+    return TextPart(text=text, metadata=meta)
+
+
 def _push_v03(c: PushConfig) -> dict[str, Any]:
     inner: dict[str, Any] = {"id": c.id, "url": c.url}
     _put(inner, "token", c.token)
@@ -228,18 +241,14 @@ class Dialect:
     # ---- parts -------------------------------------------------------------------------------
 
     def part_in(self, d: Any, where: str):
-        if not isinstance(d, dict):
-            raise InvalidParamsError(f"{where} must be an object")
+        d = _object(d, where)
         meta = obj(d, "metadata", where)
         present = [k for k in ("text", "raw", "url", "data") if get(d, k) is not None]
         if len(present) != 1:
             raise InvalidParamsError(f"{where} must hold exactly one of text, raw, url, data")
         kind = present[0]
         if kind == "text":
-            text = get(d, "text")
-            if not isinstance(text, str):
-                raise InvalidParamsError(f"{where}.text must be a string")
-            return TextPart(text=text, metadata=meta)
+            return _text_part(d, where, meta)
         if kind == "data":
             return DataPart(data=get(d, "data"), metadata=meta)
         media, filename = string(d, "mediaType", where), string(d, "filename", where)
@@ -273,8 +282,7 @@ class Dialect:
     # ---- messages, artifacts, tasks ----------------------------------------------------------
 
     def message_in(self, d: Any, where: str = "message") -> Message:
-        if not isinstance(d, dict):
-            raise InvalidParamsError(f"{where} must be an object")
+        d = _object(d, where)
         if get(d, "role") is None:
             raise InvalidParamsError(f"{where}.role is required")
         try:
@@ -297,8 +305,7 @@ class Dialect:
         return out
 
     def artifact_in(self, d: Any, where: str = "artifact") -> Artifact:
-        if not isinstance(d, dict):
-            raise InvalidParamsError(f"{where} must be an object")
+        d = _object(d, where)
         return Artifact(
             artifact_id=string(d, "artifactId", where) or f"artifact-{id(d):x}",
             name=string(d, "name", where),
@@ -323,8 +330,7 @@ class Dialect:
         return out
 
     def status_in(self, d: Any, where: str = "status") -> TaskStatus | None:
-        if not isinstance(d, dict):
-            raise InvalidParamsError(f"{where} must be an object")
+        d = _object(d, where)
         state = self.state_in(get(d, "state"), f"{where}.state")
         if state is None:
             return None
@@ -343,8 +349,7 @@ class Dialect:
 
     def task_in(self, d: Any, where: str = "task") -> Task:
         """A remote agent's task (ids are the remote's)."""
-        if not isinstance(d, dict):
-            raise InvalidParamsError(f"{where} must be an object")
+        d = _object(d, where)
         status = self.status_in(get(d, "status") or {"state": "TASK_STATE_SUBMITTED"}, f"{where}.status")
         return Task(
             id=string(d, "id", where, required=True),
@@ -389,8 +394,7 @@ class Dialect:
 
     def stream_in(self, d: Any) -> Task | Message | TaskStatusUpdate | TaskArtifactUpdate | None:
         """One streamed item (or a SendMessage result) from a remote agent, in canonical types."""
-        if not isinstance(d, dict):
-            raise InvalidParamsError("a stream item must be an object")
+        d = _object(d, 'a stream item')
         if get(d, "task") is not None:
             return self.task_in(get(d, "task"))
         if get(d, "message") is not None or get(d, "msg") is not None:
@@ -419,8 +423,7 @@ class Dialect:
     # ---- requests ----------------------------------------------------------------------------
 
     def send_params_in(self, params: Any) -> SendParams:
-        if not isinstance(params, dict):
-            raise InvalidParamsError("params must be an object")
+        params = _object(params, 'params')
         raw = get(params, "message")
         if raw is None:
             raw = get(params, "request")  # the 0.3 proto's field name
@@ -451,16 +454,17 @@ class Dialect:
         return obj(conf, "taskPushNotificationConfig", "configuration")
 
     def send_params_out(self, message: Message, *, blocking: bool = True, metadata: dict | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {"message": self.message_out(message)}
-        out["configuration"] = {"returnImmediately": not blocking}
+        out: dict[str, Any] = {"message": self.message_out(message), "configuration": self._configuration_out(blocking)}
         _put(out, "metadata", metadata)
         return out
+
+    def _configuration_out(self, blocking: bool) -> dict[str, Any]:
+        return {"returnImmediately": not blocking}
 
     # ---- push notification configs -----------------------------------------------------------
 
     def push_in(self, d: Any, task_id: str, where: str = "params") -> PushConfig:
-        if not isinstance(d, dict):
-            raise InvalidParamsError(f"{where} must be an object")
+        d = _object(d, where)
         auth = obj(d, "authentication", where) or {}
         scheme = get(auth, "scheme")
         if scheme is None and isinstance(get(auth, "schemes"), list) and get(auth, "schemes"):
@@ -482,8 +486,7 @@ class Dialect:
         return out
 
     def push_create_in(self, params: Any, task_id: str | None = None) -> PushConfig:
-        if not isinstance(params, dict):
-            raise InvalidParamsError("params must be an object")
+        params = _object(params, 'params')
         cfg = self.push_in(params, task_id or "", "params")
         if not cfg.task_id:
             raise InvalidParamsError("params.taskId is required")
@@ -492,15 +495,14 @@ class Dialect:
     def push_list_out(self, configs: list[PushConfig]) -> Any:
         return {"configs": [self.push_out(c) for c in configs]}
 
+    _PUSH_TASK_KEY, _PUSH_ID_KEY = "taskId", "id"  # the params of push config get/list/delete
+
     def push_get_params(self, params: Any) -> tuple[str, str | None]:
-        if not isinstance(params, dict):
-            raise InvalidParamsError("params must be an object")
-        return string(params, "taskId", "params", required=True), string(params, "id", "params")
+        params = _object(params, "params")
+        return string(params, self._PUSH_TASK_KEY, "params", required=True), string(params, self._PUSH_ID_KEY, "params")
 
     def push_list_params(self, params: Any) -> str:
-        if not isinstance(params, dict):
-            raise InvalidParamsError("params must be an object")
-        return string(params, "taskId", "params", required=True)
+        return string(_object(params, "params"), self._PUSH_TASK_KEY, "params", required=True)
 
 
 class V03Dialect(Dialect):
@@ -510,19 +512,16 @@ class V03Dialect(Dialect):
     name = "0.3"
     _STATES = {s: s.value for s in TaskState}
     _ROLES = {"user": "user", "agent": "agent"}
+    _PUSH_TASK_KEY, _PUSH_ID_KEY = "id", "pushNotificationConfigId"
 
     def part_in(self, d: Any, where: str):
-        if not isinstance(d, dict):
-            raise InvalidParamsError(f"{where} must be an object")
+        d = _object(d, where)
         kind = get(d, "kind")
         meta = obj(d, "metadata", where)
         if kind is None:  # tolerate a 1.0-shaped part
             return super().part_in(d, where)
         if kind == "text":
-            text = get(d, "text")
-            if not isinstance(text, str):
-                raise InvalidParamsError(f"{where}.text must be a string")
-            return TextPart(text=text, metadata=meta)
+            return _text_part(d, where, meta)
         if kind == "data":
             data = get(d, "data")
             if not isinstance(data, dict):
@@ -571,8 +570,7 @@ class V03Dialect(Dialect):
         return self.status_update_out(ev) if isinstance(ev, TaskStatusUpdate) else self.artifact_update_out(ev)
 
     def stream_in(self, d: Any):
-        if not isinstance(d, dict):
-            raise InvalidParamsError("a stream item must be an object")
+        d = _object(d, 'a stream item')
         kind = get(d, "kind")
         if kind == "task":
             return self.task_in(d)
@@ -590,14 +588,11 @@ class V03Dialect(Dialect):
     def _inline_push(self, conf: dict) -> dict | None:
         return obj(conf, "pushNotificationConfig", "configuration")
 
-    def send_params_out(self, message: Message, *, blocking: bool = True, metadata: dict | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {"message": self.message_out(message), "configuration": {"blocking": blocking}}
-        _put(out, "metadata", metadata)
-        return out
+    def _configuration_out(self, blocking: bool) -> dict[str, Any]:
+        return {"blocking": blocking}
 
     def push_create_in(self, params: Any, task_id: str | None = None) -> PushConfig:
-        if not isinstance(params, dict):
-            raise InvalidParamsError("params must be an object")
+        params = _object(params, 'params')
         inner = obj(params, "pushNotificationConfig", "params")
         if inner is None:
             raise InvalidParamsError("params.pushNotificationConfig is required")
@@ -612,16 +607,6 @@ class V03Dialect(Dialect):
     def push_list_out(self, configs: list[PushConfig]) -> Any:
         return [self.push_out(c) for c in configs]
 
-    def push_get_params(self, params: Any) -> tuple[str, str | None]:
-        if not isinstance(params, dict):
-            raise InvalidParamsError("params must be an object")
-        return string(params, "id", "params", required=True), string(params, "pushNotificationConfigId", "params")
-
-    def push_list_params(self, params: Any) -> str:
-        if not isinstance(params, dict):
-            raise InvalidParamsError("params must be an object")
-        return string(params, "id", "params", required=True)
-
 
 class V03RestDialect(Dialect):
     """A2A 0.3 HTTP+JSON: the JSON form of the 0.3 proto (``content``, a ``file`` oneof, CANCELLED)."""
@@ -632,14 +617,10 @@ class V03RestDialect(Dialect):
     parts_key = "content"
 
     def part_in(self, d: Any, where: str):
-        if not isinstance(d, dict):
-            raise InvalidParamsError(f"{where} must be an object")
+        d = _object(d, where)
         meta = obj(d, "metadata", where)
         if get(d, "text") is not None:
-            text = get(d, "text")
-            if not isinstance(text, str):
-                raise InvalidParamsError(f"{where}.text must be a string")
-            return TextPart(text=text, metadata=meta)
+            return _text_part(d, where, meta)
         if get(d, "file") is not None:
             return _file_in(obj(d, "file", where) or {}, f"{where}.file", meta, "fileWithBytes", "fileWithUri")
         if get(d, "data") is not None:
@@ -672,14 +653,10 @@ class V03RestDialect(Dialect):
     def _inline_push(self, conf: dict) -> dict | None:
         return obj(conf, "pushNotification", "configuration") or obj(conf, "pushNotificationConfig", "configuration")
 
-    def send_params_out(self, message: Message, *, blocking: bool = True, metadata: dict | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {"message": self.message_out(message), "configuration": {"blocking": blocking}}
-        _put(out, "metadata", metadata)
-        return out
+    _configuration_out = V03Dialect._configuration_out
 
     def push_create_in(self, params: Any, task_id: str | None = None) -> PushConfig:
-        if not isinstance(params, dict):
-            raise InvalidParamsError("body must be an object")
+        params = _object(params, 'body')
         body = obj(params, "config", "body") or params
         inner = obj(body, "pushNotificationConfig", "body")
         if inner is None:
