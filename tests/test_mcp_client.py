@@ -14,6 +14,7 @@ from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
+from conftest import wait_until
 from fixtures.mcp_support import RawSession, UpstreamProcess, mcp_gateway, sse_ids, sse_messages
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::mcp.shared.exceptions.MCPDeprecationWarning")
@@ -90,6 +91,26 @@ async def test_sampling_and_elicitation_are_relayed_to_the_client(gw):
         assert res.content[0].text == "LLM response: four" and seen["sampling"] == "2+2?"
         res = await client.call_tool("everything__test_elicitation", {"message": "who are you?"})
         assert "ada@example.com" in res.content[0].text and seen["elicitation"] == "who are you?"
+
+
+async def test_upstream_withdrawing_its_request_cancels_it_at_the_client(gw):
+    url, _ = gw
+    state = {"cancelled": False}
+    started = asyncio.Event()
+
+    async def elicitation(context, params):
+        started.set()
+        try:
+            await asyncio.Event().wait()  # a user who never answers
+        except BaseException:
+            state["cancelled"] = True
+            raise
+
+    async with Client(url, mode="legacy", elicitation_callback=elicitation) as client:
+        res = await client.call_tool("everything__test_elicitation_gives_up", {})
+        assert res.content[0].text.startswith("gave up")
+        assert started.is_set()
+        await wait_until(lambda: asyncio.sleep(0, result=state["cancelled"]), timeout=5)
 
 
 async def test_sampling_refused_when_the_client_lacks_the_capability(gw):

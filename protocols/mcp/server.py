@@ -143,16 +143,24 @@ class Call:
     async def notify(self, method: str, params: dict[str, Any]) -> None:
         await self.out.send(wire.notification(method, params))
 
-    async def ask(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        """A server->client request on this request's stream; the client's result."""
+    async def ask(self, method: str, params: dict[str, Any], rid: str | None = None) -> dict[str, Any]:
+        """A server->client request on this request's stream; the client's result.
+
+        If the wait is cancelled (the upstream withdrew its request), the client is told with
+        ``notifications/cancelled``."""
         if not self.out.can_stream:
             raise McpError(INVALID_REQUEST, f"cannot relay {method}: the client does not accept text/event-stream")
-        rid = self.server.new_request_id()
+        rid = rid or self.server.new_request_id()
         await self.out.send(wire.request(rid, method, params))
         try:
             reply = await self.server.mailbox.wait("r", self.sid, rid, self.server.settings.client_request_timeout_s)
         except TimeoutError:
+            await self.notify("notifications/cancelled", {"requestId": rid, "reason": "no answer in time"})
             raise McpError(wire.INTERNAL_ERROR, f"the client did not answer {method} in time") from None
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.notify("notifications/cancelled", {"requestId": rid, "reason": "withdrawn upstream"}))
+            raise
         if isinstance(reply.get("error"), dict):
             err = reply["error"]
             raise McpError(err.get("code", wire.INTERNAL_ERROR), str(err.get("message", "client error")), err.get("data"))
@@ -611,12 +619,24 @@ class McpServer:
         if meta:
             params["_meta"] = meta
 
+        asked: dict[str, asyncio.Task] = {}  # upstream request id -> the task relaying it
+
         async def on_message(msg: dict[str, Any]) -> None:
             if "id" in msg:
-                await self._relay_request(call, client, msg)
+                key = json.dumps(msg["id"])
+                asked[key] = asyncio.current_task()
+                try:
+                    await self._relay_request(call, client, msg)
+                finally:
+                    asked.pop(key, None)
                 return
             p = dict(msg.get("params") or {})
-            if msg["method"] == "notifications/progress":
+            if msg["method"] == "notifications/cancelled":  # the upstream withdrew a request it sent
+                task = asked.get(json.dumps(p.get("requestId")))
+                if task is not None:
+                    task.cancel()
+                    await asyncio.wait({task}, timeout=1.0)  # its cancel reaches the client before the result
+            elif msg["method"] == "notifications/progress":
                 if call.progress_token is not None:
                     p["progressToken"] = call.progress_token
                     await call.notify("notifications/progress", p)

@@ -383,7 +383,7 @@ class UpstreamClient:
             return
         if "method" in msg:
             method = msg["method"]
-            if method in ("notifications/progress", "notifications/message") and on_message is not None:
+            if method in ("notifications/progress", "notifications/message", "notifications/cancelled") and on_message is not None:
                 await on_message(msg)
             else:
                 await self.on_notification(self, msg)
