@@ -134,7 +134,8 @@ class EventLog:
             try:
                 await asyncio.wait_for(ev.wait(), min(self.poll_s, max(0.0, deadline - time.monotonic())))
             except asyncio.TimeoutError:
-                pass
+                if self._wake.get((sid, stream)) is ev:  # nobody woke it: do not keep it around
+                    del self._wake[(sid, stream)]
 
 
 class Mailbox:
