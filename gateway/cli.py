@@ -2,6 +2,7 @@
 
   interlace serve [--host H] [--port P] [--redis URL] [--no-echo] ...
   interlace worker echo [--gateway URL | --redis URL] [--concurrency N]
+  interlace worker model --model PATH [--device auto|cuda|cpu] [--backend transformers|llamacpp] ...
   interlace keys new|show FILE
   interlace agent register|list|show|deregister ...
   interlace version
@@ -13,7 +14,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 
 from gateway import __version__, agent_cli, logs
@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     echo.add_argument("--concurrency", type=int, default=16, help="tasks handled at once")
     echo.add_argument("--visibility-timeout-ms", type=int, help="must match the gateway's")
     echo.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    from agents.model.cli import add_parser as add_model_worker  # light: torch loads only when run
+
+    add_model_worker(kinds)
 
     sub.add_parser("version", help="print the version")
     agent_cli.add_parsers(sub)
@@ -104,38 +107,16 @@ def serve(config: Config) -> int:
 
 
 async def run_worker(args: argparse.Namespace, config: Config) -> int:
+    if args.kind == "model":
+        from agents.model.cli import run as run_model_worker
+
+        return await run_model_worker(args, config)
     from agents.echo import EchoWorker
-    from agents.links import DirectLink, HttpLink
-    from agents.worker import WorkerRunner
-    from registry.identity import Identity
+    from agents.serve import serve_worker
 
-    if args.redis_url:
-        from gateway.backends import Limits, open_backend
-        from registry.service import Registry
-
-        backend = open_backend(args.redis_url, Limits(visibility_timeout_ms=config.visibility_timeout_ms))
-        link = DirectLink(backend, Registry(backend.records, config.network, skew_s=config.skew_s))
-    else:
-        link = HttpLink(args.gateway or "http://127.0.0.1:8080", args.token or config.worker_token)
     worker = EchoWorker()
     worker.concurrency = args.concurrency
-    identity = Identity.load(args.key) if args.key else None
-    runner = WorkerRunner(
-        worker, link, lock_ttl_ms=config.visibility_timeout_ms, identity=identity,
-        network=config.network, lease_s=config.lease_s,
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    job = runner.start()
-    log.info("worker started", extra={"agent": worker.agent, "consumer": runner.consumer})
-    await asyncio.wait([job, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-    await runner.stop(config.shutdown_grace_s)
-    if isinstance(link, DirectLink):
-        await link.backend.close()
-    log.info("worker stopped", extra={"agent": worker.agent})
-    return 0
+    return await serve_worker(worker, args, config)
 
 
 if __name__ == "__main__":  # pragma: no cover

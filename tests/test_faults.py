@@ -133,7 +133,11 @@ async def test_redis_restart_under_load_loses_no_accepted_task():
 
                 async def all_completed():
                     while True:
-                        states = [(await client.get(f"/tasks/{t}")).json()["status"]["state"] for t in accepted]
+                        states = []
+                        for t in accepted:
+                            resp = await client.get(f"/tasks/{t}")
+                            assert resp.status_code == 200, resp.text  # never lost (404)
+                            states.append(resp.json()["status"]["state"])
                         if all(s == "completed" for s in states):
                             return
                         await asyncio.sleep(0.1)

@@ -29,7 +29,7 @@ from agents.worker import TaskFailed  # noqa: E402
 from schemas import Message, Route, Task, TaskState, TextPart  # noqa: E402
 from schemas.agent_record import record_from_card  # noqa: E402
 from gateway.runtime import UnknownAgent  # noqa: E402
-from tests.conftest import free_port, running_gateway, subprocess_env, test_config, wait_until  # noqa: E402
+from tests.conftest import free_port, interlace_cmd, running_gateway, subprocess_env, test_config, wait_until  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -277,14 +277,14 @@ def test_cli_module_imports_nothing_heavy():
     ],
 )
 def test_cli_bad_paths_are_clear_errors(flags, message):
-    cmd = [sys.executable, "-m", "agents.model.cli", *flags, "--gateway", "http://127.0.0.1:9"]
+    cmd = [*interlace_cmd("worker", "model"), *flags, "--gateway", "http://127.0.0.1:9"]
     out = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
 
 
 @pytest.mark.parametrize("bus", ["gateway", "redis"])
 async def test_cli_worker_serves_tasks_and_metrics(tiny_dir, bus, request):
-    """``python -m agents.model.cli`` (= ``interlace worker model``) over HTTP or straight on Redis."""
+    """``interlace worker model`` over HTTP or straight on Redis."""
     metrics_port, config = free_port(), test_config(echo=False)
     if bus == "redis":
         server = request.getfixturevalue("redis_server")
@@ -292,7 +292,7 @@ async def test_cli_worker_serves_tasks_and_metrics(tiny_dir, bus, request):
         config = test_config(echo=False, redis_url=server.url)
     async with running_gateway(config) as (url, app):
         where = ["--gateway", url] if bus == "gateway" else ["--redis", config.redis_url, "--visibility-timeout-ms", str(config.visibility_timeout_ms)]
-        cmd = [sys.executable, "-m", "agents.model.cli", "--model", str(tiny_dir), *where, "--name", "tiny",
+        cmd = [*interlace_cmd("worker", "model"), "--model", str(tiny_dir), *where, "--name", "tiny",
                "--max-batch", "4", "--metrics-port", str(metrics_port), "--threads", "1"]
         proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:

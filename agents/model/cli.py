@@ -6,8 +6,8 @@
                          [--key FILE] [--network NAME] [--metrics-port PORT] ...
 
 ``gateway/cli.py`` wires it in with ``add_parser(kinds)`` (the ``worker`` sub-commands) and
-``run(args, config)``. Until then ``python -m agents.model.cli --model PATH ...`` runs the same
-thing. This module imports nothing heavy: torch and transformers load only in ``run``.
+``run(args, config)``. This module imports nothing heavy: torch and transformers load only in
+``run``.
 """
 
 from __future__ import annotations
@@ -63,19 +63,19 @@ async def run(args: argparse.Namespace, config, link=None) -> int:
     by default it is an HttpLink to ``--gateway`` or a DirectLink on ``--redis``."""
     from prometheus_client import CollectorRegistry, start_http_server
 
-    from agents.links import DirectLink, HttpLink
     from agents.model.base import ModelError
     from agents.model.loader import load_backend
     from agents.model.metrics import ModelMetrics
     from agents.model.worker import ModelWorker
-    from agents.worker import WorkerRunner
+    from agents.serve import serve_worker
     from registry.identity import Identity, KeyFileError
 
     if args.max_batch < 1 or args.max_tokens < 1 or args.max_tokens_limit < args.max_tokens:
         print("interlace: --max-batch and --max-tokens must be >= 1, and --max-tokens-limit >= --max-tokens", file=sys.stderr)
         return 2
     try:
-        identity = Identity.load(args.key) if args.key else None
+        if args.key:
+            Identity.load(args.key)  # a bad key file fails before minutes of model loading
     except KeyFileError as exc:
         print(f"interlace: {exc}", file=sys.stderr)
         return 2
@@ -117,51 +117,7 @@ async def run(args: argparse.Namespace, config, link=None) -> int:
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_host, registry=registry)
         log.info("metrics served", extra={"port": args.metrics_port})
-    bus = None  # a Redis backend this function opened (and so closes)
-    if link is None and args.redis_url:
-        from gateway.backends import Limits, open_backend
-        from registry.service import Registry
-
-        bus = open_backend(args.redis_url, Limits(visibility_timeout_ms=config.visibility_timeout_ms))
-        link = DirectLink(bus, Registry(bus.records, config.network, skew_s=config.skew_s))
-    elif link is None:
-        link = HttpLink(args.gateway or "http://127.0.0.1:8080", args.token or config.worker_token)
-    runner = WorkerRunner(
-        worker, link, lock_ttl_ms=config.visibility_timeout_ms, identity=identity,
-        network=config.network, lease_s=config.lease_s,
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    job = runner.start()
-    log.info("worker started", extra={"agent": worker.agent, "consumer": runner.consumer, "skills": [s["id"] for s in worker.skills()]})
-    await asyncio.wait([job, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-    await runner.stop(config.shutdown_grace_s)
-    if bus is not None:
-        await bus.close()
-    await backend.close()
-    log.info("worker stopped", extra={"agent": worker.agent})
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m agents.model.cli ARGS`` = ``interlace worker model ARGS``."""
-    from gateway import logs
-    from gateway.config import Config
-
-    root = argparse.ArgumentParser(prog="interlace worker")
-    add_parser(root.add_subparsers(dest="kind", required=True))
-    args = root.parse_args(["model", *(sys.argv[1:] if argv is None else argv)])
-    flags = {k: v for k, v in vars(args).items() if k != "kind"}
     try:
-        config = Config.load(flags)
-    except ValueError as exc:
-        print(f"interlace: {exc}", file=sys.stderr)
-        return 2
-    logs.setup(config.log_level)
-    return asyncio.run(run(args, config))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+        return await serve_worker(worker, args, config, link)
+    finally:
+        await backend.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import time
+import uuid
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -43,6 +44,8 @@ from schemas import Task, TaskEvent, TaskState, TaskStatusUpdate
 try:
     import redis.asyncio as aioredis
     from redis import exceptions as rexc
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("the Redis backend needs the 'redis' extra: pip install 'interlace[redis]'") from exc
 
@@ -51,9 +54,12 @@ EVENT = TypeAdapter(TaskEvent)
 _UNAVAILABLE = (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, OSError)
 
 SUBMIT = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  if redis.call('HGET', KEYS[2], 'nonce') == ARGV[6] then return 1 end  -- our own retried call
+  return -1
+end
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[5]) then return -2 end
-redis.call('HSET', KEYS[2], 'task', ARGV[1], 'by', ARGV[2])
+redis.call('HSET', KEYS[2], 'task', ARGV[1], 'by', ARGV[2], 'nonce', ARGV[6])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
 redis.call('XADD', KEYS[1], '*', 'task', ARGV[3])
@@ -185,7 +191,8 @@ class RedisTaskStore(TaskStore):
     async def submit(self, task: Task, agent: str, accepted_by: str) -> None:
         score = int(time.time() * 1000)
         keys = [_q(agent), _t(task.id), "il:tasks", f"il:ctx:{task.context_id}"]
-        args = [task.model_dump_json(exclude_none=True), accepted_by, task.id, score, self.limits.max_queue]
+        nonce = uuid.uuid4().hex  # makes a retried submit (reply lost in a reconnect) idempotent
+        args = [task.model_dump_json(exclude_none=True), accepted_by, task.id, score, self.limits.max_queue, nonce]
         result = await self._submit(keys=keys, args=args)
         if result == -1:
             raise TaskExists(f"task {task.id} exists")
@@ -226,16 +233,22 @@ class RedisTaskStore(TaskStore):
     @_translate
     async def apply(self, task_id: str, event: TaskEvent) -> tuple[Task, str]:
         key = _t(task_id)
+        # The transaction is retried after a dropped connection; if the lost reply was for an
+        # EXEC that did land, ``applied`` says so and the event is not applied twice.
+        applied = uuid.uuid4().hex
         async with self.r.pipeline(transaction=True) as p:
             while True:
                 try:
                     await p.watch(key)
-                    raw, by = await p.hmget(key, "task", "by")
+                    raw, by, last = await p.hmget(key, "task", "by", "applied")
                     if raw is None:
                         raise TaskNotFound(f"task {task_id} not found")
+                    if last == applied:
+                        newest = await self.r.xrevrange(f"{key}:ev", count=1)
+                        return Task.model_validate_json(raw), newest[0][0] if newest else "0-0"
                     task = Task.model_validate_json(raw).apply(event)  # may raise InvalidTransition
                     p.multi()
-                    p.hset(key, "task", task.model_dump_json(exclude_none=True))
+                    p.hset(key, mapping={"task": task.model_dump_json(exclude_none=True), "applied": applied})
                     p.xadd(f"{key}:ev", {"e": event.model_dump_json(exclude_none=True)},
                            maxlen=self.limits.max_events_per_task, approximate=True)
                     if isinstance(event, TaskStatusUpdate) and event.final:
@@ -246,8 +259,7 @@ class RedisTaskStore(TaskStore):
                     if task.state.terminal:
                         for k in (key, f"{key}:ev", f"{key}:lock"):
                             p.expire(k, self.limits.retention_s)
-                    results = await p.execute()
-                    return task, results[1]
+                    return task, (await p.execute())[1]
                 except rexc.WatchError:
                     continue
 
@@ -314,8 +326,12 @@ class RedisBackend(Backend):
 
     def __init__(self, url: str, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
+        # Retry a command once or twice on a dropped connection: after a Redis restart the pool
+        # still holds sockets to the old process. Our writes are idempotent under a retry
+        # (submit carries a nonce, events are transition-checked, acks and locks are idempotent).
         self.r = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=2, socket_keepalive=True, health_check_interval=15
+            url, decode_responses=True, socket_connect_timeout=2, socket_keepalive=True, health_check_interval=15,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2), retry_on_error=[rexc.ConnectionError, rexc.TimeoutError],
         )
         self.bus = RedisBus(self.r, self.limits)
         self.tasks = RedisTaskStore(self.r, self.limits)

@@ -1,0 +1,45 @@
+"""Run one worker process until SIGINT/SIGTERM: the shared tail of every ``interlace worker``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+from agents.links import DirectLink, HttpLink, WorkerLink
+from agents.worker import Worker, WorkerRunner
+from gateway.config import Config
+from registry.identity import Identity
+
+log = logging.getLogger("interlace.worker")
+
+
+async def serve_worker(worker: Worker, args: argparse.Namespace, config: Config, link: WorkerLink | None = None) -> int:
+    """Consume ``worker``'s stream through ``--redis`` (directly) or ``--gateway`` (its /bus API)."""
+    backend = None
+    if link is None and args.redis_url:
+        from gateway.backends import Limits, open_backend
+        from registry.service import Registry
+
+        backend = open_backend(args.redis_url, Limits(visibility_timeout_ms=config.visibility_timeout_ms))
+        link = DirectLink(backend, Registry(backend.records, config.network, skew_s=config.skew_s))
+    elif link is None:
+        link = HttpLink(args.gateway or "http://127.0.0.1:8080", args.token or config.worker_token)
+    runner = WorkerRunner(
+        worker, link, lock_ttl_ms=config.visibility_timeout_ms,
+        identity=Identity.load(args.key) if args.key else None,
+        network=config.network, lease_s=config.lease_s,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    job = runner.start()
+    log.info("worker started", extra={"agent": worker.agent, "consumer": runner.consumer, "did": runner.identity.did})
+    await asyncio.wait([job, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    await runner.stop(config.shutdown_grace_s)
+    if backend is not None:
+        await backend.close()
+    log.info("worker stopped", extra={"agent": worker.agent})
+    return 0
