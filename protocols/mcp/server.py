@@ -479,15 +479,15 @@ class McpServer:
             yield wire.format_event(f"{stream}-{seq}", wire.dumps(msg))
 
     async def _standalone(self, sid: str, after: int, closed: asyncio.Event):
+        deadline = time.monotonic() + self.sse_max_s
+        follow = self.events.follow(sid, "g", after, deadline)
+        pending: asyncio.Task | None = None
         try:
             yield wire.format_event(f"g-{after}", "", retry_ms=self.settings.sse_retry_ms)
-            deadline = time.monotonic() + self.sse_max_s
-            follow = self.events.follow(sid, "g", after, deadline).__aiter__()
-            pending: asyncio.Task | None = None
             last_write, checked = time.monotonic(), time.monotonic()
             while not closed.is_set() and time.monotonic() < deadline:
                 if pending is None:
-                    pending = asyncio.ensure_future(follow.__anext__())
+                    pending = asyncio.ensure_future(anext(follow))
                 done, _ = await asyncio.wait({pending}, timeout=1.0)
                 if done:
                     try:
@@ -505,9 +505,11 @@ class McpServer:
                     checked = time.monotonic()
                     if await self.sessions.get(sid) is None:
                         return
+        finally:
             if pending is not None:
                 pending.cancel()
-        finally:
+                await asyncio.gather(pending, return_exceptions=True)
+            await follow.aclose()
             if self.get_streams.get(sid) is closed:
                 del self.get_streams[sid]
 
@@ -526,6 +528,8 @@ class McpServer:
             self.events.wake(sid, "g")
         for uri, sids in list(self.subscriptions.items()):
             sids.discard(sid)
+            if not sids:
+                del self.subscriptions[uri]
         log.info("mcp session ended", extra={"session": sid[:8]})
         return Response(status_code=200)
 
