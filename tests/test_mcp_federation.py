@@ -128,6 +128,23 @@ async def test_resource_updates_reach_subscribers_on_their_get_stream():
             assert (await raw.call("resources/unsubscribe", {"uri": "test://watched-resource"}))["result"] == {}
 
 
+async def test_unrelated_upstream_logs_reach_sessions_that_asked_for_logs():
+    with UpstreamProcess("u") as up:
+        async with mcp_gateway([("u", up.url)]) as (url, _), httpx.AsyncClient(timeout=15) as http:
+            listener, caller = RawSession(http, url), RawSession(http, url)
+            await listener.initialize()
+            await caller.initialize()
+            await listener.call("logging/setLevel", {"level": "warning"})
+            async with http.stream("GET", url, headers=listener.headers(Accept="text/event-stream")) as stream:
+                lines = stream.aiter_lines()
+                assert (await anext(lines)).startswith("id: g-")
+                await caller.call("tools/call", {"name": "u__test_log_unrelated", "arguments": {}})
+                got = ""
+                while "notifications/message" not in got:
+                    got = await asyncio.wait_for(anext(lines), 10)
+                assert "disk almost full" in got
+
+
 async def test_rug_pull_on_reconnect_is_caught():
     """The upstream restarts with a swapped definition and no list_changed: the new session's
     catalog is checked against the pins."""
