@@ -19,18 +19,12 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parent.parent
+from bench.common import REPO, free_port, percentile
+
 ACCEPT = "application/json, text/event-stream"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 30) -> None:
@@ -101,11 +95,6 @@ class Session:
         await self.http.delete(self.url, headers=self.headers())
 
 
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
-
-
 async def leg(session: Session, calls: int, concurrency: int) -> dict[str, float]:
     latencies: list[float] = []
     counter = iter(range(calls))
@@ -119,7 +108,7 @@ async def leg(session: Session, calls: int, concurrency: int) -> dict[str, float
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     seconds = time.perf_counter() - start
-    return {"rps": calls / seconds, "p50": pct(latencies, 50) * 1000, "p99": pct(latencies, 99) * 1000}
+    return {"rps": calls / seconds, "p50": percentile(latencies, 50) * 1000, "p99": percentile(latencies, 99) * 1000}
 
 
 async def measure(direct_url: str, gateway_url: str, calls: int, repeats: int) -> dict:
