@@ -247,9 +247,13 @@ async def test_get_stream_and_delete(gw):
         assert (await http.delete(url, headers=raw.headers())).status_code == 404
 
 
-async def test_ping_and_concurrent_requests_on_one_session(gw):
-    url, _ = gw
-    async with Client(url, mode="legacy") as client:
-        results = await asyncio.gather(*(client.call_tool("everything__test_echo", {"text": str(i)}) for i in range(20)))
-        assert [r.content[0].text for r in results] == [str(i) for i in range(20)]
-        await client.send_ping()
+async def test_one_pooled_upstream_session_serves_every_client(gw):
+    url, server = gw
+    upstream = server.upstreams.clients["everything"]
+    sid, generation = upstream.session_id, upstream.generation
+    async with Client(url, mode="legacy") as first, Client(url, mode="legacy") as second:
+        results = await asyncio.gather(*(c.call_tool("everything__test_echo", {"text": str(i)})
+                                         for i in range(20) for c in (first, second)))
+        assert sorted(r.content[0].text for r in results) == sorted(str(i) for i in range(20) for _ in (0, 1))
+        await first.send_ping()
+    assert upstream.session_id == sid and upstream.generation == generation == 1
