@@ -265,3 +265,35 @@ async def test_one_session_across_two_gateways_sharing_redis(redis_server):
                 assert (await http.delete(url_b, headers=raw.headers())).status_code == 200
                 gone = await raw.post({"jsonrpc": "2.0", "id": 9, "method": "ping"})
                 assert gone.status_code == 404
+
+
+async def test_registry_records_with_an_mcp_endpoint_become_upstreams():
+    import time
+
+    from registry.identity import Identity
+    from registry.records import sign
+    from schemas.agent_record import AgentRecord, Tombstone
+
+    with UpstreamProcess("weather") as up:
+        async with mcp_gateway(follow_registry=True, registry_poll_s=0.05) as (url, server):
+            runtime, me, now = server.runtime, Identity.generate(), int(time.time())
+            record = sign(AgentRecord.model_validate({
+                "name": "weather", "description": "Forecasts over MCP", "version": "1.0.0",
+                "skills": [{"id": "forecast", "name": "Forecast", "description": "forecasts", "tags": ["weather"]}],
+                "endpoints": {"mcp": up.url}, "did": me.did, "seq": 1, "issued_at": now, "expires_at": now + 600,
+                "network": runtime.config.network, "home_node": "test"}), me)
+            await runtime.registry.submit(record)
+
+            async def federated():
+                return "weather__test_echo" in await tool_names(url)
+
+            await wait_until(federated, timeout=15, interval=0.1)
+            names = await tool_names(url)
+            assert "weather" not in names  # an MCP agent offers its own tools, not a send-a-message tool
+            tomb = sign(Tombstone(did=me.did, seq=2, issued_at=int(time.time()), network=runtime.config.network), me)
+            await runtime.registry.submit(tomb)
+
+            async def gone():
+                return "weather__test_echo" not in await tool_names(url)
+
+            await wait_until(gone, timeout=15, interval=0.1)

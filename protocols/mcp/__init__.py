@@ -10,7 +10,8 @@ Use: ``create_app`` serves ``/mcp`` with the gateway's agents as tools. To feder
 servers, call ``mount(app, upstreams=[("weather", "http://host/mcp"), ...],
 settings=McpSettings(naming="pass-through"))`` before the app starts (or set
 ``INTERLACE_MCP_UPSTREAMS``); ``app.state.mcp.upstreams.set_upstreams([...])`` swaps the set at
-run time (the registry will feed it).
+run time. With ``McpSettings(follow_registry=True)`` (``INTERLACE_MCP_FOLLOW_REGISTRY=1``) every
+live registry record with an ``endpoints.mcp`` URL is federated too (and leaves with its record).
 
 Settings (``McpSettings``, each also ``INTERLACE_MCP_<NAME>``): ``naming`` (prefix | pass-through),
 ``allowed_hosts`` / ``allowed_origins`` (DNS-rebinding defence: a foreign Host gets 421, a foreign

@@ -71,6 +71,8 @@ class McpSettings:
     sse_retry_ms: int = 1000
     sse_max_s: float | None = None  # default: the gateway's sse_max_s
     agents_poll_s: float = 5.0  # how often the agent set is checked for tools/list_changed
+    follow_registry: bool = False  # federate every live registry record with an mcp endpoint
+    registry_poll_s: float = 2.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "McpSettings":
@@ -84,12 +86,25 @@ class McpSettings:
                 values[f.name] = tuple(x.strip() for x in raw.split(",") if x.strip())
             elif f.name in ("session_ttl_s", "event_ttl_s", "page_size", "sse_retry_ms"):
                 values[f.name] = int(raw)
-            elif f.name in ("call_timeout_s", "client_request_timeout_s", "sse_max_s", "agents_poll_s"):
+            elif f.name in ("call_timeout_s", "client_request_timeout_s", "sse_max_s", "agents_poll_s", "registry_poll_s"):
                 values[f.name] = float(raw)
+            elif f.name == "follow_registry":
+                values[f.name] = raw.lower() in ("1", "true", "yes", "on")
             else:
                 values[f.name] = raw
         values.update(overrides)
         return cls(**values)
+
+
+def registry_upstreams(runtime: Runtime) -> list[Upstream]:
+    """Live registry records with an ``endpoints.mcp`` URL, one upstream per agent name."""
+    registry = getattr(runtime, "registry", None)
+    out: dict[str, Upstream] = {}
+    for record in sorted(registry.live() if registry is not None else [], key=lambda r: (r.name, r.did)):
+        url = getattr(record.endpoints, "mcp", None)
+        if url and record.name not in out:
+            out[record.name] = Upstream(record.name, str(url))
+    return list(out.values())
 
 
 def upstreams_from_env(env: Mapping[str, str] | None = None) -> list[Upstream]:
@@ -211,8 +226,9 @@ class McpServer:
         self.events = EventLog(kv, self.settings.event_ttl_s)
         self.mailbox = Mailbox(kv, self.shared)
         self.agent_tools = AgentTools(runtime, self.settings.call_timeout_s)
+        self.static_upstreams = [Upstream.of(u) for u in upstreams]
         self.upstreams = UpstreamSet(
-            upstreams,
+            self.static_upstreams,
             kv=kv,
             naming=self.settings.naming,
             separator=self.settings.separator,
@@ -246,6 +262,24 @@ class McpServer:
     async def start(self) -> None:
         await self.upstreams.start()
         self._spawn(self._watch_agents())
+        if self.settings.follow_registry:
+            self._spawn(self._follow_registry())
+
+    async def _follow_registry(self) -> None:
+        """Keep the upstream set equal to the static list plus the registry's MCP agents."""
+        current: list[Upstream] = list(self.static_upstreams)
+        while True:
+            try:
+                static = {u.name for u in self.static_upstreams}
+                wanted = [*self.static_upstreams, *(u for u in registry_upstreams(self.runtime) if u.name not in static)]
+                if wanted != current:
+                    await self.upstreams.set_upstreams(wanted, wait_s=0)
+                    current = wanted
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("could not follow the registry's MCP agents")
+            await asyncio.sleep(self.settings.registry_poll_s)
 
     async def _watch_agents(self) -> None:
         """Tell clients with a GET stream when the set of routable agents (tools) changes."""
