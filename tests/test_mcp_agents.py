@@ -70,11 +70,13 @@ async def call(raw: RawSession, name: str, args: dict) -> dict:
 
 
 async def test_one_tool_per_agent_plus_meta_tools(env):
-    raw, _, _ = env
+    raw, _, server = env
     tools = {t["name"]: t for t in (await raw.call("tools/list"))["result"]["tools"]}
     assert {"find_agents", "send_task", "echo", "parts"} <= set(tools)
     assert tools["parts"]["inputSchema"]["required"] == ["message"]
     assert set(tools["parts"]["inputSchema"]["properties"]) == {"message", "data"}
+    [echo] = server.runtime.registry.by_name("echo")  # the tool says what the agent's record says
+    assert tools["echo"]["description"].startswith(echo.description)
 
 
 async def test_message_becomes_a_text_part_and_data_a_data_part(env):

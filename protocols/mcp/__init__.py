@@ -25,6 +25,7 @@ Mapping between MCP and the canonical model (each row is tested in tests/test_mc
 | MCP                                                     | canonical                                                 |
 |---------------------------------------------------------|-----------------------------------------------------------|
 | tool ``<agent>`` (one per routable agent)               | ``runtime.submit(message, agent=<agent>)``                |
+| that tool's ``description``                             | the agent record's description and skill names            |
 | ``tools/call`` argument ``message`` (string)            | user Message, first part ``TextPart(text)``               |
 | ``tools/call`` argument ``data`` (object)               | second part ``DataPart(data)``                            |
 | ``send_task`` ``task_id`` + ``message``                 | ``runtime.continue_task(task_id, message)``               |

@@ -62,11 +62,13 @@ META_NAMES = {t["name"] for t in META_TOOLS}
 Notify = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
-def agent_tool(agent: str) -> dict[str, Any]:
+def agent_tool(agent: str, about: str = "") -> dict[str, Any]:
+    """The tool for one agent; ``about`` is what its registry record says it does."""
+    description = f"Send a task to the agent {agent!r} through the gateway and return its artifacts."
     return {
         "name": sanitize(agent),
         "title": agent,
-        "description": f"Send a task to the agent {agent!r} through the gateway and return its artifacts.",
+        "description": f"{about.strip()} ({description})" if about.strip() else description,
         "inputSchema": MESSAGE_SCHEMA,
         "annotations": {"openWorldHint": True},
     }
@@ -172,6 +174,15 @@ class AgentTools:
             name = sanitize(agent)
             if name not in META_NAMES and name not in out:
                 out[name] = agent
+        return out
+
+    def about(self) -> dict[str, str]:
+        """agent name -> its record's description and skill names (empty without a registry)."""
+        registry = getattr(self.runtime, "registry", None)
+        out: dict[str, str] = {}
+        for record in registry.live() if registry is not None else []:
+            skills = ", ".join(s.name for s in record.skills)
+            out.setdefault(record.name, f"{record.description}" + (f" Skills: {skills}." if skills else ""))
         return out
 
     async def find_agents(self, query: str, exclude: set[str], upstreams: list[str]) -> dict[str, Any]:

@@ -616,7 +616,8 @@ class McpServer:
 
     async def tools_list(self, call: Call) -> dict[str, Any]:
         agents = await self._agents()
-        tools = [*META_TOOLS, *(agent_tool(a) for a in agents.values()), *self.upstreams.tools()]
+        about = self.agent_tools.about()
+        tools = [*META_TOOLS, *(agent_tool(a, about.get(a, "")) for a in agents.values()), *self.upstreams.tools()]
         return self._page(tools, "tools", call.params)
 
     async def tools_call(self, call: Call) -> dict[str, Any]:
