@@ -193,6 +193,8 @@ async def test_find_agents_and_send_task_by_query(env):
     assert [a["name"] for a in res["structuredContent"]["agents"]] == ["echo"]
     res = await call(raw, "find_agents", {"query": ""})
     assert {a["name"] for a in res["structuredContent"]["agents"]} == {"echo", "parts"}
+    res = await call(raw, "find_agents", {"query": "replies"})  # a word of the echo agent's record description
+    assert [a["name"] for a in res["structuredContent"]["agents"]] == ["echo"]
     res = await call(raw, "send_task", {"agent_or_query": "the echo agent please", "message": "routed"})
     assert res["content"] == [{"type": "text", "text": "routed"}]
     res = await call(raw, "send_task", {"agent_or_query": "zzz", "message": "nobody"})

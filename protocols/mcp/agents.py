@@ -149,14 +149,15 @@ def task_result(task: Task) -> dict[str, Any]:
     return out
 
 
-def score(query: str, name: str) -> float:
-    """Lexical match of a query against an agent name (0 = no match)."""
+def score(query: str, name: str, about: str = "") -> float:
+    """Lexical match of a query against an agent's name (strong) and description (weak); 0 = none."""
     q = [w for w in re.split(r"[^a-z0-9]+", query.lower()) if w]
     if not q:
         return 1.0
     n = name.lower()
     words = set(re.split(r"[^a-z0-9]+", n))
-    return sum(2.0 if w in words else 1.0 if w in n else 0.0 for w in q) / len(q)
+    described = set(re.split(r"[^a-z0-9]+", about.lower()))
+    return sum(2.0 if w in words else 1.0 if w in n else 0.5 if w in described else 0.0 for w in q) / len(q)
 
 
 class AgentTools:
@@ -187,12 +188,13 @@ class AgentTools:
 
     async def find_agents(self, query: str, exclude: set[str], upstreams: list[str]) -> dict[str, Any]:
         found = []
+        about = self.about()
         for tool, agent in (await self.agents(exclude)).items():
-            s = score(query, agent)
+            s = score(query, agent, about.get(agent, ""))
             if s > 0:
                 found.append({"name": agent, "tool": tool, "protocol": "task", "score": round(s, 3)})
         for agent in upstreams:
-            s = score(query, agent)
+            s = score(query, agent, about.get(agent, ""))
             if s > 0:
                 found.append({"name": agent, "protocol": "mcp", "score": round(s, 3)})
         found.sort(key=lambda a: (-a["score"], a["name"]))
@@ -218,7 +220,8 @@ class AgentTools:
         agents = await self.agents(exclude)
         agent = target if target in agents.values() else None
         if agent is None:
-            ranked = sorted(((score(target, a), a) for a in agents.values()), key=lambda x: (-x[0], x[1]))
+            about = self.about()
+            ranked = sorted(((score(target, a, about.get(a, "")), a) for a in agents.values()), key=lambda x: (-x[0], x[1]))
             if not ranked or ranked[0][0] <= 0:
                 return tool_error(f"no agent matches {target!r}")
             agent = ranked[0][1]
