@@ -15,7 +15,7 @@ from pydantic import TypeAdapter
 from agents.echo import EchoWorker
 from agents.worker import TaskFailed, Worker
 from conftest import serve_app, test_config, wait_until
-from fixtures.mcp_support import RawSession
+from fixtures.mcp_support import GetStream, RawSession
 from gateway.app import create_app
 from protocols.mcp import McpSettings, mount
 from schemas import Artifact, DataPart, Message, Part, TaskState, TextPart
@@ -210,9 +210,7 @@ async def test_new_agent_announces_tools_list_changed():
     async with serve_app(app) as base, httpx.AsyncClient(timeout=15) as http:
         raw = RawSession(http, base + "/mcp")
         await raw.initialize()
-        async with http.stream("GET", raw.url, headers=raw.headers(Accept="text/event-stream")) as stream:
-            lines = stream.aiter_lines()
-            assert (await anext(lines)).startswith("id: g-")
+        async with GetStream(raw) as stream:
             await wait_until(lambda: asyncio.sleep(0, result=raw.sid in app.state.mcp.get_streams))
             await asyncio.sleep(0.2)  # let the watcher record the current agent set first
             runtime = app.state.runtime
@@ -222,8 +220,6 @@ async def test_new_agent_announces_tools_list_changed():
                 return sorted({*await known(), "weather"})
 
             runtime.known_agents = with_weather
-            got = ""
-            while "notifications/tools/list_changed" not in got:
-                got = await asyncio.wait_for(anext(lines), 10)
+            await stream.until("notifications/tools/list_changed")
         names = [t["name"] for t in (await raw.call("tools/list"))["result"]["tools"]]
         assert "weather" in names

@@ -14,7 +14,7 @@ from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from conftest import test_config, wait_until
-from fixtures.mcp_support import RawSession, UpstreamProcess, mcp_gateway, sse_messages
+from fixtures.mcp_support import GetStream, RawSession, UpstreamProcess, mcp_gateway, sse_messages
 from gateway.backends import EmbeddedBackend
 from protocols.mcp.upstream import UpstreamClient, UpstreamSet, tool_hash
 
@@ -85,14 +85,10 @@ async def test_rug_pull_hides_changed_tool_until_repinned():
             await raw.initialize()
             before = {t["name"]: t for t in (await raw.call("tools/list"))["result"]["tools"]}
             assert "u__mutable_tool" in before
-            async with http.stream("GET", url, headers=raw.headers(Accept="text/event-stream")) as stream:
-                lines = stream.aiter_lines()
-                assert (await anext(lines)).startswith("id: g-")  # priming event: the stream is live
+            async with GetStream(raw) as stream:
                 res = await raw.call("tools/call", {"name": "u__test_mutate_tool", "arguments": {}})
                 assert res["result"]["content"][0]["text"] == "mutated"
-                got = ""
-                while "notifications/tools/list_changed" not in got:  # the gateway tells its client
-                    got = await asyncio.wait_for(anext(lines), 10)
+                await stream.until("notifications/tools/list_changed")  # the gateway tells its client
             await wait_until(lambda: asyncio.sleep(0, result=bool(server.upstreams.quarantined())), timeout=10)
             [q] = server.upstreams.quarantined()
             assert q["upstream"] == "u" and q["tool"] == "mutable_tool" and q["pinned_sha256"] != q["current_sha256"]
@@ -110,39 +106,31 @@ async def test_rug_pull_hides_changed_tool_until_repinned():
             assert res["result"]["content"][0]["text"] == "x=2"
 
 
-async def test_resource_updates_reach_subscribers_on_their_get_stream():
-    with UpstreamProcess("u") as up:
-        async with mcp_gateway([("u", up.url)]) as (url, _), httpx.AsyncClient(timeout=15) as http:
-            raw, other = RawSession(http, url), RawSession(http, url)
-            await raw.initialize()
-            await other.initialize()
-            assert (await raw.call("resources/subscribe", {"uri": "test://watched-resource"}))["result"] == {}
-            async with http.stream("GET", url, headers=raw.headers(Accept="text/event-stream")) as stream:
-                lines = stream.aiter_lines()
-                assert (await anext(lines)).startswith("id: g-")
-                await other.call("tools/call", {"name": "u__test_touch_resource", "arguments": {}})
-                got = ""
-                while "notifications/resources/updated" not in got:
-                    got = await asyncio.wait_for(anext(lines), 10)
-                assert "test://watched-resource" in got
-            assert (await raw.call("resources/unsubscribe", {"uri": "test://watched-resource"}))["result"] == {}
+@pytest.fixture
+async def two_sessions(upstreams):
+    """Two client sessions on a gateway that federates upstream ``a`` as ``u``."""
+    async with mcp_gateway([("u", upstreams[0].url)]) as (url, _), httpx.AsyncClient(timeout=15) as http:
+        first, second = RawSession(http, url), RawSession(http, url)
+        await first.initialize()
+        await second.initialize()
+        yield first, second
 
 
-async def test_unrelated_upstream_logs_reach_sessions_that_asked_for_logs():
-    with UpstreamProcess("u") as up:
-        async with mcp_gateway([("u", up.url)]) as (url, _), httpx.AsyncClient(timeout=15) as http:
-            listener, caller = RawSession(http, url), RawSession(http, url)
-            await listener.initialize()
-            await caller.initialize()
-            await listener.call("logging/setLevel", {"level": "warning"})
-            async with http.stream("GET", url, headers=listener.headers(Accept="text/event-stream")) as stream:
-                lines = stream.aiter_lines()
-                assert (await anext(lines)).startswith("id: g-")
-                await caller.call("tools/call", {"name": "u__test_log_unrelated", "arguments": {}})
-                got = ""
-                while "notifications/message" not in got:
-                    got = await asyncio.wait_for(anext(lines), 10)
-                assert "disk almost full" in got
+async def test_resource_updates_reach_subscribers_on_their_get_stream(two_sessions):
+    raw, other = two_sessions
+    assert (await raw.call("resources/subscribe", {"uri": "test://watched-resource"}))["result"] == {}
+    async with GetStream(raw) as stream:
+        await other.call("tools/call", {"name": "u__test_touch_resource", "arguments": {}})
+        assert "test://watched-resource" in await stream.until("notifications/resources/updated")
+    assert (await raw.call("resources/unsubscribe", {"uri": "test://watched-resource"}))["result"] == {}
+
+
+async def test_unrelated_upstream_logs_reach_sessions_that_asked_for_logs(two_sessions):
+    listener, caller = two_sessions
+    await listener.call("logging/setLevel", {"level": "warning"})
+    async with GetStream(listener) as stream:
+        await caller.call("tools/call", {"name": "u__test_log_unrelated", "arguments": {}})
+        assert "disk almost full" in await stream.until("notifications/message")
 
 
 async def test_rug_pull_on_reconnect_is_caught():
