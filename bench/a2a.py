@@ -67,7 +67,7 @@ class Caller:
         task = json.loads(payload).get("result", {}).get("task", {}) if status == 200 else {}
         got = "".join(p.get("text", "") for a in task.get("artifacts", []) for p in a.get("parts", []))
         if task.get("status", {}).get("state") != "TASK_STATE_COMPLETED" or got != text:
-            raise RuntimeError(f"unexpected reply ({status}): {payload[:300]!r}")
+            raise RuntimeError(f"unexpected reply ({status}): {payload[:600]!r}")
 
 
 async def leg(base: str, path: str, calls: int, concurrency: int) -> dict[str, float]:

@@ -92,13 +92,16 @@ async def test_card_caching_headers_and_conditional_get(http):
     assert other.status_code == 200
 
 
-async def test_card_signature_verifies_with_jwks_and_the_sdk(http):
+async def test_card_signature_verifies_with_jwks_and_the_sdk(env, http):
     card = (await http.get("/.well-known/agent-card.json")).json()
     jwks = (await http.get("/a2a/jwks.json")).json()
     sig = card["signatures"][0]
     header = json.loads(b64url_decode(sig["protected"]))
     assert header["alg"] == "EdDSA" and header["typ"] == "JOSE" and header["kid"] == jwks["keys"][0]["kid"]
     assert header["jku"].endswith("/a2a/jwks.json")
+    node_key = getattr(env.app.state.runtime, "identity", None)
+    if node_key is not None:  # signed with the gateway node's own key
+        assert header["kid"].startswith(node_key.did + "#")
     key = nacl.signing.VerifyKey(b64url_decode(jwks["keys"][0]["x"]))
     from registry.identity import b64url_encode
 

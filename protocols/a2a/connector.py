@@ -100,7 +100,12 @@ class A2AConnector(Worker):
             self._pools = [
                 httpx.AsyncClient(
                     timeout=httpx.Timeout(self.timeout_s, connect=5.0),
-                    limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
+                    # Idle connections are dropped before common servers' 5 s keep-alive timeout, so
+                    # a request never meets one the server is closing; a failed connect is retried once.
+                    transport=httpx.AsyncHTTPTransport(
+                        retries=1,
+                        limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool, keepalive_expiry=4.0),
+                    ),
                 )
                 for _ in range(self.POOLS)
             ]

@@ -52,7 +52,8 @@ def build_routes(service: A2AService) -> list[BaseRoute]:
         return service.cards.response(request, f"agent:{call.agent}", await service.card(call))
 
     async def key_set(request: Request) -> Response:
-        return JSONResponse(jwks(service.options.identity), headers={"Cache-Control": "public, max-age=3600"})  # type: ignore[arg-type]
+        key = service.identity(request.app.state.runtime)
+        return JSONResponse(jwks(key), headers={"Cache-Control": "public, max-age=3600"})
 
     async def rpc(request: Request) -> Response:
         return await jsonrpc.handle(service, request, lambda d: call_for(request, d))

@@ -65,7 +65,7 @@ class A2AOptions:
     """Settings of the A2A face; every field is a keyword argument of ``a2a_routes``/``mount_a2a``."""
 
     public_url: str | None = None  # base URL clients reach the gateway at (behind a proxy); else from the request
-    identity: Identity | None = None  # the gateway's signing key; a fresh one per process when absent
+    identity: Identity | None = None  # the card-signing key; default: the node's key (runtime.identity)
     name: str = "Interlace gateway"
     description: str = "Agent interoperability gateway: routes A2A tasks to the agents it knows"
     card_max_age_s: int = 300
@@ -76,10 +76,6 @@ class A2AOptions:
     extended_card: dict[str, Any] | None = None  # extra card fields served by GetExtendedAgentCard
     blocking_timeout_s: float | None = None  # how long a blocking SendMessage waits; default config.max_wait_timeout_s
     provider: dict[str, str] | None = None
-
-    def __post_init__(self) -> None:
-        if self.identity is None:
-            self.identity = Identity.generate()
 
 
 @dataclass
@@ -108,6 +104,13 @@ class A2AService:
         self.options = options
         self.cards = cards.CardCache(options.card_max_age_s)
         self._nodes: WeakKeyDictionary[Runtime, _NodeState] = WeakKeyDictionary()
+
+    def identity(self, rt: Runtime) -> Identity:
+        """The key cards are signed with: the configured one, else the gateway node's own."""
+        key = self.options.identity or getattr(rt, "identity", None)
+        if key is None:  # a runtime without a node identity
+            key = self.options.identity = Identity.generate()
+        return key
 
     def node(self, rt: Runtime) -> _NodeState:
         state = self._nodes.get(rt)
@@ -359,7 +362,7 @@ class A2AService:
             if o.extended_card is None:
                 raise ExtendedAgentCardNotConfiguredError()
             card = {**card, **o.extended_card}
-        signed = self.cards.signed(card, o.identity, f"{call.base}/a2a/jwks.json")  # type: ignore[arg-type]
+        signed = self.cards.signed(card, self.identity(call.rt), f"{call.base}/a2a/jwks.json")
         if o.card_v03_compat if legacy is None else legacy:
             signed = cards.add_legacy_fields(signed, rpc_url, rest_url)
         return signed
