@@ -14,11 +14,11 @@ suite uses them as the reference the numpy encoder is checked against). GELU is 
 form, evaluated with Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7), because numpy has no
 erf. Inputs are truncated to 256 tokens, like the model's ``max_seq_length``.
 
-Index. ``VectorIndex`` wraps hnswlib (inner product on unit vectors = cosine): labels are int
-row ids owned by the caller, rows are added incrementally, a removed row is ``mark_deleted`` and
-its slot reused by the next add (``replace_deleted``), the capacity doubles when full. Queries
-ask for more neighbours than wanted (``k * oversample``) so that rows rejected by the hard
-filters afterwards do not starve the result.
+Index. ``VectorIndex`` wraps hnswlib (inner product on unit vectors = cosine), keyed by the
+caller's row ids: rows are added incrementally, a removed row is ``mark_deleted`` and its slot
+reused by the next add (``replace_deleted``), the capacity doubles when full. The capability
+index asks it for more neighbours than it returns (``ann_k``) and applies its hard filters to
+those, so filtered-out rows do not starve the result.
 """
 
 from __future__ import annotations
@@ -191,7 +191,12 @@ class QueryCache:
 
 
 class VectorIndex:
-    """hnswlib inner-product index over unit vectors, keyed by caller-chosen int labels."""
+    """hnswlib inner-product index over unit vectors, keyed by the caller's row ids.
+
+    Each vector gets a fresh hnswlib label (a counter), never reused, so correctness never
+    depends on how hnswlib treats a label that was deleted and added again; ``replace_deleted``
+    still recycles the deleted slots, so memory stays bounded by the live count.
+    """
 
     def __init__(self, dim: int = DIM, *, capacity: int = 1024, m: int = 16,
                  ef_construction: int = 100, ef: int = 64) -> None:
@@ -201,38 +206,42 @@ class VectorIndex:
         self._index.init_index(max_elements=capacity, M=m, ef_construction=ef_construction,
                                allow_replace_deleted=True)
         self._index.set_ef(ef)
-        self._live: set[int] = set()
+        self._label_of: dict[int, int] = {}  # row -> live label
+        self._row_of: dict[int, int] = {}  # live label -> row
+        self._next_label = 0
 
     def __len__(self) -> int:
-        return len(self._live)
+        return len(self._label_of)
 
-    def add(self, labels: list[int], vectors: np.ndarray, *, num_threads: int = 1) -> None:
-        if not labels:
+    def add(self, rows: list[int], vectors: np.ndarray, *, num_threads: int = 1) -> None:
+        if not rows:
             return
-        stale = [label for label in labels if label in self._live]
-        for label in stale:  # re-adding a live label: drop the old vector first
-            self._index.mark_deleted(label)
-            self._live.discard(label)
-        need = len(self._live) + len(labels)
+        self.remove([r for r in rows if r in self._label_of])  # a re-added row replaces its vector
+        labels = list(range(self._next_label, self._next_label + len(rows)))
+        self._next_label += len(rows)
+        need = len(self._label_of) + len(rows)
         capacity = self._index.get_max_elements()
         if need > capacity:
             self._index.resize_index(max(need, capacity * 2))
         self._index.add_items(np.asarray(vectors, dtype=np.float32), np.asarray(labels),
                               num_threads=num_threads, replace_deleted=True)
-        self._live.update(labels)
+        for row, label in zip(rows, labels):
+            self._label_of[row] = label
+            self._row_of[label] = row
 
-    def remove(self, labels: list[int]) -> None:
-        for label in labels:
-            if label in self._live:
+    def remove(self, rows: list[int]) -> None:
+        for row in rows:
+            label = self._label_of.pop(row, None)
+            if label is not None:
                 self._index.mark_deleted(label)
-                self._live.discard(label)
+                del self._row_of[label]
 
     def query(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
-        """Up to ``k`` (label, cosine similarity) pairs, best first."""
-        k = min(k, len(self._live))
+        """Up to ``k`` (row, cosine similarity) pairs, best first."""
+        k = min(k, len(self._label_of))
         if k <= 0:
             return []
         self._index.set_ef(max(self.ef, k))
         labels, distances = self._index.knn_query(vector.reshape(1, -1), k=k)
         # hnswlib "ip" distance = 1 - dot
-        return [(int(label), float(1.0 - d)) for label, d in zip(labels[0], distances[0])]
+        return [(self._row_of[int(label)], float(1.0 - d)) for label, d in zip(labels[0], distances[0])]

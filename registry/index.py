@@ -39,8 +39,11 @@ Pipeline of ``search``:
      ``sim = 0.7 * max(cosine, 0) + 0.3 * lexical``: the embedding catches paraphrases that share
      no word with the skill, the lexical part keeps exact identifiers ("sha256", a product name)
      decisive. Cosine is exact (a numpy dot over the stored vectors) when the structured filters
-     leave at most ``exact_limit`` (20k) entries, else it comes from the hnswlib HNSW index
-     (``ann_k`` neighbours) plus the best lexical matches, restricted to the allowed entries.
+     leave at most ``exact_limit`` (2048) entries, else it is computed for the hnswlib HNSW
+     neighbours of the query (``ann_k``, 128; 8x more when fewer than 16 of them pass the
+     filters) and the best lexical matches, restricted to the allowed entries (so with a very
+     selective filter over a large index, an allowed entry that is neither near the query in
+     the HNSW graph nor a lexical match can be missed).
      An entry matches the text when it shares a term with the query or its cosine is at least
      ``min_cosine`` (0.2: unrelated short texts stay below 0.1 with this model in our checks,
      paraphrases score 0.2-0.6).
@@ -142,7 +145,7 @@ class Excluded(BaseModel):
     agent: str
     skill: str
     skill_name: str
-    similarity: float
+    similarity: float | None  # None when the query has no text
     excluded_by: list[str]
     reasons: dict[str, Any]
 
@@ -415,7 +418,7 @@ class CapabilityIndex:
         load_weight: float = 0.2,
         load_scale: float = 4.0,
         scan_limit: int = 512,
-        exact_limit: int = 20_000,
+        exact_limit: int = 2048,
         ann_k: int = 128,
         common_floor: int = 1000,
         min_cosine: float = 0.2,
@@ -640,7 +643,7 @@ class CapabilityIndex:
         for term, weight, postings in found:
             rows, w = postings.weights(self._gen, self._doclen, avgdl, self.K1, self.B)
             df = postings.live
-            scores[rows] += np.float32(math.log(1.0 + (n - df + 0.5) / (df + 0.5)) * weight) * w
+            np.add.at(scores, rows, np.float32(math.log(1.0 + (n - df + 0.5) / (df + 0.5)) * weight) * w)
             touched.append(rows)
             total += len(rows)
         if not touched:
@@ -809,23 +812,30 @@ class CapabilityIndex:
         sim = self.EMBED_WEIGHT * np.maximum(cosines, 0.0) + (1.0 - self.EMBED_WEIGHT) * lexes
         return cosines, lexes, sim
 
-    def _ann_pool(self, qvec: np.ndarray, lex: _Lookup) -> np.ndarray:
+    def _ann_pool(self, qvec: np.ndarray, lex: _Lookup, k: int | None = None) -> np.ndarray:
         """HNSW neighbours of the query plus the best lexical matches (sorted, unique rows)."""
-        ann = np.asarray([r for r, _ in self._hnsw.query(qvec, self.ann_k)], dtype=np.int64)
-        top_lex = lex.rows[_top_order(lex.values, self.ann_k)] if len(lex.rows) else lex.rows
+        k = k or self.ann_k
+        ann = np.fromiter((r for r, _ in self._hnsw.query(qvec, k)), dtype=np.int64)
+        top_lex = lex.rows[_top_order(lex.values, k)] if len(lex.rows) else lex.rows
         return np.unique(np.concatenate([ann, top_lex]))
 
     def _embedding_matches(self, qvec: np.ndarray, lex: _Lookup,
                            struct_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Entries passing the structured filters that match the text: (rows, sim, cosine).
 
-        Exact cosine over every allowed entry when they are few (``exact_limit``), else the HNSW
-        neighbours plus the best lexical matches, restricted to the allowed entries.
+        Exact cosine over the allowed entries when they are few (``exact_limit``); otherwise the
+        HNSW neighbours plus the best lexical matches (``ann_k`` of each), restricted to the
+        allowed entries, asking HNSW for 8 times more neighbours if fewer than 16 are allowed.
         """
-        allowed = np.flatnonzero(struct_mask).astype(np.int64)
+        allowed = np.flatnonzero(struct_mask)
         if len(allowed) > self.exact_limit:
             pool = self._ann_pool(qvec, lex)
-            allowed = pool[struct_mask[pool]]
+            passing = pool[struct_mask[pool]]
+            if len(passing) < 16:
+                pool = self._ann_pool(qvec, lex, 8 * self.ann_k)
+                passing = pool[struct_mask[pool]]
+            allowed = passing
+        allowed = allowed.astype(np.int64)
         cosines, lexes, sim = self._blended(qvec, allowed, lex)
         keep = (cosines >= self.min_cosine) | (lexes > 0)
         return allowed[keep], sim[keep], cosines[keep]
@@ -951,14 +961,14 @@ class CapabilityIndex:
             entry = self._entries[row]
             if entry is None or entry.did in picked:
                 continue
-            similarity = float(sim[i]) if text else 1.0
-            failed, reasons = explain.failures(row, similarity)
+            similarity = float(sim[i]) if text else None
+            failed, reasons = explain.failures(row, 1.0 if similarity is None else similarity)
             if text_note is not None:
                 failed.insert(0, "text")
                 reasons["text"] = text_note
             picked[entry.did] = Excluded(did=entry.did, agent=entry.agent, skill=entry.skill_id,
                                          skill_name=entry.skill_name,
-                                         similarity=round(similarity, 6),
+                                         similarity=None if similarity is None else round(similarity, 6),
                                          excluded_by=failed, reasons=reasons)
             if len(picked) >= limit:
                 break

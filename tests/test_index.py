@@ -423,7 +423,7 @@ def test_closest_without_text_ranks_by_fewest_failed_filters(index):
     res = index.search(q(protocol="a2a", max_cost=10, tags=["nlp"]), now=NOW)
     assert not res.candidates
     assert res.closest[0].agent == "translator"  # fails max_cost only
-    assert res.closest[0].excluded_by == ["max_cost"]
+    assert res.closest[0].excluded_by == ["max_cost"] and res.closest[0].similarity is None
     assert [len(c.excluded_by) for c in res.closest] == sorted(len(c.excluded_by) for c in res.closest)
 
 
@@ -530,6 +530,46 @@ def test_embedding_path_filters_ann_and_updates(encoder):
     ix.upsert(record(1, "translator", [TRANSLATE]))  # re-added: reuses the freed HNSW slot
     assert names(ix.search(q(text="convert a sentence from english into french"), now=NOW))[0] == "translator"
     assert len(ix._hnsw) == len(ix) == 3
+
+
+def test_embedding_index_survives_remove_and_readd_cycles(encoder):
+    ix = _embedding_index(encoder, exact_limit=0)
+    extra = [record(10 + i, f"echo-{i}", [skill(f"s{i}", f"Echo {i}", "Repeat the message back")])
+             for i in range(6)]
+    ix.upsert_many(extra)
+    rng = random.Random(2)
+    live = {r.did for r in extra}
+    for _ in range(40):
+        r = rng.choice(extra)
+        if r.did in live:
+            ix.remove(r.did)
+            live.discard(r.did)
+        else:
+            ix.upsert(r)
+            live.add(r.did)
+    res = ix.search(q(text="repeat my message back to me"), now=NOW, limit=10)
+    assert {c.did for c in res.candidates} == live
+    assert len(ix._hnsw) == len(ix) == 3 + len(live)
+    assert names(ix.search(q(text="convert a sentence from english into french"), now=NOW))[0] == "translator"
+
+
+def test_vector_index_readding_deleted_rows(encoder):
+    import numpy as np
+
+    from registry.embeddings import VectorIndex
+
+    vi = VectorIndex(capacity=4)
+    vecs = encoder.encode(["alpha", "beta", "gamma"])
+    vi.add([0, 1], vecs[:2])
+    vi.remove([0])
+    vi.remove([1])
+    vi.add([1], vecs[1:2])  # recycles a deleted slot
+    vi.add([0], vecs[0:1])  # recycles the other one, which held row 1's old vector
+    vi.remove([1])  # must still find row 1
+    vi.add([2, 3, 4, 5, 6], np.repeat(vecs[2:3], 5, axis=0))  # grows past the capacity
+    assert len(vi) == 6
+    assert vi.query(vecs[0], 1)[0][0] == 0
+    assert {r for r, _ in vi.query(vecs[2], 10)} == {0, 2, 3, 4, 5, 6}
 
 
 def test_query_embeddings_are_cached(encoder):
