@@ -1,0 +1,405 @@
+"""The inbound ACP face of the gateway: REST routes under ``/acp``.
+
+  GET  /acp/ping                          liveness: ``{}``
+  GET  /acp/agents?limit=10&offset=0      manifests of the live agents (from their records)
+  GET  /acp/agents/{name}                 one manifest (by name or DID)
+  POST /acp/runs                          create a run: mode sync (200 Run), async (202 Run), stream (SSE)
+  GET  /acp/runs/{run_id}                 the run
+  POST /acp/runs/{run_id}                 resume an awaiting run (``await_resume``), same three modes
+  POST /acp/runs/{run_id}/cancel          202 Run; 403 when the run is finished
+  GET  /acp/runs/{run_id}/events          ``{"events": [...]}``, replayed from the task's event log
+  GET  /acp/sessions/{session_id}         ``{"id", "history": [resource URLs], "state"}``
+  GET  /acp/runs/{run_id}/messages/{i}    one message of a session's history (the URLs above)
+
+Every response header set carries ``Run-ID`` where a run is concerned. Bodies are read as JSON
+whatever the Content-Type (the SDK client sends none). Errors are ACP error bodies
+``{"code", "message", "data"}``: ``not_found`` 404, ``invalid_input`` 422, and ``server_error``
+with 403 (resume or cancel of a run in the wrong state), 503 (bus unavailable) or 500. A stream
+that breaks after it started ends with an ``error`` event. Nothing a client sends reaches it as
+a traceback.
+
+``acp_routes(**options)`` returns the routes (the app's default list uses it); ``mount_acp(app,
+**options)`` replaces them on a built app. Options are the fields of ``ACPOptions``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Match, Route
+
+from gateway.backends import BackendUnavailable, QueueFull, TaskNotFound
+from gateway.http import HttpError, read_json, sse_response
+from gateway.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
+from protocols.acp import wire
+from protocols.acp.wire import EventMapper, RunCreate, RunResume, WireError
+from registry.service import PROTOCOLS
+from schemas import Task
+from schemas.agent_record import AgentRecord
+
+log = logging.getLogger("interlace.acp")
+
+ROUTE_PREFIX = "acp"
+MAX_SESSION_RUNS = 1_000
+MAX_REPLAY_EVENTS = 100_000
+
+
+@dataclass
+class ACPOptions:
+    """Settings of the ACP face; each field is a keyword argument of ``acp_routes``/``mount_acp``."""
+
+    public_url: str | None = None  # base URL clients reach the gateway at; else from the request
+    sync_timeout_s: float | None = None  # how long a sync run waits; default config.max_wait_timeout_s
+
+
+class ACPError(Exception):
+    def __init__(self, status: int, code: str, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.data = status, code, message, data
+
+
+def not_found(message: str) -> ACPError:
+    return ACPError(404, "not_found", message)
+
+
+def invalid(message: str, data: Any = None) -> ACPError:
+    return ACPError(422, "invalid_input", message, data)
+
+
+def acp_error(status: int, code: str, message: str, data: Any = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message, "data": data}, status_code=status, headers=headers)
+
+
+def _error_for(exc: Exception) -> ACPError:
+    if isinstance(exc, ACPError):
+        return exc
+    if isinstance(exc, (TaskNotFound, UnknownAgent)):
+        return not_found(str(exc))
+    if isinstance(exc, WireError):
+        return invalid(str(exc))
+    if isinstance(exc, ValidationError):
+        return invalid("the request does not match the ACP schema", {"errors": wire.validation_detail(exc)})
+    if isinstance(exc, HttpError):
+        return invalid(exc.message)
+    if isinstance(exc, (NotCancelable, NotContinuable)):
+        return ACPError(403, "server_error", str(exc))
+    if isinstance(exc, (BackendUnavailable, QueueFull)):
+        return ACPError(503, "server_error", str(exc))
+    log.error("unhandled error in the ACP adapter", exc_info=exc)
+    return ACPError(500, "server_error", "internal error")
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def guarded(handler: Handler) -> Handler:
+    """Every failure becomes an ACP error body with its status."""
+
+    @functools.wraps(handler)
+    async def run(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Exception as exc:
+            err = _error_for(exc)
+            headers = {"Retry-After": "1"} if err.status == 503 else None
+            return acp_error(err.status, err.code, err.message, err.data, headers)
+
+    return run
+
+
+async def _body(request: Request) -> Any:
+    data = await read_json(request)  # any Content-Type, or none
+    if not isinstance(data, dict):
+        raise invalid("the request body must be a JSON object")
+    return data
+
+
+def _integer(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise invalid(f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise invalid(f"{name} must be between {low} and {high}")
+    return value
+
+
+def manifest_out(record: AgentRecord) -> dict[str, Any]:
+    """An agent record as an ACP AgentManifest."""
+
+    def unique(items: Any) -> list:
+        return list(dict.fromkeys(items))
+
+    skills = record.skills
+    interlace = {
+        "did": record.did,
+        "version": record.version,
+        "skills": [s.id for s in skills],
+        "protocols": [p for p in PROTOCOLS if getattr(record.endpoints, p) is not None],
+    }
+    if record.labels:
+        interlace["labels"] = dict(record.labels)
+    examples = unique(e for s in skills for e in s.examples)
+    if examples:
+        interlace["examples"] = examples
+    metadata: dict[str, Any] = {
+        "annotations": {"interlace": interlace},
+        "capabilities": [{"name": s.name, "description": s.description} for s in skills],
+    }
+    tags = unique(t for s in skills for t in s.tags)
+    if tags:
+        metadata["tags"] = tags
+    return {
+        "name": record.name,
+        "description": record.description,
+        "input_content_types": unique(m for s in skills for m in s.input_modes),
+        "output_content_types": unique(m for s in skills for m in s.output_modes),
+        "metadata": metadata,
+    }
+
+
+def _sse(events: AsyncIterator[dict[str, Any]], rt: Runtime, run_id: str) -> Response:
+    async def frames() -> AsyncIterator[tuple[None, None, dict[str, Any]]]:
+        async for ev in events:
+            yield None, None, ev
+
+    resp = sse_response(frames(), max_seconds=rt.config.sse_max_s)
+    resp.headers["Run-ID"] = run_id
+    return resp
+
+
+class ACPService:
+    def __init__(self, options: ACPOptions) -> None:
+        self.options = options
+
+    # ---- helpers -----------------------------------------------------------------------------
+
+    def base(self, request: Request) -> str:
+        configured = self.options.public_url or getattr(request.app.state.runtime.config, "public_url", None)
+        return (configured or str(request.base_url)).rstrip("/")
+
+    def _timeout(self, rt: Runtime) -> float:
+        return self.options.sync_timeout_s or rt.config.max_wait_timeout_s
+
+    @staticmethod
+    async def task(rt: Runtime, run_id: str) -> Task:
+        task_id = wire.from_uuid(run_id)
+        if task_id is None:
+            raise not_found(f"Run {run_id} not found")
+        try:
+            return await rt.get(task_id)
+        except TaskNotFound:
+            raise not_found(f"Run {run_id} not found") from None
+
+    @staticmethod
+    async def last_event_id(rt: Runtime, task_id: str) -> str | None:
+        last = None
+        while True:
+            batch = await rt.backend.tasks.read_events(task_id, last, 0)
+            if not batch:
+                return last
+            last = batch[-1].event_id
+
+    @staticmethod
+    async def _events(rt: Runtime, task: Task, after: str | None, *, created: bool) -> AsyncIterator[dict[str, Any]]:
+        mapper = EventMapper(task)
+        if created:
+            yield mapper.created()
+        try:
+            async for stored in rt.follow(task.id, after):
+                for ev in mapper.feed(stored.event):
+                    yield ev
+        except Exception as exc:  # the stream has started: say so in the stream, then end it
+            err = _error_for(exc)
+            yield {"type": "error", "error": {"code": err.code, "message": err.message, "data": err.data}}
+
+    async def _respond(self, rt: Runtime, task: Task, mode: str, after: str | None, *, created: bool) -> Response:
+        run_id = wire.as_uuid(task.id) or task.id
+        headers = {"Run-ID": run_id}
+        if mode == "stream":
+            return _sse(self._events(rt, task, after, created=created), rt, run_id)
+        if mode == "async":
+            return JSONResponse(wire.run_out(task), status_code=202, headers=headers)
+        task = await rt.wait(task.id, self._timeout(rt))
+        return JSONResponse(wire.run_out(task), headers=headers)
+
+    # ---- endpoints ---------------------------------------------------------------------------
+
+    async def ping(self, request: Request) -> Response:
+        return JSONResponse({})
+
+    async def agents(self, request: Request) -> Response:
+        rt: Runtime = request.app.state.runtime
+        limit = _integer(request, "limit", 10, 1, 1000)
+        offset = _integer(request, "offset", 0, 0, 2**31)
+        names = (await rt.known_agents())[offset : offset + limit]
+        records = [rt.registry.by_name(n) for n in names]
+        return JSONResponse({"agents": [manifest_out(r[0]) for r in records if r]})
+
+    async def agent(self, request: Request) -> Response:
+        rt: Runtime = request.app.state.runtime
+        name = request.path_params["name"]
+        records = rt.registry.resolve(name)
+        if not records:
+            raise not_found(f"Agent {name} not found")
+        return JSONResponse(manifest_out(records[0]))
+
+    async def create_run(self, request: Request) -> Response:
+        rt: Runtime = request.app.state.runtime
+        req = RunCreate.model_validate(await _body(request))
+        session_id = req.session.id if req.session is not None else req.session_id
+        if req.session is not None and req.session_id and wire.from_uuid(req.session_id) != wire.from_uuid(req.session.id):
+            raise invalid("session_id does not match session.id")
+        message = wire.message_in(req.input)
+        metadata = {wire.STREAM_HINT: True} if req.mode != "sync" else {}
+        context_id = wire.from_uuid(session_id) if session_id else None
+        task = await rt.submit(message, agent=req.agent_name, context_id=context_id, metadata=metadata)
+        if req.session is not None and (req.session.history or req.session.state):
+            carried = {"history": req.session.history, "state": req.session.state}
+            await rt.backend.kv.set(_session_key(task.context_id), json.dumps(carried), int(rt.config.retention_s))
+        return await self._respond(rt, task, req.mode, None, created=True)
+
+    async def read_run(self, request: Request) -> Response:
+        rt: Runtime = request.app.state.runtime
+        task = await self.task(rt, request.path_params["run_id"])
+        return JSONResponse(wire.run_out(task), headers={"Run-ID": wire.as_uuid(task.id) or task.id})
+
+    async def resume_run(self, request: Request) -> Response:
+        rt: Runtime = request.app.state.runtime
+        task = await self.task(rt, request.path_params["run_id"])
+        req = RunResume.model_validate(await _body(request))
+        if req.run_id is not None and wire.from_uuid(req.run_id) != task.id:
+            raise invalid("run_id in the body does not match the run in the path")
+        status = wire.run_status(task.state)
+        if not task.state.interrupted:
+            raise ACPError(403, "server_error", f"Run {request.path_params['run_id']} has no await request (it is {status})")
+        if req.await_resume.type != "message":
+            raise ACPError(403, "server_error", f"Run {request.path_params['run_id']} is expecting resume of type message")
+        if req.await_resume.message is None:
+            raise invalid("await_resume.message is required")
+        message = wire.resume_in(req.await_resume.message)
+        after = await self.last_event_id(rt, task.id)
+        try:
+            resumed = await rt.continue_task(task.id, message)
+        except NotContinuable as exc:
+            raise ACPError(403, "server_error", str(exc)) from None
+        if req.mode == "stream":
+            return await self._respond(rt, task, "stream", after, created=False)
+        return await self._respond(rt, resumed, req.mode, after, created=False)
+
+    async def cancel_run(self, request: Request) -> Response:
+        rt: Runtime = request.app.state.runtime
+        task = await self.task(rt, request.path_params["run_id"])
+        try:
+            task = await rt.cancel(task.id)
+        except NotCancelable:
+            current = await rt.get(task.id)
+            raise ACPError(403, "server_error", f"Run in terminal status {wire.run_status(current.state)} can't be cancelled") from None
+        return JSONResponse(wire.run_out(task), status_code=202, headers={"Run-ID": wire.as_uuid(task.id) or task.id})
+
+    async def run_events(self, request: Request) -> Response:
+        rt: Runtime = request.app.state.runtime
+        task = await self.task(rt, request.path_params["run_id"])
+        mapper = EventMapper(wire.initial(task))
+        events, after, seen = [mapper.created()], None, 0
+        while seen < MAX_REPLAY_EVENTS:
+            batch = await rt.backend.tasks.read_events(task.id, after, 0)
+            if not batch:
+                break
+            for stored in batch:
+                events += mapper.feed(stored.event)
+            after, seen = batch[-1].event_id, seen + len(batch)
+        return JSONResponse({"events": events})
+
+    async def _session_runs(self, rt: Runtime, context_id: str) -> list[Task]:
+        tasks, cursor = [], None
+        while len(tasks) < MAX_SESSION_RUNS:
+            batch, cursor = await rt.backend.tasks.list(context_id, 200, cursor)
+            tasks += batch
+            if cursor is None:
+                break
+        return list(reversed(tasks))  # oldest first
+
+    async def session(self, request: Request) -> Response:
+        rt: Runtime = request.app.state.runtime
+        raw = request.path_params["session_id"]
+        context_id = wire.from_uuid(raw)
+        if context_id is None:
+            raise not_found(f"Session {raw} not found")
+        tasks = await self._session_runs(rt, context_id)
+        stored = await rt.backend.kv.get(_session_key(context_id))
+        if not tasks and stored is None:
+            raise not_found(f"Session {raw} not found")
+        carried = json.loads(stored) if stored else {}
+        base = self.base(request)
+        ours = [
+            f"{base}/acp/runs/{wire.as_uuid(t.id) or t.id}/messages/{i}"
+            for t in tasks for i in range(len(wire.session_messages(t)))
+        ]
+        history = [u for u in carried.get("history", []) if u not in ours] + ours
+        return JSONResponse({"id": str(uuid.UUID(raw)), "history": history, "state": carried.get("state")})
+
+    async def message(self, request: Request) -> Response:
+        rt: Runtime = request.app.state.runtime
+        task = await self.task(rt, request.path_params["run_id"])
+        messages = wire.session_messages(task)
+        index = request.path_params["index"]
+        if not 0 <= index < len(messages):
+            raise not_found(f"Run {request.path_params['run_id']} has no message {index}")
+        return JSONResponse(messages[index])
+
+
+def _session_key(context_id: str) -> str:
+    return f"acp:session:{context_id}"
+
+
+def build_routes(service: ACPService) -> list[BaseRoute]:
+    n = ROUTE_PREFIX
+    routes: list[BaseRoute] = [
+        Route("/acp/ping", guarded(service.ping), methods=["GET"], name=f"{n}:ping"),
+        Route("/acp/agents", guarded(service.agents), methods=["GET"], name=f"{n}:agents"),
+        Route("/acp/agents/{name}", guarded(service.agent), methods=["GET"], name=f"{n}:agent"),
+        Route("/acp/runs", guarded(service.create_run), methods=["POST"], name=f"{n}:runs"),
+        Route("/acp/runs/{run_id}", guarded(service.read_run), methods=["GET"], name=f"{n}:run"),
+        Route("/acp/runs/{run_id}", guarded(service.resume_run), methods=["POST"], name=f"{n}:resume"),
+        Route("/acp/runs/{run_id}/cancel", guarded(service.cancel_run), methods=["POST"], name=f"{n}:cancel"),
+        Route("/acp/runs/{run_id}/events", guarded(service.run_events), methods=["GET"], name=f"{n}:events"),
+        Route("/acp/runs/{run_id}/messages/{index:int}", guarded(service.message), methods=["GET"], name=f"{n}:message"),
+        Route("/acp/sessions/{session_id}", guarded(service.session), methods=["GET"], name=f"{n}:session"),
+    ]
+    known = list(routes)
+
+    async def fallback(request: Request) -> Response:
+        """Anything else under /acp: an ACP error body rather than the gateway's own."""
+        if any(r.matches(request.scope)[0] is Match.PARTIAL for r in known):
+            return acp_error(405, "invalid_input", f"method {request.method} is not allowed on {request.url.path}")
+        return acp_error(404, "not_found", f"no ACP endpoint at {request.url.path}")
+
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+    routes.append(Route("/acp/{rest:path}", fallback, methods=methods, name=f"{n}:fallback"))
+    return routes
+
+
+def acp_routes(**options: Any) -> list[BaseRoute]:
+    return build_routes(ACPService(ACPOptions(**options)))
+
+
+def mount_acp(app: Starlette, **options: Any) -> ACPService:
+    """Serve ACP on ``app`` with these options (replacing any ACP routes it has)."""
+    service = ACPService(ACPOptions(**options))
+    kept = [r for r in app.router.routes if not str(getattr(r, "name", "") or "").startswith(ROUTE_PREFIX + ":")]
+    app.router.routes[:] = build_routes(service) + kept
+    return service
