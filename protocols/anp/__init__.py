@@ -1,0 +1,64 @@
+"""The ANP adapter (Agent Network Protocol): the gateway's inbound ANP face (did:wba document,
+Agent Descriptions, JSON-RPC with DIDWba authentication) and the outbound connector that runs
+tasks on remote ANP agents.
+
+Modules: ``didwba`` (did:wba identifiers, keys, proofs, the gateway's document), ``httpsig``
+(RFC 9421 signatures and the legacy DIDWba header), ``auth`` (request authentication, nonces,
+bearer tokens, DID resolution with a cache), ``wire`` (ad.json, OpenRPC, the canonical mapping),
+``server`` (routes, JSON-RPC methods), ``client`` and ``connector`` (outbound).
+
+Use: ``create_app`` serves ANP with ``AnpOptions.from_env()``: ``INTERLACE_ANP_PUBLIC_HOST``
+(``host[:port]`` of the gateway's ``did:wba``; default: the Host of each request, so set it in
+production: a DID derived from an IP address is not a valid did:wba), ``INTERLACE_ANP_PUBLIC_URL``
+(base URL written into ad.json and OpenRPC), ``INTERLACE_ANP_WINDOW_S``, ``..._SKEW_S``,
+``..._TOKEN_TTL_S``, ``..._DID_CACHE_TTL_S``, ``..._WAIT_S``. ``mount_anp(app, resolve=...)``
+replaces the routes with other options, e.g. a DID resolver for tests (``resolve`` is any
+``async (did) -> document``; the default fetches ``https://<host>/.well-known/did.json`` or
+``https://<host>/<path>/did.json``; either way results are cached).
+
+The gateway's did:wba document holds the node's Ed25519 key (``runtime.identity``). Gateway
+nodes that share one public host name must share that key (``INTERLACE_NODE_KEY``), or a
+caller may resolve one node's document and be answered, or be called, by another.
+
+Not done here: the ANP meta-protocol (LLM-driven protocol negotiation, ``anp.meta_protocol``) is
+out of scope, and so are ANP's end-to-end encryption (the gateway's document has no E2EE keys)
+and ``/.well-known/agent-descriptions`` discovery. Callers must be did:wba (not did:web).
+
+Mapping between ANP and the canonical model (each row is tested in tests/test_anp_server.py and
+tests/test_anp_connector.py):
+
+| ANP                                                           | canonical                                                       |
+|---------------------------------------------------------------|-----------------------------------------------------------------|
+| ``/.well-known/did.json`` (did:wba, Multikey ``#key-1``)      | ``runtime.identity``; ``service`` -> ``/anp/ad.json``           |
+| ``/anp/agents/{name}/ad.json`` + OpenRPC ``send_message``...  | one per name in ``runtime.known_agents()`` (record: description, skills, did) |
+| DIDWba-authenticated caller DID                               | task metadata ``anp.caller``; only that DID can get, cancel or continue the task |
+| ``send_message`` ``message`` (string)                         | ``runtime.submit``: user Message, ``TextPart(message)``         |
+| ``send_message`` ``data`` (object)                            | a further ``DataPart(data)``                                    |
+| ``send_message`` ``context_id`` / ``metadata``                | task ``context_id`` / task metadata (``anp.*`` keys dropped)    |
+| ``send_message`` ``agent`` (at ``/anp/rpc``)                  | the agent routed to (name or DID); ``/anp/agents/{name}/rpc`` fixes it |
+| ``send_message`` ``task_id`` + ``message``                    | ``runtime.continue_task`` (the task waits for input)            |
+| ``send_message`` waits ``wait_s``                             | ``runtime.wait``                                                |
+| result ``state``, ``text``, ``data``, ``artifacts``           | task state; artifact text parts (joined), data parts, artifacts |
+| result ``state: input-required`` + ``message``                | task input-required + the agent's question                      |
+| result ``state: working``                                     | not final within ``wait_s``: poll ``get_task``                  |
+| error -32010 ``{task_id, state}`` (message = agent's text)    | task ``failed`` / ``rejected`` / ``canceled`` (from ``send_message``) |
+| ``get_task`` ``task_id`` [``wait_s``]                         | ``runtime.get`` [``runtime.wait``] (a failed task is a result, not an error) |
+| ``cancel_task`` ``task_id``                                   | ``runtime.cancel``; error -32002 when already final             |
+| error -32001 / -32003 / -32050                                | task not found (or another caller's) / ``UnknownAgent`` / backend unavailable |
+| outbound: JSON-RPC call, signed as the gateway's did:wba      | a task for an agent whose record has an ``anp`` endpoint (``AnpConnector``) |
+| outbound: method = metadata ``anp.method``, or a data part ``{method, params}``, or the remote's only method (``send_message`` on another gateway) | the task's last user message |
+| outbound: params = metadata ``anp.params``, else the object data part (under ``data`` if the method declares an object ``data``) plus the text as the first string param | the message's data and text parts (file parts fail the task) |
+| outbound: result (string)                                     | artifact ``TextPart``                                           |
+| outbound: result (other JSON)                                 | artifact ``DataPart``                                           |
+| outbound: JSON-RPC error / HTTP error / 401                    | task ``failed`` with the remote's message                       |
+"""
+
+from protocols.anp.auth import AuthFailure, CachedResolver, DidResolutionError, DidWbaAuth, HttpsResolver
+from protocols.anp.client import AnpClient, AnpSigner
+from protocols.anp.connector import AnpConnector, connector_for, connectors_for
+from protocols.anp.server import AnpOptions, anp_routes, mount_anp
+
+__all__ = [
+    "AnpClient", "AnpConnector", "AnpOptions", "AnpSigner", "AuthFailure", "CachedResolver", "DidResolutionError",
+    "DidWbaAuth", "HttpsResolver", "anp_routes", "connector_for", "connectors_for", "mount_anp",
+]

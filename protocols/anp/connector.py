@@ -1,0 +1,159 @@
+"""The outbound ANP connector: a Worker that runs its tasks as JSON-RPC calls on a remote ANP agent.
+
+``AnpConnector(agent_name, ad_url, signer=AnpSigner(...))`` consumes the bus stream of
+``agent_name``. It reads the remote's Agent Description (cached for ``ad_ttl_s``; read again
+after the remote was unreachable), picks the method and params for each task (rules in the
+package docstring), calls it with requests signed by the gateway's did:wba (a bearer token the
+remote returned is reused until it expires), and turns the result into one artifact.
+
+* A JSON-RPC error, an HTTP error, or a refused authentication fails the task with the remote's
+  message; an unreachable remote fails it with a clear one.
+* Cancel: ANP's JSON-RPC has no cancel method, so a canceled task abandons the in-flight request
+  (the runner cancels ``handle``, which closes the HTTP exchange); the remote may still finish.
+
+``connector_for(record, signer)`` builds the connector for a registry record with an ``anp``
+endpoint (its ad.json URL). The A2A adapter has no mechanism that starts connectors for live
+records, so nothing here watches the registry: a caller passes the connectors as workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import httpx
+
+from agents.worker import TaskFailed, Worker
+from protocols.anp.client import AnpClient, AnpSigner, RemoteAgent, RemoteError, RemoteMethod
+from protocols.anp.wire import result_artifact
+from schemas import DataPart, FilePart, Message, Task, TaskEvent, TextPart
+from schemas.agent_record import AgentRecord
+
+METHOD_KEY = "anp.method"  # message (or task) metadata: the remote method to call
+PARAMS_KEY = "anp.params"  # ... and its params
+
+
+class AnpConnector(Worker):
+    concurrency = 64
+
+    def __init__(
+        self,
+        agent_name: str,
+        ad_url: str,
+        *,
+        signer: AnpSigner,
+        description: str = "",
+        skills: list[dict] | None = None,
+        timeout_s: float = 300.0,
+        ad_ttl_s: float = 300.0,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.agent, self.ad_url, self.signer = agent_name, ad_url, signer
+        self.description = description or f"ANP agent at {ad_url}"
+        self._skills = skills
+        self.timeout_s, self.ad_ttl_s = timeout_s, ad_ttl_s
+        self._http = http
+        self._own_http: httpx.AsyncClient | None = None
+        self._remote: RemoteAgent | None = None
+        self._remote_at = 0.0
+        self._lock: asyncio.Lock | None = None
+
+    def skills(self) -> list[dict]:
+        return self._skills or super().skills()
+
+    def client(self) -> AnpClient:
+        if self._http is None and self._own_http is None:
+            self._own_http = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.timeout_s, connect=5.0),
+                limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=16),
+            )
+        return AnpClient(self.signer, self._http or self._own_http, timeout_s=self.timeout_s)  # type: ignore[arg-type]
+
+    async def aclose(self) -> None:
+        if self._own_http is not None:
+            await self._own_http.aclose()
+            self._own_http = None
+
+    async def remote(self) -> RemoteAgent:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._remote is None or time.monotonic() - self._remote_at > self.ad_ttl_s:
+                self._remote = await self.client().describe(self.ad_url)
+                self._remote_at = time.monotonic()
+            return self._remote
+
+    async def handle(self, task: Task) -> AsyncIterator[TaskEvent]:
+        user = [m for m in task.history if m.role == "user"]
+        if not user:
+            raise TaskFailed("the task has no user message to send")
+        try:
+            remote = await self.remote()
+            method, params = choose_call(task, user[-1], remote)
+            result = await self.client().call(method.server_url, method.name, params, task.id)
+        except RemoteError as exc:
+            if exc.retryable:
+                self._remote = None
+            raise TaskFailed(f"remote ANP agent {self.agent!r}: {exc}") from None
+        yield task.artifact_event(result_artifact(method.name, result), last_chunk=True)
+
+
+def choose_call(task: Task, message: Message, remote: RemoteAgent) -> tuple[RemoteMethod, dict[str, Any]]:
+    """The remote method and its params for a task (see the mapping table)."""
+    if any(isinstance(p, FilePart) for p in message.parts):
+        raise TaskFailed("file parts cannot be sent to an ANP agent (its JSON-RPC params are JSON)")
+    meta = {**task.metadata, **(message.metadata or {})}
+    name, params = meta.get(METHOD_KEY), meta.get(PARAMS_KEY)
+    data = [p.data for p in message.parts if isinstance(p, DataPart)]
+    for d in data:
+        if isinstance(d, dict) and isinstance(d.get("method"), str):
+            name = name or d["method"]
+            params = d.get("params", params) if params is None else params
+    if name is None:
+        if len(remote.methods) == 1:
+            name = next(iter(remote.methods))
+        elif "send_message" in remote.methods:  # another Interlace gateway
+            name = "send_message"
+        else:
+            raise TaskFailed(
+                f"the ANP agent has several methods ({', '.join(sorted(remote.methods))}); name one in the "
+                f"message metadata {METHOD_KEY!r} or in a data part {{\"method\": ..., \"params\": {{...}}}}"
+            )
+    method = remote.methods.get(str(name))
+    if method is None:
+        raise TaskFailed(f"the ANP agent has no method {str(name)[:80]!r} (it has {', '.join(sorted(remote.methods))})")
+    if params is not None:
+        if not isinstance(params, dict):
+            raise TaskFailed("params must be a JSON object")
+        return method, dict(params)
+    params = {}
+    declared = {p.get("name"): p for p in method.params if isinstance(p, dict)}
+    objects = [d for d in data if isinstance(d, dict) and "method" not in d]
+    if objects:
+        if ((declared.get("data") or {}).get("schema") or {}).get("type") == "object":
+            params["data"] = objects[0]
+        else:
+            params.update(objects[0])
+    text = "\n".join(p.text for p in message.parts if isinstance(p, TextPart))
+    if text:
+        target = method.string_param()
+        if target is None and not params:
+            raise TaskFailed(f"the method {method.name!r} takes no string parameter for the message text")
+        if target is not None and target not in params:
+            params[target] = text
+    return method, params
+
+
+def connector_for(record: AgentRecord, signer: AnpSigner, **kw: Any) -> AnpConnector:
+    """The connector for a registry record whose ``endpoints.anp`` is the agent's ad.json URL."""
+    if record.endpoints.anp is None:
+        raise ValueError(f"the record of {record.name!r} has no anp endpoint")
+    skills = [s.model_dump(mode="json") for s in record.skills] or None
+    return AnpConnector(record.name, record.endpoints.anp, signer=signer, description=record.description, skills=skills, **kw)
+
+
+def connectors_for(records: Iterable[AgentRecord], signer: AnpSigner, **kw: Any) -> list[AnpConnector]:
+    """Connectors for the records that have an ``anp`` endpoint (e.g. ``runtime.registry.live()``)."""
+    return [connector_for(r, signer, **kw) for r in records if r.endpoints.anp is not None]

@@ -1,0 +1,402 @@
+"""The inbound ANP face of the gateway: the did:wba document, Agent Descriptions, JSON-RPC.
+
+  GET  /.well-known/did.json             the gateway's did:wba document (service -> /anp/ad.json)
+  GET  /anp/ad.json                      the gateway's Agent Description (gateway-scope interface)
+  GET  /anp/openrpc.json                 its OpenRPC document (send_message takes ``agent``)
+  POST /anp/rpc                          JSON-RPC, gateway scope (DIDWba)
+  GET  /anp/agents/{name}/ad.json        one routable agent's Agent Description
+  GET  /anp/agents/{name}/openrpc.json   its OpenRPC document
+  POST /anp/agents/{name}/rpc            JSON-RPC for that agent only (DIDWba)
+
+JSON-RPC dispatch is jsonrpcserver with this adapter's own method table (``METHODS``) and the
+call (runtime, scope, authenticated caller) as its context. ``anp_routes(**options)`` returns
+the routes (the app's default list uses it, with ``AnpOptions.from_env()``); ``mount_anp(app,
+**options)`` replaces them on a built app and closes the DID resolver's client on shutdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlsplit
+
+from jsonrpcserver import Error, Success, async_dispatch
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.backends import BackendUnavailable, QueueFull, TaskNotFound
+from gateway.http import error_response
+from gateway.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
+from protocols.anp import wire
+from protocols.anp.auth import AuthFailure, DidWbaAuth, HttpsResolver, Resolve, challenge_headers
+from protocols.anp.didwba import DidError, did_for_host, gateway_document
+from protocols.anp.wire import RpcError
+from schemas import InvalidTransition, Task
+
+log = logging.getLogger("interlace.anp")
+
+ROUTE_PREFIX = "anp"
+JSON_TYPES = ("application/json", "application/json-rpc", "application/jsonrequest")
+
+
+@dataclass
+class AnpOptions:
+    """Settings of the ANP face; each is a keyword of ``anp_routes``/``mount_anp`` and, for the
+    scalar ones, ``INTERLACE_ANP_<NAME>`` in the environment."""
+
+    public_host: str | None = None  # host[:port] in the gateway's did:wba; default: the request's Host
+    public_url: str | None = None  # base URL in ad.json/OpenRPC; default: config.public_url, else the request's
+    resolve: Resolve | None = None  # caller DID -> DID document; default: HTTPS (cached either way)
+    window_s: int = 300  # a signature's created/timestamp may be this old ...
+    skew_s: int = 60  # ... and this far in the future
+    token_ttl_s: int = 3600  # lifetime of the bearer token issued after a DIDWba success
+    did_cache_ttl_s: float = 300.0
+    wait_s: float | None = None  # send_message waits this long by default (config.wait_timeout_s)
+    max_batch: int = 32
+    name: str = "Interlace gateway"
+    description: str = "Agent interoperability gateway: routes ANP JSON-RPC calls to the agents it knows."
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "AnpOptions":
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f"INTERLACE_ANP_{f.name.upper()}")
+            if raw in (None, "") or f.name == "resolve":
+                continue
+            kind = f.type if isinstance(f.type, str) else str(f.type)
+            try:
+                values[f.name] = int(raw) if kind.startswith("int") else float(raw) if "float" in kind else raw
+            except ValueError:
+                raise ValueError(f"INTERLACE_ANP_{f.name.upper()}={raw!r} is not a valid {kind}") from None
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass
+class Call:
+    """One JSON-RPC request: the runtime, the agent scope (None = gateway) and the caller's DID."""
+
+    rt: Runtime
+    agent: str | None
+    caller: str
+    service: "AnpService"
+
+
+class AnpService:
+    def __init__(self, options: AnpOptions) -> None:
+        self.options = options
+        self._https = HttpsResolver() if options.resolve is None else None
+        self.auth = DidWbaAuth(
+            options.resolve or self._https,  # type: ignore[arg-type]
+            window_s=options.window_s, skew_s=options.skew_s, token_ttl_s=options.token_ttl_s,
+            cache_ttl_s=options.did_cache_ttl_s,
+        )
+        self.created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self._documents: OrderedDict[tuple[str, str, str], dict] = OrderedDict()
+
+    async def close(self) -> None:
+        if self._https is not None:
+            await self._https.aclose()
+
+    # ---- addresses ----
+
+    def base(self, request: Request) -> str:
+        configured = self.options.public_url or getattr(request.app.state.runtime.config, "public_url", None)
+        return (configured or str(request.base_url)).rstrip("/")
+
+    def host(self, request: Request) -> str:
+        return self.options.public_host or request.headers.get("host") or request.url.netloc
+
+    def did(self, request: Request) -> str:
+        return did_for_host(self.host(request))
+
+    def request_urls(self, request: Request) -> list[str]:
+        """The URLs a signature may name for this request: as addressed, and as configured."""
+        urls = [str(request.url)]
+        configured = self.options.public_url or getattr(request.app.state.runtime.config, "public_url", None)
+        if configured:
+            query = f"?{request.url.query}" if request.url.query else ""
+            urls.append(configured.rstrip("/") + request.url.path + query)
+        return list(dict.fromkeys(urls))
+
+    def domains(self, request: Request) -> list[str]:
+        """Host names (no port) a legacy DIDWba header may be signed for."""
+        names = [request.url.hostname or ""]
+        if self.options.public_host:
+            names.append(self.options.public_host.split(":")[0])
+        configured = self.options.public_url or getattr(request.app.state.runtime.config, "public_url", None)
+        if configured:
+            names.append(urlsplit(configured).hostname or "")
+        return [n.lower() for n in dict.fromkeys(names) if n]
+
+    # ---- documents ----
+
+    def did_document(self, request: Request) -> dict:
+        rt: Runtime = request.app.state.runtime
+        did = self.did(request)
+        ad_url = self.base(request) + "/anp/ad.json"
+        key = (did, ad_url, rt.identity.did)
+        doc = self._documents.get(key)
+        if doc is None:
+            doc = gateway_document(rt.identity, did, ad_url, self.created)
+            self._documents[key] = doc
+            while len(self._documents) > 64:  # Host is the client's: bound what it can make us keep
+                self._documents.popitem(last=False)
+        return doc
+
+    async def agent_about(self, rt: Runtime, agent: str) -> tuple[str, str | None, str | None]:
+        """(description, version, record DID) from the agent's live record."""
+        records = rt.registry.by_name(agent)
+        if not records:
+            return "", None, None
+        record = records[0]
+        skills = "; ".join(f"{s.name}: {s.description}" if s.description else s.name for s in record.skills)
+        text = record.description + (f" Skills: {skills}." if skills else "")
+        return text.strip(), record.version, record.did
+
+    async def openrpc(self, request: Request, agent: str | None) -> dict:
+        rt: Runtime = request.app.state.runtime
+        base = self.base(request)
+        if agent is None:
+            known = await rt.known_agents()
+            return wire.openrpc_document(
+                title=self.options.name, description=self.options.description,
+                rpc_url=f"{base}/anp/rpc", agents=known,
+            )
+        about, _, _ = await self.agent_about(rt, agent)
+        return wire.openrpc_document(
+            title=agent, description=about or f"The agent {agent!r}, reached through the gateway.",
+            rpc_url=f"{base}/anp/agents/{agent}/rpc", agents=None,
+        )
+
+    async def agent_description(self, request: Request, agent: str | None) -> dict:
+        rt: Runtime = request.app.state.runtime
+        base = self.base(request)
+        did = self.did(request)
+        openrpc = await self.openrpc(request, agent)
+        if agent is None:
+            known = await rt.known_agents()
+            agents = [{"name": a, "url": f"{base}/anp/agents/{a}/ad.json"} for a in known]
+            return wire.agent_description(
+                ad_url=f"{base}/anp/ad.json", openrpc_url=f"{base}/anp/openrpc.json", name=self.options.name,
+                description=self.options.description, did=did, openrpc=openrpc, created=self.created,
+                extra={"ad:agents": agents},
+            )
+        about, version, record_did = await self.agent_about(rt, agent)
+        prefix = f"{base}/anp/agents/{agent}"
+        return wire.agent_description(
+            ad_url=f"{prefix}/ad.json", openrpc_url=f"{prefix}/openrpc.json", name=agent,
+            description=about or f"The agent {agent!r}, reached through the gateway.", did=did,
+            openrpc=openrpc, created=self.created, version=version, identifier=record_did,
+        )
+
+
+# ---- JSON-RPC methods ------------------------------------------------------------------------
+
+
+def _method(fn):
+    """Every failure becomes a JSON-RPC error (never a traceback, never jsonrpcserver's own)."""
+
+    @functools.wraps(fn)  # jsonrpcserver checks the params against fn's signature (via __wrapped__)
+    async def wrapper(call: Call, *args: Any, **kwargs: Any):
+        try:
+            return Success(await fn(call, *args, **kwargs))
+        except RpcError as exc:
+            return Error(exc.code, exc.message, exc.data) if exc.data is not None else Error(exc.code, exc.message)
+        except TaskNotFound as exc:
+            return Error(wire.TASK_NOT_FOUND, str(exc))
+        except UnknownAgent as exc:
+            return Error(wire.UNKNOWN_AGENT, str(exc))
+        except (NotCancelable, NotContinuable, InvalidTransition) as exc:
+            return Error(wire.NOT_CANCELABLE, str(exc))
+        except (BackendUnavailable, QueueFull) as exc:
+            return Error(wire.UNAVAILABLE, f"service temporarily unavailable: {exc}")
+        except ValidationError:
+            return Error(-32602, "invalid params")
+        except Exception:
+            log.exception("ANP method failed", extra={"method": fn.__name__})
+            return Error(-32603, "internal error")
+
+    return wrapper
+
+
+async def _own_task(call: Call, task_id: Any) -> Task:
+    """A task the caller created over ANP (in this scope); anyone else's is 'not found'."""
+    task_id = wire._string(task_id, "task_id", required=True)
+    task = await call.rt.get(task_id)  # type: ignore[arg-type]
+    if task.metadata.get(wire.CALLER) != call.caller:
+        raise TaskNotFound(f"task {task_id} not found")
+    if call.agent is not None:
+        try:
+            stream = await call.rt.resolve_agent(call.agent)
+        except UnknownAgent:
+            raise TaskNotFound(f"task {task_id} not found") from None
+        if task.route is None or task.route.agent != stream:
+            raise TaskNotFound(f"task {task_id} not found")
+    return task
+
+
+def _wait(call: Call, wait_s: Any) -> float:
+    config = call.rt.config
+    default = call.service.options.wait_s if call.service.options.wait_s is not None else config.wait_timeout_s
+    return wire.wait_seconds(wait_s, default, config.max_wait_timeout_s)
+
+
+@_method
+async def send_message(call: Call, message: Any = None, data: Any = None, task_id: Any = None, context_id: Any = None,
+                       metadata: Any = None, wait_s: Any = None, agent: Any = None) -> dict:
+    msg = wire.user_message(message, data)
+    wait = _wait(call, wait_s)
+    agent = wire._string(agent, "agent")
+    if call.agent is not None and agent not in (None, call.agent):
+        raise RpcError(-32602, f"this endpoint serves {call.agent!r} only; use /anp/rpc to name another agent")
+    if task_id is not None:
+        task = await _own_task(call, task_id)
+        task = await call.rt.continue_task(task.id, msg)
+    else:
+        target = call.agent or agent
+        if not target:
+            raise RpcError(-32602, "agent is required: the name (or DID) of the agent to send the task to")
+        task = await call.rt.submit(
+            msg, agent=target, context_id=wire._string(context_id, "context_id"),
+            metadata=wire.task_metadata(metadata, call.caller),
+        )
+    task = await call.rt.wait(task.id, wait)
+    if task.state in wire.ENDED:
+        raise wire.ended_error(task)
+    return wire.task_result(task)
+
+
+@_method
+async def get_task(call: Call, task_id: Any = None, wait_s: Any = None) -> dict:
+    task = await _own_task(call, task_id)
+    if wait_s is not None:
+        task = await call.rt.wait(task.id, _wait(call, wait_s))
+    return wire.task_result(task)
+
+
+@_method
+async def cancel_task(call: Call, task_id: Any = None) -> dict:
+    task = await _own_task(call, task_id)
+    return wire.task_result(await call.rt.cancel(task.id))
+
+
+METHODS = {"send_message": send_message, "get_task": get_task, "cancel_task": cancel_task}
+
+
+# ---- routes ----------------------------------------------------------------------------------
+
+
+def _rpc_error(rid: Any, code: int, message: str, headers: dict[str, str]) -> JSONResponse:
+    return JSONResponse({"jsonrpc": "2.0", "id": rid, "error": {"code": code, "message": message}}, headers=headers)
+
+
+def build_routes(service: AnpService) -> list[BaseRoute]:
+    async def known(request: Request) -> str | None:
+        agent = request.path_params.get("agent")
+        if agent is not None and agent not in await request.app.state.runtime.known_agents():
+            return None
+        return agent or ""
+
+    def not_found(request: Request) -> Response:
+        return error_response(404, "not_found", f"no agent named {request.path_params.get('agent')!r}")
+
+    async def did_json(request: Request) -> Response:
+        try:
+            doc = service.did_document(request)
+        except DidError as exc:
+            return error_response(400, "invalid_host", f"no did:wba for this host: {exc}; set INTERLACE_ANP_PUBLIC_HOST")
+        return JSONResponse(doc, media_type="application/did+json", headers={"Cache-Control": "public, max-age=300"})
+
+    async def ad_json(request: Request) -> Response:
+        agent = await known(request)
+        if agent is None:
+            return not_found(request)
+        try:
+            ad = await service.agent_description(request, agent or None)
+        except DidError as exc:
+            return error_response(400, "invalid_host", f"no did:wba for this host: {exc}; set INTERLACE_ANP_PUBLIC_HOST")
+        return JSONResponse(ad, media_type="application/ld+json")
+
+    async def openrpc_json(request: Request) -> Response:
+        agent = await known(request)
+        if agent is None:
+            return not_found(request)
+        return JSONResponse(await service.openrpc(request, agent or None))
+
+    async def rpc(request: Request) -> Response:
+        rt: Runtime = request.app.state.runtime
+        agent = await known(request)
+        if agent is None:
+            return not_found(request)
+        body = await request.body()
+        domains = service.domains(request)
+        try:
+            caller = await service.auth.authenticate(
+                rt.backend.kv, request.method, service.request_urls(request), domains, request.headers, body
+            )
+        except AuthFailure as failure:
+            log.info("ANP authentication failed", extra={"error": failure.error, "path": request.url.path})
+            return error_response(401, failure.error, failure.description, headers=challenge_headers(domains[0] if domains else "", failure))
+        headers = caller.response_headers
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype and ctype not in JSON_TYPES:
+            return _rpc_error(None, -32700, f"Content-Type {ctype!r} is not JSON", headers)
+        try:
+            parsed = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return _rpc_error(None, -32700, "Parse error: the body is not JSON", headers)
+        if isinstance(parsed, list) and len(parsed) > service.options.max_batch:
+            return _rpc_error(None, -32600, f"a batch holds at most {service.options.max_batch} requests", headers)
+        call = Call(rt, agent or None, caller.did, service)
+        text = await async_dispatch("", methods=METHODS, context=call, deserializer=lambda _: parsed)
+        if not text:  # only notifications
+            return Response(status_code=204, headers=headers)
+        return Response(text, media_type="application/json", headers=headers)
+
+    n = ROUTE_PREFIX
+    return [
+        Route("/.well-known/did.json", did_json, methods=["GET"], name=f"{n}:did"),
+        Route("/anp/ad.json", ad_json, methods=["GET"], name=f"{n}:ad"),
+        Route("/anp/openrpc.json", openrpc_json, methods=["GET"], name=f"{n}:openrpc"),
+        Route("/anp/rpc", rpc, methods=["POST"], name=f"{n}:rpc"),
+        Route("/anp/agents/{agent}/ad.json", ad_json, methods=["GET"], name=f"{n}:agent-ad"),
+        Route("/anp/agents/{agent}/openrpc.json", openrpc_json, methods=["GET"], name=f"{n}:agent-openrpc"),
+        Route("/anp/agents/{agent}/rpc", rpc, methods=["POST"], name=f"{n}:agent-rpc"),
+    ]
+
+
+def anp_routes(**options: Any) -> list[BaseRoute]:
+    return build_routes(AnpService(AnpOptions.from_env(**options)))
+
+
+def mount_anp(app: Starlette, **options: Any) -> AnpService:
+    """Serve ANP on ``app`` with these options (replacing any ANP routes it has)."""
+    service = AnpService(AnpOptions.from_env(**options))
+    kept = [r for r in app.router.routes if not str(getattr(r, "name", "") or "").startswith(ROUTE_PREFIX + ":")]
+    app.router.routes[:] = build_routes(service) + kept
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a):
+        async with inner(a) as state:
+            try:
+                yield state
+            finally:
+                await service.close()
+
+    app.router.lifespan_context = lifespan
+    return service
