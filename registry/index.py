@@ -6,6 +6,20 @@ calls ``search(query, stats=..., limit=...)`` with a callback that reports each 
 latency, queue depth and liveness. Not thread-safe: call it from one thread (the event loop), or
 from ``asyncio.to_thread`` for large ``upsert_many`` batches while nothing searches.
 
+Use::
+
+    index = CapabilityIndex()                    # CapabilityIndex(embeddings=True) with the extra
+    index.upsert(record)                         # a verified AgentRecord; replaces that DID's skills
+    index.remove(did)                            # on a tombstone or expiry
+    latency = LatencyTracker()                   # latency.observe(did, seconds) per finished task
+    result = index.search(
+        CapabilityQuery(text="summarise this PDF", tags=["pdf"], max_cost=5_000),
+        stats=lambda did: AgentStats(latency_ewma_ms=latency.get(did), load=queue_depth(did),
+                                     live=is_live(did)),
+        limit=5)
+    result.candidates   # best first: did, agent, skill, score, reasons (JSON-ready pydantic)
+    result.closest      # when candidates is empty: near misses with ``excluded_by`` -> a 404 body
+
 Entries. One entry (row) per skill of each record; ``upsert`` replaces all of that DID's rows, or
 only refreshes the agent-level columns (cost, endpoints, expiry) when no skill text changed, which
 is the common case of a lease renewal. A route answers per agent: an agent's score is that of its
@@ -39,7 +53,7 @@ Pipeline of ``search``:
      ``sim = 0.7 * max(cosine, 0) + 0.3 * lexical``: the embedding catches paraphrases that share
      no word with the skill, the lexical part keeps exact identifiers ("sha256", a product name)
      decisive. Cosine is exact (a numpy dot over the stored vectors) when the structured filters
-     leave at most ``exact_limit`` (2048) entries, else it is computed for the hnswlib HNSW
+     leave at most ``exact_limit`` (1024) entries, else it is computed for the hnswlib HNSW
      neighbours of the query (``ann_k``, 128; 8x more when fewer than 16 of them pass the
      filters) and the best lexical matches, restricted to the allowed entries (so with a very
      selective filter over a large index, an allowed entry that is neither near the query in
@@ -418,7 +432,7 @@ class CapabilityIndex:
         load_weight: float = 0.2,
         load_scale: float = 4.0,
         scan_limit: int = 512,
-        exact_limit: int = 2048,
+        exact_limit: int = 1024,
         ann_k: int = 128,
         common_floor: int = 1000,
         min_cosine: float = 0.2,
@@ -680,10 +694,14 @@ class CapabilityIndex:
     def _corrected_terms(self, text: str) -> dict[str, float]:
         """Query words replaced by the closest vocabulary words (trigram Jaccard >= 0.4)."""
         out: dict[str, float] = {}
+        unknown = 0
         for t in _terms(tokenize(text)):
             if t in self._postings:
                 out[t] = 1.0
                 continue
+            unknown += 1
+            if unknown > 8:  # bounded work for long garbage queries
+                break
             grams = _trigrams(t)
             counts: dict[str, int] = {}
             for g in grams:
@@ -717,6 +735,8 @@ class CapabilityIndex:
         mode: Literal["lexical", "embeddings"] = "lexical"
         text = (query.text or "").strip()
         qterms = self._query_terms(text) if text else {}
+        if not qterms and not self.embeddings:
+            text = ""  # only stop words or punctuation: no text constraint
         struct_mask = self._structured_mask(query, now_s)
 
         explain = _Explainer(self, query, qterms, _Lookup.empty(), _Lookup.empty(), stats, now_s)

@@ -427,6 +427,12 @@ def test_closest_without_text_ranks_by_fewest_failed_filters(index):
     assert [len(c.excluded_by) for c in res.closest] == sorted(len(c.excluded_by) for c in res.closest)
 
 
+def test_text_of_stop_words_only_is_no_constraint(index):
+    res = index.search(q(text="please, could you?", protocol="a2a"), now=NOW)
+    assert names(res) == ["translator"]
+    assert res.candidates[0].reasons["text"] == "no text in the query"
+
+
 def test_empty_index():
     ix = CapabilityIndex()
     res = ix.search(q(text="anything"), now=NOW)
