@@ -184,16 +184,17 @@ def _is_json(media: str) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
+_URLSAFE = str.maketrans("-_", "+/")
+
+
 def _standard_b64(content: str) -> str:
     """ACP base64 content as standard padded base64 (url-safe and unpadded forms are accepted)."""
-    text = "".join(content.split())
+    text = "".join(content.split()).translate(_URLSAFE)
     text += "=" * (-len(text) % 4)
-    for decode in (lambda s: base64.b64decode(s, validate=True), base64.urlsafe_b64decode):
-        try:
-            return base64.b64encode(decode(text)).decode("ascii")
-        except (binascii.Error, ValueError):
-            continue
-    raise WireError("content_encoding is base64 but the content is not base64")
+    try:
+        return base64.b64encode(base64.b64decode(text, validate=True)).decode("ascii")
+    except (binascii.Error, ValueError):
+        raise WireError("content_encoding is base64 but the content is not base64") from None
 
 
 def part_in(p: AcpPart, *, keep_name: bool = True) -> Part:
