@@ -1106,7 +1106,8 @@ class _Explainer:
         if lat is not None:
             if self.max_latency is not None and lat > self.max_latency:
                 return None
-            lat_pen = ix.latency_weight * lat / (lat + ix.latency_scale_ms)
+            if lat > 0.0:  # (a negative figure from a broken clock must not raise the score)
+                lat_pen = ix.latency_weight * lat / (lat + ix.latency_scale_ms)
         cost_pen = ix.cost_weight * cost / (cost + self.cost_scale) if cost > 0 else 0.0
         load = st.load if st.load > 0 else 0
         load_pen = ix.load_weight * load / (load + ix.load_scale)
@@ -1124,7 +1125,7 @@ class _Explainer:
         reasons["cost"] = None if cost < 0 else cost
         reasons["cost_penalty"] = round(cost_pen, 6)
         lat = st.latency_ewma_ms
-        lat_pen = 0.0 if lat is None else ix.latency_weight * lat / (lat + ix.latency_scale_ms)
+        lat_pen = 0.0 if lat is None or lat <= 0 else ix.latency_weight * lat / (lat + ix.latency_scale_ms)
         reasons["latency_ewma_ms"] = None if lat is None else round(lat, 3)
         reasons["latency_penalty"] = round(lat_pen, 6)
         load = max(int(st.load), 0)

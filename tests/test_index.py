@@ -240,6 +240,8 @@ def test_load_and_latency_break_ties():
     res = ix.search(q(text="translate"), stats=lambda d: AgentStats(latency_ewma_ms=lat[d]), now=NOW)
     assert names(res) == ["twin-3", "twin-1", "twin-2"]  # unknown latency: no penalty yet
     assert res.candidates[2].reasons["latency_ewma_ms"] == 400.0
+    res = ix.search(q(text="translate"), stats=lambda d: AgentStats(latency_ewma_ms=-50.0, load=-3), now=NOW)
+    assert all(c.score <= c.reasons["text_similarity"] for c in res.candidates)  # no bonus from bad stats
 
 
 def test_text_outweighs_small_penalties():
