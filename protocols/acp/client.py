@@ -85,8 +85,10 @@ class ACPClient:
         """The run's ACP events. The first item is ``{"type": "interlace.run_id", "run_id"}`` when
         the response names the run in its ``Run-ID`` header (before any event arrives). A server
         that answers a Run as JSON instead of a stream yields one ``run.<status>`` event."""
+        started = False
         try:
             async with self.http.stream("POST", self.base + path, content=json.dumps(body), headers={**SSE, **self.headers}) as resp:
+                started = True
                 if resp.status_code >= 400:
                     raise _error(resp, await resp.aread())
                 if resp.headers.get("run-id"):
@@ -105,6 +107,7 @@ class ACPClient:
                         if isinstance(event, dict):
                             yield event
         except httpx.HTTPError as exc:
-            raise RemoteACPError(f"the stream from {self.base} broke: {_describe(exc)}", retryable=True) from None
+            what = f"the stream from {self.base} broke" if started else f"cannot reach {self.base}"
+            raise RemoteACPError(f"{what}: {_describe(exc)}", retryable=True) from None
         except ValueError as exc:
             raise RemoteACPError(f"{self.base} sent a malformed event: {exc}") from None
