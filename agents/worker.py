@@ -78,6 +78,7 @@ class WorkerRunner:
         network: str = "interlace",
         home_node: str | None = None,
         lease_s: int = 60,
+        register: bool = True,
     ) -> None:
         self.worker, self.link = worker, link
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -86,13 +87,17 @@ class WorkerRunner:
         self.network, self.home_node, self.lease_s = network, home_node or socket.gethostname(), lease_s
         self._seq = 0
         self._lease_task: asyncio.Task | None = None
+        self.register = register  # False for connectors: the remote agent has its own record
         self._inflight: dict[asyncio.Task, Delivery] = {}
         self._stopping = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
         self.ready = asyncio.Event()
 
     def start(self) -> asyncio.Task:
-        self._lease_task = asyncio.create_task(self._keep_registered(), name=f"lease-{self.worker.agent}")
+        if self.register:
+            self._lease_task = asyncio.create_task(self._keep_registered(), name=f"lease-{self.worker.agent}")
+        else:
+            self.ready.set()
         self._loop_task = asyncio.create_task(self.run(), name=f"worker-{self.worker.agent}")
         return self._loop_task
 
@@ -164,7 +169,8 @@ class WorkerRunner:
             _, late = await asyncio.wait(list(self._inflight), timeout=grace_s)
             for job in late:
                 await wait_cancelled(job)
-        await self._deregister()
+        if self.register:
+            await self._deregister()
         await self.link.close()
 
     async def _process(self, delivery: Delivery) -> None:

@@ -17,6 +17,7 @@ from agents.echo import EchoWorker
 from gateway import __version__, openapi, registry_api, tasks_api, worker_api
 from gateway.backends import Backend, BackendUnavailable, QueueFull, TaskExists, TaskNotFound
 from gateway.config import Config
+from gateway.connectors import ConnectorSupervisor, default_factories
 from gateway.http import BodyLimit, HttpError, error_response, validation_errors
 from gateway.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
 from registry.service import stream_of
@@ -83,14 +84,17 @@ def create_app(config: Config | None = None, *, backend: Backend | None = None, 
     if workers is None:
         workers = [EchoWorker()] if config.echo else []
     runtime = Runtime(config, backend, workers)
+    connectors = ConnectorSupervisor(runtime, default_factories(runtime))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         await runtime.start()
+        connectors.start()
         log.info("gateway started", extra={"node": runtime.node_id, "backend": runtime.backend.name})
         try:
             yield
         finally:
+            await connectors.stop()
             await runtime.stop()
             log.info("gateway stopped", extra={"node": runtime.node_id})
 
@@ -120,6 +124,7 @@ def create_app(config: Config | None = None, *, backend: Backend | None = None, 
         middleware=[Middleware(BodyLimit, max_bytes=config.max_body_bytes)],
     )
     app.state.runtime = runtime
+    app.state.connectors = connectors  # protocol adapters may add factories before start
     app.state.registry_writes = registry_api.TokenBucket(config.registry_write_rate, config.registry_write_burst)
     app.state.allowlist = registry_api.load_allowlist(config.allowlist)
     app.state.record_annotations = []  # callables adding facts to GET /registry/agents/{did}

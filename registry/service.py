@@ -39,10 +39,9 @@ class Registry:
         *,
         skew_s: int = 300,
         clock: Callable[[], float] = time.time,
-        on_change: Callable[[str, AgentRecord | None], None] | None = None,
     ) -> None:
         self.store, self.network, self.skew_s, self.clock = store, network, skew_s, clock
-        self.on_change = on_change
+        self._listeners: list[Callable[[str, AgentRecord | None], None]] = []
         self._records: dict[str, AgentRecord] = {}
         self._tombstones: dict[str, Tombstone] = {}
         self._verified: OrderedDict[bytes, None] = OrderedDict()
@@ -151,9 +150,16 @@ class Registry:
             self._tombstones[model.did] = model
             self._notify(model.did, None)
 
+    def subscribe(self, listener: Callable[[str, AgentRecord | None], None]) -> None:
+        """Call ``listener(did, record)`` on every change; ``record`` is None when it went away."""
+        self._listeners.append(listener)
+
     def _notify(self, did: str, record: AgentRecord | None) -> None:
-        if self.on_change is not None:
-            self.on_change(did, record)
+        for listener in self._listeners:
+            try:
+                listener(did, record)
+            except Exception:
+                log.exception("registry listener failed", extra={"did": did})
 
     def _expire(self) -> None:
         now = self.clock()

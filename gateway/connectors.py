@@ -1,0 +1,93 @@
+"""Outbound connectors for agents that live behind a protocol endpoint instead of on the bus.
+
+Every live record with an ``a2a``, ``acp``, ``anp`` or ``mcp`` endpoint and no ``bus`` endpoint
+gets a connector on this node: a ``Worker`` (built by that protocol's adapter) that consumes the
+agent's stream and calls the agent in its own protocol. Replicas (records sharing a name) each
+get one, so they share the stream's load. Connectors follow the registry: started when a record
+appears, restarted when its endpoint changes, stopped when it is deregistered or expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from agents.links import DirectLink
+from agents.worker import Worker, WorkerRunner
+from schemas.agent_record import AgentRecord
+
+log = logging.getLogger("interlace.connectors")
+
+ConnectorFactory = Callable[[AgentRecord], Worker]
+ORDER = ("a2a", "acp", "anp", "mcp")  # the first endpoint a record has decides its connector
+
+
+class ConnectorSupervisor:
+    def __init__(self, runtime, factories: dict[str, ConnectorFactory]) -> None:
+        self.runtime, self.factories = runtime, factories
+        self._running: dict[str, tuple[tuple[str, str], WorkerRunner]] = {}
+        self._pending: set[asyncio.Task] = set()
+
+    def start(self) -> None:
+        self.runtime.registry.subscribe(self._changed)
+        for record in self.runtime.registry.live():
+            self._changed(record.did, record)
+
+    def _target(self, record: AgentRecord | None) -> tuple[str, str] | None:
+        if record is None or record.endpoints.bus is not None:
+            return None
+        for kind in ORDER:
+            url = getattr(record.endpoints, kind)
+            if url is not None and kind in self.factories:
+                return kind, url
+        return None
+
+    def _changed(self, did: str, record: AgentRecord | None) -> None:
+        target = self._target(record)
+        current = self._running.get(did)
+        if current is not None and current[0] == target:
+            return  # a lease renewal: same endpoint, keep the connector
+        if current is not None:
+            del self._running[did]
+            self._spawn(current[1].stop(self.runtime.config.shutdown_grace_s))
+        if target is None or record is None:
+            return
+        try:
+            worker = self.factories[target[0]](record)
+        except Exception:
+            log.exception("could not build a connector", extra={"did": did, "protocol": target[0]})
+            return
+        runner = WorkerRunner(
+            worker, DirectLink(self.runtime.backend, self.runtime.registry),
+            lock_ttl_ms=self.runtime.config.visibility_timeout_ms, register=False,
+        )
+        runner.start()
+        self._running[did] = (target, runner)
+        log.info("connector started", extra={"did": did, "agent": record.name, "protocol": target[0]})
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    def running(self) -> dict[str, str]:
+        """did -> protocol of the connectors running on this node."""
+        return {did: target[0] for did, (target, _) in self._running.items()}
+
+    async def stop(self) -> None:
+        runners = [runner for _, runner in self._running.values()]
+        self._running.clear()
+        await asyncio.gather(*(r.stop(self.runtime.config.shutdown_grace_s) for r in runners), *self._pending,
+                             return_exceptions=True)
+
+
+def default_factories(runtime) -> dict[str, ConnectorFactory]:
+    """The connectors of the protocol adapters this gateway ships (ANP is wired by its mount)."""
+    from protocols.a2a.connector import A2AConnector
+    from protocols.acp.connector import ACPConnector
+
+    return {
+        "a2a": lambda record: A2AConnector(record.name, record.endpoints.a2a),
+        "acp": ACPConnector.from_record,
+    }
