@@ -211,7 +211,7 @@ class EmbeddedTaskStore(TaskStore):
             newest = self._finished[-1][0] if self._finished else 0
         # Ids are consecutive, so the entries after ``last`` are the deque's tail.
         fresh = min(newest - last, len(self._finished))
-        out = [f for _, f in list(self._finished)[len(self._finished) - fresh:]] if fresh > 0 else []
+        out = [f for _, f in itertools.islice(reversed(self._finished), fresh)][::-1] if fresh > 0 else []
         return out, str(max(last, newest))
 
     async def lock(self, task_id: str, owner: str, ttl_ms: int) -> bool:
