@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 
 from conftest import free_port, running_gateway, test_config, wait_until
-from fixtures.acp_support import EnvError, ensure_acp_python, run_sdk_client, sdk_server, stream, text_of
+from fixtures.acp_support import acp_python, run_sdk_client, sdk_server, stream, text_of
 from protocols.acp import ACPConnector, connectors_for
 from registry.identity import Identity
 from schemas.agent_record import record_from_card
@@ -26,14 +26,6 @@ REMOTE_AGENTS = ["chunks", "awaiting", "slow", "failer", "files", "sessioned"]
 class Setup:
     def __init__(self, gateway: str, remote: str, calls: list, acp_python):
         self.gateway, self.remote, self.calls, self.acp_python = gateway, remote, calls, acp_python
-
-
-@pytest.fixture(scope="module")
-def acp_python():
-    try:
-        return ensure_acp_python()
-    except EnvError as exc:
-        pytest.fail(str(exc), pytrace=False)
 
 
 def echo_record(remote: str):

@@ -12,19 +12,11 @@ import pytest
 import pytest_asyncio
 
 from conftest import running_gateway, test_config
-from fixtures.acp_support import EnvError, ensure_acp_python, gateway_agents, run_sdk_client
+from fixtures.acp_support import acp_python, gateway_agents, run_sdk_client
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 SCENARIOS = "discovery,sync,str_input,async_mode,stream,resume,resume_stream,cancel,events,session,parts,errors,failing"
-
-
-@pytest.fixture(scope="module")
-def acp_python():
-    try:
-        return ensure_acp_python()
-    except EnvError as exc:
-        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -266,10 +266,11 @@ class ACPService:
         message = wire.message_in(req.input)
         metadata = {wire.STREAM_HINT: True} if req.mode != "sync" else {}
         context_id = wire.from_uuid(session_id) if session_id else None
-        task = await rt.submit(message, agent=req.agent_name, context_id=context_id, metadata=metadata)
+        await rt.resolve_agent(req.agent_name)  # an unknown agent leaves nothing behind
         if req.session is not None and (req.session.history or req.session.state):
             carried = {"history": req.session.history, "state": req.session.state}
-            await rt.backend.kv.set(_session_key(task.context_id), json.dumps(carried), int(rt.config.retention_s))
+            await rt.backend.kv.set(_session_key(context_id or ""), json.dumps(carried), int(rt.config.retention_s))
+        task = await rt.submit(message, agent=req.agent_name, context_id=context_id, metadata=metadata)
         return await self._respond(rt, task, req.mode, None, created=True)
 
     async def read_run(self, request: Request) -> Response:
