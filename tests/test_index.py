@@ -455,11 +455,12 @@ def test_stemmer_folds_inflections_but_keeps_distinct_words():
 
 def test_latency_tracker_ewma():
     t = LatencyTracker(alpha=0.5)
-    assert t.get("a") is None
-    assert t.observe("a", 0.100) == pytest.approx(100.0)  # first observation seeds
-    assert t.observe("a", 0.300) == pytest.approx(200.0)
-    assert t.observe("a", 0.300) == pytest.approx(250.0)
-    assert t.get("a") == pytest.approx(250.0) and len(t) == 1
+    assert t.get("a") is None and t.get_ms("a") is None
+    assert t.observe("a", 0.100) == pytest.approx(0.100)  # first observation seeds
+    assert t.observe("a", 0.300) == pytest.approx(0.200)
+    assert t.observe("a", 0.300) == pytest.approx(0.250)
+    assert t.get("a") == pytest.approx(0.250) and t.get_ms("a") == pytest.approx(250.0)
+    assert len(t) == 1
     for bad in (-0.1, float("nan"), float("inf")):
         with pytest.raises(ValueError):
             t.observe("a", bad)
