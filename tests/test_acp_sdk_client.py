@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 
 from conftest import running_gateway, test_config
-from fixtures.acp_support import acp_python, gateway_agents, run_sdk_client
+from fixtures.acp_support import EnvError, acp_python, ensure_acp_python, gateway_agents, run_sdk_client
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -140,3 +140,13 @@ async def test_a_failed_run_carries_the_agent_message(results):
 
 async def test_the_gateway_stayed_healthy(results):
     assert results["_healthy"] is True
+
+
+def test_an_environment_that_cannot_be_built_fails_with_pip_output(tmp_path):
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text(f"{tmp_path / 'missing-1.0-py3-none-any.whl'}\n")  # pip fails at once, offline
+    with pytest.raises(EnvError) as failed:
+        ensure_acp_python(log=lambda _: None, root=tmp_path / "venv", requirements=requirements)
+    message = str(failed.value)
+    assert "could not build the acp-sdk environment" in message and "missing-1.0-py3-none-any.whl" in message
+    assert not (tmp_path / "venv").exists()  # nothing half-built is left to be mistaken for ready
