@@ -11,8 +11,10 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from conftest import running_gateway, test_config, wait_until
+from conftest import running_gateway, serve_app, test_config, wait_until
 from fixtures.acp_support import gateway_agents, stream, text_of
+from gateway.app import create_app
+from protocols.acp import mount_acp
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -179,7 +181,7 @@ async def test_a_carried_session_keeps_its_history_and_adds_the_gateway_runs(htt
 
 async def test_other_paths_under_acp_get_acp_errors(http):
     assert_acp_error(await http.get("/acp/nothing-here"), 404, "not_found")
-    assert_acp_error(await http.delete("/acp/runs"), 405, "invalid_input")
+    assert_acp_error(await http.delete("/acp/runs"), 405, "server_error")  # as the SDK's server answers
 
 
 async def test_the_gateway_is_healthy_after_all_that(http):
@@ -204,3 +206,16 @@ async def test_two_nodes_sharing_redis_serve_the_same_runs_and_sessions(redis_se
             assert (await b.get(f"/acp/runs/{run['run_id']}")).json()["status"] == "completed"
             session = (await a.get(f"/acp/sessions/{sid}")).json()
             assert session["history"][0] == "http://elsewhere.invalid/r/1" and len(session["history"]) == 3
+
+
+async def test_mount_acp_options_sync_timeout_and_public_url():
+    app = create_app(test_config(), workers=gateway_agents())
+    mount_acp(app, sync_timeout_s=0.2, public_url="https://gw.example/")
+    async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=20) as http:
+        slow = await http.post("/acp/runs", json=body(agent="sleeper"))
+        assert slow.status_code == 200 and slow.json()["status"] == "in-progress"  # sync gave up waiting, the run goes on
+        await http.post(f"/acp/runs/{slow.json()['run_id']}/cancel")
+        run = (await http.post("/acp/runs", json=body())).json()
+        history = (await http.get(f"/acp/sessions/{run['session_id']}")).json()["history"]
+        assert history and all(u.startswith("https://gw.example/acp/runs/") for u in history)
+        assert len([r for r in app.router.routes if getattr(r, "name", "") == "acp:runs"]) == 1  # replaced, not added

@@ -386,7 +386,7 @@ def build_routes(service: ACPService) -> list[BaseRoute]:
     async def fallback(request: Request) -> Response:
         """Anything else under /acp: an ACP error body rather than the gateway's own."""
         if any(r.matches(request.scope)[0] is Match.PARTIAL for r in known):
-            return acp_error(405, "invalid_input", f"method {request.method} is not allowed on {request.url.path}")
+            return acp_error(405, "server_error", f"method {request.method} is not allowed on {request.url.path}")
         return acp_error(404, "not_found", f"no ACP endpoint at {request.url.path}")
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]

@@ -129,7 +129,7 @@ class AcpMessage(_Wire):
 
 class AcpSession(_Wire):
     id: str
-    history: list[str] = Field(default_factory=list)
+    history: list[str] = Field(default_factory=list, max_length=10_000)
     state: str | None = None
 
     @field_validator("id")
