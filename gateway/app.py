@@ -19,7 +19,7 @@ from gateway.backends import Backend, BackendUnavailable, QueueFull, TaskExists,
 from gateway.config import Config
 from gateway.connectors import ConnectorSupervisor, default_factories
 from gateway.http import BodyLimit, HttpError, error_response, validation_errors
-from gateway.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
+from gateway.runtime import NoMatch, NotCancelable, NotContinuable, Runtime, UnknownAgent
 from registry.service import stream_of
 from schemas import InvalidTransition
 
@@ -54,6 +54,7 @@ async def metrics(request: Request) -> Response:
 _STATUS: list[tuple[type[Exception], int]] = [
     (TaskNotFound, 404),
     (UnknownAgent, 404),
+    (NoMatch, 404),
     (NotCancelable, 409),
     (NotContinuable, 409),
     (TaskExists, 409),
@@ -67,6 +68,9 @@ async def _typed_error(request: Request, exc: Exception) -> Response:
         return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
     if isinstance(exc, HttpError):
         return error_response(exc.status, exc.code, exc.message, headers=exc.headers, **exc.details)
+    if isinstance(exc, NoMatch):  # never a random agent: say what came closest and why not
+        closest = [c.model_dump(mode="json") for c in exc.result.closest]
+        return error_response(404, exc.code, str(exc), closest=closest)
     if isinstance(exc, (BackendUnavailable, QueueFull)):
         return error_response(503, exc.code, str(exc), headers={"Retry-After": "1"})
     if isinstance(exc, ValidationError):

@@ -40,6 +40,7 @@ class Config:
     registry_write_rate: float = 5.0  # registry writes per second per client ...
     registry_write_burst: int = 20  # ... with this burst
     max_record_bytes: int = 64 * 1024
+    embeddings: bool = False  # rank by MiniLM embeddings too (needs the 'embeddings' extra)
 
     def effective_admission(self) -> str:
         """The admission policy in force; ``open`` is only a default for a loopback bind."""

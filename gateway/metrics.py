@@ -25,7 +25,8 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r,
         )
 
-    def finished(self, agent: str, state: TaskState, created_at: str) -> None:
+    def finished(self, agent: str, state: TaskState, created_at: str) -> float | None:
+        """Count a task that became final; returns its accept-to-final seconds (None: not final)."""
         counter = {
             TaskState.COMPLETED: self.completed,
             TaskState.FAILED: self.failed,
@@ -33,10 +34,12 @@ class Metrics:
             TaskState.CANCELED: self.canceled,
         }.get(state)
         if counter is None:  # input-required / auth-required: not finished yet
-            return
+            return None
         counter.labels(agent).inc()
         started = datetime.fromisoformat(created_at.replace("Z", "+00:00"))
-        self.latency.labels(agent).observe(max(0.0, (datetime.now(timezone.utc) - started).total_seconds()))
+        seconds = max(0.0, (datetime.now(timezone.utc) - started).total_seconds())
+        self.latency.labels(agent).observe(seconds)
+        return seconds
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -16,6 +16,8 @@ from agents.worker import Worker, WorkerRunner
 from gateway.backends import Backend, BackendUnavailable, Limits, StoredEvent, TaskNotFound, open_backend
 from gateway.config import Config
 from gateway.metrics import Metrics
+from gateway.router import Router
+from registry.index import CapabilityQuery, RouteResult
 from registry.identity import Identity
 from registry.service import Registry, stream_of
 from schemas import InvalidTransition, Message, Route, Task, TaskError, TaskState
@@ -35,6 +37,16 @@ class NotContinuable(TaskError):
     code = "not_continuable"
 
 
+class NoMatch(TaskError):
+    """No live agent passes the capability query; ``result.closest`` says what came near."""
+
+    code = "no_match"
+
+    def __init__(self, result: RouteResult) -> None:
+        self.result = result
+        super().__init__("no registered agent matches the capability query")
+
+
 class Runtime:
     def __init__(self, config: Config, backend: Backend | None = None, workers: list[Worker] | None = None) -> None:
         self.config = config
@@ -52,6 +64,7 @@ class Runtime:
         self.admission = config.effective_admission()
         self.identity = Identity.load(config.node_key) if config.node_key else Identity.generate()
         self.registry = Registry(self.backend.records, config.network, skew_s=config.skew_s)
+        self.capabilities = Router(self.registry, embeddings=config.embeddings)
         self._workers = list(workers or [])
         self._runners: list[WorkerRunner] = []
         self._waiters: dict[str, list[asyncio.Future]] = defaultdict(list)
@@ -98,23 +111,44 @@ class Runtime:
             raise UnknownAgent(f"no agent named {name_or_did!r} is registered")
         return stream_of(records[0])
 
+    def route(self, query: CapabilityQuery) -> tuple[str, Route]:
+        """The stream of the best live agent for ``query``; NoMatch lists the closest ones."""
+        result = self.capabilities.route(query, limit=1)
+        if not result.candidates:
+            raise NoMatch(result)
+        best = result.candidates[0]
+        record = self.registry.get(best.did)
+        if record is None:  # expired between the search and now
+            raise NoMatch(result)
+        reason = f"best capability match (score {best.score:.3f})"
+        return stream_of(record), Route(agent=stream_of(record), skill=best.skill, reason=reason)
+
     async def submit(
         self,
         message: Message,
         *,
-        agent: str,
+        agent: str | None = None,
+        query: CapabilityQuery | None = None,
         context_id: str | None = None,
         metadata: dict | None = None,
     ) -> Task:
-        """Accept a new task for ``agent``; it is stored and enqueued, or nothing happens."""
-        agent = await self.resolve_agent(agent)
-        task = Task(metadata=metadata or {}, route=Route(agent=agent, reason="named by the client"))
+        """Accept a new task for ``agent`` (a name or DID) or for the best match of ``query``;
+        it is stored and enqueued, or nothing happens."""
+        if agent is not None:
+            stream = await self.resolve_agent(agent)
+            route = Route(agent=stream, reason="named by the client")
+        elif query is not None:
+            stream, route = self.route(query)
+        else:
+            raise ValueError("submit needs an agent or a capability query")
+        task = Task(metadata=metadata or {}, route=route)
         if context_id:
             task.context_id = context_id
         task.history.append(message.model_copy(update={"task_id": task.id, "context_id": task.context_id}))
-        await self.backend.tasks.submit(task, agent, self.node_id)
-        self.metrics.accepted.labels(agent).inc()
-        log.info("task accepted", extra={"task_id": task.id, "agent": agent})
+        await self.backend.tasks.submit(task, stream, self.node_id)
+        self.metrics.accepted.labels(stream).inc()
+        self.capabilities.accepted(stream)
+        log.info("task accepted", extra={"task_id": task.id, "agent": stream})
         return task
 
     async def continue_task(self, task_id: str, message: Message) -> Task:
@@ -186,7 +220,8 @@ class Runtime:
                 continue
             for fin in batch:
                 if fin.accepted_by == self.node_id:
-                    self.metrics.finished(fin.agent, fin.state, fin.created_at)
+                    seconds = self.metrics.finished(fin.agent, fin.state, fin.created_at)
+                    self.capabilities.finished(fin.agent, seconds)
                 for fut in self._waiters.get(fin.task_id, []):
                     if not fut.done():
                         fut.set_result(fin.state)

@@ -1,6 +1,7 @@
 """The internal HTTP API on the canonical model: submit, get, list, follow and cancel tasks.
 
-  POST /tasks                 {agent, message, context_id?, metadata?}   ?wait=true[&timeout=S]
+  POST /route                 dry run of capability routing: {text?, skill?, tags?, ...} -> ranked candidates
+  POST /tasks                 {agent | query, message, context_id?, metadata?}   ?wait=true[&timeout=S]
                               or {task_id, message} to continue a task that waits for input
   GET  /tasks                 ?context_id=&limit=&cursor=
   GET  /tasks/{id}
@@ -19,6 +20,7 @@ from starlette.routing import Route
 
 from gateway.http import HttpError, json_response, read_model, sse_response
 from gateway.runtime import Runtime
+from registry.index import CapabilityQuery
 from schemas import Message
 
 
@@ -26,6 +28,7 @@ class SubmitRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     agent: str | None = Field(default=None, min_length=1, max_length=256)
+    query: CapabilityQuery | None = None
     task_id: str | None = Field(default=None, max_length=128)
     message: Message
     context_id: str | None = Field(default=None, max_length=128)
@@ -60,12 +63,12 @@ async def submit(request: Request) -> Response:
         raise HttpError(400, "invalid_request", "a submitted message has role 'user'")
     wait = _flag(request, "wait")
     timeout = _number(request, "timeout", rt.config.wait_timeout_s, 0, rt.config.max_wait_timeout_s)
+    if sum(x is not None for x in (body.task_id, body.agent, body.query)) != 1:
+        raise HttpError(400, "invalid_request", "give exactly one of 'agent' (name or DID), 'query' (capabilities) or 'task_id' (to continue)")
     if body.task_id:
         task = await rt.continue_task(body.task_id, body.message)
-    elif body.agent:
-        task = await rt.submit(body.message, agent=body.agent, context_id=body.context_id, metadata=body.metadata)
     else:
-        raise HttpError(400, "invalid_request", "name the target 'agent' (or the 'task_id' to continue)")
+        task = await rt.submit(body.message, agent=body.agent, query=body.query, context_id=body.context_id, metadata=body.metadata)
     if wait:
         task = await rt.wait(task.id, timeout)
     done = task.state.terminal or task.state.interrupted
@@ -96,11 +99,19 @@ async def task_events(request: Request) -> Response:
     return sse_response(events(), max_seconds=rt.config.sse_max_s)
 
 
+async def route(request: Request) -> Response:
+    """Dry run of capability routing: the ranked candidates and why, or the closest near misses."""
+    query: CapabilityQuery = await read_model(request, CapabilityQuery)
+    limit = int(_number(request, "limit", 5, 1, 50))
+    return json_response(_runtime(request).capabilities.route(query, limit=limit))
+
+
 async def cancel(request: Request) -> Response:
     return json_response(await _runtime(request).cancel(request.path_params["task_id"]))
 
 
 routes = [
+    Route("/route", route, methods=["POST"]),
     Route("/tasks", submit, methods=["POST"]),
     Route("/tasks", list_tasks, methods=["GET"]),
     Route("/tasks/{task_id}:cancel", cancel, methods=["POST"]),
