@@ -5,6 +5,7 @@ process (its start-up dominates); each test checks one scenario's result."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
@@ -142,11 +143,11 @@ async def test_the_gateway_stayed_healthy(results):
     assert results["_healthy"] is True
 
 
-def test_an_environment_that_cannot_be_built_fails_with_pip_output(tmp_path):
+async def test_an_environment_that_cannot_be_built_fails_with_pip_output(tmp_path):
     requirements = tmp_path / "requirements.txt"
     requirements.write_text(f"{tmp_path / 'missing-1.0-py3-none-any.whl'}\n")  # pip fails at once, offline
     with pytest.raises(EnvError) as failed:
-        ensure_acp_python(log=lambda _: None, root=tmp_path / "venv", requirements=requirements)
+        await asyncio.to_thread(ensure_acp_python, lambda _: None, root=tmp_path / "venv", requirements=requirements)
     message = str(failed.value)
     assert "could not build the acp-sdk environment" in message and "missing-1.0-py3-none-any.whl" in message
     assert not (tmp_path / "venv").exists()  # nothing half-built is left to be mistaken for ready
