@@ -89,17 +89,26 @@ def create_app(config: Config | None = None, *, backend: Backend | None = None, 
         workers = [EchoWorker()] if config.echo else []
     runtime = Runtime(config, backend, workers)
     connectors = ConnectorSupervisor(runtime, default_factories(runtime))
+    from gateway.cluster import Cluster, routes as cluster_routes  # /gossip, /cluster (federation)
+
+    cluster = Cluster(runtime) if config.gossip else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         await runtime.start()
         connectors.start()
+        if cluster is not None:
+            await cluster.start()
         log.info("gateway started", extra={"node": runtime.node_id, "backend": runtime.backend.name})
         try:
             yield
         finally:
-            await connectors.stop()
-            await runtime.stop()
+            try:
+                if cluster is not None:
+                    await cluster.stop()  # leave the federation first: peers stop routing here
+            finally:
+                await connectors.stop()
+                await runtime.stop()
             log.info("gateway stopped", extra={"node": runtime.node_id})
 
     from protocols.mcp import routes as mcp_routes  # /mcp (protocols.mcp.mount adds upstreams)
@@ -117,6 +126,7 @@ def create_app(config: Config | None = None, *, backend: Backend | None = None, 
         *registry_api.routes,
         *tasks_api.routes,
         *worker_api.routes,
+        *cluster_routes,
     ]
     handlers = {exc: _typed_error for exc in (Exception, HTTPException, HttpError, ValidationError, BackendUnavailable, QueueFull)}
     for kind, _ in _STATUS:
@@ -129,6 +139,7 @@ def create_app(config: Config | None = None, *, backend: Backend | None = None, 
     )
     app.state.runtime = runtime
     app.state.connectors = connectors  # protocol adapters may add factories before start
+    app.state.cluster = cluster
     app.state.registry_writes = registry_api.TokenBucket(config.registry_write_rate, config.registry_write_burst)
     app.state.allowlist = registry_api.load_allowlist(config.allowlist)
     app.state.record_annotations = []  # callables adding facts to GET /registry/agents/{did}

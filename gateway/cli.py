@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="who may register agents (default: open on loopback, else required)")
     serve.add_argument("--registration-token", help="token for --admission token (env INTERLACE_REGISTRATION_TOKEN)")
     serve.add_argument("--allowlist", metavar="FILE", help="DIDs allowed to register, one per line")
+    serve.add_argument("--join", metavar="HOST:PORT,...", help="seed nodes of the federation to join")
+    serve.add_argument("--trust", metavar="FILE", help="node DIDs allowed to gossip, one per line (default: any node of the network)")
+    serve.add_argument("--public-url", metavar="URL", help="the address peers reach this node at (default http://host:port)")
+    serve.add_argument("--gossip-profile", choices=["lan", "local", "fast"], help="gossip timings (default lan)")
+    serve.add_argument("--no-gossip", dest="gossip", action="store_const", const=False, help="do not federate with other nodes")
+    serve.add_argument("--gossip-faults", action="store_const", const=True, help=argparse.SUPPRESS)  # tests: POST /gossip/faults
 
     worker = sub.add_parser("worker", help="run an agent worker")
     kinds = worker.add_subparsers(dest="kind", required=True)

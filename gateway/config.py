@@ -41,6 +41,13 @@ class Config:
     registry_write_burst: int = 20  # ... with this burst
     max_record_bytes: int = 64 * 1024
     embeddings: bool = False  # rank by MiniLM embeddings too (needs the 'embeddings' extra)
+    # Gossip federation (gateway/cluster.py)
+    gossip: bool = True  # run SWIM membership and registry anti-entropy with other nodes
+    join: str | None = None  # seed nodes, "host:port,host:port"
+    trust: str | None = None  # file of node DIDs (one per line) allowed to gossip; unset: any
+    public_url: str | None = None  # how peers reach this node; default http://host:port
+    gossip_profile: str = "lan"  # lan | local | fast (timings, registry/gossip/transport.py)
+    gossip_faults: bool = False  # test-only: POST /gossip/faults drops packets (partitions)
 
     def effective_admission(self) -> str:
         """The admission policy in force; ``open`` is only a default for a loopback bind."""

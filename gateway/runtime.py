@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from agents.links import DirectLink, wait_cancelled
 from agents.worker import Worker, WorkerRunner
@@ -21,6 +21,7 @@ from registry.index import CapabilityQuery, RouteResult
 from registry.identity import Identity
 from registry.service import Registry, stream_of
 from schemas import InvalidTransition, Message, Route, Task, TaskError, TaskState
+from schemas.agent_record import AgentRecord
 
 log = logging.getLogger("interlace.runtime")
 
@@ -65,6 +66,9 @@ class Runtime:
         self.identity = Identity.load(config.node_key) if config.node_key else Identity.generate()
         self.registry = Registry(self.backend.records, config.network, skew_s=config.skew_s)
         self.capabilities = Router(self.registry, embeddings=config.embeddings)
+        # Set by gateway.cluster: picks the stream for a task among an agent's records (local
+        # first, forwarding to the agent's home node, none when its home is down).
+        self.router: Callable[[list[AgentRecord]], str | None] | None = None
         self._workers = list(workers or [])
         self._runners: list[WorkerRunner] = []
         self._waiters: dict[str, list[asyncio.Future]] = defaultdict(list)
@@ -109,7 +113,10 @@ class Runtime:
         records = self.registry.resolve(name_or_did)
         if not records:
             raise UnknownAgent(f"no agent named {name_or_did!r} is registered")
-        return stream_of(records[0])
+        stream = self.router(records) if self.router is not None else stream_of(records[0])
+        if stream is None:
+            raise UnknownAgent(f"no agent named {name_or_did!r} is reachable: its home node is down")
+        return stream
 
     def route(self, query: CapabilityQuery) -> tuple[str, Route]:
         """The stream of the best live agent for ``query``; NoMatch lists the closest ones."""

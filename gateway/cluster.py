@@ -1,0 +1,420 @@
+"""Gossip federation of gateway nodes: membership, registry anti-entropy, routing across nodes.
+
+Each gateway runs one SWIM + Lifeguard member (``registry.gossip.swim``) over HTTP
+(``registry.gossip.transport``), with signed envelopes (``registry.gossip.envelope``) and the
+registry's anti-entropy as its delegate (``registry.gossip.sync``). This module is the glue:
+
+  POST /gossip/packet     a signed envelope from a peer (204; 4xx with a reason code if refused)
+  GET  /cluster/members   this node's view: members with state and incarnation, counters
+  POST /gossip/faults     test-only (``gossip_faults``, loopback): {"block": [addr, ...] | ["*"]}
+
+Configuration (``gateway.config``): ``join`` (seed list ``host:port,...``), ``trust`` (a file of
+node DIDs allowed to gossip, one per line; absent = any node of the network), ``public_url``
+(the address peers reach this node at; default ``http://host:port``), ``gossip_profile``
+(``lan``, ``local`` or ``fast``), ``gossip`` (off: no membership at all).
+
+Routing across nodes (the choice, documented here): every record names its ``home_node``; a
+home is a member id, through membership mapped to that member's public URL (the record's
+``home_node`` when it names a member, else the origin hint that gossip carries with the record,
+see ``registry.gossip.sync``). ``Runtime.resolve_agent`` asks ``Cluster.route`` which bus stream
+a task goes to:
+
+1. a record whose home is this node, is unknown, or that has no ``bus`` endpoint is routed as
+   on a single node (its stream here; agents with protocol endpoints are for the protocol
+   connectors, which reach the agent's own endpoint directly);
+2. otherwise a record whose home is an *alive* member (or, failing that, a suspect one) is
+   reached through a forwarding connector: a ``Worker`` on a per-record stream here
+   (``fwd-<hash>``) that submits the task to the home's internal API by DID
+   (``POST {home}/tasks``), follows ``GET {home}/tasks/{id}/events`` (SSE) and maps every event
+   onto the local task, continues it there after input-required (``POST {home}/tasks`` with
+   ``task_id``) and cancels it there when the local task is canceled
+   (``POST {home}/tasks/{id}:cancel``). Local records win over remote ones;
+3. records whose home is dead or has left are not routed to (``UnknownAgent``).
+
+The remote task id is kept in the backend's key/value store under the local task id, so a
+redelivered forwarded task follows the remote task instead of submitting it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import random
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from agents.links import DirectLink, HttpLink
+from agents.worker import TaskFailed, Worker, WorkerRunner
+from gateway.http import HttpError, json_response, read_json
+from gateway.registry_api import load_allowlist
+from registry.gossip.envelope import EnvelopeRejected
+from registry.gossip.swim import MemberEvent, State, SwimNode
+from registry.gossip.sync import RegistrySync
+from registry.gossip.transport import HttpGossip, detection_bound, profile
+from registry.service import stream_of
+from schemas import Message, Task, TaskArtifactUpdate, TaskEvent, TaskState, TaskStatusUpdate
+from schemas.agent_record import AgentRecord
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
+
+log = logging.getLogger("interlace.cluster")
+
+FORWARDED_FROM = "interlace.forwarded_from"  # task metadata at the home node: {node, task_id}
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+_REJECT_STATUS = {"malformed": 400, "bad_signature": 401, "stale": 401, "replayed": 401,
+                  "wrong_network": 403, "untrusted": 403}
+
+
+def seed_urls(join: str | None) -> list[str]:
+    """``host:port,host:port`` (or full URLs) -> base URLs."""
+    out = []
+    for item in (join or "").split(","):
+        item = item.strip().rstrip("/")
+        if item:
+            out.append(item if "://" in item else f"http://{item}")
+    return out
+
+
+def advertised_url(host: str, port: int, public_url: str | None) -> str:
+    if public_url:
+        return public_url.rstrip("/")
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class HomeGone(Exception):
+    """The forwarded task's home node was declared dead (or left) while it ran."""
+
+
+class Cluster:
+    """One gateway's membership, anti-entropy and cross-node routing (see the module docstring)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        cfg = runtime.config
+        self.runtime, self.node_id = runtime, runtime.node_id
+        self.profile_name = cfg.gossip_profile
+        self.swim_config = profile(cfg.gossip_profile)
+        self.addr = advertised_url(cfg.host, cfg.port, cfg.public_url)
+        self.seeds = seed_urls(cfg.join)
+        self.sync = RegistrySync(runtime.registry, runtime.node_id)
+        self.node = SwimNode(runtime.node_id, self.addr, self.swim_config, rng=random.Random(), delegate=self.sync)
+        self.client: httpx.AsyncClient | None = None  # made in start (an SSL context costs ms)
+        trusted = load_allowlist(cfg.trust) if cfg.trust else None
+        self.gossip = HttpGossip(self.node, runtime.identity, cfg.network, client=None,
+                                 max_age_ms=cfg.skew_s * 1000, trusted=trusted, on_events=self._on_events)
+        self.sync.attach(self.gossip)
+        self._forwarders: dict[str, WorkerRunner] = {}  # stream -> runner
+        self._links: dict[str, HttpLink] = {}  # home base URL -> pooled client of its task API
+        self._gone: dict[str, asyncio.Event] = {}  # member id -> set while it is dead or left
+        self._sweeper: asyncio.Task | None = None
+        runtime.router = self.route
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.client = self.gossip.client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+        await self.sync.start()
+        self.gossip.start(self.seeds)
+        self._sweeper = asyncio.create_task(self._sweep(), name="forwarder-sweep")
+        log.info("gossip started", extra={"node": self.node_id, "addr": self.addr, "seeds": self.seeds,
+                                          "profile": self.profile_name})
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        grace = self.runtime.config.shutdown_grace_s
+        await asyncio.gather(*(r.stop(grace) for r in self._forwarders.values()), return_exceptions=True)
+        self._forwarders.clear()
+        await self.gossip.stop(leave_timeout_s=min(2.0, grace))
+        await self.sync.stop()
+        await asyncio.gather(*(link.close() for link in self._links.values()), return_exceptions=True)
+        if self.client is not None:
+            await self.client.aclose()
+
+    def _on_events(self, events: list[MemberEvent]) -> None:
+        for ev in events:
+            log.info("member %s", ev.new.value if ev.new else "reaped",
+                     extra={"member": ev.member, "addr": ev.addr, "incarnation": ev.incarnation,
+                            "old": ev.old.value if ev.old else None})
+            gone = self._gone.setdefault(ev.member, asyncio.Event())
+            if ev.new in (State.DEAD, State.LEFT, None):
+                gone.set()
+            elif gone.is_set():
+                self._gone[ev.member] = asyncio.Event()
+
+    # ---- routing ----------------------------------------------------------------------------
+
+    def home_of(self, record: AgentRecord) -> str | None:
+        """The member the record's agent lives at, or None when unknown (treated as local)."""
+        members = self.node.members
+        if record.home_node in members:
+            return record.home_node
+        origin = self.sync.origin.get(record.did)
+        return origin if origin in members else None
+
+    def route(self, records: list[AgentRecord]) -> str | None:
+        """The bus stream for a task to one of ``records`` (see the module docstring)."""
+        local, alive, suspect = [], [], []
+        for record in records:
+            home = self.home_of(record)
+            if home is None or home == self.node_id or record.endpoints.bus is None:
+                local.append(record)
+                continue
+            state = self.node.members[home].state
+            if state is State.ALIVE:
+                alive.append((record, home))
+            elif state is State.SUSPECT:
+                suspect.append((record, home))
+        if local:
+            return stream_of(local[0])
+        if alive or suspect:
+            record, home = random.choice(alive or suspect)
+            return self._forwarder(record.did, home)
+        return None
+
+    def _forwarder(self, did: str, home: str) -> str:
+        stream = "fwd-" + hashlib.sha256(f"{home}\n{did}".encode()).hexdigest()[:32]
+        if stream not in self._forwarders:
+            rt = self.runtime
+            runner = WorkerRunner(
+                ForwardWorker(self, stream, did, home), _Unregistered(rt.backend, rt.registry),
+                lock_ttl_ms=rt.config.visibility_timeout_ms, network=rt.config.network,
+                home_node=self.node_id, lease_s=rt.config.lease_s,
+            )
+            runner.start()
+            self._forwarders[stream] = runner
+            log.info("forwarding connector started", extra={"did": did, "home": home, "stream": stream})
+        return stream
+
+    async def _sweep(self) -> None:
+        """Stop forwarders whose record is gone and whose stream is empty."""
+        while True:
+            await asyncio.sleep(30)
+            for stream, runner in list(self._forwarders.items()):
+                worker: ForwardWorker = runner.worker  # type: ignore[assignment]
+                if self.runtime.registry.get(worker.did) is not None:
+                    continue
+                with contextlib.suppress(Exception):
+                    if await self.runtime.backend.bus.depth(stream) == 0:
+                        del self._forwarders[stream]
+                        await runner.stop(self.runtime.config.shutdown_grace_s)
+
+    def link(self, home: str) -> tuple[HttpLink, asyncio.Event]:
+        """The home's task API client and an event set if the home is declared dead; raises
+        TaskFailed when the home is not a live member."""
+        member = self.node.members.get(home)
+        if member is None or member.state not in (State.ALIVE, State.SUSPECT):
+            raise TaskFailed(f"the agent's home node {home} is unreachable")
+        link = self._links.get(member.addr)
+        if link is None:
+            link = self._links[member.addr] = HttpLink(member.addr)
+        return link, self._gone.setdefault(home, asyncio.Event())
+
+    # ---- views ------------------------------------------------------------------------------
+
+    def members_view(self) -> dict[str, Any]:
+        now = time.monotonic()
+        members = [{
+            "id": m.id, "addr": m.addr, "state": m.state.value, "incarnation": m.incarnation,
+            "did": self.runtime.identity.did if m.id == self.node_id else self.gossip.dids.get(m.id),
+            "since_s": round(max(0.0, now - m.state_change), 3), "self": m.id == self.node_id,
+        } for m in sorted(self.node.members.values(), key=lambda m: m.id)]
+        return {
+            "node": self.node_id, "did": self.runtime.identity.did, "addr": self.addr,
+            "network": self.runtime.config.network, "incarnation": self.node.incarnation,
+            "profile": self.profile_name, "health": self.node.awareness.score,
+            "detection_bound_s": round(detection_bound(self.swim_config, len(members)), 3),
+            "members": members,
+            "stats": {**{f"gossip.{k}": v for k, v in self.gossip.stats.items()},
+                      **{f"registry.{k}": v for k, v in self.sync.stats.items()}},
+            "forwarders": len(self._forwarders), "blocked": self.gossip.blocked,
+        }
+
+
+class _Unregistered(DirectLink):
+    """The bus link of a forwarding connector: it serves a record published by someone else,
+    so it registers nothing of its own."""
+
+    async def register(self, model):
+        return None
+
+
+async def _until(events: AsyncIterator, gone: asyncio.Event) -> AsyncIterator:
+    """Items of ``events`` until it ends; HomeGone as soon as ``gone`` is set."""
+    it = events.__aiter__()
+    waiter = asyncio.ensure_future(gone.wait())
+    try:
+        while True:
+            step = asyncio.ensure_future(it.__anext__())
+            await asyncio.wait({step, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                step.cancel()
+                raise HomeGone()
+            try:
+                yield step.result()
+            except StopAsyncIteration:
+                return
+    finally:
+        waiter.cancel()
+        with contextlib.suppress(Exception):
+            await it.aclose()
+
+
+class ForwardWorker(Worker):
+    """Runs a task on the agent's home node and mirrors its events here (module docstring)."""
+
+    version = "1"
+    concurrency = 64
+
+    def __init__(self, cluster: Cluster, stream: str, did: str, home: str) -> None:
+        self.cluster, self.agent, self.did, self.home = cluster, stream, did, home
+        self.description = f"forwards tasks for {did} to node {home}"
+
+    async def handle(self, task: Task) -> AsyncIterator[TaskEvent]:
+        link, gone = self.cluster.link(self.home)
+        kv = self.cluster.runtime.backend.kv
+        key = f"fwd:{task.id}"
+        raw = await kv.get(key)
+        remote: dict[str, Any] = json.loads(raw) if raw else {}
+        turns = sum(1 for m in task.history if m.role == "user")
+        message = [m for m in task.history if m.role == "user"][-1]
+        if remote.get("home") != self.home:
+            remote = {"home": self.home, "task_id": await self._submit(link, task, message), "turns": turns, "after": None}
+            await kv.set(key, json.dumps(remote), self.cluster.runtime.config.retention_s)
+        elif remote["turns"] < turns:  # a follow-up after input-required
+            await self._post(link, "/tasks", {"task_id": remote["task_id"], "message": _outgoing(message)})
+            remote["turns"] = turns
+            await kv.set(key, json.dumps(remote), self.cluster.runtime.config.retention_s)
+        settled = False
+        try:
+            async for remote_event in self._follow(link, gone, remote):
+                event = _mirror(task, remote_event)
+                if event is None:
+                    continue
+                if isinstance(event, TaskStatusUpdate) and event.status.state.interrupted:
+                    await kv.set(key, json.dumps(remote), self.cluster.runtime.config.retention_s)
+                settled = isinstance(event, TaskStatusUpdate) and event.final
+                yield event
+                if settled:
+                    return
+        finally:
+            # Interrupted: by a cancel (the local task is canceled by now: cancel it at the
+            # home too), or by this node shutting down (leave it running; a redelivery follows it).
+            current = None if settled else await asyncio.shield(self.cluster.runtime.backend.tasks.get(task.id))
+            if current is not None and current.state is TaskState.CANCELED:
+                await asyncio.shield(self._cancel_remote(link, remote["task_id"]))
+
+    async def _follow(self, link: HttpLink, gone: asyncio.Event, remote: dict[str, Any]) -> AsyncIterator[TaskEvent]:
+        """The remote task's events as events of the local task; resumes a dropped stream while
+        the home lives (a few times), fails the task when the home is gone."""
+        task_id = remote["task_id"]
+        for attempt in range(5):
+            try:
+                async for stored in _until(link.events(task_id, remote["after"]), gone):
+                    remote["after"] = stored.event_id
+                    yield stored.event
+                    if isinstance(stored.event, TaskStatusUpdate) and stored.event.final:
+                        return
+            except HomeGone:
+                raise TaskFailed(f"the agent's home node {self.home} failed while running the task") from None
+            except (httpx.HTTPError, OSError) as exc:
+                log.warning("lost the remote event stream", extra={"home": self.home, "error": exc.__class__.__name__})
+            await asyncio.sleep(0.2 * (attempt + 1))
+        raise TaskFailed(f"lost contact with the agent's home node {self.home}")
+
+    async def _submit(self, link: HttpLink, task: Task, message: Message) -> str:
+        metadata = {**task.metadata, FORWARDED_FROM: {"node": self.cluster.node_id, "task_id": task.id}}
+        body = await self._post(link, "/tasks", {"agent": self.did, "message": _outgoing(message),
+                                                 "context_id": task.context_id, "metadata": metadata})
+        return body["id"]
+
+    async def _post(self, link: HttpLink, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            resp = await link.http.post(path, json=body, timeout=10.0)
+        except (httpx.HTTPError, OSError) as exc:
+            raise TaskFailed(f"the agent's home node {self.home} is unreachable ({exc.__class__.__name__})") from None
+        if resp.status_code >= 400:
+            try:
+                detail = resp.json().get("error", {}).get("message") or resp.text[:200]
+            except ValueError:
+                detail = resp.text[:200]
+            raise TaskFailed(f"node {self.home} refused the task: {detail}")
+        return resp.json()
+
+    async def _cancel_remote(self, link: HttpLink, task_id: str) -> None:
+        try:
+            await link.http.post(f"/tasks/{task_id}:cancel", timeout=3.0)
+        except Exception:
+            log.info("could not cancel the remote task", extra={"home": self.home, "task_id": task_id})
+
+
+def _outgoing(message: Message) -> dict[str, Any]:
+    return message.model_dump(mode="json", exclude_none=True, exclude={"task_id", "context_id"})
+
+
+def _mirror(task: Task, event: TaskEvent) -> TaskEvent | None:
+    """A remote task's event as the same event of the local task (None: nothing to mirror)."""
+    if isinstance(event, TaskArtifactUpdate):
+        return task.artifact_event(event.artifact, append=event.append, last_chunk=event.last_chunk)
+    message = event.status.message
+    if event.status.state is TaskState.WORKING and message is None:
+        return None  # the local runner already marked the task working
+    if message is not None:
+        message = message.model_copy(update={"task_id": task.id, "context_id": task.context_id})
+    return task.status_event(event.status.state, message)
+
+
+# ---- HTTP -----------------------------------------------------------------------------------
+
+
+def _cluster(request: Request) -> Cluster:
+    cluster = getattr(request.app.state, "cluster", None)
+    if cluster is None:
+        raise HttpError(404, "not_found", "gossip is disabled on this node")
+    return cluster
+
+
+async def gossip_packet(request: Request) -> Response:
+    cluster = _cluster(request)
+    data = await read_json(request)
+    try:
+        cluster.gossip.deliver(data)
+    except EnvelopeRejected as exc:
+        raise HttpError(_REJECT_STATUS.get(exc.code, 400), exc.code, exc.message) from None
+    return Response(status_code=204)
+
+
+async def members(request: Request) -> Response:
+    return json_response(_cluster(request).members_view())
+
+
+async def faults(request: Request) -> Response:
+    cluster = _cluster(request)
+    if not cluster.runtime.config.gossip_faults or (request.client.host if request.client else "") not in _LOOPBACK:
+        raise HttpError(404, "not_found", "fault injection is off")
+    body = await read_json(request)
+    block = body.get("block") if isinstance(body, dict) else None
+    if not isinstance(block, list) or not all(isinstance(a, str) for a in block):
+        raise HttpError(400, "invalid_request", 'expected {"block": [address, ...]} ("*" blocks everyone)')
+    cluster.gossip.block(block)
+    return json_response({"blocked": cluster.gossip.blocked})
+
+
+routes = [
+    Route("/gossip/packet", gossip_packet, methods=["POST"]),
+    Route("/gossip/faults", faults, methods=["POST"]),
+    Route("/cluster/members", members, methods=["GET"]),
+]
