@@ -18,9 +18,41 @@ from protocols.acp import ACPConnector, connectors_for
 from registry.identity import Identity
 from schemas.agent_record import record_from_card
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# The first use builds the acp-sdk environment (pip, about a minute): more than the suite's 120 s
+# default may be needed for that test; every wait inside the tests has its own bound.
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(600)]
 
 REMOTE_AGENTS = ["chunks", "awaiting", "slow", "failer", "files", "sessioned"]
+
+
+class _CutStream(httpx.AsyncByteStream):
+    """A run's SSE body that breaks right after its first event (a dropped connection)."""
+
+    def __init__(self, inner: httpx.AsyncByteStream) -> None:
+        self.inner = inner
+
+    async def __aiter__(self):
+        async for chunk in self.inner:
+            yield chunk
+            if b"run.created" in chunk:
+                raise httpx.ReadError("connection dropped (test)")
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class CutStreams(httpx.AsyncBaseTransport):
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        resp = await self.inner.handle_async_request(request)
+        if resp.headers.get("content-type", "").startswith("text/event-stream"):
+            resp.stream = _CutStream(resp.stream)  # type: ignore[arg-type]
+        return resp
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 class Setup:
@@ -52,9 +84,12 @@ async def setup(acp_python):
         connectors = [ACPConnector(name, remote, http=pooled) for name in REMOTE_AGENTS]
         connectors += connectors_for([echo_record(remote)], http=pooled)
         connectors.append(ACPConnector("down", f"http://127.0.0.1:{free_port()}", http=pooled))
+        cutting = httpx.AsyncClient(timeout=30, transport=CutStreams())
+        connectors.append(ACPConnector("cut", f"{remote}/agents/chunks", http=cutting))
         async with running_gateway(test_config(echo=False), workers=connectors) as (url, _):
             yield Setup(url, remote, calls, acp_python)
         await pooled.aclose()
+        await cutting.aclose()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -146,6 +181,11 @@ async def test_the_session_is_carried_to_the_remote(setup, http):
 async def test_an_unreachable_agent_fails_clearly(setup, http):
     run = (await http.post("/acp/runs", json=body("down"))).json()
     assert run["status"] == "failed" and "cannot reach" in run["error"]["message"]
+
+
+async def test_a_stream_that_breaks_is_settled_by_polling_the_run(setup, http):
+    run = (await http.post("/acp/runs", json=body("cut", "abcdef"))).json()
+    assert run["status"] == "completed" and text_of(run) == "abcdef"  # read from the polled run's output
 
 
 async def test_the_official_client_through_the_gateway_to_the_official_server(setup):

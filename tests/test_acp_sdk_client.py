@@ -15,7 +15,9 @@ import pytest_asyncio
 from conftest import running_gateway, test_config
 from fixtures.acp_support import EnvError, acp_python, ensure_acp_python, gateway_agents, run_sdk_client
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# The first use builds the acp-sdk environment (pip, about a minute): more than the suite's 120 s
+# default may be needed for that test; every wait inside the tests has its own bound.
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(600)]
 
 SCENARIOS = "discovery,sync,str_input,async_mode,stream,resume,resume_stream,cancel,events,session,parts,errors,failing"
 

@@ -18,7 +18,7 @@ the run's events into this task's events:
 * cancel: when the gateway task is canceled the runner cancels ``handle``, which then asks the
   remote to cancel the run (``POST /runs/{id}/cancel``, bounded by a few seconds). The run id
   comes from the ``Run-ID`` response header, before any event.
-* a stream that ends before a final state is settled by polling ``GET /runs/{id}``.
+* a stream that ends (or breaks) before a final state is settled by polling ``GET /runs/{id}``.
 
 ``connectors_for(records)`` makes one connector per agent name among live records that have an
 ``acp`` endpoint and no ``bus`` endpoint (those are served in-bus already).
@@ -231,6 +231,9 @@ class ACPConnector(Worker):
                 item = await queue.get()
                 if item is _END:
                     break
+                if isinstance(item, RemoteACPError) and item.retryable and relay.run_id:
+                    log.info("the run's stream broke; polling it", extra={"agent": self.agent, "error": str(item)})
+                    break
                 if isinstance(item, BaseException):
                     raise item
                 for ev in relay.map(item):
@@ -252,7 +255,12 @@ class ACPConnector(Worker):
             raise TaskFailed(f"remote ACP agent {self.agent!r}: {exc}") from None
         finally:
             if pump is not None and not pump.done():
-                pump.cancel()
+                if relay.final:
+                    # The remote ends its stream after the final event: let the pump read it to
+                    # the end so the pooled connection is reused, but not for long.
+                    asyncio.get_running_loop().call_later(5.0, pump.cancel)
+                else:
+                    pump.cancel()
 
     def _source(self, client: ACPClient, task: Task, relay: _Relay) -> AsyncIterator[dict[str, Any]]:
         user = [m for m in task.history if m.role == "user"]
