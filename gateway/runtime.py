@@ -120,15 +120,17 @@ class Runtime:
 
     def route(self, query: CapabilityQuery) -> tuple[str, Route]:
         """The stream of the best live agent for ``query``; NoMatch lists the closest ones."""
-        result = self.capabilities.route(query, limit=1)
-        if not result.candidates:
-            raise NoMatch(result)
-        best = result.candidates[0]
-        record = self.registry.get(best.did)
-        if record is None:  # expired between the search and now
-            raise NoMatch(result)
-        reason = f"best capability match (score {best.score:.3f})"
-        return stream_of(record), Route(agent=stream_of(record), skill=best.skill, reason=reason)
+        result = self.capabilities.route(query, limit=5)
+        for best in result.candidates:  # the first one still live and reachable
+            record = self.registry.get(best.did)
+            if record is None:  # expired between the search and now
+                continue
+            stream = self.router([record]) if self.router is not None else stream_of(record)
+            if stream is None:  # its home node is down
+                continue
+            reason = f"best capability match (score {best.score:.3f})"
+            return stream, Route(agent=stream, skill=best.skill, reason=reason)
+        raise NoMatch(result)
 
     async def submit(
         self,

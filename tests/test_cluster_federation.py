@@ -245,6 +245,12 @@ async def test_task_submitted_at_a_runs_at_c_and_streams_back(fed, http):
            if t["metadata"].get("interlace.forwarded_from", {}).get("task_id") == task["id"]]
     assert len(ran) == 1 and ran[0]["status"]["state"] == "completed"
     assert ran[0]["metadata"]["interlace.forwarded_from"]["node"] == "node-a"
+    # A task routed by capability (no agent named) at B reaches C's echo the same way.
+    by_skill = (await http.post(f"{fed['b'].url}/tasks?wait=true&timeout=15", json={
+        "query": {"skill": "echo", "tags": ["echo"]}, "message": text_message("by capability")})).json()
+    assert by_skill["status"]["state"] == "completed", by_skill
+    assert by_skill["artifacts"][0]["parts"][0]["text"] == "by capability"
+    assert by_skill["route"]["agent"].startswith("fwd-") and by_skill["route"]["skill"] == "echo"
 
 
 async def test_input_required_and_cancel_cross_nodes(fed, http):
@@ -373,6 +379,10 @@ def test_killed_node_is_declared_dead_unrouted_and_rejoins_with_higher_incarnati
         gone = httpx.post(f"{a.url}/tasks", json={"agent": d_echo["did"], "message": text_message("to d")}, timeout=5)
         assert gone.status_code == 404 and gone.json()["error"]["code"] == "unknown_agent"
         assert "home node is down" in gone.json()["error"]["message"]
+        others = [r["did"] for r in records_named(a.url, "echo") if r["home_node"] != "node-d"]
+        by_skill = httpx.post(f"{a.url}/tasks", timeout=5, json={
+            "query": {"skill": "echo", "exclude": others}, "message": text_message("to d")})
+        assert by_skill.status_code == 404 and by_skill.json()["error"]["code"] == "no_match"
 
         dead_inc = states(a.url)["node-d"][1]
         d.start()  # same node id and address
