@@ -14,8 +14,9 @@ import pytest_asyncio
 
 from conftest import free_port, running_gateway, test_config, wait_until
 from fixtures.acp_support import acp_python, run_sdk_client, sdk_server, stream, text_of
-from protocols.acp import ACPConnector, connectors_for
+from protocols.acp import ACPConnector
 from registry.identity import Identity
+from registry.records import sign
 from schemas.agent_record import record_from_card
 
 # The first use builds the acp-sdk environment (pip, about a minute): more than the suite's 120 s
@@ -56,16 +57,15 @@ class CutStreams(httpx.AsyncBaseTransport):
 
 
 class Setup:
-    def __init__(self, gateway: str, remote: str, calls: list, acp_python):
-        self.gateway, self.remote, self.calls, self.acp_python = gateway, remote, calls, acp_python
+    def __init__(self, gateway: str, remote: str, calls: list, acp_python, app):
+        self.gateway, self.remote, self.calls, self.acp_python, self.app = gateway, remote, calls, acp_python, app
 
 
-def echo_record(remote: str):
-    """A record as a remote ACP agent would register it: an acp endpoint, no bus."""
-    ident = Identity.generate()
+def echo_record(identity: Identity, remote: str):
+    """A signed record as a remote ACP agent registers it: an acp endpoint, no bus."""
     card = {"name": "remote-echo", "description": "the SDK's echo, over ACP", "version": "1",
             "skills": [{"id": "echo", "name": "Echo", "description": "echoes"}], "endpoints": {"acp": f"{remote}/agents/echo"}}
-    return record_from_card(card, ident.did, 1, 60, "interlace", "elsewhere")
+    return sign(record_from_card(card, identity.did, 1, 600, "interlace", "elsewhere"), identity)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -82,12 +82,11 @@ async def setup(acp_python):
     async with sdk_server(acp_python, free_port()) as remote:
         pooled = httpx.AsyncClient(timeout=30, event_hooks={"request": [on_request], "response": [on_response]})
         connectors = [ACPConnector(name, remote, http=pooled) for name in REMOTE_AGENTS]
-        connectors += connectors_for([echo_record(remote)], http=pooled)
         connectors.append(ACPConnector("down", f"http://127.0.0.1:{free_port()}", http=pooled))
         cutting = httpx.AsyncClient(timeout=30, transport=CutStreams())
         connectors.append(ACPConnector("cut", f"{remote}/agents/chunks", http=cutting))
-        async with running_gateway(test_config(echo=False), workers=connectors) as (url, _):
-            yield Setup(url, remote, calls, acp_python)
+        async with running_gateway(test_config(echo=False), workers=connectors) as (url, app):
+            yield Setup(url, remote, calls, acp_python, app)
         await pooled.aclose()
         await cutting.aclose()
 
@@ -106,14 +105,23 @@ def remote_run_ids(setup) -> list[str]:
     return [c["run_id"] for c in setup.calls if "run_id" in c]
 
 
-async def test_a_registered_acp_agent_is_run_over_acp_with_a_content_type(setup, http):
+async def test_the_connector_sends_json_with_a_content_type(setup, http):
     setup.calls.clear()
-    run = (await http.post("/acp/runs", json=body("remote-echo", "over there"))).json()
+    run = (await http.post("/acp/runs", json=body("chunks", "over there"))).json()
     assert run["status"] == "completed" and text_of(run) == "over there"
     posts = [c for c in setup.calls if c.get("method") == "POST"]
     assert posts and posts[0]["path"] == "/runs" and all(c["content_type"] == "application/json" for c in posts)
+
+
+async def test_an_agent_registered_with_an_acp_endpoint_is_run_over_acp(setup, http):
+    agent = Identity.generate()
+    resp = await http.post("/registry/agents", json=echo_record(agent, setup.remote).dump())
+    assert resp.status_code == 201, resp.text
+    assert setup.app.state.connectors.running() == {agent.did: "acp"}  # the gateway's supervisor made the connector
+    run = (await http.post("/acp/runs", json=body("remote-echo", "over there"))).json()
+    assert run["status"] == "completed" and text_of(run) == "over there"
     manifest = (await http.get("/acp/agents/remote-echo")).json()
-    assert manifest["description"] == "the SDK's echo, over ACP"  # the connector registered the record's card
+    assert manifest["description"] == "the SDK's echo, over ACP" and manifest["metadata"]["annotations"]["interlace"]["protocols"] == ["acp"]
 
 
 async def test_streamed_parts_arrive_as_chunks(setup, http):
@@ -189,7 +197,7 @@ async def test_a_stream_that_breaks_is_settled_by_polling_the_run(setup, http):
 
 
 async def test_the_official_client_through_the_gateway_to_the_official_server(setup):
-    got = await run_sdk_client(setup.acp_python, f"{setup.gateway}/acp", "remote_echo", agent="remote-echo")
+    got = await run_sdk_client(setup.acp_python, f"{setup.gateway}/acp", "remote_echo", agent="chunks")
     result = got["remote_echo"]
     assert result.get("raised") is None, result
     assert result["run"]["status"] == "completed" and result["text"] == "through two hops"

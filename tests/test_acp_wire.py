@@ -1,6 +1,6 @@
 """ACP <-> canonical mapping, row by row (the tables in protocols/acp/__init__.py): run states both
 ways, parts both ways, runs, the event mapping, the connector's reading of remote events, the
-endpoint convention, manifests from records and the connector factory."""
+endpoint convention, manifests from records and connectors made from records."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import protocols.acp as acp_pkg
 from agents.worker import TaskFailed
 from protocols.acp import wire
-from protocols.acp.connector import ACPConnector, _Relay, connectors_for, split_endpoint
+from protocols.acp.connector import ACPConnector, _Relay, split_endpoint
 from protocols.acp.server import manifest_out
 from protocols.acp.wire import AcpMessage, AcpPart, EventMapper, WireError, part_in, part_out
 from registry.identity import Identity
@@ -329,16 +329,12 @@ def test_a_manifest_is_made_from_the_record():
     assert ann == {"did": rec.did, "version": "2", "skills": ["s1"], "protocols": ["acp"], "labels": {"region": "eu"}, "examples": ["ex"]}
 
 
-def test_connectors_for_makes_one_per_acp_agent_name():
-    recs = [
-        record("a", {"acp": "http://h/acp"}),
-        record("a", {"acp": "http://h2/acp"}),  # a replica: one connector per name
-        record("b", {"acp": "http://h/acp/agents/bee"}),
-        record("c", {"acp": "http://h/acp", "bus": "c"}),  # served in-bus already
-        record("d", {"a2a": "http://h/a2a"}),
-        record("e", {"acp": "http://h/acp"}),
-    ]
-    made = connectors_for(recs, skip=["e"])
-    assert [(c.agent, c.base, c.remote_name) for c in made] == [("a", made[0].base, "a"), ("b", "http://h/acp", "bee")]
-    card = made[0].card()
+def test_a_connector_from_a_record_reaches_its_acp_endpoint():
+    named = ACPConnector.from_record(record("b", {"acp": "http://h/acp/agents/bee"}))
+    assert (named.agent, named.base, named.remote_name) == ("b", "http://h/acp", "bee")
+    plain = ACPConnector.from_record(record("a", {"acp": "http://h/acp"}))
+    assert (plain.agent, plain.base, plain.remote_name) == ("a", "http://h/acp", "a")
+    card = plain.card()
     assert card["skills"][0]["id"] == "s1" and card["endpoints"] == {"bus": "a"} and card["description"] == "a agent"
+    with pytest.raises(ValueError):
+        ACPConnector.from_record(record("d", {"a2a": "http://h/a2a"}))

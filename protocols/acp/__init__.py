@@ -3,8 +3,8 @@ the gateway's inbound ACP REST face under ``/acp`` and the outbound connector th
 remote ACP agents.
 
 Modules: ``wire`` (canonical <-> ACP translations), ``server`` (routes, ``acp_routes``,
-``mount_acp``), ``client`` and ``connector`` (outbound; ``connectors_for`` makes connectors for
-the registry's records that have an ``acp`` endpoint). ACP is frozen (merged into A2A), so the
+``mount_acp``), ``client`` and ``connector`` (outbound; the gateway's connector supervisor runs
+``ACPConnector.from_record`` for every live record with an ``acp`` endpoint and no ``bus`` one). ACP is frozen (merged into A2A), so the
 server side reads leniently: unknown fields are ignored and a body needs no Content-Type.
 
 Run states (each row is tested in tests/test_acp_wire.py):
@@ -57,7 +57,7 @@ SDK fills them), a carried session's history for the agent (it is listed again b
 have ``session_id: null``).
 """
 
-from protocols.acp.connector import ACPConnector, connectors_for
+from protocols.acp.connector import ACPConnector
 from protocols.acp.server import ACPOptions, acp_routes, mount_acp
 
-__all__ = ["ACPConnector", "ACPOptions", "acp_routes", "connectors_for", "mount_acp"]
+__all__ = ["ACPConnector", "ACPOptions", "acp_routes", "mount_acp"]

@@ -20,8 +20,9 @@ the run's events into this task's events:
   comes from the ``Run-ID`` response header, before any event.
 * a stream that ends (or breaks) before a final state is settled by polling ``GET /runs/{id}``.
 
-``connectors_for(records)`` makes one connector per agent name among live records that have an
-``acp`` endpoint and no ``bus`` endpoint (those are served in-bus already).
+The gateway runs one per live record that has an ``acp`` endpoint and no ``bus`` endpoint:
+``gateway/connectors.py`` (the supervisor shared by every protocol) builds it with
+``ACPConnector.from_record`` and starts or stops it as the record comes and goes.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -312,16 +313,3 @@ class ACPConnector(Worker):
             log.info("canceled the remote run", extra={"agent": self.agent, "remote_run": run_id})
         except (RemoteACPError, asyncio.TimeoutError, asyncio.CancelledError) as exc:
             log.warning("could not cancel the remote run", extra={"agent": self.agent, "error": str(exc)})
-
-
-def connectors_for(records: Iterable[AgentRecord], *, skip: Iterable[str] = (), **kw: Any) -> list[ACPConnector]:
-    """One connector per agent name among ``records`` with an ``acp`` endpoint and no ``bus``
-    endpoint, except the names in ``skip`` (e.g. those already running); ``kw`` goes to each."""
-    taken = set(skip)
-    out = []
-    for record in sorted(records, key=lambda r: (r.name, -r.seq)):
-        if record.endpoints.acp is None or record.endpoints.bus is not None or record.name in taken:
-            continue
-        taken.add(record.name)
-        out.append(ACPConnector.from_record(record, **kw))
-    return out
