@@ -11,8 +11,9 @@
   GET  /acp/sessions/{session_id}         ``{"id", "history": [resource URLs], "state"}``
   GET  /acp/runs/{run_id}/messages/{i}    one message of a session's history (the URLs above)
 
-Every response header set carries ``Run-ID`` where a run is concerned. Bodies are read as JSON
-whatever the Content-Type (the SDK client sends none). Errors are ACP error bodies
+Creating, resuming, reading and cancelling a run answer with a ``Run-ID`` header (in every mode;
+for a stream it comes before the first event). Bodies are read as JSON whatever the
+Content-Type (the SDK client sends none). Errors are ACP error bodies
 ``{"code", "message", "data"}``: ``not_found`` 404, ``invalid_input`` 422, and ``server_error``
 with 403 (resume or cancel of a run in the wrong state), 503 (bus unavailable) or 500. A stream
 that breaks after it started ends with an ``error`` event. Nothing a client sends reaches it as
