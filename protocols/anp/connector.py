@@ -10,6 +10,8 @@ remote returned is reused until it expires), and turns the result into one artif
   message; an unreachable remote fails it with a clear one.
 * Cancel: ANP's JSON-RPC has no cancel method, so a canceled task abandons the in-flight request
   (the runner cancels ``handle``, which closes the HTTP exchange); the remote may still finish.
+  Another Interlace gateway (``send_message``, ``get_task`` and ``cancel_task``) is driven as a
+  task instead: sent without waiting, followed with ``get_task``, canceled with ``cancel_task``.
 
 ``connector_for(record, signer)`` builds the connector for a registry record with an ``anp``
 endpoint (its ad.json URL). The A2A adapter has no mechanism that starts connectors for live
@@ -19,6 +21,7 @@ records, so nothing here watches the registry: a caller passes the connectors as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -31,6 +34,8 @@ from protocols.anp.wire import result_artifact
 from schemas import DataPart, FilePart, Message, Task, TaskEvent, TextPart
 from schemas.agent_record import AgentRecord
 
+GATEWAY_METHODS = {"send_message", "get_task", "cancel_task"}  # an Interlace gateway's ANP face
+PENDING = ("submitted", "working")
 METHOD_KEY = "anp.method"  # message (or task) metadata: the remote method to call
 PARAMS_KEY = "anp.params"  # ... and its params
 
@@ -92,12 +97,37 @@ class AnpConnector(Worker):
         try:
             remote = await self.remote()
             method, params = choose_call(task, user[-1], remote)
-            result = await self.client().call(method.server_url, method.name, params, task.id)
+            client = self.client()
+            if method.name == "send_message" and GATEWAY_METHODS <= remote.methods.keys():
+                result = await self._remote_task(client, remote, params, task.id)
+            else:
+                result = await client.call(method.server_url, method.name, params, task.id)
         except RemoteError as exc:
             if exc.retryable:
                 self._remote = None
             raise TaskFailed(f"remote ANP agent {self.agent!r}: {exc}") from None
         yield task.artifact_event(result_artifact(method.name, result), last_chunk=True)
+
+
+    @staticmethod
+    async def _remote_task(client: AnpClient, remote: RemoteAgent, params: dict[str, Any], rid: str) -> Any:
+        """Another Interlace gateway: start the task without waiting, follow it with get_task, and
+        cancel it there (cancel_task) when this task is canceled."""
+        methods = remote.methods
+        result = await client.call(methods["send_message"].server_url, "send_message", {**params, "wait_s": 0}, rid)
+        remote_id = result.get("task_id") if isinstance(result, dict) else None
+        try:
+            while isinstance(remote_id, str) and result.get("state") in PENDING:
+                result = await client.call(methods["get_task"].server_url, "get_task", {"task_id": remote_id, "wait_s": 30}, rid)
+        except asyncio.CancelledError:
+            if isinstance(remote_id, str):
+                with contextlib.suppress(Exception):
+                    cancel = client.call(methods["cancel_task"].server_url, "cancel_task", {"task_id": remote_id}, rid)
+                    await asyncio.wait_for(asyncio.shield(cancel), 5.0)
+            raise
+        if isinstance(result, dict) and result.get("state") in ("failed", "rejected", "canceled"):
+            raise RemoteError(str(result.get("message") or f"the remote task was {result['state']}"))
+        return result
 
 
 def choose_call(task: Task, message: Message, remote: RemoteAgent) -> tuple[RemoteMethod, dict[str, Any]]:
