@@ -64,6 +64,9 @@ class Worker:
         raise NotImplementedError
         yield
 
+    async def aclose(self) -> None:
+        """Release what the worker holds (connection pools); called once its runner has stopped."""
+
 
 class WorkerRunner:
     def __init__(
@@ -172,6 +175,7 @@ class WorkerRunner:
         if self.register:
             await self._deregister()
         await self.link.close()
+        await self.worker.aclose()
 
     async def _process(self, delivery: Delivery) -> None:
         try:
