@@ -5,7 +5,7 @@ import time
 import httpx
 import pytest
 
-from conftest import running_gateway
+from conftest import running_gateway, test_config
 from registry.identity import Identity
 from registry.records import sign
 from schemas.agent_record import AgentRecord
@@ -88,3 +88,10 @@ async def test_load_observed_by_the_node_spreads_ties(http):
     http.app.state.runtime.capabilities.accepted("left")  # one task in flight at "left"
     ranked = (await http.post("/route", json={"text": "weather forecast"})).json()["candidates"]
     assert ranked[0]["agent"] == "right"
+
+
+async def test_embeddings_mode_is_used_when_configured():
+    async with running_gateway(test_config(embeddings=True)) as (url, _):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            result = (await client.post("/route", json={"text": "repeat what I say to you"})).json()
+            assert result["mode"] == "embeddings" and result["candidates"][0]["agent"] == "echo"
