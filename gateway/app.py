@@ -113,11 +113,13 @@ def create_app(config: Config | None = None, *, backend: Backend | None = None, 
 
     from protocols.mcp import routes as mcp_routes  # /mcp (protocols.mcp.mount adds upstreams)
     from protocols.a2a import a2a_routes  # /a2a, agent cards (protocols.a2a.mount_a2a sets options)
+    from protocols.anp import anp_routes  # /.well-known/did.json, /anp (protocols.anp.mount_anp sets options)
     from protocols.acp import acp_routes  # /acp (protocols.acp.mount_acp sets options)
 
     routes = [
         *mcp_routes,
         *a2a_routes(),
+        *anp_routes(),
         *acp_routes(),
         Route("/healthz", healthz),
         Route("/readyz", readyz),

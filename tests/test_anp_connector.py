@@ -222,3 +222,32 @@ async def test_gateway_to_gateway_cancel_reaches_the_remote_task(tmp_path):
             failed = await rt.submit(message(TextPart(text="x")), agent="far-echo", metadata={"anp.params": {"message": "m", "metadata": {"fail": "nope"}}})
             failed = await rt.wait(failed.id, 20)
             assert failed.state is TaskState.FAILED and "nope" in failed.status.message.text()
+
+
+async def test_a_registered_record_with_an_anp_endpoint_gets_a_connector(tmp_path, monkeypatch):
+    """The gateway's connector supervisor runs the connector mount_anp registered for a live
+    record with an anp endpoint; it signs as the gateway's did:wba (node key = runtime.identity)."""
+    from registry.records import sign
+
+    port = free_port()
+    host = f"localhost:{port}"
+    did = f"did:wba:localhost%3A{port}"
+
+    async def resolve(asked: str):
+        return await fetch_document(f"http://{host}", asked) if asked == did else None
+
+    async with fastanp_remote(monkeypatch, resolve) as remote:
+        async with anp_gateway(test_config(echo=False), port=port, public_host=host) as (_, app):
+            rt = app.state.runtime
+            agent = Identity.generate()
+            card = {"name": "hello-remote", "description": "says hello", "version": "1", "skills": [{"id": "hello", "name": "Hello"}], "endpoints": {"anp": f"{remote.url}/ad.json"}}
+            await rt.registry.submit(sign(record_from_card(card, agent.did, 1, 60, rt.config.network, "elsewhere"), agent))
+
+            async def running():
+                return app.state.connectors.running().get(agent.did) == "anp"
+
+            await wait_until(running, timeout=10)
+            task = await rt.submit(message(TextPart(text="registry"), **{"anp.method": "hello"}), agent="hello-remote")
+            task = await rt.wait(task.id, 20)
+            assert task.state is TaskState.COMPLETED, task.status
+            assert task.artifacts[0].parts[0].data == {"message": "Hello, registry!", "caller": did}

@@ -55,10 +55,10 @@ tests/test_anp_connector.py):
 
 from protocols.anp.auth import AuthFailure, CachedResolver, DidResolutionError, DidWbaAuth, HttpsResolver
 from protocols.anp.client import AnpClient, AnpSigner
-from protocols.anp.connector import AnpConnector, connector_for, connectors_for
+from protocols.anp.connector import AnpConnector, connector_factory, connector_for, connectors_for
 from protocols.anp.server import AnpOptions, anp_routes, mount_anp
 
 __all__ = [
     "AnpClient", "AnpConnector", "AnpOptions", "AnpSigner", "AuthFailure", "CachedResolver", "DidResolutionError",
-    "DidWbaAuth", "HttpsResolver", "anp_routes", "connector_for", "connectors_for", "mount_anp",
+    "DidWbaAuth", "HttpsResolver", "anp_routes", "connector_factory", "connector_for", "connectors_for", "mount_anp",
 ]

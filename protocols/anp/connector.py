@@ -14,8 +14,10 @@ remote returned is reused until it expires), and turns the result into one artif
   task instead: sent without waiting, followed with ``get_task``, canceled with ``cancel_task``.
 
 ``connector_for(record, signer)`` builds the connector for a registry record with an ``anp``
-endpoint (its ad.json URL). The A2A adapter has no mechanism that starts connectors for live
-records, so nothing here watches the registry: a caller passes the connectors as workers.
+endpoint (its ad.json URL). ``connector_factory(runtime, host)`` is that, signing as the gateway:
+``mount_anp`` adds it to the gateway's connector supervisor (``gateway/connectors.py``, shared by
+every protocol), which runs a connector for each live record with an ``anp`` endpoint and no
+``bus`` one, and stops it when the record goes.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import httpx
@@ -187,3 +189,10 @@ def connector_for(record: AgentRecord, signer: AnpSigner, **kw: Any) -> AnpConne
 def connectors_for(records: Iterable[AgentRecord], signer: AnpSigner, **kw: Any) -> list[AnpConnector]:
     """Connectors for the records that have an ``anp`` endpoint (e.g. ``runtime.registry.live()``)."""
     return [connector_for(r, signer, **kw) for r in records if r.endpoints.anp is not None]
+
+
+def connector_factory(runtime: Any, host: str, **kw: Any) -> Callable[[AgentRecord], AnpConnector]:
+    """The supervisor's factory: connectors that sign as ``did:wba:<host>`` with the node key
+    (``runtime.identity``, the key of the document the gateway serves at that host)."""
+    signer = AnpSigner.for_host(runtime.identity, host)
+    return lambda record: connector_for(record, signer, **kw)

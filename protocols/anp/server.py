@@ -11,7 +11,8 @@
 JSON-RPC dispatch is jsonrpcserver with this adapter's own method table (``METHODS``) and the
 call (runtime, scope, authenticated caller) as its context. ``anp_routes(**options)`` returns
 the routes (the app's default list uses it, with ``AnpOptions.from_env()``); ``mount_anp(app,
-**options)`` replaces them on a built app and closes the DID resolver's client on shutdown.
+**options)`` replaces them on a built app, closes the DID resolver's client on shutdown, and adds
+the ``anp`` connector factory to the app's connector supervisor (``app.state.connectors``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from jsonrpcserver import Error, Success, async_dispatch
 from pydantic import ValidationError
@@ -41,6 +42,7 @@ from gateway.http import error_response
 from gateway.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
 from protocols.anp import wire
 from protocols.anp.auth import AuthFailure, DidWbaAuth, HttpsResolver, Resolve, challenge_headers
+from protocols.anp.connector import connector_factory
 from protocols.anp.didwba import DidError, did_for_host, gateway_document
 from protocols.anp.wire import RpcError
 from schemas import InvalidTransition, Task
@@ -120,6 +122,16 @@ class AnpService:
     def host(self, request: Request) -> str:
         return self.options.public_host or request.headers.get("host") or request.url.netloc
 
+    def outbound_host(self, rt: Runtime) -> str:
+        """The host of the did:wba outbound calls are signed as: the public host, else the public
+        URL's, else ``localhost:<port>`` (remotes must be able to fetch its document there)."""
+        configured = self.options.public_url or getattr(rt.config, "public_url", None)
+        if self.options.public_host:
+            return self.options.public_host
+        if configured:
+            return urlsplit(configured).netloc
+        return f"localhost:{rt.config.port}"
+
     def did(self, request: Request) -> str:
         return did_for_host(self.host(request))
 
@@ -179,7 +191,7 @@ class AnpService:
         about, _, _ = await self.agent_about(rt, agent)
         return wire.openrpc_document(
             title=agent, description=about or f"The agent {agent!r}, reached through the gateway.",
-            rpc_url=f"{base}/anp/agents/{agent}/rpc", agents=None,
+            rpc_url=f"{base}/anp/agents/{quote(agent, safe='')}/rpc", agents=None,
         )
 
     async def agent_description(self, request: Request, agent: str | None) -> dict:
@@ -189,14 +201,14 @@ class AnpService:
         openrpc = await self.openrpc(request, agent)
         if agent is None:
             known = await rt.known_agents()
-            agents = [{"name": a, "url": f"{base}/anp/agents/{a}/ad.json"} for a in known]
+            agents = [{"name": a, "url": f"{base}/anp/agents/{quote(a, safe='')}/ad.json"} for a in known]
             return wire.agent_description(
                 ad_url=f"{base}/anp/ad.json", openrpc_url=f"{base}/anp/openrpc.json", name=self.options.name,
                 description=self.options.description, did=did, openrpc=openrpc, created=self.created,
                 extra={"ad:agents": agents},
             )
         about, version, record_did = await self.agent_about(rt, agent)
-        prefix = f"{base}/anp/agents/{agent}"
+        prefix = f"{base}/anp/agents/{quote(agent, safe='')}"
         return wire.agent_description(
             ad_url=f"{prefix}/ad.json", openrpc_url=f"{prefix}/openrpc.json", name=agent,
             description=about or f"The agent {agent!r}, reached through the gateway.", did=did,
@@ -399,4 +411,7 @@ def mount_anp(app: Starlette, **options: Any) -> AnpService:
                 await service.close()
 
     app.router.lifespan_context = lifespan
+    supervisor = getattr(app.state, "connectors", None)
+    if supervisor is not None:  # records with an anp endpoint get a connector signing as this gateway
+        supervisor.factories["anp"] = connector_factory(app.state.runtime, service.outbound_host(app.state.runtime))
     return service
