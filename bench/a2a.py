@@ -14,32 +14,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import subprocess
 import sys
-import time
-from pathlib import Path
 
-from bench.common import RawHttp, closed_loop, free_port
+from bench.common import REPO, Processes, RawHttp, closed_loop, free_port, package_version
 
-REPO = Path(__file__).resolve().parent.parent
 HEADERS = {"Content-Type": "application/json", "A2A-Version": "1.0"}
 
 
-def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 30) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited at start")
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"{what} did not start")
 
 
 def serve_gateway(port: int, remote: str, streaming: bool | None) -> None:
@@ -120,38 +102,17 @@ def main() -> None:
         port, remote, mode = args.serve_gateway
         serve_gateway(int(port), remote, {"auto": None, "stream": True, "send": False}[mode])
         return
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     remote_port, gw_port = free_port(), free_port()
-    procs: list[subprocess.Popen] = []
-    try:
-        procs.append(subprocess.Popen([sys.executable, str(REPO / "tests/fixtures/a2a_remote.py"), "--port", str(remote_port)],
-                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_port(remote_port, procs[-1], "remote agent")
-        remote = f"http://127.0.0.1:{remote_port}"
-        procs.append(subprocess.Popen([sys.executable, "-m", "bench.a2a", "--serve-gateway", str(gw_port), remote, args.connector],
-                                      env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_port(gw_port, procs[-1], "gateway")
-        print(f"A2A SendMessage to an a2a-sdk {_sdk()} echo agent: direct vs. through the gateway "
+    with Processes() as procs:
+        remote = procs.start([sys.executable, str(REPO / "tests/fixtures/a2a_remote.py"), "--port", str(remote_port)],
+                             remote_port, "remote agent")
+        gateway = procs.start([sys.executable, "-m", "bench.a2a", "--serve-gateway", str(gw_port), remote, args.connector],
+                              gw_port, "gateway")
+        print(f"A2A SendMessage to an a2a-sdk {package_version('a2a-sdk')} echo agent: direct vs. through the gateway "
               f"(connector: {args.connector}); median of {args.repeats} runs, {args.calls} calls per run at "
               f"concurrency 1, {args.calls * 3} at 32")
-        report(asyncio.run(measure(remote, f"http://127.0.0.1:{gw_port}", args.calls, args.repeats)))
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        report(asyncio.run(measure(remote, gateway, args.calls, args.repeats)))
 
-
-def _sdk() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("a2a-sdk")
-    except Exception:
-        return "?"
 
 
 if __name__ == "__main__":

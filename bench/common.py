@@ -136,3 +136,47 @@ class RawHttp:
         for _, writer in self._idle:
             writer.close()
         self._idle.clear()
+
+
+class Processes:
+    """The subprocesses of one benchmark (a peer, a gateway), stopped together on exit."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+        self.env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+    def start(self, args: list[str], port: int, what: str, timeout: float = 30) -> str:
+        """Run ``args`` (a server listening on ``port``) and wait until it accepts connections."""
+        proc = subprocess.Popen(args, env=self.env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(proc)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"{what} exited at start")
+            try:
+                with socket.create_connection(("127.0.0.1", port), 0.2):
+                    return f"http://127.0.0.1:{port}"
+            except OSError:
+                time.sleep(0.05)
+        raise SystemExit(f"{what} did not start")
+
+    def __enter__(self) -> "Processes":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def package_version(distribution: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(distribution)
+    except Exception:
+        return "?"

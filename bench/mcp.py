@@ -13,31 +13,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 
 import httpx
 
-from bench.common import REPO, free_port, percentile
+from bench.common import REPO, Processes, free_port, package_version, percentile
 
 ACCEPT = "application/json, text/event-stream"
 
 
-def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited at start")
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"{what} did not start")
 
 
 def serve_gateway(port: int, upstream: str) -> None:
@@ -156,38 +142,15 @@ def main() -> None:
     if args.serve_gateway:
         serve_gateway(int(args.serve_gateway[0]), args.serve_gateway[1])
         return
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     up_port, gw_port = free_port(), free_port()
-    procs = []
-    try:
-        procs.append(subprocess.Popen([sys.executable, str(REPO / "tests/fixtures/mcp_upstream.py"), "--port", str(up_port)],
-                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_port(up_port, procs[-1], "upstream")
-        upstream = f"http://127.0.0.1:{up_port}/mcp"
-        procs.append(subprocess.Popen([sys.executable, "-m", "bench.mcp", "--serve-gateway", str(gw_port), upstream],
-                                      env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_port(gw_port, procs[-1], "gateway")
-        print(f"MCP tools/call test_echo: direct to the upstream (mcp SDK {_sdk()}) vs. through the gateway; "
+    with Processes() as procs:
+        upstream = procs.start([sys.executable, str(REPO / "tests/fixtures/mcp_upstream.py"), "--port", str(up_port)],
+                               up_port, "upstream") + "/mcp"
+        gateway = procs.start([sys.executable, "-m", "bench.mcp", "--serve-gateway", str(gw_port), upstream], gw_port, "gateway")
+        print(f"MCP tools/call test_echo: direct to the upstream (mcp SDK {package_version('mcp')}) vs. through the gateway; "
               f"median of {args.repeats} runs, {args.calls} calls per run at concurrency 1, {args.calls * 3} at 32")
-        results = asyncio.run(measure(upstream, f"http://127.0.0.1:{gw_port}/mcp", args.calls, args.repeats))
-        report(results)
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        report(asyncio.run(measure(upstream, f"{gateway}/mcp", args.calls, args.repeats)))
 
-
-def _sdk() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("mcp")
-    except Exception:
-        return "?"
 
 
 if __name__ == "__main__":

@@ -148,7 +148,6 @@ class TransformersBackend(ModelBackend):
         metrics: Any = None,
     ) -> "TransformersBackend":
         """Load a Hugging Face model directory (or a GGUF file in it, dequantised) from disk only."""
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         device = pick_device(device)
