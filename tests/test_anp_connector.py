@@ -4,6 +4,7 @@ another Interlace gateway: signed calls, token reuse, each outbound row of the m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import httpx
 import pytest
@@ -122,9 +123,10 @@ async def test_unreachable_remote_fails_the_task():
     assert task.state is TaskState.FAILED and "unreachable" in task.status.message.text()
 
 
-async def test_gateway_to_gateway(tmp_path):
-    """The connector against another Interlace gateway's /anp/agents/echo: send_message is chosen,
-    text -> message, an object data part -> data, and the remote task's result is the data artifact."""
+@contextlib.asynccontextmanager
+async def two_gateways(tmp_path):
+    """A gateway whose agent 'far-echo' is the echo agent of another gateway, reached over ANP;
+    yields (the calling gateway's app, the remote gateway's app, the signer)."""
     key_file = tmp_path / "node.key"
     identity = Identity.generate()
     identity.save(key_file)
@@ -137,14 +139,21 @@ async def test_gateway_to_gateway(tmp_path):
     async with anp_gateway(test_config(), resolve=resolve, workers=[EchoWorker()]) as (remote_url, remote_app):
         connector = AnpConnector("far-echo", f"{remote_url}/anp/agents/echo/ad.json", signer=signer)
         async with anp_gateway(test_config(echo=False, node_key=str(key_file)), workers=[connector], port=port) as (_, app):
-            rt = app.state.runtime
-            task = await rt.submit(message(TextPart(text="hi"), DataPart(data={"k": 1})), agent="far-echo")
-            task = await rt.wait(task.id, 20)
-            assert task.state is TaskState.COMPLETED, task.status
-            result = task.artifacts[0].parts[0].data
-            assert result["state"] == "completed" and result["text"] == "hi" and result["data"] == [{"k": 1}]
-            remote_task = await remote_app.state.runtime.get(result["task_id"])
-            assert remote_task.metadata["anp.caller"] == signer.did
+            yield app, remote_app, signer
+
+
+async def test_gateway_to_gateway(tmp_path):
+    """The connector against another Interlace gateway's /anp/agents/echo: send_message is chosen,
+    text -> message, an object data part -> data, and the remote task's result is the data artifact."""
+    async with two_gateways(tmp_path) as (app, remote_app, signer):
+        rt = app.state.runtime
+        task = await rt.submit(message(TextPart(text="hi"), DataPart(data={"k": 1})), agent="far-echo")
+        task = await rt.wait(task.id, 20)
+        assert task.state is TaskState.COMPLETED, task.status
+        result = task.artifacts[0].parts[0].data
+        assert result["state"] == "completed" and result["text"] == "hi" and result["data"] == [{"k": 1}]
+        remote_task = await remote_app.state.runtime.get(result["task_id"])
+        assert remote_task.metadata["anp.caller"] == signer.did
 
 
 def _remote(*methods: RemoteMethod) -> RemoteAgent:
@@ -192,36 +201,25 @@ def test_connector_for_a_registry_record():
 
 
 async def test_gateway_to_gateway_cancel_reaches_the_remote_task(tmp_path):
-    key_file = tmp_path / "node.key"
-    identity = Identity.generate()
-    identity.save(key_file)
-    port = free_port()
-    signer = AnpSigner.for_host(identity, f"localhost:{port}")
+    async with two_gateways(tmp_path) as (app, remote_app, _):
+        rt, remote_rt = app.state.runtime, remote_app.state.runtime
+        params = {"message": "slow", "metadata": {"delay_ms": 30000}}
+        task = await rt.submit(message(TextPart(text="x")), agent="far-echo", metadata={"anp.params": params})
 
-    async def resolve(did: str):
-        return await fetch_document(f"http://localhost:{port}", did)
+        async def remote_task():
+            found = [t for t in (await remote_rt.backend.tasks.list(None, 10, None))[0] if t.history[0].text() == "slow"]
+            return found[0] if found else None
 
-    async with anp_gateway(test_config(), resolve=resolve, workers=[EchoWorker()]) as (remote_url, remote_app):
-        connector = AnpConnector("far-echo", f"{remote_url}/anp/agents/echo/ad.json", signer=signer)
-        async with anp_gateway(test_config(echo=False, node_key=str(key_file)), workers=[connector], port=port) as (_, app):
-            rt, remote_rt = app.state.runtime, remote_app.state.runtime
-            params = {"message": "slow", "metadata": {"delay_ms": 30000}}
-            task = await rt.submit(message(TextPart(text="x")), agent="far-echo", metadata={"anp.params": params})
+        remote = await wait_until(remote_task, timeout=10)
+        await rt.cancel(task.id)
 
-            async def remote_task():
-                found = [t for t in (await remote_rt.backend.tasks.list(None, 10, None))[0] if t.history[0].text() == "slow"]
-                return found[0] if found else None
+        async def remote_canceled():
+            return (await remote_rt.get(remote.id)).state is TaskState.CANCELED
 
-            remote = await wait_until(remote_task, timeout=10)
-            await rt.cancel(task.id)
-
-            async def remote_canceled():
-                return (await remote_rt.get(remote.id)).state is TaskState.CANCELED
-
-            await wait_until(remote_canceled, timeout=10)
-            failed = await rt.submit(message(TextPart(text="x")), agent="far-echo", metadata={"anp.params": {"message": "m", "metadata": {"fail": "nope"}}})
-            failed = await rt.wait(failed.id, 20)
-            assert failed.state is TaskState.FAILED and "nope" in failed.status.message.text()
+        await wait_until(remote_canceled, timeout=10)
+        failed = await rt.submit(message(TextPart(text="x")), agent="far-echo", metadata={"anp.params": {"message": "m", "metadata": {"fail": "nope"}}})
+        failed = await rt.wait(failed.id, 20)
+        assert failed.state is TaskState.FAILED and "nope" in failed.status.message.text()
 
 
 async def test_a_registered_record_with_an_anp_endpoint_gets_a_connector(tmp_path, monkeypatch):

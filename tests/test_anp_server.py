@@ -205,3 +205,13 @@ async def test_jsonrpc_protocol_errors(anp):
     assert too_many.json()["error"]["code"] == -32600
     note = await signed_post(http, auth, rpc_url(url), {"jsonrpc": "2.0", "method": "get_task", "params": {"task_id": "x"}})
     assert note.status_code == 204
+
+
+def test_options_from_the_environment():
+    from protocols.anp import AnpOptions
+
+    opts = AnpOptions.from_env({"INTERLACE_ANP_PUBLIC_HOST": "gw.example.com:8443", "INTERLACE_ANP_WINDOW_S": "120",
+                                "INTERLACE_ANP_WAIT_S": "2.5"}, token_ttl_s=60)
+    assert (opts.public_host, opts.window_s, opts.wait_s, opts.token_ttl_s) == ("gw.example.com:8443", 120, 2.5, 60)
+    with pytest.raises(ValueError, match="INTERLACE_ANP_WINDOW_S"):
+        AnpOptions.from_env({"INTERLACE_ANP_WINDOW_S": "soon"})

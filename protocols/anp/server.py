@@ -38,6 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.backends import BackendUnavailable, QueueFull, TaskNotFound
+from gateway.config import _parse as parse_setting
 from gateway.http import error_response
 from gateway.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
 from protocols.anp import wire
@@ -78,11 +79,10 @@ class AnpOptions:
             raw = env.get(f"INTERLACE_ANP_{f.name.upper()}")
             if raw in (None, "") or f.name == "resolve":
                 continue
-            kind = f.type if isinstance(f.type, str) else str(f.type)
             try:
-                values[f.name] = int(raw) if kind.startswith("int") else float(raw) if "float" in kind else raw
+                values[f.name] = parse_setting(f, raw)
             except ValueError:
-                raise ValueError(f"INTERLACE_ANP_{f.name.upper()}={raw!r} is not a valid {kind}") from None
+                raise ValueError(f"INTERLACE_ANP_{f.name.upper()}={raw!r} is not a valid {f.type}") from None
         values.update(overrides)
         return cls(**values)
 
