@@ -215,3 +215,16 @@ def test_options_from_the_environment():
     assert (opts.public_host, opts.window_s, opts.wait_s, opts.token_ttl_s) == ("gw.example.com:8443", 120, 2.5, 60)
     with pytest.raises(ValueError, match="INTERLACE_ANP_WINDOW_S"):
         AnpOptions.from_env({"INTERLACE_ANP_WINDOW_S": "soon"})
+
+
+async def test_backend_unavailable_is_a_jsonrpc_error(anp, monkeypatch):
+    from gateway.backends import BackendUnavailable
+
+    url, app, http, alice, _ = anp
+
+    async def down(*args, **kwargs):
+        raise BackendUnavailable("bus down")
+
+    monkeypatch.setattr(app.state.runtime, "submit", down)
+    resp = await call(http, signer(alice), rpc_url(url), "send_message", {"message": "x"})
+    assert resp["error"]["code"] == -32050 and "bus down" in resp["error"]["message"]
