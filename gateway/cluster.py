@@ -284,6 +284,8 @@ class ForwardWorker(Worker):
         self.description = f"forwards tasks for {did} to node {home}"
 
     async def handle(self, task: Task) -> AsyncIterator[TaskEvent]:
+        if FORWARDED_FROM in task.metadata:  # our view and the sender's disagree: no chains
+            raise TaskFailed(f"the agent does not live at node {self.cluster.node_id} (its home is {self.home})")
         link, gone = self.cluster.link(self.home)
         kv = self.cluster.runtime.backend.kv
         key = f"fwd:{task.id}"

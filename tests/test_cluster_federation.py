@@ -264,6 +264,11 @@ async def test_input_required_and_cancel_cross_nodes(fed, http):
         "task_id": asked["id"], "message": text_message("second")})).json()
     assert done["status"]["state"] == "completed" and done["artifacts"][0]["parts"][0]["text"] == "second"
 
+    # A failure at C fails the task at A with the agent's message.
+    failed = (await http.post(f"{a.url}/tasks?wait=true&timeout=15", json={
+        "agent": "echo", "message": text_message("x"), "metadata": {"fail": "no can do"}})).json()
+    assert failed["status"]["state"] == "failed" and failed["status"]["message"]["parts"][0]["text"] == "no can do"
+
     # Cancel at A reaches the task running at C.
     slow = (await http.post(f"{a.url}/tasks", json={"agent": "echo", "message": text_message("slow"),
                                                      "metadata": {"delay_ms": 30_000}})).json()
@@ -373,16 +378,17 @@ def test_killed_node_is_declared_dead_unrouted_and_rejoins_with_higher_incarnati
                  "every survivor declares D dead", survivors)
         detected_s = time.monotonic() - killed_at
         print(f"\nSIGKILLed node declared dead by all 3 survivors in {detected_s:.2f} s (bound {bound:.2f} s)")
-        assert detected_s < 3 * bound + 5
+        assert detected_s <= bound + 1.0  # the configured bound, plus this test's polling
 
         # Its agents stop being routed to.
         gone = httpx.post(f"{a.url}/tasks", json={"agent": d_echo["did"], "message": text_message("to d")}, timeout=5)
         assert gone.status_code == 404 and gone.json()["error"]["code"] == "unknown_agent"
         assert "home node is down" in gone.json()["error"]["message"]
-        others = [r["did"] for r in records_named(a.url, "echo") if r["home_node"] != "node-d"]
+        agents = httpx.get(f"{a.url}/registry/agents", params={"limit": 500}, timeout=5).json()["agents"]
+        others = [r["did"] for r in agents if r["did"] != d_echo["did"]]
         by_skill = httpx.post(f"{a.url}/tasks", timeout=5, json={
             "query": {"skill": "echo", "exclude": others}, "message": text_message("to d")})
-        assert by_skill.status_code == 404 and by_skill.json()["error"]["code"] == "no_match"
+        assert by_skill.status_code == 404 and by_skill.json()["error"]["code"] == "no_match", by_skill.text
 
         dead_inc = states(a.url)["node-d"][1]
         d.start()  # same node id and address
