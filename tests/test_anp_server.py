@@ -228,3 +228,13 @@ async def test_backend_unavailable_is_a_jsonrpc_error(anp, monkeypatch):
     monkeypatch.setattr(app.state.runtime, "submit", down)
     resp = await call(http, signer(alice), rpc_url(url), "send_message", {"message": "x"})
     assert resp["error"]["code"] == -32050 and "bus down" in resp["error"]["message"]
+
+
+async def test_the_default_app_serves_anp(client):
+    """create_app's own routes (AnpOptions.from_env, HTTPS resolution): documents and a 401 challenge."""
+    host = client.base_url.netloc.decode().replace("127.0.0.1", "localhost")
+    doc = (await client.get("/.well-known/did.json", headers={"Host": host})).json()
+    assert doc["id"] == did_for_host(host)
+    assert (await client.get("/anp/agents/echo/ad.json")).json()["name"] == "echo"
+    resp = await client.post("/anp/rpc", json={"jsonrpc": "2.0", "id": 1, "method": "get_task", "params": {"task_id": "x"}})
+    assert resp.status_code == 401 and resp.headers["www-authenticate"].startswith("DIDWba")
