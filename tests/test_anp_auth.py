@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from protocols.anp import HttpsResolver
-from tests.conftest import free_port, serve_app, test_config, wait_until
+from tests.conftest import free_port, test_config, wait_until
 from tests.fixtures.anp_support import LocalResolver, anp_gateway, make_caller, signed_post, signer
 
 BODY = {"jsonrpc": "2.0", "id": 1, "method": "send_message", "params": {"message": "hi"}}

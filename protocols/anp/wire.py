@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas import Artifact, DataPart, FilePart, Message, Task, TaskState, TextPart
+from schemas import Artifact, DataPart, Message, Task, TaskState, TextPart
 
 CALLER = "anp.caller"  # task metadata: the DID that created the task over ANP
 AD_CONTEXT = {
@@ -258,7 +258,3 @@ def result_artifact(method: str, result: Any) -> Artifact:
     """A remote method's JSON-RPC result -> one artifact: a string is text, anything else data."""
     part = TextPart(text=result) if isinstance(result, str) else DataPart(data=result)
     return Artifact(name=method, parts=[part])
-
-
-def file_parts(message: Message) -> list[FilePart]:
-    return [p for p in message.parts if isinstance(p, FilePart)]
