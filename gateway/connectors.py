@@ -83,11 +83,14 @@ class ConnectorSupervisor:
 
 
 def default_factories(runtime) -> dict[str, ConnectorFactory]:
-    """The connectors of the protocol adapters this gateway ships (ANP is wired by its mount)."""
+    """The connectors of the protocol adapters this gateway ships (``mount_*`` may replace them)."""
     from protocols.a2a.connector import A2AConnector
     from protocols.acp.connector import ACPConnector
+    from protocols.anp.connector import connector_factory as anp_connector_factory
+    from protocols.anp.server import AnpOptions, outbound_host
 
     return {
         "a2a": lambda record: A2AConnector(record.name, record.endpoints.a2a),
         "acp": ACPConnector.from_record,
+        "anp": anp_connector_factory(runtime, outbound_host(AnpOptions.from_env(), runtime)),
     }

@@ -50,3 +50,20 @@ async def test_bus_agents_get_no_connector():
     async with running_gateway() as (_, app):
         assert app.state.runtime.registry.by_name("echo")  # the in-process echo agent is registered...
         assert app.state.connectors.running() == {}  # ...and served by its worker, not a connector
+
+
+async def test_every_shipped_protocol_has_a_connector_by_default():
+    async with running_gateway() as (url, app):
+        async with httpx.AsyncClient(base_url=url, timeout=20) as http:
+            expected = {}
+            for kind, endpoint in (("a2a", "http://127.0.0.1:9/a2a"), ("acp", "http://127.0.0.1:9/acp"),
+                                   ("anp", "http://127.0.0.1:9/ad.json")):
+                who = Identity.generate()
+                now = int(time.time())
+                record = sign(AgentRecord.model_validate({
+                    "did": who.did, "name": f"far-{kind}", "version": "1", "skills": [{"id": "x", "name": "X"}],
+                    "endpoints": {kind: endpoint}, "seq": 1, "issued_at": now, "expires_at": now + 600,
+                    "network": "interlace", "home_node": "elsewhere"}), who)
+                assert (await http.post("/registry/agents", json=record.dump())).status_code == 201
+                expected[who.did] = kind
+            assert app.state.connectors.running() == expected

@@ -97,6 +97,17 @@ class Call:
     service: "AnpService"
 
 
+def outbound_host(options: AnpOptions, rt: Runtime) -> str:
+    """The host of the did:wba outbound calls are signed as: the public host, else the public
+    URL's, else ``localhost:<port>`` (remotes must be able to fetch its document there)."""
+    configured = options.public_url or getattr(rt.config, "public_url", None)
+    if options.public_host:
+        return options.public_host
+    if configured:
+        return urlsplit(configured).netloc
+    return f"localhost:{rt.config.port}"
+
+
 class AnpService:
     def __init__(self, options: AnpOptions) -> None:
         self.options = options
@@ -123,14 +134,7 @@ class AnpService:
         return self.options.public_host or request.headers.get("host") or request.url.netloc
 
     def outbound_host(self, rt: Runtime) -> str:
-        """The host of the did:wba outbound calls are signed as: the public host, else the public
-        URL's, else ``localhost:<port>`` (remotes must be able to fetch its document there)."""
-        configured = self.options.public_url or getattr(rt.config, "public_url", None)
-        if self.options.public_host:
-            return self.options.public_host
-        if configured:
-            return urlsplit(configured).netloc
-        return f"localhost:{rt.config.port}"
+        return outbound_host(self.options, rt)
 
     def did(self, request: Request) -> str:
         return did_for_host(self.host(request))
