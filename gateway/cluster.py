@@ -32,7 +32,23 @@ a task goes to:
 3. records whose home is dead or has left are not routed to (``UnknownAgent``).
 
 The remote task id is kept in the backend's key/value store under the local task id, so a
-redelivered forwarded task follows the remote task instead of submitting it twice.
+redelivered forwarded task follows the remote task instead of submitting it twice. A task that
+arrived forwarded is never forwarded again (no chains when two nodes' views disagree).
+
+Trust model and limits:
+
+* every packet is authenticated hop by hop (signed envelope: network id, trust list, freshness,
+  replay); records are authenticated end to end by their agents' signatures, so a relay can
+  neither forge nor alter them;
+* what SWIM relays about *other* members (alive/suspect/dead, their addresses) is believed as in
+  SWIM: any admitted node could lie about a third node. Run ``--trust`` with exactly your nodes'
+  DIDs on any network that is not loopback (a warning is logged otherwise);
+* a record accepted from gossip skips this node's registration admission (token/allowlist):
+  admission happens where the record entered the federation;
+* each push/pull carries the whole digest (did -> seq), fine up to ~10^4 records; beyond,
+  bucketed (Merkle) digests would be needed;
+* nodes sharing one Redis already share registry and bus; if they also gossip with each other,
+  a task for an agent "homed" at a sibling takes one HTTP hop it did not need.
 """
 
 from __future__ import annotations
@@ -127,6 +143,9 @@ class Cluster:
         self.client = self.gossip.client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
         await self.sync.start()
+        if self.gossip.trusted is None and self.runtime.config.host not in _LOOPBACK:
+            log.warning("gossip without a trust list on a non-loopback address: any node of network "
+                        f"{self.runtime.config.network!r} can join; pass --trust FILE")
         self.gossip.start(self.seeds)
         self._sweeper = asyncio.create_task(self._sweep(), name="forwarder-sweep")
         log.info("gossip started", extra={"node": self.node_id, "addr": self.addr, "seeds": self.seeds,
