@@ -1,0 +1,142 @@
+"""Registry anti-entropy (registry/gossip/sync.py) against a recording stand-in for the transport:
+a push/pull sends exactly what the peer lacks, relayed records are judged by the registry before
+they are relayed, and fresh local writes become rumours with their origin."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from registry.gossip.sync import RegistrySync
+from registry.identity import Identity
+from registry.records import sign
+from registry.service import Registry
+from registry.store import MemoryRecordStore
+from schemas.agent_record import AgentRecord, Tombstone
+
+NET = "interlace"
+
+
+class FakeGossip:
+    """What RegistrySync uses of HttpGossip, recording instead of sending."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, dict]] = []
+        self.broadcasts: list[tuple[str, dict]] = []
+        self.current_sender = SimpleNamespace(addr="http://peer:1", node="peer")
+        self.node = SimpleNamespace(broadcast=lambda key, payload: self.broadcasts.append((key, payload)))
+        self.handlers = {}
+
+    def on_kind(self, kind, handler):
+        self.handlers[kind] = handler
+
+    def send(self, addr, kind, payload):
+        self.sent.append((addr, kind, payload))
+
+    def wake(self):
+        pass
+
+
+def record(identity: Identity, seq: int, *, ttl: int = 600, issued_at: int | None = None, **extra) -> AgentRecord:
+    now = int(time.time()) if issued_at is None else issued_at
+    data = {"did": identity.did, "name": "agent", "version": "1", "skills": [{"id": "s", "name": "s"}],
+            "endpoints": {"bus": "agent"}, "home_node": "node-x", "seq": seq, "issued_at": now,
+            "expires_at": now + ttl, "network": NET, **extra}
+    return sign(AgentRecord.model_validate(data), identity)
+
+
+def tombstone(identity: Identity, seq: int) -> Tombstone:
+    return sign(Tombstone(did=identity.did, seq=seq, issued_at=int(time.time()), network=NET), identity)
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    """Poll a condition on state that has no event to await (bounded)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def node():
+    registry = Registry(MemoryRecordStore(), NET, skew_s=60)
+    await registry.start()
+    sync = RegistrySync(registry, "me")
+    gossip = FakeGossip()
+    sync.attach(gossip)
+    await sync.start()
+    yield SimpleNamespace(registry=registry, sync=sync, gossip=gossip)
+    await sync.stop()
+    await registry.stop()
+
+
+async def test_push_pull_sends_only_what_the_peer_lacks_or_holds_older(node):
+    same, newer, fresh, gone, short = (Identity.generate() for _ in range(5))
+    await node.registry.submit(record(same, 5))
+    await node.registry.submit(record(newer, 3))
+    await node.registry.submit(record(fresh, 1))
+    await node.registry.submit(record(gone, 1))
+    await node.registry.submit(tombstone(gone, 7))
+    await node.registry.submit(record(short, 1, issued_at=int(time.time()) - 100, ttl=90), relayed=True)
+    await until(lambda: len(node.sync.origin) == 5)  # the store feed has caught up
+    node.gossip.sent.clear()
+
+    peer = {same.did: 5, newer.did: 1, gone.did: 2, "did:key:z6MkSomeoneElse": 9}
+    node.sync.merge_remote_state({"digest": peer}, join=False)
+    [(addr, kind, payload)] = node.gossip.sent
+    assert (addr, kind) == ("http://peer:1", "records")
+    sent = {(e["record"]["did"], e["record"]["seq"], e["record"].get("type", "record")) for e in payload["entries"]}
+    # not `same` (equal seq), not `short` (its lease ran out), nothing for the DID only the peer has
+    assert sent == {(newer.did, 3, "record"), (fresh.did, 1, "record"), (gone.did, 7, "tombstone")}
+    assert all(e["origin"] == "me" for e in payload["entries"])
+    assert node.sync.local_state(join=True) == {"digest": node.registry.digest()}
+
+    node.gossip.sent.clear()
+    node.sync.merge_remote_state({"digest": node.registry.digest()}, join=False)
+    assert node.gossip.sent == []  # in sync: nothing moves
+    for junk in (None, [], {"digest": "nope"}):
+        node.sync.merge_remote_state(junk, join=False)
+    assert node.gossip.sent == []
+
+
+async def test_relayed_records_are_judged_before_they_are_relayed(node):
+    agent = Identity.generate()
+    good = record(agent, 2)
+    altered = good.model_copy(update={"seq": 3, "description": "altered"})  # signature no longer matches
+    foreign = record(Identity.generate(), 1, network="elsewhere")
+
+    assert node.sync.notify_user(agent.did, {"record": altered.dump(), "origin": "evil"}) is False
+    node.gossip.handlers["records"](SimpleNamespace(node="peer", payload={"entries": [
+        {"record": foreign.dump(), "origin": "peer"}, {"record": {"did": "x"}}, "junk"]}))
+    assert node.sync.notify_user(agent.did, {"record": good.dump(), "origin": "node-c"}) is False
+    await until(lambda: node.sync.stats["accepted"] == 1)
+    stats = node.sync.stats
+    assert stats["rejected.bad_signature"] == 1 and stats["rejected.wrong_network"] == 1
+    assert stats["rejected.malformed"] == 2
+    assert node.registry.get(agent.did).description == "" and node.registry.get(agent.did).seq == 2
+    assert node.registry.get(foreign.did) is None
+
+    # Accepted: relayed onward from the store feed, with the origin it came with.
+    await until(lambda: any(k == agent.did for k, _ in node.gossip.broadcasts))
+    [(key, payload)] = node.gossip.broadcasts
+    assert payload == {"record": good.dump(), "origin": "node-c"} and node.sync.origin[agent.did] == "node-c"
+
+    # The same record again (or an older one) is no news.
+    node.sync.notify_user(agent.did, {"record": good.dump(), "origin": "node-c"})
+    node.sync.notify_user(agent.did, {"record": record(agent, 1).dump(), "origin": "node-c"})
+    await until(lambda: node.sync.stats["duplicate"] == 2)
+    assert len(node.gossip.broadcasts) == 1
+
+
+async def test_local_writes_become_rumours_with_this_node_as_origin(node):
+    agent = Identity.generate()
+    await node.registry.submit(record(agent, 1))
+    await until(lambda: node.gossip.broadcasts)
+    [(key, payload)] = node.gossip.broadcasts
+    assert key == agent.did and payload["origin"] == "me" and payload["record"]["seq"] == 1
+    await node.registry.submit(tombstone(agent, 2))
+    await until(lambda: len(node.gossip.broadcasts) == 2)
+    assert node.gossip.broadcasts[-1][1]["record"]["type"] == "tombstone"
