@@ -88,6 +88,7 @@ log = logging.getLogger("interlace.cluster")
 
 FORWARDED_FROM = "interlace.forwarded_from"  # task metadata at the home node: {node, task_id}
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+_KEEPALIVE_S = 4.0  # below uvicorn's 5 s keep-alive timeout
 _REJECT_STATUS = {"malformed": 400, "bad_signature": 401, "stale": 401, "replayed": 401,
                   "wrong_network": 403, "untrusted": 403}
 
@@ -132,7 +133,7 @@ class Cluster:
                                  max_age_ms=cfg.skew_s * 1000, trusted=trusted, on_events=self._on_events)
         self.sync.attach(self.gossip)
         self._forwarders: dict[str, WorkerRunner] = {}  # stream -> runner
-        self._links: dict[str, HttpLink] = {}  # home base URL -> pooled client of its task API
+        self._links: dict[str, _HomeLink] = {}  # home base URL -> pooled client of its task API
         self._gone: dict[str, asyncio.Event] = {}  # member id -> set while it is dead or left
         self._sweeper: asyncio.Task | None = None
         runtime.router = self.route
@@ -140,8 +141,8 @@ class Cluster:
     # ---- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.client = self.gossip.client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+        self.client = self.gossip.client = httpx.AsyncClient(limits=httpx.Limits(
+            max_connections=256, max_keepalive_connections=64, keepalive_expiry=_KEEPALIVE_S))
         await self.sync.start()
         if self.gossip.trusted is None and self.runtime.config.host not in _LOOPBACK:
             log.warning("gossip without a trust list on a non-loopback address: any node of network "
@@ -231,7 +232,7 @@ class Cluster:
                         del self._forwarders[stream]
                         await runner.stop(self.runtime.config.shutdown_grace_s)
 
-    def link(self, home: str) -> tuple[HttpLink, asyncio.Event]:
+    def link(self, home: str) -> tuple[_HomeLink, asyncio.Event]:
         """The home's task API client and an event set if the home is declared dead; raises
         TaskFailed when the home is not a live member."""
         member = self.node.members.get(home)
@@ -239,7 +240,7 @@ class Cluster:
             raise TaskFailed(f"the agent's home node {home} is unreachable")
         link = self._links.get(member.addr)
         if link is None:
-            link = self._links[member.addr] = HttpLink(member.addr)
+            link = self._links[member.addr] = _HomeLink(member.addr)
         return link, self._gone.setdefault(home, asyncio.Event())
 
     # ---- views ------------------------------------------------------------------------------
@@ -261,6 +262,16 @@ class Cluster:
                       **{f"registry.{k}": v for k, v in self.sync.stats.items()}},
             "forwarders": len(self._forwarders), "blocked": self.gossip.blocked,
         }
+
+
+class _HomeLink(HttpLink):
+    """A home node's task API (``HttpLink``'s calls and SSE reader) on a pool that drops idle
+    connections before the server's keep-alive timeout (uvicorn: 5 s), so a request never
+    races the server closing the connection it reuses."""
+
+    def __init__(self, base_url: str) -> None:  # HttpLink.__init__ only makes its client
+        self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=httpx.Timeout(30.0),
+                                      limits=httpx.Limits(keepalive_expiry=_KEEPALIVE_S))
 
 
 class _Unregistered(DirectLink):
