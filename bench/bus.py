@@ -66,7 +66,7 @@ def main() -> None:
     if redis_url is None and shutil.which("redis-server"):
         from tests.conftest import RedisProcess
 
-        redis_proc = RedisProcess()
+        redis_proc = RedisProcess(appendfsync="everysec")  # Redis's default durability, as deployed
         redis_proc.start()
         redis_url = redis_proc.url
     try:

@@ -35,7 +35,8 @@ def free_port() -> int:
 class RedisProcess:
     """A real redis-server on a free loopback port, with AOF so a restart keeps acked writes."""
 
-    def __init__(self) -> None:
+    def __init__(self, appendfsync: str = "always") -> None:
+        self.appendfsync = appendfsync  # tests: every acked write on disk; benchmarks: "everysec"
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: apt-get install -y redis-server (see README)")
@@ -48,7 +49,7 @@ class RedisProcess:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "yes"],
+             "--appendonly", "yes", "--appendfsync", self.appendfsync, "--save", "", "--protected-mode", "yes"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
