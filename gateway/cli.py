@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         config = Config.load(flags)
         if args.command == "serve":
             config.effective_admission()
+            from gateway.cluster import check_config  # gossip settings: fail before starting
+
+            check_config(config)
     except ValueError as exc:
         print(f"interlace: {exc}", file=sys.stderr)
         return 2

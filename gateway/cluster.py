@@ -73,7 +73,7 @@ from agents.links import DirectLink, HttpLink
 from agents.worker import TaskFailed, Worker, WorkerRunner
 from gateway.http import HttpError, json_response, read_json
 from gateway.registry_api import load_allowlist
-from registry.gossip.envelope import EnvelopeRejected
+from registry.gossip.envelope import ADDR, EnvelopeRejected
 from registry.gossip.swim import MemberEvent, State, SwimNode
 from registry.gossip.sync import RegistrySync
 from registry.gossip.transport import HttpGossip, detection_bound, profile
@@ -82,6 +82,7 @@ from schemas import Message, Task, TaskArtifactUpdate, TaskEvent, TaskState, Tas
 from schemas.agent_record import AgentRecord
 
 if TYPE_CHECKING:
+    from gateway.config import Config
     from gateway.runtime import Runtime
 
 log = logging.getLogger("interlace.cluster")
@@ -91,6 +92,21 @@ _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 _KEEPALIVE_S = 4.0  # below uvicorn's 5 s keep-alive timeout
 _REJECT_STATUS = {"malformed": 400, "bad_signature": 401, "stale": 401, "replayed": 401,
                   "wrong_network": 403, "untrusted": 403}
+
+
+def check_config(config: Config) -> None:
+    """Raise ValueError naming what is wrong with the gossip settings (before anything starts)."""
+    if not config.gossip:
+        return
+    profile(config.gossip_profile)
+    for url in [advertised_url(config.host, config.port, config.public_url), *seed_urls(config.join)]:
+        if not ADDR.match(url):
+            raise ValueError(f"{url!r} is not a base URL like http://host:port (check --public-url / --join)")
+    if config.trust:
+        try:
+            load_allowlist(config.trust)
+        except OSError as exc:
+            raise ValueError(f"cannot read the trust file {config.trust}: {exc.strerror}") from None
 
 
 def seed_urls(join: str | None) -> list[str]:
@@ -120,6 +136,7 @@ class Cluster:
 
     def __init__(self, runtime: Runtime) -> None:
         cfg = runtime.config
+        check_config(cfg)
         self.runtime, self.node_id = runtime, runtime.node_id
         self.profile_name = cfg.gossip_profile
         self.swim_config = profile(cfg.gossip_profile)

@@ -3,15 +3,16 @@ trust list between in-process gateways, and the federation's configuration."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import httpx
 import pytest
 
-from tests.conftest import free_port, running_gateway, serve_app, test_config, wait_until
+from tests.conftest import free_port, interlace_cmd, running_gateway, serve_app, subprocess_env, test_config, wait_until
 from gateway.app import create_app
 from gateway.cli import build_parser
-from gateway.cluster import advertised_url, seed_urls
+from gateway.cluster import advertised_url, check_config, seed_urls
 from gateway.config import Config
 from registry.gossip.envelope import EnvelopeRejected, ReplayCache, open_envelope, seal
 from registry.gossip.messages import Ping, encode_packet
@@ -190,3 +191,24 @@ def test_serve_flags_reach_the_config():
     assert advertised_url("0.0.0.0", 8080, "https://a.example.com/") == "https://a.example.com"
     with pytest.raises(ValueError, match="gossip profile"):
         create_app(test_config(gossip_profile="warp"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--public-url", "ftp://x"], "not a base URL"),
+    (["--join", "http://a b:1"], "not a base URL"),
+    (["--trust", "/nonexistent/trust"], "cannot read the trust file"),
+])
+def test_bad_gossip_settings_are_a_clear_cli_error(args, message):
+    out = subprocess.run(interlace_cmd("serve", "--port", str(free_port()), *args), env=subprocess_env(),
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_public_url_may_have_a_path_prefix():
+    me = Identity.generate()
+    data = envelope(me, addr="https://gw.example.com/interlace")
+    assert check(data).addr == "https://gw.example.com/interlace"
+    check_config(test_config(public_url="https://gw.example.com/interlace", join="a:1,https://b.example.com/x"))
+    with pytest.raises(ValueError, match="gossip profile"):
+        check_config(test_config(gossip_profile="warp"))
+    check_config(test_config(gossip=False, gossip_profile="warp"))  # off: nothing to check

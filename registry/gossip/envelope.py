@@ -35,11 +35,11 @@ import rfc8785
 
 from registry.identity import BadSignature, Identity, InvalidDid, b64url_encode, verify
 
-__all__ = ["Envelope", "EnvelopeRejected", "ReplayCache", "open_envelope", "seal"]
+__all__ = ["ADDR", "Envelope", "EnvelopeRejected", "ReplayCache", "open_envelope", "seal"]
 
 KINDS = frozenset({"swim", "records"})
 _FIELDS = frozenset({"network", "from", "node", "addr", "sent_at", "kind", "payload", "signature"})
-_ADDR = re.compile(r"^https?://[^\s/]+$")
+ADDR = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")  # a base URL; a path prefix is allowed
 _MAX_STR = 256
 
 
@@ -111,7 +111,7 @@ def _shape(data: Any) -> None:
         raise EnvelopeRejected("malformed", "sent_at must be an integer (unix milliseconds)")
     if data["kind"] not in KINDS:
         raise EnvelopeRejected("malformed", f"kind must be one of {sorted(KINDS)}")
-    if not _ADDR.match(data["addr"]):
+    if not ADDR.match(data["addr"]):
         raise EnvelopeRejected("malformed", "addr must be a base URL like http://host:port")
 
 
