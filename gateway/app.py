@@ -97,6 +97,8 @@ def create_app(config: Config | None = None, *, backend: Backend | None = None, 
     async def lifespan(app: Starlette):
         await runtime.start()
         connectors.start()
+        mcp = mcp_server_for(app)  # the one protocols.mcp.mount configured, or one from the environment
+        await mcp.start()
         if cluster is not None:
             await cluster.start()
         log.info("gateway started", extra={"node": runtime.node_id, "backend": runtime.backend.name})
@@ -107,11 +109,13 @@ def create_app(config: Config | None = None, *, backend: Backend | None = None, 
                 if cluster is not None:
                     await cluster.stop()  # leave the federation first: peers stop routing here
             finally:
+                await mcp.stop()
                 await connectors.stop()
                 await runtime.stop()
             log.info("gateway stopped", extra={"node": runtime.node_id})
 
     from protocols.mcp import routes as mcp_routes  # /mcp (protocols.mcp.mount adds upstreams)
+    from protocols.mcp.server import server_for as mcp_server_for, tool_drift as mcp_tool_drift
     from protocols.a2a import a2a_routes  # /a2a, agent cards (protocols.a2a.mount_a2a sets options)
     from protocols.anp import anp_routes  # /.well-known/did.json, /anp (protocols.anp.mount_anp sets options)
     from protocols.acp import acp_routes  # /acp (protocols.acp.mount_acp sets options)
@@ -144,5 +148,5 @@ def create_app(config: Config | None = None, *, backend: Backend | None = None, 
     app.state.cluster = cluster
     app.state.registry_writes = registry_api.TokenBucket(config.registry_write_rate, config.registry_write_burst)
     app.state.allowlist = registry_api.load_allowlist(config.allowlist)
-    app.state.record_annotations = []  # callables adding facts to GET /registry/agents/{did}
+    app.state.record_annotations = [mcp_tool_drift(app)]  # facts added to GET /registry/agents/{did}
     return app

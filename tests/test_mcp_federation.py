@@ -285,3 +285,46 @@ async def test_registry_records_with_an_mcp_endpoint_become_upstreams():
                 return "weather__test_echo" not in await tool_names(url)
 
             await wait_until(gone, timeout=15, interval=0.1)
+
+
+async def test_drift_shows_in_the_registry_until_the_owner_re_registers():
+    import time
+
+    from registry.identity import Identity
+    from registry.records import sign
+    from schemas.agent_record import AgentRecord
+
+    me = Identity.generate()
+
+    def record(seq: int) -> dict:
+        now = int(time.time())
+        return sign(AgentRecord.model_validate({
+            "name": "shifty", "version": "1", "skills": [{"id": "tools", "name": "Tools"}], "endpoints": {"mcp": up.url},
+            "did": me.did, "seq": seq, "issued_at": now, "expires_at": now + 600, "network": "interlace",
+            "home_node": "test"}), me).dump()
+
+    with UpstreamProcess("shifty") as up:
+        async with mcp_gateway(registry_poll_s=0.05) as (url, server), httpx.AsyncClient(timeout=15) as http:
+            base = url.removesuffix("/mcp")
+            assert (await http.post(f"{base}/registry/agents", json=record(1))).status_code == 201
+
+            async def federated():
+                return "shifty__mutable_tool" in await tool_names(url)
+
+            await wait_until(federated, timeout=15, interval=0.1)
+            async with Client(url, mode="legacy") as client:
+                await client.call_tool("shifty__test_mutate_tool", {})  # the upstream changes the tool
+
+            async def drift():
+                shown = (await http.get(f"{base}/registry/agents/{me.did}")).json()
+                return shown["mcp_tool_drift"]
+
+            [q] = await wait_until(drift, timeout=15, interval=0.1)
+            assert q["tool"] == "mutable_tool" and q["pinned_sha256"] != q["current_sha256"]
+            assert "shifty__mutable_tool" not in await tool_names(url)
+            assert (await http.post(f"{base}/registry/agents", json=record(2))).status_code == 200  # re-registers
+
+            async def repinned():
+                return (await drift()) == [] and "shifty__mutable_tool" in await tool_names(url)
+
+            await wait_until(repinned, timeout=15, interval=0.1)

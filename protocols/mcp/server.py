@@ -71,7 +71,7 @@ class McpSettings:
     sse_retry_ms: int = 1000
     sse_max_s: float | None = None  # default: the gateway's sse_max_s
     agents_poll_s: float = 5.0  # how often the agent set is checked for tools/list_changed
-    follow_registry: bool = False  # federate every live registry record with an mcp endpoint
+    follow_registry: bool = True  # federate every live registry record with an mcp endpoint
     registry_poll_s: float = 2.0
 
     @classmethod
@@ -268,6 +268,7 @@ class McpServer:
     async def _follow_registry(self) -> None:
         """Keep the upstream set equal to the static list plus the registry's MCP agents."""
         current: list[Upstream] = list(self.static_upstreams)
+        seqs: dict[str, int] = {}
         while True:
             try:
                 static = {u.name for u in self.static_upstreams}
@@ -275,11 +276,25 @@ class McpServer:
                 if wanted != current:
                     await self.upstreams.set_upstreams(wanted, wait_s=0)
                     current = wanted
+                await self._repin_reregistered(seqs)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("could not follow the registry's MCP agents")
             await asyncio.sleep(self.settings.registry_poll_s)
+
+    async def _repin_reregistered(self, seqs: dict[str, int]) -> None:
+        """Rug-pull defence: a tool whose definition drifted stays hidden until its owner
+        re-registers (a record with a higher seq); then the current definition is pinned."""
+        for record in self.runtime.registry.live():
+            if record.endpoints.mcp is None:
+                continue
+            before = seqs.get(record.name)
+            seqs[record.name] = max(record.seq, before or 0)
+            if before is not None and record.seq > before:
+                repinned = await self.upstreams.repin(record.name)
+                if repinned:
+                    log.info("re-pinned tools after re-registration", extra={"agent": record.name, "tools": repinned})
 
     async def _watch_agents(self) -> None:
         """Tell clients with a GET stream when the set of routable agents (tools) changes."""
@@ -798,10 +813,12 @@ class McpServer:
 
 
 def server_for(app) -> McpServer:
-    """The app's MCP server; created on first use with no upstreams when ``mount`` was not called."""
+    """The app's MCP server; unless ``mount`` set one, it is configured from ``INTERLACE_MCP_*``.
+
+    The gateway app starts it with its lifespan and stops it before the runtime."""
     server = getattr(app.state, "mcp", None)
     if server is None:
-        server = McpServer(app.state.runtime)
+        server = McpServer(app.state.runtime, upstreams_from_env(), McpSettings.from_env())
         app.state.mcp = server
     return server
 
@@ -813,28 +830,27 @@ async def endpoint(request: Request) -> Response:
 routes = [Route("/mcp", endpoint, methods=["GET", "POST", "DELETE"])]
 
 
-def mount(app, upstreams=None, settings: McpSettings | None = None) -> McpServer:
-    """Serve ``/mcp`` on ``app`` with these upstream MCP servers (agent name, URL) federated.
+def tool_drift(app):
+    """For ``GET /registry/agents/{did}``: the tools of an MCP agent hidden since their definition
+    changed after it was pinned (rug-pull defence), until the owner re-registers."""
 
-    ``upstreams`` defaults to ``INTERLACE_MCP_UPSTREAMS``. The server starts and stops with the
-    app (its lifespan is wrapped), and adds the route if the app does not have it yet.
+    def annotate(record) -> dict:
+        if record.endpoints.mcp is None:
+            return {}
+        drift = [q for q in server_for(app).upstreams.quarantined() if q["upstream"] == record.name]
+        return {"mcp_tool_drift": drift}
+
+    return annotate
+
+
+def mount(app, upstreams=None, settings: McpSettings | None = None) -> McpServer:
+    """Serve ``/mcp`` on a gateway app (``create_app``) with these upstream MCP servers (agent
+    name, URL) federated, before the app starts; the app's lifespan starts and stops it.
+
+    ``upstreams`` defaults to ``INTERLACE_MCP_UPSTREAMS``.
     """
     if upstreams is None:
         upstreams = upstreams_from_env()
     server = McpServer(app.state.runtime, upstreams, settings)
     app.state.mcp = server
-    if not any(getattr(r, "path", None) == "/mcp" for r in app.router.routes):
-        app.router.routes.extend(routes)
-    inner = app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def lifespan(a):
-        async with inner(a) as state:
-            await server.start()
-            try:
-                yield state
-            finally:
-                await server.stop()
-
-    app.router.lifespan_context = lifespan
     return server
