@@ -140,7 +140,10 @@ class HttpLink(WorkerLink):
         return [Delivery(**d) for d in body["deliveries"]]
 
     async def register(self, model):
-        resp = await self.http.post("/registry/agents", json=model.dump())
+        if isinstance(model, Tombstone):
+            resp = await self.http.request("DELETE", f"/registry/agents/{model.did}", json=model.dump())
+        else:
+            resp = await self.http.post("/registry/agents", json=model.dump())
         if resp.status_code >= 400:
             raise RegistrationFailed(resp.status_code, resp.text[:500])
 

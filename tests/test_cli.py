@@ -92,6 +92,8 @@ async def test_external_worker_through_the_gateway():
                 body = {"agent": "echo", "message": {"role": "user", "parts": [{"kind": "text", "text": "remote"}]}}
                 resp = await _until_ok(client, "POST", "/tasks?wait=true", json=body)
                 assert resp.json()["artifacts"][0]["parts"][0]["text"] == "remote"
+            # The worker stopped gracefully: it deregistered with a signed tombstone on its way out.
+            assert (await client.get("/registry/agents")).json()["total"] == 0
 
 
 # ---- docker-compose.yml: Docker cannot run here, so check that every command is real -------
