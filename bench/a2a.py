@@ -17,7 +17,7 @@ import json
 import statistics
 import sys
 
-from bench.common import REPO, Processes, RawHttp, closed_loop, free_port, package_version
+from bench.common import REPO, Processes, RawHttp, closed_loop, free_port, package_version, report
 
 HEADERS = {"Content-Type": "application/json", "A2A-Version": "1.0"}
 
@@ -75,18 +75,6 @@ async def measure(direct: str, gateway: str, calls: int, repeats: int) -> dict:
                 runs[name].append(await leg(*targets[name], n, concurrency))
         results[concurrency] = {name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")} for name, rs in runs.items()}
     return results
-
-
-def report(results: dict) -> None:
-    print(f"{'concurrency':>11} {'path':>8} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
-    for c, legs in results.items():
-        for name in ("direct", "gateway"):
-            r = legs[name]
-            print(f"{c:>11} {name:>8} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f}")
-    for c, legs in results.items():
-        d, g = legs["direct"], legs["gateway"]
-        print(f"concurrency {c}: throughput ratio gateway/direct = {g['rps'] / d['rps']:.2f}x (target >= 0.5x); "
-              f"p50 ratio = {g['p50'] / d['p50']:.2f}x (added {g['p50'] - d['p50']:.2f} ms); p99 ratio = {g['p99'] / d['p99']:.2f}x")
 
 
 def main() -> None:

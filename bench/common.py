@@ -180,3 +180,19 @@ def package_version(distribution: str) -> str:
         return version(distribution)
     except Exception:
         return "?"
+
+
+def report(results: dict) -> None:
+    """Print direct vs gateway legs per concurrency and their ratios.
+
+    ``results[concurrency][leg]`` is ``{"rps", "p50", "p99"}`` (milliseconds) for legs
+    "direct" and "gateway"."""
+    print(f"{'concurrency':>11} {'path':>8} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    for c, legs in results.items():
+        for name in ("direct", "gateway"):
+            r = legs[name]
+            print(f"{c:>11} {name:>8} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f}")
+    for c, legs in results.items():
+        d, g = legs["direct"], legs["gateway"]
+        print(f"concurrency {c}: throughput ratio gateway/direct = {g['rps'] / d['rps']:.2f}x (target >= 0.5x); "
+              f"p50 ratio = {g['p50'] / d['p50']:.2f}x (added {g['p50'] - d['p50']:.2f} ms); p99 ratio = {g['p99'] / d['p99']:.2f}x")

@@ -20,6 +20,7 @@ import time
 import httpx
 
 from bench.common import REPO, Processes, free_port, package_version, percentile
+from bench.common import report as common_report
 
 ACCEPT = "application/json, text/event-stream"
 
@@ -120,15 +121,7 @@ async def measure(direct_url: str, gateway_url: str, calls: int, repeats: int) -
 
 
 def report(results: dict) -> None:
-    print(f"{'concurrency':>11} {'path':>8} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
-    for c, legs in results.items():
-        for name in ("direct", "gateway"):
-            r = legs[name]
-            print(f"{c:>11} {name:>8} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f}")
-    for c, legs in results.items():
-        d, g = legs["direct"], legs["gateway"]
-        print(f"concurrency {c}: throughput ratio gateway/direct = {g['rps'] / d['rps']:.2f}x (target >= 0.5x); "
-              f"added p50 = {g['p50'] - d['p50']:.2f} ms; p99 ratio = {g['p99'] / d['p99']:.2f}x")
+    common_report(results)
     added = results[1]["gateway"]["p50"] - results[1]["direct"]["p50"]
     print(f"added p50 at concurrency 1: {added:.2f} ms (target < 2 ms)")
 

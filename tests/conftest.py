@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -161,6 +162,17 @@ async def client(gateway) -> AsyncIterator[httpx.AsyncClient]:
 def interlace_cmd(*args: str) -> list[str]:
     """The CLI as a subprocess, with this interpreter (no reliance on PATH)."""
     return [sys.executable, "-m", "gateway.cli", *args]
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM (a graceful stop), then SIGKILL if it does not exit in time."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

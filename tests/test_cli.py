@@ -11,7 +11,7 @@ import yaml
 
 from gateway.cli import build_parser
 from gateway.config import Config
-from tests.conftest import REPO, free_port, interlace_cmd, subprocess_env
+from tests.conftest import REPO, free_port, interlace_cmd, stop_process, subprocess_env
 
 
 def test_version():
@@ -42,13 +42,7 @@ def process(*args: str, **env: str):
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc)
 
 
 async def _until_ok(client: httpx.AsyncClient, method: str, path: str, timeout: float = 20, **kw) -> httpx.Response:

@@ -8,7 +8,7 @@ import subprocess
 import httpx
 import pytest
 
-from tests.conftest import RedisProcess, interlace_cmd, running_gateway, subprocess_env, test_config
+from tests.conftest import RedisProcess, interlace_cmd, running_gateway, stop_process, subprocess_env, test_config
 
 
 def start_worker(*where: str) -> subprocess.Popen:
@@ -16,16 +16,6 @@ def start_worker(*where: str) -> subprocess.Popen:
         interlace_cmd("worker", "echo", *where, "--visibility-timeout-ms", "1000", "--log-level", "warning"),
         env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 async def events_of(client: httpx.AsyncClient, task_id: str) -> list[dict]:
@@ -82,7 +72,7 @@ async def test_worker_killed_mid_task_is_completed_once_by_another(mode, redis_s
         finally:
             for proc in (first, second):
                 if proc is not None:
-                    stop(proc)
+                    stop_process(proc)
 
 
 def _msg(text, **meta):
