@@ -22,8 +22,6 @@ from bench.common import REPO, Processes, RawHttp, closed_loop, free_port, packa
 HEADERS = {"Content-Type": "application/json", "A2A-Version": "1.0"}
 
 
-
-
 def serve_gateway(port: int, remote: str, streaming: bool | None) -> None:
     import uvicorn
 
