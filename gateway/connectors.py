@@ -88,9 +88,11 @@ def default_factories(runtime) -> dict[str, ConnectorFactory]:
     from protocols.acp.connector import ACPConnector
     from protocols.anp.connector import connector_factory as anp_connector_factory
     from protocols.anp.server import AnpOptions, outbound_host
+    from protocols.mcp.connector import McpConnector
 
     return {
         "a2a": lambda record: A2AConnector(record.name, record.endpoints.a2a),
         "acp": ACPConnector.from_record,
         "anp": anp_connector_factory(runtime, outbound_host(AnpOptions.from_env(), runtime)),
+        "mcp": McpConnector.from_record,
     }
