@@ -2,6 +2,7 @@
 
 from schemas.task import (
     LEGAL_TRANSITIONS,
+    STREAM_HINT,
     TERMINAL_STATES,
     Artifact,
     DataPart,
@@ -23,7 +24,7 @@ from schemas.task import (
 )
 
 __all__ = [
-    "LEGAL_TRANSITIONS", "TERMINAL_STATES", "Artifact", "DataPart", "FilePart", "InvalidTransition",
+    "LEGAL_TRANSITIONS", "STREAM_HINT", "TERMINAL_STATES", "Artifact", "DataPart", "FilePart", "InvalidTransition",
     "Message", "Part", "Route", "Task", "TaskArtifactUpdate", "TaskError", "TaskEvent", "TaskState",
     "TaskStatus", "TaskStatusUpdate", "TextPart", "check_transition", "new_id",
 ]

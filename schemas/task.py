@@ -18,6 +18,11 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+# Task metadata key: a client follows this task's events as they happen, so an outbound connector
+# should stream from its agent rather than make one blocking call (set by the protocol faces).
+STREAM_HINT = "interlace.stream"
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 

@@ -57,7 +57,7 @@ async def test_every_shipped_protocol_has_a_connector_by_default():
         async with httpx.AsyncClient(base_url=url, timeout=20) as http:
             expected = {}
             for kind, endpoint in (("a2a", "http://127.0.0.1:9/a2a"), ("acp", "http://127.0.0.1:9/acp"),
-                                   ("anp", "http://127.0.0.1:9/ad.json")):
+                                   ("anp", "http://127.0.0.1:9/ad.json"), ("mcp", "http://127.0.0.1:9/mcp")):
                 who = Identity.generate()
                 now = int(time.time())
                 record = sign(AgentRecord.model_validate({

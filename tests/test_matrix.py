@@ -36,7 +36,6 @@ Degradations (asserted as written; everything else arrives intact):
 | ANP client, streaming              | ``send_message`` answers once: the whole text arrives in the result, no events       |
 | ANP client, errors                 | JSON-RPC error -32010 whose message is the agent's text                             |
 | MCP client, streaming              | each task event is one ``notifications/progress``; for an artifact event its message names the artifact ("artifact echo") instead of carrying the chunk, for an agent status message (an MCP target's progress) it is the text; the content comes in the result |
-| MCP client x A2A target, streaming | the MCP face does not mark its tasks ``interlace.stream``, so the A2A connector sends a blocking SendMessage: the chunks arrive joined, as one event (``NOT_STREAMED``) |
 | MCP target, file in                | the file goes base64 in the tool's ``files`` argument (the fixture tool declares one; a tool without one fails the task) |
 | MCP target, streaming              | progress notifications become ``working`` status messages (not artifact chunks); the result is one artifact with the whole text |
 | A2A on either side, data           | the a2a-sdk carries JSON as protobuf ``Value``: integers come back as floats (1 -> 1.0; equal as JSON numbers) |
@@ -77,7 +76,7 @@ FILE_IN = (FILE, FILE_TYPE, FILE_NAME)
 FILE_AS_DATA = {"mcp", "anp"}  # clients whose protocol has no file input: base64 inside the data
 CLIENT_STREAMS = {"mcp", "a2a", "acp", "http"}
 TARGET_STREAMS = {"bus", "mcp", "a2a", "acp"}
-NOT_STREAMED = {("mcp", "a2a")}  # both stream, but the MCP face does not ask the A2A connector to
+NOT_STREAMED: set[tuple[str, str]] = set()  # every pair where both sides stream does stream
 RELAYED = {("mcp", "mcp")}  # MCP to MCP is federation: the server's own tools, relayed (no task)
 
 

@@ -37,8 +37,8 @@ import httpx
 from agents.worker import TaskFailed, Worker
 from protocols.a2a.client import A2AClient, RemoteCard, StreamItem, fetch_card
 from protocols.a2a.errors import RemoteAgentError
-from protocols.a2a.wire import DIRECT_REPLY, REMOTE_IDS, STREAM_HINT
-from schemas import Message, Task, TaskArtifactUpdate, TaskEvent, TaskState, TaskStatusUpdate, TextPart
+from protocols.a2a.wire import DIRECT_REPLY, REMOTE_IDS
+from schemas import STREAM_HINT, Message, Task, TaskArtifactUpdate, TaskEvent, TaskState, TaskStatusUpdate, TextPart
 
 log = logging.getLogger("interlace.a2a.connector")
 

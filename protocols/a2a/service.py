@@ -42,9 +42,9 @@ from protocols.a2a.errors import (
     UnsupportedOperationError,
 )
 from protocols.a2a.push import PushDispatcher, PushPolicy, PushStore
-from protocols.a2a.wire import STREAM_HINT, Dialect, PushConfig, SendParams, boolean, direct_reply, get, integer, string
+from protocols.a2a.wire import Dialect, PushConfig, SendParams, boolean, direct_reply, get, integer, string
 from registry.identity import Identity
-from schemas import DataPart, Message, Task, TaskState, TaskStatusUpdate, TextPart
+from schemas import STREAM_HINT, DataPart, Message, Task, TaskState, TaskStatusUpdate, TextPart
 
 log = logging.getLogger("interlace.a2a")
 

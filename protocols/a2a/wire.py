@@ -49,7 +49,6 @@ from schemas import Artifact, DataPart, FilePart, Message, Task, TaskArtifactUpd
 
 DIRECT_REPLY = "interlace.a2a.direct"  # metadata flag on a status message: the agent replied with a Message
 REMOTE_IDS = "interlace.a2a.remote"  # metadata on a connector's status message: the remote task/context ids
-STREAM_HINT = "interlace.stream"  # task metadata: a client follows this task's events as they happen
 INTERNAL_PREFIX = "interlace."
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")

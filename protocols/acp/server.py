@@ -45,7 +45,7 @@ from gateway.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
 from protocols.acp import wire
 from protocols.acp.wire import EventMapper, RunCreate, RunResume, WireError
 from registry.service import PROTOCOLS
-from schemas import Task
+from schemas import STREAM_HINT, Task
 from schemas.agent_record import AgentRecord
 
 log = logging.getLogger("interlace.acp")
@@ -265,7 +265,7 @@ class ACPService:
         if req.session is not None and req.session_id and wire.from_uuid(req.session_id) != wire.from_uuid(req.session.id):
             raise invalid("session_id does not match session.id")
         message = wire.message_in(req.input)
-        metadata = {wire.STREAM_HINT: True} if req.mode != "sync" else {}
+        metadata = {STREAM_HINT: True} if req.mode != "sync" else {}
         context_id = wire.from_uuid(session_id) if session_id else None
         await rt.resolve_agent(req.agent_name)  # an unknown agent leaves nothing behind
         if req.session is not None and (req.session.history or req.session.state):

@@ -24,7 +24,6 @@ CONTENT_TYPE = "interlace.acp.content_type"  # text part metadata: its ACP conte
 PART_NAME = "interlace.acp.name"  # part metadata: the ACP part name of an input part
 PART_META = "interlace.acp.metadata"  # part metadata: ACP citation/trajectory metadata, carried as is
 REMOTE_RUN = "interlace.acp.remote_run"  # connector's awaiting message metadata: the remote run id
-STREAM_HINT = "interlace.stream"  # task metadata: a client follows the task as it runs (gateway-wide key)
 INTERNAL_PREFIX = "interlace."
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from gateway.backends import TaskNotFound
 from gateway.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
-from schemas import DataPart, FilePart, Message, Task, TaskState, TextPart
+from schemas import STREAM_HINT, DataPart, FilePart, Message, Task, TaskState, TextPart
 
 from .upstream import sanitize
 
@@ -232,7 +232,10 @@ class AgentTools:
         if isinstance(message, str):
             return tool_error(message)
         try:
-            task = await self.runtime.submit(message, agent=agent, metadata={"via": "mcp"})
+            metadata: dict[str, Any] = {"via": "mcp"}
+            if progress_token is not None:
+                metadata[STREAM_HINT] = True  # the client follows progress: connectors should stream
+            task = await self.runtime.submit(message, agent=agent, metadata=metadata)
         except UnknownAgent as exc:
             return tool_error(str(exc))
         return await self._finish(task, notify, progress_token)
