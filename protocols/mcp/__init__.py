@@ -4,21 +4,24 @@ federation of upstream MCP servers.
 Layout: ``wire`` (JSON-RPC framing, SSE), ``sessions`` (session state, resumable event log and
 cross-node mailboxes in the shared key/value store), ``server`` (transport, dispatch, ``mount``),
 ``upstream`` (pooled upstream sessions, aggregation, naming policy, rug-pull pins), ``agents``
-(routable agents as tools and the canonical mapping).
+(routable agents as tools and the canonical mapping), ``connector`` (an MCP server as the target
+of a task from any other protocol: one tool call; its mapping table is in that module).
 
-Use: ``create_app`` serves ``/mcp`` with the gateway's agents as tools. To federate upstream MCP
-servers, call ``mount(app, upstreams=[("weather", "http://host/mcp"), ...],
-settings=McpSettings(naming="pass-through"))`` before the app starts (or set
-``INTERLACE_MCP_UPSTREAMS``); ``app.state.mcp.upstreams.set_upstreams([...])`` swaps the set at
-run time. With ``McpSettings(follow_registry=True)`` (``INTERLACE_MCP_FOLLOW_REGISTRY=1``) every
-live registry record with an ``endpoints.mcp`` URL is federated too (and leaves with its record).
+Use: ``create_app`` serves ``/mcp`` (started and stopped with the app) with the gateway's agents
+as tools, and federates every live registry record with an ``endpoints.mcp`` URL (it leaves with
+its record; ``follow_registry=False`` / ``INTERLACE_MCP_FOLLOW_REGISTRY=0`` turns that off). To
+federate fixed upstream MCP servers too, call ``mount(app, upstreams=[("weather",
+"http://host/mcp"), ...], settings=McpSettings(naming="pass-through"))`` before the app starts
+(or set ``INTERLACE_MCP_UPSTREAMS``); ``app.state.mcp.upstreams.set_upstreams([...])`` swaps the
+set at run time.
 
 Settings (``McpSettings``, each also ``INTERLACE_MCP_<NAME>``): ``naming`` (prefix | pass-through),
 ``allowed_hosts`` / ``allowed_origins`` (DNS-rebinding defence: a foreign Host gets 421, a foreign
 Origin 403; default loopback hosts only, so a gateway bound to 0.0.0.0 must list its public
 names, e.g. ``INTERLACE_MCP_ALLOWED_HOSTS=gw1:*,gw.example.com:*``), ``call_timeout_s``,
-``session_ttl_s``, ``event_ttl_s``, ``page_size``. Rug-pull state for a registry view:
-``app.state.mcp.upstreams.quarantined()`` and ``.repin(agent, tool)``.
+``session_ttl_s``, ``event_ttl_s``, ``page_size``. Rug-pull state: ``GET /registry/agents/{did}``
+shows ``mcp_tool_drift``; a re-registration (higher seq) re-pins, as does
+``app.state.mcp.upstreams.repin(agent, tool)``.
 
 Mapping between MCP and the canonical model (each row is tested in tests/test_mcp_agents.py):
 
