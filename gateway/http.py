@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -153,3 +154,23 @@ def format_sse(event_id: str | None, name: str | None, data: Any) -> bytes:
 def json_response(model: BaseModel | dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     data = model.model_dump(mode="json", exclude_none=True) if isinstance(model, BaseModel) else model
     return JSONResponse(data, status_code=status, headers=headers)
+
+
+def replace_routes(app: Any, prefix: str, routes: list, on_shutdown: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Swap the routes an adapter mounted (their names start with ``prefix:``) for ``routes``,
+    and run ``on_shutdown`` when the app stops. The adapters' ``mount_*`` use it to apply options."""
+    kept = [r for r in app.router.routes if not str(getattr(r, "name", "") or "").startswith(prefix + ":")]
+    app.router.routes[:] = list(routes) + kept
+    if on_shutdown is None:
+        return
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a):
+        async with inner(a) as state:
+            try:
+                yield state
+            finally:
+                await on_shutdown()
+
+    app.router.lifespan_context = lifespan

@@ -16,7 +16,6 @@ options are the fields of ``A2AOptions``.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from starlette.applications import Starlette
@@ -24,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gateway.http import replace_routes
 from protocols.a2a import jsonrpc, rest
 from protocols.a2a.card import jwks
 from protocols.a2a.service import A2AOptions, A2AService, Call
@@ -80,17 +80,5 @@ def a2a_routes(**options: Any) -> list[BaseRoute]:
 def mount_a2a(app: Starlette, **options: Any) -> A2AService:
     """Serve A2A on ``app`` with these options (replacing any A2A routes it has)."""
     service = A2AService(A2AOptions(**options))
-    kept = [r for r in app.router.routes if not str(getattr(r, "name", "") or "").startswith(ROUTE_PREFIX + ":")]
-    app.router.routes[:] = build_routes(service) + kept
-    inner = app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def lifespan(a):
-        async with inner(a) as state:
-            try:
-                yield state
-            finally:
-                await service.close()
-
-    app.router.lifespan_context = lifespan
+    replace_routes(app, ROUTE_PREFIX, build_routes(service), service.close)
     return service

@@ -40,7 +40,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 
 from gateway.backends import BackendUnavailable, QueueFull, TaskNotFound
-from gateway.http import HttpError, read_json, sse_response
+from gateway.http import HttpError, read_json, replace_routes, sse_response
 from gateway.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
 from protocols.acp import wire
 from protocols.acp.wire import EventMapper, RunCreate, RunResume, WireError
@@ -402,6 +402,5 @@ def acp_routes(**options: Any) -> list[BaseRoute]:
 def mount_acp(app: Starlette, **options: Any) -> ACPService:
     """Serve ACP on ``app`` with these options (replacing any ACP routes it has)."""
     service = ACPService(ACPOptions(**options))
-    kept = [r for r in app.router.routes if not str(getattr(r, "name", "") or "").startswith(ROUTE_PREFIX + ":")]
-    app.router.routes[:] = build_routes(service) + kept
+    replace_routes(app, ROUTE_PREFIX, build_routes(service))
     return service

@@ -17,7 +17,6 @@ the ``anp`` connector factory to the app's connector supervisor (``app.state.con
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
@@ -39,7 +38,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.backends import BackendUnavailable, QueueFull, TaskNotFound
 from gateway.config import _parse as parse_setting
-from gateway.http import error_response
+from gateway.http import error_response, replace_routes
 from gateway.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
 from protocols.anp import wire
 from protocols.anp.auth import AuthFailure, DidWbaAuth, HttpsResolver, Resolve, challenge_headers
@@ -402,19 +401,7 @@ def anp_routes(**options: Any) -> list[BaseRoute]:
 def mount_anp(app: Starlette, **options: Any) -> AnpService:
     """Serve ANP on ``app`` with these options (replacing any ANP routes it has)."""
     service = AnpService(AnpOptions.from_env(**options))
-    kept = [r for r in app.router.routes if not str(getattr(r, "name", "") or "").startswith(ROUTE_PREFIX + ":")]
-    app.router.routes[:] = build_routes(service) + kept
-    inner = app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def lifespan(a):
-        async with inner(a) as state:
-            try:
-                yield state
-            finally:
-                await service.close()
-
-    app.router.lifespan_context = lifespan
+    replace_routes(app, ROUTE_PREFIX, build_routes(service), service.close)
     supervisor = getattr(app.state, "connectors", None)
     if supervisor is not None:  # records with an anp endpoint get a connector signing as this gateway
         supervisor.factories["anp"] = connector_factory(app.state.runtime, service.outbound_host(app.state.runtime))
