@@ -205,3 +205,22 @@ async def test_kv(backend):
     assert await backend.kv.get("k") == "v"
     await backend.kv.delete("k")
     assert await backend.kv.get("k") is None
+
+
+async def test_embedded_store_bounds_its_finished_tasks():
+    from gateway.backends import EmbeddedBackend, Limits
+
+    backend = EmbeddedBackend(Limits(max_finished_tasks=3))
+    tasks = []
+    for _ in range(6):
+        task = new_task()
+        await backend.tasks.submit(task, "echo", "n")
+        await backend.tasks.apply(task.id, task.status_event(S.COMPLETED))
+        tasks.append(task)
+    running = new_task()
+    await backend.tasks.submit(running, "echo", "n")  # submitting prunes
+    kept = [t.id for t in tasks if await backend.tasks.get(t.id) is not None]
+    assert kept == [t.id for t in tasks[-3:]]  # the oldest finished ones went first
+    assert await backend.tasks.get(running.id) is not None  # unfinished tasks are never dropped
+    listed, _ = await backend.tasks.list(limit=10)
+    assert [t.id for t in listed] == [running.id] + [t.id for t in reversed(tasks[-3:])]

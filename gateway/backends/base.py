@@ -73,8 +73,9 @@ class Limits:
     visibility_timeout_ms: int = 30_000
     max_queue: int = 10_000
     max_events_per_task: int = 10_000
-    retention_s: int = 24 * 3600
+    retention_s: int = 24 * 3600  # finished tasks are dropped this long after they ended
     max_deliveries: int = 5
+    max_finished_tasks: int = 100_000  # embedded backend: finished tasks kept in memory at most
 
 
 class Bus(abc.ABC):

@@ -140,13 +140,15 @@ class _TaskSlot:
     signal: _Signal = field(default_factory=_Signal)
     lock_owner: str | None = None
     lock_until_ms: int = 0
+    ended_at: float | None = None  # monotonic time the task became terminal
 
 
 class EmbeddedTaskStore(TaskStore):
     def __init__(self, bus: EmbeddedBus, limits: Limits) -> None:
         self.bus, self.limits = bus, limits
         self._tasks: dict[str, _TaskSlot] = {}
-        self._order: list[str] = []
+        self._order: deque[str] = deque()  # task ids in creation order
+        self._ended: deque[str] = deque()  # terminal task ids in the order they ended
         self._event_ids = itertools.count(1)
         self._finished: deque[tuple[int, Finished]] = deque(maxlen=10_000)
         self._finished_ids = itertools.count(1)
@@ -158,6 +160,20 @@ class EmbeddedTaskStore(TaskStore):
         self.bus.push(agent, task.id)  # raises QueueFull before anything is stored
         self._tasks[task.id] = _TaskSlot(task.snapshot(), accepted_by)
         self._order.append(task.id)
+        self._prune()
+
+    def _prune(self) -> None:
+        """Drop finished tasks past the retention period or over the in-memory bound."""
+        cutoff = time.monotonic() - self.limits.retention_s
+        dropped = False
+        while self._ended:  # in the order tasks ended, so the first kept one stops the scan
+            slot = self._tasks[self._ended[0]]
+            if len(self._ended) <= self.limits.max_finished_tasks and slot.ended_at > cutoff:
+                break
+            del self._tasks[self._ended.popleft()]
+            dropped = True
+        if dropped and len(self._order) > 2 * len(self._tasks):  # amortised: rebuild rarely
+            self._order = deque(t for t in self._order if t in self._tasks)
 
     async def requeue(self, task: Task, agent: str) -> None:
         self._slot(task.id)
@@ -174,7 +190,8 @@ class EmbeddedTaskStore(TaskStore):
         return None if slot is None else slot.task.snapshot()
 
     async def list(self, context_id=None, limit=50, cursor=None):
-        ids = [t for t in reversed(self._order) if context_id is None or self._tasks[t].task.context_id == context_id]
+        ids = [t for t in reversed(self._order)
+               if t in self._tasks and (context_id is None or self._tasks[t].task.context_id == context_id)]
         start = int(cursor) if cursor else 0
         page = ids[start : start + limit]
         nxt = str(start + limit) if start + limit < len(ids) else None
@@ -187,6 +204,9 @@ class EmbeddedTaskStore(TaskStore):
         slot.events.append(stored)
         del slot.events[: -self.limits.max_events_per_task]
         slot.signal.fire()
+        if slot.task.state.terminal and slot.ended_at is None:
+            slot.ended_at = time.monotonic()
+            self._ended.append(task_id)
         if isinstance(event, TaskStatusUpdate) and event.final:
             agent = slot.task.route.agent if slot.task.route else ""
             fin = Finished(task_id, event.status.state, slot.accepted_by, slot.task.created_at, agent)
