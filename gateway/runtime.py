@@ -212,6 +212,15 @@ class Runtime:
     def follow(self, task_id: str, after: str | None = None) -> AsyncIterator[StoredEvent]:
         return self.backend.events(task_id, after)
 
+    async def last_event_id(self, task_id: str) -> str | None:
+        """The id of the task's newest event, to follow only what happens from now on."""
+        last = None
+        while True:
+            batch = await self.backend.tasks.read_events(task_id, last, 0)
+            if not batch:
+                return last
+            last = batch[-1].event_id
+
     async def known_agents(self) -> list[str]:
         """Names of the agents with a live record."""
         return sorted({r.name for r in self.registry.live()})

@@ -162,15 +162,6 @@ class A2AService:
             if not _mode_accepted(media, self.options.input_modes):
                 raise ContentTypeNotSupportedError(f"media type {media!r} is not accepted; accepted: {', '.join(self.options.input_modes)}")
 
-    @staticmethod
-    async def last_event_id(rt: Runtime, task_id: str) -> str | None:
-        last = None
-        while True:
-            batch = await rt.backend.tasks.read_events(task_id, last, 0)
-            if not batch:
-                return last
-            last = batch[-1].event_id
-
     def _blocking_timeout(self, rt: Runtime) -> float:
         return self.options.blocking_timeout_s or rt.config.max_wait_timeout_s
 
@@ -192,7 +183,7 @@ class A2AService:
                 raise UnsupportedOperationError(f"Task {task.id} is {task.state.value}; only a task waiting for input takes a follow-up message")
             if msg.context_id and msg.context_id != task.context_id:
                 raise InvalidParamsError(f"message.contextId {msg.context_id} does not match the task's context {task.context_id}")
-            after = await self.last_event_id(rt, task.id)
+            after = await rt.last_event_id(task.id)
             try:
                 task = await rt.continue_task(task.id, msg)
             except NotContinuable as exc:
@@ -238,7 +229,7 @@ class A2AService:
         task = await self._visible(call, task_id)
         if task.state.terminal:
             raise UnsupportedOperationError(f"Task {task.id} is in terminal state {task.state.value}")
-        after = await self.last_event_id(call.rt, task.id)
+        after = await call.rt.last_event_id(task.id)
         task = await call.rt.get(task.id)  # newer than `after`: an event may repeat, none is lost
         return self._subscription(call, task, after)
 
@@ -317,7 +308,7 @@ class A2AService:
         node = self.node(call.rt)
         cfg = await node.store.put(cfg, call.dialect.version)
         if not task.state.terminal:
-            await node.dispatcher.watch(task.id, await self.last_event_id(call.rt, task.id))
+            await node.dispatcher.watch(task.id, await call.rt.last_event_id(task.id))
         return call.dialect.push_out(cfg)
 
     async def push_get(self, call: Call, task_id: str, config_id: str | None) -> Any:

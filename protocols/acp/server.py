@@ -206,15 +206,6 @@ class ACPService:
             raise not_found(f"Run {run_id} not found") from None
 
     @staticmethod
-    async def last_event_id(rt: Runtime, task_id: str) -> str | None:
-        last = None
-        while True:
-            batch = await rt.backend.tasks.read_events(task_id, last, 0)
-            if not batch:
-                return last
-            last = batch[-1].event_id
-
-    @staticmethod
     async def _events(rt: Runtime, task: Task, after: str | None, *, created: bool) -> AsyncIterator[dict[str, Any]]:
         mapper = EventMapper(task)
         if created:
@@ -293,7 +284,7 @@ class ACPService:
         if req.await_resume.message is None:
             raise invalid("await_resume.message is required")
         message = wire.resume_in(req.await_resume.message)
-        after = await self.last_event_id(rt, task.id)
+        after = await rt.last_event_id(task.id)
         try:
             resumed = await rt.continue_task(task.id, message)
         except NotContinuable as exc:
