@@ -15,6 +15,18 @@ from registry.identity import Identity
 log = logging.getLogger("interlace.worker")
 
 
+def add_bus_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags every ``interlace worker`` takes to reach the bus and register (read by serve_worker)."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--gateway", metavar="URL", help="reach the bus through this gateway (default http://127.0.0.1:8080)")
+    where.add_argument("--redis", dest="redis_url", metavar="URL", help="consume from this Redis directly")
+    parser.add_argument("--token", help="worker token of the gateway (env INTERLACE_WORKER_TOKEN)")
+    parser.add_argument("--key", metavar="FILE", help="the agent's key file (interlace keys new); a fresh key if unset")
+    parser.add_argument("--network", help="registry network (default interlace; env INTERLACE_NETWORK)")
+    parser.add_argument("--visibility-timeout-ms", type=int, help="must match the gateway's")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
 async def serve_worker(worker: Worker, args: argparse.Namespace, config: Config, link: WorkerLink | None = None) -> int:
     """Consume ``worker``'s stream through ``--redis`` (directly) or ``--gateway`` (its /bus API)."""
     backend = None

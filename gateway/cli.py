@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 
+from agents.serve import add_bus_flags
 from gateway import __version__, agent_cli, logs
 from gateway.config import Config
 
@@ -53,15 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run an agent worker")
     kinds = worker.add_subparsers(dest="kind", required=True)
     echo = kinds.add_parser("echo", help="the example echo agent")
-    where = echo.add_mutually_exclusive_group()
-    where.add_argument("--gateway", metavar="URL", help="reach the bus through this gateway (default http://127.0.0.1:8080)")
-    where.add_argument("--redis", dest="redis_url", metavar="URL", help="consume from this Redis directly")
-    echo.add_argument("--token", help="worker token of the gateway (env INTERLACE_WORKER_TOKEN)")
-    echo.add_argument("--key", metavar="FILE", help="the agent's key file (interlace keys new); a fresh key if unset")
-    echo.add_argument("--network", help="registry network (default interlace; env INTERLACE_NETWORK)")
+    add_bus_flags(echo)
     echo.add_argument("--concurrency", type=int, default=16, help="tasks handled at once")
-    echo.add_argument("--visibility-timeout-ms", type=int, help="must match the gateway's")
-    echo.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     from agents.model.cli import add_parser as add_model_worker  # light: torch loads only when run
 
     add_model_worker(kinds)

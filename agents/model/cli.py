@@ -18,6 +18,8 @@ import logging
 import sys
 import time
 
+from agents.serve import add_bus_flags  # light: torch and transformers load only in run()
+
 log = logging.getLogger("interlace.model")
 
 
@@ -40,18 +42,11 @@ def add_parser(kinds: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, help="context length (llama.cpp default 4096; transformers: the model's)")
     p.add_argument("--threads", type=int, help="CPU threads for the model")
     p.add_argument("--name", dest="agent_name", default="model", help="agent name (its bus stream); default 'model'")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--gateway", metavar="URL", help="reach the bus through this gateway (default http://127.0.0.1:8080)")
-    where.add_argument("--redis", dest="redis_url", metavar="URL", help="consume from this Redis directly")
-    p.add_argument("--token", help="worker token of the gateway (env INTERLACE_WORKER_TOKEN)")
-    p.add_argument("--key", metavar="FILE", help="the agent's key file (interlace keys new); a fresh key if unset")
-    p.add_argument("--network", help="registry network (default interlace; env INTERLACE_NETWORK)")
+    add_bus_flags(p)
     p.add_argument("--concurrency", type=int, help="tasks taken at once (default 2 x --max-batch; the rest queue)")
-    p.add_argument("--visibility-timeout-ms", type=int, help="must match the gateway's")
     p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port (0: off)")
     p.add_argument("--metrics-host", default="127.0.0.1", help="bind address of the metrics port")
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false", help="skip the start-up speed measurement")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return p
 
 
