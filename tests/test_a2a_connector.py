@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import aiohttp
 import httpx
 import pytest
 import pytest_asyncio
@@ -39,22 +40,28 @@ class Setup:
 async def setup(request):
     calls: list[tuple[str, str, str | None, str | None]] = []
 
-    async def record(req: httpx.Request) -> None:
+    async def sent(session, ctx, params: aiohttp.TraceRequestChunkSentParams) -> None:
+        ctx.body = getattr(ctx, "body", b"") + params.chunk
+
+    async def ended(session, ctx, params: aiohttp.TraceRequestEndParams) -> None:
         method = None
-        if req.method == "POST" and req.content:
+        if params.method == "POST" and getattr(ctx, "body", b""):
             try:
-                method = json.loads(req.content).get("method")
+                method = json.loads(ctx.body).get("method")
             except ValueError:
                 pass
-        calls.append((req.method, req.url.path, req.headers.get("a2a-version"), method))
+        calls.append((params.method, params.url.path, params.headers.get("A2A-Version"), method))
 
+    trace = aiohttp.TraceConfig()
+    trace.on_request_chunk_sent.append(sent)
+    trace.on_request_end.append(ended)
     async with remote_agent(**request.param) as remote:
-        pooled = httpx.AsyncClient(timeout=30, event_hooks={"request": [record]})
+        pooled = aiohttp.ClientSession(trace_configs=[trace])
         app = create_app(test_config(echo=False), workers=[A2AConnector("remote", remote, http=pooled)])
         mount_a2a(app)
         async with serve_app(app) as url:
             yield Setup(url, request.param, calls)
-        await pooled.aclose()
+        await pooled.close()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

