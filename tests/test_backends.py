@@ -224,3 +224,36 @@ async def test_embedded_store_bounds_its_finished_tasks():
     assert await backend.tasks.get(running.id) is not None  # unfinished tasks are never dropped
     listed, _ = await backend.tasks.list(limit=10)
     assert [t.id for t in listed] == [running.id] + [t.id for t in reversed(tasks[-3:])]
+
+
+async def test_embedded_store_keeps_finished_tasks_out_of_the_gc():
+    """Finished tasks are kept serialized: the same task and events come back, and thousands of
+    them add almost nothing for the garbage collector to scan (full passes stay short)."""
+    import gc
+
+    from gateway.backends import EmbeddedBackend
+
+    backend = EmbeddedBackend()
+
+    async def run_one() -> tuple[Task, list]:
+        task = new_task("ctx-gc")
+        await backend.tasks.submit(task, "echo", "n")
+        applied = [task.status_event(S.WORKING), task.artifact_event(Artifact(artifact_id="a", parts=[TextPart(text="out")])),
+                   task.status_event(S.COMPLETED, Message(role="agent", parts=[TextPart(text="done")]))]
+        for ev in applied:
+            final, _ = await backend.tasks.apply(task.id, ev)
+        return final, applied
+
+    final, applied = await run_one()
+    assert await backend.tasks.get(final.id) == final
+    assert [e.event for e in await backend.tasks.read_events(final.id, None, 0)] == applied
+    listed, _ = await backend.tasks.list("ctx-gc")
+    assert listed == [final]
+
+    gc.collect()
+    before = len(gc.get_objects())
+    for _ in range(2000):
+        await run_one()
+    gc.collect()
+    per_task = (len(gc.get_objects()) - before) / 2000
+    assert per_task < 10, f"{per_task:.1f} GC-tracked objects kept per finished task"  # 50 as objects

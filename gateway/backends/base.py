@@ -17,8 +17,12 @@ import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from pydantic import TypeAdapter
+
 from registry.store import RecordStore
 from schemas import Task, TaskArtifactUpdate, TaskEvent, TaskState, TaskStatusUpdate
+
+EVENT_JSON = TypeAdapter(TaskEvent)  # a TaskEvent to and from JSON, for stores that keep them serialized
 
 
 class BackendError(Exception):

@@ -13,6 +13,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from gateway.backends.base import (
+    EVENT_JSON,
     Backend,
     Bus,
     Delivery,
@@ -132,15 +133,50 @@ class EmbeddedBus(Bus):
         return 0 if q is None else len(q.waiting) + len(q.pending)
 
 
-@dataclass
 class _TaskSlot:
-    task: Task
-    accepted_by: str
-    events: list[StoredEvent] = field(default_factory=list)
-    signal: _Signal = field(default_factory=_Signal)
-    lock_owner: str | None = None
-    lock_until_ms: int = 0
-    ended_at: float | None = None  # monotonic time the task became terminal
+    """One task, its recent events and its run lock.
+
+    A terminal task is kept packed: the task and its events as JSON bytes, which the garbage
+    collector does not scan. As objects, the up to 100k finished tasks a default gateway keeps
+    made every full collection walk millions of them (about 10 µs per task per pass).
+    """
+
+    __slots__ = ("accepted_by", "context_id", "signal", "lock_owner", "lock_until_ms", "ended_at", "_task", "_events")
+
+    def __init__(self, task: Task, accepted_by: str) -> None:
+        self.accepted_by, self.context_id = accepted_by, task.context_id
+        self.signal = _Signal()
+        self.lock_owner: str | None = None
+        self.lock_until_ms = 0
+        self.ended_at: float | None = None  # monotonic time the task became terminal
+        self._task: Task | bytes = task
+        self._events: list[StoredEvent] | list[tuple[str, bytes]] = []
+
+    @property
+    def task(self) -> Task:
+        """The stored task; do not mutate it (``copy`` gives one to hand out)."""
+        t = self._task
+        return Task.model_validate_json(t) if isinstance(t, bytes) else t
+
+    def copy(self) -> Task:
+        t = self._task
+        return Task.model_validate_json(t) if isinstance(t, bytes) else t.snapshot()
+
+    def events(self) -> list[StoredEvent]:
+        if isinstance(self._task, bytes):
+            return [StoredEvent(event_id, EVENT_JSON.validate_json(raw)) for event_id, raw in self._events]  # type: ignore[misc]
+        return self._events  # type: ignore[return-value]
+
+    def record(self, task: Task, stored: StoredEvent, keep: int) -> None:
+        self._task = task
+        self._events.append(stored)  # type: ignore[arg-type]
+        del self._events[:-keep]
+
+    def pack(self) -> None:
+        task, events = self._task, self._events
+        if isinstance(task, Task):
+            self._events = [(e.event_id, EVENT_JSON.dump_json(e.event, exclude_none=True)) for e in events]  # type: ignore[union-attr]
+            self._task = task.model_dump_json(exclude_none=True).encode()
 
 
 class EmbeddedTaskStore(TaskStore):
@@ -187,37 +223,38 @@ class EmbeddedTaskStore(TaskStore):
 
     async def get(self, task_id: str) -> Task | None:
         slot = self._tasks.get(task_id)
-        return None if slot is None else slot.task.snapshot()
+        return None if slot is None else slot.copy()
 
     async def list(self, context_id=None, limit=50, cursor=None):
         ids = [t for t in reversed(self._order)
-               if t in self._tasks and (context_id is None or self._tasks[t].task.context_id == context_id)]
+               if t in self._tasks and (context_id is None or self._tasks[t].context_id == context_id)]
         start = int(cursor) if cursor else 0
         page = ids[start : start + limit]
         nxt = str(start + limit) if start + limit < len(ids) else None
-        return [self._tasks[t].task.snapshot() for t in page], nxt
+        return [self._tasks[t].copy() for t in page], nxt
 
     async def apply(self, task_id: str, event: TaskEvent) -> tuple[Task, str]:
         slot = self._slot(task_id)
-        slot.task = slot.task.apply(event)  # raises InvalidTransition, leaving the slot unchanged
+        task = slot.task.apply(event)  # raises InvalidTransition, leaving the slot unchanged
         stored = StoredEvent(f"{next(self._event_ids)}-0", event)
-        slot.events.append(stored)
-        del slot.events[: -self.limits.max_events_per_task]
+        slot.record(task, stored, self.limits.max_events_per_task)
         slot.signal.fire()
-        if slot.task.state.terminal and slot.ended_at is None:
-            slot.ended_at = time.monotonic()
-            self._ended.append(task_id)
         if isinstance(event, TaskStatusUpdate) and event.final:
-            agent = slot.task.route.agent if slot.task.route else ""
-            fin = Finished(task_id, event.status.state, slot.accepted_by, slot.task.created_at, agent)
+            agent = task.route.agent if task.route else ""
+            fin = Finished(task_id, event.status.state, slot.accepted_by, task.created_at, agent)
             self._finished.append((next(self._finished_ids), fin))
             self._finished_signal.fire()
-        return slot.task.snapshot(), stored.event_id
+        if task.state.terminal:
+            slot.ended_at = time.monotonic()
+            self._ended.append(task_id)
+            slot.pack()
+            return task, stored.event_id  # the store keeps its own packed copy
+        return task.snapshot(), stored.event_id
 
     async def read_events(self, task_id: str, after: str | None, block_ms: int) -> list[StoredEvent]:
         slot = self._slot(task_id)
         for attempt in range(2):
-            out = [e for e in slot.events if after is None or _id_gt(e.event_id, after)]
+            out = [e for e in slot.events() if after is None or _id_gt(e.event_id, after)]
             if out or attempt:
                 return out
             await slot.signal.wait(block_ms)

@@ -22,9 +22,8 @@ import time
 import uuid
 from typing import Any
 
-from pydantic import TypeAdapter
-
 from gateway.backends.base import (
+    EVENT_JSON,
     Backend,
     BackendUnavailable,
     Bus,
@@ -50,7 +49,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError("the Redis backend needs the 'redis' extra: pip install 'interlace[redis]'") from exc
 
 GROUP = "workers"
-EVENT = TypeAdapter(TaskEvent)
 _UNAVAILABLE = (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, OSError)
 
 SUBMIT = """
@@ -270,7 +268,7 @@ class RedisTaskStore(TaskStore):
             raise TaskNotFound(f"task {task_id} not found")
         kwargs: dict[str, Any] = {"block": block_ms} if block_ms > 0 else {}
         got = await self.r.xread({key: after or "0-0"}, count=500, **kwargs)
-        return [StoredEvent(eid, EVENT.validate_json(f["e"])) for _, entries in got or [] for eid, f in entries]
+        return [StoredEvent(eid, EVENT_JSON.validate_json(f["e"])) for _, entries in got or [] for eid, f in entries]
 
     @_translate
     async def read_finished(self, after: str | None, block_ms: int):
