@@ -23,15 +23,15 @@ HEADERS = {"Content-Type": "application/json", "A2A-Version": "1.0"}
 
 
 def serve_gateway(port: int, remote: str, streaming: bool | None) -> None:
-    import uvicorn
-
     from gateway.app import create_app
+    from gateway.cli import serve_app
     from gateway.config import Config
     from protocols.a2a import A2AConnector, mount_a2a
 
-    app = create_app(Config(port=port, echo=False, log_level="warning"), workers=[A2AConnector("remote", remote, streaming=streaming)])
+    config = Config(host="127.0.0.1", port=port, echo=False, log_level="warning")
+    app = create_app(config, workers=[A2AConnector("remote", remote, streaming=streaming)])
     mount_a2a(app)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    serve_app(app, config)
 
 
 class Caller:
@@ -78,7 +78,7 @@ async def measure(direct: str, gateway: str, calls: int, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=300, help="calls per leg at concurrency 1 (x3 at 32)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--connector", choices=["auto", "stream", "send"], default="auto",
                         help="how the connector calls the agent: auto (streams only for clients that follow the task; "
                              "a blocking SendMessage here), always SendStreamingMessage, or always SendMessage")

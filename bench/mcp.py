@@ -25,19 +25,17 @@ from bench.common import report as common_report
 ACCEPT = "application/json, text/event-stream"
 
 
-
-
 def serve_gateway(port: int, upstream: str) -> None:
     """The gateway process: embedded backend, the upstream federated as ``echo-server``."""
-    import uvicorn
-
     from gateway.app import create_app
+    from gateway.cli import serve_app
     from gateway.config import Config
     from protocols.mcp import McpSettings, mount
 
-    app = create_app(Config(port=port, log_level="warning"))
+    config = Config(port=port, log_level="warning")
+    app = create_app(config)
     mount(app, upstreams=[("up", upstream)], settings=McpSettings(naming="pass-through"))
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    serve_app(app, config)
 
 
 class Session:
