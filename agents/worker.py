@@ -69,6 +69,8 @@ class Worker:
 
 
 class WorkerRunner:
+    CANCEL_WATCH_AFTER_S = 0.02
+
     def __init__(
         self,
         worker: Worker,
@@ -187,15 +189,13 @@ class WorkerRunner:
             return
         run = _Run(delivery, task)
         run.job = asyncio.create_task(self._run(run))
-        beat = asyncio.create_task(self._heartbeat(run))
         try:
-            await asyncio.shield(run.job)
+            await self._keep_lock_until_done(run)
         except asyncio.CancelledError:
             if not run.job.done():  # the runner is stopping: interrupt, leave the entry pending
                 run.interrupt("shutdown")
                 await asyncio.gather(run.job, return_exceptions=True)
         finally:
-            beat.cancel()
             try:
                 if run.reason in ("done", "canceled"):
                     await self.link.finish(delivery, self.consumer)
@@ -204,13 +204,35 @@ class WorkerRunner:
             except Exception:
                 log.warning("could not settle delivery; it will be redelivered", extra={"task_id": task.id})
 
+    async def _keep_lock_until_done(self, run: "_Run") -> None:
+        """Wait for the handler, renewing the run lock and the bus entry every third of the
+        lock's TTL; a lock lost to another consumer stops the handler."""
+        beating = True
+        while True:
+            done, _ = await asyncio.wait({run.job}, timeout=self.lock_ttl_ms / 3000)  # does not cancel the job
+            if done:
+                return
+            if not beating:
+                continue
+            try:
+                owned = await self.link.heartbeat(run.delivery, self.consumer, self.lock_ttl_ms)
+            except Exception:
+                continue  # bus hiccup: try again next beat; the lock TTL bounds the damage
+            if not owned:
+                log.warning("run lock lost; stopping handler", extra={"task_id": run.task.id})
+                run.interrupt("lost")
+                beating = False
+
     async def _run(self, run: "_Run") -> None:
-        task, watcher = run.task, None
+        task, watch = run.task, None
         try:
             meta = {"attempt": run.delivery.attempt} if run.delivery.attempt > 1 else {}
             after = await self.link.emit(task.id, task.status_event(TaskState.WORKING, **meta))
             task = task.apply(task.status_event(TaskState.WORKING))
-            watcher = asyncio.create_task(self._watch_cancel(run, after))
+            # Most runs end within milliseconds, so the cancel watch (a subscription to the task's
+            # events) starts only for a run still going after CANCEL_WATCH_AFTER_S. Nothing is
+            # missed: it reads from ``after``, and an emit after a cancel fails anyway.
+            watch = asyncio.get_running_loop().call_later(self.CANCEL_WATCH_AFTER_S, self._start_watch, run, after)
             final = False
             async for event in self.worker.handle(task):
                 await self.link.emit(task.id, event)
@@ -231,8 +253,10 @@ class WorkerRunner:
             log.exception("handler failed", extra={"task_id": task.id, "agent": self.worker.agent})
             await self._fail(task, f"{self.worker.agent} failed: {exc.__class__.__name__}")
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            if watch is not None:
+                watch.cancel()
+            if run.watcher is not None:
+                run.watcher.cancel()
 
     async def _fail(self, task: Task, text: str) -> None:
         note = Message(role="agent", parts=[TextPart(text=text)], task_id=task.id, context_id=task.context_id)
@@ -240,6 +264,9 @@ class WorkerRunner:
             await self.link.emit(task.id, task.status_event(TaskState.FAILED, note))
         except InvalidTransition:
             pass
+
+    def _start_watch(self, run: "_Run", after: str) -> None:
+        run.watcher = asyncio.create_task(self._watch_cancel(run, after))
 
     async def _watch_cancel(self, run: "_Run", after: str) -> None:
         try:
@@ -253,18 +280,6 @@ class WorkerRunner:
         except Exception:
             log.debug("cancel watch ended", extra={"task_id": run.task.id})
 
-    async def _heartbeat(self, run: "_Run") -> None:
-        while not run.job.done():
-            await asyncio.sleep(self.lock_ttl_ms / 3000)
-            try:
-                owned = await self.link.heartbeat(run.delivery, self.consumer, self.lock_ttl_ms)
-            except Exception:
-                continue  # bus hiccup: try again next beat; the lock TTL bounds the damage
-            if not owned:
-                log.warning("run lock lost; stopping handler", extra={"task_id": run.task.id})
-                run.interrupt("lost")
-                return
-
 
 @dataclass
 class _Run:
@@ -274,6 +289,7 @@ class _Run:
     task: Task
     reason: str = "done"  # done | canceled (ack) | lost | shutdown (leave pending)
     job: asyncio.Task | None = field(default=None, repr=False)
+    watcher: asyncio.Task | None = field(default=None, repr=False)
 
     def interrupt(self, reason: str) -> None:
         self.reason = reason
