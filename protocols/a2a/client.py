@@ -146,6 +146,10 @@ _METHODS = {
 class A2AClient:
     """Calls one interface of a remote agent; every error is a RemoteAgentError with a readable message."""
 
+    # Sends ask for no history back (historyLength 0): the connector maps the status and the
+    # artifacts of the remote task; its copy of the conversation is only bytes to send and parse.
+    SENT_HISTORY = 0
+
     def __init__(self, http: aiohttp.ClientSession, interface: RemoteInterface, headers: dict[str, str] | None = None) -> None:
         self.http, self.iface = http, interface
         self.rest = interface.binding == "HTTP+JSON"
@@ -158,7 +162,7 @@ class A2AClient:
     # ---- public operations -------------------------------------------------------------------
 
     async def send(self, message: Message, *, blocking: bool = True, metadata: dict | None = None) -> Task | Message:
-        params = self.dialect.send_params_out(message, blocking=blocking, metadata=metadata)
+        params = self.dialect.send_params_out(message, blocking=blocking, metadata=metadata, history_length=self.SENT_HISTORY)
         if self.rest:
             result = await self._rest("POST", "/message:send", params)
         else:
@@ -169,7 +173,7 @@ class A2AClient:
         return item
 
     def stream(self, message: Message, *, metadata: dict | None = None) -> AsyncIterator[StreamItem]:
-        params = self.dialect.send_params_out(message, metadata=metadata)
+        params = self.dialect.send_params_out(message, metadata=metadata, history_length=self.SENT_HISTORY)
         if self.rest:
             return self._rest_stream("POST", "/message:stream", params)
         return self._rpc_stream("stream", params)

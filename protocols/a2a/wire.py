@@ -452,8 +452,11 @@ class Dialect:
     def _inline_push(self, conf: dict) -> dict | None:
         return obj(conf, "taskPushNotificationConfig", "configuration")
 
-    def send_params_out(self, message: Message, *, blocking: bool = True, metadata: dict | None = None) -> dict[str, Any]:
+    def send_params_out(self, message: Message, *, blocking: bool = True, metadata: dict | None = None,
+                        history_length: int | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {"message": self.message_out(message), "configuration": self._configuration_out(blocking)}
+        if history_length is not None:
+            out["configuration"]["historyLength"] = history_length
         _put(out, "metadata", metadata)
         return out
 
