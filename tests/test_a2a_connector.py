@@ -167,3 +167,27 @@ async def test_parse_cards_of_both_versions():
                       "additionalInterfaces": [{"url": "http://b/rest", "transport": "HTTP+JSON"}], "capabilities": {}})
     assert [(i.url, i.binding, i.version) for i in v03.interfaces] == [("http://b/", "JSONRPC", "0.3"), ("http://b/rest", "HTTP+JSON", "0.3")]
     assert not v03.streaming
+
+
+async def test_the_connector_uses_the_proxy_the_environment_names(monkeypatch):
+    """HTTP_PROXY is honoured (as httpx does for the other connectors) and NO_PROXY exempts a host:
+    the card of an unresolvable host is fetched through a 'proxy' that is the remote agent."""
+    from protocols.a2a.errors import RemoteAgentError
+
+    async with remote_agent() as remote:
+        monkeypatch.setenv("HTTP_PROXY", remote)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        via_proxy = A2AConnector("remote", "http://agent.invalid/")
+        try:
+            assert (await via_proxy.remote_card()).interfaces
+        finally:
+            await via_proxy.aclose()
+
+        monkeypatch.setenv("NO_PROXY", "agent.invalid")
+        direct = A2AConnector("remote", "http://agent.invalid/")
+        try:
+            with pytest.raises(RemoteAgentError, match="cannot fetch the agent card"):
+                await direct.remote_card()
+        finally:
+            await direct.aclose()

@@ -30,6 +30,8 @@ import asyncio
 import contextlib
 import logging
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -60,6 +62,16 @@ class _Mirror:
         self.context_id = self.context_id or context_id or None
         if self.task_id:
             self.known.set()
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy HTTP_PROXY / HTTPS_PROXY name for ``url`` unless NO_PROXY exempts its host (what
+    httpx honours for the other connectors). Read once per connector: aiohttp's ``trust_env``
+    reads the environment and ~/.netrc again on every request, which doubled its CPU per call."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
 
 
 class A2AConnector(Worker):
@@ -97,6 +109,7 @@ class A2AConnector(Worker):
                 # request never meets one the server is closing.
                 connector=aiohttp.TCPConnector(limit=self.concurrency, keepalive_timeout=4.0),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=self.timeout_s),
+                proxy=env_proxy(self.card_url),
             )
         return self._own
 
