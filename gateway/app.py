@@ -18,7 +18,7 @@ from gateway import __version__, openapi, registry_api, tasks_api, worker_api
 from gateway.backends import Backend, BackendUnavailable, QueueFull, TaskExists, TaskNotFound
 from gateway.config import Config
 from gateway.connectors import ConnectorSupervisor, default_factories
-from gateway.http import BodyLimit, HttpError, error_response, validation_errors
+from gateway.http import BodyLimit, HttpError, IndexedRouter, error_response, validation_errors
 from gateway.runtime import NoMatch, NotCancelable, NotContinuable, Runtime, UnknownAgent
 from registry.service import stream_of
 from schemas import InvalidTransition
@@ -143,6 +143,7 @@ def create_app(config: Config | None = None, *, backend: Backend | None = None, 
         exception_handlers=handlers,
         middleware=[Middleware(BodyLimit, max_bytes=config.max_body_bytes)],
     )
+    app.router = IndexedRouter(routes, lifespan=lifespan)  # before the first request builds the stack
     app.state.runtime = runtime
     app.state.connectors = connectors  # protocol adapters may add factories before start
     app.state.cluster = cluster

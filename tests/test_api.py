@@ -225,3 +225,28 @@ async def test_worker_api_refuses_foreign_clients_without_token():
             assert wrong.status_code == 401
             ok = await client.post("/bus/receive", json=body, headers={"Authorization": "Bearer s3cret"})
             assert ok.status_code == 200 and ok.json() == {"deliveries": []}
+
+
+async def test_routes_added_or_swapped_later_resolve_as_an_ordered_search_would():
+    """The router looks only at routes sharing the path's first segment; that must never hide a
+    route: one added after start, one swapped in ahead of an old one, one with a parameter first."""
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from gateway.app import create_app
+    from gateway.http import replace_routes
+
+    def text(body):
+        return lambda request: PlainTextResponse(body)
+
+    app = create_app(test_config())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        assert (await client.get("/healthz")).json()["status"] == "ok"  # builds the index
+        app.add_route("/late/{x}", text("late"), methods=["GET"])
+        assert (await client.get("/late/1")).text == "late"
+        replace_routes(app, "t", [Route("/healthz", text("swapped"), name="t:healthz")])
+        assert (await client.get("/healthz")).text == "swapped"
+        app.router.routes.insert(0, Route("/{anything}/x", text("wild")))
+        assert (await client.get("/tasks/x")).text == "wild"
+        assert (await client.get("/tasks/y")).status_code == 404  # /tasks/{task_id}: no such task
+        assert (await client.put("/healthz")).status_code == 405
