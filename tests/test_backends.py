@@ -92,6 +92,30 @@ async def test_subscriber_on_another_connection_sees_live_events(backend, backen
         await other.close()
 
 
+async def test_writers_on_two_connections_never_overwrite_each_other(backend, backend_kind, request):
+    """Each event is judged against the task as stored, even when this connection wrote the task
+    last and another one changed it since (Redis: two clients, as two gateways would be)."""
+    other = backend
+    if backend_kind == "redis":
+        other = make_backend("redis", request.getfixturevalue("redis_server").url)
+    task = new_task()
+    await backend.tasks.submit(task, "echo", "n")
+    await backend.tasks.apply(task.id, task.status_event(S.INPUT_REQUIRED))
+    await other.tasks.apply(task.id, task.status_event(S.WORKING))  # the follow-up, on another node
+    # input-required -> input-required is illegal, working -> input-required is not: judged on
+    # the stored task, this asks again.
+    stored, _ = await backend.tasks.apply(task.id, task.status_event(S.INPUT_REQUIRED))
+    assert stored.state is S.INPUT_REQUIRED
+    await other.tasks.apply(task.id, task.status_event(S.CANCELED))
+    with pytest.raises(InvalidTransition):  # a stale copy must not let the completion overwrite the cancel
+        await backend.tasks.apply(task.id, task.status_event(S.COMPLETED))
+    assert (await other.tasks.get(task.id)).state is S.CANCELED
+    states = [e.event.status.state for e in await other.tasks.read_events(task.id, None, 0)]
+    assert states == [S.INPUT_REQUIRED, S.WORKING, S.INPUT_REQUIRED, S.CANCELED]
+    if other is not backend:
+        await other.close()
+
+
 async def test_finished_feed(backend):
     _, cursor = await backend.tasks.read_finished(None, 0)
     task = new_task()

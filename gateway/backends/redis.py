@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import time
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 from gateway.backends.base import (
@@ -38,7 +39,7 @@ from gateway.backends.base import (
     TaskStore,
 )
 from registry.store import RedisRecordStore
-from schemas import Task, TaskEvent, TaskState, TaskStatusUpdate
+from schemas import InvalidTransition, Task, TaskEvent, TaskState, TaskStatusUpdate
 
 try:
     import redis.asyncio as aioredis
@@ -77,6 +78,33 @@ if v == false or v == ARGV[1] then
   return 1
 end
 return 0
+"""
+
+# Compare-and-set of a task: applied only if the task's 'applied' token is still the one the
+# caller computed the new task from; a retry of a call that landed (its reply lost in a
+# reconnect) finds its own token and answers as the first call did.
+# KEYS: task hash, its event stream, the finished feed, its lock.
+# ARGV: token read, new token, new task JSON, event JSON, max events, final state or '',
+# task id, created_at, agent, retention seconds or '' (not terminal).
+APPLY = """
+local cur = redis.call('HGET', KEYS[1], 'applied') or ''
+if cur == ARGV[2] then
+  local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+  return {1, last[1] and last[1][1] or '0-0'}
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, ''} end
+if cur ~= ARGV[1] then return {0, ''} end
+redis.call('HSET', KEYS[1], 'task', ARGV[3], 'applied', ARGV[2])
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'e', ARGV[4])
+if ARGV[6] ~= '' then
+  local by = redis.call('HGET', KEYS[1], 'by') or ''
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'id', ARGV[7], 'state', ARGV[6], 'by', by, 'at', ARGV[8], 'agent', ARGV[9])
+end
+if ARGV[10] ~= '' then
+  for i = 1, 2 do redis.call('EXPIRE', KEYS[i], ARGV[10]) end
+  redis.call('EXPIRE', KEYS[4], ARGV[10])
+end
+return {1, id}
 """
 
 UNLOCK = """
@@ -184,6 +212,11 @@ class RedisTaskStore(TaskStore):
         self._enqueue = r.register_script(ENQUEUE)
         self._lock = r.register_script(LOCK)
         self._unlock = r.register_script(UNLOCK)
+        self._apply = r.register_script(APPLY)
+        # The last version this node wrote of each running task, with its 'applied' token: the
+        # next event of a task (almost always from this node's worker) is then one round trip.
+        self._known: OrderedDict[str, tuple[str, Task]] = OrderedDict()
+        self._pruned_at = 0
 
     @_translate
     async def submit(self, task: Task, agent: str, accepted_by: str) -> None:
@@ -199,8 +232,10 @@ class RedisTaskStore(TaskStore):
         await self._prune(score)
 
     async def _prune(self, now_ms: int) -> None:
-        # Ids of expired tasks linger in the index sets; drop the ones past retention.
-        await self.r.zremrangebyscore("il:tasks", 0, now_ms - self.limits.retention_s * 1000)
+        # Ids of expired tasks linger in the index sets; drop the ones past retention (once a second).
+        if now_ms - self._pruned_at >= 1000:
+            self._pruned_at = now_ms
+            await self.r.zremrangebyscore("il:tasks", 0, now_ms - self.limits.retention_s * 1000)
 
     @_translate
     async def requeue(self, task: Task, agent: str) -> None:
@@ -230,36 +265,38 @@ class RedisTaskStore(TaskStore):
 
     @_translate
     async def apply(self, task_id: str, event: TaskEvent) -> tuple[Task, str]:
-        key = _t(task_id)
-        # The transaction is retried after a dropped connection; if the lost reply was for an
-        # EXEC that did land, ``applied`` says so and the event is not applied twice.
-        applied = uuid.uuid4().hex
-        async with self.r.pipeline(transaction=True) as p:
-            while True:
-                try:
-                    await p.watch(key)
-                    raw, by, last = await p.hmget(key, "task", "by", "applied")
-                    if raw is None:
-                        raise TaskNotFound(f"task {task_id} not found")
-                    if last == applied:
-                        newest = await self.r.xrevrange(f"{key}:ev", count=1)
-                        return Task.model_validate_json(raw), newest[0][0] if newest else "0-0"
-                    task = Task.model_validate_json(raw).apply(event)  # may raise InvalidTransition
-                    p.multi()
-                    p.hset(key, mapping={"task": task.model_dump_json(exclude_none=True), "applied": applied})
-                    p.xadd(f"{key}:ev", {"e": event.model_dump_json(exclude_none=True)},
-                           maxlen=self.limits.max_events_per_task, approximate=True)
-                    if isinstance(event, TaskStatusUpdate) and event.final:
-                        p.xadd("il:finished", {"id": task_id, "state": event.status.state.value,
-                                               "by": by or "", "at": task.created_at,
-                                               "agent": task.route.agent if task.route else ""},
-                               maxlen=10_000, approximate=True)
-                    if task.state.terminal:
-                        for k in (key, f"{key}:ev", f"{key}:lock"):
-                            p.expire(k, self.limits.retention_s)
-                    return task, (await p.execute())[1]
-                except rexc.WatchError:
-                    continue
+        key, token = _t(task_id), uuid.uuid4().hex
+        known = self._known.pop(task_id, None)
+        while True:
+            fresh = known is None
+            if known is None:
+                raw, applied = await self.r.hmget(key, "task", "applied")
+                if raw is None:
+                    raise TaskNotFound(f"task {task_id} not found")
+                known = (applied or "", Task.model_validate_json(raw))
+            read_token, current = known
+            try:
+                task = current.apply(event)
+            except InvalidTransition:
+                if fresh:
+                    raise
+                known = None  # judged on this node's copy: check the stored task before refusing
+                continue
+            final = isinstance(event, TaskStatusUpdate) and event.final
+            args = [read_token, token, task.model_dump_json(exclude_none=True), event.model_dump_json(exclude_none=True),
+                    self.limits.max_events_per_task, event.status.state.value if final else "",  # type: ignore[union-attr]
+                    task_id, task.created_at, task.route.agent if task.route else "",
+                    self.limits.retention_s if task.state.terminal else ""]
+            status, event_id = await self._apply(keys=[key, f"{key}:ev", "il:finished", f"{key}:lock"], args=args)
+            if status == -1:
+                raise TaskNotFound(f"task {task_id} not found")
+            if status == 1:
+                if not task.state.terminal:
+                    self._known[task_id] = (token, task)
+                    while len(self._known) > 4096:
+                        self._known.popitem(last=False)
+                return task.snapshot(), event_id
+            known = None  # another writer got there first: read it again
 
     @_translate
     async def read_events(self, task_id: str, after: str | None, block_ms: int) -> list[StoredEvent]:
