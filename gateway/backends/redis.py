@@ -138,6 +138,7 @@ class RedisBus(Bus):
     def __init__(self, r: "aioredis.Redis", limits: Limits) -> None:
         self.r, self.limits = r, limits
         self._groups: set[str] = set()
+        self._claimed_at: dict[str, float] = {}
 
     async def _ensure_group(self, agent: str) -> None:
         if agent in self._groups:
@@ -166,9 +167,13 @@ class RedisBus(Bus):
         deadline = time.monotonic() + block_ms / 1000
         slice_ms = max(50, self.limits.visibility_timeout_ms // 4)
         while True:
-            claimed = await self._claim_stale(agent, consumer, count)
-            if claimed:
-                return claimed
+            # Entries turn stale only after the visibility timeout: looking once a slice is enough.
+            now = time.monotonic()
+            if now - self._claimed_at.get(agent, 0.0) >= slice_ms / 1000:
+                self._claimed_at[agent] = now
+                claimed = await self._claim_stale(agent, consumer, count)
+                if claimed:
+                    return claimed
             remaining = int((deadline - time.monotonic()) * 1000)
             got = await self.r.xreadgroup(
                 GROUP, consumer, {_q(agent): ">"}, count=count, block=max(1, min(remaining, slice_ms))
@@ -229,7 +234,13 @@ class RedisTaskStore(TaskStore):
             raise TaskExists(f"task {task.id} exists")
         if result == -2:
             raise QueueFull(f"queue of agent {agent!r} is full")
+        self._remember(task.id, "", task.snapshot())  # a worker of this node makes the first write
         await self._prune(score)
+
+    def _remember(self, task_id: str, token: str, task: Task) -> None:
+        self._known[task_id] = (token, task)
+        while len(self._known) > 4096:
+            self._known.popitem(last=False)
 
     async def _prune(self, now_ms: int) -> None:
         # Ids of expired tasks linger in the index sets; drop the ones past retention (once a second).
@@ -292,9 +303,7 @@ class RedisTaskStore(TaskStore):
                 raise TaskNotFound(f"task {task_id} not found")
             if status == 1:
                 if not task.state.terminal:
-                    self._known[task_id] = (token, task)
-                    while len(self._known) > 4096:
-                        self._known.popitem(last=False)
+                    self._remember(task_id, token, task)
                 return task.snapshot(), event_id
             known = None  # another writer got there first: read it again
 
