@@ -6,7 +6,7 @@ as separate processes on this machine; one load client drives both in the same r
 concurrency 1 and 32, legs interleaved and repeated (median reported). Prints throughput,
 p50/p99 per leg and the ratios (target: gateway >= 0.5x direct throughput).
 
-    python -m bench.a2a [--calls 300] [--repeats 3] [--connector auto|stream|send]
+    python -m bench.a2a [--calls 300] [--repeats 5] [--connector auto|stream|send]
 """
 
 from __future__ import annotations
