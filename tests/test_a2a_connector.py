@@ -123,6 +123,19 @@ async def test_a_streaming_client_makes_the_connector_stream(setup, http):
         assert len(chunks) == 3 and [c.get("append", False) for c in chunks] == [False, True, True]
 
 
+async def test_large_artifacts_cross_in_one_event_and_one_reply(setup, http):
+    """A 600 KB text arrives whole, streamed (one SSE line far over aiohttp's 128 KiB readline
+    limit) and in a blocking reply alike."""
+    text = "0123456789abcdef" * 40_000
+    body = {"jsonrpc": "2.0", "id": 1, "method": "SendStreamingMessage", "params": {"message": msg(text, "c-big-s")}}
+    async with http.stream("POST", "/a2a/agents/remote", json=body, headers=V10) as resp:
+        frames = [json.loads(line[5:])["result"] async for line in resp.aiter_lines() if line.startswith("data:")]
+    assert frames[-1]["statusUpdate"]["status"]["state"] == "TASK_STATE_COMPLETED"
+    assert "".join(p["text"] for f in frames if "artifactUpdate" in f for p in f["artifactUpdate"]["artifact"]["parts"]) == text
+    task = (await rpc(http, "SendMessage", {"message": msg(text, "c-big")}))["result"]["task"]
+    assert task["status"]["state"] == "TASK_STATE_COMPLETED" and joined(task) == text
+
+
 async def test_cancel_reaches_the_remote(setup, http):
     before = len(a2a_remote.CANCELED)
     task = (await rpc(http, "SendMessage", {"message": msg("slow", "c-2", delay_ms=30_000), "configuration": {"returnImmediately": True}}))["result"]["task"]
