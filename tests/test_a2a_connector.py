@@ -204,3 +204,33 @@ async def test_the_connector_uses_the_proxy_the_environment_names(monkeypatch):
                 await direct.remote_card()
         finally:
             await direct.aclose()
+
+
+async def test_a_remote_reply_over_the_size_bound_fails_the_task_not_the_gateway():
+    """A remote answering with more than MAX_REPLY_BYTES: the task fails with a clear message,
+    nothing is read past the bound, and the gateway keeps serving."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    from protocols.a2a.client import MAX_REPLY_BYTES
+
+    async def card(request):
+        base = str(request.base_url).rstrip("/")
+        return JSONResponse({"name": "huge", "supportedInterfaces": [{"url": base, "protocolBinding": "JSONRPC", "protocolVersion": "1.0"}],
+                             "capabilities": {}})
+
+    async def rpc_reply(request):
+        return Response(b'{"jsonrpc": "2.0", "id": 1, "result": "' + b"x" * (MAX_REPLY_BYTES + 1) + b'"}', media_type="application/json")
+
+    remote_app = Starlette(routes=[Route("/.well-known/agent-card.json", card), Route("/", rpc_reply, methods=["POST"])])
+    async with serve_app(remote_app) as remote:
+        app = create_app(test_config(echo=False), workers=[A2AConnector("huge", remote)])
+        mount_a2a(app)
+        async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+            resp = await client.post("/a2a/agents/huge", json={"jsonrpc": "2.0", "id": 1, "method": "SendMessage",
+                                                               "params": {"message": msg("hi", "big-reply")}}, headers=V10)
+            task = resp.json()["result"]["task"]
+            assert task["status"]["state"] == "TASK_STATE_FAILED"
+            assert "larger than" in task["status"]["message"]["parts"][0]["text"]
+            assert (await client.get("/healthz")).status_code == 200
