@@ -72,21 +72,16 @@ class DirectLink(WorkerLink):
         await self.registry.submit(model)
 
     async def begin(self, delivery, consumer, ttl_ms):
-        tasks = self.backend.tasks
-        task = await tasks.get(delivery.task_id)
-        if task is None or task.state.terminal or task.state.interrupted:
-            # Done already (a redelivery after the ack was lost), expired, or waiting for input.
-            await self.backend.bus.ack(delivery)
+        task, locked = await self.backend.take_run(delivery, consumer, ttl_ms)
+        runnable = task is not None and not (task.state.terminal or task.state.interrupted)
+        if not runnable or delivery.attempt > self.backend.limits.max_deliveries:
+            # Done already (a redelivery after the ack was lost), expired, waiting for input, or
+            # delivered too often: settled here, not run.
+            if runnable:
+                await self._give_up(task, delivery)
+            await self.backend.end_run(delivery, consumer)
             return None
-        if delivery.attempt > self.backend.limits.max_deliveries:
-            await self._give_up(task, delivery)
-            return None
-        if not await tasks.lock(task.id, consumer, ttl_ms):
-            return None
-        # Restart the entry's clock after the lock's: the lock then always lapses first, so a
-        # redelivery after a crash finds it free.
-        await self.backend.bus.extend(delivery, consumer)
-        return task
+        return task if locked else None
 
     async def _give_up(self, task: Task, delivery: Delivery) -> None:
         note = Message(role="agent", parts=[TextPart(text=f"gave up after {delivery.attempt - 1} deliveries")])
@@ -94,7 +89,6 @@ class DirectLink(WorkerLink):
             await self.backend.tasks.apply(task.id, task.status_event(TaskState.FAILED, note))
         except InvalidTransition:
             pass
-        await self.backend.bus.ack(delivery)
 
     async def heartbeat(self, delivery, consumer, ttl_ms):
         if not await self.backend.tasks.lock(delivery.task_id, consumer, ttl_ms):
@@ -107,8 +101,7 @@ class DirectLink(WorkerLink):
         return event_id
 
     async def finish(self, delivery, consumer):
-        await self.backend.bus.ack(delivery)
-        await self.backend.tasks.unlock(delivery.task_id, consumer)
+        await self.backend.end_run(delivery, consumer)
 
     async def release(self, delivery, consumer):
         await self.backend.tasks.unlock(delivery.task_id, consumer)

@@ -183,6 +183,7 @@ async def test_redelivered_finished_task_is_not_run_again(backend):
     r.start()
     await asyncio.wait_for(_drained(backend, "probe"), 10)
     assert probe.runs == []
+    assert await backend.tasks.lock(task.id, "anyone", 1000)  # settled without keeping its run lock
     await r.stop(1)
 
 
@@ -227,6 +228,7 @@ async def test_poison_task_fails_after_max_deliveries(backend):
     done = await backend.tasks.get(task.id)
     assert done.state is S.FAILED and "gave up after 2 deliveries" in done.status.message.parts[0].text
     assert await backend.bus.depth("probe") == 0
+    assert await backend.tasks.lock(task.id, "anyone", 1000)
 
 
 @pytest.mark.parametrize("n", [50])

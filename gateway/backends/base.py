@@ -172,6 +172,24 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    async def take_run(self, delivery: Delivery, consumer: str, ttl_ms: int) -> tuple[Task | None, bool]:
+        """The task of ``delivery``, and whether ``consumer`` now holds its run lock. With the lock,
+        the entry's clock restarts after the lock's, so the lock always lapses first and a
+        redelivery after a crash finds it free. A backend may also lock a task that cannot run
+        (finished, waiting for input): ``end_run`` releases it."""
+        task = await self.tasks.get(delivery.task_id)
+        if task is None or task.state.terminal or task.state.interrupted:
+            return task, False
+        if not await self.tasks.lock(task.id, consumer, ttl_ms):
+            return task, False
+        await self.bus.extend(delivery, consumer)
+        return task, True
+
+    async def end_run(self, delivery: Delivery, consumer: str) -> None:
+        """Ack the entry and drop ``consumer``'s run lock, if it holds it."""
+        await self.bus.ack(delivery)
+        await self.tasks.unlock(delivery.task_id, consumer)
+
     async def events(self, task_id: str, after: str | None = None, *, block_ms: int = 5_000) -> AsyncIterator[StoredEvent]:
         """Follow a task's events until a final one (terminal or interrupted state)."""
         while True:

@@ -107,6 +107,27 @@ end
 return {1, id}
 """
 
+# A worker takes a delivered task for a run: the task (with its 'applied' token), its run lock
+# when free or already ours, and the entry's clock restarted after the lock's, in one round trip.
+# KEYS: task hash, its lock, the agent's stream. ARGV: consumer, lock TTL ms, group, entry id.
+TAKE = """
+local got = redis.call('HMGET', KEYS[1], 'task', 'applied')
+if not got[1] then return {'', '', 0} end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return {got[1], got[2] or '', 0} end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('XCLAIM', KEYS[3], ARGV[3], ARGV[1], 0, ARGV[4], 'JUSTID')
+return {got[1], got[2] or '', 1}
+"""
+
+# KEYS: the agent's stream, the task's lock. ARGV: group, entry id, consumer.
+END_RUN = """
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
 UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -234,10 +255,11 @@ class RedisTaskStore(TaskStore):
             raise TaskExists(f"task {task.id} exists")
         if result == -2:
             raise QueueFull(f"queue of agent {agent!r} is full")
-        self._remember(task.id, "", task.snapshot())  # a worker of this node makes the first write
+        self.remember(task.id, "", task.snapshot())  # a worker of this node makes the first write
         await self._prune(score)
 
-    def _remember(self, task_id: str, token: str, task: Task) -> None:
+    def remember(self, task_id: str, token: str, task: Task) -> None:
+        """Keep this node's copy of a running task for the next ``apply`` (a compare-and-set)."""
         self._known[task_id] = (token, task)
         while len(self._known) > 4096:
             self._known.popitem(last=False)
@@ -303,7 +325,7 @@ class RedisTaskStore(TaskStore):
                 raise TaskNotFound(f"task {task_id} not found")
             if status == 1:
                 if not task.state.terminal:
-                    self._remember(task_id, token, task)
+                    self.remember(task_id, token, task)
                 return task.snapshot(), event_id
             known = None  # another writer got there first: read it again
 
@@ -381,6 +403,24 @@ class RedisBackend(Backend):
         self.tasks = RedisTaskStore(self.r, self.limits)
         self.records = _RecordStore(self.r)
         self.kv = RedisKeyValue(self.r)
+        self._take = self.r.register_script(TAKE)
+        self._end_run = self.r.register_script(END_RUN)
+
+    @_translate
+    async def take_run(self, delivery: Delivery, consumer: str, ttl_ms: int) -> tuple[Task | None, bool]:
+        keys = [_t(delivery.task_id), f"{_t(delivery.task_id)}:lock", _q(delivery.agent)]
+        raw, applied, locked = await self._take(keys=keys, args=[consumer, ttl_ms, GROUP, delivery.entry_id])
+        if not raw:
+            return None, False
+        task = Task.model_validate_json(raw)
+        if locked:
+            self.tasks.remember(task.id, applied, task.snapshot())  # this run's first write is one round trip
+        return task, bool(locked)
+
+    @_translate
+    async def end_run(self, delivery: Delivery, consumer: str) -> None:
+        keys = [_q(delivery.agent), f"{_t(delivery.task_id)}:lock"]
+        await self._end_run(keys=keys, args=[GROUP, delivery.entry_id, consumer])
 
     @_translate
     async def ping(self) -> None:
