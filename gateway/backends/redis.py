@@ -3,7 +3,8 @@
 Keys (prefix ``il:``):
   q:{agent}          stream of task ids, consumer group ``workers``; acked entries are deleted,
                      so XLEN is the queue depth and the bound on it is exact
-  t:{id}             hash: ``task`` (canonical JSON), ``by`` (accepting node)
+  t:{id}             hash: ``task`` (canonical JSON), ``by`` (accepting node), ``applied``
+                     (a token that changes with every event: the compare-and-set version)
   t:{id}:ev          stream of the task's status/artifact events (approximately trimmed)
   t:{id}:lock        run lock of the worker executing the task (the idempotency key)
   tasks, ctx:{cid}   sorted sets of task ids by creation time
@@ -11,8 +12,10 @@ Keys (prefix ``il:``):
   reg, reg:seq, reg:feed  signed agent records (see registry/store.py)
   kv:{key}           small shared state with a TTL (protocol sessions, nonces)
 
-Submitting is one Lua script (store + enqueue, or nothing); applying an event is a WATCH/MULTI
-transaction so the state and its event land together.
+Each step of a task is one Lua script, so one round trip: submit (store + enqueue, or nothing),
+take a delivery for a run (task, lock, entry clock), apply an event (a compare-and-set against
+the ``applied`` token this node last saw: state, event, finished entry and expiries land
+together or not at all), end a run (ack + unlock).
 """
 
 from __future__ import annotations
