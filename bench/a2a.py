@@ -6,7 +6,7 @@ as separate processes on this machine; one load client drives both in the same r
 concurrency 1 and 32, legs interleaved and repeated (median reported). Prints throughput,
 p50/p99 per leg and the ratios (target: gateway >= 0.5x direct throughput).
 
-    python -m bench.a2a [--calls 300] [--repeats 5] [--connector auto|stream|send]
+    python -m bench.a2a [--calls 600] [--repeats 5] [--connector auto|stream|send]
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ async def measure(direct: str, gateway: str, calls: int, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=300, help="calls per leg at concurrency 1 (x3 at 32)")
+    parser.add_argument("--calls", type=int, default=600, help="calls per leg at concurrency 1 (x3 at 32)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--connector", choices=["auto", "stream", "send"], default="auto",
                         help="how the connector calls the agent: auto (streams only for clients that follow the task; "
