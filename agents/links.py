@@ -12,14 +12,12 @@ import json
 from collections.abc import AsyncIterator
 
 import httpx
-from pydantic import TypeAdapter
 
 from gateway.backends import Backend, Delivery, StoredEvent
+from gateway.backends.base import EVENT_JSON
 from registry.service import Registry
 from schemas import InvalidTransition, Message, Task, TaskEvent, TaskState, TextPart
 from schemas.agent_record import AgentRecord, Tombstone
-
-EVENT = TypeAdapter(TaskEvent)
 
 
 class RegistrationFailed(Exception):
@@ -172,7 +170,7 @@ class HttpLink(WorkerLink):
                     payload = json.loads("\n".join(data))
                     data = []
                     if payload.get("kind") in ("status-update", "artifact-update"):
-                        yield StoredEvent(event_id or "", EVENT.validate_python(payload))
+                        yield StoredEvent(event_id or "", EVENT_JSON.validate_python(payload))
 
     async def close(self):
         await self.http.aclose()

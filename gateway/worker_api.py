@@ -10,17 +10,16 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from agents.links import DirectLink
 from gateway.backends import Delivery
+from gateway.backends.base import EVENT_JSON
 from gateway.http import HttpError, json_response, read_model
-from schemas import TaskEvent
 
-EVENT = TypeAdapter(TaskEvent)
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
@@ -92,7 +91,7 @@ async def heartbeat(request: Request) -> Response:
 async def emit(request: Request) -> Response:
     link = _link(request)
     body = await read_model(request, EmitBody)
-    event = EVENT.validate_python(body.event)
+    event = EVENT_JSON.validate_python(body.event)
     return json_response({"event_id": await link.emit(body.task_id, event)})
 
 

@@ -22,7 +22,7 @@ from pydantic import TypeAdapter
 from registry.store import RecordStore
 from schemas import Task, TaskArtifactUpdate, TaskEvent, TaskState, TaskStatusUpdate
 
-EVENT_JSON = TypeAdapter(TaskEvent)  # a TaskEvent to and from JSON, for stores that keep them serialized
+EVENT_JSON = TypeAdapter(TaskEvent)  # a TaskEvent to and from JSON: stores, the /bus API and its client
 
 
 class BackendError(Exception):
