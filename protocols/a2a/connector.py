@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
+from agents.remote_stream import RemoteStream
 from agents.worker import TaskFailed, Worker
 from protocols.a2a.client import A2AClient, RemoteCard, StreamItem, fetch_card
 from protocols.a2a.errors import RemoteAgentError
@@ -43,9 +44,6 @@ from protocols.a2a.wire import DIRECT_REPLY, REMOTE_IDS
 from schemas import STREAM_HINT, Message, Task, TaskArtifactUpdate, TaskEvent, TaskState, TaskStatusUpdate, TextPart
 
 log = logging.getLogger("interlace.a2a.connector")
-
-
-_END = object()
 
 
 class _Mirror:
@@ -62,6 +60,12 @@ class _Mirror:
         self.context_id = self.context_id or context_id or None
         if self.task_id:
             self.known.set()
+
+    def see(self, item: StreamItem) -> None:
+        if isinstance(item, Task):
+            self.learn(item.id, item.context_id)
+        elif isinstance(item, (TaskStatusUpdate, TaskArtifactUpdate)):
+            self.learn(item.task_id, item.context_id)
 
 
 def env_proxy(url: str) -> str | None:
@@ -135,7 +139,7 @@ class A2AConnector(Worker):
     async def handle(self, task: Task) -> AsyncIterator[TaskEvent]:
         mirror = _Mirror()
         client: A2AClient | None = None
-        pump: asyncio.Task | None = None
+        remote: RemoteStream | None = None
         outgoing: Message | None = None
         streaming = False
         try:
@@ -145,12 +149,9 @@ class A2AConnector(Worker):
             streaming = card.streaming and wanted
             outgoing = self._outgoing(task, mirror)
             source = client.stream(outgoing) if streaming else self._send_and_wait(client, outgoing)
-            if streaming or client.iface.version == "0.3":
-                # The remote is read by its own task, so a cancel that arrives before the remote
-                # task id is known can still wait (briefly) for it and then cancel the remote task.
-                queue: asyncio.Queue = asyncio.Queue()
-                pump = asyncio.create_task(self._pump(source, queue, mirror), name=f"a2a-remote-{task.id}")
-                source = self._drain(queue)
+            if streaming or client.iface.version == "0.3":  # the remote names its task soon: see the cancel path
+                remote = RemoteStream(source, f"a2a-remote-{task.id}", mirror.see)
+                source = remote.items()
             async for item in source:
                 for ev in self._map(task, mirror, item):
                     yield ev
@@ -177,35 +178,8 @@ class A2AConnector(Worker):
                 self._forget_card()
             raise TaskFailed(f"remote agent {self.agent!r}: {exc}") from None
         finally:
-            if pump is not None and not pump.done():
-                if mirror.final:
-                    # The remote ends its stream after the final event: let the pump read it to
-                    # the end so the pooled connection is reused, but not for long.
-                    asyncio.get_running_loop().call_later(5.0, pump.cancel)
-                else:
-                    pump.cancel()
-
-    @staticmethod
-    async def _drain(queue: asyncio.Queue) -> AsyncIterator[StreamItem]:
-        while (item := await queue.get()) is not _END:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    @staticmethod
-    async def _pump(source: AsyncIterator[StreamItem], queue: asyncio.Queue, mirror: _Mirror) -> None:
-        try:
-            async for item in source:
-                if isinstance(item, Task):
-                    mirror.learn(item.id, item.context_id)
-                elif isinstance(item, (TaskStatusUpdate, TaskArtifactUpdate)):
-                    mirror.learn(item.task_id, item.context_id)
-                await queue.put(item)
-            await queue.put(_END)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            await queue.put(exc)
+            if remote is not None:
+                remote.close(finished=mirror.final)
 
     async def _send_and_wait(self, client: A2AClient, outgoing: Message) -> AsyncIterator[StreamItem]:
         """A remote without streaming. A 1.0 agent gets a blocking SendMessage (a cancel finds its

@@ -36,6 +36,7 @@ from typing import Any
 
 import httpx
 
+from agents.remote_stream import RemoteStream
 from agents.worker import TaskFailed, Worker
 from protocols.acp import wire
 from protocols.acp.client import ACPClient, RemoteACPError
@@ -44,8 +45,6 @@ from schemas.agent_record import AgentRecord
 from schemas.task import new_id
 
 log = logging.getLogger("interlace.acp.connector")
-
-_END = object()
 
 
 def split_endpoint(url: str, default_name: str) -> tuple[str, str]:
@@ -223,22 +222,20 @@ class ACPConnector(Worker):
     async def handle(self, task: Task) -> AsyncIterator[TaskEvent]:
         client = self._client()
         relay = _Relay(task, self.agent)
-        pump: asyncio.Task | None = None
+        remote: RemoteStream | None = None
         try:
-            source = self._source(client, task, relay)
-            queue: asyncio.Queue = asyncio.Queue()
-            pump = asyncio.create_task(self._pump(source, queue), name=f"acp-remote-{task.id}")
-            while not relay.final:
-                item = await queue.get()
-                if item is _END:
-                    break
-                if isinstance(item, RemoteACPError) and item.retryable and relay.run_id:
-                    log.info("the run's stream broke; polling it", extra={"agent": self.agent, "error": str(item)})
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                for ev in relay.map(item):
-                    yield ev
+            # Read by its own task, so a cancel before the run is named can wait for its id.
+            remote = RemoteStream(self._source(client, task, relay), f"acp-remote-{task.id}")
+            try:
+                async for item in remote.items():
+                    for ev in relay.map(item):
+                        yield ev
+                    if relay.final:
+                        break
+            except RemoteACPError as exc:
+                if not (exc.retryable and relay.run_id):
+                    raise
+                log.info("the run's stream broke; polling it", extra={"agent": self.agent, "error": str(exc)})
             if not relay.final and relay.run_id:
                 async for ev in self._poll(client, relay):
                     yield ev
@@ -255,13 +252,8 @@ class ACPConnector(Worker):
         except RemoteACPError as exc:
             raise TaskFailed(f"remote ACP agent {self.agent!r}: {exc}") from None
         finally:
-            if pump is not None and not pump.done():
-                if relay.final:
-                    # The remote ends its stream after the final event: let the pump read it to
-                    # the end so the pooled connection is reused, but not for long.
-                    asyncio.get_running_loop().call_later(5.0, pump.cancel)
-                else:
-                    pump.cancel()
+            if remote is not None:
+                remote.close(finished=relay.final)
 
     def _source(self, client: ACPClient, task: Task, relay: _Relay) -> AsyncIterator[dict[str, Any]]:
         user = [m for m in task.history if m.role == "user"]
@@ -285,17 +277,6 @@ class ACPConnector(Worker):
                 answered = i + 1 < len(task.history) and task.history[i + 1].role == "user"
                 return run if isinstance(run, str) and answered else None
         return None
-
-    @staticmethod
-    async def _pump(source: AsyncIterator[dict[str, Any]], queue: asyncio.Queue) -> None:
-        try:
-            async for item in source:
-                await queue.put(item)
-            await queue.put(_END)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            await queue.put(exc)
 
     async def _poll(self, client: ACPClient, relay: _Relay) -> AsyncIterator[TaskEvent]:
         deadline, delay = time.monotonic() + self.timeout_s, 0.05
