@@ -14,10 +14,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 
-from bench.common import REPO, Processes, RawHttp, closed_loop, free_port, package_version, report
+from bench.common import REPO, Processes, RawHttp, closed_loop, free_port, interleaved_legs, package_version, report
 
 HEADERS = {"Content-Type": "application/json", "A2A-Version": "1.0"}
 
@@ -64,15 +63,7 @@ async def measure(direct: str, gateway: str, calls: int, repeats: int) -> dict:
     targets = {"direct": (direct, "/"), "gateway": (gateway, "/a2a/agents/remote")}
     for base, path in targets.values():
         await leg(base, path, 100, 8)  # warm up the servers and the connector's pool
-    results: dict = {}
-    for concurrency in (1, 32):
-        n = calls if concurrency == 1 else calls * 3
-        runs: dict[str, list[dict]] = {"direct": [], "gateway": []}
-        for _ in range(repeats):
-            for name in ("direct", "gateway"):  # interleaved so drift hits both alike
-                runs[name].append(await leg(*targets[name], n, concurrency))
-        results[concurrency] = {name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")} for name, rs in runs.items()}
-    return results
+    return await interleaved_legs(lambda name, n, concurrency: leg(*targets[name], n, concurrency), calls, repeats)
 
 
 def main() -> None:

@@ -61,6 +61,21 @@ async def closed_loop(call: Callable[[int], Awaitable[None]], total: int, concur
     return Run(total, time.perf_counter() - start, latencies)
 
 
+async def interleaved_legs(leg: Callable[[str, int, int], Awaitable[dict]], calls: int, repeats: int) -> dict:
+    """``leg(name, calls, concurrency)`` for "direct" and "gateway" at concurrency 1 (``calls``)
+    and 32 (three times as many), interleaved so drift hits both alike; each figure is the median
+    of ``repeats``. The result is what ``report`` prints."""
+    results: dict = {}
+    for concurrency in (1, 32):
+        n = calls if concurrency == 1 else calls * 3
+        runs: dict[str, list[dict]] = {"direct": [], "gateway": []}
+        for _ in range(repeats):
+            for name, legs in runs.items():
+                legs.append(await leg(name, n, concurrency))
+        results[concurrency] = {name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")} for name, rs in runs.items()}
+    return results
+
+
 def median_run(runs: list[Run]) -> Run:
     """The run with the median throughput (machines are noisy: report medians of repeats)."""
     return sorted(runs, key=lambda r: r.throughput)[len(runs) // 2]

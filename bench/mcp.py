@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import time
 
 import httpx
 
-from bench.common import REPO, Processes, free_port, package_version, percentile
+from bench.common import REPO, Processes, free_port, interleaved_legs, package_version, percentile
 from bench.common import report as common_report
 
 ACCEPT = "application/json, text/event-stream"
@@ -103,16 +102,7 @@ async def measure(direct_url: str, gateway_url: str, calls: int, repeats: int) -
         for s in sessions.values():
             await s.open()
             await leg(s, 200, 8)  # warm up connections, caches and the upstream pool
-        results: dict = {}
-        for concurrency in (1, 32):
-            n = calls if concurrency == 1 else calls * 3
-            runs: dict[str, list[dict]] = {"direct": [], "gateway": []}
-            for _ in range(repeats):
-                for name in ("direct", "gateway"):  # interleaved so drift hits both alike
-                    runs[name].append(await leg(sessions[name], n, concurrency))
-            results[concurrency] = {
-                name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")} for name, rs in runs.items()
-            }
+        results = await interleaved_legs(lambda name, n, concurrency: leg(sessions[name], n, concurrency), calls, repeats)
         for s in sessions.values():
             await s.close()
     return results
