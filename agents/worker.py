@@ -207,13 +207,10 @@ class WorkerRunner:
     async def _keep_lock_until_done(self, run: "_Run") -> None:
         """Wait for the handler, renewing the run lock and the bus entry every third of the
         lock's TTL; a lock lost to another consumer stops the handler."""
-        beating = True
         while True:
             done, _ = await asyncio.wait({run.job}, timeout=self.lock_ttl_ms / 3000)  # does not cancel the job
             if done:
                 return
-            if not beating:
-                continue
             try:
                 owned = await self.link.heartbeat(run.delivery, self.consumer, self.lock_ttl_ms)
             except Exception:
@@ -221,7 +218,8 @@ class WorkerRunner:
             if not owned:
                 log.warning("run lock lost; stopping handler", extra={"task_id": run.task.id})
                 run.interrupt("lost")
-                beating = False
+                await asyncio.wait({run.job})
+                return
 
     async def _run(self, run: "_Run") -> None:
         task, watch = run.task, None

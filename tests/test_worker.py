@@ -171,6 +171,23 @@ async def test_graceful_stop_lets_running_handlers_finish(backend):
     assert await backend.bus.depth("probe") == 0
 
 
+async def test_a_run_whose_lock_is_taken_is_stopped_and_left_pending(backend):
+    """The heartbeat finds the run lock held by someone else: the handler is stopped, the task
+    is left as it was and its entry stays pending (not acked) for whoever holds the lock."""
+    probe = Probe()
+    r = WorkerRunner(probe, link(backend), lock_ttl_ms=300, poll_ms=200)  # a heartbeat every 100 ms
+    r.start()
+    task = await submit(backend, agent="probe")
+    await asyncio.wait_for(probe.started.wait(), 10)
+    await backend.tasks.unlock(task.id, r.consumer)
+    assert await backend.tasks.lock(task.id, "thief", 60_000)
+    await asyncio.wait_for(probe.cancelled.wait(), 10)
+    assert (await backend.tasks.get(task.id)).state is S.WORKING
+    assert await backend.bus.depth("probe") == 1
+    assert not await backend.tasks.lock(task.id, r.consumer, 1000)  # still the thief's
+    await r.stop(1)
+
+
 async def test_redelivered_finished_task_is_not_run_again(backend):
     probe = Probe(hold=False)
     task = await submit(backend, agent="probe")
