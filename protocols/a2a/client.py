@@ -93,11 +93,8 @@ _TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ReplyTooLarge)
 
 async def _request(http: aiohttp.ClientSession, method: str, url: str, headers: dict[str, str], body: Any = None,
                    params: dict | None = None) -> tuple[int, str, bytes]:
-    """(status, content type, body) of one request."""
-    data = None if body is None else json.dumps(body).encode()
-    if data is not None:
-        headers = {**headers, "Content-Type": "application/json"}
-    async with http.request(method, url, data=data, headers=headers, params=params) as resp:
+    """(status, content type, body) of one request (``body``, when given, is sent as JSON)."""
+    async with http.request(method, url, json=body, headers=headers, params=params) as resp:
         return resp.status, resp.headers.get("Content-Type", ""), await _read_body(resp)
 
 
@@ -260,11 +257,8 @@ class A2AClient:
 
     async def _sse(self, method: str, url: str, body: Any) -> AsyncIterator[Any]:
         headers = {**self.headers, "Accept": "text/event-stream"}
-        data = None if body is None else json.dumps(body).encode()
-        if data is not None:
-            headers["Content-Type"] = "application/json"
         try:
-            async with self.http.request(method, url, data=data, headers=headers) as resp:
+            async with self.http.request(method, url, json=body, headers=headers) as resp:
                 if "text/event-stream" not in resp.headers.get("Content-Type", ""):
                     raw = await _read_body(resp)
                     try:
