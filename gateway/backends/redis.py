@@ -104,8 +104,7 @@ if ARGV[6] ~= '' then
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'id', ARGV[7], 'state', ARGV[6], 'by', by, 'at', ARGV[8], 'agent', ARGV[9])
 end
 if ARGV[10] ~= '' then
-  for i = 1, 2 do redis.call('EXPIRE', KEYS[i], ARGV[10]) end
-  redis.call('EXPIRE', KEYS[4], ARGV[10])
+  for _, key in ipairs({KEYS[1], KEYS[2], KEYS[4]}) do redis.call('EXPIRE', key, ARGV[10]) end
 end
 return {1, id}
 """
@@ -156,6 +155,10 @@ def _q(agent: str) -> str:
 
 def _t(task_id: str) -> str:
     return f"il:t:{task_id}"
+
+
+def _lock(task_id: str) -> str:
+    return f"il:t:{task_id}:lock"
 
 
 class RedisBus(Bus):
@@ -323,7 +326,7 @@ class RedisTaskStore(TaskStore):
                     self.limits.max_events_per_task, event.status.state.value if final else "",  # type: ignore[union-attr]
                     task_id, task.created_at, task.route.agent if task.route else "",
                     self.limits.retention_s if task.state.terminal else ""]
-            status, event_id = await self._apply(keys=[key, f"{key}:ev", "il:finished", f"{key}:lock"], args=args)
+            status, event_id = await self._apply(keys=[key, f"{key}:ev", "il:finished", _lock(task_id)], args=args)
             if status == -1:
                 raise TaskNotFound(f"task {task_id} not found")
             if status == 1:
@@ -357,11 +360,11 @@ class RedisTaskStore(TaskStore):
 
     @_translate
     async def lock(self, task_id: str, owner: str, ttl_ms: int) -> bool:
-        return bool(await self._lock(keys=[f"{_t(task_id)}:lock"], args=[owner, ttl_ms]))
+        return bool(await self._lock(keys=[_lock(task_id)], args=[owner, ttl_ms]))
 
     @_translate
     async def unlock(self, task_id: str, owner: str) -> None:
-        await self._unlock(keys=[f"{_t(task_id)}:lock"], args=[owner])
+        await self._unlock(keys=[_lock(task_id)], args=[owner])
 
 
 class RedisKeyValue(KeyValue):
@@ -411,7 +414,7 @@ class RedisBackend(Backend):
 
     @_translate
     async def take_run(self, delivery: Delivery, consumer: str, ttl_ms: int) -> tuple[Task | None, bool]:
-        keys = [_t(delivery.task_id), f"{_t(delivery.task_id)}:lock", _q(delivery.agent)]
+        keys = [_t(delivery.task_id), _lock(delivery.task_id), _q(delivery.agent)]
         raw, applied, locked = await self._take(keys=keys, args=[consumer, ttl_ms, GROUP, delivery.entry_id])
         if not raw:
             return None, False
@@ -422,7 +425,7 @@ class RedisBackend(Backend):
 
     @_translate
     async def end_run(self, delivery: Delivery, consumer: str) -> None:
-        keys = [_q(delivery.agent), f"{_t(delivery.task_id)}:lock"]
+        keys = [_q(delivery.agent), _lock(delivery.task_id)]
         await self._end_run(keys=keys, args=[GROUP, delivery.entry_id, consumer])
 
     @_translate
