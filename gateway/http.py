@@ -176,10 +176,12 @@ class IndexedRouter(Router):
         self._index = None
 
     @staticmethod
-    def _segment(route: BaseRoute) -> str | None:
+    def _first(path: str) -> str:
+        return path.split("/", 2)[1] if path.startswith("/") else ""
+
+    def _segment(self, route: BaseRoute) -> str | None:
         """The literal first segment of a route's path; None when any request path may match."""
-        path = route.path if isinstance(route, Route) else ""
-        first = path.split("/", 2)[1] if path.startswith("/") else "{"
+        first = self._first(route.path) if isinstance(route, Route) else "{"
         return None if "{" in first else first
 
     def _candidates(self, path: str) -> list[BaseRoute]:
@@ -188,8 +190,7 @@ class IndexedRouter(Router):
             self._index = {k: [r for r, rk in zip(self.routes, keys) if rk in (k, None)] for k in set(keys) if k is not None}
             self._anywhere = [r for r, k in zip(self.routes, keys) if k is None]
             self._indexed_count = len(self.routes)
-        first = path.split("/", 2)[1] if path.startswith("/") else ""
-        return self._index.get(first, self._anywhere)
+        return self._index.get(self._first(path), self._anywhere)
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
