@@ -160,15 +160,21 @@ class Runtime:
         log.info("task accepted", extra={"task_id": task.id, "agent": stream})
         return task
 
-    async def continue_task(self, task_id: str, message: Message) -> Task:
-        """A follow-up message resumes a task that waits for input (input-required)."""
+    async def continue_task(self, task_id: str, message: Message) -> tuple[Task, str | None]:
+        """A follow-up message resumes a task that waits for input (input-required).
+
+        Returns the resumed task and the id of its last event before the follow-up: whoever
+        follows the task from there sees only what the follow-up caused, never the old
+        input-required event (which is final, and would end the follow at once).
+        """
         task = await self.get(task_id)
         if not task.state.interrupted or task.route is None:
             raise NotContinuable(f"task {task_id} is {task.state.value}; only a task that waits for input takes a follow-up")
+        after = await self.last_event_id(task.id)
         message = message.model_copy(update={"task_id": task.id, "context_id": task.context_id})
         task, _ = await self.backend.tasks.apply(task.id, task.status_event(TaskState.WORKING, message))
         await self.backend.tasks.requeue(task, task.route.agent)
-        return task
+        return task, after
 
     async def get(self, task_id: str) -> Task:
         task = await self.backend.tasks.get(task_id)

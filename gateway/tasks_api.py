@@ -66,7 +66,7 @@ async def submit(request: Request) -> Response:
     if sum(x is not None for x in (body.task_id, body.agent, body.query)) != 1:
         raise HttpError(400, "invalid_request", "give exactly one of 'agent' (name or DID), 'query' (capabilities) or 'task_id' (to continue)")
     if body.task_id:
-        task = await rt.continue_task(body.task_id, body.message)
+        task, _ = await rt.continue_task(body.task_id, body.message)
     else:
         task = await rt.submit(body.message, agent=body.agent, query=body.query, context_id=body.context_id, metadata=body.metadata)
     if wait:

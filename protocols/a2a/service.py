@@ -183,9 +183,8 @@ class A2AService:
                 raise UnsupportedOperationError(f"Task {task.id} is {task.state.value}; only a task waiting for input takes a follow-up message")
             if msg.context_id and msg.context_id != task.context_id:
                 raise InvalidParamsError(f"message.contextId {msg.context_id} does not match the task's context {task.context_id}")
-            after = await rt.last_event_id(task.id)
             try:
-                task = await rt.continue_task(task.id, msg)
+                task, after = await rt.continue_task(task.id, msg)
             except NotContinuable as exc:
                 raise UnsupportedOperationError(str(exc)) from None
         else:

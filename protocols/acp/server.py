@@ -284,9 +284,8 @@ class ACPService:
         if req.await_resume.message is None:
             raise invalid("await_resume.message is required")
         message = wire.resume_in(req.await_resume.message)
-        after = await rt.last_event_id(task.id)
         try:
-            resumed = await rt.continue_task(task.id, message)
+            resumed, after = await rt.continue_task(task.id, message)
         except NotContinuable as exc:
             raise ACPError(403, "server_error", str(exc)) from None
         if req.mode == "stream":

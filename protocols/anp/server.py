@@ -280,7 +280,7 @@ async def send_message(call: Call, message: Any = None, data: Any = None, task_i
         raise RpcError(-32602, f"this endpoint serves {call.agent!r} only; use /anp/rpc to name another agent")
     if task_id is not None:
         task = await _own_task(call, task_id)
-        task = await call.rt.continue_task(task.id, msg)
+        task, _ = await call.rt.continue_task(task.id, msg)
     else:
         target = call.agent or agent
         if not target:

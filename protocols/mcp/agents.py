@@ -213,10 +213,10 @@ class AgentTools:
             if not isinstance(task_id, str):
                 return tool_error("argument 'task_id' must be a string")
             try:
-                task = await self.runtime.continue_task(task_id, message)
+                task, after = await self.runtime.continue_task(task_id, message)
             except (NotContinuable, TaskNotFound) as exc:
                 return tool_error(str(exc))
-            return await self._finish(task, notify, progress_token)
+            return await self._finish(task, notify, progress_token, after)
         agents = await self.agents(exclude)
         agent = target if target in agents.values() else None
         if agent is None:
@@ -240,10 +240,11 @@ class AgentTools:
             return tool_error(str(exc))
         return await self._finish(task, notify, progress_token)
 
-    async def _finish(self, task: Task, notify: Notify | None, progress_token: Any) -> dict[str, Any]:
+    async def _finish(self, task: Task, notify: Notify | None, progress_token: Any, after: str | None = None) -> dict[str, Any]:
+        """The task's result once final; ``after``: follow its events from there (a continued task)."""
         try:
             if progress_token is not None and notify is not None:
-                await asyncio.wait_for(self._progress(task, notify, progress_token), self.wait_s)
+                await asyncio.wait_for(self._progress(task, notify, progress_token, after), self.wait_s)
                 final = await self.runtime.get(task.id)
             else:
                 final = await self.runtime.wait(task.id, self.wait_s)
@@ -258,10 +259,10 @@ class AgentTools:
                 await self.runtime.cancel(task.id)
         return task_result(final)
 
-    async def _progress(self, task: Task, notify: Notify, token: Any) -> None:
+    async def _progress(self, task: Task, notify: Notify, token: Any, after: str | None) -> None:
         """Each task event becomes a notifications/progress (progress = events seen so far)."""
         count = 0
-        async for stored in self.runtime.follow(task.id):
+        async for stored in self.runtime.follow(task.id, after):
             count += 1
             ev = stored.event
             if getattr(ev, "kind", "") == "status-update":
