@@ -192,7 +192,7 @@ async def test_rest_errors(http):
     version = await http.post("/a2a/rest/message:send", json={"message": msg("x")}, headers={"A2A-Version": "99.0"})
     assert version.status_code == 400 and version.json()["error"]["details"][0]["reason"] == "VERSION_NOT_SUPPORTED"
     ctype = await http.post("/a2a/rest/message:send", content=b"x=1", headers={"Content-Type": "text/plain", **V10})
-    assert ctype.status_code == 415 and ctype.json()["error"]["details"][0]["reason"] == "CONTENT_TYPE_NOT_SUPPORTED"
+    assert ctype.status_code == 400 and ctype.json()["error"]["details"][0]["reason"] == "CONTENT_TYPE_NOT_SUPPORTED"
     empty = await http.post("/a2a/rest/message:send", json={}, headers=V10)
     assert empty.status_code == 400 and empty.json()["error"]["details"][0]["reason"] == "INVALID_PARAMS"
     legacy = await http.get("/a2a/rest/v1/tasks/nope")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from protocols.a2a import errors
 from protocols.a2a.errors import InvalidParamsError
 from protocols.a2a.wire import DIRECT_REPLY, V03, V03_REST, V10, PushConfig, direct_reply
 from schemas import Artifact, DataPart, FilePart, Message, Task, TaskState, TaskStatus, TextPart
@@ -140,3 +141,36 @@ def test_send_params_blocking_per_dialect():
     assert V03_REST.send_params_in({**rest, "configuration": {"blocking": True}}).blocking is True
     with pytest.raises(InvalidParamsError):
         V10.send_params_in({"message": {**m, "role": "ROLE_AGENT"}})
+
+
+# A2A 1.0.1 §5.4 (docs/specification.md of a2aproject/A2A at tag v1.0.1), row by row:
+# error, JSON-RPC code, gRPC status, HTTP status, and the ErrorInfo reason we send.
+SPEC_5_4 = [
+    ("TaskNotFoundError", -32001, "NOT_FOUND", 404, "TASK_NOT_FOUND"),
+    ("TaskNotCancelableError", -32002, "FAILED_PRECONDITION", 400, "TASK_NOT_CANCELABLE"),
+    ("PushNotificationNotSupportedError", -32003, "FAILED_PRECONDITION", 400, "PUSH_NOTIFICATION_NOT_SUPPORTED"),
+    ("UnsupportedOperationError", -32004, "FAILED_PRECONDITION", 400, "UNSUPPORTED_OPERATION"),
+    ("ContentTypeNotSupportedError", -32005, "INVALID_ARGUMENT", 400, "CONTENT_TYPE_NOT_SUPPORTED"),
+    ("InvalidAgentResponseError", -32006, "INTERNAL", 500, "INVALID_AGENT_RESPONSE"),
+    ("ExtendedAgentCardNotConfiguredError", -32007, "FAILED_PRECONDITION", 400, "EXTENDED_AGENT_CARD_NOT_CONFIGURED"),
+    ("ExtensionSupportRequiredError", -32008, "FAILED_PRECONDITION", 400, "EXTENSION_SUPPORT_REQUIRED"),
+    ("VersionNotSupportedError", -32009, "FAILED_PRECONDITION", 400, "VERSION_NOT_SUPPORTED"),
+]
+
+
+@pytest.mark.parametrize("name, code, status, http, reason", SPEC_5_4, ids=[row[0] for row in SPEC_5_4])
+def test_error_table_is_the_spec_mapping(name, code, status, http, reason):
+    cls = getattr(errors, name)
+    assert errors.BY_CODE[code] is cls
+    err = cls("why")
+    rest = err.rest("1.0")["error"]
+    assert (rest["code"], rest["status"], rest["details"][0]["reason"]) == (http, status, reason)
+    rpc = err.jsonrpc("1.0")
+    assert rpc["code"] == code and rpc["data"][0]["reason"] == reason and rpc["data"][0]["domain"] == "a2a-protocol.org"
+    legacy = err.rest("0.3")
+    assert legacy["error"]["code"] == http and legacy["type"] in (name, "AuthenticatedExtendedCardNotConfiguredError")
+
+
+def test_every_error_class_has_an_http_status_for_its_grpc_status():
+    for cls in errors.BY_CODE.values():
+        assert cls().http == errors.HTTP_STATUS[cls.status]

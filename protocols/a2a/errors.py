@@ -1,4 +1,10 @@
-"""A2A errors: one class per protocol error, each knowing its JSON-RPC code, HTTP status and reason.
+"""A2A errors: one class per protocol error, each knowing its JSON-RPC code, gRPC status and reason.
+
+The table is §5.4 of A2A 1.0.1 (the current text): the HTTP status follows from the gRPC status
+by google.rpc.Code's own mapping (``HTTP_STATUS``), which is how 1.0.1 corrected 1.0.0's table
+(1.0.0 said 409 for TaskNotCancelable, 415 for ContentTypeNotSupported, 502 for
+InvalidAgentResponse and UNIMPLEMENTED for three errors; spec commit 757f0ec "recent
+transcoding-related error changes", issue a2aproject/A2A#1596).
 
 Rendering (A2A 1.0 §5.4, §9.5, §11.6):
 
@@ -14,10 +20,14 @@ from typing import Any
 ERROR_INFO_TYPE = "type.googleapis.com/google.rpc.ErrorInfo"
 A2A_DOMAIN = "a2a-protocol.org"
 
+# google.rpc.Code -> HTTP status (googleapis google/rpc/code.proto), for the statuses used here.
+HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "NOT_FOUND": 404, "INTERNAL": 500, "UNIMPLEMENTED": 501,
+}
+
 
 class A2AError(Exception):
     code = -32603
-    http = 500
     status = "INTERNAL"
     reason = "INTERNAL_ERROR"
     default = "Internal error"
@@ -26,6 +36,10 @@ class A2AError(Exception):
         self.message = message or self.default
         self.metadata = {k: str(v) for k, v in metadata.items()}
         super().__init__(self.message)
+
+    @property
+    def http(self) -> int:
+        return HTTP_STATUS[self.status]
 
     @property
     def type_name(self) -> str:
@@ -51,35 +65,34 @@ class A2AError(Exception):
 
 
 class TaskNotFoundError(A2AError):
-    code, http, status, reason, default = -32001, 404, "NOT_FOUND", "TASK_NOT_FOUND", "Task not found"
+    code, status, reason, default = -32001, "NOT_FOUND", "TASK_NOT_FOUND", "Task not found"
 
 
 class TaskNotCancelableError(A2AError):
-    code, http, status, reason, default = -32002, 400, "FAILED_PRECONDITION", "TASK_NOT_CANCELABLE", "Task cannot be canceled"
+    code, status, reason, default = -32002, "FAILED_PRECONDITION", "TASK_NOT_CANCELABLE", "Task cannot be canceled"
 
 
 class PushNotificationNotSupportedError(A2AError):
-    code, http, status, reason = -32003, 400, "FAILED_PRECONDITION", "PUSH_NOTIFICATION_NOT_SUPPORTED"
+    code, status, reason = -32003, "FAILED_PRECONDITION", "PUSH_NOTIFICATION_NOT_SUPPORTED"
     default = "Push notifications are not supported"
 
 
 class UnsupportedOperationError(A2AError):
-    code, http, status, reason = -32004, 400, "FAILED_PRECONDITION", "UNSUPPORTED_OPERATION"
+    code, status, reason = -32004, "FAILED_PRECONDITION", "UNSUPPORTED_OPERATION"
     default = "This operation is not supported"
 
 
 class ContentTypeNotSupportedError(A2AError):
-    # 415 as the spec's mapping table (§5.4) and the TCK have it (the SDK answers 400).
-    code, http, status, reason = -32005, 415, "INVALID_ARGUMENT", "CONTENT_TYPE_NOT_SUPPORTED"
+    code, status, reason = -32005, "INVALID_ARGUMENT", "CONTENT_TYPE_NOT_SUPPORTED"
     default = "Incompatible content types"
 
 
 class InvalidAgentResponseError(A2AError):
-    code, http, status, reason, default = -32006, 500, "INTERNAL", "INVALID_AGENT_RESPONSE", "Invalid agent response"
+    code, status, reason, default = -32006, "INTERNAL", "INVALID_AGENT_RESPONSE", "Invalid agent response"
 
 
 class ExtendedAgentCardNotConfiguredError(A2AError):
-    code, http, status, reason = -32007, 400, "FAILED_PRECONDITION", "EXTENDED_AGENT_CARD_NOT_CONFIGURED"
+    code, status, reason = -32007, "FAILED_PRECONDITION", "EXTENDED_AGENT_CARD_NOT_CONFIGURED"
     default = "Extended agent card is not configured"
 
     @property
@@ -87,24 +100,29 @@ class ExtendedAgentCardNotConfiguredError(A2AError):
         return "AuthenticatedExtendedCardNotConfiguredError"
 
 
+class ExtensionSupportRequiredError(A2AError):
+    code, status, reason = -32008, "FAILED_PRECONDITION", "EXTENSION_SUPPORT_REQUIRED"
+    default = "A required extension is not supported by the client"
+
+
 class VersionNotSupportedError(A2AError):
-    code, http, status, reason, default = -32009, 400, "FAILED_PRECONDITION", "VERSION_NOT_SUPPORTED", "Version not supported"
+    code, status, reason, default = -32009, "FAILED_PRECONDITION", "VERSION_NOT_SUPPORTED", "Version not supported"
 
 
 class InvalidParamsError(A2AError):
-    code, http, status, reason, default = -32602, 400, "INVALID_ARGUMENT", "INVALID_PARAMS", "Invalid parameters"
+    code, status, reason, default = -32602, "INVALID_ARGUMENT", "INVALID_PARAMS", "Invalid parameters"
 
 
 class InvalidRequestError(A2AError):
-    code, http, status, reason, default = -32600, 400, "INVALID_ARGUMENT", "INVALID_REQUEST", "Invalid request"
+    code, status, reason, default = -32600, "INVALID_ARGUMENT", "INVALID_REQUEST", "Invalid request"
 
 
 class MethodNotFoundError(A2AError):
-    code, http, status, reason, default = -32601, 404, "NOT_FOUND", "METHOD_NOT_FOUND", "Method not found"
+    code, status, reason, default = -32601, "NOT_FOUND", "METHOD_NOT_FOUND", "Method not found"
 
 
 class JSONParseError(A2AError):
-    code, http, status, reason, default = -32700, 400, "INVALID_ARGUMENT", "INVALID_REQUEST", "Invalid JSON payload"
+    code, status, reason, default = -32700, "INVALID_ARGUMENT", "INVALID_REQUEST", "Invalid JSON payload"
 
 
 class InternalError(A2AError):
@@ -124,7 +142,7 @@ BY_CODE: dict[int, type[A2AError]] = {
     for cls in (
         TaskNotFoundError, TaskNotCancelableError, PushNotificationNotSupportedError, UnsupportedOperationError,
         ContentTypeNotSupportedError, InvalidAgentResponseError, ExtendedAgentCardNotConfiguredError,
-        VersionNotSupportedError, InvalidParamsError, InvalidRequestError, MethodNotFoundError, JSONParseError,
+        ExtensionSupportRequiredError, VersionNotSupportedError, InvalidParamsError, InvalidRequestError, MethodNotFoundError, JSONParseError,
         InternalError,
     )
 }
