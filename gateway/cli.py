@@ -19,6 +19,7 @@ import sys
 from agents.serve import add_bus_flags
 from gateway import __version__, agent_cli, logs
 from gateway.config import Config
+from registry.identity import Identity, IdentityError
 
 log = logging.getLogger("interlace.cli")
 
@@ -80,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
             from gateway.cluster import check_config  # gossip settings: fail before starting
 
             check_config(config)
-    except ValueError as exc:
+        # A key file that is missing, malformed or readable by others is refused here, before
+        # anything starts (for a model worker: before minutes of model loading).
+        key_file = config.node_key if args.command == "serve" else getattr(args, "key", None)
+        if key_file:
+            Identity.load(key_file)
+    except (ValueError, IdentityError) as exc:
         print(f"interlace: {exc}", file=sys.stderr)
         return 2
     logs.setup(config.log_level)

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import os
 import signal
 import subprocess
 
@@ -11,6 +12,7 @@ import yaml
 
 from gateway.cli import build_parser
 from gateway.config import Config
+from registry.identity import Identity
 from tests.conftest import REPO, free_port, interlace_cmd, stop_process, subprocess_env
 
 
@@ -34,6 +36,22 @@ def test_bad_env_value_is_a_clear_error():
     out = subprocess.run(interlace_cmd("serve"), env=subprocess_env(INTERLACE_PORT="eighty"),
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "INTERLACE_PORT" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("command", [("serve", "--port", "0", "--node-key"), ("worker", "echo", "--key")], ids=["serve", "worker"])
+@pytest.mark.parametrize("problem", ["group-readable", "missing", "malformed"])
+def test_a_refused_key_file_is_one_line_and_exit_status_2(tmp_path, command, problem):
+    key = tmp_path / "node.key"
+    if problem != "missing":
+        Identity.generate().save(key)
+    if problem == "group-readable":
+        os.chmod(key, 0o640)
+    elif problem == "malformed":
+        key.write_text("{not json")
+    out = subprocess.run(interlace_cmd(*command, str(key)), env=subprocess_env(), capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("interlace: ") and "Traceback" not in out.stderr
+    assert str(key) in out.stderr
 
 
 @contextlib.contextmanager

@@ -62,16 +62,9 @@ async def run(args: argparse.Namespace, config, link=None) -> int:
     from agents.model.metrics import ModelMetrics
     from agents.model.worker import ModelWorker
     from agents.serve import serve_worker
-    from registry.identity import Identity, KeyFileError
 
     if args.max_batch < 1 or args.max_tokens < 1 or args.max_tokens_limit < args.max_tokens:
         print("interlace: --max-batch and --max-tokens must be >= 1, and --max-tokens-limit >= --max-tokens", file=sys.stderr)
-        return 2
-    try:
-        if args.key:
-            Identity.load(args.key)  # a bad key file fails before minutes of model loading
-    except KeyFileError as exc:
-        print(f"interlace: {exc}", file=sys.stderr)
         return 2
     registry = CollectorRegistry()
     metrics = ModelMetrics(registry, args.agent_name)
