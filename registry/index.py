@@ -77,7 +77,8 @@ When nothing passes, ``RouteResult.closest`` lists the best few entries by text 
 query words are corrected against the index vocabulary (character trigrams) first. Without text,
 or when not even a corrected word matches, the entries that fail the fewest filters are listed
 (the latter with ``text`` among their filters: "no word of the query matches its skills"). So
-``closest`` is empty only when the index is. Never a random agent.
+``closest`` is empty only when the index is, and ``RouteResult.note`` then says "no agent is
+registered". Never a random agent.
 """
 
 from __future__ import annotations
@@ -169,6 +170,7 @@ class Excluded(BaseModel):
 class RouteResult(BaseModel):
     candidates: list[Candidate] = []
     closest: list[Excluded] = []
+    note: str | None = None  # why ``closest`` is empty when nothing matched: "no agent is registered"
     mode: Literal["lexical", "embeddings"] = "lexical"
     considered: int = 0  # entries that reached the per-entry checks
 
@@ -773,7 +775,8 @@ class CapabilityIndex:
             return RouteResult(candidates=self._spread_ties(out, query), mode=mode,
                                considered=considered)
         near = self._closest(query, text, qvec, explain, closest, now_s)
-        return RouteResult(closest=near, mode=mode, considered=considered)
+        note = None if self._live else "no agent is registered"
+        return RouteResult(closest=near, note=note, mode=mode, considered=considered)
 
     def _structured_mask(self, query: CapabilityQuery, now_s: int) -> np.ndarray:
         """Entries passing every vectorisable filter (alive, expiry, protocol, cost, skill, tags, exclude)."""

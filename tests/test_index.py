@@ -424,7 +424,7 @@ def test_closest_when_no_word_matches_uses_corrected_words(index):
 
 def test_closest_when_no_word_is_indexed_ranks_by_the_other_filters(index):
     res = index.search(q(text="book a flight to Tokyo"), now=NOW)
-    assert not res.candidates
+    assert not res.candidates and res.note is None
     assert {c.agent for c in res.closest} == {"translator", "summarizer", "hasher", "reader"}
     for c in res.closest:
         assert c.excluded_by == ["text"] and c.similarity == 0.0
@@ -454,7 +454,12 @@ def test_empty_index():
     ix = CapabilityIndex()
     res = ix.search(q(text="anything"), now=NOW)
     assert res.candidates == [] and res.closest == []
+    assert res.note == "no agent is registered"
     assert len(ix) == 0
+    ix.upsert(record(1, "translator", [TRANSLATE]))
+    assert ix.search(q(text="anything"), now=NOW).note is None
+    ix.remove(did(1))
+    assert ix.search(q(tags=["nlp"]), now=NOW).note == "no agent is registered"
 
 
 # ---- text analysis and latency ---------------------------------------------------------------
