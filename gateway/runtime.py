@@ -39,13 +39,14 @@ class NotContinuable(TaskError):
 
 
 class NoMatch(TaskError):
-    """No live agent passes the capability query; ``result.closest`` says what came near."""
+    """No live agent passes the capability query; ``result.closest`` says what came near, or
+    ``result.note`` why nothing did."""
 
     code = "no_match"
 
     def __init__(self, result: RouteResult) -> None:
         self.result = result
-        super().__init__("no registered agent matches the capability query")
+        super().__init__(result.note or "no registered agent matches the capability query")
 
 
 class Runtime:

@@ -74,8 +74,11 @@ Pipeline of ``search``:
 
 When nothing passes, ``RouteResult.closest`` lists the best few entries by text similarity alone
 (one per agent) with every filter that excluded each; when no word of the query occurs anywhere,
-query words are corrected against the index vocabulary (character trigrams) first, and without
-text the entries that fail the fewest filters are listed. Never a random agent.
+query words are corrected against the index vocabulary (character trigrams) first. Without text,
+or when not even a corrected word matches, the entries that fail the fewest filters are listed
+(the latter with ``text`` among their filters: "no word of the query matches its skills"). So
+``closest`` is empty only when the index is, and ``RouteResult.note`` then says "no agent is
+registered". Never a random agent.
 """
 
 from __future__ import annotations
@@ -167,6 +170,7 @@ class Excluded(BaseModel):
 class RouteResult(BaseModel):
     candidates: list[Candidate] = []
     closest: list[Excluded] = []
+    note: str | None = None  # why ``closest`` is empty when nothing matched: "no agent is registered"
     mode: Literal["lexical", "embeddings"] = "lexical"
     considered: int = 0  # entries that reached the per-entry checks
 
@@ -771,7 +775,8 @@ class CapabilityIndex:
             return RouteResult(candidates=self._spread_ties(out, query), mode=mode,
                                considered=considered)
         near = self._closest(query, text, qvec, explain, closest, now_s)
-        return RouteResult(closest=near, mode=mode, considered=considered)
+        note = None if self._live else "no agent is registered"
+        return RouteResult(closest=near, note=note, mode=mode, considered=considered)
 
     def _structured_mask(self, query: CapabilityQuery, now_s: int) -> np.ndarray:
         """Entries passing every vectorisable filter (alive, expiry, protocol, cost, skill, tags, exclude)."""
@@ -956,10 +961,12 @@ class CapabilityIndex:
 
     def _closest(self, query: CapabilityQuery, text: str, qvec: np.ndarray | None,
                  explain: _Explainer, limit: int, now_s: int) -> list[Excluded]:
-        """Near misses: best by text similarity alone (or fewest failed filters without text)."""
+        """Near misses, one per agent: best by text similarity alone, or by fewest failed filters
+        when the query has no text or no word of it is (nearly) indexed."""
         if limit <= 0 or not self._live:
             return []
         text_note: str | None = None
+        by_filters = not text
         if text:
             lrows, lraw, top = self._bm25(explain.qterms)  # unfiltered this time
             explain.lex = lex = _Lookup(lrows, lraw / top if top > 0 else lraw)
@@ -973,12 +980,14 @@ class CapabilityIndex:
                 # nothing shares a word with the query: rank by spelling-corrected words
                 fixed = self._corrected_terms(text)
                 lrows, lraw, top = self._bm25(fixed) if fixed else (rows, sim, 0.0)
-                if not len(lrows):
-                    return []
-                rows, sim = lrows, lraw / top
-                text_note = ("no indexed word matches the query; ranked by the closest indexed "
-                             f"words {sorted(fixed)}")
-        else:
+                if len(lrows):
+                    rows, sim = lrows, lraw / top
+                    text_note = ("no indexed word matches the query; ranked by the closest indexed "
+                                 f"words {sorted(fixed)}")
+                else:  # not even a misspelt indexed word: rank by the other filters alone
+                    by_filters = True
+                    text_note = "no word of the query matches its skills"
+        if by_filters:
             rows = np.flatnonzero(self._alive[:len(self._entries)]).astype(np.int64)
             sim = -self._failure_counts(query, now_s)[rows].astype(np.float64)
         picked: dict[str, Excluded] = {}
@@ -987,7 +996,7 @@ class CapabilityIndex:
             entry = self._entries[row]
             if entry is None or entry.did in picked:
                 continue
-            similarity = float(sim[i]) if text else None
+            similarity = None if not text else (0.0 if by_filters else float(sim[i]))
             failed, reasons = explain.failures(row, 1.0 if similarity is None else similarity)
             if text_note is not None:
                 failed.insert(0, "text")
@@ -999,7 +1008,7 @@ class CapabilityIndex:
             if len(picked) >= limit:
                 break
         out = list(picked.values())
-        if not text:
+        if by_filters:
             out.sort(key=lambda e: (len(e.excluded_by), e.agent, e.skill))
         return out
 

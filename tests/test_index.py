@@ -418,7 +418,22 @@ def test_closest_when_no_word_matches_uses_corrected_words(index):
     assert res.closest[0].agent == "translator"
     assert res.closest[0].excluded_by[0] == "text"
     assert "transl" in res.closest[0].reasons["text"]
-    assert index.search(q(text="zzqqxx"), now=NOW).closest == []
+    garbage = index.search(q(text="zzqqxx"), now=NOW).closest
+    assert garbage and all(c.excluded_by == ["text"] for c in garbage)
+
+
+def test_closest_when_no_word_is_indexed_ranks_by_the_other_filters(index):
+    res = index.search(q(text="book a flight to Tokyo"), now=NOW)
+    assert not res.candidates and res.note is None
+    assert {c.agent for c in res.closest} == {"translator", "summarizer", "hasher", "reader"}
+    for c in res.closest:
+        assert c.excluded_by == ["text"] and c.similarity == 0.0
+        assert c.reasons["text"] == "no word of the query matches its skills" and c.reasons["matched_words"] == []
+    res = index.search(q(text="book a flight to Tokyo", protocol="a2a"), now=NOW)
+    assert res.closest[0].agent == "translator" and res.closest[0].excluded_by == ["text"]
+    assert all(c.excluded_by == ["text", "protocol"] for c in res.closest[1:])
+    assert "no a2a endpoint" in res.closest[1].reasons["protocol"]
+    assert len(index.search(q(text="book a flight to Tokyo"), now=NOW, closest=2).closest) == 2
 
 
 def test_closest_without_text_ranks_by_fewest_failed_filters(index):
@@ -439,7 +454,12 @@ def test_empty_index():
     ix = CapabilityIndex()
     res = ix.search(q(text="anything"), now=NOW)
     assert res.candidates == [] and res.closest == []
+    assert res.note == "no agent is registered"
     assert len(ix) == 0
+    ix.upsert(record(1, "translator", [TRANSLATE]))
+    assert ix.search(q(text="anything"), now=NOW).note is None
+    ix.remove(did(1))
+    assert ix.search(q(tags=["nlp"]), now=NOW).note == "no agent is registered"
 
 
 # ---- text analysis and latency ---------------------------------------------------------------

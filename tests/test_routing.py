@@ -62,6 +62,34 @@ async def test_hard_filters_and_no_match_lists_the_closest(http):
     assert task.json()["error"]["closest"][0]["agent"] == "babel"  # never a random agent
 
 
+async def test_no_match_without_a_shared_word_lists_the_closest_with_reasons(http):
+    await register(http, record(Identity.generate(), "babel", TRANSLATE), record(Identity.generate(), "sky", WEATHER))
+    query = {"text": "book a flight to Tokyo"}
+    resp = await http.post("/route", json=query)
+    assert resp.status_code == 200 and resp.json()["candidates"] == []
+    task = await http.post("/tasks", json={"query": query, "message": {"role": "user", "parts": [
+        {"kind": "text", "text": "NRT, Friday"}]}})
+    assert task.status_code == 404 and task.json()["error"]["code"] == "no_match"
+    for closest in (resp.json()["closest"], task.json()["error"]["closest"]):
+        assert {"babel", "sky"} <= {c["agent"] for c in closest}
+        for c in closest:
+            assert c["excluded_by"] == ["text"] and c["reasons"]["text"] == "no word of the query matches its skills"
+
+
+async def test_no_match_with_no_agent_registered_says_so():
+    query = {"text": "book a flight to Tokyo"}
+    async with running_gateway(test_config(echo=False)) as (url, _):
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            resp = await http.post("/route", json=query)
+            assert resp.status_code == 200
+            assert resp.json()["closest"] == [] and resp.json()["note"] == "no agent is registered"
+            task = await http.post("/tasks", json={"query": query, "message": {"role": "user", "parts": [
+                {"kind": "text", "text": "x"}]}})
+            error = task.json()["error"]
+            assert task.status_code == 404 and error["code"] == "no_match"
+            assert error["message"] == "no agent is registered" and error["closest"] == []
+
+
 async def test_task_by_capability_reaches_the_best_agent(http):
     body = {"query": {"text": "echo a message back", "tags": ["echo"]},
             "message": {"role": "user", "parts": [{"kind": "text", "text": "routed"}]}}
