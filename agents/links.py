@@ -7,14 +7,13 @@ is a thin wrapper over a DirectLink on the gateway side, so both behave the same
 from __future__ import annotations
 
 import abc
-import asyncio
 import json
 from collections.abc import AsyncIterator
 
 import httpx
 
-from gateway.backends import Backend, Delivery, StoredEvent
-from gateway.backends.base import EVENT_JSON
+from gateway.core.backends import Backend, Delivery, StoredEvent
+from gateway.core.backends.base import EVENT_JSON
 from registry.service import Registry
 from schemas import InvalidTransition, Message, Task, TaskEvent, TaskState, TextPart
 from schemas.agent_record import AgentRecord, Tombstone
@@ -174,12 +173,3 @@ class HttpLink(WorkerLink):
 
     async def close(self):
         await self.http.aclose()
-
-
-async def wait_cancelled(task: asyncio.Task) -> None:
-    """Cancel ``task`` and wait until it has finished unwinding."""
-    task.cancel()
-    try:
-        await task
-    except (asyncio.CancelledError, Exception):
-        pass

@@ -9,7 +9,7 @@ import signal
 
 from agents.links import DirectLink, HttpLink, WorkerLink
 from agents.worker import Worker, WorkerRunner
-from gateway.config import Config
+from gateway.core.config import Config
 from registry.identity import Identity
 
 log = logging.getLogger("interlace.worker")
@@ -31,7 +31,7 @@ async def serve_worker(worker: Worker, args: argparse.Namespace, config: Config,
     """Consume ``worker``'s stream through ``--redis`` (directly) or ``--gateway`` (its /bus API)."""
     backend = None
     if link is None and args.redis_url:
-        from gateway.backends import Limits, open_backend
+        from gateway.core.backends import Limits, open_backend
         from registry.service import Registry
 
         backend = open_backend(args.redis_url, Limits(visibility_timeout_ms=config.visibility_timeout_ms))

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from agents.links import WorkerLink, wait_cancelled
-from gateway.backends import BackendUnavailable, Delivery
+from agents.links import WorkerLink
+from gateway.core.aio import wait_cancelled
+from gateway.core.backends import BackendUnavailable, Delivery
 from registry.identity import Identity
 from registry.records import sign
 from schemas.agent_record import Tombstone, record_from_card

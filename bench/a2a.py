@@ -24,7 +24,7 @@ HEADERS = {"Content-Type": "application/json", "A2A-Version": "1.0"}
 def serve_gateway(port: int, remote: str, streaming: bool | None) -> None:
     from gateway.app import create_app
     from gateway.cli import serve_app
-    from gateway.config import Config
+    from gateway.core.config import Config
     from protocols.a2a import A2AConnector, mount_a2a
 
     config = Config(host="127.0.0.1", port=port, echo=False, log_level="warning")

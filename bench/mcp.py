@@ -28,7 +28,7 @@ def serve_gateway(port: int, upstream: str) -> None:
     """The gateway process: embedded backend, the upstream federated as ``echo-server``."""
     from gateway.app import create_app
     from gateway.cli import serve_app
-    from gateway.config import Config
+    from gateway.core.config import Config
     from protocols.mcp import McpSettings, mount
 
     config = Config(port=port, log_level="warning")

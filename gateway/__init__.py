@@ -1,1 +1,8 @@
-__version__ = "0.1.0"
+"""The roof: the Starlette app, the CLI, the routes of the internal API, the cluster, and the
+supervisor of workers. It wires the core (``gateway.core``), the adapters (``protocols``) and the
+agents together; nothing below it imports it.
+"""
+
+from gateway.core import __version__
+
+__all__ = ["__version__"]

@@ -15,11 +15,18 @@ from starlette.routing import Route
 
 from agents.echo import EchoWorker
 from gateway import __version__, openapi, registry_api, tasks_api, worker_api
-from gateway.backends import Backend, BackendUnavailable, QueueFull, TaskExists, TaskNotFound
-from gateway.config import Config
-from gateway.connectors import ConnectorSupervisor, default_factories
-from gateway.http import BodyLimit, HttpError, IndexedRouter, error_response, validation_errors
-from gateway.runtime import NoMatch, NotCancelable, NotContinuable, Runtime, UnknownAgent
+from gateway.cluster import Cluster, routes as cluster_routes
+from gateway.core.backends import Backend, BackendUnavailable, QueueFull, TaskExists, TaskNotFound
+from gateway.core.config import Config
+from gateway.connectors import RegistryConnectors, default_factories
+from gateway.core.http import BodyLimit, HttpError, IndexedRouter, error_response, validation_errors
+from gateway.core.runtime import NoMatch, NotCancelable, NotContinuable, Runtime, UnknownAgent
+from gateway.supervisor import Supervisor
+from protocols.a2a import a2a_routes
+from protocols.acp import acp_routes
+from protocols.anp import anp_routes
+from protocols.mcp import routes as mcp_routes
+from protocols.mcp.server import server_for as mcp_server_for, tool_drift as mcp_tool_drift
 from registry.service import stream_of
 from schemas import InvalidTransition
 
@@ -87,15 +94,15 @@ def create_app(config: Config | None = None, *, backend: Backend | None = None, 
     config = config or Config.load()
     if workers is None:
         workers = [EchoWorker()] if config.echo else []
-    runtime = Runtime(config, backend, workers)
-    connectors = ConnectorSupervisor(runtime, default_factories(runtime))
-    from gateway.cluster import Cluster, routes as cluster_routes  # /gossip, /cluster (federation)
-
-    cluster = Cluster(runtime) if config.gossip else None
+    runtime = Runtime(config, backend)
+    supervisor = Supervisor(runtime)
+    connectors = RegistryConnectors(supervisor, default_factories(runtime))
+    cluster = Cluster(supervisor) if config.gossip else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         await runtime.start()
+        await supervisor.start_agents(workers)
         connectors.start()
         mcp = mcp_server_for(app)  # the one protocols.mcp.mount configured, or one from the environment
         await mcp.start()
@@ -111,20 +118,15 @@ def create_app(config: Config | None = None, *, backend: Backend | None = None, 
             finally:
                 await mcp.stop()
                 await connectors.stop()
+                await supervisor.stop_all()
                 await runtime.stop()
             log.info("gateway stopped", extra={"node": runtime.node_id})
 
-    from protocols.mcp import routes as mcp_routes  # /mcp (protocols.mcp.mount adds upstreams)
-    from protocols.mcp.server import server_for as mcp_server_for, tool_drift as mcp_tool_drift
-    from protocols.a2a import a2a_routes  # /a2a, agent cards (protocols.a2a.mount_a2a sets options)
-    from protocols.anp import anp_routes  # /.well-known/did.json, /anp (protocols.anp.mount_anp sets options)
-    from protocols.acp import acp_routes  # /acp (protocols.acp.mount_acp sets options)
-
     routes = [
-        *mcp_routes,
-        *a2a_routes(),
-        *anp_routes(),
-        *acp_routes(),
+        *mcp_routes,  # /mcp (protocols.mcp.mount adds upstreams)
+        *a2a_routes(),  # /a2a, agent cards (protocols.a2a.mount_a2a sets options)
+        *anp_routes(),  # /.well-known/did.json, /anp (protocols.anp.mount_anp sets options)
+        *acp_routes(),  # /acp (protocols.acp.mount_acp sets options)
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
@@ -132,7 +134,7 @@ def create_app(config: Config | None = None, *, backend: Backend | None = None, 
         *registry_api.routes,
         *tasks_api.routes,
         *worker_api.routes,
-        *cluster_routes,
+        *cluster_routes,  # /gossip, /cluster (federation)
     ]
     handlers = {exc: _typed_error for exc in (Exception, HTTPException, HttpError, ValidationError, BackendUnavailable, QueueFull)}
     for kind, _ in _STATUS:

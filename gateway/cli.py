@@ -17,8 +17,9 @@ import os
 import sys
 
 from agents.serve import add_bus_flags
-from gateway import __version__, agent_cli, logs
-from gateway.config import Config
+from gateway import __version__, agent_cli
+from gateway.core import logs
+from gateway.core.config import Config
 from registry.identity import Identity, IdentityError
 
 log = logging.getLogger("interlace.cli")

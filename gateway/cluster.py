@@ -8,7 +8,7 @@ registry's anti-entropy as its delegate (``registry.gossip.sync``). This module 
   GET  /cluster/members   this node's view: members with state and incarnation, counters
   POST /gossip/faults     test-only (``gossip_faults``, loopback): {"block": [addr, ...] | ["*"]}
 
-Configuration (``gateway.config``): ``join`` (seed list ``host:port,...``), ``trust`` (a file of
+Configuration (``gateway.core.config``): ``join`` (seed list ``host:port,...``), ``trust`` (a file of
 node DIDs allowed to gossip, one per line; absent = any node of the network), ``public_url``
 (the address peers reach this node at; default ``http://host:port``), ``gossip_profile``
 (``lan``, ``local`` or ``fast``), ``gossip`` (off: no membership at all).
@@ -16,7 +16,7 @@ node DIDs allowed to gossip, one per line; absent = any node of the network), ``
 Routing across nodes (the choice, documented here): every record names its ``home_node``; a
 home is a member id, through membership mapped to that member's public URL (the record's
 ``home_node`` when it names a member, else the origin hint that gossip carries with the record,
-see ``registry.gossip.sync``). ``Runtime.resolve_agent`` asks ``Cluster.route`` which bus stream
+see ``registry.gossip.sync``). ``Runtime.resolve_agent`` asks ``Cluster.place`` which bus stream
 a task goes to:
 
 1. a record whose home is this node, is unknown, or that has no ``bus`` endpoint is routed as
@@ -62,17 +62,19 @@ import random
 import socket
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agents.links import DirectLink, HttpLink
+from agents.links import HttpLink
 from agents.worker import TaskFailed, Worker, WorkerRunner
-from gateway.http import HttpError, json_response, read_json
+from gateway.core.config import Config
+from gateway.core.http import HttpError, json_response, read_json
 from gateway.registry_api import load_allowlist
+from gateway.supervisor import Supervisor
 from registry.gossip.envelope import ADDR, EnvelopeRejected
 from registry.gossip.swim import MemberEvent, State, SwimNode
 from registry.gossip.sync import RegistrySync
@@ -80,10 +82,6 @@ from registry.gossip.transport import HttpGossip, detection_bound, profile
 from registry.service import stream_of
 from schemas import Message, Task, TaskArtifactUpdate, TaskEvent, TaskState, TaskStatusUpdate
 from schemas.agent_record import AgentRecord
-
-if TYPE_CHECKING:
-    from gateway.config import Config
-    from gateway.runtime import Runtime
 
 log = logging.getLogger("interlace.cluster")
 
@@ -134,10 +132,11 @@ class HomeGone(Exception):
 class Cluster:
     """One gateway's membership, anti-entropy and cross-node routing (see the module docstring)."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, supervisor: Supervisor) -> None:
+        runtime = supervisor.runtime
         cfg = runtime.config
         check_config(cfg)
-        self.runtime, self.node_id = runtime, runtime.node_id
+        self.supervisor, self.runtime, self.node_id = supervisor, runtime, runtime.node_id
         self.profile_name = cfg.gossip_profile
         self.swim_config = profile(cfg.gossip_profile)
         self.addr = advertised_url(cfg.host, cfg.port, cfg.public_url)
@@ -153,7 +152,7 @@ class Cluster:
         self._links: dict[str, _HomeLink] = {}  # home base URL -> pooled client of its task API
         self._gone: dict[str, asyncio.Event] = {}  # member id -> set while it is dead or left
         self._sweeper: asyncio.Task | None = None
-        runtime.router = self.route
+        runtime.placement = self.place
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -173,7 +172,7 @@ class Cluster:
         if self._sweeper is not None:
             self._sweeper.cancel()
         grace = self.runtime.config.shutdown_grace_s
-        await asyncio.gather(*(r.stop(grace) for r in self._forwarders.values()), return_exceptions=True)
+        await asyncio.gather(*(self.supervisor.stop(r) for r in self._forwarders.values()), return_exceptions=True)
         self._forwarders.clear()
         await self.gossip.stop(leave_timeout_s=min(2.0, grace))
         await self.sync.stop()
@@ -192,7 +191,7 @@ class Cluster:
             elif gone.is_set():
                 self._gone[ev.member] = asyncio.Event()
 
-    # ---- routing ----------------------------------------------------------------------------
+    # ---- placement ----------------------------------------------------------------------------
 
     def home_of(self, record: AgentRecord) -> str | None:
         """The member the record's agent lives at, or None when unknown (treated as local)."""
@@ -202,7 +201,7 @@ class Cluster:
         origin = self.sync.origin.get(record.did)
         return origin if origin in members else None
 
-    def route(self, records: list[AgentRecord]) -> str | None:
+    def place(self, records: list[AgentRecord]) -> str | None:
         """The bus stream for a task to one of ``records`` (see the module docstring)."""
         local, alive, suspect = [], [], []
         for record in records:
@@ -225,14 +224,8 @@ class Cluster:
     def _forwarder(self, did: str, home: str) -> str:
         stream = "fwd-" + hashlib.sha256(f"{home}\n{did}".encode()).hexdigest()[:32]
         if stream not in self._forwarders:
-            rt = self.runtime
-            runner = WorkerRunner(
-                ForwardWorker(self, stream, did, home), _Unregistered(rt.backend, rt.registry),
-                lock_ttl_ms=rt.config.visibility_timeout_ms, network=rt.config.network,
-                home_node=self.node_id, lease_s=rt.config.lease_s,
-            )
-            runner.start()
-            self._forwarders[stream] = runner
+            # it serves a record published by someone else: it registers nothing of its own
+            self._forwarders[stream] = self.supervisor.start(ForwardWorker(self, stream, did, home), register=False)
             log.info("forwarding connector started", extra={"did": did, "home": home, "stream": stream})
         return stream
 
@@ -247,7 +240,7 @@ class Cluster:
                 with contextlib.suppress(Exception):
                     if await self.runtime.backend.bus.depth(stream) == 0:
                         del self._forwarders[stream]
-                        await runner.stop(self.runtime.config.shutdown_grace_s)
+                        await self.supervisor.stop(runner)
 
     def link(self, home: str) -> tuple[_HomeLink, asyncio.Event]:
         """The home's task API client and an event set if the home is declared dead; raises
@@ -289,14 +282,6 @@ class _HomeLink(HttpLink):
     def __init__(self, base_url: str) -> None:  # HttpLink.__init__ only makes its client
         self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=httpx.Timeout(30.0),
                                       limits=httpx.Limits(keepalive_expiry=_KEEPALIVE_S))
-
-
-class _Unregistered(DirectLink):
-    """The bus link of a forwarding connector: it serves a record published by someone else,
-    so it registers nothing of its own."""
-
-    async def register(self, model):
-        return None
 
 
 async def _until(events: AsyncIterator, gone: asyncio.Event) -> AsyncIterator:

@@ -13,8 +13,14 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from agents.links import DirectLink
 from agents.worker import Worker, WorkerRunner
+from gateway.core.runtime import Runtime
+from gateway.supervisor import Supervisor
+from protocols.a2a.connector import A2AConnector
+from protocols.acp.connector import ACPConnector
+from protocols.anp.connector import connector_factory as anp_connector_factory
+from protocols.anp.server import AnpOptions, outbound_host
+from protocols.mcp.connector import McpConnector
 from schemas.agent_record import AgentRecord
 
 log = logging.getLogger("interlace.connectors")
@@ -23,9 +29,11 @@ ConnectorFactory = Callable[[AgentRecord], Worker]
 ORDER = ("a2a", "acp", "anp", "mcp")  # the first endpoint a record has decides its connector
 
 
-class ConnectorSupervisor:
-    def __init__(self, runtime, factories: dict[str, ConnectorFactory]) -> None:
-        self.runtime, self.factories = runtime, factories
+class RegistryConnectors:
+    """One connector per live record with a protocol endpoint, following the registry."""
+
+    def __init__(self, supervisor: Supervisor, factories: dict[str, ConnectorFactory]) -> None:
+        self.supervisor, self.runtime, self.factories = supervisor, supervisor.runtime, factories
         self._running: dict[str, tuple[tuple[str, str], WorkerRunner]] = {}
         self._pending: set[asyncio.Task] = set()
 
@@ -50,7 +58,7 @@ class ConnectorSupervisor:
             return  # a lease renewal: same endpoint, keep the connector
         if current is not None:
             del self._running[did]
-            self._spawn(current[1].stop(self.runtime.config.shutdown_grace_s))
+            self._spawn(self.supervisor.stop(current[1]))
         if target is None or record is None:
             return
         try:
@@ -58,12 +66,7 @@ class ConnectorSupervisor:
         except Exception:
             log.exception("could not build a connector", extra={"did": did, "protocol": target[0]})
             return
-        runner = WorkerRunner(
-            worker, DirectLink(self.runtime.backend, self.runtime.registry),
-            lock_ttl_ms=self.runtime.config.visibility_timeout_ms, register=False,
-        )
-        runner.start()
-        self._running[did] = (target, runner)
+        self._running[did] = (target, self.supervisor.start(worker, register=False))
         log.info("connector started", extra={"did": did, "agent": record.name, "protocol": target[0]})
 
     def _spawn(self, coro) -> None:
@@ -78,18 +81,11 @@ class ConnectorSupervisor:
     async def stop(self) -> None:
         runners = [runner for _, runner in self._running.values()]
         self._running.clear()
-        await asyncio.gather(*(r.stop(self.runtime.config.shutdown_grace_s) for r in runners), *self._pending,
-                             return_exceptions=True)
+        await asyncio.gather(*(self.supervisor.stop(r) for r in runners), *self._pending, return_exceptions=True)
 
 
-def default_factories(runtime) -> dict[str, ConnectorFactory]:
+def default_factories(runtime: Runtime) -> dict[str, ConnectorFactory]:
     """The connectors of the protocol adapters this gateway ships (``mount_*`` may replace them)."""
-    from protocols.a2a.connector import A2AConnector
-    from protocols.acp.connector import ACPConnector
-    from protocols.anp.connector import connector_factory as anp_connector_factory
-    from protocols.anp.server import AnpOptions, outbound_host
-    from protocols.mcp.connector import McpConnector
-
     return {
         "a2a": lambda record: A2AConnector(record.name, record.endpoints.a2a),
         "acp": ACPConnector.from_record,

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.http import HttpError, json_response, read_json, validation_errors
+from gateway.core.http import HttpError, json_response, read_json, validation_errors
 from registry.records import RecordRejected
 from registry.service import PROTOCOLS, Registry, parse_signed
 from schemas.agent_record import AgentRecord, Tombstone

@@ -18,8 +18,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.http import HttpError, json_response, read_model, sse_response
-from gateway.runtime import Runtime
+from gateway.core.http import HttpError, json_response, read_model
+from gateway.core.sse import sse_response
+from gateway.core.runtime import Runtime
 from registry.index import CapabilityQuery
 from schemas import Message
 
@@ -81,7 +82,7 @@ async def get_task(request: Request) -> Response:
 
 async def list_tasks(request: Request) -> Response:
     limit = int(_number(request, "limit", 50, 1, 500))
-    tasks, cursor = await _runtime(request).backend.tasks.list(
+    tasks, cursor = await _runtime(request).list_tasks(
         request.query_params.get("context_id"), limit, request.query_params.get("cursor")
     )
     return json_response({"tasks": [t.model_dump(mode="json", exclude_none=True) for t in tasks], "next_cursor": cursor})

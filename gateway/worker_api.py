@@ -16,9 +16,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from agents.links import DirectLink
-from gateway.backends import Delivery
-from gateway.backends.base import EVENT_JSON
-from gateway.http import HttpError, json_response, read_model
+from gateway.core.backends import Delivery
+from gateway.core.backends.base import EVENT_JSON
+from gateway.core.http import HttpError, json_response, read_model
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 

@@ -11,11 +11,10 @@ Use::
     index = CapabilityIndex()                    # CapabilityIndex(embeddings=True) with the extra
     index.upsert(record)                         # a verified AgentRecord; replaces that DID's skills
     index.remove(did)                            # on a tombstone or expiry
-    latency = LatencyTracker()                   # latency.observe(did, seconds) per finished task
     result = index.search(
         CapabilityQuery(text="summarise this PDF", tags=["pdf"], max_cost=5_000),
-        stats=lambda did: AgentStats(latency_ewma_ms=latency.get_ms(did), load=queue_depth(did),
-                                     live=is_live(did)),
+        stats=lambda did: AgentStats(latency_ewma_ms=observed_ms(did), load=queue_depth(did),
+                                     live=is_live(did)),  # gateway.core.routing keeps these
         limit=5)
     result.candidates   # best first: did, agent, skill, score, reasons (JSON-ready pydantic)
     result.closest      # when candidates is empty: near misses with ``excluded_by`` -> a 404 body
@@ -180,57 +179,9 @@ class RouteResult(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------
-# Latency EWMA
-# ---------------------------------------------------------------------------------------------
-
-
-class LatencyTracker:
-    """Exponentially weighted moving average of each agent's task latency.
-
-    ``alpha`` = 0.2: a new observation carries 20 % of the weight, so the last 10 observations
-    carry about 89 % of it: recent enough to react within a few tasks, smooth enough that one
-    slow task does not flip the routing. The first observation seeds the average. ``observe``
-    and ``get`` speak seconds; ``get_ms`` gives milliseconds, the unit of ``AgentStats``.
-    """
-
-    def __init__(self, alpha: float = 0.2, max_agents: int = 1_000_000) -> None:
-        if not 0.0 < alpha <= 1.0:
-            raise ValueError("alpha must be in (0, 1]")
-        self.alpha = alpha
-        self.max_agents = max_agents
-        self._ewma: OrderedDict[str, float] = OrderedDict()  # seconds
-
-    def observe(self, did: str, seconds: float) -> float:
-        """Record one task's latency; returns the new average (seconds). Negative/NaN is refused."""
-        if not seconds >= 0.0 or math.isinf(seconds):
-            raise ValueError(f"latency must be a finite non-negative number of seconds, got {seconds!r}")
-        old = self._ewma.get(did)
-        new = seconds if old is None else old + self.alpha * (seconds - old)
-        self._ewma[did] = new
-        self._ewma.move_to_end(did)
-        while len(self._ewma) > self.max_agents:  # least recently observed first
-            self._ewma.popitem(last=False)
-        return new
-
-    def get(self, did: str) -> float | None:
-        """The average in seconds, or None before the first observation."""
-        return self._ewma.get(did)
-
-    def get_ms(self, did: str) -> float | None:
-        """The average in milliseconds (``AgentStats.latency_ewma_ms``), or None."""
-        value = self._ewma.get(did)
-        return None if value is None else value * 1000.0
-
-    def forget(self, did: str) -> None:
-        self._ewma.pop(did, None)
-
-    def __len__(self) -> int:
-        return len(self._ewma)
-
-
-# ---------------------------------------------------------------------------------------------
 # Text analysis
 # ---------------------------------------------------------------------------------------------
+
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 STOP_WORDS = frozenset(

@@ -21,8 +21,8 @@ import pytest
 import uvicorn
 
 from gateway.app import create_app
-from gateway.backends import Backend, EmbeddedBackend, Limits
-from gateway.config import Config
+from gateway.core.backends import Backend, EmbeddedBackend, Limits
+from gateway.core.config import Config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -90,7 +90,7 @@ def make_backend(kind: str, redis_url: str | None, limits: Limits = FAST) -> Bac
     limits = dataclasses.replace(limits)  # tests tweak limits: never share one object
     if kind == "embedded":
         return EmbeddedBackend(limits)
-    from gateway.backends.redis import RedisBackend
+    from gateway.core.backends.redis import RedisBackend
 
     return RedisBackend(redis_url, limits)
 

@@ -7,8 +7,8 @@ import httpx
 import pytest
 
 from agents.echo import EchoWorker
-from conftest import serve_app, test_config
-from fixtures.a2a_support import V10, Frames
+from tests.conftest import serve_app, test_config
+from tests.fixtures.a2a_support import V10, Frames
 from gateway.app import create_app
 from protocols.a2a import PushPolicy, mount_a2a
 

@@ -11,10 +11,10 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from conftest import serve_app, test_config, wait_until
-from fixtures import a2a_remote
-from fixtures.a2a_remote import remote_agent
-from fixtures.a2a_support import V10
+from tests.conftest import serve_app, test_config, wait_until
+from tests.fixtures import a2a_remote
+from tests.fixtures.a2a_remote import remote_agent
+from tests.fixtures.a2a_support import V10
 from gateway.app import create_app
 from protocols.a2a import A2AConnector, mount_a2a
 from protocols.a2a.client import parse_card

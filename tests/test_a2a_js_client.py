@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from conftest import REPO
-from fixtures.a2a_support import a2a_env
+from tests.conftest import REPO
+from tests.fixtures.a2a_support import a2a_env
 
 JS_DIR = REPO / "tests" / "js"
 

@@ -11,9 +11,9 @@ import pytest_asyncio
 from a2a.types import CancelTaskRequest, GetTaskRequest, ListTasksRequest, SubscribeToTaskRequest, TaskState
 from a2a.utils.errors import TaskNotCancelableError, TaskNotFoundError
 
-from conftest import wait_until
-from fixtures import a2a_remote
-from fixtures.a2a_support import a2a_env, as_dict, message, request, sdk_client, texts
+from tests.conftest import wait_until
+from tests.fixtures import a2a_remote
+from tests.fixtures.a2a_support import a2a_env, as_dict, message, request, sdk_client, texts
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -17,9 +17,9 @@ from a2a.utils.signing import InvalidSignaturesError, create_signature_verifier
 from jwt import PyJWK
 
 from agents.echo import EchoWorker
-from conftest import running_gateway, serve_app, test_config
-from fixtures.a2a_support import V10, Frames, a2a_env
-from fixtures.a2a_webhook import webhook_receiver
+from tests.conftest import running_gateway, serve_app, test_config
+from tests.fixtures.a2a_support import V10, Frames, a2a_env
+from tests.fixtures.a2a_webhook import webhook_receiver
 from gateway.app import create_app
 from protocols.a2a import A2AConnector, PushPolicy, mount_a2a
 from protocols.a2a.card import canonical_bytes
@@ -407,7 +407,7 @@ async def test_loopback_webhook_refused_by_default_policy():
 
 
 async def test_remote_agent_down_fails_the_task_clearly():
-    from conftest import free_port
+    from tests.conftest import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
     async with running_gateway(test_config(), workers=[A2AConnector("down", dead)]) as (url, app):

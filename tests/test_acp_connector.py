@@ -12,8 +12,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from conftest import free_port, running_gateway, test_config, wait_until
-from fixtures.acp_support import acp_python, run_sdk_client, sdk_server, stream, text_of
+from tests.conftest import free_port, running_gateway, test_config, wait_until
+from tests.fixtures.acp_support import acp_python, run_sdk_client, sdk_server, stream, text_of
 from protocols.acp import ACPConnector
 from registry.identity import Identity
 from registry.records import sign

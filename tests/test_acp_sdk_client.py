@@ -12,8 +12,8 @@ import json
 import pytest
 import pytest_asyncio
 
-from conftest import running_gateway, test_config
-from fixtures.acp_support import EnvError, acp_python, ensure_acp_python, gateway_agents, run_sdk_client
+from tests.conftest import running_gateway, test_config
+from tests.fixtures.acp_support import EnvError, acp_python, ensure_acp_python, gateway_agents, run_sdk_client
 
 # The first use builds the acp-sdk environment (pip, about a minute): more than the suite's 120 s
 # default may be needed for that test; every wait inside the tests has its own bound.

@@ -11,8 +11,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from conftest import running_gateway, serve_app, test_config, wait_until
-from fixtures.acp_support import gateway_agents, stream, text_of
+from tests.conftest import running_gateway, serve_app, test_config, wait_until
+from tests.fixtures.acp_support import gateway_agents, stream, text_of
 from gateway.app import create_app
 from protocols.acp import mount_acp
 

@@ -218,7 +218,7 @@ def test_options_from_the_environment():
 
 
 async def test_backend_unavailable_is_a_jsonrpc_error(anp, monkeypatch):
-    from gateway.backends import BackendUnavailable
+    from gateway.core.backends import BackendUnavailable
 
     url, app, http, alice, _ = anp
 

@@ -5,7 +5,7 @@ import json
 
 import httpx
 
-from gateway.config import Config
+from gateway.core.config import Config
 from tests.conftest import running_gateway, test_config
 
 
@@ -234,7 +234,7 @@ async def test_routes_added_or_swapped_later_resolve_as_an_ordered_search_would(
     from starlette.routing import Route
 
     from gateway.app import create_app
-    from gateway.http import replace_routes
+    from gateway.core.http import replace_routes
 
     def text(body):
         return lambda request: PlainTextResponse(body)

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from gateway.backends import QueueFull, TaskExists, TaskNotFound
+from gateway.core.backends import QueueFull, TaskExists, TaskNotFound
 from schemas import Artifact, InvalidTransition, Message, Route, Task, TaskState, TextPart
 from tests.conftest import make_backend
 
@@ -232,7 +232,7 @@ async def test_kv(backend):
 
 
 async def test_embedded_store_bounds_its_finished_tasks():
-    from gateway.backends import EmbeddedBackend, Limits
+    from gateway.core.backends import EmbeddedBackend, Limits
 
     backend = EmbeddedBackend(Limits(max_finished_tasks=3))
     tasks = []
@@ -255,7 +255,7 @@ async def test_embedded_store_keeps_finished_tasks_out_of_the_gc():
     them add almost nothing for the garbage collector to scan (full passes stay short)."""
     import gc
 
-    from gateway.backends import EmbeddedBackend
+    from gateway.core.backends import EmbeddedBackend
 
     backend = EmbeddedBackend()
 

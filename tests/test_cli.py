@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from gateway.cli import build_parser
-from gateway.config import Config
+from gateway.core.config import Config
 from registry.identity import Identity
 from tests.conftest import REPO, free_port, interlace_cmd, stop_process, subprocess_env
 

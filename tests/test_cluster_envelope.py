@@ -13,7 +13,7 @@ from tests.conftest import free_port, interlace_cmd, running_gateway, serve_app,
 from gateway.app import create_app
 from gateway.cli import build_parser
 from gateway.cluster import advertised_url, check_config, seed_urls
-from gateway.config import Config
+from gateway.core.config import Config
 from registry.gossip.envelope import EnvelopeRejected, ReplayCache, open_envelope, seal
 from registry.gossip.messages import Ping, encode_packet
 from registry.identity import Identity

@@ -4,8 +4,8 @@ import time
 
 import httpx
 
-from conftest import running_gateway, wait_until
-from fixtures.a2a_remote import remote_agent
+from tests.conftest import running_gateway, wait_until
+from tests.fixtures.a2a_remote import remote_agent
 from registry.identity import Identity
 from registry.records import sign
 from schemas.agent_record import AgentRecord, Tombstone

@@ -17,10 +17,10 @@ import pytest_asyncio
 from mcp import Client
 
 from agents.echo import EchoWorker
-from conftest import serve_app, test_config
-from fixtures.a2a_remote import remote_agent
-from fixtures.a2a_support import V10
-from fixtures.acp_support import sse_events
+from tests.conftest import serve_app, test_config
+from tests.fixtures.a2a_remote import remote_agent
+from tests.fixtures.a2a_support import V10
+from tests.fixtures.acp_support import sse_events
 from gateway.app import create_app
 from protocols.a2a import A2AConnector, mount_a2a
 from protocols.acp import mount_acp

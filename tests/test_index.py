@@ -12,7 +12,6 @@ from registry.index import (
     AgentStats,
     CapabilityIndex,
     CapabilityQuery,
-    LatencyTracker,
     stem,
 )
 from schemas.agent_record import AgentRecord
@@ -471,28 +470,6 @@ def test_stemmer_folds_inflections_but_keeps_distinct_words():
     assert stem("summary") == stem("summarize") == stem("summarise") == stem("summaries")
     assert stem("general") != stem("generate")
     assert stem("news") == "news" and stem("process") == stem("processes")
-
-
-def test_latency_tracker_ewma():
-    t = LatencyTracker(alpha=0.5)
-    assert t.get("a") is None and t.get_ms("a") is None
-    assert t.observe("a", 0.100) == pytest.approx(0.100)  # first observation seeds
-    assert t.observe("a", 0.300) == pytest.approx(0.200)
-    assert t.observe("a", 0.300) == pytest.approx(0.250)
-    assert t.get("a") == pytest.approx(0.250) and t.get_ms("a") == pytest.approx(250.0)
-    assert len(t) == 1
-    for bad in (-0.1, float("nan"), float("inf")):
-        with pytest.raises(ValueError):
-            t.observe("a", bad)
-    t.forget("a")
-    assert t.get("a") is None
-    with pytest.raises(ValueError):
-        LatencyTracker(alpha=0.0)
-    small = LatencyTracker(max_agents=2)
-    for d in "abc":
-        small.observe(d, 0.01)
-    assert small.get("a") is None and small.get("c") is not None
-    assert LatencyTracker().alpha == 0.2
 
 
 # ---- embedding path --------------------------------------------------------------------------

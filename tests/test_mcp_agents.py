@@ -14,8 +14,8 @@ from pydantic import TypeAdapter
 
 from agents.echo import EchoWorker
 from agents.worker import TaskFailed, Worker
-from conftest import serve_app, test_config, wait_until
-from fixtures.mcp_support import GetStream, RawSession
+from tests.conftest import serve_app, test_config, wait_until
+from tests.fixtures.mcp_support import GetStream, RawSession
 from gateway.app import create_app
 from protocols.mcp import McpSettings, mount
 from schemas import Artifact, DataPart, Message, Part, TaskState, TextPart

@@ -14,8 +14,8 @@ from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from conftest import wait_until
-from fixtures.mcp_support import RawSession, UpstreamProcess, mcp_gateway, sse_ids, sse_messages
+from tests.conftest import wait_until
+from tests.fixtures.mcp_support import RawSession, UpstreamProcess, mcp_gateway, sse_ids, sse_messages
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::mcp.shared.exceptions.MCPDeprecationWarning")
 

@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 
-from fixtures.mcp_support import UpstreamProcess, mcp_gateway, node_env, node_tools, run_node
+from tests.fixtures.mcp_support import UpstreamProcess, mcp_gateway, node_env, node_tools, run_node
 
 CONFORMANCE = "node_modules/@modelcontextprotocol/conformance/dist/index.js"
 INSPECTOR = "node_modules/@modelcontextprotocol/inspector/clients/launcher/build/index.js"

@@ -7,8 +7,8 @@ import httpx
 import pytest
 from mcp import Client
 
-from conftest import free_port, wait_until
-from fixtures.mcp_support import ACCEPT, RawSession, UpstreamProcess, mcp_gateway
+from tests.conftest import free_port, wait_until
+from tests.fixtures.mcp_support import ACCEPT, RawSession, UpstreamProcess, mcp_gateway
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::mcp.shared.exceptions.MCPDeprecationWarning")
 
@@ -144,7 +144,7 @@ async def test_allowed_hosts_are_configurable():
 
 
 async def test_oversize_body_413():
-    from conftest import test_config
+    from tests.conftest import test_config
 
     async with mcp_gateway(config=test_config(max_body_bytes=2048)) as (url, _), httpx.AsyncClient(timeout=10) as http:
         raw = RawSession(http, url)

@@ -13,9 +13,9 @@ import pytest
 from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import test_config, wait_until
-from fixtures.mcp_support import GetStream, RawSession, UpstreamProcess, mcp_gateway, sse_messages
-from gateway.backends import EmbeddedBackend
+from tests.conftest import test_config, wait_until
+from tests.fixtures.mcp_support import GetStream, RawSession, UpstreamProcess, mcp_gateway, sse_messages
+from gateway.core.backends import EmbeddedBackend
 from protocols.mcp.upstream import UpstreamClient, UpstreamSet, tool_hash
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::mcp.shared.exceptions.MCPDeprecationWarning")

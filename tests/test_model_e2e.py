@@ -12,8 +12,8 @@ from mcp import Client  # noqa: E402
 from agents.model.hf import TransformersBackend  # noqa: E402
 from agents.model.tiny import build_tiny_model  # noqa: E402
 from agents.model.worker import ModelWorker  # noqa: E402
-from conftest import running_gateway  # noqa: E402
-from fixtures.a2a_support import as_dict, message, request, sdk_client, texts  # noqa: E402
+from tests.conftest import running_gateway  # noqa: E402
+from tests.fixtures.a2a_support import as_dict, message, request, sdk_client, texts  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

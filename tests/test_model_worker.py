@@ -28,7 +28,7 @@ from agents.model.worker import ModelWorker  # noqa: E402
 from agents.worker import TaskFailed  # noqa: E402
 from schemas import Message, Route, Task, TaskState, TextPart  # noqa: E402
 from schemas.agent_record import record_from_card  # noqa: E402
-from gateway.runtime import UnknownAgent  # noqa: E402
+from gateway.core.runtime import UnknownAgent  # noqa: E402
 from tests.conftest import free_port, interlace_cmd, running_gateway, subprocess_env, test_config, wait_until  # noqa: E402
 
 

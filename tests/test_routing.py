@@ -1,11 +1,13 @@
-"""Capability routing through the gateway: POST /route (dry run) and tasks sent by capability."""
+"""Capability routing (gateway/core/routing.py): the latency tracker, POST /route (dry run) and
+tasks sent by capability through the gateway."""
 
 import time
 
 import httpx
 import pytest
 
-from conftest import running_gateway, test_config
+from tests.conftest import running_gateway, test_config
+from gateway.core.routing import LatencyTracker
 from registry.identity import Identity
 from registry.records import sign
 from schemas.agent_record import AgentRecord
@@ -124,3 +126,25 @@ async def test_embeddings_mode_is_used_when_configured():
             result = (await client.post("/route", json={"text": "say my words again unchanged"})).json()
             best = result["candidates"][0]
             assert result["mode"] == "embeddings" and best["agent"] == "echo" and best["reasons"]["cosine"] > 0.2
+
+
+def test_latency_tracker_ewma():
+    t = LatencyTracker(alpha=0.5)
+    assert t.get("a") is None and t.get_ms("a") is None
+    assert t.observe("a", 0.100) == pytest.approx(0.100)  # first observation seeds
+    assert t.observe("a", 0.300) == pytest.approx(0.200)
+    assert t.observe("a", 0.300) == pytest.approx(0.250)
+    assert t.get("a") == pytest.approx(0.250) and t.get_ms("a") == pytest.approx(250.0)
+    assert len(t) == 1
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            t.observe("a", bad)
+    t.forget("a")
+    assert t.get("a") is None
+    with pytest.raises(ValueError):
+        LatencyTracker(alpha=0.0)
+    small = LatencyTracker(max_agents=2)
+    for d in "abc":
+        small.observe(d, 0.01)
+    assert small.get("a") is None and small.get("c") is not None
+    assert LatencyTracker().alpha == 0.2

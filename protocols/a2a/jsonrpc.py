@@ -21,7 +21,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.http import sse_response
+from gateway.core.sse import sse_response
 from protocols.a2a.errors import (
     A2AError,
     ContentTypeNotSupportedError,

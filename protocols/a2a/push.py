@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from gateway.backends import StoredEvent
+from gateway.core.backends import StoredEvent
 from protocols.a2a.errors import InvalidParamsError
 from protocols.a2a.wire import V03, V10, PushConfig
 from schemas import Task, TaskStatusUpdate
@@ -163,7 +163,7 @@ class PushDispatcher:
         if task_id in self._followers:
             return
         lease_s = 60
-        if not await self.runtime.backend.kv.set(f"a2a:pushfollow:{task_id}", self.owner, lease_s, only_new=True):
+        if not await self.runtime.kv.set(f"a2a:pushfollow:{task_id}", self.owner, lease_s, only_new=True):
             return  # another node follows this task
         self._followers[task_id] = asyncio.create_task(self._follow(task_id, after, lease_s), name=f"a2a-push-{task_id}")
 
@@ -177,7 +177,7 @@ class PushDispatcher:
                 async for stored in self.runtime.follow(task_id, after):
                     after = stored.event_id
                     if loop.time() > renew_at:
-                        await self.runtime.backend.kv.set(f"a2a:pushfollow:{task_id}", self.owner, lease_s)
+                        await self.runtime.kv.set(f"a2a:pushfollow:{task_id}", self.owner, lease_s)
                         renew_at = loop.time() + lease_s / 3
                     if not await self._dispatch(task_id, stored):
                         return  # no configs left
@@ -192,7 +192,7 @@ class PushDispatcher:
         finally:
             self._followers.pop(task_id, None)
             try:
-                await self.runtime.backend.kv.delete(f"a2a:pushfollow:{task_id}")
+                await self.runtime.kv.delete(f"a2a:pushfollow:{task_id}")
             except Exception:
                 pass
 

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.http import sse_response
+from gateway.core.sse import sse_response
 from protocols.a2a.errors import A2AError, InvalidParamsError, VersionNotSupportedError
 from protocols.a2a.jsonrpc import negotiate, parse_json
 from protocols.a2a.service import A2AService, Call, map_runtime_error

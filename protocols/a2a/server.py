@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.http import replace_routes
+from gateway.core.http import public_base_url, replace_routes
 from protocols.a2a import jsonrpc, rest
 from protocols.a2a.card import jwks
 from protocols.a2a.service import A2AOptions, A2AService, Call
@@ -32,14 +32,9 @@ from protocols.a2a.wire import V10, Dialect
 ROUTE_PREFIX = "a2a"
 
 
-def _base(service: A2AService, request: Request) -> str:
-    configured = service.options.public_url or getattr(request.app.state.runtime.config, "public_url", None)
-    return (configured or str(request.base_url)).rstrip("/")
-
-
 def build_routes(service: A2AService) -> list[BaseRoute]:
     def call_for(request: Request, dialect: Dialect) -> Call:
-        return Call(request.app.state.runtime, request.path_params.get("agent"), dialect, _base(service, request))
+        return Call(request.app.state.runtime, request.path_params.get("agent"), dialect, public_base_url(request, service.options.public_url))
 
     async def gateway_card(request: Request) -> Response:
         call = call_for(request, V10)

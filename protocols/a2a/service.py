@@ -26,9 +26,9 @@ from weakref import WeakKeyDictionary
 
 import httpx
 
-from gateway import __version__
-from gateway.backends import BackendUnavailable, QueueFull, TaskNotFound
-from gateway.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
+from gateway.core import __version__
+from gateway.core.backends import BackendUnavailable, QueueFull, TaskNotFound
+from gateway.core.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
 from protocols.a2a import card as cards
 from protocols.a2a.errors import (
     A2AError,
@@ -91,7 +91,7 @@ class Call:
 class _NodeState:
     def __init__(self, rt: Runtime, policy: PushPolicy) -> None:
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=64), follow_redirects=False)
-        self.store = PushStore(rt.backend.kv, rt.config.retention_s)
+        self.store = PushStore(rt.kv, rt.config.retention_s)
         self.dispatcher = PushDispatcher(rt, self.store, policy, self.http, rt.config.sse_max_s)
 
     async def close(self) -> None:
@@ -272,7 +272,7 @@ class A2AService:
         matched: list[Task] = []
         total, cursor, scanned = 0, None, 0
         while scanned < MAX_LIST_SCAN:
-            batch, cursor = await call.rt.backend.tasks.list(context_id, 200, cursor)
+            batch, cursor = await call.rt.list_tasks(context_id, 200, cursor)
             scanned += len(batch)
             for t in batch:
                 if call.agent is not None and (t.route is None or t.route.agent != call.agent):

@@ -39,9 +39,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 
-from gateway.backends import BackendUnavailable, QueueFull, TaskNotFound
-from gateway.http import HttpError, read_json, replace_routes, sse_response
-from gateway.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
+from gateway.core.backends import BackendUnavailable, QueueFull, TaskNotFound
+from gateway.core.http import HttpError, public_base_url, read_json, replace_routes
+from gateway.core.sse import sse_response
+from gateway.core.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
 from protocols.acp import wire
 from protocols.acp.wire import EventMapper, RunCreate, RunResume, WireError
 from registry.service import PROTOCOLS
@@ -189,8 +190,7 @@ class ACPService:
     # ---- helpers -----------------------------------------------------------------------------
 
     def base(self, request: Request) -> str:
-        configured = self.options.public_url or getattr(request.app.state.runtime.config, "public_url", None)
-        return (configured or str(request.base_url)).rstrip("/")
+        return public_base_url(request, self.options.public_url)
 
     def _timeout(self, rt: Runtime) -> float:
         return self.options.sync_timeout_s or rt.config.max_wait_timeout_s
@@ -261,7 +261,7 @@ class ACPService:
         await rt.resolve_agent(req.agent_name)  # an unknown agent leaves nothing behind
         if req.session is not None and (req.session.history or req.session.state):
             carried = {"history": req.session.history, "state": req.session.state}
-            await rt.backend.kv.set(_session_key(context_id or ""), json.dumps(carried), int(rt.config.retention_s))
+            await rt.kv.set(_session_key(context_id or ""), json.dumps(carried), int(rt.config.retention_s))
         task = await rt.submit(message, agent=req.agent_name, context_id=context_id, metadata=metadata)
         return await self._respond(rt, task, req.mode, None, created=True)
 
@@ -308,7 +308,7 @@ class ACPService:
         mapper = EventMapper(wire.initial(task))
         events, after, seen = [mapper.created()], None, 0
         while seen < MAX_REPLAY_EVENTS:
-            batch = await rt.backend.tasks.read_events(task.id, after, 0)
+            batch = await rt.read_events(task.id, after)
             if not batch:
                 break
             for stored in batch:
@@ -319,7 +319,7 @@ class ACPService:
     async def _session_runs(self, rt: Runtime, context_id: str) -> list[Task]:
         tasks, cursor = [], None
         while len(tasks) < MAX_SESSION_RUNS:
-            batch, cursor = await rt.backend.tasks.list(context_id, 200, cursor)
+            batch, cursor = await rt.list_tasks(context_id, 200, cursor)
             tasks += batch
             if cursor is None:
                 break
@@ -332,7 +332,7 @@ class ACPService:
         if context_id is None:
             raise not_found(f"Session {raw} not found")
         tasks = await self._session_runs(rt, context_id)
-        stored = await rt.backend.kv.get(_session_key(context_id))
+        stored = await rt.kv.get(_session_key(context_id))
         if not tasks and stored is None:
             raise not_found(f"Session {raw} not found")
         carried = json.loads(stored) if stored else {}

@@ -17,11 +17,9 @@ the ``anp`` connector factory to the app's connector supervisor (``app.state.con
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
-import os
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,10 +34,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.backends import BackendUnavailable, QueueFull, TaskNotFound
-from gateway.config import _parse as parse_setting
-from gateway.http import error_response, replace_routes
-from gateway.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
+from gateway.core.backends import BackendUnavailable, QueueFull, TaskNotFound
+from gateway.core.settings import load_settings
+from gateway.core.http import configured_base_url, error_response, public_base_url, replace_routes
+from gateway.core.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
 from protocols.anp import wire
 from protocols.anp.auth import AuthFailure, DidWbaAuth, HttpsResolver, Resolve, challenge_headers
 from protocols.anp.connector import connector_factory
@@ -71,19 +69,8 @@ class AnpOptions:
     description: str = "Agent interoperability gateway: routes ANP JSON-RPC calls to the agents it knows."
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "AnpOptions":
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = env.get(f"INTERLACE_ANP_{f.name.upper()}")
-            if raw in (None, "") or f.name == "resolve":
-                continue
-            try:
-                values[f.name] = parse_setting(f, raw)
-            except ValueError:
-                raise ValueError(f"INTERLACE_ANP_{f.name.upper()}={raw!r} is not a valid {f.type}") from None
-        values.update(overrides)
-        return cls(**values)
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> AnpOptions:
+        return load_settings(cls, "INTERLACE_ANP_", overrides, env)
 
 
 @dataclass
@@ -126,8 +113,7 @@ class AnpService:
     # ---- addresses ----
 
     def base(self, request: Request) -> str:
-        configured = self.options.public_url or getattr(request.app.state.runtime.config, "public_url", None)
-        return (configured or str(request.base_url)).rstrip("/")
+        return public_base_url(request, self.options.public_url)
 
     def host(self, request: Request) -> str:
         return self.options.public_host or request.headers.get("host") or request.url.netloc
@@ -141,7 +127,7 @@ class AnpService:
     def request_urls(self, request: Request) -> list[str]:
         """The URLs a signature may name for this request: as addressed, and as configured."""
         urls = [str(request.url)]
-        configured = self.options.public_url or getattr(request.app.state.runtime.config, "public_url", None)
+        configured = configured_base_url(request, self.options.public_url)
         if configured:
             query = f"?{request.url.query}" if request.url.query else ""
             urls.append(configured.rstrip("/") + request.url.path + query)
@@ -152,7 +138,7 @@ class AnpService:
         names = [request.url.hostname or ""]
         if self.options.public_host:
             names.append(self.options.public_host.split(":")[0])
-        configured = self.options.public_url or getattr(request.app.state.runtime.config, "public_url", None)
+        configured = configured_base_url(request, self.options.public_url)
         if configured:
             names.append(urlsplit(configured).hostname or "")
         return [n.lower() for n in dict.fromkeys(names) if n]
@@ -361,7 +347,7 @@ def build_routes(service: AnpService) -> list[BaseRoute]:
         domains = service.domains(request)
         try:
             caller = await service.auth.authenticate(
-                rt.backend.kv, request.method, service.request_urls(request), domains, request.headers, body
+                rt.kv, request.method, service.request_urls(request), domains, request.headers, body
             )
         except AuthFailure as failure:
             log.info("ANP authentication failed", extra={"error": failure.error, "path": request.url.path})

@@ -15,8 +15,8 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gateway.backends import TaskNotFound
-from gateway.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
+from gateway.core.backends import TaskNotFound
+from gateway.core.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
 from schemas import STREAM_HINT, DataPart, FilePart, Message, Task, TaskState, TextPart
 
 from .upstream import sanitize

@@ -34,8 +34,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway import __version__
-from gateway.runtime import Runtime
+from gateway.core import __version__
+from gateway.core.settings import load_settings
+from gateway.core.runtime import Runtime
 
 from . import wire
 from .agents import META_TOOLS, AgentTools, agent_tool, tool_error
@@ -75,25 +76,8 @@ class McpSettings:
     registry_poll_s: float = 2.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "McpSettings":
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = env.get(f"INTERLACE_MCP_{f.name.upper()}")
-            if raw in (None, ""):
-                continue
-            if f.name in ("allowed_hosts", "allowed_origins"):
-                values[f.name] = tuple(x.strip() for x in raw.split(",") if x.strip())
-            elif f.name in ("session_ttl_s", "event_ttl_s", "page_size", "sse_retry_ms"):
-                values[f.name] = int(raw)
-            elif f.name in ("call_timeout_s", "client_request_timeout_s", "sse_max_s", "agents_poll_s", "registry_poll_s"):
-                values[f.name] = float(raw)
-            elif f.name == "follow_registry":
-                values[f.name] = raw.lower() in ("1", "true", "yes", "on")
-            else:
-                values[f.name] = raw
-        values.update(overrides)
-        return cls(**values)
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> McpSettings:
+        return load_settings(cls, "INTERLACE_MCP_", overrides, env)
 
 
 def registry_upstreams(runtime: Runtime) -> list[Upstream]:
@@ -220,8 +204,8 @@ class McpServer:
                 hosts.append(f"{cfg.host}:*")
             self.settings.allowed_hosts = tuple(hosts)
         self.sse_max_s = self.settings.sse_max_s or cfg.sse_max_s
-        kv = runtime.backend.kv
-        self.shared = runtime.backend.name != "embedded"  # other nodes may serve the same sessions
+        kv = runtime.kv
+        self.shared = runtime.shared_state  # other nodes may serve the same sessions
         self.sessions = Sessions(kv, self.settings.session_ttl_s)
         self.events = EventLog(kv, self.settings.event_ttl_s)
         self.mailbox = Mailbox(kv, self.shared)

@@ -25,7 +25,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from gateway.backends.base import KeyValue
+from gateway.core.backends.base import KeyValue
 
 from .wire import dumps
 

@@ -43,7 +43,7 @@ from typing import Any
 
 import httpx
 
-from gateway.backends.base import KeyValue
+from gateway.core.backends.base import KeyValue
 
 from . import wire
 from .wire import McpError

@@ -1,29 +1,30 @@
 """Bus and store backends: ``embedded`` (default) or ``redis`` (when a Redis URL is configured)."""
 
-from gateway.backends.base import (
+from gateway.core.backends.base import (
     Backend,
     BackendError,
     BackendUnavailable,
     Delivery,
     Finished,
+    KeyValue,
     Limits,
     QueueFull,
     StoredEvent,
     TaskExists,
     TaskNotFound,
 )
-from gateway.backends.embedded import EmbeddedBackend
+from gateway.core.backends.embedded import EmbeddedBackend
 
 
 def open_backend(redis_url: str | None, limits: Limits | None = None) -> Backend:
     if redis_url:
-        from gateway.backends.redis import RedisBackend  # optional extra
+        from gateway.core.backends.redis import RedisBackend  # optional extra
 
         return RedisBackend(redis_url, limits)
     return EmbeddedBackend(limits)
 
 
 __all__ = [
-    "Backend", "BackendError", "BackendUnavailable", "Delivery", "EmbeddedBackend", "Finished", "Limits",
+    "Backend", "BackendError", "BackendUnavailable", "Delivery", "EmbeddedBackend", "Finished", "KeyValue", "Limits",
     "QueueFull", "StoredEvent", "TaskExists", "TaskNotFound", "open_backend",
 ]

@@ -12,7 +12,7 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from gateway.backends.base import (
+from gateway.core.backends.base import (
     EVENT_JSON,
     Backend,
     Bus,
@@ -315,6 +315,7 @@ class EmbeddedKeyValue(KeyValue):
 
 class EmbeddedBackend(Backend):
     name = "embedded"
+    shared = False  # one process
 
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()

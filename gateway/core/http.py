@@ -1,17 +1,15 @@
-"""HTTP plumbing shared by every route: JSON errors, body parsing, size limit, SSE."""
+"""HTTP plumbing shared by every route: JSON errors, body parsing, size limit, routing, base URLs."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Route, Router, get_route_path
 from starlette.types import ASGIApp, Message as AsgiMessage, Receive, Scope, Send
 
@@ -94,62 +92,14 @@ class BodyLimit:
         await resp(scope, receive, send)
 
 
-SseEvent = tuple[str | None, str | None, Any]  # (id, event name, JSON-able data)
+def configured_base_url(request: Request, adapter_url: str | None = None) -> str | None:
+    """The public base URL an operator configured: the adapter's own, else ``--public-url``."""
+    return adapter_url or getattr(request.app.state.runtime.config, "public_url", None)
 
 
-def sse_response(
-    events: AsyncIterator[SseEvent],
-    *,
-    max_seconds: float,
-    keepalive_s: float = 15.0,
-    on_close: Callable[[], Awaitable[None]] | None = None,
-) -> StreamingResponse:
-    """Server-Sent Events with keep-alive comments and a bound on the stream's duration."""
-
-    async def body() -> AsyncIterator[bytes]:
-        deadline = time.monotonic() + max_seconds
-        it = events.__aiter__()
-        pending: asyncio.Task | None = None
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                if pending is None:
-                    pending = asyncio.ensure_future(it.__anext__())
-                done, _ = await asyncio.wait({pending}, timeout=min(keepalive_s, remaining))
-                if not done:
-                    yield b": keep-alive\n\n"
-                    continue
-                try:
-                    event_id, name, data = pending.result()
-                except StopAsyncIteration:
-                    return
-                finally:
-                    pending = None
-                yield format_sse(event_id, name, data)
-        finally:
-            if pending is not None:
-                pending.cancel()
-            if on_close is not None:
-                await on_close()
-
-    return StreamingResponse(
-        body(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-
-
-def format_sse(event_id: str | None, name: str | None, data: Any) -> bytes:
-    lines = []
-    if event_id:
-        lines.append(f"id: {event_id}")
-    if name:
-        lines.append(f"event: {name}")
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    lines.extend(f"data: {line}" for line in payload.split("\n"))
-    return ("\n".join(lines) + "\n\n").encode()
+def public_base_url(request: Request, adapter_url: str | None = None) -> str:
+    """The base URL clients reach the gateway at (configured, else the request's); no trailing slash."""
+    return (configured_base_url(request, adapter_url) or str(request.base_url)).rstrip("/")
 
 
 def json_response(model: BaseModel | dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -5,10 +5,11 @@ over the defaults below. Each field's environment variable is ``INTERLACE_`` + i
 from __future__ import annotations
 
 import dataclasses
-import os
 import uuid
 from collections.abc import Mapping
 from typing import Any
+
+from gateway.core.settings import load_settings
 
 
 @dataclasses.dataclass
@@ -69,29 +70,5 @@ class Config:
         )
 
     @classmethod
-    def load(cls, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> "Config":
-        flags = flags or {}
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            if flags.get(f.name) is not None:
-                values[f.name] = flags[f.name]
-            elif (raw := env.get(f"INTERLACE_{f.name.upper()}")) not in (None, ""):
-                values[f.name] = _parse(f, raw)
-        return cls(**values)
-
-
-def _parse(f: dataclasses.Field, raw: str) -> Any:
-    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    try:
-        if kind.startswith("bool"):
-            if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                raise ValueError(raw)
-            return raw.lower() in ("1", "true", "yes", "on")
-        if kind.startswith("int"):
-            return int(raw)
-        if kind.startswith("float"):
-            return float(raw)
-    except ValueError:
-        raise ValueError(f"INTERLACE_{f.name.upper()}={raw!r} is not a valid {kind}") from None
-    return raw
+    def load(cls, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Config:
+        return load_settings(cls, "INTERLACE_", flags, env)

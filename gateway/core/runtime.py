@@ -11,12 +11,11 @@ import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 
-from agents.links import DirectLink, wait_cancelled
-from agents.worker import Worker, WorkerRunner
-from gateway.backends import Backend, BackendUnavailable, Limits, StoredEvent, TaskNotFound, open_backend
-from gateway.config import Config
-from gateway.metrics import Metrics
-from gateway.router import Router
+from gateway.core.aio import wait_cancelled
+from gateway.core.backends import Backend, BackendUnavailable, KeyValue, Limits, StoredEvent, TaskNotFound, open_backend
+from gateway.core.config import Config
+from gateway.core.metrics import Metrics
+from gateway.core.routing import CapabilityRouter
 from registry.index import CapabilityQuery, RouteResult
 from registry.identity import Identity
 from registry.service import Registry, stream_of
@@ -50,7 +49,7 @@ class NoMatch(TaskError):
 
 
 class Runtime:
-    def __init__(self, config: Config, backend: Backend | None = None, workers: list[Worker] | None = None) -> None:
+    def __init__(self, config: Config, backend: Backend | None = None) -> None:
         self.config = config
         self.node_id = config.node_id
         self.backend = backend or open_backend(
@@ -66,12 +65,10 @@ class Runtime:
         self.admission = config.effective_admission()
         self.identity = Identity.load(config.node_key) if config.node_key else Identity.generate()
         self.registry = Registry(self.backend.records, config.network, skew_s=config.skew_s)
-        self.capabilities = Router(self.registry, embeddings=config.embeddings)
-        # Set by gateway.cluster: picks the stream for a task among an agent's records (local
+        self.capabilities = CapabilityRouter(self.registry, embeddings=config.embeddings)
+        # Set by gateway.cluster: places a task on a stream among an agent's records (local
         # first, forwarding to the agent's home node, none when its home is down).
-        self.router: Callable[[list[AgentRecord]], str | None] | None = None
-        self._workers = list(workers or [])
-        self._runners: list[WorkerRunner] = []
+        self.placement: Callable[[list[AgentRecord]], str | None] | None = None
         self._waiters: dict[str, list[asyncio.Future]] = defaultdict(list)
         self._feed: asyncio.Task | None = None
         self._stopped = False
@@ -81,20 +78,9 @@ class Runtime:
     async def start(self) -> None:
         await self.registry.start()
         self._feed = asyncio.create_task(self._follow_finished(), name="finished-feed")
-        for worker in self._workers:
-            runner = WorkerRunner(
-                worker, DirectLink(self.backend, self.registry),
-                lock_ttl_ms=self.config.visibility_timeout_ms, network=self.config.network,
-                home_node=self.node_id, lease_s=self.config.lease_s,
-            )
-            runner.start()
-            self._runners.append(runner)
-        # In-process agents are routable as soon as the gateway answers.
-        await asyncio.gather(*(asyncio.wait_for(r.ready.wait(), 10) for r in self._runners), return_exceptions=True)
 
     async def stop(self) -> None:
         self._stopped = True  # as well as cancel: redis-py may turn a cancelled read into an error
-        await asyncio.gather(*(r.stop(self.config.shutdown_grace_s) for r in self._runners))
         if self._feed is not None:
             await wait_cancelled(self._feed)
         await self.registry.stop()
@@ -114,7 +100,7 @@ class Runtime:
         records = self.registry.resolve(name_or_did)
         if not records:
             raise UnknownAgent(f"no agent named {name_or_did!r} is registered")
-        stream = self.router(records) if self.router is not None else stream_of(records[0])
+        stream = self.placement(records) if self.placement is not None else stream_of(records[0])
         if stream is None:
             raise UnknownAgent(f"no agent named {name_or_did!r} is reachable: its home node is down")
         return stream
@@ -126,7 +112,7 @@ class Runtime:
             record = self.registry.get(best.did)
             if record is None:  # expired between the search and now
                 continue
-            stream = self.router([record]) if self.router is not None else stream_of(record)
+            stream = self.placement([record]) if self.placement is not None else stream_of(record)
             if stream is None:  # its home node is down
                 continue
             reason = f"best capability match (score {best.score:.3f})"
@@ -216,17 +202,38 @@ class Runtime:
             if not waiters:
                 self._waiters.pop(task_id, None)
 
+    async def list_tasks(self, context_id: str | None = None, limit: int = 50,
+                         cursor: str | None = None) -> tuple[list[Task], str | None]:
+        """Tasks newest first (of one context when given), a page at a time; the cursor is None
+        on the last page."""
+        return await self.backend.tasks.list(context_id, limit, cursor)
+
+    async def read_events(self, task_id: str, after: str | None = None) -> list[StoredEvent]:
+        """The task's stored events after ``after`` (None: from the start), without waiting."""
+        return await self.backend.tasks.read_events(task_id, after, 0)
+
     def follow(self, task_id: str, after: str | None = None) -> AsyncIterator[StoredEvent]:
+        """The task's events after ``after`` as they happen, until a final one."""
         return self.backend.events(task_id, after)
 
     async def last_event_id(self, task_id: str) -> str | None:
         """The id of the task's newest event, to follow only what happens from now on."""
         last = None
         while True:
-            batch = await self.backend.tasks.read_events(task_id, last, 0)
+            batch = await self.read_events(task_id, last)
             if not batch:
                 return last
             last = batch[-1].event_id
+
+    @property
+    def kv(self) -> KeyValue:
+        """The shared key/value store, for adapters' own state (sessions, push configs, nonces)."""
+        return self.backend.kv
+
+    @property
+    def shared_state(self) -> bool:
+        """Whether other gateway nodes see the same tasks and key/value state (Redis)."""
+        return self.backend.shared
 
     async def known_agents(self) -> list[str]:
         """Names of the agents with a live record."""

@@ -26,7 +26,7 @@ import uuid
 from collections import OrderedDict
 from typing import Any
 
-from gateway.backends.base import (
+from gateway.core.backends.base import (
     EVENT_JSON,
     Backend,
     BackendUnavailable,
@@ -395,6 +395,7 @@ class _RecordStore(RedisRecordStore):
 
 class RedisBackend(Backend):
     name = "redis"
+    shared = True  # every node on the same Redis sees the same state
 
     def __init__(self, url: str, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()

@@ -159,6 +159,8 @@ class KeyValue(abc.ABC):
 
 
 class Backend(abc.ABC):
+    name: str
+    shared: bool  # whether other gateway nodes see the same state
     bus: Bus
     tasks: TaskStore
     records: RecordStore
