@@ -66,9 +66,13 @@ class Runtime:
         self.identity = Identity.load(config.node_key) if config.node_key else Identity.generate()
         self.registry = Registry(self.backend.records, config.network, skew_s=config.skew_s)
         self.capabilities = Router(self.registry, embeddings=config.embeddings)
-        # Set by gateway.cluster: picks the stream for a task among an agent's records (local
-        # first, forwarding to the agent's home node, none when its home is down).
+        # Set by gateway.cluster: ``router`` picks the stream for a task among an agent's records
+        # (local first, forwarding to the agent's home node, none when its home is down);
+        # ``reachable`` says, starting nothing, whether a record's home is up.
         self.router: Callable[[list[AgentRecord]], str | None] | None = None
+        self.reachable: Callable[[AgentRecord], bool] | None = None
+        self._agent_watchers: list[Callable[[], None]] = []
+        self.registry.subscribe(lambda did, record: self.agents_changed())
         self._workers = list(workers or [])
         self._runners: list[WorkerRunner] = []
         self._waiters: dict[str, list[asyncio.Future]] = defaultdict(list)
@@ -221,9 +225,27 @@ class Runtime:
                 return last
             last = batch[-1].event_id
 
+    def routable(self, name_or_did: str | None = None) -> list[AgentRecord]:
+        """Live records (all, or one agent's by name or DID) a task can be routed to now: not
+        those whose home node is down."""
+        records = self.registry.live() if name_or_did is None else self.registry.resolve(name_or_did)
+        return records if self.reachable is None else [r for r in records if self.reachable(r)]
+
     async def known_agents(self) -> list[str]:
-        """Names of the agents with a live record."""
-        return sorted({r.name for r in self.registry.live()})
+        """Names of the agents a task can be routed to now (every face lists these)."""
+        return sorted({r.name for r in self.routable()})
+
+    def watch_agents(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` whenever ``known_agents()`` may have changed."""
+        self._agent_watchers.append(listener)
+
+    def agents_changed(self) -> None:
+        """Signal watchers: a record changed, or a node went down or came back (the cluster)."""
+        for listener in self._agent_watchers:
+            try:
+                listener()
+            except Exception:
+                log.exception("agent watcher failed")
 
     async def _follow_finished(self) -> None:
         """One reader of the 'finished' feed per node: wakes waiters and feeds the metrics."""
