@@ -37,8 +37,8 @@ class Node:
     """One `interlace serve` process."""
 
     def __init__(self, name: str, logdir: Path, *, join: str | None = None, echo: bool = False,
-                 port: int | None = None) -> None:
-        self.name, self.logdir, self.join, self.echo = name, logdir, join, echo
+                 port: int | None = None, key: Path | None = None) -> None:
+        self.name, self.logdir, self.join, self.echo, self.key = name, logdir, join, echo, key
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -54,6 +54,8 @@ class Node:
             args += ["--join", self.join]
         if not self.echo:
             args.append("--no-echo")
+        if self.key:
+            args += ["--node-key", str(self.key)]
         log = open(self.logdir / f"{self.name}.log", "ab")
         self.proc = subprocess.Popen(interlace_cmd(*args), env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
         log.close()
