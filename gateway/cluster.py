@@ -29,7 +29,10 @@ a task goes to:
    onto the local task, continues it there after input-required (``POST {home}/tasks`` with
    ``task_id``) and cancels it there when the local task is canceled
    (``POST {home}/tasks/{id}:cancel``). Local records win over remote ones;
-3. records whose home is dead or has left are not routed to (``UnknownAgent``).
+3. records whose home is dead or has left are not routed to (``UnknownAgent``), and are not
+   listed either: ``Cluster.reachable`` is the runtime's test of which agents every protocol
+   face lists (``Runtime.known_agents``), and each membership change is signalled to the
+   runtime (``Runtime.agents_changed``), so MCP sessions get ``tools/list_changed``.
 
 The remote task id is kept in the backend's key/value store under the local task id, so a
 redelivered forwarded task follows the remote task instead of submitting it twice. A task that
@@ -152,7 +155,7 @@ class Cluster:
         self._links: dict[str, _HomeLink] = {}  # home base URL -> pooled client of its task API
         self._gone: dict[str, asyncio.Event] = {}  # member id -> set while it is dead or left
         self._sweeper: asyncio.Task | None = None
-        runtime.placement = self.place
+        runtime.placement, runtime.reachable = self.place, self.reachable
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -190,6 +193,7 @@ class Cluster:
                 gone.set()
             elif gone.is_set():
                 self._gone[ev.member] = asyncio.Event()
+        self.runtime.agents_changed()  # the agents homed at these members may come or go
 
     # ---- placement ----------------------------------------------------------------------------
 
@@ -201,12 +205,25 @@ class Cluster:
         origin = self.sync.origin.get(record.did)
         return origin if origin in members else None
 
+    def _remote_home(self, record: AgentRecord) -> str | None:
+        """The member a task for ``record`` is forwarded to; None when it is routed here."""
+        home = self.home_of(record)
+        if home is None or home == self.node_id or record.endpoints.bus is None:
+            return None
+        return home
+
+    def reachable(self, record: AgentRecord) -> bool:
+        """Whether ``place`` would place a task on ``record`` (routed here, or its home is alive or
+        suspect); starts nothing."""
+        home = self._remote_home(record)
+        return home is None or self.node.members[home].state in (State.ALIVE, State.SUSPECT)
+
     def place(self, records: list[AgentRecord]) -> str | None:
         """The bus stream for a task to one of ``records`` (see the module docstring)."""
         local, alive, suspect = [], [], []
         for record in records:
-            home = self.home_of(record)
-            if home is None or home == self.node_id or record.endpoints.bus is None:
+            home = self._remote_home(record)
+            if home is None:
                 local.append(record)
                 continue
             state = self.node.members[home].state

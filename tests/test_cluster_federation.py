@@ -37,8 +37,8 @@ class Node:
     """One `interlace serve` process."""
 
     def __init__(self, name: str, logdir: Path, *, join: str | None = None, echo: bool = False,
-                 port: int | None = None) -> None:
-        self.name, self.logdir, self.join, self.echo = name, logdir, join, echo
+                 port: int | None = None, key: Path | None = None) -> None:
+        self.name, self.logdir, self.join, self.echo, self.key = name, logdir, join, echo, key
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -54,6 +54,8 @@ class Node:
             args += ["--join", self.join]
         if not self.echo:
             args.append("--no-echo")
+        if self.key:
+            args += ["--node-key", str(self.key)]
         log = open(self.logdir / f"{self.name}.log", "ab")
         self.proc = subprocess.Popen(interlace_cmd(*args), env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -389,6 +391,9 @@ def test_killed_node_is_declared_dead_unrouted_rejoins_with_higher_incarnation_t
         by_skill = httpx.post(f"{a.url}/tasks", timeout=5, json={
             "query": {"skill": "echo", "exclude": others}, "message": text_message("to d")})
         assert by_skill.status_code == 404 and by_skill.json()["error"]["code"] == "no_match", by_skill.text
+        closest = by_skill.json()["error"]["closest"]  # the match that cannot be reached, and why
+        assert [(c["did"], c["excluded_by"]) for c in closest] == [(d_echo["did"], ["reachable"])]
+        assert closest[0]["reasons"]["reachable"] == "its home node is down"
 
         dead_inc = states(a.url)["node-d"][1]
         d.start()  # same node id and address

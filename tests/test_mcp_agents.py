@@ -223,3 +223,46 @@ async def test_new_agent_announces_tools_list_changed():
             await stream.until("notifications/tools/list_changed")
         names = [t["name"] for t in (await raw.call("tools/list"))["result"]["tools"]]
         assert "weather" in names
+
+
+async def test_agent_whose_home_is_down_leaves_every_list_at_the_runtimes_signal():
+    """An agent the runtime cannot route to (the cluster says its home node is down) leaves
+    tools/list, find_agents, the A2A card and ACP /agents; the change is announced with
+    tools/list_changed at the runtime's signal (the poll is an hour), and undone the same way."""
+    app = create_app(test_config(), workers=[EchoWorker(), PartsWorker()])
+    mount(app, upstreams=[], settings=McpSettings(agents_poll_s=3600))
+    async with serve_app(app) as base, httpx.AsyncClient(timeout=15) as http:
+        raw = RawSession(http, base + "/mcp")
+        await raw.initialize()
+        runtime = app.state.runtime
+        down: set[str] = set()
+        runtime.reachable = lambda record: record.name not in down  # as the cluster decides
+
+        async def listed() -> dict[str, set[str]]:
+            found = await call(raw, "find_agents", {"query": ""})
+            card = (await http.get(f"{base}/.well-known/agent-card.json")).json()
+            return {
+                "tools": {t["name"] for t in (await raw.call("tools/list"))["result"]["tools"]},
+                "find_agents": {a["name"] for a in found["structuredContent"]["agents"]},
+                "a2a": {s["id"] for s in card["skills"]},
+                "acp": {a["name"] for a in (await http.get(f"{base}/acp/agents")).json()["agents"]},
+            }
+
+        async with GetStream(raw) as stream:
+            await wait_until(lambda: asyncio.sleep(0, result=raw.sid in app.state.mcp.get_streams))
+            assert all({"echo", "parts"} <= names for names in (await listed()).values())
+
+            down.add("parts")
+            runtime.agents_changed()
+            await stream.until("notifications/tools/list_changed", timeout=5)
+            now = await listed()
+            assert all("parts" not in names and "echo" in names for names in now.values()), now
+            assert (await http.get(f"{base}/a2a/agents/parts/.well-known/agent-card.json")).status_code == 404
+            assert (await http.get(f"{base}/acp/agents/parts")).status_code == 404
+            gone = await raw.call("tools/call", {"name": "parts", "arguments": {"message": "x"}})
+            assert "Unknown tool" in gone["error"]["message"]
+
+            down.clear()
+            runtime.agents_changed()
+            await stream.until("notifications/tools/list_changed", timeout=5)
+            assert all({"echo", "parts"} <= names for names in (await listed()).values())

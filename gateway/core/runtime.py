@@ -16,7 +16,7 @@ from gateway.core.backends import Backend, BackendUnavailable, KeyValue, Limits,
 from gateway.core.config import Config
 from gateway.core.metrics import Metrics
 from gateway.core.routing import CapabilityRouter
-from registry.index import CapabilityQuery, RouteResult
+from registry.index import CapabilityQuery, Excluded, RouteResult
 from registry.identity import Identity
 from registry.service import Registry, stream_of
 from schemas import InvalidTransition, Message, Route, Task, TaskError, TaskState
@@ -66,9 +66,13 @@ class Runtime:
         self.identity = Identity.load(config.node_key) if config.node_key else Identity.generate()
         self.registry = Registry(self.backend.records, config.network, skew_s=config.skew_s)
         self.capabilities = CapabilityRouter(self.registry, embeddings=config.embeddings)
-        # Set by gateway.cluster: places a task on a stream among an agent's records (local
-        # first, forwarding to the agent's home node, none when its home is down).
+        # Set by gateway.cluster: ``placement`` places a task on a stream among an agent's records
+        # (local first, forwarding to the agent's home node, none when its home is down);
+        # ``reachable`` says, starting nothing, whether a record's home is up.
         self.placement: Callable[[list[AgentRecord]], str | None] | None = None
+        self.reachable: Callable[[AgentRecord], bool] | None = None
+        self._agent_watchers: list[Callable[[], None]] = []
+        self.registry.subscribe(lambda did, record: self.agents_changed())
         self._waiters: dict[str, list[asyncio.Future]] = defaultdict(list)
         self._feed: asyncio.Task | None = None
         self._stopped = False
@@ -108,16 +112,22 @@ class Runtime:
     def route(self, query: CapabilityQuery) -> tuple[str, Route]:
         """The stream of the best live agent for ``query``; NoMatch lists the closest ones."""
         result = self.capabilities.route(query, limit=5)
+        missed: list[Excluded] = []
         for best in result.candidates:  # the first one still live and reachable
             record = self.registry.get(best.did)
-            if record is None:  # expired between the search and now
-                continue
-            stream = self.placement([record]) if self.placement is not None else stream_of(record)
-            if stream is None:  # its home node is down
+            stream = None
+            if record is not None:  # None: expired between the search and now
+                stream = self.placement([record]) if self.placement is not None else stream_of(record)
+            if stream is None:
+                why, note = ("reachable", "its home node is down") if record is not None else ("live", "its record expired")
+                missed.append(Excluded(did=best.did, agent=best.agent, skill=best.skill, skill_name=best.skill_name,
+                                       similarity=best.reasons.get("text_similarity"), excluded_by=[why],
+                                       reasons={**best.reasons, why: note}))
                 continue
             reason = f"best capability match (score {best.score:.3f})"
             return stream, Route(agent=stream, skill=best.skill, reason=reason)
-        raise NoMatch(result)
+        # Matches that cannot be reached now are the closest ones, with why.
+        raise NoMatch(result.model_copy(update={"candidates": [], "closest": missed}) if missed else result)
 
     async def submit(
         self,
@@ -235,9 +245,27 @@ class Runtime:
         """Whether other gateway nodes see the same tasks and key/value state (Redis)."""
         return self.backend.shared
 
+    def routable(self, name_or_did: str | None = None) -> list[AgentRecord]:
+        """Live records (all, or one agent's by name or DID) a task can be routed to now: not
+        those whose home node is down."""
+        records = self.registry.live() if name_or_did is None else self.registry.resolve(name_or_did)
+        return records if self.reachable is None else [r for r in records if self.reachable(r)]
+
     async def known_agents(self) -> list[str]:
-        """Names of the agents with a live record."""
-        return sorted({r.name for r in self.registry.live()})
+        """Names of the agents a task can be routed to now (every face lists these)."""
+        return sorted({r.name for r in self.routable()})
+
+    def watch_agents(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` whenever ``known_agents()`` may have changed."""
+        self._agent_watchers.append(listener)
+
+    def agents_changed(self) -> None:
+        """Signal watchers: a record changed, or a node went down or came back (the cluster)."""
+        for listener in self._agent_watchers:
+            try:
+                listener()
+            except Exception:
+                log.exception("agent watcher failed")
 
     async def _follow_finished(self) -> None:
         """One reader of the 'finished' feed per node: wakes waiters and feeds the metrics."""

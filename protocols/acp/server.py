@@ -238,13 +238,13 @@ class ACPService:
         limit = _integer(request, "limit", 10, 1, 1000)
         offset = _integer(request, "offset", 0, 0, 2**31)
         names = (await rt.known_agents())[offset : offset + limit]
-        records = [rt.registry.by_name(n) for n in names]
+        records = [rt.routable(n) for n in names]
         return JSONResponse({"agents": [manifest_out(r[0]) for r in records if r]})
 
     async def agent(self, request: Request) -> Response:
         rt: Runtime = request.app.state.runtime
         name = request.path_params["name"]
-        records = rt.registry.resolve(name)
+        records = rt.routable(name)
         if not records:
             raise not_found(f"Agent {name} not found")
         return JSONResponse(manifest_out(records[0]))

@@ -160,7 +160,7 @@ class AnpService:
 
     async def agent_about(self, rt: Runtime, agent: str) -> tuple[str, str | None, str | None]:
         """(description, version, record DID) from the agent's live record."""
-        records = rt.registry.by_name(agent)
+        records = rt.routable(agent)
         if not records:
             return "", None, None
         record = records[0]

@@ -178,10 +178,9 @@ class AgentTools:
         return out
 
     def about(self) -> dict[str, str]:
-        """agent name -> its record's description and skill names (empty without a registry)."""
-        registry = getattr(self.runtime, "registry", None)
+        """agent name -> its record's description and skill names."""
         out: dict[str, str] = {}
-        for record in registry.live() if registry is not None else []:
+        for record in self.runtime.routable():
             skills = ", ".join(s.name for s in record.skills)
             out.setdefault(record.name, f"{record.description}" + (f" Skills: {skills}." if skills else ""))
         return out

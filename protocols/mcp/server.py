@@ -71,7 +71,7 @@ class McpSettings:
     page_size: int = 100
     sse_retry_ms: int = 1000
     sse_max_s: float | None = None  # default: the gateway's sse_max_s
-    agents_poll_s: float = 5.0  # how often the agent set is checked for tools/list_changed
+    agents_poll_s: float = 5.0  # agent set re-checked for tools/list_changed (changes are also signalled)
     follow_registry: bool = True  # federate every live registry record with an mcp endpoint
     registry_poll_s: float = 2.0
 
@@ -281,19 +281,23 @@ class McpServer:
                     log.info("re-pinned tools after re-registration", extra={"agent": record.name, "tools": repinned})
 
     async def _watch_agents(self) -> None:
-        """Tell clients with a GET stream when the set of routable agents (tools) changes."""
+        """Tell clients with a GET stream when the set of routable agents (tools) changes: on
+        the runtime's signal (a record, or a node going down or coming back), else every poll."""
+        changed = asyncio.Event()
+        self.runtime.watch_agents(changed.set)
         last: set[str] | None = None
         while True:
-            await asyncio.sleep(self.settings.agents_poll_s)
-            if not self.get_streams:
-                continue
             try:
                 current = set(await self._agents())
             except Exception:  # the bus is down: try again next round
-                continue
-            if last is not None and current != last:
-                await self._catalog_changed({"tools"})
-            last = current
+                pass
+            else:
+                if last is not None and current != last:
+                    await self._catalog_changed({"tools"})
+                last = current
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), self.settings.agents_poll_s)
+            changed.clear()
 
     async def stop(self) -> None:
         for task in [*self.inflight.values(), *self._background]:
