@@ -270,7 +270,7 @@ class Simulator:
 
 
 # ---------------------------------------------------------------------- experiments
-# Shared by tests/test_swim_sim.py (which asserts on them) and bench/gossip.py (which prints them).
+# Shared by tests/test_gossip_sim.py (which asserts on them) and bench/gossip.py (which prints them).
 
 
 def percentile(values: list[float], q: float) -> float:
