@@ -7,13 +7,13 @@ is a thin wrapper over a DirectLink on the gateway side, so both behave the same
 from __future__ import annotations
 
 import abc
-import json
 from collections.abc import AsyncIterator
 
 import httpx
 
 from gateway.core.backends import Backend, Delivery, StoredEvent
 from gateway.core.backends.base import EVENT_JSON
+from gateway.core.sse import read_events
 from registry.service import Registry
 from schemas import InvalidTransition, Message, Task, TaskEvent, TaskState, TextPart
 from schemas.agent_record import AgentRecord, Tombstone
@@ -159,17 +159,14 @@ class HttpLink(WorkerLink):
         headers = {"Last-Event-ID": after} if after else {}
         async with self.http.stream("GET", f"/tasks/{task_id}/events", headers=headers, timeout=None) as resp:
             resp.raise_for_status()
-            event_id, data = None, []
-            async for line in resp.aiter_lines():
-                if line.startswith("id:"):
-                    event_id = line[3:].strip()
-                elif line.startswith("data:"):
-                    data.append(line[5:].strip())
-                elif not line and data:
-                    payload = json.loads("\n".join(data))
-                    data = []
-                    if payload.get("kind") in ("status-update", "artifact-update"):
-                        yield StoredEvent(event_id or "", EVENT_JSON.validate_python(payload))
+            event_id = None
+            async for event in read_events(resp.aiter_bytes()):
+                event_id = event.id or event_id  # an event without an id keeps the last one (SSE's rule)
+                if not event.data:
+                    continue
+                payload = event.json()
+                if payload.get("kind") in ("status-update", "artifact-update"):
+                    yield StoredEvent(event_id or "", EVENT_JSON.validate_python(payload))
 
     async def close(self):
         await self.http.aclose()

@@ -25,11 +25,12 @@ def serve_gateway(port: int, remote: str, streaming: bool | None) -> None:
     from gateway.app import create_app
     from gateway.cli import serve_app
     from gateway.core.config import Config
-    from protocols.a2a import A2AConnector, mount_a2a
+    from protocols import a2a
+    from protocols.a2a.connector import A2AConnector
 
     config = Config(host="127.0.0.1", port=port, echo=False, log_level="warning")
     app = create_app(config, workers=[A2AConnector("remote", remote, streaming=streaming)])
-    mount_a2a(app)
+    a2a.mount(app)
     serve_app(app, config)
 
 

@@ -15,18 +15,18 @@ from starlette.routing import Route
 
 from agents.echo import EchoWorker
 from gateway import __version__, openapi, registry_api, tasks_api, worker_api
-from gateway.cluster import Cluster, routes as cluster_routes
+from gateway.cluster import Cluster
+from gateway.cluster import routes as cluster_routes
+from gateway.connectors import RegistryConnectors
 from gateway.core.backends import Backend, BackendUnavailable, QueueFull, TaskExists, TaskNotFound
 from gateway.core.config import Config
-from gateway.connectors import RegistryConnectors, default_factories
 from gateway.core.http import BodyLimit, HttpError, IndexedRouter, error_response, validation_errors
 from gateway.core.runtime import NoMatch, NotCancelable, NotContinuable, Runtime, UnknownAgent
 from gateway.supervisor import Supervisor
-from protocols.a2a import a2a_routes
-from protocols.acp import acp_routes
-from protocols.anp import anp_routes
+from protocols import a2a, acp, anp
 from protocols.mcp import routes as mcp_routes
-from protocols.mcp.server import server_for as mcp_server_for, tool_drift as mcp_tool_drift
+from protocols.mcp.server import server_for as mcp_server_for
+from protocols.mcp.server import tool_drift as mcp_tool_drift
 from registry.service import stream_of
 from schemas import InvalidTransition
 
@@ -96,7 +96,7 @@ def create_app(config: Config | None = None, *, backend: Backend | None = None, 
         workers = [EchoWorker()] if config.echo else []
     runtime = Runtime(config, backend)
     supervisor = Supervisor(runtime)
-    connectors = RegistryConnectors(supervisor, default_factories(runtime))
+    connectors = RegistryConnectors(supervisor)
     cluster = Cluster(supervisor) if config.gossip else None
 
     @contextlib.asynccontextmanager
@@ -124,9 +124,9 @@ def create_app(config: Config | None = None, *, backend: Backend | None = None, 
 
     routes = [
         *mcp_routes,  # /mcp (protocols.mcp.mount adds upstreams)
-        *a2a_routes(),  # /a2a, agent cards (protocols.a2a.mount_a2a sets options)
-        *anp_routes(),  # /.well-known/did.json, /anp (protocols.anp.mount_anp sets options)
-        *acp_routes(),  # /acp (protocols.acp.mount_acp sets options)
+        *a2a.routes(),  # /a2a, agent cards (protocols.a2a.mount sets options)
+        *anp.routes(),  # /.well-known/did.json, /anp (protocols.anp.mount sets options)
+        *acp.routes(),  # /acp (protocols.acp.mount sets options)
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
@@ -147,7 +147,7 @@ def create_app(config: Config | None = None, *, backend: Backend | None = None, 
     )
     app.router = IndexedRouter(routes, lifespan=lifespan)  # before the first request builds the stack
     app.state.runtime = runtime
-    app.state.connectors = connectors  # protocol adapters may add factories before start
+    app.state.connectors = connectors  # an adapter's mount may bind its connector factory to its options
     app.state.cluster = cluster
     app.state.registry_writes = registry_api.TokenBucket(config.registry_write_rate, config.registry_write_burst)
     app.state.allowlist = registry_api.load_allowlist(config.allowlist)

@@ -1,8 +1,10 @@
 """Outbound connectors for agents that live behind a protocol endpoint instead of on the bus.
 
 Every live record with an ``a2a``, ``acp``, ``anp`` or ``mcp`` endpoint and no ``bus`` endpoint
-gets a connector on this node: a ``Worker`` (built by that protocol's adapter) that consumes the
-agent's stream and calls the agent in its own protocol. Replicas (records sharing a name) each
+gets a connector on this node: a ``Worker`` that consumes the agent's stream and calls the agent
+in its own protocol. Every protocol's connector is built one way, ``factories[kind](record,
+runtime)``: by default the adapter's ``Connector.from_record`` (``FACTORIES``); an adapter's
+``mount`` may bind its entry to the options it was given. Replicas (records sharing a name) each
 get one, so they share the stream's load. Connectors follow the registry: started when a record
 appears, restarted when its endpoint changes, stopped when it is deregistered or expires.
 """
@@ -16,24 +18,29 @@ from collections.abc import Callable
 from agents.worker import Worker, WorkerRunner
 from gateway.core.runtime import Runtime
 from gateway.supervisor import Supervisor
-from protocols.a2a.connector import A2AConnector
-from protocols.acp.connector import ACPConnector
-from protocols.anp.connector import connector_factory as anp_connector_factory
-from protocols.anp.server import AnpOptions, outbound_host
+from protocols import a2a, acp, anp
 from protocols.mcp.connector import McpConnector
 from schemas.agent_record import AgentRecord
 
 log = logging.getLogger("interlace.connectors")
 
-ConnectorFactory = Callable[[AgentRecord], Worker]
+ConnectorFactory = Callable[[AgentRecord, Runtime], Worker]
 ORDER = ("a2a", "acp", "anp", "mcp")  # the first endpoint a record has decides its connector
+
+FACTORIES: dict[str, ConnectorFactory] = {
+    "a2a": a2a.Connector.from_record,
+    "acp": acp.Connector.from_record,
+    "anp": anp.Connector.from_record,
+    "mcp": lambda record, runtime: McpConnector.from_record(record),  # until MCP's from_record takes the runtime
+}
 
 
 class RegistryConnectors:
     """One connector per live record with a protocol endpoint, following the registry."""
 
-    def __init__(self, supervisor: Supervisor, factories: dict[str, ConnectorFactory]) -> None:
-        self.supervisor, self.runtime, self.factories = supervisor, supervisor.runtime, factories
+    def __init__(self, supervisor: Supervisor, factories: dict[str, ConnectorFactory] | None = None) -> None:
+        self.supervisor, self.runtime = supervisor, supervisor.runtime
+        self.factories = dict(FACTORIES if factories is None else factories)
         self._running: dict[str, tuple[tuple[str, str], WorkerRunner]] = {}
         self._pending: set[asyncio.Task] = set()
 
@@ -62,7 +69,7 @@ class RegistryConnectors:
         if target is None or record is None:
             return
         try:
-            worker = self.factories[target[0]](record)
+            worker = self.factories[target[0]](record, self.runtime)
         except Exception:
             log.exception("could not build a connector", extra={"did": did, "protocol": target[0]})
             return
@@ -83,12 +90,3 @@ class RegistryConnectors:
         self._running.clear()
         await asyncio.gather(*(self.supervisor.stop(r) for r in runners), *self._pending, return_exceptions=True)
 
-
-def default_factories(runtime: Runtime) -> dict[str, ConnectorFactory]:
-    """The connectors of the protocol adapters this gateway ships (``mount_*`` may replace them)."""
-    return {
-        "a2a": lambda record: A2AConnector(record.name, record.endpoints.a2a),
-        "acp": ACPConnector.from_record,
-        "anp": anp_connector_factory(runtime, outbound_host(AnpOptions.from_env(), runtime)),
-        "mcp": McpConnector.from_record,
-    }

@@ -19,8 +19,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.core.http import HttpError, json_response, read_model
-from gateway.core.sse import sse_response
 from gateway.core.runtime import Runtime
+from gateway.core.sse import sse_response
 from registry.index import CapabilityQuery
 from schemas import Message
 

@@ -7,10 +7,11 @@ import httpx
 import pytest
 
 from agents.echo import EchoWorker
+from gateway.app import create_app
+from protocols.a2a import A2AOptions, mount
+from protocols.a2a.push import PushPolicy
 from tests.conftest import serve_app, test_config
 from tests.fixtures.a2a_support import V10, Frames
-from gateway.app import create_app
-from protocols.a2a import PushPolicy, mount_a2a
 
 
 async def rpc(http, method, params):
@@ -28,7 +29,7 @@ async def test_any_node_answers_for_any_task(redis_server):
     node_a = create_app(test_config(redis_url=redis_server.url, node_id="node-a"), workers=[EchoWorker()])
     node_b = create_app(test_config(redis_url=redis_server.url, node_id="node-b"), workers=[])
     for app in (node_a, node_b):
-        mount_a2a(app, push=PushPolicy(allow_loopback=True))
+        mount(app, A2AOptions(push=PushPolicy(allow_loopback=True)))
     async with serve_app(node_a) as url_a, serve_app(node_b) as url_b:
         async with httpx.AsyncClient(base_url=url_a, timeout=20) as a, httpx.AsyncClient(base_url=url_b, timeout=20) as b:
             # A blocking send on B runs on A's worker and returns the finished task.

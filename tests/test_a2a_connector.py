@@ -11,13 +11,14 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from gateway.app import create_app
+from protocols.a2a import mount
+from protocols.a2a.client import parse_card
+from protocols.a2a.connector import A2AConnector
 from tests.conftest import serve_app, test_config, wait_until
 from tests.fixtures import a2a_remote
 from tests.fixtures.a2a_remote import remote_agent
-from tests.fixtures.a2a_support import V10
-from gateway.app import create_app
-from protocols.a2a import A2AConnector, mount_a2a
-from protocols.a2a.client import parse_card
+from tests.fixtures.a2a_support import V10, sse_data
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -58,7 +59,7 @@ async def setup(request):
     async with remote_agent(**request.param) as remote:
         pooled = aiohttp.ClientSession(trace_configs=[trace])
         app = create_app(test_config(echo=False), workers=[A2AConnector("remote", remote, http=pooled)])
-        mount_a2a(app)
+        mount(app)
         async with serve_app(app) as url:
             yield Setup(url, request.param, calls)
         await pooled.close()
@@ -113,7 +114,7 @@ async def test_a_streaming_client_makes_the_connector_stream(setup, http):
     setup.calls.clear()
     body = {"jsonrpc": "2.0", "id": 1, "method": "SendStreamingMessage", "params": {"message": msg("abcdef", "c-1s", chunks=3)}}
     async with http.stream("POST", "/a2a/agents/remote", json=body, headers=V10) as resp:
-        frames = [json.loads(line[5:])["result"] async for line in resp.aiter_lines() if line.startswith("data:")]
+        frames = [f["result"] for f in await sse_data(resp)]
     chunks = [f["artifactUpdate"] for f in frames if "artifactUpdate" in f]
     assert frames[-1]["statusUpdate"]["status"]["state"] == "TASK_STATE_COMPLETED"
     assert "".join(p["text"] for c in chunks for p in c["artifact"]["parts"]) == "abcdef"
@@ -129,7 +130,7 @@ async def test_large_artifacts_cross_in_one_event_and_one_reply(setup, http):
     text = "0123456789abcdef" * 40_000
     body = {"jsonrpc": "2.0", "id": 1, "method": "SendStreamingMessage", "params": {"message": msg(text, "c-big-s")}}
     async with http.stream("POST", "/a2a/agents/remote", json=body, headers=V10) as resp:
-        frames = [json.loads(line[5:])["result"] async for line in resp.aiter_lines() if line.startswith("data:")]
+        frames = [f["result"] for f in await sse_data(resp)]
     assert frames[-1]["statusUpdate"]["status"]["state"] == "TASK_STATE_COMPLETED"
     assert "".join(p["text"] for f in frames if "artifactUpdate" in f for p in f["artifactUpdate"]["artifact"]["parts"]) == text
     task = (await rpc(http, "SendMessage", {"message": msg(text, "c-big")}))["result"]["task"]
@@ -226,7 +227,7 @@ async def test_a_remote_reply_over_the_size_bound_fails_the_task_not_the_gateway
     remote_app = Starlette(routes=[Route("/.well-known/agent-card.json", card), Route("/", rpc_reply, methods=["POST"])])
     async with serve_app(remote_app) as remote:
         app = create_app(test_config(echo=False), workers=[A2AConnector("huge", remote)])
-        mount_a2a(app)
+        mount(app)
         async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
             resp = await client.post("/a2a/agents/huge", json={"jsonrpc": "2.0", "id": 1, "method": "SendMessage",
                                                                "params": {"message": msg("hi", "big-reply")}}, headers=V10)

@@ -17,14 +17,16 @@ from a2a.utils.signing import InvalidSignaturesError, create_signature_verifier
 from jwt import PyJWK
 
 from agents.echo import EchoWorker
-from tests.conftest import running_gateway, serve_app, test_config
-from tests.fixtures.a2a_support import V10, Frames, a2a_env
-from tests.fixtures.a2a_webhook import webhook_receiver
 from gateway.app import create_app
-from protocols.a2a import A2AConnector, PushPolicy, mount_a2a
+from protocols.a2a import A2AOptions, mount
 from protocols.a2a.card import canonical_bytes
+from protocols.a2a.connector import A2AConnector
 from protocols.a2a.errors import InvalidParamsError
+from protocols.a2a.push import PushPolicy
 from registry.identity import b64url_decode
+from tests.conftest import running_gateway, serve_app, test_config
+from tests.fixtures.a2a_support import V10, Frames, a2a_env, sse_data
+from tests.fixtures.a2a_webhook import webhook_receiver
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -126,7 +128,7 @@ async def test_agent_card_per_agent_and_unknown_agent(env, http):
 
 async def test_cards_use_the_public_url_and_optional_v03_fields():
     app = create_app(test_config(), workers=[EchoWorker()])
-    mount_a2a(app, public_url="https://gw.example.com/base/", card_v03_compat=True)
+    mount(app, A2AOptions(public_url="https://gw.example.com/base/", card_v03_compat=True))
     async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
         card = (await http.get("/a2a/agents/echo/.well-known/agent-card.json")).json()
         urls = {i["url"] for i in card["supportedInterfaces"]}
@@ -208,7 +210,7 @@ async def test_extended_card_only_when_configured(http):
     body = await call(http, "GetExtendedAgentCard")
     assert body["error"]["code"] == -32007
     app = create_app(test_config(), workers=[EchoWorker()])
-    mount_a2a(app, extended_card={"description": "the extended card"})
+    mount(app, A2AOptions(extended_card={"description": "the extended card"}))
     async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as h2:
         card = (await call(h2, "GetExtendedAgentCard"))["result"]
         assert card["description"] == "the extended card" and card["signatures"]
@@ -253,14 +255,6 @@ async def test_list_tasks_paging_filters_and_history_length(http):
     got = (await call(http, "GetTask", {"id": ids[0], "historyLength": 0}))["result"]
     assert "history" not in got
     assert (await call(http, "ListTasks", {"pageToken": "garbage!"}))["error"]["code"] == -32602
-
-
-async def sse_data(resp) -> list[dict]:
-    out = []
-    async for line in resp.aiter_lines():
-        if line.startswith("data:"):
-            out.append(json.loads(line[5:]))
-    return out
 
 
 async def test_stream_frames_jsonrpc_rest_and_03(http):
@@ -390,12 +384,12 @@ async def test_push_policy_checks_resolved_addresses(monkeypatch):
 
 async def test_loopback_webhook_refused_by_default_policy():
     app = create_app(test_config(), workers=[EchoWorker()])
-    mount_a2a(app)  # the default policy: no loopback, no private addresses
+    mount(app)  # the default policy: no loopback, no private addresses
     async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as h2:
         body = await call(h2, "SendMessage", {"message": msg("x"), "configuration": {"taskPushNotificationConfig": {"url": "http://127.0.0.1:1/hook"}}})
         assert body["error"]["code"] == -32602 and "loopback" in body["error"]["message"]
         off = create_app(test_config(), workers=[EchoWorker()])
-        mount_a2a(off, push=PushPolicy(enabled=False))
+        mount(off, A2AOptions(push=PushPolicy(enabled=False)))
         async with serve_app(off) as url2, httpx.AsyncClient(base_url=url2, timeout=10) as h3:
             card = (await h3.get("/.well-known/agent-card.json")).json()
             assert card["capabilities"]["pushNotifications"] is False

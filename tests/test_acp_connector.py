@@ -12,12 +12,15 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from tests.conftest import free_port, running_gateway, test_config, wait_until
-from tests.fixtures.acp_support import acp_python, run_sdk_client, sdk_server, stream, text_of
-from protocols.acp import ACPConnector
+from protocols.acp.connector import ACPConnector
 from registry.identity import Identity
 from registry.records import sign
 from schemas.agent_record import record_from_card
+from tests.conftest import free_port, running_gateway, test_config, wait_until
+from tests.fixtures import acp_support
+from tests.fixtures.acp_support import run_sdk_client, sdk_server, stream, text_of
+
+acp_python = acp_support.acp_python  # the fixture, used by name
 
 # The first use builds the acp-sdk environment (pip, about a minute): more than the suite's 120 s
 # default may be needed for that test; every wait inside the tests has its own bound.

@@ -13,7 +13,10 @@ import pytest
 import pytest_asyncio
 
 from tests.conftest import running_gateway, test_config
-from tests.fixtures.acp_support import EnvError, acp_python, ensure_acp_python, gateway_agents, run_sdk_client
+from tests.fixtures import acp_support
+from tests.fixtures.acp_support import EnvError, ensure_acp_python, gateway_agents, run_sdk_client
+
+acp_python = acp_support.acp_python  # the fixture, used by name
 
 # The first use builds the acp-sdk environment (pip, about a minute): more than the suite's 120 s
 # default may be needed for that test; every wait inside the tests has its own bound.

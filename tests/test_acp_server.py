@@ -11,10 +11,10 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from gateway.app import create_app
+from protocols.acp import ACPOptions, mount
 from tests.conftest import running_gateway, serve_app, test_config, wait_until
 from tests.fixtures.acp_support import gateway_agents, stream, text_of
-from gateway.app import create_app
-from protocols.acp import mount_acp
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -208,9 +208,9 @@ async def test_two_nodes_sharing_redis_serve_the_same_runs_and_sessions(redis_se
             assert session["history"][0] == "http://elsewhere.invalid/r/1" and len(session["history"]) == 3
 
 
-async def test_mount_acp_options_sync_timeout_and_public_url():
+async def test_mount_options_sync_timeout_and_public_url():
     app = create_app(test_config(), workers=gateway_agents())
-    mount_acp(app, sync_timeout_s=0.2, public_url="https://gw.example/")
+    mount(app, ACPOptions(sync_timeout_s=0.2, public_url="https://gw.example/"))
     async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=20) as http:
         slow = await http.post("/acp/runs", json=body(agent="sleeper"))
         assert slow.status_code == 200 and slow.json()["status"] == "in-progress"  # sync gave up waiting, the run goes on

@@ -10,13 +10,15 @@ import pytest
 
 import protocols.acp as acp_pkg
 from agents.worker import TaskFailed
+from gateway.core.runtime import Runtime
 from protocols.acp import wire
 from protocols.acp.connector import ACPConnector, _Relay, split_endpoint
 from protocols.acp.server import manifest_out
-from protocols.acp.wire import AcpMessage, AcpPart, EventMapper, WireError, part_in, part_out
+from protocols.acp.wire import ACPMessage, ACPPart, EventMapper, WireError, part_in, part_out
 from registry.identity import Identity
 from schemas import Artifact, DataPart, FilePart, Message, Route, Task, TaskArtifactUpdate, TaskState, TextPart
 from schemas.agent_record import record_from_card
+from tests.conftest import test_config
 
 # ---- run states ---------------------------------------------------------------------------
 
@@ -63,8 +65,8 @@ def test_every_task_state_has_a_row_and_unknown_statuses_are_refused():
 # ---- parts --------------------------------------------------------------------------------
 
 
-def p(**kw) -> AcpPart:
-    return AcpPart.model_validate(kw)
+def p(**kw) -> ACPPart:
+    return ACPPart.model_validate(kw)
 
 
 def test_plain_text_part_and_the_default_type():
@@ -135,13 +137,13 @@ def test_an_artifact_name_names_its_parts():
 
 
 def test_input_messages_become_one_user_message_and_roles_are_checked():
-    msgs = [AcpMessage.model_validate({"parts": [{"content": "a"}]}), AcpMessage.model_validate({"role": "agent/x", "parts": [{"content": "b"}]})]
+    msgs = [ACPMessage.model_validate({"parts": [{"content": "a"}]}), ACPMessage.model_validate({"role": "agent/x", "parts": [{"content": "b"}]})]
     merged = wire.message_in(msgs)
     assert merged.role == "user" and [pt.text for pt in merged.parts] == ["a", "b"]
     with pytest.raises(ValueError):
-        AcpMessage.model_validate({"role": "robot", "parts": [{"content": "a"}]})
+        ACPMessage.model_validate({"role": "robot", "parts": [{"content": "a"}]})
     with pytest.raises(ValueError):
-        AcpMessage.model_validate({"parts": []})
+        ACPMessage.model_validate({"parts": []})
 
 
 def test_agent_roles_use_only_characters_the_sdk_accepts():
@@ -330,11 +332,12 @@ def test_a_manifest_is_made_from_the_record():
 
 
 def test_a_connector_from_a_record_reaches_its_acp_endpoint():
-    named = ACPConnector.from_record(record("b", {"acp": "http://h/acp/agents/bee"}))
+    runtime = Runtime(test_config(echo=False))
+    named = ACPConnector.from_record(record("b", {"acp": "http://h/acp/agents/bee"}), runtime)
     assert (named.agent, named.base, named.remote_name) == ("b", "http://h/acp", "bee")
-    plain = ACPConnector.from_record(record("a", {"acp": "http://h/acp"}))
+    plain = ACPConnector.from_record(record("a", {"acp": "http://h/acp"}), runtime)
     assert (plain.agent, plain.base, plain.remote_name) == ("a", "http://h/acp", "a")
     card = plain.card()
     assert card["skills"][0]["id"] == "s1" and card["endpoints"] == {"bus": "a"} and card["description"] == "a agent"
     with pytest.raises(ValueError):
-        ACPConnector.from_record(record("d", {"a2a": "http://h/a2a"}))
+        ACPConnector.from_record(record("d", {"a2a": "http://h/a2a"}), runtime)

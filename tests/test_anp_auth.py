@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from protocols.anp import HttpsResolver
+from protocols.anp.auth import HttpsResolver
 from tests.conftest import free_port, test_config, wait_until
 from tests.fixtures.anp_support import LocalResolver, anp_gateway, make_caller, signed_post, signer
 

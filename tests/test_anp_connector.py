@@ -11,9 +11,11 @@ import pytest
 
 from agents.echo import EchoWorker
 from agents.worker import TaskFailed
-from protocols.anp import AnpConnector, AnpSigner, connector_for, connectors_for
-from protocols.anp.client import RemoteAgent, RemoteMethod
-from protocols.anp.connector import choose_call
+from gateway.core.runtime import Runtime
+from protocols.anp import ANPOptions
+from protocols.anp.client import ANPSigner, RemoteAgent, RemoteMethod
+from protocols.anp.connector import ANPConnector, choose_call
+from protocols.anp.didwba import did_for_host
 from registry.identity import Identity
 from schemas import DataPart, FilePart, Message, Task, TaskState, TextPart
 from schemas.agent_record import record_from_card
@@ -34,20 +36,20 @@ def message(*parts, **meta) -> Message:
 
 @pytest.fixture
 async def setup(tmp_path, monkeypatch):
-    """A gateway whose 'remote' agent is a FastANP server reached by an AnpConnector, signing as
+    """A gateway whose 'remote' agent is a FastANP server reached by an ANPConnector, signing as
     the gateway's did:wba (the node key is shared by the connector and the served document)."""
     key_file = tmp_path / "node.key"
     identity = Identity.generate()
     identity.save(key_file)
     port = free_port()
     gateway_base = f"http://localhost:{port}"
-    signer = AnpSigner.for_host(identity, f"localhost:{port}")
+    signer = ANPSigner.for_host(identity, f"localhost:{port}")
 
     async def resolve(did: str):
         return await fetch_document(gateway_base, did) if did == signer.did else None
 
     async with fastanp_remote(monkeypatch, resolve) as remote:
-        connector = AnpConnector("remote", f"{remote.url}/ad.json", signer=signer, description="a FastANP agent")
+        connector = ANPConnector("remote", f"{remote.url}/ad.json", signer=signer, description="a FastANP agent")
         async with anp_gateway(test_config(echo=False, node_key=str(key_file)), workers=[connector], port=port) as (url, app):
             yield app.state.runtime, remote, signer, connector
 
@@ -108,7 +110,7 @@ async def test_cancel_abandons_the_remote_call(setup):
 
 async def test_remote_refusing_authentication_fails_the_task(setup):
     rt, remote, _, connector = setup
-    connector.signer = AnpSigner.for_host(Identity.generate(), "stranger.example")  # a DID the remote cannot resolve
+    connector.signer = ANPSigner.for_host(Identity.generate(), "stranger.example")  # a DID the remote cannot resolve
     task = await run(rt, message(TextPart(text="x"), **{"anp.method": "hello"}))
     assert task.state is TaskState.FAILED
     text = task.status.message.text()
@@ -116,8 +118,8 @@ async def test_remote_refusing_authentication_fails_the_task(setup):
 
 
 async def test_unreachable_remote_fails_the_task():
-    signer = AnpSigner.for_host(Identity.generate(), "gw.example.com")
-    dead = AnpConnector("remote", f"http://localhost:{free_port()}/ad.json", signer=signer)
+    signer = ANPSigner.for_host(Identity.generate(), "gw.example.com")
+    dead = ANPConnector("remote", f"http://localhost:{free_port()}/ad.json", signer=signer)
     async with anp_gateway(test_config(echo=False), workers=[dead]) as (_, app):
         task = await run(app.state.runtime, message(TextPart(text="x")))
     assert task.state is TaskState.FAILED and "unreachable" in task.status.message.text()
@@ -131,13 +133,13 @@ async def two_gateways(tmp_path):
     identity = Identity.generate()
     identity.save(key_file)
     port = free_port()
-    signer = AnpSigner.for_host(identity, f"localhost:{port}")
+    signer = ANPSigner.for_host(identity, f"localhost:{port}")
 
     async def resolve(did: str):
         return await fetch_document(f"http://localhost:{port}", did)
 
     async with anp_gateway(test_config(), resolve=resolve, workers=[EchoWorker()]) as (remote_url, remote_app):
-        connector = AnpConnector("far-echo", f"{remote_url}/anp/agents/echo/ad.json", signer=signer)
+        connector = ANPConnector("far-echo", f"{remote_url}/anp/agents/echo/ad.json", signer=signer)
         async with anp_gateway(test_config(echo=False, node_key=str(key_file)), workers=[connector], port=port) as (_, app):
             yield app, remote_app, signer
 
@@ -183,7 +185,7 @@ def test_method_and_params_choice():
     assert method.name == "send_message" and params == {"message": "t", "data": {"k": 1}}
 
 
-def test_connector_for_a_registry_record():
+def test_a_connector_from_a_registry_record_signs_as_the_gateway():
     card = {
         "name": "weather", "description": "Forecasts", "version": "1",
         "skills": [{"id": "forecast", "name": "Forecast", "description": "tomorrow's weather"}],
@@ -191,13 +193,16 @@ def test_connector_for_a_registry_record():
     }
     record = record_from_card(card, Identity.generate().did, 1, 60, "interlace", "node")
     bus_only = record_from_card({**card, "name": "local", "endpoints": {"bus": "local"}}, Identity.generate().did, 1, 60, "interlace", "node")
-    signer = AnpSigner.for_host(Identity.generate(), "gw.example.com")
-    connector = connector_for(record, signer)
+    runtime = Runtime(test_config(echo=False, port=8123))
+    options = ANPOptions(public_host="gw.example.com")
+    connector = ANPConnector.from_record(record, runtime, options=options)
     assert (connector.agent, connector.ad_url, connector.description) == ("weather", "https://weather.example/ad.json", "Forecasts")
     assert connector.card()["skills"][0]["id"] == "forecast" and connector.card()["endpoints"] == {"bus": "weather"}
-    assert [c.agent for c in connectors_for([record, bus_only], signer)] == ["weather"]
+    assert connector.signer.did == did_for_host("gw.example.com") and connector.signer.identity is runtime.identity
+    assert ANPConnector.from_record(record, runtime, options=options).signer is connector.signer  # one token cache
+    assert ANPConnector.from_record(record, runtime, options=ANPOptions()).signer.did == did_for_host("localhost:8123")
     with pytest.raises(ValueError):
-        connector_for(bus_only, signer)
+        ANPConnector.from_record(bus_only, runtime, options=options)
 
 
 async def test_gateway_to_gateway_cancel_reaches_the_remote_task(tmp_path):
@@ -223,7 +228,7 @@ async def test_gateway_to_gateway_cancel_reaches_the_remote_task(tmp_path):
 
 
 async def test_a_registered_record_with_an_anp_endpoint_gets_a_connector(tmp_path, monkeypatch):
-    """The gateway's connector supervisor runs the connector mount_anp registered for a live
+    """The gateway's connector supervisor runs the connector ``mount`` registered for a live
     record with an anp endpoint; it signs as the gateway's did:wba (node key = runtime.identity)."""
     from registry.records import sign
 

@@ -208,13 +208,13 @@ async def test_jsonrpc_protocol_errors(anp):
 
 
 def test_options_from_the_environment():
-    from protocols.anp import AnpOptions
+    from protocols.anp import ANPOptions
 
-    opts = AnpOptions.from_env({"INTERLACE_ANP_PUBLIC_HOST": "gw.example.com:8443", "INTERLACE_ANP_WINDOW_S": "120",
+    opts = ANPOptions.from_env({"INTERLACE_ANP_PUBLIC_HOST": "gw.example.com:8443", "INTERLACE_ANP_WINDOW_S": "120",
                                 "INTERLACE_ANP_WAIT_S": "2.5"}, token_ttl_s=60)
     assert (opts.public_host, opts.window_s, opts.wait_s, opts.token_ttl_s) == ("gw.example.com:8443", 120, 2.5, 60)
     with pytest.raises(ValueError, match="INTERLACE_ANP_WINDOW_S"):
-        AnpOptions.from_env({"INTERLACE_ANP_WINDOW_S": "soon"})
+        ANPOptions.from_env({"INTERLACE_ANP_WINDOW_S": "soon"})
 
 
 async def test_backend_unavailable_is_a_jsonrpc_error(anp, monkeypatch):
@@ -231,7 +231,7 @@ async def test_backend_unavailable_is_a_jsonrpc_error(anp, monkeypatch):
 
 
 async def test_the_default_app_serves_anp(client):
-    """create_app's own routes (AnpOptions.from_env, HTTPS resolution): documents and a 401 challenge."""
+    """create_app's own routes (ANPOptions.from_env, HTTPS resolution): documents and a 401 challenge."""
     host = client.base_url.netloc.decode().replace("127.0.0.1", "localhost")
     doc = (await client.get("/.well-known/did.json", headers={"Host": host})).json()
     assert doc["id"] == did_for_host(host)

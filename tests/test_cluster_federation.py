@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import subprocess
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 from agents.echo import EchoWorker
 from agents.links import HttpLink
 from agents.worker import WorkerRunner
+from gateway.core.sse import read_events
 from registry.gossip.envelope import seal
 from registry.gossip.messages import UserMsg, encode_packet
 from registry.identity import Identity
@@ -174,16 +174,9 @@ def text_message(text: str) -> dict:
 
 
 async def sse_events(http: httpx.AsyncClient, url: str) -> list[dict]:
-    out, data = [], []
     async with http.stream("GET", url) as resp:
         assert resp.status_code == 200
-        async for line in resp.aiter_lines():
-            if line.startswith("data:"):
-                data.append(line[5:].strip())
-            elif not line and data:
-                out.append(json.loads("\n".join(data)))
-                data = []
-    return out
+        return [event.json() async for event in read_events(resp.aiter_bytes()) if event.data]
 
 
 # ---- membership and registry -----------------------------------------------------------------

@@ -4,11 +4,11 @@ import time
 
 import httpx
 
-from tests.conftest import running_gateway, wait_until
-from tests.fixtures.a2a_remote import remote_agent
 from registry.identity import Identity
 from registry.records import sign
 from schemas.agent_record import AgentRecord, Tombstone
+from tests.conftest import running_gateway, wait_until
+from tests.fixtures.a2a_remote import remote_agent
 
 
 def a2a_record(identity: Identity, url: str, seq: int) -> AgentRecord:

@@ -8,7 +8,6 @@ must see the follow-up's answer, never stop at the old input-required event (iss
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import httpx
@@ -17,14 +16,14 @@ import pytest_asyncio
 from mcp import Client
 
 from agents.echo import EchoWorker
+from gateway.app import create_app
+from protocols import a2a, acp
+from protocols.a2a.connector import A2AConnector
+from protocols.mcp import McpSettings, mount
 from tests.conftest import serve_app, test_config
 from tests.fixtures.a2a_remote import remote_agent
-from tests.fixtures.a2a_support import V10
+from tests.fixtures.a2a_support import V10, sse_data
 from tests.fixtures.acp_support import sse_events
-from gateway.app import create_app
-from protocols.a2a import A2AConnector, mount_a2a
-from protocols.acp import mount_acp
-from protocols.mcp import McpSettings, mount
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
@@ -37,8 +36,8 @@ async def url():
     async with remote_agent(binding="JSONRPC", version="1.0", streaming=True) as remote:
         app = create_app(test_config(echo=False), workers=[EchoWorker(), A2AConnector("remote", remote)])
         mount(app, upstreams=[], settings=McpSettings(call_timeout_s=10))
-        mount_a2a(app)
-        mount_acp(app)
+        a2a.mount(app)
+        acp.mount(app)
         async with serve_app(app) as base:
             yield base
 
@@ -92,7 +91,7 @@ async def test_a2a_streaming_continue_streams_to_completion(http, agent):
     task_id = await asked(http, agent)
     body = {"jsonrpc": "2.0", "id": 2, "method": "SendStreamingMessage", "params": {"message": a2a_message("Paris", taskId=task_id)}}
     async with http.stream("POST", f"/a2a/agents/{agent}", json=body, headers=V10) as resp:
-        frames = [json.loads(line[5:]) async for line in resp.aiter_lines() if line.startswith("data:")]
+        frames = await sse_data(resp)
     states = [f["result"]["statusUpdate"]["status"]["state"] for f in frames if "statusUpdate" in f["result"]]
     assert states[-1] == "TASK_STATE_COMPLETED" and "TASK_STATE_INPUT_REQUIRED" not in states
     assert await state(http, task_id) == "completed"
@@ -103,7 +102,7 @@ async def test_acp_stream_resume_streams_to_completion(http, agent):
     task_id = await asked(http, agent)
     resume = {"await_resume": {"type": "message", "message": {"parts": [{"content": "Paris"}]}}, "mode": "stream"}
     async with http.stream("POST", f"/acp/runs/{task_id}", json=resume) as resp:
-        events = sse_events((await resp.aread()).decode())
+        events = await sse_events(resp)
     types = [e["type"] for e in events]
     assert types[-1] == "run.completed" and "run.awaiting" not in types, types
     assert await state(http, task_id) == "completed"

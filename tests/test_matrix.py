@@ -18,7 +18,7 @@ Each of the 25 cells is checked four ways:
 The tests after the cells check each row of the MCP connector's mapping table.
 
 How a cell travels: client face -> canonical task -> the target's bus stream -> the bus worker, or
-the connector for the target's protocol (A2AConnector, ACPConnector, AnpConnector, McpConnector)
+the connector for the target's protocol (A2AConnector, ACPConnector, ANPConnector, McpConnector)
 -> the remote agent. One exception: MCP client x MCP target is MCP federation (a default gateway
 offers a registered MCP server's own tools, ``m-mcp__echo``, and relays the call; no task).
 

@@ -8,7 +8,8 @@ interface of the card it can speak (cards list interfaces in order of preference
 aiohttp rather than httpx: this client sits on the connector's hot path, and an aiohttp request
 costs about a quarter of the CPU of an httpx one (0.19 vs 0.74 ms per JSON-RPC call measured on
 the benchmark machine), which is most of what the gateway adds to a call. Replies are bounded
-(``MAX_REPLY_BYTES``, per SSE event for streams) so a remote cannot exhaust the gateway's memory.
+(``MAX_REPLY_BYTES``; per line of a stream, read by ``gateway.core.sse.read_events``) so a remote
+cannot exhaust the gateway's memory.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 import aiohttp
 
+from gateway.core.sse import Event, LineTooLong, read_events
 from protocols.a2a.errors import A2AError, RemoteAgentError
 from protocols.a2a.wire import V03, V03_REST, V10, Dialect, get
 from schemas import Message, Task, TaskArtifactUpdate, TaskStatusUpdate
@@ -269,48 +271,26 @@ class A2AClient:
                         raise RemoteAgentError(_rest_error(resp.status, reply), code=resp.status)
                     yield reply
                     return
-                event, lines = "message", []
-                async for line in _lines(resp.content):
-                    if line == "":
-                        if lines:
-                            payload = json.loads("\n".join(lines))
-                            if event == "error":
-                                raise RemoteAgentError(_rest_error(400, payload))
-                            yield payload
-                        event, lines = "message", []
-                    elif line.startswith(":"):
+                async for event in _events(resp):
+                    if not event.data:
                         continue
-                    else:
-                        key, _, value = line.partition(":")
-                        value = value[1:] if value.startswith(" ") else value
-                        if key == "data":
-                            lines.append(value)
-                        elif key == "event":
-                            event = value
+                    payload = json.loads(event.data)
+                    if event.event == "error":
+                        raise RemoteAgentError(_rest_error(400, payload))
+                    yield payload
         except _TRANSPORT_ERRORS as exc:
             raise RemoteAgentError(f"the stream from the remote agent at {self.base} broke: {_describe(exc)}", retryable=True) from None
         except json.JSONDecodeError:
             raise RemoteAgentError("the remote agent streamed an event that is not JSON") from None
 
 
-async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:
-    """The lines of an event stream (ended by CRLF, LF or CR); one line may not pass ``MAX_REPLY_BYTES``."""
-    pending = bytearray()
-    after_cr = False  # a CRLF split between two chunks is one line end
-    async for chunk in content.iter_any():
-        if after_cr and chunk.startswith(b"\n"):
-            chunk = chunk[1:]
-        after_cr = chunk.endswith(b"\r")
-        *complete, rest = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-        for line in complete:
-            pending += line
-            yield pending.decode("utf-8", "replace")
-            pending.clear()
-        pending += rest
-        if len(pending) > MAX_REPLY_BYTES:
-            raise ReplyTooLarge()
-    if pending:
-        yield pending.decode("utf-8", "replace")
+async def _events(resp: aiohttp.ClientResponse) -> AsyncIterator[Event]:
+    """The events of an SSE response; one line may not pass ``MAX_REPLY_BYTES``."""
+    try:
+        async for event in read_events(resp.content.iter_any(), MAX_REPLY_BYTES):
+            yield event
+    except LineTooLong:
+        raise ReplyTooLarge() from None
 
 
 def _rest_error(status: int, data: Any) -> str:

@@ -22,6 +22,9 @@ and turns the remote's task, status and artifact events into this task's events.
   yet, so the task is found with ListTasks on its context by our message id; a 0.3 agent without
   streaming is sent the message without blocking (it names the task at once) and polled.
 * a stream that ends before a final state is resumed with SubscribeToTask, else polled.
+
+The gateway runs one per live record that has an ``a2a`` endpoint and no ``bus`` endpoint
+(``A2AConnector.from_record``, from the connector supervisor in ``gateway/connectors.py``).
 """
 
 from __future__ import annotations
@@ -38,10 +41,12 @@ import aiohttp
 
 from agents.remote_stream import RemoteStream
 from agents.worker import TaskFailed, Worker
+from gateway.core.runtime import Runtime
 from protocols.a2a.client import A2AClient, RemoteCard, StreamItem, fetch_card
 from protocols.a2a.errors import RemoteAgentError
 from protocols.a2a.wire import DIRECT_REPLY, REMOTE_IDS
 from schemas import STREAM_HINT, Message, Task, TaskArtifactUpdate, TaskEvent, TaskState, TaskStatusUpdate, TextPart
+from schemas.agent_record import AgentRecord
 
 log = logging.getLogger("interlace.a2a.connector")
 
@@ -101,6 +106,13 @@ class A2AConnector(Worker):
         self._card: RemoteCard | None = None
         self._card_at = 0.0
         self._card_lock: asyncio.Lock | None = None
+
+    @classmethod
+    def from_record(cls, record: AgentRecord, runtime: Runtime) -> A2AConnector:
+        """The connector for a registry record whose ``endpoints.a2a`` is the agent's card (or base) URL."""
+        if record.endpoints.a2a is None:
+            raise ValueError(f"record {record.did} has no a2a endpoint")
+        return cls(record.name, record.endpoints.a2a)
 
     # ---- plumbing ----------------------------------------------------------------------------
 

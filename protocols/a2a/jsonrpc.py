@@ -31,58 +31,58 @@ from protocols.a2a.errors import (
     MethodNotFoundError,
     VersionNotSupportedError,
 )
-from protocols.a2a.service import A2AService, Call, map_runtime_error
+from protocols.a2a.service import A2ACall, A2AService, map_runtime_error
 from protocols.a2a.wire import V03, V10, Dialect, integer
 
-Handler = Callable[[A2AService, Call, dict], Awaitable[Any]]
+Handler = Callable[[A2AService, A2ACall, dict], Awaitable[Any]]
 
 
 def _params_id(params: dict) -> Any:
     return params.get("id")
 
 
-async def _send(s: A2AService, c: Call, p: dict) -> Any:
+async def _send(s: A2AService, c: A2ACall, p: dict) -> Any:
     return await s.send(c, p)
 
 
-async def _stream(s: A2AService, c: Call, p: dict) -> AsyncIterator[Any]:
+async def _stream(s: A2AService, c: A2ACall, p: dict) -> AsyncIterator[Any]:
     return await s.open_stream(c, p)
 
 
-async def _get(s: A2AService, c: Call, p: dict) -> Any:
+async def _get(s: A2AService, c: A2ACall, p: dict) -> Any:
     return await s.get_task(c, _params_id(p), integer(p, "historyLength", "params"))
 
 
-async def _list(s: A2AService, c: Call, p: dict) -> Any:
+async def _list(s: A2AService, c: A2ACall, p: dict) -> Any:
     return await s.list_tasks(c, p)
 
 
-async def _cancel(s: A2AService, c: Call, p: dict) -> Any:
+async def _cancel(s: A2AService, c: A2ACall, p: dict) -> Any:
     return await s.cancel(c, _params_id(p))
 
 
-async def _subscribe(s: A2AService, c: Call, p: dict) -> AsyncIterator[Any]:
+async def _subscribe(s: A2AService, c: A2ACall, p: dict) -> AsyncIterator[Any]:
     return await s.open_subscribe(c, _params_id(p))
 
 
-async def _push_create(s: A2AService, c: Call, p: dict) -> Any:
+async def _push_create(s: A2AService, c: A2ACall, p: dict) -> Any:
     return await s.push_create(c, c.dialect.push_create_in(p))
 
 
-async def _push_get(s: A2AService, c: Call, p: dict) -> Any:
+async def _push_get(s: A2AService, c: A2ACall, p: dict) -> Any:
     return await s.push_get(c, *c.dialect.push_get_params(p))
 
 
-async def _push_list(s: A2AService, c: Call, p: dict) -> Any:
+async def _push_list(s: A2AService, c: A2ACall, p: dict) -> Any:
     return await s.push_list(c, c.dialect.push_list_params(p))
 
 
-async def _push_delete(s: A2AService, c: Call, p: dict) -> Any:
+async def _push_delete(s: A2AService, c: A2ACall, p: dict) -> Any:
     await s.push_delete(c, *c.dialect.push_get_params(p))
     return {} if c.dialect.version == "1.0" else None
 
 
-async def _extended_card(s: A2AService, c: Call, p: dict) -> Any:
+async def _extended_card(s: A2AService, c: A2ACall, p: dict) -> Any:
     card = await s.card(c, extended=True, legacy=c.dialect.version == "0.3")
     return card
 
@@ -162,7 +162,7 @@ def _guess_version(request: Request) -> str:
         return "1.0"
 
 
-async def handle(service: A2AService, request: Request, call_for: Callable[[Dialect], Call]) -> Response:
+async def handle(service: A2AService, request: Request, call_for: Callable[[Dialect], A2ACall]) -> Response:
     rid: Any = None
     version = _guess_version(request)
     try:

@@ -20,11 +20,11 @@ from starlette.routing import Route
 from gateway.core.sse import sse_response
 from protocols.a2a.errors import A2AError, InvalidParamsError, VersionNotSupportedError
 from protocols.a2a.jsonrpc import negotiate, parse_json
-from protocols.a2a.service import A2AService, Call, map_runtime_error
+from protocols.a2a.service import A2ACall, A2AService, map_runtime_error
 from protocols.a2a.wire import V03_REST, V10, Dialect, integer
 
-CallFor = Callable[[Request, Dialect], Call]
-Op = Callable[[A2AService, Call, Request], Awaitable[Any]]
+CallFor = Callable[[Request, Dialect], A2ACall]
+Op = Callable[[A2AService, A2ACall, Request], Awaitable[Any]]
 
 
 async def _body(request: Request, *, optional: bool = False) -> dict[str, Any]:
@@ -43,58 +43,58 @@ def _tid(request: Request) -> str:
     return request.path_params["task_id"]
 
 
-async def _send(s: A2AService, c: Call, r: Request) -> Any:
+async def _send(s: A2AService, c: A2ACall, r: Request) -> Any:
     return await s.send(c, await _body(r))
 
 
-async def _stream(s: A2AService, c: Call, r: Request) -> AsyncIterator[Any]:
+async def _stream(s: A2AService, c: A2ACall, r: Request) -> AsyncIterator[Any]:
     return await s.open_stream(c, await _body(r))
 
 
-async def _get(s: A2AService, c: Call, r: Request) -> Any:
+async def _get(s: A2AService, c: A2ACall, r: Request) -> Any:
     return await s.get_task(c, _tid(r), integer(dict(r.query_params), "historyLength", "query"))
 
 
-async def _list(s: A2AService, c: Call, r: Request) -> Any:
+async def _list(s: A2AService, c: A2ACall, r: Request) -> Any:
     return await s.list_tasks(c, dict(r.query_params))
 
 
-async def _cancel(s: A2AService, c: Call, r: Request) -> Any:
+async def _cancel(s: A2AService, c: A2ACall, r: Request) -> Any:
     await _body(r, optional=True)
     return await s.cancel(c, _tid(r))
 
 
-async def _subscribe(s: A2AService, c: Call, r: Request) -> AsyncIterator[Any]:
+async def _subscribe(s: A2AService, c: A2ACall, r: Request) -> AsyncIterator[Any]:
     if r.method == "POST":
         await _body(r, optional=True)
     return await s.open_subscribe(c, _tid(r))
 
 
-async def _push_create(s: A2AService, c: Call, r: Request) -> Any:
+async def _push_create(s: A2AService, c: A2ACall, r: Request) -> Any:
     cfg = c.dialect.push_create_in(await _body(r), _tid(r))
     if cfg.task_id != _tid(r):
         raise InvalidParamsError("taskId in the body does not match the path")
     return await s.push_create(c, cfg)
 
 
-async def _push_list(s: A2AService, c: Call, r: Request) -> Any:
+async def _push_list(s: A2AService, c: A2ACall, r: Request) -> Any:
     return await s.push_list(c, _tid(r))
 
 
-async def _push_get(s: A2AService, c: Call, r: Request) -> Any:
+async def _push_get(s: A2AService, c: A2ACall, r: Request) -> Any:
     return await s.push_get(c, _tid(r), r.path_params["config_id"])
 
 
-async def _push_delete(s: A2AService, c: Call, r: Request) -> Any:
+async def _push_delete(s: A2AService, c: A2ACall, r: Request) -> Any:
     await s.push_delete(c, _tid(r), r.path_params["config_id"])
     return {}
 
 
-async def _extended_card(s: A2AService, c: Call, r: Request) -> Any:
+async def _extended_card(s: A2AService, c: A2ACall, r: Request) -> Any:
     return await s.card(c, extended=True, legacy=c.dialect.version == "0.3")
 
 
-async def _card_v03(s: A2AService, c: Call, r: Request) -> Any:
+async def _card_v03(s: A2AService, c: A2ACall, r: Request) -> Any:
     return await s.card(c, extended=s.options.extended_card is not None, legacy=True)
 
 

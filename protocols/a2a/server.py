@@ -9,14 +9,12 @@
   POST /a2a/agents/{name}                           JSON-RPC for that agent only
   *    /a2a/agents/{name}/rest/...                  HTTP+JSON for that agent only
 
-``a2a_routes(**options)`` returns the routes (the app's default list uses it); ``mount_a2a(app,
-**options)`` replaces them on a built app and closes the adapter's clients on shutdown. The
-options are the fields of ``A2AOptions``.
+``routes(options)`` returns the routes (the app's default list uses it); ``mount(app, options)``
+replaces them on a built app and closes the adapter's clients on shutdown. Without options, both
+use ``A2AOptions.from_env()``.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -26,15 +24,16 @@ from starlette.routing import BaseRoute, Route
 from gateway.core.http import public_base_url, replace_routes
 from protocols.a2a import jsonrpc, rest
 from protocols.a2a.card import jwks
-from protocols.a2a.service import A2AOptions, A2AService, Call
+from protocols.a2a.service import A2ACall, A2AOptions, A2AService
 from protocols.a2a.wire import V10, Dialect
 
 ROUTE_PREFIX = "a2a"
 
 
 def build_routes(service: A2AService) -> list[BaseRoute]:
-    def call_for(request: Request, dialect: Dialect) -> Call:
-        return Call(request.app.state.runtime, request.path_params.get("agent"), dialect, public_base_url(request, service.options.public_url))
+    def call_for(request: Request, dialect: Dialect) -> A2ACall:
+        base = public_base_url(request, service.options.public_url)
+        return A2ACall(request.app.state.runtime, request.path_params.get("agent"), dialect, base)
 
     async def gateway_card(request: Request) -> Response:
         call = call_for(request, V10)
@@ -68,12 +67,13 @@ def build_routes(service: A2AService) -> list[BaseRoute]:
     ]
 
 
-def a2a_routes(**options: Any) -> list[BaseRoute]:
-    return build_routes(A2AService(A2AOptions(**options)))
+def routes(options: A2AOptions | None = None) -> list[BaseRoute]:
+    """The A2A routes with these options (default: ``A2AOptions.from_env()``)."""
+    return build_routes(A2AService(options or A2AOptions.from_env()))
 
 
-def mount_a2a(app: Starlette, **options: Any) -> A2AService:
+def mount(app: Starlette, options: A2AOptions | None = None) -> A2AService:
     """Serve A2A on ``app`` with these options (replacing any A2A routes it has)."""
-    service = A2AService(A2AOptions(**options))
+    service = A2AService(options or A2AOptions.from_env())
     replace_routes(app, ROUTE_PREFIX, build_routes(service), service.close)
     return service

@@ -1,7 +1,7 @@
 """The A2A operations, independent of binding: each takes a parsed request and returns wire data.
 
 Both bindings (JSON-RPC and HTTP+JSON) and both protocol versions call these; the dialect in
-``Call`` decides the wire shapes. State comes from the Runtime's task store, so any gateway node
+``A2ACall`` (one request) decides the wire shapes. State comes from the Runtime's task store, so any gateway node
 answers for any task.
 
 Routing rule for a message sent to the gateway-level endpoint (``/a2a``, ``/a2a/rest``) without
@@ -18,7 +18,7 @@ import asyncio
 import base64
 import binascii
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,6 +29,7 @@ import httpx
 from gateway.core import __version__
 from gateway.core.backends import BackendUnavailable, QueueFull, TaskNotFound
 from gateway.core.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
+from gateway.core.settings import load_settings
 from protocols.a2a import card as cards
 from protocols.a2a.errors import (
     A2AError,
@@ -62,7 +63,8 @@ class Unavailable(A2AError):
 
 @dataclass
 class A2AOptions:
-    """Settings of the A2A face; every field is a keyword argument of ``a2a_routes``/``mount_a2a``."""
+    """Settings of the A2A face (``routes(options)``/``mount(app, options)``); ``from_env`` also reads
+    the scalar ones from ``INTERLACE_A2A_<FIELD>``."""
 
     public_url: str | None = None  # base URL clients reach the gateway at (behind a proxy); else from the request
     identity: Identity | None = None  # the card-signing key; default: the node's key (runtime.identity)
@@ -77,9 +79,13 @@ class A2AOptions:
     blocking_timeout_s: float | None = None  # how long a blocking SendMessage waits; default config.max_wait_timeout_s
     provider: dict[str, str] | None = None
 
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> A2AOptions:
+        return load_settings(cls, "INTERLACE_A2A_", overrides, env)
+
 
 @dataclass
-class Call:
+class A2ACall:
     """One request: the runtime, the agent scope (None: the gateway), the dialect and public base URL."""
 
     rt: Runtime
@@ -107,10 +113,7 @@ class A2AService:
 
     def identity(self, rt: Runtime) -> Identity:
         """The key cards are signed with: the configured one, else the gateway node's own."""
-        key = self.options.identity or getattr(rt, "identity", None)
-        if key is None:  # a runtime without a node identity
-            key = self.options.identity = Identity.generate()
-        return key
+        return self.options.identity or rt.identity
 
     def node(self, rt: Runtime) -> _NodeState:
         state = self._nodes.get(rt)
@@ -125,7 +128,7 @@ class A2AService:
 
     # ---- helpers -----------------------------------------------------------------------------
 
-    async def _visible(self, call: Call, task_id: Any) -> Task:
+    async def _visible(self, call: A2ACall, task_id: Any) -> Task:
         if not isinstance(task_id, str) or not task_id:
             raise InvalidParamsError("a task id is required")
         try:
@@ -136,7 +139,7 @@ class A2AService:
             raise TaskNotFoundError(f"Task {task_id} not found")
         return task
 
-    async def _route(self, call: Call, p: SendParams) -> str:
+    async def _route(self, call: A2ACall, p: SendParams) -> str:
         if call.agent is not None:
             return call.agent
         named = (p.metadata or {}).get("agent") or (p.message.metadata or {}).get("agent")
@@ -167,7 +170,7 @@ class A2AService:
 
     # ---- send / stream -----------------------------------------------------------------------
 
-    async def _accept(self, call: Call, p: SendParams, streaming: bool = False) -> tuple[Task, str | None]:
+    async def _accept(self, call: A2ACall, p: SendParams, streaming: bool = False) -> tuple[Task, str | None]:
         rt = call.rt
         self._check_modes(p.message)
         if p.push is not None:
@@ -203,7 +206,7 @@ class A2AService:
             await self.node(rt).dispatcher.watch(task.id, after)
         return task, after
 
-    async def send(self, call: Call, params: Any) -> dict[str, Any]:
+    async def send(self, call: A2ACall, params: Any) -> dict[str, Any]:
         p = call.dialect.send_params_in(params)
         task, _ = await self._accept(call, p)
         if p.blocking:
@@ -213,18 +216,19 @@ class A2AService:
             return call.dialect.send_result(reply)
         return call.dialect.send_result(task, p.history_length)
 
-    async def open_stream(self, call: Call, params: Any) -> AsyncIterator[Any]:
+    async def open_stream(self, call: A2ACall, params: Any) -> AsyncIterator[Any]:
         """Accept the message (errors raise here, before any byte is sent), then stream its events."""
         p = call.dialect.send_params_in(params)
         task, after = await self._accept(call, p, streaming=True)
         return self._events(call, task, after, p.history_length)
 
-    async def _events(self, call: Call, task: Task, after: str | None, history_length: int | None) -> AsyncIterator[Any]:
+    async def _events(self, call: A2ACall, task: Task, after: str | None,
+                      history_length: int | None) -> AsyncIterator[Any]:
         yield call.dialect.stream_task(task, history_length)
         async for stored in call.rt.follow(task.id, after):
             yield call.dialect.stream_event(stored.event)
 
-    async def open_subscribe(self, call: Call, task_id: Any) -> AsyncIterator[Any]:
+    async def open_subscribe(self, call: A2ACall, task_id: Any) -> AsyncIterator[Any]:
         task = await self._visible(call, task_id)
         if task.state.terminal:
             raise UnsupportedOperationError(f"Task {task.id} is in terminal state {task.state.value}")
@@ -232,7 +236,7 @@ class A2AService:
         task = await call.rt.get(task.id)  # newer than `after`: an event may repeat, none is lost
         return self._subscription(call, task, after)
 
-    async def _subscription(self, call: Call, task: Task, after: str | None) -> AsyncIterator[Any]:
+    async def _subscription(self, call: A2ACall, task: Task, after: str | None) -> AsyncIterator[Any]:
         """The task, then its events until it is terminal. Unlike SendStreamingMessage, a
         subscription stays open through input-required: the follow-up may come from anyone."""
         yield call.dialect.stream_task(task)
@@ -247,11 +251,11 @@ class A2AService:
 
     # ---- tasks -------------------------------------------------------------------------------
 
-    async def get_task(self, call: Call, task_id: Any, history_length: int | None) -> dict[str, Any]:
+    async def get_task(self, call: A2ACall, task_id: Any, history_length: int | None) -> dict[str, Any]:
         task = await self._visible(call, task_id)
         return call.dialect.task_out(task, history_length)
 
-    async def cancel(self, call: Call, task_id: Any) -> dict[str, Any]:
+    async def cancel(self, call: A2ACall, task_id: Any) -> dict[str, Any]:
         task = await self._visible(call, task_id)
         try:
             task = await call.rt.cancel(task.id)
@@ -260,7 +264,7 @@ class A2AService:
             raise TaskNotCancelableError(f"Task {task.id} is in terminal state {current.state.value}") from None
         return call.dialect.task_out(task)
 
-    async def list_tasks(self, call: Call, q: dict[str, Any]) -> dict[str, Any]:
+    async def list_tasks(self, call: A2ACall, q: dict[str, Any]) -> dict[str, Any]:
         d = call.dialect
         context_id = string(q, "contextId", "params")
         status = d.state_in(get(q, "status"), "params.status") if get(q, "status") else None
@@ -300,7 +304,7 @@ class A2AService:
         if not self.options.push.enabled:
             raise PushNotificationNotSupportedError()
 
-    async def push_create(self, call: Call, cfg: PushConfig) -> Any:
+    async def push_create(self, call: A2ACall, cfg: PushConfig) -> Any:
         self._push_enabled()
         task = await self._visible(call, cfg.task_id)
         self.options.push.check_url(cfg.url)
@@ -310,7 +314,7 @@ class A2AService:
             await node.dispatcher.watch(task.id, await call.rt.last_event_id(task.id))
         return call.dialect.push_out(cfg)
 
-    async def push_get(self, call: Call, task_id: str, config_id: str | None) -> Any:
+    async def push_get(self, call: A2ACall, task_id: str, config_id: str | None) -> Any:
         self._push_enabled()
         await self._visible(call, task_id)
         cfg = await self.node(call.rt).store.get(task_id, config_id or task_id)
@@ -318,12 +322,12 @@ class A2AService:
             raise TaskNotFoundError(f"push notification config {config_id or task_id} not found for task {task_id}")
         return call.dialect.push_out(cfg)
 
-    async def push_list(self, call: Call, task_id: str) -> Any:
+    async def push_list(self, call: A2ACall, task_id: str) -> Any:
         self._push_enabled()
         await self._visible(call, task_id)
         return call.dialect.push_list_out([c for c, _ in await self.node(call.rt).store.list(task_id)])
 
-    async def push_delete(self, call: Call, task_id: str, config_id: str | None) -> None:
+    async def push_delete(self, call: A2ACall, task_id: str, config_id: str | None) -> None:
         self._push_enabled()
         await self._visible(call, task_id)
         await self.node(call.rt).store.delete(task_id, config_id or task_id)
@@ -334,7 +338,7 @@ class A2AService:
         root = f"{base}/a2a" if agent is None else f"{base}/a2a/agents/{agent}"
         return root, f"{root}/rest"
 
-    async def card(self, call: Call, *, extended: bool = False, legacy: bool | None = None) -> dict[str, Any]:
+    async def card(self, call: A2ACall, *, extended: bool = False, legacy: bool | None = None) -> dict[str, Any]:
         o = self.options
         rpc_url, rest_url = self.agent_urls(call.base, call.agent)
         if call.agent is None:

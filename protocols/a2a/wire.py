@@ -45,7 +45,18 @@ from typing import Any
 from pydantic import ValidationError
 
 from protocols.a2a.errors import InvalidParamsError
-from schemas import Artifact, DataPart, FilePart, Message, Task, TaskArtifactUpdate, TaskState, TaskStatus, TaskStatusUpdate, TextPart
+from schemas import (
+    Artifact,
+    DataPart,
+    FilePart,
+    Message,
+    Task,
+    TaskArtifactUpdate,
+    TaskState,
+    TaskStatus,
+    TaskStatusUpdate,
+    TextPart,
+)
 
 DIRECT_REPLY = "interlace.a2a.direct"  # metadata flag on a status message: the agent replied with a Message
 REMOTE_IDS = "interlace.a2a.remote"  # metadata on a connector's status message: the remote task/context ids

@@ -2,9 +2,13 @@
 the gateway's inbound ACP REST face under ``/acp`` and the outbound connector that runs tasks on
 remote ACP agents.
 
-Modules: ``wire`` (canonical <-> ACP translations), ``server`` (routes, ``acp_routes``,
-``mount_acp``), ``client`` and ``connector`` (outbound; the gateway's connector supervisor runs
-``ACPConnector.from_record`` for every live record with an ``acp`` endpoint and no ``bus`` one). ACP is frozen (merged into A2A), so the
+Surface (alike in every adapter): ``routes(options)``, ``mount(app, options)``, ``Connector``
+(``ACPConnector``, built by the gateway with ``Connector.from_record(record, runtime)``) and
+``ACPOptions`` (``ACPOptions.from_env()``: ``INTERLACE_ACP_PUBLIC_URL``, ``..._SYNC_TIMEOUT_S``).
+
+Modules: ``wire`` (canonical <-> ACP translations), ``server`` (the routes, ``ACPOptions``),
+``client`` and ``connector`` (outbound; the gateway's connector supervisor runs one for every live
+record with an ``acp`` endpoint and no ``bus`` one). ACP is frozen (merged into A2A), so the
 server side reads leniently: unknown fields are ignored and a body needs no Content-Type.
 
 Run states (each row is tested in tests/test_acp_wire.py):
@@ -57,7 +61,7 @@ SDK fills them), a carried session's history for the agent (it is listed again b
 have ``session_id: null``).
 """
 
-from protocols.acp.connector import ACPConnector
-from protocols.acp.server import ACPOptions, acp_routes, mount_acp
+from protocols.acp.connector import ACPConnector as Connector
+from protocols.acp.server import ACPOptions, mount, routes
 
-__all__ = ["ACPConnector", "ACPOptions", "acp_routes", "mount_acp"]
+__all__ = ["Connector", "ACPOptions", "mount", "routes"]

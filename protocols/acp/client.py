@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 
+from gateway.core.sse import read_events
+
 JSON = {"Content-Type": "application/json", "Accept": "application/json"}
 SSE = {"Content-Type": "application/json", "Accept": "text/event-stream"}
 
@@ -97,15 +99,12 @@ class ACPClient:
                     run = json.loads(await resp.aread())
                     yield {"type": f"run.{run.get('status')}", "run": run}
                     return
-                data: list[str] = []
-                async for line in resp.aiter_lines():
-                    if line.startswith("data:"):
-                        data.append(line[5:].lstrip(" "))
-                    elif not line and data:
-                        payload, data = "\n".join(data), []
-                        event = json.loads(payload)
-                        if isinstance(event, dict):
-                            yield event
+                async for sse in read_events(resp.aiter_bytes()):
+                    if not sse.data:
+                        continue
+                    event = json.loads(sse.data)
+                    if isinstance(event, dict):
+                        yield event
         except httpx.HTTPError as exc:
             what = f"the stream from {self.base} broke" if started else f"cannot reach {self.base}"
             raise RemoteACPError(f"{what}: {_describe(exc)}", retryable=True) from None

@@ -38,6 +38,7 @@ import httpx
 
 from agents.remote_stream import RemoteStream
 from agents.worker import TaskFailed, Worker
+from gateway.core.runtime import Runtime
 from protocols.acp import wire
 from protocols.acp.client import ACPClient, RemoteACPError
 from schemas import Artifact, Message, Task, TaskEvent, TaskState, TextPart
@@ -74,16 +75,16 @@ class _Relay:
             self.run_id = run_id
             self.known.set()
 
-    def _parts(self, parts: list[Any]) -> list[wire.AcpPart]:
+    def _parts(self, parts: list[Any]) -> list[wire.ACPPart]:
         out = []
         for raw in parts:
             try:
-                out.append(wire.AcpPart.model_validate(raw))
+                out.append(wire.ACPPart.model_validate(raw))
             except ValueError:
                 log.warning("skipped a malformed part from the remote", extra={"agent": self.agent})
         return out
 
-    def _part_events(self, parts: list[wire.AcpPart]) -> list[TaskEvent]:
+    def _part_events(self, parts: list[wire.ACPPart]) -> list[TaskEvent]:
         events: list[TaskEvent] = []
         for p in parts:
             try:
@@ -193,10 +194,11 @@ class ACPConnector(Worker):
         self._own: httpx.AsyncClient | None = None
 
     @classmethod
-    def from_record(cls, record: AgentRecord, **kw: Any) -> "ACPConnector":
+    def from_record(cls, record: AgentRecord, runtime: Runtime) -> ACPConnector:
+        """The connector for a registry record whose ``endpoints.acp`` is the agent's ACP URL."""
         if record.endpoints.acp is None:
             raise ValueError(f"record {record.did} has no acp endpoint")
-        return cls(record.name, record.endpoints.acp, record=record, **kw)
+        return cls(record.name, record.endpoints.acp, record=record)
 
     def card(self) -> dict:
         card = super().card()

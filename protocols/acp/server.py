@@ -19,8 +19,8 @@ with 403 (resume or cancel of a run in the wrong state), 503 (bus unavailable) o
 that breaks after it started ends with an ``error`` event. Nothing a client sends reaches it as
 a traceback.
 
-``acp_routes(**options)`` returns the routes (the app's default list uses it); ``mount_acp(app,
-**options)`` replaces them on a built app. Options are the fields of ``ACPOptions``.
+``routes(options)`` returns the routes (the app's default list uses it); ``mount(app, options)``
+replaces them on a built app. Without options, both use ``ACPOptions.from_env()``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import functools
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,8 +41,9 @@ from starlette.routing import BaseRoute, Match, Route
 
 from gateway.core.backends import BackendUnavailable, QueueFull, TaskNotFound
 from gateway.core.http import HttpError, public_base_url, read_json, replace_routes
-from gateway.core.sse import sse_response
 from gateway.core.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
+from gateway.core.settings import load_settings
+from gateway.core.sse import sse_response
 from protocols.acp import wire
 from protocols.acp.wire import EventMapper, RunCreate, RunResume, WireError
 from registry.service import PROTOCOLS
@@ -58,10 +59,15 @@ MAX_REPLAY_EVENTS = 100_000
 
 @dataclass
 class ACPOptions:
-    """Settings of the ACP face; each field is a keyword argument of ``acp_routes``/``mount_acp``."""
+    """Settings of the ACP face (``routes(options)``/``mount(app, options)``); ``from_env`` also
+    reads them from ``INTERLACE_ACP_<FIELD>``."""
 
     public_url: str | None = None  # base URL clients reach the gateway at; else from the request
     sync_timeout_s: float | None = None  # how long a sync run waits; default config.max_wait_timeout_s
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> ACPOptions:
+        return load_settings(cls, "INTERLACE_ACP_", overrides, env)
 
 
 class ACPError(Exception):
@@ -385,12 +391,13 @@ def build_routes(service: ACPService) -> list[BaseRoute]:
     return routes
 
 
-def acp_routes(**options: Any) -> list[BaseRoute]:
-    return build_routes(ACPService(ACPOptions(**options)))
+def routes(options: ACPOptions | None = None) -> list[BaseRoute]:
+    """The ACP routes with these options (default: ``ACPOptions.from_env()``)."""
+    return build_routes(ACPService(options or ACPOptions.from_env()))
 
 
-def mount_acp(app: Starlette, **options: Any) -> ACPService:
+def mount(app: Starlette, options: ACPOptions | None = None) -> ACPService:
     """Serve ACP on ``app`` with these options (replacing any ACP routes it has)."""
-    service = ACPService(ACPOptions(**options))
+    service = ACPService(options or ACPOptions.from_env())
     replace_routes(app, ROUTE_PREFIX, build_routes(service))
     return service

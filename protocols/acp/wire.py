@@ -17,7 +17,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from schemas import Artifact, DataPart, FilePart, Message, Task, TaskArtifactUpdate, TaskState, TaskStatusUpdate, TextPart
+from schemas import (
+    Artifact,
+    DataPart,
+    FilePart,
+    Message,
+    Task,
+    TaskArtifactUpdate,
+    TaskState,
+    TaskStatusUpdate,
+    TextPart,
+)
 from schemas.task import InvalidTransition, Part
 
 CONTENT_TYPE = "interlace.acp.content_type"  # text part metadata: its ACP content type, when not text/plain
@@ -105,7 +115,7 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class AcpPart(_Wire):
+class ACPPart(_Wire):
     name: str | None = None
     content_type: str | None = "text/plain"
     content: str | None = None
@@ -114,9 +124,9 @@ class AcpPart(_Wire):
     metadata: dict[str, Any] | None = None
 
 
-class AcpMessage(_Wire):
+class ACPMessage(_Wire):
     role: str = "user"
-    parts: list[AcpPart] = Field(min_length=1)
+    parts: list[ACPPart] = Field(min_length=1)
 
     @field_validator("role")
     @classmethod
@@ -126,7 +136,7 @@ class AcpMessage(_Wire):
         return value
 
 
-class AcpSession(_Wire):
+class ACPSession(_Wire):
     id: str
     history: list[str] = Field(default_factory=list, max_length=10_000)
     state: str | None = None
@@ -144,10 +154,10 @@ Mode = Literal["sync", "async", "stream"]
 
 class RunCreate(_Wire):
     agent_name: str = Field(min_length=1)
-    input: list[AcpMessage] = Field(min_length=1)
+    input: list[ACPMessage] = Field(min_length=1)
     mode: Mode = "sync"
     session_id: str | None = None
-    session: AcpSession | None = None
+    session: ACPSession | None = None
 
     @field_validator("session_id")
     @classmethod
@@ -159,7 +169,7 @@ class RunCreate(_Wire):
 
 class AwaitResume(_Wire):
     type: str = "message"
-    message: AcpMessage | None = None
+    message: ACPMessage | None = None
 
 
 class RunResume(_Wire):
@@ -196,7 +206,7 @@ def _standard_b64(content: str) -> str:
         raise WireError("content_encoding is base64 but the content is not base64") from None
 
 
-def part_in(p: AcpPart, *, keep_name: bool = True) -> Part:
+def part_in(p: ACPPart, *, keep_name: bool = True) -> Part:
     """One ACP MessagePart as a canonical part (the table's 'parts' rows)."""
     media = _media(p.content_type)
     meta: dict[str, Any] = {}
@@ -251,13 +261,13 @@ def part_out(part: Part, name: str | None = None) -> dict[str, Any]:
     return out
 
 
-def message_in(messages: list[AcpMessage]) -> Message:
+def message_in(messages: list[ACPMessage]) -> Message:
     """The ACP input messages as one canonical user message (their parts in order)."""
     parts = [part_in(p) for m in messages for p in m.parts]
     return Message(role="user", parts=parts)
 
 
-def resume_in(message: AcpMessage) -> Message:
+def resume_in(message: ACPMessage) -> Message:
     return Message(role="user", parts=[part_in(p) for p in message.parts])
 
 

@@ -2,16 +2,21 @@
 Agent Descriptions, JSON-RPC with DIDWba authentication) and the outbound connector that runs
 tasks on remote ANP agents.
 
+Surface (alike in every adapter): ``routes(options)``, ``mount(app, options)``, ``Connector``
+(``ANPConnector``, built by the gateway with ``Connector.from_record(record, runtime)``) and
+``ANPOptions``.
+
 Modules: ``didwba`` (did:wba identifiers, keys, proofs, the gateway's document), ``httpsig``
 (RFC 9421 signatures and the legacy DIDWba header), ``auth`` (request authentication, nonces,
 bearer tokens, DID resolution with a cache), ``wire`` (ad.json, OpenRPC, the canonical mapping),
-``server`` (routes, JSON-RPC methods), ``client`` and ``connector`` (outbound).
+``options`` (``ANPOptions``, the host outbound calls sign as), ``server`` (routes, JSON-RPC
+methods), ``client`` and ``connector`` (outbound).
 
-Use: ``create_app`` serves ANP with ``AnpOptions.from_env()``: ``INTERLACE_ANP_PUBLIC_HOST``
+Use: ``create_app`` serves ANP with ``ANPOptions.from_env()``: ``INTERLACE_ANP_PUBLIC_HOST``
 (``host[:port]`` of the gateway's ``did:wba``; default: the Host of each request, so set it in
 production: a DID derived from an IP address is not a valid did:wba), ``INTERLACE_ANP_PUBLIC_URL``
 (base URL written into ad.json and OpenRPC), ``INTERLACE_ANP_WINDOW_S``, ``..._SKEW_S``,
-``..._TOKEN_TTL_S``, ``..._DID_CACHE_TTL_S``, ``..._WAIT_S``. ``mount_anp(app, resolve=...)``
+``..._TOKEN_TTL_S``, ``..._DID_CACHE_TTL_S``, ``..._WAIT_S``. ``mount(app, ANPOptions(resolve=...))``
 replaces the routes with other options, e.g. a DID resolver for tests (``resolve`` is any
 ``async (did) -> document``; the default fetches ``https://<host>/.well-known/did.json`` or
 ``https://<host>/<path>/did.json``; either way results are cached).
@@ -45,7 +50,7 @@ tests/test_anp_connector.py):
 | ``get_task`` ``task_id`` [``wait_s``]                         | ``runtime.get`` [``runtime.wait``] (a failed task is a result, not an error) |
 | ``cancel_task`` ``task_id``                                   | ``runtime.cancel``; error -32002 when already final             |
 | error -32001 / -32003 / -32050                                | task not found (or another caller's) / ``UnknownAgent`` / backend unavailable |
-| outbound: JSON-RPC call, signed as the gateway's did:wba      | a task for an agent whose record has an ``anp`` endpoint (``AnpConnector``) |
+| outbound: JSON-RPC call, signed as the gateway's did:wba      | a task for an agent whose record has an ``anp`` endpoint (``ANPConnector``) |
 | outbound: method = metadata ``anp.method``, or a data part ``{method, params}``, or the remote's only method (``send_message`` on another gateway) | the task's last user message |
 | outbound: params = metadata ``anp.params``, else the object data part (under ``data`` if the method declares an object ``data``) plus the text as the first string param | the message's data and text parts (file parts fail the task) |
 | outbound: result (string)                                     | artifact ``TextPart``                                           |
@@ -53,12 +58,8 @@ tests/test_anp_connector.py):
 | outbound: JSON-RPC error / HTTP error / 401                    | task ``failed`` with the remote's message                       |
 """
 
-from protocols.anp.auth import AuthFailure, CachedResolver, DidResolutionError, DidWbaAuth, HttpsResolver
-from protocols.anp.client import AnpClient, AnpSigner
-from protocols.anp.connector import AnpConnector, connector_factory, connector_for, connectors_for
-from protocols.anp.server import AnpOptions, anp_routes, mount_anp
+from protocols.anp.connector import ANPConnector as Connector
+from protocols.anp.options import ANPOptions
+from protocols.anp.server import mount, routes
 
-__all__ = [
-    "AnpClient", "AnpConnector", "AnpOptions", "AnpSigner", "AuthFailure", "CachedResolver", "DidResolutionError",
-    "DidWbaAuth", "HttpsResolver", "anp_routes", "connector_factory", "connector_for", "connectors_for", "mount_anp",
-]
+__all__ = ["Connector", "ANPOptions", "mount", "routes"]

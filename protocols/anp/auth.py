@@ -37,7 +37,16 @@ from typing import Any, Mapping
 import httpx
 
 from protocols.anp import httpsig
-from protocols.anp.didwba import DidError, PublicKey, authorized, b64url_decode_lenient, check_document, document_url, find_method, key_of
+from protocols.anp.didwba import (
+    DidError,
+    PublicKey,
+    authorized,
+    b64url_decode_lenient,
+    check_document,
+    document_url,
+    find_method,
+    key_of,
+)
 from protocols.anp.httpsig import SignatureError
 
 log = logging.getLogger("interlace.anp.auth")

@@ -1,8 +1,8 @@
 """Outbound ANP: signed requests, bearer-token reuse, Agent Description and OpenRPC discovery.
 
-``AnpSigner`` signs requests with the gateway's did:wba (RFC 9421, Ed25519 ``#key-1``) and keeps
+``ANPSigner`` signs requests with the gateway's did:wba (RFC 9421, Ed25519 ``#key-1``) and keeps
 the bearer token a server returns (``Authentication-Info``, or ``Authorization: Bearer``) per
-origin until it expires. ``AnpClient.request`` sends the token when it has one and signs
+origin until it expires. ``ANPClient.request`` sends the token when it has one and signs
 otherwise; on a 401 it drops the token and signs once more (with the challenge's nonce, if the
 server sent one). ``describe(ad_url)`` reads an Agent Description and its OpenRPC interfaces
 (embedded ``content`` or fetched ``url``) into the remote's methods and JSON-RPC endpoints.
@@ -40,7 +40,7 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
-class AnpSigner:
+class ANPSigner:
     """Signs outbound requests as ``did`` with ``identity`` (the gateway's node key)."""
 
     def __init__(self, identity: Identity, did: str) -> None:
@@ -49,7 +49,7 @@ class AnpSigner:
         self._tokens: dict[str, tuple[str, float]] = {}
 
     @classmethod
-    def for_host(cls, identity: Identity, host: str) -> "AnpSigner":
+    def for_host(cls, identity: Identity, host: str) -> "ANPSigner":
         """The signer for the gateway reachable at ``host[:port]`` (its did:wba document must be
         served there, at /.well-known/did.json, with the same node key)."""
         return cls(identity, did_for_host(host))
@@ -116,10 +116,10 @@ def _challenge_nonce(headers: httpx.Headers) -> str | None:
     return m.group(1) if m else None
 
 
-class AnpClient:
+class ANPClient:
     """HTTP for one connector: a pooled httpx client and the signer."""
 
-    def __init__(self, signer: AnpSigner, http: httpx.AsyncClient, *, timeout_s: float = 300.0) -> None:
+    def __init__(self, signer: ANPSigner, http: httpx.AsyncClient, *, timeout_s: float = 300.0) -> None:
         self.signer, self.http, self.timeout_s = signer, http, timeout_s
 
     async def request(self, method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None) -> httpx.Response:

@@ -1,6 +1,6 @@
 """The outbound ANP connector: a Worker that runs its tasks as JSON-RPC calls on a remote ANP agent.
 
-``AnpConnector(agent_name, ad_url, signer=AnpSigner(...))`` consumes the bus stream of
+``ANPConnector(agent_name, ad_url, signer=ANPSigner(...))`` consumes the bus stream of
 ``agent_name``. It reads the remote's Agent Description (cached for ``ad_ttl_s``; read again
 after the remote was unreachable), picks the method and params for each task (rules in the
 package docstring), calls it with requests signed by the gateway's did:wba (a bearer token the
@@ -13,11 +13,12 @@ remote returned is reused until it expires), and turns the result into one artif
   Another Interlace gateway (``send_message``, ``get_task`` and ``cancel_task``) is driven as a
   task instead: sent without waiting, followed with ``get_task``, canceled with ``cancel_task``.
 
-``connector_for(record, signer)`` builds the connector for a registry record with an ``anp``
-endpoint (its ad.json URL). ``connector_factory(runtime, host)`` is that, signing as the gateway:
-``mount_anp`` adds it to the gateway's connector supervisor (``gateway/connectors.py``, shared by
-every protocol), which runs a connector for each live record with an ``anp`` endpoint and no
-``bus`` one, and stops it when the record goes.
+``ANPConnector.from_record(record, runtime)`` builds the connector for a registry record with an
+``anp`` endpoint (its ad.json URL), signing as the gateway's did:wba (the host from
+``ANPOptions.from_env()``, or from the options ``mount`` was given) with the node key; connectors
+that sign as one host share one signer, hence its bearer tokens. The gateway's connector supervisor
+(``gateway/connectors.py``, shared by every protocol) runs one for each live record with an ``anp``
+endpoint and no ``bus`` one, and stops it when the record goes.
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import httpx
 
 from agents.worker import TaskFailed, Worker
-from protocols.anp.client import AnpClient, AnpSigner, RemoteAgent, RemoteError, RemoteMethod
+from gateway.core.runtime import Runtime
+from protocols.anp.client import ANPClient, ANPSigner, RemoteAgent, RemoteError, RemoteMethod
+from protocols.anp.options import ANPOptions, outbound_host
 from protocols.anp.wire import result_artifact
 from schemas import DataPart, FilePart, Message, Task, TaskEvent, TextPart
 from schemas.agent_record import AgentRecord
@@ -41,8 +45,18 @@ PENDING = ("submitted", "working")
 METHOD_KEY = "anp.method"  # message (or task) metadata: the remote method to call
 PARAMS_KEY = "anp.params"  # ... and its params
 
+_signers: WeakKeyDictionary[Runtime, dict[str, ANPSigner]] = WeakKeyDictionary()
 
-class AnpConnector(Worker):
+
+def _signer(runtime: Runtime, host: str) -> ANPSigner:
+    """The one signer of ``runtime``'s node key as ``did:wba:<host>`` (its bearer tokens are shared)."""
+    by_host = _signers.setdefault(runtime, {})
+    if host not in by_host:
+        by_host[host] = ANPSigner.for_host(runtime.identity, host)
+    return by_host[host]
+
+
+class ANPConnector(Worker):
     concurrency = 64
 
     def __init__(
@@ -50,7 +64,7 @@ class AnpConnector(Worker):
         agent_name: str,
         ad_url: str,
         *,
-        signer: AnpSigner,
+        signer: ANPSigner,
         description: str = "",
         skills: list[dict] | None = None,
         timeout_s: float = 300.0,
@@ -67,16 +81,27 @@ class AnpConnector(Worker):
         self._remote_at = 0.0
         self._lock: asyncio.Lock | None = None
 
+    @classmethod
+    def from_record(cls, record: AgentRecord, runtime: Runtime, *, options: ANPOptions | None = None) -> ANPConnector:
+        """The connector for a registry record whose ``endpoints.anp`` is the agent's ad.json URL,
+        signing as ``did:wba:<outbound host>`` with the node key (``runtime.identity``, the key of
+        the document the gateway serves at that host)."""
+        if record.endpoints.anp is None:
+            raise ValueError(f"the record of {record.name!r} has no anp endpoint")
+        signer = _signer(runtime, outbound_host(options or ANPOptions.from_env(), runtime))
+        skills = [s.model_dump(mode="json") for s in record.skills] or None
+        return cls(record.name, record.endpoints.anp, signer=signer, description=record.description, skills=skills)
+
     def skills(self) -> list[dict]:
         return self._skills or super().skills()
 
-    def client(self) -> AnpClient:
+    def client(self) -> ANPClient:
         if self._http is None and self._own_http is None:
             self._own_http = httpx.AsyncClient(
                 timeout=httpx.Timeout(self.timeout_s, connect=5.0),
                 limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=16),
             )
-        return AnpClient(self.signer, self._http or self._own_http, timeout_s=self.timeout_s)  # type: ignore[arg-type]
+        return ANPClient(self.signer, self._http or self._own_http, timeout_s=self.timeout_s)  # type: ignore[arg-type]
 
     async def aclose(self) -> None:
         if self._own_http is not None:
@@ -112,7 +137,7 @@ class AnpConnector(Worker):
 
 
     @staticmethod
-    async def _remote_task(client: AnpClient, remote: RemoteAgent, params: dict[str, Any], rid: str) -> Any:
+    async def _remote_task(client: ANPClient, remote: RemoteAgent, params: dict[str, Any], rid: str) -> Any:
         """Another Interlace gateway: start the task without waiting, follow it with get_task, and
         cancel it there (cancel_task) when this task is canceled."""
         methods = remote.methods
@@ -176,23 +201,3 @@ def choose_call(task: Task, message: Message, remote: RemoteAgent) -> tuple[Remo
         if target is not None and target not in params:
             params[target] = text
     return method, params
-
-
-def connector_for(record: AgentRecord, signer: AnpSigner, **kw: Any) -> AnpConnector:
-    """The connector for a registry record whose ``endpoints.anp`` is the agent's ad.json URL."""
-    if record.endpoints.anp is None:
-        raise ValueError(f"the record of {record.name!r} has no anp endpoint")
-    skills = [s.model_dump(mode="json") for s in record.skills] or None
-    return AnpConnector(record.name, record.endpoints.anp, signer=signer, description=record.description, skills=skills, **kw)
-
-
-def connectors_for(records: Iterable[AgentRecord], signer: AnpSigner, **kw: Any) -> list[AnpConnector]:
-    """Connectors for the records that have an ``anp`` endpoint (e.g. ``runtime.registry.live()``)."""
-    return [connector_for(r, signer, **kw) for r in records if r.endpoints.anp is not None]
-
-
-def connector_factory(runtime: Any, host: str, **kw: Any) -> Callable[[AgentRecord], AnpConnector]:
-    """The supervisor's factory: connectors that sign as ``did:wba:<host>`` with the node key
-    (``runtime.identity``, the key of the document the gateway serves at that host)."""
-    signer = AnpSigner.for_host(runtime.identity, host)
-    return lambda record: connector_for(record, signer, **kw)

@@ -9,10 +9,11 @@
   POST /anp/agents/{name}/rpc            JSON-RPC for that agent only (DIDWba)
 
 JSON-RPC dispatch is jsonrpcserver with this adapter's own method table (``METHODS``) and the
-call (runtime, scope, authenticated caller) as its context. ``anp_routes(**options)`` returns
-the routes (the app's default list uses it, with ``AnpOptions.from_env()``); ``mount_anp(app,
-**options)`` replaces them on a built app, closes the DID resolver's client on shutdown, and adds
-the ``anp`` connector factory to the app's connector supervisor (``app.state.connectors``).
+call (``ANPCall``: runtime, scope, authenticated caller) as its context. ``routes(options)``
+returns the routes (the app's default list uses it); ``mount(app, options)`` replaces them on a
+built app, closes the DID resolver's client on shutdown, and has the app's connector supervisor
+(``app.state.connectors``) build ``anp`` connectors with the same options, so they sign as the
+did:wba this face serves. Without options, both use ``ANPOptions.from_env()``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import functools
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -35,13 +35,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.core.backends import BackendUnavailable, QueueFull, TaskNotFound
-from gateway.core.settings import load_settings
 from gateway.core.http import configured_base_url, error_response, public_base_url, replace_routes
 from gateway.core.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
 from protocols.anp import wire
-from protocols.anp.auth import AuthFailure, DidWbaAuth, HttpsResolver, Resolve, challenge_headers
-from protocols.anp.connector import connector_factory
+from protocols.anp.auth import AuthFailure, DidWbaAuth, HttpsResolver, challenge_headers
+from protocols.anp.connector import ANPConnector
 from protocols.anp.didwba import DidError, did_for_host, gateway_document
+from protocols.anp.options import ANPOptions
 from protocols.anp.wire import RpcError
 from schemas import InvalidTransition, Task
 
@@ -52,50 +52,17 @@ JSON_TYPES = ("application/json", "application/json-rpc", "application/jsonreque
 
 
 @dataclass
-class AnpOptions:
-    """Settings of the ANP face; each is a keyword of ``anp_routes``/``mount_anp`` and, for the
-    scalar ones, ``INTERLACE_ANP_<NAME>`` in the environment."""
-
-    public_host: str | None = None  # host[:port] in the gateway's did:wba; default: the request's Host
-    public_url: str | None = None  # base URL in ad.json/OpenRPC; default: config.public_url, else the request's
-    resolve: Resolve | None = None  # caller DID -> DID document; default: HTTPS (cached either way)
-    window_s: int = 300  # a signature's created/timestamp may be this old ...
-    skew_s: int = 60  # ... and this far in the future
-    token_ttl_s: int = 3600  # lifetime of the bearer token issued after a DIDWba success
-    did_cache_ttl_s: float = 300.0
-    wait_s: float | None = None  # send_message waits this long by default (config.wait_timeout_s)
-    max_batch: int = 32
-    name: str = "Interlace gateway"
-    description: str = "Agent interoperability gateway: routes ANP JSON-RPC calls to the agents it knows."
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> AnpOptions:
-        return load_settings(cls, "INTERLACE_ANP_", overrides, env)
-
-
-@dataclass
-class Call:
+class ANPCall:
     """One JSON-RPC request: the runtime, the agent scope (None = gateway) and the caller's DID."""
 
     rt: Runtime
     agent: str | None
     caller: str
-    service: "AnpService"
+    service: ANPService
 
 
-def outbound_host(options: AnpOptions, rt: Runtime) -> str:
-    """The host of the did:wba outbound calls are signed as: the public host, else the public
-    URL's, else ``localhost:<port>`` (remotes must be able to fetch its document there)."""
-    configured = options.public_url or getattr(rt.config, "public_url", None)
-    if options.public_host:
-        return options.public_host
-    if configured:
-        return urlsplit(configured).netloc
-    return f"localhost:{rt.config.port}"
-
-
-class AnpService:
-    def __init__(self, options: AnpOptions) -> None:
+class ANPService:
+    def __init__(self, options: ANPOptions) -> None:
         self.options = options
         self._https = HttpsResolver() if options.resolve is None else None
         self.auth = DidWbaAuth(
@@ -117,9 +84,6 @@ class AnpService:
 
     def host(self, request: Request) -> str:
         return self.options.public_host or request.headers.get("host") or request.url.netloc
-
-    def outbound_host(self, rt: Runtime) -> str:
-        return outbound_host(self.options, rt)
 
     def did(self, request: Request) -> str:
         return did_for_host(self.host(request))
@@ -212,7 +176,7 @@ def _method(fn):
     """Every failure becomes a JSON-RPC error (never a traceback, never jsonrpcserver's own)."""
 
     @functools.wraps(fn)  # jsonrpcserver checks the params against fn's signature (via __wrapped__)
-    async def wrapper(call: Call, *args: Any, **kwargs: Any):
+    async def wrapper(call: ANPCall, *args: Any, **kwargs: Any):
         try:
             return Success(await fn(call, *args, **kwargs))
         except RpcError as exc:
@@ -234,7 +198,7 @@ def _method(fn):
     return wrapper
 
 
-async def _own_task(call: Call, task_id: Any) -> Task:
+async def _own_task(call: ANPCall, task_id: Any) -> Task:
     """A task the caller created over ANP (in this scope); anyone else's is 'not found'."""
     task_id = wire._string(task_id, "task_id", required=True)
     task = await call.rt.get(task_id)  # type: ignore[arg-type]
@@ -250,15 +214,15 @@ async def _own_task(call: Call, task_id: Any) -> Task:
     return task
 
 
-def _wait(call: Call, wait_s: Any) -> float:
+def _wait(call: ANPCall, wait_s: Any) -> float:
     config = call.rt.config
     default = call.service.options.wait_s if call.service.options.wait_s is not None else config.wait_timeout_s
     return wire.wait_seconds(wait_s, default, config.max_wait_timeout_s)
 
 
 @_method
-async def send_message(call: Call, message: Any = None, data: Any = None, task_id: Any = None, context_id: Any = None,
-                       metadata: Any = None, wait_s: Any = None, agent: Any = None) -> dict:
+async def send_message(call: ANPCall, message: Any = None, data: Any = None, task_id: Any = None,
+                       context_id: Any = None, metadata: Any = None, wait_s: Any = None, agent: Any = None) -> dict:
     msg = wire.user_message(message, data)
     wait = _wait(call, wait_s)
     agent = wire._string(agent, "agent")
@@ -282,7 +246,7 @@ async def send_message(call: Call, message: Any = None, data: Any = None, task_i
 
 
 @_method
-async def get_task(call: Call, task_id: Any = None, wait_s: Any = None) -> dict:
+async def get_task(call: ANPCall, task_id: Any = None, wait_s: Any = None) -> dict:
     task = await _own_task(call, task_id)
     if wait_s is not None:
         task = await call.rt.wait(task.id, _wait(call, wait_s))
@@ -290,7 +254,7 @@ async def get_task(call: Call, task_id: Any = None, wait_s: Any = None) -> dict:
 
 
 @_method
-async def cancel_task(call: Call, task_id: Any = None) -> dict:
+async def cancel_task(call: ANPCall, task_id: Any = None) -> dict:
     task = await _own_task(call, task_id)
     return wire.task_result(await call.rt.cancel(task.id))
 
@@ -305,7 +269,7 @@ def _rpc_error(rid: Any, code: int, message: str, headers: dict[str, str]) -> JS
     return JSONResponse({"jsonrpc": "2.0", "id": rid, "error": {"code": code, "message": message}}, headers=headers)
 
 
-def build_routes(service: AnpService) -> list[BaseRoute]:
+def build_routes(service: ANPService) -> list[BaseRoute]:
     async def known(request: Request) -> str | None:
         agent = request.path_params.get("agent")
         if agent is not None and agent not in await request.app.state.runtime.known_agents():
@@ -362,7 +326,7 @@ def build_routes(service: AnpService) -> list[BaseRoute]:
             return _rpc_error(None, -32700, "Parse error: the body is not JSON", headers)
         if isinstance(parsed, list) and len(parsed) > service.options.max_batch:
             return _rpc_error(None, -32600, f"a batch holds at most {service.options.max_batch} requests", headers)
-        call = Call(rt, agent or None, caller.did, service)
+        call = ANPCall(rt, agent or None, caller.did, service)
         text = await async_dispatch("", methods=METHODS, context=call, deserializer=lambda _: parsed)
         if not text:  # only notifications
             return Response(status_code=204, headers=headers)
@@ -380,15 +344,16 @@ def build_routes(service: AnpService) -> list[BaseRoute]:
     ]
 
 
-def anp_routes(**options: Any) -> list[BaseRoute]:
-    return build_routes(AnpService(AnpOptions.from_env(**options)))
+def routes(options: ANPOptions | None = None) -> list[BaseRoute]:
+    """The ANP routes with these options (default: ``ANPOptions.from_env()``)."""
+    return build_routes(ANPService(options or ANPOptions.from_env()))
 
 
-def mount_anp(app: Starlette, **options: Any) -> AnpService:
+def mount(app: Starlette, options: ANPOptions | None = None) -> ANPService:
     """Serve ANP on ``app`` with these options (replacing any ANP routes it has)."""
-    service = AnpService(AnpOptions.from_env(**options))
+    service = ANPService(options or ANPOptions.from_env())
     replace_routes(app, ROUTE_PREFIX, build_routes(service), service.close)
     supervisor = getattr(app.state, "connectors", None)
     if supervisor is not None:  # records with an anp endpoint get a connector signing as this gateway
-        supervisor.factories["anp"] = connector_factory(app.state.runtime, service.outbound_host(app.state.runtime))
+        supervisor.factories["anp"] = functools.partial(ANPConnector.from_record, options=service.options)
     return service
