@@ -26,7 +26,7 @@ from protocols.a2a import a2a_routes
 from protocols.acp import acp_routes
 from protocols.anp import anp_routes
 from protocols.mcp import routes as mcp_routes
-from protocols.mcp.server import server_for as mcp_server_for, tool_drift as mcp_tool_drift
+from protocols.mcp.server import service_for as mcp_service_for, tool_drift as mcp_tool_drift
 from registry.service import stream_of
 from schemas import InvalidTransition
 
@@ -104,7 +104,7 @@ def create_app(config: Config | None = None, *, backend: Backend | None = None, 
         await runtime.start()
         await supervisor.start_agents(workers)
         connectors.start()
-        mcp = mcp_server_for(app)  # the one protocols.mcp.mount configured, or one from the environment
+        mcp = mcp_service_for(app)  # the one protocols.mcp.mount configured, or one from the environment
         await mcp.start()
         if cluster is not None:
             await cluster.start()
@@ -123,7 +123,7 @@ def create_app(config: Config | None = None, *, backend: Backend | None = None, 
             log.info("gateway stopped", extra={"node": runtime.node_id})
 
     routes = [
-        *mcp_routes,  # /mcp (protocols.mcp.mount adds upstreams)
+        *mcp_routes(),  # /mcp (protocols.mcp.mount sets options)
         *a2a_routes(),  # /a2a, agent cards (protocols.a2a.mount_a2a sets options)
         *anp_routes(),  # /.well-known/did.json, /anp (protocols.anp.mount_anp sets options)
         *acp_routes(),  # /acp (protocols.acp.mount_acp sets options)

@@ -20,7 +20,7 @@ from protocols.a2a.connector import A2AConnector
 from protocols.acp.connector import ACPConnector
 from protocols.anp.connector import connector_factory as anp_connector_factory
 from protocols.anp.server import AnpOptions, outbound_host
-from protocols.mcp.connector import McpConnector
+from protocols.mcp.connector import MCPConnector
 from schemas.agent_record import AgentRecord
 
 log = logging.getLogger("interlace.connectors")
@@ -90,5 +90,5 @@ def default_factories(runtime: Runtime) -> dict[str, ConnectorFactory]:
         "a2a": lambda record: A2AConnector(record.name, record.endpoints.a2a),
         "acp": ACPConnector.from_record,
         "anp": anp_connector_factory(runtime, outbound_host(AnpOptions.from_env(), runtime)),
-        "mcp": McpConnector.from_record,
+        "mcp": lambda record: MCPConnector.from_record(record, runtime),
     }

@@ -24,7 +24,7 @@ from tests.fixtures.acp_support import sse_events
 from gateway.app import create_app
 from protocols.a2a import A2AConnector, mount_a2a
 from protocols.acp import mount_acp
-from protocols.mcp import McpSettings, mount
+from protocols.mcp import MCPOptions, mount
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
@@ -36,7 +36,7 @@ pytestmark = [
 async def url():
     async with remote_agent(binding="JSONRPC", version="1.0", streaming=True) as remote:
         app = create_app(test_config(echo=False), workers=[EchoWorker(), A2AConnector("remote", remote)])
-        mount(app, upstreams=[], settings=McpSettings(call_timeout_s=10))
+        mount(app, MCPOptions(call_timeout_s=10))
         mount_a2a(app)
         mount_acp(app)
         async with serve_app(app) as base:

@@ -17,9 +17,8 @@ from typing import Any
 
 from gateway.core.backends import TaskNotFound
 from gateway.core.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
+from protocols.mcp.federation import sanitize
 from schemas import STREAM_HINT, DataPart, FilePart, Message, Task, TaskState, TextPart
-
-from .upstream import sanitize
 
 MESSAGE_SCHEMA = {
     "type": "object",
