@@ -28,6 +28,9 @@ its public names, e.g. ``INTERLACE_MCP_ALLOWED_HOSTS=gw1:*,gw.example.com:*``),
 ``GET /registry/agents/{did}`` shows ``mcp_tool_drift``; a re-registration (higher seq) re-pins,
 as does ``app.state.mcp.upstreams.repin(agent, tool)``.
 
+``find_agents`` and ``send_task`` by query match agents to text with the registry's capability
+index (the one capability routing uses).
+
 Mapping between MCP and the canonical model (each row is tested in tests/test_mcp_agents.py):
 
 | MCP                                                     | canonical                                                 |
