@@ -247,7 +247,7 @@ async def test_one_session_across_two_gateways_sharing_redis(redis_server):
                         if "notifications/progress" in line:
                             break
                 resumed = await http.get(url_b, headers={**raw.headers(Accept="text/event-stream"), "Last-Event-ID": last})
-                messages = sse_messages(resumed.text)
+                messages = await sse_messages(resumed.content)
                 assert messages[-1]["id"] == 3 and "result" in messages[-1]
                 assert (await http.delete(url_b, headers=raw.headers())).status_code == 200
                 gone = await raw.post({"jsonrpc": "2.0", "id": 9, "method": "ping"})
