@@ -125,7 +125,8 @@ class MCPCall:
             raise
         if isinstance(reply.get("error"), dict):
             err = reply["error"]
-            raise MCPError(err.get("code", wire.INTERNAL_ERROR), str(err.get("message", "client error")), err.get("data"))
+            code, message = err.get("code", wire.INTERNAL_ERROR), str(err.get("message", "client error"))
+            raise MCPError(code, message, err.get("data"))
         res = reply.get("result")
         return res if isinstance(res, dict) else {}
 
@@ -205,7 +206,8 @@ class MCPService:
         while True:
             try:
                 static = {u.name for u in self.static_upstreams}
-                wanted = [*self.static_upstreams, *(u for u in registry_upstreams(self.runtime) if u.name not in static)]
+                registered = [u for u in registry_upstreams(self.runtime) if u.name not in static]
+                wanted = [*self.static_upstreams, *registered]
                 if wanted != current:
                     await self.upstreams.set_upstreams(wanted, wait_s=0)
                     current = wanted
@@ -271,8 +273,9 @@ class MCPService:
     async def initialize(self, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """A new session for ``initialize``: (its id, the result)."""
         version, caps, info = params.get("protocolVersion"), params.get("capabilities", {}), params.get("clientInfo")
-        if not isinstance(version, str) or not isinstance(caps, dict) or (info is not None and not isinstance(info, dict)):
-            raise MCPError(INVALID_PARAMS, "initialize needs protocolVersion (string), capabilities (object), clientInfo (object)")
+        if not isinstance(version, str) or not isinstance(caps, dict) or not isinstance(info, (dict, type(None))):
+            raise MCPError(INVALID_PARAMS, "initialize needs protocolVersion (string), capabilities (object), "
+                                           "clientInfo (object)")
         negotiated = version if version in wire.SUPPORTED_VERSIONS else wire.LATEST_VERSION
         sid = await self.sessions.create({"v": negotiated, "caps": caps, "info": info or {}, "level": None})
         result = {
@@ -282,7 +285,8 @@ class MCPService:
             "instructions": "Tools are the gateway's routable agents (send them a message), the meta tools "
                             "find_agents and send_task, and the tools of federated MCP servers.",
         }
-        log.info("mcp session started", extra={"session": sid[:8], "client": (info or {}).get("name"), "version": negotiated})
+        client = (info or {}).get("name")
+        log.info("mcp session started", extra={"session": sid[:8], "client": client, "version": negotiated})
         return sid, result
 
     async def notification(self, sid: str, msg: dict[str, Any]) -> None:

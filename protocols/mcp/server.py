@@ -53,8 +53,8 @@ def mount(app: Any, options: MCPOptions | None = None) -> MCPService:
     ``options.upstreams`` are the fixed upstream MCP servers to federate."""
     service = MCPService(app.state.runtime, options or MCPOptions.from_env())
     app.state.mcp = service
-    binding = StreamableHTTP(service)
-    replace_routes(app, ROUTE_PREFIX, [Route("/mcp", binding.endpoint, methods=METHODS, name=f"{ROUTE_PREFIX}:endpoint")])
+    route = Route("/mcp", StreamableHTTP(service).endpoint, methods=METHODS, name=f"{ROUTE_PREFIX}:endpoint")
+    replace_routes(app, ROUTE_PREFIX, [route])
     return service
 
 
