@@ -29,11 +29,11 @@ def serve_gateway(port: int, upstream: str) -> None:
     from gateway.app import create_app
     from gateway.cli import serve_app
     from gateway.core.config import Config
-    from protocols.mcp import McpSettings, mount
+    from protocols.mcp import MCPOptions, mount
 
     config = Config(port=port, log_level="warning")
     app = create_app(config)
-    mount(app, upstreams=[("up", upstream)], settings=McpSettings(naming="pass-through"))
+    mount(app, MCPOptions(upstreams=(("up", upstream),), naming="pass-through"))
     serve_app(app, config)
 
 

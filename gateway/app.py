@@ -25,7 +25,7 @@ from gateway.core.runtime import NoMatch, NotCancelable, NotContinuable, Runtime
 from gateway.supervisor import Supervisor
 from protocols import a2a, acp, anp
 from protocols.mcp import routes as mcp_routes
-from protocols.mcp.server import server_for as mcp_server_for
+from protocols.mcp.server import service_for as mcp_service_for
 from protocols.mcp.server import tool_drift as mcp_tool_drift
 from registry.service import stream_of
 from schemas import InvalidTransition
@@ -104,7 +104,7 @@ def create_app(config: Config | None = None, *, backend: Backend | None = None, 
         await runtime.start()
         await supervisor.start_agents(workers)
         connectors.start()
-        mcp = mcp_server_for(app)  # the one protocols.mcp.mount configured, or one from the environment
+        mcp = mcp_service_for(app)  # the one protocols.mcp.mount configured, or one from the environment
         await mcp.start()
         if cluster is not None:
             await cluster.start()
@@ -123,7 +123,7 @@ def create_app(config: Config | None = None, *, backend: Backend | None = None, 
             log.info("gateway stopped", extra={"node": runtime.node_id})
 
     routes = [
-        *mcp_routes,  # /mcp (protocols.mcp.mount adds upstreams)
+        *mcp_routes(),  # /mcp (protocols.mcp.mount sets options)
         *a2a.routes(),  # /a2a, agent cards (protocols.a2a.mount sets options)
         *anp.routes(),  # /.well-known/did.json, /anp (protocols.anp.mount sets options)
         *acp.routes(),  # /acp (protocols.acp.mount sets options)

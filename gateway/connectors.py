@@ -18,8 +18,7 @@ from collections.abc import Callable
 from agents.worker import Worker, WorkerRunner
 from gateway.core.runtime import Runtime
 from gateway.supervisor import Supervisor
-from protocols import a2a, acp, anp
-from protocols.mcp.connector import McpConnector
+from protocols import a2a, acp, anp, mcp
 from schemas.agent_record import AgentRecord
 
 log = logging.getLogger("interlace.connectors")
@@ -31,7 +30,7 @@ FACTORIES: dict[str, ConnectorFactory] = {
     "a2a": a2a.Connector.from_record,
     "acp": acp.Connector.from_record,
     "anp": anp.Connector.from_record,
-    "mcp": lambda record, runtime: McpConnector.from_record(record),  # until MCP's from_record takes the runtime
+    "mcp": mcp.Connector.from_record,
 }
 
 

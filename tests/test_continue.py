@@ -17,9 +17,8 @@ from mcp import Client
 
 from agents.echo import EchoWorker
 from gateway.app import create_app
-from protocols import a2a, acp
+from protocols import a2a, acp, mcp
 from protocols.a2a.connector import A2AConnector
-from protocols.mcp import McpSettings, mount
 from tests.conftest import serve_app, test_config
 from tests.fixtures.a2a_remote import remote_agent
 from tests.fixtures.a2a_support import V10, sse_data
@@ -35,7 +34,7 @@ pytestmark = [
 async def url():
     async with remote_agent(binding="JSONRPC", version="1.0", streaming=True) as remote:
         app = create_app(test_config(echo=False), workers=[EchoWorker(), A2AConnector("remote", remote)])
-        mount(app, upstreams=[], settings=McpSettings(call_timeout_s=10))
+        mcp.mount(app, mcp.MCPOptions(call_timeout_s=10))
         a2a.mount(app)
         acp.mount(app)
         async with serve_app(app) as base:

@@ -18,7 +18,7 @@ Each of the 25 cells is checked four ways:
 The tests after the cells check each row of the MCP connector's mapping table.
 
 How a cell travels: client face -> canonical task -> the target's bus stream -> the bus worker, or
-the connector for the target's protocol (A2AConnector, ACPConnector, ANPConnector, McpConnector)
+the connector for the target's protocol (A2AConnector, ACPConnector, ANPConnector, MCPConnector)
 -> the remote agent. One exception: MCP client x MCP target is MCP federation (a default gateway
 offers a registered MCP server's own tools, ``m-mcp__echo``, and relays the call; no task).
 
@@ -53,7 +53,7 @@ import pytest
 import pytest_asyncio
 
 from agents.worker import TaskFailed
-from protocols.mcp.connector import McpConnector, choose_call, error_text, progress_event, result_parts
+from protocols.mcp.connector import MCPConnector, choose_call, error_text, progress_event, result_parts
 from registry.index import CapabilityQuery
 from schemas import DataPart, FilePart, Message, Route, Task, TaskState, TextPart
 from tests.conftest import free_port, running_gateway, test_config, wait_until
@@ -181,7 +181,7 @@ async def test_errors(env, client, target):
         assert "-32010" in out.error  # JSON-RPC error: the task ended (failed)
 
 
-# ---- McpConnector: each row of its mapping table (protocols/mcp/connector.py) ------------------------
+# ---- MCPConnector: each row of its mapping table (protocols/mcp/connector.py) ------------------------
 # Against the official SDK server of the MCP tests (tests/fixtures/mcp_upstream.py), run by a
 # connector that is a worker of the gateway; the cells above cover it registered from a record.
 
@@ -195,9 +195,9 @@ async def everything():
     skills = [{"id": "test_simple_text", "name": "Simple text", "description": "answers a fixed text"},
               {"id": "test_echo", "name": "Echo", "description": "echoes"}]
     with UpstreamProcess("everything") as upstream:
-        connector = McpConnector("everything", upstream.url, skills=skills)
-        dead = McpConnector("nowhere", f"http://127.0.0.1:{free_port()}/mcp")
-        hasty = McpConnector("hasty", upstream.url, timeout_s=0.5)
+        connector = MCPConnector("everything", upstream.url, skills=skills)
+        dead = MCPConnector("nowhere", f"http://127.0.0.1:{free_port()}/mcp")
+        hasty = MCPConnector("hasty", upstream.url, timeout_s=0.5)
         async with running_gateway(test_config(echo=False), workers=[connector, dead, hasty]) as (_, app):
             yield app.state.runtime, connector
 

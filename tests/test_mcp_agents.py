@@ -14,11 +14,11 @@ from pydantic import TypeAdapter
 
 from agents.echo import EchoWorker
 from agents.worker import TaskFailed, Worker
+from gateway.app import create_app
+from protocols.mcp import MCPOptions, mount
+from schemas import Artifact, DataPart, Message, Part, TaskState, TextPart
 from tests.conftest import serve_app, test_config, wait_until
 from tests.fixtures.mcp_support import GetStream, RawSession
-from gateway.app import create_app
-from protocols.mcp import McpSettings, mount
-from schemas import Artifact, DataPart, Message, Part, TaskState, TextPart
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::mcp.shared.exceptions.MCPDeprecationWarning")
 PART = TypeAdapter(Part)
@@ -56,7 +56,7 @@ async def env():
     """A gateway running the echo agent and the parts agent; yields (raw session, worker, server)."""
     worker = PartsWorker()
     app = create_app(test_config(), workers=[EchoWorker(), worker])
-    server = mount(app, upstreams=[], settings=McpSettings(call_timeout_s=5))
+    server = mount(app, MCPOptions(call_timeout_s=5))
     async with serve_app(app) as base, httpx.AsyncClient(timeout=15) as http:
         raw = RawSession(http, base + "/mcp")
         await raw.initialize()
@@ -206,7 +206,7 @@ async def test_find_agents_and_send_task_by_query(env):
 
 async def test_new_agent_announces_tools_list_changed():
     app = create_app(test_config(), workers=[EchoWorker()])
-    mount(app, upstreams=[], settings=McpSettings(agents_poll_s=0.05))
+    mount(app, MCPOptions(agents_poll_s=0.05))
     async with serve_app(app) as base, httpx.AsyncClient(timeout=15) as http:
         raw = RawSession(http, base + "/mcp")
         await raw.initialize()
@@ -230,7 +230,7 @@ async def test_agent_whose_home_is_down_leaves_every_list_at_the_runtimes_signal
     tools/list, find_agents, the A2A card and ACP /agents; the change is announced with
     tools/list_changed at the runtime's signal (the poll is an hour), and undone the same way."""
     app = create_app(test_config(), workers=[EchoWorker(), PartsWorker()])
-    mount(app, upstreams=[], settings=McpSettings(agents_poll_s=3600))
+    mount(app, MCPOptions(agents_poll_s=3600))
     async with serve_app(app) as base, httpx.AsyncClient(timeout=15) as http:
         raw = RawSession(http, base + "/mcp")
         await raw.initialize()

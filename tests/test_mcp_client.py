@@ -209,7 +209,7 @@ async def test_sse_stream_resumes_with_last_event_id(gw):
         assert first_id and first_id.endswith("-1")
         resp = await http.get(url, headers={**raw.headers(Accept="text/event-stream"), "Last-Event-ID": first_id})
         assert resp.status_code == 200
-        ids, messages = sse_ids(resp.text), sse_messages(resp.text)
+        ids, messages = await sse_ids(resp.content), await sse_messages(resp.content)
         assert first_id not in ids and len(set(ids)) == len(ids)
         assert [m["params"]["progress"] for m in messages if m.get("method") == "notifications/progress"] == [50, 100]
         assert messages[-1]["id"] == 7 and not messages[-1]["result"].get("isError")

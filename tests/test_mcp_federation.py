@@ -13,10 +13,11 @@ import pytest
 from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+from gateway.core.backends import EmbeddedBackend
+from protocols.mcp.client import Upstream, UpstreamClient
+from protocols.mcp.federation import UpstreamSet, tool_hash
 from tests.conftest import test_config, wait_until
 from tests.fixtures.mcp_support import GetStream, RawSession, UpstreamProcess, mcp_gateway, sse_messages
-from gateway.core.backends import EmbeddedBackend
-from protocols.mcp.upstream import UpstreamClient, UpstreamSet, tool_hash
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::mcp.shared.exceptions.MCPDeprecationWarning")
 
@@ -54,8 +55,6 @@ async def test_pass_through_prefixes_only_collisions(upstreams):
 
 
 def _client(name: str, tools: list[str]) -> UpstreamClient:
-    from protocols.mcp.upstream import Upstream
-
     c = UpstreamClient(Upstream(name, f"http://{name}.invalid/mcp"), http=None, on_notification=None)
     c.catalog["tools"] = [{"name": t, "inputSchema": {"type": "object"}} for t in tools]
     return c
@@ -248,7 +247,7 @@ async def test_one_session_across_two_gateways_sharing_redis(redis_server):
                         if "notifications/progress" in line:
                             break
                 resumed = await http.get(url_b, headers={**raw.headers(Accept="text/event-stream"), "Last-Event-ID": last})
-                messages = sse_messages(resumed.text)
+                messages = await sse_messages(resumed.content)
                 assert messages[-1]["id"] == 3 and "result" in messages[-1]
                 assert (await http.delete(url_b, headers=raw.headers())).status_code == 200
                 gone = await raw.post({"jsonrpc": "2.0", "id": 9, "method": "ping"})

@@ -1,27 +1,35 @@
-"""MCP adapter: the gateway's ``/mcp`` endpoint (Streamable HTTP, 2025-11-25 handshake era) and
-federation of upstream MCP servers.
+"""MCP adapter: the gateway's ``/mcp`` endpoint (Streamable HTTP, 2025-11-25 handshake era),
+federation of upstream MCP servers, and the outbound connector.
 
-Layout: ``wire`` (JSON-RPC framing, SSE), ``sessions`` (session state, resumable event log and
-cross-node mailboxes in the shared key/value store), ``server`` (transport, dispatch, ``mount``),
-``upstream`` (pooled upstream sessions, aggregation, naming policy, rug-pull pins), ``agents``
-(routable agents as tools and the canonical mapping), ``connector`` (an MCP server as the target
-of a task from any other protocol: one tool call; its mapping table is in that module).
+Layout: ``wire`` (JSON-RPC framing, versions, error codes), ``sessions`` (session state, resumable
+event log and cross-node mailboxes in the shared key/value store), ``streamable_http`` (the
+binding: POST/GET/DELETE, Host/Origin and session headers, SSE streams and resumption),
+``methods`` (``MCPService``: initialize, notifications, tools, resources, prompts, completion,
+logging; ``MCPOptions``), ``server`` (``routes``, ``mount``, the app's service), ``agents``
+(routable agents as tools, the meta tools and the canonical mapping), ``client`` (the MCP client:
+one pooled session with a remote MCP server), ``federation`` (the upstream set, aggregation,
+naming policy, rug-pull pins), ``connector`` (``MCPConnector``: an MCP server as the target of a
+task from any other protocol: one tool call; its mapping table is in that module).
 
 Use: ``create_app`` serves ``/mcp`` (started and stopped with the app) with the gateway's agents
 as tools, and federates every live registry record with an ``endpoints.mcp`` URL (it leaves with
 its record; ``follow_registry=False`` / ``INTERLACE_MCP_FOLLOW_REGISTRY=0`` turns that off). To
-federate fixed upstream MCP servers too, call ``mount(app, upstreams=[("weather",
-"http://host/mcp"), ...], settings=McpSettings(naming="pass-through"))`` before the app starts
-(or set ``INTERLACE_MCP_UPSTREAMS``); ``app.state.mcp.upstreams.set_upstreams([...])`` swaps the
-set at run time.
+federate fixed upstream MCP servers too, call ``mount(app, MCPOptions(upstreams=[("weather",
+"http://host/mcp"), ...], naming="pass-through"))`` before the app starts (or set
+``INTERLACE_MCP_UPSTREAMS="weather=http://host/mcp,..."``; ``MCPOptions.from_env(**overrides)``
+reads the environment for what is not given, ``MCPOptions(...)`` does not);
+``app.state.mcp.upstreams.set_upstreams([...])`` swaps the set at run time.
 
-Settings (``McpSettings``, each also ``INTERLACE_MCP_<NAME>``): ``naming`` (prefix | pass-through),
-``allowed_hosts`` / ``allowed_origins`` (DNS-rebinding defence: a foreign Host gets 421, a foreign
-Origin 403; default loopback hosts only, so a gateway bound to 0.0.0.0 must list its public
-names, e.g. ``INTERLACE_MCP_ALLOWED_HOSTS=gw1:*,gw.example.com:*``), ``call_timeout_s``,
-``session_ttl_s``, ``event_ttl_s``, ``page_size``. Rug-pull state: ``GET /registry/agents/{did}``
-shows ``mcp_tool_drift``; a re-registration (higher seq) re-pins, as does
-``app.state.mcp.upstreams.repin(agent, tool)``.
+Options (``MCPOptions``, each also ``INTERLACE_MCP_<NAME>``): ``upstreams``, ``naming`` (prefix |
+pass-through), ``allowed_hosts`` / ``allowed_origins`` (DNS-rebinding defence: a foreign Host gets
+421, a foreign Origin 403; default loopback hosts only, so a gateway bound to 0.0.0.0 must list
+its public names, e.g. ``INTERLACE_MCP_ALLOWED_HOSTS=gw1:*,gw.example.com:*``),
+``call_timeout_s``, ``session_ttl_s``, ``event_ttl_s``, ``page_size``. Rug-pull state:
+``GET /registry/agents/{did}`` shows ``mcp_tool_drift``; a re-registration (higher seq) re-pins,
+as does ``app.state.mcp.upstreams.repin(agent, tool)``.
+
+``find_agents`` and ``send_task`` by query match agents to text with the registry's capability
+index (the one capability routing uses).
 
 Mapping between MCP and the canonical model (each row is tested in tests/test_mcp_agents.py):
 
@@ -47,7 +55,8 @@ content passes through unchanged, and progress, logging, cancellation, sampling 
 are relayed in both directions.
 """
 
-from .server import McpServer, McpSettings, mount, routes, server_for, upstreams_from_env
-from .upstream import Upstream, UpstreamSet
+from protocols.mcp.connector import MCPConnector as Connector
+from protocols.mcp.methods import MCPOptions
+from protocols.mcp.server import mount, routes
 
-__all__ = ["McpServer", "McpSettings", "Upstream", "UpstreamSet", "mount", "routes", "server_for", "upstreams_from_env"]
+__all__ = ["Connector", "MCPOptions", "mount", "routes"]

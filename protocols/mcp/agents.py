@@ -3,7 +3,9 @@
 Every agent the runtime can route to (``runtime.known_agents()``, minus the MCP upstreams, which
 expose their own tools) is a tool named after the agent, taking ``{message: string, data?:
 object}``. Two meta tools: ``find_agents(query)`` and ``send_task(agent_or_query, message, data?,
-task_id?)``. The mapping table is in the package docstring (protocols/mcp/__init__.py).
+task_id?)``; both match agents to text with the registry's capability index (``runtime.capabilities``,
+the index capability routing uses). The mapping table is in the package docstring
+(protocols/mcp/__init__.py).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from typing import Any
 
 from gateway.core.backends import TaskNotFound
 from gateway.core.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
+from protocols.mcp.federation import sanitize
+from registry.index import CapabilityQuery
 from schemas import STREAM_HINT, DataPart, FilePart, Message, Task, TaskState, TextPart
-
-from .upstream import sanitize
 
 MESSAGE_SCHEMA = {
     "type": "object",
@@ -34,8 +36,8 @@ META_TOOLS = [
     {
         "name": "find_agents",
         "title": "Find agents",
-        "description": "List the agents this gateway can route to whose name matches the query "
-                       "(an empty query lists them all).",
+        "description": "List the agents this gateway can route to that match the query (by name, description "
+                       "and skills; an empty query lists them all).",
         "inputSchema": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]},
         "annotations": {"readOnlyHint": True, "openWorldHint": False},
     },
@@ -149,17 +151,6 @@ def task_result(task: Task) -> dict[str, Any]:
     return out
 
 
-def score(query: str, name: str, about: str = "") -> float:
-    """Lexical match of a query against an agent's name (strong) and description (weak); 0 = none."""
-    q = [w for w in re.split(r"[^a-z0-9]+", query.lower()) if w]
-    if not q:
-        return 1.0
-    n = name.lower()
-    words = set(re.split(r"[^a-z0-9]+", n))
-    described = set(re.split(r"[^a-z0-9]+", about.lower()))
-    return sum(2.0 if w in words else 1.0 if w in n else 0.5 if w in described else 0.0 for w in q) / len(q)
-
-
 class AgentTools:
     """The runtime's agents as tools (everything goes through ``Runtime``)."""
 
@@ -185,17 +176,32 @@ class AgentTools:
             out.setdefault(record.name, f"{record.description}" + (f" Skills: {skills}." if skills else ""))
         return out
 
+    def matches(self, query: str) -> dict[str, float]:
+        """agent name -> score of every live agent the registry's capability index matches to
+        ``query`` (all of them for a query without words); an agent's best record counts."""
+        limit = max(len(self.runtime.registry.live()), 1)
+        result = self.runtime.capabilities.route(CapabilityQuery(text=query.strip()[:2048] or None), limit=limit)
+        out: dict[str, float] = {}
+        for candidate in result.candidates:
+            out[candidate.agent] = max(candidate.score, out.get(candidate.agent, candidate.score))
+        return out
+
     async def find_agents(self, query: str, exclude: set[str], upstreams: list[str]) -> dict[str, Any]:
+        """The routable agents (tools) and upstream MCP servers that match ``query``, best first.
+        An upstream with no registry record (configured, not registered) is not in the index: it
+        is listed when the query has no words or one of them is the upstream's name."""
         found = []
-        about = self.about()
+        matched = self.matches(query)
         for tool, agent in (await self.agents(exclude)).items():
-            s = score(query, agent, about.get(agent, ""))
-            if s > 0:
-                found.append({"name": agent, "tool": tool, "protocol": "task", "score": round(s, 3)})
+            if agent in matched:
+                found.append({"name": agent, "tool": tool, "protocol": "task", "score": round(matched[agent], 3)})
+        words = set(re.findall(r"[a-z0-9_.-]+", query.lower()))
+        registered = {r.name for r in self.runtime.registry.live()}
         for agent in upstreams:
-            s = score(query, agent, about.get(agent, ""))
-            if s > 0:
-                found.append({"name": agent, "protocol": "mcp", "score": round(s, 3)})
+            if agent in matched:
+                found.append({"name": agent, "protocol": "mcp", "score": round(matched[agent], 3)})
+            elif agent not in registered and (not words or agent.lower() in words):
+                found.append({"name": agent, "protocol": "mcp", "score": 1.0})
         found.sort(key=lambda a: (-a["score"], a["name"]))
         lines = [f"{a['name']} ({a['protocol']})" for a in found] or ["no agent matches"]
         return {"content": [{"type": "text", "text": "\n".join(lines)}], "structuredContent": {"agents": found}}
@@ -219,9 +225,9 @@ class AgentTools:
         agents = await self.agents(exclude)
         agent = target if target in agents.values() else None
         if agent is None:
-            about = self.about()
-            ranked = sorted(((score(target, a, about.get(a, "")), a) for a in agents.values()), key=lambda x: (-x[0], x[1]))
-            if not ranked or ranked[0][0] <= 0:
+            matched = self.matches(target)
+            ranked = sorted((-matched[a], a) for a in agents.values() if a in matched)
+            if not ranked:
                 return tool_error(f"no agent matches {target!r}")
             agent = ranked[0][1]
         return await self.call(agent, {"message": args["message"], "data": args.get("data")}, notify, progress_token)

@@ -1,13 +1,15 @@
 """The outbound MCP connector: a Worker that runs its tasks as tool calls on a remote MCP server.
 
-``McpConnector(agent_name, url)`` consumes the bus stream of ``agent_name`` and, for each task,
+``MCPConnector(agent_name, url)`` consumes the bus stream of ``agent_name`` and, for each task,
 calls one tool of the MCP server at ``url`` (Streamable HTTP). It keeps ONE pooled upstream
-session per server (``upstream.UpstreamClient``, the federation's client: handshake, session
-re-creation when the server forgets it, SSE resumption), and the server's tool list, read on
-first use and again after ``notifications/tools/list_changed`` or a new session.
+session per server (``protocols.mcp.client.UpstreamClient``, the federation's client too:
+handshake, session re-creation when the server forgets it, SSE resumption), and the server's
+tool list, read on first use and again after ``notifications/tools/list_changed`` or a new
+session.
 
 The gateway's connector supervisor (``gateway/connectors.py``) runs one per live registry record
-that has an ``mcp`` endpoint and no ``bus`` one (``McpConnector.from_record``).
+that has an ``mcp`` endpoint and no ``bus`` one (``MCPConnector.from_record``, exported by the
+package as ``Connector``).
 
 Mapping between the canonical task and the tool call (each row is tested in tests/test_matrix.py):
 
@@ -51,12 +53,12 @@ from typing import Any
 import httpx
 
 from agents.worker import TaskFailed, Worker
+from gateway.core.runtime import Runtime
+from protocols.mcp import wire
+from protocols.mcp.client import Upstream, UpstreamClient, UpstreamTimeout, UpstreamUnavailable
+from protocols.mcp.wire import MCPError
 from schemas import Artifact, DataPart, FilePart, Message, Part, Task, TaskEvent, TaskState, TextPart
 from schemas.agent_record import AgentRecord
-
-from . import wire
-from .upstream import Upstream, UpstreamClient, UpstreamTimeout, UpstreamUnavailable
-from .wire import McpError
 
 log = logging.getLogger("interlace.mcp.connector")
 
@@ -64,7 +66,7 @@ TOOL_KEYS = ("tool", "mcp.tool")  # message (or task) metadata naming the tool t
 URI_KEY = "mcp.uri"  # part metadata: the URI of an embedded resource
 
 
-class McpConnector(Worker):
+class MCPConnector(Worker):
     concurrency = 64
 
     def __init__(
@@ -91,11 +93,13 @@ class McpConnector(Worker):
         self._lock: asyncio.Lock | None = None
 
     @classmethod
-    def from_record(cls, record: AgentRecord, **kw: Any) -> "McpConnector":
+    def from_record(cls, record: AgentRecord, runtime: Runtime) -> MCPConnector:
+        """The connector for a registry record with an ``mcp`` endpoint (an MCP server needs
+        nothing of the runtime)."""
         if record.endpoints.mcp is None:
             raise ValueError(f"the record of {record.name!r} has no mcp endpoint")
         skills = [s.model_dump(mode="json") for s in record.skills] or None
-        return cls(record.name, record.endpoints.mcp, description=record.description, skills=skills, **kw)
+        return cls(record.name, record.endpoints.mcp, description=record.description, skills=skills)
 
     def skills(self) -> list[dict]:
         return self._skills or super().skills()
@@ -150,14 +154,14 @@ class McpConnector(Worker):
             raise TaskFailed("the task has no user message to send")
         try:
             name, arguments = choose_call(task, user[-1], await self.tools())
-        except (UpstreamUnavailable, UpstreamTimeout, McpError) as exc:
+        except (UpstreamUnavailable, UpstreamTimeout, MCPError) as exc:
             raise TaskFailed(f"remote MCP server {self.agent!r}: {exc}") from None
         client = self.upstream()
         queue: asyncio.Queue = asyncio.Queue()
 
         async def on_message(msg: dict[str, Any]) -> None:
             if "id" in msg:  # a server->client request: nobody to relay it to
-                refusal = McpError(wire.METHOD_NOT_FOUND, f"{msg.get('method')} is not available to a task run through the gateway")
+                refusal = MCPError(wire.METHOD_NOT_FOUND, f"{msg.get('method')} is not available to a task run through the gateway")
                 with contextlib.suppress(Exception):
                     await client.respond(msg["id"], error=refusal)
             elif msg.get("method") == "notifications/progress" and isinstance(msg.get("params"), dict):
@@ -175,7 +179,7 @@ class McpConnector(Worker):
                 call.cancel()  # the upstream client sends notifications/cancelled for the request
                 await asyncio.wait([call], timeout=5.0)
             raise
-        except (UpstreamUnavailable, UpstreamTimeout, McpError) as exc:
+        except (UpstreamUnavailable, UpstreamTimeout, MCPError) as exc:
             raise TaskFailed(f"remote MCP server {self.agent!r}: {exc}") from None
         if result.get("isError"):
             raise TaskFailed(error_text(result) or f"the tool {name!r} of {self.agent!r} failed")

@@ -26,8 +26,7 @@ from collections import defaultdict
 from typing import Any
 
 from gateway.core.backends.base import KeyValue
-
-from .wire import dumps
+from protocols.mcp.wire import dumps
 
 
 class Sessions:

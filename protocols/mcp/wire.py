@@ -1,14 +1,12 @@
-"""JSON-RPC 2.0 framing for MCP: versions, error codes, message classification and an SSE reader."""
+"""JSON-RPC 2.0 framing for MCP: protocol versions, error codes, messages and their classification."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 # Handshake-era revisions this gateway serves (newest first). 2026-07-28 clients are sent back
-# to the handshake (see McpServer._post: server/discover gets a plain 400).
+# to the handshake (see StreamableHTTP._post: server/discover gets a plain 400).
 SUPPORTED_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")
 LATEST_VERSION = SUPPORTED_VERSIONS[0]
 DEFAULT_HEADER_VERSION = "2025-03-26"  # assumed when MCP-Protocol-Version is absent (spec)
@@ -25,7 +23,7 @@ REQUEST_CANCELLED = -32800
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
 
-class McpError(Exception):
+class MCPError(Exception):
     """A JSON-RPC error to send back (code, message, optional data)."""
 
     def __init__(self, code: int, message: str, data: Any = None) -> None:
@@ -43,7 +41,7 @@ def result(id: Any, value: dict[str, Any]) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": id, "result": value}
 
 
-def error(id: Any, exc: McpError) -> dict[str, Any]:
+def error(id: Any, exc: MCPError) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": id, "error": exc.body()}
 
 
@@ -65,84 +63,32 @@ def _valid_id(value: Any) -> bool:
 
 
 def classify(msg: Any) -> str:
-    """'request' | 'notification' | 'response'; raises McpError(INVALID_REQUEST) otherwise."""
+    """'request' | 'notification' | 'response'; raises MCPError(INVALID_REQUEST) otherwise."""
     if isinstance(msg, list):
-        raise McpError(INVALID_REQUEST, "batches are not supported (removed in 2025-06-18)")
+        raise MCPError(INVALID_REQUEST, "batches are not supported (removed in 2025-06-18)")
     if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0":
-        raise McpError(INVALID_REQUEST, "not a JSON-RPC 2.0 message")
+        raise MCPError(INVALID_REQUEST, "not a JSON-RPC 2.0 message")
     if "method" in msg:
         if not isinstance(msg["method"], str) or not msg["method"]:
-            raise McpError(INVALID_REQUEST, "method must be a non-empty string")
+            raise MCPError(INVALID_REQUEST, "method must be a non-empty string")
         if "params" in msg and not isinstance(msg["params"], dict):
-            raise McpError(INVALID_REQUEST, "params must be an object")
+            raise MCPError(INVALID_REQUEST, "params must be an object")
         if "id" not in msg:
             return "notification"
         if not _valid_id(msg["id"]):
-            raise McpError(INVALID_REQUEST, "id must be a string or an integer")
+            raise MCPError(INVALID_REQUEST, "id must be a string or an integer")
         return "request"
     if _valid_id(msg.get("id")) and (("result" in msg) != ("error" in msg)):
         return "response"
-    raise McpError(INVALID_REQUEST, "neither a request, a notification nor a response")
+    raise MCPError(INVALID_REQUEST, "neither a request, a notification nor a response")
 
 
 def parse(body: bytes) -> Any:
     try:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise McpError(PARSE_ERROR, f"Parse error: {exc}") from None
+        raise MCPError(PARSE_ERROR, f"Parse error: {exc}") from None
 
 
 def dumps(msg: Any) -> str:
     return json.dumps(msg, separators=(",", ":"), ensure_ascii=False)
-
-
-@dataclass
-class SseEvent:
-    id: str | None
-    event: str | None
-    data: str
-    retry: int | None
-
-
-async def read_sse(lines: AsyncIterator[str]) -> AsyncIterator[SseEvent]:
-    """Events of a text/event-stream (WHATWG rules: data lines joined by newlines)."""
-    event_id = name = retry = None
-    data: list[str] = []
-    seen = False
-    async for line in lines:
-        if line == "":
-            if seen:
-                yield SseEvent(event_id, name, "\n".join(data), retry)
-            event_id = name = retry = None
-            data, seen = [], False
-            continue
-        if line.startswith(":"):
-            continue
-        field, _, value = line.partition(":")
-        if value.startswith(" "):
-            value = value[1:]
-        seen = True
-        if field == "data":
-            data.append(value)
-        elif field == "id":
-            event_id = value
-        elif field == "event":
-            name = value
-        elif field == "retry" and value.isdigit():
-            retry = int(value)
-    if seen and data:
-        yield SseEvent(event_id, name, "\n".join(data), retry)
-
-
-def format_event(event_id: str | None, data: str, *, retry_ms: int | None = None) -> bytes:
-    out = []
-    if event_id:
-        out.append(f"id: {event_id}")
-    if retry_ms is not None:
-        out.append(f"retry: {retry_ms}")
-    if data:
-        out.append("event: message")
-        out.extend(f"data: {line}" for line in data.split("\n"))
-    else:
-        out.append("data: ")
-    return ("\n".join(out) + "\n\n").encode()

@@ -1,0 +1,441 @@
+"""The MCP client: one session with a remote MCP server over Streamable HTTP (2025-11-25 handshake).
+
+``UpstreamClient`` runs over one pooled ``httpx.AsyncClient``: the handshake, re-creating the
+session when the server forgets it, each request's response read as JSON or as an SSE stream
+(resumed with GET + ``Last-Event-ID`` when the server closes it early), and the server's GET
+stream for notifications. The federation (``protocols.mcp.federation``) keeps one per upstream
+server; the outbound connector (``protocols.mcp.connector``) one per remote server it calls.
+
+It is not the SDK's ``ClientSession`` on purpose: the gateway must know which upstream request
+a server->client message belongs to (sampling, elicitation, progress, logging all ride the
+POST's SSE stream of the ``tools/call`` that caused them) to relay it to the one downstream
+client that made that call. Reading each call's own response stream gives that for free, with
+one shared upstream session, and keeps ``mcp`` out of the runtime dependencies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from gateway.core import sse
+from protocols.mcp import wire
+from protocols.mcp.wire import MCPError
+
+log = logging.getLogger("interlace.mcp.upstream")
+
+MessageHandler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class UpstreamUnavailable(Exception):
+    """The upstream cannot be reached or broke the protocol; the message is client-safe."""
+
+
+class UpstreamTimeout(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One upstream MCP server: the agent's name, its MCP endpoint, and headers of its own
+    (its credentials; a client's token is never passed through)."""
+
+    name: str
+    url: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, item: "Upstream | tuple | dict") -> "Upstream":
+        if isinstance(item, Upstream):
+            return item
+        if isinstance(item, dict):
+            return cls(item["name"], item["url"], tuple((item.get("headers") or {}).items()))
+        name, url, *rest = item
+        return cls(name, url, tuple((rest[0] if rest else {}).items()))
+
+
+class UpstreamClient:
+    """One upstream session (created on first use, re-created when the upstream forgets it)."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        http: httpx.AsyncClient,
+        *,
+        on_notification: Callable[["UpstreamClient", dict[str, Any]], Awaitable[None]],
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self.upstream = upstream
+        self.name, self.url = upstream.name, upstream.url
+        self.http = http
+        self.on_notification = on_notification
+        self.connect_timeout_s = connect_timeout_s
+        self.session_id: str | None = None
+        self.protocol_version = wire.LATEST_VERSION
+        self.capabilities: dict[str, Any] = {}
+        self.server_info: dict[str, Any] = {}
+        self.catalog: dict[str, list[dict[str, Any]]] = {"tools": [], "resources": [], "resourceTemplates": [], "prompts": []}
+        self.connected = False
+        self.last_error: str | None = None
+        self.first_attempt = asyncio.Event()  # set once the first connect attempt succeeded or failed
+        self.generation = 0  # successful handshakes so far (a new one means a new upstream session)
+        self._ids = 0
+        self._lock = asyncio.Lock()
+        self._get_task: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
+        self._closed = False
+
+    # ---- session ---------------------------------------------------------------------------
+
+    def _headers(self, *, sse_only: bool = False) -> dict[str, str]:
+        h = dict(self.upstream.headers)
+        h["Accept"] = "text/event-stream" if sse_only else "application/json, text/event-stream"
+        if self.session_id:
+            h["Mcp-Session-Id"] = self.session_id
+            h["MCP-Protocol-Version"] = self.protocol_version
+        return h
+
+    async def ensure(self) -> None:
+        if self.connected:
+            return
+        async with self._lock:
+            if self.connected:
+                return
+            if self._closed:
+                raise UpstreamUnavailable(f"upstream {self.name!r} is closed")
+            try:
+                await asyncio.wait_for(self._handshake(), self.connect_timeout_s)
+            except asyncio.TimeoutError:
+                self.last_error = f"no answer to initialize within {self.connect_timeout_s:g} s"
+                raise UpstreamUnavailable(f"upstream {self.name!r} is unavailable: {self.last_error}") from None
+            except (httpx.HTTPError, OSError, MCPError, ValueError, UpstreamUnavailable) as exc:
+                self.last_error = describe(exc)
+                raise UpstreamUnavailable(f"upstream {self.name!r} is unavailable: {self.last_error}") from None
+
+    async def _handshake(self) -> None:
+        self.session_id = None
+        params = {
+            "protocolVersion": wire.LATEST_VERSION,
+            "capabilities": {"sampling": {}, "elicitation": {"form": {}, "url": {}}, "roots": {"listChanged": True}},
+            "clientInfo": {"name": "interlace-gateway", "version": "0.1.0"},
+        }
+        self._ids += 1
+        body = wire.request(self._ids, "initialize", params)
+        async with self.http.stream("POST", self.url, json=body, headers=self._headers()) as resp:
+            if resp.status_code != 200:
+                raise UpstreamUnavailable(f"initialize answered HTTP {resp.status_code}")
+            sid = resp.headers.get("mcp-session-id")
+            reply = await self._read_reply(resp, self._ids, None)
+        if "error" in reply:
+            raise MCPError(reply["error"].get("code", wire.INTERNAL_ERROR), reply["error"].get("message", "initialize failed"))
+        res = reply["result"]
+        version = res.get("protocolVersion")
+        if version not in wire.SUPPORTED_VERSIONS:
+            raise UpstreamUnavailable(f"upstream negotiated unsupported protocol version {version!r}")
+        self.session_id, self.protocol_version = sid, version
+        self.generation += 1
+        self.capabilities = res.get("capabilities") or {}
+        self.server_info = res.get("serverInfo") or {}
+        await self._post_message(wire.notification("notifications/initialized"))
+        if "logging" in self.capabilities:
+            # One shared upstream session serves many clients: ask for everything and filter
+            # per client session at relay time.
+            with contextlib.suppress(MCPError, UpstreamUnavailable, UpstreamTimeout):
+                await self._exchange_direct("logging/setLevel", {"level": "debug"})
+        self.connected, self.last_error = True, None
+        if self._get_task is None or self._get_task.done():
+            self._get_task = asyncio.create_task(self._listen(), name=f"mcp-upstream-get-{self.name}")
+
+    async def _exchange_direct(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        self._ids += 1
+        return await self._exchange(wire.request(self._ids, method, params), self._ids, None)
+
+    def _lost(self, why: str) -> None:
+        if self.connected:
+            log.warning("upstream session lost", extra={"upstream": self.name, "reason": why})
+        self.connected, self.last_error = False, why
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in [self._get_task, *self._background]:
+            if task is not None:
+                task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*(t for t in [self._get_task, *self._background] if t is not None), return_exceptions=True)
+        if self.session_id:
+            with contextlib.suppress(Exception):
+                await self.http.delete(self.url, headers=self._headers(), timeout=2.0)
+        self.connected = False
+
+    # ---- requests --------------------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        params: dict[str, Any] | None,
+        *,
+        on_message: MessageHandler | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Send a request; its result, or MCPError for a JSON-RPC error.
+
+        ``on_message`` receives the notifications and server->client requests that arrive on
+        this request's stream. Raises UpstreamUnavailable / UpstreamTimeout; on timeout or
+        cancellation, ``notifications/cancelled`` is sent upstream.
+        """
+        await self.ensure()
+        self._ids += 1
+        rid = self._ids
+        body = wire.request(rid, method, params or {})
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._exchange(body, rid, on_message)
+        except TimeoutError:
+            self._cancel_upstream(rid, f"gateway timeout after {timeout:g} s")
+            raise UpstreamTimeout(f"upstream {self.name!r} did not answer {method} within {timeout:g} s") from None
+        except asyncio.CancelledError:
+            self._cancel_upstream(rid, "cancelled by the client")
+            raise
+
+    def _cancel_upstream(self, rid: int, reason: str) -> None:
+        task = asyncio.create_task(self._post_quiet(wire.notification("notifications/cancelled", {"requestId": rid, "reason": reason})))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _post_quiet(self, msg: dict[str, Any]) -> None:
+        with contextlib.suppress(Exception):
+            await self._post_message(msg)
+
+    async def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
+        await self._post_message(wire.notification(method, params))
+
+    async def respond(self, id: Any, *, result: dict[str, Any] | None = None, error: MCPError | None = None) -> None:
+        msg = wire.error(id, error) if error is not None else wire.result(id, result or {})
+        await self._post_message(msg)
+
+    async def _post_message(self, msg: dict[str, Any]) -> None:
+        resp = await self.http.post(self.url, json=msg, headers=self._headers(), timeout=10.0)
+        if resp.status_code == 404 and self.session_id:
+            self._lost("session expired")
+        if resp.status_code >= 400:
+            raise UpstreamUnavailable(f"upstream {self.name!r} answered HTTP {resp.status_code}")
+
+    async def _exchange(self, body: dict[str, Any], rid: int, on_message: MessageHandler | None) -> dict[str, Any]:
+        for attempt in range(3):
+            answered = False
+            try:
+                async with self.http.stream("POST", self.url, json=body, headers=self._headers()) as resp:
+                    answered = True
+                    if resp.status_code == 404 and self.session_id and attempt < 2:
+                        self._lost("session expired")  # the upstream restarted or dropped us
+                        await self.ensure()
+                        continue
+                    if resp.status_code >= 400:
+                        reply = await self._error_body(resp)
+                        if reply is None:
+                            raise UpstreamUnavailable(f"upstream {self.name!r} answered HTTP {resp.status_code}")
+                    else:
+                        reply = await self._read_reply(resp, rid, on_message)
+            except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                if not answered and attempt == 0:
+                    continue  # a pooled connection the upstream had just closed: nothing was read
+                self._lost(describe(exc))
+                raise UpstreamUnavailable(f"upstream {self.name!r} is unavailable: {describe(exc)}") from None
+            except (httpx.TransportError, OSError) as exc:
+                self._lost(describe(exc))
+                raise UpstreamUnavailable(f"upstream {self.name!r} is unavailable: {describe(exc)}") from None
+            except sse.LineTooLong as exc:
+                raise UpstreamUnavailable(f"upstream {self.name!r} broke the protocol: {exc}") from None
+            if "error" in reply:
+                err = reply["error"] if isinstance(reply["error"], dict) else {}
+                raise MCPError(err.get("code", wire.INTERNAL_ERROR), str(err.get("message", "upstream error")), err.get("data"))
+            res = reply.get("result")
+            return res if isinstance(res, dict) else {}
+        raise UpstreamUnavailable(f"upstream {self.name!r} keeps forgetting the session")
+
+    @staticmethod
+    async def _error_body(resp: httpx.Response) -> dict[str, Any] | None:
+        if not resp.headers.get("content-type", "").startswith("application/json"):
+            return None
+        with contextlib.suppress(Exception):
+            msg = json.loads(await resp.aread())
+            if isinstance(msg, dict) and isinstance(msg.get("error"), dict):
+                return msg
+        return None
+
+    async def _read_reply(self, resp: httpx.Response, rid: int, on_message: MessageHandler | None) -> dict[str, Any]:
+        ctype = resp.headers.get("content-type", "")
+        if ctype.startswith("application/json"):
+            msg = json.loads(await resp.aread())
+            if not isinstance(msg, dict):
+                raise UpstreamUnavailable(f"upstream {self.name!r} sent a malformed response")
+            return msg
+        if not ctype.startswith("text/event-stream"):
+            raise UpstreamUnavailable(f"upstream {self.name!r} answered with content type {ctype!r}")
+        cursor = _Cursor()
+        async with contextlib.aclosing(sse.read_events(resp.aiter_bytes())) as events:
+            reply = await self._read_events(events, rid, on_message, cursor)
+            if reply is not None:
+                # The server ends the stream after the response: read to the end so the pooled
+                # connection is reused (a half-read response would close it).
+                with contextlib.suppress(TimeoutError, httpx.HTTPError, sse.LineTooLong):
+                    async with asyncio.timeout(1.0):
+                        async for _ in events:
+                            pass
+                return reply
+        # The stream closed before the response (SSE polling, SEP-1699): resume it with GET +
+        # Last-Event-ID after the server's retry interval, as often as it closes it.
+        if cursor.last_id is None:
+            raise UpstreamUnavailable(f"upstream {self.name!r} closed the stream without a response")
+        for _ in range(1000):
+            await asyncio.sleep(cursor.retry_ms / 1000)
+            headers = {**self._headers(sse_only=True), "Last-Event-ID": cursor.last_id}
+            async with self.http.stream("GET", self.url, headers=headers) as resumed:
+                if resumed.status_code != 200:
+                    raise UpstreamUnavailable(f"upstream {self.name!r} refused to resume (HTTP {resumed.status_code})")
+                async with contextlib.aclosing(sse.read_events(resumed.aiter_bytes())) as events:
+                    reply = await self._read_events(events, rid, on_message, cursor)
+            if reply is not None:
+                return reply
+        raise UpstreamUnavailable(f"upstream {self.name!r} closed the stream without a response")
+
+    async def _read_events(self, events: AsyncIterator[sse.Event], rid: int, on_message: MessageHandler | None,
+                           cursor: _Cursor) -> dict[str, Any] | None:
+        """Read a request's stream up to its response (None: the stream ended before it)."""
+        async for ev in events:
+            if ev.id:
+                cursor.last_id = ev.id
+            if ev.retry is not None:
+                cursor.retry_ms = ev.retry
+            if not ev.data.strip():
+                continue  # priming event
+            try:
+                msg = json.loads(ev.data)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(msg, dict):
+                continue
+            if "method" not in msg and msg.get("id") == rid:
+                return msg
+            await self._dispatch(msg, on_message)
+        return None
+
+    async def _dispatch(self, msg: dict[str, Any], on_message: MessageHandler | None) -> None:
+        """A message on a request's stream that is not its response."""
+        if "method" in msg and "id" in msg:
+            if msg["method"] == "ping":
+                await self._post_quiet(wire.result(msg["id"], {}))
+                return
+            if on_message is None:
+                await self._post_quiet(wire.error(msg["id"], MCPError(wire.METHOD_NOT_FOUND, "no client to relay to")))
+                return
+            # Requests run concurrently: the upstream may send several and waits for each.
+            task = asyncio.create_task(on_message(msg))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            return
+        if "method" in msg:
+            method = msg["method"]
+            if method in ("notifications/progress", "notifications/message", "notifications/cancelled") and on_message is not None:
+                await on_message(msg)
+            else:
+                await self.on_notification(self, msg)
+
+    async def _listen(self) -> None:
+        """The upstream's GET stream: list_changed, resource updates, unrelated requests."""
+        backoff, last_id = 0.5, None
+        while not self._closed:
+            if not self.connected:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            try:
+                headers = self._headers(sse_only=True)
+                if last_id:
+                    headers["Last-Event-ID"] = last_id
+                async with self.http.stream("GET", self.url, headers=headers) as resp:
+                    if resp.status_code == 405:
+                        return  # the upstream offers no GET stream
+                    if resp.status_code == 404:
+                        self._lost("session expired")
+                        continue
+                    if resp.status_code != 200:
+                        raise UpstreamUnavailable(f"GET answered HTTP {resp.status_code}")
+                    backoff = 0.5
+                    async for ev in sse.read_events(resp.aiter_bytes()):
+                        last_id = ev.id or last_id
+                        if ev.data.strip():
+                            with contextlib.suppress(json.JSONDecodeError):
+                                msg = json.loads(ev.data)
+                                if isinstance(msg, dict):
+                                    await self._on_get_message(msg)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # network trouble: back off and listen again
+                log.debug("upstream GET stream ended", extra={"upstream": self.name, "error": describe(exc)})
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    async def _on_get_message(self, msg: dict[str, Any]) -> None:
+        if "method" in msg and "id" in msg:
+            if msg["method"] == "ping":
+                await self._post_quiet(wire.result(msg["id"], {}))
+            elif msg["method"] == "roots/list":
+                await self._post_quiet(wire.result(msg["id"], {"roots": []}))
+            else:
+                err = MCPError(wire.METHOD_NOT_FOUND, f"{msg['method']} is only relayed within a client's request")
+                await self._post_quiet(wire.error(msg["id"], err))
+        elif "method" in msg:
+            await self.on_notification(self, msg)
+
+    # ---- catalog ---------------------------------------------------------------------------
+
+    async def list_all(self, method: str, key: str, timeout: float) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        cursor = None
+        for _ in range(100):
+            params = {"cursor": cursor} if cursor else {}
+            page = await self.request(method, params, timeout=timeout)
+            items.extend(x for x in page.get(key) or [] if isinstance(x, dict))
+            cursor = page.get("nextCursor")
+            if not cursor:
+                break
+        return items
+
+    async def refresh(self, kinds: Iterable[str], timeout: float) -> None:
+        plan = {
+            "tools": ("tools", "tools/list", "tools"),
+            "resources": ("resources", "resources/list", "resources"),
+            "resourceTemplates": ("resources", "resources/templates/list", "resourceTemplates"),
+            "prompts": ("prompts", "prompts/list", "prompts"),
+        }
+        for kind in kinds:
+            cap, method, key = plan[kind]
+            if cap in self.capabilities:
+                self.catalog[kind] = await self.list_all(method, key, timeout)
+            else:
+                self.catalog[kind] = []
+
+
+def describe(exc: BaseException) -> str:
+    """A short, client-safe text for a failure reaching an upstream."""
+    text = str(exc) or exc.__class__.__name__
+    if isinstance(exc, httpx.ConnectError):
+        return f"connection failed ({text})"
+    return text
+
+
+@dataclass
+class _Cursor:
+    """Where a request's SSE stream got to: the id to resume after, and the server's retry."""
+
+    last_id: str | None = None
+    retry_ms: int = 1000
+

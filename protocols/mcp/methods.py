@@ -1,0 +1,581 @@
+"""The MCP methods, independent of the transport: what the gateway answers to an MCP client.
+
+``MCPService`` handles ``initialize``, the client's notifications and responses, and every
+request method (``ping``, ``tools/*``, ``resources/*``, ``prompts/*``, ``completion/complete``,
+``logging/setLevel``), each request given as an ``MCPCall``: its params, its session and the
+stream its messages go back on. Tools are the routable agents and the meta tools (agents.py)
+and the federated upstreams' tools (federation.py); resources and prompts are the upstreams'.
+It holds one gateway's MCP state in the shared key/value store (sessions, the resumable event
+log, the cross-node mailbox: sessions.py), runs the federation, and sends the server-initiated
+notifications (``list_changed``, ``resources/updated``, log messages) to the sessions' GET
+streams. The Streamable HTTP binding (streamable_http.py) turns HTTP requests into these calls.
+
+Dispatch is a small hand-written JSON-RPC dispatcher over an explicit ``methods`` mapping, not
+jsonrpcserver: MCP handlers need their request's context while they run (the session, and the
+POST's SSE stream to send progress, log messages and server->client requests such as sampling
+before the response), the transport must tell requests, notifications (202) and client
+responses (answers to our requests, 202) apart, and the response body is JSON or SSE depending
+on whether anything is sent before the result. jsonrpcserver maps one request to one return
+value and does not parse responses, so it cannot express that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import json
+import logging
+import secrets
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from gateway.core import __version__
+from gateway.core.runtime import Runtime
+from gateway.core.settings import load_settings
+from protocols.mcp import wire
+from protocols.mcp.agents import META_TOOLS, AgentTools, agent_tool, tool_error
+from protocols.mcp.client import UpstreamClient, UpstreamTimeout, UpstreamUnavailable
+from protocols.mcp.federation import Quarantined, UpstreamSet, configured_upstreams, registry_upstreams
+from protocols.mcp.sessions import EventLog, Mailbox, Sessions
+from protocols.mcp.wire import INVALID_PARAMS, INVALID_REQUEST, MCPError
+
+log = logging.getLogger("interlace.mcp")
+
+CAPABILITIES = {
+    "tools": {"listChanged": True},
+    "resources": {"subscribe": True, "listChanged": True},
+    "prompts": {"listChanged": True},
+    "logging": {},
+    "completions": {},
+}
+
+
+@dataclasses.dataclass
+class MCPOptions:
+    """MCP endpoint options; each has an ``INTERLACE_MCP_*`` environment variable (see from_env)."""
+
+    upstreams: tuple[Any, ...] = ()  # fixed upstream MCP servers (see federation.configured_upstreams)
+    naming: str = "prefix"  # upstream tool/prompt naming: "prefix" | "pass-through"
+    separator: str = "__"
+    allowed_hosts: tuple[str, ...] | None = None  # None: loopback (+ the bind host); ("*",): any
+    allowed_origins: tuple[str, ...] = ()  # origins allowed besides http(s)://<allowed host>
+    session_ttl_s: int = 3600  # idle sessions expire
+    event_ttl_s: int = 600  # SSE events are kept this long for Last-Event-ID resumption
+    call_timeout_s: float = 60.0  # bound on a relayed upstream request or an agent task
+    client_request_timeout_s: float = 120.0  # bound on the client's answer to sampling/elicitation
+    page_size: int = 100
+    sse_retry_ms: int = 1000
+    sse_max_s: float | None = None  # default: the gateway's sse_max_s
+    agents_poll_s: float = 5.0  # agent set re-checked for tools/list_changed (changes are also signalled)
+    follow_registry: bool = True  # federate every live registry record with an mcp endpoint
+    registry_poll_s: float = 2.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> MCPOptions:
+        return load_settings(cls, "INTERLACE_MCP_", overrides, env)
+
+
+class Outbound(Protocol):
+    """Where one request's messages go back (the binding's response to it)."""
+
+    @property
+    def can_stream(self) -> bool:
+        """Whether a message may still be sent before the result (the response is a stream)."""
+
+    async def send(self, msg: dict[str, Any], final: bool = False) -> None:
+        """Send ``msg``; ``final``: it is the request's response."""
+
+
+class MCPCall:
+    """One client request being handled: its params, session and response stream."""
+
+    def __init__(self, service: MCPService, sid: str, session: dict[str, Any], msg: dict[str, Any],
+                 out: Outbound) -> None:
+        self.service, self.sid, self.session, self.out = service, sid, session, out
+        self.id, self.method = msg["id"], msg["method"]
+        self.params: dict[str, Any] = msg.get("params") or {}
+        meta = self.params.get("_meta")
+        self.progress_token = meta.get("progressToken") if isinstance(meta, dict) else None
+
+    async def notify(self, method: str, params: dict[str, Any]) -> None:
+        await self.out.send(wire.notification(method, params))
+
+    async def ask(self, method: str, params: dict[str, Any], rid: str | None = None) -> dict[str, Any]:
+        """A server->client request on this request's stream; the client's result.
+
+        If the wait is cancelled (the upstream withdrew its request), the client is told with
+        ``notifications/cancelled``."""
+        if not self.out.can_stream:
+            raise MCPError(INVALID_REQUEST, f"cannot relay {method}: the client does not accept text/event-stream")
+        service = self.service
+        rid = rid or service.new_request_id()
+        await self.out.send(wire.request(rid, method, params))
+        try:
+            reply = await service.mailbox.wait("r", self.sid, rid, service.options.client_request_timeout_s)
+        except TimeoutError:
+            await self.notify("notifications/cancelled", {"requestId": rid, "reason": "no answer in time"})
+            raise MCPError(wire.INTERNAL_ERROR, f"the client did not answer {method} in time") from None
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                withdrawn = {"requestId": rid, "reason": "withdrawn upstream"}
+                await asyncio.shield(self.notify("notifications/cancelled", withdrawn))
+            raise
+        if isinstance(reply.get("error"), dict):
+            err = reply["error"]
+            code, message = err.get("code", wire.INTERNAL_ERROR), str(err.get("message", "client error"))
+            raise MCPError(code, message, err.get("data"))
+        res = reply.get("result")
+        return res if isinstance(res, dict) else {}
+
+
+def _cursor(offset: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"o": offset}).encode()).decode().rstrip("=")
+
+
+def _offset(cursor: Any, size: int) -> int:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        offset = data["o"]
+        if isinstance(offset, int) and 0 <= offset <= size:
+            return offset
+    except Exception:
+        pass
+    raise MCPError(INVALID_PARAMS, "Invalid cursor")
+
+
+class MCPService:
+    """The MCP side of one gateway: sessions, dispatch, agent tools and upstream federation."""
+
+    def __init__(self, runtime: Runtime, options: MCPOptions | None = None) -> None:
+        self.runtime = runtime
+        self.options = options or MCPOptions.from_env()
+        kv = runtime.kv
+        self.shared = runtime.shared_state  # other nodes may serve the same sessions
+        self.sessions = Sessions(kv, self.options.session_ttl_s)
+        self.events = EventLog(kv, self.options.event_ttl_s)
+        self.mailbox = Mailbox(kv, self.shared)
+        self.agent_tools = AgentTools(runtime, self.options.call_timeout_s)
+        self.static_upstreams = configured_upstreams(self.options.upstreams)
+        self.upstreams = UpstreamSet(
+            self.static_upstreams,
+            kv=kv,
+            naming=self.options.naming,
+            separator=self.options.separator,
+            call_timeout_s=self.options.call_timeout_s,
+            registry=runtime.metrics.registry,
+            on_change=self._catalog_changed,
+            on_resource_updated=self._resource_updated,
+            on_log=self._upstream_log,
+        )
+        self._node = secrets.token_hex(3)
+        self._ids = 0
+        self.inflight: dict[tuple[str, str], asyncio.Task] = {}
+        # sid -> closed flag of the GET stream the binding holds open for it on this node; the
+        # server-initiated notifications go to these sessions
+        self.get_streams: dict[str, asyncio.Event] = {}
+        self.subscriptions: dict[str, set[str]] = defaultdict(set)  # uri -> sids subscribed via this node
+        self._background: set[asyncio.Task] = set()
+        self.methods = {
+            "ping": self.ping,
+            "tools/list": self.tools_list,
+            "tools/call": self.tools_call,
+            "resources/list": self.resources_list,
+            "resources/templates/list": self.templates_list,
+            "resources/read": self.resources_read,
+            "resources/subscribe": self.resources_subscribe,
+            "resources/unsubscribe": self.resources_unsubscribe,
+            "prompts/list": self.prompts_list,
+            "prompts/get": self.prompts_get,
+            "completion/complete": self.complete,
+            "logging/setLevel": self.set_level,
+        }
+
+    async def start(self) -> None:
+        await self.upstreams.start()
+        self._spawn(self._watch_agents())
+        if self.options.follow_registry:
+            self._spawn(self._follow_registry())
+
+    async def _follow_registry(self) -> None:
+        """Keep the upstream set equal to the static list plus the registry's MCP agents."""
+        current = list(self.static_upstreams)
+        seqs: dict[str, int] = {}
+        while True:
+            try:
+                static = {u.name for u in self.static_upstreams}
+                registered = [u for u in registry_upstreams(self.runtime) if u.name not in static]
+                wanted = [*self.static_upstreams, *registered]
+                if wanted != current:
+                    await self.upstreams.set_upstreams(wanted, wait_s=0)
+                    current = wanted
+                await self._repin_reregistered(seqs)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("could not follow the registry's MCP agents")
+            await asyncio.sleep(self.options.registry_poll_s)
+
+    async def _repin_reregistered(self, seqs: dict[str, int]) -> None:
+        """Rug-pull defence: a tool whose definition drifted stays hidden until its owner
+        re-registers (a record with a higher seq); then the current definition is pinned."""
+        for record in self.runtime.registry.live():
+            if record.endpoints.mcp is None:
+                continue
+            before = seqs.get(record.name)
+            seqs[record.name] = max(record.seq, before or 0)
+            if before is not None and record.seq > before:
+                repinned = await self.upstreams.repin(record.name)
+                if repinned:
+                    log.info("re-pinned tools after re-registration", extra={"agent": record.name, "tools": repinned})
+
+    async def _watch_agents(self) -> None:
+        """Tell clients with a GET stream when the set of routable agents (tools) changes: on
+        the runtime's signal (a record, or a node going down or coming back), else every poll."""
+        changed = asyncio.Event()
+        self.runtime.watch_agents(changed.set)
+        last: set[str] | None = None
+        while True:
+            try:
+                current = set(await self._agents())
+            except Exception:  # the bus is down: try again next round
+                pass
+            else:
+                if last is not None and current != last:
+                    await self._catalog_changed({"tools"})
+                last = current
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), self.options.agents_poll_s)
+            changed.clear()
+
+    async def stop(self) -> None:
+        for task in [*self.inflight.values(), *self._background]:
+            task.cancel()
+        for closed in self.get_streams.values():
+            closed.set()
+        await asyncio.gather(*self.inflight.values(), *self._background, return_exceptions=True)
+        await self.upstreams.stop()
+
+    def new_request_id(self) -> str:
+        self._ids += 1
+        return f"ilx-{self._node}-{self._ids}"
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    # ---- the session's life ----------------------------------------------------------------------
+
+    async def initialize(self, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """A new session for ``initialize``: (its id, the result)."""
+        version, caps, info = params.get("protocolVersion"), params.get("capabilities", {}), params.get("clientInfo")
+        if not isinstance(version, str) or not isinstance(caps, dict) or not isinstance(info, (dict, type(None))):
+            raise MCPError(INVALID_PARAMS, "initialize needs protocolVersion (string), capabilities (object), "
+                                           "clientInfo (object)")
+        negotiated = version if version in wire.SUPPORTED_VERSIONS else wire.LATEST_VERSION
+        sid = await self.sessions.create({"v": negotiated, "caps": caps, "info": info or {}, "level": None})
+        result = {
+            "protocolVersion": negotiated,
+            "capabilities": CAPABILITIES,
+            "serverInfo": {"name": "interlace", "title": "Interlace gateway", "version": __version__},
+            "instructions": "Tools are the gateway's routable agents (send them a message), the meta tools "
+                            "find_agents and send_task, and the tools of federated MCP servers.",
+        }
+        client = (info or {}).get("name")
+        log.info("mcp session started", extra={"session": sid[:8], "client": client, "version": negotiated})
+        return sid, result
+
+    async def notification(self, sid: str, msg: dict[str, Any]) -> None:
+        """A client notification; ``notifications/cancelled`` cancels its request on whichever node runs it."""
+        if msg["method"] == "notifications/cancelled":
+            rid = (msg.get("params") or {}).get("requestId")
+            if rid is None:
+                return
+            task = self.inflight.get((sid, json.dumps(rid)))
+            if task is not None:
+                task.cancel()
+            elif self.shared:
+                await self.mailbox.post("c", sid, rid, True)
+
+    async def response(self, sid: str, msg: dict[str, Any]) -> None:
+        """The client's answer to one of our requests (``MCPCall.ask``), for whichever node waits for it."""
+        await self.mailbox.post("r", sid, msg["id"], msg)
+
+    def dispatch(self, call: MCPCall) -> None:
+        """Run a request in the background; its response goes to ``call.out`` (a cancelled
+        request answers REQUEST_CANCELLED)."""
+        job = asyncio.create_task(self._run(call))
+        key = (call.sid, json.dumps(call.id))
+        self.inflight[key] = job
+        job.add_done_callback(lambda _: self.inflight.pop(key, None) if self.inflight.get(key) is job else None)
+        if self.shared and call.method not in ("ping", "tools/list", "resources/list", "prompts/list"):
+            watcher = self._spawn(self._watch_cancel(call.sid, call.id, job))
+            job.add_done_callback(lambda _: watcher.cancel())
+
+    async def _watch_cancel(self, sid: str, rid: Any, job: asyncio.Task) -> None:
+        await asyncio.sleep(0.3)
+        with contextlib.suppress(TimeoutError):
+            await self.mailbox.wait("c", sid, rid, None)
+            job.cancel()
+
+    async def _run(self, call: MCPCall) -> None:
+        try:
+            handler = self.methods.get(call.method)
+            if handler is None:
+                raise MCPError(wire.METHOD_NOT_FOUND, f"Method not found: {call.method}")
+            reply = wire.result(call.id, await handler(call))
+        except MCPError as exc:
+            reply = wire.error(call.id, exc)
+        except asyncio.CancelledError:
+            reply = wire.error(call.id, MCPError(wire.REQUEST_CANCELLED, "Request cancelled"))
+        except Exception:
+            log.exception("mcp handler failed", extra={"method": call.method})
+            reply = wire.error(call.id, MCPError(wire.INTERNAL_ERROR, "Internal error"))
+        await call.out.send(reply, final=True)
+
+    async def end_session(self, sid: str) -> None:
+        """The client ended the session: forget it, cancel its requests, close its GET stream."""
+        await self.sessions.delete(sid)
+        for (s, _), task in list(self.inflight.items()):
+            if s == sid:
+                task.cancel()
+        closed = self.get_streams.get(sid)
+        if closed is not None:
+            closed.set()
+            self.events.wake(sid, "g")
+        for uri, sids in list(self.subscriptions.items()):
+            sids.discard(sid)
+            if not sids:
+                del self.subscriptions[uri]
+        log.info("mcp session ended", extra={"session": sid[:8]})
+
+    # ---- server-initiated messages -------------------------------------------------------------
+
+    async def _catalog_changed(self, kinds: set[str]) -> None:
+        for kind in sorted(kinds):
+            note = wire.notification(f"notifications/{kind}/list_changed")
+            for sid in list(self.get_streams):
+                await self.events.append_get(sid, note)
+
+    async def _resource_updated(self, uri: str) -> None:
+        note = wire.notification("notifications/resources/updated", {"uri": uri})
+        for sid in list(self.subscriptions.get(uri, ())):
+            await self.events.append_get(sid, note)
+
+    async def _upstream_log(self, params: dict[str, Any]) -> None:
+        for sid in list(self.get_streams):
+            record = await self.sessions.get(sid)
+            if record and record.get("level") and self._level_ok(record, params.get("level")):
+                await self.events.append_get(sid, wire.notification("notifications/message", params))
+
+    @staticmethod
+    def _level_ok(session: dict[str, Any], level: Any) -> bool:
+        wanted = session.get("level")
+        if wanted is None or level not in wire.LOG_LEVELS:
+            return True
+        return wire.LOG_LEVELS.index(level) >= wire.LOG_LEVELS.index(wanted)
+
+    # ---- methods -------------------------------------------------------------------------------
+
+    def _page(self, items: list[dict[str, Any]], key: str, params: dict[str, Any]) -> dict[str, Any]:
+        cursor = params.get("cursor")
+        if cursor is not None and not isinstance(cursor, str):
+            raise MCPError(INVALID_PARAMS, "Invalid cursor")
+        start = _offset(cursor, len(items)) if cursor else 0
+        end = start + self.options.page_size
+        page: dict[str, Any] = {key: items[start:end]}
+        if end < len(items):
+            page["nextCursor"] = _cursor(end)
+        return page
+
+    async def ping(self, call: MCPCall) -> dict[str, Any]:
+        return {}
+
+    async def _agents(self) -> dict[str, str]:
+        agents = await self.agent_tools.agents(self.upstreams.names())
+        self.upstreams.set_local_names({*agents, *(t["name"] for t in META_TOOLS)})
+        return agents
+
+    async def tools_list(self, call: MCPCall) -> dict[str, Any]:
+        agents = await self._agents()
+        about = self.agent_tools.about()
+        tools = [*META_TOOLS, *(agent_tool(a, about.get(a, "")) for a in agents.values()), *self.upstreams.tools()]
+        return self._page(tools, "tools", call.params)
+
+    async def tools_call(self, call: MCPCall) -> dict[str, Any]:
+        name, args = call.params.get("name"), call.params.get("arguments")
+        if not isinstance(name, str):
+            raise MCPError(INVALID_PARAMS, "tools/call needs params.name (string)")
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise MCPError(INVALID_PARAMS, "params.arguments must be an object")
+        exclude = self.upstreams.names()
+        if name == "find_agents":
+            query = args.get("query", "")
+            if not isinstance(query, str):
+                return tool_error("argument 'query' must be a string")
+            return await self.agent_tools.find_agents(query, exclude, sorted(exclude))
+        if name == "send_task":
+            return await self.agent_tools.send_task(args, exclude, call.notify, call.progress_token)
+        hit = self.upstreams.resolve_tool(name)
+        if isinstance(hit, Quarantined):
+            return tool_error(f"tool {name!r} of {hit.upstream!r} changed its definition after it was pinned; "
+                              "it is hidden until an operator re-pins it")
+        if hit is not None:
+            client, original = hit
+            return await self._relay(call, client, "tools/call", {"name": original, "arguments": args}, tool=True)
+        agents = await self._agents()
+        if name in agents:
+            return await self.agent_tools.call(agents[name], args, call.notify, call.progress_token)
+        raise MCPError(INVALID_PARAMS, f"Unknown tool: {name}")
+
+    async def _relay(self, call: MCPCall, client: UpstreamClient, method: str, params: dict[str, Any], *,
+                     tool: bool = False) -> dict[str, Any]:
+        """Forward a request upstream; relay what arrives on its stream to this call's client."""
+        params = dict(params)
+        meta = dict(call.params.get("_meta") or {}) if isinstance(call.params.get("_meta"), dict) else {}
+        meta.pop("progressToken", None)
+        if call.progress_token is not None:  # a token of ours: unique on the shared upstream session
+            meta["progressToken"] = self.new_request_id()
+        if meta:
+            params["_meta"] = meta
+
+        asked: dict[str, asyncio.Task] = {}  # upstream request id -> the task relaying it
+
+        async def on_message(msg: dict[str, Any]) -> None:
+            if "id" in msg:
+                key = json.dumps(msg["id"])
+                asked[key] = asyncio.current_task()
+                try:
+                    await self._relay_request(call, client, msg)
+                finally:
+                    asked.pop(key, None)
+                return
+            p = dict(msg.get("params") or {})
+            if msg["method"] == "notifications/cancelled":  # the upstream withdrew a request it sent
+                task = asked.get(json.dumps(p.get("requestId")))
+                if task is not None:
+                    task.cancel()
+                    await asyncio.wait({task}, timeout=1.0)  # its cancel reaches the client before the result
+            elif msg["method"] == "notifications/progress":
+                if call.progress_token is not None:
+                    p["progressToken"] = call.progress_token
+                    await call.notify("notifications/progress", p)
+            elif msg["method"] == "notifications/message":
+                session = await self.sessions.get(call.sid) or call.session
+                if self._level_ok(session, p.get("level")):
+                    await call.notify("notifications/message", p)
+
+        try:
+            return await client.request(method, params, on_message=on_message, timeout=self.options.call_timeout_s)
+        except (UpstreamUnavailable, UpstreamTimeout) as exc:
+            if tool:
+                return tool_error(str(exc))
+            raise MCPError(wire.INTERNAL_ERROR, str(exc)) from None
+
+    async def _relay_request(self, call: MCPCall, client: UpstreamClient, msg: dict[str, Any]) -> None:
+        """sampling/createMessage, elicitation/create, roots/list from upstream -> client -> upstream."""
+        method, params = msg["method"], msg.get("params") or {}
+        needs = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}
+        try:
+            need = needs.get(method)
+            if need is None:
+                raise MCPError(wire.METHOD_NOT_FOUND, f"Method not found: {method}")
+            if need not in (call.session.get("caps") or {}):
+                raise MCPError(INVALID_REQUEST, f"the client did not declare the {need} capability")
+            reply: dict[str, Any] | MCPError = await call.ask(method, params)
+        except MCPError as exc:
+            reply = exc
+        with contextlib.suppress(Exception):
+            if isinstance(reply, MCPError):
+                await client.respond(msg["id"], error=reply)
+            else:
+                await client.respond(msg["id"], result=reply)
+
+    async def resources_list(self, call: MCPCall) -> dict[str, Any]:
+        return self._page(self.upstreams.resources(), "resources", call.params)
+
+    async def templates_list(self, call: MCPCall) -> dict[str, Any]:
+        return self._page(self.upstreams.templates(), "resourceTemplates", call.params)
+
+    def _uri_owner(self, call: MCPCall) -> tuple[str, UpstreamClient]:
+        uri = call.params.get("uri")
+        if not isinstance(uri, str) or not uri:
+            raise MCPError(INVALID_PARAMS, "params.uri (string) is required")
+        client = self.upstreams.resolve_uri(uri)
+        if client is None:
+            raise MCPError(wire.RESOURCE_NOT_FOUND, "Resource not found", {"uri": uri})
+        return uri, client
+
+    async def resources_read(self, call: MCPCall) -> dict[str, Any]:
+        uri, client = self._uri_owner(call)
+        return await self._relay(call, client, "resources/read", {"uri": uri})
+
+    async def resources_subscribe(self, call: MCPCall) -> dict[str, Any]:
+        uri, client = self._uri_owner(call)
+        if not self.subscriptions.get(uri):
+            await self._relay(call, client, "resources/subscribe", {"uri": uri})
+        self.subscriptions[uri].add(call.sid)
+        return {}
+
+    async def resources_unsubscribe(self, call: MCPCall) -> dict[str, Any]:
+        uri, client = self._uri_owner(call)
+        subs = self.subscriptions.get(uri)
+        if subs is not None:
+            subs.discard(call.sid)
+            if not subs:
+                del self.subscriptions[uri]
+                await self._relay(call, client, "resources/unsubscribe", {"uri": uri})
+        return {}
+
+    async def prompts_list(self, call: MCPCall) -> dict[str, Any]:
+        return self._page(self.upstreams.prompts(), "prompts", call.params)
+
+    async def prompts_get(self, call: MCPCall) -> dict[str, Any]:
+        name, args = call.params.get("name"), call.params.get("arguments")
+        if not isinstance(name, str):
+            raise MCPError(INVALID_PARAMS, "prompts/get needs params.name (string)")
+        if args is not None and not isinstance(args, dict):
+            raise MCPError(INVALID_PARAMS, "params.arguments must be an object")
+        hit = self.upstreams.resolve_prompt(name)
+        if hit is None:
+            raise MCPError(INVALID_PARAMS, f"Unknown prompt: {name}")
+        client, original = hit
+        params: dict[str, Any] = {"name": original}
+        if args is not None:
+            params["arguments"] = args
+        return await self._relay(call, client, "prompts/get", params)
+
+    async def complete(self, call: MCPCall) -> dict[str, Any]:
+        ref, argument = call.params.get("ref"), call.params.get("argument")
+        if not isinstance(ref, dict) or not isinstance(argument, dict) or not isinstance(argument.get("name"), str):
+            raise MCPError(INVALID_PARAMS, "completion/complete needs ref (object) and argument {name, value}")
+        if ref.get("type") == "ref/prompt" and isinstance(ref.get("name"), str):
+            hit = self.upstreams.resolve_prompt(ref["name"])
+            if hit is None:
+                raise MCPError(INVALID_PARAMS, f"Unknown prompt: {ref['name']}")
+            client, new_ref = hit[0], {**ref, "name": hit[1]}
+        elif ref.get("type") == "ref/resource" and isinstance(ref.get("uri"), str):
+            client = self.upstreams.resolve_uri(ref["uri"])
+            if client is None:
+                raise MCPError(INVALID_PARAMS, f"Unknown resource: {ref['uri']}")
+            new_ref = ref
+        else:
+            raise MCPError(INVALID_PARAMS, "ref must be {type: 'ref/prompt', name} or {type: 'ref/resource', uri}")
+        if "completions" not in client.capabilities:
+            return {"completion": {"values": [], "hasMore": False}}
+        return await self._relay(call, client, "completion/complete", {**call.params, "ref": new_ref})
+
+    async def set_level(self, call: MCPCall) -> dict[str, Any]:
+        level = call.params.get("level")
+        if level not in wire.LOG_LEVELS:
+            raise MCPError(INVALID_PARAMS, f"Invalid log level: {level!r} (one of {', '.join(wire.LOG_LEVELS)})")
+        session = await self.sessions.get(call.sid) or call.session
+        session["level"] = level
+        await self.sessions.save(call.sid, session)
+        return {}

@@ -1,0 +1,284 @@
+"""The Streamable HTTP binding of ``/mcp`` (2025-11-25, also 2025-06-18 and 2025-03-26).
+
+``StreamableHTTP`` turns HTTP into calls of the MCP methods (methods.py): ``POST`` carries one
+JSON-RPC message (a request, a notification or a response to one of our requests), ``GET`` opens
+the session's stream of server-initiated messages or resumes a stream, ``DELETE`` ends the
+session. It checks Host and Origin (DNS-rebinding defence), the ``MCP-Protocol-Version`` and
+``Mcp-Session-Id`` headers, and the media types.
+
+A POST's reply is ``application/json`` when the first thing the handler produces is its
+result, and ``text/event-stream`` otherwise (priming event, then every message with an id
+``{stream}-{seq}``, stored in the shared key/value store so ``GET`` + ``Last-Event-ID`` resumes
+it on any node). Events are framed, kept alive and bounded in time by ``gateway.core.sse``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from gateway.core import sse
+from protocols.mcp import wire
+from protocols.mcp.methods import MCPCall, MCPService
+from protocols.mcp.wire import INVALID_REQUEST, MCPError
+
+LOOPBACK_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*")
+KEEPALIVE_S = 15.0  # a comment line after this long without an event
+SESSION_CHECK_S = 30.0  # a GET stream checks this often whether its session ended on another node
+
+Item = tuple[str | None, dict[str, Any], bool]  # (event id, message, final)
+
+
+class Outbox:
+    """Everything one POST sends back: JSON if the result comes first, else an SSE stream."""
+
+    def __init__(self, service: MCPService, sid: str, sse_ok: bool) -> None:
+        self.service, self.sid, self.sse_ok = service, sid, sse_ok
+        self.queue: asyncio.Queue[Item] = asyncio.Queue()
+        self.mode: str | None = None
+        self.stream = secrets.token_hex(6)
+        self.seq = 0
+
+    @property
+    def can_stream(self) -> bool:
+        return self.sse_ok and self.mode != "json"
+
+    async def send(self, msg: dict[str, Any], final: bool = False) -> None:
+        if self.mode is None:
+            self.mode = "sse" if self.sse_ok and not final else "json"
+        if self.mode == "json":
+            if final:
+                self.queue.put_nowait((None, msg, True))
+            return
+        self.seq += 1
+        seq = self.seq
+        self.queue.put_nowait((f"{self.stream}-{seq}", msg, final))
+        await self.service.events.put(self.sid, self.stream, seq, msg, final=final)
+
+
+def _host_matches(host: str, pattern: str) -> bool:
+    if pattern == "*" or host == pattern:
+        return True
+    if pattern.endswith(":*"):
+        base = pattern[:-2]
+        return host == base or (host.startswith(base + ":") and host[len(base) + 1 :].isdigit())
+    return False
+
+
+def _message(event_id: str, msg: dict[str, Any]) -> bytes:
+    return sse.encode(msg, id=event_id, event="message")
+
+
+def _rpc_error(status: int, code: int, message: str, id: Any = None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(wire.error(id, MCPError(code, message)), status_code=status, headers=headers)
+
+
+def _event_stream(body: AsyncIterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(body, media_type="text/event-stream", headers=dict(sse.HEADERS))
+
+
+class StreamableHTTP:
+    """``/mcp`` over Streamable HTTP for one ``MCPService``."""
+
+    def __init__(self, service: MCPService) -> None:
+        self.service = service
+        options, cfg = service.options, service.runtime.config
+        hosts = options.allowed_hosts
+        if hosts is None:
+            hosts = LOOPBACK_HOSTS
+            if cfg.host not in ("0.0.0.0", "::", "", "127.0.0.1", "localhost"):
+                hosts = (*hosts, f"{cfg.host}:*")
+        self.allowed_hosts: tuple[str, ...] = tuple(hosts)
+        self.allowed_origins = options.allowed_origins
+        self.retry_ms = options.sse_retry_ms
+        self.sse_max_s = options.sse_max_s or cfg.sse_max_s
+
+    # ---- checks --------------------------------------------------------------------------------
+
+    def _check_origin(self, request: Request) -> Response | None:
+        """DNS-rebinding defence: 421 for a foreign Host, 403 for a foreign Origin."""
+        allowed = self.allowed_hosts
+        host = request.headers.get("host", "")
+        if not any(_host_matches(host, p) for p in allowed):
+            return _rpc_error(421, INVALID_REQUEST, "Invalid Host header")
+        origin = request.headers.get("origin")
+        if origin is not None and origin not in self.allowed_origins:
+            parts = urlsplit(origin)
+            ok = parts.scheme in ("http", "https") and any(_host_matches(parts.netloc, p) for p in allowed)
+            if not ok:
+                return _rpc_error(403, INVALID_REQUEST, "Invalid Origin header")
+        return None
+
+    @staticmethod
+    def _check_version(request: Request) -> Response | None:
+        version = request.headers.get("mcp-protocol-version")
+        if version is not None and version not in wire.SUPPORTED_VERSIONS:
+            return _rpc_error(400, INVALID_REQUEST, f"Unsupported protocol version: {version} "
+                              f"(supported: {', '.join(wire.SUPPORTED_VERSIONS)})")
+        return None
+
+    async def _session(self, request: Request) -> tuple[str, dict[str, Any]] | Response:
+        """The request's session (after its MCP-Protocol-Version header is checked), or the error."""
+        bad = self._check_version(request)
+        if bad is not None:
+            return bad
+        sid = request.headers.get("mcp-session-id")
+        if not sid:
+            return _rpc_error(400, INVALID_REQUEST, "Bad Request: Missing session ID")
+        if len(sid) > 128 or not sid.isascii():
+            return _rpc_error(404, INVALID_REQUEST, "Session not found")
+        record = await self.service.sessions.get(sid)
+        if record is None:
+            return _rpc_error(404, INVALID_REQUEST, "Session not found")
+        return sid, record
+
+    # ---- HTTP methods --------------------------------------------------------------------------
+
+    async def endpoint(self, request: Request) -> Response:
+        bad = self._check_origin(request)
+        if bad is not None:
+            return bad
+        if request.method == "POST":
+            return await self._post(request)
+        if request.method == "GET":
+            return await self._get(request)
+        return await self._delete(request)
+
+    async def _post(self, request: Request) -> Response:
+        ctype = request.headers.get("content-type", "application/json")
+        if "json" not in ctype:
+            return _rpc_error(415, INVALID_REQUEST, "Unsupported Media Type: Content-Type must be application/json")
+        accept = request.headers.get("accept", "*/*")
+        sse_ok = "text/event-stream" in accept or "*/*" in accept
+        if not (sse_ok or "application/json" in accept or "application/*" in accept):
+            return _rpc_error(406, INVALID_REQUEST, "Not Acceptable: accept application/json and text/event-stream")
+        try:
+            msg = wire.parse(await request.body())
+            kind = wire.classify(msg)
+        except MCPError as exc:
+            return JSONResponse(wire.error(None, exc), status_code=400)
+        if kind == "request" and msg["method"] == "server/discover":
+            # A 2026-07-28 probe. A plain 4xx without a JSON-RPC body is not modern evidence:
+            # the official clients fall back to the initialize handshake.
+            return Response(status_code=400)
+        if kind == "request" and msg["method"] == "initialize":
+            try:
+                sid, result = await self.service.initialize(msg.get("params") or {})
+            except MCPError as exc:
+                return JSONResponse(wire.error(msg["id"], exc))
+            return JSONResponse(wire.result(msg["id"], result), headers={"Mcp-Session-Id": sid})
+        found = await self._session(request)
+        if isinstance(found, Response):
+            return found
+        sid, session = found
+        if kind == "notification":
+            await self.service.notification(sid, msg)
+            return Response(status_code=202)
+        if kind == "response":
+            await self.service.response(sid, msg)
+            return Response(status_code=202)
+        return await self._request(sid, session, msg, sse_ok)
+
+    async def _request(self, sid: str, session: dict[str, Any], msg: dict[str, Any], sse_ok: bool) -> Response:
+        out = Outbox(self.service, sid, sse_ok)
+        self.service.dispatch(MCPCall(self.service, sid, session, msg, out))
+        first = await out.queue.get()
+        if first[2] and out.mode == "json":
+            return JSONResponse(first[1])
+        return _event_stream(self._stream(out, first, session.get("v", wire.DEFAULT_HEADER_VERSION)))
+
+    async def _stream(self, out: Outbox, first: Item, version: str) -> AsyncIterator[bytes]:
+        """A POST's SSE reply: priming event, then its messages up to the response (or the
+        deadline: the client resumes with GET + Last-Event-ID)."""
+
+        async def items() -> AsyncIterator[Item]:
+            item = first
+            while True:
+                yield item
+                if item[2]:
+                    return
+                item = await out.queue.get()
+
+        if version >= wire.PRIMING_SINCE:
+            yield sse.encode("", id=f"{out.stream}-0", retry_ms=self.retry_ms)
+        paced = sse.paced(items(), max_seconds=self.sse_max_s, keepalive_s=KEEPALIVE_S)
+        async with contextlib.aclosing(paced) as stream:
+            async for item in stream:
+                if item is None:
+                    yield sse.KEEPALIVE
+                else:
+                    event_id, msg, _ = item
+                    yield _message(event_id or "", msg)
+
+    async def _get(self, request: Request) -> Response:
+        if "text/event-stream" not in request.headers.get("accept", ""):
+            return _rpc_error(406, INVALID_REQUEST, "Not Acceptable: GET needs Accept: text/event-stream")
+        found = await self._session(request)
+        if isinstance(found, Response):
+            return found
+        sid, _ = found
+        events = self.service.events
+        last = request.headers.get("last-event-id")
+        if last:
+            stream, _, seq = last.rpartition("-")
+            if not stream or not seq.isdigit() or not await events.exists(sid, stream, int(seq)):
+                return _rpc_error(400, INVALID_REQUEST, "Unknown Last-Event-ID")
+            if stream != "g":
+                return _event_stream(self._replay(sid, stream, int(seq)))
+        streams = self.service.get_streams
+        if sid in streams:
+            return _rpc_error(409, INVALID_REQUEST, "Conflict: this session already has a GET stream")
+        closed = asyncio.Event()
+        streams[sid] = closed
+        after = int(last.rpartition("-")[2]) if last else await events.get_head(sid)
+        return _event_stream(self._standalone(sid, after, closed))
+
+    async def _replay(self, sid: str, stream: str, after: int) -> AsyncIterator[bytes]:
+        """A POST stream resumed after ``after``, up to its response."""
+        deadline = time.monotonic() + self.sse_max_s
+        async for seq, msg in self.service.events.follow(sid, stream, after, deadline):
+            yield _message(f"{stream}-{seq}", msg)
+
+    async def _standalone(self, sid: str, after: int, closed: asyncio.Event) -> AsyncIterator[bytes]:
+        """The session's GET stream, until DELETE (``closed``), the session's end on another node,
+        or the deadline. ``paced`` ticks every second, so a closed stream ends within one."""
+        service = self.service
+        follow = service.events.follow(sid, "g", after, time.monotonic() + self.sse_max_s)
+        paced = sse.paced(follow, max_seconds=self.sse_max_s, keepalive_s=1.0)
+        try:
+            yield sse.encode("", id=f"g-{after}", retry_ms=self.retry_ms)
+            last_write = checked = time.monotonic()
+            async with contextlib.aclosing(paced) as ticks:
+                async for item in ticks:
+                    if item is not None:
+                        seq, msg = item
+                        yield _message(f"g-{seq}", msg)
+                        last_write = time.monotonic()
+                    elif time.monotonic() - last_write > KEEPALIVE_S:
+                        yield sse.KEEPALIVE
+                        last_write = time.monotonic()
+                    if closed.is_set():
+                        return
+                    if time.monotonic() - checked > SESSION_CHECK_S:  # terminated on another node?
+                        checked = time.monotonic()
+                        if await service.sessions.get(sid) is None:
+                            return
+        finally:
+            if service.get_streams.get(sid) is closed:
+                del service.get_streams[sid]
+
+    async def _delete(self, request: Request) -> Response:
+        found = await self._session(request)
+        if isinstance(found, Response):
+            return found
+        sid, _ = found
+        await self.service.end_session(sid)
+        return Response(status_code=200)
