@@ -228,7 +228,7 @@ async def test_gateway_to_gateway_cancel_reaches_the_remote_task(tmp_path):
 
 
 async def test_a_registered_record_with_an_anp_endpoint_gets_a_connector(tmp_path, monkeypatch):
-    """The gateway's connector supervisor runs the connector ``mount`` registered for a live
+    """The gateway's registry connectors run the connector ``mount`` registered for a live
     record with an anp endpoint; it signs as the gateway's did:wba (node key = runtime.identity)."""
     from registry.records import sign
 

@@ -24,7 +24,7 @@ and turns the remote's task, status and artifact events into this task's events.
 * a stream that ends before a final state is resumed with SubscribeToTask, else polled.
 
 The gateway runs one per live record that has an ``a2a`` endpoint and no ``bus`` endpoint
-(``A2AConnector.from_record``, from the connector supervisor in ``gateway/connectors.py``).
+(``A2AConnector.from_record``, from the registry connectors in ``gateway/connectors.py``).
 """
 
 from __future__ import annotations

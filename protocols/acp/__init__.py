@@ -7,7 +7,7 @@ Surface (alike in every adapter): ``routes(options)``, ``mount(app, options)``, 
 ``ACPOptions`` (``ACPOptions.from_env()``: ``INTERLACE_ACP_PUBLIC_URL``, ``..._SYNC_TIMEOUT_S``).
 
 Modules: ``wire`` (canonical <-> ACP translations), ``server`` (the routes, ``ACPOptions``),
-``client`` and ``connector`` (outbound; the gateway's connector supervisor runs one for every live
+``client`` and ``connector`` (outbound; the gateway's registry connectors run one for every live
 record with an ``acp`` endpoint and no ``bus`` one). ACP is frozen (merged into A2A), so the
 server side reads leniently: unknown fields are ignored and a body needs no Content-Type.
 

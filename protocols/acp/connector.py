@@ -21,7 +21,7 @@ the run's events into this task's events:
 * a stream that ends (or breaks) before a final state is settled by polling ``GET /runs/{id}``.
 
 The gateway runs one per live record that has an ``acp`` endpoint and no ``bus`` endpoint:
-``gateway/connectors.py`` (the supervisor shared by every protocol) builds it with
+``gateway/connectors.py`` (shared by every protocol) builds it with
 ``ACPConnector.from_record`` and starts or stops it as the record comes and goes.
 """
 

@@ -16,8 +16,8 @@ remote returned is reused until it expires), and turns the result into one artif
 ``ANPConnector.from_record(record, runtime)`` builds the connector for a registry record with an
 ``anp`` endpoint (its ad.json URL), signing as the gateway's did:wba (the host from
 ``ANPOptions.from_env()``, or from the options ``mount`` was given) with the node key; connectors
-that sign as one host share one signer, hence its bearer tokens. The gateway's connector supervisor
-(``gateway/connectors.py``, shared by every protocol) runs one for each live record with an ``anp``
+that sign as one host share one signer, hence its bearer tokens. The gateway's registry connectors
+(``gateway/connectors.py``, shared by every protocol) run one for each live record with an ``anp``
 endpoint and no ``bus`` one, and stops it when the record goes.
 """
 

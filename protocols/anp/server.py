@@ -11,7 +11,7 @@
 JSON-RPC dispatch is jsonrpcserver with this adapter's own method table (``METHODS``) and the
 call (``ANPCall``: runtime, scope, authenticated caller) as its context. ``routes(options)``
 returns the routes (the app's default list uses it); ``mount(app, options)`` replaces them on a
-built app, closes the DID resolver's client on shutdown, and has the app's connector supervisor
+built app, closes the DID resolver's client on shutdown, and has the app's registry connectors
 (``app.state.connectors``) build ``anp`` connectors with the same options, so they sign as the
 did:wba this face serves. Without options, both use ``ANPOptions.from_env()``.
 """

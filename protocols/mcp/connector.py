@@ -7,7 +7,7 @@ handshake, session re-creation when the server forgets it, SSE resumption), and 
 tool list, read on first use and again after ``notifications/tools/list_changed`` or a new
 session.
 
-The gateway's connector supervisor (``gateway/connectors.py``) runs one per live registry record
+The gateway's registry connectors (``gateway/connectors.py``) run one per live registry record
 that has an ``mcp`` endpoint and no ``bus`` one (``MCPConnector.from_record``, exported by the
 package as ``Connector``).
 
