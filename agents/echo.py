@@ -23,22 +23,26 @@ class EchoWorker(Worker):
 
     def skills(self) -> list[dict]:
         modes = ["text/plain", "application/json", "application/octet-stream"]
-        return [{
-            "id": "echo",
-            "name": "Echo",
-            "description": "Echo a message back unchanged: a test and demo agent.",
-            "tags": ["echo", "test", "demo"],
-            "input_modes": modes,
-            "output_modes": modes,
-            "examples": ["hello"],
-        }]
+        return [
+            {
+                "id": "echo",
+                "name": "Echo",
+                "description": "Echo a message back unchanged: a test and demo agent.",
+                "tags": ["echo", "test", "demo"],
+                "input_modes": modes,
+                "output_modes": modes,
+                "examples": ["hello"],
+            }
+        ]
 
     async def handle(self, task: Task) -> AsyncIterator[TaskEvent]:
         user = [m for m in task.history if m.role == "user"]
         message = user[-1]
         opts = {**task.metadata, **(message.metadata or {})}
         if opts.get("ask") and len(user) == 1:
-            question = Message(role="agent", parts=[TextPart(text=str(opts["ask"]))], task_id=task.id, context_id=task.context_id)
+            question = Message(
+                role="agent", parts=[TextPart(text=str(opts["ask"]))], task_id=task.id, context_id=task.context_id
+            )
             yield task.status_event(TaskState.INPUT_REQUIRED, question)
             return
         if opts.get("delay_ms"):

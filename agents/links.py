@@ -126,7 +126,9 @@ class HttpLink(WorkerLink):
         return {"agent": d.agent, "entry_id": d.entry_id, "task_id": d.task_id, "attempt": d.attempt}
 
     async def receive(self, agent, consumer, block_ms, count):
-        body = await self._post("/bus/receive", {"agent": agent, "consumer": consumer, "block_ms": block_ms, "count": count})
+        body = await self._post(
+            "/bus/receive", {"agent": agent, "consumer": consumer, "block_ms": block_ms, "count": count}
+        )
         return [Delivery(**d) for d in body["deliveries"]]
 
     async def register(self, model):
@@ -138,15 +140,21 @@ class HttpLink(WorkerLink):
             raise RegistrationFailed(resp.status_code, resp.text[:500])
 
     async def begin(self, delivery, consumer, ttl_ms):
-        body = await self._post("/bus/begin", {"delivery": self._delivery(delivery), "consumer": consumer, "ttl_ms": ttl_ms})
+        body = await self._post(
+            "/bus/begin", {"delivery": self._delivery(delivery), "consumer": consumer, "ttl_ms": ttl_ms}
+        )
         return Task.model_validate(body["task"]) if body.get("task") else None
 
     async def heartbeat(self, delivery, consumer, ttl_ms):
-        body = await self._post("/bus/heartbeat", {"delivery": self._delivery(delivery), "consumer": consumer, "ttl_ms": ttl_ms})
+        body = await self._post(
+            "/bus/heartbeat", {"delivery": self._delivery(delivery), "consumer": consumer, "ttl_ms": ttl_ms}
+        )
         return bool(body["owned"])
 
     async def emit(self, task_id, event):
-        body = await self._post("/bus/emit", {"task_id": task_id, "event": event.model_dump(mode="json", exclude_none=True)})
+        body = await self._post(
+            "/bus/emit", {"task_id": task_id, "event": event.model_dump(mode="json", exclude_none=True)}
+        )
         return body["event_id"]
 
     async def finish(self, delivery, consumer):

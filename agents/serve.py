@@ -18,7 +18,9 @@ log = logging.getLogger("interlace.worker")
 def add_bus_flags(parser: argparse.ArgumentParser) -> None:
     """The flags every ``interlace worker`` takes to reach the bus and register (read by serve_worker)."""
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--gateway", metavar="URL", help="reach the bus through this gateway (default http://127.0.0.1:8080)")
+    where.add_argument(
+        "--gateway", metavar="URL", help="reach the bus through this gateway (default http://127.0.0.1:8080)"
+    )
     where.add_argument("--redis", dest="redis_url", metavar="URL", help="consume from this Redis directly")
     parser.add_argument("--token", help="worker token of the gateway (env INTERLACE_WORKER_TOKEN)")
     parser.add_argument("--key", metavar="FILE", help="the agent's key file (interlace keys new); a fresh key if unset")
@@ -39,9 +41,12 @@ async def serve_worker(worker: Worker, args: argparse.Namespace, config: Config,
     elif link is None:
         link = HttpLink(args.gateway or "http://127.0.0.1:8080", args.token or config.worker_token)
     runner = WorkerRunner(
-        worker, link, lock_ttl_ms=config.visibility_timeout_ms,
+        worker,
+        link,
+        lock_ttl_ms=config.visibility_timeout_ms,
         identity=Identity.load(args.key) if args.key else None,
-        network=config.network, lease_s=config.lease_s,
+        network=config.network,
+        lease_s=config.lease_s,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -32,8 +32,8 @@ from gateway.core.aio import wait_cancelled
 from gateway.core.backends import BackendUnavailable, Delivery
 from registry.identity import Identity
 from registry.records import sign
-from schemas.agent_record import Tombstone, record_from_card
 from schemas import InvalidTransition, Message, Task, TaskEvent, TaskState, TaskStatusUpdate, TextPart
+from schemas.agent_record import Tombstone, record_from_card
 
 log = logging.getLogger("interlace.worker")
 
@@ -127,12 +127,16 @@ class WorkerRunner:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("registration failed, retrying", extra={"agent": self.worker.agent, "error": str(exc)[:300]})
+                log.warning(
+                    "registration failed, retrying", extra={"agent": self.worker.agent, "error": str(exc)[:300]}
+                )
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, self.lease_s / 3)
 
     async def _deregister(self) -> None:
-        tombstone = Tombstone(did=self.identity.did, seq=self._next_seq(), issued_at=int(time.time()), network=self.network)
+        tombstone = Tombstone(
+            did=self.identity.did, seq=self._next_seq(), issued_at=int(time.time()), network=self.network
+        )
         try:
             await self.link.register(sign(tombstone, self.identity))
         except Exception:
@@ -144,7 +148,9 @@ class WorkerRunner:
             try:
                 free = self.worker.concurrency - len(self._inflight)
                 if free <= 0:
-                    await asyncio.wait(list(self._inflight), return_when=asyncio.FIRST_COMPLETED, timeout=self.poll_ms / 1000)
+                    await asyncio.wait(
+                        list(self._inflight), return_when=asyncio.FIRST_COMPLETED, timeout=self.poll_ms / 1000
+                    )
                     continue
                 deliveries = await self.link.receive(agent, self.consumer, self.poll_ms, free)
                 backoff = 0.1
@@ -205,7 +211,7 @@ class WorkerRunner:
             except Exception:
                 log.warning("could not settle delivery; it will be redelivered", extra={"task_id": task.id})
 
-    async def _keep_lock_until_done(self, run: "_Run") -> None:
+    async def _keep_lock_until_done(self, run: _Run) -> None:
         """Wait for the handler, renewing the run lock and the bus entry every third of the
         lock's TTL; a lock lost to another consumer stops the handler."""
         while True:
@@ -222,7 +228,7 @@ class WorkerRunner:
                 await asyncio.wait({run.job})
                 return
 
-    async def _run(self, run: "_Run") -> None:
+    async def _run(self, run: _Run) -> None:
         task, watch = run.task, None
         try:
             meta = {"attempt": run.delivery.attempt} if run.delivery.attempt > 1 else {}
@@ -264,10 +270,10 @@ class WorkerRunner:
         except InvalidTransition:
             pass
 
-    def _start_watch(self, run: "_Run", after: str) -> None:
+    def _start_watch(self, run: _Run, after: str) -> None:
         run.watcher = asyncio.create_task(self._watch_cancel(run, after))
 
-    async def _watch_cancel(self, run: "_Run", after: str) -> None:
+    async def _watch_cancel(self, run: _Run, after: str) -> None:
         try:
             async for stored in self.link.events(run.task.id, after):
                 ev = stored.event

@@ -41,8 +41,12 @@ class Caller:
     async def call(self, i: int) -> None:
         self.ids += 1
         text = f"m{i}-{self.ids}"
-        body = {"jsonrpc": "2.0", "id": self.ids, "method": "SendMessage",
-                "params": {"message": {"messageId": f"b-{self.ids}-{i}", "role": "ROLE_USER", "parts": [{"text": text}]}}}
+        body = {
+            "jsonrpc": "2.0",
+            "id": self.ids,
+            "method": "SendMessage",
+            "params": {"message": {"messageId": f"b-{self.ids}-{i}", "role": "ROLE_USER", "parts": [{"text": text}]}},
+        }
         status, payload = await self.http.request("POST", self.path, json.dumps(body).encode(), HEADERS)
         task = json.loads(payload).get("result", {}).get("task", {}) if status == 200 else {}
         got = "".join(p.get("text", "") for a in task.get("artifacts", []) for p in a.get("parts", []))
@@ -71,9 +75,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=600, help="calls per leg at concurrency 1 (x3 at 32)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--connector", choices=["auto", "stream", "send"], default="auto",
-                        help="how the connector calls the agent: auto (streams only for clients that follow the task; "
-                             "a blocking SendMessage here), always SendStreamingMessage, or always SendMessage")
+    parser.add_argument(
+        "--connector",
+        choices=["auto", "stream", "send"],
+        default="auto",
+        help="how the connector calls the agent: auto (streams only for clients that follow the task; "
+        "a blocking SendMessage here), always SendStreamingMessage, or always SendMessage",
+    )
     parser.add_argument("--serve-gateway", nargs=3, metavar=("PORT", "REMOTE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_gateway:
@@ -82,15 +90,22 @@ def main() -> None:
         return
     remote_port, gw_port = free_port(), free_port()
     with Processes() as procs:
-        remote = procs.start([sys.executable, str(REPO / "tests/fixtures/a2a_remote.py"), "--port", str(remote_port)],
-                             remote_port, "remote agent")
-        gateway = procs.start([sys.executable, "-m", "bench.a2a", "--serve-gateway", str(gw_port), remote, args.connector],
-                              gw_port, "gateway")
-        print(f"A2A SendMessage to an a2a-sdk {package_version('a2a-sdk')} echo agent: direct vs. through the gateway "
-              f"(connector: {args.connector}); median of {args.repeats} runs, {args.calls} calls per run at "
-              f"concurrency 1, {args.calls * 3} at 32")
+        remote = procs.start(
+            [sys.executable, str(REPO / "tests/fixtures/a2a_remote.py"), "--port", str(remote_port)],
+            remote_port,
+            "remote agent",
+        )
+        gateway = procs.start(
+            [sys.executable, "-m", "bench.a2a", "--serve-gateway", str(gw_port), remote, args.connector],
+            gw_port,
+            "gateway",
+        )
+        print(
+            f"A2A SendMessage to an a2a-sdk {package_version('a2a-sdk')} echo agent: direct vs. through the gateway "
+            f"(connector: {args.connector}); median of {args.repeats} runs, {args.calls} calls per run at "
+            f"concurrency 1, {args.calls * 3} at 32"
+        )
         report(asyncio.run(measure(remote, gateway, args.calls, args.repeats)))
-
 
 
 if __name__ == "__main__":

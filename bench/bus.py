@@ -77,8 +77,10 @@ def main() -> None:
                 with gateway_process(*flags) as url:
                     runs = [asyncio.run(through_gateway(url, args.tasks, c)) for _ in range(args.repeats)]
                 run = median_run(runs)
-                print(f"{name:10} {c:4d} {run.throughput:10.1f} {fmt_ms(run.p(50))} {fmt_ms(run.p(99))} "
-                      f"{base.throughput:12.0f} {run.throughput / base.throughput:8.5f}")
+                print(
+                    f"{name:10} {c:4d} {run.throughput:10.1f} {fmt_ms(run.p(50))} {fmt_ms(run.p(99))} "
+                    f"{base.throughput:12.0f} {run.throughput / base.throughput:8.5f}"
+                )
     finally:
         if redis_proc is not None:
             redis_proc.kill()

@@ -72,7 +72,9 @@ async def interleaved_legs(leg: Callable[[str, int, int], Awaitable[dict]], call
         for _ in range(repeats):
             for name, legs in runs.items():
                 legs.append(await leg(name, n, concurrency))
-        results[concurrency] = {name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")} for name, rs in runs.items()}
+        results[concurrency] = {
+            name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")} for name, rs in runs.items()
+        }
     return results
 
 
@@ -92,7 +94,9 @@ def gateway_process(*args: str, env: dict[str, str] | None = None):
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--log-level", "warning", *args],
-        env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=full_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -131,7 +135,9 @@ class RawHttp:
         self.port = int(port)
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
-    async def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    async def request(
+        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
         conn = self._idle.pop() if self._idle else await asyncio.open_connection(self.host, self.port)
         reader, writer = conn
         head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(body)}\r\n"
@@ -175,7 +181,7 @@ class Processes:
                 time.sleep(0.05)
         raise SystemExit(f"{what} did not start")
 
-    def __enter__(self) -> "Processes":
+    def __enter__(self) -> Processes:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -209,5 +215,7 @@ def report(results: dict) -> None:
             print(f"{c:>11} {name:>8} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f}")
     for c, legs in results.items():
         d, g = legs["direct"], legs["gateway"]
-        print(f"concurrency {c}: throughput ratio gateway/direct = {g['rps'] / d['rps']:.2f}x (target >= 0.5x); "
-              f"p50 ratio = {g['p50'] / d['p50']:.2f}x (added {g['p50'] - d['p50']:.2f} ms); p99 ratio = {g['p99'] / d['p99']:.2f}x")
+        print(
+            f"concurrency {c}: throughput ratio gateway/direct = {g['rps'] / d['rps']:.2f}x (target >= 0.5x); "
+            f"p50 ratio = {g['p50'] / d['p50']:.2f}x (added {g['p50'] - d['p50']:.2f} ms); p99 ratio = {g['p99'] / d['p99']:.2f}x"
+        )

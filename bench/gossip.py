@@ -55,66 +55,82 @@ def ratio(ours: float, ref: float) -> str:
 
 def dissemination(interval: float) -> None:
     print("\n== Dissemination: rounds (and seconds) until every node has an update ==")
-    print(f"{'N':>5} {'loss':>5} {'samples':>7} {'p50 rounds':>10} {'p99 rounds':>10} "
-          f"{'ref p99':>7} {'ratio':>6} | {'p99 s':>6} {'serf s':>6} {'ratio':>6}")
+    print(
+        f"{'N':>5} {'loss':>5} {'samples':>7} {'p50 rounds':>10} {'p99 rounds':>10} "
+        f"{'ref p99':>7} {'ratio':>6} | {'p99 s':>6} {'serf s':>6} {'ratio':>6}"
+    )
     for loss, n in CASES:
-        rounds = [r for seed in range(SEEDS[n])
-                  for r in spread_rounds(n, loss=loss, seed=seed).rounds]
+        rounds = [r for seed in range(SEEDS[n]) for r in spread_rounds(n, loss=loss, seed=seed).rounds]
         p50, p99 = percentile(rounds, 50), percentile(rounds, 99)
         ref, serf = REF_P99_ROUNDS[loss][n], REF_SERF_SECONDS[loss][n]
-        print(f"{n:>5} {loss:>5.0%} {len(rounds):>7} {p50:>10.1f} {p99:>10.1f} {ref:>7} "
-              f"{ratio(p99, ref):>6} | {p99 * interval:>6.2f} {serf:>6.1f} "
-              f"{ratio(p99 * interval, serf):>6}")
+        print(
+            f"{n:>5} {loss:>5.0%} {len(rounds):>7} {p50:>10.1f} {p99:>10.1f} {ref:>7} "
+            f"{ratio(p99, ref):>6} | {p99 * interval:>6.2f} {serf:>6.1f} "
+            f"{ratio(p99 * interval, serf):>6}"
+        )
 
 
 def load() -> None:
     print("\n== Load: sent per node per second, steady state (no failures, no user updates) ==")
-    print(f"{'N':>5} {'loss':>5} {'packets/s':>9} {'ref max':>7} {'ratio':>6} | "
-          f"{'bytes/s':>8} {'ref max':>8} {'ratio':>6}")
+    print(
+        f"{'N':>5} {'loss':>5} {'packets/s':>9} {'ref max':>7} {'ratio':>6} | "
+        f"{'bytes/s':>8} {'ref max':>8} {'ratio':>6}"
+    )
     for loss, n in CASES:
         sim = Simulator.converged(n, seed=1, loss=loss, measure_bytes=True)
         sim.run(LOAD_SECONDS[n])
         per_node = n * LOAD_SECONDS[n]
         packets = sum(sim.traffic.packets.values()) / per_node
         sent = sum(sim.traffic.bytes.values()) / per_node
-        print(f"{n:>5} {loss:>5.0%} {packets:>9.2f} {REF_PACKETS_PER_S:>7} "
-              f"{ratio(packets, REF_PACKETS_PER_S):>6} | {sent:>8.0f} {REF_BYTES_PER_S:>8} "
-              f"{ratio(sent, REF_BYTES_PER_S):>6}")
+        print(
+            f"{n:>5} {loss:>5.0%} {packets:>9.2f} {REF_PACKETS_PER_S:>7} "
+            f"{ratio(packets, REF_PACKETS_PER_S):>6} | {sent:>8.0f} {REF_BYTES_PER_S:>8} "
+            f"{ratio(sent, REF_BYTES_PER_S):>6}"
+        )
 
 
 def detection() -> None:
     print("\n== Failure detection: seconds from a crash until all nodes declare it dead ==")
-    print(f"{'N':>5} {'loss':>5} {'suspect':>7} {'1st dead':>8} {'all dead':>8} {'ref':>5} "
-          f"{'ratio':>6}")
+    print(f"{'N':>5} {'loss':>5} {'suspect':>7} {'1st dead':>8} {'all dead':>8} {'ref':>5} {'ratio':>6}")
     for loss, n in CASES:
         d = detect_crash(n, loss=loss, seed=5)
         ref = REF_DETECT_SECONDS[n]
-        print(f"{n:>5} {loss:>5.0%} {d.first_suspect:>7.1f} {d.first_dead:>8.1f} "
-              f"{d.all_dead:>8.1f} {ref:>5} {ratio(d.all_dead, ref):>6}")
+        print(
+            f"{n:>5} {loss:>5.0%} {d.first_suspect:>7.1f} {d.first_dead:>8.1f} "
+            f"{d.all_dead:>8.1f} {ref:>5} {ratio(d.all_dead, ref):>6}"
+        )
 
 
 def false_positive_rate() -> None:
     print("\n== False positives under 10 % loss (no node fails; Lifeguard on) ==")
-    print(f"{'N':>5} {'sim s':>6} {'suspicions':>10} {'per node-h':>10} {'false dead':>10} "
-          f"{'per node-h':>10} {'ref':>4} {'max LHM':>7}")
+    print(
+        f"{'N':>5} {'sim s':>6} {'suspicions':>10} {'per node-h':>10} {'false dead':>10} "
+        f"{'per node-h':>10} {'ref':>4} {'max LHM':>7}"
+    )
     for n in SIZES:
         fp = false_positives(n, loss=0.1, seed=11, duration=FP_SECONDS[n])
         node_hours = n * FP_SECONDS[n] / 3600
-        print(f"{n:>5} {FP_SECONDS[n]:>6.0f} {fp.suspicions:>10} "
-              f"{fp.suspicions / node_hours:>10.1f} {fp.false_dead:>10} "
-              f"{fp.false_dead / node_hours:>10.2f} {REF_FALSE_DEAD:>4} {fp.max_awareness:>7}")
+        print(
+            f"{n:>5} {FP_SECONDS[n]:>6.0f} {fp.suspicions:>10} "
+            f"{fp.suspicions / node_hours:>10.1f} {fp.false_dead:>10} "
+            f"{fp.false_dead / node_hours:>10.2f} {REF_FALSE_DEAD:>4} {fp.max_awareness:>7}"
+        )
 
 
 def main() -> None:
     started = time.perf_counter()
     config = SwimConfig()
-    print("SWIM + Lifeguard simulator, memberlist LAN defaults: probe "
-          f"{config.probe_interval:g} s / timeout {config.probe_timeout:g} s, gossip "
-          f"{config.gossip_interval:g} s x {config.gossip_nodes}, k={config.indirect_checks}, "
-          f"suspicion mult {config.suspicion_mult} (max x{config.suspicion_max_timeout_mult}), "
-          f"retransmit mult {config.retransmit_mult}")
-    print("Reference: /work/shared/reference/discovery-routing-models.md 1.4, 1.5, 1.8; "
-          "ratio = ours / reference (lower is better)")
+    print(
+        "SWIM + Lifeguard simulator, memberlist LAN defaults: probe "
+        f"{config.probe_interval:g} s / timeout {config.probe_timeout:g} s, gossip "
+        f"{config.gossip_interval:g} s x {config.gossip_nodes}, k={config.indirect_checks}, "
+        f"suspicion mult {config.suspicion_mult} (max x{config.suspicion_max_timeout_mult}), "
+        f"retransmit mult {config.retransmit_mult}"
+    )
+    print(
+        "Reference: /work/shared/reference/discovery-routing-models.md 1.4, 1.5, 1.8; "
+        "ratio = ours / reference (lower is better)"
+    )
     dissemination(config.gossip_interval)
     load()
     detection()

@@ -50,16 +50,34 @@ class Session:
         return h
 
     async def open(self) -> None:
-        resp = await self.http.post(self.url, headers=self.headers(), json={
-            "jsonrpc": "2.0", "id": 0, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}})
+        resp = await self.http.post(
+            self.url,
+            headers=self.headers(),
+            json={
+                "jsonrpc": "2.0",
+                "id": 0,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "clientInfo": {"name": "bench", "version": "1"},
+                },
+            },
+        )
         resp.raise_for_status()
         self.sid = resp.headers["mcp-session-id"]
-        await self.http.post(self.url, headers=self.headers(), json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+        await self.http.post(
+            self.url, headers=self.headers(), json={"jsonrpc": "2.0", "method": "notifications/initialized"}
+        )
 
     async def call(self, text: str) -> None:
         self.ids += 1
-        body = {"jsonrpc": "2.0", "id": self.ids, "method": "tools/call", "params": {"name": "test_echo", "arguments": {"text": text}}}
+        body = {
+            "jsonrpc": "2.0",
+            "id": self.ids,
+            "method": "tools/call",
+            "params": {"name": "test_echo", "arguments": {"text": text}},
+        }
         for attempt in range(2):
             try:
                 resp = await self.http.post(self.url, headers=self.headers(), content=json.dumps(body))
@@ -102,7 +120,9 @@ async def measure(direct_url: str, gateway_url: str, calls: int, repeats: int) -
         for s in sessions.values():
             await s.open()
             await leg(s, 200, 8)  # warm up connections, caches and the upstream pool
-        results = await interleaved_legs(lambda name, n, concurrency: leg(sessions[name], n, concurrency), calls, repeats)
+        results = await interleaved_legs(
+            lambda name, n, concurrency: leg(sessions[name], n, concurrency), calls, repeats
+        )
         for s in sessions.values():
             await s.close()
     return results
@@ -125,13 +145,22 @@ def main() -> None:
         return
     up_port, gw_port = free_port(), free_port()
     with Processes() as procs:
-        upstream = procs.start([sys.executable, str(REPO / "tests/fixtures/mcp_upstream.py"), "--port", str(up_port)],
-                               up_port, "upstream") + "/mcp"
-        gateway = procs.start([sys.executable, "-m", "bench.mcp", "--serve-gateway", str(gw_port), upstream], gw_port, "gateway")
-        print(f"MCP tools/call test_echo: direct to the upstream (mcp SDK {package_version('mcp')}) vs. through the gateway; "
-              f"median of {args.repeats} runs, {args.calls} calls per run at concurrency 1, {args.calls * 3} at 32")
+        upstream = (
+            procs.start(
+                [sys.executable, str(REPO / "tests/fixtures/mcp_upstream.py"), "--port", str(up_port)],
+                up_port,
+                "upstream",
+            )
+            + "/mcp"
+        )
+        gateway = procs.start(
+            [sys.executable, "-m", "bench.mcp", "--serve-gateway", str(gw_port), upstream], gw_port, "gateway"
+        )
+        print(
+            f"MCP tools/call test_echo: direct to the upstream (mcp SDK {package_version('mcp')}) vs. through the gateway; "
+            f"median of {args.repeats} runs, {args.calls} calls per run at concurrency 1, {args.calls * 3} at 32"
+        )
         report(asyncio.run(measure(upstream, f"{gateway}/mcp", args.calls, args.repeats)))
-
 
 
 if __name__ == "__main__":

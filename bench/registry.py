@@ -61,8 +61,17 @@ QUALIFIERS = """english french german spanish japanese chinese arabic russian hi
 legal medical financial retail insurance banking logistics travel gaming education pdf csv
 json xml html markdown realtime batch streaming offline secure private fast accurate cheap
 multilingual handwritten scanned noisy large""".split()
-MODES = ["text/plain", "application/json", "image/png", "image/jpeg", "audio/wav", "application/pdf",
-         "text/csv", "text/html", "video/mp4"]
+MODES = [
+    "text/plain",
+    "application/json",
+    "image/png",
+    "image/jpeg",
+    "audio/wav",
+    "application/pdf",
+    "text/csv",
+    "text/html",
+    "video/mp4",
+]
 SYLLABLES = "ka lo mi ne ru sa ti vo xe zu qua bri dex fon gal hum jor kel".split()
 
 
@@ -83,27 +92,46 @@ def make_records(n_skills: int, seed: int = 7, *, did_prefix: str = "z6Mkbench")
         for j in range(k):
             verb, obj = rng.choice(VERBS), rng.choice(OBJECTS)
             q1, q2 = rng.sample(QUALIFIERS, 2)
-            skills.append({
-                "id": f"{verb}-{obj}-{j}",
-                "name": f"{verb.capitalize()} {obj}",
-                "description": f"{verb.capitalize()} {q1} {obj} with {product}; " + rng.choice([
-                    f"handles {q2} input and returns {rng.choice(OBJECTS)}.",
-                    f"{q2} {rng.choice(OBJECTS)} supported.",
-                    f"output as {rng.choice(OBJECTS)}, {q2} friendly.",
-                    "low latency."]),
-                "tags": sorted({verb, obj, q1}),
-                "input_modes": rng.sample(MODES, rng.randint(1, 3)),
-                "output_modes": rng.sample(MODES, rng.randint(1, 2)),
-                "examples": [f"{verb} these {q1} {obj}"],
-            })
-        endpoints = {p: f"http://agents.example/{i}/{p}" for p in ("mcp", "a2a", "acp", "anp")
-                     if rng.random() < 0.4} or {"bus": f"agent-{i}"}
-        records.append(AgentRecord.model_validate(dict(
-            did=f"did:key:{did_prefix}{i:012d}", name=f"{product}-{i}", version="1.0",
-            description=f"{product} agent for {rng.choice(QUALIFIERS)} {rng.choice(OBJECTS)}",
-            skills=skills, endpoints=endpoints, cost=rng.choice([None, 0, 100, 1_000, 10_000, 250_000]),
-            home_node="bench", seq=1, issued_at=1_700_000_000, expires_at=4_000_000_000,
-            network="bench")))
+            skills.append(
+                {
+                    "id": f"{verb}-{obj}-{j}",
+                    "name": f"{verb.capitalize()} {obj}",
+                    "description": f"{verb.capitalize()} {q1} {obj} with {product}; "
+                    + rng.choice(
+                        [
+                            f"handles {q2} input and returns {rng.choice(OBJECTS)}.",
+                            f"{q2} {rng.choice(OBJECTS)} supported.",
+                            f"output as {rng.choice(OBJECTS)}, {q2} friendly.",
+                            "low latency.",
+                        ]
+                    ),
+                    "tags": sorted({verb, obj, q1}),
+                    "input_modes": rng.sample(MODES, rng.randint(1, 3)),
+                    "output_modes": rng.sample(MODES, rng.randint(1, 2)),
+                    "examples": [f"{verb} these {q1} {obj}"],
+                }
+            )
+        endpoints = {
+            p: f"http://agents.example/{i}/{p}" for p in ("mcp", "a2a", "acp", "anp") if rng.random() < 0.4
+        } or {"bus": f"agent-{i}"}
+        records.append(
+            AgentRecord.model_validate(
+                dict(
+                    did=f"did:key:{did_prefix}{i:012d}",
+                    name=f"{product}-{i}",
+                    version="1.0",
+                    description=f"{product} agent for {rng.choice(QUALIFIERS)} {rng.choice(OBJECTS)}",
+                    skills=skills,
+                    endpoints=endpoints,
+                    cost=rng.choice([None, 0, 100, 1_000, 10_000, 250_000]),
+                    home_node="bench",
+                    seq=1,
+                    issued_at=1_700_000_000,
+                    expires_at=4_000_000_000,
+                    network="bench",
+                )
+            )
+        )
         made += k
         i += 1
     return records
@@ -114,17 +142,25 @@ def make_queries(n: int, seed: int = 11) -> list[CapabilityQuery]:
     out = []
     for i in range(n):
         verb, obj, qual = rng.choice(VERBS), rng.choice(OBJECTS), rng.choice(QUALIFIERS)
-        text = rng.choice([f"{verb} {obj}", f"please {verb} my {qual} {obj}",
-                           f"I need to {verb} {obj} from {qual} sources quickly",
-                           f"{verb} {qual} {obj} and return {rng.choice(OBJECTS)}"])
+        text = rng.choice(
+            [
+                f"{verb} {obj}",
+                f"please {verb} my {qual} {obj}",
+                f"I need to {verb} {obj} from {qual} sources quickly",
+                f"{verb} {qual} {obj} and return {rng.choice(OBJECTS)}",
+            ]
+        )
         shape = i % 4
         if shape == 0:
             out.append(CapabilityQuery(text=text))
         elif shape == 1:
             out.append(CapabilityQuery(text=text, tags=[verb]))
         elif shape == 2:
-            out.append(CapabilityQuery(text=text, protocol=rng.choice(["mcp", "a2a", "bus"]),
-                                       max_cost=10_000, max_latency_ms=800))
+            out.append(
+                CapabilityQuery(
+                    text=text, protocol=rng.choice(["mcp", "a2a", "bus"]), max_cost=10_000, max_latency_ms=800
+                )
+            )
         else:
             out.append(CapabilityQuery(text=text, output_modes=[rng.choice(MODES)]))
     return out
@@ -132,8 +168,14 @@ def make_queries(n: int, seed: int = 11) -> list[CapabilityQuery]:
 
 def make_stats(records: list[AgentRecord], seed: int = 3):
     rng = random.Random(seed)
-    table = {r.did: AgentStats(latency_ewma_ms=rng.choice([None, 50.0, 200.0, 900.0, 2000.0]),
-                               load=rng.randint(0, 8), live=rng.random() > 0.05) for r in records}
+    table = {
+        r.did: AgentStats(
+            latency_ewma_ms=rng.choice([None, 50.0, 200.0, 900.0, 2000.0]),
+            load=rng.randint(0, 8),
+            live=rng.random() > 0.05,
+        )
+        for r in records
+    }
     return table.__getitem__
 
 
@@ -198,8 +240,10 @@ def bench_records(n: int) -> None:
     t_renew = time.perf_counter() - t0
     print(f"sign                 {n / t_sign:9.0f} records/s  ({t_sign / n * 1e6:6.1f} us each)")
     print(f"verify               {n / t_verify:9.0f} records/s  ({t_verify / n * 1e6:6.1f} us each)")
-    print(f"ingest (parse+verify+index) {n / t_ingest:9.0f} records/s = {skills / t_ingest:7.0f} skills/s "
-          f"({t_ingest / n * 1e6:6.1f} us/record; verify is {t_verify / t_ingest:4.0%} of it)")
+    print(
+        f"ingest (parse+verify+index) {n / t_ingest:9.0f} records/s = {skills / t_ingest:7.0f} skills/s "
+        f"({t_ingest / n * 1e6:6.1f} us/record; verify is {t_verify / t_ingest:4.0%} of it)"
+    )
     print(f"re-upsert unchanged  {n / t_renew:9.0f} records/s")
 
 
@@ -216,8 +260,10 @@ def bench_lexical(sizes: list[int], n_queries: int) -> dict[int, tuple]:
         stats = make_stats(records)
         timed_search(index, queries[:50], stats)  # warm-up
         t = timed_search(index, queries, stats)
-        print(f"{size:>7} skills ({index.agent_count:>6} agents), built at {size / t_build:6.0f} skills/s, "
-              f"{t.hits}/{len(queries)} routed\n        {fmt_timing(t)}")
+        print(
+            f"{size:>7} skills ({index.agent_count:>6} agents), built at {size / t_build:6.0f} skills/s, "
+            f"{t.hits}/{len(queries)} routed\n        {fmt_timing(t)}"
+        )
         built[size] = (records, index, stats)
     return built
 
@@ -244,8 +290,10 @@ def bench_embeddings(sizes: list[int], n_queries: int) -> None:
     t0 = time.perf_counter()
     encoder.encode(texts[:256], batch_size=64)
     batch_rate = 256 / (time.perf_counter() - t0)
-    print(f"query embedding (single, uncached): p50 {percentile(single, 50) * 1e3:.2f} ms "
-          f"p99 {percentile(single, 99) * 1e3:.2f} ms; batch of 64: {batch_rate:.0f} texts/s")
+    print(
+        f"query embedding (single, uncached): p50 {percentile(single, 50) * 1e3:.2f} ms "
+        f"p99 {percentile(single, 99) * 1e3:.2f} ms; batch of 64: {batch_rate:.0f} texts/s"
+    )
 
     rng = np.random.default_rng(1)
     template_cache: dict[str, np.ndarray] = {}
@@ -275,8 +323,10 @@ def bench_embeddings(sizes: list[int], n_queries: int) -> None:
         cached = timed_search(index, queries, stats)
         index._qcache._items.clear()
         full = timed_search(index, queries[:200], stats)
-        print(f"{size:>7} skills, built at {size / t_build:6.0f} skills/s ({len(template_cache)} templates "
-              f"embedded), {cached.hits}/{len(queries)} routed")
+        print(
+            f"{size:>7} skills, built at {size / t_build:6.0f} skills/s ({len(template_cache)} templates "
+            f"embedded), {cached.hits}/{len(queries)} routed"
+        )
         print(f"        excluding query embedding: {fmt_timing(cached)}")
         print(f"        including query embedding: {fmt_timing(full)}")
 
@@ -288,8 +338,10 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=2_000, help="signed records for the verify/ingest rate")
     parser.add_argument("--no-embeddings", action="store_true")
     args = parser.parse_args()
-    print(f"registry benchmark: target index lookup p99 < {TARGET_P99_MS} ms at 100k skills; "
-          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    print(
+        f"registry benchmark: target index lookup p99 < {TARGET_P99_MS} ms at 100k skills; "
+        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+    )
     bench_records(args.records)
     bench_lexical(args.sizes, args.queries)
     if not args.no_embeddings:

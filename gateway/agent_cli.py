@@ -26,14 +26,18 @@ class CliError(Exception):
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    keys = sub.add_parser("keys", help="create or show an Ed25519 key (did:key)").add_subparsers(dest="action", required=True)
+    keys = sub.add_parser("keys", help="create or show an Ed25519 key (did:key)").add_subparsers(
+        dest="action", required=True
+    )
     new = keys.add_parser("new", help="write a new key file (0600) and print its DID")
     new.add_argument("file")
     new.add_argument("--force", action="store_true", help="replace an existing file")
     show = keys.add_parser("show", help="print the DID of a key file")
     show.add_argument("file")
 
-    agent = sub.add_parser("agent", help="register and inspect agents on a gateway").add_subparsers(dest="action", required=True)
+    agent = sub.add_parser("agent", help="register and inspect agents on a gateway").add_subparsers(
+        dest="action", required=True
+    )
 
     def gateway_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--gateway", default="http://127.0.0.1:8080", metavar="URL")
@@ -90,9 +94,15 @@ def _dispatch(args: argparse.Namespace, token: str | None):
         if args.action == "show":
             return _ok(http.get(f"/registry/agents/{args.did}"))
         identity = Identity.load(args.key)
-        tombstone = Tombstone(did=identity.did, seq=_next_seq(http, identity.did), issued_at=int(time.time()), network=args.network)
+        tombstone = Tombstone(
+            did=identity.did, seq=_next_seq(http, identity.did), issued_at=int(time.time()), network=args.network
+        )
         body = json.dumps(sign(tombstone, identity).dump())
-        return _ok(http.request("DELETE", f"/registry/agents/{identity.did}", content=body, headers={"Content-Type": "application/json"}))
+        return _ok(
+            http.request(
+                "DELETE", f"/registry/agents/{identity.did}", content=body, headers={"Content-Type": "application/json"}
+            )
+        )
 
 
 def _register(http: httpx.Client, args: argparse.Namespace):

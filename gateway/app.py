@@ -89,7 +89,9 @@ async def _typed_error(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal", "internal error")
 
 
-def create_app(config: Config | None = None, *, backend: Backend | None = None, workers: list | None = None) -> Starlette:
+def create_app(
+    config: Config | None = None, *, backend: Backend | None = None, workers: list | None = None
+) -> Starlette:
     """Build a gateway. ``workers`` defaults to the echo agent when ``config.echo`` is set."""
     config = config or Config.load()
     if workers is None:
@@ -136,7 +138,10 @@ def create_app(config: Config | None = None, *, backend: Backend | None = None, 
         *worker_api.routes,
         *cluster_routes,  # /gossip, /cluster (federation)
     ]
-    handlers = {exc: _typed_error for exc in (Exception, HTTPException, HttpError, ValidationError, BackendUnavailable, QueueFull)}
+    handlers = {
+        exc: _typed_error
+        for exc in (Exception, HTTPException, HttpError, ValidationError, BackendUnavailable, QueueFull)
+    }
     for kind, _ in _STATUS:
         handlers[kind] = _typed_error
     app = Starlette(

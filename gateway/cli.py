@@ -1,11 +1,11 @@
 """The ``interlace`` command line.
 
-  interlace serve [--host H] [--port P] [--redis URL] [--no-echo] ...
-  interlace worker echo [--gateway URL | --redis URL] [--concurrency N]
-  interlace worker model --model PATH [--device auto|cuda|cpu] [--backend transformers|llamacpp] ...
-  interlace keys new|show FILE
-  interlace agent register|list|show|deregister ...
-  interlace version
+interlace serve [--host H] [--port P] [--redis URL] [--no-echo] ...
+interlace worker echo [--gateway URL | --redis URL] [--concurrency N]
+interlace worker model --model PATH [--device auto|cuda|cpu] [--backend transformers|llamacpp] ...
+interlace keys new|show FILE
+interlace agent register|list|show|deregister ...
+interlace version
 """
 
 from __future__ import annotations
@@ -32,26 +32,43 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run a gateway node")
     serve.add_argument("--host", help="bind address (default 127.0.0.1; env INTERLACE_HOST)")
     serve.add_argument("--port", type=int, help="port (default 8080; env INTERLACE_PORT)")
-    serve.add_argument("--redis", dest="redis_url", metavar="URL", help="Redis URL for the shared bus (env INTERLACE_REDIS_URL)")
+    serve.add_argument(
+        "--redis", dest="redis_url", metavar="URL", help="Redis URL for the shared bus (env INTERLACE_REDIS_URL)"
+    )
     serve.add_argument("--node-id", help="this node's name in logs and metrics")
-    serve.add_argument("--no-echo", dest="echo", action="store_const", const=False, help="do not run the in-process echo agent")
+    serve.add_argument(
+        "--no-echo", dest="echo", action="store_const", const=False, help="do not run the in-process echo agent"
+    )
     serve.add_argument("--max-body-bytes", type=int, help="largest request body accepted (default 4 MiB)")
-    serve.add_argument("--visibility-timeout-ms", type=int, help="how long a silent worker keeps a task before redelivery")
+    serve.add_argument(
+        "--visibility-timeout-ms", type=int, help="how long a silent worker keeps a task before redelivery"
+    )
     serve.add_argument("--max-queue", type=int, help="bound on each agent's queue")
     serve.add_argument("--worker-token", help="token workers must present on /bus (env INTERLACE_WORKER_TOKEN)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--network", help="registry network id (default interlace)")
     serve.add_argument("--node-key", metavar="FILE", help="this node's key file (default: a fresh key each start)")
-    serve.add_argument("--admission", choices=["open", "token", "allowlist"],
-                       help="who may register agents (default: open on loopback, else required)")
+    serve.add_argument(
+        "--admission",
+        choices=["open", "token", "allowlist"],
+        help="who may register agents (default: open on loopback, else required)",
+    )
     serve.add_argument("--registration-token", help="token for --admission token (env INTERLACE_REGISTRATION_TOKEN)")
     serve.add_argument("--allowlist", metavar="FILE", help="DIDs allowed to register, one per line")
     serve.add_argument("--join", metavar="HOST:PORT,...", help="seed nodes of the federation to join")
-    serve.add_argument("--trust", metavar="FILE", help="node DIDs allowed to gossip, one per line (default: any node of the network)")
-    serve.add_argument("--public-url", metavar="URL", help="the address peers reach this node at (default http://host:port)")
+    serve.add_argument(
+        "--trust", metavar="FILE", help="node DIDs allowed to gossip, one per line (default: any node of the network)"
+    )
+    serve.add_argument(
+        "--public-url", metavar="URL", help="the address peers reach this node at (default http://host:port)"
+    )
     serve.add_argument("--gossip-profile", choices=["lan", "local", "fast"], help="gossip timings (default lan)")
-    serve.add_argument("--no-gossip", dest="gossip", action="store_const", const=False, help="do not federate with other nodes")
-    serve.add_argument("--gossip-faults", action="store_const", const=True, help=argparse.SUPPRESS)  # tests: POST /gossip/faults
+    serve.add_argument(
+        "--no-gossip", dest="gossip", action="store_const", const=False, help="do not federate with other nodes"
+    )
+    serve.add_argument(
+        "--gossip-faults", action="store_const", const=True, help=argparse.SUPPRESS
+    )  # tests: POST /gossip/faults
 
     worker = sub.add_parser("worker", help="run an agent worker")
     kinds = worker.add_subparsers(dest="kind", required=True)

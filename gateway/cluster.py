@@ -91,8 +91,14 @@ log = logging.getLogger("interlace.cluster")
 FORWARDED_FROM = "interlace.forwarded_from"  # task metadata at the home node: {node, task_id}
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 _KEEPALIVE_S = 4.0  # below uvicorn's 5 s keep-alive timeout
-_REJECT_STATUS = {"malformed": 400, "bad_signature": 401, "stale": 401, "replayed": 401,
-                  "wrong_network": 403, "untrusted": 403}
+_REJECT_STATUS = {
+    "malformed": 400,
+    "bad_signature": 401,
+    "stale": 401,
+    "replayed": 401,
+    "wrong_network": 403,
+    "untrusted": 403,
+}
 
 
 def check_config(config: Config) -> None:
@@ -148,8 +154,15 @@ class Cluster:
         self.node = SwimNode(runtime.node_id, self.addr, self.swim_config, rng=random.Random(), delegate=self.sync)
         self.client: httpx.AsyncClient | None = None  # made in start (an SSL context costs ms)
         trusted = load_allowlist(cfg.trust) if cfg.trust else None
-        self.gossip = HttpGossip(self.node, runtime.identity, cfg.network, client=None,
-                                 max_age_ms=cfg.skew_s * 1000, trusted=trusted, on_events=self._on_events)
+        self.gossip = HttpGossip(
+            self.node,
+            runtime.identity,
+            cfg.network,
+            client=None,
+            max_age_ms=cfg.skew_s * 1000,
+            trusted=trusted,
+            on_events=self._on_events,
+        )
         self.sync.attach(self.gossip)
         self._forwarders: dict[str, WorkerRunner] = {}  # stream -> runner
         self._links: dict[str, _HomeLink] = {}  # home base URL -> pooled client of its task API
@@ -160,16 +173,21 @@ class Cluster:
     # ---- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.client = self.gossip.client = httpx.AsyncClient(limits=httpx.Limits(
-            max_connections=256, max_keepalive_connections=64, keepalive_expiry=_KEEPALIVE_S))
+        self.client = self.gossip.client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=_KEEPALIVE_S)
+        )
         await self.sync.start()
         if self.gossip.trusted is None and self.runtime.config.host not in _LOOPBACK:
-            log.warning("gossip without a trust list on a non-loopback address: any node of network "
-                        f"{self.runtime.config.network!r} can join; pass --trust FILE")
+            log.warning(
+                "gossip without a trust list on a non-loopback address: any node of network "
+                f"{self.runtime.config.network!r} can join; pass --trust FILE"
+            )
         self.gossip.start(self.seeds)
         self._sweeper = asyncio.create_task(self._sweep(), name="forwarder-sweep")
-        log.info("gossip started", extra={"node": self.node_id, "addr": self.addr, "seeds": self.seeds,
-                                          "profile": self.profile_name})
+        log.info(
+            "gossip started",
+            extra={"node": self.node_id, "addr": self.addr, "seeds": self.seeds, "profile": self.profile_name},
+        )
 
     async def stop(self) -> None:
         if self._sweeper is not None:
@@ -185,9 +203,16 @@ class Cluster:
 
     def _on_events(self, events: list[MemberEvent]) -> None:
         for ev in events:
-            log.info("member %s", ev.new.value if ev.new else "reaped",
-                     extra={"member": ev.member, "addr": ev.addr, "incarnation": ev.incarnation,
-                            "old": ev.old.value if ev.old else None})
+            log.info(
+                "member %s",
+                ev.new.value if ev.new else "reaped",
+                extra={
+                    "member": ev.member,
+                    "addr": ev.addr,
+                    "incarnation": ev.incarnation,
+                    "old": ev.old.value if ev.old else None,
+                },
+            )
             gone = self._gone.setdefault(ev.member, asyncio.Event())
             if ev.new in (State.DEAD, State.LEFT, None):
                 gone.set()
@@ -274,20 +299,34 @@ class Cluster:
 
     def members_view(self) -> dict[str, Any]:
         now = time.monotonic()
-        members = [{
-            "id": m.id, "addr": m.addr, "state": m.state.value, "incarnation": m.incarnation,
-            "did": self.runtime.identity.did if m.id == self.node_id else self.gossip.dids.get(m.id),
-            "since_s": round(max(0.0, now - m.state_change), 3), "self": m.id == self.node_id,
-        } for m in sorted(self.node.members.values(), key=lambda m: m.id)]
+        members = [
+            {
+                "id": m.id,
+                "addr": m.addr,
+                "state": m.state.value,
+                "incarnation": m.incarnation,
+                "did": self.runtime.identity.did if m.id == self.node_id else self.gossip.dids.get(m.id),
+                "since_s": round(max(0.0, now - m.state_change), 3),
+                "self": m.id == self.node_id,
+            }
+            for m in sorted(self.node.members.values(), key=lambda m: m.id)
+        ]
         return {
-            "node": self.node_id, "did": self.runtime.identity.did, "addr": self.addr,
-            "network": self.runtime.config.network, "incarnation": self.node.incarnation,
-            "profile": self.profile_name, "health": self.node.awareness.score,
+            "node": self.node_id,
+            "did": self.runtime.identity.did,
+            "addr": self.addr,
+            "network": self.runtime.config.network,
+            "incarnation": self.node.incarnation,
+            "profile": self.profile_name,
+            "health": self.node.awareness.score,
             "detection_bound_s": round(detection_bound(self.swim_config, len(members)), 3),
             "members": members,
-            "stats": {**{f"gossip.{k}": v for k, v in self.gossip.stats.items()},
-                      **{f"registry.{k}": v for k, v in self.sync.stats.items()}},
-            "forwarders": len(self._forwarders), "blocked": self.gossip.blocked,
+            "stats": {
+                **{f"gossip.{k}": v for k, v in self.gossip.stats.items()},
+                **{f"registry.{k}": v for k, v in self.sync.stats.items()},
+            },
+            "forwarders": len(self._forwarders),
+            "blocked": self.gossip.blocked,
         }
 
 
@@ -297,8 +336,11 @@ class _HomeLink(HttpLink):
     races the server closing the connection it reuses."""
 
     def __init__(self, base_url: str) -> None:  # HttpLink.__init__ only makes its client
-        self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=httpx.Timeout(30.0),
-                                      limits=httpx.Limits(keepalive_expiry=_KEEPALIVE_S))
+        self.http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            timeout=httpx.Timeout(30.0),
+            limits=httpx.Limits(keepalive_expiry=_KEEPALIVE_S),
+        )
 
 
 async def _until(events: AsyncIterator, gone: asyncio.Event) -> AsyncIterator:
@@ -343,7 +385,12 @@ class ForwardWorker(Worker):
         turns = sum(1 for m in task.history if m.role == "user")
         message = [m for m in task.history if m.role == "user"][-1]
         if remote.get("home") != self.home:
-            remote = {"home": self.home, "task_id": await self._submit(link, task, message), "turns": turns, "after": None}
+            remote = {
+                "home": self.home,
+                "task_id": await self._submit(link, task, message),
+                "turns": turns,
+                "after": None,
+            }
             await kv.set(key, json.dumps(remote), self.cluster.runtime.config.retention_s)
         elif remote["turns"] < turns:  # a follow-up after input-required
             await self._post(link, "/tasks", {"task_id": remote["task_id"], "message": _outgoing(message)})
@@ -388,8 +435,11 @@ class ForwardWorker(Worker):
 
     async def _submit(self, link: HttpLink, task: Task, message: Message) -> str:
         metadata = {**task.metadata, FORWARDED_FROM: {"node": self.cluster.node_id, "task_id": task.id}}
-        body = await self._post(link, "/tasks", {"agent": self.did, "message": _outgoing(message),
-                                                 "context_id": task.context_id, "metadata": metadata})
+        body = await self._post(
+            link,
+            "/tasks",
+            {"agent": self.did, "message": _outgoing(message), "context_id": task.context_id, "metadata": metadata},
+        )
         return body["id"]
 
     async def _post(self, link: HttpLink, path: str, body: dict[str, Any]) -> dict[str, Any]:

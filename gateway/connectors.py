@@ -88,4 +88,3 @@ class RegistryConnectors:
         runners = [runner for _, runner in self._running.values()]
         self._running.clear()
         await asyncio.gather(*(self.supervisor.stop(r) for r in runners), *self._pending, return_exceptions=True)
-

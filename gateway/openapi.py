@@ -41,8 +41,19 @@ def document() -> dict[str, Any]:
         components.update(schema.pop("$defs", {}))
         components[model.__name__] = schema
     did = {"name": "did", "in": "path", "required": True, "schema": {"type": "string"}}
-    accepted = {"type": "object", "properties": {k: {"type": t} for k, t in
-                (("did", "string"), ("name", "string"), ("seq", "integer"), ("expires_at", "integer"), ("result", "string"))}}
+    accepted = {
+        "type": "object",
+        "properties": {
+            k: {"type": t}
+            for k, t in (
+                ("did", "string"),
+                ("name", "string"),
+                ("seq", "integer"),
+                ("expires_at", "integer"),
+                ("result", "string"),
+            )
+        },
+    }
     components["Accepted"] = accepted
     return {
         "openapi": "3.1.0",
@@ -63,19 +74,34 @@ def document() -> dict[str, Any]:
                     "parameters": [
                         {"name": "tag", "in": "query", "schema": {"type": "string"}},
                         {"name": "protocol", "in": "query", "schema": {"enum": ["mcp", "a2a", "acp", "anp", "bus"]}},
-                        {"name": "q", "in": "query", "schema": {"type": "string"}, "description": "words that must all appear"},
+                        {
+                            "name": "q",
+                            "in": "query",
+                            "schema": {"type": "string"},
+                            "description": "words that must all appear",
+                        },
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
                         {"name": "cursor", "in": "query", "schema": {"type": "string"}},
                     ],
                     "responses": {
-                        "200": {"description": "a page of records", "content": {"application/json": {"schema": {
-                            "type": "object",
-                            "properties": {
-                                "agents": {"type": "array", "items": {"$ref": "#/components/schemas/AgentRecord"}},
-                                "total": {"type": "integer"},
-                                "next_cursor": {"type": ["string", "null"]},
+                        "200": {
+                            "description": "a page of records",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "agents": {
+                                                "type": "array",
+                                                "items": {"$ref": "#/components/schemas/AgentRecord"},
+                                            },
+                                            "total": {"type": "integer"},
+                                            "next_cursor": {"type": ["string", "null"]},
+                                        },
+                                    }
+                                }
                             },
-                        }}}},
+                        },
                         **_errors(400),
                     },
                 },
@@ -84,7 +110,10 @@ def document() -> dict[str, Any]:
                 "get": {
                     "summary": "The live record of one agent",
                     "parameters": [did],
-                    "responses": {"200": {"description": "the record", "content": _json("AgentRecord")}, **_errors(404)},
+                    "responses": {
+                        "200": {"description": "the record", "content": _json("AgentRecord")},
+                        **_errors(404),
+                    },
                 },
                 "delete": {
                     "summary": "Deregister with a tombstone signed by the agent's key",

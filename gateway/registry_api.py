@@ -76,7 +76,9 @@ async def _read_signed(request: Request, expected: type) -> AgentRecord | Tombst
     try:
         model = parse_signed(data)
     except ValidationError as exc:
-        raise HttpError(400, "invalid_record", "the record does not match the schema", errors=validation_errors(exc)) from None
+        raise HttpError(
+            400, "invalid_record", "the record does not match the schema", errors=validation_errors(exc)
+        ) from None
     if not isinstance(model, expected):
         raise HttpError(400, "invalid_record", f"expected a {expected.__name__}")
     return model
@@ -94,8 +96,16 @@ async def register(request: Request) -> Response:
     record = await _read_signed(request, AgentRecord)
     _admit(request, record.did)
     outcome = await _submit(request, record)
-    body = {"did": record.did, "name": record.name, "seq": record.seq, "expires_at": record.expires_at, "result": outcome}
-    return json_response(body, 201 if outcome == "created" else 200, headers={"Location": f"/registry/agents/{record.did}"})
+    body = {
+        "did": record.did,
+        "name": record.name,
+        "seq": record.seq,
+        "expires_at": record.expires_at,
+        "result": outcome,
+    }
+    return json_response(
+        body, 201 if outcome == "created" else 200, headers={"Location": f"/registry/agents/{record.did}"}
+    )
 
 
 async def deregister(request: Request) -> Response:

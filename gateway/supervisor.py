@@ -26,9 +26,13 @@ class Supervisor:
         agents), not for connectors, whose record belongs to the remote agent."""
         rt = self.runtime
         runner = WorkerRunner(
-            worker, link or DirectLink(rt.backend, rt.registry),
-            lock_ttl_ms=rt.config.visibility_timeout_ms, network=rt.config.network,
-            home_node=rt.node_id, lease_s=rt.config.lease_s, register=register,
+            worker,
+            link or DirectLink(rt.backend, rt.registry),
+            lock_ttl_ms=rt.config.visibility_timeout_ms,
+            network=rt.config.network,
+            home_node=rt.node_id,
+            lease_s=rt.config.lease_s,
+            register=register,
         )
         runner.start()
         self._runners.add(runner)

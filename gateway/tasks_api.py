@@ -1,12 +1,12 @@
 """The internal HTTP API on the canonical model: submit, get, list, follow and cancel tasks.
 
-  POST /route                 dry run of capability routing: {text?, skill?, tags?, ...} -> ranked candidates
-  POST /tasks                 {agent | query, message, context_id?, metadata?}   ?wait=true[&timeout=S]
-                              or {task_id, message} to continue a task that waits for input
-  GET  /tasks                 ?context_id=&limit=&cursor=
-  GET  /tasks/{id}
-  GET  /tasks/{id}/events     SSE of status/artifact events; resumes after Last-Event-ID
-  POST /tasks/{id}:cancel
+POST /route                 dry run of capability routing: {text?, skill?, tags?, ...} -> ranked candidates
+POST /tasks                 {agent | query, message, context_id?, metadata?}   ?wait=true[&timeout=S]
+                            or {task_id, message} to continue a task that waits for input
+GET  /tasks                 ?context_id=&limit=&cursor=
+GET  /tasks/{id}
+GET  /tasks/{id}/events     SSE of status/artifact events; resumes after Last-Event-ID
+POST /tasks/{id}:cancel
 """
 
 from __future__ import annotations
@@ -65,11 +65,17 @@ async def submit(request: Request) -> Response:
     wait = _flag(request, "wait")
     timeout = _number(request, "timeout", rt.config.wait_timeout_s, 0, rt.config.max_wait_timeout_s)
     if sum(x is not None for x in (body.task_id, body.agent, body.query)) != 1:
-        raise HttpError(400, "invalid_request", "give exactly one of 'agent' (name or DID), 'query' (capabilities) or 'task_id' (to continue)")
+        raise HttpError(
+            400,
+            "invalid_request",
+            "give exactly one of 'agent' (name or DID), 'query' (capabilities) or 'task_id' (to continue)",
+        )
     if body.task_id:
         task, _ = await rt.continue_task(body.task_id, body.message)
     else:
-        task = await rt.submit(body.message, agent=body.agent, query=body.query, context_id=body.context_id, metadata=body.metadata)
+        task = await rt.submit(
+            body.message, agent=body.agent, query=body.query, context_id=body.context_id, metadata=body.metadata
+        )
     if wait:
         task = await rt.wait(task.id, timeout)
     done = task.state.terminal or task.state.interrupted
@@ -85,7 +91,9 @@ async def list_tasks(request: Request) -> Response:
     tasks, cursor = await _runtime(request).list_tasks(
         request.query_params.get("context_id"), limit, request.query_params.get("cursor")
     )
-    return json_response({"tasks": [t.model_dump(mode="json", exclude_none=True) for t in tasks], "next_cursor": cursor})
+    return json_response(
+        {"tasks": [t.model_dump(mode="json", exclude_none=True) for t in tasks], "next_cursor": cursor}
+    )
 
 
 async def task_events(request: Request) -> Response:

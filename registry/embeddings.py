@@ -100,15 +100,22 @@ class MiniLMEncoder:
             p = f"encoder.layer.{i}."
             qkv_w = np.concatenate([w[p + f"attention.self.{n}.weight"] for n in ("query", "key", "value")])
             qkv_b = np.concatenate([w[p + f"attention.self.{n}.bias"] for n in ("query", "key", "value")])
-            self._layers.append((
-                np.ascontiguousarray(qkv_w.T), qkv_b,
-                np.ascontiguousarray(w[p + "attention.output.dense.weight"].T),
-                w[p + "attention.output.dense.bias"],
-                w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"],
-                np.ascontiguousarray(w[p + "intermediate.dense.weight"].T), w[p + "intermediate.dense.bias"],
-                np.ascontiguousarray(w[p + "output.dense.weight"].T), w[p + "output.dense.bias"],
-                w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"],
-            ))
+            self._layers.append(
+                (
+                    np.ascontiguousarray(qkv_w.T),
+                    qkv_b,
+                    np.ascontiguousarray(w[p + "attention.output.dense.weight"].T),
+                    w[p + "attention.output.dense.bias"],
+                    w[p + "attention.output.LayerNorm.weight"],
+                    w[p + "attention.output.LayerNorm.bias"],
+                    np.ascontiguousarray(w[p + "intermediate.dense.weight"].T),
+                    w[p + "intermediate.dense.bias"],
+                    np.ascontiguousarray(w[p + "output.dense.weight"].T),
+                    w[p + "output.dense.bias"],
+                    w[p + "output.LayerNorm.weight"],
+                    w[p + "output.LayerNorm.bias"],
+                )
+            )
 
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """(len(texts), 384) float32 unit vectors. Batches group texts of similar length."""
@@ -118,7 +125,7 @@ class MiniLMEncoder:
         encodings = self.tokenizer.encode_batch(list(texts))
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
         for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
+            rows = order[start : start + batch_size]
             out[rows] = self._forward([encodings[i].ids for i in rows])
         return out
 
@@ -127,8 +134,8 @@ class MiniLMEncoder:
         ids = np.zeros((n, length), dtype=np.int64)
         mask = np.zeros((n, length), dtype=np.float32)
         for i, row in enumerate(batch):
-            ids[i, :len(row)] = row
-            mask[i, :len(row)] = 1.0
+            ids[i, : len(row)] = row
+            mask[i, : len(row)] = 1.0
         x = self._word[ids] + self._pos[:length] + self._type0
         x = _layer_norm(x, *self._emb_ln)
         bias = ((1.0 - mask) * np.float32(-1e9))[:, None, None, :]  # (n, 1, 1, length)
@@ -198,13 +205,13 @@ class VectorIndex:
     still recycles the deleted slots, so memory stays bounded by the live count.
     """
 
-    def __init__(self, dim: int = DIM, *, capacity: int = 1024, m: int = 16,
-                 ef_construction: int = 100, ef: int = 64) -> None:
+    def __init__(
+        self, dim: int = DIM, *, capacity: int = 1024, m: int = 16, ef_construction: int = 100, ef: int = 64
+    ) -> None:
         self.dim = dim
         self.ef = ef
         self._index = hnswlib.Index(space="ip", dim=dim)
-        self._index.init_index(max_elements=capacity, M=m, ef_construction=ef_construction,
-                               allow_replace_deleted=True)
+        self._index.init_index(max_elements=capacity, M=m, ef_construction=ef_construction, allow_replace_deleted=True)
         self._index.set_ef(ef)
         self._label_of: dict[int, int] = {}  # row -> live label
         self._row_of: dict[int, int] = {}  # live label -> row
@@ -223,8 +230,9 @@ class VectorIndex:
         capacity = self._index.get_max_elements()
         if need > capacity:
             self._index.resize_index(max(need, capacity * 2))
-        self._index.add_items(np.asarray(vectors, dtype=np.float32), np.asarray(labels),
-                              num_threads=num_threads, replace_deleted=True)
+        self._index.add_items(
+            np.asarray(vectors, dtype=np.float32), np.asarray(labels), num_threads=num_threads, replace_deleted=True
+        )
         for row, label in zip(rows, labels):
             self._label_of[row] = label
             self._row_of[label] = row

@@ -103,14 +103,14 @@ def public_key_from_did(did: str) -> bytes:
     if len(did) > _MAX_DID_LEN:
         raise InvalidDid(f"did:key too long ({len(did)} characters)")
     try:
-        raw = b58decode(did[len(DID_KEY_PREFIX):])
+        raw = b58decode(did[len(DID_KEY_PREFIX) :])
     except ValueError as e:
         raise InvalidDid(f"bad did:key {did!r}: {e}") from None
     if not raw.startswith(ED25519_MULTICODEC):
         raise InvalidDid(f"did:key {did!r} is not Ed25519 (multicodec prefix {raw[:2].hex()})")
     if len(raw) != len(ED25519_MULTICODEC) + _PUBLIC_KEY_LEN:
         raise InvalidDid(f"did:key {did!r} holds {len(raw) - 2} key bytes, not {_PUBLIC_KEY_LEN}")
-    return raw[len(ED25519_MULTICODEC):]
+    return raw[len(ED25519_MULTICODEC) :]
 
 
 def verify_key_for(did: str) -> nacl.signing.VerifyKey:
@@ -171,9 +171,7 @@ class Identity:
         never inherited and a crash leaves either the old key or the new one.
         """
         path = Path(path)
-        body = json.dumps(
-            {"type": "Ed25519", "did": self.did, "seed": b64url_encode(bytes(self.signing_key))}
-        ).encode()
+        body = json.dumps({"type": "Ed25519", "did": self.did, "seed": b64url_encode(bytes(self.signing_key))}).encode()
         target = path.with_name(f".{path.name}.{os.getpid()}.tmp") if overwrite else path
         try:
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -202,8 +200,7 @@ class Identity:
             mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
             if mode & 0o077:
                 raise KeyFileError(
-                    f"key file {path} is accessible by group/others (mode {mode:04o}); "
-                    f"run: chmod 600 {path}"
+                    f"key file {path} is accessible by group/others (mode {mode:04o}); run: chmod 600 {path}"
                 )
             raw = f.read(4096)
         try:
@@ -212,7 +209,5 @@ class Identity:
         except (ValueError, KeyError, TypeError) as e:
             raise KeyFileError(f"malformed key file {path}: {e}") from None
         if doc.get("did", identity.did) != identity.did:
-            raise KeyFileError(
-                f"key file {path} names {doc['did']} but its seed gives {identity.did}"
-            )
+            raise KeyFileError(f"key file {path} names {doc['did']} but its seed gives {identity.did}")
         return identity

@@ -200,9 +200,13 @@ def tokenize(text: str) -> list[str]:
 # translated, translating, translation, translator -> "transl"; summary, summarise, summarize,
 # summarization -> "summar"; classify, classifier, classification -> "class"; compute, computer,
 # computation -> "comput"; while general and generate stay apart ("general", "gener").
-_SUFFIXES = tuple(sorted(
-    "ifiers ifier ings ing ions ion ors or ers er ies es ed ly ments ment ize ise ify ific ic "
-    "at iz y s e".split(), key=len, reverse=True))
+_SUFFIXES = tuple(
+    sorted(
+        "ifiers ifier ings ing ions ion ors or ers er ies es ed ly ments ment ize ise ify ific ic at iz y s e".split(),
+        key=len,
+        reverse=True,
+    )
+)
 _MIN_STEM = 4
 
 
@@ -210,9 +214,12 @@ _MIN_STEM = 4
 def stem(word: str) -> str:
     for _ in range(4):
         for suffix in _SUFFIXES:
-            if word.endswith(suffix) and len(word) - len(suffix) >= _MIN_STEM \
-                    and not (suffix == "s" and word.endswith("ss")):
-                word = word[:-len(suffix)]
+            if (
+                word.endswith(suffix)
+                and len(word) - len(suffix) >= _MIN_STEM
+                and not (suffix == "s" and word.endswith("ss"))
+            ):
+                word = word[: -len(suffix)]
                 break
         else:
             return word
@@ -225,7 +232,7 @@ def _terms(tokens: Iterable[str]) -> Iterable[str]:
 
 def _trigrams(term: str) -> set[str]:
     padded = f"  {term} "
-    return {padded[i:i + 3] for i in range(len(padded) - 2)}
+    return {padded[i : i + 3] for i in range(len(padded) - 2)}
 
 
 def _mode_match(a: str, b: str) -> bool:
@@ -273,13 +280,14 @@ class _Postings:
         self.n += 1
         self.live += 1
 
-    def weights(self, row_gen: np.ndarray, doclen: np.ndarray, avgdl: float,
-                k1: float, b: float) -> tuple[np.ndarray, np.ndarray]:
+    def weights(
+        self, row_gen: np.ndarray, doclen: np.ndarray, avgdl: float, k1: float, b: float
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(live rows, their BM25 weights tf*(k1+1)/(tf + k1*(1-b+b*dl/avgdl)))."""
         n, live, cached_avgdl = self._key
         if n == self.n and live == self.live and abs(cached_avgdl - avgdl) <= 0.01 * avgdl:
             return self._rows, self._weights
-        rows, gens, tfs = self.rows[:self.n], self.gens[:self.n], self.tfs[:self.n]
+        rows, gens, tfs = self.rows[: self.n], self.gens[: self.n], self.tfs[: self.n]
         if self.live < self.n:
             keep = row_gen[rows] == gens
             rows, gens, tfs = rows[keep], gens[keep], tfs[keep]
@@ -316,8 +324,15 @@ class _Agent:
     rows: list[int] = field(default_factory=list)
 
 
-_FIELD_WEIGHTS = {"name": 3.0, "id": 3.0, "tags": 3.0, "description": 1.0, "examples": 1.0,
-                  "agent_name": 1.0, "agent_description": 1.0}
+_FIELD_WEIGHTS = {
+    "name": 3.0,
+    "id": 3.0,
+    "tags": 3.0,
+    "description": 1.0,
+    "examples": 1.0,
+    "agent_name": 1.0,
+    "agent_description": 1.0,
+}
 
 
 def _skill_fields(record: AgentRecord, skill: Skill) -> dict[str, str]:
@@ -551,8 +566,16 @@ class CapabilityIndex:
             postings.append(row, gen, tf)
             length += tf
         tags = tuple(sorted({t.lower() for t in skill.tags}))
-        entry = _Entry(record.did, record.name, skill.id, skill.name, tags,
-                       tuple(skill.input_modes), tuple(skill.output_modes), terms)
+        entry = _Entry(
+            record.did,
+            record.name,
+            skill.id,
+            skill.name,
+            tags,
+            tuple(skill.input_modes),
+            tuple(skill.output_modes),
+            terms,
+        )
         self._entries[row] = entry
         for key in _entry_keys(entry):
             self._keyed.setdefault(key, set()).add(row)
@@ -597,8 +620,7 @@ class CapabilityIndex:
 
     # -- lexical scoring -----------------------------------------------------------------------
 
-    def _bm25(self, terms: dict[str, float],
-              mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    def _bm25(self, terms: dict[str, float], mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
         """(rows with a positive score [and ``mask``], sorted; their raw BM25; the best raw score).
 
         The best score is over every matching row, masked or not.
@@ -608,8 +630,7 @@ class CapabilityIndex:
         scores = self._scratch
         touched: list[np.ndarray] = []
         total = 0
-        found = [(t, w, p) for t, w in terms.items()
-                 if (p := self._postings.get(t)) is not None and p.live > 0]
+        found = [(t, w, p) for t, w in terms.items() if (p := self._postings.get(t)) is not None and p.live > 0]
         common = max(n // 2, self.common_floor)
         if any(p.live <= common for _, _, p in found):
             # a word in over half of a large index is a stop word here (idf < ln 2, and scoring
@@ -721,10 +742,8 @@ class CapabilityIndex:
                 rows, sim = explain.lex.rows, explain.lex.values
             ranked, considered = self._rank(rows, sim, query, explain, limit, rot)
         if ranked:
-            out = [self._candidate(did, score, row, explain.reasons(row, s, score))
-                   for score, did, row, s in ranked]
-            return RouteResult(candidates=self._spread_ties(out, query), mode=mode,
-                               considered=considered)
+            out = [self._candidate(did, score, row, explain.reasons(row, s, score)) for score, did, row, s in ranked]
+            return RouteResult(candidates=self._spread_ties(out, query), mode=mode, considered=considered)
         near = self._closest(query, text, qvec, explain, closest, now_s)
         note = None if self._live else "no agent is registered"
         return RouteResult(closest=near, note=note, mode=mode, considered=considered)
@@ -737,9 +756,15 @@ class CapabilityIndex:
             self._base.flags.writeable = False
             self._base_key = (self._version, now_s)
         mask = self._base
-        if query.protocol is None and query.max_cost is None and query.skill is None \
-                and not query.tags and not query.exclude and not query.input_modes \
-                and not query.output_modes:
+        if (
+            query.protocol is None
+            and query.max_cost is None
+            and query.skill is None
+            and not query.tags
+            and not query.exclude
+            and not query.input_modes
+            and not query.output_modes
+        ):
             return mask
         mask = mask.copy()
         if query.protocol is not None:
@@ -786,8 +811,7 @@ class CapabilityIndex:
             mask |= self._rows_mask((side, kind + "/*"), size)
         return mask
 
-    def _blended(self, qvec: np.ndarray, rows: np.ndarray,
-                 lex: _Lookup) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _blended(self, qvec: np.ndarray, rows: np.ndarray, lex: _Lookup) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(cosine, lexical, blended sim) of ``rows`` (sorted, unique) for the query vector."""
         cosines = (self._vecs[rows] @ qvec).astype(np.float64) if len(rows) else np.empty(0)
         lexes = lex.get_many(rows)
@@ -801,8 +825,9 @@ class CapabilityIndex:
         top_lex = lex.rows[_top_order(lex.values, k)] if len(lex.rows) else lex.rows
         return np.unique(np.concatenate([ann, top_lex]))
 
-    def _embedding_matches(self, qvec: np.ndarray, lex: _Lookup,
-                           struct_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _embedding_matches(
+        self, qvec: np.ndarray, lex: _Lookup, struct_mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Entries passing the structured filters that match the text: (rows, sim, cosine).
 
         Exact cosine over the allowed entries when they are few (``exact_limit``); otherwise the
@@ -824,8 +849,9 @@ class CapabilityIndex:
 
     _BANDS = (0.9, 0.75, 0.5, 0.0)  # sim bands (fractions of the best sim), scanned in turn
 
-    def _rank(self, rows: np.ndarray, sim: np.ndarray, query: CapabilityQuery,
-              explain: _Explainer, limit: int, rot: int) -> tuple[list[tuple[float, str, int, float]], int]:
+    def _rank(
+        self, rows: np.ndarray, sim: np.ndarray, query: CapabilityQuery, explain: _Explainer, limit: int, rot: int
+    ) -> tuple[list[tuple[float, str, int, float]], int]:
         """Best ``limit`` agents as (score, did, row, sim), best first; and entries examined.
 
         Entries are scanned in descending ``key = sim - cost penalty`` (the part of the score
@@ -848,8 +874,7 @@ class CapabilityIndex:
             lower = level * top if level > 0.0 else -math.inf
             if len(best) >= limit and upper <= kth - _TIE_EPS:
                 break  # every remaining entry has key < upper <= kth
-            band = np.flatnonzero((sim >= lower) & (sim < upper)) if upper < math.inf \
-                else np.flatnonzero(sim >= lower)
+            band = np.flatnonzero((sim >= lower) & (sim < upper)) if upper < math.inf else np.flatnonzero(sim >= lower)
             upper = lower
             if not len(band):
                 continue
@@ -857,8 +882,9 @@ class CapabilityIndex:
             bsim = sim[band]
             key = bsim - self._cost_penalty_vec(brows, query) - ((brows - rot) % size) * (1e-10 / size)
             order = _top_order(key, min(len(band), self.scan_limit - scanned))
-            for row, s, k, cost in zip(brows[order].tolist(), bsim[order].tolist(),
-                                       key[order].tolist(), self._cost[brows[order]].tolist()):
+            for row, s, k, cost in zip(
+                brows[order].tolist(), bsim[order].tolist(), key[order].tolist(), self._cost[brows[order]].tolist()
+            ):
                 if k < kth - _TIE_EPS:
                     break  # the rest of this band cannot enter; a lower band still might
                 scanned += 1
@@ -873,8 +899,7 @@ class CapabilityIndex:
                         kth = heapq.nlargest(limit, [v[0] for v in best.values()])[-1]
             if scanned >= self.scan_limit:
                 break
-        ranked = sorted(((v[0], did, v[1], v[2]) for did, v in best.items()),
-                        key=lambda t: (-t[0], t[1]))
+        ranked = sorted(((v[0], did, v[1], v[2]) for did, v in best.items()), key=lambda t: (-t[0], t[1]))
         return ranked[:limit], scanned
 
     def _cost_penalty_vec(self, rows: np.ndarray, query: CapabilityQuery) -> np.ndarray:
@@ -885,8 +910,9 @@ class CapabilityIndex:
     def _candidate(self, did: str, score: float, row: int, reasons: dict[str, Any]) -> Candidate:
         e = self._entries[row]
         assert e is not None
-        return Candidate(did=did, agent=e.agent, skill=e.skill_id, skill_name=e.skill_name,
-                         score=round(score, 6), reasons=reasons)
+        return Candidate(
+            did=did, agent=e.agent, skill=e.skill_id, skill_name=e.skill_name, score=round(score, 6), reasons=reasons
+        )
 
     def _next_turn(self, key: tuple) -> int:
         turn = self._rr.get(key, 0)
@@ -910,8 +936,9 @@ class CapabilityIndex:
             c.reasons["tie"] = f"tied with {n - 1} other agent(s) at {out[0].score:.6f}; rotated round-robin"
         return rotated + out[n:]
 
-    def _closest(self, query: CapabilityQuery, text: str, qvec: np.ndarray | None,
-                 explain: _Explainer, limit: int, now_s: int) -> list[Excluded]:
+    def _closest(
+        self, query: CapabilityQuery, text: str, qvec: np.ndarray | None, explain: _Explainer, limit: int, now_s: int
+    ) -> list[Excluded]:
         """Near misses, one per agent: best by text similarity alone, or by fewest failed filters
         when the query has no text or no word of it is (nearly) indexed."""
         if limit <= 0 or not self._live:
@@ -933,13 +960,14 @@ class CapabilityIndex:
                 lrows, lraw, top = self._bm25(fixed) if fixed else (rows, sim, 0.0)
                 if len(lrows):
                     rows, sim = lrows, lraw / top
-                    text_note = ("no indexed word matches the query; ranked by the closest indexed "
-                                 f"words {sorted(fixed)}")
+                    text_note = (
+                        f"no indexed word matches the query; ranked by the closest indexed words {sorted(fixed)}"
+                    )
                 else:  # not even a misspelt indexed word: rank by the other filters alone
                     by_filters = True
                     text_note = "no word of the query matches its skills"
         if by_filters:
-            rows = np.flatnonzero(self._alive[:len(self._entries)]).astype(np.int64)
+            rows = np.flatnonzero(self._alive[: len(self._entries)]).astype(np.int64)
             sim = -self._failure_counts(query, now_s)[rows].astype(np.float64)
         picked: dict[str, Excluded] = {}
         for i in _top_order(sim, min(len(rows), max(limit * 16, 64))):
@@ -952,10 +980,15 @@ class CapabilityIndex:
             if text_note is not None:
                 failed.insert(0, "text")
                 reasons["text"] = text_note
-            picked[entry.did] = Excluded(did=entry.did, agent=entry.agent, skill=entry.skill_id,
-                                         skill_name=entry.skill_name,
-                                         similarity=None if similarity is None else round(similarity, 6),
-                                         excluded_by=failed, reasons=reasons)
+            picked[entry.did] = Excluded(
+                did=entry.did,
+                agent=entry.agent,
+                skill=entry.skill_id,
+                skill_name=entry.skill_name,
+                similarity=None if similarity is None else round(similarity, 6),
+                excluded_by=failed,
+                reasons=reasons,
+            )
             if len(picked) >= limit:
                 break
         out = list(picked.values())
@@ -1026,9 +1059,16 @@ def _top_order(key: np.ndarray, k: int) -> np.ndarray:
 class _Explainer:
     """Per-search evaluation of one entry: the per-row filters, the penalties and the reasons."""
 
-    def __init__(self, index: CapabilityIndex, query: CapabilityQuery, qterms: dict[str, float],
-                 lex: _Lookup, cos: _Lookup,
-                 stats: Callable[[str], AgentStats], now_s: int) -> None:
+    def __init__(
+        self,
+        index: CapabilityIndex,
+        query: CapabilityQuery,
+        qterms: dict[str, float],
+        lex: _Lookup,
+        cos: _Lookup,
+        stats: Callable[[str], AgentStats],
+        now_s: int,
+    ) -> None:
         self.index = index
         self.query = query
         self.qterms = qterms
@@ -1052,8 +1092,7 @@ class _Explainer:
     def _modes_ok(self, entry: _Entry) -> tuple[bool, bool]:
         q = self.query
         inputs = all(any(_mode_match(m, s) for s in entry.input_modes) for m in q.input_modes)
-        outputs = not q.output_modes or any(
-            _mode_match(m, s) for m in q.output_modes for s in entry.output_modes)
+        outputs = not q.output_modes or any(_mode_match(m, s) for m in q.output_modes for s in entry.output_modes)
         return inputs, outputs
 
     def score(self, row: int, did: str, sim: float, cost: int) -> float | None:
@@ -1099,17 +1138,24 @@ class _Explainer:
         reasons["load"] = load
         reasons["load_penalty"] = round(load_pen, 6)
         reasons["filters_passed"] = self._applied()
-        reasons["score"] = (f"{sim:.4f} text - {cost_pen:.4f} cost - {lat_pen:.4f} latency"
-                            f" - {load_pen:.4f} load = {score:.4f}")
+        reasons["score"] = (
+            f"{sim:.4f} text - {cost_pen:.4f} cost - {lat_pen:.4f} latency - {load_pen:.4f} load = {score:.4f}"
+        )
         return reasons
 
     def _applied(self) -> list[str]:
         q = self.query
         names = ["live", "not_expired"]
-        for name, given in (("skill", q.skill is not None), ("tags", bool(q.tags)),
-                            ("input_modes", bool(q.input_modes)), ("output_modes", bool(q.output_modes)),
-                            ("protocol", q.protocol is not None), ("max_cost", q.max_cost is not None),
-                            ("max_latency_ms", q.max_latency_ms is not None), ("exclude", bool(q.exclude))):
+        for name, given in (
+            ("skill", q.skill is not None),
+            ("tags", bool(q.tags)),
+            ("input_modes", bool(q.input_modes)),
+            ("output_modes", bool(q.output_modes)),
+            ("protocol", q.protocol is not None),
+            ("max_cost", q.max_cost is not None),
+            ("max_latency_ms", q.max_latency_ms is not None),
+            ("exclude", bool(q.exclude)),
+        ):
             if given:
                 names.append(name)
         return names

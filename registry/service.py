@@ -98,12 +98,16 @@ class Registry:
             check_fresh(model, self.network, now, self.skew_s, max_age_s=None if relayed else self.skew_s)
         else:
             if model.network != self.network:
-                raise RecordRejected("wrong_network", f"tombstone is for network {model.network!r}, not {self.network!r}")
+                raise RecordRejected(
+                    "wrong_network", f"tombstone is for network {model.network!r}, not {self.network!r}"
+                )
             if model.issued_at > now + self.skew_s:
                 raise RecordRejected("issued_in_future", "tombstone issued_at is beyond the clock-skew window")
         stored = self.seq_of(model.did)
         if stored is not None and model.seq <= stored:
-            raise RecordRejected("stale_seq", f"seq {model.seq} is not higher than the stored {stored} (replay or rollback)")
+            raise RecordRejected(
+                "stale_seq", f"seq {model.seq} is not higher than the stored {stored} (replay or rollback)"
+            )
         if isinstance(model, AgentRecord):
             kind, expires = "record", model.expires_at
         else:
@@ -219,7 +223,10 @@ class Registry:
             if protocol and getattr(record.endpoints, protocol, None) is None:
                 continue
             if words:
-                hay = " ".join([record.name, record.description] + [f"{s.name} {s.description} {' '.join(s.tags)}" for s in record.skills]).lower()
+                hay = " ".join(
+                    [record.name, record.description]
+                    + [f"{s.name} {s.description} {' '.join(s.tags)}" for s in record.skills]
+                ).lower()
                 if not all(w in hay for w in words):
                     continue
             out.append(record)

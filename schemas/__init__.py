@@ -24,7 +24,24 @@ from schemas.task import (
 )
 
 __all__ = [
-    "LEGAL_TRANSITIONS", "STREAM_HINT", "TERMINAL_STATES", "Artifact", "DataPart", "FilePart", "InvalidTransition",
-    "Message", "Part", "Route", "Task", "TaskArtifactUpdate", "TaskError", "TaskEvent", "TaskState",
-    "TaskStatus", "TaskStatusUpdate", "TextPart", "check_transition", "new_id",
+    "LEGAL_TRANSITIONS",
+    "STREAM_HINT",
+    "TERMINAL_STATES",
+    "Artifact",
+    "DataPart",
+    "FilePart",
+    "InvalidTransition",
+    "Message",
+    "Part",
+    "Route",
+    "Task",
+    "TaskArtifactUpdate",
+    "TaskError",
+    "TaskEvent",
+    "TaskState",
+    "TaskStatus",
+    "TaskStatusUpdate",
+    "TextPart",
+    "check_transition",
+    "new_id",
 ]

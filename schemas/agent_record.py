@@ -173,13 +173,11 @@ def record_from_card(
     fields = {k: card[k] for k in CARD_FIELDS if card.get(k) is not None}
     try:
         return AgentRecord.model_validate(
-            fields | dict(did=did, seq=seq, issued_at=now, expires_at=now + ttl,
-                          network=network, home_node=home_node)
+            fields | dict(did=did, seq=seq, issued_at=now, expires_at=now + ttl, network=network, home_node=home_node)
         )
     except ValidationError as e:
         problems = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or 'card'}: "
-            + err["msg"].removeprefix("Value error, ")
+            f"{'.'.join(map(str, err['loc'])) or 'card'}: " + err["msg"].removeprefix("Value error, ")
             for err in e.errors()
         )
         raise CardError(f"invalid agent card: {problems}") from None

@@ -11,12 +11,11 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
 
 # Task metadata key: a client follows this task's events as they happen, so an outbound connector
 # should stream from its agent rather than make one blocking call (set by the protocol faces).
@@ -28,7 +27,7 @@ def new_id() -> str:
 
 
 def utcnow() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Model(BaseModel):
@@ -60,9 +59,7 @@ class TaskState(str, Enum):
         return self in (TaskState.INPUT_REQUIRED, TaskState.AUTH_REQUIRED)
 
 
-TERMINAL_STATES = frozenset(
-    {TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELED, TaskState.REJECTED}
-)
+TERMINAL_STATES = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELED, TaskState.REJECTED})
 
 _S = TaskState
 LEGAL_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
@@ -70,9 +67,7 @@ LEGAL_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
         {_S.WORKING, _S.INPUT_REQUIRED, _S.AUTH_REQUIRED, _S.COMPLETED, _S.FAILED, _S.CANCELED, _S.REJECTED}
     ),
     # working -> working carries progress messages and marks a redelivered run.
-    _S.WORKING: frozenset(
-        {_S.WORKING, _S.INPUT_REQUIRED, _S.AUTH_REQUIRED, _S.COMPLETED, _S.FAILED, _S.CANCELED}
-    ),
+    _S.WORKING: frozenset({_S.WORKING, _S.INPUT_REQUIRED, _S.AUTH_REQUIRED, _S.COMPLETED, _S.FAILED, _S.CANCELED}),
     _S.INPUT_REQUIRED: frozenset({_S.WORKING, _S.COMPLETED, _S.FAILED, _S.CANCELED}),
     _S.AUTH_REQUIRED: frozenset({_S.WORKING, _S.FAILED, _S.CANCELED}),
     _S.COMPLETED: frozenset(),
@@ -137,13 +132,13 @@ class FilePart(Model):
         return value
 
     @model_validator(mode="after")
-    def _one_source(self) -> "FilePart":
+    def _one_source(self) -> FilePart:
         if (self.bytes is None) == (self.url is None):
             raise ValueError("a file part has exactly one of bytes or url")
         return self
 
     @classmethod
-    def from_bytes(cls, raw: bytes, **kw: Any) -> "FilePart":
+    def from_bytes(cls, raw: bytes, **kw: Any) -> FilePart:
         return cls(bytes=base64.b64encode(raw).decode("ascii"), **kw)
 
     def raw(self) -> bytes:
@@ -152,7 +147,7 @@ class FilePart(Model):
         return base64.b64decode(self.bytes)
 
 
-Part = Annotated[Union[TextPart, DataPart, FilePart], Field(discriminator="kind")]
+Part = Annotated[TextPart | DataPart | FilePart, Field(discriminator="kind")]
 
 
 # ---- messages, artifacts, tasks -----------------------------------------------------------
@@ -201,7 +196,7 @@ class TaskStatusUpdate(Model):
     metadata: dict[str, Any] | None = None
 
     @model_validator(mode="after")
-    def _final_matches_state(self) -> "TaskStatusUpdate":
+    def _final_matches_state(self) -> TaskStatusUpdate:
         # final marks the end of a stream: a terminal state or a pause for the client.
         self.final = self.status.state.terminal or self.status.state.interrupted
         return self
@@ -217,7 +212,7 @@ class TaskArtifactUpdate(Model):
     metadata: dict[str, Any] | None = None
 
 
-TaskEvent = Annotated[Union[TaskStatusUpdate, TaskArtifactUpdate], Field(discriminator="kind")]
+TaskEvent = Annotated[TaskStatusUpdate | TaskArtifactUpdate, Field(discriminator="kind")]
 
 
 class Task(Model):
@@ -242,12 +237,14 @@ class Task(Model):
             metadata=meta or None,
         )
 
-    def artifact_event(self, artifact: Artifact, *, append: bool = False, last_chunk: bool = False) -> TaskArtifactUpdate:
+    def artifact_event(
+        self, artifact: Artifact, *, append: bool = False, last_chunk: bool = False
+    ) -> TaskArtifactUpdate:
         return TaskArtifactUpdate(
             task_id=self.id, context_id=self.context_id, artifact=artifact, append=append, last_chunk=last_chunk
         )
 
-    def snapshot(self) -> "Task":
+    def snapshot(self) -> Task:
         """A copy whose lists can change without touching this task.
 
         Messages, parts and artifacts are treated as immutable values and shared; a pydantic
@@ -257,7 +254,7 @@ class Task(Model):
             update={"history": list(self.history), "artifacts": list(self.artifacts), "metadata": dict(self.metadata)}
         )
 
-    def apply(self, event: TaskStatusUpdate | TaskArtifactUpdate) -> "Task":
+    def apply(self, event: TaskStatusUpdate | TaskArtifactUpdate) -> Task:
         """Return this task with ``event`` applied; raise InvalidTransition for an illegal one."""
         if event.task_id != self.id:
             raise ValueError(f"event for task {event.task_id} applied to task {self.id}")

@@ -31,14 +31,29 @@ async def test_any_node_answers_for_any_task(redis_server):
     for app in (node_a, node_b):
         mount(app, A2AOptions(push=PushPolicy(allow_loopback=True)))
     async with serve_app(node_a) as url_a, serve_app(node_b) as url_b:
-        async with httpx.AsyncClient(base_url=url_a, timeout=20) as a, httpx.AsyncClient(base_url=url_b, timeout=20) as b:
+        async with (
+            httpx.AsyncClient(base_url=url_a, timeout=20) as a,
+            httpx.AsyncClient(base_url=url_b, timeout=20) as b,
+        ):
             # A blocking send on B runs on A's worker and returns the finished task.
-            done = (await rpc(b, "SendMessage", {"message": msg("via b", "x-1"), "metadata": {"agent": "echo"}}))["result"]["task"]
+            done = (await rpc(b, "SendMessage", {"message": msg("via b", "x-1"), "metadata": {"agent": "echo"}}))[
+                "result"
+            ]["task"]
             assert done["status"]["state"] == "TASK_STATE_COMPLETED"
             assert (await rpc(a, "GetTask", {"id": done["id"]}))["result"]["status"]["state"] == "TASK_STATE_COMPLETED"
 
-            slow = (await rpc(a, "SendMessage", {"message": msg("slow", "x-2", delay_ms=30_000), "configuration": {"returnImmediately": True}}))["result"]["task"]
-            made = await rpc(a, "CreateTaskPushNotificationConfig", {"taskId": slow["id"], "id": "hook", "url": "https://example.com/h"})
+            slow = (
+                await rpc(
+                    a,
+                    "SendMessage",
+                    {"message": msg("slow", "x-2", delay_ms=30_000), "configuration": {"returnImmediately": True}},
+                )
+            )["result"]["task"]
+            made = await rpc(
+                a,
+                "CreateTaskPushNotificationConfig",
+                {"taskId": slow["id"], "id": "hook", "url": "https://example.com/h"},
+            )
             assert "result" in made
             listed = (await rpc(b, "ListTaskPushNotificationConfigs", {"taskId": slow["id"]}))["result"]["configs"]
             assert [c["id"] for c in listed] == ["hook"]

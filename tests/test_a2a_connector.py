@@ -37,7 +37,12 @@ class Setup:
         self.url, self.options, self.calls = url, options, calls
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module", params=REMOTES, ids=lambda o: f"{o['binding']}-{o['version']}-{'stream' if o['streaming'] else 'poll'}")
+@pytest_asyncio.fixture(
+    scope="module",
+    loop_scope="module",
+    params=REMOTES,
+    ids=lambda o: f"{o['binding']}-{o['version']}-{'stream' if o['streaming'] else 'poll'}",
+)
 async def setup(request):
     calls: list[tuple[str, str, str | None, str | None]] = []
 
@@ -72,7 +77,9 @@ async def http(setup):
 
 
 async def rpc(http, method, params):
-    resp = await http.post("/a2a/agents/remote", json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params}, headers=V10)
+    resp = await http.post(
+        "/a2a/agents/remote", json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params}, headers=V10
+    )
     return resp.json()
 
 
@@ -89,7 +96,12 @@ def _op(options: dict, streaming: bool) -> tuple[str | None, str | None]:
     if options["binding"] == "HTTP+JSON":
         prefix = "/rest/v1" if options["version"] == "0.3" else "/rest"
         return f"{prefix}/{'message:stream' if streaming else 'message:send'}", None
-    names = {("1.0", True): "SendStreamingMessage", ("1.0", False): "SendMessage", ("0.3", True): "message/stream", ("0.3", False): "message/send"}
+    names = {
+        ("1.0", True): "SendStreamingMessage",
+        ("1.0", False): "SendMessage",
+        ("0.3", True): "message/stream",
+        ("0.3", False): "message/send",
+    }
     return None, names[(options["version"], streaming)]
 
 
@@ -112,7 +124,12 @@ async def test_completes_with_chunked_artifact_and_uses_the_preferred_binding(se
 
 async def test_a_streaming_client_makes_the_connector_stream(setup, http):
     setup.calls.clear()
-    body = {"jsonrpc": "2.0", "id": 1, "method": "SendStreamingMessage", "params": {"message": msg("abcdef", "c-1s", chunks=3)}}
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "SendStreamingMessage",
+        "params": {"message": msg("abcdef", "c-1s", chunks=3)},
+    }
     async with http.stream("POST", "/a2a/agents/remote", json=body, headers=V10) as resp:
         frames = [f["result"] for f in await sse_data(resp)]
     chunks = [f["artifactUpdate"] for f in frames if "artifactUpdate" in f]
@@ -132,14 +149,23 @@ async def test_large_artifacts_cross_in_one_event_and_one_reply(setup, http):
     async with http.stream("POST", "/a2a/agents/remote", json=body, headers=V10) as resp:
         frames = [f["result"] for f in await sse_data(resp)]
     assert frames[-1]["statusUpdate"]["status"]["state"] == "TASK_STATE_COMPLETED"
-    assert "".join(p["text"] for f in frames if "artifactUpdate" in f for p in f["artifactUpdate"]["artifact"]["parts"]) == text
+    assert (
+        "".join(p["text"] for f in frames if "artifactUpdate" in f for p in f["artifactUpdate"]["artifact"]["parts"])
+        == text
+    )
     task = (await rpc(http, "SendMessage", {"message": msg(text, "c-big")}))["result"]["task"]
     assert task["status"]["state"] == "TASK_STATE_COMPLETED" and joined(task) == text
 
 
 async def test_cancel_reaches_the_remote(setup, http):
     before = len(a2a_remote.CANCELED)
-    task = (await rpc(http, "SendMessage", {"message": msg("slow", "c-2", delay_ms=30_000), "configuration": {"returnImmediately": True}}))["result"]["task"]
+    task = (
+        await rpc(
+            http,
+            "SendMessage",
+            {"message": msg("slow", "c-2", delay_ms=30_000), "configuration": {"returnImmediately": True}},
+        )
+    )["result"]["task"]
     canceled = (await rpc(http, "CancelTask", {"id": task["id"]}))["result"]
     assert canceled["status"]["state"] == "TASK_STATE_CANCELED"
 
@@ -171,15 +197,35 @@ async def test_direct_message_reply(setup, http):
 
 
 async def test_parse_cards_of_both_versions():
-    v10 = parse_card({"name": "a", "supportedInterfaces": [
-        {"url": "http://a/g", "protocolBinding": "GRPC", "protocolVersion": "1.0"},
-        {"url": "http://a/r", "protocolBinding": "HTTP+JSON", "protocolVersion": "1.0"},
-        {"url": "http://a/j", "protocolBinding": "JSONRPC", "protocolVersion": "0.3"},
-    ], "capabilities": {"streaming": True}})
-    assert [(i.binding, i.version) for i in v10.interfaces] == [("HTTP+JSON", "1.0"), ("JSONRPC", "0.3")] and v10.streaming
-    v03 = parse_card({"name": "b", "url": "http://b/", "preferredTransport": "JSONRPC", "protocolVersion": "0.3.0",
-                      "additionalInterfaces": [{"url": "http://b/rest", "transport": "HTTP+JSON"}], "capabilities": {}})
-    assert [(i.url, i.binding, i.version) for i in v03.interfaces] == [("http://b/", "JSONRPC", "0.3"), ("http://b/rest", "HTTP+JSON", "0.3")]
+    v10 = parse_card(
+        {
+            "name": "a",
+            "supportedInterfaces": [
+                {"url": "http://a/g", "protocolBinding": "GRPC", "protocolVersion": "1.0"},
+                {"url": "http://a/r", "protocolBinding": "HTTP+JSON", "protocolVersion": "1.0"},
+                {"url": "http://a/j", "protocolBinding": "JSONRPC", "protocolVersion": "0.3"},
+            ],
+            "capabilities": {"streaming": True},
+        }
+    )
+    assert [(i.binding, i.version) for i in v10.interfaces] == [
+        ("HTTP+JSON", "1.0"),
+        ("JSONRPC", "0.3"),
+    ] and v10.streaming
+    v03 = parse_card(
+        {
+            "name": "b",
+            "url": "http://b/",
+            "preferredTransport": "JSONRPC",
+            "protocolVersion": "0.3.0",
+            "additionalInterfaces": [{"url": "http://b/rest", "transport": "HTTP+JSON"}],
+            "capabilities": {},
+        }
+    )
+    assert [(i.url, i.binding, i.version) for i in v03.interfaces] == [
+        ("http://b/", "JSONRPC", "0.3"),
+        ("http://b/rest", "HTTP+JSON", "0.3"),
+    ]
     assert not v03.streaming
 
 
@@ -218,19 +264,37 @@ async def test_a_remote_reply_over_the_size_bound_fails_the_task_not_the_gateway
 
     async def card(request):
         base = str(request.base_url).rstrip("/")
-        return JSONResponse({"name": "huge", "supportedInterfaces": [{"url": base, "protocolBinding": "JSONRPC", "protocolVersion": "1.0"}],
-                             "capabilities": {}})
+        return JSONResponse(
+            {
+                "name": "huge",
+                "supportedInterfaces": [{"url": base, "protocolBinding": "JSONRPC", "protocolVersion": "1.0"}],
+                "capabilities": {},
+            }
+        )
 
     async def rpc_reply(request):
-        return Response(b'{"jsonrpc": "2.0", "id": 1, "result": "' + b"x" * (MAX_REPLY_BYTES + 1) + b'"}', media_type="application/json")
+        return Response(
+            b'{"jsonrpc": "2.0", "id": 1, "result": "' + b"x" * (MAX_REPLY_BYTES + 1) + b'"}',
+            media_type="application/json",
+        )
 
-    remote_app = Starlette(routes=[Route("/.well-known/agent-card.json", card), Route("/", rpc_reply, methods=["POST"])])
+    remote_app = Starlette(
+        routes=[Route("/.well-known/agent-card.json", card), Route("/", rpc_reply, methods=["POST"])]
+    )
     async with serve_app(remote_app) as remote:
         app = create_app(test_config(echo=False), workers=[A2AConnector("huge", remote)])
         mount(app)
         async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
-            resp = await client.post("/a2a/agents/huge", json={"jsonrpc": "2.0", "id": 1, "method": "SendMessage",
-                                                               "params": {"message": msg("hi", "big-reply")}}, headers=V10)
+            resp = await client.post(
+                "/a2a/agents/huge",
+                json={
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "SendMessage",
+                    "params": {"message": msg("hi", "big-reply")},
+                },
+                headers=V10,
+            )
             task = resp.json()["result"]["task"]
             assert task["status"]["state"] == "TASK_STATE_FAILED"
             assert "larger than" in task["status"]["message"]["parts"][0]["text"]

@@ -38,8 +38,12 @@ def a2a_js() -> Path:
     manifest = cache / "package.json"
     if not (installed.exists() and manifest.exists() and manifest.read_text() == wanted):
         manifest.write_text(wanted)
-        proc = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(cache)],
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(cache)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if proc.returncode != 0:
             pytest.fail(f"npm install of @a2a-js/sdk failed:\n{proc.stderr[-3000:]}")
     shutil.copy(JS_DIR / "a2a_client.mjs", cache / "a2a_client.mjs")
@@ -57,12 +61,16 @@ async def env():
 
 async def run_js(cache: Path, **args) -> dict:
     proc = await asyncio.create_subprocess_exec(
-        shutil.which("node") or "node", str(cache / "a2a_client.mjs"), json.dumps(args),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=cache,
+        shutil.which("node") or "node",
+        str(cache / "a2a_client.mjs"),
+        json.dumps(args),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=cache,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), 60)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         await proc.wait()
         pytest.fail("the JS client did not finish in 60 s")

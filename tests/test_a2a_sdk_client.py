@@ -41,7 +41,12 @@ async def http():
 async def test_send_and_get(env, http, target, binding, version, streaming):
     client = await sdk_client(http, env.target(target), binding, version, streaming=streaming)
     text = f"hello {target} {binding} {version}"
-    events = [as_dict(ev) async for ev in client.send_message(request(message(text, message_id=f"m-{target}-{binding}-{version}-{streaming}")))]
+    events = [
+        as_dict(ev)
+        async for ev in client.send_message(
+            request(message(text, message_id=f"m-{target}-{binding}-{version}-{streaming}"))
+        )
+    ]
     if streaming:
         assert [next(iter(e)) for e in events] == ["task", "statusUpdate", "artifactUpdate", "statusUpdate"]
         assert events[0]["task"]["status"]["state"] == "TASK_STATE_SUBMITTED"

@@ -132,7 +132,10 @@ async def test_cards_use_the_public_url_and_optional_v03_fields():
     async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
         card = (await http.get("/a2a/agents/echo/.well-known/agent-card.json")).json()
         urls = {i["url"] for i in card["supportedInterfaces"]}
-        assert urls == {"https://gw.example.com/base/a2a/agents/echo", "https://gw.example.com/base/a2a/agents/echo/rest"}
+        assert urls == {
+            "https://gw.example.com/base/a2a/agents/echo",
+            "https://gw.example.com/base/a2a/agents/echo/rest",
+        }
         assert {i["protocolVersion"] for i in card["supportedInterfaces"]} == {"1.0", "0.3"}
         assert card["url"] == "https://gw.example.com/base/a2a/agents/echo" and card["preferredTransport"] == "JSONRPC"
         parsed = await A2ACardResolver(http, url + "/a2a/agents/echo").get_agent_card()
@@ -172,7 +175,17 @@ async def test_jsonrpc_errors(http):
     assert parse.json()["error"]["code"] == -32700 and parse.json()["id"] is None
     invalid = await http.post("/a2a", json={"id": 3, "method": "GetTask"}, headers=V10)
     assert invalid.json()["error"]["code"] == -32600
-    media = await call(http, "SendMessage", {"message": {"messageId": "f", "role": "ROLE_USER", "parts": [{"raw": "dGNr", "mediaType": "application/x-unknown"}]}})
+    media = await call(
+        http,
+        "SendMessage",
+        {
+            "message": {
+                "messageId": "f",
+                "role": "ROLE_USER",
+                "parts": [{"raw": "dGNr", "mediaType": "application/x-unknown"}],
+            }
+        },
+    )
     assert media["error"]["code"] == -32005
 
 
@@ -202,7 +215,9 @@ async def test_rest_errors(http):
 
 
 async def test_oversize_body_is_413(http):
-    resp = await http.post("/a2a", content=b"x" * (5 * 1024 * 1024), headers={"Content-Type": "application/json", **V10})
+    resp = await http.post(
+        "/a2a", content=b"x" * (5 * 1024 * 1024), headers={"Content-Type": "application/json", **V10}
+    )
     assert resp.status_code == 413
 
 
@@ -233,22 +248,32 @@ async def test_gateway_routing_rule(http):
     assert "result" in await call(http, "GetTask", {"id": remote_id}, path="/a2a/agents/remote")
     assert (await call(http, "GetTask", {"id": remote_id}, path="/a2a/agents/echo"))["error"]["code"] == -32001
     assert "result" in await call(http, "GetTask", {"id": echo_id}, path="/a2a/agents/echo")  # the first agent: echo
-    assert "result" in await call(http, "GetTask", {"id": by_message["result"]["task"]["id"]}, path="/a2a/agents/remote")
+    assert "result" in await call(
+        http, "GetTask", {"id": by_message["result"]["task"]["id"]}, path="/a2a/agents/remote"
+    )
 
 
 async def test_list_tasks_paging_filters_and_history_length(http):
     ctx = "ctx-list-paging"
-    ids = [(await send(http, f"p{i}", message=msg(f"p{i}", mid=f"page-{i}", contextId=ctx)))["id"] for i in range(3)] if False else []
+    ids = (
+        [(await send(http, f"p{i}", message=msg(f"p{i}", mid=f"page-{i}", contextId=ctx)))["id"] for i in range(3)]
+        if False
+        else []
+    )
     for i in range(3):
         body = await call(http, "SendMessage", {"message": msg(f"p{i}", mid=f"page-{i}", contextId=ctx)})
         ids.append(body["result"]["task"]["id"])
     first = (await call(http, "ListTasks", {"contextId": ctx, "pageSize": 2}))["result"]
     assert first["totalSize"] == 3 and len(first["tasks"]) == 2 and first["nextPageToken"]
     assert all("artifacts" not in t for t in first["tasks"])  # includeArtifacts defaults to false
-    second = (await call(http, "ListTasks", {"contextId": ctx, "pageSize": 2, "pageToken": first["nextPageToken"]}))["result"]
+    second = (await call(http, "ListTasks", {"contextId": ctx, "pageSize": 2, "pageToken": first["nextPageToken"]}))[
+        "result"
+    ]
     assert len(second["tasks"]) == 1 and second["nextPageToken"] == ""
     assert {t["id"] for t in first["tasks"] + second["tasks"]} == set(ids)
-    rest = (await http.get("/a2a/rest/tasks", params={"contextId": ctx, "status": "TASK_STATE_WORKING"}, headers=V10)).json()
+    rest = (
+        await http.get("/a2a/rest/tasks", params={"contextId": ctx, "status": "TASK_STATE_WORKING"}, headers=V10)
+    ).json()
     assert rest["tasks"] == [] and rest["totalSize"] == 0
     full = (await call(http, "ListTasks", {"contextId": ctx, "includeArtifacts": True, "historyLength": 0}))["result"]
     assert all(t["artifacts"] and "history" not in t for t in full["tasks"])
@@ -268,19 +293,31 @@ async def test_stream_frames_jsonrpc_rest_and_03(http):
     chunks = [f["result"]["artifactUpdate"] for f in frames[2:5]]
     assert [c.get("append", False) for c in chunks] == [False, True, True] and chunks[-1]["lastChunk"] is True
 
-    async with http.stream("POST", "/a2a/rest/message:stream", json={"message": msg("r", mid="s2")}, headers=V10) as resp:
+    async with http.stream(
+        "POST", "/a2a/rest/message:stream", json={"message": msg("r", mid="s2")}, headers=V10
+    ) as resp:
         rest = await sse_data(resp)
     assert [next(iter(f)) for f in rest] == ["task", "statusUpdate", "artifactUpdate", "statusUpdate"]
 
-    legacy = rpc("message/stream", {"message": {"kind": "message", "messageId": "s3", "role": "user", "parts": [{"kind": "text", "text": "x"}]}})
+    legacy = rpc(
+        "message/stream",
+        {"message": {"kind": "message", "messageId": "s3", "role": "user", "parts": [{"kind": "text", "text": "x"}]}},
+    )
     async with http.stream("POST", "/a2a", json=legacy) as resp:
         old = [f["result"] for f in await sse_data(resp)]
     assert [f["kind"] for f in old] == ["task", "status-update", "artifact-update", "status-update"]
     assert old[-1]["final"] is True and old[-1]["status"]["state"] == "completed"
 
-    async with http.stream("POST", "/a2a/rest/v1/message:stream", json={"request": {"message_id": "s4", "role": "ROLE_USER", "content": [{"text": "y"}]}}) as resp:
+    async with http.stream(
+        "POST",
+        "/a2a/rest/v1/message:stream",
+        json={"request": {"message_id": "s4", "role": "ROLE_USER", "content": [{"text": "y"}]}},
+    ) as resp:
         old_rest = await sse_data(resp)
-    assert old_rest[-1]["statusUpdate"]["status"]["state"] == "TASK_STATE_COMPLETED" and old_rest[-1]["statusUpdate"]["final"] is True
+    assert (
+        old_rest[-1]["statusUpdate"]["status"]["state"] == "TASK_STATE_COMPLETED"
+        and old_rest[-1]["statusUpdate"]["final"] is True
+    )
     assert old_rest[2]["artifactUpdate"]["artifact"]["parts"] == [{"text": "y"}]
 
 
@@ -290,13 +327,22 @@ async def test_stream_frames_jsonrpc_rest_and_03(http):
 async def test_push_delivery_with_token_and_auth_on_continue(http):
     async with webhook_receiver() as hook:
         config = {"url": hook.url, "token": "tok-1", "authentication": {"scheme": "Bearer", "credentials": "s3cret"}}
-        first = await call(http, "SendMessage", {"message": msg("q", mid="push-1", metadata={"ask": "more?"}), "configuration": {"taskPushNotificationConfig": config}})
+        first = await call(
+            http,
+            "SendMessage",
+            {
+                "message": msg("q", mid="push-1", metadata={"ask": "more?"}),
+                "configuration": {"taskPushNotificationConfig": config},
+            },
+        )
         task = first["result"]["task"]
         assert task["status"]["state"] == "TASK_STATE_INPUT_REQUIRED"
         await call(http, "SendMessage", {"message": msg("answer", mid="push-2", taskId=task["id"])})
 
         def completed(rs):
-            return any(b.get("statusUpdate", {}).get("status", {}).get("state") == "TASK_STATE_COMPLETED" for _, b in rs)
+            return any(
+                b.get("statusUpdate", {}).get("status", {}).get("state") == "TASK_STATE_COMPLETED" for _, b in rs
+            )
 
         received = await hook.wait_for(completed)
         headers, _ = received[0]
@@ -308,19 +354,35 @@ async def test_push_delivery_with_token_and_auth_on_continue(http):
 
 
 async def test_push_config_crud_both_versions(http):
-    task = (await call(http, "SendMessage", {"message": msg("wait", mid="crud-1", metadata={"ask": "?"})}))["result"]["task"]
-    created = await call(http, "CreateTaskPushNotificationConfig", {"taskId": task["id"], "id": "c1", "url": "https://example.com/hook", "token": "t"})
+    task = (await call(http, "SendMessage", {"message": msg("wait", mid="crud-1", metadata={"ask": "?"})}))["result"][
+        "task"
+    ]
+    created = await call(
+        http,
+        "CreateTaskPushNotificationConfig",
+        {"taskId": task["id"], "id": "c1", "url": "https://example.com/hook", "token": "t"},
+    )
     assert created["result"] == {"id": "c1", "taskId": task["id"], "url": "https://example.com/hook", "token": "t"}
-    assert (await call(http, "GetTaskPushNotificationConfig", {"taskId": task["id"], "id": "c1"}))["result"]["url"] == "https://example.com/hook"
-    rest = await http.post(f"/a2a/rest/tasks/{task['id']}/pushNotificationConfigs", json={"id": "c2", "url": "https://example.org/h"}, headers=V10)
+    assert (await call(http, "GetTaskPushNotificationConfig", {"taskId": task["id"], "id": "c1"}))["result"][
+        "url"
+    ] == "https://example.com/hook"
+    rest = await http.post(
+        f"/a2a/rest/tasks/{task['id']}/pushNotificationConfigs",
+        json={"id": "c2", "url": "https://example.org/h"},
+        headers=V10,
+    )
     assert rest.status_code == 200 and rest.json()["id"] == "c2"
     listed = (await call(http, "ListTaskPushNotificationConfigs", {"taskId": task["id"]}))["result"]["configs"]
     assert {c["id"] for c in listed} == {"c1", "c2"}
     legacy = (await call(http, "tasks/pushNotificationConfig/list", {"id": task["id"]}, headers={}))["result"]
     assert {c["pushNotificationConfig"]["id"] for c in legacy} == {"c1", "c2"} and legacy[0]["taskId"] == task["id"]
     assert (await call(http, "DeleteTaskPushNotificationConfig", {"taskId": task["id"], "id": "c1"}))["result"] == {}
-    assert (await call(http, "DeleteTaskPushNotificationConfig", {"taskId": task["id"], "id": "c1"}))["result"] == {}  # idempotent
-    assert (await http.delete(f"/a2a/rest/tasks/{task['id']}/pushNotificationConfigs/c2", headers=V10)).status_code == 200
+    assert (await call(http, "DeleteTaskPushNotificationConfig", {"taskId": task["id"], "id": "c1"}))[
+        "result"
+    ] == {}  # idempotent
+    assert (
+        await http.delete(f"/a2a/rest/tasks/{task['id']}/pushNotificationConfigs/c2", headers=V10)
+    ).status_code == 200
     gone = await call(http, "GetTaskPushNotificationConfig", {"taskId": task["id"], "id": "c1"})
     assert gone["error"]["code"] == -32001
     no_task = await call(http, "CreateTaskPushNotificationConfig", {"taskId": "nope", "url": "https://example.com/x"})
@@ -331,7 +393,12 @@ async def test_push_config_crud_both_versions(http):
 async def test_push_03_config_gets_the_task(http):
     async with webhook_receiver() as hook:
         params = {
-            "message": {"kind": "message", "messageId": "p03", "role": "user", "parts": [{"kind": "text", "text": "x"}]},
+            "message": {
+                "kind": "message",
+                "messageId": "p03",
+                "role": "user",
+                "parts": [{"kind": "text", "text": "x"}],
+            },
             "configuration": {"pushNotificationConfig": {"url": hook.url, "token": "t03"}},
         }
         task = (await call(http, "message/send", params, headers={}))["result"]
@@ -344,9 +411,19 @@ async def test_push_03_config_gets_the_task(http):
 async def test_push_retries_with_backoff_and_never_blocks_the_task(http):
     async with webhook_receiver(fail_first=2) as hook:
         config = {"url": hook.url}
-        task = (await call(http, "SendMessage", {"message": msg("retry", mid="retry-1"), "configuration": {"taskPushNotificationConfig": config}}))["result"]["task"]
+        task = (
+            await call(
+                http,
+                "SendMessage",
+                {"message": msg("retry", mid="retry-1"), "configuration": {"taskPushNotificationConfig": config}},
+            )
+        )["result"]["task"]
         assert task["status"]["state"] == "TASK_STATE_COMPLETED"  # the failing webhook did not hold the task
-        received = await hook.wait_for(lambda rs: any(b.get("statusUpdate", {}).get("status", {}).get("state") == "TASK_STATE_COMPLETED" for _, b in rs))
+        received = await hook.wait_for(
+            lambda rs: any(
+                b.get("statusUpdate", {}).get("status", {}).get("state") == "TASK_STATE_COMPLETED" for _, b in rs
+            )
+        )
         assert hook.attempts >= len(received) + 2
         states = [b["statusUpdate"]["status"]["state"] for _, b in received if "statusUpdate" in b]
         assert states[0] == "TASK_STATE_WORKING"  # the retried event came first: order kept
@@ -354,8 +431,17 @@ async def test_push_retries_with_backoff_and_never_blocks_the_task(http):
 
 async def test_push_url_policy():
     strict = PushPolicy()
-    for bad in ("http://127.0.0.1:9/x", "http://localhost/x", "http://[::1]/x", "http://10.1.2.3/x", "http://169.254.169.254/latest",
-                "http://192.168.0.1/", "ftp://example.com/x", "http:///nohost", "http://0.0.0.0/"):
+    for bad in (
+        "http://127.0.0.1:9/x",
+        "http://localhost/x",
+        "http://[::1]/x",
+        "http://10.1.2.3/x",
+        "http://169.254.169.254/latest",
+        "http://192.168.0.1/",
+        "ftp://example.com/x",
+        "http:///nohost",
+        "http://0.0.0.0/",
+    ):
         with pytest.raises(InvalidParamsError):
             strict.check_url(bad)
     strict.check_url("https://example.com/hook")
@@ -386,7 +472,11 @@ async def test_loopback_webhook_refused_by_default_policy():
     app = create_app(test_config(), workers=[EchoWorker()])
     mount(app)  # the default policy: no loopback, no private addresses
     async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as h2:
-        body = await call(h2, "SendMessage", {"message": msg("x"), "configuration": {"taskPushNotificationConfig": {"url": "http://127.0.0.1:1/hook"}}})
+        body = await call(
+            h2,
+            "SendMessage",
+            {"message": msg("x"), "configuration": {"taskPushNotificationConfig": {"url": "http://127.0.0.1:1/hook"}}},
+        )
         assert body["error"]["code"] == -32602 and "loopback" in body["error"]["message"]
         off = create_app(test_config(), workers=[EchoWorker()])
         mount(off, A2AOptions(push=PushPolicy(enabled=False)))
@@ -406,17 +496,23 @@ async def test_remote_agent_down_fails_the_task_clearly():
     dead = f"http://127.0.0.1:{free_port()}"
     async with running_gateway(test_config(), workers=[A2AConnector("down", dead)]) as (url, app):
         async with httpx.AsyncClient(base_url=url, timeout=10) as h:
-            task = (await call(h, "SendMessage", {"message": msg("anyone?")}, path="/a2a/agents/down"))["result"]["task"]
+            task = (await call(h, "SendMessage", {"message": msg("anyone?")}, path="/a2a/agents/down"))["result"][
+                "task"
+            ]
             assert task["status"]["state"] == "TASK_STATE_FAILED"
             text = task["status"]["message"]["parts"][0]["text"]
             assert "down" in text and ("connection refused" in text or "unreachable" in text)
             assert (await h.get("/healthz")).status_code == 200
-            again = await asyncio.wait_for(call(h, "SendMessage", {"message": msg("again", mid="m2")}, path="/a2a/agents/down"), 10)
+            again = await asyncio.wait_for(
+                call(h, "SendMessage", {"message": msg("again", mid="m2")}, path="/a2a/agents/down"), 10
+            )
             assert again["result"]["task"]["status"]["state"] == "TASK_STATE_FAILED"
 
 
 async def test_subscription_stays_open_through_input_required(http):
-    task = (await call(http, "SendMessage", {"message": msg("q", mid="sub-ir", metadata={"ask": "?"})}))["result"]["task"]
+    task = (await call(http, "SendMessage", {"message": msg("q", mid="sub-ir", metadata={"ask": "?"})}))["result"][
+        "task"
+    ]
     assert task["status"]["state"] == "TASK_STATE_INPUT_REQUIRED"
     body = rpc("SubscribeToTask", {"id": task["id"]})
     async with http.stream("POST", "/a2a", json=body, headers=V10) as resp:

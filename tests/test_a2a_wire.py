@@ -20,15 +20,30 @@ def roundtrip(dialect, part):
 @pytest.mark.parametrize(
     "part, v10, v03, v03rest",
     [
-        (TextPart(text="hi", metadata={"k": 1}), {"text": "hi", "metadata": {"k": 1}}, {"kind": "text", "text": "hi", "metadata": {"k": 1}},
-         {"text": "hi", "metadata": {"k": 1}}),
-        (DataPart(data={"a": [1, 2]}), {"data": {"a": [1, 2]}}, {"kind": "data", "data": {"a": [1, 2]}}, {"data": {"data": {"a": [1, 2]}}}),
-        (FilePart(bytes=B64, media_type="text/plain", filename="o.txt"), {"raw": B64, "mediaType": "text/plain", "filename": "o.txt"},
-         {"kind": "file", "file": {"bytes": B64, "mimeType": "text/plain", "name": "o.txt"}},
-         {"file": {"fileWithBytes": B64, "mimeType": "text/plain", "name": "o.txt"}}),
-        (FilePart(url="https://x/o.txt", media_type="text/plain"), {"url": "https://x/o.txt", "mediaType": "text/plain"},
-         {"kind": "file", "file": {"uri": "https://x/o.txt", "mimeType": "text/plain"}},
-         {"file": {"fileWithUri": "https://x/o.txt", "mimeType": "text/plain"}}),
+        (
+            TextPart(text="hi", metadata={"k": 1}),
+            {"text": "hi", "metadata": {"k": 1}},
+            {"kind": "text", "text": "hi", "metadata": {"k": 1}},
+            {"text": "hi", "metadata": {"k": 1}},
+        ),
+        (
+            DataPart(data={"a": [1, 2]}),
+            {"data": {"a": [1, 2]}},
+            {"kind": "data", "data": {"a": [1, 2]}},
+            {"data": {"data": {"a": [1, 2]}}},
+        ),
+        (
+            FilePart(bytes=B64, media_type="text/plain", filename="o.txt"),
+            {"raw": B64, "mediaType": "text/plain", "filename": "o.txt"},
+            {"kind": "file", "file": {"bytes": B64, "mimeType": "text/plain", "name": "o.txt"}},
+            {"file": {"fileWithBytes": B64, "mimeType": "text/plain", "name": "o.txt"}},
+        ),
+        (
+            FilePart(url="https://x/o.txt", media_type="text/plain"),
+            {"url": "https://x/o.txt", "mediaType": "text/plain"},
+            {"kind": "file", "file": {"uri": "https://x/o.txt", "mimeType": "text/plain"}},
+            {"file": {"fileWithUri": "https://x/o.txt", "mimeType": "text/plain"}},
+        ),
     ],
     ids=["text", "data", "file-bytes", "file-url"],
 )
@@ -52,14 +67,29 @@ def test_raw_bytes_accept_url_safe_unpadded_base64():
 
 
 def test_message_row_roles_parts_ids_and_internal_metadata():
-    m = Message(message_id="m", role="agent", parts=[TextPart(text="x")], task_id="t", context_id="c",
-                metadata={"a": 1, "interlace.secret": 2})
-    assert V10.message_out(m) == {"messageId": "m", "role": "ROLE_AGENT", "parts": [{"text": "x"}], "contextId": "c", "taskId": "t", "metadata": {"a": 1}}
+    m = Message(
+        message_id="m",
+        role="agent",
+        parts=[TextPart(text="x")],
+        task_id="t",
+        context_id="c",
+        metadata={"a": 1, "interlace.secret": 2},
+    )
+    assert V10.message_out(m) == {
+        "messageId": "m",
+        "role": "ROLE_AGENT",
+        "parts": [{"text": "x"}],
+        "contextId": "c",
+        "taskId": "t",
+        "metadata": {"a": 1},
+    }
     assert V03.message_out(m)["kind"] == "message" and V03.message_out(m)["role"] == "agent"
     assert V03_REST.message_out(m)["content"] == [{"text": "x"}] and "parts" not in V03_REST.message_out(m)
     back = V10.message_in(V10.message_out(m))
     assert (back.message_id, back.role, back.task_id, back.context_id) == ("m", "agent", "t", "c")
-    snake = V03_REST.message_in({"message_id": "s", "role": "ROLE_USER", "content": [{"text": "y"}], "context_id": "c2"})
+    snake = V03_REST.message_in(
+        {"message_id": "s", "role": "ROLE_USER", "content": [{"text": "y"}], "context_id": "c2"}
+    )
     assert snake.message_id == "s" and snake.role == "user" and snake.context_id == "c2"
     with pytest.raises(InvalidParamsError):
         V10.message_in({"messageId": "m", "role": "ROLE_ROBOT", "parts": [{"text": "x"}]})
@@ -71,16 +101,26 @@ def test_message_row_roles_parts_ids_and_internal_metadata():
 def test_state_row(state):
     assert V10.state_out(state) == "TASK_STATE_" + state.name
     assert V03.state_out(state) == state.value
-    assert V03_REST.state_out(state) == ("TASK_STATE_CANCELLED" if state is TaskState.CANCELED else "TASK_STATE_" + state.name)
+    assert V03_REST.state_out(state) == (
+        "TASK_STATE_CANCELLED" if state is TaskState.CANCELED else "TASK_STATE_" + state.name
+    )
     for dialect in (V10, V03, V03_REST):
         assert dialect.state_in(dialect.state_out(state)) is state
     assert V10.state_in("TASK_STATE_UNSPECIFIED") is None and V03.state_in("unknown") is None
 
 
 def test_task_status_and_artifact_rows():
-    t = Task(id="t", context_id="c", status=TaskStatus(state=TaskState.COMPLETED, timestamp="2026-01-01T00:00:00.000Z"),
-             history=[Message(role="user", parts=[TextPart(text="q")], message_id="1"), Message(role="agent", parts=[TextPart(text="a")], message_id="2")],
-             artifacts=[Artifact(artifact_id="a1", name="n", description="d", parts=[TextPart(text="r")])], metadata={"x": 1})
+    t = Task(
+        id="t",
+        context_id="c",
+        status=TaskStatus(state=TaskState.COMPLETED, timestamp="2026-01-01T00:00:00.000Z"),
+        history=[
+            Message(role="user", parts=[TextPart(text="q")], message_id="1"),
+            Message(role="agent", parts=[TextPart(text="a")], message_id="2"),
+        ],
+        artifacts=[Artifact(artifact_id="a1", name="n", description="d", parts=[TextPart(text="r")])],
+        metadata={"x": 1},
+    )
     out = V10.task_out(t)
     assert out["status"] == {"state": "TASK_STATE_COMPLETED", "timestamp": "2026-01-01T00:00:00.000Z"}
     assert out["artifacts"] == [{"artifactId": "a1", "name": "n", "description": "d", "parts": [{"text": "r"}]}]
@@ -98,7 +138,10 @@ def test_event_rows():
     status = t.status_event(TaskState.WORKING)
     art = t.artifact_event(Artifact(artifact_id="a", parts=[TextPart(text="x")]), append=True, last_chunk=True)
     assert set(V10.stream_event(status)) == {"statusUpdate"} and "final" not in V10.stream_event(status)["statusUpdate"]
-    assert V10.stream_event(art)["artifactUpdate"]["append"] is True and V10.stream_event(art)["artifactUpdate"]["lastChunk"] is True
+    assert (
+        V10.stream_event(art)["artifactUpdate"]["append"] is True
+        and V10.stream_event(art)["artifactUpdate"]["lastChunk"] is True
+    )
     old = V03.stream_event(status)
     assert old["kind"] == "status-update" and old["final"] is False and old["status"]["state"] == "working"
     assert V03.stream_event(art)["kind"] == "artifact-update"
@@ -113,16 +156,31 @@ def test_event_rows():
 def test_direct_reply_row():
     reply = Message(role="agent", parts=[TextPart(text="hi")], metadata={DIRECT_REPLY: True})
     assert direct_reply(reply)
-    assert V10.send_result(reply) == {"message": {"messageId": reply.message_id, "role": "ROLE_AGENT", "parts": [{"text": "hi"}]}}
+    assert V10.send_result(reply) == {
+        "message": {"messageId": reply.message_id, "role": "ROLE_AGENT", "parts": [{"text": "hi"}]}
+    }
     assert V03.send_result(reply)["kind"] == "message"
     assert isinstance(V03_REST.stream_in({"msg": V03_REST.message_out(reply)}), Message)
 
 
 def test_push_config_rows():
     c = PushConfig(task_id="t", id="c1", url="https://h/x", token="tok", auth_scheme="Bearer", credentials="s")
-    assert V10.push_out(c) == {"id": "c1", "taskId": "t", "url": "https://h/x", "token": "tok", "authentication": {"scheme": "Bearer", "credentials": "s"}}
-    assert V03.push_out(c) == {"taskId": "t", "pushNotificationConfig": {"id": "c1", "url": "https://h/x", "token": "tok",
-                                                                        "authentication": {"schemes": ["Bearer"], "credentials": "s"}}}
+    assert V10.push_out(c) == {
+        "id": "c1",
+        "taskId": "t",
+        "url": "https://h/x",
+        "token": "tok",
+        "authentication": {"scheme": "Bearer", "credentials": "s"},
+    }
+    assert V03.push_out(c) == {
+        "taskId": "t",
+        "pushNotificationConfig": {
+            "id": "c1",
+            "url": "https://h/x",
+            "token": "tok",
+            "authentication": {"schemes": ["Bearer"], "credentials": "s"},
+        },
+    }
     assert V03_REST.push_out(c)["name"] == "tasks/t/pushNotificationConfigs/c1"
     assert V10.push_create_in(V10.push_out(c)) == c
     assert V03.push_create_in(V03.push_out(c)) == c

@@ -66,8 +66,13 @@ class Setup:
 
 def echo_record(identity: Identity, remote: str):
     """A signed record as a remote ACP agent registers it: an acp endpoint, no bus."""
-    card = {"name": "remote-echo", "description": "the SDK's echo, over ACP", "version": "1",
-            "skills": [{"id": "echo", "name": "Echo", "description": "echoes"}], "endpoints": {"acp": f"{remote}/agents/echo"}}
+    card = {
+        "name": "remote-echo",
+        "description": "the SDK's echo, over ACP",
+        "version": "1",
+        "skills": [{"id": "echo", "name": "Echo", "description": "echoes"}],
+        "endpoints": {"acp": f"{remote}/agents/echo"},
+    }
     return sign(record_from_card(card, identity.did, 1, 600, "interlace", "elsewhere"), identity)
 
 
@@ -124,7 +129,9 @@ async def test_an_agent_registered_with_an_acp_endpoint_is_run_over_acp(setup, h
     run = (await http.post("/acp/runs", json=body("remote-echo", "over there"))).json()
     assert run["status"] == "completed" and text_of(run) == "over there"
     manifest = (await http.get("/acp/agents/remote-echo")).json()
-    assert manifest["description"] == "the SDK's echo, over ACP" and manifest["metadata"]["annotations"]["interlace"]["protocols"] == ["acp"]
+    assert manifest["description"] == "the SDK's echo, over ACP" and manifest["metadata"]["annotations"]["interlace"][
+        "protocols"
+    ] == ["acp"]
 
 
 async def test_streamed_parts_arrive_as_chunks(setup, http):
@@ -140,7 +147,9 @@ async def test_artifacts_and_mime_types_come_through(setup, http):
     parts = [p for m in run["output"] for p in m["parts"]]
     by_type = {p["content_type"]: p for p in parts if not p.get("name")}
     named = [p for p in parts if p.get("name")]
-    assert named == [{"name": "report.txt", "content_type": "text/plain", "content": "the report", "content_encoding": "plain"}]
+    assert named == [
+        {"name": "report.txt", "content_type": "text/plain", "content": "the report", "content_encoding": "plain"}
+    ]
     assert by_type["image/png"]["content_encoding"] == "base64"
     assert base64.b64decode(by_type["image/png"]["content"]).startswith(b"\x89PNG")
     assert json.loads(by_type["application/json"]["content"]) == {"a": 1}
@@ -170,11 +179,14 @@ async def test_cancel_reaches_the_remote_run(setup, http):
     resp = await http.post(f"/acp/runs/{run['run_id']}/cancel")
     assert resp.status_code == 202 and resp.json()["status"] == "cancelled"
     async with httpx.AsyncClient(base_url=setup.remote, timeout=5) as direct:
+
         async def remote_cancelled():
             return (await direct.get(f"/runs/{remote_run}")).json()["status"] == "cancelled"
 
         await wait_until(remote_cancelled)
-    assert any(c.get("path") == f"/runs/{remote_run}/cancel" and c["content_type"] == "application/json" for c in setup.calls)
+    assert any(
+        c.get("path") == f"/runs/{remote_run}/cancel" and c["content_type"] == "application/json" for c in setup.calls
+    )
 
 
 async def test_a_remote_failure_fails_the_run_with_its_message(setup, http):

@@ -109,8 +109,14 @@ async def test_cancel_then_cancel_again_is_refused(results):
 async def test_events_replay_the_run(results):
     got = scenario(results, "events")
     assert got["types"] == [
-        "run.created", "run.in-progress", "message.created",
-        "message.part", "message.part", "message.part", "message.completed", "run.completed",
+        "run.created",
+        "run.in-progress",
+        "message.created",
+        "message.part",
+        "message.part",
+        "message.part",
+        "message.completed",
+        "run.completed",
     ]
 
 

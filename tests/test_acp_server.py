@@ -27,7 +27,12 @@ async def http():
 
 
 def body(agent="echo", text="hello", mode="sync", **extra):
-    return {"agent_name": agent, "input": [{"role": "user", "parts": [{"content": text, "content_type": "text/plain"}]}], "mode": mode, **extra}
+    return {
+        "agent_name": agent,
+        "input": [{"role": "user", "parts": [{"content": text, "content_type": "text/plain"}]}],
+        "mode": mode,
+        **extra,
+    }
 
 
 def assert_acp_error(resp: httpx.Response, status: int, code: str):
@@ -74,7 +79,11 @@ async def test_every_mode_names_the_run_in_a_header(http):
     run = sync.json()
     assert run["status"] == "completed" and run["agent_name"] == "echo" and uuid.UUID(run["session_id"])
     async_ = await http.post("/acp/runs", json=body(mode="async"))
-    assert async_.status_code == 202 and async_.json()["status"] == "created" and async_.headers["run-id"] == async_.json()["run_id"]
+    assert (
+        async_.status_code == 202
+        and async_.json()["status"] == "created"
+        and async_.headers["run-id"] == async_.json()["run_id"]
+    )
     resp, events = await stream(http, "/acp/runs", body(mode="stream"))
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
     assert resp.headers["run-id"] == events[0]["run"]["run_id"]
@@ -85,7 +94,9 @@ async def test_a_run_is_read_back_and_its_events_replayed(http):
     run = (await http.post("/acp/runs", json=body(agent="chunker", text="abcdef"))).json()
     got = await http.get(f"/acp/runs/{run['run_id']}")
     assert got.json() == run
-    assert (await http.get(f"/acp/runs/{uuid.UUID(run['run_id']).hex}")).json()["run_id"] == run["run_id"]  # any UUID spelling
+    assert (await http.get(f"/acp/runs/{uuid.UUID(run['run_id']).hex}")).json()["run_id"] == run[
+        "run_id"
+    ]  # any UUID spelling
     events = (await http.get(f"/acp/runs/{run['run_id']}/events")).json()["events"]
     parts = [e["part"]["content"] for e in events if e["type"] == "message.part"]
     assert parts == ["ab", "cd", "ef"] and events[-1]["run"]["status"] == "completed"
@@ -94,7 +105,11 @@ async def test_a_run_is_read_back_and_its_events_replayed(http):
 async def test_resume_in_async_mode_then_poll(http):
     run = (await http.post("/acp/runs", json=body(agent="asker"))).json()
     assert run["status"] == "awaiting"
-    resume = {"run_id": run["run_id"], "await_resume": {"type": "message", "message": {"parts": [{"content": "42"}]}}, "mode": "async"}
+    resume = {
+        "run_id": run["run_id"],
+        "await_resume": {"type": "message", "message": {"parts": [{"content": "42"}]}},
+        "mode": "async",
+    }
     resp = await http.post(f"/acp/runs/{run['run_id']}", json=resume)
     assert resp.status_code == 202 and resp.json()["status"] == "in-progress"
 
@@ -106,21 +121,40 @@ async def test_resume_in_async_mode_then_poll(http):
     assert text_of(done) == "42" and done["await_request"] is None
 
 
-@pytest.mark.parametrize("payload", [
-    b"{not json",
-    b"[1, 2]",
-    json.dumps({"input": [{"parts": [{"content": "x"}]}]}).encode(),  # no agent_name
-    json.dumps({"agent_name": "echo", "input": []}).encode(),
-    json.dumps({"agent_name": "echo", "input": [{"parts": []}]}).encode(),
-    json.dumps({"agent_name": "echo", "input": [{"role": "robot", "parts": [{"content": "x"}]}]}).encode(),
-    json.dumps({**body(), "mode": "later"}).encode(),
-    json.dumps({**body(), "session_id": "not-a-uuid"}).encode(),
-    json.dumps({**body(), "session_id": str(uuid.uuid4()), "session": {"id": str(uuid.uuid4())}}).encode(),
-    json.dumps(body() | {"input": [{"parts": [{"content": "%%%", "content_type": "image/png", "content_encoding": "base64"}]}]}).encode(),
-    json.dumps(body() | {"input": [{"parts": [{"content": "{", "content_type": "application/json"}]}]}).encode(),
-    json.dumps(body() | {"input": [{"parts": [{"content": "a", "content_url": "http://x/y"}]}]}).encode(),
-], ids=["bad-json", "not-object", "no-agent", "empty-input", "empty-parts", "bad-role", "bad-mode",
-        "bad-session-id", "session-mismatch", "bad-base64", "bad-json-part", "content-and-url"])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"{not json",
+        b"[1, 2]",
+        json.dumps({"input": [{"parts": [{"content": "x"}]}]}).encode(),  # no agent_name
+        json.dumps({"agent_name": "echo", "input": []}).encode(),
+        json.dumps({"agent_name": "echo", "input": [{"parts": []}]}).encode(),
+        json.dumps({"agent_name": "echo", "input": [{"role": "robot", "parts": [{"content": "x"}]}]}).encode(),
+        json.dumps({**body(), "mode": "later"}).encode(),
+        json.dumps({**body(), "session_id": "not-a-uuid"}).encode(),
+        json.dumps({**body(), "session_id": str(uuid.uuid4()), "session": {"id": str(uuid.uuid4())}}).encode(),
+        json.dumps(
+            body()
+            | {"input": [{"parts": [{"content": "%%%", "content_type": "image/png", "content_encoding": "base64"}]}]}
+        ).encode(),
+        json.dumps(body() | {"input": [{"parts": [{"content": "{", "content_type": "application/json"}]}]}).encode(),
+        json.dumps(body() | {"input": [{"parts": [{"content": "a", "content_url": "http://x/y"}]}]}).encode(),
+    ],
+    ids=[
+        "bad-json",
+        "not-object",
+        "no-agent",
+        "empty-input",
+        "empty-parts",
+        "bad-role",
+        "bad-mode",
+        "bad-session-id",
+        "session-mismatch",
+        "bad-base64",
+        "bad-json-part",
+        "content-and-url",
+    ],
+)
 async def test_invalid_input_is_422(http, payload):
     assert_acp_error(await http.post("/acp/runs", content=payload), 422, "invalid_input")
 
@@ -128,7 +162,13 @@ async def test_invalid_input_is_422(http, payload):
 async def test_unknown_agent_run_and_session_are_404(http):
     assert_acp_error(await http.post("/acp/runs", json=body(agent="nobody")), 404, "not_found")
     missing = str(uuid.uuid4())
-    for path in (f"/acp/runs/{missing}", f"/acp/runs/{missing}/events", "/acp/runs/not-a-uuid", f"/acp/sessions/{missing}", "/acp/sessions/x"):
+    for path in (
+        f"/acp/runs/{missing}",
+        f"/acp/runs/{missing}/events",
+        "/acp/runs/not-a-uuid",
+        f"/acp/sessions/{missing}",
+        "/acp/sessions/x",
+    ):
         assert_acp_error(await http.get(path), 404, "not_found")
     assert_acp_error(await http.post(f"/acp/runs/{missing}/cancel"), 404, "not_found")
 
@@ -192,15 +232,25 @@ async def test_the_gateway_is_healthy_after_all_that(http):
 async def test_two_nodes_sharing_redis_serve_the_same_runs_and_sessions(redis_server):
     redis_server.flush()
     cfg = dict(redis_url=redis_server.url)
-    async with running_gateway(test_config(**cfg), workers=gateway_agents()) as (a_url, _), \
-            running_gateway(test_config(echo=False, **cfg), workers=[]) as (b_url, _):
-        async with httpx.AsyncClient(base_url=a_url, timeout=20) as a, httpx.AsyncClient(base_url=b_url, timeout=20) as b:
+    async with (
+        running_gateway(test_config(**cfg), workers=gateway_agents()) as (a_url, _),
+        running_gateway(test_config(echo=False, **cfg), workers=[]) as (b_url, _),
+    ):
+        async with (
+            httpx.AsyncClient(base_url=a_url, timeout=20) as a,
+            httpx.AsyncClient(base_url=b_url, timeout=20) as b,
+        ):
             assert "asker" in [x["name"] for x in (await b.get("/acp/agents", params={"limit": 100})).json()["agents"]]
             sid = str(uuid.uuid4())
             carried = {"id": sid, "history": ["http://elsewhere.invalid/r/1"]}
-            run = (await b.post("/acp/runs", json=body(agent="asker", session=carried))).json()  # accepted by B, run by A's worker
+            run = (
+                await b.post("/acp/runs", json=body(agent="asker", session=carried))
+            ).json()  # accepted by B, run by A's worker
             assert run["status"] == "awaiting"
-            resume = {"await_resume": {"type": "message", "message": {"parts": [{"content": "from A"}]}}, "mode": "sync"}
+            resume = {
+                "await_resume": {"type": "message", "message": {"parts": [{"content": "from A"}]}},
+                "mode": "sync",
+            }
             done = (await a.post(f"/acp/runs/{run['run_id']}", json=resume)).json()
             assert done["status"] == "completed" and text_of(done) == "from A"
             assert (await b.get(f"/acp/runs/{run['run_id']}")).json()["status"] == "completed"
@@ -213,7 +263,9 @@ async def test_mount_options_sync_timeout_and_public_url():
     mount(app, ACPOptions(sync_timeout_s=0.2, public_url="https://gw.example/"))
     async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=20) as http:
         slow = await http.post("/acp/runs", json=body(agent="sleeper"))
-        assert slow.status_code == 200 and slow.json()["status"] == "in-progress"  # sync gave up waiting, the run goes on
+        assert (
+            slow.status_code == 200 and slow.json()["status"] == "in-progress"
+        )  # sync gave up waiting, the run goes on
         await http.post(f"/acp/runs/{slow.json()['run_id']}/cancel")
         run = (await http.post("/acp/runs", json=body())).json()
         history = (await http.get(f"/acp/sessions/{run['session_id']}")).json()["history"]

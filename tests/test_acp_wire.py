@@ -137,7 +137,10 @@ def test_an_artifact_name_names_its_parts():
 
 
 def test_input_messages_become_one_user_message_and_roles_are_checked():
-    msgs = [ACPMessage.model_validate({"parts": [{"content": "a"}]}), ACPMessage.model_validate({"role": "agent/x", "parts": [{"content": "b"}]})]
+    msgs = [
+        ACPMessage.model_validate({"parts": [{"content": "a"}]}),
+        ACPMessage.model_validate({"role": "agent/x", "parts": [{"content": "b"}]}),
+    ]
     merged = wire.message_in(msgs)
     assert merged.role == "user" and [pt.text for pt in merged.parts] == ["a", "b"]
     with pytest.raises(ValueError):
@@ -181,8 +184,16 @@ def test_run_ids_and_session_ids_are_uuids_of_the_canonical_ids():
 def test_output_holds_messages_then_artifacts_then_the_closing_message_and_no_questions():
     question, closing = agent("which?"), agent("done")
     art = Artifact(name="out", parts=[TextPart(text="result")])
-    task = task_with(user("go"), agent("progress"), question, user("this"), closing,
-                     state=TaskState.COMPLETED, status_message=closing, artifacts=[art])
+    task = task_with(
+        user("go"),
+        agent("progress"),
+        question,
+        user("this"),
+        closing,
+        state=TaskState.COMPLETED,
+        status_message=closing,
+        artifacts=[art],
+    )
     out = wire.run_out(task)["output"]
     assert [[pt["content"] for pt in m["parts"]] for m in out] == [["progress"], ["result"], ["done"]]
     assert out[1]["parts"][0]["name"] == "out" and all(m["role"] == "agent/echo" for m in out)
@@ -193,7 +204,10 @@ def test_an_interrupted_task_is_awaiting_with_its_question():
     for state in (TaskState.INPUT_REQUIRED, TaskState.AUTH_REQUIRED):
         run = wire.run_out(task_with(user("go"), question, state=state, status_message=question))
         assert run["status"] == "awaiting" and run["output"] == []
-        assert run["await_request"] == {"type": "message", "message": {"role": "agent/echo", "parts": [part_out(TextPart(text="which?"))]}}
+        assert run["await_request"] == {
+            "type": "message",
+            "message": {"role": "agent/echo", "parts": [part_out(TextPart(text="which?"))]},
+        }
 
 
 def test_failed_and_rejected_runs_carry_an_error():
@@ -222,10 +236,18 @@ def test_the_event_mapper_turns_task_events_into_acp_events():
     ):
         types += [e["type"] for e in mapper.feed(ev)]
     assert types == [
-        "run.created", "run.in-progress",
-        "message.created", "message.part", "message.completed",  # the progress message, whole
-        "message.created", "message.part", "message.part", "message.completed",  # artifact chunks
-        "run.awaiting", "run.in-progress", "run.cancelled",
+        "run.created",
+        "run.in-progress",
+        "message.created",
+        "message.part",
+        "message.completed",  # the progress message, whole
+        "message.created",
+        "message.part",
+        "message.part",
+        "message.completed",  # artifact chunks
+        "run.awaiting",
+        "run.in-progress",
+        "run.cancelled",
     ]
     assert mapper.feed(task.status_event(TaskState.COMPLETED)) == []  # after a terminal state: ignored
 
@@ -254,11 +276,26 @@ def test_remote_parts_become_artifacts_unnamed_append_named_by_name():
     b = r.map({"type": "message.part", "part": {"content": "cd"}})[0]
     n1 = r.map({"type": "message.part", "part": {"name": "report", "content": "r1"}})[0]
     n2 = r.map({"type": "message.part", "part": {"name": "report", "content": "r2"}})[0]
-    assert isinstance(a, TaskArtifactUpdate) and not a.append and b.append and a.artifact.artifact_id == b.artifact.artifact_id
-    assert n1.artifact.name == "report" and not n1.append and n2.append and n1.artifact.artifact_id == n2.artifact.artifact_id
+    assert (
+        isinstance(a, TaskArtifactUpdate)
+        and not a.append
+        and b.append
+        and a.artifact.artifact_id == b.artifact.artifact_id
+    )
+    assert (
+        n1.artifact.name == "report"
+        and not n1.append
+        and n2.append
+        and n1.artifact.artifact_id == n2.artifact.artifact_id
+    )
     assert r.map({"type": "message.completed", "message": {"parts": [{"content": "abcd"}]}}) == []  # already streamed
     assert r.map({"type": "generic", "generic": {"thought": "hm"}}) == []
-    done = r.map({"type": "run.completed", "run": {"run_id": "R1", "status": "completed", "output": [{"parts": [{"content": "abcd"}]}]}})
+    done = r.map(
+        {
+            "type": "run.completed",
+            "run": {"run_id": "R1", "status": "completed", "output": [{"parts": [{"content": "abcd"}]}]},
+        }
+    )
     assert [e.status.state for e in done] == [TaskState.COMPLETED] and r.final
 
 
@@ -267,7 +304,9 @@ def test_a_message_that_only_completes_and_a_final_output_are_read_whole():
     whole = r.map({"type": "message.completed", "message": {"parts": [{"content": "all at once"}]}})
     assert whole[0].artifact.parts == [TextPart(text="all at once")]
     r2, _ = relay()
-    events = r2.settle({"status": "completed", "output": [{"parts": [{"content": "x"}]}, {"parts": [{"name": "n", "content": "y"}]}]})
+    events = r2.settle(
+        {"status": "completed", "output": [{"parts": [{"content": "x"}]}, {"parts": [{"name": "n", "content": "y"}]}]}
+    )
     assert [type(e).__name__ for e in events] == ["TaskArtifactUpdate", "TaskArtifactUpdate", "TaskStatusUpdate"]
     assert events[1].artifact.name == "n"
 
@@ -275,7 +314,11 @@ def test_a_message_that_only_completes_and_a_final_output_are_read_whole():
 def test_remote_awaiting_is_input_required_carrying_the_remote_run():
     r, _ = relay()
     r.learn("R9")
-    run = {"run_id": "R9", "status": "awaiting", "await_request": {"type": "message", "message": {"parts": [{"content": "which?"}]}}}
+    run = {
+        "run_id": "R9",
+        "status": "awaiting",
+        "await_request": {"type": "message", "message": {"parts": [{"content": "which?"}]}},
+    }
     [ev] = r.map({"type": "run.awaiting", "run": run})
     assert ev.status.state is TaskState.INPUT_REQUIRED and ev.status.message.text() == "which?"
     assert ev.status.message.metadata == {wire.REMOTE_RUN: "R9"}
@@ -314,9 +357,23 @@ def test_endpoint_urls_name_the_server_and_optionally_the_agent():
 
 def record(name: str, endpoints: dict, **card):
     ident = Identity.generate()
-    base = {"name": name, "description": f"{name} agent", "version": "2", "endpoints": endpoints,
-            "skills": [{"id": "s1", "name": "Skill one", "description": "does one", "tags": ["t1"],
-                        "input_modes": ["text/plain"], "output_modes": ["application/json"], "examples": ["ex"]}]}
+    base = {
+        "name": name,
+        "description": f"{name} agent",
+        "version": "2",
+        "endpoints": endpoints,
+        "skills": [
+            {
+                "id": "s1",
+                "name": "Skill one",
+                "description": "does one",
+                "tags": ["t1"],
+                "input_modes": ["text/plain"],
+                "output_modes": ["application/json"],
+                "examples": ["ex"],
+            }
+        ],
+    }
     return record_from_card({**base, **card}, ident.did, 1, 60, "interlace", "node-1")
 
 
@@ -328,7 +385,14 @@ def test_a_manifest_is_made_from_the_record():
     assert m["metadata"]["capabilities"] == [{"name": "Skill one", "description": "does one"}]
     assert m["metadata"]["tags"] == ["t1"]
     ann = m["metadata"]["annotations"]["interlace"]
-    assert ann == {"did": rec.did, "version": "2", "skills": ["s1"], "protocols": ["acp"], "labels": {"region": "eu"}, "examples": ["ex"]}
+    assert ann == {
+        "did": rec.did,
+        "version": "2",
+        "skills": ["s1"],
+        "protocols": ["acp"],
+        "labels": {"region": "eu"},
+        "examples": ["ex"],
+    }
 
 
 def test_a_connector_from_a_record_reaches_its_acp_endpoint():

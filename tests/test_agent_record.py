@@ -46,9 +46,7 @@ def ident():
 
 @pytest.fixture
 def record(ident):
-    return record_from_card(
-        CARD, ident.did, seq=1, ttl=3600, network=NET, home_node="node-a", now=NOW
-    )
+    return record_from_card(CARD, ident.did, seq=1, ttl=3600, network=NET, home_node="node-a", now=NOW)
 
 
 @pytest.fixture
@@ -80,8 +78,7 @@ def test_record_from_card(record, ident):
 
 
 def test_card_minimal_defaults(ident):
-    card = {"name": "echo", "version": "1", "skills": [{"id": "echo", "name": "Echo"}],
-            "endpoints": {"bus": "echo"}}
+    card = {"name": "echo", "version": "1", "skills": [{"id": "echo", "name": "Echo"}], "endpoints": {"bus": "echo"}}
     r = record_from_card(card, ident.did, 0, 60, NET, "node-a", now=NOW)
     assert r.skills[0].input_modes == ["text/plain"] and r.labels == {} and r.cost is None
 
@@ -223,9 +220,7 @@ def test_canonical_bytes_stable_under_key_order(signed):
 
 def test_canonical_bytes_are_jcs(ident):
     t = tombstone(ident.did)
-    expected = (
-        f'{{"did":"{ident.did}","issued_at":{NOW},"network":"{NET}","seq":2,"type":"tombstone"}}'
-    )
+    expected = f'{{"did":"{ident.did}","issued_at":{NOW},"network":"{NET}","seq":2,"type":"tombstone"}}'
     assert canonical_bytes(t) == expected.encode()
 
 
@@ -308,8 +303,11 @@ def test_relabelled_did_fails(signed):
 
 @pytest.mark.parametrize(
     "did",
-    ["did:web:example.com", "did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooW",
-     "did:key:z6LShs9GGnqk85isEBzzshkuVWrVKsRp24GnDuHk8QWkARMW"],
+    [
+        "did:web:example.com",
+        "did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooW",
+        "did:key:z6LShs9GGnqk85isEBzzshkuVWrVKsRp24GnDuHk8QWkARMW",
+    ],
 )
 def test_malformed_did(signed, did):
     with pytest.raises(RecordRejected) as e:

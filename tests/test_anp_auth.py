@@ -46,7 +46,11 @@ def challenged(resp: httpx.Response, error: str) -> None:
 
 def sdk_headers(caller, url: str, body: bytes = RAW, **kw) -> dict:
     headers = {"Content-Type": "application/json"}
-    headers.update(generate_http_signature_headers(caller.document, url, "POST", caller.sign, headers=dict(headers), body=body, **kw))
+    headers.update(
+        generate_http_signature_headers(
+            caller.document, url, "POST", caller.sign, headers=dict(headers), body=body, **kw
+        )
+    )
     return headers
 
 
@@ -59,19 +63,40 @@ async def test_missing_authentication(gw):
     challenged(await http.post(rpc, json=BODY), "invalid_request")
 
 
-@pytest.mark.parametrize("headers,error", [
-    ({"Authorization": "Basic YTpi"}, "invalid_request"),
-    ({"Authorization": "DIDWba garbage"}, "invalid_request"),
-    ({"Authorization": 'DIDWba did="did:wba:client.example", nonce="n"'}, "invalid_request"),
-    ({"Authorization": "Bearer " + "x" * 300}, "invalid_access_token"),
-    ({"Authorization": "Bearer not-a-token"}, "invalid_access_token"),
-    ({"Signature-Input": "garbage", "Signature": "sig1=:AAAA:"}, "invalid_request"),
-    ({"Signature-Input": 'sig1=("@method" "@target-uri");created=1'}, "invalid_request"),
-    ({"Signature-Input": 'sig1=("@method" "@target-uri");created=1;keyid="nofragment"', "Signature": "sig1=:AAAA:"}, "invalid_verification_method"),
-    ({"Signature-Input": 'sig1=("@method" "@target-uri" "content-digest");created=1;keyid="did:wba:a.example#k"', "Signature": "sig1=:AAAA:",
-      "Content-Digest": "sha-256=:AAAA:"}, "invalid_signature"),
-    ({"Signature-Input": 'sig1=("@method" "@target-uri");created=1;keyid="did:wba:a.example#k"', "Signature": "sig1=:AAAA:"}, "invalid_request"),
-])
+@pytest.mark.parametrize(
+    "headers,error",
+    [
+        ({"Authorization": "Basic YTpi"}, "invalid_request"),
+        ({"Authorization": "DIDWba garbage"}, "invalid_request"),
+        ({"Authorization": 'DIDWba did="did:wba:client.example", nonce="n"'}, "invalid_request"),
+        ({"Authorization": "Bearer " + "x" * 300}, "invalid_access_token"),
+        ({"Authorization": "Bearer not-a-token"}, "invalid_access_token"),
+        ({"Signature-Input": "garbage", "Signature": "sig1=:AAAA:"}, "invalid_request"),
+        ({"Signature-Input": 'sig1=("@method" "@target-uri");created=1'}, "invalid_request"),
+        (
+            {
+                "Signature-Input": 'sig1=("@method" "@target-uri");created=1;keyid="nofragment"',
+                "Signature": "sig1=:AAAA:",
+            },
+            "invalid_verification_method",
+        ),
+        (
+            {
+                "Signature-Input": 'sig1=("@method" "@target-uri" "content-digest");created=1;keyid="did:wba:a.example#k"',
+                "Signature": "sig1=:AAAA:",
+                "Content-Digest": "sha-256=:AAAA:",
+            },
+            "invalid_signature",
+        ),
+        (
+            {
+                "Signature-Input": 'sig1=("@method" "@target-uri");created=1;keyid="did:wba:a.example#k"',
+                "Signature": "sig1=:AAAA:",
+            },
+            "invalid_request",
+        ),
+    ],
+)
 async def test_malformed_authentication(gw, headers, error):
     rpc, http, *_ = gw
     challenged(await http.post(rpc, content=RAW, headers={"Content-Type": "application/json", **headers}), error)
@@ -91,9 +116,13 @@ async def test_replayed_signature_and_legacy_header(gw):
 async def test_expired_and_future_signatures(gw):
     rpc, http, alice, *_ = gw
     now = int(time.time())
-    for kw in ({"created": now - 1000, "expires": now + 100}, {"created": now + 600}, {"created": now - 20, "expires": now - 5}):
+    for kw in (
+        {"created": now - 1000, "expires": now + 100},
+        {"created": now + 600},
+        {"created": now - 20, "expires": now - 5},
+    ):
         challenged(await http.post(rpc, content=RAW, headers=sdk_headers(alice, rpc, **kw)), "invalid_timestamp")
-    old = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    old = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     for ts in (old, "yesterday"):
         header = generate_auth_header(alice.document, "localhost", alice.sign, timestamp=ts)
         challenged(await http.post(rpc, json=BODY, headers={"Authorization": header}), "invalid_timestamp")
@@ -102,7 +131,10 @@ async def test_expired_and_future_signatures(gw):
 async def test_wrongly_signed_requests(gw):
     rpc, http, alice, bob, *_ = gw
     # alice's DID, bob's key
-    forged = {"Content-Type": "application/json", **generate_http_signature_headers(alice.document, rpc, "POST", bob.sign, body=RAW)}
+    forged = {
+        "Content-Type": "application/json",
+        **generate_http_signature_headers(alice.document, rpc, "POST", bob.sign, body=RAW),
+    }
     challenged(await http.post(rpc, content=RAW, headers=forged), "invalid_signature")
     # a body other than the signed one (its own digest, the signed one's signature)
     other = RAW.replace(b"hi", b"ho")
@@ -111,7 +143,9 @@ async def test_wrongly_signed_requests(gw):
     tampered["Content-Digest"] = sdk_headers(alice, rpc, body=other)["Content-Digest"]
     challenged(await http.post(rpc, content=other, headers=tampered), "invalid_signature")
     # signed for another URL
-    challenged(await http.post(rpc, content=RAW, headers=sdk_headers(alice, rpc.replace("echo", "other"))), "invalid_signature")
+    challenged(
+        await http.post(rpc, content=RAW, headers=sdk_headers(alice, rpc.replace("echo", "other"))), "invalid_signature"
+    )
     # a body the signature does not cover
     uncovered = sdk_headers(alice, rpc, body=b"", covered_components=["@method", "@target-uri", "@authority"])
     challenged(await http.post(rpc, content=RAW, headers=uncovered), "invalid_request")
@@ -149,7 +183,12 @@ async def test_unknown_and_invalid_did_documents(gw):
         raise RuntimeError("resolver bug")
 
     async with anp_gateway(resolve=broken) as (url, _):
-        challenged(await http.post(f"{url}/anp/agents/echo/rpc", content=RAW, headers=sdk_headers(alice, f"{url}/anp/agents/echo/rpc")), "invalid_did")
+        challenged(
+            await http.post(
+                f"{url}/anp/agents/echo/rpc", content=RAW, headers=sdk_headers(alice, f"{url}/anp/agents/echo/rpc")
+            ),
+            "invalid_did",
+        )
     await healthy(http, rpc)
 
 
@@ -177,7 +216,7 @@ async def test_bearer_token_expires(tmp_path):
         rpc = f"{url}/anp/agents/echo/rpc"
         async with httpx.AsyncClient(timeout=20) as http:
             first = await http.post(rpc, content=RAW, headers=sdk_headers(alice, rpc))
-            assert 'expires_in=1' in first.headers["authentication-info"]
+            assert "expires_in=1" in first.headers["authentication-info"]
             bearer = {"Authorization": first.headers["authorization"], "Content-Type": "application/json"}
             assert (await http.post(rpc, content=RAW, headers=bearer)).status_code == 200
 
@@ -194,8 +233,10 @@ async def test_nonce_and_token_are_shared_across_nodes(tmp_path, redis_server):
     public = "http://gw.test"
     rpc_public = f"{public}/anp/agents/echo/rpc"
     cfg = dict(redis_url=redis_server.url)
-    async with anp_gateway(test_config(**cfg), resolve=LocalResolver(alice), public_url=public) as (url_a, _), \
-            anp_gateway(test_config(**cfg), resolve=LocalResolver(alice), public_url=public) as (url_b, _):
+    async with (
+        anp_gateway(test_config(**cfg), resolve=LocalResolver(alice), public_url=public) as (url_a, _),
+        anp_gateway(test_config(**cfg), resolve=LocalResolver(alice), public_url=public) as (url_b, _),
+    ):
         async with httpx.AsyncClient(timeout=20) as http:
             headers = sdk_headers(alice, rpc_public)  # signed for the public URL both nodes serve
             first = await http.post(f"{url_a}/anp/agents/echo/rpc", content=RAW, headers=headers)
@@ -216,17 +257,23 @@ def _self_signed(directory: Path) -> tuple[str, str]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(hours=1))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return str(cert_path), str(key_path)
 
 
@@ -235,7 +282,9 @@ async def test_did_documents_resolve_over_https(tmp_path):
 
     port = free_port()
     frank = make_caller(tmp_path, "frank", host="localhost", port=port)
-    path = "/" + "/".join(frank.did.split(":")[3:]) + "/did.json"  # did:wba:localhost%3Aport:agents:frank:e1_... -> /agents/frank/e1_.../did.json
+    path = (
+        "/" + "/".join(frank.did.split(":")[3:]) + "/did.json"
+    )  # did:wba:localhost%3Aport:agents:frank:e1_... -> /agents/frank/e1_.../did.json
     hits = []
 
     async def document(request):
@@ -243,8 +292,17 @@ async def test_did_documents_resolve_over_https(tmp_path):
         return JSONResponse(frank.document)
 
     cert, key = _self_signed(tmp_path)
-    server = uvicorn.Server(uvicorn.Config(Starlette(routes=[Route(path, document)]), host="127.0.0.1", port=port,
-                                           ssl_certfile=cert, ssl_keyfile=key, log_config=None, lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            Starlette(routes=[Route(path, document)]),
+            host="127.0.0.1",
+            port=port,
+            ssl_certfile=cert,
+            ssl_keyfile=key,
+            log_config=None,
+            lifespan="off",
+        )
+    )
     import asyncio
 
     task = asyncio.create_task(server.serve())
@@ -282,5 +340,8 @@ async def test_secp256k1_callers(gw):
     assert (await http.post(rpc, content=RAW, headers=sdk_headers(k1, rpc))).status_code == 200
     header = generate_auth_header(legacy.document, "localhost", legacy.sign, version="1.0")
     assert (await http.post(rpc, json=BODY, headers={"Authorization": header})).status_code == 200
-    forged = {"Content-Type": "application/json", **generate_http_signature_headers(k1.document, rpc, "POST", legacy.sign, body=RAW)}
+    forged = {
+        "Content-Type": "application/json",
+        **generate_http_signature_headers(k1.document, rpc, "POST", legacy.sign, body=RAW),
+    }
     challenged(await http.post(rpc, content=RAW, headers=forged), "invalid_signature")

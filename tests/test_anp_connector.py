@@ -50,7 +50,10 @@ async def setup(tmp_path, monkeypatch):
 
     async with fastanp_remote(monkeypatch, resolve) as remote:
         connector = ANPConnector("remote", f"{remote.url}/ad.json", signer=signer, description="a FastANP agent")
-        async with anp_gateway(test_config(echo=False, node_key=str(key_file)), workers=[connector], port=port) as (url, app):
+        async with anp_gateway(test_config(echo=False, node_key=str(key_file)), workers=[connector], port=port) as (
+            url,
+            app,
+        ):
             yield app.state.runtime, remote, signer, connector
 
 
@@ -140,7 +143,10 @@ async def two_gateways(tmp_path):
 
     async with anp_gateway(test_config(), resolve=resolve, workers=[EchoWorker()]) as (remote_url, remote_app):
         connector = ANPConnector("far-echo", f"{remote_url}/anp/agents/echo/ad.json", signer=signer)
-        async with anp_gateway(test_config(echo=False, node_key=str(key_file)), workers=[connector], port=port) as (_, app):
+        async with anp_gateway(test_config(echo=False, node_key=str(key_file)), workers=[connector], port=port) as (
+            _,
+            app,
+        ):
             yield app, remote_app, signer
 
 
@@ -163,7 +169,9 @@ def _remote(*methods: RemoteMethod) -> RemoteAgent:
 
 
 def _m(name: str, *params: tuple[str, str, bool]) -> RemoteMethod:
-    return RemoteMethod(name, "", [{"name": n, "schema": {"type": t}, "required": r} for n, t, r in params], "http://r/rpc")
+    return RemoteMethod(
+        name, "", [{"name": n, "schema": {"type": t}, "required": r} for n, t, r in params], "http://r/rpc"
+    )
 
 
 def test_method_and_params_choice():
@@ -187,16 +195,24 @@ def test_method_and_params_choice():
 
 def test_a_connector_from_a_registry_record_signs_as_the_gateway():
     card = {
-        "name": "weather", "description": "Forecasts", "version": "1",
+        "name": "weather",
+        "description": "Forecasts",
+        "version": "1",
         "skills": [{"id": "forecast", "name": "Forecast", "description": "tomorrow's weather"}],
         "endpoints": {"anp": "https://weather.example/ad.json"},
     }
     record = record_from_card(card, Identity.generate().did, 1, 60, "interlace", "node")
-    bus_only = record_from_card({**card, "name": "local", "endpoints": {"bus": "local"}}, Identity.generate().did, 1, 60, "interlace", "node")
+    bus_only = record_from_card(
+        {**card, "name": "local", "endpoints": {"bus": "local"}}, Identity.generate().did, 1, 60, "interlace", "node"
+    )
     runtime = Runtime(test_config(echo=False, port=8123))
     options = ANPOptions(public_host="gw.example.com")
     connector = ANPConnector.from_record(record, runtime, options=options)
-    assert (connector.agent, connector.ad_url, connector.description) == ("weather", "https://weather.example/ad.json", "Forecasts")
+    assert (connector.agent, connector.ad_url, connector.description) == (
+        "weather",
+        "https://weather.example/ad.json",
+        "Forecasts",
+    )
     assert connector.card()["skills"][0]["id"] == "forecast" and connector.card()["endpoints"] == {"bus": "weather"}
     assert connector.signer.did == did_for_host("gw.example.com") and connector.signer.identity is runtime.identity
     assert ANPConnector.from_record(record, runtime, options=options).signer is connector.signer  # one token cache
@@ -212,7 +228,9 @@ async def test_gateway_to_gateway_cancel_reaches_the_remote_task(tmp_path):
         task = await rt.submit(message(TextPart(text="x")), agent="far-echo", metadata={"anp.params": params})
 
         async def remote_task():
-            found = [t for t in (await remote_rt.backend.tasks.list(None, 10, None))[0] if t.history[0].text() == "slow"]
+            found = [
+                t for t in (await remote_rt.backend.tasks.list(None, 10, None))[0] if t.history[0].text() == "slow"
+            ]
             return found[0] if found else None
 
         remote = await wait_until(remote_task, timeout=10)
@@ -222,7 +240,11 @@ async def test_gateway_to_gateway_cancel_reaches_the_remote_task(tmp_path):
             return (await remote_rt.get(remote.id)).state is TaskState.CANCELED
 
         await wait_until(remote_canceled, timeout=10)
-        failed = await rt.submit(message(TextPart(text="x")), agent="far-echo", metadata={"anp.params": {"message": "m", "metadata": {"fail": "nope"}}})
+        failed = await rt.submit(
+            message(TextPart(text="x")),
+            agent="far-echo",
+            metadata={"anp.params": {"message": "m", "metadata": {"fail": "nope"}}},
+        )
         failed = await rt.wait(failed.id, 20)
         assert failed.state is TaskState.FAILED and "nope" in failed.status.message.text()
 
@@ -243,8 +265,16 @@ async def test_a_registered_record_with_an_anp_endpoint_gets_a_connector(tmp_pat
         async with anp_gateway(test_config(echo=False), port=port, public_host=host) as (_, app):
             rt = app.state.runtime
             agent = Identity.generate()
-            card = {"name": "hello-remote", "description": "says hello", "version": "1", "skills": [{"id": "hello", "name": "Hello"}], "endpoints": {"anp": f"{remote.url}/ad.json"}}
-            await rt.registry.submit(sign(record_from_card(card, agent.did, 1, 60, rt.config.network, "elsewhere"), agent))
+            card = {
+                "name": "hello-remote",
+                "description": "says hello",
+                "version": "1",
+                "skills": [{"id": "hello", "name": "Hello"}],
+                "endpoints": {"anp": f"{remote.url}/ad.json"},
+            }
+            await rt.registry.submit(
+                sign(record_from_card(card, agent.did, 1, 60, rt.config.network, "elsewhere"), agent)
+            )
 
             async def running():
                 return app.state.connectors.running().get(agent.did) == "anp"

@@ -40,8 +40,16 @@ def test_did_for_host_and_resolution_urls():
     assert document_url("did:wba:example.com:user:alice") == "https://example.com/user/alice/did.json"
     assert document_url("did:wba:example.com%3A3000:user:alice") == "https://example.com:3000/user/alice/did.json"
     assert parse_did("did:wba:example.com%3A3000:a") == ("example.com:3000", ["a"])
-    for bad in ["did:web:example.com", "did:wba:", "did:wba:ex ample.com", "did:wba:example.com:..", "did:wba:a@b.com",
-                "did:wba:example.com%2Fevil", "did:wba:[::1]", 42]:
+    for bad in [
+        "did:web:example.com",
+        "did:wba:",
+        "did:wba:ex ample.com",
+        "did:wba:example.com:..",
+        "did:wba:a@b.com",
+        "did:wba:example.com%2Fevil",
+        "did:wba:[::1]",
+        42,
+    ]:
         with pytest.raises(DidError):
             document_url(bad)  # type: ignore[arg-type]
     with pytest.raises(DidError):
@@ -56,7 +64,9 @@ def test_gateway_document_is_e1_shaped_and_verifies_with_the_sdk():
     assert vm["type"] == "Multikey" and vm["id"] == f"{did}#key-1"
     assert vm["publicKeyMultibase"] == identity.did.removeprefix("did:key:")  # the node's did:key fingerprint
     assert doc["authentication"] == doc["assertionMethod"] == [f"{did}#key-1"]
-    assert doc["service"] == [{"id": f"{did}#ad", "type": "AgentDescription", "serviceEndpoint": "https://gw.example.com:8443/anp/ad.json"}]
+    assert doc["service"] == [
+        {"id": f"{did}#ad", "type": "AgentDescription", "serviceEndpoint": "https://gw.example.com:8443/anp/ad.json"}
+    ]
     assert doc["proof"]["type"] == "DataIntegrityProof" and doc["proof"]["cryptosuite"] == "eddsa-jcs-2022"
     public = ed25519.Ed25519PublicKey.from_public_bytes(bytes(identity.verify_key))
     assert verify_w3c_proof(doc, public, expected_purpose="assertionMethod")
@@ -77,7 +87,9 @@ def test_sdk_documents_pass_the_binding_check_and_tampering_fails(tmp_path):
     assert key.thumbprint() == compute_multikey_fingerprint(e1.key.public_key())
     other = make_caller(tmp_path, "other")
     swapped = copy.deepcopy(e1.document)
-    swapped["verificationMethod"][0]["publicKeyMultibase"] = other.document["verificationMethod"][0]["publicKeyMultibase"]
+    swapped["verificationMethod"][0]["publicKeyMultibase"] = other.document["verificationMethod"][0][
+        "publicKeyMultibase"
+    ]
     with pytest.raises(DidError):
         check_document(swapped, e1.did)
     no_proof = {k: v for k, v in e1.document.items() if k != "proof"}
@@ -119,7 +131,9 @@ def test_sdk_http_signatures_verify_and_tampering_fails(tmp_path):
     httpsig.check_content_digest(lower["content-digest"], body)
     assert key.verify(httpsig.signature_base(sig.components, sig.params_text, "POST", url, lower), sig.signature)
     assert not key.verify(httpsig.signature_base(sig.components, sig.params_text, "GET", url, lower), sig.signature)
-    assert not key.verify(httpsig.signature_base(sig.components, sig.params_text, "POST", url + "2", lower), sig.signature)
+    assert not key.verify(
+        httpsig.signature_base(sig.components, sig.params_text, "POST", url + "2", lower), sig.signature
+    )
     with pytest.raises(SignatureError):
         httpsig.check_content_digest(lower["content-digest"], body + b" ")
 
@@ -139,16 +153,19 @@ def test_gateway_signatures_verify_with_the_sdk():
         assert not verify_auth_header_signature(header, doc, "other.example")[0]
 
 
-@pytest.mark.parametrize("headers", [
-    {},
-    {"signature-input": 'sig1=("@method");created=1;keyid="did:wba:a#k"'},
-    {"signature-input": "garbage", "signature": "sig1=:AAAA:"},
-    {"signature-input": 'sig1=("@method";sf);created=1', "signature": "sig1=:AAAA:"},
-    {"signature-input": 'sig1=("@method");created=1', "signature": "sig1=:not base64!:"},
-    {"signature-input": 'sig1=("@method");created=1', "signature": "sig2=:AAAA:"},
-    {"signature-input": 'sig1=("@method";created=1', "signature": "sig1=:AAAA:"},
-    {"signature-input": 'sig1=("@method");created=1;keyid="x' + "a" * 9000 + '"', "signature": "sig1=:AAAA:"},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"signature-input": 'sig1=("@method");created=1;keyid="did:wba:a#k"'},
+        {"signature-input": "garbage", "signature": "sig1=:AAAA:"},
+        {"signature-input": 'sig1=("@method";sf);created=1', "signature": "sig1=:AAAA:"},
+        {"signature-input": 'sig1=("@method");created=1', "signature": "sig1=:not base64!:"},
+        {"signature-input": 'sig1=("@method");created=1', "signature": "sig2=:AAAA:"},
+        {"signature-input": 'sig1=("@method";created=1', "signature": "sig1=:AAAA:"},
+        {"signature-input": 'sig1=("@method");created=1;keyid="x' + "a" * 9000 + '"', "signature": "sig1=:AAAA:"},
+    ],
+)
 def test_malformed_signature_headers_are_refused(headers):
     with pytest.raises(SignatureError):
         httpsig.parse_signature(headers)

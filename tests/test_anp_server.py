@@ -70,15 +70,21 @@ async def test_agent_descriptions_and_openrpc(anp):
     assert openrpc["servers"][0]["url"] == rpc_url(url)
     assert [m["name"] for m in openrpc["methods"]] == ["send_message", "get_task", "cancel_task"]
     assert (await http.get(f"{url}/anp/agents/echo/openrpc.json")).json() == openrpc
-    assert ad["interfaces"][1] == {"@type": "ad:APIInterface", "protocol": "JSON-RPC 2.0",
-                                   "description": "the same methods, as an OpenRPC document", "url": f"{url}/anp/agents/echo/openrpc.json"}
+    assert ad["interfaces"][1] == {
+        "@type": "ad:APIInterface",
+        "protocol": "JSON-RPC 2.0",
+        "description": "the same methods, as an OpenRPC document",
+        "url": f"{url}/anp/agents/echo/openrpc.json",
+    }
     gateway = (await http.get(f"{url}/anp/ad.json")).json()
     assert {a["name"] for a in gateway["ad:agents"]} == {"echo", "echo2"}
     send = gateway["interfaces"][0]["content"]["methods"][0]
     assert send["params"][0]["name"] == "agent" and send["params"][0]["schema"]["enum"] == ["echo", "echo2"]
     for path in ("/anp/agents/nope/ad.json", "/anp/agents/nope/openrpc.json"):
         assert (await http.get(url + path)).status_code == 404
-    assert (await signed_post(http, signer(anp[3]), rpc_url(url, "nope"), {"jsonrpc": "2.0", "id": 1, "method": "get_task"})).status_code == 404
+    assert (
+        await signed_post(http, signer(anp[3]), rpc_url(url, "nope"), {"jsonrpc": "2.0", "id": 1, "method": "get_task"})
+    ).status_code == 404
 
 
 async def test_crawler_sends_text_and_data(anp):
@@ -100,9 +106,17 @@ async def test_crawler_sends_text_and_data(anp):
 
 async def test_context_and_metadata(anp):
     url, app, http, alice, _ = anp
-    resp = await call(http, signer(alice), rpc_url(url), "send_message", {
-        "message": "m", "context_id": "ctx-1", "metadata": {"k": "v", CALLER: "did:wba:forged.example", "anp.other": 1},
-    })
+    resp = await call(
+        http,
+        signer(alice),
+        rpc_url(url),
+        "send_message",
+        {
+            "message": "m",
+            "context_id": "ctx-1",
+            "metadata": {"k": "v", CALLER: "did:wba:forged.example", "anp.other": 1},
+        },
+    )
     task = await app.state.runtime.get(resp["result"]["task_id"])
     assert task.context_id == resp["result"]["context_id"] == "ctx-1"
     assert task.metadata == {"k": "v", CALLER: alice.did}
@@ -124,9 +138,13 @@ async def test_failed_task_is_a_jsonrpc_error(anp):
 async def test_input_required_then_continue(anp):
     url, _, http, alice, _ = anp
     auth = signer(alice)
-    first = (await call(http, auth, rpc_url(url), "send_message", {"message": "hi", "metadata": {"ask": "your name?"}}))["result"]
+    first = (
+        await call(http, auth, rpc_url(url), "send_message", {"message": "hi", "metadata": {"ask": "your name?"}})
+    )["result"]
     assert first["state"] == "input-required" and first["message"] == "your name?"
-    second = (await call(http, auth, rpc_url(url), "send_message", {"message": "alice", "task_id": first["task_id"]}))["result"]
+    second = (await call(http, auth, rpc_url(url), "send_message", {"message": "alice", "task_id": first["task_id"]}))[
+        "result"
+    ]
     assert second["state"] == "completed" and second["text"] == "alice" and second["task_id"] == first["task_id"]
     again = await call(http, auth, rpc_url(url), "send_message", {"message": "more", "task_id": first["task_id"]})
     assert again["error"]["code"] == -32002  # not waiting for input any more
@@ -135,12 +153,22 @@ async def test_input_required_then_continue(anp):
 async def test_working_get_task_and_cancel(anp):
     url, _, http, alice, _ = anp
     auth = signer(alice)
-    slow = (await call(http, auth, rpc_url(url), "send_message", {"message": "x", "metadata": {"delay_ms": 20000}, "wait_s": 0}))["result"]
+    slow = (
+        await call(
+            http, auth, rpc_url(url), "send_message", {"message": "x", "metadata": {"delay_ms": 20000}, "wait_s": 0}
+        )
+    )["result"]
     assert slow["state"] in ("submitted", "working")
     canceled = (await call(http, auth, rpc_url(url), "cancel_task", {"task_id": slow["task_id"]}))["result"]
     assert canceled["state"] == "canceled"
-    assert (await call(http, auth, rpc_url(url), "cancel_task", {"task_id": slow["task_id"]}))["error"]["code"] == -32002
-    quick = (await call(http, auth, rpc_url(url), "send_message", {"message": "y", "metadata": {"delay_ms": 300}, "wait_s": 0}))["result"]
+    assert (await call(http, auth, rpc_url(url), "cancel_task", {"task_id": slow["task_id"]}))["error"][
+        "code"
+    ] == -32002
+    quick = (
+        await call(
+            http, auth, rpc_url(url), "send_message", {"message": "y", "metadata": {"delay_ms": 300}, "wait_s": 0}
+        )
+    )["result"]
     done = (await call(http, auth, rpc_url(url), "get_task", {"task_id": quick["task_id"], "wait_s": 10}))["result"]
     assert done["state"] == "completed" and done["text"] == "y"
     canceled_send = await call(http, auth, rpc_url(url), "get_task", {"task_id": slow["task_id"]})
@@ -149,12 +177,20 @@ async def test_working_get_task_and_cancel(anp):
 
 async def test_tasks_are_private_to_their_caller_and_scope(anp):
     url, _, http, alice, bob = anp
-    task_id = (await call(http, signer(alice), rpc_url(url), "send_message", {"message": "secret"}))["result"]["task_id"]
+    task_id = (await call(http, signer(alice), rpc_url(url), "send_message", {"message": "secret"}))["result"][
+        "task_id"
+    ]
     for method in ("get_task", "cancel_task"):
         assert (await call(http, signer(bob), rpc_url(url), method, {"task_id": task_id}))["error"]["code"] == -32001
-    assert (await call(http, signer(bob), rpc_url(url), "send_message", {"message": "x", "task_id": task_id}))["error"]["code"] == -32001
-    assert (await call(http, signer(alice), rpc_url(url, "echo2"), "get_task", {"task_id": task_id}))["error"]["code"] == -32001
-    assert (await call(http, signer(alice), rpc_url(url, None), "get_task", {"task_id": task_id}))["result"]["text"] == "secret"
+    assert (await call(http, signer(bob), rpc_url(url), "send_message", {"message": "x", "task_id": task_id}))["error"][
+        "code"
+    ] == -32001
+    assert (await call(http, signer(alice), rpc_url(url, "echo2"), "get_task", {"task_id": task_id}))["error"][
+        "code"
+    ] == -32001
+    assert (await call(http, signer(alice), rpc_url(url, None), "get_task", {"task_id": task_id}))["result"][
+        "text"
+    ] == "secret"
     assert (await call(http, signer(alice), rpc_url(url), "get_task", {"task_id": "nope"}))["error"]["code"] == -32001
 
 
@@ -166,9 +202,13 @@ async def test_gateway_scope_routes_by_agent(anp):
     did = app.state.runtime.registry.by_name("echo")[0].did
     by_did = (await call(http, auth, rpc_url(url, None), "send_message", {"agent": did, "message": "b"}))["result"]
     assert (await app.state.runtime.get(by_did["task_id"])).route.agent == "echo"
-    assert (await call(http, auth, rpc_url(url, None), "send_message", {"agent": "nope", "message": "c"}))["error"]["code"] == -32003
+    assert (await call(http, auth, rpc_url(url, None), "send_message", {"agent": "nope", "message": "c"}))["error"][
+        "code"
+    ] == -32003
     assert (await call(http, auth, rpc_url(url, None), "send_message", {"message": "c"}))["error"]["code"] == -32602
-    assert (await call(http, auth, rpc_url(url), "send_message", {"agent": "echo2", "message": "c"}))["error"]["code"] == -32602
+    assert (await call(http, auth, rpc_url(url), "send_message", {"agent": "echo2", "message": "c"}))["error"][
+        "code"
+    ] == -32602
 
 
 async def test_bearer_token_is_issued_and_reused(anp):
@@ -190,28 +230,45 @@ async def test_jsonrpc_protocol_errors(anp):
     assert (await call(http, auth, rpc_url(url), "no_such_method"))["error"]["code"] == -32601
     assert (await call(http, auth, rpc_url(url), "get_task", {"task_id": "t", "extra": 1}))["error"]["code"] == -32602
     assert (await call(http, auth, rpc_url(url), "send_message", {"message": 5}))["error"]["code"] == -32602
-    assert (await call(http, auth, rpc_url(url), "send_message", {"message": "x", "wait_s": -1}))["error"]["code"] == -32602
+    assert (await call(http, auth, rpc_url(url), "send_message", {"message": "x", "wait_s": -1}))["error"][
+        "code"
+    ] == -32602
     bad = await signed_post(http, auth, rpc_url(url), b"{not json")
     assert bad.status_code == 200 and bad.json()["error"]["code"] == -32700
     xml = await signed_post(http, auth, rpc_url(url), b"<x/>", content_type="text/xml")
     assert xml.json()["error"]["code"] == -32700
-    batch = await signed_post(http, auth, rpc_url(url), [
-        {"jsonrpc": "2.0", "id": 1, "method": "send_message", "params": {"message": "a"}},
-        {"jsonrpc": "2.0", "id": 2, "method": "get_task", "params": {"task_id": "nope"}},
-    ])
+    batch = await signed_post(
+        http,
+        auth,
+        rpc_url(url),
+        [
+            {"jsonrpc": "2.0", "id": 1, "method": "send_message", "params": {"message": "a"}},
+            {"jsonrpc": "2.0", "id": 2, "method": "get_task", "params": {"task_id": "nope"}},
+        ],
+    )
     answers = sorted(batch.json(), key=lambda r: r["id"])
     assert answers[0]["result"]["text"] == "a" and answers[1]["error"]["code"] == -32001
-    too_many = await signed_post(http, auth, rpc_url(url), [{"jsonrpc": "2.0", "id": i, "method": "get_task"} for i in range(33)])
+    too_many = await signed_post(
+        http, auth, rpc_url(url), [{"jsonrpc": "2.0", "id": i, "method": "get_task"} for i in range(33)]
+    )
     assert too_many.json()["error"]["code"] == -32600
-    note = await signed_post(http, auth, rpc_url(url), {"jsonrpc": "2.0", "method": "get_task", "params": {"task_id": "x"}})
+    note = await signed_post(
+        http, auth, rpc_url(url), {"jsonrpc": "2.0", "method": "get_task", "params": {"task_id": "x"}}
+    )
     assert note.status_code == 204
 
 
 def test_options_from_the_environment():
     from protocols.anp import ANPOptions
 
-    opts = ANPOptions.from_env({"INTERLACE_ANP_PUBLIC_HOST": "gw.example.com:8443", "INTERLACE_ANP_WINDOW_S": "120",
-                                "INTERLACE_ANP_WAIT_S": "2.5"}, token_ttl_s=60)
+    opts = ANPOptions.from_env(
+        {
+            "INTERLACE_ANP_PUBLIC_HOST": "gw.example.com:8443",
+            "INTERLACE_ANP_WINDOW_S": "120",
+            "INTERLACE_ANP_WAIT_S": "2.5",
+        },
+        token_ttl_s=60,
+    )
     assert (opts.public_host, opts.window_s, opts.wait_s, opts.token_ttl_s) == ("gw.example.com:8443", 120, 2.5, 60)
     with pytest.raises(ValueError, match="INTERLACE_ANP_WINDOW_S"):
         ANPOptions.from_env({"INTERLACE_ANP_WINDOW_S": "soon"})
@@ -236,5 +293,7 @@ async def test_the_default_app_serves_anp(client):
     doc = (await client.get("/.well-known/did.json", headers={"Host": host})).json()
     assert doc["id"] == did_for_host(host)
     assert (await client.get("/anp/agents/echo/ad.json")).json()["name"] == "echo"
-    resp = await client.post("/anp/rpc", json={"jsonrpc": "2.0", "id": 1, "method": "get_task", "params": {"task_id": "x"}})
+    resp = await client.post(
+        "/anp/rpc", json={"jsonrpc": "2.0", "id": 1, "method": "get_task", "params": {"task_id": "x"}}
+    )
     assert resp.status_code == 401 and resp.headers["www-authenticate"].startswith("DIDWba")

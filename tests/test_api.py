@@ -56,7 +56,9 @@ async def test_submit_without_wait_then_get(client):
 
 
 async def test_sse_events_and_resume_after_last_event_id(client):
-    task = (await client.post("/tasks?wait=true", json={"agent": "echo", "message": message("abcdef", chunks=3)})).json()
+    task = (
+        await client.post("/tasks?wait=true", json={"agent": "echo", "message": message("abcdef", chunks=3)})
+    ).json()
 
     async def read(headers=None):
         out = []
@@ -148,7 +150,9 @@ async def assert_nothing_enqueued(client):
 
 
 async def test_malformed_json_is_400(client):
-    resp = await client.post("/tasks", content=b'{"agent": "echo", "message": ', headers={"content-type": "application/json"})
+    resp = await client.post(
+        "/tasks", content=b'{"agent": "echo", "message": ', headers={"content-type": "application/json"}
+    )
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_json"
     await assert_nothing_enqueued(client)
 
@@ -207,7 +211,9 @@ async def test_oversize_body_is_413_and_limit_is_configurable():
 
             resp = await client.post("/tasks", content=chunked())
             assert resp.status_code == 413
-            assert (await client.post("/tasks?wait=true", json={"agent": "echo", "message": message()})).status_code == 200
+            assert (
+                await client.post("/tasks?wait=true", json={"agent": "echo", "message": message()})
+            ).status_code == 200
             text = (await client.get("/metrics")).text
             assert 'interlace_tasks_accepted_total{agent="echo"} 1.0' in text
 

@@ -262,8 +262,11 @@ async def test_embedded_store_keeps_finished_tasks_out_of_the_gc():
     async def run_one() -> tuple[Task, list]:
         task = new_task("ctx-gc")
         await backend.tasks.submit(task, "echo", "n")
-        applied = [task.status_event(S.WORKING), task.artifact_event(Artifact(artifact_id="a", parts=[TextPart(text="out")])),
-                   task.status_event(S.COMPLETED, Message(role="agent", parts=[TextPart(text="done")]))]
+        applied = [
+            task.status_event(S.WORKING),
+            task.artifact_event(Artifact(artifact_id="a", parts=[TextPart(text="out")])),
+            task.status_event(S.COMPLETED, Message(role="agent", parts=[TextPart(text="done")])),
+        ]
         for ev in applied:
             final, _ = await backend.tasks.apply(task.id, ev)
         return final, applied

@@ -33,12 +33,15 @@ def test_flags_beat_env_beat_defaults():
 def test_bad_env_value_is_a_clear_error():
     with pytest.raises(ValueError, match="INTERLACE_PORT"):
         Config.load({}, env={"INTERLACE_PORT": "eighty"})
-    out = subprocess.run(interlace_cmd("serve"), env=subprocess_env(INTERLACE_PORT="eighty"),
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        interlace_cmd("serve"), env=subprocess_env(INTERLACE_PORT="eighty"), capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 2 and "INTERLACE_PORT" in out.stderr and "Traceback" not in out.stderr
 
 
-@pytest.mark.parametrize("command", [("serve", "--port", "0", "--node-key"), ("worker", "echo", "--key")], ids=["serve", "worker"])
+@pytest.mark.parametrize(
+    "command", [("serve", "--port", "0", "--node-key"), ("worker", "echo", "--key")], ids=["serve", "worker"]
+)
 @pytest.mark.parametrize("problem", ["group-readable", "missing", "malformed"])
 def test_a_refused_key_file_is_one_line_and_exit_status_2(tmp_path, command, problem):
     key = tmp_path / "node.key"
@@ -48,7 +51,9 @@ def test_a_refused_key_file_is_one_line_and_exit_status_2(tmp_path, command, pro
         os.chmod(key, 0o640)
     elif problem == "malformed":
         key.write_text("{not json")
-    out = subprocess.run(interlace_cmd(*command, str(key)), env=subprocess_env(), capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        interlace_cmd(*command, str(key)), env=subprocess_env(), capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 2, out.stderr
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("interlace: ") and "Traceback" not in out.stderr
     assert str(key) in out.stderr
@@ -56,7 +61,9 @@ def test_a_refused_key_file_is_one_line_and_exit_status_2(tmp_path, command, pro
 
 @contextlib.contextmanager
 def process(*args: str, **env: str):
-    proc = subprocess.Popen(interlace_cmd(*args), env=subprocess_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        interlace_cmd(*args), env=subprocess_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         yield proc
     finally:
@@ -80,8 +87,10 @@ async def test_serve_with_no_flags_answers_with_the_echo_agent():
     with process("serve", INTERLACE_PORT=str(port)) as proc:  # only the port differs from a bare `interlace serve`
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             await _until_ok(client, "GET", "/readyz")
-            resp = await client.post("/tasks?wait=true", json={"agent": "echo", "message": {
-                "role": "user", "parts": [{"kind": "text", "text": "hi"}]}})
+            resp = await client.post(
+                "/tasks?wait=true",
+                json={"agent": "echo", "message": {"role": "user", "parts": [{"kind": "text", "text": "hi"}]}},
+            )
             assert resp.json()["artifacts"][0]["parts"][0]["text"] == "hi"
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)  # uvicorn re-raises SIGTERM after its graceful shutdown
@@ -98,7 +107,9 @@ async def test_external_worker_through_the_gateway():
         url = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
             await _until_ok(client, "GET", "/readyz")
-            missing = await client.post("/tasks", json={"agent": "echo", "message": {"role": "user", "parts": [{"kind": "text", "text": "x"}]}})
+            missing = await client.post(
+                "/tasks", json={"agent": "echo", "message": {"role": "user", "parts": [{"kind": "text", "text": "x"}]}}
+            )
             assert missing.status_code == 404  # no echo worker yet
             with process("worker", "echo", "--gateway", url):
                 body = {"agent": "echo", "message": {"role": "user", "parts": [{"kind": "text", "text": "remote"}]}}
@@ -127,7 +138,9 @@ def test_compose_has_redis_three_gateways_and_an_echo_worker():
     assert (REPO / "Dockerfile").exists()
 
 
-@pytest.mark.parametrize("name", [n for n, s in compose()["services"].items() if s.get("command", [""])[0] == "interlace"])
+@pytest.mark.parametrize(
+    "name", [n for n, s in compose()["services"].items() if s.get("command", [""])[0] == "interlace"]
+)
 def test_compose_commands_are_valid_interlace_invocations(name):
     command = compose()["services"][name]["command"]
     parser = build_parser()

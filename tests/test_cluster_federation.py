@@ -36,8 +36,16 @@ NET = "interlace"
 class Node:
     """One `interlace serve` process."""
 
-    def __init__(self, name: str, logdir: Path, *, join: str | None = None, echo: bool = False,
-                 port: int | None = None, key: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        logdir: Path,
+        *,
+        join: str | None = None,
+        echo: bool = False,
+        port: int | None = None,
+        key: Path | None = None,
+    ) -> None:
         self.name, self.logdir, self.join, self.echo, self.key = name, logdir, join, echo, key
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -48,8 +56,18 @@ class Node:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> Node:
-        args = ["serve", "--port", str(self.port), "--node-id", self.name, "--gossip-profile", "fast",
-                "--gossip-faults", "--log-level", "info"]
+        args = [
+            "serve",
+            "--port",
+            str(self.port),
+            "--node-id",
+            self.name,
+            "--gossip-profile",
+            "fast",
+            "--gossip-faults",
+            "--log-level",
+            "info",
+        ]
         if self.join:
             args += ["--join", self.join]
         if not self.echo:
@@ -123,18 +141,42 @@ def all_alive(nodes: list[Node], names: list[str]) -> bool:
 
 
 def records_named(url: str, name: str) -> list[dict]:
-    return [r for r in httpx.get(f"{url}/registry/agents", params={"limit": 500}, timeout=5).json()["agents"]
-            if r["name"] == name]
+    return [
+        r
+        for r in httpx.get(f"{url}/registry/agents", params={"limit": 500}, timeout=5).json()["agents"]
+        if r["name"] == name
+    ]
 
 
-def signed_record(identity: Identity, name: str, *, seq: int = 1, ttl: int = 600, home: str = "elsewhere",
-                  description: str = "a test agent", endpoints: dict | None = None) -> AgentRecord:
+def signed_record(
+    identity: Identity,
+    name: str,
+    *,
+    seq: int = 1,
+    ttl: int = 600,
+    home: str = "elsewhere",
+    description: str = "a test agent",
+    endpoints: dict | None = None,
+) -> AgentRecord:
     now = int(time.time())
-    return sign(AgentRecord.model_validate({
-        "did": identity.did, "name": name, "description": description, "version": "1",
-        "skills": [{"id": name, "name": name}], "endpoints": endpoints or {"a2a": "http://127.0.0.1:9/a2a"},
-        "home_node": home, "seq": seq, "issued_at": now, "expires_at": now + ttl, "network": NET,
-    }), identity)
+    return sign(
+        AgentRecord.model_validate(
+            {
+                "did": identity.did,
+                "name": name,
+                "description": description,
+                "version": "1",
+                "skills": [{"id": name, "name": name}],
+                "endpoints": endpoints or {"a2a": "http://127.0.0.1:9/a2a"},
+                "home_node": home,
+                "seq": seq,
+                "issued_at": now,
+                "expires_at": now + ttl,
+                "network": NET,
+            }
+        ),
+        identity,
+    )
 
 
 def get_record(url: str, did: str) -> dict | None:
@@ -155,7 +197,9 @@ def fed(logdir):
     c = Node("node-c", logdir, join=a.hostport, echo=True).start()
     nodes = [a, b, c]
     try:
-        wait_for(lambda: all_alive(nodes, ["node-a", "node-b", "node-c"]), 30, "three nodes see each other alive", nodes)
+        wait_for(
+            lambda: all_alive(nodes, ["node-a", "node-b", "node-c"]), 30, "three nodes see each other alive", nodes
+        )
         wait_for(lambda: all(records_named(n.url, "echo") for n in nodes), 15, "C's echo record reaches A and B", nodes)
         yield {"a": a, "b": b, "c": c, "nodes": nodes}
     finally:
@@ -224,8 +268,10 @@ def test_deregistration_tombstone_spreads(fed):
 
 async def test_task_submitted_at_a_runs_at_c_and_streams_back(fed, http):
     a, c = fed["a"], fed["c"]
-    resp = await http.post(f"{a.url}/tasks", json={"agent": "echo", "message": text_message("across the federation"),
-                                                     "metadata": {"chunks": 3}})
+    resp = await http.post(
+        f"{a.url}/tasks",
+        json={"agent": "echo", "message": text_message("across the federation"), "metadata": {"chunks": 3}},
+    )
     assert resp.status_code == 202, resp.text
     task = resp.json()
     events = await sse_events(http, f"{a.url}/tasks/{task['id']}/events")
@@ -236,13 +282,20 @@ async def test_task_submitted_at_a_runs_at_c_and_streams_back(fed, http):
     done = (await http.get(f"{a.url}/tasks/{task['id']}")).json()
     assert done["artifacts"][0]["parts"][0]["text"] == "across the federation"
     # It ran at C, as a task that says where it came from.
-    ran = [t for t in (await http.get(f"{c.url}/tasks", params={"limit": 500})).json()["tasks"]
-           if t["metadata"].get("interlace.forwarded_from", {}).get("task_id") == task["id"]]
+    ran = [
+        t
+        for t in (await http.get(f"{c.url}/tasks", params={"limit": 500})).json()["tasks"]
+        if t["metadata"].get("interlace.forwarded_from", {}).get("task_id") == task["id"]
+    ]
     assert len(ran) == 1 and ran[0]["status"]["state"] == "completed"
     assert ran[0]["metadata"]["interlace.forwarded_from"]["node"] == "node-a"
     # A task routed by capability (no agent named) at B reaches C's echo the same way.
-    by_skill = (await http.post(f"{fed['b'].url}/tasks?wait=true&timeout=15", json={
-        "query": {"skill": "echo", "tags": ["echo"]}, "message": text_message("by capability")})).json()
+    by_skill = (
+        await http.post(
+            f"{fed['b'].url}/tasks?wait=true&timeout=15",
+            json={"query": {"skill": "echo", "tags": ["echo"]}, "message": text_message("by capability")},
+        )
+    ).json()
     assert by_skill["status"]["state"] == "completed", by_skill
     assert by_skill["artifacts"][0]["parts"][0]["text"] == "by capability"
     assert by_skill["route"]["agent"].startswith("fwd-") and by_skill["route"]["skill"] == "echo"
@@ -251,22 +304,36 @@ async def test_task_submitted_at_a_runs_at_c_and_streams_back(fed, http):
 async def test_input_required_and_cancel_cross_nodes(fed, http):
     a, c = fed["a"], fed["c"]
     # input-required at C pauses the task at A; the follow-up given at A resumes it at C.
-    asked = (await http.post(f"{a.url}/tasks?wait=true&timeout=15", json={
-        "agent": "echo", "message": text_message("first"), "metadata": {"ask": "and then?"}})).json()
+    asked = (
+        await http.post(
+            f"{a.url}/tasks?wait=true&timeout=15",
+            json={"agent": "echo", "message": text_message("first"), "metadata": {"ask": "and then?"}},
+        )
+    ).json()
     assert asked["status"]["state"] == "input-required", asked
     assert asked["history"][-1]["parts"][0]["text"] == "and then?"
-    done = (await http.post(f"{a.url}/tasks?wait=true&timeout=15", json={
-        "task_id": asked["id"], "message": text_message("second")})).json()
+    done = (
+        await http.post(
+            f"{a.url}/tasks?wait=true&timeout=15", json={"task_id": asked["id"], "message": text_message("second")}
+        )
+    ).json()
     assert done["status"]["state"] == "completed" and done["artifacts"][0]["parts"][0]["text"] == "second"
 
     # A failure at C fails the task at A with the agent's message.
-    failed = (await http.post(f"{a.url}/tasks?wait=true&timeout=15", json={
-        "agent": "echo", "message": text_message("x"), "metadata": {"fail": "no can do"}})).json()
+    failed = (
+        await http.post(
+            f"{a.url}/tasks?wait=true&timeout=15",
+            json={"agent": "echo", "message": text_message("x"), "metadata": {"fail": "no can do"}},
+        )
+    ).json()
     assert failed["status"]["state"] == "failed" and failed["status"]["message"]["parts"][0]["text"] == "no can do"
 
     # Cancel at A reaches the task running at C.
-    slow = (await http.post(f"{a.url}/tasks", json={"agent": "echo", "message": text_message("slow"),
-                                                     "metadata": {"delay_ms": 30_000}})).json()
+    slow = (
+        await http.post(
+            f"{a.url}/tasks", json={"agent": "echo", "message": text_message("slow"), "metadata": {"delay_ms": 30_000}}
+        )
+    ).json()
 
     async def remote():
         tasks = (await http.get(f"{c.url}/tasks", params={"limit": 500})).json()["tasks"]
@@ -293,13 +360,17 @@ async def test_worker_registered_through_a_gateway_is_routed_by_origin(fed, http
     runner = WorkerRunner(Echo2(), HttpLink(c.url), lock_ttl_ms=5_000, poll_ms=200, network=NET, lease_s=60)
     runner.start()
     try:
+
         async def known_at_a():
             agents = (await http.get(f"{a.url}/registry/agents", params={"q": "echo-two"})).json()["agents"]
             return [r for r in agents if r["name"] == "echo-two"]
 
         await await_for(known_at_a, 10, "the worker's record reaches A", fed["nodes"])
-        done = (await http.post(f"{a.url}/tasks?wait=true&timeout=15", json={
-            "agent": "echo-two", "message": text_message("via origin")})).json()
+        done = (
+            await http.post(
+                f"{a.url}/tasks?wait=true&timeout=15", json={"agent": "echo-two", "message": text_message("via origin")}
+            )
+        ).json()
         assert done["status"]["state"] == "completed", done
         assert done["artifacts"][0]["parts"][0]["text"] == "via origin"
     finally:
@@ -320,25 +391,41 @@ def test_malicious_relayer_that_alters_a_record_is_ignored_by_everyone(fed):
     # A node of the network (its envelopes verify) relays the record altered: a higher seq and
     # an endpoint of its own, under the agent's original signature.
     evil = Identity.generate()
-    altered = original.model_copy(update={"seq": original.seq + 1, "description": "send me your data",
-                                          "endpoints": original.endpoints.model_copy(update={"a2a": "http://127.0.0.1:10/evil"})})
+    altered = original.model_copy(
+        update={
+            "seq": original.seq + 1,
+            "description": "send me your data",
+            "endpoints": original.endpoints.model_copy(update={"a2a": "http://127.0.0.1:10/evil"}),
+        }
+    )
     entry = {"record": altered.dump(), "origin": "node-evil"}
 
     def envelope(kind, payload):
-        return seal(evil, network=NET, node="node-evil", addr="http://127.0.0.1:10", kind=kind,
-                    payload=payload, sent_at=int(time.time() * 1000))
+        return seal(
+            evil,
+            network=NET,
+            node="node-evil",
+            addr="http://127.0.0.1:10",
+            kind=kind,
+            payload=payload,
+            sent_at=int(time.time() * 1000),
+        )
 
     sent = [
         httpx.post(f"{a.url}/gossip/packet", json=envelope("records", {"entries": [entry]}), timeout=5),
-        httpx.post(f"{b.url}/gossip/packet",
-                   json=envelope("swim", encode_packet([UserMsg(agent.did, entry)])), timeout=5),
+        httpx.post(
+            f"{b.url}/gossip/packet", json=envelope("swim", encode_packet([UserMsg(agent.did, entry)])), timeout=5
+        ),
     ]
     assert [r.status_code for r in sent] == [204, 204]  # authentic envelopes; the content is judged
 
     # A marker registered after the attack reaches everyone through the same queues, so by the
     # time it is everywhere the altered record has been judged everywhere it was sent.
     marker = Identity.generate()
-    assert httpx.post(f"{a.url}/registry/agents", json=signed_record(marker, "marker").dump(), timeout=5).status_code == 201
+    assert (
+        httpx.post(f"{a.url}/registry/agents", json=signed_record(marker, "marker").dump(), timeout=5).status_code
+        == 201
+    )
     wait_for(lambda: all(get_record(n.url, marker.did) for n in nodes), 5, "the marker spreads", nodes)
     for node in nodes:
         got = get_record(node.url, agent.did)
@@ -358,10 +445,17 @@ def test_killed_node_is_declared_dead_unrouted_rejoins_with_higher_incarnation_t
     everyone = [a, b, c, d]
     try:
         wait_for(lambda: all_alive(everyone, ["node-a", "node-b", "node-c", "node-d"]), 30, "D joins", everyone)
-        d_echo = wait_for(lambda: [r for r in records_named(a.url, "echo") if r["home_node"] == "node-d"],
-                          10, "D's echo record reaches A", everyone)[0]
-        ok = httpx.post(f"{a.url}/tasks?wait=true&timeout=15", timeout=20, json={
-            "agent": d_echo["did"], "message": text_message("to d")}).json()
+        d_echo = wait_for(
+            lambda: [r for r in records_named(a.url, "echo") if r["home_node"] == "node-d"],
+            10,
+            "D's echo record reaches A",
+            everyone,
+        )[0]
+        ok = httpx.post(
+            f"{a.url}/tasks?wait=true&timeout=15",
+            timeout=20,
+            json={"agent": d_echo["did"], "message": text_message("to d")},
+        ).json()
         assert ok["status"]["state"] == "completed", ok
         inc_before = states(a.url)["node-d"][1]
 
@@ -369,8 +463,12 @@ def test_killed_node_is_declared_dead_unrouted_rejoins_with_higher_incarnation_t
         killed_at = time.monotonic()
         survivors = [a, b, c]
         bound = max(view(n.url)["detection_bound_s"] for n in survivors)
-        wait_for(lambda: all(states(n.url)["node-d"][0] == "dead" for n in survivors), 3 * bound + 5,
-                 "every survivor declares D dead", survivors)
+        wait_for(
+            lambda: all(states(n.url)["node-d"][0] == "dead" for n in survivors),
+            3 * bound + 5,
+            "every survivor declares D dead",
+            survivors,
+        )
         detected_s = time.monotonic() - killed_at
         print(f"\nSIGKILLed node declared dead by all 3 survivors in {detected_s:.2f} s (bound {bound:.2f} s)")
         assert detected_s <= bound + 1.0  # the configured bound, plus this test's polling
@@ -381,8 +479,11 @@ def test_killed_node_is_declared_dead_unrouted_rejoins_with_higher_incarnation_t
         assert "home node is down" in gone.json()["error"]["message"]
         agents = httpx.get(f"{a.url}/registry/agents", params={"limit": 500}, timeout=5).json()["agents"]
         others = [r["did"] for r in agents if r["did"] != d_echo["did"]]
-        by_skill = httpx.post(f"{a.url}/tasks", timeout=5, json={
-            "query": {"skill": "echo", "exclude": others}, "message": text_message("to d")})
+        by_skill = httpx.post(
+            f"{a.url}/tasks",
+            timeout=5,
+            json={"query": {"skill": "echo", "exclude": others}, "message": text_message("to d")},
+        )
         assert by_skill.status_code == 404 and by_skill.json()["error"]["code"] == "no_match", by_skill.text
         closest = by_skill.json()["error"]["closest"]  # the match that cannot be reached, and why
         assert [(c["did"], c["excluded_by"]) for c in closest] == [(d_echo["did"], ["reachable"])]
@@ -408,7 +509,12 @@ def test_partition_heals_and_records_converge(fed):
     assert httpx.post(f"{c.url}/gossip/faults", json={"block": ["*"]}, timeout=5).status_code == 200
     try:
         wait_for(lambda: all(states(n.url)["node-c"][0] == "dead" for n in (a, b)), 20, "A and B declare C dead", nodes)
-        wait_for(lambda: all(states(c.url)[n][0] == "dead" for n in ("node-a", "node-b")), 20, "C declares A and B dead", nodes)
+        wait_for(
+            lambda: all(states(c.url)[n][0] == "dead" for n in ("node-a", "node-b")),
+            20,
+            "C declares A and B dead",
+            nodes,
+        )
         gone = httpx.post(f"{a.url}/tasks", json={"agent": "echo", "message": text_message("x")}, timeout=5)
         assert gone.status_code == 404
         me = Identity.generate()
@@ -422,6 +528,7 @@ def test_partition_heals_and_records_converge(fed):
     wait_for(lambda: get_record(c.url, me.did), 10, "C gets the record written during the partition", nodes)
     # C refuted the others' verdict by raising its incarnation; routing to it works again.
     assert states(a.url)["node-c"][1] >= 1
-    done = httpx.post(f"{a.url}/tasks?wait=true&timeout=15", timeout=20, json={
-        "agent": "echo", "message": text_message("healed")}).json()
+    done = httpx.post(
+        f"{a.url}/tasks?wait=true&timeout=15", timeout=20, json={"agent": "echo", "message": text_message("healed")}
+    ).json()
     assert done["status"]["state"] == "completed", done

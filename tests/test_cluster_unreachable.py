@@ -39,9 +39,11 @@ async def listed_at(url: str, mcp: Client, http: httpx.AsyncClient) -> dict[str,
 
 def c_is(http: httpx.AsyncClient, node: Node, state: str):
     """A check for await_for: ``node`` sees node-c in ``state``."""
+
     async def check() -> bool:
         members = (await http.get(f"{node.url}/cluster/members")).json()["members"]
         return any(m["id"] == "node-c" and m["state"] == state for m in members)
+
     return check
 
 
@@ -69,8 +71,10 @@ async def test_agents_of_a_dead_node_leave_every_list_and_come_back_with_it(tmp_
         wait_for(lambda: all_alive(nodes, ["node-a", "node-b", "node-c"]), 30, "the three nodes see each other", nodes)
         wait_for(lambda: records_named(a.url, "echo"), 15, "C's echo record reaches A", nodes)
         c_did = view(c.url)["did"]
-        async with httpx.AsyncClient(timeout=10) as http, \
-                Client(f"{a.url}/mcp", mode="legacy", cache=None, message_handler=on_message) as mcp:
+        async with (
+            httpx.AsyncClient(timeout=10) as http,
+            Client(f"{a.url}/mcp", mode="legacy", cache=None, message_handler=on_message) as mcp,
+        ):
             assert all("echo" in names for names in (await listed_at(a.url, mcp, http)).values())
 
             # The client opens its GET stream in the background: it is open (and notifications

@@ -53,8 +53,12 @@ def a2a_message(text: str, **extra) -> dict:
 
 async def asked(http: httpx.AsyncClient, agent: str) -> str:
     """Start a task on ``agent`` that asks "Which city?"; its id, once it waits for input."""
-    body = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage",
-            "params": {"message": a2a_message("weather", metadata={"ask": "Which city?"})}}
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "SendMessage",
+        "params": {"message": a2a_message("weather", metadata={"ask": "Which city?"})},
+    }
     task = (await http.post(f"/a2a/agents/{agent}", json=body, headers=V10)).json()["result"]["task"]
     assert task["status"]["state"] == "TASK_STATE_INPUT_REQUIRED"
     return task["id"]
@@ -77,7 +81,9 @@ async def test_mcp_send_task_with_a_progress_token_returns_the_follow_ups_answer
 
     async with Client(url + "/mcp", mode="legacy") as client:
         res = await client.call_tool(
-            "send_task", {"agent_or_query": agent, "message": "Paris", "task_id": task_id}, progress_callback=on_progress,
+            "send_task",
+            {"agent_or_query": agent, "message": "Paris", "task_id": task_id},
+            progress_callback=on_progress,
         )
     assert not res.is_error, res.content
     assert [c.text for c in res.content] == ["Paris"]
@@ -88,7 +94,12 @@ async def test_mcp_send_task_with_a_progress_token_returns_the_follow_ups_answer
 @pytest.mark.parametrize("agent", AGENTS)
 async def test_a2a_streaming_continue_streams_to_completion(http, agent):
     task_id = await asked(http, agent)
-    body = {"jsonrpc": "2.0", "id": 2, "method": "SendStreamingMessage", "params": {"message": a2a_message("Paris", taskId=task_id)}}
+    body = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "SendStreamingMessage",
+        "params": {"message": a2a_message("Paris", taskId=task_id)},
+    }
     async with http.stream("POST", f"/a2a/agents/{agent}", json=body, headers=V10) as resp:
         frames = await sse_data(resp)
     states = [f["result"]["statusUpdate"]["status"]["state"] for f in frames if "statusUpdate" in f["result"]]

@@ -14,7 +14,9 @@ from tests.conftest import RedisProcess, interlace_cmd, running_gateway, stop_pr
 def start_worker(*where: str) -> subprocess.Popen:
     return subprocess.Popen(
         interlace_cmd("worker", "echo", *where, "--visibility-timeout-ms", "1000", "--log-level", "warning"),
-        env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
 
 
@@ -47,8 +49,11 @@ async def test_worker_killed_mid_task_is_completed_once_by_another(mode, redis_s
         second = None
         try:
             async with httpx.AsyncClient(base_url=url, timeout=20) as client:
+
                 async def echo_routable():
-                    while (await client.post("/tasks", json={"agent": "echo", "message": _msg("warm")})).status_code != 202:
+                    while (
+                        await client.post("/tasks", json={"agent": "echo", "message": _msg("warm")})
+                    ).status_code != 202:
                         await asyncio.sleep(0.05)
 
                 await asyncio.wait_for(echo_routable(), 20)
@@ -60,8 +65,12 @@ async def test_worker_killed_mid_task_is_completed_once_by_another(mode, redis_s
                 second = start_worker(*where)
                 await wait_for_state(client, task_id, "completed", timeout=30)
                 events = await events_of(client, task_id)
-                terminal = [e for e in events if e["kind"] == "status-update" and e["status"]["state"] in
-                            ("completed", "failed", "canceled", "rejected")]
+                terminal = [
+                    e
+                    for e in events
+                    if e["kind"] == "status-update"
+                    and e["status"]["state"] in ("completed", "failed", "canceled", "rejected")
+                ]
                 assert [e["status"]["state"] for e in terminal] == ["completed"]
                 # The second worker ran it. Over HTTP the dead worker's last long-poll may still have
                 # claimed the entry once on its behalf, which costs one more visibility timeout.

@@ -9,7 +9,6 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import free_port, interlace_cmd, running_gateway, serve_app, subprocess_env, test_config, wait_until
 from gateway.app import create_app
 from gateway.cli import build_parser
 from gateway.cluster import advertised_url, check_config, seed_urls
@@ -17,6 +16,7 @@ from gateway.core.config import Config
 from registry.gossip.envelope import EnvelopeRejected, ReplayCache, open_envelope, seal
 from registry.gossip.messages import Ping, encode_packet
 from registry.identity import Identity
+from tests.conftest import free_port, interlace_cmd, running_gateway, serve_app, subprocess_env, test_config, wait_until
 
 NET = "interlace"
 NOW = 1_767_225_600_000
@@ -24,8 +24,15 @@ AGE = 300_000
 
 
 def envelope(identity: Identity, *, network=NET, sent_at=NOW, kind="swim", payload=None, addr="http://127.0.0.1:9"):
-    return seal(identity, network=network, node="node-x", addr=addr, kind=kind,
-                payload=payload if payload is not None else encode_packet([Ping(1, "node-y")]), sent_at=sent_at)
+    return seal(
+        identity,
+        network=network,
+        node="node-x",
+        addr=addr,
+        kind=kind,
+        payload=payload if payload is not None else encode_packet([Ping(1, "node-y")]),
+        sent_at=sent_at,
+    )
 
 
 def check(data, *, trusted=None, replay=None, now=NOW):
@@ -41,7 +48,13 @@ def reason(data, **kw) -> str:
 def test_a_sealed_envelope_opens_and_names_its_sender():
     me = Identity.generate()
     env = check(envelope(me))
-    assert (env.sender, env.node, env.addr, env.kind, env.sent_at) == (me.did, "node-x", "http://127.0.0.1:9", "swim", NOW)
+    assert (env.sender, env.node, env.addr, env.kind, env.sent_at) == (
+        me.did,
+        "node-x",
+        "http://127.0.0.1:9",
+        "swim",
+        NOW,
+    )
     assert env.payload == [{"type": "ping", "seq": 1, "target": "node-y"}]
 
 
@@ -86,14 +99,17 @@ def test_replayed_envelope_is_refused():
     check(envelope(me, sent_at=NOW + 1), replay=cache)  # a new envelope is fine
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda e: e.pop("sent_at"),
-    lambda e: e.update(extra=1),
-    lambda e: e.update(sent_at=float(NOW)),
-    lambda e: e.update(kind="gossip"),
-    lambda e: e.update(addr="not a url"),
-    lambda e: e.update(node=""),
-])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda e: e.pop("sent_at"),
+        lambda e: e.update(extra=1),
+        lambda e: e.update(sent_at=float(NOW)),
+        lambda e: e.update(kind="gossip"),
+        lambda e: e.update(addr="not a url"),
+        lambda e: e.update(node=""),
+    ],
+)
 def test_malformed_envelope_is_refused(mutate):
     data = envelope(Identity.generate())
     mutate(data)
@@ -105,7 +121,10 @@ async def test_the_packet_endpoint_answers_each_refusal_with_a_status_and_code(t
     friend, stranger = Identity.generate(), Identity.generate()
     trust = tmp_path / "trust"
     trust.write_text(f"# nodes we gossip with\n{friend.did}\n")
-    async with running_gateway(test_config(trust=str(trust))) as (url, app), httpx.AsyncClient(base_url=url, timeout=10) as http:
+    async with (
+        running_gateway(test_config(trust=str(trust))) as (url, app),
+        httpx.AsyncClient(base_url=url, timeout=10) as http,
+    ):
         now = int(time.time() * 1000)
         good = envelope(friend, sent_at=now)
         assert (await http.post("/gossip/packet", json=good)).status_code == 204
@@ -144,6 +163,7 @@ async def test_two_networks_never_mix():
     x = create_app(node_config(px, node_id="x", network="alpha"))
     y = create_app(node_config(py, node_id="y", network="beta", join=f"127.0.0.1:{px}"))
     async with serve_app(x, px) as ux, serve_app(y, py) as uy, httpx.AsyncClient(timeout=10) as http:
+
         async def refused():
             stats = (await http.get(f"{ux}/cluster/members")).json()["stats"]
             return stats.get("gossip.rejected.wrong_network", 0) >= 2  # y's join retries are refused
@@ -163,8 +183,13 @@ async def test_trust_list_admits_only_listed_nodes(tmp_path):
     seed = create_app(node_config(ps, node_id="seed", trust=str(trust)))
     good = create_app(node_config(pf, node_id="friend", node_key=str(friend_key), join=f"127.0.0.1:{ps}"))
     stranger = create_app(node_config(pz, node_id="stranger", join=f"127.0.0.1:{ps}"))
-    async with serve_app(seed, ps) as us, serve_app(good, pf) as uf, serve_app(stranger, pz), \
-            httpx.AsyncClient(timeout=10) as http:
+    async with (
+        serve_app(seed, ps) as us,
+        serve_app(good, pf) as uf,
+        serve_app(stranger, pz),
+        httpx.AsyncClient(timeout=10) as http,
+    ):
+
         async def friend_in():
             return (await members(http, us)).get("friend") == "alive"
 
@@ -179,11 +204,27 @@ async def test_trust_list_admits_only_listed_nodes(tmp_path):
 
 
 def test_serve_flags_reach_the_config():
-    args = build_parser().parse_args(["serve", "--join", "10.0.0.1:8080, node-b:8080", "--trust", "/etc/trust",
-                                      "--public-url", "https://a.example.com/", "--gossip-profile", "fast"])
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--join",
+            "10.0.0.1:8080, node-b:8080",
+            "--trust",
+            "/etc/trust",
+            "--public-url",
+            "https://a.example.com/",
+            "--gossip-profile",
+            "fast",
+        ]
+    )
     config = Config.load({k: v for k, v in vars(args).items() if k not in ("command", "kind")}, env={})
     assert (config.join, config.trust, config.public_url, config.gossip_profile, config.gossip) == (
-        "10.0.0.1:8080, node-b:8080", "/etc/trust", "https://a.example.com/", "fast", True)
+        "10.0.0.1:8080, node-b:8080",
+        "/etc/trust",
+        "https://a.example.com/",
+        "fast",
+        True,
+    )
     assert Config.load({"gossip": False}, env={}).gossip is False
     assert seed_urls(config.join) == ["http://10.0.0.1:8080", "http://node-b:8080"]
     assert seed_urls("https://x.example.com/,") == ["https://x.example.com"]
@@ -193,14 +234,22 @@ def test_serve_flags_reach_the_config():
         create_app(test_config(gossip_profile="warp"))
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--public-url", "ftp://x"], "not a base URL"),
-    (["--join", "http://a b:1"], "not a base URL"),
-    (["--trust", "/nonexistent/trust"], "cannot read the trust file"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--public-url", "ftp://x"], "not a base URL"),
+        (["--join", "http://a b:1"], "not a base URL"),
+        (["--trust", "/nonexistent/trust"], "cannot read the trust file"),
+    ],
+)
 def test_bad_gossip_settings_are_a_clear_cli_error(args, message):
-    out = subprocess.run(interlace_cmd("serve", "--port", str(free_port()), *args), env=subprocess_env(),
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        interlace_cmd("serve", "--port", str(free_port()), *args),
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
 
 

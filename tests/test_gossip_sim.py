@@ -25,8 +25,7 @@ from registry.gossip.sim import (
     percentile,
     spread_rounds,
 )
-from registry.gossip.swim import MemberEvent, State, SwimConfig, SwimNode, push_pull_scale
-from registry.gossip.swim import suspicion_timeout
+from registry.gossip.swim import MemberEvent, State, SwimConfig, SwimNode, push_pull_scale, suspicion_timeout
 
 CFG = SwimConfig()
 
@@ -94,8 +93,7 @@ def test_crashed_node_is_suspected_then_declared_dead_by_all(n, loss):
     assert d.all_dead <= d.first_suspect + high + spread_bound_seconds(n)
     # Lifeguard: confirmations drive the timers down to the minimum.
     k = CFG.suspicion_mult - 2
-    assert d.all_dead - d.first_suspect <= (low + (k + 2) * CFG.probe_interval
-                                           + spread_bound_seconds(n))
+    assert d.all_dead - d.first_suspect <= (low + (k + 2) * CFG.probe_interval + spread_bound_seconds(n))
     assert d.all_dead - d.first_suspect >= low  # never faster than the minimum
 
 
@@ -109,20 +107,22 @@ def test_restarted_node_rejoins_with_a_higher_incarnation(loss):
     sim.run(3.0)
     addr, node_id = sim.node_addr(i), sim.node_id(i)
     sim.crash(addr)
-    assert sim.run_until(lambda: sim.view_of(node_id)[State.DEAD] == n - 1,
-                         FIRST_SUSPICION_BOUND + suspicion_bounds(n)[1]) < math.inf
-    accused = max(node.members[node_id].incarnation for node in sim.live_nodes()
-                  if node.id != node_id)
+    assert (
+        sim.run_until(lambda: sim.view_of(node_id)[State.DEAD] == n - 1, FIRST_SUSPICION_BOUND + suspicion_bounds(n)[1])
+        < math.inf
+    )
+    accused = max(node.members[node_id].incarnation for node in sim.live_nodes() if node.id != node_id)
 
     fresh = sim.spawn(i, seeds=[sim.node_addr(0)])
     assert fresh.incarnation == 0
 
     def rejoined() -> bool:
         seen = [node.members.get(node_id) for node in sim.live_nodes()]
-        return (all(m is not None and m.state is State.ALIVE
-                    and m.incarnation == fresh.incarnation for m in seen)
-                and len(fresh.members) == n
-                and all(m.state is State.ALIVE for m in fresh.members.values()))
+        return (
+            all(m is not None and m.state is State.ALIVE and m.incarnation == fresh.incarnation for m in seen)
+            and len(fresh.members) == n
+            and all(m.state is State.ALIVE for m in fresh.members.values())
+        )
 
     # Join push/pull (retried every probe interval when lost), refute, spread.
     bound = 5 * CFG.probe_interval + spread_bound_seconds(n)
@@ -143,8 +143,12 @@ def test_graceful_leave_is_seen_as_left_never_as_failed():
 
     sim.listeners.append(listener)
     sim.leave(addr)
-    assert sim.run_until(lambda: sim.view_of(node_id)[State.LEFT] == n - 1,
-                         spread_bound_seconds(n), CFG.gossip_interval / 4) < math.inf
+    assert (
+        sim.run_until(
+            lambda: sim.view_of(node_id)[State.LEFT] == n - 1, spread_bound_seconds(n), CFG.gossip_interval / 4
+        )
+        < math.inf
+    )
     sim.run(sim.now + 30.0)
     assert addr not in sim.up  # it stopped once its notice was out
     assert set(seen) == {State.LEFT}
@@ -160,9 +164,10 @@ def test_cluster_forms_through_a_seed_over_the_json_wire_format():
         sim.spawn(i, seeds=[sim.node_addr(0)])
 
     def formed() -> bool:
-        return all(len(node.members) == n
-                   and all(m.state is State.ALIVE for m in node.members.values())
-                   for node in sim.live_nodes())
+        return all(
+            len(node.members) == n and all(m.state is State.ALIVE for m in node.members.values())
+            for node in sim.live_nodes()
+        )
 
     bound = 5 * CFG.probe_interval + spread_bound_seconds(n)
     assert sim.run_until(formed, bound, CFG.gossip_interval) < math.inf
@@ -179,16 +184,14 @@ def test_partition_heals_and_membership_converges(loss):
     sim.run(2.0)
     everyone = ids_and_addrs(n)
     left = [a for _, a in everyone[: n // 2]]
-    right = [a for _, a in everyone[n // 2:]]
+    right = [a for _, a in everyone[n // 2 :]]
     sim.partition(left, right)
 
     def split() -> bool:
-        return all(sum(m.state is State.DEAD for m in node.members.values()) == n // 2
-                   for node in sim.live_nodes())
+        return all(sum(m.state is State.DEAD for m in node.members.values()) == n // 2 for node in sim.live_nodes())
 
     low, high = suspicion_bounds(n)
-    assert sim.run_until(split, FIRST_SUSPICION_BOUND + high + spread_bound_seconds(n),
-                         CFG.gossip_interval) < math.inf
+    assert sim.run_until(split, FIRST_SUSPICION_BOUND + high + spread_bound_seconds(n), CFG.gossip_interval) < math.inf
     sim.broadcast(left[0], "written-during-partition", {"seq": 1})
     sim.run(sim.now + 5.0)
     assert all("written-during-partition" not in sim.delegates[a].payloads for a in right)
@@ -197,8 +200,7 @@ def test_partition_heals_and_membership_converges(loss):
     healed_at = sim.now
 
     def converged() -> bool:
-        return all(all(m.state is State.ALIVE for m in node.members.values())
-                   for node in sim.live_nodes())
+        return all(all(m.state is State.ALIVE for m in node.members.values()) for node in sim.live_nodes())
 
     # Within a reconnect interval some member contacts the other side (serf reconnect, or
     # gossip to the recently dead); the claims it brings back are refuted and spread; anything
@@ -210,8 +212,12 @@ def test_partition_heals_and_membership_converges(loss):
     # The user payload's rumour died out during the partition; the push/pull state hook (the
     # registry's anti-entropy) carries it across: push-pull epidemics need about log N periods.
     bound = (math.ceil(math.log2(n)) + 2) * period
-    assert sim.run_until(lambda: sim.coverage_time("written-during-partition") < math.inf,
-                         bound - (sim.now - healed_at), 1.0) < math.inf
+    assert (
+        sim.run_until(
+            lambda: sim.coverage_time("written-during-partition") < math.inf, bound - (sim.now - healed_at), 1.0
+        )
+        < math.inf
+    )
 
 
 # ---------------------------------------------------------------------- determinism

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 import pytest
 
@@ -52,8 +52,7 @@ def peer(i: int) -> tuple[str, str]:
     return f"did:test:{i}", f"10.0.0.{i}:7946"
 
 
-def make_node(n_peers: int = 9, config: SwimConfig = LAN,
-              delegate: Delegate | None = None) -> SwimNode:
+def make_node(n_peers: int = 9, config: SwimConfig = LAN, delegate: Delegate | None = None) -> SwimNode:
     node = SwimNode(SELF, "10.0.0.254:7946", config, rng=random.Random(7), delegate=delegate)
     node.start(0.0, known=[peer(i) for i in range(n_peers)])
     return node
@@ -95,9 +94,15 @@ def drive(node: SwimNode, until: float, respond: Responder = ack_pings) -> list[
 # ---------------------------------------------------------------------- formulas and config
 
 
-@pytest.mark.parametrize("n, lo, hi, retransmits, push_pull", [
-    (10, 4, 24, 8, 30), (100, 8, 48, 12, 90), (1000, 12, 72, 16, 180), (10_000, 16, 96, 20, 300),
-])
+@pytest.mark.parametrize(
+    "n, lo, hi, retransmits, push_pull",
+    [
+        (10, 4, 24, 8, 30),
+        (100, 8, 48, 12, 90),
+        (1000, 12, 72, 16, 180),
+        (10_000, 16, 96, 20, 300),
+    ],
+)
 def test_formulas_match_memberlist_reference_table(n, lo, hi, retransmits, push_pull):
     """discovery-routing-models.md 1.3, computed for LAN defaults."""
     low = suspicion_timeout(LAN.suspicion_mult, n, LAN.probe_interval)
@@ -108,9 +113,17 @@ def test_formulas_match_memberlist_reference_table(n, lo, hi, retransmits, push_
 
 
 def test_lan_defaults_and_fast_profile():
-    assert (LAN.probe_interval, LAN.probe_timeout, LAN.indirect_checks, LAN.suspicion_mult,
-            LAN.suspicion_max_timeout_mult, LAN.awareness_max_multiplier, LAN.retransmit_mult,
-            LAN.gossip_interval, LAN.gossip_nodes) == (1.0, 0.5, 3, 4, 6, 8, 4, 0.2, 3)
+    assert (
+        LAN.probe_interval,
+        LAN.probe_timeout,
+        LAN.indirect_checks,
+        LAN.suspicion_mult,
+        LAN.suspicion_max_timeout_mult,
+        LAN.awareness_max_multiplier,
+        LAN.retransmit_mult,
+        LAN.gossip_interval,
+        LAN.gossip_nodes,
+    ) == (1.0, 0.5, 3, 4, 6, 8, 4, 0.2, 3)
     fast = SwimConfig.fast()
     assert fast.probe_interval == pytest.approx(0.1)
     assert fast.gossip_interval == pytest.approx(0.02)
@@ -169,8 +182,7 @@ def _suspect_peer1(confirmers: list[int]) -> tuple[SwimNode, list[Output]]:
     node = make_node()  # N = 10: k = 2, min 4 s, max 24 s
     outs = [node.receive(0.5, peer(0)[1], [Suspect(peer(1)[0], 0, peer(0)[0])])]
     for j, i in enumerate(confirmers):
-        outs.append(node.receive(0.7 + 0.2 * j, peer(i)[1],
-                                 [Suspect(peer(1)[0], 0, peer(i)[0])]))
+        outs.append(node.receive(0.7 + 0.2 * j, peer(i)[1], [Suspect(peer(1)[0], 0, peer(i)[0])]))
     return node, outs
 
 
@@ -288,8 +300,7 @@ def test_helper_relays_ack_or_nacks_in_time():
 
 def test_pending_relays_are_bounded():
     node = make_node(config=replace(LAN, max_pending_relays=2))
-    pkts = [node.receive(1.0, peer(0)[1], [PingReq(i, peer(1)[0], peer(1)[1])]).sends
-            for i in range(5)]
+    pkts = [node.receive(1.0, peer(0)[1], [PingReq(i, peer(1)[0], peer(1)[1])]).sends for i in range(5)]
     assert [len(p) for p in pkts] == [1, 1, 0, 0, 0]
 
 
@@ -329,12 +340,10 @@ def test_incarnation_ordering_rules():
 
 def test_leave_is_recorded_as_left_and_failure_as_dead():
     node = make_node()
-    out = node.receive(1.0, peer(0)[1], [Dead(peer(1)[0], 0, peer(1)[0]),
-                                          Dead(peer(2)[0], 0, peer(0)[0])])
+    out = node.receive(1.0, peer(0)[1], [Dead(peer(1)[0], 0, peer(1)[0]), Dead(peer(2)[0], 0, peer(0)[0])])
     assert node.members[peer(1)[0]].state is State.LEFT
     assert node.members[peer(2)[0]].state is State.DEAD
-    assert [(e.member, e.new) for e in out.events] == [(peer(1)[0], State.LEFT),
-                                                      (peer(2)[0], State.DEAD)]
+    assert [(e.member, e.new) for e in out.events] == [(peer(1)[0], State.LEFT), (peer(2)[0], State.DEAD)]
 
 
 def test_graceful_leave():
@@ -460,7 +469,9 @@ def test_join_through_seed_with_push_pull_and_retry():
     state = tuple((i, a, 0, "alive") for i, a in (peer(1), peer(2)))
     out = node.receive(1.5, "10.0.0.1:7946", [PushPull(True, True, state, None)])
     assert [(e.member, e.old, e.new) for e in out.events] == [
-        (peer(1)[0], None, State.ALIVE), (peer(2)[0], None, State.ALIVE)]
+        (peer(1)[0], None, State.ALIVE),
+        (peer(2)[0], None, State.ALIVE),
+    ]
     assert out.sends == []  # a reply is not answered
 
 
@@ -469,8 +480,13 @@ def test_join_through_seed_with_push_pull_and_retry():
 
 def test_every_message_round_trips_through_json():
     packet = [
-        Ping(1, SELF), Ack(2), Nack(3), PingReq(4, "t", "10.0.0.1:1"),
-        Alive("n", "a", 5), Suspect("n", 6, "b"), Dead("n", 7, "n"),
+        Ping(1, SELF),
+        Ack(2),
+        Nack(3),
+        PingReq(4, "t", "10.0.0.1:1"),
+        Alive("n", "a", 5),
+        Suspect("n", 6, "b"),
+        Dead("n", 7, "n"),
         PushPull(True, False, (("n", "a", 1, "alive"), ("m", "b", 2, "left")), {"k": [1, 2]}),
         UserMsg("key", {"nested": ["json", 1, None]}),
     ]
@@ -478,12 +494,19 @@ def test_every_message_round_trips_through_json():
     assert decode_packet(json.loads(text)) == packet
 
 
-@pytest.mark.parametrize("bad", [
-    [], {"type": "ping"}, [{"type": "nope"}], [{"type": "ack"}], [{"type": "ack", "seq": "1"}],
-    [{"type": "ack", "seq": True}], [{"type": "ack", "seq": 1, "extra": 0}],
-    [{"type": "push-pull", "join": True, "reply": False, "members": [["n", "a", 1, "zombie"]],
-      "user_state": None}],
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [],
+        {"type": "ping"},
+        [{"type": "nope"}],
+        [{"type": "ack"}],
+        [{"type": "ack", "seq": "1"}],
+        [{"type": "ack", "seq": True}],
+        [{"type": "ack", "seq": 1, "extra": 0}],
+        [{"type": "push-pull", "join": True, "reply": False, "members": [["n", "a", 1, "zombie"]], "user_state": None}],
+    ],
+)
 def test_malformed_packets_are_rejected(bad):
     with pytest.raises(WireError):
         decode_packet(bad)

@@ -42,9 +42,19 @@ class FakeGossip:
 
 def record(identity: Identity, seq: int, *, ttl: int = 600, issued_at: int | None = None, **extra) -> AgentRecord:
     now = int(time.time()) if issued_at is None else issued_at
-    data = {"did": identity.did, "name": "agent", "version": "1", "skills": [{"id": "s", "name": "s"}],
-            "endpoints": {"bus": "agent"}, "home_node": "node-x", "seq": seq, "issued_at": now,
-            "expires_at": now + ttl, "network": NET, **extra}
+    data = {
+        "did": identity.did,
+        "name": "agent",
+        "version": "1",
+        "skills": [{"id": "s", "name": "s"}],
+        "endpoints": {"bus": "agent"},
+        "home_node": "node-x",
+        "seq": seq,
+        "issued_at": now,
+        "expires_at": now + ttl,
+        "network": NET,
+        **extra,
+    }
     return sign(AgentRecord.model_validate(data), identity)
 
 
@@ -109,8 +119,12 @@ async def test_relayed_records_are_judged_before_they_are_relayed(node):
     foreign = record(Identity.generate(), 1, network="elsewhere")
 
     assert node.sync.notify_user(agent.did, {"record": altered.dump(), "origin": "evil"}) is False
-    node.gossip.handlers["records"](SimpleNamespace(node="peer", payload={"entries": [
-        {"record": foreign.dump(), "origin": "peer"}, {"record": {"did": "x"}}, "junk"]}))
+    node.gossip.handlers["records"](
+        SimpleNamespace(
+            node="peer",
+            payload={"entries": [{"record": foreign.dump(), "origin": "peer"}, {"record": {"did": "x"}}, "junk"]},
+        )
+    )
     assert node.sync.notify_user(agent.did, {"record": good.dump(), "origin": "node-c"}) is False
     await until(lambda: node.sync.stats["accepted"] == 1)
     stats = node.sync.stats

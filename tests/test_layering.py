@@ -73,22 +73,25 @@ def test_every_module_keeps_the_layering():
     assert violations() == []
 
 
-@pytest.mark.parametrize("importer, target, ok", [
-    (("gateway", "core", "runtime"), "agents.worker", False),
-    (("gateway", "core", "runtime"), "gateway.cluster", False),
-    (("gateway", "core", "runtime"), "protocols.mcp", False),
-    (("gateway", "core", "runtime"), "registry.service", True),
-    (("agents", "worker"), "gateway.app", False),
-    (("agents", "worker"), "protocols.a2a.client", False),
-    (("protocols", "mcp", "methods"), "protocols.a2a.wire", False),
-    (("protocols", "mcp", "methods"), "gateway.connectors", False),
-    (("protocols", "mcp", "methods"), "protocols.mcp.wire", True),
-    (("protocols", "mcp", "methods"), "agents.worker", True),
-    (("registry", "index"), "gateway.core.routing", False),
-    (("schemas", "task"), "registry.identity", False),
-    (("registry", "store"), "schemas.task", True),
-    (("gateway", "app"), "protocols.mcp", True),
-])
+@pytest.mark.parametrize(
+    "importer, target, ok",
+    [
+        (("gateway", "core", "runtime"), "agents.worker", False),
+        (("gateway", "core", "runtime"), "gateway.cluster", False),
+        (("gateway", "core", "runtime"), "protocols.mcp", False),
+        (("gateway", "core", "runtime"), "registry.service", True),
+        (("agents", "worker"), "gateway.app", False),
+        (("agents", "worker"), "protocols.a2a.client", False),
+        (("protocols", "mcp", "methods"), "protocols.a2a.wire", False),
+        (("protocols", "mcp", "methods"), "gateway.connectors", False),
+        (("protocols", "mcp", "methods"), "protocols.mcp.wire", True),
+        (("protocols", "mcp", "methods"), "agents.worker", True),
+        (("registry", "index"), "gateway.core.routing", False),
+        (("schemas", "task"), "registry.identity", False),
+        (("registry", "store"), "schemas.task", True),
+        (("gateway", "app"), "protocols.mcp", True),
+    ],
+)
 def test_the_rules_refuse_what_they_should(importer, target, ok):
     assert allowed(importer, target) is ok
 

@@ -24,24 +24,24 @@ offers a registered MCP server's own tools, ``m-mcp__echo``, and relays the call
 
 Degradations (asserted as written; everything else arrives intact):
 
-| where                              | what                                                                                |
-|------------------------------------|-------------------------------------------------------------------------------------|
-| MCP client, file in                | an agent tool takes ``{message, data}`` (``tools/call`` arguments are JSON): the file travels base64 inside the data, ``{"file": {name, mimeType, data}}``, and the agent receives a data part. To an MCP target (federation) the file goes in that server's own tool argument (``files``), and comes back as image content |
-| ANP client, file in                | ``send_message`` takes ``{message, data}`` (JSON-RPC params): the same base64-in-data form |
-| ANP target, file in                | refused: the task fails with "file parts cannot be sent to an ANP agent (its JSON-RPC params are JSON)" |
-| ANP target, text + data            | one JSON-RPC result per call: the agent's ``{text, data}`` object arrives as one data part (a bare string result is a text part) |
-| ANP target, file out               | the agent's file arrives base64 inside that data part                               |
-| ANP target, streaming              | one result: the whole text arrives as one event                                     |
-| ANP target, cancel                 | ANP's JSON-RPC has no cancel: the gateway abandons the call (closes the connection) and the agent sees the disconnect |
-| ANP client, streaming              | ``send_message`` answers once: the whole text arrives in the result, no events       |
-| ANP client, errors                 | JSON-RPC error -32010 whose message is the agent's text                             |
-| MCP client, streaming              | each task event is one ``notifications/progress``; for an artifact event its message names the artifact ("artifact echo") instead of carrying the chunk, for an agent status message (an MCP target's progress) it is the text; the content comes in the result |
-| MCP target, file in                | the file goes base64 in the tool's ``files`` argument (the fixture tool declares one; a tool without one fails the task) |
-| MCP target, streaming              | progress notifications become ``working`` status messages (not artifact chunks); the result is one artifact with the whole text |
-| A2A on either side, data           | the a2a-sdk carries JSON as protobuf ``Value``: integers come back as floats (1 -> 1.0; equal as JSON numbers) |
-| internal API, streaming            | no streaming send: the client sets ``metadata["interlace.stream"]`` (so connectors stream) and follows ``GET /tasks/{id}/events`` |
-| file names                         | not part of the check: MCP image content has no name, and parts sent to an ACP agent carry none (an ACP part's name makes it an artifact); bytes and media type are checked everywhere |
-| ACP target, cancel                 | the remote run is marked ``cancelled`` (the fixture counts the 202 to ``POST /runs/{id}/cancel``); acp-sdk 1.0.3 does not interrupt the agent's coroutine itself |
+| where | what |
+| --- | --- |
+| MCP client, file in | an agent tool takes ``{message, data}`` (``tools/call`` arguments are JSON): the file travels base64 inside the data, ``{"file": {name, mimeType, data}}``, and the agent receives a data part. To an MCP target (federation) the file goes in that server's own tool argument (``files``), and comes back as image content |
+| ANP client, file in | ``send_message`` takes ``{message, data}`` (JSON-RPC params): the same base64-in-data form |
+| ANP target, file in | refused: the task fails with "file parts cannot be sent to an ANP agent (its JSON-RPC params are JSON)" |
+| ANP target, text + data | one JSON-RPC result per call: the agent's ``{text, data}`` object arrives as one data part (a bare string result is a text part) |
+| ANP target, file out | the agent's file arrives base64 inside that data part |
+| ANP target, streaming | one result: the whole text arrives as one event |
+| ANP target, cancel | ANP's JSON-RPC has no cancel: the gateway abandons the call (closes the connection) and the agent sees the disconnect |
+| ANP client, streaming | ``send_message`` answers once: the whole text arrives in the result, no events |
+| ANP client, errors | JSON-RPC error -32010 whose message is the agent's text |
+| MCP client, streaming | each task event is one ``notifications/progress``; for an artifact event its message names the artifact ("artifact echo") instead of carrying the chunk, for an agent status message (an MCP target's progress) it is the text; the content comes in the result |
+| MCP target, file in | the file goes base64 in the tool's ``files`` argument (the fixture tool declares one; a tool without one fails the task) |
+| MCP target, streaming | progress notifications become ``working`` status messages (not artifact chunks); the result is one artifact with the whole text |
+| A2A on either side, data | the a2a-sdk carries JSON as protobuf ``Value``: integers come back as floats (1 -> 1.0; equal as JSON numbers) |
+| internal API, streaming | no streaming send: the client sets ``metadata["interlace.stream"]`` (so connectors stream) and follows ``GET /tasks/{id}/events`` |
+| file names | not part of the check: MCP image content has no name, and parts sent to an ACP agent carry none (an ACP part's name makes it an artifact); bytes and media type are checked everywhere |
+| ACP target, cancel | the remote run is marked ``cancelled`` (the fixture counts the 202 to ``POST /runs/{id}/cancel``); acp-sdk 1.0.3 does not interrupt the agent's coroutine itself |
 """
 
 from __future__ import annotations
@@ -192,8 +192,10 @@ def user(*parts, **meta) -> Message:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def everything():
-    skills = [{"id": "test_simple_text", "name": "Simple text", "description": "answers a fixed text"},
-              {"id": "test_echo", "name": "Echo", "description": "echoes"}]
+    skills = [
+        {"id": "test_simple_text", "name": "Simple text", "description": "answers a fixed text"},
+        {"id": "test_echo", "name": "Echo", "description": "echoes"},
+    ]
     with UpstreamProcess("everything") as upstream:
         connector = MCPConnector("everything", upstream.url, skills=skills)
         dead = MCPConnector("nowhere", f"http://127.0.0.1:{free_port()}/mcp")
@@ -222,18 +224,25 @@ async def test_mcp_connector_media_and_resources_become_file_and_data_parts(ever
     assert image == [FilePart.from_bytes(PNG, media_type="image/png")]
     audio = (await finished(rt, user(TextPart(text="x"), tool="test_audio_content"))).artifacts[0].parts
     assert audio == [FilePart.from_bytes(WAV, media_type="audio/wav")]
-    [resource] = (await finished(rt, user(TextPart(text="x"), **{"mcp.tool": "test_embedded_resource"}))).artifacts[0].parts
+    [resource] = (
+        (await finished(rt, user(TextPart(text="x"), **{"mcp.tool": "test_embedded_resource"}))).artifacts[0].parts
+    )
     assert resource.raw() == b"This is an embedded resource content." and resource.media_type == "text/plain"
     assert resource.filename == "embedded-resource" and resource.metadata == {"mcp.uri": "test://embedded-resource"}
     mixed = (await finished(rt, user(TextPart(text="x"), tool="test_multiple_content_types"))).artifacts[0].parts
-    assert mixed == [TextPart(text="Multiple content types test:"), FilePart.from_bytes(PNG, media_type="image/png"),
-                     DataPart(data={"test": "data", "value": 123}, metadata={"mcp.uri": "test://mixed-content-resource"})]
+    assert mixed == [
+        TextPart(text="Multiple content types test:"),
+        FilePart.from_bytes(PNG, media_type="image/png"),
+        DataPart(data={"test": "data", "value": 123}, metadata={"mcp.uri": "test://mixed-content-resource"}),
+    ]
 
 
 async def test_mcp_connector_data_part_is_the_arguments_text_the_only_string_one(everything):
     rt, _ = everything
     data = DataPart(data={"name": "ada", "address": {"city": "Paris"}})
-    task = await finished(rt, user(TextPart(text="ignored: no free string argument"), data, tool="json_schema_2020_12_tool"))
+    task = await finished(
+        rt, user(TextPart(text="ignored: no free string argument"), data, tool="json_schema_2020_12_tool")
+    )
     assert task.artifacts[0].parts[0] == TextPart(text='name=ada, address={"city": "Paris"}')
     task = await finished(rt, user(TextPart(text="bob"), tool="json_schema_2020_12_tool"))
     assert task.artifacts[0].parts[0] == TextPart(text="name=bob, address=null")  # its only string argument
@@ -248,7 +257,10 @@ async def test_mcp_connector_tool_choice_route_skill_and_refusals(everything):
     assert several.state is TaskState.FAILED and "has several tools" in several.status.message.text()
     unknown = await finished(rt, user(TextPart(text="x"), tool="nope"))
     assert unknown.state is TaskState.FAILED and "has no tool 'nope'" in unknown.status.message.text()
-    file = await finished(rt, user(TextPart(text="x"), FilePart.from_bytes(b"\0", media_type="application/octet-stream"), tool="test_echo"))
+    file = await finished(
+        rt,
+        user(TextPart(text="x"), FilePart.from_bytes(b"\0", media_type="application/octet-stream"), tool="test_echo"),
+    )
     assert file.state is TaskState.FAILED and "declares no 'files' array argument" in file.status.message.text()
 
 
@@ -267,10 +279,16 @@ async def test_mcp_connector_errors_and_refused_server_requests_fail_the_task(ev
     failed = await finished(rt, user(TextPart(text="x"), tool="test_error_handling"))
     assert failed.state is TaskState.FAILED and "test_error_handling" in failed.status.message.text()
     asked = await finished(rt, user(TextPart(text="who?"), tool="test_elicitation"))  # elicitation: nobody to ask
-    assert asked.state is TaskState.FAILED and "elicitation/create is not available to a task" in asked.status.message.text()
+    assert (
+        asked.state is TaskState.FAILED
+        and "elicitation/create is not available to a task" in asked.status.message.text()
+    )
     nowhere = await finished(rt, user(TextPart(text="x")), agent="nowhere")
     assert nowhere.state is TaskState.FAILED
-    assert "remote MCP server 'nowhere'" in nowhere.status.message.text() and "unavailable" in nowhere.status.message.text()
+    assert (
+        "remote MCP server 'nowhere'" in nowhere.status.message.text()
+        and "unavailable" in nowhere.status.message.text()
+    )
     late = await finished(rt, user(DataPart(data={"seconds": 30}), tool="test_slow"), agent="hasty")
     assert late.state is TaskState.FAILED and "did not answer tools/call within 0.5 s" in late.status.message.text()
 
@@ -299,7 +317,9 @@ async def test_mcp_connector_keeps_one_session_and_rereads_tools_after_list_chan
 
 async def test_mcp_connector_arguments_rows():
     def tool(properties: dict, required: list[str] = ()) -> dict:
-        return {"t": {"name": "t", "inputSchema": {"type": "object", "properties": properties, "required": list(required)}}}
+        return {
+            "t": {"name": "t", "inputSchema": {"type": "object", "properties": properties, "required": list(required)}}
+        }
 
     task = Task()
     text = TextPart(text="hello")
@@ -314,9 +334,12 @@ async def test_mcp_connector_arguments_rows():
     files = tool({"files": {"type": "array"}})
     url = FilePart(url="https://example.com/a.pdf", media_type="application/pdf", filename="a.pdf")
     raw = FilePart.from_bytes(b"\x00\xff", media_type="image/png")
-    assert choose_call(task, user(raw, url), files)[1] == {"files": [
-        {"name": "file-0", "mimeType": "image/png", "data": "AP8="},
-        {"name": "a.pdf", "mimeType": "application/pdf", "uri": "https://example.com/a.pdf"}]}
+    assert choose_call(task, user(raw, url), files)[1] == {
+        "files": [
+            {"name": "file-0", "mimeType": "image/png", "data": "AP8="},
+            {"name": "a.pdf", "mimeType": "application/pdf", "uri": "https://example.com/a.pdf"},
+        ]
+    }
     with pytest.raises(TaskFailed, match="at most one data part"):
         choose_call(task, user(DataPart(data={}), DataPart(data={})), numbers)
     with pytest.raises(TaskFailed, match="must be a JSON object"):
@@ -328,14 +351,30 @@ async def test_mcp_connector_arguments_rows():
 
 
 async def test_mcp_connector_result_rows():
-    assert result_parts({"content": [{"type": "resource_link", "uri": "https://x/r.csv", "name": "r.csv", "mimeType": "text/csv"}]}) == [
-        FilePart(url="https://x/r.csv", media_type="text/csv", filename="r.csv")]
-    blob = {"type": "resource", "resource": {"uri": "file:///d/blob.bin", "mimeType": "application/octet-stream", "blob": "AP8="}}
+    assert result_parts(
+        {"content": [{"type": "resource_link", "uri": "https://x/r.csv", "name": "r.csv", "mimeType": "text/csv"}]}
+    ) == [FilePart(url="https://x/r.csv", media_type="text/csv", filename="r.csv")]
+    blob = {
+        "type": "resource",
+        "resource": {"uri": "file:///d/blob.bin", "mimeType": "application/octet-stream", "blob": "AP8="},
+    }
     assert result_parts({"content": [blob, {"type": "nonsense"}, {"type": "image", "data": "not base64!"}]}) == [
-        FilePart(bytes="AP8=", media_type="application/octet-stream", filename="blob.bin", metadata={"mcp.uri": "file:///d/blob.bin"})]
-    structured = {"content": [{"type": "text", "text": '{"a": [1]}'}, {"type": "text", "text": "note"}], "structuredContent": {"a": [1]}}
+        FilePart(
+            bytes="AP8=",
+            media_type="application/octet-stream",
+            filename="blob.bin",
+            metadata={"mcp.uri": "file:///d/blob.bin"},
+        )
+    ]
+    structured = {
+        "content": [{"type": "text", "text": '{"a": [1]}'}, {"type": "text", "text": "note"}],
+        "structuredContent": {"a": [1]},
+    }
     assert result_parts(structured) == [TextPart(text="note"), DataPart(data={"a": [1]})]  # the JSON copy is dropped
-    assert error_text({"isError": True, "content": [{"type": "text", "text": "bad"}, {"type": "text", "text": "input"}]}) == "bad\ninput"
+    assert (
+        error_text({"isError": True, "content": [{"type": "text", "text": "bad"}, {"type": "text", "text": "input"}]})
+        == "bad\ninput"
+    )
     event = progress_event(Task(), {"progressToken": "t", "progress": 1, "total": 3})
     assert event.status.state is TaskState.WORKING and event.status.message.text() == "progress 1/3"
     assert event.metadata == {"progress": 1, "total": 3}

@@ -20,7 +20,9 @@ from schemas import Artifact, DataPart, Message, Part, TaskState, TextPart
 from tests.conftest import serve_app, test_config, wait_until
 from tests.fixtures.mcp_support import GetStream, RawSession
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::mcp.shared.exceptions.MCPDeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning", "ignore::mcp.shared.exceptions.MCPDeprecationWarning"
+)
 PART = TypeAdapter(Part)
 
 
@@ -98,28 +100,53 @@ async def test_data_parts_become_json_text_and_structured_content(env):
     raw, _, _ = env
     res = await call(raw, "parts", {"message": "x", "data": {"reply": [{"kind": "data", "data": {"a": 1}}]}})
     assert res["content"] == [{"type": "text", "text": '{"a": 1}'}] and res["structuredContent"] == {"a": 1}
-    res = await call(raw, "parts", {"message": "x", "data": {"reply": [{"kind": "data", "data": {"a": 1}},
-                                                                        {"kind": "data", "data": [2]}]}})
+    res = await call(
+        raw,
+        "parts",
+        {"message": "x", "data": {"reply": [{"kind": "data", "data": {"a": 1}}, {"kind": "data", "data": [2]}]}},
+    )
     assert res["structuredContent"] == {"data": [{"a": 1}, [2]]}
 
 
 async def test_file_parts_become_image_audio_resource_and_links(env):
     raw, _, _ = env
-    png, wav, blob = base64.b64encode(b"\x89PNG").decode(), base64.b64encode(b"RIFF").decode(), base64.b64encode(b"\x00\x01").decode()
+    png, wav, blob = (
+        base64.b64encode(b"\x89PNG").decode(),
+        base64.b64encode(b"RIFF").decode(),
+        base64.b64encode(b"\x00\x01").decode(),
+    )
     reply = [
         {"kind": "file", "bytes": png, "media_type": "image/png"},
         {"kind": "file", "bytes": wav, "media_type": "audio/wav"},
         {"kind": "file", "bytes": base64.b64encode(b"notes").decode(), "media_type": "text/plain", "filename": "n.txt"},
         {"kind": "file", "bytes": blob, "media_type": "application/pdf", "filename": "doc.pdf"},
-        {"kind": "file", "url": "https://example.com/a.bin", "media_type": "application/octet-stream", "filename": "a.bin"},
+        {
+            "kind": "file",
+            "url": "https://example.com/a.bin",
+            "media_type": "application/octet-stream",
+            "filename": "a.bin",
+        },
     ]
     res = await call(raw, "parts", {"message": "files", "data": {"reply": reply}})
     image, audio, text, pdf, link = res["content"]
     assert image == {"type": "image", "data": png, "mimeType": "image/png"}
     assert audio == {"type": "audio", "data": wav, "mimeType": "audio/wav"}
-    assert text["type"] == "resource" and text["resource"]["text"] == "notes" and text["resource"]["uri"].endswith("/n.txt")
-    assert pdf["type"] == "resource" and pdf["resource"] == {"uri": pdf["resource"]["uri"], "mimeType": "application/pdf", "blob": blob}
-    assert link == {"type": "resource_link", "uri": "https://example.com/a.bin", "name": "a.bin", "mimeType": "application/octet-stream"}
+    assert (
+        text["type"] == "resource"
+        and text["resource"]["text"] == "notes"
+        and text["resource"]["uri"].endswith("/n.txt")
+    )
+    assert pdf["type"] == "resource" and pdf["resource"] == {
+        "uri": pdf["resource"]["uri"],
+        "mimeType": "application/pdf",
+        "blob": blob,
+    }
+    assert link == {
+        "type": "resource_link",
+        "uri": "https://example.com/a.bin",
+        "name": "a.bin",
+        "mimeType": "application/octet-stream",
+    }
 
 
 async def test_failed_task_is_a_tool_error(env):
@@ -151,8 +178,12 @@ async def test_task_not_final_in_time_is_canceled(env):
 
 async def test_cancel_notification_cancels_the_task(env):
     raw, _, server = env
-    body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call",
-            "params": {"name": "parts", "arguments": {"message": "slow", "data": {"delay_ms": 5000}}}}
+    body = {
+        "jsonrpc": "2.0",
+        "id": 5,
+        "method": "tools/call",
+        "params": {"name": "parts", "arguments": {"message": "slow", "data": {"delay_ms": 5000}}},
+    }
     call_task = asyncio.create_task(raw.post(body))
 
     async def working():

@@ -17,7 +17,9 @@ from mcp.shared.exceptions import MCPError
 from tests.conftest import wait_until
 from tests.fixtures.mcp_support import RawSession, UpstreamProcess, mcp_gateway, sse_ids, sse_messages
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::mcp.shared.exceptions.MCPDeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning", "ignore::mcp.shared.exceptions.MCPDeprecationWarning"
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +59,11 @@ async def test_auto_mode_falls_back_from_discover_to_initialize(gw):
         res = await client.call_tool("everything__test_simple_text", {})
         assert res.content[0].text == "This is a simple text response for testing."
     async with httpx.AsyncClient(timeout=10) as http:
-        resp = await http.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {}},
-                               headers={"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2026-07-28"})
+        resp = await http.post(
+            url,
+            json={"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {}},
+            headers={"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2026-07-28"},
+        )
         assert resp.status_code == 400 and resp.content == b""
 
 
@@ -160,15 +165,19 @@ async def test_resources_prompts_and_completion(gw):
         assert "everything__test_prompt_with_arguments" in prompts
         gp = await client.get_prompt("everything__test_prompt_with_arguments", {"arg1": "a", "arg2": "b"})
         assert "arg1='a'" in gp.messages[0].content.text
-        done = await client.complete(types.PromptReference(name="everything__test_prompt_with_arguments"),
-                                     {"name": "arg1", "value": "par"})
+        done = await client.complete(
+            types.PromptReference(name="everything__test_prompt_with_arguments"), {"name": "arg1", "value": "par"}
+        )
         assert done.completion.values == ["paris", "park", "party"]
         await client.subscribe_resource("test://watched-resource")
         await client.unsubscribe_resource("test://watched-resource")
 
 
 async def test_pagination_with_opaque_cursors(upstream):
-    async with mcp_gateway([("everything", upstream.url)], page_size=5) as (url, _), httpx.AsyncClient(timeout=10) as http:
+    async with (
+        mcp_gateway([("everything", upstream.url)], page_size=5) as (url, _),
+        httpx.AsyncClient(timeout=10) as http,
+    ):
         raw = RawSession(http, url)
         await raw.initialize()
         names, cursor, pages = [], None, 0
@@ -194,8 +203,16 @@ async def test_sse_stream_resumes_with_last_event_id(gw):
     async with httpx.AsyncClient(timeout=10) as http:
         raw = RawSession(http, url)
         await raw.initialize()
-        body = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
-                "params": {"name": "everything__test_tool_with_progress", "arguments": {}, "_meta": {"progressToken": "p1"}}}
+        body = {
+            "jsonrpc": "2.0",
+            "id": 7,
+            "method": "tools/call",
+            "params": {
+                "name": "everything__test_tool_with_progress",
+                "arguments": {},
+                "_meta": {"progressToken": "p1"},
+            },
+        }
         first_id = None
         async with http.stream("POST", url, headers=raw.headers(), json=body) as resp:
             assert resp.headers["content-type"].startswith("text/event-stream")
@@ -252,8 +269,9 @@ async def test_one_pooled_upstream_session_serves_every_client(gw):
     upstream = server.upstreams.clients["everything"]
     sid, generation = upstream.session_id, upstream.generation
     async with Client(url, mode="legacy") as first, Client(url, mode="legacy") as second:
-        results = await asyncio.gather(*(c.call_tool("everything__test_echo", {"text": str(i)})
-                                         for i in range(20) for c in (first, second)))
+        results = await asyncio.gather(
+            *(c.call_tool("everything__test_echo", {"text": str(i)}) for i in range(20) for c in (first, second))
+        )
         assert sorted(r.content[0].text for r in results) == sorted(str(i) for i in range(20) for _ in (0, 1))
         await first.send_ping()
     assert upstream.session_id == sid and upstream.generation == generation == 1

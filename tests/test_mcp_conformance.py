@@ -39,7 +39,8 @@ async def test_conformance_default_suite_passes_through_gateway(node_bin, upstre
         url = url.replace("127.0.0.1", "localhost")
         rc, out = await run_node(
             [str(node_bin / "node"), CONFORMANCE, "server", "--url", url, "-o", str(tmp_path / "results")],
-            node_env(node_bin, tmp_path), timeout=240,
+            node_env(node_bin, tmp_path),
+            timeout=240,
         )
     summary = [line for line in out.splitlines() if re.match(r"^\s*[✓✗]", line)]
     failed = [line for line in summary if not re.search(r": \d+ passed, 0 failed", line)]
@@ -54,12 +55,24 @@ async def test_conformance_pending_scenarios_pass_too(node_bin, upstream, tmp_pa
     polling (a stream closed mid-call, resumed with Last-Event-ID)."""
     async with mcp_gateway([("everything", upstream.url)], naming="pass-through") as (url, _):
         rc, out = await run_node(
-            [str(node_bin / "node"), CONFORMANCE, "server", "--url", url.replace("127.0.0.1", "localhost"),
-             "--suite", "pending", "-o", str(tmp_path / "results")],
-            node_env(node_bin, tmp_path), timeout=120,
+            [
+                str(node_bin / "node"),
+                CONFORMANCE,
+                "server",
+                "--url",
+                url.replace("127.0.0.1", "localhost"),
+                "--suite",
+                "pending",
+                "-o",
+                str(tmp_path / "results"),
+            ],
+            node_env(node_bin, tmp_path),
+            timeout=120,
         )
     summary = [line for line in out.splitlines() if re.match(r"^\s*[✓✗]", line)]
-    assert rc == 0 and len(summary) == 2 and all(": 0 passed" not in s and " 0 failed" in s for s in summary), out[-4000:]
+    assert rc == 0 and len(summary) == 2 and all(": 0 passed" not in s and " 0 failed" in s for s in summary), out[
+        -4000:
+    ]
 
 
 async def test_inspector_cli_lists_and_calls_tools(node_bin, upstream, tmp_path):
@@ -68,16 +81,42 @@ async def test_inspector_cli_lists_and_calls_tools(node_bin, upstream, tmp_path)
         node = str(node_bin / "node")
         rc, out = await run_node([node, INSPECTOR, "--cli", url, "--method", "tools/list"], env, timeout=90)
         assert rc == 0, out
-        names = {t["name"] for t in json.loads(out[out.index("{"):])["tools"]}
+        names = {t["name"] for t in json.loads(out[out.index("{") :])["tools"]}
         assert {"find_agents", "send_task", "echo", "everything__test_simple_text"} <= names
         rc, out = await run_node(
-            [node, INSPECTOR, "--cli", url, "--method", "tools/call", "--tool-name", "everything__test_echo",
-             "--tool-arg", "text=through the gateway"], env, timeout=90)
+            [
+                node,
+                INSPECTOR,
+                "--cli",
+                url,
+                "--method",
+                "tools/call",
+                "--tool-name",
+                "everything__test_echo",
+                "--tool-arg",
+                "text=through the gateway",
+            ],
+            env,
+            timeout=90,
+        )
         assert rc == 0, out
-        result = json.loads(out[out.index("{"):])
+        result = json.loads(out[out.index("{") :])
         assert result["content"][0]["text"] == "through the gateway"
         rc, out = await run_node(
-            [node, INSPECTOR, "--cli", url, "--method", "tools/call", "--tool-name", "echo",
-             "--tool-arg", "message=hello agent"], env, timeout=90)
+            [
+                node,
+                INSPECTOR,
+                "--cli",
+                url,
+                "--method",
+                "tools/call",
+                "--tool-name",
+                "echo",
+                "--tool-arg",
+                "message=hello agent",
+            ],
+            env,
+            timeout=90,
+        )
         assert rc == 0, out
-        assert json.loads(out[out.index("{"):])["content"][0]["text"] == "hello agent"
+        assert json.loads(out[out.index("{") :])["content"][0]["text"] == "hello agent"

@@ -10,7 +10,9 @@ from mcp import Client
 from tests.conftest import free_port, wait_until
 from tests.fixtures.mcp_support import ACCEPT, RawSession, UpstreamProcess, mcp_gateway
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::mcp.shared.exceptions.MCPDeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning", "ignore::mcp.shared.exceptions.MCPDeprecationWarning"
+)
 
 
 @pytest.fixture
@@ -31,15 +33,18 @@ async def test_parse_error(raw):
     no_traceback(resp)
 
 
-@pytest.mark.parametrize("body", [
-    [{"jsonrpc": "2.0", "id": 1, "method": "ping"}],  # batch (removed in 2025-06-18)
-    {"jsonrpc": "1.0", "id": 1, "method": "ping"},
-    {"jsonrpc": "2.0", "id": None, "method": "ping"},
-    {"jsonrpc": "2.0", "id": 1, "method": 5},
-    {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": [1]},
-    {"jsonrpc": "2.0", "id": 1},
-    42,
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        [{"jsonrpc": "2.0", "id": 1, "method": "ping"}],  # batch (removed in 2025-06-18)
+        {"jsonrpc": "1.0", "id": 1, "method": "ping"},
+        {"jsonrpc": "2.0", "id": None, "method": "ping"},
+        {"jsonrpc": "2.0", "id": 1, "method": 5},
+        {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": [1]},
+        {"jsonrpc": "2.0", "id": 1},
+        42,
+    ],
+)
 async def test_invalid_request(raw, body):
     resp = await raw.post(body)
     assert resp.status_code == 400 and resp.json()["error"]["code"] == -32600
@@ -50,16 +55,22 @@ async def test_unknown_method(raw):
     assert reply["error"]["code"] == -32601
 
 
-@pytest.mark.parametrize("method,params", [
-    ("tools/call", {}),
-    ("tools/call", {"name": 3}),
-    ("tools/call", {"name": "echo", "arguments": [1]}),
-    ("tools/call", {"name": "no_such_tool", "arguments": {}}),
-    ("prompts/get", {"name": "no_such_prompt"}),
-    ("logging/setLevel", {"level": "loud"}),
-    ("completion/complete", {"ref": {"type": "ref/prompt", "name": "nope"}, "argument": {"name": "a", "value": ""}}),
-    ("resources/read", {}),
-])
+@pytest.mark.parametrize(
+    "method,params",
+    [
+        ("tools/call", {}),
+        ("tools/call", {"name": 3}),
+        ("tools/call", {"name": "echo", "arguments": [1]}),
+        ("tools/call", {"name": "no_such_tool", "arguments": {}}),
+        ("prompts/get", {"name": "no_such_prompt"}),
+        ("logging/setLevel", {"level": "loud"}),
+        (
+            "completion/complete",
+            {"ref": {"type": "ref/prompt", "name": "nope"}, "argument": {"name": "a", "value": ""}},
+        ),
+        ("resources/read", {}),
+    ],
+)
 async def test_invalid_params(raw, method, params):
     reply = await raw.call(method, params)
     assert reply["error"]["code"] == -32602, reply
@@ -106,17 +117,28 @@ async def test_protocol_version_header(raw):
 
 async def test_initialize_negotiates_versions(raw):
     for asked, got in (("2025-03-26", "2025-03-26"), ("2025-06-18", "2025-06-18"), ("2099-01-01", "2025-11-25")):
-        resp = await raw.http.post(raw.url, headers={"Accept": ACCEPT}, json={
-            "jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": asked, "capabilities": {}, "clientInfo": {"name": "x", "version": "1"}}})
+        resp = await raw.http.post(
+            raw.url,
+            headers={"Accept": ACCEPT},
+            json={
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {"protocolVersion": asked, "capabilities": {}, "clientInfo": {"name": "x", "version": "1"}},
+            },
+        )
         assert resp.json()["result"]["protocolVersion"] == got
-    resp = await raw.http.post(raw.url, headers={"Accept": ACCEPT}, json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}})
+    resp = await raw.http.post(
+        raw.url, headers={"Accept": ACCEPT}, json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}
+    )
     assert resp.json()["error"]["code"] == -32602 and "mcp-session-id" not in resp.headers
 
 
 async def test_notifications_and_responses_get_202(raw):
     assert (await raw.post({"jsonrpc": "2.0", "method": "notifications/initialized"})).status_code == 202
-    assert (await raw.post({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 99}})).status_code == 202
+    assert (
+        await raw.post({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 99}})
+    ).status_code == 202
     assert (await raw.post({"jsonrpc": "2.0", "id": "nobody-asked", "result": {}})).status_code == 202
 
 
@@ -128,18 +150,34 @@ async def test_foreign_origin_and_host(raw):
     assert (await raw.post(ping, Origin=f"http://localhost:{port}")).status_code == 200
     resp = await raw.post(ping, Host="evil.example.com")
     assert resp.status_code == 421
-    resp = await raw.http.get(raw.url, headers={**raw.headers(Accept="text/event-stream"), "Origin": "https://evil.example.com"})
+    resp = await raw.http.get(
+        raw.url, headers={**raw.headers(Accept="text/event-stream"), "Origin": "https://evil.example.com"}
+    )
     assert resp.status_code == 403
 
 
 async def test_allowed_hosts_are_configurable():
-    async with mcp_gateway(allowed_hosts=("gateway.internal:*",), allowed_origins=("https://app.example.com",)) as (url, _):
+    async with mcp_gateway(allowed_hosts=("gateway.internal:*",), allowed_origins=("https://app.example.com",)) as (
+        url,
+        _,
+    ):
         async with httpx.AsyncClient(timeout=10) as http:
-            body = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "x", "version": "1"}}}
+            body = {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "clientInfo": {"name": "x", "version": "1"},
+                },
+            }
             assert (await http.post(url, json=body, headers={"Accept": ACCEPT})).status_code == 421
-            ok = await http.post(url, json=body, headers={"Accept": ACCEPT, "Host": "gateway.internal:8080",
-                                                          "Origin": "https://app.example.com"})
+            ok = await http.post(
+                url,
+                json=body,
+                headers={"Accept": ACCEPT, "Host": "gateway.internal:8080", "Origin": "https://app.example.com"},
+            )
             assert ok.status_code == 200
 
 
@@ -149,8 +187,14 @@ async def test_oversize_body_413():
     async with mcp_gateway(config=test_config(max_body_bytes=2048)) as (url, _), httpx.AsyncClient(timeout=10) as http:
         raw = RawSession(http, url)
         await raw.initialize()
-        resp = await raw.post({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                               "params": {"name": "echo", "arguments": {"message": "x" * 5000}}})
+        resp = await raw.post(
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"message": "x" * 5000}},
+            }
+        )
         assert resp.status_code == 413
 
 
@@ -206,12 +250,18 @@ async def test_client_cancellation_is_sent_upstream():
         async with mcp_gateway([("slow", up.url)]) as (url, _), httpx.AsyncClient(timeout=10) as http:
             raw = RawSession(http, url)
             await raw.initialize()
-            body = {"jsonrpc": "2.0", "id": 41, "method": "tools/call",
-                    "params": {"name": "slow__test_slow", "arguments": {"seconds": 30}}}
+            body = {
+                "jsonrpc": "2.0",
+                "id": 41,
+                "method": "tools/call",
+                "params": {"name": "slow__test_slow", "arguments": {"seconds": 30}},
+            }
             async with http.stream("POST", url, headers=raw.headers(), json=body) as resp:
                 async for line in resp.aiter_lines():
                     if "notifications/message" in line:  # the upstream runs the call now
-                        await raw.post({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 41}})
+                        await raw.post(
+                            {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 41}}
+                        )
                     if '"id":41' in line:
                         assert "cancelled" in line.lower()
                         break

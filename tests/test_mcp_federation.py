@@ -19,7 +19,9 @@ from protocols.mcp.federation import UpstreamSet, tool_hash
 from tests.conftest import test_config, wait_until
 from tests.fixtures.mcp_support import GetStream, RawSession, UpstreamProcess, mcp_gateway, sse_messages
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::mcp.shared.exceptions.MCPDeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning", "ignore::mcp.shared.exceptions.MCPDeprecationWarning"
+)
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +144,7 @@ async def test_rug_pull_on_reconnect_is_caught():
             up.stop()
             up = UpstreamProcess("u", port=up.port, mutated=True).start()
             async with Client(url, mode="legacy") as client:
+
                 async def quarantined():
                     await client.call_tool("u__test_echo", {"text": "poke"})  # finds the session gone
                     return server.upstreams.quarantined()
@@ -209,8 +212,10 @@ async def test_one_session_across_two_gateways_sharing_redis(redis_server):
     redis_server.flush()
     with UpstreamProcess("u") as up:
         cfg = {"redis_url": redis_server.url}
-        async with mcp_gateway([("u", up.url)], config=test_config(**cfg)) as (url_a, _), \
-                mcp_gateway([("u", up.url)], config=test_config(**cfg)) as (url_b, _):
+        async with (
+            mcp_gateway([("u", up.url)], config=test_config(**cfg)) as (url_a, _),
+            mcp_gateway([("u", up.url)], config=test_config(**cfg)) as (url_b, _),
+        ):
             ports = [int(u.split(":")[2].split("/")[0]) for u in (url_a, url_b)]
             transport = Alternate(ports)
             seen = {}
@@ -219,9 +224,11 @@ async def test_one_session_across_two_gateways_sharing_redis(redis_server):
                 seen["prompt"] = params.messages[0].content.text
                 return types.CreateMessageResult(role="assistant", content=types.TextContent(text="42"), model="stub")
 
-            async with httpx2.AsyncClient(transport=transport, timeout=30) as http, \
-                    streamable_http_client(url_a, http_client=http) as streams, \
-                    ClientSession(streams[0], streams[1], sampling_callback=sampling) as session:
+            async with (
+                httpx2.AsyncClient(transport=transport, timeout=30) as http,
+                streamable_http_client(url_a, http_client=http) as streams,
+                ClientSession(streams[0], streams[1], sampling_callback=sampling) as session,
+            ):
                 await session.initialize()
                 for i in range(4):
                     res = await session.call_tool("u__test_echo", {"text": f"n{i}"})
@@ -237,8 +244,12 @@ async def test_one_session_across_two_gateways_sharing_redis(redis_server):
             async with httpx.AsyncClient(timeout=15) as http:
                 raw = RawSession(http, url_a)
                 await raw.initialize()
-                body = {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
-                        "params": {"name": "u__test_tool_with_progress", "arguments": {}, "_meta": {"progressToken": 1}}}
+                body = {
+                    "jsonrpc": "2.0",
+                    "id": 3,
+                    "method": "tools/call",
+                    "params": {"name": "u__test_tool_with_progress", "arguments": {}, "_meta": {"progressToken": 1}},
+                }
                 last = None
                 async with http.stream("POST", url_a, headers=raw.headers(), json=body) as resp:
                     async for line in resp.aiter_lines():
@@ -246,7 +257,9 @@ async def test_one_session_across_two_gateways_sharing_redis(redis_server):
                             last = line[3:].strip()
                         if "notifications/progress" in line:
                             break
-                resumed = await http.get(url_b, headers={**raw.headers(Accept="text/event-stream"), "Last-Event-ID": last})
+                resumed = await http.get(
+                    url_b, headers={**raw.headers(Accept="text/event-stream"), "Last-Event-ID": last}
+                )
                 messages = await sse_messages(resumed.content)
                 assert messages[-1]["id"] == 3 and "result" in messages[-1]
                 assert (await http.delete(url_b, headers=raw.headers())).status_code == 200
@@ -264,11 +277,26 @@ async def test_registry_records_with_an_mcp_endpoint_become_upstreams():
     with UpstreamProcess("weather") as up:
         async with mcp_gateway(follow_registry=True, registry_poll_s=0.05) as (url, server):
             runtime, me, now = server.runtime, Identity.generate(), int(time.time())
-            record = sign(AgentRecord.model_validate({
-                "name": "weather", "description": "Forecasts over MCP", "version": "1.0.0",
-                "skills": [{"id": "forecast", "name": "Forecast", "description": "forecasts", "tags": ["weather"]}],
-                "endpoints": {"mcp": up.url}, "did": me.did, "seq": 1, "issued_at": now, "expires_at": now + 600,
-                "network": runtime.config.network, "home_node": "test"}), me)
+            record = sign(
+                AgentRecord.model_validate(
+                    {
+                        "name": "weather",
+                        "description": "Forecasts over MCP",
+                        "version": "1.0.0",
+                        "skills": [
+                            {"id": "forecast", "name": "Forecast", "description": "forecasts", "tags": ["weather"]}
+                        ],
+                        "endpoints": {"mcp": up.url},
+                        "did": me.did,
+                        "seq": 1,
+                        "issued_at": now,
+                        "expires_at": now + 600,
+                        "network": runtime.config.network,
+                        "home_node": "test",
+                    }
+                ),
+                me,
+            )
             await runtime.registry.submit(record)
 
             async def federated():
@@ -297,10 +325,23 @@ async def test_drift_shows_in_the_registry_until_the_owner_re_registers():
 
     def record(seq: int) -> dict:
         now = int(time.time())
-        return sign(AgentRecord.model_validate({
-            "name": "shifty", "version": "1", "skills": [{"id": "tools", "name": "Tools"}], "endpoints": {"mcp": up.url},
-            "did": me.did, "seq": seq, "issued_at": now, "expires_at": now + 600, "network": "interlace",
-            "home_node": "test"}), me).dump()
+        return sign(
+            AgentRecord.model_validate(
+                {
+                    "name": "shifty",
+                    "version": "1",
+                    "skills": [{"id": "tools", "name": "Tools"}],
+                    "endpoints": {"mcp": up.url},
+                    "did": me.did,
+                    "seq": seq,
+                    "issued_at": now,
+                    "expires_at": now + 600,
+                    "network": "interlace",
+                    "home_node": "test",
+                }
+            ),
+            me,
+        ).dump()
 
     with UpstreamProcess("shifty") as up:
         async with mcp_gateway(registry_poll_s=0.05) as (url, server), httpx.AsyncClient(timeout=15) as http:

@@ -54,8 +54,9 @@ async def test_mcp_client_calls_the_model_worker(gateway, tiny):
 async def test_a2a_client_calls_the_model_worker(gateway, tiny, streaming):
     async with httpx.AsyncClient(timeout=60) as http:
         client = await sdk_client(http, f"{gateway}/a2a/agents/model", "JSONRPC", "1.0", streaming=streaming)
-        events = [as_dict(e) async for e in client.send_message(
-            request(message("Hello there", message_id=f"m-{streaming}")))]
+        events = [
+            as_dict(e) async for e in client.send_message(request(message("Hello there", message_id=f"m-{streaming}")))
+        ]
         final = events[-1]  # the task (blocking send) or the last status update (stream)
         task = final["task"] if "task" in final else await _get(client, final["statusUpdate"]["taskId"])
         assert task["status"]["state"] == "TASK_STATE_COMPLETED"

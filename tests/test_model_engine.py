@@ -190,7 +190,9 @@ async def test_cancel_frees_the_slot_within_one_step(tiny):
     started = asyncio.Event()
 
     async def consume(i: int):
-        async for _ in backend.generate(Prompt(text=PROMPTS[i]), GenOptions(max_tokens=400, ignore_eos=True), usages[i]):
+        async for _ in backend.generate(
+            Prompt(text=PROMPTS[i]), GenOptions(max_tokens=400, ignore_eos=True), usages[i]
+        ):
             if i == 1 and usages[i].completion_tokens >= 3:
                 started.set()
 
@@ -246,7 +248,9 @@ def _inject(monkeypatch, model, should_fail, error):
     return calls
 
 
-@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), MemoryError()])
+@pytest.mark.parametrize(
+    "error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), MemoryError()]
+)
 async def test_out_of_memory_in_prefill_fails_only_the_newcomers(tiny, monkeypatch, error):
     backend = make(tiny)
     running = asyncio.create_task(collect(backend, PROMPTS[1], max_tokens=30))

@@ -29,7 +29,9 @@ def _has_llamacpp() -> bool:
 async def _ask(worker, **meta) -> dict:
     async with running_gateway(test_config(wait_timeout_s=120), workers=[worker]) as (url, _):
         async with httpx.AsyncClient(base_url=url, timeout=150) as client:
-            resp = await client.post("/tasks?wait=true", json={"agent": "smollm2", "message": QUESTION, "metadata": meta})
+            resp = await client.post(
+                "/tasks?wait=true", json={"agent": "smollm2", "message": QUESTION, "metadata": meta}
+            )
             assert resp.status_code == 200, resp.text
             return resp.json()
 
@@ -42,7 +44,10 @@ def _answer(task: dict) -> str:
 
 
 @needs_gguf
-@pytest.mark.skipif(not _has_llamacpp(), reason="llama-cpp-python is not installed (pip install '.[llamacpp]'; it compiles llama.cpp, ~5-8 min on 2 cores)")
+@pytest.mark.skipif(
+    not _has_llamacpp(),
+    reason="llama-cpp-python is not installed (pip install '.[llamacpp]'; it compiles llama.cpp, ~5-8 min on 2 cores)",
+)
 async def test_smollm2_with_llamacpp_answers_streams_and_cancels():
     from agents.model.base import GenOptions, Prompt, Usage
     from agents.model.loader import load_backend
@@ -73,7 +78,12 @@ async def test_smollm2_with_llamacpp_answers_streams_and_cancels():
 
     await wait_until(idle, timeout=5, interval=0.005)
     assert usage.finish_reason == "canceled" and usage.completion_tokens < 500
-    stopped = [p async for p in backend.generate(Prompt(messages=[{"role": "user", "content": "Count from 1 to 10."}]), GenOptions(max_tokens=40, stop=["5"]))]
+    stopped = [
+        p
+        async for p in backend.generate(
+            Prompt(messages=[{"role": "user", "content": "Count from 1 to 10."}]), GenOptions(max_tokens=40, stop=["5"])
+        )
+    ]
     assert "5" not in "".join(stopped)
     await backend.close()
 

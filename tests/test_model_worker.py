@@ -26,9 +26,9 @@ from agents.model.metrics import ModelMetrics  # noqa: E402
 from agents.model.tiny import build_tiny_model  # noqa: E402
 from agents.model.worker import ModelWorker  # noqa: E402
 from agents.worker import TaskFailed  # noqa: E402
+from gateway.core.runtime import UnknownAgent  # noqa: E402
 from schemas import Message, Route, Task, TaskState, TextPart  # noqa: E402
 from schemas.agent_record import record_from_card  # noqa: E402
-from gateway.core.runtime import UnknownAgent  # noqa: E402
 from tests.conftest import free_port, interlace_cmd, running_gateway, subprocess_env, test_config, wait_until  # noqa: E402
 
 
@@ -56,7 +56,12 @@ def ask(text: str, **meta) -> dict:
 async def expected(tiny, text: str, max_tokens: int) -> str:
     """What the model answers alone (greedy), from a backend of its own."""
     backend = TransformersBackend(tiny[0], tiny[1], max_batch=1)
-    out = [p async for p in backend.generate(Prompt(messages=[{"role": "user", "content": text}]), GenOptions(max_tokens=max_tokens), Usage())]
+    out = [
+        p
+        async for p in backend.generate(
+            Prompt(messages=[{"role": "user", "content": text}]), GenOptions(max_tokens=max_tokens), Usage()
+        )
+    ]
     await backend.close()
     return "".join(out)
 
@@ -79,14 +84,20 @@ def _task(text="hi", task_meta=None, msg_meta=None, skill=None) -> Task:
 
 
 def test_options_come_from_the_task_then_the_last_message(worker):
-    options, prompt = worker.parse(_task(task_meta={"max_tokens": 5, "temperature": 0.5, "system": "Be brief."},
-                                         msg_meta={"max_tokens": 7, "stop": "x", "seed": 3}))
+    options, prompt = worker.parse(
+        _task(
+            task_meta={"max_tokens": 5, "temperature": 0.5, "system": "Be brief."},
+            msg_meta={"max_tokens": 7, "stop": "x", "seed": 3},
+        )
+    )
     assert (options.max_tokens, options.temperature, options.stop, options.seed) == (7, 0.5, ["x"], 3)
     assert prompt.messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
     _, raw = worker.parse(_task("Once upon", msg_meta={"skill": "text-generation"}))
     assert raw.text == "Once upon" and raw.messages is None
     _, summary = worker.parse(_task("Long text.", skill="summarise"))  # the router's choice wins
-    assert summary.messages[-1]["content"].startswith("Summarise the following text") and summary.messages[-1]["content"].endswith("Long text.")
+    assert summary.messages[-1]["content"].startswith("Summarise the following text") and summary.messages[-1][
+        "content"
+    ].endswith("Long text.")
 
 
 @pytest.mark.parametrize(
@@ -114,7 +125,9 @@ async def test_skills_and_measured_hints_make_a_valid_agent_record(worker):
     assert hints["latency_ms_per_token"] >= 1 and hints["latency_first_token_ms"] >= 1 and hints["max_batch"] == 8
     assert all(type(v) is int for v in hints.values())  # records take no floats
     assert [s["id"] for s in worker.skills()] == ["chat", "text-generation", "summarize"]
-    record = record_from_card(worker.card(), "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK", 1, 60, "interlace", "node-a")
+    record = record_from_card(
+        worker.card(), "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK", 1, 60, "interlace", "node-a"
+    )
     assert record.name == "model" and record.endpoints.bus == "model"
     assert [s.id for s in record.skills] == ["chat", "text-generation", "summarize"]
     assert record.cost == hints["cost"] == hints["latency_ms_per_token"] * 1000
@@ -132,7 +145,9 @@ async def test_http_task_api_end_to_end(worker, tiny, bus, request):
     if bus == "redis":
         request.getfixturevalue("redis_server").flush()
     async with gateway_with(worker, **config) as (client, _):
-        resp = await client.post("/tasks?wait=true", json={"agent": "model", "message": ask("Hello!"), "metadata": {"max_tokens": 12}})
+        resp = await client.post(
+            "/tasks?wait=true", json={"agent": "model", "message": ask("Hello!"), "metadata": {"max_tokens": 12}}
+        )
         assert resp.status_code == 200, resp.text
         task = resp.json()
         assert task["status"]["state"] == "completed"
@@ -144,7 +159,12 @@ async def test_http_task_api_end_to_end(worker, tiny, bus, request):
 async def test_tokens_stream_as_appended_chunks_of_one_artifact(worker):
     async with gateway_with(worker) as (client, app):
         rt = app.state.runtime
-        task = await rt.submit(Message(role="user", parts=[TextPart(text="Stream please")], metadata={"max_tokens": 20, "ignore_eos": True}), agent="model")
+        task = await rt.submit(
+            Message(
+                role="user", parts=[TextPart(text="Stream please")], metadata={"max_tokens": 20, "ignore_eos": True}
+            ),
+            agent="model",
+        )
         events = []
 
         async def follow():
@@ -160,27 +180,53 @@ async def test_tokens_stream_as_appended_chunks_of_one_artifact(worker):
         assert "".join(c.artifact.parts[0].text for c in chunks) == done.artifacts[0].parts[0].text
         final = events[-1]
         assert final.kind == "status-update" and final.status.state is TaskState.COMPLETED
-        assert final.metadata["usage"]["completion_tokens"] == 20 and final.metadata["usage"]["finish_reason"] == "length"
+        assert (
+            final.metadata["usage"]["completion_tokens"] == 20 and final.metadata["usage"]["finish_reason"] == "length"
+        )
 
 
 async def test_concurrent_tasks_share_forward_passes(worker, tiny):
-    prompts = ["One", "Two words", "Three words here", "A much longer question about many different things", "Five", "Six"]
+    prompts = [
+        "One",
+        "Two words",
+        "Three words here",
+        "A much longer question about many different things",
+        "Five",
+        "Six",
+    ]
     async with gateway_with(worker) as (client, _):
-        resps = await asyncio.gather(*(
-            client.post("/tasks?wait=true", json={"agent": "model", "message": ask(p, max_tokens=16, ignore_eos=True)}) for p in prompts
-        ))
+        resps = await asyncio.gather(
+            *(
+                client.post(
+                    "/tasks?wait=true", json={"agent": "model", "message": ask(p, max_tokens=16, ignore_eos=True)}
+                )
+                for p in prompts
+            )
+        )
         assert all(r.json()["status"]["state"] == "completed" for r in resps)
         assert worker.backend.steps < len(prompts) * 16 / 2  # six tasks of 16 tokens, far fewer passes
     for prompt, resp in zip(prompts, resps):
         alone = TransformersBackend(tiny[0], tiny[1], max_batch=1)
-        want = "".join([p async for p in alone.generate(Prompt(messages=[{"role": "user", "content": prompt}]), GenOptions(max_tokens=16, ignore_eos=True))])
+        want = "".join(
+            [
+                p
+                async for p in alone.generate(
+                    Prompt(messages=[{"role": "user", "content": prompt}]), GenOptions(max_tokens=16, ignore_eos=True)
+                )
+            ]
+        )
         assert resp.json()["artifacts"][0]["parts"][0]["text"] == want
 
 
 async def test_cancel_through_the_gateway_frees_the_slot_and_the_worker_goes_on(worker, tiny):
     async with gateway_with(worker) as (client, app):
         rt = app.state.runtime
-        task = await rt.submit(Message(role="user", parts=[TextPart(text="Go on forever")], metadata={"max_tokens": 2000, "ignore_eos": True}), agent="model")
+        task = await rt.submit(
+            Message(
+                role="user", parts=[TextPart(text="Go on forever")], metadata={"max_tokens": 2000, "ignore_eos": True}
+            ),
+            agent="model",
+        )
 
         async def first_chunk():
             async for stored in rt.follow(task.id):
@@ -196,7 +242,9 @@ async def test_cancel_through_the_gateway_frees_the_slot_and_the_worker_goes_on(
 
         await wait_until(idle, timeout=10, interval=0.005)
         assert worker.backend.steps < 2000
-        resp = await client.post("/tasks?wait=true", json={"agent": "model", "message": ask("Hello!"), "metadata": {"max_tokens": 6}})
+        resp = await client.post(
+            "/tasks?wait=true", json={"agent": "model", "message": ask("Hello!"), "metadata": {"max_tokens": 6}}
+        )
         assert resp.json()["status"]["state"] == "completed"
         assert resp.json()["artifacts"][0]["parts"][0]["text"] == await expected(tiny, "Hello!", 6)
 
@@ -219,7 +267,11 @@ async def test_out_of_memory_fails_the_task_clearly_and_the_worker_keeps_serving
         assert failed["status"]["state"] == "failed"
         note = failed["status"]["message"]["parts"][0]["text"]
         assert note.startswith("out of memory on cpu while prefilling 1 prompt") and "still serving" in note
-        ok = (await client.post("/tasks?wait=true", json={"agent": "model", "message": ask("Hello!"), "metadata": {"max_tokens": 5}})).json()
+        ok = (
+            await client.post(
+                "/tasks?wait=true", json={"agent": "model", "message": ask("Hello!"), "metadata": {"max_tokens": 5}}
+            )
+        ).json()
         assert ok["status"]["state"] == "completed"
         metrics = (await client.get("/metrics")).text
         assert 'interlace_model_requests_total{agent="model",outcome="oom"} 1.0' in metrics
@@ -229,13 +281,18 @@ async def test_out_of_memory_fails_the_task_clearly_and_the_worker_keeps_serving
 async def test_metrics_render_on_the_gateway_registry(worker):
     async with gateway_with(worker) as (client, app):
         worker.metrics = worker.backend.metrics = ModelMetrics(app.state.runtime.metrics.registry, "model")
-        resp = await client.post("/tasks?wait=true", json={"agent": "model", "message": ask("Hi", max_tokens=10, ignore_eos=True)})
+        resp = await client.post(
+            "/tasks?wait=true", json={"agent": "model", "message": ask("Hi", max_tokens=10, ignore_eos=True)}
+        )
         assert resp.json()["status"]["state"] == "completed"
         text = (await client.get("/metrics")).text
     assert 'interlace_model_tokens_generated_total{agent="model"} 10.0' in text
     rate = next(line for line in text.splitlines() if line.startswith("interlace_model_tokens_per_second{"))
     assert float(rate.split()[-1]) > 0
-    assert 'interlace_model_batch_size{agent="model"} 0.0' in text and 'interlace_model_queue_depth{agent="model"} 0.0' in text
+    assert (
+        'interlace_model_batch_size{agent="model"} 0.0' in text
+        and 'interlace_model_queue_depth{agent="model"} 0.0' in text
+    )
     assert "interlace_model_step_seconds_bucket" in text
 
 
@@ -257,8 +314,17 @@ def test_add_parser_wires_into_the_worker_subcommands():
     root = argparse.ArgumentParser(prog="interlace")
     worker = root.add_subparsers(dest="command").add_parser("worker")
     add_parser(worker.add_subparsers(dest="kind"))
-    args = root.parse_args(["worker", "model", "--model", "/m", "--device", "cuda:1", "--max-batch", "4", "--redis", "redis://r:6379/0"])
-    assert (args.kind, args.model, args.device, args.max_batch, args.redis_url, args.agent_name) == ("model", "/m", "cuda:1", 4, "redis://r:6379/0", "model")
+    args = root.parse_args(
+        ["worker", "model", "--model", "/m", "--device", "cuda:1", "--max-batch", "4", "--redis", "redis://r:6379/0"]
+    )
+    assert (args.kind, args.model, args.device, args.max_batch, args.redis_url, args.agent_name) == (
+        "model",
+        "/m",
+        "cuda:1",
+        4,
+        "redis://r:6379/0",
+        "model",
+    )
     with pytest.raises(SystemExit):
         root.parse_args(["worker", "model", "--model", "/m", "--device", "tpu"])
 
@@ -273,7 +339,10 @@ def test_cli_module_imports_nothing_heavy():
     "flags, message",
     [
         (["--model", "/nonexistent/model"], "no model at '/nonexistent/model'"),
-        (["--model", "/nonexistent/model", "--key", "/nonexistent/key.json"], "cannot open key file /nonexistent/key.json"),
+        (
+            ["--model", "/nonexistent/model", "--key", "/nonexistent/key.json"],
+            "cannot open key file /nonexistent/key.json",
+        ),
     ],
 )
 def test_cli_bad_paths_are_clear_errors(flags, message):
@@ -291,11 +360,28 @@ async def test_cli_worker_serves_tasks_and_metrics(tiny_dir, bus, request):
         server.flush()
         config = test_config(echo=False, redis_url=server.url)
     async with running_gateway(config) as (url, app):
-        where = ["--gateway", url] if bus == "gateway" else ["--redis", config.redis_url, "--visibility-timeout-ms", str(config.visibility_timeout_ms)]
-        cmd = [*interlace_cmd("worker", "model"), "--model", str(tiny_dir), *where, "--name", "tiny",
-               "--max-batch", "4", "--metrics-port", str(metrics_port), "--threads", "1"]
+        where = (
+            ["--gateway", url]
+            if bus == "gateway"
+            else ["--redis", config.redis_url, "--visibility-timeout-ms", str(config.visibility_timeout_ms)]
+        )
+        cmd = [
+            *interlace_cmd("worker", "model"),
+            "--model",
+            str(tiny_dir),
+            *where,
+            "--name",
+            "tiny",
+            "--max-batch",
+            "4",
+            "--metrics-port",
+            str(metrics_port),
+            "--threads",
+            "1",
+        ]
         proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
+
             async def live():
                 try:
                     return await app.state.runtime.resolve_agent("tiny")
@@ -304,7 +390,9 @@ async def test_cli_worker_serves_tasks_and_metrics(tiny_dir, bus, request):
 
             await wait_until(live, timeout=90, interval=0.1)
             async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-                resp = await client.post("/tasks?wait=true", json={"agent": "tiny", "message": ask("Hello!", max_tokens=8, ignore_eos=True)})
+                resp = await client.post(
+                    "/tasks?wait=true", json={"agent": "tiny", "message": ask("Hello!", max_tokens=8, ignore_eos=True)}
+                )
                 assert resp.json()["status"]["state"] == "completed"
                 assert resp.json()["artifacts"][0]["parts"][0]["text"]
                 scraped = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
@@ -318,4 +406,6 @@ async def test_cli_worker_serves_tasks_and_metrics(tiny_dir, bus, request):
                 proc.kill()
                 _, err = proc.communicate()
         assert proc.returncode == 0, err[-2000:]
-        assert '"msg": "model loaded"' in err and '"msg": "model calibrated"' in err and '"msg": "worker stopped"' in err
+        assert (
+            '"msg": "model loaded"' in err and '"msg": "model calibrated"' in err and '"msg": "worker stopped"' in err
+        )

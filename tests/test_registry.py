@@ -23,8 +23,14 @@ def card(name="weather", **extra):
         "name": name,
         "description": "Forecasts for a city",
         "version": "1.0.0",
-        "skills": [{"id": "forecast", "name": "Forecast", "description": "weather forecast for a city",
-                    "tags": ["weather", "forecast"]}],
+        "skills": [
+            {
+                "id": "forecast",
+                "name": "Forecast",
+                "description": "weather forecast for a city",
+                "tags": ["weather", "forecast"],
+            }
+        ],
         "endpoints": {"a2a": "http://127.0.0.1:9/a2a"},
     }
     base.update(extra)
@@ -33,15 +39,31 @@ def card(name="weather", **extra):
 
 def record(identity: Identity, seq=1, *, issued_at=None, ttl=600, network=NET, **card_extra) -> AgentRecord:
     now = int(time.time()) if issued_at is None else issued_at
-    data = {**card(**card_extra), "did": identity.did, "seq": seq, "issued_at": now, "expires_at": now + ttl,
-            "network": network, "home_node": "test"}
+    data = {
+        **card(**card_extra),
+        "did": identity.did,
+        "seq": seq,
+        "issued_at": now,
+        "expires_at": now + ttl,
+        "network": network,
+        "home_node": "test",
+    }
     return sign(AgentRecord.model_validate(data), identity)
 
 
 def tombstone(identity: Identity, seq, did=None) -> Tombstone:
     t = Tombstone(did=did or identity.did, seq=seq, issued_at=int(time.time()), network=NET)
-    return sign(t, identity) if did is None else t.model_copy(update={"signature": sign(
-        Tombstone(did=identity.did, seq=seq, issued_at=t.issued_at, network=NET), identity).signature})
+    return (
+        sign(t, identity)
+        if did is None
+        else t.model_copy(
+            update={
+                "signature": sign(
+                    Tombstone(did=identity.did, seq=seq, issued_at=t.issued_at, network=NET), identity
+                ).signature
+            }
+        )
+    )
 
 
 @pytest.fixture
@@ -194,7 +216,9 @@ async def test_http_rejections_name_the_reason(http):
     huge = {**record(me, 9).dump(), "description": "x" * 70_000}
     assert (await http.post("/registry/agents", json=huge)).status_code == 413
     foreign = tombstone(Identity.generate(), 10, did=me.did).dump()
-    assert (await http.request("DELETE", f"/registry/agents/{me.did}", json=foreign)).json()["error"]["code"] == "bad_signature"
+    assert (await http.request("DELETE", f"/registry/agents/{me.did}", json=foreign)).json()["error"][
+        "code"
+    ] == "bad_signature"
     other = Identity.generate()
     mismatch = await http.request("DELETE", f"/registry/agents/{me.did}", json=tombstone(other, 10).dump())
     assert mismatch.status_code == 400
@@ -214,11 +238,17 @@ async def test_token_admission():
         async with httpx.AsyncClient(base_url=url, timeout=10) as http:
             me = Identity.generate()
             assert (await http.post("/registry/agents", json=record(me, 1).dump())).status_code == 401
-            wrong = await http.post("/registry/agents", json=record(me, 1).dump(), headers={"Authorization": "Bearer x"})
+            wrong = await http.post(
+                "/registry/agents", json=record(me, 1).dump(), headers={"Authorization": "Bearer x"}
+            )
             assert wrong.status_code == 403
-            ok = await http.post("/registry/agents", json=record(me, 1).dump(), headers={"Authorization": "Bearer t0ken"})
+            ok = await http.post(
+                "/registry/agents", json=record(me, 1).dump(), headers={"Authorization": "Bearer t0ken"}
+            )
             assert ok.status_code == 201
-            ok2 = await http.post("/registry/agents", json=record(me, 2).dump(), headers={"Interlace-Registration-Token": "t0ken"})
+            ok2 = await http.post(
+                "/registry/agents", json=record(me, 2).dump(), headers={"Interlace-Registration-Token": "t0ken"}
+            )
             assert ok2.status_code == 200
 
 
@@ -265,8 +295,10 @@ async def test_tasks_reach_agents_by_name_or_did(http):
 
 async def cli(*args: str, **env: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        *interlace_cmd(*args), env=subprocess_env(**env),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *interlace_cmd(*args),
+        env=subprocess_env(**env),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode, out.decode(), err.decode()
@@ -288,11 +320,14 @@ async def test_cli_keys_and_agent_lifecycle(tmp_path):
     )
     async with running_gateway(test_config(admission="token", registration_token="tk")) as (url, _):
         common = ("--gateway", url)
-        rc, out, err = await cli("agent", "register", "--key", str(key), "--card", str(card_file), *common, "--token", "tk")
+        rc, out, err = await cli(
+            "agent", "register", "--key", str(key), "--card", str(card_file), *common, "--token", "tk"
+        )
         assert rc == 0, err
         first = json.loads(out)
-        rc, out, _ = await cli("agent", "register", "--key", str(key), "--card", str(card_file), *common,
-                               INTERLACE_REGISTRATION_TOKEN="tk")
+        rc, out, _ = await cli(
+            "agent", "register", "--key", str(key), "--card", str(card_file), *common, INTERLACE_REGISTRATION_TOKEN="tk"
+        )
         assert rc == 0 and json.loads(out)["seq"] > first["seq"] and json.loads(out)["result"] == "updated"
         rc, out, _ = await cli("agent", "list", "--tag", "weather", *common)
         assert [a["did"] for a in json.loads(out)["agents"]] == [did]

@@ -6,25 +6,39 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import running_gateway, test_config
 from gateway.core.routing import LatencyTracker
 from registry.identity import Identity
 from registry.records import sign
 from schemas.agent_record import AgentRecord
+from tests.conftest import running_gateway, test_config
 
 
 def record(identity: Identity, name: str, skill: dict, *, cost: int | None = None, seq: int = 1) -> AgentRecord:
     now = int(time.time())
-    data = {"did": identity.did, "name": name, "description": "", "version": "1", "skills": [skill],
-            "endpoints": {"a2a": f"http://127.0.0.1:9/{name}"}, "seq": seq, "issued_at": now,
-            "expires_at": now + 600, "network": "interlace", "home_node": "test"}
+    data = {
+        "did": identity.did,
+        "name": name,
+        "description": "",
+        "version": "1",
+        "skills": [skill],
+        "endpoints": {"a2a": f"http://127.0.0.1:9/{name}"},
+        "seq": seq,
+        "issued_at": now,
+        "expires_at": now + 600,
+        "network": "interlace",
+        "home_node": "test",
+    }
     if cost is not None:
         data["cost"] = cost
     return sign(AgentRecord.model_validate(data), identity)
 
 
-TRANSLATE = {"id": "translate", "name": "Translate", "description": "translate text between languages",
-             "tags": ["language", "translation"]}
+TRANSLATE = {
+    "id": "translate",
+    "name": "Translate",
+    "description": "translate text between languages",
+    "tags": ["language", "translation"],
+}
 WEATHER = {"id": "forecast", "name": "Forecast", "description": "weather forecast for a city", "tags": ["weather"]}
 
 
@@ -43,8 +57,12 @@ async def register(http, *records):
 
 async def test_dry_run_ranks_by_text_then_cost_with_reasons(http):
     cheap, dear, weather = Identity.generate(), Identity.generate(), Identity.generate()
-    await register(http, record(cheap, "babel", TRANSLATE, cost=10), record(dear, "lingo", TRANSLATE, cost=900_000),
-                   record(weather, "sky", WEATHER))
+    await register(
+        http,
+        record(cheap, "babel", TRANSLATE, cost=10),
+        record(dear, "lingo", TRANSLATE, cost=900_000),
+        record(weather, "sky", WEATHER),
+    )
     result = (await http.post("/route", json={"text": "translate this text into French"})).json()
     names = [c["agent"] for c in result["candidates"]]
     assert names[:2] == ["babel", "lingo"] and "sky" not in names
@@ -57,8 +75,10 @@ async def test_hard_filters_and_no_match_lists_the_closest(http):
     assert resp.status_code == 200 and resp.json()["candidates"] == []
     closest = resp.json()["closest"]
     assert closest[0]["agent"] == "babel" and "max_cost" in " ".join(closest[0]["excluded_by"])
-    body = {"query": {"text": "translate", "max_cost": 100},
-            "message": {"role": "user", "parts": [{"kind": "text", "text": "hola"}]}}
+    body = {
+        "query": {"text": "translate", "max_cost": 100},
+        "message": {"role": "user", "parts": [{"kind": "text", "text": "hola"}]},
+    }
     task = await http.post("/tasks", json=body)
     assert task.status_code == 404 and task.json()["error"]["code"] == "no_match"
     assert task.json()["error"]["closest"][0]["agent"] == "babel"  # never a random agent
@@ -69,8 +89,9 @@ async def test_no_match_without_a_shared_word_lists_the_closest_with_reasons(htt
     query = {"text": "book a flight to Tokyo"}
     resp = await http.post("/route", json=query)
     assert resp.status_code == 200 and resp.json()["candidates"] == []
-    task = await http.post("/tasks", json={"query": query, "message": {"role": "user", "parts": [
-        {"kind": "text", "text": "NRT, Friday"}]}})
+    task = await http.post(
+        "/tasks", json={"query": query, "message": {"role": "user", "parts": [{"kind": "text", "text": "NRT, Friday"}]}}
+    )
     assert task.status_code == 404 and task.json()["error"]["code"] == "no_match"
     for closest in (resp.json()["closest"], task.json()["error"]["closest"]):
         assert {"babel", "sky"} <= {c["agent"] for c in closest}
@@ -85,16 +106,19 @@ async def test_no_match_with_no_agent_registered_says_so():
             resp = await http.post("/route", json=query)
             assert resp.status_code == 200
             assert resp.json()["closest"] == [] and resp.json()["note"] == "no agent is registered"
-            task = await http.post("/tasks", json={"query": query, "message": {"role": "user", "parts": [
-                {"kind": "text", "text": "x"}]}})
+            task = await http.post(
+                "/tasks", json={"query": query, "message": {"role": "user", "parts": [{"kind": "text", "text": "x"}]}}
+            )
             error = task.json()["error"]
             assert task.status_code == 404 and error["code"] == "no_match"
             assert error["message"] == "no agent is registered" and error["closest"] == []
 
 
 async def test_task_by_capability_reaches_the_best_agent(http):
-    body = {"query": {"text": "echo a message back", "tags": ["echo"]},
-            "message": {"role": "user", "parts": [{"kind": "text", "text": "routed"}]}}
+    body = {
+        "query": {"text": "echo a message back", "tags": ["echo"]},
+        "message": {"role": "user", "parts": [{"kind": "text", "text": "routed"}]},
+    }
     resp = await http.post("/tasks?wait=true", json=body)
     task = resp.json()
     assert task["status"]["state"] == "completed" and task["artifacts"][0]["parts"][0]["text"] == "routed"
@@ -112,8 +136,10 @@ async def test_agent_and_query_are_exclusive_and_queries_are_validated(http):
 async def test_load_observed_by_the_node_spreads_ties(http):
     a, b = Identity.generate(), Identity.generate()
     await register(http, record(a, "left", WEATHER), record(b, "right", WEATHER))
-    firsts = {(await http.post("/route", json={"text": "weather forecast"})).json()["candidates"][0]["agent"]
-              for _ in range(4)}
+    firsts = {
+        (await http.post("/route", json={"text": "weather forecast"})).json()["candidates"][0]["agent"]
+        for _ in range(4)
+    }
     assert firsts == {"left", "right"}  # equal agents share the load
     http.app.state.runtime.capabilities.accepted("left")  # one task in flight at "left"
     ranked = (await http.post("/route", json={"text": "weather forecast"})).json()["candidates"]

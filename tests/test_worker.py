@@ -39,8 +39,11 @@ class Probe(Worker):
 
 async def submit(backend, agent="echo", text="hello", **meta) -> Task:
     task = Task(route=Route(agent=agent))
-    task.history.append(Message(role="user", parts=[TextPart(text=text)], metadata=meta or None,
-                                task_id=task.id, context_id=task.context_id))
+    task.history.append(
+        Message(
+            role="user", parts=[TextPart(text=text)], metadata=meta or None, task_id=task.id, context_id=task.context_id
+        )
+    )
     await backend.tasks.submit(task, agent, "test")
     return task
 

@@ -32,10 +32,25 @@ def _device(value: str) -> str:
 def add_parser(kinds: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``model`` to the ``worker`` sub-commands."""
     p = kinds.add_parser("model", help="a local model (transformers or llama.cpp) as an agent")
-    p.add_argument("--model", required=True, metavar="PATH", help="local model directory, .gguf file, or 'smollm2' (nothing is downloaded)")
-    p.add_argument("--backend", choices=["auto", "transformers", "llamacpp"], default="auto", help="auto: llama.cpp for a GGUF on CPU when installed, else transformers")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="PATH",
+        help="local model directory, .gguf file, or 'smollm2' (nothing is downloaded)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["auto", "transformers", "llamacpp"],
+        default="auto",
+        help="auto: llama.cpp for a GGUF on CPU when installed, else transformers",
+    )
     p.add_argument("--device", type=_device, default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    p.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default="auto", help="transformers weights: auto = bfloat16 on GPU, float32 on CPU")
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "bfloat16", "float16", "float32"],
+        default="auto",
+        help="transformers weights: auto = bfloat16 on GPU, float32 on CPU",
+    )
     p.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (transformers backend)")
     p.add_argument("--max-tokens", type=int, default=256, help="default max_tokens of a request")
     p.add_argument("--max-tokens-limit", type=int, default=4096, help="largest max_tokens a request may ask for")
@@ -64,7 +79,10 @@ async def run(args: argparse.Namespace, config, link=None) -> int:
     from agents.serve import serve_worker
 
     if args.max_batch < 1 or args.max_tokens < 1 or args.max_tokens_limit < args.max_tokens:
-        print("interlace: --max-batch and --max-tokens must be >= 1, and --max-tokens-limit >= --max-tokens", file=sys.stderr)
+        print(
+            "interlace: --max-batch and --max-tokens must be >= 1, and --max-tokens-limit >= --max-tokens",
+            file=sys.stderr,
+        )
         return 2
     registry = CollectorRegistry()
     metrics = ModelMetrics(registry, args.agent_name)
@@ -87,7 +105,12 @@ async def run(args: argparse.Namespace, config, link=None) -> int:
         return 2
     log.info(
         "model loaded",
-        extra={"model": backend.model_name, "backend": backend.kind, "device": backend.device, "seconds": round(time.monotonic() - started, 2)},
+        extra={
+            "model": backend.model_name,
+            "backend": backend.kind,
+            "device": backend.device,
+            "seconds": round(time.monotonic() - started, 2),
+        },
     )
     if backend.memory_bytes():
         metrics.watch_memory(backend.memory_bytes)

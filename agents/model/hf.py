@@ -115,10 +115,10 @@ class TransformersBackend(ModelBackend):
         self.model_name = model_name
         self.metrics = metrics
         cfg = model.config
-        self.context_length = int(getattr(cfg, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", 2048))
-        self.pad_id = next(
-            (t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if isinstance(t, int)), 0
+        self.context_length = int(
+            getattr(cfg, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", 2048)
         )
+        self.pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if isinstance(t, int)), 0)
         self.eos_ids = _eos_ids(model, tokenizer)
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
@@ -146,7 +146,7 @@ class TransformersBackend(ModelBackend):
         max_batch: int = 8,
         model_name: str | None = None,
         metrics: Any = None,
-    ) -> "TransformersBackend":
+    ) -> TransformersBackend:
         """Load a Hugging Face model directory (or a GGUF file in it, dequantised) from disk only."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -189,7 +189,10 @@ class TransformersBackend(ModelBackend):
         if not self.device.startswith("cuda"):
             return {}
         cuda = self.torch.cuda
-        return {"allocated": int(cuda.memory_allocated(self.device)), "reserved": int(cuda.memory_reserved(self.device))}
+        return {
+            "allocated": int(cuda.memory_allocated(self.device)),
+            "reserved": int(cuda.memory_reserved(self.device)),
+        }
 
     async def generate(self, prompt: Prompt, options: GenOptions, usage: Usage | None = None) -> AsyncIterator[str]:
         usage = usage if usage is not None else Usage()
@@ -347,7 +350,9 @@ class TransformersBackend(ModelBackend):
 
     # ---- the forward passes (model thread) ----------------------------------------------------
 
-    def _forward(self, rows: list[int], keep: list[_Seq], admit: list[_Seq]) -> tuple[list[int], BaseException | None, bool]:
+    def _forward(
+        self, rows: list[int], keep: list[_Seq], admit: list[_Seq]
+    ) -> tuple[list[int], BaseException | None, bool]:
         """One pass: keep ``rows`` of the batch (the sequences ``keep``), then prefill ``admit``
         or decode every kept row. Returns (tokens, error, whether the running batch was lost)."""
         torch = self.torch
@@ -365,7 +370,9 @@ class TransformersBackend(ModelBackend):
             lost = not prefilling
             if is_oom(exc):
                 error: BaseException = ModelOOM(self._oom_message(keep, admit if prefilling else []))
-                log.warning("out of memory", extra={"phase": "prefill" if prefilling else "decode", "error": str(exc)[:200]})
+                log.warning(
+                    "out of memory", extra={"phase": "prefill" if prefilling else "decode", "error": str(exc)[:200]}
+                )
             else:
                 log.exception("model step failed")
                 error = ModelError(f"generation failed: {exc.__class__.__name__}")
@@ -405,7 +412,13 @@ class TransformersBackend(ModelBackend):
                     layer.values = layer.values[..., first:, :]
 
     def _call(self, input_ids, mask, pos, cache, last_only: bool):
-        kw = {"input_ids": input_ids, "attention_mask": mask, "position_ids": pos, self._cache_kw: cache, "use_cache": True}
+        kw = {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "position_ids": pos,
+            self._cache_kw: cache,
+            "use_cache": True,
+        }
         if last_only and self._logits_kw:
             kw[self._logits_kw] = 1
         return self.model(**kw).logits[:, -1, :]
@@ -467,7 +480,9 @@ class TransformersBackend(ModelBackend):
     def _decode_step(self, seqs: list[_Seq]) -> list[int]:
         torch = self.torch
         batch = self._batch
-        mask = torch.cat([batch.mask, torch.ones((batch.mask.shape[0], 1), dtype=batch.mask.dtype, device=batch.mask.device)], 1)
+        mask = torch.cat(
+            [batch.mask, torch.ones((batch.mask.shape[0], 1), dtype=batch.mask.dtype, device=batch.mask.device)], 1
+        )
         logits = self._call(batch.last[:, None], mask, batch.pos[:, None], batch.cache, last_only=False)
         nxt = self._sample(logits, seqs)
         batch.mask, batch.pos, batch.last = mask, batch.pos + 1, nxt
@@ -508,7 +523,9 @@ def pick_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError("--device cuda was asked for, but torch sees no CUDA device (is the CUDA build of torch installed?)")
+        raise ModelError(
+            "--device cuda was asked for, but torch sees no CUDA device (is the CUDA build of torch installed?)"
+        )
     return device
 
 
@@ -520,7 +537,13 @@ def pick_dtype(dtype: str, device: str):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     try:
-        return {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
-                "float32": torch.float32, "fp32": torch.float32}[dtype]
+        return {
+            "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16,
+            "float16": torch.float16,
+            "fp16": torch.float16,
+            "float32": torch.float32,
+            "fp32": torch.float32,
+        }[dtype]
     except KeyError:
         raise ModelError(f"unknown dtype {dtype!r}: use auto, bfloat16, float16 or float32") from None

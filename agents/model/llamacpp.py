@@ -45,7 +45,15 @@ class LlamaCppBackend(ModelBackend):
         self._active = 0
 
     @classmethod
-    def load(cls, path: str, *, context: int | None = None, threads: int | None = None, model_name: str = "model", metrics: Any = None) -> "LlamaCppBackend":
+    def load(
+        cls,
+        path: str,
+        *,
+        context: int | None = None,
+        threads: int | None = None,
+        model_name: str = "model",
+        metrics: Any = None,
+    ) -> LlamaCppBackend:
         from llama_cpp import Llama
 
         llm = Llama(

@@ -69,7 +69,9 @@ def resolve(model: str) -> ModelSource:
         return ModelSource(found.parent, found.name, "smollm2-135m-instruct")
     path = Path(model).expanduser()
     if not path.exists():
-        raise ModelError(f"no model at {str(path)!r}: --model takes a local model directory or .gguf file (nothing is downloaded)")
+        raise ModelError(
+            f"no model at {str(path)!r}: --model takes a local model directory or .gguf file (nothing is downloaded)"
+        )
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise ModelError(f"{str(path)!r} is a file but not a .gguf; give the model directory instead")
@@ -115,12 +117,18 @@ def load_backend(
         from agents.model import llamacpp
 
         if not source.is_gguf:
-            raise ModelError("the llamacpp backend needs a .gguf file; use --backend transformers for a model directory")
+            raise ModelError(
+                "the llamacpp backend needs a .gguf file; use --backend transformers for a model directory"
+            )
         if device.startswith("cuda"):
             raise ModelError("the llamacpp backend runs on CPU; use --backend transformers for --device cuda")
         if not llamacpp.available():
-            raise ModelError("llama-cpp-python is not installed: pip install 'interlace[llamacpp]' (compiles llama.cpp)")
-        return llamacpp.LlamaCppBackend.load(str(source.path), context=context, threads=threads, model_name=source.name, metrics=metrics)
+            raise ModelError(
+                "llama-cpp-python is not installed: pip install 'interlace[llamacpp]' (compiles llama.cpp)"
+            )
+        return llamacpp.LlamaCppBackend.load(
+            str(source.path), context=context, threads=threads, model_name=source.name, metrics=metrics
+        )
     from agents.model.hf import TransformersBackend
 
     if threads:

@@ -29,12 +29,23 @@ class ModelMetrics:
         self.agent, self.window_s = agent, window_s
         r = registry
         self._tokens = Counter("interlace_model_tokens_generated", "Tokens generated", ["agent"], registry=r)
-        self._rate = Gauge("interlace_model_tokens_per_second", f"Tokens generated per second over the last {window_s:g} s", ["agent"], registry=r)
+        self._rate = Gauge(
+            "interlace_model_tokens_per_second",
+            f"Tokens generated per second over the last {window_s:g} s",
+            ["agent"],
+            registry=r,
+        )
         self._queue = Gauge("interlace_model_queue_depth", "Requests waiting for a batch slot", ["agent"], registry=r)
         self._batch = Gauge("interlace_model_batch_size", "Sequences in the running batch", ["agent"], registry=r)
-        self._requests = Counter("interlace_model_requests", "Requests finished, by outcome", ["agent", "outcome"], registry=r)
-        self._step = Histogram("interlace_model_step_seconds", "Duration of one forward pass", ["agent"], buckets=STEP_BUCKETS, registry=r)
-        self._gpu = Gauge("interlace_model_gpu_memory_bytes", "GPU memory held by the model process", ["agent", "kind"], registry=r)
+        self._requests = Counter(
+            "interlace_model_requests", "Requests finished, by outcome", ["agent", "outcome"], registry=r
+        )
+        self._step = Histogram(
+            "interlace_model_step_seconds", "Duration of one forward pass", ["agent"], buckets=STEP_BUCKETS, registry=r
+        )
+        self._gpu = Gauge(
+            "interlace_model_gpu_memory_bytes", "GPU memory held by the model process", ["agent", "kind"], registry=r
+        )
         self._events: deque[tuple[float, int]] = deque()
         self._lock = threading.Lock()  # the scrape may run on another thread (--metrics-port)
         self._rate.labels(agent).set_function(self.tokens_per_second)

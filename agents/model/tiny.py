@@ -59,7 +59,9 @@ def build_tokenizer(vocab_size: int = 512):
     return fast
 
 
-def build_tiny_model(path: str | Path, *, seed: int = 0, hidden: int = 64, layers: int = 2, vocab_size: int = 512) -> Path:
+def build_tiny_model(
+    path: str | Path, *, seed: int = 0, hidden: int = 64, layers: int = 2, vocab_size: int = 512
+) -> Path:
     """Write a tiny random Llama model directory at ``path`` and return it."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM

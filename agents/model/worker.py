@@ -260,6 +260,10 @@ def _stops(value: Any) -> list[str]:
         return []
     if isinstance(value, str):
         value = [value]
-    if not isinstance(value, list) or len(value) > 8 or not all(isinstance(s, str) and 0 < len(s) <= 256 for s in value):
+    if (
+        not isinstance(value, list)
+        or len(value) > 8
+        or not all(isinstance(s, str) and 0 < len(s) <= 256 for s in value)
+    ):
         raise TaskFailed("option 'stop' must be a string or a list of up to 8 non-empty strings")
     return list(value)

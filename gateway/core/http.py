@@ -11,7 +11,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Route, Router, get_route_path
-from starlette.types import ASGIApp, Message as AsgiMessage, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message as AsgiMessage
 
 
 class HttpError(Exception):
@@ -23,7 +24,9 @@ class HttpError(Exception):
         self.headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None, **details: Any) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, **details: Any
+) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message, **details}}, status_code=status, headers=headers)
 
 
@@ -45,7 +48,9 @@ async def read_model(request: Request, model: type[BaseModel]) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise HttpError(400, "invalid_request", "request body does not match the schema", errors=validation_errors(exc)) from None
+        raise HttpError(
+            400, "invalid_request", "request body does not match the schema", errors=validation_errors(exc)
+        ) from None
 
 
 class BodyLimit:
@@ -137,7 +142,9 @@ class IndexedRouter(Router):
     def _candidates(self, path: str) -> list[BaseRoute]:
         if self._index is None or self._indexed_count != len(self.routes):
             keys = [self._segment(r) for r in self.routes]
-            self._index = {k: [r for r, rk in zip(self.routes, keys) if rk in (k, None)] for k in set(keys) if k is not None}
+            self._index = {
+                k: [r for r, rk in zip(self.routes, keys) if rk in (k, None)] for k in set(keys) if k is not None
+            }
             self._anywhere = [r for r, k in zip(self.routes, keys) if k is None]
             self._indexed_count = len(self.routes)
         return self._index.get(self._first(path), self._anywhere)
@@ -155,7 +162,9 @@ class IndexedRouter(Router):
         await super().app(scope, receive, send)
 
 
-def replace_routes(app: Any, prefix: str, routes: list, on_shutdown: Callable[[], Awaitable[None]] | None = None) -> None:
+def replace_routes(
+    app: Any, prefix: str, routes: list, on_shutdown: Callable[[], Awaitable[None]] | None = None
+) -> None:
     """Swap the routes an adapter mounted (their names start with ``prefix:``) for ``routes``,
     and run ``on_shutdown`` when the app stops. The adapters' ``mount_*`` use it to apply options."""
     kept = [r for r in app.router.routes if not str(getattr(r, "name", "") or "").startswith(prefix + ":")]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -16,13 +16,24 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.accepted = Counter("interlace_tasks_accepted", "Tasks accepted by this node", ["agent"], registry=r)
-        self.completed = Counter("interlace_tasks_completed", "Tasks accepted here that completed", ["agent"], registry=r)
-        self.failed = Counter("interlace_tasks_failed", "Tasks accepted here that failed or were rejected", ["agent"], registry=r)
-        self.canceled = Counter("interlace_tasks_canceled", "Tasks accepted here that were canceled", ["agent"], registry=r)
-        self.queue_depth = Gauge("interlace_queue_depth", "Unacknowledged entries in an agent's stream", ["agent"], registry=r)
+        self.completed = Counter(
+            "interlace_tasks_completed", "Tasks accepted here that completed", ["agent"], registry=r
+        )
+        self.failed = Counter(
+            "interlace_tasks_failed", "Tasks accepted here that failed or were rejected", ["agent"], registry=r
+        )
+        self.canceled = Counter(
+            "interlace_tasks_canceled", "Tasks accepted here that were canceled", ["agent"], registry=r
+        )
+        self.queue_depth = Gauge(
+            "interlace_queue_depth", "Unacknowledged entries in an agent's stream", ["agent"], registry=r
+        )
         self.latency = Histogram(
-            "interlace_task_latency_seconds", "Accept-to-final latency of tasks accepted here", ["agent"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "interlace_task_latency_seconds",
+            "Accept-to-final latency of tasks accepted here",
+            ["agent"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
 
     def finished(self, agent: str, state: TaskState, created_at: str) -> float | None:
@@ -37,7 +48,7 @@ class Metrics:
             return None
         counter.labels(agent).inc()
         started = datetime.fromisoformat(created_at.replace("Z", "+00:00"))
-        seconds = max(0.0, (datetime.now(timezone.utc) - started).total_seconds())
+        seconds = max(0.0, (datetime.now(UTC) - started).total_seconds())
         self.latency.labels(agent).observe(seconds)
         return seconds
 

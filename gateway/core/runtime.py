@@ -16,8 +16,8 @@ from gateway.core.backends import Backend, BackendUnavailable, KeyValue, Limits,
 from gateway.core.config import Config
 from gateway.core.metrics import Metrics
 from gateway.core.routing import CapabilityRouter
-from registry.index import CapabilityQuery, Excluded, RouteResult
 from registry.identity import Identity
+from registry.index import CapabilityQuery, Excluded, RouteResult
 from registry.service import Registry, stream_of
 from schemas import InvalidTransition, Message, Route, Task, TaskError, TaskState
 from schemas.agent_record import AgentRecord
@@ -94,7 +94,7 @@ class Runtime:
         """Raise BackendUnavailable unless the bus answers promptly."""
         try:
             await asyncio.wait_for(self.backend.ping(), 2.0)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise BackendUnavailable("bus did not answer within 2 s") from exc
 
     # ---- tasks ------------------------------------------------------------------------------
@@ -119,10 +119,20 @@ class Runtime:
             if record is not None:  # None: expired between the search and now
                 stream = self.placement([record]) if self.placement is not None else stream_of(record)
             if stream is None:
-                why, note = ("reachable", "its home node is down") if record is not None else ("live", "its record expired")
-                missed.append(Excluded(did=best.did, agent=best.agent, skill=best.skill, skill_name=best.skill_name,
-                                       similarity=best.reasons.get("text_similarity"), excluded_by=[why],
-                                       reasons={**best.reasons, why: note}))
+                why, note = (
+                    ("reachable", "its home node is down") if record is not None else ("live", "its record expired")
+                )
+                missed.append(
+                    Excluded(
+                        did=best.did,
+                        agent=best.agent,
+                        skill=best.skill,
+                        skill_name=best.skill_name,
+                        similarity=best.reasons.get("text_similarity"),
+                        excluded_by=[why],
+                        reasons={**best.reasons, why: note},
+                    )
+                )
                 continue
             reason = f"best capability match (score {best.score:.3f})"
             return stream, Route(agent=stream, skill=best.skill, reason=reason)
@@ -166,7 +176,9 @@ class Runtime:
         """
         task = await self.get(task_id)
         if not task.state.interrupted or task.route is None:
-            raise NotContinuable(f"task {task_id} is {task.state.value}; only a task that waits for input takes a follow-up")
+            raise NotContinuable(
+                f"task {task_id} is {task.state.value}; only a task that waits for input takes a follow-up"
+            )
         after = await self.last_event_id(task.id)
         message = message.model_copy(update={"task_id": task.id, "context_id": task.context_id})
         task, _ = await self.backend.tasks.apply(task.id, task.status_event(TaskState.WORKING, message))
@@ -212,8 +224,9 @@ class Runtime:
             if not waiters:
                 self._waiters.pop(task_id, None)
 
-    async def list_tasks(self, context_id: str | None = None, limit: int = 50,
-                         cursor: str | None = None) -> tuple[list[Task], str | None]:
+    async def list_tasks(
+        self, context_id: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[Task], str | None]:
         """Tasks newest first (of one context when given), a page at a time; the cursor is None
         on the last page."""
         return await self.backend.tasks.list(context_id, limit, cursor)

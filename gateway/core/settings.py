@@ -20,8 +20,9 @@ T = TypeVar("T")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
-def load_settings(cls: type[T], prefix: str, values: Mapping[str, Any] | None = None,
-                  env: Mapping[str, str] | None = None) -> T:
+def load_settings(
+    cls: type[T], prefix: str, values: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+) -> T:
     """An instance of the dataclass ``cls``: ``values`` > ``env`` (default ``os.environ``) > defaults."""
     values = values or {}
     env = os.environ if env is None else env

@@ -46,7 +46,7 @@ def canonical_bytes(card: dict[str, Any]) -> bytes:
 
 
 def verification_method(identity: Identity) -> str:
-    return f"{identity.did}#{identity.did[len('did:key:'):]}"
+    return f"{identity.did}#{identity.did[len('did:key:') :]}"
 
 
 def jwks(identity: Identity) -> dict[str, Any]:

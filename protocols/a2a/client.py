@@ -49,7 +49,9 @@ class RemoteCard:
 
     def preferred(self) -> RemoteInterface:
         if not self.interfaces:
-            raise RemoteAgentError(f"the card of {self.name!r} lists no JSON-RPC or HTTP+JSON interface this gateway speaks")
+            raise RemoteAgentError(
+                f"the card of {self.name!r} lists no JSON-RPC or HTTP+JSON interface this gateway speaks"
+            )
         return self.interfaces[0]
 
 
@@ -93,8 +95,14 @@ class ReplyTooLarge(Exception):
 _TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ReplyTooLarge)
 
 
-async def _request(http: aiohttp.ClientSession, method: str, url: str, headers: dict[str, str], body: Any = None,
-                   params: dict | None = None) -> tuple[int, str, bytes]:
+async def _request(
+    http: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    body: Any = None,
+    params: dict | None = None,
+) -> tuple[int, str, bytes]:
     """(status, content type, body) of one request (``body``, when given, is sent as JSON)."""
     async with http.request(method, url, json=body, headers=headers, params=params) as resp:
         return resp.status, resp.headers.get("Content-Type", ""), await _read_body(resp)
@@ -136,9 +144,21 @@ async def fetch_card(http: aiohttp.ClientSession, card_url: str) -> RemoteCard:
 
 
 _METHODS = {
-    "1.0": {"send": "SendMessage", "stream": "SendStreamingMessage", "get": "GetTask", "cancel": "CancelTask", "subscribe": "SubscribeToTask",
-            "list": "ListTasks"},
-    "0.3": {"send": "message/send", "stream": "message/stream", "get": "tasks/get", "cancel": "tasks/cancel", "subscribe": "tasks/resubscribe"},
+    "1.0": {
+        "send": "SendMessage",
+        "stream": "SendStreamingMessage",
+        "get": "GetTask",
+        "cancel": "CancelTask",
+        "subscribe": "SubscribeToTask",
+        "list": "ListTasks",
+    },
+    "0.3": {
+        "send": "message/send",
+        "stream": "message/stream",
+        "get": "tasks/get",
+        "cancel": "tasks/cancel",
+        "subscribe": "tasks/resubscribe",
+    },
 }
 
 
@@ -149,7 +169,9 @@ class A2AClient:
     # artifacts of the remote task; its copy of the conversation is only bytes to send and parse.
     SENT_HISTORY = 0
 
-    def __init__(self, http: aiohttp.ClientSession, interface: RemoteInterface, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, http: aiohttp.ClientSession, interface: RemoteInterface, headers: dict[str, str] | None = None
+    ) -> None:
         self.http, self.iface = http, interface
         self.rest = interface.binding == "HTTP+JSON"
         self.dialect: Dialect = (V03_REST if self.rest else V03) if interface.version == "0.3" else V10
@@ -161,7 +183,9 @@ class A2AClient:
     # ---- public operations -------------------------------------------------------------------
 
     async def send(self, message: Message, *, blocking: bool = True, metadata: dict | None = None) -> Task | Message:
-        params = self.dialect.send_params_out(message, blocking=blocking, metadata=metadata, history_length=self.SENT_HISTORY)
+        params = self.dialect.send_params_out(
+            message, blocking=blocking, metadata=metadata, history_length=self.SENT_HISTORY
+        )
         if self.rest:
             result = await self._rest("POST", "/message:send", params)
         else:
@@ -183,7 +207,9 @@ class A2AClient:
         return self._rpc_stream("subscribe", {"id": task_id})
 
     async def get_task(self, task_id: str) -> Task:
-        result = await (self._rest("GET", f"/tasks/{task_id}", None) if self.rest else self._rpc("get", {"id": task_id}))
+        result = await (
+            self._rest("GET", f"/tasks/{task_id}", None) if self.rest else self._rpc("get", {"id": task_id})
+        )
         return self.dialect.task_in(result)
 
     async def list_tasks(self, context_id: str) -> list[Task]:
@@ -196,7 +222,9 @@ class A2AClient:
         return [self.dialect.task_in(t) for t in tasks or []]
 
     async def cancel(self, task_id: str) -> Task:
-        result = await (self._rest("POST", f"/tasks/{task_id}:cancel", {}) if self.rest else self._rpc("cancel", {"id": task_id}))
+        result = await (
+            self._rest("POST", f"/tasks/{task_id}:cancel", {}) if self.rest else self._rpc("cancel", {"id": task_id})
+        )
         return self.dialect.task_in(result)
 
     # ---- transport ---------------------------------------------------------------------------
@@ -216,14 +244,18 @@ class A2AClient:
             raise RemoteAgentError("the remote agent sent a reply that is not a JSON-RPC response")
         if "error" in body:
             err = body["error"] if isinstance(body["error"], dict) else {}
-            raise RemoteAgentError(f"the remote agent answered error {err.get('code')}: {err.get('message')}", code=err.get("code"))
+            raise RemoteAgentError(
+                f"the remote agent answered error {err.get('code')}: {err.get('message')}", code=err.get("code")
+            )
         return body.get("result")
 
     async def _rpc(self, op: str, params: Any) -> Any:
         try:
             status, ctype, raw = await _request(self.http, "POST", self.base, self.headers, self._envelope(op, params))
         except _TRANSPORT_ERRORS as exc:
-            raise RemoteAgentError(f"cannot reach the remote agent at {self.base}: {_describe(exc)}", retryable=True) from None
+            raise RemoteAgentError(
+                f"cannot reach the remote agent at {self.base}: {_describe(exc)}", retryable=True
+            ) from None
         if status >= 400 and not ctype.startswith("application/json"):
             raise RemoteAgentError(f"the remote agent answered HTTP {status}", retryable=status >= 500)
         try:
@@ -236,7 +268,9 @@ class A2AClient:
         try:
             status, _, raw = await _request(self.http, method, url, self.headers, body, params)
         except _TRANSPORT_ERRORS as exc:
-            raise RemoteAgentError(f"cannot reach the remote agent at {self.base}: {_describe(exc)}", retryable=True) from None
+            raise RemoteAgentError(
+                f"cannot reach the remote agent at {self.base}: {_describe(exc)}", retryable=True
+            ) from None
         try:
             data = json.loads(raw)
         except ValueError:
@@ -266,7 +300,9 @@ class A2AClient:
                     try:
                         reply = json.loads(raw)
                     except ValueError:
-                        raise RemoteAgentError(f"the remote agent answered HTTP {resp.status} without a stream") from None
+                        raise RemoteAgentError(
+                            f"the remote agent answered HTTP {resp.status} without a stream"
+                        ) from None
                     if self.rest:
                         raise RemoteAgentError(_rest_error(resp.status, reply), code=resp.status)
                     yield reply
@@ -279,7 +315,9 @@ class A2AClient:
                         raise RemoteAgentError(_rest_error(400, payload))
                     yield payload
         except _TRANSPORT_ERRORS as exc:
-            raise RemoteAgentError(f"the stream from the remote agent at {self.base} broke: {_describe(exc)}", retryable=True) from None
+            raise RemoteAgentError(
+                f"the stream from the remote agent at {self.base} broke: {_describe(exc)}", retryable=True
+            ) from None
         except json.JSONDecodeError:
             raise RemoteAgentError("the remote agent streamed an event that is not JSON") from None
 

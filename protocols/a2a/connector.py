@@ -98,7 +98,9 @@ class A2AConnector(Worker):
         http: aiohttp.ClientSession | None = None,
     ) -> None:
         self.agent = agent_name
-        self.card_url = card_url if card_url.endswith(".json") else card_url.rstrip("/") + "/.well-known/agent-card.json"
+        self.card_url = (
+            card_url if card_url.endswith(".json") else card_url.rstrip("/") + "/.well-known/agent-card.json"
+        )
         self.streaming, self.headers = streaming, headers or {}
         self.timeout_s, self.card_ttl_s = timeout_s, card_ttl_s
         self._http = http  # a caller-supplied session replaces the connector's own
@@ -212,7 +214,6 @@ class A2AConnector(Worker):
                 yield remote
                 return
 
-
     def _outgoing(self, task: Task, mirror: _Mirror) -> Message:
         user = [m for m in task.history if m.role == "user"]
         if not user:
@@ -245,7 +246,9 @@ class A2AConnector(Worker):
             if mirror.final:
                 return
 
-    async def _settle(self, task: Task, mirror: _Mirror, client: A2AClient, streaming: bool) -> AsyncIterator[TaskEvent]:
+    async def _settle(
+        self, task: Task, mirror: _Mirror, client: A2AClient, streaming: bool
+    ) -> AsyncIterator[TaskEvent]:
         """The stream ended before a final state: follow the remote task by subscription, or poll it."""
         deadline = time.monotonic() + self.timeout_s
         delay = 0.2
@@ -270,7 +273,7 @@ class A2AConnector(Worker):
         for _ in range(3):
             try:
                 tasks = await asyncio.wait_for(client.list_tasks(outgoing.context_id or ""), 5.0)
-            except (RemoteAgentError, asyncio.TimeoutError):
+            except (TimeoutError, RemoteAgentError):
                 return None
             for t in tasks:
                 if any(m.message_id == outgoing.message_id for m in t.history) and not t.state.terminal:
@@ -283,7 +286,7 @@ class A2AConnector(Worker):
         try:
             await asyncio.wait_for(asyncio.shield(client.cancel(remote_id)), 5.0)
             log.info("canceled the remote task", extra={"agent": self.agent, "remote_task": remote_id})
-        except (RemoteAgentError, asyncio.TimeoutError, asyncio.CancelledError) as exc:
+        except (TimeoutError, RemoteAgentError, asyncio.CancelledError) as exc:
             log.warning("could not cancel the remote task", extra={"agent": self.agent, "error": str(exc)})
 
     # ---- mapping remote items to this task's events ------------------------------------------
@@ -334,4 +337,3 @@ class A2AConnector(Worker):
             ids = {REMOTE_IDS: {"taskId": mirror.task_id, "contextId": mirror.context_id}}
             return [task.status_event(state, self._message(task, message, ids))]
         return [task.status_event(state, self._message(task, message))]
-

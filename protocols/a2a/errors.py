@@ -22,7 +22,11 @@ A2A_DOMAIN = "a2a-protocol.org"
 
 # google.rpc.Code -> HTTP status (googleapis google/rpc/code.proto), for the statuses used here.
 HTTP_STATUS = {
-    "INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "NOT_FOUND": 404, "INTERNAL": 500, "UNIMPLEMENTED": 501,
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "NOT_FOUND": 404,
+    "INTERNAL": 500,
+    "UNIMPLEMENTED": 501,
 }
 
 
@@ -140,9 +144,19 @@ class RemoteAgentError(Exception):
 BY_CODE: dict[int, type[A2AError]] = {
     cls.code: cls
     for cls in (
-        TaskNotFoundError, TaskNotCancelableError, PushNotificationNotSupportedError, UnsupportedOperationError,
-        ContentTypeNotSupportedError, InvalidAgentResponseError, ExtendedAgentCardNotConfiguredError,
-        ExtensionSupportRequiredError, VersionNotSupportedError, InvalidParamsError, InvalidRequestError, MethodNotFoundError, JSONParseError,
+        TaskNotFoundError,
+        TaskNotCancelableError,
+        PushNotificationNotSupportedError,
+        UnsupportedOperationError,
+        ContentTypeNotSupportedError,
+        InvalidAgentResponseError,
+        ExtendedAgentCardNotConfiguredError,
+        ExtensionSupportRequiredError,
+        VersionNotSupportedError,
+        InvalidParamsError,
+        InvalidRequestError,
+        MethodNotFoundError,
+        JSONParseError,
         InternalError,
     )
 }

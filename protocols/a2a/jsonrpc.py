@@ -143,7 +143,9 @@ def negotiate(request: Request) -> str:
     try:
         major, minor = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
     except ValueError:
-        raise VersionNotSupportedError(f"A2A version {raw!r} is not supported; this server speaks 1.0 and 0.3") from None
+        raise VersionNotSupportedError(
+            f"A2A version {raw!r} is not supported; this server speaks 1.0 and 0.3"
+        ) from None
     if major == 1:
         return "1.0"
     if (major, minor) == (0, 3):
@@ -193,9 +195,7 @@ async def handle(service: A2AService, request: Request, call_for: Callable[[Dial
         call = call_for(DIALECTS[version])
         result = await handler(service, call, params)
         if method in STREAMING:
-            return sse_response(
-                _frames(rid, result, version), max_seconds=call.rt.config.sse_max_s, keepalive_s=15.0
-            )
+            return sse_response(_frames(rid, result, version), max_seconds=call.rt.config.sse_max_s, keepalive_s=15.0)
         return JSONResponse({"jsonrpc": "2.0", "id": rid, "result": result})
     except asyncio.CancelledError:
         raise

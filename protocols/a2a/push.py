@@ -150,7 +150,9 @@ class _Webhook:
 class PushDispatcher:
     """Follows tasks that have push configs and delivers their events to the webhooks."""
 
-    def __init__(self, runtime, store: PushStore, policy: PushPolicy, http: httpx.AsyncClient, max_follow_s: float) -> None:
+    def __init__(
+        self, runtime, store: PushStore, policy: PushPolicy, http: httpx.AsyncClient, max_follow_s: float
+    ) -> None:
         self.runtime, self.store, self.policy, self.http = runtime, store, policy, http
         self.max_follow_s = max_follow_s
         self.owner = f"{runtime.node_id}-{uuid.uuid4().hex[:6]}"
@@ -165,7 +167,9 @@ class PushDispatcher:
         lease_s = 60
         if not await self.runtime.kv.set(f"a2a:pushfollow:{task_id}", self.owner, lease_s, only_new=True):
             return  # another node follows this task
-        self._followers[task_id] = asyncio.create_task(self._follow(task_id, after, lease_s), name=f"a2a-push-{task_id}")
+        self._followers[task_id] = asyncio.create_task(
+            self._follow(task_id, after, lease_s), name=f"a2a-push-{task_id}"
+        )
 
     async def _follow(self, task_id: str, after: str | None, lease_s: int) -> None:
         loop = asyncio.get_running_loop()
@@ -249,13 +253,18 @@ class PushDispatcher:
                     self.delivered += 1
                     return
                 if resp.status_code < 500 and resp.status_code != 429:
-                    log.warning("webhook refused a notification", extra={"task_id": cfg.task_id, "status": resp.status_code})
+                    log.warning(
+                        "webhook refused a notification", extra={"task_id": cfg.task_id, "status": resp.status_code}
+                    )
                     return
             except (PermissionError, InvalidParamsError) as exc:
                 log.warning("webhook url refused by policy", extra={"task_id": cfg.task_id, "error": str(exc)})
                 return
             except (httpx.HTTPError, OSError) as exc:
-                log.info("webhook delivery failed", extra={"task_id": cfg.task_id, "attempt": attempt, "error": exc.__class__.__name__})
+                log.info(
+                    "webhook delivery failed",
+                    extra={"task_id": cfg.task_id, "attempt": attempt, "error": exc.__class__.__name__},
+                )
             if attempt < self.policy.max_attempts:
                 await asyncio.sleep(delay)
                 delay *= 2

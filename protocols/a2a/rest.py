@@ -157,5 +157,12 @@ def routes(service: A2AService, prefix: str, call_for: CallFor, name: str) -> li
     out = []
     for legacy, table in ((False, _TABLE_V10), (True, _TABLE_V03)):
         for path, methods, op in table:
-            out.append(Route(prefix + path, _endpoint(service, op, legacy, call_for), methods=methods, name=f"{name}{path}:{methods[0]}"))
+            out.append(
+                Route(
+                    prefix + path,
+                    _endpoint(service, op, legacy, call_for),
+                    methods=methods,
+                    name=f"{name}{path}:{methods[0]}",
+                )
+            )
     return out

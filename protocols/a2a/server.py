@@ -42,7 +42,9 @@ def build_routes(service: A2AService) -> list[BaseRoute]:
     async def agent_card(request: Request) -> Response:
         call = call_for(request, V10)
         if not await service.agent_exists(call.rt, call.agent or ""):
-            return JSONResponse({"error": {"code": "not_found", "message": f"no agent named {call.agent!r}"}}, status_code=404)
+            return JSONResponse(
+                {"error": {"code": "not_found", "message": f"no agent named {call.agent!r}"}}, status_code=404
+            )
         return service.cards.response(request, f"agent:{call.agent}", await service.card(call))
 
     async def key_set(request: Request) -> Response:

@@ -50,8 +50,16 @@ from schemas import STREAM_HINT, DataPart, Message, Task, TaskState, TaskStatusU
 log = logging.getLogger("interlace.a2a")
 
 DEFAULT_INPUT_MODES = [
-    "text/plain", "text/markdown", "application/json", "application/octet-stream",
-    "image/png", "image/jpeg", "image/webp", "application/pdf", "audio/wav", "audio/mpeg",
+    "text/plain",
+    "text/markdown",
+    "application/json",
+    "application/octet-stream",
+    "image/png",
+    "image/jpeg",
+    "image/webp",
+    "application/pdf",
+    "audio/wav",
+    "audio/mpeg",
 ]
 DEFAULT_OUTPUT_MODES = ["text/plain", "application/json", "application/octet-stream"]
 MAX_LIST_SCAN = 10_000
@@ -163,7 +171,9 @@ class A2AService:
             else:
                 media = part.media_type or "application/octet-stream"
             if not _mode_accepted(media, self.options.input_modes):
-                raise ContentTypeNotSupportedError(f"media type {media!r} is not accepted; accepted: {', '.join(self.options.input_modes)}")
+                raise ContentTypeNotSupportedError(
+                    f"media type {media!r} is not accepted; accepted: {', '.join(self.options.input_modes)}"
+                )
 
     def _blocking_timeout(self, rt: Runtime) -> float:
         return self.options.blocking_timeout_s or rt.config.max_wait_timeout_s
@@ -183,9 +193,13 @@ class A2AService:
             if task.state.terminal:
                 raise UnsupportedOperationError(f"Task {task.id} is in terminal state {task.state.value}")
             if not task.state.interrupted:
-                raise UnsupportedOperationError(f"Task {task.id} is {task.state.value}; only a task waiting for input takes a follow-up message")
+                raise UnsupportedOperationError(
+                    f"Task {task.id} is {task.state.value}; only a task waiting for input takes a follow-up message"
+                )
             if msg.context_id and msg.context_id != task.context_id:
-                raise InvalidParamsError(f"message.contextId {msg.context_id} does not match the task's context {task.context_id}")
+                raise InvalidParamsError(
+                    f"message.contextId {msg.context_id} does not match the task's context {task.context_id}"
+                )
             try:
                 task, after = await rt.continue_task(task.id, msg)
             except NotContinuable as exc:
@@ -222,8 +236,9 @@ class A2AService:
         task, after = await self._accept(call, p, streaming=True)
         return self._events(call, task, after, p.history_length)
 
-    async def _events(self, call: A2ACall, task: Task, after: str | None,
-                      history_length: int | None) -> AsyncIterator[Any]:
+    async def _events(
+        self, call: A2ACall, task: Task, after: str | None, history_length: int | None
+    ) -> AsyncIterator[Any]:
         yield call.dialect.stream_task(task, history_length)
         async for stored in call.rt.follow(task.id, after):
             yield call.dialect.stream_event(stored.event)
@@ -348,9 +363,19 @@ class A2AService:
             skills = [cards.skill_for_agent(call.agent)]
             name, description, version = call.agent, f"The agent {call.agent!r}, reached through {o.name}", __version__
         card = cards.build_card(
-            name=name, description=description, version=version, rpc_url=rpc_url, rest_url=rest_url, skills=skills,
-            input_modes=o.input_modes, output_modes=o.output_modes, streaming=True, push=o.push.enabled,
-            extended=o.extended_card is not None, v03=o.card_v03_compat, provider=o.provider,
+            name=name,
+            description=description,
+            version=version,
+            rpc_url=rpc_url,
+            rest_url=rest_url,
+            skills=skills,
+            input_modes=o.input_modes,
+            output_modes=o.output_modes,
+            streaming=True,
+            push=o.push.enabled,
+            extended=o.extended_card is not None,
+            v03=o.card_v03_compat,
+            provider=o.provider,
         )
         if extended:
             if o.extended_card is None:
@@ -416,4 +441,3 @@ def map_runtime_error(exc: Exception) -> A2AError:
         return Unavailable("the request timed out")
     log.error("unhandled error in the A2A adapter", exc_info=exc)
     return InternalError("internal error")
-

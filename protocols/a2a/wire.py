@@ -8,23 +8,23 @@ same functions. Input keys are accepted in camelCase and in proto snake_case.
 
 Mapping (canonical <-> 1.0 | 0.3 JSON-RPC | 0.3 REST):
 
-| canonical                         | A2A 1.0                          | A2A 0.3 JSON-RPC                     | A2A 0.3 REST                        |
-|-----------------------------------|----------------------------------|--------------------------------------|-------------------------------------|
-| TextPart(text, metadata)          | {text, metadata}                 | {kind:text, text, metadata}          | {text, metadata}                    |
-| DataPart(data)                    | {data: <any JSON>}               | {kind:data, data: {..}} (*1)         | {data: {data: {..}}} (*1)           |
-| FilePart(bytes, media_type, name) | {raw: b64, mediaType, filename}  | {kind:file, file:{bytes,mimeType,name}} | {file:{fileWithBytes,mimeType,name}} |
-| FilePart(url, ...)                | {url, mediaType, filename}       | {kind:file, file:{uri,mimeType,name}}   | {file:{fileWithUri,mimeType,name}}   |
-| Message.role user / agent         | ROLE_USER / ROLE_AGENT           | user / agent                         | ROLE_USER / ROLE_AGENT              |
-| Message.parts                     | parts                            | parts (+ kind:message)               | content                             |
-| Message ids, metadata             | messageId, taskId, contextId, metadata (same in all three)                                                    |
-| TaskState.<s>                     | TASK_STATE_<S>                   | <s> (e.g. input-required)            | TASK_STATE_<S> (CANCELLED)          |
-| Task                              | {id, contextId, status, artifacts, history, metadata} (+ kind:task in 0.3 JSON-RPC)                           |
-| TaskStatus                        | {state, message, timestamp}                                                                                    |
-| Artifact                          | {artifactId, name, description, parts, metadata}                                                               |
-| TaskStatusUpdate                  | {statusUpdate:{taskId,contextId,status,metadata}} | {kind:status-update, ..., final} | {statusUpdate:{..., final}} |
-| TaskArtifactUpdate                | {artifactUpdate:{taskId,contextId,artifact,append,lastChunk}} | {kind:artifact-update, ...} | {artifactUpdate:{...}}   |
-| a direct reply (*2)               | {message: Message}               | Message (kind:message)               | {message: Message}                  |
-| PushConfig                        | {taskId,id,url,token,authentication:{scheme,credentials}} | {taskId, pushNotificationConfig:{id,url,token,authentication:{schemes[],credentials}}} | {name:"tasks/T/pushNotificationConfigs/I", pushNotificationConfig:{..}} |
+| canonical | A2A 1.0 | A2A 0.3 JSON-RPC | A2A 0.3 REST |
+| --- | --- | --- | --- |
+| TextPart(text, metadata) | {text, metadata} | {kind:text, text, metadata} | {text, metadata} |
+| DataPart(data) | {data: <any JSON>} | {kind:data, data: {..}} (*1) | {data: {data: {..}}} (*1) |
+| FilePart(bytes, media_type, name) | {raw: b64, mediaType, filename} | {kind:file, file:{bytes,mimeType,name}} | {file:{fileWithBytes,mimeType,name}} |
+| FilePart(url, ...) | {url, mediaType, filename} | {kind:file, file:{uri,mimeType,name}} | {file:{fileWithUri,mimeType,name}} |
+| Message.role user / agent | ROLE_USER / ROLE_AGENT | user / agent | ROLE_USER / ROLE_AGENT |
+| Message.parts | parts | parts (+ kind:message) | content |
+| Message ids, metadata | messageId, taskId, contextId, metadata (same in all three) |
+| TaskState.<s> | TASK_STATE_<S> | <s> (e.g. input-required) | TASK_STATE_<S> (CANCELLED) |
+| Task | {id, contextId, status, artifacts, history, metadata} (+ kind:task in 0.3 JSON-RPC) |
+| TaskStatus | {state, message, timestamp} |
+| Artifact | {artifactId, name, description, parts, metadata} |
+| TaskStatusUpdate | {statusUpdate:{taskId,contextId,status,metadata}} | {kind:status-update, ..., final} | {statusUpdate:{..., final}} |
+| TaskArtifactUpdate | {artifactUpdate:{taskId,contextId,artifact,append,lastChunk}} | {kind:artifact-update, ...} | {artifactUpdate:{...}} |
+| a direct reply (*2) | {message: Message} | Message (kind:message) | {message: Message} |
+| PushConfig | {taskId,id,url,token,authentication:{scheme,credentials}} | {taskId, pushNotificationConfig:{id,url,token,authentication:{schemes[],credentials}}} | {name:"tasks/T/pushNotificationConfigs/I", pushNotificationConfig:{..}} |
 
 (*1) 0.3 data parts hold an object; any other JSON value is wrapped as ``{"value": x}`` on the way out.
 (*2) An agent answers with a bare Message (no task) by completing its task with a status message whose
@@ -164,7 +164,7 @@ class SendParams:
     blocking: bool
     history_length: int | None
     accepted_output_modes: list[str]
-    push: "PushConfig | None"
+    push: PushConfig | None
 
 
 @dataclass
@@ -184,7 +184,9 @@ def _file_in(f: dict, where: str, meta: dict | None, bytes_key: str, uri_key: st
     """A 0.3 file (JSON-RPC ``bytes``/``uri`` or proto ``fileWithBytes``/``fileWithUri``)."""
     media, name = string(f, "mimeType", where), string(f, "name", where)
     if get(f, bytes_key) is not None:
-        return FilePart(bytes=_std_base64(get(f, bytes_key), f"{where}.{bytes_key}"), media_type=media, filename=name, metadata=meta)
+        return FilePart(
+            bytes=_std_base64(get(f, bytes_key), f"{where}.{bytes_key}"), media_type=media, filename=name, metadata=meta
+        )
     if get(f, uri_key) is not None:
         return FilePart(url=string(f, uri_key, where, required=True), media_type=media, filename=name, metadata=meta)
     raise InvalidParamsError(f"{where} holds neither {bytes_key} nor {uri_key}")
@@ -207,7 +209,10 @@ def _push_v03(c: PushConfig) -> dict[str, Any]:
     inner: dict[str, Any] = {"id": c.id, "url": c.url}
     _put(inner, "token", c.token)
     if c.auth_scheme:
-        inner["authentication"] = {"schemes": [c.auth_scheme], **({"credentials": c.credentials} if c.credentials else {})}
+        inner["authentication"] = {
+            "schemes": [c.auth_scheme],
+            **({"credentials": c.credentials} if c.credentials else {}),
+        }
     return inner
 
 
@@ -226,7 +231,12 @@ class Dialect:
         self._state_in.update({"TASK_STATE_" + s.name: s for s in TaskState})
         self._state_in["TASK_STATE_CANCELLED"] = TaskState.CANCELED
         self._state_in["cancelled"] = TaskState.CANCELED
-        self._role_in = {v: k for k, v in self._ROLES.items()} | {"user": "user", "agent": "agent", 1: "user", 2: "agent"}
+        self._role_in = {v: k for k, v in self._ROLES.items()} | {
+            "user": "user",
+            "agent": "agent",
+            1: "user",
+            2: "agent",
+        }
 
     # ---- enums -------------------------------------------------------------------------------
 
@@ -263,7 +273,9 @@ class Dialect:
             return DataPart(data=get(d, "data"), metadata=meta)
         media, filename = string(d, "mediaType", where), string(d, "filename", where)
         if kind == "raw":
-            return FilePart(bytes=_std_base64(get(d, "raw"), f"{where}.raw"), media_type=media, filename=filename, metadata=meta)
+            return FilePart(
+                bytes=_std_base64(get(d, "raw"), f"{where}.raw"), media_type=media, filename=filename, metadata=meta
+            )
         return FilePart(url=string(d, "url", where, required=True), media_type=media, filename=filename, metadata=meta)
 
     def part_out(self, p) -> dict[str, Any]:
@@ -308,7 +320,11 @@ class Dialect:
             raise InvalidParamsError(f"{where} is invalid: {exc.errors()[0]['msg']}") from None
 
     def message_out(self, m: Message) -> dict[str, Any]:
-        out: dict[str, Any] = {"messageId": m.message_id, "role": self._ROLES[m.role], self.parts_key: [self.part_out(p) for p in m.parts]}
+        out: dict[str, Any] = {
+            "messageId": m.message_id,
+            "role": self._ROLES[m.role],
+            self.parts_key: [self.part_out(p) for p in m.parts],
+        }
         _put(out, "contextId", m.context_id)
         _put(out, "taskId", m.task_id)
         _put(out, "metadata", public_metadata(m.metadata))
@@ -378,7 +394,11 @@ class Dialect:
         return out
 
     def artifact_update_out(self, ev: TaskArtifactUpdate) -> dict[str, Any]:
-        out: dict[str, Any] = {"taskId": ev.task_id, "contextId": ev.context_id, "artifact": self.artifact_out(ev.artifact)}
+        out: dict[str, Any] = {
+            "taskId": ev.task_id,
+            "contextId": ev.context_id,
+            "artifact": self.artifact_out(ev.artifact),
+        }
         if ev.append:
             out["append"] = True
         if ev.last_chunk:
@@ -404,7 +424,7 @@ class Dialect:
 
     def stream_in(self, d: Any) -> Task | Message | TaskStatusUpdate | TaskArtifactUpdate | None:
         """One streamed item (or a SendMessage result) from a remote agent, in canonical types."""
-        d = _object(d, 'a stream item')
+        d = _object(d, "a stream item")
         if get(d, "task") is not None:
             return self.task_in(get(d, "task"))
         if get(d, "message") is not None or get(d, "msg") is not None:
@@ -419,7 +439,11 @@ class Dialect:
         status = self.status_in(get(d, "status"), "statusUpdate.status")
         if status is None:
             return None
-        return TaskStatusUpdate(task_id=string(d, "taskId", "statusUpdate") or "", context_id=string(d, "contextId", "statusUpdate") or "", status=status)
+        return TaskStatusUpdate(
+            task_id=string(d, "taskId", "statusUpdate") or "",
+            context_id=string(d, "contextId", "statusUpdate") or "",
+            status=status,
+        )
 
     def _artifact_update_in(self, d: dict) -> TaskArtifactUpdate:
         return TaskArtifactUpdate(
@@ -433,7 +457,7 @@ class Dialect:
     # ---- requests ----------------------------------------------------------------------------
 
     def send_params_in(self, params: Any) -> SendParams:
-        params = _object(params, 'params')
+        params = _object(params, "params")
         raw = get(params, "message")
         if raw is None:
             raw = get(params, "request")  # the 0.3 proto's field name
@@ -463,8 +487,14 @@ class Dialect:
     def _inline_push(self, conf: dict) -> dict | None:
         return obj(conf, "taskPushNotificationConfig", "configuration")
 
-    def send_params_out(self, message: Message, *, blocking: bool = True, metadata: dict | None = None,
-                        history_length: int | None = None) -> dict[str, Any]:
+    def send_params_out(
+        self,
+        message: Message,
+        *,
+        blocking: bool = True,
+        metadata: dict | None = None,
+        history_length: int | None = None,
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {"message": self.message_out(message), "configuration": self._configuration_out(blocking)}
         if history_length is not None:
             out["configuration"]["historyLength"] = history_length
@@ -495,11 +525,14 @@ class Dialect:
         out: dict[str, Any] = {"id": c.id, "taskId": c.task_id, "url": c.url}
         _put(out, "token", c.token)
         if c.auth_scheme:
-            out["authentication"] = {"scheme": c.auth_scheme, **({"credentials": c.credentials} if c.credentials else {})}
+            out["authentication"] = {
+                "scheme": c.auth_scheme,
+                **({"credentials": c.credentials} if c.credentials else {}),
+            }
         return out
 
     def push_create_in(self, params: Any, task_id: str | None = None) -> PushConfig:
-        params = _object(params, 'params')
+        params = _object(params, "params")
         cfg = self.push_in(params, task_id or "", "params")
         if not cfg.task_id:
             raise InvalidParamsError("params.taskId is required")
@@ -583,7 +616,7 @@ class V03Dialect(Dialect):
         return self.status_update_out(ev) if isinstance(ev, TaskStatusUpdate) else self.artifact_update_out(ev)
 
     def stream_in(self, d: Any):
-        d = _object(d, 'a stream item')
+        d = _object(d, "a stream item")
         kind = get(d, "kind")
         if kind == "task":
             return self.task_in(d)
@@ -605,7 +638,7 @@ class V03Dialect(Dialect):
         return {"blocking": blocking}
 
     def push_create_in(self, params: Any, task_id: str | None = None) -> PushConfig:
-        params = _object(params, 'params')
+        params = _object(params, "params")
         inner = obj(params, "pushNotificationConfig", "params")
         if inner is None:
             raise InvalidParamsError("params.pushNotificationConfig is required")
@@ -669,7 +702,7 @@ class V03RestDialect(Dialect):
     _configuration_out = V03Dialect._configuration_out
 
     def push_create_in(self, params: Any, task_id: str | None = None) -> PushConfig:
-        params = _object(params, 'body')
+        params = _object(params, "body")
         body = obj(params, "config", "body") or params
         inner = obj(body, "pushNotificationConfig", "body")
         if inner is None:

@@ -20,7 +20,9 @@ SSE = {"Content-Type": "application/json", "Accept": "text/event-stream"}
 
 
 class RemoteACPError(Exception):
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None, retryable: bool = False) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, code: str | None = None, retryable: bool = False
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.retryable = status, code, retryable
 
@@ -40,7 +42,9 @@ def _error(resp: httpx.Response, body: bytes) -> RemoteACPError:
             message = str(err.get("message") or err.get("detail") or message)
     except ValueError:
         pass
-    return RemoteACPError(f"HTTP {resp.status_code}: {message}", status=resp.status_code, code=code, retryable=resp.status_code >= 500)
+    return RemoteACPError(
+        f"HTTP {resp.status_code}: {message}", status=resp.status_code, code=code, retryable=resp.status_code >= 500
+    )
 
 
 class ACPClient:
@@ -73,7 +77,9 @@ class ACPClient:
     async def cancel(self, run_id: str, timeout: float = 5.0) -> dict[str, Any]:
         return await self._json("POST", f"/runs/{run_id}/cancel", {}, timeout=timeout)
 
-    def create_stream(self, agent: str, messages: list[dict[str, Any]], session_id: str | None) -> AsyncIterator[dict[str, Any]]:
+    def create_stream(
+        self, agent: str, messages: list[dict[str, Any]], session_id: str | None
+    ) -> AsyncIterator[dict[str, Any]]:
         body: dict[str, Any] = {"agent_name": agent, "input": messages, "mode": "stream"}
         if session_id:
             body["session_id"] = session_id
@@ -89,7 +95,9 @@ class ACPClient:
         that answers a Run as JSON instead of a stream yields one ``run.<status>`` event."""
         started = False
         try:
-            async with self.http.stream("POST", self.base + path, content=json.dumps(body), headers={**SSE, **self.headers}) as resp:
+            async with self.http.stream(
+                "POST", self.base + path, content=json.dumps(body), headers={**SSE, **self.headers}
+            ) as resp:
                 started = True
                 if resp.status_code >= 400:
                     raise _error(resp, await resp.aread())

@@ -94,7 +94,9 @@ class _Relay:
             if p.name:
                 seen = p.name in self._named
                 art_id = self._named.setdefault(p.name, new_id())
-                events.append(self.task.artifact_event(Artifact(artifact_id=art_id, name=p.name, parts=[part]), append=seen))
+                events.append(
+                    self.task.artifact_event(Artifact(artifact_id=art_id, name=p.name, parts=[part]), append=seen)
+                )
             else:
                 if self._message_id is None:
                     self._message_id, self._message_parts = new_id(), 0
@@ -120,8 +122,11 @@ class _Relay:
         except (wire.WireError, ValueError):
             canonical = []
         return Message(
-            role="agent", parts=canonical or [TextPart(text="")], task_id=self.task.id,
-            context_id=self.task.context_id, metadata={wire.REMOTE_RUN: self.run_id},
+            role="agent",
+            parts=canonical or [TextPart(text="")],
+            task_id=self.task.id,
+            context_id=self.task.context_id,
+            metadata={wire.REMOTE_RUN: self.run_id},
         )
 
     def map(self, event: dict[str, Any]) -> list[TaskEvent]:
@@ -294,5 +299,5 @@ class ACPConnector(Worker):
         try:
             await asyncio.wait_for(asyncio.shield(client.cancel(run_id)), 5.0)
             log.info("canceled the remote run", extra={"agent": self.agent, "remote_run": run_id})
-        except (RemoteACPError, asyncio.TimeoutError, asyncio.CancelledError) as exc:
+        except (TimeoutError, RemoteACPError, asyncio.CancelledError) as exc:
             log.warning("could not cancel the remote run", extra={"agent": self.agent, "error": str(exc)})

@@ -84,7 +84,9 @@ def invalid(message: str, data: Any = None) -> ACPError:
     return ACPError(422, "invalid_input", message, data)
 
 
-def acp_error(status: int, code: str, message: str, data: Any = None, headers: dict[str, str] | None = None) -> JSONResponse:
+def acp_error(
+    status: int, code: str, message: str, data: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse({"code": code, "message": message, "data": data}, status_code=status, headers=headers)
 
 
@@ -259,7 +261,11 @@ class ACPService:
         rt: Runtime = request.app.state.runtime
         req = RunCreate.model_validate(await _body(request))
         session_id = req.session.id if req.session is not None else req.session_id
-        if req.session is not None and req.session_id and wire.from_uuid(req.session_id) != wire.from_uuid(req.session.id):
+        if (
+            req.session is not None
+            and req.session_id
+            and wire.from_uuid(req.session_id) != wire.from_uuid(req.session.id)
+        ):
             raise invalid("session_id does not match session.id")
         message = wire.message_in(req.input)
         metadata = {STREAM_HINT: True} if req.mode != "sync" else {}
@@ -284,9 +290,13 @@ class ACPService:
             raise invalid("run_id in the body does not match the run in the path")
         status = wire.run_status(task.state)
         if not task.state.interrupted:
-            raise ACPError(403, "server_error", f"Run {request.path_params['run_id']} has no await request (it is {status})")
+            raise ACPError(
+                403, "server_error", f"Run {request.path_params['run_id']} has no await request (it is {status})"
+            )
         if req.await_resume.type != "message":
-            raise ACPError(403, "server_error", f"Run {request.path_params['run_id']} is expecting resume of type message")
+            raise ACPError(
+                403, "server_error", f"Run {request.path_params['run_id']} is expecting resume of type message"
+            )
         if req.await_resume.message is None:
             raise invalid("await_resume.message is required")
         message = wire.resume_in(req.await_resume.message)
@@ -305,7 +315,9 @@ class ACPService:
             task = await rt.cancel(task.id)
         except NotCancelable:
             current = await rt.get(task.id)
-            raise ACPError(403, "server_error", f"Run in terminal status {wire.run_status(current.state)} can't be cancelled") from None
+            raise ACPError(
+                403, "server_error", f"Run in terminal status {wire.run_status(current.state)} can't be cancelled"
+            ) from None
         return JSONResponse(wire.run_out(task), status_code=202, headers={"Run-ID": wire.as_uuid(task.id) or task.id})
 
     async def run_events(self, request: Request) -> Response:
@@ -345,7 +357,8 @@ class ACPService:
         base = self.base(request)
         ours = [
             f"{base}/acp/runs/{wire.as_uuid(t.id) or t.id}/messages/{i}"
-            for t in tasks for i in range(len(wire.session_messages(t)))
+            for t in tasks
+            for i in range(len(wire.session_messages(t)))
         ]
         history = [u for u in carried.get("history", []) if u not in ours] + ours
         return JSONResponse({"id": str(uuid.UUID(raw)), "history": history, "state": carried.get("state")})
@@ -375,7 +388,9 @@ def build_routes(service: ACPService) -> list[BaseRoute]:
         Route("/acp/runs/{run_id}", guarded(service.resume_run), methods=["POST"], name=f"{n}:resume"),
         Route("/acp/runs/{run_id}/cancel", guarded(service.cancel_run), methods=["POST"], name=f"{n}:cancel"),
         Route("/acp/runs/{run_id}/events", guarded(service.run_events), methods=["GET"], name=f"{n}:events"),
-        Route("/acp/runs/{run_id}/messages/{index:int}", guarded(service.message), methods=["GET"], name=f"{n}:message"),
+        Route(
+            "/acp/runs/{run_id}/messages/{index:int}", guarded(service.message), methods=["GET"], name=f"{n}:message"
+        ),
         Route("/acp/sessions/{session_id}", guarded(service.session), methods=["GET"], name=f"{n}:session"),
     ]
     known = list(routes)

@@ -252,7 +252,11 @@ def part_out(part: Part, name: str | None = None) -> dict[str, Any]:
     elif part.url is not None:
         out = {"content_type": part.media_type or "application/octet-stream", "content_url": part.url}
     else:
-        out = {"content_type": part.media_type or "application/octet-stream", "content": part.bytes, "content_encoding": "base64"}
+        out = {
+            "content_type": part.media_type or "application/octet-stream",
+            "content": part.bytes,
+            "content_encoding": "base64",
+        }
     name = meta.get(PART_NAME) or name  # a part's own ACP name, else its artifact's
     if name:
         out["name"] = name
@@ -438,8 +442,10 @@ class EventMapper:
 
 def initial(task: Task) -> Task:
     """The task as it was when submitted (for replaying its events from the start)."""
-    return task.model_copy(update={
-        "history": task.history[:1],
-        "artifacts": [],
-        "status": task.status.model_copy(update={"state": TaskState.SUBMITTED, "message": None}),
-    })
+    return task.model_copy(
+        update={
+            "history": task.history[:1],
+            "artifacts": [],
+            "status": task.status.model_copy(update={"state": TaskState.SUBMITTED, "message": None}),
+        }
+    )

@@ -29,10 +29,10 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any
 
 import httpx
 
@@ -80,7 +80,9 @@ class HttpsResolver:
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
             self._http = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.timeout_s), verify=self.verify, follow_redirects=False,
+                timeout=httpx.Timeout(self.timeout_s),
+                verify=self.verify,
+                follow_redirects=False,
                 limits=httpx.Limits(max_connections=32, max_keepalive_connections=8),
                 headers={"Accept": "application/did+json, application/json"},
             )
@@ -117,7 +119,9 @@ class HttpsResolver:
 class CachedResolver:
     """A bounded TTL cache in front of a resolver; concurrent misses share one resolution."""
 
-    def __init__(self, resolve: Resolve, *, ttl_s: float = 300.0, max_entries: int = 10_000, refresh_after_s: float = 30.0) -> None:
+    def __init__(
+        self, resolve: Resolve, *, ttl_s: float = 300.0, max_entries: int = 10_000, refresh_after_s: float = 30.0
+    ) -> None:
         self.resolve, self.ttl_s, self.max_entries, self.refresh_after_s = resolve, ttl_s, max_entries, refresh_after_s
         self._cache: OrderedDict[str, tuple[float, dict]] = OrderedDict()
         self._inflight: dict[str, asyncio.Future] = {}
@@ -190,7 +194,9 @@ class DidWbaAuth:
         self.resolver = CachedResolver(resolve, ttl_s=cache_ttl_s)
         self.window_s, self.skew_s, self.token_ttl_s, self.clock = window_s, skew_s, token_ttl_s, clock
 
-    async def authenticate(self, kv: Any, method: str, urls: list[str], domains: list[str], headers: Mapping[str, str], body: bytes) -> Caller:
+    async def authenticate(
+        self, kv: Any, method: str, urls: list[str], domains: list[str], headers: Mapping[str, str], body: bytes
+    ) -> Caller:
         """The caller, or AuthFailure. ``urls``: the request URL as the gateway may have been
         addressed; ``domains``: host names (no port) a legacy header may be signed for."""
         authz = (headers.get("authorization") or "").strip()
@@ -201,7 +207,9 @@ class DidWbaAuth:
         if authz[:7].lower() == "didwba ":
             return await self._legacy(kv, authz, domains)
         if authz:
-            raise AuthFailure("invalid_request", "unsupported Authorization scheme; use DIDWba or HTTP Message Signatures")
+            raise AuthFailure(
+                "invalid_request", "unsupported Authorization scheme; use DIDWba or HTTP Message Signatures"
+            )
         raise AuthFailure("invalid_request", "missing authentication: sign the request with DIDWba")
 
     # ---- bearer tokens ----
@@ -217,10 +225,14 @@ class DidWbaAuth:
     async def _issue(self, kv: Any, did: str, scheme: str) -> Caller:
         token = secrets.token_urlsafe(32)
         await kv.set(f"anp:token:{_hash(token)}", did, self.token_ttl_s)
-        return Caller(did=did, scheme=scheme, response_headers={
-            "Authentication-Info": f'access_token="{token}", token_type="Bearer", expires_in={self.token_ttl_s}',
-            "Authorization": f"Bearer {token}",
-        })
+        return Caller(
+            did=did,
+            scheme=scheme,
+            response_headers={
+                "Authentication-Info": f'access_token="{token}", token_type="Bearer", expires_in={self.token_ttl_s}',
+                "Authorization": f"Bearer {token}",
+            },
+        )
 
     # ---- shared steps ----
 
@@ -267,18 +279,24 @@ class DidWbaAuth:
     async def _claim_nonce(self, kv: Any, did: str, nonce: Any) -> None:
         if not isinstance(nonce, str) or not 8 <= len(nonce) <= 128:
             raise AuthFailure("invalid_nonce", "a nonce of 8 to 128 characters is required")
-        if not await kv.set(f"anp:nonce:{_hash(did + ' ' + nonce)}", "1", self.window_s + self.skew_s + 60, only_new=True):
+        if not await kv.set(
+            f"anp:nonce:{_hash(did + ' ' + nonce)}", "1", self.window_s + self.skew_s + 60, only_new=True
+        ):
             raise AuthFailure("invalid_nonce", "the nonce has already been used")
 
     # ---- RFC 9421 ----
 
-    async def _http_signature(self, kv: Any, method: str, urls: list[str], headers: Mapping[str, str], body: bytes) -> Caller:
+    async def _http_signature(
+        self, kv: Any, method: str, urls: list[str], headers: Mapping[str, str], body: bytes
+    ) -> Caller:
         try:
             sig = httpsig.parse_signature(headers)
             keyid, did = sig.keyid, sig.did
             covered = set(sig.components)
             if "@method" not in covered or not ({"@target-uri"} <= covered or {"@authority", "@path"} <= covered):
-                raise SignatureError("invalid_request", "the signature must cover @method and @target-uri (or @authority and @path)")
+                raise SignatureError(
+                    "invalid_request", "the signature must cover @method and @target-uri (or @authority and @path)"
+                )
             if body and "content-digest" not in covered:
                 raise SignatureError("invalid_request", "a request with a body must cover content-digest")
             if "content-digest" in covered:
@@ -333,7 +351,8 @@ class DidWbaAuth:
         def check(key: PublicKey) -> bool:
             return any(
                 key.verify(auth.signed_content(domain, name), signature)
-                for domain in domains for name in auth.domain_fields()
+                for domain in domains
+                for name in auth.domain_fields()
             )
 
         await self._verified(auth.did, method_id, check)

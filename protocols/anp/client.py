@@ -49,7 +49,7 @@ class ANPSigner:
         self._tokens: dict[str, tuple[str, float]] = {}
 
     @classmethod
-    def for_host(cls, identity: Identity, host: str) -> "ANPSigner":
+    def for_host(cls, identity: Identity, host: str) -> ANPSigner:
         """The signer for the gateway reachable at ``host[:port]`` (its did:wba document must be
         served there, at /.well-known/did.json, with the same node key)."""
         return cls(identity, did_for_host(host))
@@ -122,7 +122,9 @@ class ANPClient:
     def __init__(self, signer: ANPSigner, http: httpx.AsyncClient, *, timeout_s: float = 300.0) -> None:
         self.signer, self.http, self.timeout_s = signer, http, timeout_s
 
-    async def request(self, method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None) -> httpx.Response:
+    async def request(
+        self, method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> httpx.Response:
         """A DIDWba-authenticated request: the cached token, else a signature; one retry after a 401."""
         base = dict(headers or {})
         token = self.signer.token(url)
@@ -148,7 +150,11 @@ class ANPClient:
     async def get_json(self, url: str) -> Any:
         resp = await self.request("GET", url, headers={"Accept": "application/json"})
         if resp.status_code != 200:
-            raise RemoteError(f"{url} answered HTTP {resp.status_code}{_reason(resp)}", code=resp.status_code, retryable=resp.status_code >= 500)
+            raise RemoteError(
+                f"{url} answered HTTP {resp.status_code}{_reason(resp)}",
+                code=resp.status_code,
+                retryable=resp.status_code >= 500,
+            )
         if len(resp.content) > MAX_DOCUMENT_BYTES:
             raise RemoteError(f"{url} is larger than {MAX_DOCUMENT_BYTES} bytes")
         try:
@@ -158,7 +164,9 @@ class ANPClient:
 
     async def call(self, url: str, method: str, params: dict[str, Any], rid: str) -> Any:
         """One JSON-RPC call; returns its result or raises RemoteError with the remote's message."""
-        body = json.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params}, separators=(",", ":")).encode()
+        body = json.dumps(
+            {"jsonrpc": "2.0", "id": rid, "method": method, "params": params}, separators=(",", ":")
+        ).encode()
         resp = await self.request("POST", url, body, {"Content-Type": "application/json", "Accept": "application/json"})
         try:
             answer = resp.json()
@@ -171,7 +179,9 @@ class ANPClient:
                 text += f" ({json.dumps(err['data'], ensure_ascii=False)[:500]})"
             raise RemoteError(text, code=err.get("code") if isinstance(err.get("code"), int) else None)
         if resp.status_code != 200:
-            raise RemoteError(f"HTTP {resp.status_code}{_reason(resp)}", code=resp.status_code, retryable=resp.status_code >= 500)
+            raise RemoteError(
+                f"HTTP {resp.status_code}{_reason(resp)}", code=resp.status_code, retryable=resp.status_code >= 500
+            )
         if not isinstance(answer, dict) or "result" not in answer:
             raise RemoteError("the answer is not a JSON-RPC response")
         return answer["result"]
@@ -214,7 +224,9 @@ class ANPClient:
         for m in doc["methods"]:
             if isinstance(m, dict) and isinstance(m.get("name"), str) and m["name"] not in remote.methods:
                 params = m.get("params") if isinstance(m.get("params"), list) else []
-                remote.methods[m["name"]] = RemoteMethod(m["name"], str(m.get("description") or m.get("summary") or ""), params, server)
+                remote.methods[m["name"]] = RemoteMethod(
+                    m["name"], str(m.get("description") or m.get("summary") or ""), params, server
+                )
 
 
 def _reason(resp: httpx.Response) -> str:

@@ -135,7 +135,6 @@ class ANPConnector(Worker):
             raise TaskFailed(f"remote ANP agent {self.agent!r}: {exc}") from None
         yield task.artifact_event(result_artifact(method.name, result), last_chunk=True)
 
-
     @staticmethod
     async def _remote_task(client: ANPClient, remote: RemoteAgent, params: dict[str, Any], rid: str) -> Any:
         """Another Interlace gateway: start the task without waiting, follow it with get_task, and
@@ -145,7 +144,9 @@ class ANPConnector(Worker):
         remote_id = result.get("task_id") if isinstance(result, dict) else None
         try:
             while isinstance(remote_id, str) and result.get("state") in PENDING:
-                result = await client.call(methods["get_task"].server_url, "get_task", {"task_id": remote_id, "wait_s": 30}, rid)
+                result = await client.call(
+                    methods["get_task"].server_url, "get_task", {"task_id": remote_id, "wait_s": 30}, rid
+                )
         except asyncio.CancelledError:
             if isinstance(remote_id, str):
                 with contextlib.suppress(Exception):
@@ -176,7 +177,7 @@ def choose_call(task: Task, message: Message, remote: RemoteAgent) -> tuple[Remo
         else:
             raise TaskFailed(
                 f"the ANP agent has several methods ({', '.join(sorted(remote.methods))}); name one in the "
-                f"message metadata {METHOD_KEY!r} or in a data part {{\"method\": ..., \"params\": {{...}}}}"
+                f'message metadata {METHOD_KEY!r} or in a data part {{"method": ..., "params": {{...}}}}'
             )
     method = remote.methods.get(str(name))
     if method is None:

@@ -25,7 +25,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -40,7 +40,10 @@ PROOF_TYPE = "DataIntegrityProof"
 CRYPTOSUITE = "eddsa-jcs-2022"
 ED25519_TYPES = {"Ed25519VerificationKey2018", "Ed25519VerificationKey2020"}
 KEY_TYPES = ED25519_TYPES | {
-    "Multikey", "JsonWebKey2020", "EcdsaSecp256k1VerificationKey2019", "EcdsaSecp256r1VerificationKey2019",
+    "Multikey",
+    "JsonWebKey2020",
+    "EcdsaSecp256k1VerificationKey2019",
+    "EcdsaSecp256r1VerificationKey2019",
 }
 CONTEXTS = [
     "https://www.w3.org/ns/did/v1",
@@ -77,7 +80,7 @@ def parse_did(did: str) -> tuple[str, list[str]]:
     """The host (with port) and path segments of a did:wba; raises DidError."""
     if not isinstance(did, str) or not did.startswith(DID_WBA) or len(did) > _MAX_DID:
         raise DidError(f"not a did:wba: {str(did)[:80]!r}")
-    parts = did[len(DID_WBA):].split(":")
+    parts = did[len(DID_WBA) :].split(":")
     host = unquote(parts[0]).lower()
     if not _HOST.fullmatch(host):
         raise DidError(f"did:wba host is not a host name: {host[:80]!r}")
@@ -121,7 +124,9 @@ def _ec():
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import ec, utils
     except ImportError:  # pragma: no cover - the didwba extra is part of dev
-        raise DidError("secp256k1/P-256 keys need the 'cryptography' package (pip install 'interlace[didwba]')") from None
+        raise DidError(
+            "secp256k1/P-256 keys need the 'cryptography' package (pip install 'interlace[didwba]')"
+        ) from None
     return ec, hashes, utils
 
 
@@ -148,7 +153,9 @@ class PublicKey:
         try:
             key = ec.EllipticCurvePublicKey.from_encoded_point(curve, self.raw)
             if len(signature) == 64:  # IEEE P1363 r||s, as ANP sends it
-                der = utils.encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
+                der = utils.encode_dss_signature(
+                    int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+                )
             else:
                 der = signature
             key.verify(der, message, ec.ECDSA(hashes.SHA256()))
@@ -164,7 +171,12 @@ class PublicKey:
         curve = ec.SECP256K1() if self.curve == "secp256k1" else ec.SECP256R1()
         nums = ec.EllipticCurvePublicKey.from_encoded_point(curve, self.raw).public_numbers()
         crv = "secp256k1" if self.curve == "secp256k1" else "P-256"
-        return {"crv": crv, "kty": "EC", "x": b64url_encode(nums.x.to_bytes(32, "big")), "y": b64url_encode(nums.y.to_bytes(32, "big"))}
+        return {
+            "crv": crv,
+            "kty": "EC",
+            "x": b64url_encode(nums.x.to_bytes(32, "big")),
+            "y": b64url_encode(nums.y.to_bytes(32, "big")),
+        }
 
     def thumbprint(self) -> str:
         """RFC 7638 JWK thumbprint (the ``e1_``/``k1_`` DID suffix)."""
@@ -190,7 +202,7 @@ def _from_multibase(value: Any, vm_type: str) -> PublicKey:
         raise DidError(f"publicKeyMultibase: {exc}") from None
     for prefix, (curve, size) in _MULTICODEC.items():
         if raw.startswith(prefix) and len(raw) == len(prefix) + size:
-            return PublicKey(curve, raw[len(prefix):])
+            return PublicKey(curve, raw[len(prefix) :])
     # Older documents put the bare key in the multibase value.
     if vm_type in ED25519_TYPES and len(raw) == 32:
         return PublicKey("ed25519", raw)
@@ -362,15 +374,17 @@ def gateway_document(identity: Identity, did: str, ad_url: str, created: str | N
     doc = {
         "@context": list(CONTEXTS),
         "id": did,
-        "verificationMethod": [{
-            "id": vm_id,
-            "type": "Multikey",
-            "controller": did,
-            "publicKeyMultibase": "z" + b58encode(b"\xed\x01" + bytes(identity.verify_key)),
-        }],
+        "verificationMethod": [
+            {
+                "id": vm_id,
+                "type": "Multikey",
+                "controller": did,
+                "publicKeyMultibase": "z" + b58encode(b"\xed\x01" + bytes(identity.verify_key)),
+            }
+        ],
         "authentication": [vm_id],
         "assertionMethod": [vm_id],
         "service": [{"id": f"{did}#ad", "type": "AgentDescription", "serviceEndpoint": ad_url}],
     }
-    created = created or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    created = created or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return sign_document(doc, identity, vm_id, created)

@@ -22,8 +22,9 @@ import hashlib
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import rfc8785
@@ -34,7 +35,9 @@ DEFAULT_COMPONENTS = ("@method", "@target-uri", "@authority", "content-digest")
 ACCEPT_SIGNATURE = 'sig1=("@method" "@target-uri" "@authority" "content-digest");created;expires;nonce;keyid'
 _MAX_HEADER = 8192
 _LABEL = r"[a-z*][a-z0-9_*.-]{0,63}"
-_PARAM = re.compile(r'\s*;\s*([a-z*][a-z0-9_.*-]*)(?:=("(?:[^"\\]|\\.)*"|-?[0-9]{1,15}|[A-Za-z*][A-Za-z0-9_:/.*%+-]*))?')
+_PARAM = re.compile(
+    r'\s*;\s*([a-z*][a-z0-9_.*-]*)(?:=("(?:[^"\\]|\\.)*"|-?[0-9]{1,15}|[A-Za-z*][A-Za-z0-9_:/.*%+-]*))?'
+)
 _MEMBER_INPUT = re.compile(rf'({_LABEL})=(\((?:\s*"[^"]*")*\s*\))(.*)', re.S)  # component parameters unsupported
 _MEMBER_SIG = re.compile(rf"({_LABEL})=:([A-Za-z0-9+/]*={{0,2}}):")
 _LEGACY_FIELD = re.compile(r'([A-Za-z_]+)\s*=\s*"([^"]*)"')
@@ -95,7 +98,9 @@ class SignedRequest:
     def keyid(self) -> str:
         keyid = self.params.get("keyid")
         if not isinstance(keyid, str) or "#" not in keyid:
-            raise SignatureError("invalid_verification_method", "Signature-Input keyid must be a DID URL (did#fragment)")
+            raise SignatureError(
+                "invalid_verification_method", "Signature-Input keyid must be a DID URL (did#fragment)"
+            )
         return keyid
 
     @property
@@ -170,7 +175,7 @@ def parse_signature(headers: Mapping[str, str]) -> SignedRequest:
         components = re.findall(r'"([^"]*)"', inner)
         if not components:
             raise SignatureError("invalid_request", "Signature-Input covers no components")
-        return SignedRequest(label, components, _params(params_text), member[len(label) + 1:], values[label])
+        return SignedRequest(label, components, _params(params_text), member[len(label) + 1 :], values[label])
     raise SignatureError("invalid_request", "no Signature-Input member has a matching Signature")
 
 
@@ -270,18 +275,33 @@ def parse_legacy(header: str) -> LegacyAuth:
     if missing:
         raise SignatureError("invalid_request", f"DIDWba header lacks {', '.join(missing)}")
     return LegacyAuth(
-        did=fields["did"], nonce=fields["nonce"], timestamp=fields["timestamp"],
-        verification_method=fields["verification_method"], signature=fields["signature"],
-        version=fields.get("v"), fields=fields,
+        did=fields["did"],
+        nonce=fields["nonce"],
+        timestamp=fields["timestamp"],
+        verification_method=fields["verification_method"],
+        signature=fields["signature"],
+        version=fields.get("v"),
+        fields=fields,
     )
 
 
-def legacy_header(identity: Identity, did: str, domain: str, *, version: str = "1.1", nonce: str | None = None, timestamp: str | None = None) -> str:
+def legacy_header(
+    identity: Identity,
+    did: str,
+    domain: str,
+    *,
+    version: str = "1.1",
+    nonce: str | None = None,
+    timestamp: str | None = None,
+) -> str:
     """A legacy ``DIDWba`` Authorization header signed with ``identity`` (#key-1)."""
     auth = LegacyAuth(
-        did=did, nonce=nonce or secrets.token_hex(16),
+        did=did,
+        nonce=nonce or secrets.token_hex(16),
         timestamp=timestamp or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        verification_method="key-1", signature="", version=version,
+        verification_method="key-1",
+        signature="",
+        version=version,
     )
     content = auth.signed_content(domain, auth.domain_fields()[0])
     signature = base64.urlsafe_b64encode(identity.sign(content)).rstrip(b"=").decode()

@@ -23,7 +23,7 @@ import json
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -67,10 +67,12 @@ class ANPService:
         self._https = HttpsResolver() if options.resolve is None else None
         self.auth = DidWbaAuth(
             options.resolve or self._https,  # type: ignore[arg-type]
-            window_s=options.window_s, skew_s=options.skew_s, token_ttl_s=options.token_ttl_s,
+            window_s=options.window_s,
+            skew_s=options.skew_s,
+            token_ttl_s=options.token_ttl_s,
             cache_ttl_s=options.did_cache_ttl_s,
         )
-        self.created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         self._documents: OrderedDict[tuple[str, str, str], dict] = OrderedDict()
 
     async def close(self) -> None:
@@ -138,13 +140,17 @@ class ANPService:
         if agent is None:
             known = await rt.known_agents()
             return wire.openrpc_document(
-                title=self.options.name, description=self.options.description,
-                rpc_url=f"{base}/anp/rpc", agents=known,
+                title=self.options.name,
+                description=self.options.description,
+                rpc_url=f"{base}/anp/rpc",
+                agents=known,
             )
         about, _, _ = await self.agent_about(rt, agent)
         return wire.openrpc_document(
-            title=agent, description=about or f"The agent {agent!r}, reached through the gateway.",
-            rpc_url=f"{base}/anp/agents/{quote(agent, safe='')}/rpc", agents=None,
+            title=agent,
+            description=about or f"The agent {agent!r}, reached through the gateway.",
+            rpc_url=f"{base}/anp/agents/{quote(agent, safe='')}/rpc",
+            agents=None,
         )
 
     async def agent_description(self, request: Request, agent: str | None) -> dict:
@@ -156,16 +162,27 @@ class ANPService:
             known = await rt.known_agents()
             agents = [{"name": a, "url": f"{base}/anp/agents/{quote(a, safe='')}/ad.json"} for a in known]
             return wire.agent_description(
-                ad_url=f"{base}/anp/ad.json", openrpc_url=f"{base}/anp/openrpc.json", name=self.options.name,
-                description=self.options.description, did=did, openrpc=openrpc, created=self.created,
+                ad_url=f"{base}/anp/ad.json",
+                openrpc_url=f"{base}/anp/openrpc.json",
+                name=self.options.name,
+                description=self.options.description,
+                did=did,
+                openrpc=openrpc,
+                created=self.created,
                 extra={"ad:agents": agents},
             )
         about, version, record_did = await self.agent_about(rt, agent)
         prefix = f"{base}/anp/agents/{quote(agent, safe='')}"
         return wire.agent_description(
-            ad_url=f"{prefix}/ad.json", openrpc_url=f"{prefix}/openrpc.json", name=agent,
-            description=about or f"The agent {agent!r}, reached through the gateway.", did=did,
-            openrpc=openrpc, created=self.created, version=version, identifier=record_did,
+            ad_url=f"{prefix}/ad.json",
+            openrpc_url=f"{prefix}/openrpc.json",
+            name=agent,
+            description=about or f"The agent {agent!r}, reached through the gateway.",
+            did=did,
+            openrpc=openrpc,
+            created=self.created,
+            version=version,
+            identifier=record_did,
         )
 
 
@@ -221,8 +238,16 @@ def _wait(call: ANPCall, wait_s: Any) -> float:
 
 
 @_method
-async def send_message(call: ANPCall, message: Any = None, data: Any = None, task_id: Any = None,
-                       context_id: Any = None, metadata: Any = None, wait_s: Any = None, agent: Any = None) -> dict:
+async def send_message(
+    call: ANPCall,
+    message: Any = None,
+    data: Any = None,
+    task_id: Any = None,
+    context_id: Any = None,
+    metadata: Any = None,
+    wait_s: Any = None,
+    agent: Any = None,
+) -> dict:
     msg = wire.user_message(message, data)
     wait = _wait(call, wait_s)
     agent = wire._string(agent, "agent")
@@ -236,7 +261,9 @@ async def send_message(call: ANPCall, message: Any = None, data: Any = None, tas
         if not target:
             raise RpcError(-32602, "agent is required: the name (or DID) of the agent to send the task to")
         task = await call.rt.submit(
-            msg, agent=target, context_id=wire._string(context_id, "context_id"),
+            msg,
+            agent=target,
+            context_id=wire._string(context_id, "context_id"),
             metadata=wire.task_metadata(metadata, call.caller),
         )
     task = await call.rt.wait(task.id, wait)
@@ -283,7 +310,9 @@ def build_routes(service: ANPService) -> list[BaseRoute]:
         try:
             doc = service.did_document(request)
         except DidError as exc:
-            return error_response(400, "invalid_host", f"no did:wba for this host: {exc}; set INTERLACE_ANP_PUBLIC_HOST")
+            return error_response(
+                400, "invalid_host", f"no did:wba for this host: {exc}; set INTERLACE_ANP_PUBLIC_HOST"
+            )
         return JSONResponse(doc, media_type="application/did+json", headers={"Cache-Control": "public, max-age=300"})
 
     async def ad_json(request: Request) -> Response:
@@ -293,7 +322,9 @@ def build_routes(service: ANPService) -> list[BaseRoute]:
         try:
             ad = await service.agent_description(request, agent or None)
         except DidError as exc:
-            return error_response(400, "invalid_host", f"no did:wba for this host: {exc}; set INTERLACE_ANP_PUBLIC_HOST")
+            return error_response(
+                400, "invalid_host", f"no did:wba for this host: {exc}; set INTERLACE_ANP_PUBLIC_HOST"
+            )
         return JSONResponse(ad, media_type="application/ld+json")
 
     async def openrpc_json(request: Request) -> Response:
@@ -315,7 +346,12 @@ def build_routes(service: ANPService) -> list[BaseRoute]:
             )
         except AuthFailure as failure:
             log.info("ANP authentication failed", extra={"error": failure.error, "path": request.url.path})
-            return error_response(401, failure.error, failure.description, headers=challenge_headers(domains[0] if domains else "", failure))
+            return error_response(
+                401,
+                failure.error,
+                failure.description,
+                headers=challenge_headers(domains[0] if domains else "", failure),
+            )
         headers = caller.response_headers
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype and ctype not in JSON_TYPES:

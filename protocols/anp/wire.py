@@ -107,13 +107,17 @@ def openrpc_document(*, title: str, description: str, rpc_url: str, agents: list
             "x-anp-protocol-version": PROTOCOL_VERSION,
         },
         "security": [{"didwba": []}],
-        "servers": [{"name": title, "url": rpc_url, "description": "JSON-RPC 2.0 over HTTP POST, DIDWba authentication"}],
+        "servers": [
+            {"name": title, "url": rpc_url, "description": "JSON-RPC 2.0 over HTTP POST, DIDWba authentication"}
+        ],
         "methods": methods,
         "components": {
             "schemas": {"TaskResult": _RESULT_SCHEMA},
             "securitySchemes": {
                 "didwba": {
-                    "type": "http", "scheme": "bearer", "bearerFormat": "DID-WBA",
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "DID-WBA",
                     "description": "DIDWba: RFC 9421 HTTP Message Signatures or the DIDWba Authorization "
                     "header; the bearer token in Authentication-Info may be reused until it expires",
                 },
@@ -123,8 +127,17 @@ def openrpc_document(*, title: str, description: str, rpc_url: str, agents: list
 
 
 def agent_description(
-    *, ad_url: str, openrpc_url: str, name: str, description: str, did: str, openrpc: dict[str, Any],
-    created: str, version: str | None = None, identifier: str | None = None, extra: dict[str, Any] | None = None,
+    *,
+    ad_url: str,
+    openrpc_url: str,
+    name: str,
+    description: str,
+    did: str,
+    openrpc: dict[str, Any],
+    created: str,
+    version: str | None = None,
+    identifier: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A JSON-LD Agent Description whose interface is the OpenRPC document, embedded (as the
     ``anp`` crawler reads it) and by URL (the spec's APIInterface with protocol JSON-RPC 2.0)."""
@@ -246,9 +259,15 @@ def task_result(task: Task) -> dict[str, Any]:
 def ended_error(task: Task) -> RpcError:
     """send_message of a task that failed / was rejected / canceled -> JSON-RPC error -32010."""
     note = task.status.message.text() if task.status.message is not None else ""
-    return RpcError(TASK_ENDED, note or f"the task was {task.state.value}", {
-        "task_id": task.id, "context_id": task.context_id, "state": task.state.value,
-    })
+    return RpcError(
+        TASK_ENDED,
+        note or f"the task was {task.state.value}",
+        {
+            "task_id": task.id,
+            "context_id": task.context_id,
+            "state": task.state.value,
+        },
+    )
 
 
 # ---- remote result -> canonical (outbound) -------------------------------------------------------

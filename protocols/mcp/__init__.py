@@ -33,21 +33,21 @@ index (the one capability routing uses).
 
 Mapping between MCP and the canonical model (each row is tested in tests/test_mcp_agents.py):
 
-| MCP                                                     | canonical                                                 |
-|---------------------------------------------------------|-----------------------------------------------------------|
-| tool ``<agent>`` (one per routable agent)               | ``runtime.submit(message, agent=<agent>)``                |
-| that tool's ``description``                             | the agent record's description and skill names            |
-| ``tools/call`` argument ``message`` (string)            | user Message, first part ``TextPart(text)``               |
-| ``tools/call`` argument ``data`` (object)               | second part ``DataPart(data)``                            |
-| ``send_task`` ``task_id`` + ``message``                 | ``runtime.continue_task(task_id, message)``               |
-| ``notifications/cancelled`` for the call                | ``runtime.cancel(task_id)``                               |
-| ``_meta.progressToken`` on the call                     | each task event -> ``notifications/progress``             |
-| result ``content[]`` text                               | artifact ``TextPart``                                     |
-| result text (JSON) + ``structuredContent``              | artifact ``DataPart`` (one dict: it; several: ``{data:[...]}``) |
-| result ``image`` / ``audio`` content                    | ``FilePart`` bytes with ``image/*`` / ``audio/*`` type    |
-| result embedded ``resource`` (text or blob)             | ``FilePart`` bytes of any other type                      |
-| result ``resource_link``                                | ``FilePart`` with a ``url``                               |
-| ``isError: true`` + the agent's message                 | task ``failed`` / ``rejected`` / ``canceled``, or not final in time (then canceled) |
+| MCP | canonical |
+| --- | --- |
+| tool ``<agent>`` (one per routable agent) | ``runtime.submit(message, agent=<agent>)`` |
+| that tool's ``description`` | the agent record's description and skill names |
+| ``tools/call`` argument ``message`` (string) | user Message, first part ``TextPart(text)`` |
+| ``tools/call`` argument ``data`` (object) | second part ``DataPart(data)`` |
+| ``send_task`` ``task_id`` + ``message`` | ``runtime.continue_task(task_id, message)`` |
+| ``notifications/cancelled`` for the call | ``runtime.cancel(task_id)`` |
+| ``_meta.progressToken`` on the call | each task event -> ``notifications/progress`` |
+| result ``content[]`` text | artifact ``TextPart`` |
+| result text (JSON) + ``structuredContent`` | artifact ``DataPart`` (one dict: it; several: ``{data:[...]}``) |
+| result ``image`` / ``audio`` content | ``FilePart`` bytes with ``image/*`` / ``audio/*`` type |
+| result embedded ``resource`` (text or blob) | ``FilePart`` bytes of any other type |
+| result ``resource_link`` | ``FilePart`` with a ``url`` |
+| ``isError: true`` + the agent's message | task ``failed`` / ``rejected`` / ``canceled``, or not final in time (then canceled) |
 | result text = the agent's question, ``structuredContent {task_id, state}`` | task ``input-required`` / ``auth-required`` |
 
 Upstream MCP tools, resources and prompts are relayed as MCP (no canonical task): their

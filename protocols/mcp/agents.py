@@ -37,7 +37,7 @@ META_TOOLS = [
         "name": "find_agents",
         "title": "Find agents",
         "description": "List the agents this gateway can route to that match the query (by name, description "
-                       "and skills; an empty query lists them all).",
+        "and skills; an empty query lists them all).",
         "inputSchema": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]},
         "annotations": {"readOnlyHint": True, "openWorldHint": False},
     },
@@ -45,7 +45,7 @@ META_TOOLS = [
         "name": "send_task",
         "title": "Send a task",
         "description": "Send a message to the agent named (or best matching) agent_or_query and return its answer. "
-                       "Pass task_id to answer an agent that asked for more input.",
+        "Pass task_id to answer an agent that asked for more input.",
         "inputSchema": {
             "type": "object",
             "properties": {
@@ -206,7 +206,9 @@ class AgentTools:
         lines = [f"{a['name']} ({a['protocol']})" for a in found] or ["no agent matches"]
         return {"content": [{"type": "text", "text": "\n".join(lines)}], "structuredContent": {"agents": found}}
 
-    async def send_task(self, args: dict[str, Any], exclude: set[str], notify: Notify | None, progress_token: Any) -> dict[str, Any]:
+    async def send_task(
+        self, args: dict[str, Any], exclude: set[str], notify: Notify | None, progress_token: Any
+    ) -> dict[str, Any]:
         target = args.get("agent_or_query")
         if not isinstance(target, str) or not target.strip():
             return tool_error("argument 'agent_or_query' is required and must be a string")
@@ -232,7 +234,9 @@ class AgentTools:
             agent = ranked[0][1]
         return await self.call(agent, {"message": args["message"], "data": args.get("data")}, notify, progress_token)
 
-    async def call(self, agent: str, args: dict[str, Any], notify: Notify | None, progress_token: Any) -> dict[str, Any]:
+    async def call(
+        self, agent: str, args: dict[str, Any], notify: Notify | None, progress_token: Any
+    ) -> dict[str, Any]:
         message = arguments_message(args)
         if isinstance(message, str):
             return tool_error(message)
@@ -245,7 +249,9 @@ class AgentTools:
             return tool_error(str(exc))
         return await self._finish(task, notify, progress_token)
 
-    async def _finish(self, task: Task, notify: Notify | None, progress_token: Any, after: str | None = None) -> dict[str, Any]:
+    async def _finish(
+        self, task: Task, notify: Notify | None, progress_token: Any, after: str | None = None
+    ) -> dict[str, Any]:
         """The task's result once final; ``after``: follow its events from there (a continued task)."""
         try:
             if progress_token is not None and notify is not None:
@@ -253,7 +259,7 @@ class AgentTools:
                 final = await self.runtime.get(task.id)
             else:
                 final = await self.runtime.wait(task.id, self.wait_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             final = await self.runtime.get(task.id)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
@@ -275,4 +281,3 @@ class AgentTools:
             else:
                 text = f"artifact {ev.artifact.name or ev.artifact.artifact_id}"
             await notify("notifications/progress", {"progressToken": token, "progress": count, "message": text})
-

@@ -52,7 +52,7 @@ class Upstream:
     headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def of(cls, item: "Upstream | tuple | dict") -> "Upstream":
+    def of(cls, item: Upstream | tuple | dict) -> Upstream:
         if isinstance(item, Upstream):
             return item
         if isinstance(item, dict):
@@ -69,7 +69,7 @@ class UpstreamClient:
         upstream: Upstream,
         http: httpx.AsyncClient,
         *,
-        on_notification: Callable[["UpstreamClient", dict[str, Any]], Awaitable[None]],
+        on_notification: Callable[[UpstreamClient, dict[str, Any]], Awaitable[None]],
         connect_timeout_s: float = 10.0,
     ) -> None:
         self.upstream = upstream
@@ -81,7 +81,12 @@ class UpstreamClient:
         self.protocol_version = wire.LATEST_VERSION
         self.capabilities: dict[str, Any] = {}
         self.server_info: dict[str, Any] = {}
-        self.catalog: dict[str, list[dict[str, Any]]] = {"tools": [], "resources": [], "resourceTemplates": [], "prompts": []}
+        self.catalog: dict[str, list[dict[str, Any]]] = {
+            "tools": [],
+            "resources": [],
+            "resourceTemplates": [],
+            "prompts": [],
+        }
         self.connected = False
         self.last_error: str | None = None
         self.first_attempt = asyncio.Event()  # set once the first connect attempt succeeded or failed
@@ -112,7 +117,7 @@ class UpstreamClient:
                 raise UpstreamUnavailable(f"upstream {self.name!r} is closed")
             try:
                 await asyncio.wait_for(self._handshake(), self.connect_timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.last_error = f"no answer to initialize within {self.connect_timeout_s:g} s"
                 raise UpstreamUnavailable(f"upstream {self.name!r} is unavailable: {self.last_error}") from None
             except (httpx.HTTPError, OSError, MCPError, ValueError, UpstreamUnavailable) as exc:
@@ -134,7 +139,9 @@ class UpstreamClient:
             sid = resp.headers.get("mcp-session-id")
             reply = await self._read_reply(resp, self._ids, None)
         if "error" in reply:
-            raise MCPError(reply["error"].get("code", wire.INTERNAL_ERROR), reply["error"].get("message", "initialize failed"))
+            raise MCPError(
+                reply["error"].get("code", wire.INTERNAL_ERROR), reply["error"].get("message", "initialize failed")
+            )
         res = reply["result"]
         version = res.get("protocolVersion")
         if version not in wire.SUPPORTED_VERSIONS:
@@ -168,7 +175,9 @@ class UpstreamClient:
             if task is not None:
                 task.cancel()
         with contextlib.suppress(Exception):
-            await asyncio.gather(*(t for t in [self._get_task, *self._background] if t is not None), return_exceptions=True)
+            await asyncio.gather(
+                *(t for t in [self._get_task, *self._background] if t is not None), return_exceptions=True
+            )
         if self.session_id:
             with contextlib.suppress(Exception):
                 await self.http.delete(self.url, headers=self._headers(), timeout=2.0)
@@ -205,7 +214,9 @@ class UpstreamClient:
             raise
 
     def _cancel_upstream(self, rid: int, reason: str) -> None:
-        task = asyncio.create_task(self._post_quiet(wire.notification("notifications/cancelled", {"requestId": rid, "reason": reason})))
+        task = asyncio.create_task(
+            self._post_quiet(wire.notification("notifications/cancelled", {"requestId": rid, "reason": reason}))
+        )
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -255,7 +266,9 @@ class UpstreamClient:
                 raise UpstreamUnavailable(f"upstream {self.name!r} broke the protocol: {exc}") from None
             if "error" in reply:
                 err = reply["error"] if isinstance(reply["error"], dict) else {}
-                raise MCPError(err.get("code", wire.INTERNAL_ERROR), str(err.get("message", "upstream error")), err.get("data"))
+                raise MCPError(
+                    err.get("code", wire.INTERNAL_ERROR), str(err.get("message", "upstream error")), err.get("data")
+                )
             res = reply.get("result")
             return res if isinstance(res, dict) else {}
         raise UpstreamUnavailable(f"upstream {self.name!r} keeps forgetting the session")
@@ -306,8 +319,9 @@ class UpstreamClient:
                 return reply
         raise UpstreamUnavailable(f"upstream {self.name!r} closed the stream without a response")
 
-    async def _read_events(self, events: AsyncIterator[sse.Event], rid: int, on_message: MessageHandler | None,
-                           cursor: _Cursor) -> dict[str, Any] | None:
+    async def _read_events(
+        self, events: AsyncIterator[sse.Event], rid: int, on_message: MessageHandler | None, cursor: _Cursor
+    ) -> dict[str, Any] | None:
         """Read a request's stream up to its response (None: the stream ended before it)."""
         async for ev in events:
             if ev.id:
@@ -343,7 +357,10 @@ class UpstreamClient:
             return
         if "method" in msg:
             method = msg["method"]
-            if method in ("notifications/progress", "notifications/message", "notifications/cancelled") and on_message is not None:
+            if (
+                method in ("notifications/progress", "notifications/message", "notifications/cancelled")
+                and on_message is not None
+            ):
                 await on_message(msg)
             else:
                 await self.on_notification(self, msg)
@@ -438,4 +455,3 @@ class _Cursor:
 
     last_id: str | None = None
     retry_ms: int = 1000
-

@@ -13,26 +13,26 @@ package as ``Connector``).
 
 Mapping between the canonical task and the tool call (each row is tested in tests/test_matrix.py):
 
-| canonical (the task's last user message)                  | MCP                                                          |
-|-----------------------------------------------------------|--------------------------------------------------------------|
-| metadata ``tool`` (or ``mcp.tool``), message then task    | ``tools/call`` ``name``                                      |
-| else ``task.route.skill`` when it names a tool            | ``name`` (capability routing chose that skill)               |
-| else the server's only tool                               | ``name``; several tools and none named: the task fails       |
-| one object ``DataPart``                                   | ``arguments`` (under ``data`` when the tool declares an object ``data``) |
-| the text parts (joined by newlines)                       | the tool's only string argument, else its first required string one, else ``text`` if declared; with no data part and no such argument, ``{"text": ...}``; with a data part and no such argument the text is not sent |
-| ``FilePart`` (bytes or url)                               | argument ``files: [{name, mimeType, data (base64) or uri}]`` when the tool declares an array ``files``; otherwise the task fails (tool arguments are JSON) |
-| (always)                                                  | ``_meta.progressToken`` = the task id                        |
-| ``notifications/progress`` on the call's stream           | a ``working`` status update, agent message = its ``message`` (else ``progress[/total]``), metadata ``progress``/``total`` |
-| result ``text`` content                                   | artifact (named after the tool) ``TextPart`` (a text that is the JSON of ``structuredContent`` is not repeated) |
-| result ``structuredContent``                              | ``DataPart``                                                 |
-| result ``image`` / ``audio`` content                      | ``FilePart`` bytes, ``media_type`` = ``mimeType``            |
+| canonical (the task's last user message) | MCP |
+| --- | --- |
+| metadata ``tool`` (or ``mcp.tool``), message then task | ``tools/call`` ``name`` |
+| else ``task.route.skill`` when it names a tool | ``name`` (capability routing chose that skill) |
+| else the server's only tool | ``name``; several tools and none named: the task fails |
+| one object ``DataPart`` | ``arguments`` (under ``data`` when the tool declares an object ``data``) |
+| the text parts (joined by newlines) | the tool's only string argument, else its first required string one, else ``text`` if declared; with no data part and no such argument, ``{"text": ...}``; with a data part and no such argument the text is not sent |
+| ``FilePart`` (bytes or url) | argument ``files: [{name, mimeType, data (base64) or uri}]`` when the tool declares an array ``files``; otherwise the task fails (tool arguments are JSON) |
+| (always) | ``_meta.progressToken`` = the task id |
+| ``notifications/progress`` on the call's stream | a ``working`` status update, agent message = its ``message`` (else ``progress[/total]``), metadata ``progress``/``total`` |
+| result ``text`` content | artifact (named after the tool) ``TextPart`` (a text that is the JSON of ``structuredContent`` is not repeated) |
+| result ``structuredContent`` | ``DataPart`` |
+| result ``image`` / ``audio`` content | ``FilePart`` bytes, ``media_type`` = ``mimeType`` |
 | result embedded ``resource`` with JSON ``text`` (``application/json``, ``*+json``) | ``DataPart`` of that JSON, metadata ``mcp.uri`` |
 | result embedded ``resource`` (``blob`` or other ``text``) | ``FilePart`` bytes (text as UTF-8), ``filename`` = last segment of the URI, metadata ``mcp.uri`` |
-| result ``resource_link``                                  | ``FilePart`` ``url``                                          |
-| result ``isError: true``                                  | task ``failed`` with the server's text                       |
-| JSON-RPC error / unreachable server / no answer in time   | task ``failed`` with the reason                              |
-| task canceled                                             | the call's request is abandoned and ``notifications/cancelled`` is sent upstream |
-| server->client requests (sampling, elicitation, roots)    | refused (-32601): a task has no MCP client to relay them to  |
+| result ``resource_link`` | ``FilePart`` ``url`` |
+| result ``isError: true`` | task ``failed`` with the server's text |
+| JSON-RPC error / unreachable server / no answer in time | task ``failed`` with the reason |
+| task canceled | the call's request is abandoned and ``notifications/cancelled`` is sent upstream |
+| server->client requests (sampling, elicitation, roots) | refused (-32601): a task has no MCP client to relay them to |
 
 Not carried: logging notifications on the call's stream, a file part's filename on the way back
 (image/audio content has no name), tool ``annotations`` and ``outputSchema`` (the result is not
@@ -111,7 +111,9 @@ class MCPConnector(Worker):
             if self._http is None and self._own_http is None:
                 self._own_http = httpx.AsyncClient(
                     timeout=httpx.Timeout(10.0, read=None),  # calls are bounded by timeout_s instead
-                    limits=httpx.Limits(max_connections=self.concurrency + 4, max_keepalive_connections=16, keepalive_expiry=2.0),
+                    limits=httpx.Limits(
+                        max_connections=self.concurrency + 4, max_keepalive_connections=16, keepalive_expiry=2.0
+                    ),
                 )
             self._client = UpstreamClient(
                 Upstream(self.agent, self.url, tuple(self.headers.items())),
@@ -161,7 +163,9 @@ class MCPConnector(Worker):
 
         async def on_message(msg: dict[str, Any]) -> None:
             if "id" in msg:  # a server->client request: nobody to relay it to
-                refusal = MCPError(wire.METHOD_NOT_FOUND, f"{msg.get('method')} is not available to a task run through the gateway")
+                refusal = MCPError(
+                    wire.METHOD_NOT_FOUND, f"{msg.get('method')} is not available to a task run through the gateway"
+                )
                 with contextlib.suppress(Exception):
                     await client.respond(msg["id"], error=refusal)
             elif msg.get("method") == "notifications/progress" and isinstance(msg.get("params"), dict):
@@ -196,7 +200,13 @@ def _types(prop: Any) -> set[str]:
     if not isinstance(prop, dict):
         return set()
     kind = prop.get("type")
-    out = {kind} if isinstance(kind, str) else {k for k in kind if isinstance(k, str)} if isinstance(kind, list) else set()
+    out = (
+        {kind}
+        if isinstance(kind, str)
+        else {k for k in kind if isinstance(k, str)}
+        if isinstance(kind, list)
+        else set()
+    )
     for key in ("anyOf", "oneOf"):
         for option in prop.get(key) or []:
             out |= _types(option)
@@ -220,7 +230,10 @@ def _declares(schema: dict[str, Any], name: str, kind: str) -> bool:
 
 
 def file_argument(part: FilePart, index: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": part.filename or f"file-{index}", "mimeType": part.media_type or "application/octet-stream"}
+    out: dict[str, Any] = {
+        "name": part.filename or f"file-{index}",
+        "mimeType": part.media_type or "application/octet-stream",
+    }
     if part.bytes is not None:
         out["data"] = part.bytes
     else:
@@ -283,7 +296,11 @@ def progress_event(task: Task, params: dict[str, Any]) -> TaskEvent:
 
 
 def error_text(result: dict[str, Any]) -> str:
-    return "\n".join(c["text"] for c in result.get("content") or [] if isinstance(c, dict) and c.get("type") == "text" and isinstance(c.get("text"), str))
+    return "\n".join(
+        c["text"]
+        for c in result.get("content") or []
+        if isinstance(c, dict) and c.get("type") == "text" and isinstance(c.get("text"), str)
+    )
 
 
 def _b64(value: Any) -> str | None:
@@ -313,10 +330,14 @@ def content_part(block: dict[str, Any]) -> Part | None:
             if media is not None and _is_json(media):
                 with contextlib.suppress(ValueError):
                     return DataPart(data=json.loads(res["text"]), metadata=meta)
-            return FilePart.from_bytes(res["text"].encode(), media_type=media or "text/plain", filename=name, metadata=meta)
+            return FilePart.from_bytes(
+                res["text"].encode(), media_type=media or "text/plain", filename=name, metadata=meta
+            )
         raw = _b64(res.get("blob"))
         if raw is not None:
-            return FilePart(bytes=raw, media_type=res.get("mimeType") or "application/octet-stream", filename=name, metadata=meta)
+            return FilePart(
+                bytes=raw, media_type=res.get("mimeType") or "application/octet-stream", filename=name, metadata=meta
+            )
         return None
     if kind == "resource_link" and isinstance(block.get("uri"), str):
         return FilePart(url=block["uri"], media_type=block.get("mimeType"), filename=block.get("name"))

@@ -48,6 +48,7 @@ log = logging.getLogger("interlace.mcp.upstream")
 
 PIN_TTL_S = 10 * 365 * 24 * 3600
 
+
 def sanitize(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64] or "agent"
 
@@ -69,7 +70,6 @@ def template_regex(template: str) -> re.Pattern:
         pos = m.end()
     out.append(re.escape(template[pos:]))
     return re.compile("^" + "".join(out) + "$")
-
 
 
 def configured_upstreams(items: Iterable[Upstream | tuple | dict | str]) -> list[Upstream]:
@@ -108,8 +108,14 @@ class Quarantined:
     definition: dict[str, Any] = field(repr=False, default_factory=dict)
 
     def dump(self) -> dict[str, Any]:
-        return {"upstream": self.upstream, "tool": self.tool, "pinned_sha256": self.pinned,
-                "current_sha256": self.current, "since": self.since, "definition": self.definition}
+        return {
+            "upstream": self.upstream,
+            "tool": self.tool,
+            "pinned_sha256": self.pinned,
+            "current_sha256": self.current,
+            "since": self.since,
+            "definition": self.definition,
+        }
 
 
 class UpstreamSet:
@@ -152,11 +158,20 @@ class UpstreamSet:
 
         r = registry or CollectorRegistry()
         self.m_changes = Counter(
-            "interlace_mcp_tool_definition_changes", "Upstream tool definitions that changed after they were pinned",
-            ["upstream", "tool"], registry=r)
+            "interlace_mcp_tool_definition_changes",
+            "Upstream tool definitions that changed after they were pinned",
+            ["upstream", "tool"],
+            registry=r,
+        )
         self.m_quarantined = Gauge(
-            "interlace_mcp_quarantined_tools", "Upstream tools hidden because their definition changed", ["upstream"], registry=r)
-        self.m_up = Gauge("interlace_mcp_upstream_up", "1 when the upstream MCP session is established", ["upstream"], registry=r)
+            "interlace_mcp_quarantined_tools",
+            "Upstream tools hidden because their definition changed",
+            ["upstream"],
+            registry=r,
+        )
+        self.m_up = Gauge(
+            "interlace_mcp_upstream_up", "1 when the upstream MCP session is established", ["upstream"], registry=r
+        )
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -223,7 +238,9 @@ class UpstreamSet:
                     synced = generation
                     client.first_attempt.set()
                     self.m_up.labels(client.name).set(1)
-                    log.info("upstream connected", extra={"upstream": client.name, "tools": len(client.catalog["tools"])})
+                    log.info(
+                        "upstream connected", extra={"upstream": client.name, "tools": len(client.catalog["tools"])}
+                    )
                     await self._changed({"tools", "resources", "prompts"})
                     backoff = 0.5
             except asyncio.CancelledError:
@@ -254,7 +271,11 @@ class UpstreamSet:
         }.get(method)
         if kinds:
             self._schedule_refresh(client, kinds)
-        elif method == "notifications/resources/updated" and self.on_resource_updated and isinstance(params.get("uri"), str):
+        elif (
+            method == "notifications/resources/updated"
+            and self.on_resource_updated
+            and isinstance(params.get("uri"), str)
+        ):
             await self.on_resource_updated(params["uri"])
         elif method == "notifications/message" and self.on_log:
             await self.on_log(params)

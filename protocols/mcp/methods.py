@@ -92,8 +92,9 @@ class Outbound(Protocol):
 class MCPCall:
     """One client request being handled: its params, session and response stream."""
 
-    def __init__(self, service: MCPService, sid: str, session: dict[str, Any], msg: dict[str, Any],
-                 out: Outbound) -> None:
+    def __init__(
+        self, service: MCPService, sid: str, session: dict[str, Any], msg: dict[str, Any], out: Outbound
+    ) -> None:
         self.service, self.sid, self.session, self.out = service, sid, session, out
         self.id, self.method = msg["id"], msg["method"]
         self.params: dict[str, Any] = msg.get("params") or {}
@@ -274,8 +275,9 @@ class MCPService:
         """A new session for ``initialize``: (its id, the result)."""
         version, caps, info = params.get("protocolVersion"), params.get("capabilities", {}), params.get("clientInfo")
         if not isinstance(version, str) or not isinstance(caps, dict) or not isinstance(info, (dict, type(None))):
-            raise MCPError(INVALID_PARAMS, "initialize needs protocolVersion (string), capabilities (object), "
-                                           "clientInfo (object)")
+            raise MCPError(
+                INVALID_PARAMS, "initialize needs protocolVersion (string), capabilities (object), clientInfo (object)"
+            )
         negotiated = version if version in wire.SUPPORTED_VERSIONS else wire.LATEST_VERSION
         sid = await self.sessions.create({"v": negotiated, "caps": caps, "info": info or {}, "level": None})
         result = {
@@ -283,7 +285,7 @@ class MCPService:
             "capabilities": CAPABILITIES,
             "serverInfo": {"name": "interlace", "title": "Interlace gateway", "version": __version__},
             "instructions": "Tools are the gateway's routable agents (send them a message), the meta tools "
-                            "find_agents and send_task, and the tools of federated MCP servers.",
+            "find_agents and send_task, and the tools of federated MCP servers.",
         }
         client = (info or {}).get("name")
         log.info("mcp session started", extra={"session": sid[:8], "client": client, "version": negotiated})
@@ -424,8 +426,10 @@ class MCPService:
             return await self.agent_tools.send_task(args, exclude, call.notify, call.progress_token)
         hit = self.upstreams.resolve_tool(name)
         if isinstance(hit, Quarantined):
-            return tool_error(f"tool {name!r} of {hit.upstream!r} changed its definition after it was pinned; "
-                              "it is hidden until an operator re-pins it")
+            return tool_error(
+                f"tool {name!r} of {hit.upstream!r} changed its definition after it was pinned; "
+                "it is hidden until an operator re-pins it"
+            )
         if hit is not None:
             client, original = hit
             return await self._relay(call, client, "tools/call", {"name": original, "arguments": args}, tool=True)
@@ -434,8 +438,9 @@ class MCPService:
             return await self.agent_tools.call(agents[name], args, call.notify, call.progress_token)
         raise MCPError(INVALID_PARAMS, f"Unknown tool: {name}")
 
-    async def _relay(self, call: MCPCall, client: UpstreamClient, method: str, params: dict[str, Any], *,
-                     tool: bool = False) -> dict[str, Any]:
+    async def _relay(
+        self, call: MCPCall, client: UpstreamClient, method: str, params: dict[str, Any], *, tool: bool = False
+    ) -> dict[str, Any]:
         """Forward a request upstream; relay what arrives on its stream to this call's client."""
         params = dict(params)
         meta = dict(call.params.get("_meta") or {}) if isinstance(call.params.get("_meta"), dict) else {}

@@ -132,7 +132,7 @@ class EventLog:
             ev = self._wake[(sid, stream)]
             try:
                 await asyncio.wait_for(ev.wait(), min(self.poll_s, max(0.0, deadline - time.monotonic())))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if self._wake.get((sid, stream)) is ev:  # nobody woke it: do not keep it around
                     del self._wake[(sid, stream)]
 
@@ -177,7 +177,7 @@ class Mailbox:
                     step = left if step is None else min(step, left)
                 try:
                     return await asyncio.wait_for(asyncio.shield(fut), step)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 if self.shared:
                     raw = await self.kv.get(self._key(kind, sid, id))

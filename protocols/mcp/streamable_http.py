@@ -121,8 +121,11 @@ class StreamableHTTP:
     def _check_version(request: Request) -> Response | None:
         version = request.headers.get("mcp-protocol-version")
         if version is not None and version not in wire.SUPPORTED_VERSIONS:
-            return _rpc_error(400, INVALID_REQUEST, f"Unsupported protocol version: {version} "
-                              f"(supported: {', '.join(wire.SUPPORTED_VERSIONS)})")
+            return _rpc_error(
+                400,
+                INVALID_REQUEST,
+                f"Unsupported protocol version: {version} (supported: {', '.join(wire.SUPPORTED_VERSIONS)})",
+            )
         return None
 
     async def _session(self, request: Request) -> tuple[str, dict[str, Any]] | Response:

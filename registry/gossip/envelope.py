@@ -69,11 +69,19 @@ def _signed_bytes(body: dict[str, Any]) -> bytes:
     return rfc8785.dumps({k: v for k, v in body.items() if k != "signature"})
 
 
-def seal(identity: Identity, *, network: str, node: str, addr: str, kind: str, payload: Any,
-         sent_at: int) -> dict[str, Any]:
+def seal(
+    identity: Identity, *, network: str, node: str, addr: str, kind: str, payload: Any, sent_at: int
+) -> dict[str, Any]:
     """The signed envelope (a JSON object) carrying ``payload``."""
-    body = {"network": network, "from": identity.did, "node": node, "addr": addr,
-            "sent_at": sent_at, "kind": kind, "payload": payload}
+    body = {
+        "network": network,
+        "from": identity.did,
+        "node": node,
+        "addr": addr,
+        "sent_at": sent_at,
+        "kind": kind,
+        "payload": payload,
+    }
     body["signature"] = b64url_encode(identity.sign(_signed_bytes(body)))
     return body
 
@@ -115,8 +123,15 @@ def _shape(data: Any) -> None:
         raise EnvelopeRejected("malformed", "addr must be a base URL like http://host:port")
 
 
-def open_envelope(data: Any, *, network: str, now_ms: int, max_age_ms: int,
-                  trusted: frozenset[str] | None = None, replay: ReplayCache | None = None) -> Envelope:
+def open_envelope(
+    data: Any,
+    *,
+    network: str,
+    now_ms: int,
+    max_age_ms: int,
+    trusted: frozenset[str] | None = None,
+    replay: ReplayCache | None = None,
+) -> Envelope:
     """Check an envelope received from the network; raise EnvelopeRejected (see the table).
 
     The order matters for cost: cheap checks first, the signature before anything that trusts
@@ -140,5 +155,4 @@ def open_envelope(data: Any, *, network: str, now_ms: int, max_age_ms: int,
         raise EnvelopeRejected("stale", f"sent_at {sent_at} is over {max_age_ms} ms from now ({now_ms})")
     if replay is not None and not replay.check_and_add(data["signature"], sent_at, now_ms - max_age_ms):
         raise EnvelopeRejected("replayed", "this envelope was already received")
-    return Envelope(data["network"], data["from"], data["node"], data["addr"], sent_at,
-                    data["kind"], data["payload"])
+    return Envelope(data["network"], data["from"], data["node"], data["addr"], sent_at, data["kind"], data["payload"])

@@ -159,15 +159,23 @@ class UserMsg:
 
 Message = Ping | Ack | Nack | PingReq | Alive | Suspect | Dead | PushPull | UserMsg
 
-_TYPES: dict[str, type] = {
-    cls.TYPE: cls for cls in (Ping, Ack, Nack, PingReq, Alive, Suspect, Dead, PushPull, UserMsg)
-}
+_TYPES: dict[str, type] = {cls.TYPE: cls for cls in (Ping, Ack, Nack, PingReq, Alive, Suspect, Dead, PushPull, UserMsg)}
 _FIELDS: dict[type, tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls) if f.name != "_size") for cls in _TYPES.values()
 }
 #: The Python type each scalar field must have on the wire; `Any` fields are not listed.
-_SCALARS = {"seq": int, "incarnation": int, "target": str, "target_addr": str, "node": str,
-            "addr": str, "accuser": str, "key": str, "join": bool, "reply": bool}
+_SCALARS = {
+    "seq": int,
+    "incarnation": int,
+    "target": str,
+    "target_addr": str,
+    "node": str,
+    "addr": str,
+    "accuser": str,
+    "key": str,
+    "join": bool,
+    "reply": bool,
+}
 
 
 def _to_wire(msg: Message) -> dict[str, Any]:
@@ -183,9 +191,14 @@ def encode_packet(packet: list[Message]) -> list[dict[str, Any]]:
 
 
 def _member_state(entry: Any) -> MemberState:
-    if (not isinstance(entry, (list, tuple)) or len(entry) != 4
-            or not isinstance(entry[0], str) or not isinstance(entry[1], str)
-            or type(entry[2]) is not int or entry[3] not in _STATES):
+    if (
+        not isinstance(entry, (list, tuple))
+        or len(entry) != 4
+        or not isinstance(entry[0], str)
+        or not isinstance(entry[1], str)
+        or type(entry[2]) is not int
+        or entry[3] not in _STATES
+    ):
         raise WireError(f"bad push-pull member entry: {entry!r}")
     return (entry[0], entry[1], entry[2], entry[3])
 

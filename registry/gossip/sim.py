@@ -23,8 +23,9 @@ import json
 import math
 import random
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from registry.gossip.messages import Message, decode_packet, encode_packet
 from registry.gossip.swim import Delegate, MemberEvent, Output, State, SwimConfig, SwimNode
@@ -88,9 +89,16 @@ _DELIVER, _WAKE = 0, 1
 class Simulator:
     """N `SwimNode`s on a virtual clock; see the module docstring."""
 
-    def __init__(self, config: SwimConfig | None = None, *, seed: int = 0, loss: float = 0.0,
-                 latency: tuple[float, float] = (0.001, 0.005), wire: bool = False,
-                 measure_bytes: bool = False) -> None:
+    def __init__(
+        self,
+        config: SwimConfig | None = None,
+        *,
+        seed: int = 0,
+        loss: float = 0.0,
+        latency: tuple[float, float] = (0.001, 0.005),
+        wire: bool = False,
+        measure_bytes: bool = False,
+    ) -> None:
         self.config = config or SwimConfig()
         self.rng = random.Random(seed)
         self.now = 0.0
@@ -120,8 +128,7 @@ class Simulator:
     def node_addr(i: int) -> str:
         return f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}:7946"
 
-    def spawn(self, i: int, seeds: Iterable[str] = (),
-              known: Iterable[tuple[str, str]] = ()) -> SwimNode:
+    def spawn(self, i: int, seeds: Iterable[str] = (), known: Iterable[tuple[str, str]] = ()) -> SwimNode:
         """Start node number `i` now (a fresh state machine if it ran before)."""
         addr = self.node_addr(i)
         old = self.nodes.get(addr)
@@ -129,8 +136,9 @@ class Simulator:
             self._wake.pop(old, None)
             self._leaving.discard(addr)
         delegate = RecordingDelegate(lambda: self.now)
-        node = SwimNode(self.node_id(i), addr, self.config,
-                        rng=random.Random(self.rng.getrandbits(64)), delegate=delegate)
+        node = SwimNode(
+            self.node_id(i), addr, self.config, rng=random.Random(self.rng.getrandbits(64)), delegate=delegate
+        )
         self.nodes[addr] = node
         self.delegates[addr] = delegate
         self.up.add(addr)
@@ -247,8 +255,7 @@ class Simulator:
             return
         lo, hi = self.latency
         self._counter += 1
-        heapq.heappush(self._heap, (self.now + lo + (hi - lo) * rnd(), self._counter,
-                                    _DELIVER, to, src, packet))
+        heapq.heappush(self._heap, (self.now + lo + (hi - lo) * rnd(), self._counter, _DELIVER, to, src, packet))
 
     # ------------------------------------------------------------------ observation
 
@@ -289,8 +296,9 @@ class Spread:
     false_dead: int
 
 
-def spread_rounds(n: int, *, loss: float, seed: int, updates: int = 4, warmup: float = 3.0,
-                  config: SwimConfig | None = None) -> Spread:
+def spread_rounds(
+    n: int, *, loss: float, seed: int, updates: int = 4, warmup: float = 3.0, config: SwimConfig | None = None
+) -> Spread:
     """Gossip rounds until every node has an update, for `updates` user broadcasts from random
     nodes (a quarter round apart) and then one join, in a converged cluster of n nodes after
     `warmup` seconds. A round is one gossip_interval; timing starts when the update is made."""
@@ -317,8 +325,7 @@ def spread_rounds(n: int, *, loss: float, seed: int, updates: int = 4, warmup: f
     sim.listeners.append(listener)
     sim.spawn(n, seeds=[sim.node_addr(sim.rng.randrange(n))])
     sim.run_until(lambda: len(learned) == n, 60, interval)
-    rounds.append((max(learned.values()) - min(learned.values())) / interval
-                  if len(learned) == n else math.inf)
+    rounds.append((max(learned.values()) - min(learned.values())) / interval if len(learned) == n else math.inf)
     return Spread(rounds, sim.false_dead)
 
 
@@ -333,8 +340,9 @@ class Detection:
     dead_before_suspect: bool
 
 
-def detect_crash(n: int, *, loss: float, seed: int, warmup: float = 5.0,
-                 timeout: float = 600.0, config: SwimConfig | None = None) -> Detection:
+def detect_crash(
+    n: int, *, loss: float, seed: int, warmup: float = 5.0, timeout: float = 600.0, config: SwimConfig | None = None
+) -> Detection:
     """Crash one node of a converged n-node cluster and time its detection."""
     sim = Simulator.converged(n, config, seed=seed, loss=loss)
     sim.run(warmup)
@@ -357,8 +365,9 @@ def detect_crash(n: int, *, loss: float, seed: int, warmup: float = 5.0,
     sim.run_until(lambda: len(dead_at) == n - 1, timeout, sim.config.gossip_interval)
     first_dead = min(dead_at.values(), default=math.inf)
     all_dead = max(dead_at.values()) if len(dead_at) == n - 1 else math.inf
-    return Detection(first_suspect - crashed_at, first_dead - crashed_at,
-                     all_dead - crashed_at, first_dead < first_suspect)
+    return Detection(
+        first_suspect - crashed_at, first_dead - crashed_at, all_dead - crashed_at, first_dead < first_suspect
+    )
 
 
 @dataclass
@@ -371,8 +380,9 @@ class FalsePositives:
     max_awareness: int
 
 
-def false_positives(n: int, *, loss: float, seed: int, duration: float,
-                    config: SwimConfig | None = None) -> FalsePositives:
+def false_positives(
+    n: int, *, loss: float, seed: int, duration: float, config: SwimConfig | None = None
+) -> FalsePositives:
     """Run a converged n-node cluster with no failures for `duration` seconds under `loss`."""
     sim = Simulator.converged(n, config, seed=seed, loss=loss)
     suspicions: set[tuple[str, int]] = set()

@@ -43,11 +43,11 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 from registry.gossip.messages import (
     Ack,
@@ -118,9 +118,18 @@ class SwimConfig:
         lan = cls()
         return replace(
             lan,
-            **{name: getattr(lan, name) / 10 for name in (
-                "probe_interval", "probe_timeout", "gossip_interval", "gossip_to_the_dead_time",
-                "push_pull_interval", "reconnect_interval", "reap_timeout")},
+            **{
+                name: getattr(lan, name) / 10
+                for name in (
+                    "probe_interval",
+                    "probe_timeout",
+                    "gossip_interval",
+                    "gossip_to_the_dead_time",
+                    "push_pull_interval",
+                    "reconnect_interval",
+                    "reap_timeout",
+                )
+            },
         )
 
 
@@ -227,8 +236,7 @@ class Suspicion:
 
     __slots__ = ("start", "deadline", "_k", "_n", "_min", "_max", "_accusers")
 
-    def __init__(self, accuser: str, k: int, min_timeout: float, max_timeout: float,
-                 start: float) -> None:
+    def __init__(self, accuser: str, k: int, min_timeout: float, max_timeout: float, start: float) -> None:
         self.start = start
         self._k = k
         self._n = 0
@@ -277,8 +285,15 @@ _PROBE, _PROBE_TIMEOUT, _RELAY, _SUSPICION, _PUSH_PULL, _RECONNECT = range(6)
 class SwimNode:
     """One member's SWIM + Lifeguard state machine (see the module docstring)."""
 
-    def __init__(self, node_id: str, addr: str, config: SwimConfig | None = None, *,
-                 rng: random.Random, delegate: Delegate | None = None) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        addr: str,
+        config: SwimConfig | None = None,
+        *,
+        rng: random.Random,
+        delegate: Delegate | None = None,
+    ) -> None:
         self.id = node_id
         self.addr = addr
         self.config = config or SwimConfig()
@@ -304,9 +319,15 @@ class SwimNode:
         self._sends: list[tuple[str, list[Message]]] = []
         self._events: list[MemberEvent] = []
         self._handlers: dict[type, Callable[[Any, float, str], None]] = {
-            Ping: self._on_ping, Ack: self._on_ack, Nack: self._on_nack,
-            PingReq: self._on_ping_req, PushPull: self._on_push_pull, UserMsg: self._on_user,
-            Alive: self._on_alive, Suspect: self._on_suspect, Dead: self._on_dead,
+            Ping: self._on_ping,
+            Ack: self._on_ack,
+            Nack: self._on_nack,
+            PingReq: self._on_ping_req,
+            PushPull: self._on_push_pull,
+            UserMsg: self._on_user,
+            Alive: self._on_alive,
+            Suspect: self._on_suspect,
+            Dead: self._on_dead,
         }
 
     # ------------------------------------------------------------------ public API
@@ -319,11 +340,11 @@ class SwimNode:
     def leave_complete(self) -> bool:
         """After `leave()`: the leave notice has been sent its retransmit limit (or there is
         nobody left to tell), so the process may stop (memberlist Leave's broadcast wait)."""
-        return self._leaving and (self.id not in self._membership_q
-                                  or not any(m.state is _ALIVE for m in self._others()))
+        return self._leaving and (
+            self.id not in self._membership_q or not any(m.state is _ALIVE for m in self._others())
+        )
 
-    def start(self, now: float, seeds: Iterable[str] = (),
-              known: Iterable[tuple[str, str]] = ()) -> Output:
+    def start(self, now: float, seeds: Iterable[str] = (), known: Iterable[tuple[str, str]] = ()) -> Output:
         """Begin protocol periods and join through `seeds` (addresses) with a push/pull.
 
         `known` preloads (id, addr) members as alive at incarnation 0 without any gossip, as if
@@ -345,8 +366,7 @@ class SwimNode:
             self._send_push_pull(seed, join=True, reply=False)
         rnd = self._rng.random
         self._schedule(now + rnd() * cfg.probe_interval, _PROBE)
-        self._schedule(now + (cfg.probe_interval if self._seeds else
-                              rnd() * self._push_pull_period()), _PUSH_PULL)
+        self._schedule(now + (cfg.probe_interval if self._seeds else rnd() * self._push_pull_period()), _PUSH_PULL)
         self._schedule(now + rnd() * cfg.reconnect_interval, _RECONNECT)
         self._next_gossip = now + rnd() * cfg.gossip_interval
         return self._flush()
@@ -498,12 +518,10 @@ class SwimNode:
         self._probe = _Probe(self._next_seq(), target.id, target.incarnation)
         if target.state is _SUSPECT:
             # Lifeguard buddy system: tell the suspect first, so the ack can carry its refutation.
-            self._send(target.addr, Suspect(target.id, target.incarnation, self.id),
-                       Ping(self._probe.seq, target.id))
+            self._send(target.addr, Suspect(target.id, target.incarnation, self.id), Ping(self._probe.seq, target.id))
         else:
             self._send(target.addr, Ping(self._probe.seq, target.id))
-        self._schedule(now + self.awareness.scale(cfg.probe_timeout), _PROBE_TIMEOUT,
-                       self._probe.seq)
+        self._schedule(now + self.awareness.scale(cfg.probe_timeout), _PROBE_TIMEOUT, self._probe.seq)
 
     def _next_probe_target(self, now: float) -> Member | None:
         """Next alive or suspect member in the shuffled round-robin (SWIM 4.3); at the end of
@@ -541,9 +559,7 @@ class SwimNode:
         if probe is None or probe.seq != seq:
             return  # already acked
         target = self._members[probe.target]
-        helpers = self._random_members(
-            self.config.indirect_checks,
-            lambda m: m.state is _ALIVE and m is not target)
+        helpers = self._random_members(self.config.indirect_checks, lambda m: m.state is _ALIVE and m is not target)
         for helper in helpers:
             self._send(helper.addr, PingReq(seq, target.id, target.addr))
         probe.expected_nacks = len(helpers)
@@ -591,8 +607,9 @@ class SwimNode:
         member = self._members.get(msg.node)
         if msg.node == self.id:
             # About us: a different (or newer) story than ours is refuted, unless leaving.
-            if not self._leaving and (msg.incarnation > self.incarnation or (
-                    msg.incarnation == self.incarnation and msg.addr != self.addr)):
+            if not self._leaving and (
+                msg.incarnation > self.incarnation or (msg.incarnation == self.incarnation and msg.addr != self.addr)
+            ):
                 self._refute(msg.incarnation)
             return
         if member is None:
@@ -645,8 +662,7 @@ class SwimNode:
         # periods early), none when the cluster is too small to provide them (memberlist).
         k = cfg.suspicion_mult - 2 if n - 2 >= cfg.suspicion_mult - 2 else 0
         min_timeout = suspicion_timeout(cfg.suspicion_mult, n, cfg.probe_interval)
-        suspicion = Suspicion(msg.accuser, k, min_timeout,
-                              cfg.suspicion_max_timeout_mult * min_timeout, now)
+        suspicion = Suspicion(msg.accuser, k, min_timeout, cfg.suspicion_max_timeout_mult * min_timeout, now)
         self._suspicions[msg.node] = suspicion
         self._schedule(suspicion.deadline, _SUSPICION, msg.node)
 
@@ -675,8 +691,11 @@ class SwimNode:
         cfg = self.config
 
         def reachable(m: Member) -> bool:
-            return m.state is _ALIVE or m.state is _SUSPECT or (
-                m.state is _DEAD and now - m.state_change <= cfg.gossip_to_the_dead_time)
+            return (
+                m.state is _ALIVE
+                or m.state is _SUSPECT
+                or (m.state is _DEAD and now - m.state_change <= cfg.gossip_to_the_dead_time)
+            )
 
         for member in self._random_members(cfg.gossip_nodes, reachable):
             msgs = self._take_broadcasts(cfg.packet_bytes)
@@ -696,8 +715,7 @@ class SwimNode:
     def _send_push_pull(self, addr: str, join: bool, reply: bool) -> None:
         # State is a str enum, so it encodes as "alive" etc.
         members = tuple((m.id, m.addr, m.incarnation, m.state) for m in self._members.values())
-        self._sends.append((addr, [PushPull(join, reply, members,
-                                            self._delegate.local_state(join))]))
+        self._sends.append((addr, [PushPull(join, reply, members, self._delegate.local_state(join))]))
 
     def _push_pull_round(self, now: float) -> None:
         """Full state exchange with one random alive member; while none is known (joining, or

@@ -78,8 +78,10 @@ class RegistrySync(Delegate):
         entries, cursor = await self.registry.store.load()
         for raw in entries:
             self._on_entry(raw, broadcast=False)
-        self._jobs = [asyncio.create_task(self._follow(cursor), name="gossip-registry-feed"),
-                      asyncio.create_task(self._apply(), name="gossip-registry-apply")]
+        self._jobs = [
+            asyncio.create_task(self._follow(cursor), name="gossip-registry-feed"),
+            asyncio.create_task(self._apply(), name="gossip-registry-apply"),
+        ]
 
     async def stop(self) -> None:
         self._stopped = True

@@ -52,11 +52,27 @@ PATH = "/gossip/packet"
 _HTTP = dict(packet_bytes=256 * 1024, packet_reserve=8 * 1024)
 PROFILES: dict[str, SwimConfig] = {
     "lan": replace(SwimConfig.lan(), **_HTTP),
-    "local": replace(SwimConfig.lan(), probe_timeout=0.2, gossip_interval=0.1, indirect_checks=1,
-                     retransmit_mult=2, suspicion_mult=3, push_pull_interval=15.0, **_HTTP),
-    "fast": replace(SwimConfig.lan(), probe_interval=0.25, probe_timeout=0.15, gossip_interval=0.05,
-                    push_pull_interval=1.0, reconnect_interval=0.5, gossip_to_the_dead_time=5.0,
-                    reap_timeout=300.0, **_HTTP),
+    "local": replace(
+        SwimConfig.lan(),
+        probe_timeout=0.2,
+        gossip_interval=0.1,
+        indirect_checks=1,
+        retransmit_mult=2,
+        suspicion_mult=3,
+        push_pull_interval=15.0,
+        **_HTTP,
+    ),
+    "fast": replace(
+        SwimConfig.lan(),
+        probe_interval=0.25,
+        probe_timeout=0.15,
+        gossip_interval=0.05,
+        push_pull_interval=1.0,
+        reconnect_interval=0.5,
+        gossip_to_the_dead_time=5.0,
+        reap_timeout=300.0,
+        **_HTTP,
+    ),
 }
 
 
@@ -80,10 +96,19 @@ def detection_bound(config: SwimConfig, n: int) -> float:
 class HttpGossip:
     """One node's SWIM over HTTP (see the module docstring)."""
 
-    def __init__(self, node: SwimNode, identity: Identity, network: str, *, client: httpx.AsyncClient | None,
-                 max_age_ms: int, trusted: frozenset[str] | None = None,
-                 on_events: Callable[[list[MemberEvent]], None] | None = None,
-                 max_inflight: int = 256, send_timeout_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        node: SwimNode,
+        identity: Identity,
+        network: str,
+        *,
+        client: httpx.AsyncClient | None,
+        max_age_ms: int,
+        trusted: frozenset[str] | None = None,
+        on_events: Callable[[list[MemberEvent]], None] | None = None,
+        max_inflight: int = 256,
+        send_timeout_s: float = 2.0,
+    ) -> None:
         self.node, self.identity, self.network = node, identity, network
         self.client, self.max_age_ms, self.trusted = client, max_age_ms, trusted
         self.on_events = on_events
@@ -155,8 +180,14 @@ class HttpGossip:
     def deliver(self, data: Any) -> Envelope:
         """Authenticate and handle one received envelope; raise EnvelopeRejected."""
         try:
-            env = open_envelope(data, network=self.network, now_ms=int(time.time() * 1000),
-                                max_age_ms=self.max_age_ms, trusted=self.trusted, replay=self._replay)
+            env = open_envelope(
+                data,
+                network=self.network,
+                now_ms=int(time.time() * 1000),
+                max_age_ms=self.max_age_ms,
+                trusted=self.trusted,
+                replay=self._replay,
+            )
         except EnvelopeRejected as exc:
             self.stats[f"rejected.{exc.code}"] += 1
             raise
@@ -205,8 +236,15 @@ class HttpGossip:
         if len(self._inflight) >= self.max_inflight:
             self.stats["dropped.backlog"] += 1
             return
-        envelope = seal(self.identity, network=self.network, node=self.node.id, addr=self.node.addr,
-                        kind=kind, payload=payload, sent_at=int(time.time() * 1000))
+        envelope = seal(
+            self.identity,
+            network=self.network,
+            node=self.node.id,
+            addr=self.node.addr,
+            kind=kind,
+            payload=payload,
+            sent_at=int(time.time() * 1000),
+        )
         body = json.dumps(envelope, separators=(",", ":")).encode()
         task = asyncio.create_task(self._post(addr, body))
         self._inflight.add(task)
@@ -214,15 +252,21 @@ class HttpGossip:
 
     async def _post(self, addr: str, body: bytes) -> None:
         try:
-            resp = await self.client.post(addr.rstrip("/") + PATH, content=body, timeout=self.send_timeout_s,
-                                          headers={"content-type": "application/json"})
+            resp = await self.client.post(
+                addr.rstrip("/") + PATH,
+                content=body,
+                timeout=self.send_timeout_s,
+                headers={"content-type": "application/json"},
+            )
         except (httpx.HTTPError, OSError):
             self.stats["send_failed"] += 1
             return
         self.stats["sent"] += 1
         if resp.status_code >= 400:
             self.stats["refused"] += 1
-            log.debug("gossip packet refused", extra={"peer": addr, "status": resp.status_code, "body": resp.text[:200]})
+            log.debug(
+                "gossip packet refused", extra={"peer": addr, "status": resp.status_code, "body": resp.text[:200]}
+            )
 
     # ---- test-only fault switch -------------------------------------------------------------
 

@@ -25,6 +25,17 @@ def open_backend(redis_url: str | None, limits: Limits | None = None) -> Backend
 
 
 __all__ = [
-    "Backend", "BackendError", "BackendUnavailable", "Delivery", "EmbeddedBackend", "Finished", "KeyValue", "Limits",
-    "QueueFull", "StoredEvent", "TaskExists", "TaskNotFound", "open_backend",
+    "Backend",
+    "BackendError",
+    "BackendUnavailable",
+    "Delivery",
+    "EmbeddedBackend",
+    "Finished",
+    "KeyValue",
+    "Limits",
+    "QueueFull",
+    "StoredEvent",
+    "TaskExists",
+    "TaskNotFound",
+    "open_backend",
 ]

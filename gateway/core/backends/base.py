@@ -192,7 +192,9 @@ class Backend(abc.ABC):
         await self.bus.ack(delivery)
         await self.tasks.unlock(delivery.task_id, consumer)
 
-    async def events(self, task_id: str, after: str | None = None, *, block_ms: int = 5_000) -> AsyncIterator[StoredEvent]:
+    async def events(
+        self, task_id: str, after: str | None = None, *, block_ms: int = 5_000
+    ) -> AsyncIterator[StoredEvent]:
         """Follow a task's events until a final one (terminal or interrupted state)."""
         while True:
             batch = await self.tasks.read_events(task_id, after, block_ms)

@@ -66,7 +66,7 @@ class _Pending:
 
 @dataclass
 class _Queue:
-    waiting: "OrderedDict[str, str]" = field(default_factory=OrderedDict)  # entry id -> task id
+    waiting: OrderedDict[str, str] = field(default_factory=OrderedDict)  # entry id -> task id
     pending: dict[str, _Pending] = field(default_factory=dict)
     signal: _Signal = field(default_factory=_Signal)
 
@@ -226,8 +226,11 @@ class EmbeddedTaskStore(TaskStore):
         return None if slot is None else slot.copy()
 
     async def list(self, context_id=None, limit=50, cursor=None):
-        ids = [t for t in reversed(self._order)
-               if t in self._tasks and (context_id is None or self._tasks[t].context_id == context_id)]
+        ids = [
+            t
+            for t in reversed(self._order)
+            if t in self._tasks and (context_id is None or self._tasks[t].context_id == context_id)
+        ]
         start = int(cursor) if cursor else 0
         page = ids[start : start + limit]
         nxt = str(start + limit) if start + limit < len(ids) else None

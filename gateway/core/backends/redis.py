@@ -162,7 +162,7 @@ def _lock(task_id: str) -> str:
 
 
 class RedisBus(Bus):
-    def __init__(self, r: "aioredis.Redis", limits: Limits) -> None:
+    def __init__(self, r: aioredis.Redis, limits: Limits) -> None:
         self.r, self.limits = r, limits
         self._groups: set[str] = set()
         self._claimed_at: dict[str, float] = {}
@@ -238,7 +238,7 @@ class RedisBus(Bus):
 
 
 class RedisTaskStore(TaskStore):
-    def __init__(self, r: "aioredis.Redis", limits: Limits) -> None:
+    def __init__(self, r: aioredis.Redis, limits: Limits) -> None:
         self.r, self.limits = r, limits
         self._submit = r.register_script(SUBMIT)
         self._enqueue = r.register_script(ENQUEUE)
@@ -322,10 +322,18 @@ class RedisTaskStore(TaskStore):
                 known = None  # judged on this node's copy: check the stored task before refusing
                 continue
             final = isinstance(event, TaskStatusUpdate) and event.final
-            args = [read_token, token, task.model_dump_json(exclude_none=True), event.model_dump_json(exclude_none=True),
-                    self.limits.max_events_per_task, event.status.state.value if final else "",  # type: ignore[union-attr]
-                    task_id, task.created_at, task.route.agent if task.route else "",
-                    self.limits.retention_s if task.state.terminal else ""]
+            args = [
+                read_token,
+                token,
+                task.model_dump_json(exclude_none=True),
+                event.model_dump_json(exclude_none=True),
+                self.limits.max_events_per_task,
+                event.status.state.value if final else "",  # type: ignore[union-attr]
+                task_id,
+                task.created_at,
+                task.route.agent if task.route else "",
+                self.limits.retention_s if task.state.terminal else "",
+            ]
             status, event_id = await self._apply(keys=[key, f"{key}:ev", "il:finished", _lock(task_id)], args=args)
             if status == -1:
                 raise TaskNotFound(f"task {task_id} not found")
@@ -368,7 +376,7 @@ class RedisTaskStore(TaskStore):
 
 
 class RedisKeyValue(KeyValue):
-    def __init__(self, r: "aioredis.Redis") -> None:
+    def __init__(self, r: aioredis.Redis) -> None:
         self.r = r
 
     @_translate
@@ -403,8 +411,13 @@ class RedisBackend(Backend):
         # still holds sockets to the old process. Our writes are idempotent under a retry
         # (submit carries a nonce, events are transition-checked, acks and locks are idempotent).
         self.r = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=2, socket_keepalive=True, health_check_interval=15,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2), retry_on_error=[rexc.ConnectionError, rexc.TimeoutError],
+            url,
+            decode_responses=True,
+            socket_connect_timeout=2,
+            socket_keepalive=True,
+            health_check_interval=15,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+            retry_on_error=[rexc.ConnectionError, rexc.TimeoutError],
         )
         self.bus = RedisBus(self.r, self.limits)
         self.tasks = RedisTaskStore(self.r, self.limits)
