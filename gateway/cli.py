@@ -19,7 +19,7 @@ import sys
 from agents.serve import add_bus_flags
 from gateway import __version__, agent_cli
 from gateway.core import logs
-from gateway.core.config import Config
+from gateway.core.config import Config, read_secret
 from registry.identity import Identity, IdentityError
 
 log = logging.getLogger("interlace.cli")
@@ -44,7 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--visibility-timeout-ms", type=int, help="how long a silent worker keeps a task before redelivery"
     )
     serve.add_argument("--max-queue", type=int, help="bound on each agent's queue")
-    serve.add_argument("--worker-token", help="token workers must present on /bus (env INTERLACE_WORKER_TOKEN)")
+    serve.add_argument(
+        "--worker-token",
+        help="token workers must present on /bus (env INTERLACE_WORKER_TOKEN; "
+        "a flag is visible to every local user: prefer --worker-token-file)",
+    )
+    serve.add_argument("--worker-token-file", metavar="FILE", help="read the worker token from this file")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--network", help="registry network id (default interlace)")
     serve.add_argument("--node-key", metavar="FILE", help="this node's key file (default: a fresh key each start)")
@@ -53,7 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["open", "token", "allowlist"],
         help="who may register agents (default: open on loopback, else required)",
     )
-    serve.add_argument("--registration-token", help="token for --admission token (env INTERLACE_REGISTRATION_TOKEN)")
+    serve.add_argument(
+        "--registration-token",
+        help="token for --admission token (env INTERLACE_REGISTRATION_TOKEN; "
+        "a flag is visible to every local user: prefer --registration-token-file)",
+    )
+    serve.add_argument("--registration-token-file", metavar="FILE", help="read the registration token from this file")
     serve.add_argument("--allowlist", metavar="FILE", help="DIDs allowed to register, one per line")
     serve.add_argument("--join", metavar="HOST:PORT,...", help="seed nodes of the federation to join")
     serve.add_argument(
@@ -66,6 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-gossip", dest="gossip", action="store_const", const=False, help="do not federate with other nodes"
     )
+    auth = serve.add_argument_group("who may call (required on a non-loopback bind)")
+    auth.add_argument("--auth-issuer", metavar="URL", help="accept JWTs from this OIDC issuer (keys via discovery)")
+    auth.add_argument("--auth-audience", metavar="URL", help="the audience tokens must name (default: --public-url)")
+    auth.add_argument("--api-keys", metavar="FILE", help="accept the API keys of this YAML file (hashed)")
+    auth.add_argument(
+        "--allow-anonymous",
+        action="store_const",
+        const=True,
+        help="let callers without credentials in (with nothing else configured: with every right)",
+    )
+    auth.add_argument("--admin-group", metavar="NAME", help="group whose members manage every task (default admin)")
     serve.add_argument(
         "--gossip-faults", action="store_const", const=True, help=argparse.SUPPRESS
     )  # tests: POST /gossip/faults
@@ -90,11 +111,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interlace {__version__}")
         return 0
     if args.command in ("keys", "agent"):
-        return agent_cli.run(args, os.environ.get("INTERLACE_REGISTRATION_TOKEN"))
+        token, token_file = (
+            os.environ.get("INTERLACE_REGISTRATION_TOKEN"),
+            os.environ.get("INTERLACE_REGISTRATION_TOKEN_FILE"),
+        )
+        try:
+            token = token or (read_secret(token_file) if token_file else None)
+        except ValueError as exc:
+            print(f"interlace: {exc}", file=sys.stderr)
+            return 2
+        return agent_cli.run(args, token)
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "kind")}
     try:
         config = Config.load(flags)
         if args.command == "serve":
+            auth_mode = config.effective_auth()  # first: a public bind without authentication is the worst
+            config.effective_audience()
+            if config.api_keys:
+                from gateway.core.auth import load_api_keys
+
+                load_api_keys(config.api_keys)
             config.effective_admission()
             from gateway.cluster import check_config  # gossip settings: fail before starting
 
@@ -109,8 +145,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.setup(config.log_level)
     if args.command == "serve":
+        warn_about_exposure(args, config, auth_mode)
         return serve(config)
     return asyncio.run(run_worker(args, config))
+
+
+def warn_about_exposure(args: argparse.Namespace, config: Config, auth_mode) -> None:
+    """Warnings at start for what an operator should know: secrets on the command line, anonymous callers."""
+    for flag in ("registration_token", "worker_token"):
+        if getattr(args, flag, None):
+            name = flag.replace("_", "-")
+            log.warning(
+                f"--{name} puts a secret on the command line, where every local user can read it: "
+                f"use --{name}-file or INTERLACE_{flag.upper()}"
+            )
+    if config.allow_anonymous:
+        log.warning(
+            "--allow-anonymous: callers without credentials are let in"
+            + (" with every right" if auth_mode == "local" else " as 'anonymous'"),
+            extra={"host": config.host, "auth": str(auth_mode)},
+        )
 
 
 def serve(config: Config) -> int:

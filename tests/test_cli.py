@@ -147,5 +147,8 @@ def test_compose_commands_are_valid_interlace_invocations(name):
     args = parser.parse_args(command[1:])  # exits (fails the test) on an unknown flag or subcommand
     if args.command == "serve":
         assert args.host == "0.0.0.0" and args.redis_url.startswith("redis://redis:")
+        # The gateway would start: a public bind names its authentication (or explicitly none).
+        flags = {k: v for k, v in vars(args).items() if k not in ("command", "kind")}
+        Config.load(flags, env={}).effective_auth()
     else:
         assert args.redis_url.startswith("redis://redis:")

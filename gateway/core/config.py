@@ -5,11 +5,16 @@ over the defaults below. Each field's environment variable is ``INTERLACE_`` + i
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from gateway.core.settings import load_settings
+
+if TYPE_CHECKING:
+    from gateway.core.auth import AuthMode
 
 
 @dataclasses.dataclass
@@ -29,6 +34,7 @@ class Config:
     sse_max_s: float = 3600.0  # an SSE response is closed after this long
     shutdown_grace_s: float = 10.0
     worker_token: str | None = None  # required on /bus from non-loopback clients
+    worker_token_file: str | None = None  # ... read from this file instead (a flag is world-readable)
     log_level: str = "info"
     # Registry and identity
     network: str = "interlace"  # records and gossip of another network are refused
@@ -37,6 +43,7 @@ class Config:
     lease_s: int = 60  # lease of the records of in-process agents
     admission: str | None = None  # open | token | allowlist; open only by default on loopback
     registration_token: str | None = None
+    registration_token_file: str | None = None  # the token, read from this file
     allowlist: str | None = None  # file of DIDs (one per line) allowed to register
     registry_write_rate: float = 5.0  # registry writes per second per client ...
     registry_write_burst: int = 20  # ... with this burst
@@ -49,6 +56,55 @@ class Config:
     public_url: str | None = None  # how peers reach this node; default http://host:port
     gossip_profile: str = "lan"  # lan | local | fast (timings, registry/gossip/transport.py)
     gossip_faults: bool = False  # test-only: POST /gossip/faults drops packets (partitions)
+    # Who is calling (gateway/core/auth.py)
+    auth_issuer: str | None = None  # OIDC issuer whose JWTs are accepted (discovery -> jwks_uri)
+    auth_audience: str | None = None  # the audience tokens must name; default: the public URL
+    api_keys: str | None = None  # YAML file: a list of {principal, key_sha256, groups}
+    allow_anonymous: bool = False  # callers without credentials are let in (see effective_auth)
+    admin_group: str = "admin"  # members see and manage every task
+
+    def read_secret_files(self) -> None:
+        """Fill the tokens from their ``*_file`` settings (``load`` does this once)."""
+        for field in ("registration_token", "worker_token"):
+            path = getattr(self, f"{field}_file")
+            if path is None:
+                continue
+            if getattr(self, field) is not None:
+                flag = field.replace("_", "-")
+                raise ValueError(f"give the {flag} once: as --{flag}-file or as a value, not both")
+            setattr(self, field, read_secret(path))
+
+    def effective_auth(self) -> AuthMode:
+        """How callers are authenticated; a ValueError for a public bind that lets anyone in unasked.
+
+        Credentials configured (issuer or API keys): ``required``, or ``optional`` with
+        ``--allow-anonymous``. Nothing configured: ``local`` (everyone is the local principal with
+        every right) on a loopback bind or with ``--allow-anonymous``; refused on any other bind.
+        """
+        from gateway.core.auth import AuthMode  # here: PyJWT and cryptography load only when needed
+
+        if self.auth_issuer or self.api_keys:
+            return AuthMode.OPTIONAL if self.allow_anonymous else AuthMode.REQUIRED
+        if self.allow_anonymous or is_loopback(self.host):
+            return AuthMode.LOCAL
+        raise ValueError(
+            f"binding to {self.host} needs authentication: --auth-issuer URL or --api-keys FILE "
+            "(or --allow-anonymous to let every caller in with every right)"
+        )
+
+    def effective_audience(self) -> str | None:
+        """The audience JWTs must name: --auth-audience, else the public URL, else http://host:port."""
+        if self.auth_audience or self.public_url:
+            return (self.auth_audience or self.public_url or "").rstrip("/")
+        if not self.auth_issuer:
+            return None
+        if not is_loopback(self.host):
+            raise ValueError(
+                "--auth-issuer on a public bind needs --auth-audience or --public-url: "
+                "the URL that tokens are issued for"
+            )
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     def effective_admission(self) -> str:
         """The admission policy in force; ``open`` is only a default for a loopback bind."""
@@ -71,4 +127,27 @@ class Config:
 
     @classmethod
     def load(cls, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Config:
-        return load_settings(cls, "INTERLACE_", flags, env)
+        config = load_settings(cls, "INTERLACE_", flags, env)
+        config.read_secret_files()
+        return config
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def read_secret(path: str) -> str:
+    """A secret from a file (its first line, stripped); a ValueError that names the file otherwise."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ValueError(f"cannot read the secret file {path}: {exc.strerror}") from None
+    secret = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not secret:
+        raise ValueError(f"the secret file {path} is empty")
+    return secret
