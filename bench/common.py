@@ -217,5 +217,6 @@ def report(results: dict) -> None:
         d, g = legs["direct"], legs["gateway"]
         print(
             f"concurrency {c}: throughput ratio gateway/direct = {g['rps'] / d['rps']:.2f}x (target >= 0.5x); "
-            f"p50 ratio = {g['p50'] / d['p50']:.2f}x (added {g['p50'] - d['p50']:.2f} ms); p99 ratio = {g['p99'] / d['p99']:.2f}x"
+            f"p50 ratio = {g['p50'] / d['p50']:.2f}x (added {g['p50'] - d['p50']:.2f} ms); "
+            f"p99 ratio = {g['p99'] / d['p99']:.2f}x"
         )

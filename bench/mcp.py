@@ -157,7 +157,8 @@ def main() -> None:
             [sys.executable, "-m", "bench.mcp", "--serve-gateway", str(gw_port), upstream], gw_port, "gateway"
         )
         print(
-            f"MCP tools/call test_echo: direct to the upstream (mcp SDK {package_version('mcp')}) vs. through the gateway; "
+            f"MCP tools/call test_echo: direct to the upstream (mcp SDK {package_version('mcp')}) "
+            "vs. through the gateway; "
             f"median of {args.repeats} runs, {args.calls} calls per run at concurrency 1, {args.calls * 3} at 32"
         )
         report(asyncio.run(measure(upstream, f"{gateway}/mcp", args.calls, args.repeats)))

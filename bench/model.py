@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             name = f"{loaded.model_name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params)"
             where = torch.cuda.get_device_name(0) if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
             print(
-                f"\n{name} on {where}, {dtype}; loaded in {time.perf_counter() - t0:.1f} s; {tokens} tokens per request, greedy"
+                f"\n{name} on {where}, {dtype}; loaded in {time.perf_counter() - t0:.1f} s; "
+                f"{tokens} tokens per request, greedy"
             )
             print("  concurrency  one-at-a-time tok/s  batched tok/s  ratio")
             asyncio.run(bench_device(model, tokenizer, loaded.model_name, levels, tokens))

@@ -636,7 +636,7 @@ class CapabilityIndex:
             # a word in over half of a large index is a stop word here (idf < ln 2, and scoring
             # it costs a pass over most of the index) unless it is all the query has
             found = [(t, w, p) for t, w, p in found if p.live <= common]
-        for term, weight, postings in found:
+        for _term, weight, postings in found:
             rows, w = postings.weights(self._gen, self._doclen, avgdl, self.K1, self.B)
             df = postings.live
             np.add.at(scores, rows, np.float32(math.log(1.0 + (n - df + 0.5) / (df + 0.5)) * weight) * w)

@@ -257,7 +257,7 @@ def test_sign_verify_tombstone(ident):
         ("endpoints", lambda e: e | {"a2a": "http://evil.example/a2a"}),
         ("endpoints", lambda e: e | {"mcp": "http://evil.example/mcp"}),
         ("cost", lambda c: c - 1),
-        ("labels", lambda l: l | {"team": "ops"}),
+        ("labels", lambda labels: labels | {"team": "ops"}),
         ("home_node", lambda _: "node-b"),
         ("network", lambda _: "other-net"),
     ],

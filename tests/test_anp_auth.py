@@ -82,7 +82,9 @@ async def test_missing_authentication(gw):
         ),
         (
             {
-                "Signature-Input": 'sig1=("@method" "@target-uri" "content-digest");created=1;keyid="did:wba:a.example#k"',
+                "Signature-Input": (
+                    'sig1=("@method" "@target-uri" "content-digest");created=1;keyid="did:wba:a.example#k"'
+                ),
                 "Signature": "sig1=:AAAA:",
                 "Content-Digest": "sha-256=:AAAA:",
             },

@@ -195,7 +195,7 @@ async def test_event_stream_is_bounded(backend):
     task = new_task()
     await backend.tasks.submit(task, "echo", "n")
     await backend.tasks.apply(task.id, task.status_event(S.WORKING))
-    for i in range(300):
+    for _ in range(300):
         art = Artifact(artifact_id="a", parts=[TextPart(text="x")])
         await backend.tasks.apply(task.id, task.artifact_event(art, append=True))
     events = await backend.tasks.read_events(task.id, None, 0)

@@ -183,7 +183,8 @@ async def handle(service: A2AService, request: Request, call_for: Callable[[Dial
         if handler is None:
             if version == "0.3" and method in METHODS["1.0"]:
                 raise VersionNotSupportedError(
-                    f"A2A version '0.3' (a missing or empty A2A-Version header) does not have {method}; send A2A-Version: 1.0"
+                    f"A2A version '0.3' (a missing or empty A2A-Version header) does not have {method}; "
+                    "send A2A-Version: 1.0"
                 )
             hint = " (an A2A 0.3 method; send A2A-Version: 0.3)" if method in METHODS["0.3"] else ""
             raise MethodNotFoundError(f"Method {method!r} not found{hint}")

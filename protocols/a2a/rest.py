@@ -126,7 +126,8 @@ def _endpoint(service: A2AService, op: Op, legacy_path: bool, call_for: CallFor)
             negotiated = negotiate(request)
             if not legacy_path and negotiated != "1.0":
                 raise VersionNotSupportedError(
-                    "A2A version '0.3' (a missing or empty A2A-Version header) is served under /v1; send A2A-Version: 1.0"
+                    "A2A version '0.3' (a missing or empty A2A-Version header) is served under /v1; "
+                    "send A2A-Version: 1.0"
                 )
             call = call_for(request, V03_REST if legacy_path else V10)
             result = await op(service, call, request)

@@ -2,9 +2,9 @@
 
 One ``Backend`` bundles the task queues (a stream per agent, consumer groups, at-least-once
 delivery with a visibility timeout), the task store (state + an event stream per task), the
-store of signed agent records and a small key/value store for protocol sessions. Two implementations: ``embedded`` (in-process,
-the default) and ``redis`` (Redis Streams, shared by many gateway and worker processes). The
-same behavioural test suite runs against both.
+store of signed agent records and a small key/value store for protocol sessions. Two
+implementations: ``embedded`` (in-process, the default) and ``redis`` (Redis Streams, shared by
+many gateway and worker processes). The same behavioural test suite runs against both.
 
 Delivery contract: ``receive`` hands out new entries and re-hands entries whose consumer has
 not called ``extend`` for ``visibility_timeout_ms``; an entry leaves the queue only on ``ack``.

@@ -101,7 +101,8 @@ redis.call('HSET', KEYS[1], 'task', ARGV[3], 'applied', ARGV[2])
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'e', ARGV[4])
 if ARGV[6] ~= '' then
   local by = redis.call('HGET', KEYS[1], 'by') or ''
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'id', ARGV[7], 'state', ARGV[6], 'by', by, 'at', ARGV[8], 'agent', ARGV[9])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*',
+             'id', ARGV[7], 'state', ARGV[6], 'by', by, 'at', ARGV[8], 'agent', ARGV[9])
 end
 if ARGV[10] ~= '' then
   for _, key in ipairs({KEYS[1], KEYS[2], KEYS[4]}) do redis.call('EXPIRE', key, ARGV[10]) end
