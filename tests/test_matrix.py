@@ -22,26 +22,40 @@ the connector for the target's protocol (A2AConnector, ACPConnector, ANPConnecto
 -> the remote agent. One exception: MCP client x MCP target is MCP federation (a default gateway
 offers a registered MCP server's own tools, ``m-mcp__echo``, and relays the call; no task).
 
-Degradations (asserted as written; everything else arrives intact):
+Degradations (asserted as written; everything else arrives intact), one item per place, where -- what:
 
-| where | what |
-| --- | --- |
-| MCP client, file in | an agent tool takes ``{message, data}`` (``tools/call`` arguments are JSON): the file travels base64 inside the data, ``{"file": {name, mimeType, data}}``, and the agent receives a data part. To an MCP target (federation) the file goes in that server's own tool argument (``files``), and comes back as image content |
-| ANP client, file in | ``send_message`` takes ``{message, data}`` (JSON-RPC params): the same base64-in-data form |
-| ANP target, file in | refused: the task fails with "file parts cannot be sent to an ANP agent (its JSON-RPC params are JSON)" |
-| ANP target, text + data | one JSON-RPC result per call: the agent's ``{text, data}`` object arrives as one data part (a bare string result is a text part) |
-| ANP target, file out | the agent's file arrives base64 inside that data part |
-| ANP target, streaming | one result: the whole text arrives as one event |
-| ANP target, cancel | ANP's JSON-RPC has no cancel: the gateway abandons the call (closes the connection) and the agent sees the disconnect |
-| ANP client, streaming | ``send_message`` answers once: the whole text arrives in the result, no events |
-| ANP client, errors | JSON-RPC error -32010 whose message is the agent's text |
-| MCP client, streaming | each task event is one ``notifications/progress``; for an artifact event its message names the artifact ("artifact echo") instead of carrying the chunk, for an agent status message (an MCP target's progress) it is the text; the content comes in the result |
-| MCP target, file in | the file goes base64 in the tool's ``files`` argument (the fixture tool declares one; a tool without one fails the task) |
-| MCP target, streaming | progress notifications become ``working`` status messages (not artifact chunks); the result is one artifact with the whole text |
-| A2A on either side, data | the a2a-sdk carries JSON as protobuf ``Value``: integers come back as floats (1 -> 1.0; equal as JSON numbers) |
-| internal API, streaming | no streaming send: the client sets ``metadata["interlace.stream"]`` (so connectors stream) and follows ``GET /tasks/{id}/events`` |
-| file names | not part of the check: MCP image content has no name, and parts sent to an ACP agent carry none (an ACP part's name makes it an artifact); bytes and media type are checked everywhere |
-| ACP target, cancel | the remote run is marked ``cancelled`` (the fixture counts the 202 to ``POST /runs/{id}/cancel``); acp-sdk 1.0.3 does not interrupt the agent's coroutine itself |
+- MCP client, file in -- an agent tool takes ``{message, data}`` (``tools/call`` arguments are
+  JSON): the file travels base64 inside the data, ``{"file": {name, mimeType, data}}``, and the
+  agent receives a data part. To an MCP target (federation) the file goes in that server's own tool
+  argument (``files``), and comes back as image content
+- ANP client, file in -- ``send_message`` takes ``{message, data}`` (JSON-RPC params): the same
+  base64-in-data form
+- ANP target, file in -- refused: the task fails with "file parts cannot be sent to an ANP agent
+  (its JSON-RPC params are JSON)"
+- ANP target, text + data -- one JSON-RPC result per call: the agent's ``{text, data}`` object
+  arrives as one data part (a bare string result is a text part)
+- ANP target, file out -- the agent's file arrives base64 inside that data part
+- ANP target, streaming -- one result: the whole text arrives as one event
+- ANP target, cancel -- ANP's JSON-RPC has no cancel: the gateway abandons the call (closes the
+  connection) and the agent sees the disconnect
+- ANP client, streaming -- ``send_message`` answers once: the whole text arrives in the result, no
+  events
+- ANP client, errors -- JSON-RPC error -32010 whose message is the agent's text
+- MCP client, streaming -- each task event is one ``notifications/progress``; for an artifact event
+  its message names the artifact ("artifact echo") instead of carrying the chunk, for an agent
+  status message (an MCP target's progress) it is the text; the content comes in the result
+- MCP target, file in -- the file goes base64 in the tool's ``files`` argument (the fixture tool
+  declares one; a tool without one fails the task)
+- MCP target, streaming -- progress notifications become ``working`` status messages (not artifact
+  chunks); the result is one artifact with the whole text
+- A2A on either side, data -- the a2a-sdk carries JSON as protobuf ``Value``: integers come back as
+  floats (1 -> 1.0; equal as JSON numbers)
+- internal API, streaming -- no streaming send: the client sets ``metadata["interlace.stream"]`` (so
+  connectors stream) and follows ``GET /tasks/{id}/events``
+- file names -- not part of the check: MCP image content has no name, and parts sent to an ACP agent
+  carry none (an ACP part's name makes it an artifact); bytes and media type are checked everywhere
+- ACP target, cancel -- the remote run is marked ``cancelled`` (the fixture counts the 202 to
+  ``POST /runs/{id}/cancel``); acp-sdk 1.0.3 does not interrupt the agent's coroutine itself
 """
 
 from __future__ import annotations

@@ -6,29 +6,50 @@ with ``kind``) and ``V03_REST`` (A2A 0.3 HTTP+JSON, the 0.3 proto's JSON: ``cont
 renders tasks and events; the outbound client parses a remote agent's tasks and events with the
 same functions. Input keys are accepted in camelCase and in proto snake_case.
 
-Mapping (canonical <-> 1.0 | 0.3 JSON-RPC | 0.3 REST):
+Mapping (canonical <-> 1.0 | 0.3 JSON-RPC | 0.3 REST), split into two tables with the same rows in
+the same order: the first for A2A 1.0 and 0.3 JSON-RPC, the second for 0.3 REST.
 
-| canonical | A2A 1.0 | A2A 0.3 JSON-RPC | A2A 0.3 REST |
-| --- | --- | --- | --- |
-| TextPart(text, metadata) | {text, metadata} | {kind:text, text, metadata} | {text, metadata} |
-| DataPart(data) | {data: <any JSON>} | {kind:data, data: {..}} (*1) | {data: {data: {..}}} (*1) |
-| FilePart(bytes, media_type, name) | {raw: b64, mediaType, filename} | {kind:file, file:{bytes,mimeType,name}} | {file:{fileWithBytes,mimeType,name}} |
-| FilePart(url, ...) | {url, mediaType, filename} | {kind:file, file:{uri,mimeType,name}} | {file:{fileWithUri,mimeType,name}} |
-| Message.role user / agent | ROLE_USER / ROLE_AGENT | user / agent | ROLE_USER / ROLE_AGENT |
-| Message.parts | parts | parts (+ kind:message) | content |
+| canonical | A2A 1.0 | A2A 0.3 JSON-RPC |
+| --- | --- | --- |
+| TextPart(text, metadata) | {text, metadata} | {kind:text, text, metadata} |
+| DataPart(data) | {data: <any JSON>} | {kind:data, data: {..}} (*1) |
+| FilePart(bytes, media_type, name) | {raw: b64, mediaType, filename} | {kind:file, file:{bytes,mimeType,name}} |
+| FilePart(url, ...) | {url, mediaType, filename} | {kind:file, file:{uri,mimeType,name}} |
+| Message.role user / agent | ROLE_USER / ROLE_AGENT | user / agent |
+| Message.parts | parts | parts (+ kind:message) |
 | Message ids, metadata | messageId, taskId, contextId, metadata (same in all three) |
-| TaskState.<s> | TASK_STATE_<S> | <s> (e.g. input-required) | TASK_STATE_<S> (CANCELLED) |
+| TaskState.<s> | TASK_STATE_<S> | <s> (e.g. input-required) |
 | Task | {id, contextId, status, artifacts, history, metadata} (+ kind:task in 0.3 JSON-RPC) |
 | TaskStatus | {state, message, timestamp} |
 | Artifact | {artifactId, name, description, parts, metadata} |
-| TaskStatusUpdate | {statusUpdate:{taskId,contextId,status,metadata}} | {kind:status-update, ..., final} | {statusUpdate:{..., final}} |
-| TaskArtifactUpdate | {artifactUpdate:{taskId,contextId,artifact,append,lastChunk}} | {kind:artifact-update, ...} | {artifactUpdate:{...}} |
-| a direct reply (*2) | {message: Message} | Message (kind:message) | {message: Message} |
-| PushConfig | {taskId,id,url,token,authentication:{scheme,credentials}} | {taskId, pushNotificationConfig:{id,url,token,authentication:{schemes[],credentials}}} | {name:"tasks/T/pushNotificationConfigs/I", pushNotificationConfig:{..}} |
+| TaskStatusUpdate | {statusUpdate:{taskId,contextId,status,metadata}} | {kind:status-update, ..., final} |
+| TaskArtifactUpdate | {artifactUpdate:{taskId,contextId,artifact,append,lastChunk}} | {kind:artifact-update, ...} |
+| a direct reply (*2) | {message: Message} | Message (kind:message) |
+| PushConfig | {taskId,id,url,token,authentication:{scheme,credentials}} | {taskId, pushNotificationConfig:{..}} (*3) |
+
+| canonical | A2A 0.3 REST |
+| --- | --- |
+| TextPart(text, metadata) | {text, metadata} |
+| DataPart(data) | {data: {data: {..}}} (*1) |
+| FilePart(bytes, media_type, name) | {file:{fileWithBytes,mimeType,name}} |
+| FilePart(url, ...) | {file:{fileWithUri,mimeType,name}} |
+| Message.role user / agent | ROLE_USER / ROLE_AGENT |
+| Message.parts | content |
+| Message ids, metadata | messageId, taskId, contextId, metadata (same in all three) |
+| TaskState.<s> | TASK_STATE_<S> (CANCELLED) |
+| Task | {id, contextId, status, artifacts, history, metadata} (as in 1.0) |
+| TaskStatus | {state, message, timestamp} (as in 1.0) |
+| Artifact | {artifactId, name, description, parts, metadata} (as in 1.0) |
+| TaskStatusUpdate | {statusUpdate:{..., final}} |
+| TaskArtifactUpdate | {artifactUpdate:{...}} |
+| a direct reply (*2) | {message: Message} |
+| PushConfig | {name:"tasks/T/pushNotificationConfigs/I", pushNotificationConfig:{..}} |
 
 (*1) 0.3 data parts hold an object; any other JSON value is wrapped as ``{"value": x}`` on the way out.
 (*2) An agent answers with a bare Message (no task) by completing its task with a status message whose
 metadata carries ``DIRECT_REPLY`` (see ``direct_reply``); SendMessage then returns that message.
+(*3) The 0.3 JSON-RPC ``pushNotificationConfig`` is
+``{id,url,token,authentication:{schemes[],credentials}}``.
 Not carried: Message ``extensions``/``referenceTaskIds`` and a text part's ``mediaType``/``filename``;
 metadata keys starting ``interlace.`` are internal and never rendered.
 """

@@ -34,12 +34,12 @@ Other objects:
 | ACP | canonical |
 | --- | --- |
 | Run ``run_id`` (UUID) | Task ``id`` (the same UUID, hex) |
-| Run ``session_id`` (UUID); ``session`` object | Task ``context_id`` (hex); carried ``history``/``state`` kept in the shared kv |
+| Run ``session_id`` (UUID); ``session`` object | Task ``context_id`` (hex); carried ``history``/``state`` (*4) |
 | Run ``agent_name`` / POST ``agent_name`` | ``runtime.submit(agent=...)`` / Task ``route.agent`` |
 | POST ``input`` (one or more Messages) | one user Message with all their parts, in order |
 | resume ``await_resume.message`` | ``runtime.continue_task(task_id, message)`` |
 | Run ``await_request.message`` | the interrupted task's status message |
-| Run ``output`` | agent messages (not questions), then one message with every artifact's parts, then the completing status message |
+| Run ``output`` | agent messages (not questions), then one message with every artifact's parts (*5) |
 | Run ``error {code, message, data}`` | failed/rejected status message text |
 | Message ``role`` user / ``agent/<name>`` | Message ``role`` user / agent |
 | part ``text/plain``, plain | ``TextPart(text)`` |
@@ -48,12 +48,19 @@ Other objects:
 | part other type, plain | ``FilePart`` (bytes = UTF-8 of the content), ``media_type`` |
 | part any type, ``content_encoding: base64`` | ``FilePart(bytes, media_type)`` |
 | part ``content_url`` | ``FilePart(url, media_type)`` |
-| part ``name`` (an artifact) | ``Artifact(name)`` on output; on input the name is kept in metadata (``filename`` of a file) |
+| part ``name`` (an artifact) | ``Artifact(name)`` on output; on input the name is kept in metadata (*6) |
 | part ``metadata`` (citation / trajectory) | part metadata ``interlace.acp.metadata`` |
-| stream ``run.created``/``run.in-progress``/``run.awaiting``/``run.completed``/``run.failed``/``run.cancelled`` | status updates (submitted, working, interrupted, terminal) |
+| stream ``run.<status>`` events (*7) | status updates (submitted, working, interrupted, terminal) |
 | stream ``message.created``/``message.part``/``message.completed`` | artifact updates (and agent status messages) |
-| AgentManifest | AgentRecord: name, description, skills' modes -> content types, skills -> capabilities, tags; DID, version, skill ids, protocols, labels, examples under ``metadata.annotations.interlace`` |
-| error ``not_found`` 404 / ``invalid_input`` 422 / ``server_error`` 403, 500, 503 | unknown agent, run or session / bad body / wrong run state, internal, bus down |
+| AgentManifest | AgentRecord: name, description, skills' modes -> content types, skills -> capabilities, tags (*8) |
+| error ``not_found`` 404 / ``invalid_input`` 422 / ``server_error`` (*9) | unknown agent, run or session / bad body |
+
+(*4) the carried ``history``/``state`` are kept in the shared kv.
+(*5) then, last, the completing status message.
+(*6) and, for a file, as its ``filename``.
+(*7) ``run.created``/``run.in-progress``/``run.awaiting``/``run.completed``/``run.failed``/``run.cancelled``.
+(*8) and DID, version, skill ids, protocols, labels, examples under ``metadata.annotations.interlace``.
+(*9) ``server_error`` 403, 500, 503: wrong run state, internal, bus down (in that order).
 
 Not carried: ``generic`` events (neither way), Message ``created_at``/``completed_at`` (the
 SDK fills them), a carried session's history for the agent (it is listed again by

@@ -35,27 +35,36 @@ tests/test_anp_connector.py):
 | ANP | canonical |
 | --- | --- |
 | ``/.well-known/did.json`` (did:wba, Multikey ``#key-1``) | ``runtime.identity``; ``service`` -> ``/anp/ad.json`` |
-| ``/anp/agents/{name}/ad.json`` + OpenRPC ``send_message``... | one per name in ``runtime.known_agents()`` (record: description, skills, did) |
+| ``/anp/agents/{name}/ad.json`` + OpenRPC ``send_message``... | one per name in ``runtime.known_agents()`` (*1) |
 | DIDWba-authenticated caller DID | task metadata ``anp.caller``; only that DID can get, cancel or continue the task |
 | ``send_message`` ``message`` (string) | ``runtime.submit``: user Message, ``TextPart(message)`` |
 | ``send_message`` ``data`` (object) | a further ``DataPart(data)`` |
 | ``send_message`` ``context_id`` / ``metadata`` | task ``context_id`` / task metadata (``anp.*`` keys dropped) |
-| ``send_message`` ``agent`` (at ``/anp/rpc``) | the agent routed to (name or DID); ``/anp/agents/{name}/rpc`` fixes it |
+| ``send_message`` ``agent`` (at ``/anp/rpc``) | the agent routed to (name or DID) (*2) |
 | ``send_message`` ``task_id`` + ``message`` | ``runtime.continue_task`` (the task waits for input) |
 | ``send_message`` waits ``wait_s`` | ``runtime.wait`` |
-| result ``state``, ``text``, ``data``, ``artifacts`` | task state; artifact text parts (joined), data parts, artifacts |
+| result ``state``, ``text``, ``data``, ``artifacts`` | task state; joined artifact text parts, data parts, artifacts |
 | result ``state: input-required`` + ``message`` | task input-required + the agent's question |
 | result ``state: working`` | not final within ``wait_s``: poll ``get_task`` |
-| error -32010 ``{task_id, state}`` (message = agent's text) | task ``failed`` / ``rejected`` / ``canceled`` (from ``send_message``) |
+| error -32010 ``{task_id, state}`` (*3) | task ``failed`` / ``rejected`` / ``canceled`` (from ``send_message``) |
 | ``get_task`` ``task_id`` [``wait_s``] | ``runtime.get`` [``runtime.wait``] (a failed task is a result, not an error) |
 | ``cancel_task`` ``task_id`` | ``runtime.cancel``; error -32002 when already final |
 | error -32001 / -32003 / -32050 | task not found (or another caller's) / ``UnknownAgent`` / backend unavailable |
-| outbound: JSON-RPC call, signed as the gateway's did:wba | a task for an agent whose record has an ``anp`` endpoint (``ANPConnector``) |
-| outbound: method = metadata ``anp.method``, or a data part ``{method, params}``, or the remote's only method (``send_message`` on another gateway) | the task's last user message |
-| outbound: params = metadata ``anp.params``, else the object data part (under ``data`` if the method declares an object ``data``) plus the text as the first string param | the message's data and text parts (file parts fail the task) |
+| outbound: JSON-RPC call (*4) | a task for an agent whose record has an ``anp`` endpoint (``ANPConnector``) |
+| outbound: method (*5) | the task's last user message |
+| outbound: params (*6) | the message's data and text parts (file parts fail the task) |
 | outbound: result (string) | artifact ``TextPart`` |
 | outbound: result (other JSON) | artifact ``DataPart`` |
 | outbound: JSON-RPC error / HTTP error / 401 | task ``failed`` with the remote's message |
+
+(*1) with its record's description, skills, did.
+(*2) ``/anp/agents/{name}/rpc`` fixes the agent.
+(*3) the error's message is the agent's text.
+(*4) signed as the gateway's did:wba.
+(*5) method = metadata ``anp.method``, or a data part ``{method, params}``, or the remote's only method
+(``send_message`` on another gateway).
+(*6) params = metadata ``anp.params``, else the object data part (under ``data`` if the method declares
+an object ``data``) plus the text as the first string param.
 """
 
 from protocols.anp.connector import ANPConnector as Connector

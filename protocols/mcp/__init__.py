@@ -47,8 +47,11 @@ Mapping between MCP and the canonical model (each row is tested in tests/test_mc
 | result ``image`` / ``audio`` content | ``FilePart`` bytes with ``image/*`` / ``audio/*`` type |
 | result embedded ``resource`` (text or blob) | ``FilePart`` bytes of any other type |
 | result ``resource_link`` | ``FilePart`` with a ``url`` |
-| ``isError: true`` + the agent's message | task ``failed`` / ``rejected`` / ``canceled``, or not final in time (then canceled) |
-| result text = the agent's question, ``structuredContent {task_id, state}`` | task ``input-required`` / ``auth-required`` |
+| ``isError: true`` + the agent's message | task ``failed`` / ``rejected`` / ``canceled``, or not final in time (*1) |
+| result text = the agent's question, ``structuredContent`` (*2) | task ``input-required`` / ``auth-required`` |
+
+(*1) a task not final in time is then canceled.
+(*2) ``structuredContent`` is ``{task_id, state}``.
 
 Upstream MCP tools, resources and prompts are relayed as MCP (no canonical task): their
 content passes through unchanged, and progress, logging, cancellation, sampling and elicitation

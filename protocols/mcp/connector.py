@@ -19,20 +19,29 @@ Mapping between the canonical task and the tool call (each row is tested in test
 | else ``task.route.skill`` when it names a tool | ``name`` (capability routing chose that skill) |
 | else the server's only tool | ``name``; several tools and none named: the task fails |
 | one object ``DataPart`` | ``arguments`` (under ``data`` when the tool declares an object ``data``) |
-| the text parts (joined by newlines) | the tool's only string argument, else its first required string one, else ``text`` if declared; with no data part and no such argument, ``{"text": ...}``; with a data part and no such argument the text is not sent |
-| ``FilePart`` (bytes or url) | argument ``files: [{name, mimeType, data (base64) or uri}]`` when the tool declares an array ``files``; otherwise the task fails (tool arguments are JSON) |
+| the text parts (joined by newlines) | the tool's only string argument, else its first required string one (*1) |
+| ``FilePart`` (bytes or url) | argument ``files: [{name, mimeType, data (base64) or uri}]`` (*2) |
 | (always) | ``_meta.progressToken`` = the task id |
-| ``notifications/progress`` on the call's stream | a ``working`` status update, agent message = its ``message`` (else ``progress[/total]``), metadata ``progress``/``total`` |
-| result ``text`` content | artifact (named after the tool) ``TextPart`` (a text that is the JSON of ``structuredContent`` is not repeated) |
+| ``notifications/progress`` on the call's stream | a ``working`` status update (*3) |
+| result ``text`` content | artifact (named after the tool) ``TextPart`` (*4) |
 | result ``structuredContent`` | ``DataPart`` |
 | result ``image`` / ``audio`` content | ``FilePart`` bytes, ``media_type`` = ``mimeType`` |
-| result embedded ``resource`` with JSON ``text`` (``application/json``, ``*+json``) | ``DataPart`` of that JSON, metadata ``mcp.uri`` |
-| result embedded ``resource`` (``blob`` or other ``text``) | ``FilePart`` bytes (text as UTF-8), ``filename`` = last segment of the URI, metadata ``mcp.uri`` |
+| result embedded ``resource`` with JSON ``text`` (*5) | ``DataPart`` of that JSON, metadata ``mcp.uri`` |
+| result embedded ``resource`` (``blob`` or other ``text``) | ``FilePart`` bytes (text as UTF-8) (*6) |
 | result ``resource_link`` | ``FilePart`` ``url`` |
 | result ``isError: true`` | task ``failed`` with the server's text |
 | JSON-RPC error / unreachable server / no answer in time | task ``failed`` with the reason |
 | task canceled | the call's request is abandoned and ``notifications/cancelled`` is sent upstream |
 | server->client requests (sampling, elicitation, roots) | refused (-32601): a task has no MCP client to relay them to |
+
+(*1) else ``text`` if declared; with no data part and no such argument, ``{"text": ...}``; with a data
+part and no such argument the text is not sent.
+(*2) when the tool declares an array ``files``; otherwise the task fails (tool arguments are JSON).
+(*3) agent message = the notification's ``message`` (else ``progress[/total]``), metadata
+``progress``/``total``.
+(*4) a text that is the JSON of ``structuredContent`` is not repeated.
+(*5) JSON ``text``: ``application/json`` or ``*+json``.
+(*6) ``filename`` = last segment of the URI, metadata ``mcp.uri``.
 
 Not carried: logging notifications on the call's stream, a file part's filename on the way back
 (image/audio content has no name), tool ``annotations`` and ``outputSchema`` (the result is not
