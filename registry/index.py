@@ -1105,18 +1105,21 @@ class _Explainer:
             st = self._stats[did] = self.stats_fn(did)
         if not st.live:
             return None
-        ix = self.index
         lat = st.latency_ewma_ms
-        lat_pen = 0.0
-        if lat is not None:
-            if self.max_latency is not None and lat > self.max_latency:
-                return None
-            if lat > 0.0:  # (a negative figure from a broken clock must not raise the score)
-                lat_pen = ix.latency_weight * lat / (lat + ix.latency_scale_ms)
-        cost_pen = ix.cost_weight * cost / (cost + self.cost_scale) if cost > 0 else 0.0
-        load = st.load if st.load > 0 else 0
-        load_pen = ix.load_weight * load / (load + ix.load_scale)
+        if lat is not None and self.max_latency is not None and lat > self.max_latency:
+            return None
+        cost_pen, lat_pen, load_pen = self.penalties(cost, st)
         return sim - cost_pen - lat_pen - load_pen
+
+    def penalties(self, cost: int, st: AgentStats) -> tuple[float, float, float]:
+        """The (cost, latency, load) penalties subtracted from an entry's text similarity."""
+        ix = self.index
+        cost_pen = ix.cost_weight * cost / (cost + self.cost_scale) if cost > 0 else 0.0
+        lat = st.latency_ewma_ms
+        # (a negative latency from a broken clock must not raise the score)
+        lat_pen = 0.0 if lat is None or lat <= 0.0 else ix.latency_weight * lat / (lat + ix.latency_scale_ms)
+        load = st.load if st.load > 0 else 0
+        return cost_pen, lat_pen, ix.load_weight * load / (load + ix.load_scale)
 
     def reasons(self, row: int, sim: float, score: float) -> dict[str, Any]:
         """Why an entry scored what it did: each component and the filters it passed."""
@@ -1126,16 +1129,13 @@ class _Explainer:
         st = self.stats(entry.did)
         reasons = self._text_reasons(row, sim)
         cost = int(ix._cost[row])
-        cost_pen = ix.cost_weight * cost / (cost + self.cost_scale) if cost > 0 else 0.0
+        cost_pen, lat_pen, load_pen = self.penalties(cost, st)
         reasons["cost"] = None if cost < 0 else cost
         reasons["cost_penalty"] = round(cost_pen, 6)
         lat = st.latency_ewma_ms
-        lat_pen = 0.0 if lat is None or lat <= 0 else ix.latency_weight * lat / (lat + ix.latency_scale_ms)
         reasons["latency_ewma_ms"] = None if lat is None else round(lat, 3)
         reasons["latency_penalty"] = round(lat_pen, 6)
-        load = max(int(st.load), 0)
-        load_pen = ix.load_weight * load / (load + ix.load_scale)
-        reasons["load"] = load
+        reasons["load"] = max(int(st.load), 0)
         reasons["load_penalty"] = round(load_pen, 6)
         reasons["filters_passed"] = self._applied()
         reasons["score"] = (
