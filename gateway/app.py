@@ -20,7 +20,7 @@ from gateway.cluster import routes as cluster_routes
 from gateway.connectors import RegistryConnectors
 from gateway.core.backends import Backend, BackendUnavailable, QueueFull, TaskExists, TaskNotFound
 from gateway.core.config import Config
-from gateway.core.http import BodyLimit, HttpError, IndexedRouter, error_response, validation_errors
+from gateway.core.http import BodyLimit, CrossSiteGuard, HttpError, IndexedRouter, error_response, validation_errors
 from gateway.core.runtime import NoMatch, NotCancelable, NotContinuable, Runtime, UnknownAgent
 from gateway.supervisor import Supervisor
 from protocols import a2a, acp, anp
@@ -148,7 +148,7 @@ def create_app(
         routes=routes,
         lifespan=lifespan,
         exception_handlers=handlers,
-        middleware=[Middleware(BodyLimit, max_bytes=config.max_body_bytes)],
+        middleware=[Middleware(CrossSiteGuard), Middleware(BodyLimit, max_bytes=config.max_body_bytes)],
     )
     app.router = IndexedRouter(routes, lifespan=lifespan)  # before the first request builds the stack
     app.state.runtime = runtime

@@ -97,6 +97,42 @@ class BodyLimit:
         await resp(scope, receive, send)
 
 
+# Content types a browser sends cross-site without a CORS preflight (Fetch "CORS-safelisted").
+_SIMPLE_TYPES = ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data")
+
+
+class CrossSiteGuard:
+    """403 for a browser's cross-site request that needs no CORS preflight (request forgery).
+
+    A page on another origin can make a browser POST ``text/plain``, a form or multipart to a
+    gateway the browser can reach (a loopback one included) with no preflight; any other
+    request from a foreign origin is preflighted, and the gateway answers no CORS. So a request
+    is refused when it changes state, carries an ``Origin`` whose host is not the request's
+    ``Host``, and has no ``Content-Type`` or a CORS-safelisted one. Clients that are not browsers
+    send no ``Origin`` (the acp-sdk client sends no ``Content-Type`` either) and pass.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            headers = dict(scope["headers"])
+            origin = headers.get(b"origin")
+            if origin is not None and _foreign(origin, headers.get(b"host", b"")):
+                ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode("latin-1")
+                if not ctype or ctype in _SIMPLE_TYPES:
+                    resp = error_response(403, "cross_site_request", "cross-site request refused")
+                    return await resp(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def _foreign(origin: bytes, host: bytes) -> bool:
+    """Whether ``origin`` (scheme://host[:port], or "null") names another host than ``host``."""
+    netloc = origin.decode("latin-1").partition("://")[2]
+    return not netloc or netloc.lower() != host.decode("latin-1").lower()
+
+
 def configured_base_url(request: Request, adapter_url: str | None = None) -> str | None:
     """The public base URL an operator configured: the adapter's own, else ``--public-url``."""
     return adapter_url or getattr(request.app.state.runtime.config, "public_url", None)
