@@ -15,9 +15,11 @@ from starlette.routing import Route
 
 from agents.echo import EchoWorker
 from gateway import __version__, openapi, registry_api, tasks_api, worker_api
+from gateway.authn import CallerAuthentication, protected_resource_routes
 from gateway.cluster import Cluster
 from gateway.cluster import routes as cluster_routes
 from gateway.connectors import RegistryConnectors
+from gateway.core.auth import Authenticator, AuthMode
 from gateway.core.backends import Backend, BackendUnavailable, QueueFull, TaskExists, TaskNotFound
 from gateway.core.config import Config
 from gateway.core.http import BodyLimit, CrossSiteGuard, HttpError, IndexedRouter, error_response, validation_errors
@@ -100,6 +102,8 @@ def create_app(
     supervisor = Supervisor(runtime)
     connectors = RegistryConnectors(supervisor)
     cluster = Cluster(supervisor) if config.gossip else None
+    # Who is calling (gateway/authn.py); none on a loopback bind with nothing configured.
+    authenticator = Authenticator.from_config(config) if config.effective_auth() is not AuthMode.LOCAL else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -110,6 +114,8 @@ def create_app(
         await mcp.start()
         if cluster is not None:
             await cluster.start()
+        if authenticator is not None and authenticator.issuer:
+            await authenticator.refresh()  # the issuer's keys before the first token (logs, never raises)
         log.info("gateway started", extra={"node": runtime.node_id, "backend": runtime.backend.name})
         try:
             yield
@@ -122,6 +128,8 @@ def create_app(
                 await connectors.stop()
                 await supervisor.stop_all()
                 await runtime.stop()
+                if authenticator is not None:
+                    await authenticator.aclose()
             log.info("gateway stopped", extra={"node": runtime.node_id})
 
     routes = [
@@ -144,12 +152,11 @@ def create_app(
     }
     for kind, _ in _STATUS:
         handlers[kind] = _typed_error
-    app = Starlette(
-        routes=routes,
-        lifespan=lifespan,
-        exception_handlers=handlers,
-        middleware=[Middleware(CrossSiteGuard), Middleware(BodyLimit, max_bytes=config.max_body_bytes)],
-    )
+    middleware = [Middleware(CrossSiteGuard), Middleware(BodyLimit, max_bytes=config.max_body_bytes)]
+    if authenticator is not None:  # outermost: refuse before a body is read
+        middleware.insert(0, Middleware(CallerAuthentication, authenticator=authenticator))
+        routes += protected_resource_routes(authenticator)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers, middleware=middleware)
     app.router = IndexedRouter(routes, lifespan=lifespan)  # before the first request builds the stack
     app.state.runtime = runtime
     app.state.connectors = connectors  # an adapter's mount may bind its connector factory to its options

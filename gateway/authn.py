@@ -1,0 +1,120 @@
+"""Who is calling, on every route: the roof's use of the core authentication seam.
+
+With authentication configured (``--auth-issuer`` and/or ``--api-keys``; see
+``gateway.core.auth``), every request passes ``CallerAuthentication`` before any route sees it:
+its principal is put in ``request.state.principal``, or it is refused with 401 (no or bad
+credentials) or 503 (the issuer's keys cannot be fetched) and an RFC 6750 ``WWW-Authenticate``
+challenge. On a loopback bind with nothing configured the middleware is not installed and every
+request is ``LOCAL`` (``principal_of``), so the quick start costs nothing.
+
+Routes that need no caller credentials, or check their own:
+
+- open: ``/healthz``, ``/readyz``, ``/metrics`` and the public discovery documents
+  (``/.well-known/*``: the gateway's A2A card, did.json, RFC 9728 metadata; per-agent A2A cards
+  and the key set that signs them, ``/a2a/jwks.json``);
+- their own authentication: ``/gossip/*`` (envelopes signed by node keys), ``/bus/*`` (the worker
+  token), registry writes (agent-signed records plus the admission policy; the registration
+  token travels as ``Authorization: Bearer`` there) and ``/anp/*`` (DIDWba).
+
+MCP is an OAuth 2.1 resource server (MCP authorization, 2025-11-25 and 2026-07-28): its resource
+is ``{public base}/mcp``, tokens must name it as their audience (RFC 8707), and with an issuer
+configured ``/.well-known/oauth-protected-resource/mcp`` (and the root form) serves RFC 9728
+metadata that every 401 on ``/mcp`` points at (``resource_metadata``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.core.auth import LOCAL, Authenticator, AuthError, Principal
+from gateway.core.http import configured_base_url
+
+MCP_PATH = "/mcp"
+PRM_PATHS = ("/.well-known/oauth-protected-resource/mcp", "/.well-known/oauth-protected-resource")
+_OPEN = ("/healthz", "/readyz", "/metrics", "/a2a/jwks.json")
+_OWN_AUTH_PREFIXES = ("/gossip/", "/bus/", "/anp/")
+
+
+def principal_of(request: Request) -> Principal:
+    """The caller of ``request`` (``LOCAL`` when the gateway authenticates nobody)."""
+    return getattr(request.state, "principal", LOCAL)
+
+
+def needs_credentials(method: str, path: str) -> bool:
+    """Whether a request must present caller credentials (see the module docstring)."""
+    if path in _OPEN or path.startswith("/.well-known/") or path.endswith("/.well-known/agent-card.json"):
+        return False
+    if path.startswith(_OWN_AUTH_PREFIXES) or path == "/anp":
+        return False
+    return not (path.startswith("/registry/agents") and method in ("POST", "DELETE"))
+
+
+def base_url(request: Request) -> str:
+    return (configured_base_url(request) or f"{request.url.scheme}://{request.url.netloc}").rstrip("/")
+
+
+def mcp_resource(request: Request) -> str:
+    """The MCP endpoint's resource identifier (RFC 8707 / RFC 9728 ``resource``)."""
+    return base_url(request) + MCP_PATH
+
+
+class CallerAuthentication:
+    """ASGI middleware: authenticate every request that needs credentials (module docstring)."""
+
+    def __init__(self, app: ASGIApp, authenticator: Authenticator) -> None:
+        self.app, self.auth = app, authenticator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not needs_credentials(scope["method"], scope["path"]):
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        is_mcp = scope["path"] == MCP_PATH or scope["path"].startswith(MCP_PATH + "/")
+        try:
+            principal = await self.auth.authenticate(
+                request.headers.get("authorization"),
+                request.headers.get("x-api-key"),
+                audience=mcp_resource(request) if is_mcp else None,
+            )
+        except AuthError as exc:
+            return await self._refuse(exc, request, is_mcp)(scope, receive, send)
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+    def _refuse(self, exc: AuthError, request: Request, is_mcp: bool) -> Response:
+        headers = {}
+        if exc.status != 503:  # the issuer is down: the client's token may be fine, no challenge
+            params: dict[str, Any] = {}
+            if is_mcp and self.auth.issuer:
+                params["resource_metadata"] = base_url(request) + PRM_PATHS[0]
+            headers["WWW-Authenticate"] = exc.challenge(**params)
+        else:
+            headers["Retry-After"] = "5"
+        if is_mcp:  # the shape the MCP SDK's resource servers answer with
+            body: dict[str, Any] = {"error": exc.error or "unauthorized", "error_description": exc.description}
+        else:
+            code = {401: "unauthorized", 403: "forbidden", 503: "unavailable"}.get(exc.status, "unauthorized")
+            body = {"error": {"code": code, "message": exc.description}}
+        return JSONResponse(body, status_code=exc.status, headers=headers)
+
+
+def protected_resource_routes(authenticator: Authenticator) -> list[Route]:
+    """RFC 9728 metadata of the MCP resource, when an issuer is configured (it must name one)."""
+    if not authenticator.issuer:
+        return []
+
+    async def metadata(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "resource": mcp_resource(request),
+                "authorization_servers": [authenticator.issuer],
+                "bearer_methods_supported": ["header"],
+                "resource_name": "Interlace gateway (MCP)",
+            }
+        )
+
+    return [Route(path, metadata, methods=["GET"]) for path in PRM_PATHS]
