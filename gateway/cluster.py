@@ -32,7 +32,11 @@ a task goes to:
 3. records whose home is dead or has left are not routed to (``UnknownAgent``), and are not
    listed either: ``Cluster.reachable`` is the runtime's test of which agents every protocol
    face lists (``Runtime.known_agents``), and each membership change is signalled to the
-   runtime (``Runtime.agents_changed``), so MCP sessions get ``tools/list_changed``.
+   runtime (``Runtime.agents_changed``), so MCP sessions get ``tools/list_changed``;
+4. with caller authentication required (``--auth-issuer``/``--api-keys`` without
+   ``--allow-anonymous``), records homed at other nodes are treated as unreachable: a forwarded
+   task would reach the home's ``/tasks`` without credentials. Node-signed forwarding (issue 14)
+   lifts this.
 
 The remote task id is kept in the backend's key/value store under the local task id, so a
 redelivered forwarded task follows the remote task instead of submitting it twice. A task that
@@ -74,6 +78,7 @@ from starlette.routing import Route
 
 from agents.links import HttpLink
 from agents.worker import TaskFailed, Worker, WorkerRunner
+from gateway.core.auth import AuthMode
 from gateway.core.config import Config
 from gateway.core.http import HttpError, json_response, read_json
 from gateway.registry_api import load_allowlist
@@ -146,6 +151,11 @@ class Cluster:
         cfg = runtime.config
         check_config(cfg)
         self.supervisor, self.runtime, self.node_id = supervisor, runtime, runtime.node_id
+        # A forwarded task reaches the home node's /tasks unauthenticated: with caller
+        # authentication required (and so, presumably, at the home too) it would be refused, so
+        # agents homed elsewhere are neither listed nor routed to until node-to-node requests are
+        # signed (issue 14). Records still gossip; nodes on one Redis share every agent anyway.
+        self.forwarding = cfg.effective_auth() is not AuthMode.REQUIRED
         self.profile_name = cfg.gossip_profile
         self.swim_config = profile(cfg.gossip_profile)
         self.addr = advertised_url(cfg.host, cfg.port, cfg.public_url)
@@ -184,6 +194,11 @@ class Cluster:
             )
         self.gossip.start(self.seeds)
         self._sweeper = asyncio.create_task(self._sweep(), name="forwarder-sweep")
+        if not self.forwarding:
+            log.warning(
+                "caller authentication is required: tasks are not forwarded to agents homed at other "
+                "gossiping nodes (node-to-node requests are not signed yet); share a Redis to share agents"
+            )
         log.info(
             "gossip started",
             extra={"node": self.node_id, "addr": self.addr, "seeds": self.seeds, "profile": self.profile_name},
@@ -241,7 +256,9 @@ class Cluster:
         """Whether ``place`` would place a task on ``record`` (routed here, or its home is alive or
         suspect); starts nothing."""
         home = self._remote_home(record)
-        return home is None or self.node.members[home].state in (State.ALIVE, State.SUSPECT)
+        if home is None:
+            return True
+        return self.forwarding and self.node.members[home].state in (State.ALIVE, State.SUSPECT)
 
     def place(self, records: list[AgentRecord]) -> str | None:
         """The bus stream for a task to one of ``records`` (see the module docstring)."""
@@ -250,6 +267,8 @@ class Cluster:
             home = self._remote_home(record)
             if home is None:
                 local.append(record)
+                continue
+            if not self.forwarding:
                 continue
             state = self.node.members[home].state
             if state is State.ALIVE:

@@ -45,8 +45,10 @@ class Node:
         echo: bool = False,
         port: int | None = None,
         key: Path | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.name, self.logdir, self.join, self.echo, self.key = name, logdir, join, echo, key
+        self.extra = extra  # more `interlace serve` flags
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -74,6 +76,7 @@ class Node:
             args.append("--no-echo")
         if self.key:
             args += ["--node-key", str(self.key)]
+        args += self.extra
         log = open(self.logdir / f"{self.name}.log", "ab")
         self.proc = subprocess.Popen(interlace_cmd(*args), env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
         log.close()
