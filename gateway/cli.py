@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--worker-token-file", metavar="FILE", help="read the worker token from this file")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        metavar="IPS",
+        help="proxies whose X-Forwarded-For is believed, comma-separated (default: none)",
+    )
     serve.add_argument("--network", help="registry network id (default interlace)")
     serve.add_argument("--node-key", metavar="FILE", help="this node's key file (default: a fresh key each start)")
     serve.add_argument(
@@ -188,6 +193,9 @@ def serve_app(app, config: Config) -> int:
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=int(config.shutdown_grace_s),
+            # uvicorn believes X-Forwarded-For from 127.0.0.1 by default: only named proxies here
+            proxy_headers=config.forwarded_allow_ips is not None,
+            forwarded_allow_ips=config.forwarded_allow_ips or "",
         )
     )
     # What start-up built (modules, classes, schemas) lives as long as the process: keep it out

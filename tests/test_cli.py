@@ -14,6 +14,7 @@ from gateway.cli import build_parser
 from gateway.core.config import Config
 from registry.identity import Identity
 from tests.conftest import REPO, free_port, interlace_cmd, stop_process, subprocess_env
+from tests.test_registry import record as registry_record
 
 
 def test_version():
@@ -152,3 +153,29 @@ def test_compose_commands_are_valid_interlace_invocations(name):
         Config.load(flags, env={}).effective_auth()
     else:
         assert args.redis_url.startswith("redis://redis:")
+
+
+async def spoofed_registry_writes(port: int, count: int) -> list[int]:
+    """``count`` registry writes from loopback, each naming another X-Forwarded-For."""
+    me = Identity.generate()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        await _until_ok(client, "GET", "/readyz")
+        statuses = []
+        for i in range(count):
+            headers = {"X-Forwarded-For": f"198.51.100.{i}"}
+            resp = await client.post("/registry/agents", json=registry_record(me, i + 1).dump(), headers=headers)
+            statuses.append(resp.status_code)
+        return statuses
+
+
+async def test_x_forwarded_for_is_believed_only_from_named_proxies():
+    # Security review P12: uvicorn trusted X-Forwarded-For from loopback, so a local client chose
+    # the address its registry rate limit was keyed on and was never limited.
+    port = free_port()
+    with process("serve", "--port", str(port), "--no-echo", "--no-gossip"):
+        statuses = await spoofed_registry_writes(port, 30)
+    assert statuses.count(429) >= 5 and set(statuses) <= {200, 201, 429}, statuses
+    port = free_port()
+    with process("serve", "--port", str(port), "--no-echo", "--no-gossip", "--forwarded-allow-ips", "127.0.0.1"):
+        statuses = await spoofed_registry_writes(port, 30)
+    assert 429 not in statuses, statuses  # a named proxy's forwarded addresses are the clients

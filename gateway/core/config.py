@@ -36,6 +36,9 @@ class Config:
     worker_token: str | None = None  # required on /bus from non-loopback clients
     worker_token_file: str | None = None  # ... read from this file instead (a flag is world-readable)
     log_level: str = "info"
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated addresses or
+    # "*"); unset: none, so no client can choose the address its rate limit is keyed on.
+    forwarded_allow_ips: str | None = None
     # Registry and identity
     network: str = "interlace"  # records and gossip of another network are refused
     node_key: str | None = None  # this node's Ed25519 key file; a fresh key each start when unset
