@@ -6,7 +6,7 @@ as separate processes on this machine; one load client drives both in the same r
 concurrency 1 and 32, legs interleaved and repeated (median reported). Prints throughput,
 p50/p99 per leg and the ratios (target: gateway >= 0.5x direct throughput).
 
-    python -m bench.a2a [--calls 600] [--repeats 5] [--connector auto|stream|send]
+    python -m bench.a2a [--calls 600] [--repeats 5] [--connector auto|stream|send] [--auth]
 """
 
 from __future__ import annotations
@@ -16,27 +16,38 @@ import asyncio
 import json
 import sys
 
-from bench.common import REPO, Processes, RawHttp, closed_loop, free_port, interleaved_legs, package_version, report
+from bench.common import (
+    BENCH_KEY,
+    REPO,
+    Processes,
+    RawHttp,
+    api_key_file,
+    closed_loop,
+    free_port,
+    interleaved_legs,
+    package_version,
+    report,
+)
 
 HEADERS = {"Content-Type": "application/json", "A2A-Version": "1.0"}
 
 
-def serve_gateway(port: int, remote: str, streaming: bool | None) -> None:
+def serve_gateway(port: int, remote: str, streaming: bool | None, api_keys: str | None) -> None:
     from gateway.app import create_app
     from gateway.cli import serve_app
     from gateway.core.config import Config
     from protocols import a2a
     from protocols.a2a.connector import A2AConnector
 
-    config = Config(host="127.0.0.1", port=port, echo=False, log_level="warning")
+    config = Config(host="127.0.0.1", port=port, echo=False, log_level="warning", api_keys=api_keys)
     app = create_app(config, workers=[A2AConnector("remote", remote, streaming=streaming)])
     a2a.mount(app)
     serve_app(app, config)
 
 
 class Caller:
-    def __init__(self, base: str, path: str) -> None:
-        self.http, self.path, self.ids = RawHttp(base), path, 0
+    def __init__(self, base: str, path: str, headers: dict[str, str]) -> None:
+        self.http, self.path, self.ids, self.headers = RawHttp(base), path, 0, headers
 
     async def call(self, i: int) -> None:
         self.ids += 1
@@ -47,16 +58,16 @@ class Caller:
             "method": "SendMessage",
             "params": {"message": {"messageId": f"b-{self.ids}-{i}", "role": "ROLE_USER", "parts": [{"text": text}]}},
         }
-        status, payload = await self.http.request("POST", self.path, json.dumps(body).encode(), HEADERS)
+        status, payload = await self.http.request("POST", self.path, json.dumps(body).encode(), self.headers)
         task = json.loads(payload).get("result", {}).get("task", {}) if status == 200 else {}
         got = "".join(p.get("text", "") for a in task.get("artifacts", []) for p in a.get("parts", []))
         if task.get("status", {}).get("state") != "TASK_STATE_COMPLETED" or got != text:
             raise RuntimeError(f"unexpected reply ({status}): {payload[:600]!r}")
 
 
-async def leg(base: str, path: str, calls: int, concurrency: int) -> dict[str, float]:
+async def leg(base: str, path: str, headers: dict[str, str], calls: int, concurrency: int) -> dict[str, float]:
     """One run on fresh keep-alive connections (servers close connections idle for 5 s)."""
-    caller = Caller(base, path)
+    caller = Caller(base, path, headers)
     try:
         run = await closed_loop(caller.call, calls, concurrency)
     finally:
@@ -64,10 +75,11 @@ async def leg(base: str, path: str, calls: int, concurrency: int) -> dict[str, f
     return {"rps": run.throughput, "p50": run.p(50) * 1000, "p99": run.p(99) * 1000}
 
 
-async def measure(direct: str, gateway: str, calls: int, repeats: int) -> dict:
-    targets = {"direct": (direct, "/"), "gateway": (gateway, "/a2a/agents/remote")}
-    for base, path in targets.values():
-        await leg(base, path, 100, 8)  # warm up the servers and the connector's pool
+async def measure(direct: str, gateway: str, calls: int, repeats: int, auth: bool) -> dict:
+    gateway_headers = {**HEADERS, "Authorization": f"Bearer {BENCH_KEY}"} if auth else HEADERS
+    targets = {"direct": (direct, "/", HEADERS), "gateway": (gateway, "/a2a/agents/remote", gateway_headers)}
+    for base, path, headers in targets.values():
+        await leg(base, path, headers, 100, 8)  # warm up the servers and the connector's pool
     return await interleaved_legs(lambda name, n, concurrency: leg(*targets[name], n, concurrency), calls, repeats)
 
 
@@ -82,11 +94,12 @@ def main() -> None:
         help="how the connector calls the agent: auto (streams only for clients that follow the task; "
         "a blocking SendMessage here), always SendStreamingMessage, or always SendMessage",
     )
-    parser.add_argument("--serve-gateway", nargs=3, metavar=("PORT", "REMOTE", "MODE"), help=argparse.SUPPRESS)
+    parser.add_argument("--auth", action="store_true", help="the gateway requires an API key (sent by the client)")
+    parser.add_argument("--serve-gateway", nargs=4, metavar=("PORT", "REMOTE", "MODE", "KEYS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_gateway:
-        port, remote, mode = args.serve_gateway
-        serve_gateway(int(port), remote, {"auto": None, "stream": True, "send": False}[mode])
+        port, remote, mode, keys = args.serve_gateway
+        serve_gateway(int(port), remote, {"auto": None, "stream": True, "send": False}[mode], keys or None)
         return
     remote_port, gw_port = free_port(), free_port()
     with Processes() as procs:
@@ -96,16 +109,25 @@ def main() -> None:
             "remote agent",
         )
         gateway = procs.start(
-            [sys.executable, "-m", "bench.a2a", "--serve-gateway", str(gw_port), remote, args.connector],
+            [
+                sys.executable,
+                "-m",
+                "bench.a2a",
+                "--serve-gateway",
+                str(gw_port),
+                remote,
+                args.connector,
+                api_key_file() if args.auth else "",
+            ],
             gw_port,
             "gateway",
         )
         print(
             f"A2A SendMessage to an a2a-sdk {package_version('a2a-sdk')} echo agent: direct vs. through the gateway "
-            f"(connector: {args.connector}); median of {args.repeats} runs, {args.calls} calls per run at "
-            f"concurrency 1, {args.calls * 3} at 32"
+            f"(connector: {args.connector}{'; API key required' if args.auth else ''}); "
+            f"median of {args.repeats} runs, {args.calls} calls per run at concurrency 1, {args.calls * 3} at 32"
         )
-        report(asyncio.run(measure(remote, gateway, args.calls, args.repeats)))
+        report(asyncio.run(measure(remote, gateway, args.calls, args.repeats, args.auth)))
 
 
 if __name__ == "__main__":

@@ -220,3 +220,19 @@ def report(results: dict) -> None:
             f"p50 ratio = {g['p50'] / d['p50']:.2f}x (added {g['p50'] - d['p50']:.2f} ms); "
             f"p99 ratio = {g['p99'] / d['p99']:.2f}x"
         )
+
+
+BENCH_KEY = "bench-key-0123456789abcdef0123456789"  # a throwaway API key for --auth runs
+
+
+def api_key_file() -> str:
+    """A key file granting ``BENCH_KEY`` (``--api-keys``), in a fresh temporary directory."""
+    import tempfile
+
+    import yaml
+
+    from gateway.core.auth import api_key_digest
+
+    path = Path(tempfile.mkdtemp(prefix="interlace-bench-")) / "keys.yaml"
+    path.write_text(yaml.safe_dump([{"principal": "bench", "key_sha256": api_key_digest(BENCH_KEY), "groups": []}]))
+    return str(path)

@@ -5,7 +5,7 @@ Both run as separate processes on this machine; one load client drives both in t
 concurrency 1 and 32, each leg repeated (median reported). Prints throughput and p50/p99 per
 leg, and the ratios (targets: gateway >= 0.5x direct throughput; added p50 at concurrency 1 < 2 ms).
 
-    python -m bench.mcp [--calls 1000] [--repeats 3]
+    python -m bench.mcp [--calls 1000] [--repeats 3] [--auth]
 """
 
 from __future__ import annotations
@@ -18,20 +18,29 @@ import time
 
 import httpx
 
-from bench.common import REPO, Processes, free_port, interleaved_legs, package_version, percentile
+from bench.common import (
+    BENCH_KEY,
+    REPO,
+    Processes,
+    api_key_file,
+    free_port,
+    interleaved_legs,
+    package_version,
+    percentile,
+)
 from bench.common import report as common_report
 
 ACCEPT = "application/json, text/event-stream"
 
 
-def serve_gateway(port: int, upstream: str) -> None:
+def serve_gateway(port: int, upstream: str, api_keys: str | None) -> None:
     """The gateway process: embedded backend, the upstream federated as ``echo-server``."""
     from gateway.app import create_app
     from gateway.cli import serve_app
     from gateway.core.config import Config
     from protocols.mcp import MCPOptions, mount
 
-    config = Config(port=port, log_level="warning")
+    config = Config(port=port, log_level="warning", api_keys=api_keys)
     app = create_app(config)
     mount(app, MCPOptions(upstreams=(("up", upstream),), naming="pass-through"))
     serve_app(app, config)
@@ -40,11 +49,12 @@ def serve_gateway(port: int, upstream: str) -> None:
 class Session:
     """A minimal MCP client for load: one session, JSON or SSE replies."""
 
-    def __init__(self, http: httpx.AsyncClient, url: str) -> None:
+    def __init__(self, http: httpx.AsyncClient, url: str, key: str | None = None) -> None:
         self.http, self.url, self.sid, self.ids = http, url, None, 0
+        self.auth = {"Authorization": f"Bearer {key}"} if key else {}
 
     def headers(self) -> dict[str, str]:
-        h = {"Accept": ACCEPT, "Content-Type": "application/json"}
+        h = {"Accept": ACCEPT, "Content-Type": "application/json", **self.auth}
         if self.sid:
             h.update({"Mcp-Session-Id": self.sid, "MCP-Protocol-Version": "2025-11-25"})
         return h
@@ -113,10 +123,11 @@ async def leg(session: Session, calls: int, concurrency: int) -> dict[str, float
     return {"rps": calls / seconds, "p50": percentile(latencies, 50) * 1000, "p99": percentile(latencies, 99) * 1000}
 
 
-async def measure(direct_url: str, gateway_url: str, calls: int, repeats: int) -> dict:
+async def measure(direct_url: str, gateway_url: str, calls: int, repeats: int, auth: bool) -> dict:
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=2.0)
     async with httpx.AsyncClient(timeout=60, limits=limits) as http:
-        sessions = {"direct": Session(http, direct_url), "gateway": Session(http, gateway_url)}
+        key = BENCH_KEY if auth else None
+        sessions = {"direct": Session(http, direct_url), "gateway": Session(http, gateway_url, key)}
         for s in sessions.values():
             await s.open()
             await leg(s, 200, 8)  # warm up connections, caches and the upstream pool
@@ -138,10 +149,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=1000, help="calls per leg at concurrency 1 (x3 at 32)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--serve-gateway", nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
+    parser.add_argument("--auth", action="store_true", help="the gateway requires an API key (sent by the client)")
+    parser.add_argument("--serve-gateway", nargs=3, metavar=("PORT", "UPSTREAM", "KEYS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_gateway:
-        serve_gateway(int(args.serve_gateway[0]), args.serve_gateway[1])
+        port, upstream, keys = args.serve_gateway
+        serve_gateway(int(port), upstream, keys or None)
         return
     up_port, gw_port = free_port(), free_port()
     with Processes() as procs:
@@ -154,14 +167,24 @@ def main() -> None:
             + "/mcp"
         )
         gateway = procs.start(
-            [sys.executable, "-m", "bench.mcp", "--serve-gateway", str(gw_port), upstream], gw_port, "gateway"
+            [
+                sys.executable,
+                "-m",
+                "bench.mcp",
+                "--serve-gateway",
+                str(gw_port),
+                upstream,
+                api_key_file() if args.auth else "",
+            ],
+            gw_port,
+            "gateway",
         )
         print(
             f"MCP tools/call test_echo: direct to the upstream (mcp SDK {package_version('mcp')}) "
-            "vs. through the gateway; "
+            f"vs. through the gateway{' (API key required)' if args.auth else ''}; "
             f"median of {args.repeats} runs, {args.calls} calls per run at concurrency 1, {args.calls * 3} at 32"
         )
-        report(asyncio.run(measure(upstream, f"{gateway}/mcp", args.calls, args.repeats)))
+        report(asyncio.run(measure(upstream, f"{gateway}/mcp", args.calls, args.repeats, args.auth)))
 
 
 if __name__ == "__main__":
