@@ -20,10 +20,16 @@ MCP is an OAuth 2.1 resource server (MCP authorization, 2025-11-25 and 2026-07-2
 is ``{public base}/mcp``, tokens must name it as their audience (RFC 8707), and with an issuer
 configured ``/.well-known/oauth-protected-resource/mcp`` (and the root form) serves RFC 9728
 metadata that every 401 on ``/mcp`` points at (``resource_metadata``).
+
+Refusal bodies: MCP's are the MCP SDK's resource-server shape; an adapter may give its own paths
+its binding's shape through a ``Refusal`` renderer passed to the middleware (A2A does: JSON-RPC
+errors and ``google.rpc.Status``); every other refusal is ``{"error": {"code", "message"}}``.
+The challenge headers are the same everywhere.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from starlette.requests import Request
@@ -38,6 +44,9 @@ MCP_PATH = "/mcp"
 PRM_PATHS = ("/.well-known/oauth-protected-resource/mcp", "/.well-known/oauth-protected-resource")
 _OPEN = ("/healthz", "/readyz", "/metrics", "/a2a/jwks.json")
 _OWN_AUTH_PREFIXES = ("/gossip/", "/bus/", "/anp/")
+
+# (path, HTTP status, description) -> the refusal body for that path, or None: not one of mine.
+Refusal = Callable[[str, int, str], dict[str, Any] | None]
 
 
 def principal_of(request: Request) -> Principal:
@@ -66,8 +75,8 @@ def mcp_resource(request: Request) -> str:
 class CallerAuthentication:
     """ASGI middleware: authenticate every request that needs credentials (module docstring)."""
 
-    def __init__(self, app: ASGIApp, authenticator: Authenticator) -> None:
-        self.app, self.auth = app, authenticator
+    def __init__(self, app: ASGIApp, authenticator: Authenticator, refusals: Sequence[Refusal] = ()) -> None:
+        self.app, self.auth, self.refusals = app, authenticator, tuple(refusals)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not needs_credentials(scope["method"], scope["path"]):
@@ -95,8 +104,13 @@ class CallerAuthentication:
         else:
             headers["Retry-After"] = "5"
         if is_mcp:  # the shape the MCP SDK's resource servers answer with
-            body: dict[str, Any] = {"error": exc.error or "unauthorized", "error_description": exc.description}
+            body: dict[str, Any] | None = {"error": exc.error or "unauthorized", "error_description": exc.description}
         else:
+            body = next(
+                (b for r in self.refusals if (b := r(request.scope["path"], exc.status, exc.description)) is not None),
+                None,
+            )
+        if body is None:
             code = {401: "unauthorized", 403: "forbidden", 503: "unavailable"}.get(exc.status, "unauthorized")
             body = {"error": {"code": code, "message": exc.description}}
         return JSONResponse(body, status_code=exc.status, headers=headers)

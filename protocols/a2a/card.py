@@ -7,6 +7,14 @@ protected header is ``{"alg": "EdDSA", "kid", "jku", "typ": "JOSE"}``. The legac
 (``url``, ``preferredTransport`` ...) are added after signing, as the Python SDK does, because
 a 1.0 verifier never sees them.
 
+Security (A2A 1.0 §4.5, §7.4): with caller authentication configured the card declares how to
+authenticate (``security_declaration``): ``bearer`` (an HTTP Bearer JWT from the OIDC issuer) and
+``oidc`` (the issuer's discovery URL) when an issuer is configured, ``apiKey`` (header
+``X-API-Key``) when API keys are; each is one alternative in ``securityRequirements``. The 0.3
+form (``add_legacy_fields``) adds ``security`` and merges the OpenAPI-style keys (``type``, ``in``)
+into each scheme beside the 1.0 ones, as the Python SDK's dual cards do; the values are the same,
+so a 1.3 SDK that reads the 0.3 keys parses the very scheme that was signed.
+
 Caching: a weak ETag over the served bytes, ``Last-Modified`` (when this node first served that
 content), ``Cache-Control: public, max-age=N``; ``If-None-Match`` / ``If-Modified-Since`` get 304.
 """
@@ -26,6 +34,13 @@ from starlette.responses import Response
 from registry.identity import Identity, b64url_encode
 
 JSONRPC, HTTP_JSON = "JSONRPC", "HTTP+JSON"
+API_KEY_HEADER = "X-API-Key"
+# 1.0 scheme key -> (0.3 ``type``, 1.0 field renamed in 0.3: (1.0 name, 0.3 name))
+_V03_SCHEME = {
+    "httpAuthSecurityScheme": ("http", None),
+    "openIdConnectSecurityScheme": ("openIdConnect", None),
+    "apiKeySecurityScheme": ("apiKey", ("location", "in")),
+}
 
 
 def _clean(value: Any) -> Any:
@@ -117,6 +132,55 @@ def build_card(
     return card
 
 
+def security_declaration(issuer: str | None, api_keys: bool) -> dict[str, Any]:
+    """The card's ``securitySchemes`` and ``securityRequirements`` (1.0 names); empty without auth."""
+    schemes: dict[str, Any] = {}
+    if issuer:
+        schemes["bearer"] = {
+            "httpAuthSecurityScheme": {
+                "scheme": "Bearer",
+                "bearerFormat": "JWT",
+                "description": f"A JWT issued by {issuer}",
+            }
+        }
+        schemes["oidc"] = {
+            "openIdConnectSecurityScheme": {
+                "openIdConnectUrl": issuer.rstrip("/") + "/.well-known/openid-configuration",
+                "description": "Tokens from this OpenID Connect issuer, sent as Authorization: Bearer",
+            }
+        }
+    if api_keys:
+        schemes["apiKey"] = {
+            "apiKeySecurityScheme": {
+                "location": "header",
+                "name": API_KEY_HEADER,
+                "description": f"An API key in {API_KEY_HEADER} (Authorization: Bearer <key> works too)",
+            }
+        }
+    if not schemes:
+        return {}
+    # Alternatives: any one scheme will do. No scopes are needed, so each list is empty.
+    return {"securitySchemes": schemes, "securityRequirements": [{"schemes": {n: {"list": []}}} for n in schemes]}
+
+
+def _legacy_security(card: dict[str, Any]) -> dict[str, Any]:
+    """0.3 ``security`` plus each scheme with the OpenAPI-style keys merged in (module docstring)."""
+    schemes: dict[str, Any] = {}
+    for name, scheme in card.get("securitySchemes", {}).items():
+        merged = dict(scheme)
+        for key, fields in scheme.items():
+            if key in _V03_SCHEME:
+                kind, renamed = _V03_SCHEME[key]
+                merged["type"] = kind
+                merged.update(fields)
+                if renamed:
+                    merged[renamed[1]] = merged.pop(renamed[0])
+        schemes[name] = merged
+    requirements = card.get("securityRequirements", [])
+    security = [{n: list(s.get("list", [])) for n, s in r.get("schemes", {}).items()} for r in requirements]
+    return {"securitySchemes": schemes, "security": security} if schemes else {}
+
+
 def add_legacy_fields(card: dict[str, Any], rpc_url: str, rest_url: str) -> dict[str, Any]:
     """The 0.3 top-level fields, so 0.3 clients can read the card (a strict 1.0 schema refuses them)."""
     return {
@@ -126,6 +190,7 @@ def add_legacy_fields(card: dict[str, Any], rpc_url: str, rest_url: str) -> dict
         "additionalInterfaces": [{"url": rpc_url, "transport": JSONRPC}, {"url": rest_url, "transport": HTTP_JSON}],
         "protocolVersion": "0.3.0",
         "supportsAuthenticatedExtendedCard": bool(card["capabilities"].get("extendedAgentCard")),
+        **_legacy_security(card),
     }
 
 

@@ -11,6 +11,11 @@ Rendering (A2A 1.0 §5.4, §9.5, §11.6):
 * JSON-RPC 1.0: ``{"code", "message", "data": [google.rpc.ErrorInfo]}``; JSON-RPC 0.3: ``{"code", "message"}``.
 * HTTP+JSON: ``google.rpc.Status`` ``{"error": {"code": <http>, "status", "message", "details": [ErrorInfo]}}``;
   the 0.3 REST face adds the top-level ``type`` (the error's class name) that 0.3 clients map back.
+
+``CallerRefusedError`` is the one failure A2A leaves to the transport (§7.4: HTTP 401 / gRPC
+UNAUTHENTICATED, 403 / PERMISSION_DENIED): it is answered with that HTTP status on both bindings,
+as ``google.rpc.Status`` on HTTP+JSON and, since A2A defines no JSON-RPC code for it, with
+JSON-RPC's generic server error -32000 on JSON-RPC; neither carries an A2A ``ErrorInfo`` reason.
 """
 
 from __future__ import annotations
@@ -131,6 +136,28 @@ class JSONParseError(A2AError):
 
 class InternalError(A2AError):
     pass
+
+
+class CallerRefusedError(A2AError):
+    """No or bad credentials (401), not allowed (403), or the issuer is unreachable (503); see above."""
+
+    code = -32000
+    _STATUS = {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 503: "UNAVAILABLE"}
+
+    def __init__(self, http_status: int = 401, message: str = "authentication required") -> None:
+        super().__init__(message)
+        self._http = http_status if http_status in self._STATUS else 401
+        self.status = self.reason = self._STATUS[self._http]
+
+    @property
+    def http(self) -> int:
+        return self._http
+
+    def jsonrpc(self, version: str) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message}
+
+    def rest(self, version: str) -> dict[str, Any]:
+        return {"error": {"code": self.http, "status": self.status, "message": self.message}}
 
 
 class RemoteAgentError(Exception):

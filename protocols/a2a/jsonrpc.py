@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from gateway.core.sse import sse_response
 from protocols.a2a.errors import (
     A2AError,
+    CallerRefusedError,
     ContentTypeNotSupportedError,
     InvalidParamsError,
     InvalidRequestError,
@@ -201,7 +202,14 @@ async def handle(service: A2AService, request: Request, call_for: Callable[[Dial
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        return JSONResponse(_error(rid, map_runtime_error(exc), version))
+        err = map_runtime_error(exc)
+        status = err.http if isinstance(err, CallerRefusedError) else 200  # a refusal is HTTP's (errors.py)
+        return JSONResponse(_error(rid, err, version), status_code=status, headers=refusal_headers(err))
+
+
+def refusal_headers(err: A2AError) -> dict[str, str] | None:
+    """The RFC 6750 challenge that goes with a 401 (both bindings)."""
+    return {"WWW-Authenticate": "Bearer"} if isinstance(err, CallerRefusedError) and err.http == 401 else None
 
 
 async def _frames(rid: Any, items: AsyncIterator[Any], version: str) -> AsyncIterator[tuple[None, None, Any]]:

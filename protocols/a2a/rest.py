@@ -18,8 +18,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.core.sse import sse_response
-from protocols.a2a.errors import A2AError, InvalidParamsError, VersionNotSupportedError
-from protocols.a2a.jsonrpc import negotiate, parse_json
+from protocols.a2a.errors import A2AError, CallerRefusedError, InvalidParamsError, VersionNotSupportedError
+from protocols.a2a.jsonrpc import negotiate, parse_json, refusal_headers
 from protocols.a2a.service import A2ACall, A2AService, map_runtime_error
 from protocols.a2a.wire import V03_REST, V10, Dialect, integer
 
@@ -95,7 +95,10 @@ async def _extended_card(s: A2AService, c: A2ACall, r: Request) -> Any:
 
 
 async def _card_v03(s: A2AService, c: A2ACall, r: Request) -> Any:
-    return await s.card(c, extended=s.options.extended_card is not None, legacy=True)
+    try:
+        return await s.card(c, extended=s.extended_card_available(c.rt), legacy=True)
+    except CallerRefusedError:  # an anonymous caller (--allow-anonymous) gets the public card
+        return await s.card(c, legacy=True)
 
 
 STREAMING: set[Op] = {_stream, _subscribe}
@@ -138,7 +141,7 @@ def _endpoint(service: A2AService, op: Op, legacy_path: bool, call_for: CallFor)
             raise
         except Exception as exc:
             err = map_runtime_error(exc)
-            return JSONResponse(err.rest(version), status_code=err.http)
+            return JSONResponse(err.rest(version), status_code=err.http, headers=refusal_headers(err))
 
     return endpoint
 

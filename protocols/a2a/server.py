@@ -9,12 +9,17 @@
   POST /a2a/agents/{name}                           JSON-RPC for that agent only
   *    /a2a/agents/{name}/rest/...                  HTTP+JSON for that agent only
 
+With caller authentication configured, the gateway refuses unauthenticated calls before they get
+here; ``refusal_body`` gives those refusals the binding's own shape (errors.CallerRefusedError).
+
 ``routes(options)`` returns the routes (the app's default list uses it); ``mount(app, options)``
 replaces them on a built app and closes the adapter's clients on shutdown. Without options, both
 use ``A2AOptions.from_env()``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -24,6 +29,7 @@ from starlette.routing import BaseRoute, Route
 from gateway.core.http import public_base_url, replace_routes
 from protocols.a2a import jsonrpc, rest
 from protocols.a2a.card import jwks
+from protocols.a2a.errors import CallerRefusedError
 from protocols.a2a.service import A2ACall, A2AOptions, A2AService
 from protocols.a2a.wire import V10, Dialect
 
@@ -33,7 +39,8 @@ ROUTE_PREFIX = "a2a"
 def build_routes(service: A2AService) -> list[BaseRoute]:
     def call_for(request: Request, dialect: Dialect) -> A2ACall:
         base = public_base_url(request, service.options.public_url)
-        return A2ACall(request.app.state.runtime, request.path_params.get("agent"), dialect, base)
+        principal = getattr(request.state, "principal", None)  # set by the gateway's authentication
+        return A2ACall(request.app.state.runtime, request.path_params.get("agent"), dialect, base, principal)
 
     async def gateway_card(request: Request) -> Response:
         call = call_for(request, V10)
@@ -67,6 +74,23 @@ def build_routes(service: A2AService) -> list[BaseRoute]:
         Route("/a2a/agents/{agent}/", rpc, methods=["POST"], name=f"{n}:agent-rpc/"),
         *rest.routes(service, "/a2a/agents/{agent}/rest", call_for, f"{n}:agent-rest"),
     ]
+
+
+def refusal_body(path: str, http_status: int, message: str) -> dict[str, Any] | None:
+    """The body a refused request to the A2A path ``path`` gets, in its binding's shape; None elsewhere.
+
+    JSON-RPC answers with ``id`` null: a refusal comes before the request body is read.
+    """
+    if path != "/a2a" and not path.startswith("/a2a/"):
+        return None
+    err = CallerRefusedError(http_status, message)
+    parts = path.strip("/").split("/")  # a2a[/agents/{name}][/rest/...]
+    rest_at = 3 if len(parts) > 2 and parts[1] == "agents" else 1
+    if len(parts) > rest_at and parts[rest_at] == "rest":
+        return err.rest("1.0")
+    if len(parts) <= rest_at:
+        return {"jsonrpc": "2.0", "id": None, "error": err.jsonrpc("1.0")}
+    return None  # not an A2A endpoint (cards and the key set are open): the gateway's own shape
 
 
 def routes(options: A2AOptions | None = None) -> list[BaseRoute]:

@@ -10,6 +10,14 @@ message, else the only known agent, or, with several, the first known agent (in 
 that is available. A per-agent endpoint (``/a2a/agents/{name}``) always routes to its agent and
 only sees that agent's tasks. A message with ``taskId`` continues that task (it must be waiting
 for input); ``contextId`` groups tasks (it is kept as given, or a new one is made).
+
+Callers: with caller authentication configured (``rt.config``: an issuer and/or API keys) the
+gateway's middleware has authenticated every call before it gets here (``A2ACall.principal``);
+cards then declare the schemes (``card.security_declaration``) and ``capabilities.extendedAgentCard``,
+and ``GetExtendedAgentCard`` answers any authenticated caller (an anonymous one, let in by
+``--allow-anonymous``, gets 401). The extended card lists the same skills as the public one for now:
+what each caller may call waits for the policy engine. Without authentication configured the
+extended card is served only when ``A2AOptions.extended_card`` is set, to anyone, as before.
 """
 
 from __future__ import annotations
@@ -27,12 +35,14 @@ from weakref import WeakKeyDictionary
 import httpx
 
 from gateway.core import __version__
+from gateway.core.auth import Principal
 from gateway.core.backends import BackendUnavailable, QueueFull, TaskNotFound
 from gateway.core.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
 from gateway.core.settings import load_settings
 from protocols.a2a import card as cards
 from protocols.a2a.errors import (
     A2AError,
+    CallerRefusedError,
     ContentTypeNotSupportedError,
     ExtendedAgentCardNotConfiguredError,
     InternalError,
@@ -94,12 +104,14 @@ class A2AOptions:
 
 @dataclass
 class A2ACall:
-    """One request: the runtime, the agent scope (None: the gateway), the dialect and public base URL."""
+    """One request: the runtime, the agent scope (None: the gateway), the dialect, public base URL and
+    caller (None when the gateway authenticates nobody)."""
 
     rt: Runtime
     agent: str | None
     dialect: Dialect
     base: str
+    principal: Principal | None = None
 
 
 class _NodeState:
@@ -353,9 +365,19 @@ class A2AService:
         root = f"{base}/a2a" if agent is None else f"{base}/a2a/agents/{agent}"
         return root, f"{root}/rest"
 
+    def extended_card_available(self, rt: Runtime) -> bool:
+        """Whether cards declare ``capabilities.extendedAgentCard``: configured, or callers authenticate."""
+        return self.options.extended_card is not None or _authenticates(rt)
+
     async def card(self, call: A2ACall, *, extended: bool = False, legacy: bool | None = None) -> dict[str, Any]:
         o = self.options
         rpc_url, rest_url = self.agent_urls(call.base, call.agent)
+        authenticates = _authenticates(call.rt)
+        if extended:
+            if authenticates and (call.principal is None or call.principal.kind == "anonymous"):
+                raise CallerRefusedError(401, "the extended agent card needs an authenticated caller")
+            if not authenticates and o.extended_card is None:
+                raise ExtendedAgentCardNotConfiguredError()
         if call.agent is None:
             skills = [cards.skill_for_agent(a) for a in await call.rt.known_agents()]
             name, description, version = o.name, o.description, __version__
@@ -373,13 +395,13 @@ class A2AService:
             output_modes=o.output_modes,
             streaming=True,
             push=o.push.enabled,
-            extended=o.extended_card is not None,
+            extended=self.extended_card_available(call.rt),
             v03=o.card_v03_compat,
             provider=o.provider,
         )
-        if extended:
-            if o.extended_card is None:
-                raise ExtendedAgentCardNotConfiguredError()
+        if authenticates:
+            card.update(cards.security_declaration(call.rt.config.auth_issuer, bool(call.rt.config.api_keys)))
+        if extended and o.extended_card is not None:
             card = {**card, **o.extended_card}
         signed = self.cards.signed(card, self.identity(call.rt), f"{call.base}/a2a/jwks.json")
         if o.card_v03_compat if legacy is None else legacy:
@@ -388,6 +410,11 @@ class A2AService:
 
     async def agent_exists(self, rt: Runtime, agent: str) -> bool:
         return agent in await rt.known_agents()
+
+
+def _authenticates(rt: Runtime) -> bool:
+    """Whether the gateway authenticates callers (the same settings that install its middleware)."""
+    return bool(rt.config.auth_issuer or rt.config.api_keys)
 
 
 def _mode_accepted(media: str, accepted: list[str]) -> bool:
