@@ -1,8 +1,10 @@
 """``/openapi.json``: the OpenAPI 3.1 description of the registry routes, from the same pydantic
-models that validate them, so the document cannot drift from the code."""
+models that validate them, so the document cannot drift from the code. With caller
+authentication configured it declares the security schemes and requires them for the reads."""
 
 from __future__ import annotations
 
+import copy
 from functools import lru_cache
 from typing import Any
 
@@ -127,5 +129,30 @@ def document() -> dict[str, Any]:
     }
 
 
+def security_schemes(config: Any) -> dict[str, Any]:
+    """The caller authentication the gateway is configured with, as OpenAPI security schemes."""
+    schemes: dict[str, Any] = {}
+    if config.auth_issuer or config.api_keys:
+        schemes["bearer"] = {"type": "http", "scheme": "bearer", "description": "a JWT access token or an API key"}
+    if config.auth_issuer:
+        url = config.auth_issuer.rstrip("/") + "/.well-known/openid-configuration"
+        schemes["oidc"] = {"type": "openIdConnect", "openIdConnectUrl": url}
+    if config.api_keys:
+        schemes["apiKey"] = {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    return schemes
+
+
+def secured(doc: dict[str, Any], schemes: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with the schemes declared and required by the registry reads (writes are signed
+    records under the admission policy)."""
+    doc = copy.deepcopy(doc)
+    doc["components"]["securitySchemes"] = schemes
+    for path in doc["paths"].values():
+        path["get"]["security"] = [{name: []} for name in schemes]
+        path["get"]["responses"].update(_errors(401))
+    return doc
+
+
 async def serve(request: Request) -> Response:
-    return JSONResponse(document())
+    schemes = security_schemes(request.app.state.runtime.config)
+    return JSONResponse(secured(document(), schemes) if schemes else document())

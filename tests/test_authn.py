@@ -195,3 +195,24 @@ async def test_the_official_mcp_client_runs_the_whole_oauth_flow(gw):
     async with httpx2.AsyncClient(auth=provider, timeout=20) as http:
         assert await call_echo(f"{base}/mcp", http) == "through auth"
     assert idp.tokens_issued == 1 and len(idp.clients) == 1  # registered, one token, reused for every call
+
+
+async def test_openapi_declares_the_configured_schemes(gw):
+    base, idp = gw
+    doc = (await send(base, "GET", "/openapi.json", None, {"X-API-Key": KEY})).json()
+    schemes = doc["components"]["securitySchemes"]
+    assert set(schemes) == {"bearer", "oidc", "apiKey"}
+    assert schemes["oidc"]["openIdConnectUrl"] == f"{idp.issuer}/.well-known/openid-configuration"
+    assert schemes["apiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    listing = doc["paths"]["/registry/agents"]["get"]
+    assert {next(iter(r)) for r in listing["security"]} == {"bearer", "oidc", "apiKey"} and "401" in listing[
+        "responses"
+    ]
+    assert "security" not in doc["paths"]["/registry/agents"]["post"]  # signed records under the admission policy
+
+
+async def test_openapi_of_a_gateway_without_auth_declares_no_scheme():
+    async with serve_app(create_app(test_config())) as base:
+        doc = (await send(base, "GET", "/openapi.json", None, {})).json()
+    assert "securitySchemes" not in doc["components"]
+    assert "security" not in doc["paths"]["/registry/agents"]["get"]
