@@ -38,7 +38,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.core.auth import LOCAL, Authenticator, AuthError, Principal
-from gateway.core.http import configured_base_url
+from gateway.core.http import public_base_url
 
 MCP_PATH = "/mcp"
 PRM_PATHS = ("/.well-known/oauth-protected-resource/mcp", "/.well-known/oauth-protected-resource")
@@ -63,13 +63,9 @@ def needs_credentials(method: str, path: str) -> bool:
     return not (path.startswith("/registry/agents") and method in ("POST", "DELETE"))
 
 
-def base_url(request: Request) -> str:
-    return (configured_base_url(request) or f"{request.url.scheme}://{request.url.netloc}").rstrip("/")
-
-
 def mcp_resource(request: Request) -> str:
     """The MCP endpoint's resource identifier (RFC 8707 / RFC 9728 ``resource``)."""
-    return base_url(request) + MCP_PATH
+    return public_base_url(request) + MCP_PATH
 
 
 class CallerAuthentication:
@@ -99,7 +95,7 @@ class CallerAuthentication:
         if exc.status != 503:  # the issuer is down: the client's token may be fine, no challenge
             params: dict[str, Any] = {}
             if is_mcp and self.auth.issuer:
-                params["resource_metadata"] = base_url(request) + PRM_PATHS[0]
+                params["resource_metadata"] = public_base_url(request) + PRM_PATHS[0]
             headers["WWW-Authenticate"] = exc.challenge(**params)
         else:
             headers["Retry-After"] = "5"
