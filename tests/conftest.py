@@ -23,6 +23,7 @@ import uvicorn
 from gateway.app import create_app
 from gateway.core.backends import Backend, EmbeddedBackend, Limits
 from gateway.core.config import Config
+from gateway.core.sse import read_events
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -208,3 +209,8 @@ async def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02):
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+async def sse_json(resp: httpx.Response) -> list:
+    """The JSON data of every event of an open SSE response, to its end (events without data skipped)."""
+    return [event.json() async for event in read_events(resp.aiter_bytes()) if event.data]

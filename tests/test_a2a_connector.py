@@ -15,10 +15,10 @@ from gateway.app import create_app
 from protocols.a2a import mount
 from protocols.a2a.client import parse_card
 from protocols.a2a.connector import A2AConnector
-from tests.conftest import serve_app, test_config, wait_until
+from tests.conftest import serve_app, sse_json, test_config, wait_until
 from tests.fixtures import a2a_remote
 from tests.fixtures.a2a_remote import remote_agent
-from tests.fixtures.a2a_support import V10, sse_data
+from tests.fixtures.a2a_support import V10
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -131,7 +131,7 @@ async def test_a_streaming_client_makes_the_connector_stream(setup, http):
         "params": {"message": msg("abcdef", "c-1s", chunks=3)},
     }
     async with http.stream("POST", "/a2a/agents/remote", json=body, headers=V10) as resp:
-        frames = [f["result"] for f in await sse_data(resp)]
+        frames = [f["result"] for f in await sse_json(resp)]
     chunks = [f["artifactUpdate"] for f in frames if "artifactUpdate" in f]
     assert frames[-1]["statusUpdate"]["status"]["state"] == "TASK_STATE_COMPLETED"
     assert "".join(p["text"] for c in chunks for p in c["artifact"]["parts"]) == "abcdef"
@@ -147,7 +147,7 @@ async def test_large_artifacts_cross_in_one_event_and_one_reply(setup, http):
     text = "0123456789abcdef" * 40_000
     body = {"jsonrpc": "2.0", "id": 1, "method": "SendStreamingMessage", "params": {"message": msg(text, "c-big-s")}}
     async with http.stream("POST", "/a2a/agents/remote", json=body, headers=V10) as resp:
-        frames = [f["result"] for f in await sse_data(resp)]
+        frames = [f["result"] for f in await sse_json(resp)]
     assert frames[-1]["statusUpdate"]["status"]["state"] == "TASK_STATE_COMPLETED"
     assert (
         "".join(p["text"] for f in frames if "artifactUpdate" in f for p in f["artifactUpdate"]["artifact"]["parts"])

@@ -24,8 +24,8 @@ from protocols.a2a.connector import A2AConnector
 from protocols.a2a.errors import InvalidParamsError
 from protocols.a2a.push import PushPolicy
 from registry.identity import b64url_decode
-from tests.conftest import running_gateway, serve_app, test_config
-from tests.fixtures.a2a_support import V10, Frames, a2a_env, sse_data
+from tests.conftest import running_gateway, serve_app, sse_json, test_config
+from tests.fixtures.a2a_support import V10, Frames, a2a_env
 from tests.fixtures.a2a_webhook import webhook_receiver
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -286,7 +286,7 @@ async def test_stream_frames_jsonrpc_rest_and_03(http):
     body = rpc("SendStreamingMessage", {"message": msg("abcdef", mid="s1", metadata={"chunks": 3})}, rid="s-1")
     async with http.stream("POST", "/a2a", json=body, headers=V10) as resp:
         assert resp.headers["content-type"].startswith("text/event-stream")
-        frames = await sse_data(resp)
+        frames = await sse_json(resp)
     assert all(f["id"] == "s-1" and f["jsonrpc"] == "2.0" for f in frames)
     kinds = [next(iter(f["result"])) for f in frames]
     assert kinds == ["task", "statusUpdate", "artifactUpdate", "artifactUpdate", "artifactUpdate", "statusUpdate"]
@@ -296,7 +296,7 @@ async def test_stream_frames_jsonrpc_rest_and_03(http):
     async with http.stream(
         "POST", "/a2a/rest/message:stream", json={"message": msg("r", mid="s2")}, headers=V10
     ) as resp:
-        rest = await sse_data(resp)
+        rest = await sse_json(resp)
     assert [next(iter(f)) for f in rest] == ["task", "statusUpdate", "artifactUpdate", "statusUpdate"]
 
     legacy = rpc(
@@ -304,7 +304,7 @@ async def test_stream_frames_jsonrpc_rest_and_03(http):
         {"message": {"kind": "message", "messageId": "s3", "role": "user", "parts": [{"kind": "text", "text": "x"}]}},
     )
     async with http.stream("POST", "/a2a", json=legacy) as resp:
-        old = [f["result"] for f in await sse_data(resp)]
+        old = [f["result"] for f in await sse_json(resp)]
     assert [f["kind"] for f in old] == ["task", "status-update", "artifact-update", "status-update"]
     assert old[-1]["final"] is True and old[-1]["status"]["state"] == "completed"
 
@@ -313,7 +313,7 @@ async def test_stream_frames_jsonrpc_rest_and_03(http):
         "/a2a/rest/v1/message:stream",
         json={"request": {"message_id": "s4", "role": "ROLE_USER", "content": [{"text": "y"}]}},
     ) as resp:
-        old_rest = await sse_data(resp)
+        old_rest = await sse_json(resp)
     assert (
         old_rest[-1]["statusUpdate"]["status"]["state"] == "TASK_STATE_COMPLETED"
         and old_rest[-1]["statusUpdate"]["final"] is True

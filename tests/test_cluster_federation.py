@@ -20,13 +20,12 @@ import pytest
 from agents.echo import EchoWorker
 from agents.links import HttpLink
 from agents.worker import WorkerRunner
-from gateway.core.sse import read_events
 from registry.gossip.envelope import seal
 from registry.gossip.messages import UserMsg, encode_packet
 from registry.identity import Identity
 from registry.records import sign
 from schemas.agent_record import AgentRecord, Tombstone
-from tests.conftest import free_port, interlace_cmd, subprocess_env
+from tests.conftest import free_port, interlace_cmd, sse_json, subprocess_env
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -223,7 +222,7 @@ def text_message(text: str) -> dict:
 async def sse_events(http: httpx.AsyncClient, url: str) -> list[dict]:
     async with http.stream("GET", url) as resp:
         assert resp.status_code == 200
-        return [event.json() async for event in read_events(resp.aiter_bytes()) if event.data]
+        return await sse_json(resp)
 
 
 # ---- membership and registry -----------------------------------------------------------------

@@ -19,10 +19,9 @@ from agents.echo import EchoWorker
 from gateway.app import create_app
 from protocols import a2a, acp, mcp
 from protocols.a2a.connector import A2AConnector
-from tests.conftest import serve_app, test_config
+from tests.conftest import serve_app, sse_json, test_config
 from tests.fixtures.a2a_remote import remote_agent
-from tests.fixtures.a2a_support import V10, sse_data
-from tests.fixtures.acp_support import sse_events
+from tests.fixtures.a2a_support import V10
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
@@ -101,7 +100,7 @@ async def test_a2a_streaming_continue_streams_to_completion(http, agent):
         "params": {"message": a2a_message("Paris", taskId=task_id)},
     }
     async with http.stream("POST", f"/a2a/agents/{agent}", json=body, headers=V10) as resp:
-        frames = await sse_data(resp)
+        frames = await sse_json(resp)
     states = [f["result"]["statusUpdate"]["status"]["state"] for f in frames if "statusUpdate" in f["result"]]
     assert states[-1] == "TASK_STATE_COMPLETED" and "TASK_STATE_INPUT_REQUIRED" not in states
     assert await state(http, task_id) == "completed"
@@ -112,7 +111,7 @@ async def test_acp_stream_resume_streams_to_completion(http, agent):
     task_id = await asked(http, agent)
     resume = {"await_resume": {"type": "message", "message": {"parts": [{"content": "Paris"}]}}, "mode": "stream"}
     async with http.stream("POST", f"/acp/runs/{task_id}", json=resume) as resp:
-        events = await sse_events(resp)
+        events = await sse_json(resp)
     types = [e["type"] for e in events]
     assert types[-1] == "run.completed" and "run.awaiting" not in types, types
     assert await state(http, task_id) == "completed"
