@@ -5,7 +5,7 @@ With authentication configured (``--auth-issuer`` and/or ``--api-keys``; see
 its principal is put in ``request.state.principal``, or it is refused with 401 (no or bad
 credentials) or 503 (the issuer's keys cannot be fetched) and an RFC 6750 ``WWW-Authenticate``
 challenge. On a loopback bind with nothing configured the middleware is not installed and every
-request is ``LOCAL`` (``principal_of``), so the quick start costs nothing.
+request is ``LOCAL`` (``gateway.core.principal.principal_of``), so the quick start costs nothing.
 
 Routes that need no caller credentials, or check their own:
 
@@ -37,7 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.core.auth import LOCAL, Authenticator, AuthError, Principal
+from gateway.core.auth import Authenticator, AuthError
 from gateway.core.http import public_base_url
 
 MCP_PATH = "/mcp"
@@ -47,11 +47,6 @@ _OWN_AUTH_PREFIXES = ("/gossip/", "/bus/", "/anp/")
 
 # (path, HTTP status, description) -> the refusal body for that path, or None: not one of mine.
 Refusal = Callable[[str, int, str], dict[str, Any] | None]
-
-
-def principal_of(request: Request) -> Principal:
-    """The caller of ``request`` (``LOCAL`` when the gateway authenticates nobody)."""
-    return getattr(request.state, "principal", LOCAL)
 
 
 def needs_credentials(method: str, path: str) -> bool:

@@ -18,7 +18,7 @@ import sys
 
 from agents.serve import add_bus_flags
 from gateway import __version__, agent_cli
-from gateway.core import logs
+from gateway.core import audit, logs
 from gateway.core.config import Config, read_secret
 from registry.identity import Identity, IdentityError
 
@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="let callers without credentials in (with nothing else configured: with every right)",
     )
     auth.add_argument("--admin-group", metavar="NAME", help="group whose members manage every task (default admin)")
+    auth.add_argument("--audit-log", metavar="FILE", help="append the audit log here (JSON lines; default: the log)")
     serve.add_argument(
         "--gossip-faults", action="store_const", const=True, help=argparse.SUPPRESS
     )  # tests: POST /gossip/faults
@@ -149,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interlace: {exc}", file=sys.stderr)
         return 2
     logs.setup(config.log_level)
+    if args.command == "serve" and config.audit_log:
+        audit.to_file(config.audit_log)
     if args.command == "serve":
         warn_about_exposure(args, config, auth_mode)
         return serve(config)

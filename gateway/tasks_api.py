@@ -7,6 +7,9 @@ GET  /tasks                 ?context_id=&limit=&cursor=
 GET  /tasks/{id}
 GET  /tasks/{id}/events     SSE of status/artifact events; resumes after Last-Event-ID
 POST /tasks/{id}:cancel
+
+Every route acts for the authenticated caller (``Runtime.acting_for``): a task belongs to whoever
+submitted it, and another caller's task is a 404 like one that does not exist.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.core.http import HttpError, json_response, read_model
-from gateway.core.runtime import Runtime
+from gateway.core.principal import principal_of
+from gateway.core.runtime import ActingFor
 from gateway.core.sse import sse_response
 from registry.index import CapabilityQuery
 from schemas import Message
@@ -36,8 +40,8 @@ class SubmitRequest(BaseModel):
     metadata: dict[str, Any] | None = None
 
 
-def _runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
+def _runtime(request: Request) -> ActingFor:
+    return request.app.state.runtime.acting_for(principal_of(request))
 
 
 def _flag(request: Request, name: str) -> bool:

@@ -224,6 +224,9 @@ class Task(Model):
     metadata: dict[str, Any] = Field(default_factory=dict)
     route: Route | None = None
     created_at: str = Field(default_factory=utcnow)
+    # The principal that created the task (its id); set by the runtime from the authenticated
+    # caller, never from anything a client sends. Only the owner (or an admin) sees the task.
+    owner: str | None = None
 
     @property
     def state(self) -> TaskState:

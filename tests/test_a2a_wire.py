@@ -3,6 +3,8 @@ and 0.3 REST, both directions."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from protocols.a2a import errors
@@ -164,13 +166,14 @@ def test_direct_reply_row():
 
 
 def test_push_config_rows():
+    """Credentials are read in and never written out (write-only); everything else round-trips."""
     c = PushConfig(task_id="t", id="c1", url="https://h/x", token="tok", auth_scheme="Bearer", credentials="s")
     assert V10.push_out(c) == {
         "id": "c1",
         "taskId": "t",
         "url": "https://h/x",
         "token": "tok",
-        "authentication": {"scheme": "Bearer", "credentials": "s"},
+        "authentication": {"scheme": "Bearer"},
     }
     assert V03.push_out(c) == {
         "taskId": "t",
@@ -178,13 +181,17 @@ def test_push_config_rows():
             "id": "c1",
             "url": "https://h/x",
             "token": "tok",
-            "authentication": {"schemes": ["Bearer"], "credentials": "s"},
+            "authentication": {"schemes": ["Bearer"]},
         },
     }
     assert V03_REST.push_out(c)["name"] == "tasks/t/pushNotificationConfigs/c1"
-    assert V10.push_create_in(V10.push_out(c)) == c
-    assert V03.push_create_in(V03.push_out(c)) == c
-    assert V03_REST.push_create_in({"parent": "tasks/t", "config": V03_REST.push_out(c)}, "t") == c
+    given_v10 = {**V10.push_out(c), "authentication": {"scheme": "Bearer", "credentials": "s"}}
+    assert V10.push_create_in(given_v10) == c
+    given_v03 = V03.push_out(c)
+    given_v03["pushNotificationConfig"]["authentication"]["credentials"] = "s"
+    assert V03.push_create_in(given_v03) == c
+    without = dataclasses.replace(c, credentials=None)
+    assert V03_REST.push_create_in({"parent": "tasks/t", "config": V03_REST.push_out(c)}, "t") == without
 
 
 def test_send_params_blocking_per_dialect():

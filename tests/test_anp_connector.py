@@ -161,7 +161,7 @@ async def test_gateway_to_gateway(tmp_path):
         result = task.artifacts[0].parts[0].data
         assert result["state"] == "completed" and result["text"] == "hi" and result["data"] == [{"k": 1}]
         remote_task = await remote_app.state.runtime.get(result["task_id"])
-        assert remote_task.metadata["anp.caller"] == signer.did
+        assert remote_task.owner == signer.did
 
 
 def _remote(*methods: RemoteMethod) -> RemoteAgent:

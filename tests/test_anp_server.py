@@ -11,7 +11,6 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from agents.echo import EchoWorker
 from protocols.anp.didwba import did_for_host
-from protocols.anp.wire import CALLER
 from schemas import DataPart, TextPart
 from tests.fixtures.anp_support import LocalResolver, anp_gateway, call, make_caller, signed_post, signer
 
@@ -88,7 +87,7 @@ async def test_agent_descriptions_and_openrpc(anp):
 
 
 async def test_crawler_sends_text_and_data(anp):
-    """Rows: message -> TextPart, data -> DataPart, caller -> anp.caller; result text/data/artifacts."""
+    """Rows: message -> TextPart, data -> DataPart, caller -> the owner; result text/data/artifacts."""
     url, app, http, alice, _ = anp
     crawler = ANPCrawler(alice.doc_path, alice.key_path, cache_enabled=False)
     _, tools = await crawler.fetch_text(f"{url}/anp/agents/echo/ad.json")
@@ -100,7 +99,7 @@ async def test_crawler_sends_text_and_data(anp):
     assert result["artifacts"][0]["parts"] == [{"kind": "text", "text": "hello"}, {"kind": "data", "data": {"n": 1}}]
     task = await app.state.runtime.get(result["task_id"])
     assert task.history[0].parts == [TextPart(text="hello"), DataPart(data={"n": 1})]
-    assert task.metadata[CALLER] == alice.did
+    assert task.owner == alice.did
     assert task.route.agent == "echo"
 
 
@@ -114,12 +113,13 @@ async def test_context_and_metadata(anp):
         {
             "message": "m",
             "context_id": "ctx-1",
-            "metadata": {"k": "v", CALLER: "did:wba:forged.example", "anp.other": 1},
+            "metadata": {"k": "v", "anp.caller": "did:wba:forged.example", "owner": "did:wba:forged.example"},
         },
     )
     task = await app.state.runtime.get(resp["result"]["task_id"])
     assert task.context_id == resp["result"]["context_id"] == "ctx-1"
-    assert task.metadata == {"k": "v", CALLER: alice.did}
+    assert task.metadata == {"k": "v", "owner": "did:wba:forged.example"}  # metadata is only metadata
+    assert task.owner == alice.did
 
 
 async def test_failed_task_is_a_jsonrpc_error(anp):

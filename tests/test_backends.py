@@ -284,3 +284,25 @@ async def test_embedded_store_keeps_finished_tasks_out_of_the_gc():
     gc.collect()
     per_task = (len(gc.get_objects()) - before) / 2000
     assert per_task < 10, f"{per_task:.1f} GC-tracked objects kept per finished task"  # 50 as objects
+
+
+async def test_list_by_owner_scopes_tasks_and_contexts(backend):
+    """Each owner lists only its own tasks, and a context id is per owner: B using A's context id
+    neither sees A's tasks nor adds to A's listing; no owner (an admin) lists everyone's."""
+    a1, a2, b1 = new_task("shared"), new_task("a-only"), new_task("shared")
+    a1.owner = a2.owner = "https://issuer#alice"
+    b1.owner = "bob"
+    for t in (a1, a2, b1):
+        await backend.tasks.submit(t, "echo", "n")
+    alice, _ = await backend.tasks.list(owner="https://issuer#alice", limit=10)
+    assert [t.id for t in alice] == [a2.id, a1.id]
+    bob_shared, _ = await backend.tasks.list("shared", owner="bob", limit=10)
+    assert [t.id for t in bob_shared] == [b1.id]
+    alice_shared, _ = await backend.tasks.list("shared", owner="https://issuer#alice", limit=10)
+    assert [t.id for t in alice_shared] == [a1.id]
+    assert (await backend.tasks.list("a-only", owner="bob"))[0] == []
+    everyone, _ = await backend.tasks.list("shared", limit=10)
+    assert {t.id for t in everyone} == {a1.id, b1.id}
+    page, cursor = await backend.tasks.list(owner="https://issuer#alice", limit=1)
+    assert [t.id for t in page] == [a2.id] and cursor is not None
+    assert (await backend.tasks.get(a1.id)).owner == "https://issuer#alice"

@@ -64,6 +64,8 @@ import httpx
 import jwt
 import yaml
 
+from gateway.core.principal import ANONYMOUS, LOCAL, Principal
+
 log = logging.getLogger("interlace.auth")
 
 ALGORITHMS = ("RS256", "ES256", "EdDSA")
@@ -79,38 +81,6 @@ class AuthMode(enum.StrEnum):
     LOCAL = "local"  # loopback with nothing configured: everyone is LOCAL
     REQUIRED = "required"  # no credentials: 401
     OPTIONAL = "optional"  # no credentials: ANONYMOUS; bad credentials: 401
-
-
-# ---- principals -------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Principal:
-    """Who is calling. ``claims`` holds verified claims only (a read-only view), never a token."""
-
-    id: str
-    kind: str  # "jwt" | "api_key" | "did" | "anonymous"
-    groups: frozenset[str] = frozenset()
-    scopes: frozenset[str] = frozenset()
-    claims: Mapping[str, Any] = dataclasses.field(
-        default_factory=lambda: types.MappingProxyType({}), compare=False, hash=False, repr=False
-    )
-    unrestricted: bool = False  # only LOCAL: every right, whatever the admin group is called
-
-    def is_admin(self, admin_group: str = "admin") -> bool:
-        return self.unrestricted or admin_group in self.groups
-
-    def has_scopes(self, scopes: Iterable[str]) -> bool:
-        return self.unrestricted or set(scopes) <= self.scopes
-
-    @classmethod
-    def for_did(cls, did: str, groups: Iterable[str] = ()) -> Principal:
-        """An ANP caller, node or worker, named by the DID its signature proved."""
-        return cls(id=did, kind="did", groups=frozenset(groups))
-
-
-LOCAL = Principal(id="local", kind="anonymous", unrestricted=True)
-ANONYMOUS = Principal(id="anonymous", kind="anonymous")
 
 
 class AuthError(Exception):

@@ -65,6 +65,7 @@ class Config:
     api_keys: str | None = None  # YAML file: a list of {principal, key_sha256, groups}
     allow_anonymous: bool = False  # callers without credentials are let in (see effective_auth)
     admin_group: str = "admin"  # members see and manage every task
+    audit_log: str | None = None  # JSON-lines file for the audit log (gateway/core/audit.py); unset: the log
 
     def read_secret_files(self) -> None:
         """Fill the tokens from their ``*_file`` settings (``load`` does this once)."""

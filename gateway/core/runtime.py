@@ -1,20 +1,38 @@
 """The service layer every adapter calls: submit, continue, wait for, follow and cancel tasks.
 
 Adapters translate their protocol into these calls and never touch the backend directly, so
-task semantics (routing, transitions, cancel rules, metrics) live in one place.
+task semantics (routing, transitions, cancel rules, ownership, metrics) live in one place.
+
+Ownership: every task records the principal that submitted it (``Task.owner``). The task doors
+take the caller (``caller=``, default ``SYSTEM``: the gateway itself), and a task the caller may
+not see is reported exactly as a task that does not exist (``TaskNotFound``): existence is never
+revealed. Listing is scoped the same way, and context ids are per owner. Adapters do not pass
+``caller`` themselves: they act through ``Runtime.acting_for(principal)``, a view that binds it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 
+from gateway.core import audit
 from gateway.core.aio import wait_cancelled
-from gateway.core.backends import Backend, BackendUnavailable, KeyValue, Limits, StoredEvent, TaskNotFound, open_backend
+from gateway.core.backends import (
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    KeyValue,
+    Limits,
+    StoredEvent,
+    TaskNotFound,
+    open_backend,
+)
 from gateway.core.config import Config
 from gateway.core.metrics import Metrics
+from gateway.core.principal import SYSTEM, Principal
 from gateway.core.routing import CapabilityRouter
 from registry.identity import Identity
 from registry.index import CapabilityQuery, Excluded, RouteResult
@@ -76,6 +94,11 @@ class Runtime:
         self._waiters: dict[str, list[asyncio.Future]] = defaultdict(list)
         self._feed: asyncio.Task | None = None
         self._stopped = False
+
+    def acting_for(self, principal: Principal) -> ActingFor:
+        """This runtime as ``principal`` uses it: every task door acts for them (see the module
+        docstring); adapters take this for each request instead of the runtime itself."""
+        return ActingFor(self, principal)
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -147,34 +170,42 @@ class Runtime:
         query: CapabilityQuery | None = None,
         context_id: str | None = None,
         metadata: dict | None = None,
+        caller: Principal = SYSTEM,
     ) -> Task:
-        """Accept a new task for ``agent`` (a name or DID) or for the best match of ``query``;
-        it is stored and enqueued, or nothing happens."""
-        if agent is not None:
-            stream = await self.resolve_agent(agent)
-            route = Route(agent=stream, reason="named by the client")
-        elif query is not None:
-            stream, route = self.route(query)
-        else:
-            raise ValueError("submit needs an agent or a capability query")
-        task = Task(metadata=metadata or {}, route=route)
-        if context_id:
-            task.context_id = context_id
-        task.history.append(message.model_copy(update={"task_id": task.id, "context_id": task.context_id}))
-        await self.backend.tasks.submit(task, stream, self.node_id)
+        """Accept a new task, owned by ``caller``, for ``agent`` (a name or DID) or for the best
+        match of ``query``; it is stored and enqueued, or nothing happens."""
+        try:
+            if agent is not None:
+                stream = await self.resolve_agent(agent)
+                route = Route(agent=stream, reason="named by the client")
+            elif query is not None:
+                stream, route = self.route(query)
+            else:
+                raise ValueError("submit needs an agent or a capability query")
+            task = Task(metadata=metadata or {}, route=route, owner=caller.id)
+            if context_id:
+                task.context_id = context_id
+            task.history.append(message.model_copy(update={"task_id": task.id, "context_id": task.context_id}))
+            await self.backend.tasks.submit(task, stream, self.node_id)
+        except (TaskError, BackendError) as exc:
+            audit.record(caller, "call", agent or (query.text if query else None), exc.code)
+            raise
+        audit.record(caller, "call", stream, "ok", task.id)
         self.metrics.accepted.labels(stream).inc()
         self.capabilities.accepted(stream)
         log.info("task accepted", extra={"task_id": task.id, "agent": stream})
         return task
 
-    async def continue_task(self, task_id: str, message: Message) -> tuple[Task, str | None]:
+    async def continue_task(
+        self, task_id: str, message: Message, *, caller: Principal = SYSTEM
+    ) -> tuple[Task, str | None]:
         """A follow-up message resumes a task that waits for input (input-required).
 
         Returns the resumed task and the id of its last event before the follow-up: whoever
         follows the task from there sees only what the follow-up caused, never the old
         input-required event (which is final, and would end the follow at once).
         """
-        task = await self.get(task_id)
+        task = await self.get(task_id, caller=caller, action="call")
         if not task.state.interrupted or task.route is None:
             raise NotContinuable(
                 f"task {task_id} is {task.state.value}; only a task that waits for input takes a follow-up"
@@ -183,16 +214,29 @@ class Runtime:
         message = message.model_copy(update={"task_id": task.id, "context_id": task.context_id})
         task, _ = await self.backend.tasks.apply(task.id, task.status_event(TaskState.WORKING, message))
         await self.backend.tasks.requeue(task, task.route.agent)
+        audit.record(caller, "call", task.route.agent, "ok", task.id)
         return task, after
 
-    async def get(self, task_id: str) -> Task:
+    def sees(self, caller: Principal, task: Task) -> bool:
+        """Whether ``caller`` may see (and so act on) ``task``: its owner, or an admin."""
+        return task.owner == caller.id or caller.is_admin(self.config.admin_group)
+
+    async def _check_sees(self, task_id: str, caller: Principal) -> None:
+        """TaskNotFound unless ``caller`` may see the task (no read at all for admins)."""
+        if not caller.is_admin(self.config.admin_group):
+            await self.get(task_id, caller=caller)
+
+    async def get(self, task_id: str, *, caller: Principal = SYSTEM, action: str = "read") -> Task:
         task = await self.backend.tasks.get(task_id)
+        if task is not None and not self.sees(caller, task):
+            audit.record(caller, action, task.route.agent if task.route else None, "not_found", task_id)
+            task = None
         if task is None:
             raise TaskNotFound(f"task {task_id} not found")
         return task
 
-    async def cancel(self, task_id: str) -> Task:
-        task = await self.get(task_id)
+    async def cancel(self, task_id: str, *, caller: Principal = SYSTEM) -> Task:
+        task = await self.get(task_id, caller=caller, action="cancel")
         if task.state.terminal:
             raise NotCancelable(f"task {task_id} is already {task.state.value}")
         try:
@@ -201,14 +245,15 @@ class Runtime:
             current = await self.get(task_id)
             raise NotCancelable(f"task {task_id} is already {current.state.value}") from None
         log.info("task canceled", extra={"task_id": task_id})
+        audit.record(caller, "cancel", task.route.agent if task.route else None, "ok", task_id)
         return task
 
-    async def wait(self, task_id: str, timeout_s: float) -> Task:
+    async def wait(self, task_id: str, timeout_s: float, *, caller: Principal = SYSTEM) -> Task:
         """The task once final (terminal or waiting for input), or as it is when time runs out."""
         fut = asyncio.get_running_loop().create_future()
         self._waiters[task_id].append(fut)
         try:
-            task = await self.get(task_id)
+            task = await self.get(task_id, caller=caller)
             if not (task.state.terminal or task.state.interrupted):
                 try:
                     async with asyncio.timeout(timeout_s):
@@ -225,22 +270,36 @@ class Runtime:
                 self._waiters.pop(task_id, None)
 
     async def list_tasks(
-        self, context_id: str | None = None, limit: int = 50, cursor: str | None = None
+        self,
+        context_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        *,
+        caller: Principal = SYSTEM,
     ) -> tuple[list[Task], str | None]:
-        """Tasks newest first (of one context when given), a page at a time; the cursor is None
-        on the last page."""
-        return await self.backend.tasks.list(context_id, limit, cursor)
+        """The caller's tasks (every task, for an admin) newest first, of one context when given,
+        a page at a time; the cursor is None on the last page."""
+        owner = None if caller.is_admin(self.config.admin_group) else caller.id
+        return await self.backend.tasks.list(context_id, limit, cursor, owner)
 
-    async def read_events(self, task_id: str, after: str | None = None) -> list[StoredEvent]:
+    async def read_events(
+        self, task_id: str, after: str | None = None, *, caller: Principal = SYSTEM
+    ) -> list[StoredEvent]:
         """The task's stored events after ``after`` (None: from the start), without waiting."""
+        await self._check_sees(task_id, caller)
         return await self.backend.tasks.read_events(task_id, after, 0)
 
-    def follow(self, task_id: str, after: str | None = None) -> AsyncIterator[StoredEvent]:
+    async def follow(
+        self, task_id: str, after: str | None = None, *, caller: Principal = SYSTEM
+    ) -> AsyncIterator[StoredEvent]:
         """The task's events after ``after`` as they happen, until a final one."""
-        return self.backend.events(task_id, after)
+        await self._check_sees(task_id, caller)
+        async for stored in self.backend.events(task_id, after):
+            yield stored
 
-    async def last_event_id(self, task_id: str) -> str | None:
+    async def last_event_id(self, task_id: str, *, caller: Principal = SYSTEM) -> str | None:
         """The id of the task's newest event, to follow only what happens from now on."""
+        await self._check_sees(task_id, caller)
         last = None
         while True:
             batch = await self.read_events(task_id, last)
@@ -298,3 +357,49 @@ class Runtime:
                 for fut in self._waiters.get(fin.task_id, []):
                     if not fut.done():
                         fut.set_result(fin.state)
+
+
+class ActingFor:
+    """The runtime's doors bound to one caller: ``submit`` makes them the owner, and every door
+    that names a task or lists tasks sees only what the caller may see. Everything else (kv,
+    config, registry, metrics, ...) is the runtime's own, so an adapter uses this as a Runtime."""
+
+    def __init__(self, runtime: Runtime, principal: Principal) -> None:
+        self.runtime, self.principal = runtime, principal
+
+    def __getattr__(self, name: str):
+        return getattr(self.runtime, name)
+
+    async def submit(self, message: Message, **how) -> Task:
+        return await self.runtime.submit(message, caller=self.principal, **how)
+
+    async def continue_task(self, task_id: str, message: Message) -> tuple[Task, str | None]:
+        return await self.runtime.continue_task(task_id, message, caller=self.principal)
+
+    async def get(self, task_id: str) -> Task:
+        return await self.runtime.get(task_id, caller=self.principal)
+
+    async def cancel(self, task_id: str) -> Task:
+        return await self.runtime.cancel(task_id, caller=self.principal)
+
+    async def wait(self, task_id: str, timeout_s: float) -> Task:
+        return await self.runtime.wait(task_id, timeout_s, caller=self.principal)
+
+    async def list_tasks(
+        self, context_id: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[Task], str | None]:
+        return await self.runtime.list_tasks(context_id, limit, cursor, caller=self.principal)
+
+    async def read_events(self, task_id: str, after: str | None = None) -> list[StoredEvent]:
+        return await self.runtime.read_events(task_id, after, caller=self.principal)
+
+    def follow(self, task_id: str, after: str | None = None) -> AsyncIterator[StoredEvent]:
+        return self.runtime.follow(task_id, after, caller=self.principal)
+
+    async def last_event_id(self, task_id: str) -> str | None:
+        return await self.runtime.last_event_id(task_id, caller=self.principal)
+
+    def private_key(self, key: str) -> str:
+        """``key`` in the caller's own namespace of the key/value store (an adapter's per-caller
+        state, such as ACP sessions: another caller naming the same key reaches another entry)."""
+        return f"{key}@{hashlib.sha256(self.principal.id.encode()).hexdigest()[:32]}"

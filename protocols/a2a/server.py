@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.core.http import public_base_url, replace_routes
+from gateway.core.principal import principal_of
 from protocols.a2a import jsonrpc, rest
 from protocols.a2a.card import jwks
 from protocols.a2a.errors import CallerRefusedError
@@ -39,8 +40,8 @@ ROUTE_PREFIX = "a2a"
 def build_routes(service: A2AService) -> list[BaseRoute]:
     def call_for(request: Request, dialect: Dialect) -> A2ACall:
         base = public_base_url(request, service.options.public_url)
-        principal = getattr(request.state, "principal", None)  # set by the gateway's authentication
-        return A2ACall(request.app.state.runtime, request.path_params.get("agent"), dialect, base, principal)
+        agent = request.path_params.get("agent")
+        return A2ACall(request.app.state.runtime, agent, dialect, base, principal_of(request))
 
     async def gateway_card(request: Request) -> Response:
         call = call_for(request, V10)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -35,9 +36,9 @@ from weakref import WeakKeyDictionary
 import httpx
 
 from gateway.core import __version__
-from gateway.core.auth import Principal
 from gateway.core.backends import BackendUnavailable, QueueFull, TaskNotFound
-from gateway.core.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
+from gateway.core.principal import LOCAL, Principal
+from gateway.core.runtime import ActingFor, NotCancelable, NotContinuable, Runtime, UnknownAgent
 from gateway.core.settings import load_settings
 from protocols.a2a import card as cards
 from protocols.a2a.errors import (
@@ -105,13 +106,18 @@ class A2AOptions:
 @dataclass
 class A2ACall:
     """One request: the runtime, the agent scope (None: the gateway), the dialect, public base URL and
-    caller (None when the gateway authenticates nobody)."""
+    caller (``LOCAL`` when the gateway authenticates nobody)."""
 
-    rt: Runtime
+    runtime: Runtime
     agent: str | None
     dialect: Dialect
     base: str
-    principal: Principal | None = None
+    principal: Principal = LOCAL
+
+    @functools.cached_property
+    def rt(self) -> ActingFor:
+        """The runtime acting for the caller: tasks are the caller's own (``Runtime.acting_for``)."""
+        return self.runtime.acting_for(self.principal)
 
 
 class _NodeState:
@@ -228,8 +234,8 @@ class A2AService:
             after = None
         if p.push is not None:
             p.push.task_id = task.id
-            await self.node(rt).store.put(p.push, call.dialect.version)
-            await self.node(rt).dispatcher.watch(task.id, after)
+            await self.node(call.runtime).store.put(p.push, call.dialect.version)
+            await self.node(call.runtime).dispatcher.watch(task.id, after)
         return task, after
 
     async def send(self, call: A2ACall, params: Any) -> dict[str, Any]:
@@ -335,7 +341,7 @@ class A2AService:
         self._push_enabled()
         task = await self._visible(call, cfg.task_id)
         self.options.push.check_url(cfg.url)
-        node = self.node(call.rt)
+        node = self.node(call.runtime)
         cfg = await node.store.put(cfg, call.dialect.version)
         if not task.state.terminal:
             await node.dispatcher.watch(task.id, await call.rt.last_event_id(task.id))
@@ -344,7 +350,7 @@ class A2AService:
     async def push_get(self, call: A2ACall, task_id: str, config_id: str | None) -> Any:
         self._push_enabled()
         await self._visible(call, task_id)
-        cfg = await self.node(call.rt).store.get(task_id, config_id or task_id)
+        cfg = await self.node(call.runtime).store.get(task_id, config_id or task_id)
         if cfg is None:
             raise TaskNotFoundError(f"push notification config {config_id or task_id} not found for task {task_id}")
         return call.dialect.push_out(cfg)
@@ -352,12 +358,12 @@ class A2AService:
     async def push_list(self, call: A2ACall, task_id: str) -> Any:
         self._push_enabled()
         await self._visible(call, task_id)
-        return call.dialect.push_list_out([c for c, _ in await self.node(call.rt).store.list(task_id)])
+        return call.dialect.push_list_out([c for c, _ in await self.node(call.runtime).store.list(task_id)])
 
     async def push_delete(self, call: A2ACall, task_id: str, config_id: str | None) -> None:
         self._push_enabled()
         await self._visible(call, task_id)
-        await self.node(call.rt).store.delete(task_id, config_id or task_id)
+        await self.node(call.runtime).store.delete(task_id, config_id or task_id)
 
     # ---- cards -------------------------------------------------------------------------------
 
@@ -374,7 +380,7 @@ class A2AService:
         rpc_url, rest_url = self.agent_urls(call.base, call.agent)
         authenticates = _authenticates(call.rt)
         if extended:
-            if authenticates and (call.principal is None or call.principal.kind == "anonymous"):
+            if authenticates and call.principal.kind == "anonymous":
                 raise CallerRefusedError(401, "the extended agent card needs an authenticated caller")
             if not authenticates and o.extended_card is None:
                 raise ExtendedAgentCardNotConfiguredError()

@@ -50,6 +50,8 @@ the same order: the first for A2A 1.0 and 0.3 JSON-RPC, the second for 0.3 REST.
 metadata carries ``DIRECT_REPLY`` (see ``direct_reply``); SendMessage then returns that message.
 (*3) The 0.3 JSON-RPC ``pushNotificationConfig`` is
 ``{id,url,token,authentication:{schemes[],credentials}}``.
+Push ``credentials`` are write-only in every dialect: read in, stored, sent to the webhook, never
+returned by create, get or list.
 Not carried: Message ``extensions``/``referenceTaskIds`` and a text part's ``mediaType``/``filename``;
 metadata keys starting ``interlace.`` are internal and never rendered.
 """
@@ -229,11 +231,8 @@ def _text_part(d: dict, where: str, meta: dict | None) -> TextPart:
 def _push_v03(c: PushConfig) -> dict[str, Any]:
     inner: dict[str, Any] = {"id": c.id, "url": c.url}
     _put(inner, "token", c.token)
-    if c.auth_scheme:
-        inner["authentication"] = {
-            "schemes": [c.auth_scheme],
-            **({"credentials": c.credentials} if c.credentials else {}),
-        }
+    if c.auth_scheme:  # credentials are write-only: stored and sent to the webhook, never returned
+        inner["authentication"] = {"schemes": [c.auth_scheme]}
     return inner
 
 
@@ -545,11 +544,8 @@ class Dialect:
     def push_out(self, c: PushConfig) -> dict[str, Any]:
         out: dict[str, Any] = {"id": c.id, "taskId": c.task_id, "url": c.url}
         _put(out, "token", c.token)
-        if c.auth_scheme:
-            out["authentication"] = {
-                "scheme": c.auth_scheme,
-                **({"credentials": c.credentials} if c.credentials else {}),
-            }
+        if c.auth_scheme:  # credentials are write-only: stored and sent to the webhook, never returned
+            out["authentication"] = {"scheme": c.auth_scheme}
         return out
 
     def push_create_in(self, params: Any, task_id: str | None = None) -> PushConfig:

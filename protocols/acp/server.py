@@ -41,7 +41,8 @@ from starlette.routing import BaseRoute, Match, Route
 
 from gateway.core.backends import BackendUnavailable, QueueFull, TaskNotFound
 from gateway.core.http import HttpError, public_base_url, read_json, replace_routes
-from gateway.core.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
+from gateway.core.principal import principal_of
+from gateway.core.runtime import ActingFor, NotCancelable, NotContinuable, UnknownAgent
 from gateway.core.settings import load_settings
 from gateway.core.sse import sse_response
 from protocols.acp import wire
@@ -181,7 +182,7 @@ def manifest_out(record: AgentRecord) -> dict[str, Any]:
     }
 
 
-def _sse(events: AsyncIterator[dict[str, Any]], rt: Runtime, run_id: str) -> Response:
+def _sse(events: AsyncIterator[dict[str, Any]], rt: ActingFor, run_id: str) -> Response:
     async def frames() -> AsyncIterator[tuple[None, None, dict[str, Any]]]:
         async for ev in events:
             yield None, None, ev
@@ -200,11 +201,11 @@ class ACPService:
     def base(self, request: Request) -> str:
         return public_base_url(request, self.options.public_url)
 
-    def _timeout(self, rt: Runtime) -> float:
+    def _timeout(self, rt: ActingFor) -> float:
         return self.options.sync_timeout_s or rt.config.max_wait_timeout_s
 
     @staticmethod
-    async def task(rt: Runtime, run_id: str) -> Task:
+    async def task(rt: ActingFor, run_id: str) -> Task:
         task_id = wire.from_uuid(run_id)
         if task_id is None:
             raise not_found(f"Run {run_id} not found")
@@ -214,7 +215,7 @@ class ACPService:
             raise not_found(f"Run {run_id} not found") from None
 
     @staticmethod
-    async def _events(rt: Runtime, task: Task, after: str | None, *, created: bool) -> AsyncIterator[dict[str, Any]]:
+    async def _events(rt: ActingFor, task: Task, after: str | None, *, created: bool) -> AsyncIterator[dict[str, Any]]:
         mapper = EventMapper(task)
         if created:
             yield mapper.created()
@@ -226,7 +227,7 @@ class ACPService:
             err = _error_for(exc)
             yield {"type": "error", "error": {"code": err.code, "message": err.message, "data": err.data}}
 
-    async def _respond(self, rt: Runtime, task: Task, mode: str, after: str | None, *, created: bool) -> Response:
+    async def _respond(self, rt: ActingFor, task: Task, mode: str, after: str | None, *, created: bool) -> Response:
         run_id = wire.as_uuid(task.id) or task.id
         headers = {"Run-ID": run_id}
         if mode == "stream":
@@ -242,7 +243,7 @@ class ACPService:
         return JSONResponse({})
 
     async def agents(self, request: Request) -> Response:
-        rt: Runtime = request.app.state.runtime
+        rt = _runtime(request)
         limit = _integer(request, "limit", 10, 1, 1000)
         offset = _integer(request, "offset", 0, 0, 2**31)
         names = (await rt.known_agents())[offset : offset + limit]
@@ -250,7 +251,7 @@ class ACPService:
         return JSONResponse({"agents": [manifest_out(r[0]) for r in records if r]})
 
     async def agent(self, request: Request) -> Response:
-        rt: Runtime = request.app.state.runtime
+        rt = _runtime(request)
         name = request.path_params["name"]
         records = rt.routable(name)
         if not records:
@@ -258,7 +259,7 @@ class ACPService:
         return JSONResponse(manifest_out(records[0]))
 
     async def create_run(self, request: Request) -> Response:
-        rt: Runtime = request.app.state.runtime
+        rt = _runtime(request)
         req = RunCreate.model_validate(await _body(request))
         session_id = req.session.id if req.session is not None else req.session_id
         if (
@@ -273,17 +274,17 @@ class ACPService:
         await rt.resolve_agent(req.agent_name)  # an unknown agent leaves nothing behind
         if req.session is not None and (req.session.history or req.session.state):
             carried = {"history": req.session.history, "state": req.session.state}
-            await rt.kv.set(_session_key(context_id or ""), json.dumps(carried), int(rt.config.retention_s))
+            await rt.kv.set(_session_key(rt, context_id or ""), json.dumps(carried), int(rt.config.retention_s))
         task = await rt.submit(message, agent=req.agent_name, context_id=context_id, metadata=metadata)
         return await self._respond(rt, task, req.mode, None, created=True)
 
     async def read_run(self, request: Request) -> Response:
-        rt: Runtime = request.app.state.runtime
+        rt = _runtime(request)
         task = await self.task(rt, request.path_params["run_id"])
         return JSONResponse(wire.run_out(task), headers={"Run-ID": wire.as_uuid(task.id) or task.id})
 
     async def resume_run(self, request: Request) -> Response:
-        rt: Runtime = request.app.state.runtime
+        rt = _runtime(request)
         task = await self.task(rt, request.path_params["run_id"])
         req = RunResume.model_validate(await _body(request))
         if req.run_id is not None and wire.from_uuid(req.run_id) != task.id:
@@ -309,7 +310,7 @@ class ACPService:
         return await self._respond(rt, resumed, req.mode, after, created=False)
 
     async def cancel_run(self, request: Request) -> Response:
-        rt: Runtime = request.app.state.runtime
+        rt = _runtime(request)
         task = await self.task(rt, request.path_params["run_id"])
         try:
             task = await rt.cancel(task.id)
@@ -321,7 +322,7 @@ class ACPService:
         return JSONResponse(wire.run_out(task), status_code=202, headers={"Run-ID": wire.as_uuid(task.id) or task.id})
 
     async def run_events(self, request: Request) -> Response:
-        rt: Runtime = request.app.state.runtime
+        rt = _runtime(request)
         task = await self.task(rt, request.path_params["run_id"])
         mapper = EventMapper(wire.initial(task))
         events, after, seen = [mapper.created()], None, 0
@@ -334,7 +335,7 @@ class ACPService:
             after, seen = batch[-1].event_id, seen + len(batch)
         return JSONResponse({"events": events})
 
-    async def _session_runs(self, rt: Runtime, context_id: str) -> list[Task]:
+    async def _session_runs(self, rt: ActingFor, context_id: str) -> list[Task]:
         tasks, cursor = [], None
         while len(tasks) < MAX_SESSION_RUNS:
             batch, cursor = await rt.list_tasks(context_id, 200, cursor)
@@ -344,13 +345,13 @@ class ACPService:
         return list(reversed(tasks))  # oldest first
 
     async def session(self, request: Request) -> Response:
-        rt: Runtime = request.app.state.runtime
+        rt = _runtime(request)
         raw = request.path_params["session_id"]
         context_id = wire.from_uuid(raw)
         if context_id is None:
             raise not_found(f"Session {raw} not found")
         tasks = await self._session_runs(rt, context_id)
-        stored = await rt.kv.get(_session_key(context_id))
+        stored = await rt.kv.get(_session_key(rt, context_id))
         if not tasks and stored is None:
             raise not_found(f"Session {raw} not found")
         carried = json.loads(stored) if stored else {}
@@ -364,7 +365,7 @@ class ACPService:
         return JSONResponse({"id": str(uuid.UUID(raw)), "history": history, "state": carried.get("state")})
 
     async def message(self, request: Request) -> Response:
-        rt: Runtime = request.app.state.runtime
+        rt = _runtime(request)
         task = await self.task(rt, request.path_params["run_id"])
         messages = wire.session_messages(task)
         index = request.path_params["index"]
@@ -373,8 +374,13 @@ class ACPService:
         return JSONResponse(messages[index])
 
 
-def _session_key(context_id: str) -> str:
-    return f"acp:session:{context_id}"
+def _runtime(request: Request) -> ActingFor:
+    """The runtime acting for the request's caller: runs and sessions are the caller's own."""
+    return request.app.state.runtime.acting_for(principal_of(request))
+
+
+def _session_key(rt: ActingFor, context_id: str) -> str:
+    return rt.private_key(f"acp:session:{context_id}")
 
 
 def build_routes(service: ACPService) -> list[BaseRoute]:

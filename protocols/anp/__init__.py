@@ -36,7 +36,7 @@ tests/test_anp_connector.py):
 | --- | --- |
 | ``/.well-known/did.json`` (did:wba, Multikey ``#key-1``) | ``runtime.identity``; ``service`` -> ``/anp/ad.json`` |
 | ``/anp/agents/{name}/ad.json`` + OpenRPC ``send_message``... | one per name in ``runtime.known_agents()`` (*1) |
-| DIDWba-authenticated caller DID | task metadata ``anp.caller``; only that DID can get, cancel or continue the task |
+| DIDWba caller DID | ``Task.owner``: only that DID (or an admin) acts on the task |
 | ``send_message`` ``message`` (string) | ``runtime.submit``: user Message, ``TextPart(message)`` |
 | ``send_message`` ``data`` (object) | a further ``DataPart(data)`` |
 | ``send_message`` ``context_id`` / ``metadata`` | task ``context_id`` / task metadata (``anp.*`` keys dropped) |

@@ -36,7 +36,8 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.core.backends import BackendUnavailable, QueueFull, TaskNotFound
 from gateway.core.http import configured_base_url, error_response, public_base_url, replace_routes
-from gateway.core.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
+from gateway.core.principal import Principal
+from gateway.core.runtime import ActingFor, NotCancelable, NotContinuable, Runtime, UnknownAgent
 from protocols.anp import wire
 from protocols.anp.auth import AuthFailure, DidWbaAuth, HttpsResolver, challenge_headers
 from protocols.anp.connector import ANPConnector
@@ -53,9 +54,10 @@ JSON_TYPES = ("application/json", "application/json-rpc", "application/jsonreque
 
 @dataclass
 class ANPCall:
-    """One JSON-RPC request: the runtime, the agent scope (None = gateway) and the caller's DID."""
+    """One JSON-RPC request: the runtime acting for the caller, the agent scope (None = gateway)
+    and the caller's DID."""
 
-    rt: Runtime
+    rt: ActingFor
     agent: str | None
     caller: str
     service: ANPService
@@ -216,11 +218,9 @@ def _method(fn):
 
 
 async def _own_task(call: ANPCall, task_id: Any) -> Task:
-    """A task the caller created over ANP (in this scope); anyone else's is 'not found'."""
+    """A task of the caller's (the runtime's ownership) in this scope; anything else is 'not found'."""
     task_id = wire._string(task_id, "task_id", required=True)
     task = await call.rt.get(task_id)  # type: ignore[arg-type]
-    if task.metadata.get(wire.CALLER) != call.caller:
-        raise TaskNotFound(f"task {task_id} not found")
     if call.agent is not None:
         try:
             stream = await call.rt.resolve_agent(call.agent)
@@ -264,7 +264,7 @@ async def send_message(
             msg,
             agent=target,
             context_id=wire._string(context_id, "context_id"),
-            metadata=wire.task_metadata(metadata, call.caller),
+            metadata=wire.task_metadata(metadata),
         )
     task = await call.rt.wait(task.id, wait)
     if task.state in wire.ENDED:
@@ -362,7 +362,7 @@ def build_routes(service: ANPService) -> list[BaseRoute]:
             return _rpc_error(None, -32700, "Parse error: the body is not JSON", headers)
         if isinstance(parsed, list) and len(parsed) > service.options.max_batch:
             return _rpc_error(None, -32600, f"a batch holds at most {service.options.max_batch} requests", headers)
-        call = ANPCall(rt, agent or None, caller.did, service)
+        call = ANPCall(rt.acting_for(Principal.for_did(caller.did)), agent or None, caller.did, service)
         text = await async_dispatch("", methods=METHODS, context=call, deserializer=lambda _: parsed)
         if not text:  # only notifications
             return Response(status_code=204, headers=headers)

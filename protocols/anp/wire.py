@@ -7,7 +7,6 @@ from typing import Any
 
 from schemas import Artifact, DataPart, Message, Task, TaskState, TextPart
 
-CALLER = "anp.caller"  # task metadata: the DID that created the task over ANP
 AD_CONTEXT = {
     "@vocab": "https://schema.org/",
     "did": "https://w3id.org/did#",
@@ -221,11 +220,9 @@ def user_message(message: Any, data: Any) -> Message:
     return Message(role="user", parts=parts)
 
 
-def task_metadata(metadata: Any, caller: str) -> dict[str, Any]:
-    """Client metadata plus the authenticated caller (a client cannot set ``anp.*`` keys)."""
-    meta = {k: v for k, v in (_object(metadata, "metadata") or {}).items() if not str(k).startswith("anp.")}
-    meta[CALLER] = caller
-    return meta
+def task_metadata(metadata: Any) -> dict[str, Any]:
+    """Client metadata (``anp.*`` keys are the gateway's: a client cannot set them)."""
+    return {k: v for k, v in (_object(metadata, "metadata") or {}).items() if not str(k).startswith("anp.")}
 
 
 # ---- canonical -> JSON-RPC result ----------------------------------------------------------------

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.core.backends import TaskNotFound
-from gateway.core.runtime import NotCancelable, NotContinuable, Runtime, UnknownAgent
+from gateway.core.runtime import ActingFor, NotCancelable, NotContinuable, Runtime, UnknownAgent
 from protocols.mcp.federation import sanitize
 from registry.index import CapabilityQuery
 from schemas import STREAM_HINT, DataPart, FilePart, Message, Task, TaskState, TextPart
@@ -152,7 +152,8 @@ def task_result(task: Task) -> dict[str, Any]:
 
 
 class AgentTools:
-    """The runtime's agents as tools (everything goes through ``Runtime``)."""
+    """The runtime's agents as tools (everything goes through ``Runtime``; a task is sent and
+    followed through the runtime acting for the MCP caller, ``rt``)."""
 
     def __init__(self, runtime: Runtime, wait_s: float) -> None:
         self.runtime, self.wait_s = runtime, wait_s
@@ -207,7 +208,7 @@ class AgentTools:
         return {"content": [{"type": "text", "text": "\n".join(lines)}], "structuredContent": {"agents": found}}
 
     async def send_task(
-        self, args: dict[str, Any], exclude: set[str], notify: Notify | None, progress_token: Any
+        self, rt: ActingFor, args: dict[str, Any], exclude: set[str], notify: Notify | None, progress_token: Any
     ) -> dict[str, Any]:
         target = args.get("agent_or_query")
         if not isinstance(target, str) or not target.strip():
@@ -220,10 +221,10 @@ class AgentTools:
             if not isinstance(task_id, str):
                 return tool_error("argument 'task_id' must be a string")
             try:
-                task, after = await self.runtime.continue_task(task_id, message)
+                task, after = await rt.continue_task(task_id, message)
             except (NotContinuable, TaskNotFound) as exc:
                 return tool_error(str(exc))
-            return await self._finish(task, notify, progress_token, after)
+            return await self._finish(rt, task, notify, progress_token, after)
         agents = await self.agents(exclude)
         agent = target if target in agents.values() else None
         if agent is None:
@@ -232,10 +233,11 @@ class AgentTools:
             if not ranked:
                 return tool_error(f"no agent matches {target!r}")
             agent = ranked[0][1]
-        return await self.call(agent, {"message": args["message"], "data": args.get("data")}, notify, progress_token)
+        args = {"message": args["message"], "data": args.get("data")}
+        return await self.call(rt, agent, args, notify, progress_token)
 
     async def call(
-        self, agent: str, args: dict[str, Any], notify: Notify | None, progress_token: Any
+        self, rt: ActingFor, agent: str, args: dict[str, Any], notify: Notify | None, progress_token: Any
     ) -> dict[str, Any]:
         message = arguments_message(args)
         if isinstance(message, str):
@@ -244,36 +246,36 @@ class AgentTools:
             metadata: dict[str, Any] = {"via": "mcp"}
             if progress_token is not None:
                 metadata[STREAM_HINT] = True  # the client follows progress: connectors should stream
-            task = await self.runtime.submit(message, agent=agent, metadata=metadata)
+            task = await rt.submit(message, agent=agent, metadata=metadata)
         except UnknownAgent as exc:
             return tool_error(str(exc))
-        return await self._finish(task, notify, progress_token)
+        return await self._finish(rt, task, notify, progress_token)
 
     async def _finish(
-        self, task: Task, notify: Notify | None, progress_token: Any, after: str | None = None
+        self, rt: ActingFor, task: Task, notify: Notify | None, progress_token: Any, after: str | None = None
     ) -> dict[str, Any]:
         """The task's result once final; ``after``: follow its events from there (a continued task)."""
         try:
             if progress_token is not None and notify is not None:
-                await asyncio.wait_for(self._progress(task, notify, progress_token, after), self.wait_s)
-                final = await self.runtime.get(task.id)
+                await asyncio.wait_for(self._progress(rt, task, notify, progress_token, after), self.wait_s)
+                final = await rt.get(task.id)
             else:
-                final = await self.runtime.wait(task.id, self.wait_s)
+                final = await rt.wait(task.id, self.wait_s)
         except TimeoutError:
-            final = await self.runtime.get(task.id)
+            final = await rt.get(task.id)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                await asyncio.shield(self.runtime.cancel(task.id))
+                await asyncio.shield(rt.cancel(task.id))
             raise
         if not (final.state.terminal or final.state.interrupted):
             with contextlib.suppress(NotCancelable, Exception):
-                await self.runtime.cancel(task.id)
+                await rt.cancel(task.id)
         return task_result(final)
 
-    async def _progress(self, task: Task, notify: Notify, token: Any, after: str | None) -> None:
+    async def _progress(self, rt: ActingFor, task: Task, notify: Notify, token: Any, after: str | None) -> None:
         """Each task event becomes a notifications/progress (progress = events seen so far)."""
         count = 0
-        async for stored in self.runtime.follow(task.id, after):
+        async for stored in rt.follow(task.id, after):
             count += 1
             ev = stored.event
             if getattr(ev, "kind", "") == "status-update":

@@ -25,6 +25,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import secrets
@@ -33,7 +34,8 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from gateway.core import __version__
-from gateway.core.runtime import Runtime
+from gateway.core.principal import LOCAL, Principal
+from gateway.core.runtime import ActingFor, Runtime
 from gateway.core.settings import load_settings
 from protocols.mcp import wire
 from protocols.mcp.agents import META_TOOLS, AgentTools, agent_tool, tool_error
@@ -93,13 +95,25 @@ class MCPCall:
     """One client request being handled: its params, session and response stream."""
 
     def __init__(
-        self, service: MCPService, sid: str, session: dict[str, Any], msg: dict[str, Any], out: Outbound
+        self,
+        service: MCPService,
+        sid: str,
+        session: dict[str, Any],
+        msg: dict[str, Any],
+        out: Outbound,
+        principal: Principal = LOCAL,
     ) -> None:
         self.service, self.sid, self.session, self.out = service, sid, session, out
+        self.principal = principal
         self.id, self.method = msg["id"], msg["method"]
         self.params: dict[str, Any] = msg.get("params") or {}
         meta = self.params.get("_meta")
         self.progress_token = meta.get("progressToken") if isinstance(meta, dict) else None
+
+    @functools.cached_property
+    def rt(self) -> ActingFor:
+        """The runtime acting for the caller: the tasks this call makes are the caller's own."""
+        return self.service.runtime.acting_for(self.principal)
 
     async def notify(self, method: str, params: dict[str, Any]) -> None:
         await self.out.send(wire.notification(method, params))
@@ -271,15 +285,16 @@ class MCPService:
 
     # ---- the session's life ----------------------------------------------------------------------
 
-    async def initialize(self, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """A new session for ``initialize``: (its id, the result)."""
+    async def initialize(self, params: dict[str, Any], principal: Principal = LOCAL) -> tuple[str, dict[str, Any]]:
+        """A new session for ``initialize``, belonging to ``principal``: (its id, the result)."""
         version, caps, info = params.get("protocolVersion"), params.get("capabilities", {}), params.get("clientInfo")
         if not isinstance(version, str) or not isinstance(caps, dict) or not isinstance(info, (dict, type(None))):
             raise MCPError(
                 INVALID_PARAMS, "initialize needs protocolVersion (string), capabilities (object), clientInfo (object)"
             )
         negotiated = version if version in wire.SUPPORTED_VERSIONS else wire.LATEST_VERSION
-        sid = await self.sessions.create({"v": negotiated, "caps": caps, "info": info or {}, "level": None})
+        session = {"v": negotiated, "caps": caps, "info": info or {}, "level": None, "who": principal.id}
+        sid = await self.sessions.create(session)
         result = {
             "protocolVersion": negotiated,
             "capabilities": CAPABILITIES,
@@ -423,7 +438,7 @@ class MCPService:
                 return tool_error("argument 'query' must be a string")
             return await self.agent_tools.find_agents(query, exclude, sorted(exclude))
         if name == "send_task":
-            return await self.agent_tools.send_task(args, exclude, call.notify, call.progress_token)
+            return await self.agent_tools.send_task(call.rt, args, exclude, call.notify, call.progress_token)
         hit = self.upstreams.resolve_tool(name)
         if isinstance(hit, Quarantined):
             return tool_error(
@@ -435,7 +450,7 @@ class MCPService:
             return await self._relay(call, client, "tools/call", {"name": original, "arguments": args}, tool=True)
         agents = await self._agents()
         if name in agents:
-            return await self.agent_tools.call(agents[name], args, call.notify, call.progress_token)
+            return await self.agent_tools.call(call.rt, agents[name], args, call.notify, call.progress_token)
         raise MCPError(INVALID_PARAMS, f"Unknown tool: {name}")
 
     async def _relay(

@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from gateway.core import sse
+from gateway.core.principal import LOCAL, principal_of
 from protocols.mcp import wire
 from protocols.mcp.methods import MCPCall, MCPService
 from protocols.mcp.wire import INVALID_REQUEST, MCPError
@@ -139,7 +140,8 @@ class StreamableHTTP:
         if len(sid) > 128 or not sid.isascii():
             return _rpc_error(404, INVALID_REQUEST, "Session not found")
         record = await self.service.sessions.get(sid)
-        if record is None:
+        # A session belongs to the caller that opened it: to anyone else it does not exist.
+        if record is None or record.get("who", LOCAL.id) != principal_of(request).id:
             return _rpc_error(404, INVALID_REQUEST, "Session not found")
         return sid, record
 
@@ -174,7 +176,7 @@ class StreamableHTTP:
             return Response(status_code=400)
         if kind == "request" and msg["method"] == "initialize":
             try:
-                sid, result = await self.service.initialize(msg.get("params") or {})
+                sid, result = await self.service.initialize(msg.get("params") or {}, principal_of(request))
             except MCPError as exc:
                 return JSONResponse(wire.error(msg["id"], exc))
             return JSONResponse(wire.result(msg["id"], result), headers={"Mcp-Session-Id": sid})
@@ -188,11 +190,13 @@ class StreamableHTTP:
         if kind == "response":
             await self.service.response(sid, msg)
             return Response(status_code=202)
-        return await self._request(sid, session, msg, sse_ok)
+        return await self._request(request, sid, session, msg, sse_ok)
 
-    async def _request(self, sid: str, session: dict[str, Any], msg: dict[str, Any], sse_ok: bool) -> Response:
+    async def _request(
+        self, request: Request, sid: str, session: dict[str, Any], msg: dict[str, Any], sse_ok: bool
+    ) -> Response:
         out = Outbox(self.service, sid, sse_ok)
-        self.service.dispatch(MCPCall(self.service, sid, session, msg, out))
+        self.service.dispatch(MCPCall(self.service, sid, session, msg, out, principal_of(request)))
         first = await out.queue.get()
         if first[2] and out.mode == "json":
             return JSONResponse(first[1])

@@ -117,9 +117,10 @@ class TaskStore(abc.ABC):
 
     @abc.abstractmethod
     async def list(
-        self, context_id: str | None = None, limit: int = 50, cursor: str | None = None
+        self, context_id: str | None = None, limit: int = 50, cursor: str | None = None, owner: str | None = None
     ) -> tuple[list[Task], str | None]:
-        """Tasks newest first, optionally of one context; returns (page, next cursor)."""
+        """Tasks newest first, optionally of one context and/or one owner; returns (page, next
+        cursor). ``owner`` None lists every owner's tasks (for admins)."""
 
     @abc.abstractmethod
     async def apply(self, task_id: str, event: TaskEvent) -> tuple[Task, str]:

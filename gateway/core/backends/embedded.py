@@ -141,10 +141,20 @@ class _TaskSlot:
     made every full collection walk millions of them (about 10 µs per task per pass).
     """
 
-    __slots__ = ("accepted_by", "context_id", "signal", "lock_owner", "lock_until_ms", "ended_at", "_task", "_events")
+    __slots__ = (
+        "accepted_by",
+        "context_id",
+        "owner",
+        "signal",
+        "lock_owner",
+        "lock_until_ms",
+        "ended_at",
+        "_task",
+        "_events",
+    )
 
     def __init__(self, task: Task, accepted_by: str) -> None:
-        self.accepted_by, self.context_id = accepted_by, task.context_id
+        self.accepted_by, self.context_id, self.owner = accepted_by, task.context_id, task.owner
         self.signal = _Signal()
         self.lock_owner: str | None = None
         self.lock_until_ms = 0
@@ -225,11 +235,13 @@ class EmbeddedTaskStore(TaskStore):
         slot = self._tasks.get(task_id)
         return None if slot is None else slot.copy()
 
-    async def list(self, context_id=None, limit=50, cursor=None):
+    async def list(self, context_id=None, limit=50, cursor=None, owner=None):
         ids = [
             t
             for t in reversed(self._order)
-            if t in self._tasks and (context_id is None or self._tasks[t].context_id == context_id)
+            if (slot := self._tasks.get(t)) is not None
+            and (context_id is None or slot.context_id == context_id)
+            and (owner is None or slot.owner == owner)
         ]
         start = int(cursor) if cursor else 0
         page = ids[start : start + limit]

@@ -21,6 +21,7 @@ together or not at all), end a run (ack + unlock).
 from __future__ import annotations
 
 import functools
+import hashlib
 import time
 import uuid
 from collections import OrderedDict
@@ -64,6 +65,11 @@ if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[5]) then return -2 end
 redis.call('HSET', KEYS[2], 'task', ARGV[1], 'by', ARGV[2], 'nonce', ARGV[6])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
+for i = 5, #KEYS do  -- the owner's indexes: expire with the owner's last task, pruned as they grow
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, ARGV[7])
+  redis.call('ZADD', KEYS[i], ARGV[4], ARGV[3])
+  redis.call('PEXPIRE', KEYS[i], ARGV[8])
+end
 redis.call('XADD', KEYS[1], '*', 'task', ARGV[3])
 return 1
 """
@@ -156,6 +162,20 @@ def _q(agent: str) -> str:
 
 def _t(task_id: str) -> str:
     return f"il:t:{task_id}"
+
+
+def _own(owner: str) -> str:
+    """The index of one owner's tasks (owner ids are any string: hashed, so keys cannot collide)."""
+    return f"il:own:{_digest(owner)}"
+
+
+def _ctx(context_id: str, owner: str | None = None) -> str:
+    """The index of a context's tasks: every owner's, or one owner's (contexts are per caller)."""
+    return f"il:ctx:{context_id}" if owner is None else f"il:octx:{_digest(owner)}:{context_id}"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _lock(task_id: str) -> str:
@@ -254,9 +274,13 @@ class RedisTaskStore(TaskStore):
     @_translate
     async def submit(self, task: Task, agent: str, accepted_by: str) -> None:
         score = int(time.time() * 1000)
-        keys = [_q(agent), _t(task.id), "il:tasks", f"il:ctx:{task.context_id}"]
+        keys = [_q(agent), _t(task.id), "il:tasks", _ctx(task.context_id)]
+        if task.owner is not None:
+            keys += [_own(task.owner), _ctx(task.context_id, task.owner)]
         nonce = uuid.uuid4().hex  # makes a retried submit (reply lost in a reconnect) idempotent
+        retention_ms = self.limits.retention_s * 1000
         args = [task.model_dump_json(exclude_none=True), accepted_by, task.id, score, self.limits.max_queue, nonce]
+        args += [score - retention_ms, retention_ms]
         result = await self._submit(keys=keys, args=args)
         if result == -1:
             raise TaskExists(f"task {task.id} exists")
@@ -288,8 +312,11 @@ class RedisTaskStore(TaskStore):
         return None if raw is None else Task.model_validate_json(raw)
 
     @_translate
-    async def list(self, context_id=None, limit=50, cursor=None):
-        key = f"il:ctx:{context_id}" if context_id else "il:tasks"
+    async def list(self, context_id=None, limit=50, cursor=None, owner=None):
+        if context_id:
+            key = _ctx(context_id, owner)
+        else:
+            key = "il:tasks" if owner is None else _own(owner)
         start = int(cursor) if cursor else 0
         ids = await self.r.zrevrange(key, start, start + limit)  # one extra tells if more follow
         more = len(ids) > limit
