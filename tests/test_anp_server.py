@@ -297,3 +297,21 @@ async def test_the_default_app_serves_anp(client):
         "/anp/rpc", json={"jsonrpc": "2.0", "id": 1, "method": "get_task", "params": {"task_id": "x"}}
     )
     assert resp.status_code == 401 and resp.headers["www-authenticate"].startswith("DIDWba")
+
+
+async def test_a_caller_allowlist_refuses_other_dids_before_fetching_their_documents(tmp_path):
+    alice, bob = make_caller(tmp_path, "alice"), make_caller(tmp_path, "bob")
+    resolver = LocalResolver(alice, bob)
+    callers = tmp_path / "callers.txt"
+    callers.write_text(f"# who may call over ANP\n{alice.did}\n")
+    async with anp_gateway(resolve=resolver, callers=str(callers)) as (url, _):
+        async with httpx.AsyncClient(timeout=20) as http:
+            ok = await call(http, signer(alice), rpc_url(url), "send_message", {"message": "hi"})
+            assert ok["result"]["text"] == "hi"
+            fetched = resolver.calls
+            resp = await signed_post(
+                http, signer(bob), rpc_url(url), {"jsonrpc": "2.0", "id": 1, "method": "send_message", "params": {}}
+            )
+    assert resp.status_code == 403 and resp.json()["error"]["code"] == "forbidden", resp.text
+    assert bob.did in resp.json()["error"]["message"]
+    assert resolver.calls == fetched  # bob's DID document was never fetched

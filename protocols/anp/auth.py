@@ -62,9 +62,9 @@ class DidResolutionError(Exception):
 class AuthFailure(Exception):
     """Authentication failed; ``error`` is the DIDWba challenge's error code."""
 
-    def __init__(self, error: str, description: str) -> None:
+    def __init__(self, error: str, description: str, status: int = 401) -> None:
         super().__init__(description)
-        self.error, self.description = error, description
+        self.error, self.description, self.status = error, description, status
 
 
 # ---- resolution ------------------------------------------------------------------------------
@@ -189,9 +189,11 @@ class DidWbaAuth:
         skew_s: int = 60,
         token_ttl_s: int = 3600,
         cache_ttl_s: float = 300.0,
+        allowed: frozenset[str] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.resolver = CachedResolver(resolve, ttl_s=cache_ttl_s)
+        self.allowed = allowed  # caller DIDs let in (checked before any DID document is fetched); None: any
         self.window_s, self.skew_s, self.token_ttl_s, self.clock = window_s, skew_s, token_ttl_s, clock
 
     async def authenticate(
@@ -220,7 +222,12 @@ class DidWbaAuth:
         did = await kv.get(f"anp:token:{_hash(token)}")
         if did is None:
             raise AuthFailure("invalid_access_token", "unknown or expired access token; sign the request again")
+        self._check_allowed(did)  # the allowlist may have changed since the token was issued
         return Caller(did=did, scheme="bearer")
+
+    def _check_allowed(self, did: str) -> None:
+        if self.allowed is not None and did not in self.allowed:
+            raise AuthFailure("forbidden", f"{did} is not allowed to call this gateway", status=403)
 
     async def _issue(self, kv: Any, did: str, scheme: str) -> Caller:
         token = secrets.token_urlsafe(32)
@@ -249,6 +256,7 @@ class DidWbaAuth:
         """The caller's authentication key, from its (cached) DID document."""
         if not did.startswith("did:wba:"):
             raise AuthFailure("invalid_did", "only did:wba callers are supported")
+        self._check_allowed(did)
         try:
             doc, fresh = await self.resolver.get(did, refresh=refresh)
             check_document(doc, did)

@@ -24,6 +24,7 @@ class ANPOptions:
     skew_s: int = 60  # ... and this far in the future
     token_ttl_s: int = 3600  # lifetime of the bearer token issued after a DIDWba success
     did_cache_ttl_s: float = 300.0
+    callers: str | None = None  # file of caller DIDs (one per line) let in on /anp; unset: any did:wba
     wait_s: float | None = None  # send_message waits this long by default (config.wait_timeout_s)
     max_batch: int = 32
     name: str = "Interlace gateway"

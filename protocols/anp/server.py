@@ -44,6 +44,7 @@ from protocols.anp.connector import ANPConnector
 from protocols.anp.didwba import DidError, did_for_host, gateway_document
 from protocols.anp.options import ANPOptions
 from protocols.anp.wire import RpcError
+from registry.did_list import load_did_list
 from schemas import InvalidTransition, Task
 
 log = logging.getLogger("interlace.anp")
@@ -73,6 +74,7 @@ class ANPService:
             skew_s=options.skew_s,
             token_ttl_s=options.token_ttl_s,
             cache_ttl_s=options.did_cache_ttl_s,
+            allowed=load_did_list(options.callers) if options.callers else None,
         )
         self.created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         self._documents: OrderedDict[tuple[str, str, str], dict] = OrderedDict()
@@ -347,10 +349,10 @@ def build_routes(service: ANPService) -> list[BaseRoute]:
         except AuthFailure as failure:
             log.info("ANP authentication failed", extra={"error": failure.error, "path": request.url.path})
             return error_response(
-                401,
+                failure.status,
                 failure.error,
                 failure.description,
-                headers=challenge_headers(domains[0] if domains else "", failure),
+                headers=challenge_headers(domains[0] if domains else "", failure) if failure.status == 401 else None,
             )
         headers = caller.response_headers
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
