@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     auth.add_argument("--admin-group", metavar="NAME", help="group whose members manage every task (default admin)")
     auth.add_argument("--audit-log", metavar="FILE", help="append the audit log here (JSON lines; default: the log)")
+    auth.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="who may see and do what: a YAML file of allow/deny/require rules, reloaded on change "
+        "and on SIGHUP (env INTERLACE_POLICY)",
+    )
     serve.add_argument(
         "--gossip-faults", action="store_const", const=True, help=argparse.SUPPRESS
     )  # tests: POST /gossip/faults
@@ -137,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
                 from gateway.core.auth import load_api_keys
 
                 load_api_keys(config.api_keys)
+            if config.policy:
+                from gateway.core.policy import load_policy
+
+                load_policy(config.policy)
             config.effective_admission()
             from gateway.cluster import check_config  # gossip settings: fail before starting
 

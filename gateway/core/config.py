@@ -66,6 +66,7 @@ class Config:
     allow_anonymous: bool = False  # callers without credentials are let in (see effective_auth)
     admin_group: str = "admin"  # members see and manage every task
     audit_log: str | None = None  # JSON-lines file for the audit log (gateway/core/audit.py); unset: the log
+    policy: str | None = None  # YAML file of allow/deny/require rules (gateway/core/policy.py); reloaded on change
 
     def read_secret_files(self) -> None:
         """Fill the tokens from their ``*_file`` settings (``load`` does this once)."""

@@ -32,6 +32,7 @@ from gateway.core.backends import (
 )
 from gateway.core.config import Config
 from gateway.core.metrics import Metrics
+from gateway.core.policy import Policy, PolicyFile
 from gateway.core.principal import SYSTEM, Principal
 from gateway.core.routing import CapabilityRouter
 from registry.identity import Identity
@@ -84,6 +85,11 @@ class Runtime:
         self.identity = Identity.load(config.node_key) if config.node_key else Identity.generate()
         self.registry = Registry(self.backend.records, config.network, skew_s=config.skew_s)
         self.capabilities = CapabilityRouter(self.registry, embeddings=config.embeddings)
+        # The operator's policy (--policy FILE; a ValueError if it does not parse), reloaded while
+        # running; ``policy`` is the one in force. A reload may change what each caller sees.
+        self.policy_file = PolicyFile(config.policy) if config.policy else None
+        if self.policy_file is not None:
+            self.policy_file.subscribe(lambda policy: self.agents_changed())
         # Set by gateway.cluster: ``placement`` places a task on a stream among an agent's records
         # (local first, forwarding to the agent's home node, none when its home is down);
         # ``reachable`` says, starting nothing, whether a record's home is up.
@@ -105,13 +111,23 @@ class Runtime:
     async def start(self) -> None:
         await self.registry.start()
         self._feed = asyncio.create_task(self._follow_finished(), name="finished-feed")
+        if self.policy_file is not None:
+            self.policy_file.start()
 
     async def stop(self) -> None:
         self._stopped = True  # as well as cancel: redis-py may turn a cancelled read into an error
+        if self.policy_file is not None:
+            await self.policy_file.stop()
         if self._feed is not None:
             await wait_cancelled(self._feed)
         await self.registry.stop()
         await self.backend.close()
+
+    @property
+    def policy(self) -> Policy:
+        """The policy in force (allow-all without --policy). Take it once per request, so that a
+        list is filtered by one policy even when a reload lands meanwhile."""
+        return self.policy_file.current if self.policy_file is not None else Policy.EMPTY
 
     async def ready(self) -> None:
         """Raise BackendUnavailable unless the bus answers promptly."""
