@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.core.auth import LOCAL, Principal
 from gateway.core.config import Config
 from gateway.core.policy import Action, Decision, Policy, PolicyFile, Target, load_policy
+from gateway.core.principal import LOCAL, Principal
 from gateway.core.runtime import Runtime
 from registry.identity import Identity
 from tests.conftest import REPO, interlace_cmd, running_gateway, subprocess_env, test_config

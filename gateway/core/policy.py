@@ -43,7 +43,8 @@ Semantics (agentgateway's ``mcpAuthorization``, with matchers where it has CEL):
 
 The policy binds every caller: ``LOCAL`` and the admin group too (the admin group widens task
 ownership only, which the runtime enforces apart from this). A deny an admin could step around
-would not be a deny; "everyone but admins" is a ``require`` on the admin group.
+would not be a deny; "everyone but admins" is a ``require`` on the admin group. The gateway's
+own work (``SYSTEM``: push dispatch, forwarding) is no caller's request and is not put to it.
 
 Why matchers and not CEL: the maintained CEL evaluators for Python need native wheels (Rust or
 C++, 6-52 MB) or are beta with a native dependency (``cel-python`` needs ``google-re2``); a
@@ -84,8 +85,8 @@ import yaml
 
 from gateway.core.aio import wait_cancelled
 
-if TYPE_CHECKING:  # read by attribute only: no need to load PyJWT and cryptography with the runtime
-    from gateway.core.auth import Principal
+if TYPE_CHECKING:  # read by attribute only
+    from gateway.core.principal import Principal
     from schemas.agent_record import AgentRecord
 
 log = logging.getLogger("interlace.policy")
