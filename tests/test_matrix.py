@@ -24,7 +24,8 @@ rest of the suite runs on.
 Each of the 25 cells is checked four ways:
   ``test_content``   text + JSON data in, echoed back; text + a binary file in, echoed back; a
                      binary file out from the agent. Intact, or the documented degradation. The
-                     task is owned by the client's principal.
+                     task is owned by the client's principal, and no client credentials reached
+                     the remote agents (those in this process: all but the ACP one).
   ``test_streaming`` an answer streamed in three pieces arrives as several events where both
                      sides stream (and as one, or none, where either cannot).
   ``test_cancel``    a cancel from the client ends the task and reaches the remote agent.
@@ -161,6 +162,10 @@ async def test_content(env, client, target):
         assert base64.b64decode(answer["file"]["data"]) == FILE
     else:
         assert out.texts == [text] and out.files == [(FILE, FILE_TYPE)]
+
+    # The gateway calls upstreams with its own credentials, never its callers' (the ACP agent runs
+    # in another process and is not watched).
+    assert not [h for h in env.upstream_credentials for secret in env.secrets if secret in h]
 
 
 @cells
