@@ -8,9 +8,24 @@ registry records: an MCP server (``mcp`` SDK), an A2A agent (``a2a-sdk`` server)
 (``acp-sdk`` server) and an ANP agent (FastANP). The fixture agents (tests/fixtures/matrix_*)
 echo what they receive; markers in the text make them send a file, stream, wait, or fail.
 
+Authentication is on, as on any gateway that is not a loopback quick start (matrix_env.py): the
+gateway takes API keys (``--api-keys``) and an OpenID Connect issuer's tokens (``--auth-issuer``),
+and every client is a principal of its own presenting its protocol's credentials the way its SDK
+does: the internal API an API key as ``Authorization: Bearer``; A2A an API key through the
+a2a-sdk's ``AuthInterceptor`` and credential service (the card's ``apiKey`` scheme); ACP an API
+key in the acp-sdk client's headers; MCP the issuer's access token for the gateway's MCP resource,
+on the httpx client the SDK's transport sends with (the federation cell too); ANP its did:wba
+signatures (``/anp/*`` authenticates its callers itself). Each task belongs to its caller.
+``test_without_credentials`` sends each face's call with none and gets that face's refusal: 401
+with a ``Bearer`` challenge (MCP's names its RFC 9728 ``resource_metadata``, A2A's body is its
+JSON-RPC error), or ANP's ``DIDWba`` challenge. Gateways without authentication are what the
+rest of the suite runs on.
+
 Each of the 25 cells is checked four ways:
   ``test_content``   text + JSON data in, echoed back; text + a binary file in, echoed back; a
-                     binary file out from the agent. Intact, or the documented degradation.
+                     binary file out from the agent. Intact, or the documented degradation. The
+                     task is owned by the client's principal, and no client credentials reached
+                     the remote agents (those in this process: all but the ACP one).
   ``test_streaming`` an answer streamed in three pieces arrives as several events where both
                      sides stream (and as one, or none, where either cannot).
   ``test_cancel``    a cancel from the client ends the task and reaches the remote agent.
@@ -63,6 +78,7 @@ from __future__ import annotations
 import asyncio
 import base64
 
+import httpx
 import pytest
 import pytest_asyncio
 
@@ -118,6 +134,8 @@ async def test_content(env, client, target):
         assert out.texts == [text] and out.data == [DATA] and out.files == []
     echoed = out.data[0]["data"] if target == "anp" else out.data[0]
     assert isinstance(echoed["n"], float) == ("a2a" in (client, target))  # protobuf Value numbers are doubles
+    if (client, target) not in RELAYED:  # the task is its caller's: the principal its credentials name
+        assert (await env.task_by_text(text)).owner == env.principals[client]
 
     text = f"héllo ✓ {tag}, with a file."
     out = await c.send(agent, text, file=FILE_IN)
@@ -144,6 +162,10 @@ async def test_content(env, client, target):
         assert base64.b64decode(answer["file"]["data"]) == FILE
     else:
         assert out.texts == [text] and out.files == [(FILE, FILE_TYPE)]
+
+    # The gateway calls upstreams with its own credentials, never its callers' (the ACP agent runs
+    # in another process and is not watched).
+    assert not [h for h in env.upstream_credentials for secret in env.secrets if secret in h]
 
 
 @cells
@@ -193,6 +215,64 @@ async def test_errors(env, client, target):
     assert text in out.error, out
     if client == "anp":
         assert "-32010" in out.error  # JSON-RPC error: the task ended (failed)
+
+
+def without_credentials(client: str, text: str) -> tuple[str, dict, dict]:
+    """The request by which ``client`` sends ``text`` to the bus agent, less its credentials:
+    (path, JSON body, headers)."""
+    agent = agent_name("bus")
+    return {
+        "mcp": (
+            "/mcp",
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "tools/call",
+                "params": {"name": agent, "arguments": {"message": text}},
+            },
+            {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-11-25"},
+        ),
+        "a2a": (
+            f"/a2a/agents/{agent}",
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "SendMessage",
+                "params": {"message": {"messageId": "m-anonymous", "role": "ROLE_USER", "parts": [{"text": text}]}},
+            },
+            {"A2A-Version": "1.0"},
+        ),
+        "acp": ("/acp/runs", {"agent_name": agent, "input": [{"parts": [{"content": text}]}], "mode": "sync"}, {}),
+        "anp": (
+            f"/anp/agents/{agent}/rpc",
+            {"jsonrpc": "2.0", "id": 1, "method": "send_message", "params": {"message": text}},
+            {},
+        ),
+        "http": (
+            "/tasks?wait=true",
+            {"agent": agent, "message": {"role": "user", "parts": [{"kind": "text", "text": text}]}},
+            {},
+        ),
+    }[client]
+
+
+@clients
+async def test_without_credentials(env, client):
+    text = f"no credentials, {client}."
+    path, body, headers = without_credentials(client, text)
+    async with httpx.AsyncClient(base_url=env.gateway, timeout=10) as http:
+        resp = await http.post(path, json=body, headers=headers)
+    assert resp.status_code == 401, resp.text
+    challenge = resp.headers["www-authenticate"]
+    if client == "anp":
+        assert challenge.startswith("DIDWba ") and "accept-signature" in resp.headers  # sign with RFC 9421
+    else:
+        assert challenge.startswith("Bearer") and "error=" not in challenge  # RFC 6750 3.1: none was sent
+    if client == "mcp":
+        assert f'resource_metadata="{env.gateway}/.well-known/oauth-protected-resource/mcp"' in challenge
+    if client == "a2a":
+        assert resp.json()["error"]["code"] == -32000  # the JSON-RPC binding's authentication error
+    assert await env.tasks_with_text(text) == []  # refused before anything ran
 
 
 # ---- MCPConnector: each row of its mapping table (protocols/mcp/connector.py) ------------------------
