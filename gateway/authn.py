@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.core.auth import Authenticator, AuthError
 from gateway.core.http import public_base_url
+from gateway.core.principal import ANONYMOUS
 
 MCP_PATH = "/mcp"
 PRM_PATHS = ("/.well-known/oauth-protected-resource/mcp", "/.well-known/oauth-protected-resource")
@@ -71,6 +72,9 @@ class CallerAuthentication:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not needs_credentials(scope["method"], scope["path"]):
+            # Whoever calls an open or self-authenticating route is nobody in particular (such a
+            # route names its own principal, as ANP does for a DID), never the quick start's LOCAL.
+            scope.setdefault("state", {})["principal"] = ANONYMOUS
             return await self.app(scope, receive, send)
         request = Request(scope)
         is_mcp = scope["path"] == MCP_PATH or scope["path"].startswith(MCP_PATH + "/")

@@ -116,7 +116,7 @@ async def route(request: Request) -> Response:
     """Dry run of capability routing: the ranked candidates and why, or the closest near misses."""
     query: CapabilityQuery = await read_model(request, CapabilityQuery)
     limit = int(_number(request, "limit", 5, 1, 50))
-    return json_response(_runtime(request).capabilities.route(query, limit=limit))
+    return json_response(_runtime(request).explain_route(query, limit))
 
 
 async def cancel(request: Request) -> Response:

@@ -32,7 +32,7 @@ from gateway.core.backends import (
 )
 from gateway.core.config import Config
 from gateway.core.metrics import Metrics
-from gateway.core.policy import Policy, PolicyFile
+from gateway.core.policy import Action, Policy, PolicyFile, Target
 from gateway.core.principal import SYSTEM, Principal
 from gateway.core.routing import CapabilityRouter
 from registry.identity import Identity
@@ -138,9 +138,28 @@ class Runtime:
 
     # ---- tasks ------------------------------------------------------------------------------
 
-    async def resolve_agent(self, name_or_did: str) -> str:
-        """The bus stream of the agent named (by name or DID) by the client."""
-        records = self.registry.resolve(name_or_did)
+    def allows(self, caller: Principal, action: Action, target: Target) -> bool:
+        """Whether the policy lets ``caller`` do ``action`` to ``target`` (the gateway's own work,
+        ``SYSTEM``, is no caller's request and always may)."""
+        return caller is SYSTEM or self.policy.allows(caller, action, target)
+
+    def may_call(self, caller: Principal, record: AgentRecord) -> bool:
+        """Whether ``caller`` may call (and so see) the agent of ``record``."""
+        return self.allows(caller, Action.CALL, Target.of_record(record))
+
+    def _hidden(self, caller: Principal) -> set[str]:
+        """DIDs of the live records ``caller`` may not call (none without a policy)."""
+        if caller is SYSTEM or not self.policy.rules:
+            return set()
+        return {r.did for r in self.registry.live() if not self.may_call(caller, r)}
+
+    async def resolve_agent(self, name_or_did: str, *, caller: Principal = SYSTEM) -> str:
+        """The bus stream of the agent named (by name or DID) by the client. An agent the caller
+        may not call is reported exactly as one that is not registered."""
+        found = self.registry.resolve(name_or_did)
+        records = [r for r in found if self.may_call(caller, r)]
+        if found and not records:
+            audit.record(caller, Action.CALL, name_or_did, "denied")
         if not records:
             raise UnknownAgent(f"no agent named {name_or_did!r} is registered")
         stream = self.placement(records) if self.placement is not None else stream_of(records[0])
@@ -148,9 +167,20 @@ class Runtime:
             raise UnknownAgent(f"no agent named {name_or_did!r} is reachable: its home node is down")
         return stream
 
-    def route(self, query: CapabilityQuery) -> tuple[str, Route]:
-        """The stream of the best live agent for ``query``; NoMatch lists the closest ones."""
-        result = self.capabilities.route(query, limit=5)
+    def explain_route(self, query: CapabilityQuery, limit: int = 5, *, caller: Principal = SYSTEM) -> RouteResult:
+        """The ranked candidates for ``query`` (or the closest near misses) among the agents
+        ``caller`` may call: the others are neither candidates nor listed as near misses."""
+        hidden = self._hidden(caller)
+        if not hidden:
+            return self.capabilities.route(query, limit=limit)
+        query = query.model_copy(update={"exclude": [*query.exclude, *hidden]})
+        result = self.capabilities.route(query, limit=limit)
+        return result.model_copy(update={"closest": [c for c in result.closest if c.did not in hidden]})
+
+    def route(self, query: CapabilityQuery, *, caller: Principal = SYSTEM) -> tuple[str, Route]:
+        """The stream of the best live agent for ``query`` that ``caller`` may call; NoMatch
+        lists the closest ones."""
+        result = self.explain_route(query, 5, caller=caller)
         missed: list[Excluded] = []
         for best in result.candidates:  # the first one still live and reachable
             record = self.registry.get(best.did)
@@ -192,10 +222,10 @@ class Runtime:
         match of ``query``; it is stored and enqueued, or nothing happens."""
         try:
             if agent is not None:
-                stream = await self.resolve_agent(agent)
+                stream = await self.resolve_agent(agent, caller=caller)
                 route = Route(agent=stream, reason="named by the client")
             elif query is not None:
-                stream, route = self.route(query)
+                stream, route = self.route(query, caller=caller)
             else:
                 raise ValueError("submit needs an agent or a capability query")
             task = Task(metadata=metadata or {}, route=route, owner=caller.id)
@@ -238,14 +268,17 @@ class Runtime:
         return task.owner == caller.id or caller.is_admin(self.config.admin_group)
 
     async def _check_sees(self, task_id: str, caller: Principal) -> None:
-        """TaskNotFound unless ``caller`` may see the task (no read at all for admins)."""
-        if not caller.is_admin(self.config.admin_group):
+        """TaskNotFound unless ``caller`` may see the task (no read at all for SYSTEM)."""
+        if caller is not SYSTEM:
             await self.get(task_id, caller=caller)
 
     async def get(self, task_id: str, *, caller: Principal = SYSTEM, action: str = "read") -> Task:
         task = await self.backend.tasks.get(task_id)
         if task is not None and not self.sees(caller, task):
             audit.record(caller, action, task.route.agent if task.route else None, "not_found", task_id)
+            task = None
+        elif task is not None and not self.allows(caller, Action(action), _task_target(task)):
+            audit.record(caller, action, task.route.agent if task.route else None, "denied", task_id)
             task = None
         if task is None:
             raise TaskNotFound(f"task {task_id} not found")
@@ -296,7 +329,10 @@ class Runtime:
         """The caller's tasks (every task, for an admin) newest first, of one context when given,
         a page at a time; the cursor is None on the last page."""
         owner = None if caller.is_admin(self.config.admin_group) else caller.id
-        return await self.backend.tasks.list(context_id, limit, cursor, owner)
+        tasks, cursor = await self.backend.tasks.list(context_id, limit, cursor, owner)
+        if caller is not SYSTEM and self.policy.rules:
+            tasks = [t for t in tasks if self.allows(caller, Action.READ, _task_target(t))]
+        return tasks, cursor
 
     async def read_events(
         self, task_id: str, after: str | None = None, *, caller: Principal = SYSTEM
@@ -333,15 +369,19 @@ class Runtime:
         """Whether other gateway nodes see the same tasks and key/value state (Redis)."""
         return self.backend.shared
 
-    def routable(self, name_or_did: str | None = None) -> list[AgentRecord]:
-        """Live records (all, or one agent's by name or DID) a task can be routed to now: not
-        those whose home node is down."""
+    def routable(self, name_or_did: str | None = None, *, caller: Principal = SYSTEM) -> list[AgentRecord]:
+        """Live records (all, or one agent's by name or DID) a task from ``caller`` can be routed
+        to now: not those whose home node is down, nor those the caller may not call."""
         records = self.registry.live() if name_or_did is None else self.registry.resolve(name_or_did)
-        return records if self.reachable is None else [r for r in records if self.reachable(r)]
+        return [
+            r
+            for r in records
+            if (self.reachable is None or self.reachable(r)) and (caller is SYSTEM or self.may_call(caller, r))
+        ]
 
-    async def known_agents(self) -> list[str]:
-        """Names of the agents a task can be routed to now (every face lists these)."""
-        return sorted({r.name for r in self.routable()})
+    async def known_agents(self, *, caller: Principal = SYSTEM) -> list[str]:
+        """Names of the agents ``caller`` can send a task to now (every face lists these)."""
+        return sorted({r.name for r in self.routable(caller=caller)})
 
     def watch_agents(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` whenever ``known_agents()`` may have changed."""
@@ -375,6 +415,11 @@ class Runtime:
                         fut.set_result(fin.state)
 
 
+def _task_target(task: Task) -> Target:
+    """What the policy judges a task by: the agent it was routed to (its stream's name)."""
+    return Target(agent=task.route.agent if task.route else None)
+
+
 class ActingFor:
     """The runtime's doors bound to one caller: ``submit`` makes them the owner, and every door
     that names a task or lists tasks sees only what the caller may see. Everything else (kv,
@@ -388,6 +433,24 @@ class ActingFor:
 
     async def submit(self, message: Message, **how) -> Task:
         return await self.runtime.submit(message, caller=self.principal, **how)
+
+    def allows(self, action: Action, target: Target) -> bool:
+        return self.runtime.allows(self.principal, action, target)
+
+    async def resolve_agent(self, name_or_did: str) -> str:
+        return await self.runtime.resolve_agent(name_or_did, caller=self.principal)
+
+    def route(self, query: CapabilityQuery) -> tuple[str, Route]:
+        return self.runtime.route(query, caller=self.principal)
+
+    def explain_route(self, query: CapabilityQuery, limit: int = 5) -> RouteResult:
+        return self.runtime.explain_route(query, limit, caller=self.principal)
+
+    def routable(self, name_or_did: str | None = None) -> list[AgentRecord]:
+        return self.runtime.routable(name_or_did, caller=self.principal)
+
+    async def known_agents(self) -> list[str]:
+        return await self.runtime.known_agents(caller=self.principal)
 
     async def continue_task(self, task_id: str, message: Message) -> tuple[Task, str | None]:
         return await self.runtime.continue_task(task_id, message, caller=self.principal)
