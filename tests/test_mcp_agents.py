@@ -247,8 +247,8 @@ async def test_new_agent_announces_tools_list_changed():
             runtime = app.state.runtime
             known = runtime.known_agents
 
-            async def with_weather():  # an agent registers elsewhere and becomes routable
-                return sorted({*await known(), "weather"})
+            async def with_weather(**caller):  # an agent registers elsewhere and becomes routable
+                return sorted({*await known(**caller), "weather"})
 
             runtime.known_agents = with_weather
             await stream.until("notifications/tools/list_changed")

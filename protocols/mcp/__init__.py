@@ -31,6 +31,9 @@ as does ``app.state.mcp.upstreams.repin(agent, tool)``.
 ``find_agents`` and ``send_task`` by query match agents to text with the registry's capability
 index (the one capability routing uses).
 
+What each caller sees and may call (agent tools, upstream tools, prompts, resources) is the
+operator's policy's: see methods.py; a denied item answers exactly as an unknown one.
+
 Mapping between MCP and the canonical model (each row is tested in tests/test_mcp_agents.py):
 
 | MCP | canonical |

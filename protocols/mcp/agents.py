@@ -1,11 +1,14 @@
 """Routable agents as MCP tools, and the canonical mapping between the two.
 
-Every agent the runtime can route to (``runtime.known_agents()``, minus the MCP upstreams, which
-expose their own tools) is a tool named after the agent, taking ``{message: string, data?:
-object}``. Two meta tools: ``find_agents(query)`` and ``send_task(agent_or_query, message, data?,
-task_id?)``; both match agents to text with the registry's capability index (``runtime.capabilities``,
-the index capability routing uses). The mapping table is in the package docstring
-(protocols/mcp/__init__.py).
+Every agent the caller can send a task to (``rt.known_agents()`` of the runtime acting for the
+caller, so the policy decides, minus the MCP upstreams, which expose their own tools) is a tool
+named after the agent, taking ``{message: string, data?: object}``. Two meta tools:
+``find_agents(query)`` and ``send_task(agent_or_query, message, data?, task_id?)``; both match
+agents to text with the registry's capability index (``rt.explain_route``: the index capability
+routing uses, among the agents the caller may call), so neither ever names or picks an agent the
+caller may not call. Every method takes the runtime as the caller uses it (``ActingFor``; the
+bare ``Runtime`` is everyone's view, which only tool naming uses). The mapping table is in the
+package docstring (protocols/mcp/__init__.py).
 """
 
 from __future__ import annotations
@@ -152,16 +155,16 @@ def task_result(task: Task) -> dict[str, Any]:
 
 
 class AgentTools:
-    """The runtime's agents as tools (everything goes through ``Runtime``; a task is sent and
-    followed through the runtime acting for the MCP caller, ``rt``)."""
+    """The runtime's agents as tools, as one caller sees them: every method takes ``rt``, the
+    runtime acting for the MCP caller (tasks are sent and followed through it too)."""
 
-    def __init__(self, runtime: Runtime, wait_s: float) -> None:
-        self.runtime, self.wait_s = runtime, wait_s
+    def __init__(self, wait_s: float) -> None:
+        self.wait_s = wait_s
 
-    async def agents(self, exclude: set[str]) -> dict[str, str]:
-        """tool name -> agent name."""
+    async def agents(self, rt: ActingFor | Runtime, exclude: set[str]) -> dict[str, str]:
+        """tool name -> agent name, of the agents ``rt``'s caller may call."""
         out: dict[str, str] = {}
-        for agent in await self.runtime.known_agents():
+        for agent in await rt.known_agents():
             if agent in exclude:
                 continue
             name = sanitize(agent)
@@ -169,39 +172,41 @@ class AgentTools:
                 out[name] = agent
         return out
 
-    def about(self) -> dict[str, str]:
+    def about(self, rt: ActingFor) -> dict[str, str]:
         """agent name -> its record's description and skill names."""
         out: dict[str, str] = {}
-        for record in self.runtime.routable():
+        for record in rt.routable():
             skills = ", ".join(s.name for s in record.skills)
             out.setdefault(record.name, f"{record.description}" + (f" Skills: {skills}." if skills else ""))
         return out
 
-    def matches(self, query: str) -> dict[str, float]:
-        """agent name -> score of every live agent the registry's capability index matches to
-        ``query`` (all of them for a query without words); an agent's best record counts."""
-        limit = max(len(self.runtime.registry.live()), 1)
-        result = self.runtime.capabilities.route(CapabilityQuery(text=query.strip()[:2048] or None), limit=limit)
+    def matches(self, rt: ActingFor, query: str) -> dict[str, float]:
+        """agent name -> score of every live agent the caller may call that the registry's
+        capability index matches to ``query`` (all of them for a query without words); an
+        agent's best record counts."""
+        limit = max(len(rt.registry.live()), 1)
+        result = rt.explain_route(CapabilityQuery(text=query.strip()[:2048] or None), limit)
         out: dict[str, float] = {}
         for candidate in result.candidates:
             out[candidate.agent] = max(candidate.score, out.get(candidate.agent, candidate.score))
         return out
 
-    async def find_agents(self, query: str, exclude: set[str], upstreams: list[str]) -> dict[str, Any]:
-        """The routable agents (tools) and upstream MCP servers that match ``query``, best first.
-        An upstream with no registry record (configured, not registered) is not in the index: it
-        is listed when the query has no words or one of them is the upstream's name."""
+    async def find_agents(self, rt: ActingFor, query: str, exclude: set[str], upstreams: list[str]) -> dict[str, Any]:
+        """The agents (tools) the caller may call and the upstream MCP servers ``upstreams`` (those
+        that offer the caller something) that match ``query``, best first. An upstream with no
+        registry record (configured, not registered), or one the caller reaches only item by item
+        (its record is not the caller's to call), is not in the caller's index: it is listed when
+        the query has no words or one of them is the upstream's name."""
         found = []
-        matched = self.matches(query)
-        for tool, agent in (await self.agents(exclude)).items():
+        matched = self.matches(rt, query)
+        for tool, agent in (await self.agents(rt, exclude)).items():
             if agent in matched:
                 found.append({"name": agent, "tool": tool, "protocol": "task", "score": round(matched[agent], 3)})
         words = set(re.findall(r"[a-z0-9_.-]+", query.lower()))
-        registered = {r.name for r in self.runtime.registry.live()}
         for agent in upstreams:
             if agent in matched:
                 found.append({"name": agent, "protocol": "mcp", "score": round(matched[agent], 3)})
-            elif agent not in registered and (not words or agent.lower() in words):
+            elif not words or agent.lower() in words:
                 found.append({"name": agent, "protocol": "mcp", "score": 1.0})
         found.sort(key=lambda a: (-a["score"], a["name"]))
         lines = [f"{a['name']} ({a['protocol']})" for a in found] or ["no agent matches"]
@@ -225,10 +230,10 @@ class AgentTools:
             except (NotContinuable, TaskNotFound) as exc:
                 return tool_error(str(exc))
             return await self._finish(rt, task, notify, progress_token, after)
-        agents = await self.agents(exclude)
+        agents = await self.agents(rt, exclude)
         agent = target if target in agents.values() else None
         if agent is None:
-            matched = self.matches(target)
+            matched = self.matches(rt, target)
             ranked = sorted((-matched[a], a) for a in agents.values() if a in matched)
             if not ranked:
                 return tool_error(f"no agent matches {target!r}")

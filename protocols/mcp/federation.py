@@ -14,6 +14,14 @@ keeps each upstream's catalog (tools, resources, resource templates, prompts) fr
 Resource URIs are never renamed: a read goes to the upstream that lists the URI, else to the one
 whose template matches it, else (a single upstream) to that upstream.
 
+What one caller may use: the catalog methods take an optional ``Visible`` predicate,
+``visible(upstream, kind, name)`` with ``kind`` one of ``tool``, ``prompt``, ``resource`` and
+``name`` as the upstream lists it (a tool's or prompt's own name, a resource's URI, a template's
+``uriTemplate``); the lists then hold only what it allows, and ``offered_to`` names the upstreams
+that offer it anything. Names never depend on the caller: the naming policy works on the whole
+catalog, so a name means the same thing to everyone (the caller's policy is the MCP service's
+business, see methods.py).
+
 Which upstreams: the options' fixed list (``configured_upstreams``) plus, unless turned off, every
 live registry record with an ``endpoints.mcp`` URL (``registry_upstreams``).
 
@@ -47,6 +55,9 @@ from protocols.mcp.client import Upstream, UpstreamClient, describe
 log = logging.getLogger("interlace.mcp.upstream")
 
 PIN_TTL_S = 10 * 365 * 24 * 3600
+
+# (upstream name, "tool" | "prompt" | "resource", name or URI as the upstream lists it) -> may the caller use it
+Visible = Callable[[str, str, str], bool]
 
 
 def sanitize(name: str) -> str:
@@ -132,7 +143,7 @@ class UpstreamSet:
         registry=None,
         on_change: Callable[[set[str]], Awaitable[None]] | None = None,
         on_resource_updated: Callable[[str], Awaitable[None]] | None = None,
-        on_log: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+        on_log: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None,
     ) -> None:
         if naming not in ("prefix", "pass-through"):
             raise ValueError(f"naming must be 'prefix' or 'pass-through', not {naming!r}")
@@ -146,7 +157,7 @@ class UpstreamSet:
         self._tools: dict[str, tuple[UpstreamClient, dict[str, Any]]] = {}
         self._prompts: dict[str, tuple[UpstreamClient, dict[str, Any]]] = {}
         self._resources: dict[str, UpstreamClient] = {}
-        self._templates: list[tuple[re.Pattern, UpstreamClient]] = []
+        self._templates: list[tuple[re.Pattern, str, UpstreamClient]] = []  # (regex, uriTemplate, owner)
         self._quarantine: dict[tuple[str, str], Quarantined] = {}
         self._keepers: dict[str, asyncio.Task] = {}
         self._refreshing: dict[str, asyncio.Task] = {}
@@ -278,7 +289,7 @@ class UpstreamSet:
         ):
             await self.on_resource_updated(params["uri"])
         elif method == "notifications/message" and self.on_log:
-            await self.on_log(params)
+            await self.on_log(client.name, params)
 
     def _schedule_refresh(self, client: UpstreamClient, kinds: set[str]) -> None:
         async def run() -> None:
@@ -387,24 +398,45 @@ class UpstreamSet:
                     self._resources.setdefault(uri, client)
             for tmpl in client.catalog["resourceTemplates"]:
                 if isinstance(tmpl.get("uriTemplate"), str):
-                    self._templates.append((template_regex(tmpl["uriTemplate"]), client))
+                    self._templates.append((template_regex(tmpl["uriTemplate"]), tmpl["uriTemplate"], client))
 
     def set_local_names(self, names: set[str]) -> None:
         if names != self.local_names:
             self.local_names = set(names)
             self._reindex()
 
-    def tools(self) -> list[dict[str, Any]]:
-        return [{**item, "name": name} for name, (_, item) in self._tools.items()]
+    def tools(self, visible: Visible | None = None) -> list[dict[str, Any]]:
+        return [
+            {**item, "name": name}
+            for name, (client, item) in self._tools.items()
+            if visible is None or visible(client.name, "tool", item["name"])
+        ]
 
-    def prompts(self) -> list[dict[str, Any]]:
-        return [{**item, "name": name} for name, (_, item) in self._prompts.items()]
+    def prompts(self, visible: Visible | None = None) -> list[dict[str, Any]]:
+        return [
+            {**item, "name": name}
+            for name, (client, item) in self._prompts.items()
+            if visible is None or visible(client.name, "prompt", item["name"])
+        ]
 
-    def resources(self) -> list[dict[str, Any]]:
-        return [r for c in self.clients.values() for r in c.catalog["resources"]]
+    def resources(self, visible: Visible | None = None) -> list[dict[str, Any]]:
+        return [r for c in self.clients.values() for r in _listed(c, "resources", "uri", visible)]
 
-    def templates(self) -> list[dict[str, Any]]:
-        return [t for c in self.clients.values() for t in c.catalog["resourceTemplates"]]
+    def templates(self, visible: Visible | None = None) -> list[dict[str, Any]]:
+        return [t for c in self.clients.values() for t in _listed(c, "resourceTemplates", "uriTemplate", visible)]
+
+    def offered_to(self, visible: Visible | None) -> set[str]:
+        """The upstreams that offer the caller at least one tool, prompt, resource or template."""
+        if visible is None:
+            return self.names()
+        offered = {c.name for c, item in self._tools.values() if visible(c.name, "tool", item["name"])}
+        offered |= {c.name for c, item in self._prompts.values() if visible(c.name, "prompt", item["name"])}
+        for c in self.clients.values():
+            if c.name not in offered and (
+                _listed(c, "resources", "uri", visible) or _listed(c, "resourceTemplates", "uriTemplate", visible)
+            ):
+                offered.add(c.name)
+        return offered
 
     def resolve_tool(self, name: str) -> tuple[UpstreamClient, str] | Quarantined | None:
         hit = self._tools.get(name)
@@ -419,15 +451,26 @@ class UpstreamSet:
         hit = self._prompts.get(name)
         return (hit[0], hit[1]["name"]) if hit else None
 
-    def resolve_uri(self, uri: str) -> UpstreamClient | None:
+    def resolve_uri(self, uri: str) -> tuple[UpstreamClient, str | None] | None:
+        """The upstream that serves ``uri``, and the template it matched (None: it lists the URI,
+        or it is the only upstream)."""
         if uri in self._resources:
-            return self._resources[uri]
-        for pattern, client in self._templates:
+            return self._resources[uri], None
+        for pattern, template, client in self._templates:
             if pattern.match(uri):
-                return client
+                return client, template
         if len(self.clients) == 1:
-            return next(iter(self.clients.values()))
+            return next(iter(self.clients.values())), None
         return None
 
     def names(self) -> set[str]:
         return set(self.clients)
+
+
+def _listed(client: UpstreamClient, kind: str, key: str, visible: Visible | None) -> list[dict[str, Any]]:
+    """The resources (or templates) of ``client``'s catalog the caller may use, judged by ``key``
+    (the URI or the URI template)."""
+    items = client.catalog[kind]
+    if visible is None:
+        return list(items)
+    return [i for i in items if isinstance(i.get(key), str) and visible(client.name, "resource", i[key])]

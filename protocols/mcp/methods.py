@@ -2,13 +2,31 @@
 
 ``MCPService`` handles ``initialize``, the client's notifications and responses, and every
 request method (``ping``, ``tools/*``, ``resources/*``, ``prompts/*``, ``completion/complete``,
-``logging/setLevel``), each request given as an ``MCPCall``: its params, its session and the
-stream its messages go back on. Tools are the routable agents and the meta tools (agents.py)
-and the federated upstreams' tools (federation.py); resources and prompts are the upstreams'.
+``logging/setLevel``), each request given as an ``MCPCall``: its params, its session, its caller
+and the stream its messages go back on. Tools are the routable agents and the meta tools
+(agents.py) and the federated upstreams' tools (federation.py); resources and prompts are the
+upstreams'.
+
 It holds one gateway's MCP state in the shared key/value store (sessions, the resumable event
 log, the cross-node mailbox: sessions.py), runs the federation, and sends the server-initiated
 notifications (``list_changed``, ``resources/updated``, log messages) to the sessions' GET
 streams. The Streamable HTTP binding (streamable_http.py) turns HTTP requests into these calls.
+
+The policy (``gateway.core.policy``, action ``call``) decides what each caller sees and uses.
+Agent tools are the agents the caller may call (``ActingFor.known_agents``). An upstream's
+tool, prompt, resource or resource template is judged as ``Target(agent=<upstream>,
+upstream=<upstream>, tool|prompt|resource=<its name or URI as the upstream lists it>)``, with the
+DID, tags and skills of the upstream's registry record when it has one, so a rule on the agent
+covers its federated tools too; a template is judged by its ``uriTemplate``, and a URI read
+through a template must be allowed as itself and as that template. What the caller may not use
+is left out of every list, ``find_agents`` and ``send_task``'s matching, and answered exactly as
+an unknown item (``Unknown tool: <name>``, ``Unknown prompt: <name>``, ``Resource not found``),
+with the refusal in the audit log. Nothing is cached per caller: names come from the whole
+catalog (a name means the same to everyone), each list is filtered per request, a policy reload
+sends ``list_changed`` for tools, prompts and resources to every GET stream (each client then
+lists again, as itself), ``resources/updated`` goes only to subscribers who may still read the
+resource, and an upstream's log messages that belong to no request only to callers it offers
+something.
 
 Dispatch is a small hand-written JSON-RPC dispatcher over an explicit ``methods`` mapping, not
 jsonrpcserver: MCP handlers need their request's context while they run (the session, and the
@@ -33,14 +51,15 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from gateway.core import __version__
+from gateway.core import __version__, audit
+from gateway.core.policy import Action, Target
 from gateway.core.principal import LOCAL, Principal
 from gateway.core.runtime import ActingFor, Runtime
 from gateway.core.settings import load_settings
 from protocols.mcp import wire
 from protocols.mcp.agents import META_TOOLS, AgentTools, agent_tool, tool_error
 from protocols.mcp.client import UpstreamClient, UpstreamTimeout, UpstreamUnavailable
-from protocols.mcp.federation import Quarantined, UpstreamSet, configured_upstreams, registry_upstreams
+from protocols.mcp.federation import Quarantined, UpstreamSet, Visible, configured_upstreams, registry_upstreams
 from protocols.mcp.sessions import EventLog, Mailbox, Sessions
 from protocols.mcp.wire import INVALID_PARAMS, INVALID_REQUEST, MCPError
 
@@ -172,7 +191,7 @@ class MCPService:
         self.sessions = Sessions(kv, self.options.session_ttl_s)
         self.events = EventLog(kv, self.options.event_ttl_s)
         self.mailbox = Mailbox(kv, self.shared)
-        self.agent_tools = AgentTools(runtime, self.options.call_timeout_s)
+        self.agent_tools = AgentTools(self.options.call_timeout_s)
         self.static_upstreams = configured_upstreams(self.options.upstreams)
         self.upstreams = UpstreamSet(
             self.static_upstreams,
@@ -191,7 +210,9 @@ class MCPService:
         # sid -> closed flag of the GET stream the binding holds open for it on this node; the
         # server-initiated notifications go to these sessions
         self.get_streams: dict[str, asyncio.Event] = {}
-        self.subscriptions: dict[str, set[str]] = defaultdict(set)  # uri -> sids subscribed via this node
+        self.listeners: dict[str, Principal] = {}  # sid -> the caller whose GET stream that is
+        # uri -> {sid: its caller} of the sessions subscribed via this node
+        self.subscriptions: dict[str, dict[str, Principal]] = defaultdict(dict)
         self._background: set[asyncio.Task] = set()
         self.methods = {
             "ping": self.ping,
@@ -247,18 +268,23 @@ class MCPService:
                     log.info("re-pinned tools after re-registration", extra={"agent": record.name, "tools": repinned})
 
     async def _watch_agents(self) -> None:
-        """Tell clients with a GET stream when the set of routable agents (tools) changes: on
-        the runtime's signal (a record, or a node going down or coming back), else every poll."""
+        """Tell clients with a GET stream when the set of routable agents (tools) changes, or the
+        policy (what each caller sees of everything): on the runtime's signal (a record, a node
+        going down or coming back, a policy reload), else every poll."""
         changed = asyncio.Event()
         self.runtime.watch_agents(changed.set)
         last: set[str] | None = None
+        policy = self.runtime.policy
         while True:
             try:
                 current = set(await self._agents())
             except Exception:  # the bus is down: try again next round
                 pass
             else:
-                if last is not None and current != last:
+                if self.runtime.policy is not policy:
+                    policy = self.runtime.policy
+                    await self._catalog_changed({"tools", "prompts", "resources"})
+                elif last is not None and current != last:
                     await self._catalog_changed({"tools"})
                 last = current
             with contextlib.suppress(TimeoutError):
@@ -364,8 +390,9 @@ class MCPService:
         if closed is not None:
             closed.set()
             self.events.wake(sid, "g")
+        self.listeners.pop(sid, None)
         for uri, sids in list(self.subscriptions.items()):
-            sids.discard(sid)
+            sids.pop(sid, None)
             if not sids:
                 del self.subscriptions[uri]
         log.info("mcp session ended", extra={"session": sid[:8]})
@@ -380,11 +407,18 @@ class MCPService:
 
     async def _resource_updated(self, uri: str) -> None:
         note = wire.notification("notifications/resources/updated", {"uri": uri})
-        for sid in list(self.subscriptions.get(uri, ())):
-            await self.events.append_get(sid, note)
+        hit = self.upstreams.resolve_uri(uri)
+        for sid, caller in list(self.subscriptions.get(uri, {}).items()):
+            # Subscribed when it could read the resource; the policy may have changed since.
+            if hit is not None and self._may_read(self.runtime.acting_for(caller), hit[0].name, uri, hit[1]):
+                await self.events.append_get(sid, note)
 
-    async def _upstream_log(self, params: dict[str, Any]) -> None:
+    async def _upstream_log(self, upstream: str, params: dict[str, Any]) -> None:
         for sid in list(self.get_streams):
+            caller = self.listeners.get(sid)
+            offered = self.upstreams.offered_to(self._visible(self.runtime.acting_for(caller))) if caller else set()
+            if upstream not in offered:
+                continue  # a log of an upstream that offers the caller nothing is not its to read
             record = await self.sessions.get(sid)
             if record and record.get("level") and self._level_ok(record, params.get("level")):
                 await self.events.append_get(sid, wire.notification("notifications/message", params))
@@ -412,15 +446,65 @@ class MCPService:
     async def ping(self, call: MCPCall) -> dict[str, Any]:
         return {}
 
+    # ---- what the caller may use (module docstring) --------------------------------------------
+
+    def _visible(self, rt: ActingFor) -> Visible | None:
+        """What ``rt``'s caller may use of the upstreams; None: everything (no policy rules)."""
+        if not rt.policy.rules:
+            return None
+        judged_as: dict[str, Target] = {}
+
+        def visible(upstream: str, kind: str, name: str) -> bool:
+            base = judged_as.get(upstream)
+            if base is None:
+                base = judged_as[upstream] = self._upstream_target(upstream)
+            return rt.allows(Action.CALL, dataclasses.replace(base, **{kind: name}))
+
+        return visible
+
+    def _upstream_target(self, upstream: str) -> Target:
+        """An upstream as the policy sees it: its registry record's name, DID, tags and skills
+        when it is a registered MCP agent, else its name alone."""
+        records = [r for r in self.runtime.registry.by_name(upstream) if r.endpoints.mcp]
+        if records:
+            return Target.of_record(min(records, key=lambda r: r.did), upstream=upstream)
+        return Target(agent=upstream, upstream=upstream)
+
+    def _may_read(self, rt: ActingFor, upstream: str, uri: str, template: str | None) -> bool:
+        """Whether ``rt``'s caller may read ``uri`` of ``upstream``: as itself and, read through
+        a template, as that template."""
+        visible = self._visible(rt)
+        return visible is None or (
+            visible(upstream, "resource", uri) and (template is None or visible(upstream, "resource", template))
+        )
+
+    def _readable(self, rt: ActingFor, uri: str) -> UpstreamClient | None:
+        """The upstream that serves ``uri`` to ``rt``'s caller; None: none does, or the caller
+        may not read it (audited)."""
+        hit = self.upstreams.resolve_uri(uri)
+        if hit is None:
+            return None
+        if not self._may_read(rt, hit[0].name, uri, hit[1]):
+            _refused(rt, hit[0].name, uri)
+            return None
+        return hit[0]
+
     async def _agents(self) -> dict[str, str]:
-        agents = await self.agent_tools.agents(self.upstreams.names())
+        """Every agent tool (tool name -> agent), whoever calls: upstream names are made unique
+        against these, so that a name does not depend on the caller."""
+        agents = await self.agent_tools.agents(self.runtime, self.upstreams.names())
         self.upstreams.set_local_names({*agents, *(t["name"] for t in META_TOOLS)})
         return agents
 
     async def tools_list(self, call: MCPCall) -> dict[str, Any]:
-        agents = await self._agents()
-        about = self.agent_tools.about()
-        tools = [*META_TOOLS, *(agent_tool(a, about.get(a, "")) for a in agents.values()), *self.upstreams.tools()]
+        await self._agents()
+        agents = await self.agent_tools.agents(call.rt, self.upstreams.names())
+        about = self.agent_tools.about(call.rt)
+        tools = [
+            *META_TOOLS,
+            *(agent_tool(a, about.get(a, "")) for a in agents.values()),
+            *self.upstreams.tools(self._visible(call.rt)),
+        ]
         return self._page(tools, "tools", call.params)
 
     async def tools_call(self, call: MCPCall) -> dict[str, Any]:
@@ -436,10 +520,17 @@ class MCPService:
             query = args.get("query", "")
             if not isinstance(query, str):
                 return tool_error("argument 'query' must be a string")
-            return await self.agent_tools.find_agents(query, exclude, sorted(exclude))
+            offered = self.upstreams.offered_to(self._visible(call.rt))
+            return await self.agent_tools.find_agents(call.rt, query, exclude, sorted(offered))
         if name == "send_task":
             return await self.agent_tools.send_task(call.rt, args, exclude, call.notify, call.progress_token)
         hit = self.upstreams.resolve_tool(name)
+        if hit is not None:
+            upstream, original = (hit.upstream, hit.tool) if isinstance(hit, Quarantined) else (hit[0].name, hit[1])
+            visible = self._visible(call.rt)
+            if visible is not None and not visible(upstream, "tool", original):
+                _refused(call.rt, upstream, original)
+                hit = None
         if isinstance(hit, Quarantined):
             return tool_error(
                 f"tool {name!r} of {hit.upstream!r} changed its definition after it was pinned; "
@@ -448,9 +539,12 @@ class MCPService:
         if hit is not None:
             client, original = hit
             return await self._relay(call, client, "tools/call", {"name": original, "arguments": args}, tool=True)
-        agents = await self._agents()
+        agents = await self.agent_tools.agents(call.rt, exclude)
         if name in agents:
             return await self.agent_tools.call(call.rt, agents[name], args, call.notify, call.progress_token)
+        everyone = await self._agents()
+        if name in everyone:  # an agent the caller may not call: answered as an unknown tool
+            audit.record(call.principal, Action.CALL, everyone[name], "denied")
         raise MCPError(INVALID_PARAMS, f"Unknown tool: {name}")
 
     async def _relay(
@@ -518,16 +612,16 @@ class MCPService:
                 await client.respond(msg["id"], result=reply)
 
     async def resources_list(self, call: MCPCall) -> dict[str, Any]:
-        return self._page(self.upstreams.resources(), "resources", call.params)
+        return self._page(self.upstreams.resources(self._visible(call.rt)), "resources", call.params)
 
     async def templates_list(self, call: MCPCall) -> dict[str, Any]:
-        return self._page(self.upstreams.templates(), "resourceTemplates", call.params)
+        return self._page(self.upstreams.templates(self._visible(call.rt)), "resourceTemplates", call.params)
 
     def _uri_owner(self, call: MCPCall) -> tuple[str, UpstreamClient]:
         uri = call.params.get("uri")
         if not isinstance(uri, str) or not uri:
             raise MCPError(INVALID_PARAMS, "params.uri (string) is required")
-        client = self.upstreams.resolve_uri(uri)
+        client = self._readable(call.rt, uri)
         if client is None:
             raise MCPError(wire.RESOURCE_NOT_FOUND, "Resource not found", {"uri": uri})
         return uri, client
@@ -540,21 +634,34 @@ class MCPService:
         uri, client = self._uri_owner(call)
         if not self.subscriptions.get(uri):
             await self._relay(call, client, "resources/subscribe", {"uri": uri})
-        self.subscriptions[uri].add(call.sid)
+        self.subscriptions[uri][call.sid] = call.principal
         return {}
 
     async def resources_unsubscribe(self, call: MCPCall) -> dict[str, Any]:
         uri, client = self._uri_owner(call)
         subs = self.subscriptions.get(uri)
         if subs is not None:
-            subs.discard(call.sid)
+            subs.pop(call.sid, None)
             if not subs:
                 del self.subscriptions[uri]
                 await self._relay(call, client, "resources/unsubscribe", {"uri": uri})
         return {}
 
     async def prompts_list(self, call: MCPCall) -> dict[str, Any]:
-        return self._page(self.upstreams.prompts(), "prompts", call.params)
+        return self._page(self.upstreams.prompts(self._visible(call.rt)), "prompts", call.params)
+
+    def _prompt(self, call: MCPCall, name: str) -> tuple[UpstreamClient, str]:
+        """The upstream and original name of the prompt ``name`` the caller may get, else the
+        error an unknown prompt gets."""
+        hit = self.upstreams.resolve_prompt(name)
+        if hit is not None:
+            visible = self._visible(call.rt)
+            if visible is not None and not visible(hit[0].name, "prompt", hit[1]):
+                _refused(call.rt, hit[0].name, hit[1])
+                hit = None
+        if hit is None:
+            raise MCPError(INVALID_PARAMS, f"Unknown prompt: {name}")
+        return hit
 
     async def prompts_get(self, call: MCPCall) -> dict[str, Any]:
         name, args = call.params.get("name"), call.params.get("arguments")
@@ -562,10 +669,7 @@ class MCPService:
             raise MCPError(INVALID_PARAMS, "prompts/get needs params.name (string)")
         if args is not None and not isinstance(args, dict):
             raise MCPError(INVALID_PARAMS, "params.arguments must be an object")
-        hit = self.upstreams.resolve_prompt(name)
-        if hit is None:
-            raise MCPError(INVALID_PARAMS, f"Unknown prompt: {name}")
-        client, original = hit
+        client, original = self._prompt(call, name)
         params: dict[str, Any] = {"name": original}
         if args is not None:
             params["arguments"] = args
@@ -576,15 +680,13 @@ class MCPService:
         if not isinstance(ref, dict) or not isinstance(argument, dict) or not isinstance(argument.get("name"), str):
             raise MCPError(INVALID_PARAMS, "completion/complete needs ref (object) and argument {name, value}")
         if ref.get("type") == "ref/prompt" and isinstance(ref.get("name"), str):
-            hit = self.upstreams.resolve_prompt(ref["name"])
-            if hit is None:
-                raise MCPError(INVALID_PARAMS, f"Unknown prompt: {ref['name']}")
-            client, new_ref = hit[0], {**ref, "name": hit[1]}
+            client, original = self._prompt(call, ref["name"])
+            new_ref = {**ref, "name": original}
         elif ref.get("type") == "ref/resource" and isinstance(ref.get("uri"), str):
-            client = self.upstreams.resolve_uri(ref["uri"])
-            if client is None:
+            found = self._readable(call.rt, ref["uri"])
+            if found is None:
                 raise MCPError(INVALID_PARAMS, f"Unknown resource: {ref['uri']}")
-            new_ref = ref
+            client, new_ref = found, ref
         else:
             raise MCPError(INVALID_PARAMS, "ref must be {type: 'ref/prompt', name} or {type: 'ref/resource', uri}")
         if "completions" not in client.capabilities:
@@ -599,3 +701,8 @@ class MCPService:
         session["level"] = level
         await self.sessions.save(call.sid, session)
         return {}
+
+
+def _refused(rt: ActingFor, upstream: str, name: str) -> None:
+    """Audit a refused upstream item (the caller is told it is unknown)."""
+    audit.record(rt.principal, Action.CALL, f"{upstream}:{name}", "denied")

@@ -245,6 +245,7 @@ class StreamableHTTP:
             return _rpc_error(409, INVALID_REQUEST, "Conflict: this session already has a GET stream")
         closed = asyncio.Event()
         streams[sid] = closed
+        self.service.listeners[sid] = principal_of(request)  # what it may be told depends on who it is
         after = int(last.rpartition("-")[2]) if last else await events.get_head(sid)
         return _event_stream(self._standalone(sid, after, closed))
 
@@ -281,6 +282,7 @@ class StreamableHTTP:
         finally:
             if service.get_streams.get(sid) is closed:
                 del service.get_streams[sid]
+                service.listeners.pop(sid, None)
 
     async def _delete(self, request: Request) -> Response:
         found = await self._session(request)
