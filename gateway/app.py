@@ -163,6 +163,7 @@ def create_app(
     app.state.runtime = runtime
     app.state.connectors = connectors  # an adapter's mount may bind its connector factory to its options
     app.state.cluster = cluster
+    app.state.authenticator = authenticator  # open routes whose answer depends on who asks (principal.py)
     app.state.registry_writes = registry_api.TokenBucket(config.registry_write_rate, config.registry_write_burst)
     app.state.allowlist = registry_api.load_allowlist(config.allowlist)
     app.state.record_annotations = [mcp_tool_drift(app)]  # facts added to GET /registry/agents/{did}

@@ -3,7 +3,8 @@
 Principals come from ``gateway.core.auth`` (JWTs, API keys), DID signatures (ANP callers, nodes,
 workers) or, when the gateway authenticates nobody, are ``LOCAL``. The roof's authentication
 middleware puts the caller in ``request.state.principal``; adapters read it with
-``principal_of`` and act for it through ``Runtime.acting_for``.
+``principal_of`` and act for it through ``Runtime.acting_for``. An open route whose answer
+depends on who asks (an A2A card) takes ``presented_principal`` instead.
 """
 
 from __future__ import annotations
@@ -50,3 +51,17 @@ SYSTEM = Principal(id="system", kind="system", unrestricted=True)
 def principal_of(request: HTTPConnection) -> Principal:
     """The caller of ``request`` (``LOCAL`` when the gateway authenticates nobody)."""
     return getattr(request.state, "principal", LOCAL)
+
+
+async def presented_principal(request: HTTPConnection) -> Principal:
+    """The caller of an open route whose answer depends on who asks (a discovery document, such
+    as an A2A card): whoever the credentials it presents prove (``Authorization`` or
+    ``X-API-Key``; a ``gateway.core.auth.AuthError`` when they are not valid, as on any other
+    route), else ``principal_of(request)`` (anonymous, or the quick start's local principal).
+    The roof keeps its authenticator in ``app.state.authenticator`` (None: it authenticates
+    nobody)."""
+    authenticator = getattr(request.app.state, "authenticator", None)
+    authorization, api_key = request.headers.get("authorization"), request.headers.get("x-api-key")
+    if authenticator is None or not (authorization or api_key):
+        return principal_of(request)
+    return await authenticator.authenticate(authorization, api_key)

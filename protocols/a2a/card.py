@@ -16,7 +16,9 @@ into each scheme beside the 1.0 ones, as the Python SDK's dual cards do; the val
 so a 1.3 SDK that reads the 0.3 keys parses the very scheme that was signed.
 
 Caching: a weak ETag over the served bytes, ``Last-Modified`` (when this node first served that
-content), ``Cache-Control: public, max-age=N``; ``If-None-Match`` / ``If-Modified-Since`` get 304.
+content to that caller), ``Cache-Control: public, max-age=N`` (``private`` for a card made for an
+authenticated caller: cards list what their caller may call), ``Vary: Authorization,
+X-API-Key``; ``If-None-Match`` / ``If-Modified-Since`` get 304.
 """
 
 from __future__ import annotations
@@ -221,7 +223,9 @@ class CardCache:
             got = self._signed[digest] = sign_card(card, identity, jku)
         return got
 
-    def response(self, request: Request, key: str, card: dict[str, Any]) -> Response:
+    def response(self, request: Request, key: str, card: dict[str, Any], *, private: bool = False) -> Response:
+        """``card`` as a cacheable response; ``key`` names the card (and whom it is for), and
+        ``private``: it was made for an authenticated caller, so no shared cache may keep it."""
         body = json.dumps(card, separators=(",", ":"), ensure_ascii=False).encode()
         etag = 'W/"' + hashlib.sha256(body).hexdigest()[:32] + '"'
         seen = self._seen.get(key)
@@ -231,10 +235,10 @@ class CardCache:
             seen = self._seen[key] = (etag, float(int(time.time())))
         last_modified = seen[1]
         headers = {
-            "Cache-Control": f"public, max-age={self.max_age_s}",
+            "Cache-Control": f"{'private' if private else 'public'}, max-age={self.max_age_s}",
             "ETag": etag,
             "Last-Modified": email.utils.formatdate(last_modified, usegmt=True),
-            "Vary": "Accept-Encoding",
+            "Vary": "Accept-Encoding, Authorization, X-API-Key",  # a card lists what its caller may call
         }
         if _not_modified(request, etag, last_modified):
             return Response(status_code=304, headers=headers)

@@ -12,6 +12,13 @@
 With caller authentication configured, the gateway refuses unauthenticated calls before they get
 here; ``refusal_body`` gives those refusals the binding's own shape (errors.CallerRefusedError).
 
+Cards are open (no credentials needed) but list only what their caller may call: a card request
+that presents credentials (``Authorization`` / ``X-API-Key``, as the a2a-sdk client sends them on
+every request) is for that caller, one without is anonymous, and bad credentials get a 401 with
+a ``WWW-Authenticate`` challenge (``presented_principal``). An agent the caller may not call has
+no card (404, as an unknown agent). A card made for an authenticated caller is ``Cache-Control:
+private``, and every card varies on ``Authorization`` and ``X-API-Key``.
+
 ``routes(options)`` returns the routes (the app's default list uses it); ``mount(app, options)``
 replaces them on a built app and closes the adapter's clients on shutdown. Without options, both
 use ``A2AOptions.from_env()``.
@@ -26,8 +33,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.core.http import public_base_url, replace_routes
-from gateway.core.principal import principal_of
+from gateway.core.auth import AuthError
+from gateway.core.http import error_response, public_base_url, replace_routes
+from gateway.core.principal import Principal, presented_principal, principal_of
+from gateway.core.runtime import UnknownAgent
 from protocols.a2a import jsonrpc, rest
 from protocols.a2a.card import jwks
 from protocols.a2a.errors import CallerRefusedError
@@ -38,22 +47,24 @@ ROUTE_PREFIX = "a2a"
 
 
 def build_routes(service: A2AService) -> list[BaseRoute]:
-    def call_for(request: Request, dialect: Dialect) -> A2ACall:
+    def call_for(request: Request, dialect: Dialect, principal: Principal | None = None) -> A2ACall:
         base = public_base_url(request, service.options.public_url)
         agent = request.path_params.get("agent")
-        return A2ACall(request.app.state.runtime, agent, dialect, base, principal_of(request))
+        return A2ACall(request.app.state.runtime, agent, dialect, base, principal or principal_of(request))
 
-    async def gateway_card(request: Request) -> Response:
-        call = call_for(request, V10)
-        return service.cards.response(request, "gateway", await service.card(call))
-
-    async def agent_card(request: Request) -> Response:
-        call = call_for(request, V10)
-        if not await service.agent_exists(call.rt, call.agent or ""):
-            return JSONResponse(
-                {"error": {"code": "not_found", "message": f"no agent named {call.agent!r}"}}, status_code=404
-            )
-        return service.cards.response(request, f"agent:{call.agent}", await service.card(call))
+    async def card(request: Request) -> Response:
+        """The gateway's card, or one agent's, for whoever asks (module docstring)."""
+        try:
+            principal = await presented_principal(request)
+        except AuthError as exc:
+            return _refused(exc)
+        call = call_for(request, V10, principal)
+        try:
+            body = await service.card(call)
+        except UnknownAgent:
+            return error_response(404, "not_found", f"no agent named {call.agent!r}")
+        key = f"{'gateway' if call.agent is None else f'agent:{call.agent}'}@{principal.id}"
+        return service.cards.response(request, key, body, private=principal.kind != "anonymous")
 
     async def key_set(request: Request) -> Response:
         key = service.identity(request.app.state.runtime)
@@ -64,17 +75,25 @@ def build_routes(service: A2AService) -> list[BaseRoute]:
 
     n = ROUTE_PREFIX
     return [
-        Route("/.well-known/agent-card.json", gateway_card, methods=["GET"], name=f"{n}:card"),
-        Route("/a2a/.well-known/agent-card.json", gateway_card, methods=["GET"], name=f"{n}:card2"),
+        Route("/.well-known/agent-card.json", card, methods=["GET"], name=f"{n}:card"),
+        Route("/a2a/.well-known/agent-card.json", card, methods=["GET"], name=f"{n}:card2"),
         Route("/a2a/jwks.json", key_set, methods=["GET"], name=f"{n}:jwks"),
         Route("/a2a", rpc, methods=["POST"], name=f"{n}:rpc"),
         Route("/a2a/", rpc, methods=["POST"], name=f"{n}:rpc/"),  # clients that join "/" onto the interface URL
         *rest.routes(service, "/a2a/rest", call_for, f"{n}:rest"),
-        Route("/a2a/agents/{agent}/.well-known/agent-card.json", agent_card, methods=["GET"], name=f"{n}:agent-card"),
+        Route("/a2a/agents/{agent}/.well-known/agent-card.json", card, methods=["GET"], name=f"{n}:agent-card"),
         Route("/a2a/agents/{agent}", rpc, methods=["POST"], name=f"{n}:agent-rpc"),
         Route("/a2a/agents/{agent}/", rpc, methods=["POST"], name=f"{n}:agent-rpc/"),
         *rest.routes(service, "/a2a/agents/{agent}/rest", call_for, f"{n}:agent-rest"),
     ]
+
+
+def _refused(exc: AuthError) -> Response:
+    """A card request with bad credentials: refused as the gateway refuses them anywhere."""
+    if exc.status == 503:  # the issuer is down: the client's token may be fine, no challenge
+        return error_response(503, "unavailable", exc.description, headers={"Retry-After": "5"})
+    code = "forbidden" if exc.status == 403 else "unauthorized"
+    return error_response(exc.status, code, exc.description, headers={"WWW-Authenticate": exc.challenge()})
 
 
 def refusal_body(path: str, http_status: int, message: str) -> dict[str, Any] | None:

@@ -15,9 +15,13 @@ Callers: with caller authentication configured (``rt.config``: an issuer and/or 
 gateway's middleware has authenticated every call before it gets here (``A2ACall.principal``);
 cards then declare the schemes (``card.security_declaration``) and ``capabilities.extendedAgentCard``,
 and ``GetExtendedAgentCard`` answers any authenticated caller (an anonymous one, let in by
-``--allow-anonymous``, gets 401). The extended card lists the same skills as the public one for now:
-what each caller may call waits for the policy engine. Without authentication configured the
-extended card is served only when ``A2AOptions.extended_card`` is set, to anyone, as before.
+``--allow-anonymous``, gets 401). Without authentication configured the extended card is served
+only when ``A2AOptions.extended_card`` is set, to anyone, as before.
+
+Policy: every card (public or extended) lists as skills only the agents its caller may call
+(``ActingFor.known_agents``), and an agent the caller may not call is unknown on every door: its
+card is 404, its extended card and a message sent to it get the error an unregistered agent gets
+(``InvalidParamsError``), and a message that names no agent goes only to one the caller may call.
 """
 
 from __future__ import annotations
@@ -387,6 +391,8 @@ class A2AService:
         if call.agent is None:
             skills = [cards.skill_for_agent(a) for a in await call.rt.known_agents()]
             name, description, version = o.name, o.description, __version__
+        elif not await self.agent_exists(call.rt, call.agent):  # unknown, or not the caller's to call
+            raise UnknownAgent(f"no agent named {call.agent!r} is registered")
         else:
             skills = [cards.skill_for_agent(call.agent)]
             name, description, version = call.agent, f"The agent {call.agent!r}, reached through {o.name}", __version__
