@@ -1,7 +1,7 @@
 """The inbound ACP face of the gateway: REST routes under ``/acp``.
 
   GET  /acp/ping                          liveness: ``{}``
-  GET  /acp/agents?limit=10&offset=0      manifests of the live agents (from their records)
+  GET  /acp/agents?limit=10&offset=0      manifests of the live agents the caller may call (from their records)
   GET  /acp/agents/{name}                 one manifest (by name or DID)
   POST /acp/runs                          create a run: mode sync (200 Run), async (202 Run), stream (SSE)
   GET  /acp/runs/{run_id}                 the run
@@ -10,6 +10,9 @@
   GET  /acp/runs/{run_id}/events          ``{"events": [...]}``, replayed from the task's event log
   GET  /acp/sessions/{session_id}         ``{"id", "history": [resource URLs], "state"}``
   GET  /acp/runs/{run_id}/messages/{i}    one message of a session's history (the URLs above)
+
+Every route acts for the caller (``Runtime.acting_for``): an agent the policy does not let it
+call is unknown (404 ``not_found``, as an unregistered one) for ``/agents`` and ``/runs`` alike.
 
 Creating, resuming, reading and cancelling a run answer with a ``Run-ID`` header (in every mode;
 for a stream it comes before the first event). Bodies are read as JSON whatever the

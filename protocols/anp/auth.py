@@ -167,6 +167,11 @@ class Caller:
     response_headers: dict[str, str] = field(default_factory=dict)
 
 
+def presents_credentials(headers: Mapping[str, str]) -> bool:
+    """Whether a request carries anything ``DidWbaAuth.authenticate`` would judge."""
+    return bool(headers.get("authorization") or headers.get("signature-input") or headers.get("signature"))
+
+
 def challenge_headers(realm: str, failure: AuthFailure) -> dict[str, str]:
     desc = failure.description.replace('"', "'").replace("\\", "/")[:300]
     realm = realm.replace('"', "")

@@ -9,7 +9,18 @@
   POST /anp/agents/{name}/rpc            JSON-RPC for that agent only (DIDWba)
 
 JSON-RPC dispatch is jsonrpcserver with this adapter's own method table (``METHODS``) and the
-call (``ANPCall``: runtime, scope, authenticated caller) as its context. ``routes(options)``
+call (``ANPCall``: runtime, scope, authenticated caller) as its context.
+
+Who is asking, and what it sees: a JSON-RPC call must authenticate (DIDWba, ``auth.py``) and
+acts for ``Principal.for_did(its DID)``. Agent Descriptions and OpenRPC documents need no
+credentials, but crawlers (the ``anp`` SDK's ANPCrawler) sign every fetch: a fetch that presents
+DIDWba credentials (an ``Authorization`` header, or RFC 9421 signature headers) is answered for
+that DID once they verify (bad ones get the same 401 or 403 as a call), one that presents none
+for the gateway's anonymous caller (``principal_of``: the local principal when the gateway
+authenticates nobody). Either way the documents list only the agents that caller may call (the
+policy), and an agent it may not call is unknown on every route: 404 for its documents and its
+``rpc`` endpoint (which authenticates first, so that nobody learns which names exist), and the
+JSON-RPC error of an unregistered agent when named in ``send_message``. ``routes(options)``
 returns the routes (the app's default list uses it); ``mount(app, options)`` replaces them on a
 built app, closes the DID resolver's client on shutdown, and has the app's registry connectors
 (``app.state.connectors``) build ``anp`` connectors with the same options, so they sign as the
@@ -36,10 +47,10 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.core.backends import BackendUnavailable, QueueFull, TaskNotFound
 from gateway.core.http import configured_base_url, error_response, public_base_url, replace_routes
-from gateway.core.principal import Principal
+from gateway.core.principal import Principal, principal_of
 from gateway.core.runtime import ActingFor, NotCancelable, NotContinuable, Runtime, UnknownAgent
 from protocols.anp import wire
-from protocols.anp.auth import AuthFailure, DidWbaAuth, HttpsResolver, challenge_headers
+from protocols.anp.auth import AuthFailure, Caller, DidWbaAuth, HttpsResolver, challenge_headers, presents_credentials
 from protocols.anp.connector import ANPConnector
 from protocols.anp.didwba import DidError, did_for_host, gateway_document
 from protocols.anp.options import ANPOptions
@@ -128,7 +139,7 @@ class ANPService:
                 self._documents.popitem(last=False)
         return doc
 
-    async def agent_about(self, rt: Runtime, agent: str) -> tuple[str, str | None, str | None]:
+    async def agent_about(self, rt: ActingFor, agent: str) -> tuple[str, str | None, str | None]:
         """(description, version, record DID) from the agent's live record."""
         records = rt.routable(agent)
         if not records:
@@ -138,8 +149,8 @@ class ANPService:
         text = record.description + (f" Skills: {skills}." if skills else "")
         return text.strip(), record.version, record.did
 
-    async def openrpc(self, request: Request, agent: str | None) -> dict:
-        rt: Runtime = request.app.state.runtime
+    async def openrpc(self, request: Request, rt: ActingFor, agent: str | None) -> dict:
+        """The OpenRPC document of the gateway (``agent`` None) or of one agent, as ``rt``'s caller sees it."""
         base = self.base(request)
         if agent is None:
             known = await rt.known_agents()
@@ -157,11 +168,11 @@ class ANPService:
             agents=None,
         )
 
-    async def agent_description(self, request: Request, agent: str | None) -> dict:
-        rt: Runtime = request.app.state.runtime
+    async def agent_description(self, request: Request, rt: ActingFor, agent: str | None) -> dict:
+        """The Agent Description of the gateway (``agent`` None) or of one agent, as ``rt``'s caller sees it."""
         base = self.base(request)
         did = self.did(request)
-        openrpc = await self.openrpc(request, agent)
+        openrpc = await self.openrpc(request, rt, agent)
         if agent is None:
             known = await rt.known_agents()
             agents = [{"name": a, "url": f"{base}/anp/agents/{quote(a, safe='')}/ad.json"} for a in known]
@@ -299,14 +310,43 @@ def _rpc_error(rid: Any, code: int, message: str, headers: dict[str, str]) -> JS
 
 
 def build_routes(service: ANPService) -> list[BaseRoute]:
-    async def known(request: Request) -> str | None:
+    async def known(request: Request, rt: ActingFor) -> str | None:
+        """The agent the path names ("" for the gateway scope); None: not one ``rt``'s caller may call."""
         agent = request.path_params.get("agent")
-        if agent is not None and agent not in await request.app.state.runtime.known_agents():
+        if agent is not None and agent not in await rt.known_agents():
             return None
         return agent or ""
 
     def not_found(request: Request) -> Response:
         return error_response(404, "not_found", f"no agent named {request.path_params.get('agent')!r}")
+
+    async def authenticated(request: Request, body: bytes) -> Caller | Response:
+        """The DIDWba caller of ``request``, or the refusal (401 with a challenge, or 403)."""
+        domains = service.domains(request)
+        rt: Runtime = request.app.state.runtime
+        try:
+            return await service.auth.authenticate(
+                rt.kv, request.method, service.request_urls(request), domains, request.headers, body
+            )
+        except AuthFailure as failure:
+            log.info("ANP authentication failed", extra={"error": failure.error, "path": request.url.path})
+            return error_response(
+                failure.status,
+                failure.error,
+                failure.description,
+                headers=challenge_headers(domains[0] if domains else "", failure) if failure.status == 401 else None,
+            )
+
+    async def reader(request: Request) -> tuple[ActingFor, dict[str, str]] | Response:
+        """Who fetches a document (module docstring): the runtime acting for it, and the
+        response headers its authentication adds (a bearer token to reuse), or the refusal."""
+        rt: Runtime = request.app.state.runtime
+        if not presents_credentials(request.headers):
+            return rt.acting_for(principal_of(request)), {}
+        caller = await authenticated(request, b"")
+        if isinstance(caller, Response):
+            return caller
+        return rt.acting_for(Principal.for_did(caller.did)), caller.response_headers
 
     async def did_json(request: Request) -> Response:
         try:
@@ -318,42 +358,40 @@ def build_routes(service: ANPService) -> list[BaseRoute]:
         return JSONResponse(doc, media_type="application/did+json", headers={"Cache-Control": "public, max-age=300"})
 
     async def ad_json(request: Request) -> Response:
-        agent = await known(request)
+        found = await reader(request)
+        if isinstance(found, Response):
+            return found
+        rt, headers = found
+        agent = await known(request, rt)
         if agent is None:
             return not_found(request)
         try:
-            ad = await service.agent_description(request, agent or None)
+            ad = await service.agent_description(request, rt, agent or None)
         except DidError as exc:
             return error_response(
                 400, "invalid_host", f"no did:wba for this host: {exc}; set INTERLACE_ANP_PUBLIC_HOST"
             )
-        return JSONResponse(ad, media_type="application/ld+json")
+        return JSONResponse(ad, media_type="application/ld+json", headers=headers)
 
     async def openrpc_json(request: Request) -> Response:
-        agent = await known(request)
+        found = await reader(request)
+        if isinstance(found, Response):
+            return found
+        rt, headers = found
+        agent = await known(request, rt)
         if agent is None:
             return not_found(request)
-        return JSONResponse(await service.openrpc(request, agent or None))
+        return JSONResponse(await service.openrpc(request, rt, agent or None), headers=headers)
 
     async def rpc(request: Request) -> Response:
-        rt: Runtime = request.app.state.runtime
-        agent = await known(request)
+        body = await request.body()
+        caller = await authenticated(request, body)
+        if isinstance(caller, Response):
+            return caller
+        rt = request.app.state.runtime.acting_for(Principal.for_did(caller.did))
+        agent = await known(request, rt)
         if agent is None:
             return not_found(request)
-        body = await request.body()
-        domains = service.domains(request)
-        try:
-            caller = await service.auth.authenticate(
-                rt.kv, request.method, service.request_urls(request), domains, request.headers, body
-            )
-        except AuthFailure as failure:
-            log.info("ANP authentication failed", extra={"error": failure.error, "path": request.url.path})
-            return error_response(
-                failure.status,
-                failure.error,
-                failure.description,
-                headers=challenge_headers(domains[0] if domains else "", failure) if failure.status == 401 else None,
-            )
         headers = caller.response_headers
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype and ctype not in JSON_TYPES:
@@ -364,7 +402,7 @@ def build_routes(service: ANPService) -> list[BaseRoute]:
             return _rpc_error(None, -32700, "Parse error: the body is not JSON", headers)
         if isinstance(parsed, list) and len(parsed) > service.options.max_batch:
             return _rpc_error(None, -32600, f"a batch holds at most {service.options.max_batch} requests", headers)
-        call = ANPCall(rt.acting_for(Principal.for_did(caller.did)), agent or None, caller.did, service)
+        call = ANPCall(rt, agent or None, caller.did, service)
         text = await async_dispatch("", methods=METHODS, context=call, deserializer=lambda _: parsed)
         if not text:  # only notifications
             return Response(status_code=204, headers=headers)
