@@ -1,8 +1,19 @@
 """``/registry/agents``: register (signed record), list/search, get, deregister (signed tombstone).
 
 Writes pass the admission policy first (open / token / allowlist) and a per-client token bucket
-(429 with Retry-After); then the registry's acceptance rules (registry/service.py). Every refusal
-is a 4xx JSON error whose ``code`` names the reason; the stored record is unchanged.
+(429 with Retry-After); then the signature is verified, then the operator's policy judges the
+write (action ``register``: who may register, renew or deregister which names): its principal is
+the DID that signed it (``Principal.for_did``), its target the record (``Target.of_record``; for a
+deregistration, the live record it removes); a write the policy denies is a 403
+``denied_by_policy`` naming the DID and the agent name. Then the registry's acceptance rules
+(registry/service.py). Every refusal is a 4xx JSON error whose ``code`` names the reason; the
+stored record is unchanged. Writes are in the audit log (``register`` / ``deregister``, the
+agent's name, ``ok``, ``denied`` or the refusal's code). The policy judges writes made here:
+records relayed by gossip were judged by the node they were written at.
+
+Reads (list and get) act for the authenticated caller: they show only the records of agents the
+caller may call (the policy's ``call``: what a caller may call is all it sees), and a record it
+may not call is a 404 like one that is not registered.
 """
 
 from __future__ import annotations
@@ -17,7 +28,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.core import audit
 from gateway.core.http import HttpError, json_response, read_json, validation_errors
+from gateway.core.policy import Action, Target
+from gateway.core.principal import Principal, principal_of
 from registry.records import RecordRejected
 from registry.service import PROTOCOLS, Registry, parse_signed
 from schemas.agent_record import AgentRecord, Tombstone
@@ -84,18 +98,45 @@ async def _read_signed(request: Request, expected: type) -> AgentRecord | Tombst
     return model
 
 
-async def _submit(request: Request, model: AgentRecord | Tombstone) -> str:
-    registry: Registry = request.app.state.runtime.registry
+def _rejected(exc: RecordRejected) -> HttpError:
+    return HttpError(409 if exc.reason_code == "stale_seq" else 400, exc.reason_code, str(exc))
+
+
+def _judge(request: Request, model: AgentRecord | Tombstone, record: AgentRecord, action: str) -> None:
+    """Verify ``model``'s signature, then put the write to the policy: may the DID that signed it
+    register (``action``: register or deregister) the agent of ``record``? 403 if not (audited)."""
+    rt = request.app.state.runtime
     try:
-        return await registry.submit(model)
+        rt.registry.verify(model)  # the policy judges only what its DID really asked
     except RecordRejected as exc:
-        raise HttpError(409 if exc.reason_code == "stale_seq" else 400, exc.reason_code, str(exc)) from None
+        raise _rejected(exc) from None
+    principal = Principal.for_did(model.did)
+    if not rt.allows(principal, Action.REGISTER, Target.of_record(record)):
+        audit.record(principal, action, record.name, "denied")
+        raise HttpError(
+            403,
+            "denied_by_policy",
+            f"this gateway's policy does not let {model.did} {action} an agent named {record.name!r}",
+        )
+
+
+async def _submit(request: Request, model: AgentRecord | Tombstone, name: str, action: str) -> str:
+    registry: Registry = request.app.state.runtime.registry
+    principal = Principal.for_did(model.did)
+    try:
+        outcome = await registry.submit(model)
+    except RecordRejected as exc:
+        audit.record(principal, action, name, exc.reason_code)
+        raise _rejected(exc) from None
+    audit.record(principal, action, name, "ok")
+    return outcome
 
 
 async def register(request: Request) -> Response:
     record = await _read_signed(request, AgentRecord)
     _admit(request, record.did)
-    outcome = await _submit(request, record)
+    _judge(request, record, record, "register")
+    outcome = await _submit(request, record, record.name, "register")
     body = {
         "did": record.did,
         "name": record.name,
@@ -114,9 +155,11 @@ async def deregister(request: Request) -> Response:
     if tombstone.did != did:
         raise HttpError(400, "did_mismatch", "the tombstone is for another DID than the URL names")
     _admit(request, did)
-    if request.app.state.runtime.registry.get(did) is None:
+    current = request.app.state.runtime.registry.get(did)
+    if current is None:
         raise HttpError(404, "not_found", f"no live record for {did}")
-    await _submit(request, tombstone)
+    _judge(request, tombstone, current, "deregister")
+    await _submit(request, tombstone, current.name, "deregister")
     return json_response({"did": did, "seq": tombstone.seq, "result": "deleted"})
 
 
@@ -136,7 +179,9 @@ async def list_agents(request: Request) -> Response:
         raise HttpError(400, "invalid_request", f"protocol must be one of {', '.join(PROTOCOLS)}")
     limit = _int_param(request, "limit", 50, 1, 500)
     offset = _int_param(request, "cursor", 0, 0, 10**9)
-    found = request.app.state.runtime.registry.search(tag=q.get("tag"), protocol=protocol, text=q.get("q"))
+    rt, caller = request.app.state.runtime, principal_of(request)
+    found = rt.registry.search(tag=q.get("tag"), protocol=protocol, text=q.get("q"))
+    found = [r for r in found if rt.may_call(caller, r)]
     page = found[offset : offset + limit]
     nxt = str(offset + limit) if offset + limit < len(found) else None
     return json_response({"agents": [r.dump() for r in page], "total": len(found), "next_cursor": nxt})
@@ -145,6 +190,8 @@ async def list_agents(request: Request) -> Response:
 async def get_agent(request: Request) -> Response:
     rt = request.app.state.runtime
     record = rt.registry.get(request.path_params["did"])
+    if record is not None and not rt.may_call(principal_of(request), record):
+        record = None  # not the caller's to see: as if it were not registered
     if record is None:
         raise HttpError(404, "not_found", f"no live record for {request.path_params['did']}")
     body = record.dump()

@@ -93,7 +93,7 @@ class Registry:
         their seq and lease, not the age of the signature.
         """
         now = int(self.clock())
-        self._verify(model)
+        self.verify(model)
         if isinstance(model, AgentRecord):
             check_fresh(model, self.network, now, self.skew_s, max_age_s=None if relayed else self.skew_s)
         else:
@@ -121,8 +121,9 @@ class Registry:
             return "deleted"
         return "updated" if existed else "created"
 
-    def _verify(self, model: AgentRecord | Tombstone) -> None:
-        """Verify the signature once per distinct signed content (gossip re-delivers a lot)."""
+    def verify(self, model: AgentRecord | Tombstone) -> None:
+        """Verify the signature (RecordRejected if it does not), once per distinct signed
+        content (gossip re-delivers a lot)."""
         digest = hashlib.sha256(canonical_bytes(model) + (model.signature or "").encode()).digest()
         if digest in self._verified:
             self._verified.move_to_end(digest)
