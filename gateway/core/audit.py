@@ -3,9 +3,10 @@
 Its own logger, ``interlace.audit``: with ``--audit-log FILE`` its records go to that file only
 (JSON lines, appended), otherwise they join the gateway's log. A record holds the principal's id
 and kind, the action (``call``, ``read``, ``cancel``, ``register``, ``deregister``, ``admin``),
-the target (an agent, a task's agent, a record's DID or name), the outcome (``ok``,
-``not_found`` for a task the caller may not see, ``denied`` by policy, or an error code) and the
-task id where there is one. Never a token or a message: only identifiers.
+the target (an agent, a task's agent, a registered agent's name, or a federated MCP item as
+``{upstream}:{tool, prompt or URI}``), the outcome (``ok``, ``not_found`` for a task the caller
+may not see, ``denied`` by policy, or an error code) and the task id where there is one. Never
+a token or a message: only identifiers.
 """
 
 from __future__ import annotations

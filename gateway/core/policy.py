@@ -21,15 +21,18 @@ the keys of one matcher must match; a key left out matches anything (``{}`` matc
   string values may be globs; a caller without the claim does not match).
 - Action part: ``action``, one or more of
   ``call`` (start or continue a task on an agent; call an MCP tool, get a prompt, read a
-  resource; what a caller may call is also all it sees: MCP lists, cards, ``/agents``,
-  ``find_agents`` and capability routing), ``read`` (get, follow or list a task),
-  ``cancel`` (cancel a task), ``register`` (register, renew or deregister an agent record) and
+  resource; what a caller may call is also all it sees: MCP lists, A2A cards, ACP ``/agents``,
+  ANP descriptions, ``find_agents``, capability routing and ``POST /route``, registry reads;
+  what it may not call answers as unknown), ``read`` (get, follow or list a task),
+  ``cancel`` (cancel a task), ``register`` (register, renew or deregister an agent record
+  through the registry API; the principal is the DID that signed it, which has no groups) and
   ``admin`` (the operator's own surfaces).
 - Target part: ``agent`` (its registered name), ``did``, ``tags`` (any of its skills' tags),
   ``skills`` (any of its skill ids) and, for federated MCP, ``tool``, ``prompt``, ``resource``
-  (the name, or a resource's URI, as the upstream lists it, whatever the gateway's naming) and
-  ``upstream`` (the upstream's name). A request whose target lacks an attribute does not match a
-  rule that names it: ``deny: {tool: "*delete*"}`` concerns tool calls only.
+  (the name, a resource's URI or a template's ``uriTemplate``, as the upstream lists it,
+  whatever the gateway's naming) and ``upstream`` (the upstream's name). A request whose target
+  lacks an attribute does not match a rule that names it: ``deny: {tool: "*delete*"}`` concerns
+  tool calls only.
 
 Semantics (agentgateway's ``mcpAuthorization``, with matchers where it has CEL):
 
