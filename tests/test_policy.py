@@ -412,7 +412,7 @@ def test_the_readme_example_policy_means_what_the_readme_says():
         who("r", "research"),
         who("o", "ops"),
         who("d", "ops", "dba"),
-        who("p", "publishers"),
+        Principal.for_did("did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"),  # registry writes
     )
     assert p.allows(research, "call", Target(agent="summarize-v2")) and p.allows(
         research, "cancel", Target(agent="echo")
