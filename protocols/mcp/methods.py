@@ -20,8 +20,10 @@ DID, tags and skills of the upstream's registry record when it has one, so a rul
 covers its federated tools too; a template is judged by its ``uriTemplate``, and a URI read
 through a template must be allowed as itself and as that template. What the caller may not use
 is left out of every list, ``find_agents`` and ``send_task``'s matching, and answered exactly as
-an unknown item (``Unknown tool: <name>``, ``Unknown prompt: <name>``, ``Resource not found``),
-with the refusal in the audit log. Nothing is cached per caller: names come from the whole
+an unknown item (``Unknown tool: <name>``, ``Unknown prompt: <name>``, and for a resource the
+gateway's ``Resource not found``, its answer to a URI no upstream serves; but with a single
+upstream, a URI it does not list is relayed to it, which answers for itself), with the refusal
+in the audit log. Nothing is cached per caller: names come from the whole
 catalog (a name means the same to everyone), each list is filtered per request, a policy reload
 sends ``list_changed`` for tools, prompts and resources to every GET stream (each client then
 lists again, as itself), ``resources/updated`` goes only to subscribers who may still read the
