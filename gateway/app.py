@@ -27,6 +27,7 @@ from gateway.core.runtime import NoMatch, NotCancelable, NotContinuable, Runtime
 from gateway.supervisor import Supervisor
 from protocols import a2a, acp, anp
 from protocols.a2a.server import refusal_body as a2a_refusal
+from protocols.acp.server import refusal_body as acp_refusal
 from protocols.mcp import routes as mcp_routes
 from protocols.mcp.server import service_for as mcp_service_for
 from protocols.mcp.server import tool_drift as mcp_tool_drift
@@ -155,7 +156,7 @@ def create_app(
         handlers[kind] = _typed_error
     middleware = [Middleware(CrossSiteGuard), Middleware(BodyLimit, max_bytes=config.max_body_bytes)]
     if authenticator is not None:  # outermost: refuse before a body is read
-        refusals = [a2a_refusal]  # A2A refusals in the binding's own shape
+        refusals = [a2a_refusal, acp_refusal]  # refusals in the A2A binding's and ACP's own shapes
         middleware.insert(0, Middleware(CallerAuthentication, authenticator=authenticator, refusals=refusals))
         routes += protected_resource_routes(authenticator)
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers, middleware=middleware)

@@ -23,7 +23,8 @@ metadata that every 401 on ``/mcp`` points at (``resource_metadata``).
 
 Refusal bodies: MCP's are the MCP SDK's resource-server shape; an adapter may give its own paths
 its binding's shape through a ``Refusal`` renderer passed to the middleware (A2A does: JSON-RPC
-errors and ``google.rpc.Status``); every other refusal is ``{"error": {"code", "message"}}``.
+errors and ``google.rpc.Status``; ACP its ``{code, message, data}`` error); every other refusal is
+``{"error": {"code", "message"}}``.
 The challenge headers are the same everywhere.
 """
 
