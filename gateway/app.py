@@ -23,6 +23,7 @@ from gateway.core.auth import Authenticator, AuthMode
 from gateway.core.backends import Backend, BackendUnavailable, QueueFull, TaskExists, TaskNotFound
 from gateway.core.config import Config
 from gateway.core.http import BodyLimit, CrossSiteGuard, HttpError, IndexedRouter, error_response, validation_errors
+from gateway.core.httpsig import DidKeyRequests
 from gateway.core.runtime import NoMatch, NotCancelable, NotContinuable, Runtime, UnknownAgent
 from gateway.supervisor import Supervisor
 from protocols import a2a, acp, anp
@@ -106,6 +107,8 @@ def create_app(
     cluster = Cluster(supervisor) if config.gossip else None
     # Who is calling (gateway/authn.py); none on a loopback bind with nothing configured.
     authenticator = Authenticator.from_config(config) if config.effective_auth() is not AuthMode.LOCAL else None
+    # Requests signed by workers (/bus).
+    signed_requests = DidKeyRequests(runtime.kv)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -164,6 +167,7 @@ def create_app(
     app.state.runtime = runtime
     app.state.connectors = connectors  # an adapter's mount may bind its connector factory to its options
     app.state.cluster = cluster
+    app.state.signed_requests = signed_requests  # /bus verifies workers' signatures with it
     app.state.registry_writes = registry_api.TokenBucket(config.registry_write_rate, config.registry_write_burst)
     app.state.allowlist = registry_api.load_allowlist(config.allowlist)
     app.state.record_annotations = [mcp_tool_drift(app)]  # facts added to GET /registry/agents/{did}
