@@ -28,7 +28,9 @@ the key comes from the DID itself (no resolution), the signature must verify for
 the gateway answers to (``request_urls``), ``created`` may be at most ``MAX_AGE_S`` old and
 ``FUTURE_SKEW_S`` ahead (node clocks must agree that closely), and the nonce is claimed in the
 shared key/value store, so a signed request is accepted once across all nodes sharing it.
-Signing and verifying one request costs about 0.1 ms of CPU (Ed25519 both ways, two SHA-256).
+Cost per request (one core, PyNaCl, a 300-byte body): signing ~30 µs (~70 µs through httpx's
+auth flow), verifying ~130 µs including the nonce claim in the embedded store; Ed25519 itself is
+half of the verification.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ _PARAM = re.compile(
 )
 _MEMBER_INPUT = re.compile(rf'({_LABEL})=(\((?:\s*"[^"]*")*\s*\))(.*)', re.S)  # component parameters unsupported
 _MEMBER_SIG = re.compile(rf"({_LABEL})=:([A-Za-z0-9+/]*={{0,2}}):")
+_QUOTED = r'"(?:[^"\\]|\\.)*"'
+_MEMBER = re.compile(rf'(?:{_QUOTED}|\((?:{_QUOTED}|[^()"])*\)|[^,"()])+')  # one dictionary member
 
 
 class SignatureError(ValueError):
@@ -129,23 +133,18 @@ class SignedRequest:
 
 def _split(text: str) -> list[str]:
     """Top-level members of a structured-field dictionary (commas inside quotes or parens kept)."""
-    out, buf, depth, quoted, escaped = [], [], 0, False, False
-    for ch in text:
-        if quoted:
-            escaped, quoted = (False, True) if escaped else (ch == "\\", ch != '"')
-        elif ch == '"':
-            quoted = True
-        elif ch in "()":
-            depth += 1 if ch == "(" else -1
-        elif ch == "," and depth == 0:
-            out.append("".join(buf).strip())
-            buf = []
-            continue
-        buf.append(ch)
-    out.append("".join(buf).strip())
-    if quoted or depth:
-        raise SignatureError("invalid_request", "Signature-Input or Signature is malformed")
-    return out
+    out, pos = [], 0
+    while True:
+        m = _MEMBER.match(text, pos)
+        if m is None:
+            raise SignatureError("invalid_request", "Signature-Input or Signature is malformed")
+        out.append(m.group().strip())
+        pos = m.end()
+        if pos == len(text):
+            return out
+        if text[pos] != ",":  # an unbalanced quote or parenthesis
+            raise SignatureError("invalid_request", "Signature-Input or Signature is malformed")
+        pos += 1
 
 
 def _params(text: str) -> dict[str, Any]:
