@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from agents.echo import EchoWorker
 from gateway import __version__, openapi, registry_api, tasks_api, worker_api
-from gateway.authn import CallerAuthentication, protected_resource_routes
+from gateway.authn import CallerAuthentication, NodeSignatures, protected_resource_routes
 from gateway.cluster import Cluster
 from gateway.cluster import routes as cluster_routes
 from gateway.connectors import RegistryConnectors
@@ -107,7 +107,7 @@ def create_app(
     cluster = Cluster(supervisor) if config.gossip else None
     # Who is calling (gateway/authn.py); none on a loopback bind with nothing configured.
     authenticator = Authenticator.from_config(config) if config.effective_auth() is not AuthMode.LOCAL else None
-    # Requests signed by workers (/bus).
+    # Requests signed by other nodes (forwarded tasks) and by workers (/bus): one nonce store.
     signed_requests = DidKeyRequests(runtime.kv)
 
     @contextlib.asynccontextmanager
@@ -160,7 +160,15 @@ def create_app(
     middleware = [Middleware(CrossSiteGuard), Middleware(BodyLimit, max_bytes=config.max_body_bytes)]
     if authenticator is not None:  # outermost: refuse before a body is read
         refusals = [a2a_refusal, acp_refusal]  # refusals in the A2A binding's and ACP's own shapes
-        middleware.insert(0, Middleware(CallerAuthentication, authenticator=authenticator, refusals=refusals))
+        nodes = NodeSignatures(
+            signed_requests,
+            cluster.trusts if cluster is not None else None,
+            public_url=config.public_url,
+            max_body_bytes=config.max_body_bytes,
+        )
+        middleware.insert(
+            0, Middleware(CallerAuthentication, authenticator=authenticator, refusals=refusals, nodes=nodes)
+        )
         routes += protected_resource_routes(authenticator)
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers, middleware=middleware)
     app.router = IndexedRouter(routes, lifespan=lifespan)  # before the first request builds the stack
