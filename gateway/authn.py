@@ -23,10 +23,11 @@ with the sending node's ``did:key`` (RFC 9421, ``gateway.core.httpsig``) and nam
 original owner in ``Interlace-On-Behalf-Of: {"id": ..., "groups": [...]}``, which the signature
 must cover. ``NodeSignatures`` accepts such a request only from a trusted node (``--trust`` when
 given, else a live gossip member: ``Cluster.trusts``); its principal is then the asserted owner
-(kind ``forwarded``, the node's DID in its claims), or the node itself (``Principal.for_did``)
-when it asserts none. A signed request is judged by its signature alone: a bad, expired,
-replayed or untrusted one is a 401, whatever else it carries. On a request without a signature
-``Interlace-On-Behalf-Of`` means nothing: the caller is whoever its credentials say.
+(kind ``forwarded``, the node's DID in its claims; never ``system``, the gateway's own), or the
+node itself (``Principal.for_did``) when it asserts none. A signed request is judged by its
+signature alone: a bad, expired, replayed or untrusted one is a 401, whatever else it carries.
+On a request without a signature ``Interlace-On-Behalf-Of`` means nothing: the caller is
+whoever its credentials say.
 
 MCP is an OAuth 2.1 resource server (MCP authorization, 2025-11-25 and 2026-07-28): its resource
 is ``{public base}/mcp``, tokens must name it as their audience (RFC 8707), and with an issuer
@@ -56,7 +57,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.core.auth import Authenticator, AuthError
 from gateway.core.http import BodyTooLarge, buffered_body, public_base_url, too_large
 from gateway.core.httpsig import DidKeyRequests, SignatureError, is_signed, request_urls
-from gateway.core.principal import ANONYMOUS, Principal
+from gateway.core.principal import ANONYMOUS, SYSTEM, Principal
 
 log = logging.getLogger("interlace.authn")
 
@@ -130,6 +131,7 @@ def _asserted_owner(value: str) -> tuple[str, frozenset[str]]:
     if (
         not isinstance(owner_id, str)
         or not 0 < len(owner_id) <= 512
+        or owner_id == SYSTEM.id  # the home's own tasks are no one else's
         or not isinstance(groups, list)
         or len(groups) > _MAX_ASSERTED_GROUPS
         or not all(isinstance(g, str) and g for g in groups)

@@ -93,6 +93,7 @@ from gateway.core.auth import AuthMode
 from gateway.core.config import Config
 from gateway.core.http import HttpError, json_response, read_json
 from gateway.core.httpsig import RequestSigner
+from gateway.core.principal import SYSTEM
 from gateway.registry_api import load_allowlist
 from gateway.supervisor import Supervisor
 from registry.gossip.envelope import ADDR, EnvelopeRejected
@@ -412,7 +413,8 @@ class ForwardWorker(Worker):
         if FORWARDED_FROM in task.metadata:  # our view and the sender's disagree: no chains
             raise TaskFailed(f"the agent does not live at node {self.cluster.node_id} (its home is {self.home})")
         link, gone = self.cluster.link(self.home)
-        owner = on_behalf_of(task.owner) if task.owner is not None else {}  # the home's owner of it too
+        # the home's task gets the same owner; the gateway's own tasks go as this node (no assertion)
+        owner = on_behalf_of(task.owner) if task.owner not in (None, SYSTEM.id) else {}
         kv = self.cluster.runtime.backend.kv
         key = f"fwd:{task.id}"
         raw = await kv.get(key)

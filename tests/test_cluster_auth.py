@@ -92,11 +92,16 @@ def test_a_task_forwarded_under_required_authentication_runs_at_the_home_for_its
     local = done.json()
     assert local["status"]["state"] == "completed", done.text
     assert local["artifacts"][0]["parts"][0]["text"] == "from alice at A"
-    listed = httpx.get(b.url + "/tasks", params={"limit": 500}, headers=as_("alice"), timeout=5).json()["tasks"]
-    remote = [t for t in listed if t["metadata"].get(FORWARDED_FROM, {}).get("task_id") == local["id"]]
-    assert len(remote) == 1 and remote[0]["status"]["state"] == "completed"
-    # The home's task has the local task's owner (the caller's principal id), not the node's DID.
-    assert remote[0].get("owner") == local.get("owner") and remote[0].get("owner") != pair["ids"]["a"].did
+    assert local["owner"] == "alice"
+
+    def forwarded(who: str) -> list[dict]:
+        listed = httpx.get(b.url + "/tasks", params={"limit": 500}, headers=as_(who), timeout=5).json()["tasks"]
+        return [t for t in listed if t["metadata"].get(FORWARDED_FROM, {}).get("task_id") == local["id"]]
+
+    remote = forwarded("alice")  # at the home the task is alice's, not node A's
+    assert len(remote) == 1 and remote[0]["owner"] == "alice" and remote[0]["status"]["state"] == "completed"
+    assert forwarded("bob") == []
+    assert httpx.get(f"{b.url}/tasks/{remote[0]['id']}", headers=as_("bob"), timeout=5).status_code == 404
 
 
 def signed_submit(url: str, identity: Identity, owner: str, *, keyid_of: Identity | None = None, **kw) -> dict:
@@ -124,6 +129,7 @@ def test_the_home_believes_an_asserted_owner_only_from_a_trusted_node(pair):
     request = signed_submit(url, node_a, "alice")
     accepted = httpx.post(url, timeout=15, **request)
     assert accepted.status_code == 200 and accepted.json()["status"]["state"] == "completed", accepted.text
+    assert accepted.json()["owner"] == "alice"
     refused(httpx.post(url, timeout=5, **request), "the nonce has already been used")  # replayed
     refused(
         httpx.post(url, timeout=5, **signed_submit(url, Identity.generate(), "alice")), "not a trusted gateway node"
@@ -136,6 +142,6 @@ def test_the_home_believes_an_asserted_owner_only_from_a_trusted_node(pair):
     refused(httpx.post(url, timeout=5, **tampered), "Content-Digest does not match")
     unsigned = {"content-type": "application/json", **on_behalf_of("alice")}
     refused(httpx.post(url, content=request["content"], headers=unsigned, timeout=5), "authentication required")
-    # a client of the home sending the header itself is just that client (tests/test_node_signatures.py)
+    # a client of the home sending the header itself is just that client
     as_bob = httpx.post(url, content=request["content"], headers={**unsigned, **as_("bob")}, timeout=15)
-    assert as_bob.status_code == 200, as_bob.text
+    assert as_bob.status_code == 200 and as_bob.json()["owner"] == "bob", as_bob.text

@@ -127,6 +127,7 @@ async def test_malformed_assertions_and_oversized_signed_bodies(app, node):
             '{"id": ""}',
             '{"id": "a", "groups": "ops"}',
             '{"id": "a", "groups": [1]}',
+            '{"id": "system"}',
         ):
             refused(await http.get("/whoami", headers={ON_BEHALF_OF: bad}), "Interlace-On-Behalf-Of must be")
         big = await http.post("/whoami", content=b"x" * 2048)
