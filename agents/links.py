@@ -177,7 +177,9 @@ class HttpLink(WorkerLink):
     def events(self, task_id, after):
         return self.follow(f"/bus/events/{task_id}", after)
 
-    async def follow(self, path: str, after: str | None, headers: dict[str, str] | None = None):
+    async def follow(
+        self, path: str, after: str | None, headers: dict[str, str] | None = None
+    ) -> AsyncIterator[StoredEvent]:
         """The task events of the SSE stream at ``path``, after event ``after``."""
         headers = {**(headers or {}), **({"Last-Event-ID": after} if after else {})}
         async with self.http.stream("GET", path, headers=headers, timeout=None) as resp:

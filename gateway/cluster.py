@@ -90,6 +90,7 @@ from agents.links import HttpLink
 from agents.worker import TaskFailed, Worker, WorkerRunner
 from gateway.authn import ON_BEHALF_OF, on_behalf_of
 from gateway.core.auth import AuthMode
+from gateway.core.backends import StoredEvent
 from gateway.core.config import Config
 from gateway.core.http import HttpError, json_response, read_json
 from gateway.core.httpsig import RequestSigner
@@ -374,7 +375,7 @@ class _HomeLink(HttpLink):
             auth=RequestSigner(identity, covered_headers=[ON_BEHALF_OF]),
         )
 
-    def task_events(self, task_id: str, after: str | None, owner: dict[str, str]) -> AsyncIterator:
+    def task_events(self, task_id: str, after: str | None, owner: dict[str, str]) -> AsyncIterator[StoredEvent]:
         return self.follow(f"/tasks/{task_id}/events", after, owner)
 
 
