@@ -415,7 +415,7 @@ class ForwardWorker(Worker):
             raise TaskFailed(f"the agent does not live at node {self.cluster.node_id} (its home is {self.home})")
         link, gone = self.cluster.link(self.home)
         # the home's task gets the same owner; the gateway's own tasks go as this node (no assertion)
-        owner = on_behalf_of(task.owner) if task.owner not in (None, SYSTEM.id) else {}
+        owner = on_behalf_of(task.owner, task.owner_groups or ()) if task.owner not in (None, SYSTEM.id) else {}
         kv = self.cluster.runtime.backend.kv
         key = f"fwd:{task.id}"
         raw = await kv.get(key)

@@ -32,7 +32,12 @@ def start_pair(tmp, name: str, trust: bool) -> dict:
     each lists both node DIDs in ``--trust``."""
     keys = tmp / "keys.yaml"
     keys.write_text(
-        yaml.safe_dump([{"principal": p, "key_sha256": api_key_digest(k), "groups": []} for p, k in KEYS.items()])
+        yaml.safe_dump(
+            [
+                {"principal": p, "key_sha256": api_key_digest(k), "groups": ["research"] if p == "alice" else []}
+                for p, k in KEYS.items()
+            ]
+        )
     )
     ids = {}
     for side in ("a", "b"):
@@ -100,6 +105,7 @@ def test_a_task_forwarded_under_required_authentication_runs_at_the_home_for_its
 
     remote = forwarded("alice")  # at the home the task is alice's, not node A's
     assert len(remote) == 1 and remote[0]["owner"] == "alice" and remote[0]["status"]["state"] == "completed"
+    assert remote[0]["owner_groups"] == ["research"]  # judged at the home by the groups alice has at A
     assert forwarded("bob") == []
     assert httpx.get(f"{b.url}/tasks/{remote[0]['id']}", headers=as_("bob"), timeout=5).status_code == 404
 
