@@ -1,7 +1,11 @@
 """How a worker reaches the bus: directly (same process or shared Redis) or through a gateway.
 
 ``DirectLink`` talks to a backend object; ``HttpLink`` speaks the gateway's ``/bus`` API, which
-is a thin wrapper over a DirectLink on the gateway side, so both behave the same.
+is a thin wrapper over a DirectLink on the gateway side, so both behave the same. Given the
+agent's ``identity``, ``HttpLink`` signs every request with it (RFC 9421, did:key;
+``gateway.core.httpsig.RequestSigner``), and the gateway lets it use only its own agent's
+stream; given a worker ``token``, it sends that too (gateways that do not verify signatures
+go by the token, or by the loopback rule, as before).
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import httpx
 
 from gateway.core.backends import Backend, Delivery, StoredEvent
 from gateway.core.backends.base import EVENT_JSON
+from gateway.core.httpsig import RequestSigner
 from gateway.core.sse import read_events
+from registry.identity import Identity
 from registry.service import Registry
 from schemas import InvalidTransition, Message, Task, TaskEvent, TaskState, TextPart
 from schemas.agent_record import AgentRecord, Tombstone
@@ -110,9 +116,14 @@ class DirectLink(WorkerLink):
 class HttpLink(WorkerLink):
     """The gateway's ``/bus`` API (see gateway/worker_api.py), with one pooled client."""
 
-    def __init__(self, base_url: str, token: str | None = None) -> None:
+    def __init__(self, base_url: str, token: str | None = None, identity: Identity | None = None) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=httpx.Timeout(30.0))
+        self.http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers=headers,
+            timeout=httpx.Timeout(30.0),
+            auth=RequestSigner(identity) if identity is not None else None,
+        )
 
     async def _post(self, path: str, body: dict) -> dict:
         resp = await self.http.post(path, json=body)
@@ -163,9 +174,15 @@ class HttpLink(WorkerLink):
     async def release(self, delivery, consumer):
         await self._post("/bus/release", {"delivery": self._delivery(delivery), "consumer": consumer})
 
-    async def events(self, task_id, after):
-        headers = {"Last-Event-ID": after} if after else {}
-        async with self.http.stream("GET", f"/tasks/{task_id}/events", headers=headers, timeout=None) as resp:
+    def events(self, task_id, after):
+        return self.follow(f"/bus/events/{task_id}", after)
+
+    async def follow(
+        self, path: str, after: str | None, headers: dict[str, str] | None = None
+    ) -> AsyncIterator[StoredEvent]:
+        """The task events of the SSE stream at ``path``, after event ``after``."""
+        headers = {**(headers or {}), **({"Last-Event-ID": after} if after else {})}
+        async with self.http.stream("GET", path, headers=headers, timeout=None) as resp:
             resp.raise_for_status()
             event_id = None
             async for event in read_events(resp.aiter_bytes()):

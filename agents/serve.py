@@ -30,7 +30,9 @@ def add_bus_flags(parser: argparse.ArgumentParser) -> None:
 
 
 async def serve_worker(worker: Worker, args: argparse.Namespace, config: Config, link: WorkerLink | None = None) -> int:
-    """Consume ``worker``'s stream through ``--redis`` (directly) or ``--gateway`` (its /bus API)."""
+    """Consume ``worker``'s stream through ``--redis`` (directly) or ``--gateway`` (its /bus API,
+    each call signed with the agent's key)."""
+    identity = Identity.load(args.key) if args.key else Identity.generate()
     backend = None
     if link is None and args.redis_url:
         from gateway.core.backends import Limits, open_backend
@@ -39,12 +41,12 @@ async def serve_worker(worker: Worker, args: argparse.Namespace, config: Config,
         backend = open_backend(args.redis_url, Limits(visibility_timeout_ms=config.visibility_timeout_ms))
         link = DirectLink(backend, Registry(backend.records, config.network, skew_s=config.skew_s))
     elif link is None:
-        link = HttpLink(args.gateway or "http://127.0.0.1:8080", args.token or config.worker_token)
+        link = HttpLink(args.gateway or "http://127.0.0.1:8080", args.token or config.worker_token, identity)
     runner = WorkerRunner(
         worker,
         link,
         lock_ttl_ms=config.visibility_timeout_ms,
-        identity=Identity.load(args.key) if args.key else None,
+        identity=identity,
         network=config.network,
         lease_s=config.lease_s,
     )

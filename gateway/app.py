@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from agents.echo import EchoWorker
 from gateway import __version__, openapi, registry_api, tasks_api, worker_api
-from gateway.authn import CallerAuthentication, protected_resource_routes
+from gateway.authn import CallerAuthentication, NodeSignatures, protected_resource_routes
 from gateway.cluster import Cluster
 from gateway.cluster import routes as cluster_routes
 from gateway.connectors import RegistryConnectors
@@ -23,10 +23,12 @@ from gateway.core.auth import Authenticator, AuthMode
 from gateway.core.backends import Backend, BackendUnavailable, QueueFull, TaskExists, TaskNotFound
 from gateway.core.config import Config
 from gateway.core.http import BodyLimit, CrossSiteGuard, HttpError, IndexedRouter, error_response, validation_errors
+from gateway.core.httpsig import DidKeyRequests
 from gateway.core.runtime import NoMatch, NotCancelable, NotContinuable, Runtime, UnknownAgent
 from gateway.supervisor import Supervisor
 from protocols import a2a, acp, anp
 from protocols.a2a.server import refusal_body as a2a_refusal
+from protocols.acp.server import refusal_body as acp_refusal
 from protocols.mcp import routes as mcp_routes
 from protocols.mcp.server import service_for as mcp_service_for
 from protocols.mcp.server import tool_drift as mcp_tool_drift
@@ -105,6 +107,8 @@ def create_app(
     cluster = Cluster(supervisor) if config.gossip else None
     # Who is calling (gateway/authn.py); none on a loopback bind with nothing configured.
     authenticator = Authenticator.from_config(config) if config.effective_auth() is not AuthMode.LOCAL else None
+    # Requests signed by other nodes (forwarded tasks) and by workers (/bus): one nonce store.
+    signed_requests = DidKeyRequests(runtime.kv)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -155,8 +159,16 @@ def create_app(
         handlers[kind] = _typed_error
     middleware = [Middleware(CrossSiteGuard), Middleware(BodyLimit, max_bytes=config.max_body_bytes)]
     if authenticator is not None:  # outermost: refuse before a body is read
-        refusals = [a2a_refusal]  # A2A refusals in the binding's own shape
-        middleware.insert(0, Middleware(CallerAuthentication, authenticator=authenticator, refusals=refusals))
+        refusals = [a2a_refusal, acp_refusal]  # refusals in the A2A binding's and ACP's own shapes
+        nodes = NodeSignatures(
+            signed_requests,
+            cluster.trusts if cluster is not None else None,
+            public_url=config.public_url,
+            max_body_bytes=config.max_body_bytes,
+        )
+        middleware.insert(
+            0, Middleware(CallerAuthentication, authenticator=authenticator, refusals=refusals, nodes=nodes)
+        )
         routes += protected_resource_routes(authenticator)
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers, middleware=middleware)
     app.router = IndexedRouter(routes, lifespan=lifespan)  # before the first request builds the stack
@@ -164,6 +176,7 @@ def create_app(
     app.state.connectors = connectors  # an adapter's mount may bind its connector factory to its options
     app.state.cluster = cluster
     app.state.authenticator = authenticator  # open routes whose answer depends on who asks (principal.py)
+    app.state.signed_requests = signed_requests  # /bus verifies workers' signatures with it
     app.state.registry_writes = registry_api.TokenBucket(config.registry_write_rate, config.registry_write_burst)
     app.state.allowlist = registry_api.load_allowlist(config.allowlist)
     app.state.record_annotations = [mcp_tool_drift(app)]  # facts added to GET /registry/agents/{did}

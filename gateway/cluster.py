@@ -32,11 +32,19 @@ a task goes to:
 3. records whose home is dead or has left are not routed to (``UnknownAgent``), and are not
    listed either: ``Cluster.reachable`` is the runtime's test of which agents every protocol
    face lists (``Runtime.known_agents``), and each membership change is signalled to the
-   runtime (``Runtime.agents_changed``), so MCP sessions get ``tools/list_changed``;
-4. with caller authentication required (``--auth-issuer``/``--api-keys`` without
-   ``--allow-anonymous``), records homed at other nodes are treated as unreachable: a forwarded
-   task would reach the home's ``/tasks`` without credentials. Node-signed forwarding (issue 14)
-   lifts this.
+   runtime (``Runtime.agents_changed``), so MCP sessions get ``tools/list_changed``.
+
+Forwarded requests carry no caller credentials: each is signed with this node's key (RFC 9421,
+keyid its ``did:key`` verification method, covering method, target URI, authority, the body's
+``Content-Digest`` and ``Interlace-On-Behalf-Of``; valid for 60 s, nonce single-use; see
+``gateway.core.httpsig``) and asserts the local task's owner in ``Interlace-On-Behalf-Of``. The
+home believes the assertion only from a node it trusts (``Cluster.trusts``, checked by
+``gateway.authn.NodeSignatures``), so the task it creates has the original owner, and following,
+continuing and cancelling it work as that owner. Trusted nodes: with ``--trust``, exactly the
+DIDs in that file (authoritative); without it, the DID of any member currently alive or suspect
+whose packets this node has verified. The second is as strong as admission to the gossip
+itself, which without ``--trust`` is any node of the network: a node that joins can then assert
+any owner here, so run ``--trust`` wherever caller authentication matters (a warning is logged).
 
 The remote task id is kept in the backend's key/value store under the local task id, so a
 redelivered forwarded task follows the remote task instead of submitting it twice. A task that
@@ -50,6 +58,8 @@ Trust model and limits:
 * what SWIM relays about *other* members (alive/suspect/dead, their addresses) is believed as in
   SWIM: any admitted node could lie about a third node. Run ``--trust`` with exactly your nodes'
   DIDs on any network that is not loopback (a warning is logged otherwise);
+* a trusted node is believed about the owners it asserts (and their groups): a federation's
+  nodes must share one namespace of principals (one issuer, the same API key names);
 * a record accepted from gossip skips this node's registration admission (token/allowlist):
   admission happens where the record entered the federation;
 * each push/pull carries the whole digest (did -> seq), fine up to ~10^4 records; beyond,
@@ -78,15 +88,20 @@ from starlette.routing import Route
 
 from agents.links import HttpLink
 from agents.worker import TaskFailed, Worker, WorkerRunner
+from gateway.authn import ON_BEHALF_OF, on_behalf_of
 from gateway.core.auth import AuthMode
+from gateway.core.backends import StoredEvent
 from gateway.core.config import Config
 from gateway.core.http import HttpError, json_response, read_json
+from gateway.core.httpsig import RequestSigner
+from gateway.core.principal import SYSTEM
 from gateway.registry_api import load_allowlist
 from gateway.supervisor import Supervisor
 from registry.gossip.envelope import ADDR, EnvelopeRejected
 from registry.gossip.swim import MemberEvent, State, SwimNode
 from registry.gossip.sync import RegistrySync
 from registry.gossip.transport import HttpGossip, detection_bound, profile
+from registry.identity import Identity
 from registry.service import stream_of
 from schemas import Message, Task, TaskArtifactUpdate, TaskEvent, TaskState, TaskStatusUpdate
 from schemas.agent_record import AgentRecord
@@ -151,11 +166,6 @@ class Cluster:
         cfg = runtime.config
         check_config(cfg)
         self.supervisor, self.runtime, self.node_id = supervisor, runtime, runtime.node_id
-        # A forwarded task reaches the home node's /tasks unauthenticated: with caller
-        # authentication required (and so, presumably, at the home too) it would be refused, so
-        # agents homed elsewhere are neither listed nor routed to until node-to-node requests are
-        # signed (issue 14). Records still gossip; nodes on one Redis share every agent anyway.
-        self.forwarding = cfg.effective_auth() is not AuthMode.REQUIRED
         self.profile_name = cfg.gossip_profile
         self.swim_config = profile(cfg.gossip_profile)
         self.addr = advertised_url(cfg.host, cfg.port, cfg.public_url)
@@ -187,18 +197,17 @@ class Cluster:
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=_KEEPALIVE_S)
         )
         await self.sync.start()
-        if self.gossip.trusted is None and self.runtime.config.host not in _LOOPBACK:
+        cfg = self.runtime.config
+        if self.gossip.trusted is None and cfg.host not in _LOOPBACK:
+            asserting = (
+                " and assert the owners of tasks it forwards here" if cfg.effective_auth() is not AuthMode.LOCAL else ""
+            )
             log.warning(
-                "gossip without a trust list on a non-loopback address: any node of network "
-                f"{self.runtime.config.network!r} can join; pass --trust FILE"
+                f"gossip without a trust list on a non-loopback address: any node of network {cfg.network!r} "
+                f"can join{asserting}; pass --trust FILE"
             )
         self.gossip.start(self.seeds)
         self._sweeper = asyncio.create_task(self._sweep(), name="forwarder-sweep")
-        if not self.forwarding:
-            log.warning(
-                "caller authentication is required: tasks are not forwarded to agents homed at other "
-                "gossiping nodes (node-to-node requests are not signed yet); share a Redis to share agents"
-            )
         log.info(
             "gossip started",
             extra={"node": self.node_id, "addr": self.addr, "seeds": self.seeds, "profile": self.profile_name},
@@ -256,9 +265,15 @@ class Cluster:
         """Whether ``place`` would place a task on ``record`` (routed here, or its home is alive or
         suspect); starts nothing."""
         home = self._remote_home(record)
-        if home is None:
-            return True
-        return self.forwarding and self.node.members[home].state in (State.ALIVE, State.SUSPECT)
+        return home is None or self.node.members[home].state in (State.ALIVE, State.SUSPECT)
+
+    def trusts(self, did: str) -> bool:
+        """Whether a request signed by ``did`` comes from a node that may assert task owners here:
+        on the trust list when there is one, else a live member's (module docstring)."""
+        if self.gossip.trusted is not None:
+            return did in self.gossip.trusted
+        dids = self.gossip.dids
+        return any(dids.get(m.id) == did for m in self.node.members.values() if m.state in (State.ALIVE, State.SUSPECT))
 
     def place(self, records: list[AgentRecord]) -> str | None:
         """The bus stream for a task to one of ``records`` (see the module docstring)."""
@@ -267,8 +282,6 @@ class Cluster:
             home = self._remote_home(record)
             if home is None:
                 local.append(record)
-                continue
-            if not self.forwarding:
                 continue
             state = self.node.members[home].state
             if state is State.ALIVE:
@@ -311,7 +324,7 @@ class Cluster:
             raise TaskFailed(f"the agent's home node {home} is unreachable")
         link = self._links.get(member.addr)
         if link is None:
-            link = self._links[member.addr] = _HomeLink(member.addr)
+            link = self._links[member.addr] = _HomeLink(member.addr, self.runtime.identity)
         return link, self._gone.setdefault(home, asyncio.Event())
 
     # ---- views ------------------------------------------------------------------------------
@@ -350,16 +363,20 @@ class Cluster:
 
 
 class _HomeLink(HttpLink):
-    """A home node's task API (``HttpLink``'s calls and SSE reader) on a pool that drops idle
-    connections before the server's keep-alive timeout (uvicorn: 5 s), so a request never
-    races the server closing the connection it reuses."""
+    """A home node's task API (``HttpLink``'s SSE reader), every request signed with this node's
+    key, on a pool that drops idle connections before the server's keep-alive timeout (uvicorn:
+    5 s), so a request never races the server closing the connection it reuses."""
 
-    def __init__(self, base_url: str) -> None:  # HttpLink.__init__ only makes its client
+    def __init__(self, base_url: str, identity: Identity) -> None:  # HttpLink.__init__ only makes its client
         self.http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             timeout=httpx.Timeout(30.0),
             limits=httpx.Limits(keepalive_expiry=_KEEPALIVE_S),
+            auth=RequestSigner(identity, covered_headers=[ON_BEHALF_OF]),
         )
+
+    def task_events(self, task_id: str, after: str | None, owner: dict[str, str]) -> AsyncIterator[StoredEvent]:
+        return self.follow(f"/tasks/{task_id}/events", after, owner)
 
 
 async def _until(events: AsyncIterator, gone: asyncio.Event) -> AsyncIterator:
@@ -397,6 +414,8 @@ class ForwardWorker(Worker):
         if FORWARDED_FROM in task.metadata:  # our view and the sender's disagree: no chains
             raise TaskFailed(f"the agent does not live at node {self.cluster.node_id} (its home is {self.home})")
         link, gone = self.cluster.link(self.home)
+        # the home's task gets the same owner; the gateway's own tasks go as this node (no assertion)
+        owner = on_behalf_of(task.owner, task.owner_groups or ()) if task.owner not in (None, SYSTEM.id) else {}
         kv = self.cluster.runtime.backend.kv
         key = f"fwd:{task.id}"
         raw = await kv.get(key)
@@ -406,18 +425,18 @@ class ForwardWorker(Worker):
         if remote.get("home") != self.home:
             remote = {
                 "home": self.home,
-                "task_id": await self._submit(link, task, message),
+                "task_id": await self._submit(link, task, message, owner),
                 "turns": turns,
                 "after": None,
             }
             await kv.set(key, json.dumps(remote), self.cluster.runtime.config.retention_s)
         elif remote["turns"] < turns:  # a follow-up after input-required
-            await self._post(link, "/tasks", {"task_id": remote["task_id"], "message": _outgoing(message)})
+            await self._post(link, "/tasks", {"task_id": remote["task_id"], "message": _outgoing(message)}, owner)
             remote["turns"] = turns
             await kv.set(key, json.dumps(remote), self.cluster.runtime.config.retention_s)
         settled = False
         try:
-            async for remote_event in self._follow(link, gone, remote):
+            async for remote_event in self._follow(link, gone, remote, owner):
                 event = _mirror(task, remote_event)
                 if event is None:
                     continue
@@ -432,15 +451,17 @@ class ForwardWorker(Worker):
             # home too), or by this node shutting down (leave it running; a redelivery follows it).
             current = None if settled else await asyncio.shield(self.cluster.runtime.backend.tasks.get(task.id))
             if current is not None and current.state is TaskState.CANCELED:
-                await asyncio.shield(self._cancel_remote(link, remote["task_id"]))
+                await asyncio.shield(self._cancel_remote(link, remote["task_id"], owner))
 
-    async def _follow(self, link: HttpLink, gone: asyncio.Event, remote: dict[str, Any]) -> AsyncIterator[TaskEvent]:
+    async def _follow(
+        self, link: _HomeLink, gone: asyncio.Event, remote: dict[str, Any], owner: dict[str, str]
+    ) -> AsyncIterator[TaskEvent]:
         """The remote task's events as events of the local task; resumes a dropped stream while
         the home lives (a few times), fails the task when the home is gone."""
         task_id = remote["task_id"]
         for attempt in range(5):
             try:
-                async for stored in _until(link.events(task_id, remote["after"]), gone):
+                async for stored in _until(link.task_events(task_id, remote["after"], owner), gone):
                     remote["after"] = stored.event_id
                     yield stored.event
                     if isinstance(stored.event, TaskStatusUpdate) and stored.event.final:
@@ -452,18 +473,19 @@ class ForwardWorker(Worker):
             await asyncio.sleep(0.2 * (attempt + 1))
         raise TaskFailed(f"lost contact with the agent's home node {self.home}")
 
-    async def _submit(self, link: HttpLink, task: Task, message: Message) -> str:
+    async def _submit(self, link: _HomeLink, task: Task, message: Message, owner: dict[str, str]) -> str:
         metadata = {**task.metadata, FORWARDED_FROM: {"node": self.cluster.node_id, "task_id": task.id}}
         body = await self._post(
             link,
             "/tasks",
             {"agent": self.did, "message": _outgoing(message), "context_id": task.context_id, "metadata": metadata},
+            owner,
         )
         return body["id"]
 
-    async def _post(self, link: HttpLink, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _post(self, link: _HomeLink, path: str, body: dict[str, Any], owner: dict[str, str]) -> dict[str, Any]:
         try:
-            resp = await link.http.post(path, json=body, timeout=10.0)
+            resp = await link.http.post(path, json=body, headers=owner, timeout=10.0)
         except (httpx.HTTPError, OSError) as exc:
             raise TaskFailed(f"the agent's home node {self.home} is unreachable ({exc.__class__.__name__})") from None
         if resp.status_code >= 400:
@@ -474,9 +496,9 @@ class ForwardWorker(Worker):
             raise TaskFailed(f"node {self.home} refused the task: {detail}")
         return resp.json()
 
-    async def _cancel_remote(self, link: HttpLink, task_id: str) -> None:
+    async def _cancel_remote(self, link: _HomeLink, task_id: str, owner: dict[str, str]) -> None:
         try:
-            await link.http.post(f"/tasks/{task_id}:cancel", timeout=3.0)
+            await link.http.post(f"/tasks/{task_id}:cancel", headers=owner, timeout=3.0)
         except Exception:
             log.info("could not cancel the remote task", extra={"home": self.home, "task_id": task_id})
 

@@ -227,6 +227,9 @@ class Task(Model):
     # The principal that created the task (its id); set by the runtime from the authenticated
     # caller, never from anything a client sends. Only the owner (or an admin) sees the task.
     owner: str | None = None
+    # The owner's groups when it submitted the task: a forwarded task is judged at its home node
+    # (policy, admin rights) by the same groups it had here.
+    owner_groups: list[str] | None = None
 
     @property
     def state(self) -> TaskState:

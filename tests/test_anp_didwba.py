@@ -17,7 +17,8 @@ from anp.authentication.http_signatures import generate_http_signature_headers, 
 from anp.proof import verify_w3c_proof
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from protocols.anp import httpsig
+from gateway.core import httpsig
+from gateway.core.httpsig import SignatureError
 from protocols.anp.didwba import (
     DidError,
     check_document,
@@ -28,7 +29,7 @@ from protocols.anp.didwba import (
     key_of,
     parse_did,
 )
-from protocols.anp.httpsig import SignatureError
+from protocols.anp.httpsig import legacy_header, parse_legacy
 from registry.identity import Identity
 from tests.fixtures.anp_support import make_caller
 
@@ -148,7 +149,7 @@ def test_gateway_signatures_verify_with_the_sdk():
     assert ok, message
     assert not verify_http_message_signature(doc, "POST", url, headers, b'{"a":2}')[0]
     for version in ("1.1", "1.0"):
-        header = httpsig.legacy_header(identity, did, "remote.example", version=version)
+        header = legacy_header(identity, did, "remote.example", version=version)
         assert verify_auth_header_signature(header, doc, "remote.example") == (True, "Verification successful")
         assert not verify_auth_header_signature(header, doc, "other.example")[0]
 
@@ -174,9 +175,9 @@ def test_malformed_signature_headers_are_refused(headers):
 def test_legacy_header_parsing(tmp_path):
     caller = make_caller(tmp_path, "bob")
     header = generate_auth_header(caller.document, "gw.example.com", caller.sign, version="1.0")
-    auth = httpsig.parse_legacy(header)
+    auth = parse_legacy(header)
     assert auth.did == caller.did and auth.version == "1.0" and auth.domain_fields() == ["service", "aud"]
-    assert httpsig.parse_legacy(header.replace('v="1.0", ', "")).domain_fields() == ["aud", "service"]
+    assert parse_legacy(header.replace('v="1.0", ', "")).domain_fields() == ["aud", "service"]
     for bad in ["Basic abc", "DIDWba", 'DIDWba did="x"', "DIDWba " + "x" * 9000]:
         with pytest.raises(SignatureError):
-            httpsig.parse_legacy(bad)
+            parse_legacy(bad)

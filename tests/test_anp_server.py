@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from agents.echo import EchoWorker
 from protocols.anp.didwba import did_for_host
 from schemas import DataPart, TextPart
+from tests.conftest import test_config
 from tests.fixtures.anp_support import LocalResolver, anp_gateway, call, make_caller, signed_post, signer
 
 
@@ -175,8 +176,25 @@ async def test_working_get_task_and_cancel(anp):
     assert canceled_send["result"]["state"] == "canceled"
 
 
-async def test_tasks_are_private_to_their_caller_and_scope(anp):
-    url, _, http, alice, bob = anp
+@pytest.fixture(params=["embedded", "redis"])
+async def anp_on_both_backends(request, tmp_path):
+    alice, bob = make_caller(tmp_path, "alice"), make_caller(tmp_path, "bob")
+    config = test_config()
+    if request.param == "redis":
+        server = request.getfixturevalue("redis_server")
+        server.flush()
+        config = test_config(redis_url=server.url)
+    async with anp_gateway(config, workers=[EchoWorker(), OtherEcho()], resolve=LocalResolver(alice, bob)) as (
+        url,
+        app,
+    ):
+        async with httpx.AsyncClient(timeout=20) as http:
+            yield url, app, http, alice, bob
+
+
+async def test_tasks_are_private_to_their_caller_and_scope(anp_on_both_backends):
+    """Security review P1-P2 over ANP (the owner is the caller's DID), on both backends."""
+    url, _, http, alice, bob = anp_on_both_backends
     task_id = (await call(http, signer(alice), rpc_url(url), "send_message", {"message": "secret"}))["result"][
         "task_id"
     ]

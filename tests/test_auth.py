@@ -362,8 +362,9 @@ async def test_api_key_file_reload_keeps_the_last_good_set(tmp_path, caplog):
     async with authenticator(api_keys=path) as auth:
         await auth.authenticate("Bearer k1")
         (tmp_path / "keys.yaml").write_text("- principal: [unclosed\n")
-        with pytest.raises(ValueError, match="not valid YAML"):
+        with pytest.raises(ValueError, match=r"not valid YAML \(line 2, column 1\)") as refused_file:
             auth.reload()
+        assert "\n" not in str(refused_file.value)  # one line: the CLI prints it as one
         assert "keeping the last good set" in caplog.text
         assert (await auth.authenticate("Bearer k1")).id == "a"
         key_file(tmp_path, {"principal": "b", "key_sha256": api_key_digest("k2")})

@@ -272,6 +272,8 @@ async def test_without_credentials(env, client):
         assert f'resource_metadata="{env.gateway}/.well-known/oauth-protected-resource/mcp"' in challenge
     if client == "a2a":
         assert resp.json()["error"]["code"] == -32000  # the JSON-RPC binding's authentication error
+    if client == "acp":  # ACP's own error object, which the acp-sdk client raises as an ACPError
+        assert resp.json() == {"code": "unauthorized", "message": resp.json()["message"], "data": None}
     assert await env.tasks_with_text(text) == []  # refused before anything ran
 
 

@@ -65,6 +65,7 @@ import jwt
 import yaml
 
 from gateway.core.principal import ANONYMOUS, LOCAL, Principal
+from gateway.core.settings import yaml_problem
 
 log = logging.getLogger("interlace.auth")
 
@@ -144,7 +145,7 @@ def load_api_keys(path: str | Path) -> tuple[ApiKey, ...]:
     except OSError as exc:
         raise ValueError(f"cannot read the API key file {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ValueError(f"the API key file {path} is not valid YAML: {exc}") from None
+        raise ValueError(f"the API key file {path} is not valid YAML{yaml_problem(exc)}") from None
     if not isinstance(data, list):
         raise ValueError(f"the API key file {path} must be a YAML list of {{principal, key_sha256, groups}}")
     keys: list[ApiKey] = []

@@ -53,6 +53,44 @@ async def read_model(request: Request, model: type[BaseModel]) -> Any:
         ) from None
 
 
+class BodyTooLarge(Exception):
+    """A request body over the limit."""
+
+
+async def buffered_body(scope: Scope, receive: Receive, max_bytes: int) -> tuple[bytes, Receive] | None:
+    """The whole request body and a ``receive`` that replays it to the app; None when the client
+    disconnected. Raises BodyTooLarge past ``max_bytes`` (declared or read)."""
+    declared = dict(scope["headers"]).get(b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise BodyTooLarge()
+    chunks, size = [], 0
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            return None
+        chunk = msg.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise BodyTooLarge()
+        chunks.append(chunk)
+        if not msg.get("more_body"):
+            break
+    body, replayed = b"".join(chunks), False
+
+    async def replay() -> AsgiMessage:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return body, replay
+
+
+def too_large(max_bytes: int) -> Response:
+    return error_response(413, "payload_too_large", f"request body exceeds {max_bytes} bytes")
+
+
 class BodyLimit:
     """Answer 413 to a request body over ``max_bytes`` before any route sees it.
 
@@ -66,35 +104,12 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._reject(scope, receive, send)
-        chunks, size = [], 0
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return
-            chunk = msg.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                return await self._reject(scope, receive, send)
-            chunks.append(chunk)
-            if not msg.get("more_body"):
-                break
-        body, replayed = b"".join(chunks), False
-
-        async def replay() -> AsgiMessage:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        resp = error_response(413, "payload_too_large", f"request body exceeds {self.max_bytes} bytes")
-        await resp(scope, receive, send)
+        try:
+            got = await buffered_body(scope, receive, self.max_bytes)
+        except BodyTooLarge:
+            return await too_large(self.max_bytes)(scope, receive, send)
+        if got is not None:
+            await self.app(scope, got[1], send)
 
 
 # Content types a browser sends cross-site without a CORS preflight (Fetch "CORS-safelisted").

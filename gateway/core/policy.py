@@ -87,6 +87,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import yaml
 
 from gateway.core.aio import wait_cancelled
+from gateway.core.settings import yaml_problem
 
 if TYPE_CHECKING:  # read by attribute only
     from gateway.core.principal import Principal
@@ -433,12 +434,8 @@ def load_policy(path: str | Path) -> Policy:
         raise ValueError(f"cannot read the policy file {path}: {getattr(exc, 'strerror', None) or exc}") from None
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: plain data only
-    except yaml.YAMLError as exc:  # one line: where, and what (the whole str() spans several)
-        mark = getattr(exc, "problem_mark", None)
-        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        raise ValueError(
-            f"the policy file {path} is not valid YAML{at}: {getattr(exc, 'problem', None) or exc}"
-        ) from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"the policy file {path} is not valid YAML{yaml_problem(exc)}") from None
     return Policy.parse(data, f"the policy file {path}")
 
 

@@ -22,7 +22,7 @@ class Principal:
     """Who is calling. ``claims`` holds verified claims only (a read-only view), never a token."""
 
     id: str
-    kind: str  # "jwt" | "api_key" | "did" | "anonymous"
+    kind: str  # "jwt" | "api_key" | "did" | "anonymous" | "system" | "forwarded" (asserted by a trusted node)
     groups: frozenset[str] = frozenset()
     scopes: frozenset[str] = frozenset()
     claims: Mapping[str, Any] = dataclasses.field(

@@ -228,7 +228,8 @@ class Runtime:
                 stream, route = self.route(query, caller=caller)
             else:
                 raise ValueError("submit needs an agent or a capability query")
-            task = Task(metadata=metadata or {}, route=route, owner=caller.id)
+            groups = sorted(caller.groups) or None
+            task = Task(metadata=metadata or {}, route=route, owner=caller.id, owner_groups=groups)
             if context_id:
                 task.context_id = context_id
             task.history.append(message.model_copy(update={"task_id": task.id, "context_id": task.context_id}))

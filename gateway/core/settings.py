@@ -60,3 +60,10 @@ def parse_setting(f: dataclasses.Field, raw: str, var: str) -> Any:
     except ValueError:
         raise ValueError(f"{var}={raw!r} is not a valid {f.type}") from None
     return raw
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A YAML error in one line: where (line, column) and what (its str() spans several)."""
+    mark = getattr(exc, "problem_mark", None)
+    at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{at}: {getattr(exc, 'problem', None) or exc}"

@@ -94,6 +94,15 @@ def acp_error(
     return JSONResponse({"code": code, "message": message, "data": data}, status_code=status, headers=headers)
 
 
+def refusal_body(path: str, http_status: int, message: str) -> dict[str, Any] | None:
+    """The body a request to ``/acp`` refused by the gateway's caller authentication gets: ACP's
+    own error object (the acp-sdk client parses it into an ACPError); None for other paths."""
+    if path != "/acp" and not path.startswith("/acp/"):
+        return None
+    code = {401: "unauthorized", 403: "forbidden"}.get(http_status, "server_error")
+    return {"code": code, "message": message, "data": None}
+
+
 def _error_for(exc: Exception) -> ACPError:
     if isinstance(exc, ACPError):
         return exc

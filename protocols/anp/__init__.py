@@ -7,7 +7,7 @@ Surface (alike in every adapter): ``routes(options)``, ``mount(app, options)``, 
 ``ANPOptions``.
 
 Modules: ``didwba`` (did:wba identifiers, keys, proofs, the gateway's document), ``httpsig``
-(RFC 9421 signatures and the legacy DIDWba header), ``auth`` (request authentication, nonces,
+(the legacy DIDWba header; RFC 9421 itself is ``gateway.core.httpsig``), ``auth`` (request authentication, nonces,
 bearer tokens, DID resolution with a cache), ``wire`` (ad.json, OpenRPC, the canonical mapping),
 ``options`` (``ANPOptions``, the host outbound calls sign as), ``server`` (routes, JSON-RPC
 methods), ``client`` and ``connector`` (outbound).

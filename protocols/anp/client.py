@@ -19,8 +19,8 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from gateway.core.httpsig import sign_request
 from protocols.anp.didwba import did_for_host
-from protocols.anp.httpsig import sign_request
 from registry.identity import Identity
 
 MAX_INTERFACES = 16

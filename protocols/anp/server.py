@@ -47,6 +47,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.core.backends import BackendUnavailable, QueueFull, TaskNotFound
 from gateway.core.http import configured_base_url, error_response, public_base_url, replace_routes
+from gateway.core.httpsig import request_urls
 from gateway.core.principal import Principal, principal_of
 from gateway.core.runtime import ActingFor, NotCancelable, NotContinuable, Runtime, UnknownAgent
 from protocols.anp import wire
@@ -107,12 +108,7 @@ class ANPService:
 
     def request_urls(self, request: Request) -> list[str]:
         """The URLs a signature may name for this request: as addressed, and as configured."""
-        urls = [str(request.url)]
-        configured = configured_base_url(request, self.options.public_url)
-        if configured:
-            query = f"?{request.url.query}" if request.url.query else ""
-            urls.append(configured.rstrip("/") + request.url.path + query)
-        return list(dict.fromkeys(urls))
+        return request_urls(str(request.url), configured_base_url(request, self.options.public_url))
 
     def domains(self, request: Request) -> list[str]:
         """Host names (no port) a legacy DIDWba header may be signed for."""
