@@ -100,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
         "and on SIGHUP (env INTERLACE_POLICY)",
     )
     serve.add_argument(
+        "--egress-allow",
+        metavar="CIDR|HOST,...",
+        type=lambda text: tuple(x.strip() for x in text.split(",") if x.strip()),
+        help="internal destinations the gateway may connect to (agents, upstreams, webhooks, peers): "
+        "networks, host names, 'loopback', 'private' or 'none' (default: loopback on a loopback bind, "
+        "else only public addresses; env INTERLACE_EGRESS_ALLOW)",
+    )
+    serve.add_argument(
         "--gossip-faults", action="store_const", const=True, help=argparse.SUPPRESS
     )  # tests: POST /gossip/faults
 
@@ -148,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
 
                 load_policy(config.policy)
             config.effective_admission()
+            from gateway.core.egress import Egress
+
+            Egress.from_config(config)  # a malformed --egress-allow is refused here
             from gateway.cluster import check_config  # gossip settings: fail before starting
 
             check_config(config)

@@ -67,6 +67,9 @@ class Config:
     admin_group: str = "admin"  # members see and manage every task
     audit_log: str | None = None  # JSON-lines file for the audit log (gateway/core/audit.py); unset: the log
     policy: str | None = None  # YAML file of allow/deny/require rules (gateway/core/policy.py); reloaded on change
+    # Where the gateway may connect out (gateway/core/egress.py): networks, host names, "loopback",
+    # "private" or "none"; unset: loopback on a loopback bind, else only the public internet.
+    egress_allow: tuple[str, ...] | None = None
 
     def read_secret_files(self) -> None:
         """Fill the tokens from their ``*_file`` settings (``load`` does this once)."""

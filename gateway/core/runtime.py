@@ -31,6 +31,7 @@ from gateway.core.backends import (
     open_backend,
 )
 from gateway.core.config import Config
+from gateway.core.egress import Egress
 from gateway.core.metrics import Metrics
 from gateway.core.policy import Action, Policy, PolicyFile, Target
 from gateway.core.principal import SYSTEM, Principal
@@ -83,6 +84,9 @@ class Runtime:
         self.metrics = Metrics()
         self.admission = config.effective_admission()
         self.identity = Identity.load(config.node_key) if config.node_key else Identity.generate()
+        # Every outbound connection follows it (gateway/core/egress.py); tests may replace it
+        # (a resolver of their own) before the gateway starts.
+        self.egress = Egress.from_config(config)
         self.registry = Registry(self.backend.records, config.network, skew_s=config.skew_s)
         self.capabilities = CapabilityRouter(self.registry, embeddings=config.embeddings)
         # The operator's policy (--policy FILE; a ValueError if it does not parse), reloaded while
