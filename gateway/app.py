@@ -106,7 +106,11 @@ def create_app(
     connectors = RegistryConnectors(supervisor)
     cluster = Cluster(supervisor) if config.gossip else None
     # Who is calling (gateway/authn.py); none on a loopback bind with nothing configured.
-    authenticator = Authenticator.from_config(config) if config.effective_auth() is not AuthMode.LOCAL else None
+    authenticator = (
+        Authenticator.from_config(config, egress=runtime.egress)
+        if config.effective_auth() is not AuthMode.LOCAL
+        else None
+    )
     # Requests signed by other nodes (forwarded tasks) and by workers (/bus): one nonce store.
     signed_requests = DidKeyRequests(runtime.kv)
 

@@ -92,6 +92,7 @@ from gateway.authn import ON_BEHALF_OF, on_behalf_of
 from gateway.core.auth import AuthMode
 from gateway.core.backends import StoredEvent
 from gateway.core.config import Config
+from gateway.core.egress import Egress
 from gateway.core.http import HttpError, json_response, read_json
 from gateway.core.httpsig import RequestSigner
 from gateway.core.principal import SYSTEM
@@ -193,7 +194,9 @@ class Cluster:
     # ---- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.client = self.gossip.client = httpx.AsyncClient(
+        # Gossip and forwarding dial peers under the egress policy; the seeds are the operator's own.
+        self.egress = self.runtime.egress.allowing(*self.seeds)
+        self.client = self.gossip.client = self.egress.httpx_client(
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=_KEEPALIVE_S)
         )
         await self.sync.start()
@@ -324,7 +327,7 @@ class Cluster:
             raise TaskFailed(f"the agent's home node {home} is unreachable")
         link = self._links.get(member.addr)
         if link is None:
-            link = self._links[member.addr] = _HomeLink(member.addr, self.runtime.identity)
+            link = self._links[member.addr] = _HomeLink(member.addr, self.runtime.identity, self.egress)
         return link, self._gone.setdefault(home, asyncio.Event())
 
     # ---- views ------------------------------------------------------------------------------
@@ -367,8 +370,8 @@ class _HomeLink(HttpLink):
     key, on a pool that drops idle connections before the server's keep-alive timeout (uvicorn:
     5 s), so a request never races the server closing the connection it reuses."""
 
-    def __init__(self, base_url: str, identity: Identity) -> None:  # HttpLink.__init__ only makes its client
-        self.http = httpx.AsyncClient(
+    def __init__(self, base_url: str, identity: Identity, egress: Egress) -> None:  # HttpLink's only makes its client
+        self.http = egress.httpx_client(
             base_url=base_url.rstrip("/"),
             timeout=httpx.Timeout(30.0),
             limits=httpx.Limits(keepalive_expiry=_KEEPALIVE_S),

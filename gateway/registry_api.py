@@ -6,7 +6,10 @@ write (action ``register``: who may register, renew or deregister which names): 
 the DID that signed it (``Principal.for_did``), its target the record (``Target.of_record``; for a
 deregistration, the live record it removes); a write the policy denies is a 403
 ``denied_by_policy`` naming the DID and the agent name. Then the registry's acceptance rules
-(registry/service.py). Every refusal is a 4xx JSON error whose ``code`` names the reason; the
+(registry/service.py). A record whose ``mcp``/``a2a``/``acp``/``anp`` endpoint the gateway's egress
+policy refuses (gateway/core/egress.py; as far as can be told at registration: a literal address,
+a name that resolves) is a 400 ``endpoint_not_allowed``, before it can make the gateway connect
+anywhere. Every refusal is a 4xx JSON error whose ``code`` names the reason; the
 stored record is unchanged. Writes are in the audit log (``register`` / ``deregister``, the
 agent's name, ``ok``, ``denied`` or the refusal's code). The policy judges writes made here:
 records relayed by gossip were judged by the node they were written at.
@@ -19,6 +22,7 @@ may not call is a 404 like one that is not registered.
 from __future__ import annotations
 
 import hmac
+import logging
 import math
 import time
 from pathlib import Path
@@ -29,12 +33,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.core import audit
+from gateway.core.egress import EgressRefused
 from gateway.core.http import HttpError, json_response, read_json, validation_errors
 from gateway.core.policy import Action, Target
 from gateway.core.principal import Principal, principal_of
 from registry.records import RecordRejected
 from registry.service import PROTOCOLS, Registry, parse_signed
 from schemas.agent_record import AgentRecord, Tombstone
+
+log = logging.getLogger("interlace.registry")
 
 
 class TokenBucket:
@@ -120,6 +127,26 @@ def _judge(request: Request, model: AgentRecord | Tombstone, record: AgentRecord
         )
 
 
+async def _check_endpoints(request: Request, record: AgentRecord) -> None:
+    """400 ``endpoint_not_allowed`` for an endpoint the egress policy refuses (audited; the
+    reason is logged, not told: it would say what an internal name resolves to)."""
+    egress = request.app.state.runtime.egress
+    for kind in ("mcp", "a2a", "acp", "anp"):
+        url = getattr(record.endpoints, kind)
+        if url is None:
+            continue
+        try:
+            await egress.check_endpoint(str(url))
+        except EgressRefused as exc:
+            log.info(
+                "endpoint refused by the egress policy", extra={"did": record.did, "kind": kind, "error": str(exc)}
+            )
+            audit.record(Principal.for_did(record.did), "register", record.name, "endpoint_not_allowed")
+            raise HttpError(
+                400, "endpoint_not_allowed", f"the {kind} endpoint is not allowed by this gateway's egress policy"
+            ) from None
+
+
 async def _submit(request: Request, model: AgentRecord | Tombstone, name: str, action: str) -> str:
     registry: Registry = request.app.state.runtime.registry
     principal = Principal.for_did(model.did)
@@ -136,6 +163,7 @@ async def register(request: Request) -> Response:
     record = await _read_signed(request, AgentRecord)
     _admit(request, record.did)
     _judge(request, record, record, "register")
+    await _check_endpoints(request, record)
     outcome = await _submit(request, record, record.name, "register")
     body = {
         "did": record.did,

@@ -126,7 +126,7 @@ class A2ACall:
 
 class _NodeState:
     def __init__(self, rt: Runtime, policy: PushPolicy) -> None:
-        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=64), follow_redirects=False)
+        self.http = rt.egress.httpx_client(limits=httpx.Limits(max_connections=64))  # webhooks: the egress policy
         self.store = PushStore(rt.kv, rt.config.retention_s)
         self.dispatcher = PushDispatcher(rt, self.store, policy, self.http, rt.config.sse_max_s)
 
@@ -208,7 +208,7 @@ class A2AService:
         if p.push is not None:
             if not self.options.push.enabled:
                 raise PushNotificationNotSupportedError()
-            self.options.push.check_url(p.push.url)
+            await self.options.push.check_url(p.push.url, call.runtime.egress)
         msg = p.message
         if msg.task_id:
             task = await self._visible(call, msg.task_id)
@@ -344,7 +344,7 @@ class A2AService:
     async def push_create(self, call: A2ACall, cfg: PushConfig) -> Any:
         self._push_enabled()
         task = await self._visible(call, cfg.task_id)
-        self.options.push.check_url(cfg.url)
+        await self.options.push.check_url(cfg.url, call.runtime.egress)
         node = self.node(call.runtime)
         cfg = await node.store.put(cfg, call.dialect.version)
         if not task.state.terminal:
