@@ -4,12 +4,12 @@ Policy (``Egress``): a destination is an ``http``/``https`` URL whose host resol
 addresses on the public internet. Refused unless the operator allows them (``--egress-allow``):
 loopback, private (10/8, 172.16/12, 192.168/16), link-local (169.254/16, the cloud metadata
 address included), shared 100.64/10, multicast, reserved, unspecified, IPv6 unique-local,
-link-local and site-local, and anything IANA marks not globally reachable. An IPv4 address
-hidden in an IPv6 one (IPv4-mapped ``::ffff:a.b.c.d`` and NAT64 ``64:ff9b::/96``: the IPv4
-address is what is reached; 6to4 and Teredo: both are judged) and the legacy spellings ``socket`` accepts
-(``2130706433``, ``0x7f.1``, ``017700000001``) are judged by the address they denote, so
-``64:ff9b::a9fe:a9fe`` is refused as 169.254.169.254 and a DNS64 network's public names work. Every address
-a name resolves to must pass, or none is used (a name with one internal record is refused).
+link-local and site-local, and anything IANA marks not globally reachable. An IPv4 address in an
+IPv6 one (IPv4-mapped ``::ffff:a.b.c.d`` and NAT64 ``64:ff9b::/96``: the IPv4 address is what is
+reached; 6to4 and Teredo: both are judged) and the legacy spellings ``socket`` accepts
+(``2130706433``, ``0x7f.1``, ``017700000001``) are judged by the address they denote: so
+``64:ff9b::a9fe:a9fe`` is refused as 169.254.169.254, and a DNS64 network's public names work.
+Every address a name resolves to must pass, or none is used (one internal record refuses a name).
 
 Allowances (``--egress-allow CIDR|HOST,...``, ``INTERLACE_EGRESS_ALLOW``): a network (``10.0.0.0/8``,
 an address), a host name (exact, or ``.example.com`` for a domain: any address it resolves to),
@@ -185,12 +185,12 @@ class Egress:
         self._proxy_of: dict[tuple[str, str], str | None] = {}
 
     @classmethod
-    def from_config(cls, config: Any, *, resolver: Resolver | None = None) -> Egress:
+    def from_config(cls, config: Any) -> Egress:
         """The policy of ``gateway.core.config.Config``: ``egress_allow``, else ``loopback`` on a loopback bind."""
         allow = config.egress_allow
         if allow is None:
             allow = ("loopback",) if is_loopback(config.host) else ()
-        return cls(allow, resolver=resolver)
+        return cls(allow)
 
     def allowing(self, *urls_or_hosts: str | None) -> Egress:
         """This policy, with the hosts of these operator-given URLs (or host names) allowed too."""
@@ -277,7 +277,8 @@ class Egress:
 
     def httpx_client(self, *, verify: Any = True, limits: httpx.Limits | None = None, **kw: Any) -> httpx.AsyncClient:
         """An ``httpx.AsyncClient`` (keyword arguments as httpx's) that follows this policy."""
-        transport = _EgressTransport(self, verify=verify, limits=limits or httpx.Limits())
+        limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)  # httpx's defaults
+        transport = _EgressTransport(self, verify=verify, limits=limits)
         return httpx.AsyncClient(transport=transport, follow_redirects=False, **kw)
 
     def aiohttp_session(
