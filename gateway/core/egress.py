@@ -183,6 +183,7 @@ class Egress:
                 hosts.add(urlsplit(url).hostname.lower())  # type: ignore[union-attr]
         self.networks, self.hosts = tuple(networks), frozenset(hosts)
         self._proxy_of: dict[tuple[str, str], str | None] = {}
+        self._verdicts: dict[str, str | None] = {}
 
     @classmethod
     def from_config(cls, config: Any) -> Egress:
@@ -217,10 +218,14 @@ class Egress:
             raise EgressRefused(f"scheme {scheme!r} is not http or https")
         if not host:
             raise EgressRefused("the URL has no host")
-        if self._host_allowed(host):
-            return
-        address = literal_address(host)
-        if address is not None and (why := self.refusal(address)):
+        why = self._verdicts.get(host, False)  # this runs per request: a host is judged once
+        if why is False:
+            address = None if self._host_allowed(host) else literal_address(host)
+            why = self.refusal(address) if address is not None else None
+            if len(self._verdicts) > 4096:
+                self._verdicts.clear()
+            self._verdicts[host] = why
+        if why:
             raise EgressRefused(why)
 
     def check_url(self, url: str) -> None:
@@ -417,14 +422,9 @@ class _EgressTransport(httpx.AsyncBaseTransport):
         elif (transport := self.proxied.get(proxy)) is None:
             transport = self.proxied[proxy] = self._pinned(proxy)
         response = await transport.handle_async_request(request)
-        if response.headers.get("content-type", "").startswith("text/event-stream"):
-            return response
-        return httpx.Response(
-            response.status_code,
-            headers=response.headers,
-            stream=_BoundedStream(response.stream, request),  # type: ignore[arg-type]
-            extensions=response.extensions,
-        )
+        if not response.headers.get("content-type", "").startswith("text/event-stream"):
+            response.stream = _BoundedStream(response.stream, request)  # type: ignore[arg-type]
+        return response
 
     async def aclose(self) -> None:
         for transport in (self.direct, *self.proxied.values()):
