@@ -42,12 +42,13 @@ class FakeGossip:
 
 def record(identity: Identity, seq: int, *, ttl: int = 600, issued_at: int | None = None, **extra) -> AgentRecord:
     now = int(time.time()) if issued_at is None else issued_at
+    name = extra.pop("name", f"agent-{identity.did[-8:]}")  # names belong to one DID each
     data = {
         "did": identity.did,
-        "name": "agent",
+        "name": name,
         "version": "1",
         "skills": [{"id": "s", "name": "s"}],
-        "endpoints": {"bus": "agent"},
+        "endpoints": {"bus": name},
         "home_node": "node-x",
         "seq": seq,
         "issued_at": now,
