@@ -53,7 +53,10 @@ A2A_SEND = {
     "jsonrpc": "2.0",
     "id": 1,
     "method": "SendMessage",
-    "params": {"message": {"messageId": "m1", "role": "ROLE_USER", "parts": [{"text": "hi"}]}},
+    "params": {
+        "message": {"messageId": "m1", "role": "ROLE_USER", "parts": [{"text": "hi"}]},
+        "metadata": {"agent": "echo"},
+    },
 }
 MCP_INIT = {
     "jsonrpc": "2.0",
