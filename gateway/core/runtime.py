@@ -87,7 +87,9 @@ class Runtime:
         # Every outbound connection follows it (gateway/core/egress.py); tests may replace it
         # (a resolver of their own) before the gateway starts.
         self.egress = Egress.from_config(config)
-        self.registry = Registry(self.backend.records, config.network, skew_s=config.skew_s)
+        self.registry = Registry(
+            self.backend.records, config.network, skew_s=config.skew_s, max_lease_s=config.max_lease_s
+        )
         self.capabilities = CapabilityRouter(self.registry, embeddings=config.embeddings)
         # The operator's policy (--policy FILE; a ValueError if it does not parse), reloaded while
         # running; ``policy`` is the one in force. A reload may change what each caller sees.
