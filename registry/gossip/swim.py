@@ -44,8 +44,9 @@ where this node sends. So
 * an address is only ever learned from the member itself, or relayed by a member: an `Alive`
   that *changes* a known member's address counts only when that member sent it, and a node
   announcing itself must announce the address it sends from;
-* news about a third node (alive, suspect, dead, push/pull entries) counts only from a member,
-  or from a seed's answer to this node's join; a stranger may speak only of itself and of us;
+* news about a third node (alive, suspect, dead, push/pull entries) counts only from a member:
+  a stranger speaks of itself (announcing itself makes it one, which is how a seed's answer to
+  a join, or a joining node, is heard) and of us, of nobody else;
 * a ping-req helper pings only a member, at the address of its own member table: a request that
   names another address (or an unknown node) is answered with a `Nack` and nothing else; only
   members' requests are served;
@@ -333,11 +334,10 @@ class SwimNode:
         self._next_gossip = math.inf
         self._seq = 0
         self._seeds: tuple[str, ...] = ()
-        self._join_pending = False  # join push/pulls sent to the seeds, no member reached yet
         self._leaving = False
         # Whose word the news being handled is: the packet's sender and the address it signed
         # (receive sets them), else this node's own (timers, leave).
-        self._sender, self._from, self._sender_known, self._join_reply = node_id, addr, True, False
+        self._sender, self._from = node_id, addr
         self._addr_checks: dict[str, tuple[str, float]] = {}  # member -> (other address, asked at)
         self._sends: list[tuple[str, list[Message]]] = []
         self._events: list[MemberEvent] = []
@@ -385,7 +385,6 @@ class SwimNode:
             self._membership_q.push(self.id, Alive(self.id, self.addr, self.incarnation))
         cfg = self.config
         self._seeds = tuple(a for a in seeds if a != self.addr)
-        self._join_pending = bool(self._seeds)
         for seed in self._seeds:
             self._send_push_pull(seed, join=True, reply=False)
         rnd = self._rng.random
@@ -417,14 +416,15 @@ class SwimNode:
     def receive(self, now: float, from_addr: str, packet: list[Message], *, sender: str) -> Output:
         """Handle one packet that member `sender` sent from its advertised address `from_addr`
         (see "Who is believed" in the module docstring)."""
+        if sender == self.id:
+            return self._flush()  # a node never sends to itself: not ours
         handlers = self._handlers
         self._sender, self._from = sender, from_addr
-        self._sender_known = sender != self.id and sender in self._members
         try:
             for msg in packet:
                 handlers[type(msg)](msg, now, from_addr)
         finally:
-            self._sender, self._from, self._sender_known = self.id, self.addr, True
+            self._sender, self._from = self.id, self.addr
         member = self._members.get(sender)
         if member is not None and member is not self._self and member.addr != from_addr:
             self._confirm_addr(member, from_addr, now)
@@ -621,7 +621,7 @@ class SwimNode:
         """Be a SWIM ping-req helper for a member: ping the target, relay its ack, or nack on
         silence (Lifeguard) a little before the requester's probe period ends. The target must
         be a member at the address this node holds for it; otherwise the answer is a nack."""
-        if not self._sender_known or len(self._relays) >= self.config.max_pending_relays:
+        if self._sender not in self._members or len(self._relays) >= self.config.max_pending_relays:
             return
         target = self._members.get(msg.target)
         if target is None or target is self._self or target.addr != msg.target_addr:
@@ -637,9 +637,9 @@ class SwimNode:
 
     def _may_learn(self, node_id: str) -> bool:
         """Whether news about `node_id` is believed from whoever it comes from now: anything
-        from a member (or this node itself, or a seed's answer while joining); from a stranger,
-        only what it says of itself or of us."""
-        return self._sender_known or self._join_reply or node_id == self._sender or node_id == self.id
+        from a member (or this node itself); from a stranger, only what it says of itself (which
+        makes it a member: it announced itself) or of us."""
+        return self._sender in self._members or node_id == self._sender or node_id == self.id
 
     def _refute(self, accused_incarnation: int) -> None:
         """SWIM 4.2: out-number the accusation and gossip Alive. Lifeguard: having to refute
@@ -780,10 +780,8 @@ class SwimNode:
             return
         peers = self._random_members(1, lambda m: m.state is _ALIVE)
         if peers:
-            self._join_pending = False
             self._send_push_pull(peers[0].addr, join=False, reply=False)
         elif self._seeds:
-            self._join_pending = True
             for seed in self._seeds:
                 self._send_push_pull(seed, join=True, reply=False)
             self._schedule(now + self.config.probe_interval, _PUSH_PULL)
@@ -795,18 +793,16 @@ class SwimNode:
         dead or suspect as *suspect*, so we probe it ourselves before believing it dead. Then
         answer a request (memberlist answers first): the answer carries any refutation of what
         the request said about us, which is how a member that moved proves its new address."""
-        # A seed's answer to our join speaks for the whole cluster (we know no member yet).
-        self._join_reply = msg.join and msg.reply and self._join_pending
-        try:
-            for node_id, addr, incarnation, state in msg.members[: self.config.max_members]:
-                if state == _ALIVE:
-                    self._on_alive(Alive(node_id, addr, incarnation), now)
-                elif state == _LEFT:
-                    self._on_dead(Dead(node_id, incarnation, node_id), now)
-                else:
-                    self._on_suspect(Suspect(node_id, incarnation, self.id), now)
-        finally:
-            self._join_reply = False
+        entries = msg.members[: self.config.max_members]
+        # The sender's own entry first: a stranger (a seed answering our join, a node joining
+        # through us) announces itself, and then speaks for the others as a member.
+        for node_id, addr, incarnation, state in sorted(entries, key=lambda e: e[0] != self._sender):
+            if state == _ALIVE:
+                self._on_alive(Alive(node_id, addr, incarnation), now)
+            elif state == _LEFT:
+                self._on_dead(Dead(node_id, incarnation, node_id), now)
+            else:
+                self._on_suspect(Suspect(node_id, incarnation, self.id), now)
         if not msg.reply:
             self._send_push_pull(src, msg.join, reply=True)
         self._delegate.merge_remote_state(msg.user_state, msg.join)
