@@ -125,7 +125,10 @@ def create_app(
             await cluster.start()
         if authenticator is not None and authenticator.issuer:
             await authenticator.refresh()  # the issuer's keys before the first token (logs, never raises)
-        log.info("gateway started", extra={"node": runtime.node_id, "backend": runtime.backend.name})
+        log.info(
+            "gateway started",
+            extra={"node": runtime.node_id, "backend": runtime.backend.name, "did": runtime.identity.did},
+        )
         try:
             yield
         finally:

@@ -18,8 +18,9 @@ as far as can be told at registration: a literal address, a name that resolves) 
 JSON error whose ``code`` names the reason; the stored record is unchanged. Writes are in the
 audit log (``register`` / ``deregister``, the agent's name, ``ok``, ``denied`` or the refusal's
 code). The policy judges writes made here: records relayed by gossip were judged by the node
-they were written at (the name rules, revocations and the lease cap apply to them too; their
-endpoints meet the egress policy when they are dialled).
+they were written at (the name rules, revocations and the lease cap apply to them too); the
+admission policy judges them here as well (``relay_refusal``, called by the gossip layer), and
+their endpoints meet the egress policy when they are dialled.
 
 Reads (list and get) act for the authenticated caller: they show only the records of agents the
 caller may call (the policy's ``call``: what a caller may call is all it sees), and a record it
@@ -238,6 +239,21 @@ async def get_agent(request: Request) -> Response:
     for extra in request.app.state.record_annotations:
         body.update(extra(record))
     return json_response(body)
+
+
+def relay_refusal(
+    admission: str, allowlist: frozenset[str], trusted_nodes: frozenset[str] | None, did: str, via_did: str
+) -> str | None:
+    """Why this node's admission refuses a record (or tombstone) of ``did`` relayed by gossip from
+    the node whose key is ``via_did``; None when it is admitted. The policy of ``_admit``: an
+    allowlist admits the DIDs it lists wherever their records come from; a registration token
+    proves nothing once relayed, so a token network admits relayed records only from the nodes
+    of its ``--trust`` list (from none without one); ``open`` admits all."""
+    if admission == "allowlist" and did not in allowlist:
+        return "not_allowed"
+    if admission == "token" and (trusted_nodes is None or via_did not in trusted_nodes):
+        return "untrusted_node"
+    return None
 
 
 def load_allowlist(path: str | None) -> frozenset[str]:

@@ -33,10 +33,10 @@ from gateway.core.backends import (
 from gateway.core.config import Config
 from gateway.core.egress import Egress
 from gateway.core.metrics import Metrics
+from gateway.core.node_identity import node_identity
 from gateway.core.policy import Action, Policy, PolicyFile, Target
 from gateway.core.principal import SYSTEM, Principal
 from gateway.core.routing import CapabilityRouter
-from registry.identity import Identity
 from registry.index import CapabilityQuery, Excluded, RouteResult
 from registry.service import Registry, stream_of
 from schemas import InvalidTransition, Message, Route, Task, TaskError, TaskState, tool_named
@@ -83,7 +83,7 @@ class Runtime:
         )
         self.metrics = Metrics()
         self.admission = config.effective_admission()
-        self.identity = Identity.load(config.node_key) if config.node_key else Identity.generate()
+        self.identity = node_identity(config)  # the same key on every start (node_identity.py)
         # Every outbound connection follows it (gateway/core/egress.py); tests may replace it
         # (a resolver of their own) before the gateway starts.
         self.egress = Egress.from_config(config)
