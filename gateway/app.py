@@ -20,7 +20,7 @@ from gateway.cluster import Cluster
 from gateway.cluster import routes as cluster_routes
 from gateway.connectors import RegistryConnectors
 from gateway.core.auth import Authenticator, AuthMode
-from gateway.core.backends import Backend, BackendUnavailable, QueueFull, TaskExists, TaskNotFound
+from gateway.core.backends import Backend, BackendUnavailable, InvalidCursor, QueueFull, TaskExists, TaskNotFound
 from gateway.core.config import Config
 from gateway.core.http import BodyLimit, CrossSiteGuard, HttpError, IndexedRouter, error_response, validation_errors
 from gateway.core.httpsig import DidKeyRequests
@@ -71,6 +71,7 @@ _STATUS: list[tuple[type[Exception], int]] = [
     (NotContinuable, 409),
     (TaskExists, 409),
     (InvalidTransition, 409),
+    (InvalidCursor, 400),
 ]
 
 

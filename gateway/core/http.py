@@ -14,6 +14,8 @@ from starlette.routing import BaseRoute, Match, Route, Router, get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
+from gateway.core import strict_json
+
 
 class HttpError(Exception):
     """An error with its HTTP status and a stable machine-readable code."""
@@ -33,7 +35,7 @@ def error_response(
 async def read_json(request: Request) -> Any:
     body = await request.body()
     try:
-        return json.loads(body)
+        return strict_json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HttpError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
 

@@ -21,6 +21,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.core import strict_json
 from gateway.core.sse import sse_response
 from protocols.a2a.errors import (
     A2AError,
@@ -127,7 +128,7 @@ def parse_json(raw: bytes, request: Request, invalid: type[A2AError]) -> Any:
     if ctype and ctype not in JSON_TYPES:
         raise ContentTypeNotSupportedError(f"Content-Type {ctype!r} is not supported; send application/json")
     try:
-        return json.loads(raw)
+        return strict_json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise invalid("request body is not valid JSON") from None
 

@@ -53,8 +53,12 @@ class PushPolicy:
 
     async def check_url(self, url: str, egress: Egress) -> None:
         """Refuse a webhook URL that this policy or the egress policy forbids (as far as can be told now)."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port that is no number (or out of range)
+        except ValueError:  # "http://[::1": an unclosed IPv6 literal
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidParamsError("push notification url must be an absolute http(s) URL")
         host = parts.hostname.lower()
         if not self._host_allowed(host):

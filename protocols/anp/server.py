@@ -45,6 +45,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gateway.core import strict_json
 from gateway.core.backends import BackendUnavailable, QueueFull, TaskNotFound
 from gateway.core.egress import Egress
 from gateway.core.http import configured_base_url, error_response, public_base_url, replace_routes
@@ -400,7 +401,7 @@ def build_routes(service: ANPService) -> list[BaseRoute]:
         if ctype and ctype not in JSON_TYPES:
             return _rpc_error(None, -32700, f"Content-Type {ctype!r} is not JSON", headers)
         try:
-            parsed = json.loads(body)
+            parsed = strict_json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError):
             return _rpc_error(None, -32700, "Parse error: the body is not JSON", headers)
         if isinstance(parsed, list) and len(parsed) > service.options.max_batch:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from gateway.core import strict_json
+
 # Handshake-era revisions this gateway serves (newest first). 2026-07-28 clients are sent back
 # to the handshake (see StreamableHTTP._post: server/discover gets a plain 400).
 SUPPORTED_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")
@@ -85,7 +87,7 @@ def classify(msg: Any) -> str:
 
 def parse(body: bytes) -> Any:
     try:
-        return json.loads(body)
+        return strict_json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MCPError(PARSE_ERROR, f"Parse error: {exc}") from None
 

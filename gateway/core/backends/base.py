@@ -47,6 +47,21 @@ class TaskExists(BackendError):
     code = "conflict"
 
 
+class InvalidCursor(BackendError):
+    """A task list cursor that no list returned (a client's, passed on by ``GET /tasks``)."""
+
+    code = "invalid_cursor"
+
+
+def cursor_offset(cursor: str | None) -> int:
+    """The offset a task list cursor stands for (both backends' cursors are offsets); 0 for none."""
+    if not cursor:
+        return 0
+    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 15:
+        raise InvalidCursor(f"cursor {cursor[:40]!r} is not one a task list returned")
+    return int(cursor)
+
+
 @dataclass(frozen=True)
 class Delivery:
     agent: str

@@ -25,6 +25,7 @@ from gateway.core.backends.base import (
     TaskExists,
     TaskNotFound,
     TaskStore,
+    cursor_offset,
 )
 from registry.store import MemoryRecordStore
 from schemas import Task, TaskEvent, TaskStatusUpdate
@@ -243,7 +244,7 @@ class EmbeddedTaskStore(TaskStore):
             and (context_id is None or slot.context_id == context_id)
             and (owner is None or slot.owner == owner)
         ]
-        start = int(cursor) if cursor else 0
+        start = cursor_offset(cursor)
         page = ids[start : start + limit]
         nxt = str(start + limit) if start + limit < len(ids) else None
         return [self._tasks[t].copy() for t in page], nxt

@@ -41,6 +41,7 @@ from gateway.core.backends.base import (
     TaskExists,
     TaskNotFound,
     TaskStore,
+    cursor_offset,
 )
 from registry.store import RedisRecordStore
 from schemas import InvalidTransition, Task, TaskEvent, TaskState, TaskStatusUpdate
@@ -317,7 +318,7 @@ class RedisTaskStore(TaskStore):
             key = _ctx(context_id, owner)
         else:
             key = "il:tasks" if owner is None else _own(owner)
-        start = int(cursor) if cursor else 0
+        start = cursor_offset(cursor)
         ids = await self.r.zrevrange(key, start, start + limit)  # one extra tells if more follow
         more = len(ids) > limit
         ids = ids[:limit]
