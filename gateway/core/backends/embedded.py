@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict, defaultdict, deque
 from dataclasses import dataclass, field
 
 from gateway.core.backends.base import (
@@ -305,8 +305,20 @@ def _id_gt(a: str, b: str) -> bool:
 
 
 class EmbeddedKeyValue(KeyValue):
+    """Keys with a lifetime, dropped soon after it ends by sweeping an expiry queue.
+
+    The queue has one bucket per second of expiry time. A key is queued once, in the bucket of
+    its expiry (again only if a write shortens it); each write sweeps the buckets whose second
+    has passed, dropping the keys that expired and moving the ones re-written since to the
+    bucket of their new expiry. Each queued key is visited once per lifetime, so a write costs
+    amortised O(1) however many keys are live (a scan of every key on each write, as before,
+    took 6.8 ms a write with 100k live keys: P16 of the security review).
+    """
+
     def __init__(self) -> None:
         self._data: dict[str, tuple[str, float]] = {}
+        self._buckets: defaultdict[int, list[str]] = defaultdict(list)
+        self._swept = int(time.monotonic())  # the buckets of every earlier second are swept
 
     async def get(self, key: str) -> str | None:
         item = self._data.get(key)
@@ -318,11 +330,29 @@ class EmbeddedKeyValue(KeyValue):
     async def set(self, key: str, value: str, ttl_s: int, *, only_new: bool = False) -> bool:
         if only_new and await self.get(key) is not None:
             return False
-        if len(self._data) > 100_000:  # bound memory: drop what has expired
-            now = time.monotonic()
-            self._data = {k: v for k, v in self._data.items() if v[1] > now}
-        self._data[key] = (value, time.monotonic() + ttl_s)
+        now = time.monotonic()
+        old = self._data.get(key)
+        expires = now + ttl_s
+        self._data[key] = (value, expires)
+        if old is None or expires < old[1]:  # not queued, or queued for a later second
+            self._buckets[int(expires)].append(key)
+        self._sweep(now)
         return True
+
+    def _sweep(self, now: float) -> None:
+        if not self._buckets:
+            self._swept = int(now)
+            return
+        while self._swept < int(now):
+            for key in self._buckets.pop(self._swept, ()):
+                item = self._data.get(key)
+                if item is None:
+                    continue  # deleted
+                if item[1] <= now:
+                    del self._data[key]
+                else:  # re-written with a later expiry
+                    self._buckets[int(item[1])].append(key)
+            self._swept += 1
 
     async def delete(self, key: str) -> None:
         self._data.pop(key, None)
