@@ -3,7 +3,7 @@
 POST /route                 dry run of capability routing: {text?, skill?, tags?, ...} -> ranked candidates
 POST /tasks                 {agent | query, message, context_id?, metadata?}   ?wait=true[&timeout=S]
                             or {task_id, message} to continue a task that waits for input
-GET  /tasks                 ?context_id=&limit=&cursor=
+GET  /tasks                 ?context_id=&state=&limit=&cursor= (indexed by owner, context and state)
 GET  /tasks/{id}
 GET  /tasks/{id}/events     SSE of status/artifact events; resumes after Last-Event-ID
 POST /tasks/{id}:cancel
@@ -26,7 +26,7 @@ from gateway.core.principal import principal_of
 from gateway.core.runtime import ActingFor
 from gateway.core.sse import sse_response
 from registry.index import CapabilityQuery
-from schemas import Message
+from schemas import Message, TaskState
 
 
 class SubmitRequest(BaseModel):
@@ -90,10 +90,28 @@ async def get_task(request: Request) -> Response:
     return json_response(await _runtime(request).get(request.path_params["task_id"]))
 
 
+def _state(request: Request) -> TaskState | None:
+    raw = request.query_params.get("state")
+    if not raw:
+        return None
+    try:
+        return TaskState(raw)
+    except ValueError:
+        states = ", ".join(s.value for s in TaskState)
+        raise HttpError(400, "invalid_request", f"query parameter 'state' must be one of {states}") from None
+
+
+def _cursor(request: Request) -> str | None:
+    raw = request.query_params.get("cursor")
+    if raw and not (raw.isascii() and raw.isdigit() and len(raw) <= 9):
+        raise HttpError(400, "invalid_request", "query parameter 'cursor' is not one this API gave")
+    return raw or None
+
+
 async def list_tasks(request: Request) -> Response:
     limit = int(_number(request, "limit", 50, 1, 500))
     tasks, cursor = await _runtime(request).list_tasks(
-        request.query_params.get("context_id"), limit, request.query_params.get("cursor")
+        request.query_params.get("context_id"), limit, _cursor(request), state=_state(request)
     )
     return json_response(
         {"tasks": [t.model_dump(mode="json", exclude_none=True) for t in tasks], "next_cursor": cursor}

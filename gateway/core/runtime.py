@@ -319,21 +319,38 @@ class Runtime:
             if not waiters:
                 self._waiters.pop(task_id, None)
 
+    def _owner_filter(self, caller: Principal) -> str | None:
+        """Whose tasks ``caller`` lists: its own, or everyone's (None) for an admin."""
+        return None if caller.is_admin(self.config.admin_group) else caller.id
+
     async def list_tasks(
         self,
         context_id: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
         *,
+        state: TaskState | None = None,
         caller: Principal = SYSTEM,
     ) -> tuple[list[Task], str | None]:
-        """The caller's tasks (every task, for an admin) newest first, of one context when given,
-        a page at a time; the cursor is None on the last page."""
-        owner = None if caller.is_admin(self.config.admin_group) else caller.id
-        tasks, cursor = await self.backend.tasks.list(context_id, limit, cursor, owner)
-        if caller is not SYSTEM and self.policy.rules:
+        """The caller's tasks (every task, for an admin) newest first, of one context and in one
+        state when given, a page at a time (from the backend's indexes); the cursor is None on
+        the last page. With a policy, the tasks the caller may not read are left out of a page."""
+        tasks, cursor = await self.backend.tasks.list(context_id, limit, cursor, self._owner_filter(caller), state)
+        if self._policy_filters(caller):
             tasks = [t for t in tasks if self.allows(caller, Action.READ, _task_target(t))]
         return tasks, cursor
+
+    async def count_tasks(
+        self, context_id: str | None = None, *, state: TaskState | None = None, caller: Principal = SYSTEM
+    ) -> int | None:
+        """How many tasks ``list_tasks`` pages through; None when a policy may leave some out
+        (then only reading them tells)."""
+        if self._policy_filters(caller):
+            return None
+        return await self.backend.tasks.count(context_id, self._owner_filter(caller), state)
+
+    def _policy_filters(self, caller: Principal) -> bool:
+        return caller is not SYSTEM and bool(self.policy.rules)
 
     async def read_events(
         self, task_id: str, after: str | None = None, *, caller: Principal = SYSTEM
@@ -466,9 +483,17 @@ class ActingFor:
         return await self.runtime.wait(task_id, timeout_s, caller=self.principal)
 
     async def list_tasks(
-        self, context_id: str | None = None, limit: int = 50, cursor: str | None = None
+        self,
+        context_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        *,
+        state: TaskState | None = None,
     ) -> tuple[list[Task], str | None]:
-        return await self.runtime.list_tasks(context_id, limit, cursor, caller=self.principal)
+        return await self.runtime.list_tasks(context_id, limit, cursor, state=state, caller=self.principal)
+
+    async def count_tasks(self, context_id: str | None = None, *, state: TaskState | None = None) -> int | None:
+        return await self.runtime.count_tasks(context_id, state=state, caller=self.principal)
 
     async def read_events(self, task_id: str, after: str | None = None) -> list[StoredEvent]:
         return await self.runtime.read_events(task_id, after, caller=self.principal)

@@ -7,6 +7,7 @@ redelivery count) so the behavioural suite holds for both; it lives and dies wit
 from __future__ import annotations
 
 import asyncio
+import bisect
 import itertools
 import time
 from collections import OrderedDict, defaultdict, deque
@@ -27,7 +28,7 @@ from gateway.core.backends.base import (
     TaskStore,
 )
 from registry.store import MemoryRecordStore
-from schemas import Task, TaskEvent, TaskStatusUpdate
+from schemas import Task, TaskEvent, TaskState, TaskStatusUpdate
 
 
 def _now_ms() -> int:
@@ -145,6 +146,8 @@ class _TaskSlot:
         "accepted_by",
         "context_id",
         "owner",
+        "seq",
+        "state",
         "signal",
         "lock_owner",
         "lock_until_ms",
@@ -153,8 +156,9 @@ class _TaskSlot:
         "_events",
     )
 
-    def __init__(self, task: Task, accepted_by: str) -> None:
+    def __init__(self, task: Task, accepted_by: str, seq: int) -> None:
         self.accepted_by, self.context_id, self.owner = accepted_by, task.context_id, task.owner
+        self.seq, self.state = seq, task.state  # creation order; the state it is indexed under
         self.signal = _Signal()
         self.lock_owner: str | None = None
         self.lock_until_ms = 0
@@ -189,11 +193,67 @@ class _TaskSlot:
             self._task = task.model_dump_json(exclude_none=True).encode()
 
 
+class _Index:
+    """The tasks of one query (owner, context, state; each may be "any"), by creation order.
+
+    ``order`` holds creation numbers ascending; a task leaves ``members`` at once and ``order``
+    lazily (it is compacted once half of it is gone), so adding, removing and counting are
+    amortised O(1) (a task that rejoins, say working again after input-required, is put back
+    in place by bisection) and a page costs its offset plus its length.
+    """
+
+    __slots__ = ("members", "order")
+
+    def __init__(self) -> None:
+        self.members: set[int] = set()
+        self.order: list[int] = []
+
+    def add(self, seq: int) -> None:
+        if seq in self.members:
+            return
+        self.members.add(seq)
+        if not self.order or seq > self.order[-1]:
+            self.order.append(seq)
+            return
+        at = bisect.bisect_left(self.order, seq)
+        if at == len(self.order) or self.order[at] != seq:  # else: still there from before, reused
+            self.order.insert(at, seq)
+
+    def discard(self, seq: int) -> None:
+        self.members.discard(seq)
+        if len(self.order) > 2 * len(self.members) + 32:
+            self.order = [s for s in self.order if s in self.members]
+
+    def newest(self, start: int, count: int) -> list[int]:
+        """Up to ``count`` members, newest first, after skipping ``start`` of them."""
+        out: list[int] = []
+        for seq in reversed(self.order):
+            if seq not in self.members:
+                continue
+            if start:
+                start -= 1
+                continue
+            out.append(seq)
+            if len(out) == count:
+                break
+        return out
+
+
+_Key = tuple[str | None, str | None, TaskState | None]  # (owner, context, state); None: any
+
+
+def _scopes(slot: _TaskSlot) -> set[tuple[str | None, str | None]]:
+    """The (owner, context) pairs a task is listed under, each given or "any" (None)."""
+    return {(owner, context) for owner in (None, slot.owner) for context in (None, slot.context_id)}
+
+
 class EmbeddedTaskStore(TaskStore):
     def __init__(self, bus: EmbeddedBus, limits: Limits) -> None:
         self.bus, self.limits = bus, limits
         self._tasks: dict[str, _TaskSlot] = {}
-        self._order: deque[str] = deque()  # task ids in creation order
+        self._seqs = itertools.count(1)
+        self._by_seq: dict[int, str] = {}  # creation number -> task id
+        self._indexes: dict[_Key, _Index] = {}
         self._ended: deque[str] = deque()  # terminal task ids in the order they ended
         self._event_ids = itertools.count(1)
         self._finished: deque[tuple[int, Finished]] = deque(maxlen=10_000)
@@ -204,22 +264,45 @@ class EmbeddedTaskStore(TaskStore):
         if task.id in self._tasks:
             raise TaskExists(f"task {task.id} exists")
         self.bus.push(agent, task.id)  # raises QueueFull before anything is stored
-        self._tasks[task.id] = _TaskSlot(task.snapshot(), accepted_by)
-        self._order.append(task.id)
+        slot = self._tasks[task.id] = _TaskSlot(task.snapshot(), accepted_by, next(self._seqs))
+        self._by_seq[slot.seq] = task.id
+        for scope in _scopes(slot):
+            self._add(scope + (None,), slot.seq)
+            self._add(scope + (slot.state,), slot.seq)
         self._prune()
+
+    def _add(self, key: _Key, seq: int) -> None:
+        index = self._indexes.get(key)
+        if index is None:
+            index = self._indexes[key] = _Index()
+        index.add(seq)
+
+    def _discard(self, key: _Key, seq: int) -> None:
+        index = self._indexes.get(key)
+        if index is not None:
+            index.discard(seq)
+            if not index.members:  # a context's or an owner's indexes go with their last task
+                del self._indexes[key]
+
+    def _restate(self, slot: _TaskSlot, state: TaskState) -> None:
+        """Move a task from the indexes of its state to those of ``state``."""
+        for scope in _scopes(slot):
+            self._discard(scope + (slot.state,), slot.seq)
+            self._add(scope + (state,), slot.seq)
+        slot.state = state
 
     def _prune(self) -> None:
         """Drop finished tasks past the retention period or over the in-memory bound."""
         cutoff = time.monotonic() - self.limits.retention_s
-        dropped = False
         while self._ended:  # in the order tasks ended, so the first kept one stops the scan
             slot = self._tasks[self._ended[0]]
             if len(self._ended) <= self.limits.max_finished_tasks and slot.ended_at > cutoff:
                 break
             del self._tasks[self._ended.popleft()]
-            dropped = True
-        if dropped and len(self._order) > 2 * len(self._tasks):  # amortised: rebuild rarely
-            self._order = deque(t for t in self._order if t in self._tasks)
+            del self._by_seq[slot.seq]
+            for scope in _scopes(slot):
+                self._discard(scope + (None,), slot.seq)
+                self._discard(scope + (slot.state,), slot.seq)
 
     async def requeue(self, task: Task, agent: str) -> None:
         self._slot(task.id)
@@ -235,22 +318,24 @@ class EmbeddedTaskStore(TaskStore):
         slot = self._tasks.get(task_id)
         return None if slot is None else slot.copy()
 
-    async def list(self, context_id=None, limit=50, cursor=None, owner=None):
-        ids = [
-            t
-            for t in reversed(self._order)
-            if (slot := self._tasks.get(t)) is not None
-            and (context_id is None or slot.context_id == context_id)
-            and (owner is None or slot.owner == owner)
-        ]
+    async def list(self, context_id=None, limit=50, cursor=None, owner=None, state=None):
+        index = self._indexes.get((owner, context_id or None, state))
+        if index is None:
+            return [], None
         start = int(cursor) if cursor else 0
-        page = ids[start : start + limit]
-        nxt = str(start + limit) if start + limit < len(ids) else None
-        return [self._tasks[t].copy() for t in page], nxt
+        page = index.newest(start, limit + 1)  # one extra tells whether more follow
+        nxt = str(start + limit) if len(page) > limit else None
+        return [self._tasks[self._by_seq[seq]].copy() for seq in page[:limit]], nxt
+
+    async def count(self, context_id=None, owner=None, state=None):
+        index = self._indexes.get((owner, context_id or None, state))
+        return 0 if index is None else len(index.members)
 
     async def apply(self, task_id: str, event: TaskEvent) -> tuple[Task, str]:
         slot = self._slot(task_id)
         task = slot.task.apply(event)  # raises InvalidTransition, leaving the slot unchanged
+        if task.state is not slot.state:
+            self._restate(slot, task.state)
         stored = StoredEvent(f"{next(self._event_ids)}-0", event)
         slot.record(task, stored, self.limits.max_events_per_task)
         slot.signal.fire()
