@@ -144,13 +144,18 @@ class RawHttp:
         head += "".join(f"{k}: {v}\r\n" for k, v in (headers or {"Content-Type": "application/json"}).items())
         writer.write(head.encode() + b"\r\n" + body)
         status_line = await reader.readline()
-        length = 0
+        length, reusable = 0, True
         while (line := await reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode("latin-1").partition(":")
             if name.lower() == "content-length":
                 length = int(value)
+            elif name.lower() == "connection" and "close" in value.lower():
+                reusable = False  # the gateway closes a connection after its keep-alive limit
         payload = await reader.readexactly(length)
-        self._idle.append(conn)
+        if reusable:
+            self._idle.append(conn)
+        else:
+            writer.close()
         return int(status_line.split()[1]), payload
 
     async def close(self) -> None:

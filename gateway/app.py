@@ -22,7 +22,16 @@ from gateway.connectors import RegistryConnectors
 from gateway.core.auth import Authenticator, AuthMode
 from gateway.core.backends import Backend, BackendUnavailable, QueueFull, TaskExists, TaskNotFound
 from gateway.core.config import Config
-from gateway.core.http import BodyLimit, CrossSiteGuard, HttpError, IndexedRouter, error_response, validation_errors
+from gateway.core.http import (
+    BodyBudget,
+    BodyGuard,
+    BodyLimit,
+    CrossSiteGuard,
+    HttpError,
+    IndexedRouter,
+    error_response,
+    validation_errors,
+)
 from gateway.core.httpsig import DidKeyRequests
 from gateway.core.runtime import NoMatch, NotCancelable, NotContinuable, Runtime, UnknownAgent
 from gateway.supervisor import Supervisor
@@ -170,6 +179,9 @@ def create_app(
             0, Middleware(CallerAuthentication, authenticator=authenticator, refusals=refusals, nodes=nodes)
         )
         routes += protected_resource_routes(authenticator)
+    # Outermost: every reader of a request body (the authentication of signed requests too) is bounded.
+    budget = BodyBudget(config.max_buffered_body_bytes)
+    middleware.insert(0, Middleware(BodyGuard, timeout_s=config.body_timeout_s, budget=budget))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers, middleware=middleware)
     app.router = IndexedRouter(routes, lifespan=lifespan)  # before the first request builds the stack
     app.state.runtime = runtime

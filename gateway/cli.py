@@ -40,6 +40,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-echo", dest="echo", action="store_const", const=False, help="do not run the in-process echo agent"
     )
     serve.add_argument("--max-body-bytes", type=int, help="largest request body accepted (default 4 MiB)")
+    slow = serve.add_argument_group("slow and greedy clients")
+    slow.add_argument("--header-timeout-s", type=float, help="a request's head must arrive within this (default 10)")
+    slow.add_argument("--max-header-bytes", type=int, help="largest request head accepted (default 32 KiB)")
+    slow.add_argument(
+        "--body-timeout-s", type=float, help="a request's body must arrive within this of its head (default 30)"
+    )
+    slow.add_argument(
+        "--max-buffered-body-bytes",
+        type=int,
+        help="request bodies held in memory at once, past 64 KiB each (default 64 MiB)",
+    )
+    slow.add_argument(
+        "--max-connections",
+        type=int,
+        help="open connections; past it the one idle longest is closed (default 1000)",
+    )
+    slow.add_argument("--keepalive-timeout-s", type=float, help="idle keep-alive connections close after (default 5)")
+    slow.add_argument("--keepalive-max-requests", type=int, help="requests served per connection (default 1000)")
     serve.add_argument(
         "--visibility-timeout-ms", type=int, help="how long a silent worker keeps a task before redelivery"
     )
@@ -195,22 +213,9 @@ def serve_app(app, config: Config) -> int:
     """Run ``app`` under uvicorn as ``interlace serve`` does (the benchmarks use it too)."""
     import gc
 
-    import uvicorn
+    from gateway.serving import build_server
 
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.host,
-            port=config.port,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=int(config.shutdown_grace_s),
-            # uvicorn believes X-Forwarded-For from 127.0.0.1 by default: only named proxies here
-            proxy_headers=config.forwarded_allow_ips is not None,
-            forwarded_allow_ips=config.forwarded_allow_ips or "",
-        )
-    )
+    server = build_server(app, config)
     # What start-up built (modules, classes, schemas) lives as long as the process: keep it out
     # of the collector's full passes, which would otherwise re-scan ~70k objects each time.
     gc.collect()
