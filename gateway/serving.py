@@ -15,7 +15,10 @@ instead. ``BoundedHttp`` is uvicorn's httptools protocol plus:
   ones hold; only when every connection is busy with a request is the new one refused (503);
 - keep-alive limits: a connection idle ``keepalive_timeout_s`` between requests is closed
   (uvicorn's own timer), and one that has served ``keepalive_max_requests`` is closed after that
-  response.
+  response;
+- a bound on the rest of a body answered early (413): uvicorn reads and drops it, so that the
+  client sees the answer, but only for ``body_timeout_s``; then the connection is closed (else a
+  client could hold it forever, sending a body nobody reads).
 
 The cap must stay below the open-file limit (past it accept() fails before any cap could choose
 whom to close: P14 under ``ulimit -n 200``), so the server raises the soft limit towards the hard
@@ -53,6 +56,7 @@ class BoundedHttp(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_timer: asyncio.TimerHandle | None = None
+        self._drop_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
         self._served = 0
         if len(self.connections) > self.cap and not self._evict_idlest():
@@ -63,6 +67,7 @@ class BoundedHttp(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        self._stop_drop_timer()
         self.idle.pop(self, None)
         super().connection_lost(exc)
 
@@ -87,9 +92,19 @@ class BoundedHttp(HttpToolsProtocol):
         if self.cycle is not before and self._served >= self.config_bounds.keepalive_max_requests:
             self.cycle.keep_alive = False  # uvicorn answers with "connection: close" and closes
 
+    def on_message_complete(self) -> None:
+        if self._drop_timer is not None:  # the rest of a body answered early is dropped: now idle
+            self._stop_drop_timer()
+            self._await_head()
+            self.idle[self] = None
+        super().on_message_complete()
+
     def on_response_complete(self) -> None:
+        more_body = self.cycle is not None and self.cycle.more_body
         super().on_response_complete()
-        if self.timeout_keep_alive_task is not None:  # waiting for the next request
+        if more_body and not self.transport.is_closing():  # answered before its body was all read
+            self._drop_timer = self.loop.call_later(self.config_bounds.body_timeout_s, self.transport.close)
+        elif self.timeout_keep_alive_task is not None:  # waiting for the next request
             self.idle[self] = None
 
     def _await_head(self) -> None:
@@ -100,6 +115,11 @@ class BoundedHttp(HttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def _stop_drop_timer(self) -> None:
+        if self._drop_timer is not None:
+            self._drop_timer.cancel()
+            self._drop_timer = None
 
     def _head_timeout(self) -> None:
         self._head_timer = None

@@ -287,3 +287,24 @@ async def test_a_stalled_body_gets_408_and_a_body_past_the_budget_503():
             )
             assert small.status_code == 200
         holder_w.close()
+
+
+async def test_the_rest_of_a_body_answered_early_is_dropped_for_the_body_deadline_only():
+    async with bounded_gateway(body_timeout_s=0.5, max_body_bytes=1024) as (url, port):
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:  # sends it all, then reads
+            assert (await client.post("/tasks", content=b"x" * 1_000_000)).status_code == 413
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /tasks HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n")
+        assert (await response_head(reader)).startswith(b"HTTP/1.1 413 ")
+
+        async def junk() -> None:  # a body nobody reads, sent slowly and forever
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    writer.write(b"x" * 100)
+                    await asyncio.sleep(0.05)  # the attack's pace
+
+        sender = asyncio.create_task(junk())
+        try:
+            assert await closed(reader)
+        finally:
+            sender.cancel()

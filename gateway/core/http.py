@@ -89,10 +89,7 @@ async def buffered_body(scope: Scope, receive: Receive, max_bytes: int) -> tuple
 
 
 def too_large(max_bytes: int) -> Response:
-    # Closed after: the rest of the body is never read, so the connection cannot be reused.
-    return error_response(
-        413, "payload_too_large", f"request body exceeds {max_bytes} bytes", headers={"Connection": "close"}
-    )
+    return error_response(413, "payload_too_large", f"request body exceeds {max_bytes} bytes")
 
 
 class BodyLimit:
@@ -141,9 +138,8 @@ class BodyGuard:
     ``timeout_s`` of the request reaching the app (408), and the bytes read count against the
     ``budget`` until the request ends (503 past it). A client that sends most of a body and then
     stalls (P15 of the security review: 100 connections x 4 MiB - 1) so holds at most the budget,
-    and only for the deadline. Either refusal closes the connection (the rest of the body is
-    never read). Only the reading of the body is timed: a response may stream for as long as it
-    likes.
+    and only for the deadline. Only the reading of the body is timed: a response may stream for
+    as long as it likes.
     """
 
     def __init__(self, app: ASGIApp, timeout_s: float | None, budget: BodyBudget | None) -> None:
@@ -192,12 +188,15 @@ class BodyGuard:
 
 
 def _refusal(exc: Exception, timeout_s: float | None) -> Response:
+    """Either refusal closes the connection: the client stalled, or the gateway is short of memory
+    for bodies and will not spend time reading the rest of this one (413, a client's mistake,
+    is answered on an open connection: gateway/serving.py drops the rest of the body)."""
     close = {"Connection": "close"}
     if isinstance(exc, BodyTimeout):
-        return error_response(408, "request_timeout", f"the request body did not arrive within {timeout_s:g} s", close)
-    return error_response(
-        503, "server_busy", "too many request bodies are being received", {**close, "Retry-After": "1"}
-    )
+        message = f"the request body did not arrive within {timeout_s:g} s"
+        return error_response(408, "request_timeout", message, close)
+    busy = "too many request bodies are being received"
+    return error_response(503, "server_busy", busy, {**close, "Retry-After": "1"})
 
 
 # Content types a browser sends cross-site without a CORS preflight (Fetch "CORS-safelisted").
