@@ -277,8 +277,8 @@ async def test_embedded_store_bounds_its_finished_tasks():
 
     backend = EmbeddedBackend(Limits(max_finished_tasks=3))
     tasks = []
-    for _ in range(6):
-        task = new_task()
+    for i in range(6):
+        task = new_task("shared" if i % 2 else None)
         await backend.tasks.submit(task, "echo", "n")
         await backend.tasks.apply(task.id, task.status_event(S.COMPLETED))
         tasks.append(task)
@@ -289,6 +289,10 @@ async def test_embedded_store_bounds_its_finished_tasks():
     assert await backend.tasks.get(running.id) is not None  # unfinished tasks are never dropped
     listed, _ = await backend.tasks.list(limit=10)
     assert [t.id for t in listed] == [running.id] + [t.id for t in reversed(tasks[-3:])]
+    in_context, _ = await backend.tasks.list("shared", limit=10)  # the indexes forget them too
+    assert [t.id for t in in_context] == [tasks[5].id, tasks[3].id]
+    assert await backend.tasks.count("shared") == 2 and await backend.tasks.count(state=S.COMPLETED) == 3
+    assert await backend.tasks.list(tasks[0].context_id) == ([], None)
 
 
 async def test_embedded_store_keeps_finished_tasks_out_of_the_gc():
@@ -300,8 +304,9 @@ async def test_embedded_store_keeps_finished_tasks_out_of_the_gc():
 
     backend = EmbeddedBackend()
 
-    async def run_one() -> tuple[Task, list]:
-        task = new_task("ctx-gc")
+    async def run_one(context_id: str = "ctx-gc") -> tuple[Task, list]:
+        task = new_task(context_id)
+        task.owner = "alice"
         await backend.tasks.submit(task, "echo", "n")
         applied = [
             task.status_event(S.WORKING),
@@ -315,13 +320,13 @@ async def test_embedded_store_keeps_finished_tasks_out_of_the_gc():
     final, applied = await run_one()
     assert await backend.tasks.get(final.id) == final
     assert [e.event for e in await backend.tasks.read_events(final.id, None, 0)] == applied
-    listed, _ = await backend.tasks.list("ctx-gc")
+    listed, _ = await backend.tasks.list("ctx-gc", owner="alice")
     assert listed == [final]
 
     gc.collect()
     before = len(gc.get_objects())
-    for _ in range(2000):
-        await run_one()
+    for i in range(2000):
+        await run_one(f"ctx-{i}")  # each its own context, as tasks that name none
     gc.collect()
     per_task = (len(gc.get_objects()) - before) / 2000
     assert per_task < 10, f"{per_task:.1f} GC-tracked objects kept per finished task"  # 50 as objects

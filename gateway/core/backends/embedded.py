@@ -6,11 +6,13 @@ redelivery count) so the behavioural suite holds for both; it lives and dies wit
 
 from __future__ import annotations
 
+import array
 import asyncio
 import bisect
 import itertools
 import time
 from collections import OrderedDict, defaultdict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from gateway.core.backends.base import (
@@ -194,7 +196,7 @@ class _TaskSlot:
 
 
 class _Index:
-    """The tasks of one query (owner, context, state; each may be "any"), by creation order.
+    """The tasks of one owner (or of every owner) in one state (or in any), by creation order.
 
     ``order`` holds creation numbers ascending; a task leaves ``members`` at once and ``order``
     lazily (it is compacted once half of it is gone), so adding, removing and counting are
@@ -224,36 +226,27 @@ class _Index:
         if len(self.order) > 2 * len(self.members) + 32:
             self.order = [s for s in self.order if s in self.members]
 
-    def newest(self, start: int, count: int) -> list[int]:
-        """Up to ``count`` members, newest first, after skipping ``start`` of them."""
-        out: list[int] = []
-        for seq in reversed(self.order):
-            if seq not in self.members:
-                continue
-            if start:
-                start -= 1
-                continue
-            out.append(seq)
-            if len(out) == count:
-                break
-        return out
-
-
-_Key = tuple[str | None, str | None, TaskState | None]  # (owner, context, state); None: any
-
-
-def _scopes(slot: _TaskSlot) -> set[tuple[str | None, str | None]]:
-    """The (owner, context) pairs a task is listed under, each given or "any" (None)."""
-    return {(owner, context) for owner in (None, slot.owner) for context in (None, slot.context_id)}
+    def newest(self) -> Iterator[int]:
+        return (seq for seq in reversed(self.order) if seq in self.members)
 
 
 class EmbeddedTaskStore(TaskStore):
+    """Tasks by id, and the indexes that list them (``list``, ``count``): one per owner and state
+    (each may be "any": ``_Index``), and per context the creation numbers of its tasks, oldest
+    first (a number alone for a context of one task, as most are, so that contexts add nothing
+    for the garbage collector to scan): a context's page is read from there, by the owner and
+    state its slots keep, never by reading tasks. So no listing scans the store; a context's
+    listing reads that context's slots only."""
+
     def __init__(self, bus: EmbeddedBus, limits: Limits) -> None:
         self.bus, self.limits = bus, limits
         self._tasks: dict[str, _TaskSlot] = {}
         self._seqs = itertools.count(1)
         self._by_seq: dict[int, str] = {}  # creation number -> task id
-        self._indexes: dict[_Key, _Index] = {}
+        self._indexes: dict[tuple[str | None, TaskState | None], _Index] = {}
+        # context id -> the creation numbers of its tasks (some gone): one, or an array of them
+        self._contexts: dict[str, int | array.array] = {}
+        self._context_sizes: dict[str, int] = {}  # context id -> how many of those are not gone
         self._ended: deque[str] = deque()  # terminal task ids in the order they ended
         self._event_ids = itertools.count(1)
         self._finished: deque[tuple[int, Finished]] = deque(maxlen=10_000)
@@ -266,29 +259,37 @@ class EmbeddedTaskStore(TaskStore):
         self.bus.push(agent, task.id)  # raises QueueFull before anything is stored
         slot = self._tasks[task.id] = _TaskSlot(task.snapshot(), accepted_by, next(self._seqs))
         self._by_seq[slot.seq] = task.id
-        for scope in _scopes(slot):
-            self._add(scope + (None,), slot.seq)
-            self._add(scope + (slot.state,), slot.seq)
+        for owner in {None, slot.owner}:
+            self._add((owner, None), slot.seq)
+            self._add((owner, slot.state), slot.seq)
+        seqs = self._contexts.get(slot.context_id)
+        if seqs is None:  # most contexts hold one task: its number alone, no object to collect
+            self._contexts[slot.context_id] = slot.seq
+        elif isinstance(seqs, int):
+            self._contexts[slot.context_id] = array.array("q", (seqs, slot.seq))
+        else:
+            seqs.append(slot.seq)
+        self._context_sizes[slot.context_id] = self._context_sizes.get(slot.context_id, 0) + 1
         self._prune()
 
-    def _add(self, key: _Key, seq: int) -> None:
+    def _add(self, key: tuple[str | None, TaskState | None], seq: int) -> None:
         index = self._indexes.get(key)
         if index is None:
             index = self._indexes[key] = _Index()
         index.add(seq)
 
-    def _discard(self, key: _Key, seq: int) -> None:
+    def _discard(self, key: tuple[str | None, TaskState | None], seq: int) -> None:
         index = self._indexes.get(key)
         if index is not None:
             index.discard(seq)
-            if not index.members:  # a context's or an owner's indexes go with their last task
+            if not index.members:  # an owner's indexes go with its last task
                 del self._indexes[key]
 
     def _restate(self, slot: _TaskSlot, state: TaskState) -> None:
         """Move a task from the indexes of its state to those of ``state``."""
-        for scope in _scopes(slot):
-            self._discard(scope + (slot.state,), slot.seq)
-            self._add(scope + (state,), slot.seq)
+        for owner in {None, slot.owner}:
+            self._discard((owner, slot.state), slot.seq)
+            self._add((owner, state), slot.seq)
         slot.state = state
 
     def _prune(self) -> None:
@@ -300,9 +301,37 @@ class EmbeddedTaskStore(TaskStore):
                 break
             del self._tasks[self._ended.popleft()]
             del self._by_seq[slot.seq]
-            for scope in _scopes(slot):
-                self._discard(scope + (None,), slot.seq)
-                self._discard(scope + (slot.state,), slot.seq)
+            for owner in {None, slot.owner}:
+                self._discard((owner, None), slot.seq)
+                self._discard((owner, slot.state), slot.seq)
+            self._forget_in_context(slot.context_id)
+
+    def _forget_in_context(self, context_id: str) -> None:
+        size = self._context_sizes[context_id] - 1
+        seqs = self._contexts[context_id]
+        if not size:
+            del self._context_sizes[context_id], self._contexts[context_id]
+            return
+        self._context_sizes[context_id] = size
+        if isinstance(seqs, array.array) and len(seqs) > 2 * size + 8:  # amortised: once half is gone
+            self._contexts[context_id] = array.array("q", (s for s in seqs if s in self._by_seq))
+
+    def _in_context(self, context_id: str, owner: str | None, state: TaskState | None) -> Iterator[int]:
+        """Creation numbers of a context's tasks of ``owner`` in ``state`` (None: any), newest first."""
+        seqs = self._contexts.get(context_id, ())
+        for seq in (seqs,) if isinstance(seqs, int) else reversed(seqs):
+            task_id = self._by_seq.get(seq)
+            if task_id is None:
+                continue
+            slot = self._tasks[task_id]
+            if (owner is None or slot.owner == owner) and (state is None or slot.state is state):
+                yield seq
+
+    def _matching(self, context_id: str | None, owner: str | None, state: TaskState | None) -> Iterator[int]:
+        if context_id:
+            return self._in_context(context_id, owner, state)
+        index = self._indexes.get((owner, state))
+        return iter(()) if index is None else index.newest()
 
     async def requeue(self, task: Task, agent: str) -> None:
         self._slot(task.id)
@@ -319,16 +348,15 @@ class EmbeddedTaskStore(TaskStore):
         return None if slot is None else slot.copy()
 
     async def list(self, context_id=None, limit=50, cursor=None, owner=None, state=None):
-        index = self._indexes.get((owner, context_id or None, state))
-        if index is None:
-            return [], None
         start = int(cursor) if cursor else 0
-        page = index.newest(start, limit + 1)  # one extra tells whether more follow
-        nxt = str(start + limit) if len(page) > limit else None
+        page = list(itertools.islice(self._matching(context_id, owner, state), start, start + limit + 1))
+        nxt = str(start + limit) if len(page) > limit else None  # the one extra: more follow
         return [self._tasks[self._by_seq[seq]].copy() for seq in page[:limit]], nxt
 
     async def count(self, context_id=None, owner=None, state=None):
-        index = self._indexes.get((owner, context_id or None, state))
+        if context_id:
+            return sum(1 for _ in self._in_context(context_id, owner, state))
+        index = self._indexes.get((owner, state))
         return 0 if index is None else len(index.members)
 
     async def apply(self, task_id: str, event: TaskEvent) -> tuple[Task, str]:
