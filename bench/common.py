@@ -89,11 +89,23 @@ def fmt_ms(seconds: float) -> str:
 
 @contextlib.contextmanager
 def gateway_process(*args: str, env: dict[str, str] | None = None):
-    """``interlace serve`` on a free port in a subprocess; yields its base URL once ready."""
+    """``interlace serve`` on a free port in a subprocess; yields its base URL once ready. Its
+    quotas are off: one load generator is one caller, and measures the gateway, not its quota."""
     port = free_port()
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--log-level", "warning", *args],
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-quotas",
+            *args,
+        ],
         env=full_env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

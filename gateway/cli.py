@@ -58,6 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     slow.add_argument("--keepalive-timeout-s", type=float, help="idle keep-alive connections close after (default 5)")
     slow.add_argument("--keepalive-max-requests", type=int, help="requests served per connection (default 1000)")
+    quotas = serve.add_argument_group("per-caller quotas (429 with Retry-After past them)")
+    quotas.add_argument(
+        "--no-quotas", dest="quotas", action="store_const", const=False, help="no quotas at all (benchmarks)"
+    )
+    quotas.add_argument("--quota-tasks-per-s", type=float, help="tasks a caller may start a second (default 50)")
+    quotas.add_argument("--quota-task-burst", type=int, help="... in bursts of up to (default 100)")
+    quotas.add_argument("--quota-concurrent-tasks", type=int, help="a caller's tasks not yet final (default 100)")
+    quotas.add_argument("--quota-mcp-sessions", type=int, help="a caller's open MCP sessions (default 100)")
+    quotas.add_argument("--quota-sse-streams", type=int, help="a caller's open event streams (default 100)")
     serve.add_argument(
         "--visibility-timeout-ms", type=int, help="how long a silent worker keeps a task before redelivery"
     )

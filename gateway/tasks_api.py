@@ -9,7 +9,8 @@ GET  /tasks/{id}/events     SSE of status/artifact events; resumes after Last-Ev
 POST /tasks/{id}:cancel
 
 Every route acts for the authenticated caller (``Runtime.acting_for``): a task belongs to whoever
-submitted it, and another caller's task is a 404 like one that does not exist.
+submitted it, and another caller's task is a 404 like one that does not exist. A caller past one
+of its quotas (``gateway.core.quotas``) gets 429 ``rate_limited`` with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ async def task_events(request: Request) -> Response:
         async for stored in rt.follow(task.id, after):
             yield stored.event_id, stored.event.kind, stored.event.model_dump(mode="json", exclude_none=True)
 
-    return sse_response(events(), max_seconds=rt.config.sse_max_s)
+    return sse_response(events(), max_seconds=rt.config.sse_max_s, release=rt.open_stream())
 
 
 async def route(request: Request) -> Response:

@@ -34,6 +34,7 @@ from gateway.core.config import Config
 from gateway.core.metrics import Metrics
 from gateway.core.policy import Action, Policy, PolicyFile, Target
 from gateway.core.principal import SYSTEM, Principal
+from gateway.core.quotas import Quotas, limits_of
 from gateway.core.routing import CapabilityRouter
 from registry.identity import Identity
 from registry.index import CapabilityQuery, Excluded, RouteResult
@@ -81,6 +82,7 @@ class Runtime:
             ),
         )
         self.metrics = Metrics()
+        self.quotas = Quotas(limits_of(config))
         self.admission = config.effective_admission()
         self.identity = Identity.load(config.node_key) if config.node_key else Identity.generate()
         self.registry = Registry(self.backend.records, config.network, skew_s=config.skew_s)
@@ -219,7 +221,26 @@ class Runtime:
         caller: Principal = SYSTEM,
     ) -> Task:
         """Accept a new task, owned by ``caller``, for ``agent`` (a name or DID) or for the best
-        match of ``query``; it is stored and enqueued, or nothing happens."""
+        match of ``query``; it is stored and enqueued, or nothing happens (QuotaExceeded when
+        the caller is at its quotas)."""
+        with self.quotas.task(caller) as claim:
+            task, stream = await self._accept(message, agent, query, context_id, metadata, caller)
+            claim.bind(task.id)
+        audit.record(caller, "call", stream, "ok", task.id)
+        self.metrics.accepted.labels(stream).inc()
+        self.capabilities.accepted(stream)
+        log.info("task accepted", extra={"task_id": task.id, "agent": stream})
+        return task
+
+    async def _accept(
+        self,
+        message: Message,
+        agent: str | None,
+        query: CapabilityQuery | None,
+        context_id: str | None,
+        metadata: dict | None,
+        caller: Principal,
+    ) -> tuple[Task, str]:
         try:
             if agent is not None:
                 stream = await self.resolve_agent(agent, caller=caller)
@@ -237,11 +258,7 @@ class Runtime:
         except (TaskError, BackendError) as exc:
             audit.record(caller, "call", agent or (query.text if query else None), exc.code)
             raise
-        audit.record(caller, "call", stream, "ok", task.id)
-        self.metrics.accepted.labels(stream).inc()
-        self.capabilities.accepted(stream)
-        log.info("task accepted", extra={"task_id": task.id, "agent": stream})
-        return task
+        return task, stream
 
     async def continue_task(
         self, task_id: str, message: Message, *, caller: Principal = SYSTEM
@@ -257,10 +274,12 @@ class Runtime:
             raise NotContinuable(
                 f"task {task_id} is {task.state.value}; only a task that waits for input takes a follow-up"
             )
-        after = await self.last_event_id(task.id)
-        message = message.model_copy(update={"task_id": task.id, "context_id": task.context_id})
-        task, _ = await self.backend.tasks.apply(task.id, task.status_event(TaskState.WORKING, message))
-        await self.backend.tasks.requeue(task, task.route.agent)
+        with self.quotas.task(caller) as claim:
+            after = await self.last_event_id(task.id)
+            message = message.model_copy(update={"task_id": task.id, "context_id": task.context_id})
+            task, _ = await self.backend.tasks.apply(task.id, task.status_event(TaskState.WORKING, message))
+            await self.backend.tasks.requeue(task, task.route.agent)
+            claim.bind(task.id)
         audit.record(caller, "call", task.route.agent, "ok", task.id)
         return task, after
 
@@ -425,6 +444,7 @@ class Runtime:
                 backoff = min(backoff * 2, 5.0)
                 continue
             for fin in batch:
+                self.quotas.task_final(fin.task_id)
                 if fin.accepted_by == self.node_id:
                     seconds = self.metrics.finished(fin.agent, fin.state, fin.created_at)
                     self.capabilities.finished(fin.agent, seconds)
@@ -503,6 +523,11 @@ class ActingFor:
 
     async def last_event_id(self, task_id: str) -> str | None:
         return await self.runtime.last_event_id(task_id, caller=self.principal)
+
+    def open_stream(self) -> Callable[[], None]:
+        """Count an event stream the caller opens (QuotaExceeded at its quota); returns the call
+        that closes it. Take it before anything the stream is for happens."""
+        return self.runtime.quotas.stream(self.principal)
 
     def private_key(self, key: str) -> str:
         """``key`` in the caller's own namespace of the key/value store (an adapter's per-caller

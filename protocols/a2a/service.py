@@ -42,6 +42,7 @@ import httpx
 from gateway.core import __version__
 from gateway.core.backends import BackendUnavailable, QueueFull, TaskNotFound
 from gateway.core.principal import LOCAL, Principal
+from gateway.core.quotas import QuotaExceeded
 from gateway.core.runtime import ActingFor, NotCancelable, NotContinuable, Runtime, UnknownAgent
 from gateway.core.settings import load_settings
 from protocols.a2a import card as cards
@@ -53,6 +54,7 @@ from protocols.a2a.errors import (
     InternalError,
     InvalidParamsError,
     PushNotificationNotSupportedError,
+    RateLimitedError,
     TaskNotCancelableError,
     TaskNotFoundError,
     UnsupportedOperationError,
@@ -488,6 +490,8 @@ def map_runtime_error(exc: Exception) -> A2AError:
         return exc
     if isinstance(exc, TaskNotFound):
         return TaskNotFoundError(str(exc))
+    if isinstance(exc, QuotaExceeded):
+        return RateLimitedError(str(exc), exc.retry_after)
     if isinstance(exc, (BackendUnavailable, QueueFull)):
         return Unavailable(str(exc))
     if isinstance(exc, UnknownAgent):
