@@ -4,6 +4,7 @@ from schemas.task import (
     LEGAL_TRANSITIONS,
     STREAM_HINT,
     TERMINAL_STATES,
+    TOOL_KEYS,
     Artifact,
     DataPart,
     FilePart,
@@ -21,11 +22,14 @@ from schemas.task import (
     TextPart,
     check_transition,
     new_id,
+    tool_named,
 )
 
 __all__ = [
     "LEGAL_TRANSITIONS",
     "STREAM_HINT",
+    "TOOL_KEYS",
+    "tool_named",
     "TERMINAL_STATES",
     "Artifact",
     "DataPart",

@@ -20,6 +20,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # Task metadata key: a client follows this task's events as they happen, so an outbound connector
 # should stream from its agent rather than make one blocking call (set by the protocol faces).
 STREAM_HINT = "interlace.stream"
+# Message (or task) metadata keys naming the tool of an MCP agent a task is for (the MCP connector
+# calls it; the runtime puts that tool to the policy when the task is submitted or continued).
+TOOL_KEYS = ("tool", "mcp.tool")
+
+
+def tool_named(*metadata: dict[str, Any] | None) -> str | None:
+    """The tool ``metadata`` names (a key of a later mapping overrides it in an earlier one)."""
+    merged: dict[str, Any] = {}
+    for meta in metadata:
+        merged.update(meta or {})
+    return next((merged[k] for k in TOOL_KEYS if isinstance(merged.get(k), str)), None)
 
 
 def new_id() -> str:

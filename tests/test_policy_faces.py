@@ -513,3 +513,55 @@ async def test_a_policy_reload_changes_what_a_caller_sees_without_a_restart(gw):
             assert all("list_changed" in t for t in told), told  # nothing of the upstream came first
     finally:
         await gw.set_policy(policy_text(gw.carol.did, ["echo"]))
+
+
+async def test_a_task_naming_a_denied_tool_of_an_mcp_agent_is_refused_on_every_face(gw):
+    """The MCP face judges a federated tool by name; a task for a registered MCP agent that names
+    the tool in its metadata (or a follow-up's) is judged the same way when it is submitted."""
+    tools = Identity.generate()
+    record = signed_record(tools, "team-tools").model_dump(mode="json", exclude_none=True)
+    record["endpoints"] = {"mcp": f"http://127.0.0.1:{free_port()}/mcp"}
+    rules = [
+        {"allow": {"groups": "research", "agent": "team-tools"}},
+        {"deny": {"upstream": "team-tools", "tool": "drop_*"}},
+        {"allow": {"action": "register", "agent": "team-*"}},
+    ]
+    await gw.set_policy(yaml.safe_dump({"rules": rules}))
+    try:
+        async with gw.http() as anyone, gw.http("alice") as alice:
+            resp = await anyone.post("/registry/agents", json=sign(AgentRecord.model_validate(record), tools).dump())
+            assert resp.status_code == 201, resp.text
+
+            def task(tool: str) -> dict:
+                meta = {"tool": tool}
+                return {
+                    "agent": "team-tools",
+                    "message": {"role": "user", "parts": [{"kind": "text", "text": "x"}]},
+                    "metadata": meta,
+                }
+
+            denied = await alice.post("/tasks", json=task("drop_everything"))
+            assert denied.status_code == 404 and denied.json()["error"]["code"] == "unknown_agent", denied.text
+            assert (await alice.post("/tasks", json=task("list_rows"))).status_code == 202
+            a2a_body = {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "SendMessage",
+                "params": {
+                    "message": {
+                        "messageId": uuid.uuid4().hex,
+                        "role": "ROLE_USER",
+                        "parts": [{"text": "x"}],
+                        "metadata": {"tool": "drop_everything"},
+                    },
+                    "configuration": {"returnImmediately": True},
+                },
+            }
+            out = (await alice.post("/a2a/agents/team-tools", json=a2a_body, headers=V10)).json()
+            assert "error" in out and "drop_everything" in out["error"]["message"], out
+            gone = await anyone.request(
+                "DELETE", f"/registry/agents/{tools.did}", json=signed_tombstone(tools, 2).dump()
+            )
+            assert gone.status_code == 200, gone.text
+    finally:
+        await gw.set_policy(policy_text(gw.carol.did, ["echo"]))

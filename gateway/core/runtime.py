@@ -39,7 +39,7 @@ from gateway.core.routing import CapabilityRouter
 from registry.identity import Identity
 from registry.index import CapabilityQuery, Excluded, RouteResult
 from registry.service import Registry, stream_of
-from schemas import InvalidTransition, Message, Route, Task, TaskError, TaskState
+from schemas import InvalidTransition, Message, Route, Task, TaskError, TaskState, tool_named
 from schemas.agent_record import AgentRecord
 
 log = logging.getLogger("interlace.runtime")
@@ -149,6 +149,17 @@ class Runtime:
         """Whether ``caller`` may call (and so see) the agent of ``record``."""
         return self.allows(caller, Action.CALL, Target.of_record(record))
 
+    def _check_tool(self, caller: Principal, records: list[AgentRecord], tool: str | None) -> None:
+        """The tool of an MCP agent that a task names (or routes to by skill) is put to the policy
+        as the MCP face puts a federated tool: one the caller may not call is unknown."""
+        if tool is None or caller is SYSTEM or not self.policy.rules:
+            return
+        for record in records:
+            target = Target.of_record(record, tool=tool, upstream=record.name)
+            if record.endpoints.mcp and not self.allows(caller, Action.CALL, target):
+                audit.record(caller, Action.CALL, f"{record.name}:{tool}", "denied")
+                raise UnknownAgent(f"agent {record.name!r} has no tool {tool!r}")
+
     def _hidden(self, caller: Principal) -> set[str]:
         """DIDs of the live records ``caller`` may not call (none without a policy)."""
         if caller is SYSTEM or not self.policy.rules:
@@ -182,6 +193,10 @@ class Runtime:
     def route(self, query: CapabilityQuery, *, caller: Principal = SYSTEM) -> tuple[str, Route]:
         """The stream of the best live agent for ``query`` that ``caller`` may call; NoMatch
         lists the closest ones."""
+        stream, route, _ = self._route(query, caller)
+        return stream, route
+
+    def _route(self, query: CapabilityQuery, caller: Principal) -> tuple[str, Route, AgentRecord]:
         result = self.explain_route(query, 5, caller=caller)
         missed: list[Excluded] = []
         for best in result.candidates:  # the first one still live and reachable
@@ -206,7 +221,7 @@ class Runtime:
                 )
                 continue
             reason = f"best capability match (score {best.score:.3f})"
-            return stream, Route(agent=stream, skill=best.skill, reason=reason)
+            return stream, Route(agent=stream, skill=best.skill, reason=reason), record
         # Matches that cannot be reached now are the closest ones, with why.
         raise NoMatch(result.model_copy(update={"candidates": [], "closest": missed}) if missed else result)
 
@@ -244,11 +259,13 @@ class Runtime:
         try:
             if agent is not None:
                 stream = await self.resolve_agent(agent, caller=caller)
-                route = Route(agent=stream, reason="named by the client")
+                route, records = Route(agent=stream, reason="named by the client"), self.registry.resolve(agent)
             elif query is not None:
-                stream, route = self.route(query, caller=caller)
+                stream, route, record = self._route(query, caller)
+                records = [record]
             else:
                 raise ValueError("submit needs an agent or a capability query")
+            self._check_tool(caller, records, tool_named(metadata, message.metadata) or route.skill)
             groups = sorted(caller.groups) or None
             task = Task(metadata=metadata or {}, route=route, owner=caller.id, owner_groups=groups)
             if context_id:
@@ -274,6 +291,8 @@ class Runtime:
             raise NotContinuable(
                 f"task {task_id} is {task.state.value}; only a task that waits for input takes a follow-up"
             )
+        tool = tool_named(task.metadata, message.metadata) or task.route.skill
+        self._check_tool(caller, self.registry.resolve(task.route.agent), tool)
         with self.quotas.task(caller) as claim:
             after = await self.last_event_id(task.id)
             message = message.model_copy(update={"task_id": task.id, "context_id": task.context_id})

@@ -66,12 +66,11 @@ from gateway.core.runtime import Runtime
 from protocols.mcp import wire
 from protocols.mcp.client import Upstream, UpstreamClient, UpstreamTimeout, UpstreamUnavailable
 from protocols.mcp.wire import MCPError
-from schemas import Artifact, DataPart, FilePart, Message, Part, Task, TaskEvent, TaskState, TextPart
+from schemas import Artifact, DataPart, FilePart, Message, Part, Task, TaskEvent, TaskState, TextPart, tool_named
 from schemas.agent_record import AgentRecord
 
 log = logging.getLogger("interlace.mcp.connector")
 
-TOOL_KEYS = ("tool", "mcp.tool")  # message (or task) metadata naming the tool to call
 URI_KEY = "mcp.uri"  # part metadata: the URI of an embedded resource
 
 
@@ -252,8 +251,7 @@ def file_argument(part: FilePart, index: int) -> dict[str, Any]:
 
 def choose_call(task: Task, message: Message, tools: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     """The tool to call and its arguments for a task (see the mapping table)."""
-    meta = {**task.metadata, **(message.metadata or {})}
-    name = next((meta[k] for k in TOOL_KEYS if isinstance(meta.get(k), str)), None)
+    name = tool_named(task.metadata, message.metadata)
     if name is None and task.route is not None and task.route.skill in tools:
         name = task.route.skill
     if name is None:
