@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import uuid
 
 import httpx
 import pytest
@@ -162,8 +163,9 @@ async def test_a2a_answers_429_with_retry_info_on_both_bindings():
 
 async def test_acp_answers_429_in_its_error_shape():
     async with tight_gateway() as (http, runtime):
+        session = {"id": str(uuid.uuid4()), "history": ["http://elsewhere.invalid/resources/1"], "state": None}
         for mode, retry in (("sync", 2), ("stream", 1)):
-            run = {"agent_name": "echo", "input": [{"parts": [{"content": "x"}]}], "mode": mode}
+            run = {"agent_name": "echo", "input": [{"parts": [{"content": "x"}]}], "mode": mode, "session": session}
             resp = await http.post("/acp/runs", json=run)
             assert resp.status_code == 429 and resp.headers["retry-after"] == str(retry), mode
             assert resp.json() == {
@@ -172,6 +174,7 @@ async def test_acp_answers_429_in_its_error_shape():
                 "data": {"retry_after": retry},
             }
         assert await runtime.backend.tasks.count() == 0
+        assert (await http.get(f"/acp/sessions/{session['id']}")).status_code == 404  # nothing carried
 
 
 async def test_mcp_answers_429_with_its_json_rpc_error():

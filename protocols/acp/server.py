@@ -318,10 +318,10 @@ class ACPService:
         context_id = wire.from_uuid(session_id) if session_id else None
         await rt.resolve_agent(req.agent_name)  # an unknown agent leaves nothing behind
         with self._stream_place(rt, req.mode) as release:
-            if req.session is not None and (req.session.history or req.session.state):
+            task = await rt.submit(message, agent=req.agent_name, context_id=context_id, metadata=metadata)
+            if req.session is not None and (req.session.history or req.session.state):  # once the run is on
                 carried = {"history": req.session.history, "state": req.session.state}
                 await rt.kv.set(_session_key(rt, context_id or ""), json.dumps(carried), int(rt.config.retention_s))
-            task = await rt.submit(message, agent=req.agent_name, context_id=context_id, metadata=metadata)
             return await self._respond(rt, task, req.mode, None, created=True, release=release)
 
     async def read_run(self, request: Request) -> Response:
