@@ -26,8 +26,9 @@ one when it is low, and lowers the cap to what the limit leaves otherwise (``con
 
 Request bodies are bounded in the app (``gateway.core.http.BodyGuard``: a read deadline and a
 budget of bytes buffered at once). Together: memory for connections stays within
-``max_connections`` x (a head of ``max_header_bytes`` + uvicorn's 64 KiB read buffer + ~10 KiB of
-protocol state) + the body budget (``max_buffered_body_bytes`` + 64 KiB per request).
+``max_connections`` x (a head of ``max_header_bytes`` + uvicorn's buffers, at most ~320 KiB while
+a body is read, + ~10 KiB of protocol state) + the body budget (``max_buffered_body_bytes`` +
+64 KiB per request); tests/test_slow_clients.py measures it.
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ class BoundedHttp(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
-        more_body = self.cycle is not None and self.cycle.more_body
+        cycle = self.cycle  # the one answered, unless a pipelined request's head came meanwhile
+        more_body = cycle is not None and cycle.response_complete and cycle.more_body
         super().on_response_complete()
         if more_body and not self.transport.is_closing():  # answered before its body was all read
             self._drop_timer = self.loop.call_later(self.config_bounds.body_timeout_s, self.transport.close)
