@@ -5,28 +5,42 @@ is a thin wrapper over a DirectLink on the gateway side, so both behave the same
 agent's ``identity``, ``HttpLink`` signs every request with it (RFC 9421, did:key;
 ``gateway.core.httpsig.RequestSigner``), and the gateway lets it use only its own agent's
 stream; given a worker ``token``, it sends that too (gateways that do not verify signatures
-go by the token, or by the loopback rule, as before).
+go by the token, or by the loopback rule, as before). Its client follows an egress policy
+(gateway/core/egress.py; default: only the gateway it was given, whose host is the operator's).
 """
 
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import AsyncIterator
 
 import httpx
 
 from gateway.core.backends import Backend, Delivery, StoredEvent
 from gateway.core.backends.base import EVENT_JSON
+from gateway.core.egress import Egress
 from gateway.core.httpsig import RequestSigner
 from gateway.core.sse import read_events
 from registry.identity import Identity
+from registry.records import RecordRejected
 from registry.service import Registry
 from schemas import InvalidTransition, Message, Task, TaskEvent, TaskState, TextPart
 from schemas.agent_record import AgentRecord, Tombstone
 
 
-class RegistrationFailed(Exception):
-    """The gateway refused the worker's record (the body says why)."""
+class RegistrationFailed(RecordRejected):
+    """The gateway refused the worker's record: the error's code, message and details, as the
+    registry itself would have raised them (a ``DirectLink`` raises ``RecordRejected``)."""
+
+    def __init__(self, status: int, body: str) -> None:
+        try:
+            error = json.loads(body)["error"]
+            details = {k: v for k, v in error.items() if k not in ("code", "message")}
+            super().__init__(str(error["code"]), str(error["message"]), **details)
+        except (ValueError, KeyError, TypeError):
+            super().__init__(f"http_{status}", body)
+        self.status = status
 
 
 class WorkerLink(abc.ABC):
@@ -116,9 +130,11 @@ class DirectLink(WorkerLink):
 class HttpLink(WorkerLink):
     """The gateway's ``/bus`` API (see gateway/worker_api.py), with one pooled client."""
 
-    def __init__(self, base_url: str, token: str | None = None, identity: Identity | None = None) -> None:
+    def __init__(
+        self, base_url: str, token: str | None = None, identity: Identity | None = None, egress: Egress | None = None
+    ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.AsyncClient(
+        self.http = (egress or Egress().allowing(base_url)).httpx_client(
             base_url=base_url.rstrip("/"),
             headers=headers,
             timeout=httpx.Timeout(30.0),
@@ -148,7 +164,7 @@ class HttpLink(WorkerLink):
         else:
             resp = await self.http.post("/registry/agents", json=model.dump())
         if resp.status_code >= 400:
-            raise RegistrationFailed(resp.status_code, resp.text[:500])
+            raise RegistrationFailed(resp.status_code, resp.text[:4000])
 
     async def begin(self, delivery, consumer, ttl_ms):
         body = await self._post(

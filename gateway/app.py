@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agents.echo import EchoWorker
-from gateway import __version__, openapi, registry_api, tasks_api, worker_api
+from gateway import __version__, openapi, registry_api, revocations_api, tasks_api, worker_api
 from gateway.authn import CallerAuthentication, NodeSignatures, protected_resource_routes
 from gateway.cluster import Cluster
 from gateway.cluster import routes as cluster_routes
@@ -118,7 +118,11 @@ def create_app(
     connectors = RegistryConnectors(supervisor)
     cluster = Cluster(supervisor) if config.gossip else None
     # Who is calling (gateway/authn.py); none on a loopback bind with nothing configured.
-    authenticator = Authenticator.from_config(config) if config.effective_auth() is not AuthMode.LOCAL else None
+    authenticator = (
+        Authenticator.from_config(config, egress=runtime.egress)
+        if config.effective_auth() is not AuthMode.LOCAL
+        else None
+    )
     # Requests signed by other nodes (forwarded tasks) and by workers (/bus): one nonce store.
     signed_requests = DidKeyRequests(runtime.kv)
 
@@ -133,7 +137,10 @@ def create_app(
             await cluster.start()
         if authenticator is not None and authenticator.issuer:
             await authenticator.refresh()  # the issuer's keys before the first token (logs, never raises)
-        log.info("gateway started", extra={"node": runtime.node_id, "backend": runtime.backend.name})
+        log.info(
+            "gateway started",
+            extra={"node": runtime.node_id, "backend": runtime.backend.name, "did": runtime.identity.did},
+        )
         try:
             yield
         finally:
@@ -159,6 +166,7 @@ def create_app(
         Route("/metrics", metrics),
         Route("/openapi.json", openapi.serve),
         *registry_api.routes,
+        *revocations_api.routes,  # operators revoke agent DIDs (admin)
         *tasks_api.routes,
         *worker_api.routes,
         *cluster_routes,  # /gossip, /cluster (federation)

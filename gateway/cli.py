@@ -1,10 +1,10 @@
 """The ``interlace`` command line.
 
 interlace serve [--host H] [--port P] [--redis URL] [--no-echo] ...
-interlace worker echo [--gateway URL | --redis URL] [--concurrency N]
+interlace worker echo [--gateway URL | --redis URL] [--concurrency N] [--name NAME]
 interlace worker model --model PATH [--device auto|cuda|cpu] [--backend transformers|llamacpp] ...
 interlace keys new|show FILE
-interlace agent register|list|show|deregister ...
+interlace agent register|list|show|deregister|revoke|unrevoke|revocations ...
 interlace version
 """
 
@@ -20,6 +20,7 @@ from agents.serve import add_bus_flags
 from gateway import __version__, agent_cli
 from gateway.core import audit, logs
 from gateway.core.config import Config, read_secret
+from gateway.core.node_identity import node_identity
 from registry.identity import Identity, IdentityError
 
 log = logging.getLogger("interlace.cli")
@@ -84,7 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="proxies whose X-Forwarded-For is believed, comma-separated (default: none)",
     )
     serve.add_argument("--network", help="registry network id (default interlace)")
-    serve.add_argument("--node-key", metavar="FILE", help="this node's key file (default: a fresh key each start)")
+    serve.add_argument(
+        "--node-key", metavar="FILE", help="this node's key file (default: node.key in --data-dir, made on first start)"
+    )
+    serve.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="where this node keeps its key, node.key (default $XDG_DATA_HOME/interlace or "
+        "~/.local/share/interlace; env INTERLACE_DATA_DIR)",
+    )
+    serve.add_argument(
+        "--max-lease",
+        dest="max_lease_s",
+        type=int,
+        metavar="SECONDS",
+        help="longest lease a record may ask (expires_at - issued_at); longer ones are refused (default 86400)",
+    )
     serve.add_argument(
         "--admission",
         choices=["open", "token", "allowlist"],
@@ -99,7 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allowlist", metavar="FILE", help="DIDs allowed to register, one per line")
     serve.add_argument("--join", metavar="HOST:PORT,...", help="seed nodes of the federation to join")
     serve.add_argument(
-        "--trust", metavar="FILE", help="node DIDs allowed to gossip, one per line (default: any node of the network)"
+        "--trust",
+        metavar="FILE",
+        help="node DIDs allowed to gossip, one per line (required to gossip on a non-loopback bind; "
+        "default there: any node of the network)",
     )
     serve.add_argument(
         "--public-url", metavar="URL", help="the address peers reach this node at (default http://host:port)"
@@ -127,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
         "and on SIGHUP (env INTERLACE_POLICY)",
     )
     serve.add_argument(
+        "--egress-allow",
+        metavar="CIDR|HOST,...",
+        type=lambda text: tuple(x.strip() for x in text.split(",") if x.strip()),
+        help="internal destinations the gateway may connect to (agents, upstreams, webhooks, peers): "
+        "networks, host names, 'loopback', 'private' or 'none' (default: loopback on a loopback bind, "
+        "else only public addresses; env INTERLACE_EGRESS_ALLOW)",
+    )
+    serve.add_argument(
         "--gossip-faults", action="store_const", const=True, help=argparse.SUPPRESS
     )  # tests: POST /gossip/faults
 
@@ -135,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     echo = kinds.add_parser("echo", help="the example echo agent")
     add_bus_flags(echo)
     echo.add_argument("--concurrency", type=int, default=16, help="tasks handled at once")
+    echo.add_argument(
+        "--name", default="echo", help="the agent's name (default echo; a name belongs to the first DID that takes it)"
+    )
     from agents.model.cli import add_parser as add_model_worker  # light: torch loads only when run
 
     add_model_worker(kinds)
@@ -175,14 +205,19 @@ def main(argv: list[str] | None = None) -> int:
 
                 load_policy(config.policy)
             config.effective_admission()
+            from gateway.core.egress import Egress
+
+            Egress.from_config(config)  # a malformed --egress-allow is refused here
+            # The node key (made on the first start, so that `interlace keys show` can name this
+            # node's DID for the trust files even when the gossip settings are refused next).
+            node_identity(config)
             from gateway.cluster import check_config  # gossip settings: fail before starting
 
             check_config(config)
-        # A key file that is missing, malformed or readable by others is refused here, before
-        # anything starts (for a model worker: before minutes of model loading).
-        key_file = config.node_key if args.command == "serve" else getattr(args, "key", None)
-        if key_file:
-            Identity.load(key_file)
+        elif getattr(args, "key", None):
+            # A key file that is missing, malformed or readable by others is refused here, before
+            # anything starts (for a model worker: before minutes of model loading).
+            Identity.load(args.key)
     except (ValueError, IdentityError) as exc:
         print(f"interlace: {exc}", file=sys.stderr)
         return 2
@@ -242,7 +277,7 @@ async def run_worker(args: argparse.Namespace, config: Config) -> int:
     from agents.serve import serve_worker
 
     worker = EchoWorker()
-    worker.concurrency = args.concurrency
+    worker.agent, worker.concurrency = args.name, args.concurrency
     return await serve_worker(worker, args, config)
 
 

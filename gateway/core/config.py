@@ -56,9 +56,11 @@ class Config:
     forwarded_allow_ips: str | None = None
     # Registry and identity
     network: str = "interlace"  # records and gossip of another network are refused
-    node_key: str | None = None  # this node's Ed25519 key file; a fresh key each start when unset
+    node_key: str | None = None  # this node's Ed25519 key file; default node.key in data_dir
+    data_dir: str | None = None  # holds node.key (gateway/core/node_identity.py); default the user's data home
     skew_s: int = 300  # clock-skew window for issued_at
     lease_s: int = 60  # lease of the records of in-process agents
+    max_lease_s: int = 24 * 3600  # a record asking a longer lease (expires_at - issued_at) is refused
     admission: str | None = None  # open | token | allowlist; open only by default on loopback
     registration_token: str | None = None
     registration_token_file: str | None = None  # the token, read from this file
@@ -70,7 +72,7 @@ class Config:
     # Gossip federation (gateway/cluster.py)
     gossip: bool = True  # run SWIM membership and registry anti-entropy with other nodes
     join: str | None = None  # seed nodes, "host:port,host:port"
-    trust: str | None = None  # file of node DIDs (one per line) allowed to gossip; unset: any
+    trust: str | None = None  # file of node DIDs (one per line) allowed to gossip; unset: any (loopback only)
     public_url: str | None = None  # how peers reach this node; default http://host:port
     gossip_profile: str = "lan"  # lan | local | fast (timings, registry/gossip/transport.py)
     gossip_faults: bool = False  # test-only: POST /gossip/faults drops packets (partitions)
@@ -82,6 +84,9 @@ class Config:
     admin_group: str = "admin"  # members see and manage every task
     audit_log: str | None = None  # JSON-lines file for the audit log (gateway/core/audit.py); unset: the log
     policy: str | None = None  # YAML file of allow/deny/require rules (gateway/core/policy.py); reloaded on change
+    # Where the gateway may connect out (gateway/core/egress.py): networks, host names, "loopback",
+    # "private" or "none"; unset: loopback on a loopback bind, else only the public internet.
+    egress_allow: tuple[str, ...] | None = None
 
     def read_secret_files(self) -> None:
         """Fill the tokens from their ``*_file`` settings (``load`` does this once)."""

@@ -31,12 +31,13 @@ from gateway.core.backends import (
     open_backend,
 )
 from gateway.core.config import Config
+from gateway.core.egress import Egress
 from gateway.core.metrics import Metrics
+from gateway.core.node_identity import node_identity
 from gateway.core.policy import Action, Policy, PolicyFile, Target
 from gateway.core.principal import SYSTEM, Principal
 from gateway.core.quotas import Quotas, limits_of
 from gateway.core.routing import CapabilityRouter
-from registry.identity import Identity
 from registry.index import CapabilityQuery, Excluded, RouteResult
 from registry.service import Registry, stream_of
 from schemas import InvalidTransition, Message, Route, Task, TaskError, TaskState, tool_named
@@ -84,8 +85,13 @@ class Runtime:
         self.metrics = Metrics()
         self.quotas = Quotas(limits_of(config))
         self.admission = config.effective_admission()
-        self.identity = Identity.load(config.node_key) if config.node_key else Identity.generate()
-        self.registry = Registry(self.backend.records, config.network, skew_s=config.skew_s)
+        self.identity = node_identity(config)  # the same key on every start (node_identity.py)
+        # Every outbound connection follows it (gateway/core/egress.py); tests may replace it
+        # (a resolver of their own) before the gateway starts.
+        self.egress = Egress.from_config(config)
+        self.registry = Registry(
+            self.backend.records, config.network, skew_s=config.skew_s, max_lease_s=config.max_lease_s
+        )
         self.capabilities = CapabilityRouter(self.registry, embeddings=config.embeddings)
         # The operator's policy (--policy FILE; a ValueError if it does not parse), reloaded while
         # running; ``policy`` is the one in force. A reload may change what each caller sees.

@@ -4,8 +4,9 @@ Reading (``read_events``) follows the WHATWG event-stream rules: lines end with 
 (a CRLF split between two chunks is one line end), ``data`` lines are joined with newlines, a
 comment line (``:``) is skipped, an event is dispatched at a blank line, and ``id``, ``event``
 and ``retry`` are kept per event. It takes raw byte chunks, so it serves httpx
-(``aiter_bytes()``) and aiohttp (``content.iter_any()``) alike, and it bounds a line at
-``max_line`` bytes: a peer cannot make the gateway buffer an endless line (``LineTooLong``).
+(``aiter_bytes()``) and aiohttp (``content.iter_any()``) alike, and it bounds a line, and an
+event's data, at ``max_line`` bytes: a peer cannot make the gateway buffer an endless line or
+event (``LineTooLong``).
 
 Writing: ``encode`` frames one event; ``paced`` turns a source of items into a stream with
 keep-alive ticks and a deadline; ``sse_response`` is the Starlette response built from both.
@@ -70,16 +71,18 @@ async def read_lines(chunks: AsyncIterator[bytes], max_line: int = MAX_LINE) -> 
 
 
 async def read_events(chunks: AsyncIterator[bytes], max_line: int = MAX_LINE) -> AsyncIterator[Event]:
-    """The events of an event stream; a last event without its blank line is still dispatched."""
+    """The events of an event stream; a last event without its blank line is still dispatched.
+    An event's data, however many lines it spans, is bounded by ``max_line`` too."""
     event_id = name = retry = None
     data: list[str] = []
+    size = 0
     seen = False
     async for line in read_lines(chunks, max_line):
         if line == "":
             if seen:
                 yield Event("\n".join(data), event_id, name, retry)
             event_id = name = retry = None
-            data, seen = [], False
+            data, size, seen = [], 0, False
             continue
         if line.startswith(":"):
             continue
@@ -88,6 +91,9 @@ async def read_events(chunks: AsyncIterator[bytes], max_line: int = MAX_LINE) ->
             value = value[1:]
         seen = True
         if field == "data":
+            size += len(value) + 1
+            if size > max_line:
+                raise LineTooLong(f"an event's data passed {max_line} bytes")
             data.append(value)
         elif field == "id":
             event_id = value

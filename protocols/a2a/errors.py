@@ -187,11 +187,14 @@ class RateLimitedError(A2AError):
 
 
 class RemoteAgentError(Exception):
-    """An outbound call to a remote A2A agent failed (raised by the client, never sent to a peer)."""
+    """An outbound call to a remote A2A agent failed (raised by the client, never sent to a peer).
+    The message is for the client; ``detail`` (what exactly happened) is for the log."""
 
-    def __init__(self, message: str, *, code: int | None = None, retryable: bool = False) -> None:
+    def __init__(
+        self, message: str, *, code: int | None = None, retryable: bool = False, detail: str | None = None
+    ) -> None:
         super().__init__(message)
-        self.code, self.retryable = code, retryable
+        self.code, self.retryable, self.detail = code, retryable, detail or message
 
 
 BY_CODE: dict[int, type[A2AError]] = {

@@ -6,8 +6,11 @@ answers for any task.
 
 Routing rule for a message sent to the gateway-level endpoint (``/a2a``, ``/a2a/rest``) without
 ``taskId``: the agent named by ``metadata.agent`` of the request, else ``metadata.agent`` of the
-message, else the only known agent, or, with several, the first known agent (in name order)
-that is available. A per-agent endpoint (``/a2a/agents/{name}``) always routes to its agent and
+message, else the agent whose skills best match the message's text (capability routing,
+``ActingFor.route``, among the agents the caller may call); a message that names no agent and
+whose text matches none (or that has no text) is refused with ``InvalidParamsError``, never
+given to some agent by default (a record named to sort first would otherwise receive every
+such message). A per-agent endpoint (``/a2a/agents/{name}``) always routes to its agent and
 only sees that agent's tasks. A message with ``taskId`` continues that task (it must be waiting
 for input); ``contextId`` groups tasks (it is kept as given, or a new one is made).
 
@@ -43,7 +46,7 @@ from gateway.core import __version__
 from gateway.core.backends import BackendUnavailable, QueueFull, TaskNotFound
 from gateway.core.principal import LOCAL, Principal
 from gateway.core.quotas import QuotaExceeded
-from gateway.core.runtime import ActingFor, NotCancelable, NotContinuable, Runtime, UnknownAgent
+from gateway.core.runtime import ActingFor, NoMatch, NotCancelable, NotContinuable, Runtime, UnknownAgent
 from gateway.core.settings import load_settings
 from protocols.a2a import card as cards
 from protocols.a2a.errors import (
@@ -62,6 +65,7 @@ from protocols.a2a.errors import (
 from protocols.a2a.push import PushDispatcher, PushPolicy, PushStore
 from protocols.a2a.wire import Dialect, PushConfig, SendParams, boolean, direct_reply, get, integer, string
 from registry.identity import Identity
+from registry.index import CapabilityQuery
 from schemas import STREAM_HINT, DataPart, Message, Task, TaskState, TaskStatusUpdate, TextPart
 
 log = logging.getLogger("interlace.a2a")
@@ -128,7 +132,7 @@ class A2ACall:
 
 class _NodeState:
     def __init__(self, rt: Runtime, policy: PushPolicy) -> None:
-        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=64), follow_redirects=False)
+        self.http = rt.egress.httpx_client(limits=httpx.Limits(max_connections=64))  # webhooks: the egress policy
         self.store = PushStore(rt.kv, rt.config.retention_s)
         self.dispatcher = PushDispatcher(rt, self.store, policy, self.http, rt.config.sse_max_s)
 
@@ -171,20 +175,21 @@ class A2AService:
             raise TaskNotFoundError(f"Task {task_id} not found")
         return task
 
-    async def _route(self, call: A2ACall, p: SendParams) -> str:
+    def _route(self, call: A2ACall, p: SendParams) -> tuple[str | None, CapabilityQuery | None]:
+        """The agent the message goes to (named), or the capability query that picks it."""
         if call.agent is not None:
-            return call.agent
+            return call.agent, None
         named = (p.metadata or {}).get("agent") or (p.message.metadata or {}).get("agent")
         if named:
             if not isinstance(named, str):
                 raise InvalidParamsError("metadata.agent must be a string")
-            return named
-        for agent in await call.rt.known_agents():
-            try:
-                return await call.rt.resolve_agent(agent)
-            except UnknownAgent:
-                continue
-        raise InvalidParamsError("no agent is available to take the task")
+            return named, None
+        text = " ".join(part.text for part in p.message.parts if isinstance(part, TextPart)).strip()
+        if not text:
+            raise InvalidParamsError(
+                "the message names no agent and has no text to route it by: name one in metadata.agent"
+            )
+        return None, CapabilityQuery(text=text[:2048])
 
     def _check_modes(self, message: Message) -> None:
         for part in message.parts:
@@ -210,7 +215,7 @@ class A2AService:
         if p.push is not None:
             if not self.options.push.enabled:
                 raise PushNotificationNotSupportedError()
-            self.options.push.check_url(p.push.url)
+            await self.options.push.check_url(p.push.url, call.runtime.egress)
         msg = p.message
         if msg.task_id:
             task = await self._visible(call, msg.task_id)
@@ -229,14 +234,18 @@ class A2AService:
             except NotContinuable as exc:
                 raise UnsupportedOperationError(str(exc)) from None
         else:
-            agent = await self._route(call, p)
+            agent, query = self._route(call, p)
             try:
                 metadata = dict(p.metadata or {})
                 if streaming or not p.blocking or p.push is not None:
                     metadata[STREAM_HINT] = True  # an outbound connector streams from its agent only then
-                task = await rt.submit(msg, agent=agent, context_id=msg.context_id, metadata=metadata)
+                task = await rt.submit(msg, agent=agent, query=query, context_id=msg.context_id, metadata=metadata)
             except UnknownAgent as exc:
                 raise InvalidParamsError(str(exc)) from None
+            except NoMatch:
+                raise InvalidParamsError(
+                    "the message names no agent (metadata.agent) and no agent's skills match its text"
+                ) from None
             after = None
         if p.push is not None:
             p.push.task_id = task.id
@@ -362,7 +371,7 @@ class A2AService:
     async def push_create(self, call: A2ACall, cfg: PushConfig) -> Any:
         self._push_enabled()
         task = await self._visible(call, cfg.task_id)
-        self.options.push.check_url(cfg.url)
+        await self.options.push.check_url(cfg.url, call.runtime.egress)
         node = self.node(call.runtime)
         cfg = await node.store.put(cfg, call.dialect.version)
         if not task.state.terminal:

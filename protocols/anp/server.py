@@ -46,6 +46,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.core.backends import BackendUnavailable, QueueFull, TaskNotFound
+from gateway.core.egress import Egress
 from gateway.core.http import configured_base_url, error_response, public_base_url, replace_routes
 from gateway.core.httpsig import request_urls
 from gateway.core.principal import Principal, principal_of
@@ -92,6 +93,11 @@ class ANPService:
         )
         self.created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         self._documents: OrderedDict[tuple[str, str, str], dict] = OrderedDict()
+
+    def use_egress(self, egress: Egress) -> None:
+        """Fetch DID documents under the gateway's egress policy (taken before the first fetch)."""
+        if self._https is not None and self._https.egress is None:
+            self._https.egress = egress
 
     async def close(self) -> None:
         if self._https is not None:
@@ -325,6 +331,7 @@ def build_routes(service: ANPService) -> list[BaseRoute]:
         """The DIDWba caller of ``request``, or the refusal (401 with a challenge, or 403)."""
         domains = service.domains(request)
         rt: Runtime = request.app.state.runtime
+        service.use_egress(rt.egress)
         try:
             return await service.auth.authenticate(
                 rt.kv, request.method, service.request_urls(request), domains, request.headers, body

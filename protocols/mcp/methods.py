@@ -61,7 +61,7 @@ from gateway.core.runtime import ActingFor, Runtime
 from gateway.core.settings import load_settings
 from protocols.mcp import wire
 from protocols.mcp.agents import META_TOOLS, AgentTools, agent_tool, tool_error
-from protocols.mcp.client import UpstreamClient, UpstreamTimeout, UpstreamUnavailable
+from protocols.mcp.client import UpstreamClient, UpstreamTimeout, UpstreamUnavailable, describe
 from protocols.mcp.federation import Quarantined, UpstreamSet, Visible, configured_upstreams, registry_upstreams
 from protocols.mcp.sessions import EventLog, Mailbox, Sessions
 from protocols.mcp.wire import INVALID_PARAMS, INVALID_REQUEST, MCPError
@@ -206,6 +206,9 @@ class MCPService:
             on_change=self._catalog_changed,
             on_resource_updated=self._resource_updated,
             on_log=self._upstream_log,
+            # Registry upstreams are dialled under the gateway's egress policy; the hosts of the
+            # configured ones (the operator's own) are allowed.
+            egress=runtime.egress.allowing(*(u.url for u in self.static_upstreams)),
         )
         self._node = secrets.token_hex(3)
         self._ids = 0
@@ -596,6 +599,9 @@ class MCPService:
         try:
             return await client.request(method, params, on_message=on_message, timeout=self.options.call_timeout_s)
         except (UpstreamUnavailable, UpstreamTimeout) as exc:
+            log.warning(
+                "upstream call failed", extra={"upstream": client.name, "method": method, "error": describe(exc)}
+            )
             if tool:
                 return tool_error(str(exc))
             raise MCPError(wire.INTERNAL_ERROR, str(exc)) from None
