@@ -41,6 +41,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-echo", dest="echo", action="store_const", const=False, help="do not run the in-process echo agent"
     )
     serve.add_argument("--max-body-bytes", type=int, help="largest request body accepted (default 4 MiB)")
+    slow = serve.add_argument_group("slow and greedy clients")
+    slow.add_argument("--header-timeout-s", type=float, help="a request's head must arrive within this (default 10)")
+    slow.add_argument("--max-header-bytes", type=int, help="largest request head accepted (default 32 KiB)")
+    slow.add_argument(
+        "--body-timeout-s", type=float, help="a request's body must arrive within this of its head (default 30)"
+    )
+    slow.add_argument(
+        "--max-buffered-body-bytes",
+        type=int,
+        help="request bodies held in memory at once, past 64 KiB each (default 64 MiB)",
+    )
+    slow.add_argument(
+        "--max-connections",
+        type=int,
+        help="open connections; past it the one idle longest is closed (default 1000)",
+    )
+    slow.add_argument("--keepalive-timeout-s", type=float, help="idle keep-alive connections close after (default 5)")
+    slow.add_argument("--keepalive-max-requests", type=int, help="requests served per connection (default 1000)")
+    quotas = serve.add_argument_group("per-caller quotas (429 with Retry-After past them)")
+    quotas.add_argument(
+        "--no-quotas", dest="quotas", action="store_const", const=False, help="no quotas at all (benchmarks)"
+    )
+    quotas.add_argument("--quota-tasks-per-s", type=float, help="tasks a caller may start a second (default 50)")
+    quotas.add_argument("--quota-task-burst", type=int, help="... in bursts of up to (default 100)")
+    quotas.add_argument("--quota-concurrent-tasks", type=int, help="a caller's tasks not yet final (default 100)")
+    quotas.add_argument("--quota-mcp-sessions", type=int, help="a caller's open MCP sessions (default 100)")
+    quotas.add_argument("--quota-sse-streams", type=int, help="a caller's open event streams (default 100)")
     serve.add_argument(
         "--visibility-timeout-ms", type=int, help="how long a silent worker keeps a task before redelivery"
     )
@@ -230,22 +257,9 @@ def serve_app(app, config: Config) -> int:
     """Run ``app`` under uvicorn as ``interlace serve`` does (the benchmarks use it too)."""
     import gc
 
-    import uvicorn
+    from gateway.serving import build_server
 
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.host,
-            port=config.port,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=int(config.shutdown_grace_s),
-            # uvicorn believes X-Forwarded-For from 127.0.0.1 by default: only named proxies here
-            proxy_headers=config.forwarded_allow_ips is not None,
-            forwarded_allow_ips=config.forwarded_allow_ips or "",
-        )
-    )
+    server = build_server(app, config)
     # What start-up built (modules, classes, schemas) lives as long as the process: keep it out
     # of the collector's full passes, which would otherwise re-scan ~70k objects each time.
     gc.collect()

@@ -32,7 +32,6 @@ from __future__ import annotations
 import hmac
 import logging
 import math
-import time
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -50,27 +49,6 @@ from registry.service import PROTOCOLS, Registry, parse_signed
 from schemas.agent_record import AgentRecord, Tombstone
 
 log = logging.getLogger("interlace.registry")
-
-
-class TokenBucket:
-    """Per-client rate limit: ``rate`` tokens a second, up to ``burst``."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, burst
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, client: str) -> float:
-        """0 when allowed, else the seconds until a token is available."""
-        now = time.monotonic()
-        tokens, last = self._buckets.get(client, (float(self.burst), now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens < 1:
-            self._buckets[client] = (tokens, now)
-            return (1 - tokens) / self.rate
-        self._buckets[client] = (tokens - 1, now)
-        if len(self._buckets) > 100_000:  # bound memory: forget clients with full buckets
-            self._buckets = {k: v for k, v in self._buckets.items() if v[0] < self.burst}
-        return 0.0
 
 
 def _bearer(request: Request) -> str | None:

@@ -31,6 +31,7 @@ from gateway.app import create_app
 from gateway.core.backends import Backend, EmbeddedBackend, Limits
 from gateway.core.config import Config
 from gateway.core.sse import read_events
+from gateway.serving import build_server
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -146,10 +147,14 @@ async def backend(backend_kind, request) -> AsyncIterator[Backend]:
 
 
 @contextlib.asynccontextmanager
-async def serve_app(app, port: int | None = None) -> AsyncIterator[str]:
-    """Run an ASGI app with uvicorn inside the test's event loop; yields its base URL."""
+async def serve_app(app, port: int | None = None, *, bounded: Config | None = None) -> AsyncIterator[str]:
+    """Run an ASGI app with uvicorn inside the test's event loop; yields its base URL. With
+    ``bounded``, the server is the one ``interlace serve`` runs, with that config's bounds."""
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    if bounded is None:
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    else:
+        server = build_server(app, dataclasses.replace(bounded, host="127.0.0.1", port=port))
     task = asyncio.create_task(server.serve())
     deadline = time.monotonic() + 10
     while not server.started:

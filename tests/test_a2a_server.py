@@ -286,6 +286,8 @@ async def test_list_tasks_paging_filters_and_history_length(http):
         await http.get("/a2a/rest/tasks", params={"contextId": ctx, "status": "TASK_STATE_WORKING"}, headers=V10)
     ).json()
     assert rest["tasks"] == [] and rest["totalSize"] == 0
+    done = await call(http, "ListTasks", {"contextId": ctx, "status": "TASK_STATE_COMPLETED", "pageSize": 2})
+    assert done["result"]["totalSize"] == 3 and len(done["result"]["tasks"]) == 2 and done["result"]["nextPageToken"]
     full = (await call(http, "ListTasks", {"contextId": ctx, "includeArtifacts": True, "historyLength": 0}))["result"]
     assert all(t["artifacts"] and "history" not in t for t in full["tasks"])
     got = (await call(http, "GetTask", {"id": ids[0], "historyLength": 0}))["result"]

@@ -32,6 +32,21 @@ class Config:
     wait_timeout_s: float = 30.0  # default for POST /tasks?wait=true
     max_wait_timeout_s: float = 300.0
     sse_max_s: float = 3600.0  # an SSE response is closed after this long
+    # Slow and greedy clients (gateway/serving.py; request bodies: gateway/core/http.py BodyGuard)
+    header_timeout_s: float = 10.0  # a request's head must arrive within this (408, closed)
+    max_header_bytes: int = 32 * 1024  # ... and be no larger (431, closed)
+    body_timeout_s: float = 30.0  # a request's body must arrive within this of its head (408, closed)
+    max_buffered_body_bytes: int = 64 * 1024 * 1024  # bodies held at once, past 64 KiB each (503 past it)
+    max_connections: int = 1000  # past it, a new connection closes the one idle longest (503 if none is idle)
+    keepalive_timeout_s: float = 5.0  # an idle keep-alive connection is closed after this
+    keepalive_max_requests: int = 1000  # requests served on one connection before it is closed
+    # Per-principal quotas on this node (gateway/core/quotas.py): 429 with Retry-After past them
+    quotas: bool = True  # off: no quotas at all (benchmarks)
+    quota_tasks_per_s: float = 50.0  # tasks a caller may submit or continue a second ...
+    quota_task_burst: int = 100  # ... in bursts of up to this many
+    quota_concurrent_tasks: int = 100  # a caller's tasks not yet final
+    quota_mcp_sessions: int = 100  # a caller's open MCP sessions
+    quota_sse_streams: int = 100  # a caller's open event streams
     shutdown_grace_s: float = 10.0
     worker_token: str | None = None  # required on /bus from non-loopback clients
     worker_token_file: str | None = None  # ... read from this file instead (a flag is world-readable)

@@ -10,6 +10,8 @@ event (``LineTooLong``).
 
 Writing: ``encode`` frames one event; ``paced`` turns a source of items into a stream with
 keep-alive ticks and a deadline; ``sse_response`` is the Starlette response built from both.
+``HeldStream`` gives back what a stream holds (its place in the caller's quota of open streams,
+``ActingFor.open_stream``) however the stream ends.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 T = TypeVar("T")
 
@@ -149,14 +152,32 @@ async def paced(source: AsyncIterator[T], *, max_seconds: float, keepalive_s: fl
 EventTuple = tuple[str | None, str | None, Any]  # (id, event name, data)
 
 
+class HeldStream(StreamingResponse):
+    """A streaming response that calls ``release`` once it has ended, however it ends (finished,
+    timed out, the client gone)."""
+
+    def __init__(self, content: Any, *, release: Callable[[], None] | None = None, **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self.release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.release is not None:
+                self.release()
+
+
 def sse_response(
     events: AsyncIterator[EventTuple],
     *,
     max_seconds: float,
     keepalive_s: float = 15.0,
     on_close: Callable[[], Awaitable[None]] | None = None,
+    release: Callable[[], None] | None = None,
 ) -> StreamingResponse:
-    """Server-Sent Events with keep-alive comments and a bound on the stream's duration."""
+    """Server-Sent Events with keep-alive comments and a bound on the stream's duration;
+    ``release`` is called once the response has ended (``HeldStream``)."""
 
     async def body() -> AsyncIterator[bytes]:
         try:
@@ -170,4 +191,4 @@ def sse_response(
             if on_close is not None:
                 await on_close()
 
-    return StreamingResponse(body(), media_type="text/event-stream", headers=dict(HEADERS))
+    return HeldStream(body(), media_type="text/event-stream", headers=dict(HEADERS), release=release)

@@ -45,6 +45,7 @@ import httpx
 from gateway.core import __version__
 from gateway.core.backends import BackendUnavailable, QueueFull, TaskNotFound
 from gateway.core.principal import LOCAL, Principal
+from gateway.core.quotas import QuotaExceeded
 from gateway.core.runtime import ActingFor, NoMatch, NotCancelable, NotContinuable, Runtime, UnknownAgent
 from gateway.core.settings import load_settings
 from protocols.a2a import card as cards
@@ -56,6 +57,7 @@ from protocols.a2a.errors import (
     InternalError,
     InvalidParamsError,
     PushNotificationNotSupportedError,
+    RateLimitedError,
     TaskNotCancelableError,
     TaskNotFoundError,
     UnsupportedOperationError,
@@ -311,6 +313,9 @@ class A2AService:
         return call.dialect.task_out(task)
 
     async def list_tasks(self, call: A2ACall, q: dict[str, Any]) -> dict[str, Any]:
+        """The caller's tasks, newest first. Context and status are the backend's indexes, so a
+        page costs its length; only the filters no index serves (a per-agent endpoint,
+        ``statusTimestampAfter``, a policy that hides some tasks) read up to MAX_LIST_SCAN tasks."""
         d = call.dialect
         context_id = string(q, "contextId", "params")
         status = d.state_in(get(q, "status"), "params.status") if get(q, "status") else None
@@ -319,23 +324,13 @@ class A2AService:
         include_artifacts = bool(boolean(q, "includeArtifacts", "params"))
         after_ts = _timestamp(get(q, "statusTimestampAfter"))
         start = _page_offset(string(q, "pageToken", "params"))
-        matched: list[Task] = []
-        total, cursor, scanned = 0, None, 0
-        while scanned < MAX_LIST_SCAN:
-            batch, cursor = await call.rt.list_tasks(context_id, 200, cursor)
-            scanned += len(batch)
-            for t in batch:
-                if call.agent is not None and (t.route is None or t.route.agent != call.agent):
-                    continue
-                if status is not None and t.state is not status:
-                    continue
-                if after_ts is not None and (_timestamp(t.status.timestamp) or 0) <= after_ts:
-                    continue
-                if start <= total < start + page_size:
-                    matched.append(t)
-                total += 1
-            if cursor is None:
-                break
+        total = None
+        if call.agent is None and after_ts is None:
+            total = await call.rt.count_tasks(context_id, state=status)
+        if total is not None:
+            matched, _ = await call.rt.list_tasks(context_id, page_size, str(start), state=status)
+        else:
+            matched, total = await self._scan(call, context_id, status, after_ts, start, page_size)
         more = total > start + page_size
         return {
             "tasks": [d.task_out(t, history_length, include_artifacts) for t in matched],
@@ -343,6 +338,29 @@ class A2AService:
             "pageSize": page_size,
             "totalSize": total,
         }
+
+    @staticmethod
+    async def _scan(
+        call: A2ACall, context_id: str | None, status: TaskState | None, after_ts: float | None, start: int, size: int
+    ) -> tuple[list[Task], int]:
+        """The page at ``start`` of the tasks that pass the filters no index serves, and how many
+        pass, among the first MAX_LIST_SCAN of the indexed ones."""
+        matched: list[Task] = []
+        total, cursor, scanned = 0, None, 0
+        while scanned < MAX_LIST_SCAN:
+            batch, cursor = await call.rt.list_tasks(context_id, 200, cursor, state=status)
+            scanned += len(batch)
+            for t in batch:
+                if call.agent is not None and (t.route is None or t.route.agent != call.agent):
+                    continue
+                if after_ts is not None and (_timestamp(t.status.timestamp) or 0) <= after_ts:
+                    continue
+                if start <= total < start + size:
+                    matched.append(t)
+                total += 1
+            if cursor is None:
+                break
+        return matched, total
 
     # ---- push notification configs -----------------------------------------------------------
 
@@ -481,6 +499,8 @@ def map_runtime_error(exc: Exception) -> A2AError:
         return exc
     if isinstance(exc, TaskNotFound):
         return TaskNotFoundError(str(exc))
+    if isinstance(exc, QuotaExceeded):
+        return RateLimitedError(str(exc), exc.retry_after)
     if isinstance(exc, (BackendUnavailable, QueueFull)):
         return Unavailable(str(exc))
     if isinstance(exc, UnknownAgent):

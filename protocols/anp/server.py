@@ -51,6 +51,7 @@ from gateway.core.egress import Egress
 from gateway.core.http import configured_base_url, error_response, public_base_url, replace_routes
 from gateway.core.httpsig import request_urls
 from gateway.core.principal import Principal, principal_of
+from gateway.core.quotas import QuotaExceeded
 from gateway.core.runtime import ActingFor, NotCancelable, NotContinuable, Runtime, UnknownAgent
 from protocols.anp import wire
 from protocols.anp.auth import AuthFailure, Caller, DidWbaAuth, HttpsResolver, challenge_headers, presents_credentials
@@ -76,6 +77,7 @@ class ANPCall:
     agent: str | None
     caller: str
     service: ANPService
+    retry_after: int | None = None  # set when a method of the request was refused by a quota
 
 
 class ANPService:
@@ -224,6 +226,9 @@ def _method(fn):
             return Error(wire.NOT_CANCELABLE, str(exc))
         except (BackendUnavailable, QueueFull) as exc:
             return Error(wire.UNAVAILABLE, f"service temporarily unavailable: {exc}")
+        except QuotaExceeded as exc:
+            call.retry_after = max(call.retry_after or 0, exc.retry_after)
+            return Error(wire.RATE_LIMITED, str(exc), {"retryAfter": exc.retry_after})
         except ValidationError:
             return Error(-32602, "invalid params")
         except Exception:
@@ -408,9 +413,13 @@ def build_routes(service: ANPService) -> list[BaseRoute]:
             return _rpc_error(None, -32600, f"a batch holds at most {service.options.max_batch} requests", headers)
         call = ANPCall(rt, agent or None, caller.did, service)
         text = await async_dispatch("", methods=METHODS, context=call, deserializer=lambda _: parsed)
+        status = 200
+        if call.retry_after is not None:  # a quota refused a method: 429 for a single request
+            headers = {**headers, "Retry-After": str(call.retry_after)}
+            status = 200 if isinstance(parsed, list) else 429
         if not text:  # only notifications
             return Response(status_code=204, headers=headers)
-        return Response(text, media_type="application/json", headers=headers)
+        return Response(text, status_code=status, media_type="application/json", headers=headers)
 
     n = ROUTE_PREFIX
     return [

@@ -56,6 +56,7 @@ from typing import Any, Protocol
 from gateway.core import __version__, audit
 from gateway.core.policy import Action, Target
 from gateway.core.principal import LOCAL, Principal
+from gateway.core.quotas import QuotaExceeded
 from gateway.core.runtime import ActingFor, Runtime
 from gateway.core.settings import load_settings
 from protocols.mcp import wire
@@ -325,7 +326,9 @@ class MCPService:
             )
         negotiated = version if version in wire.SUPPORTED_VERSIONS else wire.LATEST_VERSION
         session = {"v": negotiated, "caps": caps, "info": info or {}, "level": None, "who": principal.id}
-        sid = await self.sessions.create(session)
+        with self.runtime.quotas.session(principal, self.options.session_ttl_s) as counted:
+            sid = await self.sessions.create(session)
+            counted(sid)
         result = {
             "protocolVersion": negotiated,
             "capabilities": CAPABILITIES,
@@ -378,6 +381,8 @@ class MCPService:
             reply = wire.result(call.id, await handler(call))
         except MCPError as exc:
             reply = wire.error(call.id, exc)
+        except QuotaExceeded as exc:
+            reply = wire.error(call.id, wire.rate_limited(str(exc), exc.retry_after))
         except asyncio.CancelledError:
             reply = wire.error(call.id, MCPError(wire.REQUEST_CANCELLED, "Request cancelled"))
         except Exception:
@@ -388,6 +393,7 @@ class MCPService:
     async def end_session(self, sid: str) -> None:
         """The client ended the session: forget it, cancel its requests, close its GET stream."""
         await self.sessions.delete(sid)
+        self.runtime.quotas.end_session(sid)
         for (s, _), task in list(self.inflight.items()):
             if s == sid:
                 task.cancel()

@@ -21,6 +21,7 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 RESOURCE_NOT_FOUND = -32002
 REQUEST_CANCELLED = -32800
+RATE_LIMITED = -32029  # the caller is past one of its quotas (HTTP 429: "29"); data {"retryAfter": seconds}
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
@@ -41,6 +42,11 @@ class MCPError(Exception):
 
 def result(id: Any, value: dict[str, Any]) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": id, "result": value}
+
+
+def rate_limited(message: str, retry_after: int) -> MCPError:
+    """The error of a request refused by one of the caller's quotas (HTTP 429 when it is the reply)."""
+    return MCPError(RATE_LIMITED, message, {"retryAfter": retry_after})
 
 
 def error(id: Any, exc: MCPError) -> dict[str, Any]:

@@ -132,10 +132,22 @@ class TaskStore(abc.ABC):
 
     @abc.abstractmethod
     async def list(
-        self, context_id: str | None = None, limit: int = 50, cursor: str | None = None, owner: str | None = None
+        self,
+        context_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        owner: str | None = None,
+        state: TaskState | None = None,
     ) -> tuple[list[Task], str | None]:
-        """Tasks newest first, optionally of one context and/or one owner; returns (page, next
-        cursor). ``owner`` None lists every owner's tasks (for admins)."""
+        """Tasks newest first, optionally of one context, one owner and/or in one state; returns
+        (page, next cursor). ``owner`` None lists every owner's tasks (for admins). Each
+        combination is an index: a page costs its offset and length, never a scan of the store."""
+
+    @abc.abstractmethod
+    async def count(
+        self, context_id: str | None = None, owner: str | None = None, state: TaskState | None = None
+    ) -> int:
+        """How many tasks ``list`` with these filters pages through (read from the index)."""
 
     @abc.abstractmethod
     async def apply(self, task_id: str, event: TaskEvent) -> tuple[Task, str]:
