@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-# Handshake-era revisions this gateway serves (newest first). 2026-07-28 clients are sent back
-# to the handshake (see StreamableHTTP._post: server/discover gets a plain 400).
+# Handshake-era ("legacy") revisions this gateway serves with sessions (newest first).
 SUPPORTED_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")
 LATEST_VERSION = SUPPORTED_VERSIONS[0]
+# Stateless ("modern") revisions: every request carries its version in params._meta (modern.py).
+MODERN_VERSIONS = ("2026-07-28",)
+ALL_VERSIONS = (*MODERN_VERSIONS, *SUPPORTED_VERSIONS)  # server/discover's supportedVersions
 DEFAULT_HEADER_VERSION = "2025-03-26"  # assumed when MCP-Protocol-Version is absent (spec)
 PRIMING_SINCE = "2025-11-25"  # SSE priming events (id + empty data + retry) from this revision on
 
@@ -19,6 +21,10 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 RESOURCE_NOT_FOUND = -32002
 REQUEST_CANCELLED = -32800
+# 2026-07-28 (each answered with HTTP 400)
+HEADER_MISMATCH = -32020
+MISSING_CLIENT_CAPABILITY = -32021
+UNSUPPORTED_VERSION = -32022
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
