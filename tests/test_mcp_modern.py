@@ -254,6 +254,17 @@ async def test_progress_streams_before_the_answer(gw):
     assert messages[-1]["result"]["content"][0]["text"] == "Tool with progress executed successfully"
 
 
+async def test_the_envelope_is_not_relayed_upstream(gw):
+    """The gateway's upstream session is its own: a client's envelope describes the client to
+    the gateway, so only its other _meta keys travel on (the progress token as the gateway's)."""
+    raw, _ = gw
+    params = {"name": "everything__test_request_meta", "arguments": {}}
+    extra = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "progressToken": 1}
+    _, reply = await raw.call("tools/call", params, **{**extra, "io.modelcontextprotocol/logLevel": "debug"})
+    keys = json.loads(reply["result"]["content"][0]["text"])
+    assert "traceparent" in keys and not [k for k in keys if k.startswith("io.modelcontextprotocol/")], keys
+
+
 async def test_an_upstream_needing_an_undeclared_capability_is_minus_32021(gw):
     raw, _ = gw
     resp, reply = await raw.call("tools/call", {"name": "everything__test_missing_capability", "arguments": {}})

@@ -138,10 +138,15 @@ class Hub:
             self._follower = None
 
     async def publish(self, change: dict[str, Any]) -> None:
-        """A change this node observed: to its listeners now, to other nodes' through the feed."""
+        """A change this node observed: to its listeners now, to other nodes' through the feed
+        (when the store cannot take it, their listeners miss it: logged, not raised, so that
+        whoever observed the change carries on)."""
         self._deliver(change)
         if self.shared:
-            await self.events.append_get(FEED, {**change, "node": self.node})
+            try:
+                await self.events.append_get(FEED, {**change, "node": self.node})
+            except Exception:
+                log.warning("could not share a change with the other nodes", exc_info=True)
 
     def _deliver(self, change: dict[str, Any]) -> None:
         for listener in list(self.listeners):

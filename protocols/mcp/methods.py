@@ -74,7 +74,7 @@ from protocols.mcp.agents import META_TOOLS, AgentTools, agent_tool, tool_error
 from protocols.mcp.client import UpstreamClient, UpstreamTimeout, UpstreamUnavailable
 from protocols.mcp.federation import Quarantined, UpstreamSet, Visible, configured_upstreams, registry_upstreams
 from protocols.mcp.listen import Filter, Hub, Listener
-from protocols.mcp.modern import Envelope, check_param_headers, finish
+from protocols.mcp.modern import ENVELOPE, Envelope, check_param_headers, finish
 from protocols.mcp.sessions import EventLog, Mailbox, Sessions
 from protocols.mcp.wire import INVALID_PARAMS, INVALID_REQUEST, MCPError
 
@@ -641,6 +641,8 @@ class MCPService:
         params = dict(params)
         meta = dict(call.params.get("_meta") or {}) if isinstance(call.params.get("_meta"), dict) else {}
         meta.pop("progressToken", None)
+        for key in ENVELOPE:  # a 2026-07-28 client's envelope describes it to us, not us upstream
+            meta.pop(key, None)
         if call.progress_token is not None:  # a token of ours: unique on the shared upstream session
             meta["progressToken"] = self.new_request_id()
         if meta:
