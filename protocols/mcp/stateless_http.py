@@ -14,7 +14,10 @@ its method needs (the runtime's tasks, the change feed).
   then as an SSE stream of those messages followed by the answer (``X-Accel-Buffering: no``,
   keep-alive comments, at most ``sse_max_s``; no event ids: nothing is resumable). When the
   client closes the connection before the answer, the request is cancelled (a relayed call
-  upstream too, an agent's task is canceled) and nothing more is sent for it.
+  upstream too, an agent's task is canceled) and nothing more is sent for it. This is the
+  cheapest path through ``/mcp``: no store is read or written for the request itself, and a
+  request answered within ``WATCH_AFTER_S`` costs one task (a slower one also gets a watcher of
+  its connection).
 - ``subscriptions/listen`` gets an SSE stream: the acknowledgement first, then the change
   notifications its filter asks for (listen.py), until the client closes it, the gateway shuts
   down or ``sse_max_s`` passes (those two end with the listen request's result, a graceful
@@ -39,6 +42,7 @@ from protocols.mcp.methods import MCPCall, MCPService
 from protocols.mcp.wire import INVALID_REQUEST, MCPError
 
 KEEPALIVE_S = 15.0
+WATCH_AFTER_S = 0.05
 CLIENT_GONE = 499  # the status no one reads: the client closed the connection first
 
 Message = tuple[dict[str, Any], bool]  # (message, it is the answer)
@@ -104,14 +108,19 @@ class StatelessHTTP:
 
     async def _request(self, request: Request, call: MCPCall, out: ResponseStream) -> Response:
         job = asyncio.create_task(self._answer(call, out))
-        gone = asyncio.create_task(_disconnected(request))
         try:
-            await asyncio.wait((out.started, gone), return_when=asyncio.FIRST_COMPLETED)
+            # Most answers come at once: only a request still silent after WATCH_AFTER_S gets a
+            # watcher for its connection (a client that left meanwhile is seen as gone at once).
+            await asyncio.wait((out.started,), timeout=WATCH_AFTER_S)
+            if not out.started.done():
+                gone = asyncio.create_task(_disconnected(request))
+                try:
+                    await asyncio.wait((out.started, gone), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    gone.cancel()
         except asyncio.CancelledError:  # the server is going away: so is the request
             job.cancel()
             raise
-        finally:
-            gone.cancel()
         if not out.started.done():  # the client left before anything was sent: cancel the request
             job.cancel()
             return Response(status_code=CLIENT_GONE)
