@@ -11,6 +11,7 @@ go by the token, or by the loopback rule, as before).
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import AsyncIterator
 
 import httpx
@@ -20,13 +21,24 @@ from gateway.core.backends.base import EVENT_JSON
 from gateway.core.httpsig import RequestSigner
 from gateway.core.sse import read_events
 from registry.identity import Identity
+from registry.records import RecordRejected
 from registry.service import Registry
 from schemas import InvalidTransition, Message, Task, TaskEvent, TaskState, TextPart
 from schemas.agent_record import AgentRecord, Tombstone
 
 
-class RegistrationFailed(Exception):
-    """The gateway refused the worker's record (the body says why)."""
+class RegistrationFailed(RecordRejected):
+    """The gateway refused the worker's record: the error's code, message and details, as the
+    registry itself would have raised them (a ``DirectLink`` raises ``RecordRejected``)."""
+
+    def __init__(self, status: int, body: str) -> None:
+        try:
+            error = json.loads(body)["error"]
+            details = {k: v for k, v in error.items() if k not in ("code", "message")}
+            super().__init__(str(error["code"]), str(error["message"]), **details)
+        except (ValueError, KeyError, TypeError):
+            super().__init__(f"http_{status}", body)
+        self.status = status
 
 
 class WorkerLink(abc.ABC):
@@ -148,7 +160,7 @@ class HttpLink(WorkerLink):
         else:
             resp = await self.http.post("/registry/agents", json=model.dump())
         if resp.status_code >= 400:
-            raise RegistrationFailed(resp.status_code, resp.text[:500])
+            raise RegistrationFailed(resp.status_code, resp.text[:4000])
 
     async def begin(self, delivery, consumer, ttl_ms):
         body = await self._post(

@@ -8,7 +8,11 @@ A subclass of ``Worker`` implements ``handle(task)`` as an async generator of ca
 * holds the task's run lock and heartbeats the bus entry while the handler runs, so a
   redelivered entry never runs twice at once and a dead worker's entry is claimed elsewhere;
 * registers the worker's signed record (its own did:key) and re-signs it before the lease
-  runs out, and deregisters with a signed tombstone on stop;
+  runs out, and deregisters with a signed tombstone on stop. Its name may belong to another DID
+  (``registry.names``): then it keeps trying once a lease third, logging that once, and takes
+  the name when the holder's records are gone. Renewals repeat the claim's ``claimed_at``; when
+  the registry names another (a restarted worker with the same key, a gateway that forgot the
+  claim) the runner signs that one;
 * cancels the handler when the task is canceled (it watches the task's event stream);
 * on ``stop``: stops taking work, lets running handlers finish within a grace period, and leaves
   the rest pending (unacked) for redelivery, so no task is lost.
@@ -31,7 +35,7 @@ from agents.links import WorkerLink
 from gateway.core.aio import wait_cancelled
 from gateway.core.backends import BackendUnavailable, Delivery
 from registry.identity import Identity
-from registry.records import sign
+from registry.records import RecordRejected, sign
 from schemas import InvalidTransition, Message, Task, TaskEvent, TaskState, TaskStatusUpdate, TextPart
 from schemas.agent_record import Tombstone, record_from_card
 
@@ -92,6 +96,7 @@ class WorkerRunner:
         self.identity = identity or Identity.generate()
         self.network, self.home_node, self.lease_s = network, home_node or socket.gethostname(), lease_s
         self._seq = 0
+        self._claimed_at: int | None = None  # when this worker's claim on its name began
         self._lease_task: asyncio.Task | None = None
         self.register = register  # False for connectors: the remote agent has its own record
         self._inflight: dict[asyncio.Task, Delivery] = {}
@@ -114,24 +119,49 @@ class WorkerRunner:
 
     async def _keep_registered(self) -> None:
         """Register the signed record, then re-sign it every third of the lease."""
-        backoff = 0.1
+        backoff, taken, adopted = 0.1, False, False
         while not self._stopping.is_set():
             try:
                 record = record_from_card(
-                    self.worker.card(), self.identity.did, self._next_seq(), self.lease_s, self.network, self.home_node
+                    self.worker.card(),
+                    self.identity.did,
+                    self._next_seq(),
+                    self.lease_s,
+                    self.network,
+                    self.home_node,
+                    claimed_at=self._claimed_at,
                 )
                 await self.link.register(sign(record, self.identity))
+                self._claimed_at = record.claimed_at
                 self.ready.set()
-                backoff = 0.1
+                backoff, taken, adopted = 0.1, False, False
                 await self._sleep(self.lease_s / 3)
             except asyncio.CancelledError:
                 raise
+            except RecordRejected as exc:
+                if exc.reason_code in ("claim_mismatch", "claim_stale") and not adopted:
+                    self._claimed_at = exc.details.get("claimed_at")  # the claim to repeat; None: now
+                    adopted = True
+                    continue
+                if exc.reason_code == "name_taken":
+                    if not taken:
+                        log.warning(
+                            "the name belongs to another agent; retrying each lease third",
+                            extra={"agent": self.worker.agent, "did": self.identity.did},
+                        )
+                    taken = True
+                    self.ready.set()  # the name is routable: to its holder
+                    await self._sleep(self.lease_s / 3)
+                    continue
+                backoff = await self._retry(exc, backoff)
             except Exception as exc:
-                log.warning(
-                    "registration failed, retrying", extra={"agent": self.worker.agent, "error": str(exc)[:300]}
-                )
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, self.lease_s / 3)
+                backoff = await self._retry(exc, backoff)
+
+    async def _retry(self, exc: Exception, backoff: float) -> float:
+        """Log a failed registration, wait ``backoff``; the next backoff."""
+        log.warning("registration failed, retrying", extra={"agent": self.worker.agent, "error": str(exc)[:300]})
+        await self._sleep(backoff)
+        return min(backoff * 2, self.lease_s / 3)
 
     async def _deregister(self) -> None:
         tombstone = Tombstone(

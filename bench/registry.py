@@ -113,7 +113,7 @@ def make_records(n_skills: int, seed: int = 7, *, did_prefix: str = "z6Mkbench")
             )
         endpoints = {
             p: f"http://agents.example/{i}/{p}" for p in ("mcp", "a2a", "acp", "anp") if rng.random() < 0.4
-        } or {"bus": f"agent-{i}"}
+        } or {"bus": f"{product}-{i}"}  # a bus endpoint is the agent's name
         records.append(
             AgentRecord.model_validate(
                 dict(

@@ -1,14 +1,22 @@
-"""``interlace keys ...`` and ``interlace agent ...``: keys and signed registration from a shell.
+"""``interlace keys ...`` and ``interlace agent ...``: keys, signed registration and revocation
+from a shell.
 
 ``agent register`` reads a small human-written card (agent.yaml: name, description, version,
-skills, endpoints, cost, labels), builds the record, signs it with the agent's key and posts it;
-re-running bumps ``seq`` above whatever the gateway holds.
+skills, endpoints, cost, labels, replicas), builds the record, signs it with the agent's key and
+posts it; re-running bumps ``seq`` above whatever the gateway holds and keeps the name's claim
+(``claimed_at``: the stored record's, or the one the gateway names when it refuses another).
+
+``agent revoke DID`` / ``agent unrevoke DID`` / ``agent revocations`` are an operator's: they
+call ``/registry/revocations`` with an admin's credential (an API key or bearer token, from
+``--api-key-file FILE`` or ``INTERLACE_API_KEY``; none is needed on a loopback gateway that
+authenticates nobody).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,6 +24,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from gateway.core.config import read_secret
 from registry.identity import Identity, IdentityError
 from registry.records import sign
 from schemas.agent_record import CardError, Tombstone, record_from_card
@@ -62,11 +71,25 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     dereg.add_argument("--network", default="interlace")
     gateway_flags(dereg)
 
+    def operator_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--gateway", default="http://127.0.0.1:8080", metavar="URL")
+        p.add_argument(
+            "--api-key-file", metavar="FILE", help="an admin's API key or bearer token (env INTERLACE_API_KEY)"
+        )
+
+    rev = agent.add_parser("revoke", help="revoke a DID everywhere: its records go, it may not register (admin)")
+    rev.add_argument("did")
+    operator_flags(rev)
+    unrev = agent.add_parser("unrevoke", help="lift a DID's revocation (admin)")
+    unrev.add_argument("did")
+    operator_flags(unrev)
+    operator_flags(agent.add_parser("revocations", help="list the DIDs revoked (admin)"))
+
 
 def run(args: argparse.Namespace, token: str | None) -> int:
     try:
         out = _dispatch(args, args.__dict__.get("token") or token)
-    except (CliError, IdentityError, CardError, OSError, yaml.YAMLError) as exc:
+    except (CliError, IdentityError, CardError, OSError, ValueError, yaml.YAMLError) as exc:
         print(f"interlace: {exc}", file=sys.stderr)
         return 1
     except httpx.HTTPError as exc:
@@ -84,6 +107,8 @@ def _dispatch(args: argparse.Namespace, token: str | None):
             identity.save(args.file, overwrite=args.force)
             return identity.did
         return Identity.load(args.file).did
+    if args.action in ("revoke", "unrevoke", "revocations"):
+        return _operate(args)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     with httpx.Client(base_url=args.gateway.rstrip("/"), headers=headers, timeout=30) as http:
         if args.action == "register":
@@ -95,7 +120,10 @@ def _dispatch(args: argparse.Namespace, token: str | None):
             return _ok(http.get(f"/registry/agents/{args.did}"))
         identity = Identity.load(args.key)
         tombstone = Tombstone(
-            did=identity.did, seq=_next_seq(http, identity.did), issued_at=int(time.time()), network=args.network
+            did=identity.did,
+            seq=_next_seq(_stored(http, identity.did)),
+            issued_at=int(time.time()),
+            network=args.network,
         )
         body = json.dumps(sign(tombstone, identity).dump())
         return _ok(
@@ -110,16 +138,43 @@ def _register(http: httpx.Client, args: argparse.Namespace):
     card = yaml.safe_load(Path(args.card).read_text())
     if not isinstance(card, dict):
         raise CliError(f"{args.card} must hold a mapping (name, description, skills, endpoints)")
-    home = args.gateway
-    record = record_from_card(card, identity.did, _next_seq(http, identity.did), args.ttl, args.network, home)
-    return _ok(http.post("/registry/agents", json=sign(record, identity).dump()))
+    stored = _stored(http, identity.did)
+    # A renewal repeats the claim on the name; a new name is claimed from now.
+    held = stored is not None and stored.get("name") == card.get("name")
+    claimed_at = (stored.get("claimed_at") or stored.get("issued_at")) if held else None
+    for _ in range(2):
+        record = record_from_card(
+            card, identity.did, _next_seq(stored), args.ttl, args.network, args.gateway, claimed_at=claimed_at
+        )
+        resp = http.post("/registry/agents", json=sign(record, identity).dump())
+        error = resp.json().get("error", {}) if resp.status_code == 409 else {}
+        if error.get("code") not in ("claim_mismatch", "claim_stale"):
+            break
+        claimed_at = error.get("claimed_at")  # the claim the gateway holds (None: from now)
+    return _ok(resp)
 
 
-def _next_seq(http: httpx.Client, did: str) -> int:
-    """Above the gateway's stored seq, and time-based so separate runs keep increasing."""
+def _stored(http: httpx.Client, did: str) -> dict | None:
+    """The gateway's live record of ``did``, if it shows it."""
     resp = http.get(f"/registry/agents/{did}")
-    stored = resp.json().get("seq", 0) if resp.status_code == 200 else 0
-    return max(stored + 1, int(time.time() * 1000))
+    return resp.json() if resp.status_code == 200 else None
+
+
+def _next_seq(stored: dict | None) -> int:
+    """Above the gateway's stored seq, and time-based so separate runs keep increasing."""
+    return max((stored or {}).get("seq", 0) + 1, int(time.time() * 1000))
+
+
+def _operate(args: argparse.Namespace):
+    """``revoke``, ``unrevoke`` and ``revocations``, with an admin's credential."""
+    credential = read_secret(args.api_key_file) if args.api_key_file else os.environ.get("INTERLACE_API_KEY")
+    headers = {"Authorization": f"Bearer {credential}"} if credential else {}
+    with httpx.Client(base_url=args.gateway.rstrip("/"), headers=headers, timeout=30) as http:
+        if args.action == "revoke":
+            return _ok(http.post("/registry/revocations", json={"did": args.did}))
+        if args.action == "unrevoke":
+            return _ok(http.delete(f"/registry/revocations/{args.did}"))
+        return _ok(http.get("/registry/revocations"))
 
 
 def _ok(resp: httpx.Response):

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agents.echo import EchoWorker
-from gateway import __version__, openapi, registry_api, tasks_api, worker_api
+from gateway import __version__, openapi, registry_api, revocations_api, tasks_api, worker_api
 from gateway.authn import CallerAuthentication, NodeSignatures, protected_resource_routes
 from gateway.cluster import Cluster
 from gateway.cluster import routes as cluster_routes
@@ -147,6 +147,7 @@ def create_app(
         Route("/metrics", metrics),
         Route("/openapi.json", openapi.serve),
         *registry_api.routes,
+        *revocations_api.routes,  # operators revoke agent DIDs (admin)
         *tasks_api.routes,
         *worker_api.routes,
         *cluster_routes,  # /gossip, /cluster (federation)

@@ -1,10 +1,10 @@
 """The ``interlace`` command line.
 
 interlace serve [--host H] [--port P] [--redis URL] [--no-echo] ...
-interlace worker echo [--gateway URL | --redis URL] [--concurrency N]
+interlace worker echo [--gateway URL | --redis URL] [--concurrency N] [--name NAME]
 interlace worker model --model PATH [--device auto|cuda|cpu] [--backend transformers|llamacpp] ...
 interlace keys new|show FILE
-interlace agent register|list|show|deregister ...
+interlace agent register|list|show|deregister|revoke|unrevoke|revocations ...
 interlace version
 """
 
@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--network", help="registry network id (default interlace)")
     serve.add_argument("--node-key", metavar="FILE", help="this node's key file (default: a fresh key each start)")
     serve.add_argument(
+        "--max-lease",
+        dest="max_lease_s",
+        type=int,
+        metavar="SECONDS",
+        help="longest lease a record may ask (expires_at - issued_at); longer ones are refused (default 86400)",
+    )
+    serve.add_argument(
         "--admission",
         choices=["open", "token", "allowlist"],
         help="who may register agents (default: open on loopback, else required)",
@@ -108,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     echo = kinds.add_parser("echo", help="the example echo agent")
     add_bus_flags(echo)
     echo.add_argument("--concurrency", type=int, default=16, help="tasks handled at once")
+    echo.add_argument(
+        "--name", default="echo", help="the agent's name (default echo; a name belongs to the first DID that takes it)"
+    )
     from agents.model.cli import add_parser as add_model_worker  # light: torch loads only when run
 
     add_model_worker(kinds)
@@ -228,7 +238,7 @@ async def run_worker(args: argparse.Namespace, config: Config) -> int:
     from agents.serve import serve_worker
 
     worker = EchoWorker()
-    worker.concurrency = args.concurrency
+    worker.agent, worker.concurrency = args.name, args.concurrency
     return await serve_worker(worker, args, config)
 
 

@@ -61,7 +61,12 @@ Trust model and limits:
 * a trusted node is believed about the owners it asserts (and their groups): a federation's
   nodes must share one namespace of principals (one issuer, the same API key names);
 * a record accepted from gossip skips this node's registration admission (token/allowlist):
-  admission happens where the record entered the federation;
+  admission happens where the record entered the federation; the name rules
+  (``registry.names``: a relayed record that would squat a name is refused), revocations and
+  the lease cap apply to it here as to a direct write;
+* an operator's revocation (``/registry/revocations``) is signed by the node it was made at and
+  relayed like a record; a node believes a relayed one only from a node it trusts as above
+  (``Registry.revokers``: the trust list, else a live member);
 * each push/pull carries the whole digest (did -> seq), fine up to ~10^4 records; beyond,
   bucketed (Merkle) digests would be needed;
 * nodes sharing one Redis already share registry and bus; if they also gossip with each other,
@@ -189,6 +194,8 @@ class Cluster:
         self._gone: dict[str, asyncio.Event] = {}  # member id -> set while it is dead or left
         self._sweeper: asyncio.Task | None = None
         runtime.placement, runtime.reachable = self.place, self.reachable
+        # revocations relayed by gossip count when signed by a node trusted as a forwarder is
+        runtime.registry.revokers = lambda did: did == runtime.identity.did or self.trusts(did)
 
     # ---- lifecycle --------------------------------------------------------------------------
 

@@ -4,8 +4,9 @@ Every live record with an ``a2a``, ``acp``, ``anp`` or ``mcp`` endpoint and no `
 gets a connector on this node: a ``Worker`` that consumes the agent's stream and calls the agent
 in its own protocol. Every protocol's connector is built one way, ``factories[kind](record,
 runtime)``: by default the adapter's ``Connector.from_record`` (``FACTORIES``); an adapter's
-``mount`` may bind its entry to the options it was given. Replicas (records sharing a name) each
-get one, so they share the stream's load. Connectors follow the registry: started when a record
+``mount`` may bind its entry to the options it was given. Replicas (the records a name's owner
+lets share its name, ``registry.names``) each get one, so they share the stream's load; a record
+held outside its name's claim is not live and gets none. Connectors follow the registry: started when a record
 appears, restarted when its endpoint changes, stopped when it is deregistered or expires.
 """
 

@@ -1,6 +1,7 @@
 """``/openapi.json``: the OpenAPI 3.1 description of the registry routes, from the same pydantic
 models that validate them, so the document cannot drift from the code. With caller
-authentication configured it declares the security schemes and requires them for the reads."""
+authentication configured it declares the security schemes and requires them for the reads and
+for the operators' revocation routes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway import __version__
-from schemas.agent_record import AgentRecord, Tombstone
+from schemas.agent_record import AgentRecord, Revocation, Tombstone
 
 ERROR = {
     "type": "object",
@@ -38,7 +39,7 @@ def _errors(*codes: int) -> dict[str, Any]:
 @lru_cache(maxsize=1)
 def document() -> dict[str, Any]:
     components: dict[str, Any] = {"Error": ERROR}
-    for model in (AgentRecord, Tombstone):
+    for model in (AgentRecord, Tombstone, Revocation):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(schema.pop("$defs", {}))
         components[model.__name__] = schema
@@ -57,6 +58,7 @@ def document() -> dict[str, Any]:
         },
     }
     components["Accepted"] = accepted
+    revoke_body = {"type": "object", "required": ["did"], "properties": {"did": {"type": "string"}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Interlace registry", "version": __version__},
@@ -124,6 +126,30 @@ def document() -> dict[str, Any]:
                     "responses": {"200": {"description": "deregistered"}, **_errors(400, 401, 403, 404, 409, 413, 429)},
                 },
             },
+            "/registry/revocations": {
+                "post": {
+                    "summary": "Revoke an agent's DID on every node (an admin's)",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": revoke_body}}},
+                    "responses": {
+                        "201": {"description": "the signed revocation", "content": _json("Revocation")},
+                        **_errors(400, 403),
+                    },
+                },
+                "get": {
+                    "summary": "The revocations in force (an admin's)",
+                    "responses": {"200": {"description": "the revocations"}, **_errors(403)},
+                },
+            },
+            "/registry/revocations/{did}": {
+                "delete": {
+                    "summary": "Lift a DID's revocation (an admin's)",
+                    "parameters": [did],
+                    "responses": {
+                        "200": {"description": "the signed lifting", "content": _json("Revocation")},
+                        **_errors(403, 404),
+                    },
+                },
+            },
         },
         "components": {"schemas": components},
     }
@@ -143,13 +169,15 @@ def security_schemes(config: Any) -> dict[str, Any]:
 
 
 def secured(doc: dict[str, Any], schemes: dict[str, Any]) -> dict[str, Any]:
-    """``doc`` with the schemes declared and required by the registry reads (writes are signed
-    records under the admission policy)."""
+    """``doc`` with the schemes declared and required by the registry reads and the revocation
+    routes (registrations are signed records under the admission policy)."""
     doc = copy.deepcopy(doc)
     doc["components"]["securitySchemes"] = schemes
-    for path in doc["paths"].values():
-        path["get"]["security"] = [{name: []} for name in schemes]
-        path["get"]["responses"].update(_errors(401))
+    for route, path in doc["paths"].items():
+        for method, operation in path.items():
+            if method == "get" or route.startswith("/registry/revocations"):
+                operation["security"] = [{name: []} for name in schemes]
+                operation["responses"].update(_errors(401))
     return doc
 
 

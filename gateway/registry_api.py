@@ -6,10 +6,16 @@ write (action ``register``: who may register, renew or deregister which names): 
 the DID that signed it (``Principal.for_did``), its target the record (``Target.of_record``; for a
 deregistration, the live record it removes); a write the policy denies is a 403
 ``denied_by_policy`` naming the DID and the agent name. Then the registry's acceptance rules
-(registry/service.py). Every refusal is a 4xx JSON error whose ``code`` names the reason; the
-stored record is unchanged. Writes are in the audit log (``register`` / ``deregister``, the
-agent's name, ``ok``, ``denied`` or the refusal's code). The policy judges writes made here:
-records relayed by gossip were judged by the node they were written at.
+(registry/service.py), names included (registry/names.py): a name belongs to the DID that
+registered it first and to the replicas that DID's record names, so any other DID gets a 409
+``name_taken``; a renewal that does not repeat its claim's ``claimed_at`` gets a 409
+``claim_mismatch`` and a new claim dated in the past a 409 ``claim_stale`` (both name the
+``claimed_at`` to sign: the time to repeat, or null for "now"); a revoked DID gets a 403
+``revoked``; a lease over ``--max-lease`` a 400 ``lease_too_long``. Every refusal is a 4xx JSON
+error whose ``code`` names the reason; the stored record is unchanged. Writes are in the audit
+log (``register`` / ``deregister``, the agent's name, ``ok``, ``denied`` or the refusal's code).
+The policy judges writes made here: records relayed by gossip were judged by the node they were
+written at (the name rules, revocations and the lease cap apply to them too).
 
 Reads (list and get) act for the authenticated caller: they show only the records of agents the
 caller may call (the policy's ``call``: what a caller may call is all it sees), and a record it
@@ -98,8 +104,13 @@ async def _read_signed(request: Request, expected: type) -> AgentRecord | Tombst
     return model
 
 
+# Refusals that conflict with what the registry holds (409) or with an operator's decision (403);
+# every other refusal is about the record itself (400).
+_REJECTED_STATUS = {"stale_seq": 409, "name_taken": 409, "claim_mismatch": 409, "claim_stale": 409, "revoked": 403}
+
+
 def _rejected(exc: RecordRejected) -> HttpError:
-    return HttpError(409 if exc.reason_code == "stale_seq" else 400, exc.reason_code, str(exc))
+    return HttpError(_REJECTED_STATUS.get(exc.reason_code, 400), exc.reason_code, str(exc), **exc.details)
 
 
 def _judge(request: Request, model: AgentRecord | Tombstone, record: AgentRecord, action: str) -> None:

@@ -10,10 +10,12 @@ Who may call (the first that applies decides):
 
 1. a request signed with an agent's ``did:key`` (RFC 9421, ``gateway.core.httpsig``; ``HttpLink``
    signs with the worker's identity): the DID must have a live record in the registry, and the
-   worker may use only the streams of its agent (``registry.service.stream_of``; records sharing
-   a name share a stream): receive from it, and begin, heartbeat, finish, release, emit to and
-   follow only deliveries and tasks routed to it. A bad, expired or replayed signature, or a DID
-   without a live record, is a 401; another agent's stream or task a 403;
+   worker may use only the streams of its agent (``registry.service.stream_of``: its name's, which
+   the name's owner and the replicas it names share; a stranger's record under the name is not
+   live, ``registry.names``, so its DID gets a 401 here): receive from it, and begin,
+   heartbeat, finish, release, emit to and follow only deliveries and tasks routed to it. A bad,
+   expired or replayed signature, or a DID without a live record, is a 401; another agent's
+   stream or task a 403;
 2. with a worker token configured (``--worker-token``), an unsigned caller must present it
    (``Authorization: Bearer``), else 401;
 3. otherwise loopback clients only (403 for others), and none at all when caller authentication

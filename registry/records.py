@@ -1,4 +1,4 @@
-"""Signing and checking agent records and tombstones.
+"""Signing and checking agent records, tombstones and revocations.
 
 Only the checks that need nothing but the record live here: its signature and, given the
 caller's network and clock, its freshness. Checks against stored state (a higher ``seq`` than
@@ -12,32 +12,34 @@ than the one its DID names is indistinguishable from a tampered one at verificat
 from __future__ import annotations
 
 from registry.identity import BadSignature, Identity, InvalidDid, b64url_encode, verify
-from schemas.agent_record import AgentRecord, SignedModel, Tombstone, canonical_bytes
+from schemas.agent_record import AgentRecord, Revocation, SignedModel, Tombstone, canonical_bytes, signer_of
 
 
 class RecordRejected(Exception):
-    """A record or tombstone is refused; ``reason_code`` is short, stable and machine-readable."""
+    """A record, tombstone or revocation is refused; ``reason_code`` is short, stable and
+    machine-readable; ``details`` are facts a client can act on (sent with the error)."""
 
-    def __init__(self, reason_code: str, message: str) -> None:
+    def __init__(self, reason_code: str, message: str, **details: object) -> None:
         super().__init__(f"{reason_code}: {message}")
         self.reason_code = reason_code
         self.message = message
+        self.details = details
 
 
 def sign(model: SignedModel, identity: Identity) -> SignedModel:
     """A copy of ``model`` carrying ``identity``'s signature over its canonical bytes."""
-    if identity.did != model.did:
-        raise RecordRejected("did_mismatch", f"{identity.did} cannot sign for {model.did}")
+    if identity.did != signer_of(model):
+        raise RecordRejected("did_mismatch", f"{identity.did} cannot sign for {signer_of(model)}")
     signature = identity.sign(canonical_bytes(model))
     return model.model_copy(update={"signature": b64url_encode(signature)})
 
 
-def verify_signature(model: AgentRecord | Tombstone) -> None:
-    """Raise RecordRejected unless ``model.did``'s key signed exactly this content."""
+def verify_signature(model: AgentRecord | Tombstone | Revocation) -> None:
+    """Raise RecordRejected unless its signer's key (``signer_of``) signed exactly this content."""
     if model.signature is None:
         raise RecordRejected("unsigned", f"no signature on the record of {model.did}")
     try:
-        verify(model.did, canonical_bytes(model), model.signature)
+        verify(signer_of(model), canonical_bytes(model), model.signature)
     except InvalidDid as e:
         raise RecordRejected("malformed_did", str(e)) from None
     except BadSignature as e:
@@ -45,7 +47,7 @@ def verify_signature(model: AgentRecord | Tombstone) -> None:
 
 
 def check_fresh(
-    record: AgentRecord | Tombstone,
+    record: AgentRecord | Tombstone | Revocation,
     network: str,
     now: int,
     skew_s: int,

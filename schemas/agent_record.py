@@ -1,7 +1,8 @@
-"""Signed agent records and tombstones: what the registry stores and gossips.
+"""Signed agent records, tombstones and revocations: what the registry stores and gossips.
 
-A record is signed by the agent's own key over ``canonical_bytes`` (RFC 8785 JCS of the record
-without ``signature``), so gateways can relay it but never alter it. Two implementations must
+A record (or tombstone) is signed by the agent's own key over ``canonical_bytes`` (RFC 8785 JCS
+of the model without ``signature``), so gateways can relay it but never alter it; a revocation
+is signed the same way by the gateway node that issued it (``node``). Two implementations must
 produce the same bytes from the same JSON, which is why the models admit integers and strings
 only: floats have no portable canonical form, and pydantic's usual coercions (1.0 -> 1, 1 -> "1",
 true -> 1) would let two different JSON documents parse to one model. Validation is strict and
@@ -100,6 +101,18 @@ class Endpoints(_Strict):
 
 
 class AgentRecord(_Strict):
+    """An agent's signed, leased record.
+
+    Names belong to someone (``registry.names``): ``name`` is held by the DID that claimed it
+    first, whose record may name ``replicas``, the DIDs it lets register under the same name and
+    share its queue (the bus stream named after it; a ``bus`` endpoint, when given, must be that
+    stream). ``claimed_at`` is when this DID's claim on ``name`` began: kept the same across
+    renewals (absent: ``issued_at``, a claim that starts again with every renewal), it decides
+    which of two claims on one name wins when gateway nodes saw different first registrants.
+    A record that names replicas must carry it, or its group's claim would drift later with every
+    renewal and pass to one of its replicas.
+    """
+
     did: Did
     name: Slug  # names agent streams and URL paths (/a2a/agents/{name})
     description: Text = ""
@@ -113,12 +126,25 @@ class AgentRecord(_Strict):
     issued_at: Timestamp
     expires_at: Timestamp
     network: Slug
+    replicas: Annotated[list[Did], Field(max_length=64)] | None = None
+    claimed_at: Timestamp | None = None
     signature: Signature | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> AgentRecord:
         if self.expires_at <= self.issued_at:
             raise ValueError("expires_at must be after issued_at")
+        if self.endpoints.bus is not None and self.endpoints.bus != self.name:
+            raise ValueError(
+                f"endpoints.bus must be the agent's name ({self.name!r}): a name's queue is the name's own"
+            )
+        if self.claimed_at is not None and self.claimed_at > self.issued_at:
+            raise ValueError("claimed_at cannot be after issued_at")
+        if self.replicas is not None:
+            if len(self.replicas) != len(set(self.replicas)) or self.did in self.replicas:
+                raise ValueError("replicas must be distinct DIDs other than the record's own")
+            if self.claimed_at is None:
+                raise ValueError("a record that names replicas must carry claimed_at (see AgentRecord)")
         ids = [s.id for s in self.skills]
         if len(ids) != len(set(ids)):
             raise ValueError(f"skill ids must be unique, got {ids}")
@@ -136,15 +162,34 @@ class Tombstone(_Strict):
     signature: Signature | None = None
 
 
-SignedModel = TypeVar("SignedModel", AgentRecord, Tombstone)
+class Revocation(_Strict):
+    """An operator's revocation of an agent DID (``revoked``), or its lifting (``revoked`` false),
+    signed by the gateway node that issued it. Per revoked DID the highest ``seq`` holds."""
+
+    type: Literal["revocation"] = "revocation"
+    did: Did  # the agent revoked
+    revoked: bool
+    node: Did  # the node that signs it
+    seq: Count
+    issued_at: Timestamp
+    network: Slug
+    signature: Signature | None = None
 
 
-def canonical_bytes(model: AgentRecord | Tombstone) -> bytes:
+SignedModel = TypeVar("SignedModel", AgentRecord, Tombstone, Revocation)
+
+
+def signer_of(model: AgentRecord | Tombstone | Revocation) -> str:
+    """The DID whose key signs ``model``: the agent's, or for a revocation the issuing node's."""
+    return model.node if isinstance(model, Revocation) else model.did
+
+
+def canonical_bytes(model: AgentRecord | Tombstone | Revocation) -> bytes:
     """The signed bytes: RFC 8785 JCS of the JSON form without ``signature``."""
     return rfc8785.dumps(model.model_dump(mode="json", exclude={"signature"}, exclude_none=True))
 
 
-CARD_FIELDS = ("name", "description", "version", "skills", "endpoints", "cost", "labels")
+CARD_FIELDS = ("name", "description", "version", "skills", "endpoints", "cost", "labels", "replicas")
 
 
 def record_from_card(
@@ -156,10 +201,12 @@ def record_from_card(
     home_node: str,
     *,
     now: int | None = None,
+    claimed_at: int | None = None,
 ) -> AgentRecord:
     """Build an unsigned record from an agent card (the dict loaded from agent.yaml).
 
-    The record is valid from ``now`` (default: the current time) for ``ttl`` seconds.
+    The record is valid from ``now`` (default: the current time) for ``ttl`` seconds, and claims
+    its name since ``claimed_at`` (default: ``now``; a renewal passes its claim's start).
     Raises CardError naming each bad field.
     """
     if not isinstance(card, dict):
@@ -173,7 +220,16 @@ def record_from_card(
     fields = {k: card[k] for k in CARD_FIELDS if card.get(k) is not None}
     try:
         return AgentRecord.model_validate(
-            fields | dict(did=did, seq=seq, issued_at=now, expires_at=now + ttl, network=network, home_node=home_node)
+            fields
+            | dict(
+                did=did,
+                seq=seq,
+                issued_at=now,
+                expires_at=now + ttl,
+                network=network,
+                home_node=home_node,
+                claimed_at=now if claimed_at is None else claimed_at,
+            )
         )
     except ValidationError as e:
         problems = "; ".join(

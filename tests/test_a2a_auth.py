@@ -293,7 +293,10 @@ async def test_an_anonymous_caller_gets_no_extended_card(tmp_path):
                 "jsonrpc": "2.0",
                 "id": 1,
                 "method": "SendMessage",
-                "params": {"message": {"messageId": "anon", "role": "ROLE_USER", "parts": [{"text": "hi"}]}},
+                "params": {
+                    "message": {"messageId": "anon", "role": "ROLE_USER", "parts": [{"text": "hi"}]},
+                    "metadata": {"agent": "echo"},
+                },
             },
             headers=V10,
         )

@@ -46,7 +46,11 @@ async def test_any_node_answers_for_any_task(redis_server):
                 await rpc(
                     a,
                     "SendMessage",
-                    {"message": msg("slow", "x-2", delay_ms=30_000), "configuration": {"returnImmediately": True}},
+                    {
+                        "message": msg("slow", "x-2", delay_ms=30_000),
+                        "metadata": {"agent": "echo"},
+                        "configuration": {"returnImmediately": True},
+                    },
                 )
             )["result"]["task"]
             made = await rpc(

@@ -51,6 +51,10 @@ def rpc(method: str, params: dict | None = None, rid: int | str = 1) -> dict:
 
 
 def msg(text: str, mid: str = "m1", **extra) -> dict:
+    """A user message; one that starts a task names the echo agent unless it names another (a
+    message that names none is routed by its text: test_gateway_routing_rule)."""
+    if "taskId" not in extra:
+        extra["metadata"] = {"agent": "echo", **extra.get("metadata", {})}
     return {"messageId": mid, "role": "ROLE_USER", "parts": [{"text": text}], **extra}
 
 
@@ -240,14 +244,20 @@ async def test_gateway_routing_rule(http):
     to_remote = await call(http, "SendMessage", {"message": msg("r", mid="route-1"), "metadata": {"agent": "remote"}})
     remote_id = to_remote["result"]["task"]["id"]
     by_message = await call(http, "SendMessage", {"message": msg("r", mid="route-2", metadata={"agent": "remote"})})
-    default = await call(http, "SendMessage", {"message": msg("d", mid="route-3")})
+    # A message that names no agent goes by its text to the agent whose skills match, or nowhere.
+    unnamed = {"messageId": "route-3", "role": "ROLE_USER", "parts": [{"text": "echo"}]}
+    default = await call(http, "SendMessage", {"message": unnamed})
     echo_id = default["result"]["task"]["id"]
+    unmatched = await call(
+        http, "SendMessage", {"message": {**unnamed, "messageId": "route-5", "parts": [{"text": "d"}]}}
+    )
+    assert unmatched["error"]["code"] == -32602
     unknown = await call(http, "SendMessage", {"message": msg("u", mid="route-4"), "metadata": {"agent": "ghost"}})
     assert unknown["error"]["code"] == -32602
     # Per-agent endpoints see only their agent's tasks; the gateway endpoint sees all.
     assert "result" in await call(http, "GetTask", {"id": remote_id}, path="/a2a/agents/remote")
     assert (await call(http, "GetTask", {"id": remote_id}, path="/a2a/agents/echo"))["error"]["code"] == -32001
-    assert "result" in await call(http, "GetTask", {"id": echo_id}, path="/a2a/agents/echo")  # the first agent: echo
+    assert "result" in await call(http, "GetTask", {"id": echo_id}, path="/a2a/agents/echo")  # matched by its text
     assert "result" in await call(
         http, "GetTask", {"id": by_message["result"]["task"]["id"]}, path="/a2a/agents/remote"
     )
@@ -301,7 +311,10 @@ async def test_stream_frames_jsonrpc_rest_and_03(http):
 
     legacy = rpc(
         "message/stream",
-        {"message": {"kind": "message", "messageId": "s3", "role": "user", "parts": [{"kind": "text", "text": "x"}]}},
+        {
+            "message": {"kind": "message", "messageId": "s3", "role": "user", "parts": [{"kind": "text", "text": "x"}]},
+            "metadata": {"agent": "echo"},
+        },
     )
     async with http.stream("POST", "/a2a", json=legacy) as resp:
         old = [f["result"] for f in await sse_json(resp)]
@@ -311,7 +324,10 @@ async def test_stream_frames_jsonrpc_rest_and_03(http):
     async with http.stream(
         "POST",
         "/a2a/rest/v1/message:stream",
-        json={"request": {"message_id": "s4", "role": "ROLE_USER", "content": [{"text": "y"}]}},
+        json={
+            "request": {"message_id": "s4", "role": "ROLE_USER", "content": [{"text": "y"}]},
+            "metadata": {"agent": "echo"},
+        },
     ) as resp:
         old_rest = await sse_json(resp)
     assert (
@@ -399,6 +415,7 @@ async def test_push_03_config_gets_the_task(http):
                 "role": "user",
                 "parts": [{"kind": "text", "text": "x"}],
             },
+            "metadata": {"agent": "echo"},
             "configuration": {"pushNotificationConfig": {"url": hook.url, "token": "t03"}},
         }
         task = (await call(http, "message/send", params, headers={}))["result"]

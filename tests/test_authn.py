@@ -53,7 +53,10 @@ A2A_SEND = {
     "jsonrpc": "2.0",
     "id": 1,
     "method": "SendMessage",
-    "params": {"message": {"messageId": "m1", "role": "ROLE_USER", "parts": [{"text": "hi"}]}},
+    "params": {
+        "message": {"messageId": "m1", "role": "ROLE_USER", "parts": [{"text": "hi"}]},
+        "metadata": {"agent": "echo"},
+    },
 }
 MCP_INIT = {
     "jsonrpc": "2.0",
@@ -209,6 +212,8 @@ async def test_openapi_declares_the_configured_schemes(gw):
         "responses"
     ]
     assert "security" not in doc["paths"]["/registry/agents"]["post"]  # signed records under the admission policy
+    revoke = doc["paths"]["/registry/revocations"]["post"]  # an operator's: credentials required
+    assert {next(iter(r)) for r in revoke["security"]} == {"bearer", "oidc", "apiKey"} and "401" in revoke["responses"]
 
 
 async def test_openapi_of_a_gateway_without_auth_declares_no_scheme():

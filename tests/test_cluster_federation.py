@@ -443,16 +443,21 @@ def test_malicious_relayer_that_alters_a_record_is_ignored_by_everyone(fed):
 
 def test_killed_node_is_declared_dead_unrouted_rejoins_with_higher_incarnation_then_leaves(fed, logdir):
     a, b, c = fed["a"], fed["b"], fed["c"]
-    d = Node("node-d", logdir, join=f"{a.hostport},{b.hostport}", echo=True).start()
+    d = Node("node-d", logdir, join=f"{a.hostport},{b.hostport}").start()
+    # D's agent: an echo worker registered through D (C owns the name "echo": names belong to
+    # the first DID that takes them, so D's agent has a name of its own)
+    log = open(logdir / "worker-d.log", "ab")
+    worker = subprocess.Popen(
+        interlace_cmd("worker", "echo", "--gateway", d.url, "--name", "echo-d"),
+        env=subprocess_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
     everyone = [a, b, c, d]
     try:
         wait_for(lambda: all_alive(everyone, ["node-a", "node-b", "node-c", "node-d"]), 30, "D joins", everyone)
-        d_echo = wait_for(
-            lambda: [r for r in records_named(a.url, "echo") if r["home_node"] == "node-d"],
-            10,
-            "D's echo record reaches A",
-            everyone,
-        )[0]
+        d_echo = wait_for(lambda: records_named(a.url, "echo-d"), 10, "D's agent's record reaches A", everyone)[0]
         ok = httpx.post(
             f"{a.url}/tasks?wait=true&timeout=15",
             timeout=20,
@@ -502,6 +507,8 @@ def test_killed_node_is_declared_dead_unrouted_rejoins_with_higher_incarnation_t
         d.stop()  # SIGTERM: a graceful leave, which everyone records as such (not as a failure)
         wait_for(lambda: all(states(n.url)["node-d"][0] == "left" for n in survivors), 10, "D leaves", survivors)
     finally:
+        worker.kill()
+        worker.wait(10)
         d.kill()
 
 

@@ -8,6 +8,7 @@ import subprocess
 import httpx
 import pytest
 
+from registry.identity import Identity
 from tests.conftest import RedisProcess, interlace_cmd, running_gateway, stop_process, subprocess_env, test_config
 
 
@@ -40,11 +41,16 @@ async def wait_for_state(client, task_id, state, timeout=15.0):
 
 
 @pytest.mark.parametrize("mode", ["redis-direct", "embedded-over-http"])
-async def test_worker_killed_mid_task_is_completed_once_by_another(mode, redis_server):
+async def test_worker_killed_mid_task_is_completed_once_by_another(mode, redis_server, tmp_path):
     redis_server.flush()
     config = test_config(echo=False, redis_url=redis_server.url if mode == "redis-direct" else None)
     async with running_gateway(config) as (url, _):
         where = ("--redis", redis_server.url) if mode == "redis-direct" else ("--gateway", url)
+        # The replacement is the same agent (its key): a new key would be a stranger to the name
+        # "echo" while the killed worker's record lives on.
+        key = tmp_path / "echo.key"
+        Identity.generate().save(key)
+        where += ("--key", str(key))
         first = start_worker(*where)
         second = None
         try:

@@ -1,6 +1,7 @@
 """Registry anti-entropy (registry/gossip/sync.py) against a recording stand-in for the transport:
 a push/pull sends exactly what the peer lacks, relayed records are judged by the registry before
-they are relayed, and fresh local writes become rumours with their origin."""
+they are relayed (a squatter on a name included), fresh local writes become rumours with their
+origin, and revocations travel both ways from trusted nodes only."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from registry.identity import Identity
 from registry.records import sign
 from registry.service import Registry
 from registry.store import MemoryRecordStore
-from schemas.agent_record import AgentRecord, Tombstone
+from schemas.agent_record import AgentRecord, Revocation, Tombstone
 
 NET = "interlace"
 
@@ -42,12 +43,13 @@ class FakeGossip:
 
 def record(identity: Identity, seq: int, *, ttl: int = 600, issued_at: int | None = None, **extra) -> AgentRecord:
     now = int(time.time()) if issued_at is None else issued_at
+    name = extra.pop("name", f"agent-{identity.did[-8:]}")  # names belong to one DID each
     data = {
         "did": identity.did,
-        "name": "agent",
+        "name": name,
         "version": "1",
         "skills": [{"id": "s", "name": "s"}],
-        "endpoints": {"bus": "agent"},
+        "endpoints": {"bus": name},
         "home_node": "node-x",
         "seq": seq,
         "issued_at": now,
@@ -154,3 +156,38 @@ async def test_local_writes_become_rumours_with_this_node_as_origin(node):
     await node.registry.submit(tombstone(agent, 2))
     await until(lambda: len(node.gossip.broadcasts) == 2)
     assert node.gossip.broadcasts[-1][1]["record"]["type"] == "tombstone"
+
+
+async def test_a_relayed_squatter_is_refused_and_never_relayed(node):
+    owner, squatter = Identity.generate(), Identity.generate()
+    await node.registry.submit(record(owner, 1, name="echo", issued_at=int(time.time()) - 5))
+    await until(lambda: len(node.gossip.broadcasts) == 1)
+    node.sync.notify_user(squatter.did, {"record": record(squatter, 1, name="echo").dump(), "origin": "evil"})
+    await until(lambda: node.sync.stats["rejected.name_taken"] == 1)
+    assert [r.did for r in node.registry.by_name("echo")] == [owner.did]
+    assert [key for key, _ in node.gossip.broadcasts] == [owner.did]
+
+
+async def test_revocations_travel_as_rumours_and_in_push_pull_from_trusted_nodes_only(node):
+    agent, trusted, stranger = (Identity.generate() for _ in range(3))
+    node.registry.revokers = lambda did: did == trusted.did
+    await node.registry.submit(record(agent, 1))
+
+    def revocation(by: Identity, seq: int) -> dict:
+        body = Revocation(did=agent.did, revoked=True, node=by.did, seq=seq, issued_at=int(time.time()), network=NET)
+        return {"record": sign(body, by).dump(), "origin": "peer"}
+
+    node.sync.notify_user(f"revoked:{agent.did}", revocation(stranger, 1))
+    await until(lambda: node.sync.stats["rejected.untrusted_node"] == 1)
+    assert node.registry.get(agent.did) is not None
+    node.sync.notify_user(f"revoked:{agent.did}", revocation(trusted, 2))
+    await until(lambda: node.registry.revoked(agent.did))
+    assert node.registry.get(agent.did) is None
+    await until(lambda: any(key == f"revoked:{agent.did}" for key, _ in node.gossip.broadcasts))  # relayed onward
+    node.gossip.sent.clear()
+    node.sync.merge_remote_state({"digest": {}}, join=False)
+    [(_, _, payload)] = node.gossip.sent
+    assert [e["record"].get("type") for e in payload["entries"]] == ["revocation"]  # the record is gone
+    node.gossip.sent.clear()
+    node.sync.merge_remote_state({"digest": node.registry.digest()}, join=False)
+    assert node.gossip.sent == []

@@ -406,7 +406,7 @@ def _corpus(rng: random.Random, n: int, start: int = 0) -> list[AgentRecord]:
                 f"agent-{i}",
                 skills,
                 cost=rng.choice([None, 0, 10, 1000, 100_000]),
-                endpoints=rng.choice([{"bus": f"a{i}"}, {"mcp": "http://x.example/m"}]),
+                endpoints=rng.choice([{"bus": f"agent-{i}"}, {"mcp": "http://x.example/m"}]),
             )
         )
     return out

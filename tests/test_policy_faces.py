@@ -2,8 +2,8 @@
 
 One gateway (module-scoped) with API keys for alice (group ``research``) and bob (group
 ``guests``), a ``--policy`` file, two agents (``echo`` for both groups, ``archive`` for research
-only: it sorts first, so a message naming no agent would fall to it), a federated MCP upstream
-``everything`` (the fixture server; bob may not call its ``test_error_handling`` tool, read its
+only: a message naming no agent whose text matches it goes to it only for research), a federated
+MCP upstream ``everything`` (the fixture server; bob may not call its ``test_error_handling`` tool, read its
 ``test://static-binary`` resource or get its ``test_prompt_with_image`` prompt) and a second
 upstream that is down (so a URI no upstream lists is not relayed to a single upstream, and
 "unknown" means the gateway's own answer). ANP callers are DIDs: carol may call echo, dave
@@ -302,8 +302,8 @@ async def rpc(http: httpx.AsyncClient, method: str, params: dict, path: str = "/
     return (await http.post(path, json=body, headers=V10)).json()
 
 
-def message(**metadata) -> dict:
-    msg = {"messageId": uuid.uuid4().hex, "role": "ROLE_USER", "parts": [{"text": "hi"}]}
+def message(text: str = "hi", **metadata) -> dict:
+    msg = {"messageId": uuid.uuid4().hex, "role": "ROLE_USER", "parts": [{"text": text}]}
     return {"message": msg, **({"metadata": metadata} if metadata else {})}
 
 
@@ -357,13 +357,17 @@ async def test_a2a_messages_to_a_denied_agent_are_as_to_an_unknown_one(gw):
             and renamed(rest.json(), "archive", UNKNOWN) == rest_missing.json()
         )
 
-        async def routed(http: httpx.AsyncClient) -> str:  # a message that names no agent
-            result = (await rpc(http, "SendMessage", message()))["result"]
+        async def routed(http: httpx.AsyncClient, text: str) -> str | int:  # a message that names no agent
+            body = await rpc(http, "SendMessage", message(text))
+            if "error" in body:
+                return body["error"]["code"]
+            result = body["result"]
             task_id = result["task"]["id"] if "task" in result else result["message"]["taskId"]
             return (await http.get(f"/tasks/{task_id}")).json()["route"]["agent"]
 
-        assert await routed(alice) == "archive"  # the first agent in name order
-        assert await routed(bob) == "echo"  # never the denied one
+        assert await routed(alice, "archived documents") == "archive"  # routed by its text
+        assert await routed(bob, "archived documents") == -32602  # never to the denied one, nor a default
+        assert await routed(bob, "echo") == "echo"
 
 
 # ---- ACP, /tasks, /route, registry reads ----------------------------------------------------------

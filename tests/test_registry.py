@@ -228,9 +228,15 @@ async def test_http_rejections_name_the_reason(http):
 async def test_openapi_document_describes_the_registry(http):
     doc = (await http.get("/openapi.json")).json()
     assert doc["openapi"].startswith("3.1")
-    assert set(doc["paths"]) == {"/registry/agents", "/registry/agents/{did}"}
+    assert set(doc["paths"]) == {
+        "/registry/agents",
+        "/registry/agents/{did}",
+        "/registry/revocations",
+        "/registry/revocations/{did}",
+    }
     assert set(doc["paths"]["/registry/agents/{did}"]) == {"get", "delete"}
-    assert "AgentRecord" in doc["components"]["schemas"] and "Tombstone" in doc["components"]["schemas"]
+    assert set(doc["paths"]["/registry/revocations"]) == {"get", "post"}
+    assert {"AgentRecord", "Tombstone", "Revocation"} <= set(doc["components"]["schemas"])
 
 
 async def test_token_admission():

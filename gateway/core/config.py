@@ -44,6 +44,7 @@ class Config:
     node_key: str | None = None  # this node's Ed25519 key file; a fresh key each start when unset
     skew_s: int = 300  # clock-skew window for issued_at
     lease_s: int = 60  # lease of the records of in-process agents
+    max_lease_s: int = 24 * 3600  # a record asking a longer lease (expires_at - issued_at) is refused
     admission: str | None = None  # open | token | allowlist; open only by default on loopback
     registration_token: str | None = None
     registration_token_file: str | None = None  # the token, read from this file

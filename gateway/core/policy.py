@@ -26,7 +26,8 @@ the keys of one matcher must match; a key left out matches anything (``{}`` matc
   what it may not call answers as unknown), ``read`` (get, follow or list a task),
   ``cancel`` (cancel a task), ``register`` (register, renew or deregister an agent record
   through the registry API; the principal is the DID that signed it, which has no groups) and
-  ``admin`` (the operator's own surfaces).
+  ``admin`` (the operator's own surfaces: revoking agent DIDs, ``/registry/revocations``, whose
+  target is ``{did}``; a caller must also be in the admin group).
 - Target part: ``agent`` (its registered name), ``did``, ``tags`` (any of its skills' tags),
   ``skills`` (any of its skill ids) and, for federated MCP, ``tool``, ``prompt``, ``resource``
   (the name, a resource's URI or a template's ``uriTemplate``, as the upstream lists it,

@@ -3,7 +3,7 @@
 The capability index (registry/index.py) holds one entry per skill of every live record and
 follows the registry. The router feeds it what this node observes of each agent: latency (an
 EWMA of accept-to-final time) and load (tasks this node accepted that are not final yet), both
-per bus stream, since replicas sharing a name share a stream.
+per bus stream, since an owner and the replicas it names share their name's stream.
 """
 
 from __future__ import annotations

@@ -83,7 +83,9 @@ class Runtime:
         self.metrics = Metrics()
         self.admission = config.effective_admission()
         self.identity = Identity.load(config.node_key) if config.node_key else Identity.generate()
-        self.registry = Registry(self.backend.records, config.network, skew_s=config.skew_s)
+        self.registry = Registry(
+            self.backend.records, config.network, skew_s=config.skew_s, max_lease_s=config.max_lease_s
+        )
         self.capabilities = CapabilityRouter(self.registry, embeddings=config.embeddings)
         # The operator's policy (--policy FILE; a ValueError if it does not parse), reloaded while
         # running; ``policy`` is the one in force. A reload may change what each caller sees.

@@ -6,8 +6,11 @@ answers for any task.
 
 Routing rule for a message sent to the gateway-level endpoint (``/a2a``, ``/a2a/rest``) without
 ``taskId``: the agent named by ``metadata.agent`` of the request, else ``metadata.agent`` of the
-message, else the only known agent, or, with several, the first known agent (in name order)
-that is available. A per-agent endpoint (``/a2a/agents/{name}``) always routes to its agent and
+message, else the agent whose skills best match the message's text (capability routing,
+``ActingFor.route``, among the agents the caller may call); a message that names no agent and
+whose text matches none (or that has no text) is refused with ``InvalidParamsError``, never
+given to some agent by default (a record named to sort first would otherwise receive every
+such message). A per-agent endpoint (``/a2a/agents/{name}``) always routes to its agent and
 only sees that agent's tasks. A message with ``taskId`` continues that task (it must be waiting
 for input); ``contextId`` groups tasks (it is kept as given, or a new one is made).
 
@@ -42,7 +45,7 @@ import httpx
 from gateway.core import __version__
 from gateway.core.backends import BackendUnavailable, QueueFull, TaskNotFound
 from gateway.core.principal import LOCAL, Principal
-from gateway.core.runtime import ActingFor, NotCancelable, NotContinuable, Runtime, UnknownAgent
+from gateway.core.runtime import ActingFor, NoMatch, NotCancelable, NotContinuable, Runtime, UnknownAgent
 from gateway.core.settings import load_settings
 from protocols.a2a import card as cards
 from protocols.a2a.errors import (
@@ -60,6 +63,7 @@ from protocols.a2a.errors import (
 from protocols.a2a.push import PushDispatcher, PushPolicy, PushStore
 from protocols.a2a.wire import Dialect, PushConfig, SendParams, boolean, direct_reply, get, integer, string
 from registry.identity import Identity
+from registry.index import CapabilityQuery
 from schemas import STREAM_HINT, DataPart, Message, Task, TaskState, TaskStatusUpdate, TextPart
 
 log = logging.getLogger("interlace.a2a")
@@ -169,20 +173,21 @@ class A2AService:
             raise TaskNotFoundError(f"Task {task_id} not found")
         return task
 
-    async def _route(self, call: A2ACall, p: SendParams) -> str:
+    def _route(self, call: A2ACall, p: SendParams) -> tuple[str | None, CapabilityQuery | None]:
+        """The agent the message goes to (named), or the capability query that picks it."""
         if call.agent is not None:
-            return call.agent
+            return call.agent, None
         named = (p.metadata or {}).get("agent") or (p.message.metadata or {}).get("agent")
         if named:
             if not isinstance(named, str):
                 raise InvalidParamsError("metadata.agent must be a string")
-            return named
-        for agent in await call.rt.known_agents():
-            try:
-                return await call.rt.resolve_agent(agent)
-            except UnknownAgent:
-                continue
-        raise InvalidParamsError("no agent is available to take the task")
+            return named, None
+        text = " ".join(part.text for part in p.message.parts if isinstance(part, TextPart)).strip()
+        if not text:
+            raise InvalidParamsError(
+                "the message names no agent and has no text to route it by: name one in metadata.agent"
+            )
+        return None, CapabilityQuery(text=text[:2048])
 
     def _check_modes(self, message: Message) -> None:
         for part in message.parts:
@@ -227,14 +232,18 @@ class A2AService:
             except NotContinuable as exc:
                 raise UnsupportedOperationError(str(exc)) from None
         else:
-            agent = await self._route(call, p)
+            agent, query = self._route(call, p)
             try:
                 metadata = dict(p.metadata or {})
                 if streaming or not p.blocking or p.push is not None:
                     metadata[STREAM_HINT] = True  # an outbound connector streams from its agent only then
-                task = await rt.submit(msg, agent=agent, context_id=msg.context_id, metadata=metadata)
+                task = await rt.submit(msg, agent=agent, query=query, context_id=msg.context_id, metadata=metadata)
             except UnknownAgent as exc:
                 raise InvalidParamsError(str(exc)) from None
+            except NoMatch:
+                raise InvalidParamsError(
+                    "the message names no agent (metadata.agent) and no agent's skills match its text"
+                ) from None
             after = None
         if p.push is not None:
             p.push.task_id = task.id

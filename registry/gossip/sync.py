@@ -21,6 +21,10 @@ node can neither forge nor alter a record (it is refused, counted under ``reject
 and not relayed further). Expired records are never sent and expire on every node at the time
 their agent signed.
 
+Operators' revocations (``schemas.agent_record.Revocation``, signed by the node that issued
+them) travel the same two ways, keyed ``revoked:<did>`` in rumours and digests; a receiver's
+registry believes one only from a node it trusts (``Registry.revokers``).
+
 With each record travels an *origin* hint: the member through which the record entered the
 federation (the node whose store received it other than from gossip). Routing uses the
 record's signed ``home_node`` when it names a member, and the hint otherwise (a worker that
@@ -40,7 +44,8 @@ from pydantic import ValidationError
 
 from registry.gossip.swim import Delegate
 from registry.records import RecordRejected
-from registry.service import TOMBSTONE_RETENTION_S, Registry, parse_signed
+from registry.service import REVOKED, TOMBSTONE_RETENTION_S, Registry, parse_signed
+from schemas.agent_record import Revocation
 
 if TYPE_CHECKING:
     from registry.gossip.envelope import Envelope
@@ -117,6 +122,12 @@ class RegistrySync(Delegate):
             did = body["did"]
         except (ValueError, KeyError, TypeError):
             return
+        if kind == "revocation":  # no origin: it routes nothing
+            if broadcast and self._gossip is not None:
+                self._gossip.node.broadcast(REVOKED + did, {"record": body, "origin": self.node_id})
+                self._gossip.wake()
+                self.stats["broadcast"] += 1
+            return
         if self._expect.get(did) == seq:
             del self._expect[did]  # applied from gossip: the origin hint came with it
         else:
@@ -165,6 +176,10 @@ class RegistrySync(Delegate):
             theirs = digest.get(did)
             if type(theirs) is not int or theirs < body["seq"]:
                 missing.append({"record": body, "origin": self.origin.get(did, self.node_id)})
+        for revocation in self.registry.revocations():
+            theirs = digest.get(REVOKED + revocation.did)
+            if type(theirs) is not int or theirs < revocation.seq:
+                missing.append({"record": revocation.dump(), "origin": self.node_id})
         for i in range(0, len(missing), BATCH):
             self._gossip.send(sender.addr, "records", {"entries": missing[i : i + BATCH]})
         self.stats["sent_records"] += len(missing)
@@ -211,6 +226,9 @@ class RegistrySync(Delegate):
             self.stats["rejected.malformed"] += 1
             log.warning("malformed record from a peer ignored", extra={"peer": via})
             return
+        if isinstance(model, Revocation):
+            await self._ingest_revocation(model, via)
+            return
         did = model.did
         stored = self.registry.seq_of(did)
         if stored is not None and model.seq <= stored:
@@ -234,5 +252,17 @@ class RegistrySync(Delegate):
                 log.warning("relayed record refused", extra={"did": did, "reason": exc.reason_code, "peer": via})
             else:
                 raise
+            return
+        self.stats["accepted"] += 1
+
+    async def _ingest_revocation(self, model: Revocation, via: str) -> None:
+        try:
+            await self.registry.submit(model, relayed=True)
+        except RecordRejected as exc:
+            if exc.reason_code == "stale_seq":
+                self.stats["duplicate"] += 1
+                return
+            self.stats[f"rejected.{exc.reason_code}"] += 1
+            log.warning("relayed revocation refused", extra={"did": model.did, "reason": exc.reason_code, "peer": via})
             return
         self.stats["accepted"] += 1
