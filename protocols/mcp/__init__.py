@@ -48,7 +48,7 @@ Mapping between MCP and the canonical model (each row is tested in tests/test_mc
 | ``tools/call`` argument ``message`` (string) | user Message, first part ``TextPart(text)`` |
 | ``tools/call`` argument ``data`` (object) | second part ``DataPart(data)`` |
 | ``send_task`` ``task_id`` + ``message`` | ``runtime.continue_task(task_id, message)`` |
-| ``notifications/cancelled`` for the call | ``runtime.cancel(task_id)`` |
+| ``notifications/cancelled`` for the call (2026-07-28: its response stream closed) | ``runtime.cancel(task_id)`` |
 | ``_meta.progressToken`` on the call | each task event -> ``notifications/progress`` |
 | result ``content[]`` text | artifact ``TextPart`` |
 | result text (JSON) + ``structuredContent`` | artifact ``DataPart`` (one dict: it; several: ``{data:[...]}``) |
