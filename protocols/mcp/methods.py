@@ -61,7 +61,7 @@ import json
 import logging
 import secrets
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from gateway.core import __version__, audit
@@ -799,19 +799,29 @@ class MCPService:
         ``private``, since what a caller lists and reads is decided for them."""
         return "public" if call.method == "server/discover" or call.principal is LOCAL else "private"
 
-    async def listen_open(self, call: MCPCall) -> Listener:
-        """A listen stream for ``call`` (subscriptions/listen): the filter it asks for, less the
-        resources the caller may not read, no upstream serves, or whose upstream refuses to
-        subscribe (they are not acknowledged)."""
-        wanted = Filter.parse(call.params)
-        uris = [uri for uri in wanted.uris if await self._hold(call.rt, uri)]
-        listener = Listener(call.id, dataclasses.replace(wanted, uris=tuple(uris)), call.principal)
+    async def listen_open(self, call: MCPCall, wanted: Filter) -> Listener:
+        """A listen stream for ``call`` (subscriptions/listen) with the filter ``wanted``
+        (``Filter.parse``), less the resources the caller may not read, no upstream serves, or
+        whose upstream refuses to subscribe (they are not acknowledged). ``listen_close`` ends it."""
+        held: list[str] = []
+        try:
+            for uri in wanted.uris:
+                if await self._hold(call.rt, uri):
+                    held.append(uri)
+        except BaseException:  # cancelled (the client left) while subscribing upstream
+            self._release(held)
+            raise
+        listener = Listener(call.id, dataclasses.replace(wanted, uris=tuple(held)), call.principal)
         self.listen.open(listener)
         return listener
 
     def listen_close(self, listener: Listener) -> None:
         self.listen.close(listener)
-        for uri in listener.filter.uris:
+        self._release(listener.filter.uris)
+
+    def _release(self, uris: Iterable[str]) -> None:
+        """One listen stream fewer holds each of ``uris``; the last one unsubscribes upstream."""
+        for uri in uris:
             self.held[uri] -= 1
             if self.held[uri] <= 0:
                 del self.held[uri]

@@ -31,13 +31,14 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from gateway.core import sse
 from gateway.core.principal import principal_of
 from protocols.mcp import modern, wire
-from protocols.mcp.listen import CLOSED, LOST, Listener
+from protocols.mcp.listen import CLOSED, LOST, Filter
 from protocols.mcp.methods import MCPCall, MCPService
 from protocols.mcp.wire import INVALID_REQUEST, MCPError
 
@@ -79,8 +80,12 @@ def _json(reply: dict[str, Any]) -> JSONResponse:
     return JSONResponse(reply, status_code=modern.http_status(reply))
 
 
-def _event_stream(body: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(body, media_type="text/event-stream", headers=dict(sse.HEADERS))
+async def _cancel(job: asyncio.Task) -> None:
+    job.cancel()
+
+
+def _event_stream(body: AsyncIterator[bytes], after: BackgroundTask | None = None) -> StreamingResponse:
+    return StreamingResponse(body, media_type="text/event-stream", headers=dict(sse.HEADERS), background=after)
 
 
 class StatelessHTTP:
@@ -127,7 +132,8 @@ class StatelessHTTP:
         first = out.queue.get_nowait()
         if first[1]:
             return _json(first[0])
-        return _event_stream(self._stream(out, job, first))
+        # The stream's end cancels the request; so does a disconnect before the stream started.
+        return _event_stream(self._stream(out, job, first), BackgroundTask(_cancel, job))
 
     async def _answer(self, call: MCPCall, out: ResponseStream) -> None:
         await out.send(await self.service.answer(call), final=True)
@@ -156,12 +162,16 @@ class StatelessHTTP:
             refused = MCPError(INVALID_REQUEST, "subscriptions/listen answers with text/event-stream: accept it")
             return JSONResponse(wire.error(call.id, refused), status_code=406)
         try:
-            listener = await self.service.listen_open(call)
+            wanted = Filter.parse(call.params)
         except MCPError as exc:
             return _json(self.service.modern_reply(call, wire.error(call.id, exc)))
-        return _event_stream(self._listen_stream(call, listener))
+        return _event_stream(self._listen_stream(call, wanted))
 
-    async def _listen_stream(self, call: MCPCall, listener: Listener) -> AsyncIterator[bytes]:
+    async def _listen_stream(self, call: MCPCall, wanted: Filter) -> AsyncIterator[bytes]:
+        """The stream's body; the subscription exists while it runs (a stream that never started
+        never subscribed)."""
+        listener = await self.service.listen_open(call, wanted)
+
         async def items() -> AsyncIterator[dict[str, Any] | str]:
             while True:
                 item = await listener.queue.get()
