@@ -5,7 +5,8 @@ is a thin wrapper over a DirectLink on the gateway side, so both behave the same
 agent's ``identity``, ``HttpLink`` signs every request with it (RFC 9421, did:key;
 ``gateway.core.httpsig.RequestSigner``), and the gateway lets it use only its own agent's
 stream; given a worker ``token``, it sends that too (gateways that do not verify signatures
-go by the token, or by the loopback rule, as before).
+go by the token, or by the loopback rule, as before). Its client follows an egress policy
+(gateway/core/egress.py; default: only the gateway it was given, whose host is the operator's).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import httpx
 
 from gateway.core.backends import Backend, Delivery, StoredEvent
 from gateway.core.backends.base import EVENT_JSON
+from gateway.core.egress import Egress
 from gateway.core.httpsig import RequestSigner
 from gateway.core.sse import read_events
 from registry.identity import Identity
@@ -128,9 +130,11 @@ class DirectLink(WorkerLink):
 class HttpLink(WorkerLink):
     """The gateway's ``/bus`` API (see gateway/worker_api.py), with one pooled client."""
 
-    def __init__(self, base_url: str, token: str | None = None, identity: Identity | None = None) -> None:
+    def __init__(
+        self, base_url: str, token: str | None = None, identity: Identity | None = None, egress: Egress | None = None
+    ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.AsyncClient(
+        self.http = (egress or Egress().allowing(base_url)).httpx_client(
             base_url=base_url.rstrip("/"),
             headers=headers,
             timeout=httpx.Timeout(30.0),

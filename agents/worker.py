@@ -34,6 +34,7 @@ import httpx
 from agents.links import WorkerLink
 from gateway.core.aio import wait_cancelled
 from gateway.core.backends import BackendUnavailable, Delivery
+from gateway.core.egress import Egress
 from registry.identity import Identity
 from registry.records import RecordRejected, sign
 from schemas import InvalidTransition, Message, Task, TaskEvent, TaskState, TaskStatusUpdate, TextPart
@@ -51,6 +52,10 @@ class Worker:
     description: str = ""
     version: str = "1"
     concurrency: int = 16
+    # The policy its outbound connections follow (connectors); a gateway's supervisor gives a
+    # worker without one the gateway's own. None outside a gateway: connectors then allow only
+    # the public internet.
+    egress: Egress | None = None
 
     def skills(self) -> list[dict]:
         return [{"id": self.agent, "name": self.agent, "description": self.description}]

@@ -39,7 +39,8 @@ def serve_gateway(port: int, remote: str, streaming: bool | None, api_keys: str 
     from protocols import a2a
     from protocols.a2a.connector import A2AConnector
 
-    config = Config(host="127.0.0.1", port=port, echo=False, log_level="warning", api_keys=api_keys)
+    # One load generator is one caller: measure the gateway, not the quotas it would meet.
+    config = Config(host="127.0.0.1", port=port, echo=False, log_level="warning", api_keys=api_keys, quotas=False)
     app = create_app(config, workers=[A2AConnector("remote", remote, streaming=streaming)])
     a2a.mount(app)
     serve_app(app, config)

@@ -89,11 +89,23 @@ def fmt_ms(seconds: float) -> str:
 
 @contextlib.contextmanager
 def gateway_process(*args: str, env: dict[str, str] | None = None):
-    """``interlace serve`` on a free port in a subprocess; yields its base URL once ready."""
+    """``interlace serve`` on a free port in a subprocess; yields its base URL once ready. Its
+    quotas are off: one load generator is one caller, and measures the gateway, not its quota."""
     port = free_port()
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--log-level", "warning", *args],
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-quotas",
+            *args,
+        ],
         env=full_env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -144,13 +156,18 @@ class RawHttp:
         head += "".join(f"{k}: {v}\r\n" for k, v in (headers or {"Content-Type": "application/json"}).items())
         writer.write(head.encode() + b"\r\n" + body)
         status_line = await reader.readline()
-        length = 0
+        length, reusable = 0, True
         while (line := await reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode("latin-1").partition(":")
             if name.lower() == "content-length":
                 length = int(value)
+            elif name.lower() == "connection" and "close" in value.lower():
+                reusable = False  # the gateway closes a connection after its keep-alive limit
         payload = await reader.readexactly(length)
-        self._idle.append(conn)
+        if reusable:
+            self._idle.append(conn)
+        else:
+            writer.close()
         return int(status_line.split()[1]), payload
 
     async def close(self) -> None:

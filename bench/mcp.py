@@ -40,7 +40,8 @@ def serve_gateway(port: int, upstream: str, api_keys: str | None) -> None:
     from gateway.core.config import Config
     from protocols.mcp import MCPOptions, mount
 
-    config = Config(port=port, log_level="warning", api_keys=api_keys)
+    # One load generator is one caller: measure the gateway, not the quotas it would meet.
+    config = Config(port=port, log_level="warning", api_keys=api_keys, quotas=False)
     app = create_app(config)
     mount(app, MCPOptions(upstreams=(("up", upstream),), naming="pass-through"))
     serve_app(app, config)

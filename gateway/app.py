@@ -20,10 +20,20 @@ from gateway.cluster import Cluster
 from gateway.cluster import routes as cluster_routes
 from gateway.connectors import RegistryConnectors
 from gateway.core.auth import Authenticator, AuthMode
-from gateway.core.backends import Backend, BackendUnavailable, QueueFull, TaskExists, TaskNotFound
+from gateway.core.backends import Backend, BackendUnavailable, InvalidCursor, QueueFull, TaskExists, TaskNotFound
 from gateway.core.config import Config
-from gateway.core.http import BodyLimit, CrossSiteGuard, HttpError, IndexedRouter, error_response, validation_errors
+from gateway.core.http import (
+    BodyBudget,
+    BodyGuard,
+    BodyLimit,
+    CrossSiteGuard,
+    HttpError,
+    IndexedRouter,
+    error_response,
+    validation_errors,
+)
 from gateway.core.httpsig import DidKeyRequests
+from gateway.core.quotas import QuotaExceeded, TokenBucket
 from gateway.core.runtime import NoMatch, NotCancelable, NotContinuable, Runtime, UnknownAgent
 from gateway.supervisor import Supervisor
 from protocols import a2a, acp, anp
@@ -71,6 +81,7 @@ _STATUS: list[tuple[type[Exception], int]] = [
     (NotContinuable, 409),
     (TaskExists, 409),
     (InvalidTransition, 409),
+    (InvalidCursor, 400),
 ]
 
 
@@ -85,6 +96,8 @@ async def _typed_error(request: Request, exc: Exception) -> Response:
         return error_response(404, exc.code, str(exc), closest=closest)
     if isinstance(exc, (BackendUnavailable, QueueFull)):
         return error_response(503, exc.code, str(exc), headers={"Retry-After": "1"})
+    if isinstance(exc, QuotaExceeded):
+        return error_response(429, exc.code, str(exc), headers=exc.headers)
     if isinstance(exc, ValidationError):
         return error_response(400, "invalid_request", "invalid payload", errors=validation_errors(exc))
     for kind, status in _STATUS:
@@ -106,7 +119,11 @@ def create_app(
     connectors = RegistryConnectors(supervisor)
     cluster = Cluster(supervisor) if config.gossip else None
     # Who is calling (gateway/authn.py); none on a loopback bind with nothing configured.
-    authenticator = Authenticator.from_config(config) if config.effective_auth() is not AuthMode.LOCAL else None
+    authenticator = (
+        Authenticator.from_config(config, egress=runtime.egress)
+        if config.effective_auth() is not AuthMode.LOCAL
+        else None
+    )
     # Requests signed by other nodes (forwarded tasks) and by workers (/bus): one nonce store.
     signed_requests = DidKeyRequests(runtime.kv)
 
@@ -121,7 +138,10 @@ def create_app(
             await cluster.start()
         if authenticator is not None and authenticator.issuer:
             await authenticator.refresh()  # the issuer's keys before the first token (logs, never raises)
-        log.info("gateway started", extra={"node": runtime.node_id, "backend": runtime.backend.name})
+        log.info(
+            "gateway started",
+            extra={"node": runtime.node_id, "backend": runtime.backend.name, "did": runtime.identity.did},
+        )
         try:
             yield
         finally:
@@ -154,7 +174,7 @@ def create_app(
     ]
     handlers = {
         exc: _typed_error
-        for exc in (Exception, HTTPException, HttpError, ValidationError, BackendUnavailable, QueueFull)
+        for exc in (Exception, HTTPException, HttpError, ValidationError, BackendUnavailable, QueueFull, QuotaExceeded)
     }
     for kind, _ in _STATUS:
         handlers[kind] = _typed_error
@@ -171,6 +191,9 @@ def create_app(
             0, Middleware(CallerAuthentication, authenticator=authenticator, refusals=refusals, nodes=nodes)
         )
         routes += protected_resource_routes(authenticator)
+    # Outermost: every reader of a request body (the authentication of signed requests too) is bounded.
+    budget = BodyBudget(config.max_buffered_body_bytes)
+    middleware.insert(0, Middleware(BodyGuard, timeout_s=config.body_timeout_s, budget=budget))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers, middleware=middleware)
     app.router = IndexedRouter(routes, lifespan=lifespan)  # before the first request builds the stack
     app.state.runtime = runtime
@@ -178,7 +201,7 @@ def create_app(
     app.state.cluster = cluster
     app.state.authenticator = authenticator  # open routes whose answer depends on who asks (principal.py)
     app.state.signed_requests = signed_requests  # /bus verifies workers' signatures with it
-    app.state.registry_writes = registry_api.TokenBucket(config.registry_write_rate, config.registry_write_burst)
+    app.state.registry_writes = TokenBucket(config.registry_write_rate, config.registry_write_burst)
     app.state.allowlist = registry_api.load_allowlist(config.allowlist)
     app.state.record_annotations = [mcp_tool_drift(app)]  # facts added to GET /registry/agents/{did}
     return app

@@ -20,6 +20,7 @@ from agents.serve import add_bus_flags
 from gateway import __version__, agent_cli
 from gateway.core import audit, logs
 from gateway.core.config import Config, read_secret
+from gateway.core.node_identity import node_identity
 from registry.identity import Identity, IdentityError
 
 log = logging.getLogger("interlace.cli")
@@ -40,6 +41,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-echo", dest="echo", action="store_const", const=False, help="do not run the in-process echo agent"
     )
     serve.add_argument("--max-body-bytes", type=int, help="largest request body accepted (default 4 MiB)")
+    slow = serve.add_argument_group("slow and greedy clients")
+    slow.add_argument("--header-timeout-s", type=float, help="a request's head must arrive within this (default 10)")
+    slow.add_argument("--max-header-bytes", type=int, help="largest request head accepted (default 32 KiB)")
+    slow.add_argument(
+        "--body-timeout-s", type=float, help="a request's body must arrive within this of its head (default 30)"
+    )
+    slow.add_argument(
+        "--max-buffered-body-bytes",
+        type=int,
+        help="request bodies held in memory at once, past 64 KiB each (default 64 MiB)",
+    )
+    slow.add_argument(
+        "--max-connections",
+        type=int,
+        help="open connections; past it the one idle longest is closed (default 1000)",
+    )
+    slow.add_argument("--keepalive-timeout-s", type=float, help="idle keep-alive connections close after (default 5)")
+    slow.add_argument("--keepalive-max-requests", type=int, help="requests served per connection (default 1000)")
+    quotas = serve.add_argument_group("per-caller quotas (429 with Retry-After past them)")
+    quotas.add_argument(
+        "--no-quotas", dest="quotas", action="store_const", const=False, help="no quotas at all (benchmarks)"
+    )
+    quotas.add_argument("--quota-tasks-per-s", type=float, help="tasks a caller may start a second (default 50)")
+    quotas.add_argument("--quota-task-burst", type=int, help="... in bursts of up to (default 100)")
+    quotas.add_argument("--quota-concurrent-tasks", type=int, help="a caller's tasks not yet final (default 100)")
+    quotas.add_argument("--quota-mcp-sessions", type=int, help="a caller's open MCP sessions (default 100)")
+    quotas.add_argument("--quota-sse-streams", type=int, help="a caller's open event streams (default 100)")
     serve.add_argument(
         "--visibility-timeout-ms", type=int, help="how long a silent worker keeps a task before redelivery"
     )
@@ -57,7 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="proxies whose X-Forwarded-For is believed, comma-separated (default: none)",
     )
     serve.add_argument("--network", help="registry network id (default interlace)")
-    serve.add_argument("--node-key", metavar="FILE", help="this node's key file (default: a fresh key each start)")
+    serve.add_argument(
+        "--node-key", metavar="FILE", help="this node's key file (default: node.key in --data-dir, made on first start)"
+    )
+    serve.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="where this node keeps its key, node.key (default $XDG_DATA_HOME/interlace or "
+        "~/.local/share/interlace; env INTERLACE_DATA_DIR)",
+    )
     serve.add_argument(
         "--max-lease",
         dest="max_lease_s",
@@ -79,7 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allowlist", metavar="FILE", help="DIDs allowed to register, one per line")
     serve.add_argument("--join", metavar="HOST:PORT,...", help="seed nodes of the federation to join")
     serve.add_argument(
-        "--trust", metavar="FILE", help="node DIDs allowed to gossip, one per line (default: any node of the network)"
+        "--trust",
+        metavar="FILE",
+        help="node DIDs allowed to gossip, one per line (required to gossip on a non-loopback bind; "
+        "default there: any node of the network)",
     )
     serve.add_argument(
         "--public-url", metavar="URL", help="the address peers reach this node at (default http://host:port)"
@@ -105,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="who may see and do what: a YAML file of allow/deny/require rules, reloaded on change "
         "and on SIGHUP (env INTERLACE_POLICY)",
+    )
+    serve.add_argument(
+        "--egress-allow",
+        metavar="CIDR|HOST,...",
+        type=lambda text: tuple(x.strip() for x in text.split(",") if x.strip()),
+        help="internal destinations the gateway may connect to (agents, upstreams, webhooks, peers): "
+        "networks, host names, 'loopback', 'private' or 'none' (default: loopback on a loopback bind, "
+        "else only public addresses; env INTERLACE_EGRESS_ALLOW)",
     )
     serve.add_argument(
         "--gossip-faults", action="store_const", const=True, help=argparse.SUPPRESS
@@ -158,14 +205,19 @@ def main(argv: list[str] | None = None) -> int:
 
                 load_policy(config.policy)
             config.effective_admission()
+            from gateway.core.egress import Egress
+
+            Egress.from_config(config)  # a malformed --egress-allow is refused here
+            # The node key (made on the first start, so that `interlace keys show` can name this
+            # node's DID for the trust files even when the gossip settings are refused next).
+            node_identity(config)
             from gateway.cluster import check_config  # gossip settings: fail before starting
 
             check_config(config)
-        # A key file that is missing, malformed or readable by others is refused here, before
-        # anything starts (for a model worker: before minutes of model loading).
-        key_file = config.node_key if args.command == "serve" else getattr(args, "key", None)
-        if key_file:
-            Identity.load(key_file)
+        elif getattr(args, "key", None):
+            # A key file that is missing, malformed or readable by others is refused here, before
+            # anything starts (for a model worker: before minutes of model loading).
+            Identity.load(args.key)
     except (ValueError, IdentityError) as exc:
         print(f"interlace: {exc}", file=sys.stderr)
         return 2
@@ -205,22 +257,9 @@ def serve_app(app, config: Config) -> int:
     """Run ``app`` under uvicorn as ``interlace serve`` does (the benchmarks use it too)."""
     import gc
 
-    import uvicorn
+    from gateway.serving import build_server
 
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.host,
-            port=config.port,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=int(config.shutdown_grace_s),
-            # uvicorn believes X-Forwarded-For from 127.0.0.1 by default: only named proxies here
-            proxy_headers=config.forwarded_allow_ips is not None,
-            forwarded_allow_ips=config.forwarded_allow_ips or "",
-        )
-    )
+    server = build_server(app, config)
     # What start-up built (modules, classes, schemas) lives as long as the process: keep it out
     # of the collector's full passes, which would otherwise re-scan ~70k objects each time.
     gc.collect()

@@ -9,9 +9,12 @@ registry's anti-entropy as its delegate (``registry.gossip.sync``). This module 
   POST /gossip/faults     test-only (``gossip_faults``, loopback): {"block": [addr, ...] | ["*"]}
 
 Configuration (``gateway.core.config``): ``join`` (seed list ``host:port,...``), ``trust`` (a file of
-node DIDs allowed to gossip, one per line; absent = any node of the network), ``public_url``
-(the address peers reach this node at; default ``http://host:port``), ``gossip_profile``
-(``lan``, ``local`` or ``fast``), ``gossip`` (off: no membership at all).
+node DIDs allowed to gossip, one per line; absent = any node of the network, which only a loopback
+bind may choose: elsewhere gossip refuses to start without it, as admission does without a token or
+an allowlist), ``public_url`` (the address peers reach this node at; default ``http://host:port``),
+``gossip_profile`` (``lan``, ``local`` or ``fast``), ``gossip`` (off: no membership at all; nodes
+that share one Redis need none). The node's key, whose DID the other nodes' trust files list, is
+the same on every start (``gateway.core.node_identity``).
 
 Routing across nodes (the choice, documented here): every record names its ``home_node``; a
 home is a member id, through membership mapped to that member's public URL (the record's
@@ -43,8 +46,7 @@ home believes the assertion only from a node it trusts (``Cluster.trusts``, chec
 continuing and cancelling it work as that owner. Trusted nodes: with ``--trust``, exactly the
 DIDs in that file (authoritative); without it, the DID of any member currently alive or suspect
 whose packets this node has verified. The second is as strong as admission to the gossip
-itself, which without ``--trust`` is any node of the network: a node that joins can then assert
-any owner here, so run ``--trust`` wherever caller authentication matters (a warning is logged).
+itself, which without ``--trust`` (on loopback only) is any node of the network.
 
 The remote task id is kept in the backend's key/value store under the local task id, so a
 redelivered forwarded task follows the remote task instead of submitting it twice. A task that
@@ -55,15 +57,21 @@ Trust model and limits:
 * every packet is authenticated hop by hop (signed envelope: network id, trust list, freshness,
   replay); records are authenticated end to end by their agents' signatures, so a relay can
   neither forge nor alter them;
-* what SWIM relays about *other* members (alive/suspect/dead, their addresses) is believed as in
-  SWIM: any admitted node could lie about a third node. Run ``--trust`` with exactly your nodes'
-  DIDs on any network that is not loopback (a warning is logged otherwise);
+* a member's identity is its node DID (bound to its member id by the transport): only the member
+  itself moves its address, a ping-req reaches only a member at the address this node holds,
+  and this node POSTs only to seeds, members' addresses and the signed address of the packet it
+  answers (``registry.gossip.swim``, ``registry.gossip.transport``). What SWIM relays about the
+  *state* of other members (alive/suspect/dead) is believed as in SWIM, from members: a trusted
+  node could still lie about a third node's health, or name a member it is the first to tell
+  this node of under its own DID;
 * a trusted node is believed about the owners it asserts (and their groups): a federation's
   nodes must share one namespace of principals (one issuer, the same API key names);
-* a record accepted from gossip skips this node's registration admission (token/allowlist):
-  admission happens where the record entered the federation; the name rules
-  (``registry.names``: a relayed record that would squat a name is refused), revocations and
-  the lease cap apply to it here as to a direct write;
+* a record relayed by gossip passes this node's admission as a direct write does
+  (``registry_api.relay_refusal``): the allowlist applies to it; a token network takes relayed
+  records only from the nodes of ``--trust`` (none without it), since a token proves nothing
+  once relayed; ``open`` takes them all. The name rules (``registry.names``: a relayed record
+  that would squat a name is refused), revocations and the lease cap apply to it here as to a
+  direct write;
 * an operator's revocation (``/registry/revocations``) is signed by the node it was made at and
   relayed like a record; a node believes a relayed one only from a node it trusts as above
   (``Registry.revokers``: the trust list, else a live member);
@@ -77,6 +85,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -94,13 +103,14 @@ from starlette.routing import Route
 from agents.links import HttpLink
 from agents.worker import TaskFailed, Worker, WorkerRunner
 from gateway.authn import ON_BEHALF_OF, on_behalf_of
-from gateway.core.auth import AuthMode
 from gateway.core.backends import StoredEvent
-from gateway.core.config import Config
+from gateway.core.config import Config, is_loopback
+from gateway.core.egress import Egress
 from gateway.core.http import HttpError, json_response, read_json
 from gateway.core.httpsig import RequestSigner
+from gateway.core.node_identity import node_key_path
 from gateway.core.principal import SYSTEM
-from gateway.registry_api import load_allowlist
+from gateway.registry_api import load_allowlist, relay_refusal
 from gateway.supervisor import Supervisor
 from registry.gossip.envelope import ADDR, EnvelopeRejected
 from registry.gossip.swim import MemberEvent, State, SwimNode
@@ -123,6 +133,7 @@ _REJECT_STATUS = {
     "replayed": 401,
     "wrong_network": 403,
     "untrusted": 403,
+    "impersonation": 403,
 }
 
 
@@ -134,11 +145,22 @@ def check_config(config: Config) -> None:
     for url in [advertised_url(config.host, config.port, config.public_url), *seed_urls(config.join)]:
         if not ADDR.match(url):
             raise ValueError(f"{url!r} is not a base URL like http://host:port (check --public-url / --join)")
-    if config.trust:
-        try:
-            load_allowlist(config.trust)
-        except OSError as exc:
-            raise ValueError(f"cannot read the trust file {config.trust}: {exc.strerror}") from None
+    if not config.trust:
+        if not is_loopback(config.host):
+            raise ValueError(
+                f"gossip on {config.host} needs --trust FILE, the DIDs of the member nodes (this node's: "
+                f"interlace keys show {node_key_path(config)}), or --no-gossip"
+            )
+        return
+    try:
+        trusted = load_allowlist(config.trust)
+    except OSError as exc:
+        raise ValueError(f"cannot read the trust file {config.trust}: {exc.strerror}") from None
+    if not trusted:
+        raise ValueError(f"the trust file {config.trust} lists no node DID")
+    wrong = sorted(did for did in trusted if not did.startswith("did:key:"))
+    if wrong:
+        raise ValueError(f"the trust file {config.trust} lists {wrong[0]!r}, which is no node DID (did:key:...)")
 
 
 def seed_urls(join: str | None) -> list[str]:
@@ -175,10 +197,11 @@ class Cluster:
         self.swim_config = profile(cfg.gossip_profile)
         self.addr = advertised_url(cfg.host, cfg.port, cfg.public_url)
         self.seeds = seed_urls(cfg.join)
-        self.sync = RegistrySync(runtime.registry, runtime.node_id)
+        trusted = load_allowlist(cfg.trust) if cfg.trust else None
+        admit = functools.partial(relay_refusal, runtime.admission, load_allowlist(cfg.allowlist), trusted)
+        self.sync = RegistrySync(runtime.registry, runtime.node_id, admit)
         self.node = SwimNode(runtime.node_id, self.addr, self.swim_config, rng=random.Random(), delegate=self.sync)
         self.client: httpx.AsyncClient | None = None  # made in start (an SSL context costs ms)
-        trusted = load_allowlist(cfg.trust) if cfg.trust else None
         self.gossip = HttpGossip(
             self.node,
             runtime.identity,
@@ -200,19 +223,12 @@ class Cluster:
     # ---- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.client = self.gossip.client = httpx.AsyncClient(
+        # Gossip and forwarding dial peers under the egress policy; the seeds are the operator's own.
+        self.egress = self.runtime.egress.allowing(*self.seeds)
+        self.client = self.gossip.client = self.egress.httpx_client(
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=_KEEPALIVE_S)
         )
         await self.sync.start()
-        cfg = self.runtime.config
-        if self.gossip.trusted is None and cfg.host not in _LOOPBACK:
-            asserting = (
-                " and assert the owners of tasks it forwards here" if cfg.effective_auth() is not AuthMode.LOCAL else ""
-            )
-            log.warning(
-                f"gossip without a trust list on a non-loopback address: any node of network {cfg.network!r} "
-                f"can join{asserting}; pass --trust FILE"
-            )
         self.gossip.start(self.seeds)
         self._sweeper = asyncio.create_task(self._sweep(), name="forwarder-sweep")
         log.info(
@@ -331,7 +347,7 @@ class Cluster:
             raise TaskFailed(f"the agent's home node {home} is unreachable")
         link = self._links.get(member.addr)
         if link is None:
-            link = self._links[member.addr] = _HomeLink(member.addr, self.runtime.identity)
+            link = self._links[member.addr] = _HomeLink(member.addr, self.runtime.identity, self.egress)
         return link, self._gone.setdefault(home, asyncio.Event())
 
     # ---- views ------------------------------------------------------------------------------
@@ -374,8 +390,8 @@ class _HomeLink(HttpLink):
     key, on a pool that drops idle connections before the server's keep-alive timeout (uvicorn:
     5 s), so a request never races the server closing the connection it reuses."""
 
-    def __init__(self, base_url: str, identity: Identity) -> None:  # HttpLink.__init__ only makes its client
-        self.http = httpx.AsyncClient(
+    def __init__(self, base_url: str, identity: Identity, egress: Egress) -> None:  # HttpLink's only makes its client
+        self.http = egress.httpx_client(
             base_url=base_url.rstrip("/"),
             timeout=httpx.Timeout(30.0),
             limits=httpx.Limits(keepalive_expiry=_KEEPALIVE_S),

@@ -11,11 +11,16 @@ registered it first and to the replicas that DID's record names, so any other DI
 ``name_taken``; a renewal that does not repeat its claim's ``claimed_at`` gets a 409
 ``claim_mismatch`` and a new claim dated in the past a 409 ``claim_stale`` (both name the
 ``claimed_at`` to sign: the time to repeat, or null for "now"); a revoked DID gets a 403
-``revoked``; a lease over ``--max-lease`` a 400 ``lease_too_long``. Every refusal is a 4xx JSON
-error whose ``code`` names the reason; the stored record is unchanged. Writes are in the audit
-log (``register`` / ``deregister``, the agent's name, ``ok``, ``denied`` or the refusal's code).
-The policy judges writes made here: records relayed by gossip were judged by the node they were
-written at (the name rules, revocations and the lease cap apply to them too).
+``revoked``; a lease over ``--max-lease`` a 400 ``lease_too_long``. A record whose
+``mcp``/``a2a``/``acp``/``anp`` endpoint the gateway's egress policy refuses (gateway/core/egress.py;
+as far as can be told at registration: a literal address, a name that resolves) is a 400
+``endpoint_not_allowed``, before it can make the gateway connect anywhere. Every refusal is a 4xx
+JSON error whose ``code`` names the reason; the stored record is unchanged. Writes are in the
+audit log (``register`` / ``deregister``, the agent's name, ``ok``, ``denied`` or the refusal's
+code). The policy judges writes made here: records relayed by gossip were judged by the node
+they were written at (the name rules, revocations and the lease cap apply to them too); the
+admission policy judges them here as well (``relay_refusal``, called by the gossip layer), and
+their endpoints meet the egress policy when they are dialled.
 
 Reads (list and get) act for the authenticated caller: they show only the records of agents the
 caller may call (the policy's ``call``: what a caller may call is all it sees), and a record it
@@ -25,8 +30,8 @@ may not call is a 404 like one that is not registered.
 from __future__ import annotations
 
 import hmac
+import logging
 import math
-import time
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -35,6 +40,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.core import audit
+from gateway.core.egress import EgressRefused
 from gateway.core.http import HttpError, json_response, read_json, validation_errors
 from gateway.core.policy import Action, Target
 from gateway.core.principal import Principal, principal_of
@@ -42,26 +48,7 @@ from registry.records import RecordRejected
 from registry.service import PROTOCOLS, Registry, parse_signed
 from schemas.agent_record import AgentRecord, Tombstone
 
-
-class TokenBucket:
-    """Per-client rate limit: ``rate`` tokens a second, up to ``burst``."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, burst
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, client: str) -> float:
-        """0 when allowed, else the seconds until a token is available."""
-        now = time.monotonic()
-        tokens, last = self._buckets.get(client, (float(self.burst), now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens < 1:
-            self._buckets[client] = (tokens, now)
-            return (1 - tokens) / self.rate
-        self._buckets[client] = (tokens - 1, now)
-        if len(self._buckets) > 100_000:  # bound memory: forget clients with full buckets
-            self._buckets = {k: v for k, v in self._buckets.items() if v[0] < self.burst}
-        return 0.0
+log = logging.getLogger("interlace.registry")
 
 
 def _bearer(request: Request) -> str | None:
@@ -131,6 +118,26 @@ def _judge(request: Request, model: AgentRecord | Tombstone, record: AgentRecord
         )
 
 
+async def _check_endpoints(request: Request, record: AgentRecord) -> None:
+    """400 ``endpoint_not_allowed`` for an endpoint the egress policy refuses (audited; the
+    reason is logged, not told: it would say what an internal name resolves to)."""
+    egress = request.app.state.runtime.egress
+    for kind in ("mcp", "a2a", "acp", "anp"):
+        url = getattr(record.endpoints, kind)
+        if url is None:
+            continue
+        try:
+            await egress.check_endpoint(str(url))
+        except EgressRefused as exc:
+            log.info(
+                "endpoint refused by the egress policy", extra={"did": record.did, "kind": kind, "error": str(exc)}
+            )
+            audit.record(Principal.for_did(record.did), "register", record.name, "endpoint_not_allowed")
+            raise HttpError(
+                400, "endpoint_not_allowed", f"the {kind} endpoint is not allowed by this gateway's egress policy"
+            ) from None
+
+
 async def _submit(request: Request, model: AgentRecord | Tombstone, name: str, action: str) -> str:
     registry: Registry = request.app.state.runtime.registry
     principal = Principal.for_did(model.did)
@@ -147,6 +154,7 @@ async def register(request: Request) -> Response:
     record = await _read_signed(request, AgentRecord)
     _admit(request, record.did)
     _judge(request, record, record, "register")
+    await _check_endpoints(request, record)
     outcome = await _submit(request, record, record.name, "register")
     body = {
         "did": record.did,
@@ -209,6 +217,21 @@ async def get_agent(request: Request) -> Response:
     for extra in request.app.state.record_annotations:
         body.update(extra(record))
     return json_response(body)
+
+
+def relay_refusal(
+    admission: str, allowlist: frozenset[str], trusted_nodes: frozenset[str] | None, did: str, via_did: str
+) -> str | None:
+    """Why this node's admission refuses a record (or tombstone) of ``did`` relayed by gossip from
+    the node whose key is ``via_did``; None when it is admitted. The policy of ``_admit``: an
+    allowlist admits the DIDs it lists wherever their records come from; a registration token
+    proves nothing once relayed, so a token network admits relayed records only from the nodes
+    of its ``--trust`` list (from none without one); ``open`` admits all."""
+    if admission == "allowlist" and did not in allowlist:
+        return "not_allowed"
+    if admission == "token" and (trusted_nodes is None or via_did not in trusted_nodes):
+        return "untrusted_node"
+    return None
 
 
 def load_allowlist(path: str | None) -> frozenset[str]:

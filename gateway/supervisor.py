@@ -2,7 +2,8 @@
 
 In-process agents (echo, test workers), protocol connectors (gateway/connectors.py) and
 forwarding connectors (gateway/cluster.py) are all workers; each runs under a runner that reaches
-the bus through a ``DirectLink`` on the runtime's backend, with the node's lock TTL and network.
+the bus through a ``DirectLink`` on the runtime's backend, with the node's lock TTL and network,
+and connects out under the node's egress policy (``Worker.egress``).
 The supervisor keeps them, so stopping the gateway stops every one of them within the grace
 period.
 """
@@ -25,6 +26,8 @@ class Supervisor:
         """Run ``worker``; ``register``: sign and keep its record in the registry (in-process
         agents), not for connectors, whose record belongs to the remote agent."""
         rt = self.runtime
+        if worker.egress is None:
+            worker.egress = rt.egress  # connectors connect out under the gateway's egress policy
         runner = WorkerRunner(
             worker,
             link or DirectLink(rt.backend, rt.registry),

@@ -3,13 +3,14 @@
 POST /route                 dry run of capability routing: {text?, skill?, tags?, ...} -> ranked candidates
 POST /tasks                 {agent | query, message, context_id?, metadata?}   ?wait=true[&timeout=S]
                             or {task_id, message} to continue a task that waits for input
-GET  /tasks                 ?context_id=&limit=&cursor=
+GET  /tasks                 ?context_id=&state=&limit=&cursor= (indexed by owner, context and state)
 GET  /tasks/{id}
 GET  /tasks/{id}/events     SSE of status/artifact events; resumes after Last-Event-ID
 POST /tasks/{id}:cancel
 
 Every route acts for the authenticated caller (``Runtime.acting_for``): a task belongs to whoever
-submitted it, and another caller's task is a 404 like one that does not exist.
+submitted it, and another caller's task is a 404 like one that does not exist. A caller past one
+of its quotas (``gateway.core.quotas``) gets 429 ``rate_limited`` with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from gateway.core.principal import principal_of
 from gateway.core.runtime import ActingFor
 from gateway.core.sse import sse_response
 from registry.index import CapabilityQuery
-from schemas import Message
+from schemas import Message, TaskState
 
 
 class SubmitRequest(BaseModel):
@@ -90,10 +91,28 @@ async def get_task(request: Request) -> Response:
     return json_response(await _runtime(request).get(request.path_params["task_id"]))
 
 
+def _state(request: Request) -> TaskState | None:
+    raw = request.query_params.get("state")
+    if not raw:
+        return None
+    try:
+        return TaskState(raw)
+    except ValueError:
+        states = ", ".join(s.value for s in TaskState)
+        raise HttpError(400, "invalid_request", f"query parameter 'state' must be one of {states}") from None
+
+
+def _cursor(request: Request) -> str | None:
+    raw = request.query_params.get("cursor")
+    if raw and not (raw.isascii() and raw.isdigit() and len(raw) <= 9):
+        raise HttpError(400, "invalid_request", "query parameter 'cursor' is not one this API gave")
+    return raw or None
+
+
 async def list_tasks(request: Request) -> Response:
     limit = int(_number(request, "limit", 50, 1, 500))
     tasks, cursor = await _runtime(request).list_tasks(
-        request.query_params.get("context_id"), limit, request.query_params.get("cursor")
+        request.query_params.get("context_id"), limit, _cursor(request), state=_state(request)
     )
     return json_response(
         {"tasks": [t.model_dump(mode="json", exclude_none=True) for t in tasks], "next_cursor": cursor}
@@ -109,7 +128,7 @@ async def task_events(request: Request) -> Response:
         async for stored in rt.follow(task.id, after):
             yield stored.event_id, stored.event.kind, stored.event.model_dump(mode="json", exclude_none=True)
 
-    return sse_response(events(), max_seconds=rt.config.sse_max_s)
+    return sse_response(events(), max_seconds=rt.config.sse_max_s, release=rt.open_stream())
 
 
 async def route(request: Request) -> Response:

@@ -18,9 +18,10 @@ Who may call (the first that applies decides):
    stream or task a 403;
 2. with a worker token configured (``--worker-token``), an unsigned caller must present it
    (``Authorization: Bearer``), else 401;
-3. otherwise loopback clients only (403 for others), and none at all when caller authentication
-   is required on a non-loopback bind (a reverse proxy on the same host makes every client
-   loopback): there an unsigned call without the token is a 401.
+3. otherwise loopback clients only (403 for others), and none at all when callers are
+   authenticated (``--auth-issuer``/``--api-keys``): any local user, or a reverse proxy on the
+   same host, is a loopback client (security review P12), so there an unsigned call without the
+   token is a 401.
 
 Token and loopback callers may use every stream, as before workers signed their calls.
 """
@@ -40,7 +41,6 @@ from agents.links import DirectLink
 from gateway.core.auth import AuthMode
 from gateway.core.backends import Delivery
 from gateway.core.backends.base import EVENT_JSON
-from gateway.core.config import is_loopback
 from gateway.core.http import HttpError, json_response, read_model
 from gateway.core.httpsig import DidKeyRequests, SignatureError, is_signed, request_urls
 from gateway.core.runtime import Runtime
@@ -112,7 +112,7 @@ async def _caller(request: Request) -> _Caller:
             raise HttpError(
                 401, "unauthorized", "a valid worker token or a request signed with the agent's key is required"
             )
-    elif rt.config.effective_auth() is AuthMode.REQUIRED and not is_loopback(rt.config.host):
+    elif rt.config.effective_auth() is not AuthMode.LOCAL:
         raise HttpError(
             401, "unauthorized", "sign /bus requests with the agent's key (or configure and present a worker token)"
         )

@@ -1,8 +1,15 @@
-"""Shared fixtures: a real redis-server, backends of both kinds, and live gateways on free ports."""
+"""Shared fixtures: a real redis-server, backends of both kinds, and live gateways on free ports.
+
+A gateway keeps its node key in a data directory (default under the user's data home). Tests
+never touch the real one: every ``test_config`` and every ``subprocess_env`` gets a fresh data
+directory of its own (so two gateways of one test are two identities), and the whole session's
+``XDG_DATA_HOME`` points into a temporary directory for anything built otherwise.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import dataclasses
 import os
@@ -24,8 +31,18 @@ from gateway.app import create_app
 from gateway.core.backends import Backend, EmbeddedBackend, Limits
 from gateway.core.config import Config
 from gateway.core.sse import read_events
+from gateway.serving import build_server
 
 REPO = Path(__file__).resolve().parent.parent
+
+_SCRATCH = tempfile.mkdtemp(prefix="interlace-tests-")
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
+os.environ["XDG_DATA_HOME"] = os.path.join(_SCRATCH, "xdg-data")
+
+
+def data_dir() -> str:
+    """A fresh, empty data directory for one gateway (removed at the end of the session)."""
+    return tempfile.mkdtemp(prefix="data-", dir=_SCRATCH)
 
 
 def free_port() -> int:
@@ -130,10 +147,14 @@ async def backend(backend_kind, request) -> AsyncIterator[Backend]:
 
 
 @contextlib.asynccontextmanager
-async def serve_app(app, port: int | None = None) -> AsyncIterator[str]:
-    """Run an ASGI app with uvicorn inside the test's event loop; yields its base URL."""
+async def serve_app(app, port: int | None = None, *, bounded: Config | None = None) -> AsyncIterator[str]:
+    """Run an ASGI app with uvicorn inside the test's event loop; yields its base URL. With
+    ``bounded``, the server is the one ``interlace serve`` runs, with that config's bounds."""
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    if bounded is None:
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    else:
+        server = build_server(app, dataclasses.replace(bounded, host="127.0.0.1", port=port))
     task = asyncio.create_task(server.serve())
     deadline = time.monotonic() + 10
     while not server.started:
@@ -149,6 +170,8 @@ async def serve_app(app, port: int | None = None) -> AsyncIterator[str]:
 
 def test_config(**overrides) -> Config:
     base = dict(visibility_timeout_ms=1_000, shutdown_grace_s=2.0, wait_timeout_s=10.0)
+    if "node_key" not in overrides:
+        base["data_dir"] = data_dir()
     base.update(overrides)
     return Config(**base)
 
@@ -193,8 +216,11 @@ def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of a CLI subprocess: this checkout first on the path, a data directory of
+    its own (``--data-dir`` on the command line wins over it), and ``extra``."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["INTERLACE_DATA_DIR"] = data_dir()
     env.update(extra)
     return env
 

@@ -29,7 +29,7 @@ async def test_any_node_answers_for_any_task(redis_server):
     node_a = create_app(test_config(redis_url=redis_server.url, node_id="node-a"), workers=[EchoWorker()])
     node_b = create_app(test_config(redis_url=redis_server.url, node_id="node-b"), workers=[])
     for app in (node_a, node_b):
-        mount(app, A2AOptions(push=PushPolicy(allow_loopback=True)))
+        mount(app, A2AOptions(push=PushPolicy()))
     async with serve_app(node_a) as url_a, serve_app(node_b) as url_b:
         async with (
             httpx.AsyncClient(base_url=url_a, timeout=20) as a,

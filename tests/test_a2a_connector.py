@@ -230,8 +230,9 @@ async def test_parse_cards_of_both_versions():
 
 
 async def test_the_connector_uses_the_proxy_the_environment_names(monkeypatch):
-    """HTTP_PROXY is honoured (as httpx does for the other connectors) and NO_PROXY exempts a host:
-    the card of an unresolvable host is fetched through a 'proxy' that is the remote agent."""
+    """HTTP_PROXY is honoured (as by the other connectors: the egress policy owns the choice) and
+    NO_PROXY exempts a host: the card of an unresolvable host is fetched through a 'proxy' that is
+    the remote agent (a loopback proxy, allowed as the operator's own, outside any gateway)."""
     from protocols.a2a.errors import RemoteAgentError
 
     async with remote_agent() as remote:
@@ -247,15 +248,16 @@ async def test_the_connector_uses_the_proxy_the_environment_names(monkeypatch):
         monkeypatch.setenv("NO_PROXY", "agent.invalid")
         direct = A2AConnector("remote", "http://agent.invalid/")
         try:
-            with pytest.raises(RemoteAgentError, match="cannot fetch the agent card"):
+            with pytest.raises(RemoteAgentError, match="agent unreachable") as refused:
                 await direct.remote_card()
+            assert "cannot fetch the agent card" in refused.value.detail  # what happened: for the log
         finally:
             await direct.aclose()
 
 
-async def test_a_remote_reply_over_the_size_bound_fails_the_task_not_the_gateway():
-    """A remote answering with more than MAX_REPLY_BYTES: the task fails with a clear message,
-    nothing is read past the bound, and the gateway keeps serving."""
+async def test_a_remote_reply_over_the_size_bound_fails_the_task_not_the_gateway(caplog):
+    """A remote answering with more than MAX_REPLY_BYTES: the task fails (agent unreachable, the
+    log says why), nothing is read past the bound, and the gateway keeps serving."""
     from starlette.applications import Starlette
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
@@ -297,5 +299,6 @@ async def test_a_remote_reply_over_the_size_bound_fails_the_task_not_the_gateway
             )
             task = resp.json()["result"]["task"]
             assert task["status"]["state"] == "TASK_STATE_FAILED"
-            assert "larger than" in task["status"]["message"]["parts"][0]["text"]
+            assert "agent unreachable" in task["status"]["message"]["parts"][0]["text"]
+            assert any("larger than" in str(getattr(r, "error", "")) for r in caplog.records)
             assert (await client.get("/healthz")).status_code == 200

@@ -18,6 +18,7 @@ from jwt import PyJWK
 
 from agents.echo import EchoWorker
 from gateway.app import create_app
+from gateway.core.egress import Egress
 from protocols.a2a import A2AOptions, mount
 from protocols.a2a.card import canonical_bytes
 from protocols.a2a.connector import A2AConnector
@@ -285,6 +286,8 @@ async def test_list_tasks_paging_filters_and_history_length(http):
         await http.get("/a2a/rest/tasks", params={"contextId": ctx, "status": "TASK_STATE_WORKING"}, headers=V10)
     ).json()
     assert rest["tasks"] == [] and rest["totalSize"] == 0
+    done = await call(http, "ListTasks", {"contextId": ctx, "status": "TASK_STATE_COMPLETED", "pageSize": 2})
+    assert done["result"]["totalSize"] == 3 and len(done["result"]["tasks"]) == 2 and done["result"]["nextPageToken"]
     full = (await call(http, "ListTasks", {"contextId": ctx, "includeArtifacts": True, "historyLength": 0}))["result"]
     assert all(t["artifacts"] and "history" not in t for t in full["tasks"])
     got = (await call(http, "GetTask", {"id": ids[0], "historyLength": 0}))["result"]
@@ -447,54 +450,61 @@ async def test_push_retries_with_backoff_and_never_blocks_the_task(http):
 
 
 async def test_push_url_policy():
-    strict = PushPolicy()
+    """Webhook URLs pass the gateway's egress policy (and the push policy's own host allowlist)."""
+    strict, push = Egress(), PushPolicy()
     for bad in (
         "http://127.0.0.1:9/x",
-        "http://localhost/x",
         "http://[::1]/x",
         "http://10.1.2.3/x",
         "http://169.254.169.254/latest",
+        "http://[::ffff:169.254.169.254]/latest",
         "http://192.168.0.1/",
+        "http://2130706433/",
         "ftp://example.com/x",
         "http:///nohost",
         "http://0.0.0.0/",
     ):
         with pytest.raises(InvalidParamsError):
-            strict.check_url(bad)
-    strict.check_url("https://example.com/hook")
-    PushPolicy(allow_loopback=True).check_url("http://127.0.0.1:9/x")
+            await push.check_url(bad, strict)
+    await push.check_url("https://93.184.215.14/hook", strict)
+    await push.check_url("http://127.0.0.1:9/x", Egress(["loopback"]))
     with pytest.raises(InvalidParamsError):
-        PushPolicy(allow_loopback=True).check_url("http://10.0.0.1/x")
-    PushPolicy(allow_private=True).check_url("http://10.0.0.1/x")
+        await push.check_url("http://10.0.0.1/x", Egress(["loopback"]))
+    await push.check_url("http://10.0.0.1/x", Egress(["private"]))
     allow = PushPolicy(allowed_hosts=frozenset({"hooks.example.com", ".partner.org"}))
-    allow.check_url("https://hooks.example.com/a")
-    allow.check_url("https://a.partner.org/a")
+    named = Egress(resolver=_resolves({"hooks.example.com": "93.184.215.14", "a.partner.org": "93.184.215.15"}))
+    await allow.check_url("https://hooks.example.com/a", named)
+    await allow.check_url("https://a.partner.org/a", named)
     with pytest.raises(InvalidParamsError):
-        allow.check_url("https://evil.example.com/a")
+        await allow.check_url("https://evil.example.com/a", named)
 
 
-async def test_push_policy_checks_resolved_addresses(monkeypatch):
-    loop = asyncio.get_running_loop()
+def _resolves(table: dict[str, str]):
+    async def resolve(host: str, port: int) -> list[str]:
+        if host not in table:
+            raise OSError(f"{host} does not resolve")
+        return [table[host]]
 
-    async def fake_getaddrinfo(host, port, **kw):  # a public-looking name that points inside
-        return [(2, 1, 6, "", ("127.0.0.1" if host == "inside.example.com" else "93.184.215.14", port))]
-
-    monkeypatch.setattr(loop, "getaddrinfo", fake_getaddrinfo)
-    with pytest.raises(PermissionError):
-        await PushPolicy().check_resolved("http://inside.example.com/x")
-    await PushPolicy().check_resolved("http://outside.example.com/x")
+    return resolve
 
 
-async def test_loopback_webhook_refused_by_default_policy():
-    app = create_app(test_config(), workers=[EchoWorker()])
-    mount(app)  # the default policy: no loopback, no private addresses
+async def test_push_url_that_resolves_inside_is_refused():
+    egress = Egress(resolver=_resolves({"inside.example.com": "127.0.0.1", "outside.example.com": "93.184.215.14"}))
+    with pytest.raises(InvalidParamsError, match="egress policy"):
+        await PushPolicy().check_url("http://inside.example.com/x", egress)
+    await PushPolicy().check_url("http://outside.example.com/x", egress)
+
+
+async def test_loopback_webhook_refused_by_the_egress_policy():
+    app = create_app(test_config(egress_allow=("none",)), workers=[EchoWorker()])
+    mount(app)  # a gateway whose egress policy allows no internal address, loopback included
     async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as h2:
         body = await call(
             h2,
             "SendMessage",
             {"message": msg("x"), "configuration": {"taskPushNotificationConfig": {"url": "http://127.0.0.1:1/hook"}}},
         )
-        assert body["error"]["code"] == -32602 and "loopback" in body["error"]["message"]
+        assert body["error"]["code"] == -32602 and "egress policy" in body["error"]["message"]
         off = create_app(test_config(), workers=[EchoWorker()])
         mount(off, A2AOptions(push=PushPolicy(enabled=False)))
         async with serve_app(off) as url2, httpx.AsyncClient(base_url=url2, timeout=10) as h3:
@@ -518,7 +528,7 @@ async def test_remote_agent_down_fails_the_task_clearly():
             ]
             assert task["status"]["state"] == "TASK_STATE_FAILED"
             text = task["status"]["message"]["parts"][0]["text"]
-            assert "down" in text and ("connection refused" in text or "unreachable" in text)
+            assert text == "remote agent 'down': agent unreachable"
             assert (await h.get("/healthz")).status_code == 200
             again = await asyncio.wait_for(
                 call(h, "SendMessage", {"message": msg("again", mid="m2")}, path="/a2a/agents/down"), 10

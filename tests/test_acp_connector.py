@@ -203,7 +203,7 @@ async def test_the_session_is_carried_to_the_remote(setup, http):
 
 async def test_an_unreachable_agent_fails_clearly(setup, http):
     run = (await http.post("/acp/runs", json=body("down"))).json()
-    assert run["status"] == "failed" and "cannot reach" in run["error"]["message"]
+    assert run["status"] == "failed" and "'down': agent unreachable" in run["error"]["message"]
 
 
 async def test_a_stream_that_breaks_is_settled_by_polling_the_run(setup, http):

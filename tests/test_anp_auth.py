@@ -8,7 +8,6 @@ import copy
 import datetime
 import ssl
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,9 +17,11 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from gateway.core.egress import Egress
 from protocols.anp.auth import HttpsResolver
 from tests.conftest import free_port, test_config, wait_until
 from tests.fixtures.anp_support import LocalResolver, anp_gateway, make_caller, signed_post, signer
+from tests.fixtures.tls import self_signed
 
 BODY = {"jsonrpc": "2.0", "id": 1, "method": "send_message", "params": {"message": "hi"}}
 RAW = b'{"jsonrpc":"2.0","id":1,"method":"send_message","params":{"message":"hi"}}'
@@ -201,7 +202,7 @@ async def test_unreachable_did_document_is_401(tmp_path):
         async with httpx.AsyncClient(timeout=20) as http:
             resp = await http.post(rpc, content=RAW, headers=sdk_headers(nobody, rpc))
             challenged(resp, "invalid_did")
-            assert "could not be fetched" in resp.json()["error"]["message"]
+            assert resp.json()["error"]["message"] == "the DID document could not be resolved"  # nothing more
             await healthy(http, rpc)
 
 
@@ -251,34 +252,6 @@ async def test_nonce_and_token_are_shared_across_nodes(tmp_path, redis_server):
             assert (await http.post(f"{url_b}/anp/agents/echo/rpc", content=RAW, headers=bearer)).status_code == 200
 
 
-def _self_signed(directory: Path) -> tuple[str, str]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return str(cert_path), str(key_path)
-
-
 async def test_did_documents_resolve_over_https(tmp_path):
     import uvicorn
 
@@ -293,7 +266,7 @@ async def test_did_documents_resolve_over_https(tmp_path):
         hits.append(request.url.path)
         return JSONResponse(frank.document)
 
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     server = uvicorn.Server(
         uvicorn.Config(
             Starlette(routes=[Route(path, document)]),
@@ -310,7 +283,9 @@ async def test_did_documents_resolve_over_https(tmp_path):
     task = asyncio.create_task(server.serve())
     try:
         await wait_until(lambda: _started(server), timeout=10)
-        resolver = HttpsResolver(verify=ssl.create_default_context(cafile=cert))
+        # A resolver of the test's own: the gateway's egress policy is given only to its default one.
+        loopback = Egress(["loopback"])
+        resolver = HttpsResolver(verify=ssl.create_default_context(cafile=cert), egress=loopback)
         async with anp_gateway(resolve=resolver) as (url, _):
             rpc = f"{url}/anp/agents/echo/rpc"
             async with httpx.AsyncClient(timeout=20) as http:
@@ -319,7 +294,7 @@ async def test_did_documents_resolve_over_https(tmp_path):
                     assert resp.status_code == 200, resp.text
         assert hits == [path]  # fetched over HTTPS once, then cached
         await resolver.aclose()
-        untrusted = HttpsResolver()  # the self-signed certificate is not trusted by default
+        untrusted = HttpsResolver(egress=loopback)  # the self-signed certificate is not trusted by default
         with pytest.raises(Exception, match="could not be fetched"):
             await untrusted(frank.did)
         await untrusted.aclose()

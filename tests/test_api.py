@@ -6,7 +6,7 @@ import json
 import httpx
 
 from gateway.core.config import Config
-from tests.conftest import running_gateway, test_config
+from tests.conftest import running_gateway, test_config, wait_until
 
 
 def message(text="hello", **meta):
@@ -92,6 +92,26 @@ async def test_list_by_context(client):
     assert [t["id"] for t in page["tasks"]] == ids[::-1][:2]
     rest = (await client.get("/tasks", params={"context_id": "ctx-42", "cursor": page["next_cursor"]})).json()
     assert [t["id"] for t in rest["tasks"]] == ids[:1] and rest["next_cursor"] is None
+
+
+async def test_list_by_state(client):
+    running = await client.post(
+        "/tasks", json={"agent": "echo", "message": message(delay_ms=10_000), "context_id": "s"}
+    )
+    done = await client.post("/tasks?wait=true", json={"agent": "echo", "message": message(), "context_id": "s"})
+
+    async def working() -> bool:
+        return (await client.get(f"/tasks/{running.json()['id']}")).json()["status"]["state"] == "working"
+
+    await wait_until(working)
+    for state, expected in (("working", running), ("completed", done)):
+        listed = (await client.get("/tasks", params={"context_id": "s", "state": state})).json()["tasks"]
+        assert [t["id"] for t in listed] == [expected.json()["id"]], state
+    assert (await client.get("/tasks", params={"state": "failed"})).json()["tasks"] == []
+    bad = await client.get("/tasks", params={"state": "done"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request"
+    assert (await client.get("/tasks", params={"cursor": "x"})).status_code == 400
+    await client.post(f"/tasks/{running.json()['id']}:cancel")
 
 
 async def test_cancel_running_task(client):

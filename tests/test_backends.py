@@ -1,6 +1,7 @@
 """One behavioural suite for both backends (embedded and a real redis-server)."""
 
 import asyncio
+import time
 
 import pytest
 
@@ -231,13 +232,53 @@ async def test_kv(backend):
     assert await backend.kv.get("k") is None
 
 
+async def test_embedded_kv_write_costs_the_same_with_many_live_keys():
+    """P16: a write scanned every key once 100k were live (6.8 ms a write). Compared loosely
+    (1k vs 101k live keys), so only cost that grows with the number of keys fails."""
+    from gateway.core.backends.embedded import EmbeddedKeyValue
+
+    async def cost(live: int) -> float:
+        kv = EmbeddedKeyValue()
+        for i in range(live):
+            await kv.set(f"k{i}", "v", 3600)
+        start = time.perf_counter()
+        for i in range(500):
+            await kv.set(f"w{i}", "v", 3600)
+        return time.perf_counter() - start
+
+    small, large = await cost(1_000), await cost(101_000)
+    assert large < 10 * small + 0.05, (small, large)
+
+
+async def test_embedded_kv_drops_expired_keys_as_it_writes(monkeypatch):
+    from gateway.core.backends import embedded
+
+    clock = [1000.0]
+    monkeypatch.setattr(embedded.time, "monotonic", lambda: clock[0])
+    kv = embedded.EmbeddedKeyValue()
+    for i in range(100):
+        await kv.set(f"short{i}", "v", 5)
+    await kv.set("renewed", "v", 5)
+    await kv.set("long", "v", 60)
+    clock[0] += 4
+    await kv.set("renewed", "w", 5)  # re-written: lives 5 s from now
+    clock[0] += 2
+    await kv.set("trigger", "v", 60)  # a write sweeps what expired
+    assert set(kv._data) == {"renewed", "long", "trigger"}
+    assert await kv.get("renewed") == "w"
+    clock[0] += 4
+    await kv.set("trigger", "v", 60)
+    assert set(kv._data) == {"long", "trigger"}
+    assert await kv.get("renewed") is None
+
+
 async def test_embedded_store_bounds_its_finished_tasks():
     from gateway.core.backends import EmbeddedBackend, Limits
 
     backend = EmbeddedBackend(Limits(max_finished_tasks=3))
     tasks = []
-    for _ in range(6):
-        task = new_task()
+    for i in range(6):
+        task = new_task("shared" if i % 2 else None)
         await backend.tasks.submit(task, "echo", "n")
         await backend.tasks.apply(task.id, task.status_event(S.COMPLETED))
         tasks.append(task)
@@ -248,6 +289,10 @@ async def test_embedded_store_bounds_its_finished_tasks():
     assert await backend.tasks.get(running.id) is not None  # unfinished tasks are never dropped
     listed, _ = await backend.tasks.list(limit=10)
     assert [t.id for t in listed] == [running.id] + [t.id for t in reversed(tasks[-3:])]
+    in_context, _ = await backend.tasks.list("shared", limit=10)  # the indexes forget them too
+    assert [t.id for t in in_context] == [tasks[5].id, tasks[3].id]
+    assert await backend.tasks.count("shared") == 2 and await backend.tasks.count(state=S.COMPLETED) == 3
+    assert await backend.tasks.list(tasks[0].context_id) == ([], None)
 
 
 async def test_embedded_store_keeps_finished_tasks_out_of_the_gc():
@@ -259,8 +304,9 @@ async def test_embedded_store_keeps_finished_tasks_out_of_the_gc():
 
     backend = EmbeddedBackend()
 
-    async def run_one() -> tuple[Task, list]:
-        task = new_task("ctx-gc")
+    async def run_one(context_id: str = "ctx-gc") -> tuple[Task, list]:
+        task = new_task(context_id)
+        task.owner = "alice"
         await backend.tasks.submit(task, "echo", "n")
         applied = [
             task.status_event(S.WORKING),
@@ -274,13 +320,13 @@ async def test_embedded_store_keeps_finished_tasks_out_of_the_gc():
     final, applied = await run_one()
     assert await backend.tasks.get(final.id) == final
     assert [e.event for e in await backend.tasks.read_events(final.id, None, 0)] == applied
-    listed, _ = await backend.tasks.list("ctx-gc")
+    listed, _ = await backend.tasks.list("ctx-gc", owner="alice")
     assert listed == [final]
 
     gc.collect()
     before = len(gc.get_objects())
-    for _ in range(2000):
-        await run_one()
+    for i in range(2000):
+        await run_one(f"ctx-{i}")  # each its own context, as tasks that name none
     gc.collect()
     per_task = (len(gc.get_objects()) - before) / 2000
     assert per_task < 10, f"{per_task:.1f} GC-tracked objects kept per finished task"  # 50 as objects
@@ -306,3 +352,59 @@ async def test_list_by_owner_scopes_tasks_and_contexts(backend):
     page, cursor = await backend.tasks.list(owner="https://issuer#alice", limit=1)
     assert [t.id for t in page] == [a2.id] and cursor is not None
     assert (await backend.tasks.get(a1.id)).owner == "https://issuer#alice"
+
+
+async def test_list_and_count_by_state(backend):
+    """The state is an index like owner and context: a task moves between the listings of its
+    states as it runs (rejoining one it left), and counts agree with the listings."""
+    alice = "https://issuer#alice"
+    done, paused, fresh, bobs = new_task("c1"), new_task("c1"), new_task("c2"), new_task("c1")
+    done.owner = paused.owner = fresh.owner = alice
+    bobs.owner = "bob"
+    for t in (done, paused, fresh, bobs):
+        await backend.tasks.submit(t, "echo", "n")
+    for task, states in (
+        (done, [S.WORKING, S.COMPLETED]),
+        (paused, [S.WORKING, S.INPUT_REQUIRED, S.WORKING]),
+        (bobs, [S.WORKING]),
+    ):
+        for state in states:
+            await backend.tasks.apply(task.id, task.status_event(state))
+
+    async def ids(**query) -> set[str]:
+        page, _ = await backend.tasks.list(limit=10, **query)
+        return {t.id for t in page}
+
+    assert await ids(state=S.SUBMITTED) == {fresh.id}
+    assert await ids(state=S.WORKING) == {paused.id, bobs.id}
+    assert await ids(state=S.WORKING, owner=alice) == {paused.id}
+    assert await ids(context_id="c1", owner="bob", state=S.WORKING) == {bobs.id}
+    assert await ids(context_id="c1", state=S.COMPLETED) == {done.id}
+    assert await ids(context_id="c2", state=S.COMPLETED) == set()
+    assert await ids(state=S.INPUT_REQUIRED) == set()
+    assert await backend.tasks.count(state=S.WORKING) == 2
+    assert await backend.tasks.count("c1", owner=alice) == 2
+    assert await backend.tasks.count(state=S.FAILED) == 0
+    assert await backend.tasks.count() == 4
+    first, cursor = await backend.tasks.list(state=S.WORKING, limit=1)
+    second, end = await backend.tasks.list(state=S.WORKING, limit=1, cursor=cursor)
+    assert {first[0].id, second[0].id} == {paused.id, bobs.id} and end is None
+
+
+async def test_pages_of_a_state_skip_the_tasks_that_left_it(backend, backend_kind):
+    tasks = [new_task("many") for _ in range(200)]
+    for t in tasks:
+        await backend.tasks.submit(t, "echo", "n")
+    for t in tasks[::4] + tasks[1::4] + tasks[2::4]:  # three in four leave 'submitted'
+        await backend.tasks.apply(t.id, t.status_event(S.WORKING))
+    listed, cursor = [], None
+    while True:
+        page, cursor = await backend.tasks.list("many", limit=7, cursor=cursor, state=S.SUBMITTED)
+        listed += [t.id for t in page]
+        if cursor is None:
+            break
+    assert sorted(listed) == sorted(t.id for t in tasks[3::4])
+    if backend_kind == "embedded":  # Redis orders tasks created in the same millisecond by id
+        assert listed == [t.id for t in reversed(tasks[3::4])]
+    assert await backend.tasks.count("many", state=S.SUBMITTED) == 50
+    assert await backend.tasks.count("many", state=S.WORKING) == 150

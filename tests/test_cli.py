@@ -5,13 +5,16 @@ import contextlib
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
 from gateway.cli import build_parser
+from gateway.cluster import check_config
 from gateway.core.config import Config
+from gateway.core.node_identity import default_data_dir
 from registry.identity import Identity
 from tests.conftest import REPO, free_port, interlace_cmd, stop_process, subprocess_env
 from tests.test_registry import record as registry_record
@@ -148,9 +151,15 @@ def test_compose_commands_are_valid_interlace_invocations(name):
     args = parser.parse_args(command[1:])  # exits (fails the test) on an unknown flag or subcommand
     if args.command == "serve":
         assert args.host == "0.0.0.0" and args.redis_url.startswith("redis://redis:")
-        # The gateway would start: a public bind names its authentication (or explicitly none).
+        # The gateway would start: a public bind names its authentication (or explicitly none),
+        # its admission, and its gossip (none: the gateways share Redis; else --trust).
         flags = {k: v for k, v in vars(args).items() if k not in ("command", "kind")}
-        Config.load(flags, env={}).effective_auth()
+        env = {k: str(v) for k, v in compose()["services"][name].get("environment", {}).items()}
+        config = Config.load(flags, env=env)
+        config.effective_auth()
+        config.effective_admission()
+        check_config(config)
+        assert config.gossip is False
     else:
         assert args.redis_url.startswith("redis://redis:")
 
@@ -179,3 +188,87 @@ async def test_x_forwarded_for_is_believed_only_from_named_proxies():
     with process("serve", "--port", str(port), "--no-echo", "--no-gossip", "--forwarded-allow-ips", "127.0.0.1"):
         statuses = await spoofed_registry_writes(port, 30)
     assert 429 not in statuses, statuses  # a named proxy's forwarded addresses are the clients
+
+
+# ---- the node key persists; gossip on a public bind names its members ---------------------
+
+
+async def node_did(port: int) -> str:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        return (await _until_ok(client, "GET", "/cluster/members")).json()["did"]
+
+
+async def test_the_node_key_is_made_once_and_kept_across_restarts(tmp_path):
+    # Security review P19: without --node-key every start made a new node identity.
+    data = tmp_path / "data"
+    dids = []
+    for _ in range(2):
+        port = free_port()
+        with process("serve", "--port", str(port), "--no-echo", "--data-dir", str(data)):
+            dids.append(await node_did(port))
+    assert dids[0] == dids[1] and dids[0].startswith("did:key:z6Mk")
+    key = data / "node.key"
+    assert Identity.load(key).did == dids[0]
+    assert (os.stat(key).st_mode & 0o777, os.stat(data).st_mode & 0o777) == (0o600, 0o700)
+    # The environment names the directory too; --node-key wins over both.
+    port = free_port()
+    with process("serve", "--port", str(port), "--no-echo", INTERLACE_DATA_DIR=str(data)):
+        assert await node_did(port) == dids[0]
+    other = tmp_path / "other.key"
+    Identity.generate().save(other)
+    port = free_port()
+    with process("serve", "--port", str(port), "--no-echo", "--node-key", str(other), "--data-dir", str(data)):
+        assert await node_did(port) == Identity.load(other).did
+
+
+def test_the_default_data_directory_is_under_the_users_data_home(tmp_path):
+    assert default_data_dir({"XDG_DATA_HOME": str(tmp_path)}) == tmp_path / "interlace"
+    assert default_data_dir({}) == Path.home() / ".local" / "share" / "interlace"
+    assert default_data_dir({"XDG_DATA_HOME": "relative/dir"}) == Path.home() / ".local" / "share" / "interlace"
+    # Without --data-dir a node keeps its key there (a temporary XDG_DATA_HOME here, as in every
+    # test); a refused start has made it, so that `interlace keys show` names the DID to trust.
+    xdg = tmp_path / "xdg"
+    out = subprocess.run(
+        interlace_cmd("serve", "--port", "0", "--host", "0.0.0.0", "--allow-anonymous", "--admission", "open"),
+        env={k: v for k, v in subprocess_env(XDG_DATA_HOME=str(xdg)).items() if k != "INTERLACE_DATA_DIR"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2 and (xdg / "interlace" / "node.key").exists()
+    assert f"interlace keys show {xdg / 'interlace' / 'node.key'}" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "gossip on 0.0.0.0 needs --trust FILE, the DIDs of the member nodes"),
+        (["--trust", "EMPTY"], "lists no node DID"),
+        (["--trust", "WRONG"], "'node-b', which is no node DID"),
+    ],
+)
+def test_gossip_on_a_public_bind_refuses_to_start_without_a_trust_list(tmp_path, args, message):
+    (tmp_path / "EMPTY").write_text("# nobody yet\n")
+    (tmp_path / "WRONG").write_text(f"{Identity.generate().did}\nnode-b\n")
+    args = [str(tmp_path / a) if a in ("EMPTY", "WRONG") else a for a in args]
+    public = ("serve", "--host", "0.0.0.0", "--port", str(free_port()), "--allow-anonymous", "--admission", "open")
+    out = subprocess.run(
+        interlace_cmd(*public, *args), env=subprocess_env(), capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("interlace: ") and "Traceback" not in out.stderr
+    assert message in out.stderr
+    if not args:
+        assert out.stderr.rstrip().endswith("or --no-gossip")
+
+
+def test_gossip_on_a_public_bind_starts_with_a_trust_list_or_not_at_all(tmp_path):
+    trust = tmp_path / "nodes.txt"
+    trust.write_text(f"# the federation\n{Identity.generate().did}\n")
+    public = {"host": "0.0.0.0", "allow_anonymous": True, "admission": "open"}
+    check_config(Config.load({**public, "trust": str(trust)}, env={}))
+    check_config(Config.load(public, env={"INTERLACE_GOSSIP": "false"}))
+    check_config(Config.load({**public, "gossip": False}, env={}))
+    check_config(Config.load({"host": "127.0.0.1"}, env={}))  # loopback: any node of the network
+    with pytest.raises(ValueError, match="--no-gossip"):
+        check_config(Config.load(public, env={}))

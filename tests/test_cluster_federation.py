@@ -33,7 +33,8 @@ NET = "interlace"
 
 
 class Node:
-    """One `interlace serve` process."""
+    """One `interlace serve` process, with a data directory of its own that outlives restarts
+    (so a restarted node keeps its key, hence its DID)."""
 
     def __init__(
         self,
@@ -75,6 +76,7 @@ class Node:
             args.append("--no-echo")
         if self.key:
             args += ["--node-key", str(self.key)]
+        args += ["--data-dir", str(self.logdir / f"{self.name}-data")]
         args += self.extra
         log = open(self.logdir / f"{self.name}.log", "ab")
         self.proc = subprocess.Popen(interlace_cmd(*args), env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)

@@ -18,6 +18,7 @@ import math
 
 import pytest
 
+from registry.gossip.messages import Alive
 from registry.gossip.sim import (
     Simulator,
     detect_crash,
@@ -128,6 +129,35 @@ def test_restarted_node_rejoins_with_a_higher_incarnation(loss):
     bound = 5 * CFG.probe_interval + spread_bound_seconds(n)
     assert sim.run_until(rejoined, bound, CFG.gossip_interval) < math.inf
     assert fresh.incarnation > accused
+
+
+@pytest.mark.parametrize("n, loss", [(10, 0.0), (50, 0.0), (50, 0.1)])
+def test_a_node_restarted_elsewhere_is_found_there_and_a_liar_redirects_nobody(n, loss):
+    """Only a member moves its own address (security review P18): a node that restarts at a new
+    address is found there by every member it contacts, within one round of its probes (n probe
+    intervals), while a member that tells everyone it moved to another address is believed by
+    none and nothing is ever sent there."""
+    i, liar, capture, new = 7, 1, "10.66.6.6:7946", "10.99.0.7:7946"
+    sim = Simulator.converged(n, seed=24, loss=loss)
+    sim.run(3.0)
+    node_id = sim.node_id(i)
+    sim.crash(sim.node_addr(i))
+    sim.run(sim.now + 1.0)
+    sim.spawn(i, seeds=[sim.node_addr(0)], addr=new)
+    for j in range(n):
+        if j not in (i, liar):
+            sim.inject(sim.node_addr(liar), sim.node_addr(j), [Alive(node_id, capture, 1_000)])
+
+    def found() -> bool:
+        return all(
+            (m := node.members.get(node_id)) is not None and m.addr == new and m.state is State.ALIVE
+            for node in sim.live_nodes()
+            if node.id != node_id
+        )
+
+    bound = (n + 5) * CFG.probe_interval
+    assert sim.run_until(found, bound, CFG.gossip_interval) < math.inf
+    assert sim.traffic.to[capture] == 0
 
 
 def test_graceful_leave_is_seen_as_left_never_as_failed():

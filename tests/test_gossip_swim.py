@@ -78,6 +78,7 @@ def drive(node: SwimNode, until: float, respond: Responder = ack_pings) -> list[
     """Tick the node at each deadline up to `until`; feed back what `respond` answers (with
     zero latency) to each message it sends."""
     outs: list[Output] = []
+    ids = {m.addr: m.id for m in node.members.values()}
     while (t := node.next_deadline()) <= until:
         pending = [node.tick(t)]
         while pending:
@@ -87,7 +88,7 @@ def drive(node: SwimNode, until: float, respond: Responder = ack_pings) -> list[
                 for msg in pkt:
                     reply = respond(to, msg)
                     if reply:
-                        pending.append(node.receive(t, to, reply))
+                        pending.append(node.receive(t, to, reply, sender=ids[to]))
     return outs
 
 
@@ -138,7 +139,7 @@ def test_suspected_node_refutes_on_the_ack_of_the_buddy_ping():
     """Lifeguard buddy system + SWIM refutation: the Suspect comes first in the probe packet, so
     the ack already carries Alive with a higher incarnation; refuting raises local health."""
     node = make_node()
-    out = node.receive(1.0, peer(0)[1], [Suspect(SELF, 0, peer(0)[0]), Ping(77, SELF)])
+    out = node.receive(1.0, peer(0)[1], [Suspect(SELF, 0, peer(0)[0]), Ping(77, SELF)], sender=peer(0)[0])
     assert node.incarnation == 1
     assert node.awareness.score == 1
     [(to, packet)] = out.sends
@@ -150,11 +151,11 @@ def test_suspected_node_refutes_on_the_ack_of_the_buddy_ping():
 
 def test_refutation_outnumbers_dead_and_stale_alive_claims():
     node = make_node()
-    node.receive(1.0, peer(0)[1], [Dead(SELF, 4, peer(0)[0])])
+    node.receive(1.0, peer(0)[1], [Dead(SELF, 4, peer(0)[0])], sender=peer(0)[0])
     assert node.incarnation == 5
-    node.receive(2.0, peer(0)[1], [Alive(SELF, node.addr, 9)])  # a previous life's story
+    node.receive(2.0, peer(0)[1], [Alive(SELF, node.addr, 9)], sender=peer(0)[0])  # a previous life's story
     assert node.incarnation == 10
-    node.receive(3.0, peer(0)[1], [Alive(SELF, node.addr, 10), Suspect(SELF, 3, peer(1)[0])])
+    node.receive(3.0, peer(0)[1], [Alive(SELF, node.addr, 10), Suspect(SELF, 3, peer(1)[0])], sender=peer(0)[0])
     assert node.incarnation == 10  # our own news, and an outdated accusation: nothing to do
 
 
@@ -180,9 +181,9 @@ def _suspect_peer1(confirmers: list[int]) -> tuple[SwimNode, list[Output]]:
     """Peer 0 accuses peer 1 at t=0.5, then each of `confirmers` does, 0.2 s apart. All pings
     are acked, so the node's own probes add no confirmation."""
     node = make_node()  # N = 10: k = 2, min 4 s, max 24 s
-    outs = [node.receive(0.5, peer(0)[1], [Suspect(peer(1)[0], 0, peer(0)[0])])]
+    outs = [node.receive(0.5, peer(0)[1], [Suspect(peer(1)[0], 0, peer(0)[0])], sender=peer(0)[0])]
     for j, i in enumerate(confirmers):
-        outs.append(node.receive(0.7 + 0.2 * j, peer(i)[1], [Suspect(peer(1)[0], 0, peer(i)[0])]))
+        outs.append(node.receive(0.7 + 0.2 * j, peer(i)[1], [Suspect(peer(1)[0], 0, peer(i)[0])], sender=peer(i)[0]))
     return node, outs
 
 
@@ -211,7 +212,7 @@ def test_independent_confirmations_shrink_the_timeout_to_the_minimum():
 def test_small_cluster_expects_no_confirmations():
     """With n - 2 < k nobody could confirm: the timer is the minimum from the start."""
     node = make_node(n_peers=2)  # N = 3
-    node.receive(0.0, peer(0)[1], [Suspect(peer(1)[0], 0, peer(0)[0])])
+    node.receive(0.0, peer(0)[1], [Suspect(peer(1)[0], 0, peer(0)[0])], sender=peer(0)[0])
     drive(node, suspicion_timeout(4, 3, 1.0))
     assert node.members[peer(1)[0]].state is State.DEAD
 
@@ -255,7 +256,7 @@ def test_nacks_keep_local_health_unchanged():
 def test_refutations_raise_local_health_up_to_the_cap():
     node = make_node()
     for i in range(20):
-        node.receive(float(i), peer(0)[1], [Suspect(SELF, node.incarnation, peer(0)[0])])
+        node.receive(float(i), peer(0)[1], [Suspect(SELF, node.incarnation, peer(0)[0])], sender=peer(0)[0])
     assert node.awareness.score == LAN.awareness_max_multiplier - 1
     assert node.incarnation == 20
 
@@ -287,26 +288,120 @@ def test_indirect_probe_success_through_a_helper():
 def test_helper_relays_ack_or_nacks_in_time():
     node = make_node()
     requester, target = peer(0), peer(1)
-    out = node.receive(1.0, requester[1], [PingReq(42, target[0], target[1])])
+    out = node.receive(1.0, requester[1], [PingReq(42, target[0], target[1])], sender=requester[0])
     [(to, packet)] = out.sends
     assert to == target[1] and isinstance(packet[0], Ping) and packet[0].target == target[0]
-    out = node.receive(1.1, target[1], [Ack(packet[0].seq)])
+    out = node.receive(1.1, target[1], [Ack(packet[0].seq)], sender=target[0])
     assert out.sends[0][0] == requester[1] and out.sends[0][1][0] == Ack(42)
 
-    node.receive(2.0, requester[1], [PingReq(43, target[0], target[1])])
+    node.receive(2.0, requester[1], [PingReq(43, target[0], target[1])], sender=requester[0])
     outs = drive(node, 2.0 + LAN.probe_timeout * LAN.nack_timeout_fraction)
     assert (requester[1], Nack(43)) in messages(outs, Nack)
 
 
 def test_pending_relays_are_bounded():
     node = make_node(config=replace(LAN, max_pending_relays=2))
-    pkts = [node.receive(1.0, peer(0)[1], [PingReq(i, peer(1)[0], peer(1)[1])]).sends for i in range(5)]
+    pkts = [
+        node.receive(1.0, peer(0)[1], [PingReq(i, peer(1)[0], peer(1)[1])], sender=peer(0)[0]).sends for i in range(5)
+    ]
     assert [len(p) for p in pkts] == [1, 1, 0, 0, 0]
 
 
 def test_ping_for_another_node_is_not_acked():
     node = make_node()
-    assert node.receive(1.0, peer(0)[1], [Ping(5, "did:test:someone-else")]).sends == []
+    assert node.receive(1.0, peer(0)[1], [Ping(5, "did:test:someone-else")], sender=peer(0)[0]).sends == []
+
+
+# ---------------------------------------------------------------------- who is believed about what
+
+CAPTURE = "10.66.6.6:7946"  # an address no member announced: nothing may ever be sent there
+
+
+def sent_to(outs: list[Output], addr: str) -> list[list[Message]]:
+    return [pkt for out in outs for to, pkt in out.sends if to == addr]
+
+
+def test_only_a_member_moves_its_own_address():
+    """Security review P18: an Alive from anyone rewrote a member's address."""
+    node = make_node()
+    (p, addr), (liar, liar_addr) = peer(1), peer(0)
+    outs = [node.receive(1.0, liar_addr, [Alive(p, CAPTURE, 5)], sender=liar)]  # about another member
+    outs.append(node.receive(1.1, "10.66.0.1:7946", [Alive(p, CAPTURE, 6)], sender="did:test:stranger"))
+    assert (node.members[p].addr, node.members[p].incarnation) == (addr, 0)
+    outs.append(node.receive(1.2, addr, [Alive(p, CAPTURE, 7)], sender=p))  # itself, at another address than it signs
+    assert node.members[p].addr == addr
+    outs += drive(node, 20.0)  # two probe rounds: every member probed at the address it announced
+    assert not sent_to(outs, CAPTURE)
+
+    moved = "10.0.7.1:7946"
+    out = node.receive(21.0, moved, [Alive(p, moved, 8)], sender=p)  # the member itself, from there
+    assert (node.members[p].addr, node.members[p].incarnation) == (moved, 8)
+    assert [(e.member, e.addr, e.old, e.new) for e in out.events] == [(p, moved, State.ALIVE, State.ALIVE)]
+    relayed = node.receive(22.0, liar_addr, [Alive(p, moved, 9)], sender=liar)  # same address: believed as relayed
+    assert node.members[p].incarnation == 9 and not relayed.events
+
+
+def test_a_stranger_speaks_only_of_itself_and_of_us():
+    node = make_node()
+    stranger, at = "did:test:stranger", "10.0.5.5:7946"
+    node.receive(
+        1.0,
+        at,
+        [
+            Alive("did:test:ghost", CAPTURE, 0),
+            Suspect(peer(1)[0], 0, stranger),
+            Dead(peer(2)[0], 0, stranger),
+            PushPull(False, True, (("did:test:other", CAPTURE, 0, "alive"),), None),
+            Alive(stranger, CAPTURE, 0),  # itself, but not where it signs from
+        ],
+        sender=stranger,
+    )
+    assert not {"did:test:ghost", "did:test:other", stranger} & set(node.members)
+    assert node.members[peer(1)[0]].state is node.members[peer(2)[0]].state is State.ALIVE
+    node.receive(2.0, at, [Suspect(SELF, 0, stranger)], sender=stranger)
+    assert node.incarnation == 1  # about us: refuted
+    # Announcing itself makes it a member (a seed answering a join, a node joining through us),
+    # and a member's news about third nodes counts, as relays do in SWIM. In a push/pull its own
+    # entry counts first, wherever it stands.
+    entries = (("did:test:ghost", "10.0.6.6:7946", 0, "alive"), (stranger, at, 3, "alive"))
+    node.receive(3.0, at, [PushPull(True, True, entries, None)], sender=stranger)
+    assert (node.members[stranger].addr, node.members[stranger].incarnation) == (at, 3)
+    assert node.members["did:test:ghost"].addr == "10.0.6.6:7946"
+
+
+def test_ping_req_reaches_only_a_member_at_its_own_address():
+    """Security review P18: a PingReq made the helper POST to the target_addr it named."""
+    node = make_node()
+    (requester, at), target = peer(0), peer(1)
+    for i, (name, addr) in enumerate([(target[0], CAPTURE), ("did:test:unknown", CAPTURE), (SELF, node.addr)]):
+        out = node.receive(1.0, at, [PingReq(50 + i, name, addr)], sender=requester)
+        assert [(to, pkt[0]) for to, pkt in out.sends] == [(at, Nack(50 + i))], name
+    assert node.receive(1.0, "10.0.5.5:7946", [PingReq(60, target[0], target[1])], sender="did:test:x").sends == []
+    out = node.receive(1.0, at, [PingReq(61, target[0], target[1])], sender=requester)
+    [(to, [ping])] = out.sends
+    assert to == target[1] and ping.target == target[0]
+
+
+def test_a_member_heard_from_another_address_is_asked_there_and_moves_on_its_answer():
+    node = make_node()
+    p, old = peer(1)
+    new = "10.0.7.1:7946"
+    out = node.receive(1.0, new, [Ping(3, SELF)], sender=p)  # it restarted elsewhere
+    asked = [pkt[0] for to, pkt in out.sends if to == new and isinstance(pkt[0], PushPull)]
+    assert len(asked) == 1 and not asked[0].reply and (p, old, 0, "alive") in asked[0].members
+    assert not [pkt for to, pkt in node.receive(1.1, new, [Ack(1)], sender=p).sends if isinstance(pkt[0], PushPull)]
+    # Its answer: it refuted the old story (incarnation 0 at the old address) with incarnation 1.
+    node.receive(1.2, new, [PushPull(False, True, ((p, new, 1, "alive"),), None)], sender=p)
+    assert (node.members[p].addr, node.members[p].incarnation) == (new, 1)
+
+
+def test_a_push_pull_answer_carries_the_refutation_of_what_the_request_said():
+    node = make_node()
+    out = node.receive(
+        1.0, peer(0)[1], [PushPull(False, False, ((SELF, "10.0.0.99:7946", 0, "alive"),), None)], sender=peer(0)[0]
+    )
+    [(to, [answer])] = out.sends
+    assert to == peer(0)[1] and (SELF, node.addr, 1, "alive") in answer.members
 
 
 # ---------------------------------------------------------------------- incarnation rules
@@ -330,7 +425,7 @@ def test_incarnation_ordering_rules():
         (Alive(p, peer(1)[1], 3), State.ALIVE, 3),  # it comes back only with a higher one
     ]
     for msg, state, incarnation in steps:
-        node.receive(1.0, src, [msg])
+        node.receive(1.0, src, [msg], sender=peer(0)[0])
         member = node.members[p]
         assert (member.state, member.incarnation) == (state, incarnation), msg
 
@@ -340,7 +435,9 @@ def test_incarnation_ordering_rules():
 
 def test_leave_is_recorded_as_left_and_failure_as_dead():
     node = make_node()
-    out = node.receive(1.0, peer(0)[1], [Dead(peer(1)[0], 0, peer(1)[0]), Dead(peer(2)[0], 0, peer(0)[0])])
+    out = node.receive(
+        1.0, peer(0)[1], [Dead(peer(1)[0], 0, peer(1)[0]), Dead(peer(2)[0], 0, peer(0)[0])], sender=peer(0)[0]
+    )
     assert node.members[peer(1)[0]].state is State.LEFT
     assert node.members[peer(2)[0]].state is State.DEAD
     assert [(e.member, e.new) for e in out.events] == [(peer(1)[0], State.LEFT), (peer(2)[0], State.DEAD)]
@@ -358,13 +455,13 @@ def test_graceful_leave():
     assert len(notices) == retransmit_limit(LAN.retransmit_mult, 10)
     assert node.leave_complete
     assert not messages(outs, Ping)  # a leaving node stops probing
-    node.receive(10.0, peer(0)[1], [Suspect(SELF, 0, peer(0)[0])])
+    node.receive(10.0, peer(0)[1], [Suspect(SELF, 0, peer(0)[0])], sender=peer(0)[0])
     assert node.incarnation == 0  # and does not refute any more
 
 
 def test_dead_members_are_reaped_after_the_retention_period():
     node = make_node(config=replace(LAN, reap_timeout=10.0))
-    node.receive(1.0, peer(0)[1], [Dead(peer(1)[0], 0, peer(0)[0])])
+    node.receive(1.0, peer(0)[1], [Dead(peer(1)[0], 0, peer(0)[0])], sender=peer(0)[0])
     outs = drive(node, 11.0)
     assert peer(1)[0] in node.members  # retention not over
     outs += drive(node, 30.0)  # the next reshuffle of the probe order reaps it
@@ -377,7 +474,7 @@ def test_dead_members_are_reaped_after_the_retention_period():
 def test_member_table_is_bounded():
     node = make_node(n_peers=3, config=replace(LAN, max_members=5))
     for i in range(10, 20):
-        node.receive(1.0, peer(0)[1], [Alive(f"did:test:{i}", f"10.0.1.{i}:7946", 0)])
+        node.receive(1.0, peer(0)[1], [Alive(f"did:test:{i}", f"10.0.1.{i}:7946", 0)], sender=peer(0)[0])
     assert len(node.members) == 5
 
 
@@ -414,7 +511,7 @@ def test_updates_piggyback_on_probes_and_gossip_rounds():
     node = make_node()
     quiet = drive(node, 0.9)
     assert all(isinstance(pkt[0], Ping) for out in quiet for _, pkt in out.sends)  # no gossip
-    node.receive(0.9, peer(0)[1], [Alive("did:test:new", "10.0.9.9:7946", 0)])
+    node.receive(0.9, peer(0)[1], [Alive("did:test:new", "10.0.9.9:7946", 0)], sender=peer(0)[0])
     outs = drive(node, 2.0)
     carried = messages(outs, Alive)
     limit = retransmit_limit(LAN.retransmit_mult, 11)
@@ -441,7 +538,7 @@ def test_user_payload_hooks():
     relay, stop = Layer(True), Layer(False)
     a, b = make_node(delegate=relay), make_node(delegate=stop)
     for node in (a, b):
-        node.receive(0.5, peer(0)[1], [UserMsg("rec:1", {"seq": 1})])
+        node.receive(0.5, peer(0)[1], [UserMsg("rec:1", {"seq": 1})], sender=peer(0)[0])
     assert relay.seen == stop.seen == [("rec:1", {"seq": 1})]
     assert UserMsg("rec:1", {"seq": 1}) in [m for _, m in messages(drive(a, 1.0), UserMsg)]
     assert not messages(drive(b, 1.0), UserMsg)
@@ -449,7 +546,7 @@ def test_user_payload_hooks():
     a.broadcast("rec:2", {"seq": 2})
     assert UserMsg("rec:2", {"seq": 2}) in [m for _, m in messages(drive(a, 2.0), UserMsg)]
 
-    out = a.receive(3.0, peer(0)[1], [PushPull(False, False, (), {"digest": {}})])
+    out = a.receive(3.0, peer(0)[1], [PushPull(False, False, (), {"digest": {}})], sender=peer(0)[0])
     assert relay.merged == [({"digest": {}}, False)]
     [(to, [reply])] = out.sends
     assert to == peer(0)[1] and reply.reply
@@ -466,9 +563,11 @@ def test_join_through_seed_with_push_pull_and_retry():
     assert to == "10.0.0.1:7946" and isinstance(req, PushPull) and req.join and not req.reply
     outs = drive(node, LAN.probe_interval, silent)  # the seed did not answer: try again
     assert [to for to, m in messages(outs, PushPull)] == ["10.0.0.1:7946"]
-    state = tuple((i, a, 0, "alive") for i, a in (peer(1), peer(2)))
-    out = node.receive(1.5, "10.0.0.1:7946", [PushPull(True, True, state, None)])
+    seed = ("did:test:seed", "10.0.0.1:7946")
+    state = tuple((i, a, 0, "alive") for i, a in (peer(1), seed, peer(2)))  # the seed's table
+    out = node.receive(1.5, seed[1], [PushPull(True, True, state, None)], sender=seed[0])
     assert [(e.member, e.old, e.new) for e in out.events] == [
+        (seed[0], None, State.ALIVE),  # it speaks of itself first, then for the others
         (peer(1)[0], None, State.ALIVE),
         (peer(2)[0], None, State.ALIVE),
     ]

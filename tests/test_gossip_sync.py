@@ -6,11 +6,13 @@ origin, and revocations travel both ways from trusted nodes only."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from types import SimpleNamespace
 
 import pytest
 
+from gateway.registry_api import relay_refusal
 from registry.gossip.sync import RegistrySync
 from registry.identity import Identity
 from registry.records import sign
@@ -27,7 +29,7 @@ class FakeGossip:
     def __init__(self) -> None:
         self.sent: list[tuple[str, str, dict]] = []
         self.broadcasts: list[tuple[str, dict]] = []
-        self.current_sender = SimpleNamespace(addr="http://peer:1", node="peer")
+        self.current_sender = SimpleNamespace(addr="http://peer:1", node="peer", sender="did:key:peer")
         self.node = SimpleNamespace(broadcast=lambda key, payload: self.broadcasts.append((key, payload)))
         self.handlers = {}
 
@@ -124,6 +126,7 @@ async def test_relayed_records_are_judged_before_they_are_relayed(node):
     node.gossip.handlers["records"](
         SimpleNamespace(
             node="peer",
+            sender="did:key:peer",
             payload={"entries": [{"record": foreign.dump(), "origin": "peer"}, {"record": {"did": "x"}}, "junk"]},
         )
     )
@@ -191,3 +194,40 @@ async def test_revocations_travel_as_rumours_and_in_push_pull_from_trusted_nodes
     node.gossip.sent.clear()
     node.sync.merge_remote_state({"digest": node.registry.digest()}, join=False)
     assert node.gossip.sent == []
+
+
+@pytest.mark.parametrize(
+    "admission, trusted, refused",
+    [
+        ("open", None, None),
+        ("allowlist", None, "not_allowed"),
+        ("token", None, "untrusted_node"),  # no trust list: no relayed records at all
+        ("token", frozenset({"did:key:other"}), "untrusted_node"),
+        ("token", frozenset({"did:key:peer"}), None),
+    ],
+)
+async def test_relayed_records_pass_this_nodes_admission(admission, trusted, refused):
+    """Security review P18: records relayed by gossip skipped admission. Now the allowlist applies
+    to them, and a token network takes them only from the nodes of its trust list."""
+    listed, stranger, third = Identity.generate(), Identity.generate(), Identity.generate()
+    registry = Registry(MemoryRecordStore(), NET, skew_s=60)
+    await registry.start()
+    sync = RegistrySync(registry, "me", functools.partial(relay_refusal, admission, frozenset({listed.did}), trusted))
+    gossip = FakeGossip()  # relaying node: did:key:peer
+    sync.attach(gossip)
+    await sync.start()
+    try:
+        entries = [{"record": record(who, 1).dump(), "origin": "peer"} for who in (listed, stranger)]
+        gossip.handlers["records"](SimpleNamespace(node="peer", sender="did:key:peer", payload={"entries": entries}))
+        sync.notify_user(third.did, {"record": record(third, 1).dump(), "origin": "peer"})  # and a rumour
+        await until(lambda: sum(n for k, n in sync.stats.items() if k == "accepted" or k.startswith("rejected.")) == 3)
+        stored = {did for did in (listed.did, stranger.did, third.did) if registry.get(did) is not None}
+        if refused is None:
+            assert stored == {listed.did, stranger.did, third.did}
+        elif refused == "not_allowed":  # the allowlist judges the agent's DID, whoever relays it
+            assert stored == {listed.did} and sync.stats["rejected.not_allowed"] == 2
+        else:
+            assert stored == set() and sync.stats[f"rejected.{refused}"] == 3
+    finally:
+        await sync.stop()
+        await registry.stop()

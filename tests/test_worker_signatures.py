@@ -1,7 +1,7 @@
 """Workers that reach the bus through a gateway sign their ``/bus`` calls with their agent's key
 (gateway/worker_api.py): the gateway lets a signed worker use only its own agent's stream and
-tasks, and, with caller authentication required on a non-loopback bind, refuses unsigned calls
-that bring no worker token. Real gateways under uvicorn (declared bound to 0.0.0.0, served on
+tasks, and, when callers are authenticated (any bind), refuses unsigned calls that bring no
+worker token. Real gateways under uvicorn (declared bound to 0.0.0.0, served on
 127.0.0.1), real ``WorkerRunner``s over ``HttpLink``, API keys for the caller."""
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ async def secured_gateway(tmp_path, **overrides):
     keys.write_text(
         yaml.safe_dump([{"principal": "alice", "key_sha256": api_key_digest(ALICE["Authorization"][7:]), "groups": []}])
     )
-    config = test_config(api_keys=str(keys), host="0.0.0.0", admission="open", gossip=False, **overrides)
+    config = test_config(
+        **{"api_keys": str(keys), "host": "0.0.0.0", "admission": "open", "gossip": False, **overrides}
+    )
     async with running_gateway(config) as (url, app):
         yield url
 
@@ -143,6 +145,21 @@ async def test_unsigned_and_unregistered_workers_are_refused_under_required_auth
         assert (await http.post("/bus/receive", json=body)).status_code == 401
         ok = await http.post("/bus/receive", json=body, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200 and ok.json() == {"deliveries": []}
+
+
+async def test_with_callers_authenticated_a_loopback_client_is_no_worker_by_being_local(tmp_path):
+    """Security review P12: /bus served any loopback client, so any local user (or a reverse proxy
+    on the same host) could take any agent's tasks. With callers authenticated, being local is no
+    credential, on a loopback bind too: sign, or present the worker token."""
+    body = {"agent": "echo", "consumer": "x", "block_ms": 0}
+    async with (
+        secured_gateway(tmp_path, host="127.0.0.1") as url,
+        httpx.AsyncClient(base_url=url, headers=ALICE) as http,
+    ):
+        unsigned = await http.post("/bus/receive", json=body)
+        assert unsigned.status_code == 401 and "sign /bus requests" in unsigned.json()["error"]["message"]
+        async with signed_worker(url, Mine()):
+            assert (await submit(http, "mine"))["status"]["state"] == "completed"
 
 
 async def test_on_a_loopback_gateway_unsigned_and_signed_workers_both_work():

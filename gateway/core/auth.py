@@ -64,6 +64,7 @@ import httpx
 import jwt
 import yaml
 
+from gateway.core.egress import Egress
 from gateway.core.principal import ANONYMOUS, LOCAL, Principal
 from gateway.core.settings import yaml_problem
 
@@ -231,6 +232,7 @@ class Authenticator:
         groups_claims: Iterable[str] = ("groups", "roles"),
         leeway_s: float = 60.0,
         http: httpx.AsyncClient | None = None,
+        egress: Egress | None = None,
         cache_size: int = 10_000,
         min_refresh_s: float = 30.0,
         jwks_max_age_s: float = 3600.0,
@@ -245,6 +247,8 @@ class Authenticator:
         self.api_keys_file = Path(api_keys) if api_keys else None
         self._api_keys: tuple[ApiKey, ...] = load_api_keys(self.api_keys_file) if self.api_keys_file else ()
         self._http, self._own_http = http, http is None
+        # Discovery and keys are fetched under the gateway's egress policy; the issuer's host is the operator's.
+        self._egress = (egress or Egress()).allowing(issuer)
         self._cache: OrderedDict[bytes, _Cached] = OrderedDict()
         self._keys: dict[str | None, jwt.PyJWK] = {}
         self._keys_at = 0.0  # monotonic time of the last good key set (0: none yet)
@@ -516,7 +520,7 @@ class Authenticator:
 
     async def _get_json(self, url: str) -> dict[str, Any]:
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=10.0, follow_redirects=False)
+            self._http = self._egress.httpx_client(timeout=10.0)
         resp = await self._http.get(url, headers={"Accept": "application/json"})
         if resp.status_code != 200:
             raise ValueError(f"HTTP {resp.status_code}")

@@ -32,6 +32,21 @@ class Config:
     wait_timeout_s: float = 30.0  # default for POST /tasks?wait=true
     max_wait_timeout_s: float = 300.0
     sse_max_s: float = 3600.0  # an SSE response is closed after this long
+    # Slow and greedy clients (gateway/serving.py; request bodies: gateway/core/http.py BodyGuard)
+    header_timeout_s: float = 10.0  # a request's head must arrive within this (408, closed)
+    max_header_bytes: int = 32 * 1024  # ... and be no larger (431, closed)
+    body_timeout_s: float = 30.0  # a request's body must arrive within this of its head (408, closed)
+    max_buffered_body_bytes: int = 64 * 1024 * 1024  # bodies held at once, past 64 KiB each (503 past it)
+    max_connections: int = 1000  # past it, a new connection closes the one idle longest (503 if none is idle)
+    keepalive_timeout_s: float = 5.0  # an idle keep-alive connection is closed after this
+    keepalive_max_requests: int = 1000  # requests served on one connection before it is closed
+    # Per-principal quotas on this node (gateway/core/quotas.py): 429 with Retry-After past them
+    quotas: bool = True  # off: no quotas at all (benchmarks)
+    quota_tasks_per_s: float = 50.0  # tasks a caller may submit or continue a second ...
+    quota_task_burst: int = 100  # ... in bursts of up to this many
+    quota_concurrent_tasks: int = 100  # a caller's tasks not yet final
+    quota_mcp_sessions: int = 100  # a caller's open MCP sessions
+    quota_sse_streams: int = 100  # a caller's open event streams
     shutdown_grace_s: float = 10.0
     worker_token: str | None = None  # required on /bus from non-loopback clients
     worker_token_file: str | None = None  # ... read from this file instead (a flag is world-readable)
@@ -41,7 +56,8 @@ class Config:
     forwarded_allow_ips: str | None = None
     # Registry and identity
     network: str = "interlace"  # records and gossip of another network are refused
-    node_key: str | None = None  # this node's Ed25519 key file; a fresh key each start when unset
+    node_key: str | None = None  # this node's Ed25519 key file; default node.key in data_dir
+    data_dir: str | None = None  # holds node.key (gateway/core/node_identity.py); default the user's data home
     skew_s: int = 300  # clock-skew window for issued_at
     lease_s: int = 60  # lease of the records of in-process agents
     max_lease_s: int = 24 * 3600  # a record asking a longer lease (expires_at - issued_at) is refused
@@ -56,7 +72,7 @@ class Config:
     # Gossip federation (gateway/cluster.py)
     gossip: bool = True  # run SWIM membership and registry anti-entropy with other nodes
     join: str | None = None  # seed nodes, "host:port,host:port"
-    trust: str | None = None  # file of node DIDs (one per line) allowed to gossip; unset: any
+    trust: str | None = None  # file of node DIDs (one per line) allowed to gossip; unset: any (loopback only)
     public_url: str | None = None  # how peers reach this node; default http://host:port
     gossip_profile: str = "lan"  # lan | local | fast (timings, registry/gossip/transport.py)
     gossip_faults: bool = False  # test-only: POST /gossip/faults drops packets (partitions)
@@ -68,6 +84,9 @@ class Config:
     admin_group: str = "admin"  # members see and manage every task
     audit_log: str | None = None  # JSON-lines file for the audit log (gateway/core/audit.py); unset: the log
     policy: str | None = None  # YAML file of allow/deny/require rules (gateway/core/policy.py); reloaded on change
+    # Where the gateway may connect out (gateway/core/egress.py): networks, host names, "loopback",
+    # "private" or "none"; unset: loopback on a loopback bind, else only the public internet.
+    egress_allow: tuple[str, ...] | None = None
 
     def read_secret_files(self) -> None:
         """Fill the tokens from their ``*_file`` settings (``load`` does this once)."""

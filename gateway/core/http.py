@@ -1,7 +1,8 @@
-"""HTTP plumbing shared by every route: JSON errors, body parsing, size limit, routing, base URLs."""
+"""HTTP plumbing shared by every route: JSON errors, body parsing, body limits, routing, base URLs."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import Awaitable, Callable
@@ -13,6 +14,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Route, Router, get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
+
+from gateway.core import strict_json
 
 
 class HttpError(Exception):
@@ -33,7 +36,7 @@ def error_response(
 async def read_json(request: Request) -> Any:
     body = await request.body()
     try:
-        return json.loads(body)
+        return strict_json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HttpError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
 
@@ -110,6 +113,92 @@ class BodyLimit:
             return await too_large(self.max_bytes)(scope, receive, send)
         if got is not None:
             await self.app(scope, got[1], send)
+
+
+class BodyBudget:
+    """Bytes of request bodies held in memory at once, across requests.
+
+    The first ``free_each`` bytes of each request are its own, so a small request is never
+    refused; what a request buffers past them is drawn from ``total``, until it ends.
+    """
+
+    def __init__(self, total: int, free_each: int = 64 * 1024) -> None:
+        self.total, self.free_each, self.used = total, free_each, 0
+
+
+class ServerBusy(Exception):
+    """A request body would pass the budget of bodies buffered at once."""
+
+
+class BodyTimeout(Exception):
+    """A request body did not arrive within its deadline."""
+
+
+class BodyGuard:
+    """Bound how every request body is read, whoever reads it (``BodyLimit``, or the caller
+    authentication reading a signed request's body before it): the body must arrive within
+    ``timeout_s`` of the request reaching the app (408), and the bytes read count against the
+    ``budget`` until the request ends (503 past it). A client that sends most of a body and then
+    stalls (P15 of the security review: 100 connections x 4 MiB - 1) so holds at most the budget,
+    and only for the deadline. Only the reading of the body is timed: a response may stream for
+    as long as it likes.
+    """
+
+    def __init__(self, app: ASGIApp, timeout_s: float | None, budget: BodyBudget | None) -> None:
+        self.app, self.timeout_s, self.budget = app, timeout_s, budget
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        deadline = None if self.timeout_s is None else loop.time() + self.timeout_s
+        budget, size, drawn, complete, started = self.budget, 0, 0, False, False
+
+        async def guarded() -> AsgiMessage:
+            nonlocal size, drawn, complete
+            if complete:  # the body is read: what follows is the disconnect, whenever it comes
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    msg = await receive()
+            except TimeoutError:
+                raise BodyTimeout() from None
+            complete = msg["type"] != "http.request" or not msg.get("more_body")
+            size += len(msg.get("body", b""))
+            if budget is not None:
+                need = max(0, size - budget.free_each) - drawn
+                if need and budget.used + need > budget.total:
+                    raise ServerBusy()
+                budget.used += need
+                drawn += need
+            return msg
+
+        async def watched(msg: AsgiMessage) -> None:
+            nonlocal started
+            started = started or msg["type"] == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app(scope, guarded, watched)
+        except (BodyTimeout, ServerBusy) as exc:
+            if started:
+                raise
+            await _refusal(exc, self.timeout_s)(scope, receive, send)
+        finally:
+            if budget is not None:
+                budget.used -= drawn
+
+
+def _refusal(exc: Exception, timeout_s: float | None) -> Response:
+    """Either refusal closes the connection: the client stalled, or the gateway is short of memory
+    for bodies and will not spend time reading the rest of this one (413, a client's mistake,
+    is answered on an open connection: gateway/serving.py drops the rest of the body)."""
+    close = {"Connection": "close"}
+    if isinstance(exc, BodyTimeout):
+        message = f"the request body did not arrive within {timeout_s:g} s"
+        return error_response(408, "request_timeout", message, close)
+    busy = "too many request bodies are being received"
+    return error_response(503, "server_busy", busy, {**close, "Retry-After": "1"})
 
 
 # Content types a browser sends cross-site without a CORS preflight (Fetch "CORS-safelisted").

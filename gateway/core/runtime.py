@@ -31,11 +31,13 @@ from gateway.core.backends import (
     open_backend,
 )
 from gateway.core.config import Config
+from gateway.core.egress import Egress
 from gateway.core.metrics import Metrics
+from gateway.core.node_identity import node_identity
 from gateway.core.policy import Action, Policy, PolicyFile, Target
 from gateway.core.principal import SYSTEM, Principal
+from gateway.core.quotas import Quotas, limits_of
 from gateway.core.routing import CapabilityRouter
-from registry.identity import Identity
 from registry.index import CapabilityQuery, Excluded, RouteResult
 from registry.service import Registry, stream_of
 from schemas import InvalidTransition, Message, Route, Task, TaskError, TaskState, tool_named
@@ -81,8 +83,12 @@ class Runtime:
             ),
         )
         self.metrics = Metrics()
+        self.quotas = Quotas(limits_of(config))
         self.admission = config.effective_admission()
-        self.identity = Identity.load(config.node_key) if config.node_key else Identity.generate()
+        self.identity = node_identity(config)  # the same key on every start (node_identity.py)
+        # Every outbound connection follows it (gateway/core/egress.py); tests may replace it
+        # (a resolver of their own) before the gateway starts.
+        self.egress = Egress.from_config(config)
         self.registry = Registry(
             self.backend.records, config.network, skew_s=config.skew_s, max_lease_s=config.max_lease_s
         )
@@ -236,7 +242,26 @@ class Runtime:
         caller: Principal = SYSTEM,
     ) -> Task:
         """Accept a new task, owned by ``caller``, for ``agent`` (a name or DID) or for the best
-        match of ``query``; it is stored and enqueued, or nothing happens."""
+        match of ``query``; it is stored and enqueued, or nothing happens (QuotaExceeded when
+        the caller is at its quotas)."""
+        with self.quotas.task(caller) as claim:
+            task, stream = await self._accept(message, agent, query, context_id, metadata, caller)
+            claim.bind(task.id)
+        audit.record(caller, "call", stream, "ok", task.id)
+        self.metrics.accepted.labels(stream).inc()
+        self.capabilities.accepted(stream)
+        log.info("task accepted", extra={"task_id": task.id, "agent": stream})
+        return task
+
+    async def _accept(
+        self,
+        message: Message,
+        agent: str | None,
+        query: CapabilityQuery | None,
+        context_id: str | None,
+        metadata: dict | None,
+        caller: Principal,
+    ) -> tuple[Task, str]:
         try:
             if agent is not None:
                 stream = await self.resolve_agent(agent, caller=caller)
@@ -256,11 +281,7 @@ class Runtime:
         except (TaskError, BackendError) as exc:
             audit.record(caller, "call", agent or (query.text if query else None), exc.code)
             raise
-        audit.record(caller, "call", stream, "ok", task.id)
-        self.metrics.accepted.labels(stream).inc()
-        self.capabilities.accepted(stream)
-        log.info("task accepted", extra={"task_id": task.id, "agent": stream})
-        return task
+        return task, stream
 
     async def continue_task(
         self, task_id: str, message: Message, *, caller: Principal = SYSTEM
@@ -278,10 +299,12 @@ class Runtime:
             )
         tool = tool_named(task.metadata, message.metadata) or task.route.skill
         self._check_tool(caller, self.registry.resolve(task.route.agent), tool)
-        after = await self.last_event_id(task.id)
-        message = message.model_copy(update={"task_id": task.id, "context_id": task.context_id})
-        task, _ = await self.backend.tasks.apply(task.id, task.status_event(TaskState.WORKING, message))
-        await self.backend.tasks.requeue(task, task.route.agent)
+        with self.quotas.task(caller) as claim:
+            after = await self.last_event_id(task.id)
+            message = message.model_copy(update={"task_id": task.id, "context_id": task.context_id})
+            task, _ = await self.backend.tasks.apply(task.id, task.status_event(TaskState.WORKING, message))
+            await self.backend.tasks.requeue(task, task.route.agent)
+            claim.bind(task.id)
         audit.record(caller, "call", task.route.agent, "ok", task.id)
         return task, after
 
@@ -340,21 +363,38 @@ class Runtime:
             if not waiters:
                 self._waiters.pop(task_id, None)
 
+    def _owner_filter(self, caller: Principal) -> str | None:
+        """Whose tasks ``caller`` lists: its own, or everyone's (None) for an admin."""
+        return None if caller.is_admin(self.config.admin_group) else caller.id
+
     async def list_tasks(
         self,
         context_id: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
         *,
+        state: TaskState | None = None,
         caller: Principal = SYSTEM,
     ) -> tuple[list[Task], str | None]:
-        """The caller's tasks (every task, for an admin) newest first, of one context when given,
-        a page at a time; the cursor is None on the last page."""
-        owner = None if caller.is_admin(self.config.admin_group) else caller.id
-        tasks, cursor = await self.backend.tasks.list(context_id, limit, cursor, owner)
-        if caller is not SYSTEM and self.policy.rules:
+        """The caller's tasks (every task, for an admin) newest first, of one context and in one
+        state when given, a page at a time (from the backend's indexes); the cursor is None on
+        the last page. With a policy, the tasks the caller may not read are left out of a page."""
+        tasks, cursor = await self.backend.tasks.list(context_id, limit, cursor, self._owner_filter(caller), state)
+        if self._policy_filters(caller):
             tasks = [t for t in tasks if self.allows(caller, Action.READ, _task_target(t))]
         return tasks, cursor
+
+    async def count_tasks(
+        self, context_id: str | None = None, *, state: TaskState | None = None, caller: Principal = SYSTEM
+    ) -> int | None:
+        """How many tasks ``list_tasks`` pages through; None when a policy may leave some out
+        (then only reading them tells)."""
+        if self._policy_filters(caller):
+            return None
+        return await self.backend.tasks.count(context_id, self._owner_filter(caller), state)
+
+    def _policy_filters(self, caller: Principal) -> bool:
+        return caller is not SYSTEM and bool(self.policy.rules)
 
     async def read_events(
         self, task_id: str, after: str | None = None, *, caller: Principal = SYSTEM
@@ -429,6 +469,7 @@ class Runtime:
                 backoff = min(backoff * 2, 5.0)
                 continue
             for fin in batch:
+                self.quotas.task_final(fin.task_id)
                 if fin.accepted_by == self.node_id:
                     seconds = self.metrics.finished(fin.agent, fin.state, fin.created_at)
                     self.capabilities.finished(fin.agent, seconds)
@@ -487,9 +528,17 @@ class ActingFor:
         return await self.runtime.wait(task_id, timeout_s, caller=self.principal)
 
     async def list_tasks(
-        self, context_id: str | None = None, limit: int = 50, cursor: str | None = None
+        self,
+        context_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        *,
+        state: TaskState | None = None,
     ) -> tuple[list[Task], str | None]:
-        return await self.runtime.list_tasks(context_id, limit, cursor, caller=self.principal)
+        return await self.runtime.list_tasks(context_id, limit, cursor, state=state, caller=self.principal)
+
+    async def count_tasks(self, context_id: str | None = None, *, state: TaskState | None = None) -> int | None:
+        return await self.runtime.count_tasks(context_id, state=state, caller=self.principal)
 
     async def read_events(self, task_id: str, after: str | None = None) -> list[StoredEvent]:
         return await self.runtime.read_events(task_id, after, caller=self.principal)
@@ -499,6 +548,11 @@ class ActingFor:
 
     async def last_event_id(self, task_id: str) -> str | None:
         return await self.runtime.last_event_id(task_id, caller=self.principal)
+
+    def open_stream(self) -> Callable[[], None]:
+        """Count an event stream the caller opens (QuotaExceeded at its quota); returns the call
+        that closes it. Take it before anything the stream is for happens."""
+        return self.runtime.quotas.stream(self.principal)
 
     def private_key(self, key: str) -> str:
         """``key`` in the caller's own namespace of the key/value store (an adapter's per-caller

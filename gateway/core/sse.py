@@ -4,11 +4,14 @@ Reading (``read_events``) follows the WHATWG event-stream rules: lines end with 
 (a CRLF split between two chunks is one line end), ``data`` lines are joined with newlines, a
 comment line (``:``) is skipped, an event is dispatched at a blank line, and ``id``, ``event``
 and ``retry`` are kept per event. It takes raw byte chunks, so it serves httpx
-(``aiter_bytes()``) and aiohttp (``content.iter_any()``) alike, and it bounds a line at
-``max_line`` bytes: a peer cannot make the gateway buffer an endless line (``LineTooLong``).
+(``aiter_bytes()``) and aiohttp (``content.iter_any()``) alike, and it bounds a line, and an
+event's data, at ``max_line`` bytes: a peer cannot make the gateway buffer an endless line or
+event (``LineTooLong``).
 
 Writing: ``encode`` frames one event; ``paced`` turns a source of items into a stream with
 keep-alive ticks and a deadline; ``sse_response`` is the Starlette response built from both.
+``HeldStream`` gives back what a stream holds (its place in the caller's quota of open streams,
+``ActingFor.open_stream``) however the stream ends.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 T = TypeVar("T")
 
@@ -67,16 +71,18 @@ async def read_lines(chunks: AsyncIterator[bytes], max_line: int = MAX_LINE) -> 
 
 
 async def read_events(chunks: AsyncIterator[bytes], max_line: int = MAX_LINE) -> AsyncIterator[Event]:
-    """The events of an event stream; a last event without its blank line is still dispatched."""
+    """The events of an event stream; a last event without its blank line is still dispatched.
+    An event's data, however many lines it spans, is bounded by ``max_line`` too."""
     event_id = name = retry = None
     data: list[str] = []
+    size = 0
     seen = False
     async for line in read_lines(chunks, max_line):
         if line == "":
             if seen:
                 yield Event("\n".join(data), event_id, name, retry)
             event_id = name = retry = None
-            data, seen = [], False
+            data, size, seen = [], 0, False
             continue
         if line.startswith(":"):
             continue
@@ -85,6 +91,9 @@ async def read_events(chunks: AsyncIterator[bytes], max_line: int = MAX_LINE) ->
             value = value[1:]
         seen = True
         if field == "data":
+            size += len(value) + 1
+            if size > max_line:
+                raise LineTooLong(f"an event's data passed {max_line} bytes")
             data.append(value)
         elif field == "id":
             event_id = value
@@ -143,14 +152,32 @@ async def paced(source: AsyncIterator[T], *, max_seconds: float, keepalive_s: fl
 EventTuple = tuple[str | None, str | None, Any]  # (id, event name, data)
 
 
+class HeldStream(StreamingResponse):
+    """A streaming response that calls ``release`` once it has ended, however it ends (finished,
+    timed out, the client gone)."""
+
+    def __init__(self, content: Any, *, release: Callable[[], None] | None = None, **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self.release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.release is not None:
+                self.release()
+
+
 def sse_response(
     events: AsyncIterator[EventTuple],
     *,
     max_seconds: float,
     keepalive_s: float = 15.0,
     on_close: Callable[[], Awaitable[None]] | None = None,
+    release: Callable[[], None] | None = None,
 ) -> StreamingResponse:
-    """Server-Sent Events with keep-alive comments and a bound on the stream's duration."""
+    """Server-Sent Events with keep-alive comments and a bound on the stream's duration;
+    ``release`` is called once the response has ended (``HeldStream``)."""
 
     async def body() -> AsyncIterator[bytes]:
         try:
@@ -164,4 +191,4 @@ def sse_response(
             if on_close is not None:
                 await on_close()
 
-    return StreamingResponse(body(), media_type="text/event-stream", headers=dict(HEADERS))
+    return HeldStream(body(), media_type="text/event-stream", headers=dict(HEADERS), release=release)

@@ -7,9 +7,15 @@ interface of the card it can speak (cards list interfaces in order of preference
 
 aiohttp rather than httpx: this client sits on the connector's hot path, and an aiohttp request
 costs about a quarter of the CPU of an httpx one (0.19 vs 0.74 ms per JSON-RPC call measured on
-the benchmark machine), which is most of what the gateway adds to a call. Replies are bounded
-(``MAX_REPLY_BYTES``; per line of a stream, read by ``gateway.core.sse.read_events``) so a remote
-cannot exhaust the gateway's memory.
+the benchmark machine), which is most of what the gateway adds to a call. The session comes
+from the egress policy (``Egress.aiohttp_session``: checked and pinned addresses, no redirects).
+Replies are bounded (``gateway.core.egress.read_body``: size and reading time; per line of a
+stream, read by ``gateway.core.sse.read_events``) so a remote cannot exhaust the gateway's memory.
+
+Errors: anything short of a reply in A2A's own shape (no connection, a timeout, an HTTP error
+without an A2A error body, a body that is not JSON or not JSON-RPC, a card that is not a card)
+is ``RemoteAgentError(UNREACHABLE)``, one text for every such case, with what happened in
+``detail`` for the log; only an A2A error the agent sent is passed on in its own words.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 
 import aiohttp
 
+from gateway.core.egress import MAX_RESPONSE_BYTES, UNREACHABLE, ResponseTooLarge, read_body
 from gateway.core.sse import Event, LineTooLong, read_events
 from protocols.a2a.errors import A2AError, RemoteAgentError
 from protocols.a2a.wire import V03, V03_REST, V10, Dialect, get
@@ -30,7 +37,7 @@ from schemas import Message, Task, TaskArtifactUpdate, TaskStatusUpdate
 
 StreamItem = Task | Message | TaskStatusUpdate | TaskArtifactUpdate
 BINDINGS = ("JSONRPC", "HTTP+JSON")
-MAX_REPLY_BYTES = 16 * 1024 * 1024
+MAX_REPLY_BYTES = MAX_RESPONSE_BYTES
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,7 @@ def _version(raw: Any) -> str | None:
 
 def parse_card(d: Any, card_url: str = "") -> RemoteCard:
     if not isinstance(d, dict):
-        raise RemoteAgentError(f"the agent card at {card_url} is not a JSON object")
+        raise _unreachable(f"the agent card at {card_url} is not a JSON object", retryable=False)
     out: list[RemoteInterface] = []
     for i in get(d, "supportedInterfaces") or []:
         if not isinstance(i, dict):
@@ -88,11 +95,11 @@ def parse_card(d: Any, card_url: str = "") -> RemoteCard:
     return RemoteCard(str(get(d, "name") or card_url), out, bool(isinstance(caps, dict) and get(caps, "streaming")), d)
 
 
-class ReplyTooLarge(Exception):
-    """A reply (or one line of a stream) passed ``MAX_REPLY_BYTES``."""
+_TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ResponseTooLarge)
 
 
-_TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ReplyTooLarge)
+def _unreachable(detail: str, *, retryable: bool = True) -> RemoteAgentError:
+    return RemoteAgentError(UNREACHABLE, retryable=retryable, detail=detail)
 
 
 async def _request(
@@ -109,38 +116,29 @@ async def _request(
 
 
 async def _read_body(resp: aiohttp.ClientResponse) -> bytes:
-    """The whole body, up to ``MAX_REPLY_BYTES``."""
+    """The whole body, within the egress bounds (``MAX_REPLY_BYTES``, reading time)."""
     if (resp.content_length or 0) > MAX_REPLY_BYTES:
-        raise ReplyTooLarge()
-    raw = bytearray()
-    async for chunk in resp.content.iter_any():
-        raw += chunk
-        if len(raw) > MAX_REPLY_BYTES:
-            raise ReplyTooLarge()
-    return bytes(raw)
+        raise ResponseTooLarge(f"the reply is larger than {MAX_REPLY_BYTES} bytes ({resp.content_length} declared)")
+    return await read_body(resp.content.iter_any(), MAX_REPLY_BYTES)
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return "connection refused or host unreachable"
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
-    if isinstance(exc, ReplyTooLarge):
-        return f"the reply is larger than {MAX_REPLY_BYTES} bytes"
-    return exc.__class__.__name__
+    return f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
 
 
 async def fetch_card(http: aiohttp.ClientSession, card_url: str) -> RemoteCard:
     try:
         status, _, raw = await _request(http, "GET", card_url, {"A2A-Version": "1.0"})
     except _TRANSPORT_ERRORS as exc:
-        raise RemoteAgentError(f"cannot fetch the agent card at {card_url}: {_describe(exc)}", retryable=True) from None
+        raise _unreachable(f"cannot fetch the agent card at {card_url}: {_describe(exc)}") from None
     if status != 200:
-        raise RemoteAgentError(f"the agent card at {card_url} answered HTTP {status}", retryable=status >= 500)
+        raise _unreachable(f"the agent card at {card_url} answered HTTP {status}", retryable=status >= 500)
     try:
         return parse_card(json.loads(raw), card_url)
     except ValueError:
-        raise RemoteAgentError(f"the agent card at {card_url} is not JSON") from None
+        raise _unreachable(f"the agent card at {card_url} is not JSON", retryable=False) from None
 
 
 _METHODS = {
@@ -192,7 +190,9 @@ class A2AClient:
             result = await self._rpc("send", params)
         item = self._parse(result)
         if not isinstance(item, (Task, Message)):
-            raise RemoteAgentError("the remote agent answered SendMessage with neither a task nor a message")
+            raise _unreachable(
+                "the remote agent answered SendMessage with neither a task nor a message", retryable=False
+            )
         return item
 
     def stream(self, message: Message, *, metadata: dict | None = None) -> AsyncIterator[StreamItem]:
@@ -233,7 +233,7 @@ class A2AClient:
         try:
             return self.dialect.stream_in(d)
         except A2AError as exc:
-            raise RemoteAgentError(f"the remote agent sent an invalid reply: {exc.message}") from None
+            raise _unreachable(f"the remote agent sent an invalid reply: {exc.message}", retryable=False) from None
 
     def _envelope(self, op: str, params: Any) -> dict[str, Any]:
         return {"jsonrpc": "2.0", "id": next(self._ids), "method": _METHODS[self.iface.version][op], "params": params}
@@ -241,7 +241,7 @@ class A2AClient:
     @staticmethod
     def _rpc_result(body: Any) -> Any:
         if not isinstance(body, dict):
-            raise RemoteAgentError("the remote agent sent a reply that is not a JSON-RPC response")
+            raise _unreachable("the remote agent sent a reply that is not a JSON-RPC response", retryable=False)
         if "error" in body:
             err = body["error"] if isinstance(body["error"], dict) else {}
             raise RemoteAgentError(
@@ -253,30 +253,28 @@ class A2AClient:
         try:
             status, ctype, raw = await _request(self.http, "POST", self.base, self.headers, self._envelope(op, params))
         except _TRANSPORT_ERRORS as exc:
-            raise RemoteAgentError(
-                f"cannot reach the remote agent at {self.base}: {_describe(exc)}", retryable=True
-            ) from None
+            raise _unreachable(f"cannot reach the remote agent at {self.base}: {_describe(exc)}") from None
         if status >= 400 and not ctype.startswith("application/json"):
-            raise RemoteAgentError(f"the remote agent answered HTTP {status}", retryable=status >= 500)
+            raise _unreachable(f"the remote agent at {self.base} answered HTTP {status}", retryable=status >= 500)
         try:
             return self._rpc_result(json.loads(raw))
         except ValueError:
-            raise RemoteAgentError("the remote agent sent a reply that is not JSON") from None
+            raise _unreachable(
+                f"the remote agent at {self.base} sent a reply that is not JSON", retryable=False
+            ) from None
 
     async def _rest(self, method: str, path: str, body: Any, params: dict | None = None) -> Any:
         url = f"{self.base}{self._v1}{path}"
         try:
             status, _, raw = await _request(self.http, method, url, self.headers, body, params)
         except _TRANSPORT_ERRORS as exc:
-            raise RemoteAgentError(
-                f"cannot reach the remote agent at {self.base}: {_describe(exc)}", retryable=True
-            ) from None
+            raise _unreachable(f"cannot reach the remote agent at {self.base}: {_describe(exc)}") from None
         try:
             data = json.loads(raw)
         except ValueError:
-            raise RemoteAgentError(f"the remote agent answered HTTP {status} without JSON") from None
+            raise _unreachable(f"{url} answered HTTP {status} without JSON", retryable=status >= 500) from None
         if status >= 400:
-            raise RemoteAgentError(_rest_error(status, data), code=status)
+            raise _rest_error(status, data, url)
         return data
 
     async def _rpc_stream(self, op: str, params: Any) -> AsyncIterator[StreamItem]:
@@ -300,11 +298,11 @@ class A2AClient:
                     try:
                         reply = json.loads(raw)
                     except ValueError:
-                        raise RemoteAgentError(
-                            f"the remote agent answered HTTP {resp.status} without a stream"
+                        raise _unreachable(
+                            f"{url} answered HTTP {resp.status} without a stream", retryable=resp.status >= 500
                         ) from None
                     if self.rest:
-                        raise RemoteAgentError(_rest_error(resp.status, reply), code=resp.status)
+                        raise _rest_error(resp.status, reply, url)
                     yield reply
                     return
                 async for event in _events(resp):
@@ -312,14 +310,12 @@ class A2AClient:
                         continue
                     payload = json.loads(event.data)
                     if event.event == "error":
-                        raise RemoteAgentError(_rest_error(400, payload))
+                        raise _rest_error(400, payload, url)
                     yield payload
         except _TRANSPORT_ERRORS as exc:
-            raise RemoteAgentError(
-                f"the stream from the remote agent at {self.base} broke: {_describe(exc)}", retryable=True
-            ) from None
+            raise _unreachable(f"the stream from the remote agent at {self.base} broke: {_describe(exc)}") from None
         except json.JSONDecodeError:
-            raise RemoteAgentError("the remote agent streamed an event that is not JSON") from None
+            raise _unreachable(f"{url} streamed an event that is not JSON", retryable=False) from None
 
 
 async def _events(resp: aiohttp.ClientResponse) -> AsyncIterator[Event]:
@@ -327,12 +323,15 @@ async def _events(resp: aiohttp.ClientResponse) -> AsyncIterator[Event]:
     try:
         async for event in read_events(resp.content.iter_any(), MAX_REPLY_BYTES):
             yield event
-    except LineTooLong:
-        raise ReplyTooLarge() from None
+    except LineTooLong as exc:
+        raise ResponseTooLarge(str(exc)) from None
 
 
-def _rest_error(status: int, data: Any) -> str:
+def _rest_error(status: int, data: Any, url: str) -> RemoteAgentError:
+    """An HTTP+JSON error reply: the agent's own A2A error message, else unreachable."""
     err = data.get("error") if isinstance(data, dict) else None
-    if isinstance(err, dict):
-        return f"the remote agent answered HTTP {status}: {err.get('message')}"
-    return f"the remote agent answered HTTP {status}"
+    if isinstance(err, dict) and err.get("message"):
+        return RemoteAgentError(
+            f"the remote agent answered: {err.get('message')}", code=status, detail=f"{url} answered HTTP {status}"
+        )
+    return _unreachable(f"{url} answered HTTP {status}", retryable=status >= 500)

@@ -15,7 +15,11 @@ and turns the remote's task, status and artifact events into this task's events.
   (``REMOTE_IDS``); the follow-up message (``runtime.continue_task``) goes to that remote task.
 * a direct Message reply completes the task with that message (flagged ``DIRECT_REPLY``).
 * remote ``failed``/``rejected`` fail the task with the remote's status text; an unreachable
-  agent fails it with a clear message, and the card is fetched again for the next task.
+  agent (or one that does not answer in A2A) fails it with ``agent unreachable`` whatever
+  happened (the detail is logged: gateway/core/egress.py), and the card is fetched again for
+  the next task.
+* outbound connections follow the gateway's egress policy (``Worker.egress``, given by the
+  supervisor): the card, every interface the card lists, every request.
 * cancel: when the gateway task is canceled, the runner cancels ``handle``, which then sends
   CancelTask to the remote (bounded by a few seconds) before it unwinds. The remote task id comes
   from the stream's first event; a blocking SendMessage (1.0, no streaming) has not named it
@@ -33,14 +37,13 @@ import asyncio
 import contextlib
 import logging
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import AsyncIterator
 
 import aiohttp
 
 from agents.remote_stream import RemoteStream
 from agents.worker import TaskFailed, Worker
+from gateway.core.egress import Egress
 from gateway.core.runtime import Runtime
 from protocols.a2a.client import A2AClient, RemoteCard, StreamItem, fetch_card
 from protocols.a2a.errors import RemoteAgentError
@@ -73,16 +76,6 @@ class _Mirror:
             self.learn(item.task_id, item.context_id)
 
 
-def env_proxy(url: str) -> str | None:
-    """The proxy HTTP_PROXY / HTTPS_PROXY name for ``url`` unless NO_PROXY exempts its host (what
-    httpx honours for the other connectors). Read once per connector: aiohttp's ``trust_env``
-    reads the environment and ~/.netrc again on every request, which doubled its CPU per call."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
-        return None
-    return urllib.request.getproxies().get(parts.scheme)
-
-
 class A2AConnector(Worker):
     concurrency = 64
 
@@ -96,8 +89,9 @@ class A2AConnector(Worker):
         timeout_s: float = 300.0,
         card_ttl_s: float = 300.0,
         http: aiohttp.ClientSession | None = None,
+        egress: Egress | None = None,
     ) -> None:
-        self.agent = agent_name
+        self.agent, self.egress = agent_name, egress
         self.card_url = (
             card_url if card_url.endswith(".json") else card_url.rstrip("/") + "/.well-known/agent-card.json"
         )
@@ -114,7 +108,7 @@ class A2AConnector(Worker):
         """The connector for a registry record whose ``endpoints.a2a`` is the agent's card (or base) URL."""
         if record.endpoints.a2a is None:
             raise ValueError(f"record {record.did} has no a2a endpoint")
-        return cls(record.name, record.endpoints.a2a)
+        return cls(record.name, record.endpoints.a2a, egress=runtime.egress)
 
     # ---- plumbing ----------------------------------------------------------------------------
 
@@ -122,12 +116,13 @@ class A2AConnector(Worker):
         if self._http is not None:
             return self._http
         if self._own is None:
-            self._own = aiohttp.ClientSession(
+            self._own = (self.egress or Egress()).aiohttp_session(
+                self.card_url,  # through the proxy the environment names for it, if any
+                limit=self.concurrency,
                 # Idle connections are dropped before common servers' 5 s keep-alive timeout, so a
                 # request never meets one the server is closing.
-                connector=aiohttp.TCPConnector(limit=self.concurrency, keepalive_timeout=4.0),
+                keepalive_timeout=4.0,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=self.timeout_s),
-                proxy=env_proxy(self.card_url),
             )
         return self._own
 
@@ -190,6 +185,9 @@ class A2AConnector(Worker):
         except RemoteAgentError as exc:
             if exc.retryable:
                 self._forget_card()
+            log.warning(
+                "remote agent call failed", extra={"agent": self.agent, "task_id": task.id, "error": exc.detail}
+            )
             raise TaskFailed(f"remote agent {self.agent!r}: {exc}") from None
         finally:
             if remote is not None:
@@ -287,7 +285,8 @@ class A2AConnector(Worker):
             await asyncio.wait_for(asyncio.shield(client.cancel(remote_id)), 5.0)
             log.info("canceled the remote task", extra={"agent": self.agent, "remote_task": remote_id})
         except (TimeoutError, RemoteAgentError, asyncio.CancelledError) as exc:
-            log.warning("could not cancel the remote task", extra={"agent": self.agent, "error": str(exc)})
+            detail = getattr(exc, "detail", None) or exc.__class__.__name__
+            log.warning("could not cancel the remote task", extra={"agent": self.agent, "error": detail})
 
     # ---- mapping remote items to this task's events ------------------------------------------
 

@@ -12,10 +12,13 @@ Rendering (A2A 1.0 §5.4, §9.5, §11.6):
 * HTTP+JSON: ``google.rpc.Status`` ``{"error": {"code": <http>, "status", "message", "details": [ErrorInfo]}}``;
   the 0.3 REST face adds the top-level ``type`` (the error's class name) that 0.3 clients map back.
 
-``CallerRefusedError`` is the one failure A2A leaves to the transport (§7.4: HTTP 401 / gRPC
+``CallerRefusedError`` is one failure A2A leaves to the transport (§7.4: HTTP 401 / gRPC
 UNAUTHENTICATED, 403 / PERMISSION_DENIED): it is answered with that HTTP status on both bindings,
 as ``google.rpc.Status`` on HTTP+JSON and, since A2A defines no JSON-RPC code for it, with
 JSON-RPC's generic server error -32000 on JSON-RPC; neither carries an A2A ``ErrorInfo`` reason.
+``RateLimitedError`` (a caller past one of its quotas) is the other, answered the same way: HTTP
+429 (gRPC RESOURCE_EXHAUSTED) with ``Retry-After``, and a ``google.rpc.RetryInfo`` detail (the
+``data`` of the JSON-RPC 1.0 error).
 """
 
 from __future__ import annotations
@@ -160,12 +163,38 @@ class CallerRefusedError(A2AError):
         return {"error": {"code": self.http, "status": self.status, "message": self.message}}
 
 
-class RemoteAgentError(Exception):
-    """An outbound call to a remote A2A agent failed (raised by the client, never sent to a peer)."""
+class RateLimitedError(A2AError):
+    """A caller past one of its quotas (``gateway.core.quotas``); see the module docstring."""
 
-    def __init__(self, message: str, *, code: int | None = None, retryable: bool = False) -> None:
+    code, status, http = -32000, "RESOURCE_EXHAUSTED", 429  # type: ignore[assignment]
+
+    def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
-        self.code, self.retryable = code, retryable
+        self.retry_after = retry_after
+
+    def retry_info(self) -> dict[str, Any]:
+        return {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{self.retry_after}s"}
+
+    def jsonrpc(self, version: str) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        if version != "0.3":
+            err["data"] = [self.retry_info()]
+        return err
+
+    def rest(self, version: str) -> dict[str, Any]:
+        details = [self.retry_info()]
+        return {"error": {"code": self.http, "status": self.status, "message": self.message, "details": details}}
+
+
+class RemoteAgentError(Exception):
+    """An outbound call to a remote A2A agent failed (raised by the client, never sent to a peer).
+    The message is for the client; ``detail`` (what exactly happened) is for the log."""
+
+    def __init__(
+        self, message: str, *, code: int | None = None, retryable: bool = False, detail: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code, self.retryable, self.detail = code, retryable, detail or message
 
 
 BY_CODE: dict[int, type[A2AError]] = {

@@ -21,6 +21,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.core import strict_json
 from gateway.core.sse import sse_response
 from protocols.a2a.errors import (
     A2AError,
@@ -30,6 +31,7 @@ from protocols.a2a.errors import (
     InvalidRequestError,
     JSONParseError,
     MethodNotFoundError,
+    RateLimitedError,
     VersionNotSupportedError,
 )
 from protocols.a2a.service import A2ACall, A2AService, map_runtime_error
@@ -127,7 +129,7 @@ def parse_json(raw: bytes, request: Request, invalid: type[A2AError]) -> Any:
     if ctype and ctype not in JSON_TYPES:
         raise ContentTypeNotSupportedError(f"Content-Type {ctype!r} is not supported; send application/json")
     try:
-        return json.loads(raw)
+        return strict_json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise invalid("request body is not valid JSON") from None
 
@@ -195,21 +197,34 @@ async def handle(service: A2AService, request: Request, call_for: Callable[[Dial
         if not isinstance(params, dict):
             raise InvalidParamsError("params must be an object")
         call = call_for(DIALECTS[version])
-        result = await handler(service, call, params)
-        if method in STREAMING:
-            return sse_response(_frames(rid, result, version), max_seconds=call.rt.config.sse_max_s, keepalive_s=15.0)
-        return JSONResponse({"jsonrpc": "2.0", "id": rid, "result": result})
+        if method not in STREAMING:
+            return JSONResponse({"jsonrpc": "2.0", "id": rid, "result": await handler(service, call, params)})
+        release = call.rt.open_stream()  # before anything the stream is for happens
+        try:
+            result = await handler(service, call, params)
+        except BaseException:
+            release()
+            raise
+        frames = _frames(rid, result, version)
+        return sse_response(frames, max_seconds=call.rt.config.sse_max_s, keepalive_s=15.0, release=release)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
         err = map_runtime_error(exc)
-        status = err.http if isinstance(err, CallerRefusedError) else 200  # a refusal is HTTP's (errors.py)
+        status = err.http if isinstance(err, REFUSALS) else 200  # a refusal is HTTP's (errors.py)
         return JSONResponse(_error(rid, err, version), status_code=status, headers=refusal_headers(err))
 
 
+REFUSALS = (CallerRefusedError, RateLimitedError)  # the failures A2A leaves to the transport
+
+
 def refusal_headers(err: A2AError) -> dict[str, str] | None:
-    """The RFC 6750 challenge that goes with a 401 (both bindings)."""
-    return {"WWW-Authenticate": "Bearer"} if isinstance(err, CallerRefusedError) and err.http == 401 else None
+    """The RFC 6750 challenge that goes with a 401, the ``Retry-After`` of a 429 (both bindings)."""
+    if isinstance(err, CallerRefusedError) and err.http == 401:
+        return {"WWW-Authenticate": "Bearer"}
+    if isinstance(err, RateLimitedError):
+        return {"Retry-After": str(err.retry_after)}
+    return None
 
 
 async def _frames(rid: Any, items: AsyncIterator[Any], version: str) -> AsyncIterator[tuple[None, None, Any]]:

@@ -2,10 +2,11 @@
 
 * Configs live in the shared key/value store (``a2a:push:<task id>``), so any gateway node can
   create, read, list or delete them, and they expire with the task's retention.
-* URL policy: http(s) only; loopback, private, link-local, multicast and reserved addresses are
-  refused unless the policy allows them (tests allow loopback); an optional host allowlist.
-  The host is checked when the config is created (literal addresses and ``localhost``) and every
-  resolved address is checked again before each delivery (a name may re-point later).
+* URL policy: the gateway's egress policy (gateway/core/egress.py: http(s), no internal address
+  unless the operator allows it), plus an optional host allowlist of the push policy's own. A
+  URL is checked when the config is created (as far as can be told then: a literal address, a
+  name that resolves) and every delivery dials only checked addresses (a name may re-point later:
+  the address checked is the address dialled). Redirects are not followed.
 * Delivery: one follower per task across the cluster (a key/value lease) reads the task's
   events and POSTs one StreamResponse per event to every config (0.3 configs get the Task, as
   0.3 agents sent). Each webhook has its own ordered queue with retries and exponential
@@ -17,10 +18,8 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
-import socket
 import uuid
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -28,6 +27,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from gateway.core.backends import StoredEvent
+from gateway.core.egress import Egress, EgressRefused
 from protocols.a2a.errors import InvalidParamsError
 from protocols.a2a.wire import V03, V10, PushConfig
 from schemas import Task, TaskStatusUpdate
@@ -40,8 +40,6 @@ MAX_CONFIGS_PER_TASK = 16
 @dataclass(frozen=True)
 class PushPolicy:
     enabled: bool = True
-    allow_loopback: bool = False
-    allow_private: bool = False
     allowed_hosts: frozenset[str] | None = None  # exact host names, or ".example.com" for a domain
     max_attempts: int = 4
     backoff_s: float = 0.5  # first retry delay; doubles each time
@@ -53,47 +51,23 @@ class PushPolicy:
             return True
         return any(host == h or (h.startswith(".") and host.endswith(h)) for h in self.allowed_hosts)
 
-    def _address_allowed(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        if addr.is_loopback:
-            return None if self.allow_loopback else "a loopback address"
-        if addr.is_unspecified or addr.is_multicast:
-            return "an unspecified or multicast address"
-        if addr.is_link_local or addr.is_private or addr.is_reserved or not addr.is_global:
-            return None if self.allow_private else "a private, link-local or reserved address"
-        return None
-
-    def check_url(self, url: str) -> None:
-        """Refuse a webhook URL that the policy forbids (without DNS: literal hosts and localhost)."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+    async def check_url(self, url: str, egress: Egress) -> None:
+        """Refuse a webhook URL that this policy or the egress policy forbids (as far as can be told now)."""
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port that is no number (or out of range)
+        except ValueError:  # "http://[::1": an unclosed IPv6 literal
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidParamsError("push notification url must be an absolute http(s) URL")
         host = parts.hostname.lower()
         if not self._host_allowed(host):
             raise InvalidParamsError(f"push notification host {host!r} is not on the allowlist")
-        if host == "localhost" or host.endswith(".localhost"):
-            if not self.allow_loopback:
-                raise InvalidParamsError("push notification url must not point to a loopback address")
-            return
         try:
-            addr = ipaddress.ip_address(host)
-        except ValueError:
-            return  # a name: its addresses are checked before each delivery
-        why = self._address_allowed(addr)
-        if why:
-            raise InvalidParamsError(f"push notification url must not point to {why}")
-
-    async def check_resolved(self, url: str) -> None:
-        """Before a delivery: every address the host resolves to must be allowed."""
-        self.check_url(url)
-        parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-        for info in infos:
-            why = self._address_allowed(ipaddress.ip_address(info[4][0]))
-            if why:
-                raise PermissionError(f"{parts.hostname} resolves to {why}")
+            await egress.check_endpoint(url)
+        except EgressRefused as exc:
+            log.info("push notification url refused", extra={"url": url, "error": str(exc)})
+            raise InvalidParamsError("push notification url is not allowed by this gateway's egress policy") from None
 
 
 class PushStore:
@@ -247,7 +221,6 @@ class PushDispatcher:
         delay = self.policy.backoff_s
         for attempt in range(1, self.policy.max_attempts + 1):
             try:
-                await self.policy.check_resolved(cfg.url)
                 resp = await self.http.post(cfg.url, json=body, headers=headers, timeout=self.policy.timeout_s)
                 if resp.status_code < 300:
                     self.delivered += 1
@@ -257,13 +230,10 @@ class PushDispatcher:
                         "webhook refused a notification", extra={"task_id": cfg.task_id, "status": resp.status_code}
                     )
                     return
-            except (PermissionError, InvalidParamsError) as exc:
-                log.warning("webhook url refused by policy", extra={"task_id": cfg.task_id, "error": str(exc)})
-                return
-            except (httpx.HTTPError, OSError) as exc:
+            except (httpx.HTTPError, OSError) as exc:  # a refusal by the egress policy too (no packet sent)
                 log.info(
                     "webhook delivery failed",
-                    extra={"task_id": cfg.task_id, "attempt": attempt, "error": exc.__class__.__name__},
+                    extra={"task_id": cfg.task_id, "attempt": attempt, "error": f"{exc.__class__.__name__}: {exc}"},
                 )
             if attempt < self.policy.max_attempts:
                 await asyncio.sleep(delay)

@@ -133,10 +133,15 @@ def _endpoint(service: A2AService, op: Op, legacy_path: bool, call_for: CallFor)
                     "send A2A-Version: 1.0"
                 )
             call = call_for(request, V03_REST if legacy_path else V10)
-            result = await op(service, call, request)
-            if op in STREAMING:
-                return sse_response(_frames(result, version), max_seconds=call.rt.config.sse_max_s)
-            return JSONResponse(result)
+            if op not in STREAMING:
+                return JSONResponse(await op(service, call, request))
+            release = call.rt.open_stream()  # before anything the stream is for happens
+            try:
+                result = await op(service, call, request)
+            except BaseException:
+                release()
+                raise
+            return sse_response(_frames(result, version), max_seconds=call.rt.config.sse_max_s, release=release)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -45,6 +45,7 @@ import httpx
 from gateway.core import __version__
 from gateway.core.backends import BackendUnavailable, QueueFull, TaskNotFound
 from gateway.core.principal import LOCAL, Principal
+from gateway.core.quotas import QuotaExceeded
 from gateway.core.runtime import ActingFor, NoMatch, NotCancelable, NotContinuable, Runtime, UnknownAgent
 from gateway.core.settings import load_settings
 from protocols.a2a import card as cards
@@ -56,6 +57,7 @@ from protocols.a2a.errors import (
     InternalError,
     InvalidParamsError,
     PushNotificationNotSupportedError,
+    RateLimitedError,
     TaskNotCancelableError,
     TaskNotFoundError,
     UnsupportedOperationError,
@@ -130,7 +132,7 @@ class A2ACall:
 
 class _NodeState:
     def __init__(self, rt: Runtime, policy: PushPolicy) -> None:
-        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=64), follow_redirects=False)
+        self.http = rt.egress.httpx_client(limits=httpx.Limits(max_connections=64))  # webhooks: the egress policy
         self.store = PushStore(rt.kv, rt.config.retention_s)
         self.dispatcher = PushDispatcher(rt, self.store, policy, self.http, rt.config.sse_max_s)
 
@@ -213,7 +215,7 @@ class A2AService:
         if p.push is not None:
             if not self.options.push.enabled:
                 raise PushNotificationNotSupportedError()
-            self.options.push.check_url(p.push.url)
+            await self.options.push.check_url(p.push.url, call.runtime.egress)
         msg = p.message
         if msg.task_id:
             task = await self._visible(call, msg.task_id)
@@ -311,6 +313,9 @@ class A2AService:
         return call.dialect.task_out(task)
 
     async def list_tasks(self, call: A2ACall, q: dict[str, Any]) -> dict[str, Any]:
+        """The caller's tasks, newest first. Context and status are the backend's indexes, so a
+        page costs its length; only the filters no index serves (a per-agent endpoint,
+        ``statusTimestampAfter``, a policy that hides some tasks) read up to MAX_LIST_SCAN tasks."""
         d = call.dialect
         context_id = string(q, "contextId", "params")
         status = d.state_in(get(q, "status"), "params.status") if get(q, "status") else None
@@ -319,23 +324,13 @@ class A2AService:
         include_artifacts = bool(boolean(q, "includeArtifacts", "params"))
         after_ts = _timestamp(get(q, "statusTimestampAfter"))
         start = _page_offset(string(q, "pageToken", "params"))
-        matched: list[Task] = []
-        total, cursor, scanned = 0, None, 0
-        while scanned < MAX_LIST_SCAN:
-            batch, cursor = await call.rt.list_tasks(context_id, 200, cursor)
-            scanned += len(batch)
-            for t in batch:
-                if call.agent is not None and (t.route is None or t.route.agent != call.agent):
-                    continue
-                if status is not None and t.state is not status:
-                    continue
-                if after_ts is not None and (_timestamp(t.status.timestamp) or 0) <= after_ts:
-                    continue
-                if start <= total < start + page_size:
-                    matched.append(t)
-                total += 1
-            if cursor is None:
-                break
+        total = None
+        if call.agent is None and after_ts is None:
+            total = await call.rt.count_tasks(context_id, state=status)
+        if total is not None:
+            matched, _ = await call.rt.list_tasks(context_id, page_size, str(start), state=status)
+        else:
+            matched, total = await self._scan(call, context_id, status, after_ts, start, page_size)
         more = total > start + page_size
         return {
             "tasks": [d.task_out(t, history_length, include_artifacts) for t in matched],
@@ -343,6 +338,29 @@ class A2AService:
             "pageSize": page_size,
             "totalSize": total,
         }
+
+    @staticmethod
+    async def _scan(
+        call: A2ACall, context_id: str | None, status: TaskState | None, after_ts: float | None, start: int, size: int
+    ) -> tuple[list[Task], int]:
+        """The page at ``start`` of the tasks that pass the filters no index serves, and how many
+        pass, among the first MAX_LIST_SCAN of the indexed ones."""
+        matched: list[Task] = []
+        total, cursor, scanned = 0, None, 0
+        while scanned < MAX_LIST_SCAN:
+            batch, cursor = await call.rt.list_tasks(context_id, 200, cursor, state=status)
+            scanned += len(batch)
+            for t in batch:
+                if call.agent is not None and (t.route is None or t.route.agent != call.agent):
+                    continue
+                if after_ts is not None and (_timestamp(t.status.timestamp) or 0) <= after_ts:
+                    continue
+                if start <= total < start + size:
+                    matched.append(t)
+                total += 1
+            if cursor is None:
+                break
+        return matched, total
 
     # ---- push notification configs -----------------------------------------------------------
 
@@ -353,7 +371,7 @@ class A2AService:
     async def push_create(self, call: A2ACall, cfg: PushConfig) -> Any:
         self._push_enabled()
         task = await self._visible(call, cfg.task_id)
-        self.options.push.check_url(cfg.url)
+        await self.options.push.check_url(cfg.url, call.runtime.egress)
         node = self.node(call.runtime)
         cfg = await node.store.put(cfg, call.dialect.version)
         if not task.state.terminal:
@@ -481,6 +499,8 @@ def map_runtime_error(exc: Exception) -> A2AError:
         return exc
     if isinstance(exc, TaskNotFound):
         return TaskNotFoundError(str(exc))
+    if isinstance(exc, QuotaExceeded):
+        return RateLimitedError(str(exc), exc.retry_after)
     if isinstance(exc, (BackendUnavailable, QueueFull)):
         return Unavailable(str(exc))
     if isinstance(exc, UnknownAgent):

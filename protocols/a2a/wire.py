@@ -221,6 +221,15 @@ def _object(value: Any, where: str) -> dict:
     return value
 
 
+def _array(value: Any, where: str) -> list:
+    """An optional list field (absent: empty)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidParamsError(f"{where} must be a list")
+    return value
+
+
 def _text_part(d: dict, where: str, meta: dict | None) -> TextPart:
     text = get(d, "text")
     if not isinstance(text, str):
@@ -401,8 +410,14 @@ class Dialect:
             id=string(d, "id", where, required=True),
             context_id=string(d, "contextId", where) or "",
             status=status or TaskStatus(state=TaskState.WORKING),
-            artifacts=[self.artifact_in(a, f"{where}.artifacts[{i}]") for i, a in enumerate(get(d, "artifacts") or [])],
-            history=[self.message_in(m, f"{where}.history[{i}]") for i, m in enumerate(get(d, "history") or [])],
+            artifacts=[
+                self.artifact_in(a, f"{where}.artifacts[{i}]")
+                for i, a in enumerate(_array(get(d, "artifacts"), f"{where}.artifacts"))
+            ],
+            history=[
+                self.message_in(m, f"{where}.history[{i}]")
+                for i, m in enumerate(_array(get(d, "history"), f"{where}.history"))
+            ],
             metadata=obj(d, "metadata", where) or {},
         )
 
@@ -455,7 +470,8 @@ class Dialect:
             return self._artifact_update_in(get(d, "artifactUpdate"))
         raise InvalidParamsError("unrecognised stream item")
 
-    def _status_update_in(self, d: dict) -> TaskStatusUpdate | None:
+    def _status_update_in(self, d: Any) -> TaskStatusUpdate | None:
+        d = _object(d, "statusUpdate")
         status = self.status_in(get(d, "status"), "statusUpdate.status")
         if status is None:
             return None
@@ -465,7 +481,8 @@ class Dialect:
             status=status,
         )
 
-    def _artifact_update_in(self, d: dict) -> TaskArtifactUpdate:
+    def _artifact_update_in(self, d: Any) -> TaskArtifactUpdate:
+        d = _object(d, "artifactUpdate")
         return TaskArtifactUpdate(
             task_id=string(d, "taskId", "artifactUpdate") or "",
             context_id=string(d, "contextId", "artifactUpdate") or "",

@@ -2,7 +2,10 @@
 Content-Type (some ACP servers refuse a body without one), SSE run streams.
 
 Errors become ``RemoteACPError`` with the remote's ACP error ``code`` and ``message`` when it sent
-one; ``retryable`` marks failures that say nothing about the request (connection, 5xx).
+one; anything else (no connection, an HTTP error without an ACP error body, a reply that is not
+JSON) is ``UNREACHABLE``, one text whatever happened, with the detail in ``detail`` for the log.
+``retryable`` marks failures that say nothing about the request (connection, 5xx). The client
+is the egress policy's (``Egress.httpx_client``), so every response is bounded.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from gateway.core.egress import UNREACHABLE
 from gateway.core.sse import read_events
 
 JSON = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -20,11 +24,23 @@ SSE = {"Content-Type": "application/json", "Accept": "text/event-stream"}
 
 
 class RemoteACPError(Exception):
+    """The message is for the client; ``detail`` (what exactly happened) is for the log."""
+
     def __init__(
-        self, message: str, *, status: int | None = None, code: str | None = None, retryable: bool = False
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        retryable: bool = False,
+        detail: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.status, self.code, self.retryable = status, code, retryable
+        self.status, self.code, self.retryable, self.detail = status, code, retryable, detail or message
+
+
+def _unreachable(detail: str, *, status: int | None = None, retryable: bool = True) -> RemoteACPError:
+    return RemoteACPError(UNREACHABLE, status=status, retryable=retryable, detail=detail)
 
 
 def _describe(exc: httpx.HTTPError) -> str:
@@ -32,18 +48,24 @@ def _describe(exc: httpx.HTTPError) -> str:
     return f"{kind}: {exc}" if str(exc) else kind
 
 
-def _error(resp: httpx.Response, body: bytes) -> RemoteACPError:
-    code, message = None, body[:300].decode("utf-8", "replace") or resp.reason_phrase
+def _error(url: str, resp: httpx.Response, body: bytes) -> RemoteACPError:
+    """An error reply: the agent's own ACP error (``{code, message}``, maybe under ``error``), else unreachable."""
+    status = resp.status_code
     try:
         data = json.loads(body)
-        if isinstance(data, dict):
-            err = data.get("error") if isinstance(data.get("error"), dict) else data
-            code = err.get("code") if isinstance(err.get("code"), str) else None
-            message = str(err.get("message") or err.get("detail") or message)
     except ValueError:
-        pass
+        data = None
+    err = (data.get("error") if isinstance(data.get("error"), dict) else data) if isinstance(data, dict) else None
+    message = (err.get("message") or err.get("detail")) if isinstance(err, dict) else None
+    if not message:
+        return _unreachable(f"{url} answered HTTP {status}", status=status, retryable=status >= 500)
+    code = err.get("code") if isinstance(err.get("code"), str) else None  # type: ignore[union-attr]
     return RemoteACPError(
-        f"HTTP {resp.status_code}: {message}", status=resp.status_code, code=code, retryable=resp.status_code >= 500
+        f"the remote agent answered: {message}",
+        status=status,
+        code=code,
+        retryable=status >= 500,
+        detail=f"{url} answered HTTP {status}: {message}",
     )
 
 
@@ -57,16 +79,19 @@ class ACPClient:
             kw["content"] = json.dumps(body)
         if timeout is not None:
             kw["timeout"] = timeout
+        url = self.base + path
         try:
-            resp = await self.http.request(method, self.base + path, **kw)
+            resp = await self.http.request(method, url, **kw)
         except httpx.HTTPError as exc:
-            raise RemoteACPError(f"cannot reach {self.base}: {_describe(exc)}", retryable=True) from None
+            raise _unreachable(f"cannot reach {url}: {_describe(exc)}") from None
         if resp.status_code >= 400:
-            raise _error(resp, resp.content)
+            raise _error(url, resp, resp.content)
         try:
             return resp.json()
         except ValueError:
-            raise RemoteACPError(f"{method} {path} did not answer JSON", status=resp.status_code) from None
+            raise _unreachable(
+                f"{method} {url} did not answer JSON", status=resp.status_code, retryable=False
+            ) from None
 
     async def agent(self, name: str) -> dict[str, Any]:
         return await self._json("GET", f"/agents/{name}")
@@ -93,14 +118,12 @@ class ACPClient:
         """The run's ACP events. The first item is ``{"type": "interlace.run_id", "run_id"}`` when
         the response names the run in its ``Run-ID`` header (before any event arrives). A server
         that answers a Run as JSON instead of a stream yields one ``run.<status>`` event."""
-        started = False
+        started, url = False, self.base + path
         try:
-            async with self.http.stream(
-                "POST", self.base + path, content=json.dumps(body), headers={**SSE, **self.headers}
-            ) as resp:
+            async with self.http.stream("POST", url, content=json.dumps(body), headers={**SSE, **self.headers}) as resp:
                 started = True
                 if resp.status_code >= 400:
-                    raise _error(resp, await resp.aread())
+                    raise _error(url, resp, await resp.aread())
                 if resp.headers.get("run-id"):
                     yield {"type": "interlace.run_id", "run_id": resp.headers["run-id"]}
                 if not resp.headers.get("content-type", "").startswith("text/event-stream"):
@@ -114,7 +137,7 @@ class ACPClient:
                     if isinstance(event, dict):
                         yield event
         except httpx.HTTPError as exc:
-            what = f"the stream from {self.base} broke" if started else f"cannot reach {self.base}"
-            raise RemoteACPError(f"{what}: {_describe(exc)}", retryable=True) from None
+            what = f"the stream from {url} broke" if started else f"cannot reach {url}"
+            raise _unreachable(f"{what}: {_describe(exc)}") from None
         except ValueError as exc:
-            raise RemoteACPError(f"{self.base} sent a malformed event: {exc}") from None
+            raise _unreachable(f"{url} sent a malformed event: {exc}", retryable=False) from None

@@ -14,7 +14,10 @@ the run's events into this task's events:
   that message's metadata (``REMOTE_RUN``), and the follow-up (``runtime.continue_task``) resumes
   that run (``POST /runs/{id}``) instead of creating one.
 * ``run.completed`` completes the task, ``run.cancelled`` cancels it, ``run.failed`` and ``error``
-  fail it with the remote's error message; an unreachable agent fails it with a clear message.
+  fail it with the remote's error message; an unreachable agent (or one that does not answer in
+  ACP) fails it with ``agent unreachable`` whatever happened (the detail is logged).
+* outbound connections follow the gateway's egress policy (``Worker.egress``, given by the
+  supervisor; gateway/core/egress.py).
 * cancel: when the gateway task is canceled the runner cancels ``handle``, which then asks the
   remote to cancel the run (``POST /runs/{id}/cancel``, bounded by a few seconds). The run id
   comes from the ``Run-ID`` response header, before any event.
@@ -38,6 +41,7 @@ import httpx
 
 from agents.remote_stream import RemoteStream
 from agents.worker import TaskFailed, Worker
+from gateway.core.egress import Egress
 from gateway.core.runtime import Runtime
 from protocols.acp import wire
 from protocols.acp.client import ACPClient, RemoteACPError
@@ -189,8 +193,9 @@ class ACPConnector(Worker):
         timeout_s: float = 300.0,
         http: httpx.AsyncClient | None = None,
         record: AgentRecord | None = None,
+        egress: Egress | None = None,
     ) -> None:
-        self.agent = agent_name
+        self.agent, self.egress = agent_name, egress
         self.base, self.remote_name = split_endpoint(url, agent_name)
         self.headers, self.timeout_s = headers or {}, timeout_s
         self.record = record
@@ -203,7 +208,7 @@ class ACPConnector(Worker):
         """The connector for a registry record whose ``endpoints.acp`` is the agent's ACP URL."""
         if record.endpoints.acp is None:
             raise ValueError(f"record {record.did} has no acp endpoint")
-        return cls(record.name, record.endpoints.acp, record=record)
+        return cls(record.name, record.endpoints.acp, record=record, egress=runtime.egress)
 
     def card(self) -> dict:
         card = super().card()
@@ -213,7 +218,7 @@ class ACPConnector(Worker):
 
     def _client(self) -> ACPClient:
         if self._http is None and self._own is None:
-            self._own = httpx.AsyncClient(
+            self._own = (self.egress or Egress()).httpx_client(
                 timeout=httpx.Timeout(self.timeout_s, connect=5.0),
                 limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
             )
@@ -242,7 +247,7 @@ class ACPConnector(Worker):
             except RemoteACPError as exc:
                 if not (exc.retryable and relay.run_id):
                     raise
-                log.info("the run's stream broke; polling it", extra={"agent": self.agent, "error": str(exc)})
+                log.info("the run's stream broke; polling it", extra={"agent": self.agent, "error": exc.detail})
             if not relay.final and relay.run_id:
                 async for ev in self._poll(client, relay):
                     yield ev
@@ -257,6 +262,9 @@ class ACPConnector(Worker):
                     await self._cancel_remote(client, relay.run_id)
             raise
         except RemoteACPError as exc:
+            log.warning(
+                "remote agent call failed", extra={"agent": self.agent, "task_id": task.id, "error": exc.detail}
+            )
             raise TaskFailed(f"remote ACP agent {self.agent!r}: {exc}") from None
         finally:
             if remote is not None:
@@ -300,4 +308,5 @@ class ACPConnector(Worker):
             await asyncio.wait_for(asyncio.shield(client.cancel(run_id)), 5.0)
             log.info("canceled the remote run", extra={"agent": self.agent, "remote_run": run_id})
         except (TimeoutError, RemoteACPError, asyncio.CancelledError) as exc:
-            log.warning("could not cancel the remote run", extra={"agent": self.agent, "error": str(exc)})
+            detail = getattr(exc, "detail", None) or exc.__class__.__name__
+            log.warning("could not cancel the remote run", extra={"agent": self.agent, "error": detail})

@@ -18,7 +18,8 @@ Creating, resuming, reading and cancelling a run answer with a ``Run-ID`` header
 for a stream it comes before the first event). Bodies are read as JSON whatever the
 Content-Type (the SDK client sends none). Errors are ACP error bodies
 ``{"code", "message", "data"}``: ``not_found`` 404, ``invalid_input`` 422, and ``server_error``
-with 403 (resume or cancel of a run in the wrong state), 503 (bus unavailable) or 500. A stream
+with 403 (resume or cancel of a run in the wrong state), 429 (the caller is past one of its
+quotas: ``Retry-After``, and ``data.retry_after``), 503 (bus unavailable) or 500. A stream
 that breaks after it started ends with an ``error`` event. Nothing a client sends reaches it as
 a traceback.
 
@@ -28,11 +29,12 @@ replaces them on a built app. Without options, both use ``ACPOptions.from_env()`
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +47,7 @@ from starlette.routing import BaseRoute, Match, Route
 from gateway.core.backends import BackendUnavailable, QueueFull, TaskNotFound
 from gateway.core.http import HttpError, public_base_url, read_json, replace_routes
 from gateway.core.principal import principal_of
+from gateway.core.quotas import QuotaExceeded
 from gateway.core.runtime import ActingFor, NotCancelable, NotContinuable, UnknownAgent
 from gateway.core.settings import load_settings
 from gateway.core.sse import sse_response
@@ -118,6 +121,8 @@ def _error_for(exc: Exception) -> ACPError:
         return ACPError(403, "server_error", str(exc))
     if isinstance(exc, (BackendUnavailable, QueueFull)):
         return ACPError(503, "server_error", str(exc))
+    if isinstance(exc, QuotaExceeded):
+        return ACPError(429, "server_error", str(exc), {"retry_after": exc.retry_after})
     log.error("unhandled error in the ACP adapter", exc_info=exc)
     return ACPError(500, "server_error", "internal error")
 
@@ -134,7 +139,11 @@ def guarded(handler: Handler) -> Handler:
             return await handler(request)
         except Exception as exc:
             err = _error_for(exc)
-            headers = {"Retry-After": "1"} if err.status == 503 else None
+            headers = None
+            if err.status == 503:
+                headers = {"Retry-After": "1"}
+            elif err.status == 429:
+                headers = {"Retry-After": str(err.data["retry_after"])}
             return acp_error(err.status, err.code, err.message, err.data, headers)
 
     return run
@@ -194,12 +203,14 @@ def manifest_out(record: AgentRecord) -> dict[str, Any]:
     }
 
 
-def _sse(events: AsyncIterator[dict[str, Any]], rt: ActingFor, run_id: str) -> Response:
+def _sse(
+    events: AsyncIterator[dict[str, Any]], rt: ActingFor, run_id: str, release: Callable[[], None] | None
+) -> Response:
     async def frames() -> AsyncIterator[tuple[None, None, dict[str, Any]]]:
         async for ev in events:
             yield None, None, ev
 
-    resp = sse_response(frames(), max_seconds=rt.config.sse_max_s)
+    resp = sse_response(frames(), max_seconds=rt.config.sse_max_s, release=release)
     resp.headers["Run-ID"] = run_id
     return resp
 
@@ -239,11 +250,33 @@ class ACPService:
             err = _error_for(exc)
             yield {"type": "error", "error": {"code": err.code, "message": err.message, "data": err.data}}
 
-    async def _respond(self, rt: ActingFor, task: Task, mode: str, after: str | None, *, created: bool) -> Response:
+    @staticmethod
+    @contextlib.contextmanager
+    def _stream_place(rt: ActingFor, mode: str) -> Iterator[Callable[[], None] | None]:
+        """The caller's place among its open streams, for a run in stream mode (taken before
+        the run starts: a refusal starts nothing); given back unless a stream response took it."""
+        release = rt.open_stream() if mode == "stream" else None
+        try:
+            yield release
+        except BaseException:
+            if release is not None:
+                release()
+            raise
+
+    async def _respond(
+        self,
+        rt: ActingFor,
+        task: Task,
+        mode: str,
+        after: str | None,
+        *,
+        created: bool,
+        release: Callable[[], None] | None = None,
+    ) -> Response:
         run_id = wire.as_uuid(task.id) or task.id
         headers = {"Run-ID": run_id}
         if mode == "stream":
-            return _sse(self._events(rt, task, after, created=created), rt, run_id)
+            return _sse(self._events(rt, task, after, created=created), rt, run_id, release)
         if mode == "async":
             return JSONResponse(wire.run_out(task), status_code=202, headers=headers)
         task = await rt.wait(task.id, self._timeout(rt))
@@ -284,11 +317,12 @@ class ACPService:
         metadata = {STREAM_HINT: True} if req.mode != "sync" else {}
         context_id = wire.from_uuid(session_id) if session_id else None
         await rt.resolve_agent(req.agent_name)  # an unknown agent leaves nothing behind
-        if req.session is not None and (req.session.history or req.session.state):
-            carried = {"history": req.session.history, "state": req.session.state}
-            await rt.kv.set(_session_key(rt, context_id or ""), json.dumps(carried), int(rt.config.retention_s))
-        task = await rt.submit(message, agent=req.agent_name, context_id=context_id, metadata=metadata)
-        return await self._respond(rt, task, req.mode, None, created=True)
+        with self._stream_place(rt, req.mode) as release:
+            task = await rt.submit(message, agent=req.agent_name, context_id=context_id, metadata=metadata)
+            if req.session is not None and (req.session.history or req.session.state):  # once the run is on
+                carried = {"history": req.session.history, "state": req.session.state}
+                await rt.kv.set(_session_key(rt, context_id or ""), json.dumps(carried), int(rt.config.retention_s))
+            return await self._respond(rt, task, req.mode, None, created=True, release=release)
 
     async def read_run(self, request: Request) -> Response:
         rt = _runtime(request)
@@ -313,13 +347,14 @@ class ACPService:
         if req.await_resume.message is None:
             raise invalid("await_resume.message is required")
         message = wire.resume_in(req.await_resume.message)
-        try:
-            resumed, after = await rt.continue_task(task.id, message)
-        except NotContinuable as exc:
-            raise ACPError(403, "server_error", str(exc)) from None
-        if req.mode == "stream":
-            return await self._respond(rt, task, "stream", after, created=False)
-        return await self._respond(rt, resumed, req.mode, after, created=False)
+        with self._stream_place(rt, req.mode) as release:
+            try:
+                resumed, after = await rt.continue_task(task.id, message)
+            except NotContinuable as exc:
+                raise ACPError(403, "server_error", str(exc)) from None
+            if req.mode == "stream":
+                return await self._respond(rt, task, "stream", after, created=False, release=release)
+            return await self._respond(rt, resumed, req.mode, after, created=False)
 
     async def cancel_run(self, request: Request) -> Response:
         rt = _runtime(request)

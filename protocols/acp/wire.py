@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from gateway.core import strict_json
 from schemas import (
     Artifact,
     DataPart,
@@ -225,7 +226,7 @@ def part_in(p: ACPPart, *, keep_name: bool = True) -> Part:
         return TextPart(text=content, metadata=meta or None)
     if _is_json(media):
         try:
-            data = json.loads(content)
+            data = strict_json.loads(content)
         except json.JSONDecodeError as exc:
             raise WireError(f"a part of type {media} does not hold valid JSON: {exc.msg}") from None
         if media != "application/json":

@@ -50,6 +50,7 @@ tests/test_anp_connector.py):
 | ``get_task`` ``task_id`` [``wait_s``] | ``runtime.get`` [``runtime.wait``] (a failed task is a result, not an error) |
 | ``cancel_task`` ``task_id`` | ``runtime.cancel``; error -32002 when already final |
 | error -32001 / -32003 / -32050 | task not found (or another caller's) / ``UnknownAgent`` / backend unavailable |
+| error -32029 ``{retryAfter}`` | the caller is past a quota: HTTP 429 + ``Retry-After`` (a batch: 200 + the header) |
 | outbound: JSON-RPC call (*4) | a task for an agent whose record has an ``anp`` endpoint (``ANPConnector``) |
 | outbound: method (*5) | the task's last user message |
 | outbound: params (*6) | the message's data and text parts (file parts fail the task) |

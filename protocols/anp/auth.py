@@ -10,14 +10,17 @@
 
 For 2 and 3: the time (``created``/``expires``, or ``timestamp``) must be within ``window_s`` in the
 past and ``skew_s`` in the future; the caller's DID document is resolved (``resolve``: HTTPS by
-default, cached), must be the DID's and pass its e1/k1 binding, and the key must be listed under
+default, under the gateway's egress policy, so a DID naming an internal host:port is never
+fetched; cached), must be the DID's and pass its e1/k1 binding, and the key must be listed under
 ``authentication``; the signature must verify for one of the request URLs the gateway answers to
 (the URL as requested, and the configured public one); the nonce is then claimed with ``set(...,
 only_new=True)`` in the shared store, so a nonce is accepted once across all nodes. Success issues
 a random bearer token (``Authentication-Info`` and ``Authorization: Bearer``) the client may reuse
 until it expires. Every failure is an ``AuthFailure`` that the routes answer with 401 and a
 ``WWW-Authenticate: DIDWba`` challenge (plus ``Accept-Signature``), never with a 5xx: an
-unreachable or invalid DID document is ``invalid_did``.
+unreachable or invalid DID document is ``invalid_did``. Why a document could not be resolved
+(refused, no connection, an HTTP status, not JSON) is logged, never told: the caller chooses the
+host and port, and the answer would make the gateway a port scanner.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from typing import Any
 import httpx
 
 from gateway.core import httpsig
+from gateway.core.egress import Egress
 from gateway.core.httpsig import SignatureError
 from protocols.anp import httpsig as didwba_sig
 from protocols.anp.didwba import (
@@ -72,18 +76,26 @@ class AuthFailure(Exception):
 
 
 class HttpsResolver:
-    """Fetch ``https://<host>/.../did.json`` (no redirects, bounded time and size)."""
+    """Fetch ``https://<host>/.../did.json`` under an egress policy (checked, pinned addresses; no
+    redirects), bounded in time and size. ``egress``: the gateway's, which the ANP service sets
+    before the first resolution; None: only public addresses."""
 
-    def __init__(self, *, timeout_s: float = 5.0, verify: Any = True, max_bytes: int = MAX_DOCUMENT_BYTES) -> None:
-        self.timeout_s, self.verify, self.max_bytes = timeout_s, verify, max_bytes
+    def __init__(
+        self,
+        *,
+        timeout_s: float = 5.0,
+        verify: Any = True,
+        max_bytes: int = MAX_DOCUMENT_BYTES,
+        egress: Egress | None = None,
+    ) -> None:
+        self.timeout_s, self.verify, self.max_bytes, self.egress = timeout_s, verify, max_bytes, egress
         self._http: httpx.AsyncClient | None = None
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
-            self._http = httpx.AsyncClient(
+            self._http = (self.egress or Egress()).httpx_client(
                 timeout=httpx.Timeout(self.timeout_s),
                 verify=self.verify,
-                follow_redirects=False,
                 limits=httpx.Limits(max_connections=32, max_keepalive_connections=8),
                 headers={"Accept": "application/did+json, application/json"},
             )
@@ -105,7 +117,7 @@ class HttpsResolver:
                         if len(body) > self.max_bytes:
                             raise DidResolutionError(f"{url} is larger than {self.max_bytes} bytes")
         except (httpx.HTTPError, OSError, TimeoutError) as exc:
-            raise DidResolutionError(f"{url} could not be fetched ({exc.__class__.__name__})") from None
+            raise DidResolutionError(f"{url} could not be fetched ({exc.__class__.__name__}: {exc})") from None
         try:
             return json.loads(bytes(body))
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -264,7 +276,8 @@ class DidWbaAuth:
             doc, fresh = await self.resolver.get(did, refresh=refresh)
             check_document(doc, did)
         except DidResolutionError as exc:
-            raise AuthFailure("invalid_did", f"the DID document could not be resolved: {exc}") from None
+            log.info("DID resolution failed", extra={"did": did, "error": str(exc)})
+            raise AuthFailure("invalid_did", "the DID document could not be resolved") from None
         except DidError as exc:
             self.resolver.forget(did)
             raise AuthFailure("invalid_did", f"the DID document is not valid: {exc}") from None

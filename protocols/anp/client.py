@@ -6,6 +6,12 @@ origin until it expires. ``ANPClient.request`` sends the token when it has one a
 otherwise; on a 401 it drops the token and signs once more (with the challenge's nonce, if the
 server sent one). ``describe(ad_url)`` reads an Agent Description and its OpenRPC interfaces
 (embedded ``content`` or fetched ``url``) into the remote's methods and JSON-RPC endpoints.
+
+Errors (``RemoteError``): a JSON-RPC error the remote sent, or its DIDWba refusal (a 401 with a
+``DIDWba`` challenge), is passed on in its own words; anything else (no connection, an HTTP
+error, a reply that is not JSON, JSON-RPC or an Agent Description) is ``UNREACHABLE``, one text
+whatever happened, with the detail in ``detail`` for the log. The HTTP client is the egress
+policy's (``Egress.httpx_client``): checked, pinned addresses, bounded responses.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from gateway.core.egress import UNREACHABLE
 from gateway.core.httpsig import sign_request
 from protocols.anp.didwba import did_for_host
 from registry.identity import Identity
@@ -28,11 +35,27 @@ MAX_DOCUMENT_BYTES = 1024 * 1024
 
 
 class RemoteError(Exception):
-    """The remote agent answered with an error (``code`` is the JSON-RPC code, or the HTTP status)."""
+    """The remote agent answered with an error (``code`` is the JSON-RPC code, or the HTTP status).
+    The message is for the client; ``detail`` (what exactly happened) is for the log."""
 
-    def __init__(self, message: str, *, code: int | None = None, retryable: bool = False) -> None:
+    def __init__(
+        self, message: str, *, code: int | None = None, retryable: bool = False, detail: str | None = None
+    ) -> None:
         super().__init__(message)
-        self.code, self.retryable = code, retryable
+        self.code, self.retryable, self.detail = code, retryable, detail or message
+
+
+def _unreachable(detail: str, *, code: int | None = None, retryable: bool = True) -> RemoteError:
+    return RemoteError(UNREACHABLE, code=code, retryable=retryable, detail=detail)
+
+
+def _http_error(url: str, resp: httpx.Response) -> RemoteError:
+    """A non-200 answer: the remote's DIDWba refusal in its words, else unreachable."""
+    status = resp.status_code
+    challenge = resp.headers.get("www-authenticate", "")
+    if status == 401 and challenge.lower().startswith("didwba"):
+        return RemoteError(f"HTTP 401{_reason(resp)}", code=status, detail=f"{url} refused the gateway's DID")
+    return _unreachable(f"{url} answered HTTP {status}{_reason(resp)}", code=status, retryable=status >= 500)
 
 
 def _origin(url: str) -> str:
@@ -140,27 +163,20 @@ class ANPClient:
 
     async def _send(self, method: str, url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
         try:
-            resp = await self.http.request(method, url, content=body or None, headers=headers, timeout=self.timeout_s)
+            return await self.http.request(method, url, content=body or None, headers=headers, timeout=self.timeout_s)
         except httpx.HTTPError as exc:
-            raise RemoteError(f"{url} is unreachable ({exc.__class__.__name__})", retryable=True) from None
-        if len(resp.content) > MAX_DOCUMENT_BYTES * 16:
-            raise RemoteError(f"{url} answered with more than {MAX_DOCUMENT_BYTES * 16} bytes")
-        return resp
+            raise _unreachable(f"{url} is unreachable ({exc.__class__.__name__}: {exc})") from None
 
     async def get_json(self, url: str) -> Any:
         resp = await self.request("GET", url, headers={"Accept": "application/json"})
         if resp.status_code != 200:
-            raise RemoteError(
-                f"{url} answered HTTP {resp.status_code}{_reason(resp)}",
-                code=resp.status_code,
-                retryable=resp.status_code >= 500,
-            )
+            raise _http_error(url, resp)
         if len(resp.content) > MAX_DOCUMENT_BYTES:
-            raise RemoteError(f"{url} is larger than {MAX_DOCUMENT_BYTES} bytes")
+            raise _unreachable(f"{url} is larger than {MAX_DOCUMENT_BYTES} bytes", retryable=False)
         try:
             return resp.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise RemoteError(f"{url} is not JSON") from None
+            raise _unreachable(f"{url} is not JSON", retryable=False) from None
 
     async def call(self, url: str, method: str, params: dict[str, Any], rid: str) -> Any:
         """One JSON-RPC call; returns its result or raises RemoteError with the remote's message."""
@@ -179,18 +195,16 @@ class ANPClient:
                 text += f" ({json.dumps(err['data'], ensure_ascii=False)[:500]})"
             raise RemoteError(text, code=err.get("code") if isinstance(err.get("code"), int) else None)
         if resp.status_code != 200:
-            raise RemoteError(
-                f"HTTP {resp.status_code}{_reason(resp)}", code=resp.status_code, retryable=resp.status_code >= 500
-            )
+            raise _http_error(url, resp)
         if not isinstance(answer, dict) or "result" not in answer:
-            raise RemoteError("the answer is not a JSON-RPC response")
+            raise _unreachable(f"{url}: the answer is not a JSON-RPC response", retryable=False)
         return answer["result"]
 
     async def describe(self, ad_url: str) -> RemoteAgent:
         """The remote's methods from its Agent Description (OpenRPC interfaces, embedded or linked)."""
         ad = await self.get_json(ad_url)
         if not isinstance(ad, dict):
-            raise RemoteError(f"{ad_url} is not an Agent Description")
+            raise _unreachable(f"{ad_url} is not an Agent Description", retryable=False)
         remote = RemoteAgent(ad_url, str(ad.get("name") or ""), str(ad.get("description") or ""))
         interfaces = ad.get("interfaces") if isinstance(ad.get("interfaces"), list) else []
         seen: set[str] = set()
@@ -211,7 +225,7 @@ class ANPClient:
             if isinstance(doc, dict) and isinstance(doc.get("methods"), list):
                 self._add_methods(remote, doc, where)
         if not remote.methods:
-            raise RemoteError(f"{ad_url} describes no JSON-RPC (OpenRPC) method")
+            raise _unreachable(f"{ad_url} describes no JSON-RPC (OpenRPC) method", retryable=False)
         return remote
 
     @staticmethod

@@ -6,8 +6,11 @@ after the remote was unreachable), picks the method and params for each task (ru
 package docstring), calls it with requests signed by the gateway's did:wba (a bearer token the
 remote returned is reused until it expires), and turns the result into one artifact.
 
-* A JSON-RPC error, an HTTP error, or a refused authentication fails the task with the remote's
-  message; an unreachable remote fails it with a clear one.
+* A JSON-RPC error or a refused authentication fails the task with the remote's message; an
+  unreachable remote (or one that does not answer in ANP) fails it with ``agent unreachable``
+  whatever happened (the detail is logged).
+* Outbound connections follow the gateway's egress policy (``Worker.egress``, given by the
+  supervisor): the description, the OpenRPC documents it links, every method's server.
 * Cancel: ANP's JSON-RPC has no cancel method, so a canceled task abandons the in-flight request
   (the runner cancels ``handle``, which closes the HTTP exchange); the remote may still finish.
   Another Interlace gateway (``send_message``, ``get_task`` and ``cancel_task``) is driven as a
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -33,12 +37,15 @@ from weakref import WeakKeyDictionary
 import httpx
 
 from agents.worker import TaskFailed, Worker
+from gateway.core.egress import Egress
 from gateway.core.runtime import Runtime
 from protocols.anp.client import ANPClient, ANPSigner, RemoteAgent, RemoteError, RemoteMethod
 from protocols.anp.options import ANPOptions, outbound_host
 from protocols.anp.wire import result_artifact
 from schemas import DataPart, FilePart, Message, Task, TaskEvent, TextPart
 from schemas.agent_record import AgentRecord
+
+log = logging.getLogger("interlace.anp.connector")
 
 GATEWAY_METHODS = {"send_message", "get_task", "cancel_task"}  # an Interlace gateway's ANP face
 PENDING = ("submitted", "working")
@@ -70,8 +77,9 @@ class ANPConnector(Worker):
         timeout_s: float = 300.0,
         ad_ttl_s: float = 300.0,
         http: httpx.AsyncClient | None = None,
+        egress: Egress | None = None,
     ) -> None:
-        self.agent, self.ad_url, self.signer = agent_name, ad_url, signer
+        self.agent, self.ad_url, self.signer, self.egress = agent_name, ad_url, signer, egress
         self.description = description or f"ANP agent at {ad_url}"
         self._skills = skills
         self.timeout_s, self.ad_ttl_s = timeout_s, ad_ttl_s
@@ -90,14 +98,21 @@ class ANPConnector(Worker):
             raise ValueError(f"the record of {record.name!r} has no anp endpoint")
         signer = _signer(runtime, outbound_host(options or ANPOptions.from_env(), runtime))
         skills = [s.model_dump(mode="json") for s in record.skills] or None
-        return cls(record.name, record.endpoints.anp, signer=signer, description=record.description, skills=skills)
+        return cls(
+            record.name,
+            record.endpoints.anp,
+            signer=signer,
+            description=record.description,
+            skills=skills,
+            egress=runtime.egress,
+        )
 
     def skills(self) -> list[dict]:
         return self._skills or super().skills()
 
     def client(self) -> ANPClient:
         if self._http is None and self._own_http is None:
-            self._own_http = httpx.AsyncClient(
+            self._own_http = (self.egress or Egress()).httpx_client(
                 timeout=httpx.Timeout(self.timeout_s, connect=5.0),
                 limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=16),
             )
@@ -132,6 +147,9 @@ class ANPConnector(Worker):
         except RemoteError as exc:
             if exc.retryable:
                 self._remote = None
+            log.warning(
+                "remote agent call failed", extra={"agent": self.agent, "task_id": task.id, "error": exc.detail}
+            )
             raise TaskFailed(f"remote ANP agent {self.agent!r}: {exc}") from None
         yield task.artifact_event(result_artifact(method.name, result), last_chunk=True)
 

@@ -45,10 +45,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gateway.core import strict_json
 from gateway.core.backends import BackendUnavailable, QueueFull, TaskNotFound
+from gateway.core.egress import Egress
 from gateway.core.http import configured_base_url, error_response, public_base_url, replace_routes
 from gateway.core.httpsig import request_urls
 from gateway.core.principal import Principal, principal_of
+from gateway.core.quotas import QuotaExceeded
 from gateway.core.runtime import ActingFor, NotCancelable, NotContinuable, Runtime, UnknownAgent
 from protocols.anp import wire
 from protocols.anp.auth import AuthFailure, Caller, DidWbaAuth, HttpsResolver, challenge_headers, presents_credentials
@@ -74,6 +77,7 @@ class ANPCall:
     agent: str | None
     caller: str
     service: ANPService
+    retry_after: int | None = None  # set when a method of the request was refused by a quota
 
 
 class ANPService:
@@ -90,6 +94,11 @@ class ANPService:
         )
         self.created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         self._documents: OrderedDict[tuple[str, str, str], dict] = OrderedDict()
+
+    def use_egress(self, egress: Egress) -> None:
+        """Fetch DID documents under the gateway's egress policy (taken before the first fetch)."""
+        if self._https is not None and self._https.egress is None:
+            self._https.egress = egress
 
     async def close(self) -> None:
         if self._https is not None:
@@ -217,6 +226,9 @@ def _method(fn):
             return Error(wire.NOT_CANCELABLE, str(exc))
         except (BackendUnavailable, QueueFull) as exc:
             return Error(wire.UNAVAILABLE, f"service temporarily unavailable: {exc}")
+        except QuotaExceeded as exc:
+            call.retry_after = max(call.retry_after or 0, exc.retry_after)
+            return Error(wire.RATE_LIMITED, str(exc), {"retryAfter": exc.retry_after})
         except ValidationError:
             return Error(-32602, "invalid params")
         except Exception:
@@ -320,6 +332,7 @@ def build_routes(service: ANPService) -> list[BaseRoute]:
         """The DIDWba caller of ``request``, or the refusal (401 with a challenge, or 403)."""
         domains = service.domains(request)
         rt: Runtime = request.app.state.runtime
+        service.use_egress(rt.egress)
         try:
             return await service.auth.authenticate(
                 rt.kv, request.method, service.request_urls(request), domains, request.headers, body
@@ -393,16 +406,20 @@ def build_routes(service: ANPService) -> list[BaseRoute]:
         if ctype and ctype not in JSON_TYPES:
             return _rpc_error(None, -32700, f"Content-Type {ctype!r} is not JSON", headers)
         try:
-            parsed = json.loads(body)
+            parsed = strict_json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError):
             return _rpc_error(None, -32700, "Parse error: the body is not JSON", headers)
         if isinstance(parsed, list) and len(parsed) > service.options.max_batch:
             return _rpc_error(None, -32600, f"a batch holds at most {service.options.max_batch} requests", headers)
         call = ANPCall(rt, agent or None, caller.did, service)
         text = await async_dispatch("", methods=METHODS, context=call, deserializer=lambda _: parsed)
+        status = 200
+        if call.retry_after is not None:  # a quota refused a method: 429 for a single request
+            headers = {**headers, "Retry-After": str(call.retry_after)}
+            status = 200 if isinstance(parsed, list) else 429
         if not text:  # only notifications
             return Response(status_code=204, headers=headers)
-        return Response(text, media_type="application/json", headers=headers)
+        return Response(text, status_code=status, media_type="application/json", headers=headers)
 
     n = ROUTE_PREFIX
     return [

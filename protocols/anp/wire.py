@@ -21,6 +21,7 @@ NOT_CANCELABLE = -32002
 UNKNOWN_AGENT = -32003
 TASK_ENDED = -32010  # send_message: the task failed, was rejected or canceled
 UNAVAILABLE = -32050
+RATE_LIMITED = -32029  # the caller is past one of its quotas (429: "29")
 ENDED = (TaskState.FAILED, TaskState.REJECTED, TaskState.CANCELED)
 
 

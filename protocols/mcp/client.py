@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from gateway.core import sse
+from gateway.core.egress import UNREACHABLE
 from protocols.mcp import wire
 from protocols.mcp.wire import MCPError
 
@@ -35,7 +36,13 @@ MessageHandler = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class UpstreamUnavailable(Exception):
-    """The upstream cannot be reached or broke the protocol; the message is client-safe."""
+    """The upstream cannot be reached or broke the protocol. The message is client-safe and the
+    same whatever happened (``agent unreachable``: telling a refused port from an HTTP 404 would
+    make the gateway a port scanner); ``detail`` says what happened, for the log."""
+
+    def __init__(self, name: str, detail: str) -> None:
+        super().__init__(f"upstream {name!r}: {UNREACHABLE}")
+        self.detail = detail
 
 
 class UpstreamTimeout(Exception):
@@ -114,15 +121,15 @@ class UpstreamClient:
             if self.connected:
                 return
             if self._closed:
-                raise UpstreamUnavailable(f"upstream {self.name!r} is closed")
+                raise UpstreamUnavailable(self.name, "is closed")
             try:
                 await asyncio.wait_for(self._handshake(), self.connect_timeout_s)
             except TimeoutError:
                 self.last_error = f"no answer to initialize within {self.connect_timeout_s:g} s"
-                raise UpstreamUnavailable(f"upstream {self.name!r} is unavailable: {self.last_error}") from None
+                raise UpstreamUnavailable(self.name, self.last_error) from None
             except (httpx.HTTPError, OSError, MCPError, ValueError, UpstreamUnavailable) as exc:
                 self.last_error = describe(exc)
-                raise UpstreamUnavailable(f"upstream {self.name!r} is unavailable: {self.last_error}") from None
+                raise UpstreamUnavailable(self.name, self.last_error) from None
 
     async def _handshake(self) -> None:
         self.session_id = None
@@ -135,7 +142,7 @@ class UpstreamClient:
         body = wire.request(self._ids, "initialize", params)
         async with self.http.stream("POST", self.url, json=body, headers=self._headers()) as resp:
             if resp.status_code != 200:
-                raise UpstreamUnavailable(f"initialize answered HTTP {resp.status_code}")
+                raise UpstreamUnavailable(self.name, f"initialize answered HTTP {resp.status_code}")
             sid = resp.headers.get("mcp-session-id")
             reply = await self._read_reply(resp, self._ids, None)
         if "error" in reply:
@@ -145,7 +152,7 @@ class UpstreamClient:
         res = reply["result"]
         version = res.get("protocolVersion")
         if version not in wire.SUPPORTED_VERSIONS:
-            raise UpstreamUnavailable(f"upstream negotiated unsupported protocol version {version!r}")
+            raise UpstreamUnavailable(self.name, f"negotiated unsupported protocol version {version!r}")
         self.session_id, self.protocol_version = sid, version
         self.generation += 1
         self.capabilities = res.get("capabilities") or {}
@@ -236,7 +243,7 @@ class UpstreamClient:
         if resp.status_code == 404 and self.session_id:
             self._lost("session expired")
         if resp.status_code >= 400:
-            raise UpstreamUnavailable(f"upstream {self.name!r} answered HTTP {resp.status_code}")
+            raise UpstreamUnavailable(self.name, f"answered HTTP {resp.status_code}")
 
     async def _exchange(self, body: dict[str, Any], rid: int, on_message: MessageHandler | None) -> dict[str, Any]:
         for attempt in range(3):
@@ -251,19 +258,19 @@ class UpstreamClient:
                     if resp.status_code >= 400:
                         reply = await self._error_body(resp)
                         if reply is None:
-                            raise UpstreamUnavailable(f"upstream {self.name!r} answered HTTP {resp.status_code}")
+                            raise UpstreamUnavailable(self.name, f"answered HTTP {resp.status_code}")
                     else:
                         reply = await self._read_reply(resp, rid, on_message)
             except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
                 if not answered and attempt == 0:
                     continue  # a pooled connection the upstream had just closed: nothing was read
                 self._lost(describe(exc))
-                raise UpstreamUnavailable(f"upstream {self.name!r} is unavailable: {describe(exc)}") from None
+                raise UpstreamUnavailable(self.name, describe(exc)) from None
             except (httpx.TransportError, OSError) as exc:
                 self._lost(describe(exc))
-                raise UpstreamUnavailable(f"upstream {self.name!r} is unavailable: {describe(exc)}") from None
+                raise UpstreamUnavailable(self.name, describe(exc)) from None
             except sse.LineTooLong as exc:
-                raise UpstreamUnavailable(f"upstream {self.name!r} broke the protocol: {exc}") from None
+                raise UpstreamUnavailable(self.name, f"broke the protocol: {exc}") from None
             if "error" in reply:
                 err = reply["error"] if isinstance(reply["error"], dict) else {}
                 raise MCPError(
@@ -271,7 +278,7 @@ class UpstreamClient:
                 )
             res = reply.get("result")
             return res if isinstance(res, dict) else {}
-        raise UpstreamUnavailable(f"upstream {self.name!r} keeps forgetting the session")
+        raise UpstreamUnavailable(self.name, "keeps forgetting the session")
 
     @staticmethod
     async def _error_body(resp: httpx.Response) -> dict[str, Any] | None:
@@ -286,12 +293,15 @@ class UpstreamClient:
     async def _read_reply(self, resp: httpx.Response, rid: int, on_message: MessageHandler | None) -> dict[str, Any]:
         ctype = resp.headers.get("content-type", "")
         if ctype.startswith("application/json"):
-            msg = json.loads(await resp.aread())
+            try:
+                msg = json.loads(await resp.aread())
+            except ValueError:
+                raise UpstreamUnavailable(self.name, "sent a reply that is not JSON") from None
             if not isinstance(msg, dict):
-                raise UpstreamUnavailable(f"upstream {self.name!r} sent a malformed response")
+                raise UpstreamUnavailable(self.name, "sent a malformed response")
             return msg
         if not ctype.startswith("text/event-stream"):
-            raise UpstreamUnavailable(f"upstream {self.name!r} answered with content type {ctype!r}")
+            raise UpstreamUnavailable(self.name, f"answered with content type {ctype!r}")
         cursor = _Cursor()
         async with contextlib.aclosing(sse.read_events(resp.aiter_bytes())) as events:
             reply = await self._read_events(events, rid, on_message, cursor)
@@ -306,18 +316,18 @@ class UpstreamClient:
         # The stream closed before the response (SSE polling, SEP-1699): resume it with GET +
         # Last-Event-ID after the server's retry interval, as often as it closes it.
         if cursor.last_id is None:
-            raise UpstreamUnavailable(f"upstream {self.name!r} closed the stream without a response")
+            raise UpstreamUnavailable(self.name, "closed the stream without a response")
         for _ in range(1000):
             await asyncio.sleep(cursor.retry_ms / 1000)
             headers = {**self._headers(sse_only=True), "Last-Event-ID": cursor.last_id}
             async with self.http.stream("GET", self.url, headers=headers) as resumed:
                 if resumed.status_code != 200:
-                    raise UpstreamUnavailable(f"upstream {self.name!r} refused to resume (HTTP {resumed.status_code})")
+                    raise UpstreamUnavailable(self.name, f"refused to resume (HTTP {resumed.status_code})")
                 async with contextlib.aclosing(sse.read_events(resumed.aiter_bytes())) as events:
                     reply = await self._read_events(events, rid, on_message, cursor)
             if reply is not None:
                 return reply
-        raise UpstreamUnavailable(f"upstream {self.name!r} closed the stream without a response")
+        raise UpstreamUnavailable(self.name, "closed the stream without a response")
 
     async def _read_events(
         self, events: AsyncIterator[sse.Event], rid: int, on_message: MessageHandler | None, cursor: _Cursor
@@ -384,7 +394,7 @@ class UpstreamClient:
                         self._lost("session expired")
                         continue
                     if resp.status_code != 200:
-                        raise UpstreamUnavailable(f"GET answered HTTP {resp.status_code}")
+                        raise UpstreamUnavailable(self.name, f"GET answered HTTP {resp.status_code}")
                     backoff = 0.5
                     async for ev in sse.read_events(resp.aiter_bytes()):
                         last_id = ev.id or last_id
@@ -442,7 +452,9 @@ class UpstreamClient:
 
 
 def describe(exc: BaseException) -> str:
-    """A short, client-safe text for a failure reaching an upstream."""
+    """What went wrong reaching an upstream, for the log (never for a client: see UpstreamUnavailable)."""
+    if isinstance(exc, UpstreamUnavailable):
+        return exc.detail
     text = str(exc) or exc.__class__.__name__
     if isinstance(exc, httpx.ConnectError):
         return f"connection failed ({text})"

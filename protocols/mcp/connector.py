@@ -62,9 +62,10 @@ from typing import Any
 import httpx
 
 from agents.worker import TaskFailed, Worker
+from gateway.core.egress import UNREACHABLE, Egress
 from gateway.core.runtime import Runtime
 from protocols.mcp import wire
-from protocols.mcp.client import Upstream, UpstreamClient, UpstreamTimeout, UpstreamUnavailable
+from protocols.mcp.client import Upstream, UpstreamClient, UpstreamTimeout, UpstreamUnavailable, describe
 from protocols.mcp.wire import MCPError
 from schemas import Artifact, DataPart, FilePart, Message, Part, Task, TaskEvent, TaskState, TextPart, tool_named
 from schemas.agent_record import AgentRecord
@@ -87,8 +88,9 @@ class MCPConnector(Worker):
         headers: dict[str, str] | None = None,
         timeout_s: float = 300.0,
         http: httpx.AsyncClient | None = None,
+        egress: Egress | None = None,
     ) -> None:
-        self.agent, self.url = agent_name, url
+        self.agent, self.url, self.egress = agent_name, url, egress
         self.description = description or f"MCP server at {url}"
         self._skills = skills
         self.headers = headers or {}
@@ -102,12 +104,14 @@ class MCPConnector(Worker):
 
     @classmethod
     def from_record(cls, record: AgentRecord, runtime: Runtime) -> MCPConnector:
-        """The connector for a registry record with an ``mcp`` endpoint (an MCP server needs
-        nothing of the runtime)."""
+        """The connector for a registry record with an ``mcp`` endpoint (of the runtime, an MCP
+        server needs only the egress policy)."""
         if record.endpoints.mcp is None:
             raise ValueError(f"the record of {record.name!r} has no mcp endpoint")
         skills = [s.model_dump(mode="json") for s in record.skills] or None
-        return cls(record.name, record.endpoints.mcp, description=record.description, skills=skills)
+        return cls(
+            record.name, record.endpoints.mcp, description=record.description, skills=skills, egress=runtime.egress
+        )
 
     def skills(self) -> list[dict]:
         return self._skills or super().skills()
@@ -117,7 +121,7 @@ class MCPConnector(Worker):
     def upstream(self) -> UpstreamClient:
         if self._client is None:
             if self._http is None and self._own_http is None:
-                self._own_http = httpx.AsyncClient(
+                self._own_http = (self.egress or Egress()).httpx_client(
                     timeout=httpx.Timeout(10.0, read=None),  # calls are bounded by timeout_s instead
                     limits=httpx.Limits(
                         max_connections=self.concurrency + 4, max_keepalive_connections=16, keepalive_expiry=2.0
@@ -165,7 +169,10 @@ class MCPConnector(Worker):
         try:
             name, arguments = choose_call(task, user[-1], await self.tools())
         except (UpstreamUnavailable, UpstreamTimeout, MCPError) as exc:
-            raise TaskFailed(f"remote MCP server {self.agent!r}: {exc}") from None
+            log.warning(
+                "remote agent call failed", extra={"agent": self.agent, "task_id": task.id, "error": describe(exc)}
+            )
+            raise TaskFailed(f"remote MCP server {self.agent!r}: {_reason(exc)}") from None
         client = self.upstream()
         queue: asyncio.Queue = asyncio.Queue()
 
@@ -192,12 +199,20 @@ class MCPConnector(Worker):
                 await asyncio.wait([call], timeout=5.0)
             raise
         except (UpstreamUnavailable, UpstreamTimeout, MCPError) as exc:
-            raise TaskFailed(f"remote MCP server {self.agent!r}: {exc}") from None
+            log.warning(
+                "remote agent call failed", extra={"agent": self.agent, "task_id": task.id, "error": describe(exc)}
+            )
+            raise TaskFailed(f"remote MCP server {self.agent!r}: {_reason(exc)}") from None
         if result.get("isError"):
             raise TaskFailed(error_text(result) or f"the tool {name!r} of {self.agent!r} failed")
         parts = result_parts(result)
         if parts:
             yield task.artifact_event(Artifact(name=name, parts=parts), last_chunk=True)
+
+
+def _reason(exc: Exception) -> str:
+    """What a client is told: ``agent unreachable`` for any failure to reach the server."""
+    return UNREACHABLE if isinstance(exc, UpstreamUnavailable) else str(exc)
 
 
 # ---- pure translations ---------------------------------------------------------------------------

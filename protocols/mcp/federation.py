@@ -23,7 +23,10 @@ catalog, so a name means the same thing to everyone (the caller's policy is the 
 business, see methods.py).
 
 Which upstreams: the options' fixed list (``configured_upstreams``) plus, unless turned off, every
-live registry record with an ``endpoints.mcp`` URL (``registry_upstreams``).
+live registry record with an ``endpoints.mcp`` URL (``registry_upstreams``). Every one is dialled
+under the egress policy (``egress``: checked, pinned addresses, bounded responses; the MCP
+service allows the hosts of the configured ones), and a failure is ``agent unreachable`` to
+clients whatever it was (``UpstreamUnavailable``), its detail logged.
 
 Rug-pull defence: each upstream tool definition (name, title, description, input and output
 schema, annotations) is hashed (SHA-256 over canonical JSON) and pinned in the shared store the
@@ -49,6 +52,7 @@ from typing import Any
 import httpx
 
 from gateway.core.backends.base import KeyValue
+from gateway.core.egress import Egress
 from gateway.core.runtime import Runtime
 from protocols.mcp.client import Upstream, UpstreamClient, describe
 
@@ -144,10 +148,12 @@ class UpstreamSet:
         on_change: Callable[[set[str]], Awaitable[None]] | None = None,
         on_resource_updated: Callable[[str], Awaitable[None]] | None = None,
         on_log: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None,
+        egress: Egress | None = None,
     ) -> None:
         if naming not in ("prefix", "pass-through"):
             raise ValueError(f"naming must be 'prefix' or 'pass-through', not {naming!r}")
         self.kv, self.naming, self.separator = kv, naming, separator
+        self.egress = egress or Egress()  # every upstream is dialled under it (gateway/core/egress.py)
         self.call_timeout_s = call_timeout_s
         self.on_change, self.on_resource_updated, self.on_log = on_change, on_resource_updated, on_log
         self.local_names: set[str] = set()  # gateway tools (agent and meta tools) upstream names must not shadow
@@ -187,7 +193,7 @@ class UpstreamSet:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.http = httpx.AsyncClient(
+        self.http = self.egress.httpx_client(
             timeout=httpx.Timeout(10.0, read=None),
             # Idle connections are dropped before a typical server's keep-alive timeout (uvicorn: 5 s)
             # so a request rarely meets a connection the upstream is closing.

@@ -67,11 +67,12 @@ from typing import Any, Protocol
 from gateway.core import __version__, audit
 from gateway.core.policy import Action, Target
 from gateway.core.principal import LOCAL, Principal
+from gateway.core.quotas import QuotaExceeded
 from gateway.core.runtime import ActingFor, Runtime
 from gateway.core.settings import load_settings
 from protocols.mcp import wire
 from protocols.mcp.agents import META_TOOLS, AgentTools, agent_tool, tool_error
-from protocols.mcp.client import UpstreamClient, UpstreamTimeout, UpstreamUnavailable
+from protocols.mcp.client import UpstreamClient, UpstreamTimeout, UpstreamUnavailable, describe
 from protocols.mcp.federation import Quarantined, UpstreamSet, Visible, configured_upstreams, registry_upstreams
 from protocols.mcp.listen import Filter, Hub, Listener
 from protocols.mcp.modern import ENVELOPE, Envelope, check_param_headers, finish
@@ -246,6 +247,9 @@ class MCPService:
             on_change=self._catalog_changed,
             on_resource_updated=self._resource_updated,
             on_log=self._upstream_log,
+            # Registry upstreams are dialled under the gateway's egress policy; the hosts of the
+            # configured ones (the operator's own) are allowed.
+            egress=runtime.egress.allowing(*(u.url for u in self.static_upstreams)),
         )
         self._node = secrets.token_hex(3)
         self._ids = 0
@@ -371,7 +375,9 @@ class MCPService:
             )
         negotiated = version if version in wire.SUPPORTED_VERSIONS else wire.LATEST_VERSION
         session = {"v": negotiated, "caps": caps, "info": info or {}, "level": None, "who": principal.id}
-        sid = await self.sessions.create(session)
+        with self.runtime.quotas.session(principal, self.options.session_ttl_s) as counted:
+            sid = await self.sessions.create(session)
+            counted(sid)
         result = {
             "protocolVersion": negotiated,
             "capabilities": CAPABILITIES,
@@ -441,6 +447,8 @@ class MCPService:
             reply = wire.result(call.id, await handler(call))
         except MCPError as exc:
             reply = wire.error(call.id, exc)
+        except QuotaExceeded as exc:
+            reply = wire.error(call.id, wire.rate_limited(str(exc), exc.retry_after))
         except Exception:
             log.exception("mcp handler failed", extra={"method": call.method})
             reply = wire.error(call.id, MCPError(wire.INTERNAL_ERROR, "Internal error"))
@@ -460,6 +468,7 @@ class MCPService:
     async def end_session(self, sid: str) -> None:
         """The client ended the session: forget it, cancel its requests, close its GET stream."""
         await self.sessions.delete(sid)
+        self.runtime.quotas.end_session(sid)
         for (s, _), task in list(self.inflight.items()):
             if s == sid:
                 task.cancel()
@@ -676,6 +685,9 @@ class MCPService:
         try:
             return await client.request(method, params, on_message=on_message, timeout=self.options.call_timeout_s)
         except (UpstreamUnavailable, UpstreamTimeout) as exc:
+            log.warning(
+                "upstream call failed", extra={"upstream": client.name, "method": method, "error": describe(exc)}
+            )
             if tool:
                 return tool_error(str(exc))
             raise MCPError(wire.INTERNAL_ERROR, str(exc)) from None

@@ -21,22 +21,25 @@ its method needs (the runtime's tasks, the change feed).
 - ``subscriptions/listen`` gets an SSE stream: the acknowledgement first, then the change
   notifications its filter asks for (listen.py), until the client closes it, the gateway shuts
   down or ``sse_max_s`` passes (those two end with the listen request's result, a graceful
-  close).
+  close). It counts among the caller's open streams (``gateway.core.quotas``): past that quota,
+  or when a task quota refuses a request, the answer is 429 with ``Retry-After`` and the error
+  -31029 (``data.retryAfter``; the handshake era's -32029 is in the range 2026-07-28 reserves
+  for its own codes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from gateway.core import sse
 from gateway.core.principal import principal_of
+from gateway.core.quotas import QuotaExceeded
 from protocols.mcp import modern, wire
 from protocols.mcp.listen import CLOSED, LOST, Filter
 from protocols.mcp.methods import MCPCall, MCPService
@@ -77,15 +80,16 @@ async def _disconnected(request: Request) -> None:
 
 
 def _json(reply: dict[str, Any]) -> JSONResponse:
-    return JSONResponse(reply, status_code=modern.http_status(reply))
+    status = modern.http_status(reply)
+    if status == 429:  # a quota refused it: when to try again
+        retry = str(reply["error"]["data"]["retryAfter"])
+        return JSONResponse(reply, status_code=status, headers={"Retry-After": retry})
+    return JSONResponse(reply, status_code=status)
 
 
-async def _cancel(job: asyncio.Task) -> None:
-    job.cancel()
-
-
-def _event_stream(body: AsyncIterator[bytes], after: BackgroundTask | None = None) -> StreamingResponse:
-    return StreamingResponse(body, media_type="text/event-stream", headers=dict(sse.HEADERS), background=after)
+def _event_stream(body: AsyncIterator[bytes], release: Callable[[], None]) -> StreamingResponse:
+    """An SSE response; ``release`` runs once it has ended, however it ended."""
+    return sse.HeldStream(body, media_type="text/event-stream", headers=dict(sse.HEADERS), release=release)
 
 
 class StatelessHTTP:
@@ -132,8 +136,8 @@ class StatelessHTTP:
         first = out.queue.get_nowait()
         if first[1]:
             return _json(first[0])
-        # The stream's end cancels the request; so does a disconnect before the stream started.
-        return _event_stream(self._stream(out, job, first), BackgroundTask(_cancel, job))
+        # The stream's end cancels the request, even a stream that never started (the client left).
+        return _event_stream(self._stream(out, job, first), job.cancel)
 
     async def _answer(self, call: MCPCall, out: ResponseStream) -> None:
         await out.send(await self.service.answer(call), final=True)
@@ -163,9 +167,13 @@ class StatelessHTTP:
             return JSONResponse(wire.error(call.id, refused), status_code=406)
         try:
             wanted = Filter.parse(call.params)
+            release = call.rt.open_stream()  # a listen stream counts among the caller's open streams
         except MCPError as exc:
             return _json(self.service.modern_reply(call, wire.error(call.id, exc)))
-        return _event_stream(self._listen_stream(call, wanted))
+        except QuotaExceeded as exc:
+            refused = wire.error(call.id, wire.rate_limited(str(exc), exc.retry_after))
+            return _json(self.service.modern_reply(call, refused))
+        return _event_stream(self._listen_stream(call, wanted), release)
 
     async def _listen_stream(self, call: MCPCall, wanted: Filter) -> AsyncIterator[bytes]:
         """The stream's body; the subscription exists while it runs (a stream that never started

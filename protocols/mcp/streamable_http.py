@@ -16,6 +16,12 @@ A POST's reply is ``application/json`` when the first thing the handler produces
 result, and ``text/event-stream`` otherwise (priming event, then every message with an id
 ``{stream}-{seq}``, stored in the shared key/value store so ``GET`` + ``Last-Event-ID`` resumes
 it on any node). Events are framed, kept alive and bounded in time by ``gateway.core.sse``.
+
+Quotas (``gateway.core.quotas``): ``initialize`` past the caller's quota of sessions, a request
+whose task a quota refuses, and a GET stream past the quota of open streams are answered 429
+with ``Retry-After`` and the JSON-RPC error -32029 (``data.retryAfter``). A POST's SSE reply is
+not counted as an open stream: it lasts one request, bounded by the task quotas and the call
+timeout.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,6 +39,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from gateway.core import sse
 from gateway.core.principal import LOCAL, principal_of
+from gateway.core.quotas import QuotaExceeded
 from protocols.mcp import modern, wire
 from protocols.mcp.methods import MCPCall, MCPService
 from protocols.mcp.stateless_http import StatelessHTTP
@@ -89,8 +96,17 @@ def _rpc_error(status: int, code: int, message: str, id: Any = None, headers: di
     return JSONResponse(wire.error(id, MCPError(code, message)), status_code=status, headers=headers)
 
 
-def _event_stream(body: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(body, media_type="text/event-stream", headers=dict(sse.HEADERS))
+def _event_stream(body: AsyncIterator[bytes], release: Callable[[], None] | None = None) -> StreamingResponse:
+    return sse.HeldStream(body, media_type="text/event-stream", headers=dict(sse.HEADERS), release=release)
+
+
+def _reply(msg: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    """A JSON-RPC reply as JSON: HTTP 429 with ``Retry-After`` when a quota refused the request."""
+    error = msg.get("error") or {}
+    if error.get("code") == wire.RATE_LIMITED:
+        retry = str((error.get("data") or {}).get("retryAfter", 1))
+        return JSONResponse(msg, status_code=429, headers={**(headers or {}), "Retry-After": retry})
+    return JSONResponse(msg, headers=headers)
 
 
 class StreamableHTTP:
@@ -151,6 +167,7 @@ class StreamableHTTP:
         # A session belongs to the caller that opened it: to anyone else it does not exist.
         if record is None or record.get("who", LOCAL.id) != principal_of(request).id:
             return _rpc_error(404, INVALID_REQUEST, "Session not found")
+        self.service.runtime.quotas.session_used(sid, self.service.options.session_ttl_s)
         return sid, record
 
     # ---- HTTP methods --------------------------------------------------------------------------
@@ -164,7 +181,7 @@ class StreamableHTTP:
         headers = request.headers
         if not headers.get("mcp-session-id") or headers.get("mcp-protocol-version") in wire.MODERN_VERSIONS:
             # GET and DELETE belong to sessions; a modern client has none
-            return Response(status_code=405, headers={"Allow": "POST"})
+            return _rpc_error(405, INVALID_REQUEST, f"{request.method} needs a session", headers={"Allow": "POST"})
         if request.method == "GET":
             return await self._get(request)
         return await self._delete(request)
@@ -189,6 +206,8 @@ class StreamableHTTP:
                 sid, result = await self.service.initialize(msg.get("params") or {}, principal_of(request))
             except MCPError as exc:
                 return JSONResponse(wire.error(msg["id"], exc))
+            except QuotaExceeded as exc:
+                return _reply(wire.error(msg["id"], wire.rate_limited(str(exc), exc.retry_after)))
             return JSONResponse(wire.result(msg["id"], result), headers={"Mcp-Session-Id": sid})
         found = await self._session(request)
         if isinstance(found, Response):
@@ -209,7 +228,7 @@ class StreamableHTTP:
         self.service.dispatch(MCPCall(self.service, sid, session, msg, out, principal_of(request)))
         first = await out.queue.get()
         if first[2] and out.mode == "json":
-            return JSONResponse(first[1])
+            return _reply(first[1])
         return _event_stream(self._stream(out, first, session.get("v", wire.DEFAULT_HEADER_VERSION)))
 
     async def _stream(self, out: Outbox, first: Item, version: str) -> AsyncIterator[bytes]:
@@ -249,15 +268,32 @@ class StreamableHTTP:
             if not stream or not seq.isdigit() or not await events.exists(sid, stream, int(seq)):
                 return _rpc_error(400, INVALID_REQUEST, "Unknown Last-Event-ID")
             if stream != "g":
-                return _event_stream(self._replay(sid, stream, int(seq)))
+                release = self._open_stream(request)
+                if isinstance(release, Response):
+                    return release
+                return _event_stream(self._replay(sid, stream, int(seq)), release)
         streams = self.service.get_streams
         if sid in streams:
             return _rpc_error(409, INVALID_REQUEST, "Conflict: this session already has a GET stream")
+        release = self._open_stream(request)
+        if isinstance(release, Response):
+            return release
         closed = asyncio.Event()
         streams[sid] = closed
         self.service.listeners[sid] = principal_of(request)  # what it may be told depends on who it is
-        after = int(last.rpartition("-")[2]) if last else await events.get_head(sid)
-        return _event_stream(self._standalone(sid, after, closed))
+        try:
+            after = int(last.rpartition("-")[2]) if last else await events.get_head(sid)
+        except BaseException:
+            release()
+            raise
+        return _event_stream(self._standalone(sid, after, closed), release)
+
+    def _open_stream(self, request: Request) -> Callable[[], None] | Response:
+        """The caller's place among its open streams (what closes it), or the 429 refusal."""
+        try:
+            return self.service.runtime.acting_for(principal_of(request)).open_stream()
+        except QuotaExceeded as exc:
+            return _reply(wire.error(None, wire.rate_limited(str(exc), exc.retry_after)))
 
     async def _replay(self, sid: str, stream: str, after: int) -> AsyncIterator[bytes]:
         """A POST stream resumed after ``after``, up to its response."""

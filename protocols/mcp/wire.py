@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from gateway.core import strict_json
+
 # Handshake-era ("legacy") revisions this gateway serves with sessions (newest first).
 SUPPORTED_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")
 LATEST_VERSION = SUPPORTED_VERSIONS[0]
@@ -21,10 +23,13 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 RESOURCE_NOT_FOUND = -32002
 REQUEST_CANCELLED = -32800
-# 2026-07-28 (each answered with HTTP 400)
+RATE_LIMITED = -32029  # the caller is past one of its quotas (HTTP 429: "29"); data {"retryAfter": seconds}
+# 2026-07-28 (each answered with HTTP 400). That revision reserves -32020..-32099 for the codes it
+# defines, so there a quota refusal is RATE_LIMITED_MODERN, outside JSON-RPC's reserved range.
 HEADER_MISMATCH = -32020
 MISSING_CLIENT_CAPABILITY = -32021
 UNSUPPORTED_VERSION = -32022
+RATE_LIMITED_MODERN = -31029
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
@@ -45,6 +50,11 @@ class MCPError(Exception):
 
 def result(id: Any, value: dict[str, Any]) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": id, "result": value}
+
+
+def rate_limited(message: str, retry_after: int) -> MCPError:
+    """The error of a request refused by one of the caller's quotas (HTTP 429 when it is the reply)."""
+    return MCPError(RATE_LIMITED, message, {"retryAfter": retry_after})
 
 
 def error(id: Any, exc: MCPError) -> dict[str, Any]:
@@ -91,7 +101,7 @@ def classify(msg: Any) -> str:
 
 def parse(body: bytes) -> Any:
     try:
-        return json.loads(body)
+        return strict_json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MCPError(PARSE_ERROR, f"Parse error: {exc}") from None
 

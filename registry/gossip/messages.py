@@ -197,6 +197,7 @@ def _member_state(entry: Any) -> MemberState:
         or not isinstance(entry[0], str)
         or not isinstance(entry[1], str)
         or type(entry[2]) is not int
+        or not isinstance(entry[3], str)  # a list or an object is unhashable: not `in` a set
         or entry[3] not in _STATES
     ):
         raise WireError(f"bad push-pull member entry: {entry!r}")
@@ -206,7 +207,8 @@ def _member_state(entry: Any) -> MemberState:
 def _from_wire(obj: Any) -> Message:
     if not isinstance(obj, dict):
         raise WireError("a message must be a JSON object")
-    cls = _TYPES.get(obj.get("type"))
+    kind = obj.get("type")
+    cls = _TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise WireError(f"unknown message type {obj.get('type')!r}")
     names = _FIELDS[cls]

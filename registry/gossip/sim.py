@@ -8,8 +8,10 @@ nodes' own choices) comes from one seed, so a run is reproducible. The network m
 * loss: each packet is dropped with probability `loss`;
 * partition: packets between different groups are dropped;
 * crash: a node stops silently (no leave), packets to it vanish;
-* restart: a fresh node with the same id and address (incarnation 0) joins through the seeds,
-  and must out-number its old incarnation by refuting what the cluster says about it;
+* restart: a fresh node with the same id (incarnation 0), at the same address or another, joins
+  through the seeds, and must out-number its old incarnation by refuting what the cluster says
+  about it;
+* inject: a packet made up by a node (a member that lies);
 * leave: the node gossips its departure and stops once `leave_complete`.
 
 `wire=True` sends every packet through its JSON encoding (slower; proves the wire format), and
@@ -76,9 +78,10 @@ class RecordingDelegate(Delegate):
 
 @dataclass
 class Traffic:
-    """Packets and bytes sent, by sender address and by first message type."""
+    """Packets and bytes sent, by sender address, destination address and first message type."""
 
     packets: Counter[str] = field(default_factory=Counter)
+    to: Counter[str] = field(default_factory=Counter)
     bytes: Counter[str] = field(default_factory=Counter)
     by_type: Counter[str] = field(default_factory=Counter)
 
@@ -128,9 +131,12 @@ class Simulator:
     def node_addr(i: int) -> str:
         return f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}:7946"
 
-    def spawn(self, i: int, seeds: Iterable[str] = (), known: Iterable[tuple[str, str]] = ()) -> SwimNode:
-        """Start node number `i` now (a fresh state machine if it ran before)."""
-        addr = self.node_addr(i)
+    def spawn(
+        self, i: int, seeds: Iterable[str] = (), known: Iterable[tuple[str, str]] = (), addr: str | None = None
+    ) -> SwimNode:
+        """Start node number `i` now (a fresh state machine if it ran before), at its usual
+        address or at `addr` (a restart elsewhere: same id, new address)."""
+        addr = addr or self.node_addr(i)
         old = self.nodes.get(addr)
         if old is not None:
             self._wake.pop(old, None)
@@ -174,6 +180,10 @@ class Simulator:
     def heal(self) -> None:
         self._groups = {}
 
+    def inject(self, src: str, to: str, packet: list[Message]) -> None:
+        """Send `packet` from the node at `src` as if it had made it (a member that lies)."""
+        self._transmit(src, to, packet)
+
     def broadcast(self, addr: str, key: str, payload: Any) -> None:
         """Have node `addr` publish a user payload (it records it as seen at once)."""
         self.delegates[addr].record(key, payload)
@@ -203,7 +213,7 @@ class Simulator:
                 if to not in up:
                     continue
                 node = nodes[to]
-                self._apply(node, node.receive(now, event[4], event[5]))
+                self._apply(node, node.receive(now, event[4], event[5], sender=event[6]))
         self.now = max(self.now, until)
 
     def run_until(self, done: Callable[[], bool], timeout: float, step: float = 0.1) -> float:
@@ -242,6 +252,7 @@ class Simulator:
     def _transmit(self, src: str, to: str, packet: list[Message]) -> None:
         traffic = self.traffic
         traffic.packets[src] += 1
+        traffic.to[to] += 1
         traffic.by_type[packet[0].TYPE] += 1
         if self.wire or self.measure_bytes:
             text = json.dumps(encode_packet(packet), separators=(",", ":"))
@@ -255,7 +266,11 @@ class Simulator:
             return
         lo, hi = self.latency
         self._counter += 1
-        heapq.heappush(self._heap, (self.now + lo + (hi - lo) * rnd(), self._counter, _DELIVER, to, src, packet))
+        # The simulated network is authentic: a packet's sender is the node at its source address.
+        sender = self.nodes[src].id
+        heapq.heappush(
+            self._heap, (self.now + lo + (hi - lo) * rnd(), self._counter, _DELIVER, to, src, packet, sender)
+        )
 
     # ------------------------------------------------------------------ observation
 

@@ -5,12 +5,13 @@ caller passes the time in and gets packets out.
 
     out = node.start(now, seeds)            # join: push/pull with the seeds
     out = node.tick(now)                     # call at node.next_deadline() (or later)
-    out = node.receive(now, from_addr, pkt)  # pkt: list of messages (see messages.py)
+    out = node.receive(now, from_addr, pkt, sender=member_id)  # pkt: list of messages (messages.py)
     out.sends   -> [(to_addr, [message, ...]), ...]   packets to send
     out.events  -> [MemberEvent, ...]                 membership changes seen by this node
 
-`from_addr` must be the sender's advertised address (answers go there); a transport that signs
-packets vouches for it. The protocol, with the paper section each piece comes from:
+`sender` is the member id of the node that sent the packet and `from_addr` its advertised address
+(answers go there); the transport vouches for both (a signed envelope names them, and its key is
+that member's). The protocol, with the paper section each piece comes from:
 
 * Failure detection (SWIM 3.1, 4.3): every probe period the node pings the next member of a
   shuffled round-robin list. No ack within the probe timeout: it sends ping-req to
@@ -36,6 +37,24 @@ packets vouches for it. The protocol, with the paper section each piece comes fr
   a random dead member is contacted every reconnect interval (serf's reconnect), which is how a
   healed partition merges back. Dead and left members are reaped after `reap_timeout`.
 * Leave: the node gossips `Dead` about itself with itself as accuser; peers record it as left.
+
+Who is believed about what (not in SWIM, which trusts every member): a packet must never steer
+where this node sends. So
+
+* an address is only ever learned from the member itself, or relayed by a member: an `Alive`
+  that *changes* a known member's address counts only when that member sent it, and a node
+  announcing itself must announce the address it sends from;
+* news about a third node (alive, suspect, dead, push/pull entries) counts only from a member:
+  a stranger speaks of itself (announcing itself makes it one, which is how a seed's answer to
+  a join, or a joining node, is heard) and of us, of nobody else;
+* a ping-req helper pings only a member, at the address of its own member table: a request that
+  names another address (or an unknown node) is answered with a `Nack` and nothing else; only
+  members' requests are served;
+* when a member's packets come from another address than the table's (it restarted elsewhere),
+  the node asks it there with a push/pull (at most once per probe interval); its own answer
+  moves it when its incarnation is newer, which it is once it has refuted the old story the
+  request carries. So a member that moved is found by each node it contacts, within one round
+  of its probes (N probe intervals) at worst.
 """
 
 from __future__ import annotations
@@ -316,6 +335,10 @@ class SwimNode:
         self._seq = 0
         self._seeds: tuple[str, ...] = ()
         self._leaving = False
+        # Whose word the news being handled is: the packet's sender and the address it signed
+        # (receive sets them), else this node's own (timers, leave).
+        self._sender, self._from = node_id, addr
+        self._addr_checks: dict[str, tuple[str, float]] = {}  # member -> (other address, asked at)
         self._sends: list[tuple[str, list[Message]]] = []
         self._events: list[MemberEvent] = []
         self._handlers: dict[type, Callable[[Any, float, str], None]] = {
@@ -390,11 +413,21 @@ class SwimNode:
             self._skip_gossip_rounds(now)
         return self._flush()
 
-    def receive(self, now: float, from_addr: str, packet: list[Message]) -> Output:
-        """Handle one packet from the node advertised at `from_addr`."""
+    def receive(self, now: float, from_addr: str, packet: list[Message], *, sender: str) -> Output:
+        """Handle one packet that member `sender` sent from its advertised address `from_addr`
+        (see "Who is believed" in the module docstring)."""
+        if sender == self.id:
+            return self._flush()  # a node never sends to itself: not ours
         handlers = self._handlers
-        for msg in packet:
-            handlers[type(msg)](msg, now, from_addr)
+        self._sender, self._from = sender, from_addr
+        try:
+            for msg in packet:
+                handlers[type(msg)](msg, now, from_addr)
+        finally:
+            self._sender, self._from = self.id, self.addr
+        member = self._members.get(sender)
+        if member is not None and member is not self._self and member.addr != from_addr:
+            self._confirm_addr(member, from_addr, now)
         if now > self._next_gossip:
             self._skip_gossip_rounds(now)
         return self._flush()
@@ -545,6 +578,7 @@ class SwimNode:
             member = self._members[node_id]
             if member.state in _GONE and now - member.state_change > self.config.reap_timeout:
                 del self._members[node_id]
+                self._addr_checks.pop(node_id, None)
                 self._emit(member, member.state, None)
             else:
                 keep.append(node_id)
@@ -584,17 +618,28 @@ class SwimNode:
             probe.nacks += 1
 
     def _on_ping_req(self, msg: PingReq, now: float, src: str) -> None:
-        """Be a SWIM ping-req helper: ping the target, relay its ack, or nack on silence
-        (Lifeguard) a little before the requester's probe period ends."""
-        if len(self._relays) >= self.config.max_pending_relays:
+        """Be a SWIM ping-req helper for a member: ping the target, relay its ack, or nack on
+        silence (Lifeguard) a little before the requester's probe period ends. The target must
+        be a member at the address this node holds for it; otherwise the answer is a nack."""
+        if self._sender not in self._members or len(self._relays) >= self.config.max_pending_relays:
+            return
+        target = self._members.get(msg.target)
+        if target is None or target is self._self or target.addr != msg.target_addr:
+            self._send(src, Nack(msg.seq))
             return
         seq = self._next_seq()
         self._relays[seq] = _Relay(src, msg.seq)
-        self._send(msg.target_addr, Ping(seq, msg.target))
+        self._send(target.addr, Ping(seq, msg.target))
         cfg = self.config
         self._schedule(now + cfg.probe_timeout * cfg.nack_timeout_fraction, _RELAY, seq)
 
     # ------------------------------------------------------------------ suspicion subprotocol
+
+    def _may_learn(self, node_id: str) -> bool:
+        """Whether news about `node_id` is believed from whoever it comes from now: anything
+        from a member (or this node itself); from a stranger, only what it says of itself (which
+        makes it a member: it announced itself) or of us."""
+        return self._sender in self._members or node_id == self._sender or node_id == self.id
 
     def _refute(self, accused_incarnation: int) -> None:
         """SWIM 4.2: out-number the accusation and gossip Alive. Lifeguard: having to refute
@@ -612,6 +657,10 @@ class SwimNode:
             ):
                 self._refute(msg.incarnation)
             return
+        if not self._may_learn(msg.node):
+            return
+        if msg.node == self._sender and msg.addr != self._from:
+            return  # a node announces the address it signs its packets with, no other
         if member is None:
             if len(self._members) >= self.config.max_members:
                 return
@@ -627,17 +676,24 @@ class SwimNode:
             return
         if msg.incarnation <= member.incarnation:
             return
+        moved = msg.addr != member.addr
+        if moved and msg.node != self._sender:
+            return  # only the member itself moves its address
         self._suspicions.pop(msg.node, None)
         self._membership_q.push(msg.node, msg)
         member.incarnation = msg.incarnation
-        member.addr = msg.addr
+        if moved:
+            member.addr = msg.addr
+            self._addr_checks.pop(msg.node, None)
         if member.state is not _ALIVE:
             old, member.state, member.state_change = member.state, _ALIVE, now
             self._emit(member, old, _ALIVE)
+        elif moved:
+            self._emit(member, _ALIVE, _ALIVE)  # same state, new address: the transport must know
 
     def _on_suspect(self, msg: Suspect, now: float, src: str = "") -> None:
         member = self._members.get(msg.node)
-        if member is None or msg.incarnation < member.incarnation:
+        if member is None or msg.incarnation < member.incarnation or not self._may_learn(msg.node):
             return
         suspicion = self._suspicions.get(msg.node)
         if suspicion is not None:
@@ -668,7 +724,7 @@ class SwimNode:
 
     def _on_dead(self, msg: Dead, now: float, src: str = "") -> None:
         member = self._members.get(msg.node)
-        if member is None or msg.incarnation < member.incarnation:
+        if member is None or msg.incarnation < member.incarnation or not self._may_learn(msg.node):
             return
         self._suspicions.pop(msg.node, None)
         if member.state in _GONE:
@@ -734,17 +790,32 @@ class SwimNode:
 
     def _on_push_pull(self, msg: PushPull, now: float, src: str) -> None:
         """Merge a peer's full state (memberlist mergeState): alive as alive, left as left, and
-        dead or suspect as *suspect*, so we probe it ourselves before believing it dead."""
-        if not msg.reply:
-            self._send_push_pull(src, msg.join, reply=True)
-        for node_id, addr, incarnation, state in msg.members[: self.config.max_members]:
+        dead or suspect as *suspect*, so we probe it ourselves before believing it dead. Then
+        answer a request (memberlist answers first): the answer carries any refutation of what
+        the request said about us, which is how a member that moved proves its new address."""
+        entries = msg.members[: self.config.max_members]
+        # The sender's own entry first: a stranger (a seed answering our join, a node joining
+        # through us) announces itself, and then speaks for the others as a member.
+        for node_id, addr, incarnation, state in sorted(entries, key=lambda e: e[0] != self._sender):
             if state == _ALIVE:
                 self._on_alive(Alive(node_id, addr, incarnation), now)
             elif state == _LEFT:
                 self._on_dead(Dead(node_id, incarnation, node_id), now)
             else:
                 self._on_suspect(Suspect(node_id, incarnation, self.id), now)
+        if not msg.reply:
+            self._send_push_pull(src, msg.join, reply=True)
         self._delegate.merge_remote_state(msg.user_state, msg.join)
+
+    def _confirm_addr(self, member: Member, addr: str, now: float) -> None:
+        """`member` sends from `addr`, not from the address we hold: ask it there for its own
+        account (module docstring), at most once per probe interval and address (the request or
+        the answer may be lost), so a member that moved is found within one of its probe rounds."""
+        asked = self._addr_checks.get(member.id)
+        if self._leaving or (asked is not None and asked[0] == addr and now - asked[1] < self.config.probe_interval):
+            return
+        self._addr_checks[member.id] = (addr, now)
+        self._send_push_pull(addr, join=False, reply=False)
 
     def _reconnect_round(self, now: float) -> None:
         """Serf's reconnect: push/pull with one random dead member, with probability

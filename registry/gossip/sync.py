@@ -25,6 +25,11 @@ Operators' revocations (``schemas.agent_record.Revocation``, signed by the node 
 them) travel the same two ways, keyed ``revoked:<did>`` in rumours and digests; a receiver's
 registry believes one only from a node it trusts (``Registry.revokers``).
 
+Before that, a relayed record (or tombstone) passes this node's admission, as a direct write
+does: ``admit(did, via_did)`` (given by the gateway) names the reason a record of ``did`` relayed
+by the node whose key is ``via_did`` is refused, or None. A refused one is dropped and counted
+under ``rejected.<reason>``; it is not stored, so it is not relayed on either.
+
 With each record travels an *origin* hint: the member through which the record entered the
 federation (the node whose store received it other than from gossip). Routing uses the
 record's signed ``home_node`` when it names a member, and the hint otherwise (a worker that
@@ -38,6 +43,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -64,13 +70,13 @@ class RegistrySync(Delegate):
     """The registry's side of gossip (see the module docstring). Build it, pass it as the
     SwimNode's delegate, then ``attach`` the transport and ``start``."""
 
-    def __init__(self, registry: Registry, node_id: str) -> None:
-        self.registry, self.node_id = registry, node_id
+    def __init__(self, registry: Registry, node_id: str, admit: Callable[[str, str], str | None] | None = None) -> None:
+        self.registry, self.node_id, self.admit = registry, node_id, admit
         self.origin: dict[str, str] = {}  # did -> member id the record entered through
         self.stats: Counter[str] = Counter()
         self._tombstones: dict[str, dict[str, Any]] = {}  # did -> signed tombstone body
         self._expect: dict[str, int] = {}  # did -> seq being applied from gossip
-        self._queue: asyncio.Queue[tuple[Any, str]] = asyncio.Queue(MAX_QUEUE)
+        self._queue: asyncio.Queue[tuple[Any, str, str]] = asyncio.Queue(MAX_QUEUE)  # entry, via node, its DID
         self._gossip: HttpGossip | None = None
         self._jobs: list[asyncio.Task] = []
         self._stopped = False
@@ -156,7 +162,7 @@ class RegistrySync(Delegate):
     def notify_user(self, key: str, payload: Any) -> bool:
         # Never relayed as received: the record is re-broadcast from our store feed once our
         # registry accepted it, so a forged or altered record stops here.
-        self._enqueue([payload], self._via())
+        self._enqueue([payload], *self._via())
         return False
 
     def local_state(self, join: bool) -> Any:
@@ -186,36 +192,37 @@ class RegistrySync(Delegate):
 
     # ---- records from peers -----------------------------------------------------------------
 
-    def _via(self) -> str:
+    def _via(self) -> tuple[str, str]:
+        """The member id and DID of the node whose packet is being handled."""
         sender = self._gossip.current_sender if self._gossip is not None else None
-        return sender.node if sender is not None else "?"
+        return (sender.node, sender.sender) if sender is not None else ("?", "")
 
     def _on_records(self, env: Envelope) -> None:
         entries = env.payload.get("entries") if isinstance(env.payload, dict) else None
         if not isinstance(entries, list) or len(entries) > MAX_ENTRIES:
             self.stats["rejected.malformed"] += 1
             return
-        self._enqueue(entries, env.node)
+        self._enqueue(entries, env.node, env.sender)
 
-    def _enqueue(self, entries: list[Any], via: str) -> None:
+    def _enqueue(self, entries: list[Any], via: str, via_did: str) -> None:
         for entry in entries:
             try:
-                self._queue.put_nowait((entry, via))
+                self._queue.put_nowait((entry, via, via_did))
             except asyncio.QueueFull:
                 self.stats["dropped.backlog"] += 1
                 return
 
     async def _apply(self) -> None:
         while not self._stopped:
-            entry, via = await self._queue.get()
+            entry, via, via_did = await self._queue.get()
             try:
-                await self._ingest(entry, via)
+                await self._ingest(entry, via, via_did)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("could not apply a relayed record")
 
-    async def _ingest(self, entry: Any, via: str) -> None:
+    async def _ingest(self, entry: Any, via: str, via_did: str) -> None:
         body = entry.get("record") if isinstance(entry, dict) else None
         origin = entry.get("origin") if isinstance(entry, dict) else None
         if not isinstance(origin, str) or not 0 < len(origin) <= 256:
@@ -230,6 +237,12 @@ class RegistrySync(Delegate):
             await self._ingest_revocation(model, via)
             return
         did = model.did
+        refused = self.admit(did, via_did) if self.admit is not None else None
+        if refused is not None:
+            self.stats[f"rejected.{refused}"] += 1
+            # debug only: anti-entropy offers the same records again at every push/pull
+            log.debug("relayed record refused by admission", extra={"did": did, "reason": refused, "peer": via})
+            return
         stored = self.registry.seq_of(did)
         if stored is not None and model.seq <= stored:
             self.stats["duplicate"] += 1

@@ -14,6 +14,14 @@ Other envelope kinds (registry record transfers) share the endpoint, the signatu
 list and the counters: a layer above registers a handler per kind (`on_kind`) and sends with
 `send`.
 
+A member's identity is its node DID. The first envelope accepted from a member binds its member
+id to the DID that signed it (`dids`), for as long as the member is in the table: an envelope
+that claims a member id (or this node's) under another DID is refused (`impersonation`), so a
+packet's `sender`, which the SWIM core believes about addresses, is the member itself. And this
+node never POSTs to an address that nobody vouched for: a send goes only to a seed (the join),
+to a member's address in the member table, or back to the address the sender of the packet
+being handled signed; anything else is dropped and counted (`dropped.unannounced`).
+
 A test-only fault switch (`block`) drops every packet to and from the named peer addresses
 (or from everyone, ``"*"``), in both directions, to simulate a network partition.
 
@@ -114,11 +122,13 @@ class HttpGossip:
         self.on_events = on_events
         self.max_inflight, self.send_timeout_s = max_inflight, send_timeout_s
         self.stats: Counter[str] = Counter()
-        self.dids: dict[str, str] = {}  # member id -> the DID that signed its packets
+        self.dids: dict[str, str] = {}  # member id -> the DID bound to it (its packets' signer)
         self.current_sender: Envelope | None = None  # set while a packet is handled
         self._handlers: dict[str, Callable[[Envelope], None]] = {}
         self._replay = ReplayCache()
         self._blocked: set[str] = set()
+        self._seeds: frozenset[str] = frozenset()
+        self._member_addrs: set[str] | None = None  # cache, dropped at each membership event
         self._inflight: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
         self._loop: asyncio.Task | None = None
@@ -127,6 +137,8 @@ class HttpGossip:
     # ---- lifecycle --------------------------------------------------------------------------
 
     def start(self, seeds: Iterable[str]) -> None:
+        seeds = list(seeds)
+        self._seeds = frozenset(seeds)
         self._dispatch(self.node.start(time.monotonic(), seeds))
         self._loop = asyncio.create_task(self._drive(), name="gossip")
 
@@ -200,24 +212,38 @@ class HttpGossip:
             except WireError as exc:
                 self.stats["rejected.malformed"] += 1
                 raise EnvelopeRejected("malformed", str(exc)) from None
+        self._check_identity(env)
         self.stats["received"] += 1
-        self.dids[env.node] = env.sender
-        if env.kind == "swim":
-            self.current_sender = env
-            try:
-                self._dispatch(self.node.receive(time.monotonic(), env.addr, packet))
-            finally:
-                self.current_sender = None
-            self._wake.set()  # the packet may have queued news to gossip
-        else:
-            handler = self._handlers.get(env.kind)
-            if handler is not None:
-                handler(env)
+        self.current_sender = env
+        try:
+            if env.kind == "swim":
+                self._dispatch(self.node.receive(time.monotonic(), env.addr, packet, sender=env.node))
+                self._wake.set()  # the packet may have queued news to gossip
+            else:
+                handler = self._handlers.get(env.kind)
+                if handler is not None:
+                    handler(env)
+        finally:
+            self.current_sender = None
+        if env.node in self.node.members:
+            self.dids.setdefault(env.node, env.sender)
         return env
+
+    def _check_identity(self, env: Envelope) -> None:
+        """Refuse an envelope that claims this node's id, or a member's bound to another DID."""
+        bound = self.identity.did if env.node == self.node.id else self.dids.get(env.node)
+        if bound is not None and bound != env.sender:
+            self.stats["rejected.impersonation"] += 1
+            raise EnvelopeRejected("impersonation", f"member {env.node!r} is another node (its DID is {bound})")
 
     # ---- sending ----------------------------------------------------------------------------
 
     def _dispatch(self, out: Output) -> None:
+        if out.events:
+            self._member_addrs = None  # members came, went or moved
+            for event in out.events:
+                if event.new is None:  # reaped: its id may be someone else's one day
+                    self.dids.pop(event.member, None)
         for addr, packet in out.sends:
             self.send(addr, "swim", encode_packet(packet))
         if out.events and self.on_events is not None:
@@ -232,6 +258,10 @@ class HttpGossip:
             return
         if self._is_blocked(addr):
             self.stats["dropped.fault"] += 1
+            return
+        if not self._announced(addr):
+            self.stats["dropped.unannounced"] += 1
+            log.warning("gossip send to an address no member announced dropped", extra={"peer": addr})
             return
         if len(self._inflight) >= self.max_inflight:
             self.stats["dropped.backlog"] += 1
@@ -249,6 +279,15 @@ class HttpGossip:
         task = asyncio.create_task(self._post(addr, body))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
+
+    def _announced(self, addr: str) -> bool:
+        """Whether a member vouched for ``addr`` (module docstring): a seed, the signed address
+        of the packet being answered, or a member's address in the member table."""
+        if addr in self._seeds or (self.current_sender is not None and addr == self.current_sender.addr):
+            return True
+        if self._member_addrs is None:
+            self._member_addrs = {m.addr for m in self.node.members.values()}
+        return addr in self._member_addrs
 
     async def _post(self, addr: str, body: bytes) -> None:
         try:

@@ -47,6 +47,21 @@ class TaskExists(BackendError):
     code = "conflict"
 
 
+class InvalidCursor(BackendError):
+    """A task list cursor that no list returned (a client's, passed on by ``GET /tasks``)."""
+
+    code = "invalid_cursor"
+
+
+def cursor_offset(cursor: str | None) -> int:
+    """The offset a task list cursor stands for (both backends' cursors are offsets); 0 for none."""
+    if not cursor:
+        return 0
+    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 15:
+        raise InvalidCursor(f"cursor {cursor[:40]!r} is not one a task list returned")
+    return int(cursor)
+
+
 @dataclass(frozen=True)
 class Delivery:
     agent: str
@@ -117,10 +132,22 @@ class TaskStore(abc.ABC):
 
     @abc.abstractmethod
     async def list(
-        self, context_id: str | None = None, limit: int = 50, cursor: str | None = None, owner: str | None = None
+        self,
+        context_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        owner: str | None = None,
+        state: TaskState | None = None,
     ) -> tuple[list[Task], str | None]:
-        """Tasks newest first, optionally of one context and/or one owner; returns (page, next
-        cursor). ``owner`` None lists every owner's tasks (for admins)."""
+        """Tasks newest first, optionally of one context, one owner and/or in one state; returns
+        (page, next cursor). ``owner`` None lists every owner's tasks (for admins). Each
+        combination is an index: a page costs its offset and length, never a scan of the store."""
+
+    @abc.abstractmethod
+    async def count(
+        self, context_id: str | None = None, owner: str | None = None, state: TaskState | None = None
+    ) -> int:
+        """How many tasks ``list`` with these filters pages through (read from the index)."""
 
     @abc.abstractmethod
     async def apply(self, task_id: str, event: TaskEvent) -> tuple[Task, str]:

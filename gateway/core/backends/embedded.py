@@ -6,10 +6,13 @@ redelivery count) so the behavioural suite holds for both; it lives and dies wit
 
 from __future__ import annotations
 
+import array
 import asyncio
+import bisect
 import itertools
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict, defaultdict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from gateway.core.backends.base import (
@@ -25,9 +28,10 @@ from gateway.core.backends.base import (
     TaskExists,
     TaskNotFound,
     TaskStore,
+    cursor_offset,
 )
 from registry.store import MemoryRecordStore
-from schemas import Task, TaskEvent, TaskStatusUpdate
+from schemas import Task, TaskEvent, TaskState, TaskStatusUpdate
 
 
 def _now_ms() -> int:
@@ -145,6 +149,8 @@ class _TaskSlot:
         "accepted_by",
         "context_id",
         "owner",
+        "seq",
+        "state",
         "signal",
         "lock_owner",
         "lock_until_ms",
@@ -153,8 +159,9 @@ class _TaskSlot:
         "_events",
     )
 
-    def __init__(self, task: Task, accepted_by: str) -> None:
+    def __init__(self, task: Task, accepted_by: str, seq: int) -> None:
         self.accepted_by, self.context_id, self.owner = accepted_by, task.context_id, task.owner
+        self.seq, self.state = seq, task.state  # creation order; the state it is indexed under
         self.signal = _Signal()
         self.lock_owner: str | None = None
         self.lock_until_ms = 0
@@ -189,11 +196,58 @@ class _TaskSlot:
             self._task = task.model_dump_json(exclude_none=True).encode()
 
 
+class _Index:
+    """The tasks of one owner (or of every owner) in one state (or in any), by creation order.
+
+    ``order`` holds creation numbers ascending; a task leaves ``members`` at once and ``order``
+    lazily (it is compacted once half of it is gone), so adding, removing and counting are
+    amortised O(1) (a task that rejoins, say working again after input-required, is put back
+    in place by bisection) and a page costs its offset plus its length.
+    """
+
+    __slots__ = ("members", "order")
+
+    def __init__(self) -> None:
+        self.members: set[int] = set()
+        self.order: list[int] = []
+
+    def add(self, seq: int) -> None:
+        if seq in self.members:
+            return
+        self.members.add(seq)
+        if not self.order or seq > self.order[-1]:
+            self.order.append(seq)
+            return
+        at = bisect.bisect_left(self.order, seq)
+        if at == len(self.order) or self.order[at] != seq:  # else: still there from before, reused
+            self.order.insert(at, seq)
+
+    def discard(self, seq: int) -> None:
+        self.members.discard(seq)
+        if len(self.order) > 2 * len(self.members) + 32:
+            self.order = [s for s in self.order if s in self.members]
+
+    def newest(self) -> Iterator[int]:
+        return (seq for seq in reversed(self.order) if seq in self.members)
+
+
 class EmbeddedTaskStore(TaskStore):
+    """Tasks by id, and the indexes that list them (``list``, ``count``): one per owner and state
+    (each may be "any": ``_Index``), and per context the creation numbers of its tasks, oldest
+    first (a number alone for a context of one task, as most are, so that contexts add nothing
+    for the garbage collector to scan): a context's page is read from there, by the owner and
+    state its slots keep, never by reading tasks. So no listing scans the store; a context's
+    listing reads that context's slots only."""
+
     def __init__(self, bus: EmbeddedBus, limits: Limits) -> None:
         self.bus, self.limits = bus, limits
         self._tasks: dict[str, _TaskSlot] = {}
-        self._order: deque[str] = deque()  # task ids in creation order
+        self._seqs = itertools.count(1)
+        self._by_seq: dict[int, str] = {}  # creation number -> task id
+        self._indexes: dict[tuple[str | None, TaskState | None], _Index] = {}
+        # context id -> the creation numbers of its tasks (some gone): one, or an array of them
+        self._contexts: dict[str, int | array.array] = {}
+        self._context_sizes: dict[str, int] = {}  # context id -> how many of those are not gone
         self._ended: deque[str] = deque()  # terminal task ids in the order they ended
         self._event_ids = itertools.count(1)
         self._finished: deque[tuple[int, Finished]] = deque(maxlen=10_000)
@@ -204,22 +258,81 @@ class EmbeddedTaskStore(TaskStore):
         if task.id in self._tasks:
             raise TaskExists(f"task {task.id} exists")
         self.bus.push(agent, task.id)  # raises QueueFull before anything is stored
-        self._tasks[task.id] = _TaskSlot(task.snapshot(), accepted_by)
-        self._order.append(task.id)
+        slot = self._tasks[task.id] = _TaskSlot(task.snapshot(), accepted_by, next(self._seqs))
+        self._by_seq[slot.seq] = task.id
+        for owner in {None, slot.owner}:
+            self._add((owner, None), slot.seq)
+            self._add((owner, slot.state), slot.seq)
+        seqs = self._contexts.get(slot.context_id)
+        if seqs is None:  # most contexts hold one task: its number alone, no object to collect
+            self._contexts[slot.context_id] = slot.seq
+        elif isinstance(seqs, int):
+            self._contexts[slot.context_id] = array.array("q", (seqs, slot.seq))
+        else:
+            seqs.append(slot.seq)
+        self._context_sizes[slot.context_id] = self._context_sizes.get(slot.context_id, 0) + 1
         self._prune()
+
+    def _add(self, key: tuple[str | None, TaskState | None], seq: int) -> None:
+        index = self._indexes.get(key)
+        if index is None:
+            index = self._indexes[key] = _Index()
+        index.add(seq)
+
+    def _discard(self, key: tuple[str | None, TaskState | None], seq: int) -> None:
+        index = self._indexes.get(key)
+        if index is not None:
+            index.discard(seq)
+            if not index.members:  # an owner's indexes go with its last task
+                del self._indexes[key]
+
+    def _restate(self, slot: _TaskSlot, state: TaskState) -> None:
+        """Move a task from the indexes of its state to those of ``state``."""
+        for owner in {None, slot.owner}:
+            self._discard((owner, slot.state), slot.seq)
+            self._add((owner, state), slot.seq)
+        slot.state = state
 
     def _prune(self) -> None:
         """Drop finished tasks past the retention period or over the in-memory bound."""
         cutoff = time.monotonic() - self.limits.retention_s
-        dropped = False
         while self._ended:  # in the order tasks ended, so the first kept one stops the scan
             slot = self._tasks[self._ended[0]]
             if len(self._ended) <= self.limits.max_finished_tasks and slot.ended_at > cutoff:
                 break
             del self._tasks[self._ended.popleft()]
-            dropped = True
-        if dropped and len(self._order) > 2 * len(self._tasks):  # amortised: rebuild rarely
-            self._order = deque(t for t in self._order if t in self._tasks)
+            del self._by_seq[slot.seq]
+            for owner in {None, slot.owner}:
+                self._discard((owner, None), slot.seq)
+                self._discard((owner, slot.state), slot.seq)
+            self._forget_in_context(slot.context_id)
+
+    def _forget_in_context(self, context_id: str) -> None:
+        size = self._context_sizes[context_id] - 1
+        seqs = self._contexts[context_id]
+        if not size:
+            del self._context_sizes[context_id], self._contexts[context_id]
+            return
+        self._context_sizes[context_id] = size
+        if isinstance(seqs, array.array) and len(seqs) > 2 * size + 8:  # amortised: once half is gone
+            self._contexts[context_id] = array.array("q", (s for s in seqs if s in self._by_seq))
+
+    def _in_context(self, context_id: str, owner: str | None, state: TaskState | None) -> Iterator[int]:
+        """Creation numbers of a context's tasks of ``owner`` in ``state`` (None: any), newest first."""
+        seqs = self._contexts.get(context_id, ())
+        for seq in (seqs,) if isinstance(seqs, int) else reversed(seqs):
+            task_id = self._by_seq.get(seq)
+            if task_id is None:
+                continue
+            slot = self._tasks[task_id]
+            if (owner is None or slot.owner == owner) and (state is None or slot.state is state):
+                yield seq
+
+    def _matching(self, context_id: str | None, owner: str | None, state: TaskState | None) -> Iterator[int]:
+        if context_id:
+            return self._in_context(context_id, owner, state)
+        index = self._indexes.get((owner, state))
+        return iter(()) if index is None else index.newest()
 
     async def requeue(self, task: Task, agent: str) -> None:
         self._slot(task.id)
@@ -235,22 +348,23 @@ class EmbeddedTaskStore(TaskStore):
         slot = self._tasks.get(task_id)
         return None if slot is None else slot.copy()
 
-    async def list(self, context_id=None, limit=50, cursor=None, owner=None):
-        ids = [
-            t
-            for t in reversed(self._order)
-            if (slot := self._tasks.get(t)) is not None
-            and (context_id is None or slot.context_id == context_id)
-            and (owner is None or slot.owner == owner)
-        ]
-        start = int(cursor) if cursor else 0
-        page = ids[start : start + limit]
-        nxt = str(start + limit) if start + limit < len(ids) else None
-        return [self._tasks[t].copy() for t in page], nxt
+    async def list(self, context_id=None, limit=50, cursor=None, owner=None, state=None):
+        start = cursor_offset(cursor)
+        page = list(itertools.islice(self._matching(context_id, owner, state), start, start + limit + 1))
+        nxt = str(start + limit) if len(page) > limit else None  # the one extra: more follow
+        return [self._tasks[self._by_seq[seq]].copy() for seq in page[:limit]], nxt
+
+    async def count(self, context_id=None, owner=None, state=None):
+        if context_id:
+            return sum(1 for _ in self._in_context(context_id, owner, state))
+        index = self._indexes.get((owner, state))
+        return 0 if index is None else len(index.members)
 
     async def apply(self, task_id: str, event: TaskEvent) -> tuple[Task, str]:
         slot = self._slot(task_id)
         task = slot.task.apply(event)  # raises InvalidTransition, leaving the slot unchanged
+        if task.state is not slot.state:
+            self._restate(slot, task.state)
         stored = StoredEvent(f"{next(self._event_ids)}-0", event)
         slot.record(task, stored, self.limits.max_events_per_task)
         slot.signal.fire()
@@ -305,8 +419,20 @@ def _id_gt(a: str, b: str) -> bool:
 
 
 class EmbeddedKeyValue(KeyValue):
+    """Keys with a lifetime, dropped soon after it ends by sweeping an expiry queue.
+
+    The queue has one bucket per second of expiry time. A key is queued once, in the bucket of
+    its expiry (again only if a write shortens it); each write sweeps the buckets whose second
+    has passed, dropping the keys that expired and moving the ones re-written since to the
+    bucket of their new expiry. Each queued key is visited once per lifetime, so a write costs
+    amortised O(1) however many keys are live (a scan of every key on each write, as before,
+    took 6.8 ms a write with 100k live keys: P16 of the security review).
+    """
+
     def __init__(self) -> None:
         self._data: dict[str, tuple[str, float]] = {}
+        self._buckets: defaultdict[int, list[str]] = defaultdict(list)
+        self._swept = int(time.monotonic())  # the buckets of every earlier second are swept
 
     async def get(self, key: str) -> str | None:
         item = self._data.get(key)
@@ -318,11 +444,29 @@ class EmbeddedKeyValue(KeyValue):
     async def set(self, key: str, value: str, ttl_s: int, *, only_new: bool = False) -> bool:
         if only_new and await self.get(key) is not None:
             return False
-        if len(self._data) > 100_000:  # bound memory: drop what has expired
-            now = time.monotonic()
-            self._data = {k: v for k, v in self._data.items() if v[1] > now}
-        self._data[key] = (value, time.monotonic() + ttl_s)
+        now = time.monotonic()
+        old = self._data.get(key)
+        expires = now + ttl_s
+        self._data[key] = (value, expires)
+        if old is None or expires < old[1]:  # not queued, or queued for a later second
+            self._buckets[int(expires)].append(key)
+        self._sweep(now)
         return True
+
+    def _sweep(self, now: float) -> None:
+        if not self._buckets:
+            self._swept = int(now)
+            return
+        while self._swept < int(now):
+            for key in self._buckets.pop(self._swept, ()):
+                item = self._data.get(key)
+                if item is None:
+                    continue  # deleted
+                if item[1] <= now:
+                    del self._data[key]
+                else:  # re-written with a later expiry
+                    self._buckets[int(item[1])].append(key)
+            self._swept += 1
 
     async def delete(self, key: str) -> None:
         self._data.pop(key, None)

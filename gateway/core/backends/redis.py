@@ -7,7 +7,11 @@ Keys (prefix ``il:``):
                      (a token that changes with every event: the compare-and-set version)
   t:{id}:ev          stream of the task's status/artifact events (approximately trimmed)
   t:{id}:lock        run lock of the worker executing the task (the idempotency key)
-  tasks, ctx:{cid}   sorted sets of task ids by creation time
+  tasks, ctx:{cid}   sorted sets of task ids by creation time (the indexes that list tasks; also
+  own:{o}, octx:{o}:{cid}   per owner, ``o`` a digest of the owner's id), and each of them by
+  st:{state}:...     state (``st:completed:tasks``, ``st:working:own:{o}`` ...); an index per
+                     owner or context expires with its last task and is pruned as it grows, the
+                     two global ones are pruned once a second
   finished           stream of tasks that became final (metrics, ?wait=true)
   reg, reg:seq, reg:feed  signed agent records (see registry/store.py)
   kv:{key}           small shared state with a TTL (protocol sessions, nonces)
@@ -41,6 +45,7 @@ from gateway.core.backends.base import (
     TaskExists,
     TaskNotFound,
     TaskStore,
+    cursor_offset,
 )
 from registry.store import RedisRecordStore
 from schemas import InvalidTransition, Task, TaskEvent, TaskState, TaskStatusUpdate
@@ -56,16 +61,18 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 GROUP = "workers"
 _UNAVAILABLE = (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, OSError)
 
+# KEYS: the agent's stream, the task hash, the two global indexes, then the task's indexes per
+# context and owner (these expire with their last task and are pruned as they grow).
 SUBMIT = """
 if redis.call('EXISTS', KEYS[2]) == 1 then
   if redis.call('HGET', KEYS[2], 'nonce') == ARGV[6] then return 1 end  -- our own retried call
   return -1
 end
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[5]) then return -2 end
-redis.call('HSET', KEYS[2], 'task', ARGV[1], 'by', ARGV[2], 'nonce', ARGV[6])
+redis.call('HSET', KEYS[2], 'task', ARGV[1], 'by', ARGV[2], 'nonce', ARGV[6], 'at', ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
-for i = 5, #KEYS do  -- the owner's indexes: expire with the owner's last task, pruned as they grow
+for i = 5, #KEYS do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, ARGV[7])
   redis.call('ZADD', KEYS[i], ARGV[4], ARGV[3])
   redis.call('PEXPIRE', KEYS[i], ARGV[8])
@@ -92,9 +99,12 @@ return 0
 # Compare-and-set of a task: applied only if the task's 'applied' token is still the one the
 # caller computed the new task from; a retry of a call that landed (its reply lost in a
 # reconnect) finds its own token and answers as the first call did.
-# KEYS: task hash, its event stream, the finished feed, its lock.
+# KEYS: task hash, its event stream, the finished feed, its lock, then (when the state changes)
+# the ARGV[11] state indexes it leaves, the global index of its new state and the others it joins.
 # ARGV: token read, new token, new task JSON, event JSON, max events, final state or '',
-# task id, created_at, agent, retention seconds or '' (not terminal).
+# task id, created_at, agent, retention seconds or '' (not terminal), indexes left, the
+# prune cutoff (ms) and retention (ms) of the indexes joined, now (ms: the score of a task
+# stored without its creation time).
 APPLY = """
 local cur = redis.call('HGET', KEYS[1], 'applied') or ''
 if cur == ARGV[2] then
@@ -112,6 +122,16 @@ if ARGV[6] ~= '' then
 end
 if ARGV[10] ~= '' then
   for _, key in ipairs({KEYS[1], KEYS[2], KEYS[4]}) do redis.call('EXPIRE', key, ARGV[10]) end
+end
+if #KEYS > 4 then
+  local left, at = tonumber(ARGV[11]), redis.call('HGET', KEYS[1], 'at') or ARGV[14]
+  for i = 5, 4 + left do redis.call('ZREM', KEYS[i], ARGV[7]) end
+  redis.call('ZADD', KEYS[5 + left], at, ARGV[7])
+  for i = 6 + left, #KEYS do
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, ARGV[12])
+    redis.call('ZADD', KEYS[i], at, ARGV[7])
+    redis.call('PEXPIRE', KEYS[i], ARGV[13])
+  end
 end
 return {1, id}
 """
@@ -164,14 +184,22 @@ def _t(task_id: str) -> str:
     return f"il:t:{task_id}"
 
 
-def _own(owner: str) -> str:
-    """The index of one owner's tasks (owner ids are any string: hashed, so keys cannot collide)."""
-    return f"il:own:{_digest(owner)}"
+def _index(context_id: str | None = None, owner: str | None = None, state: TaskState | None = None) -> str:
+    """The sorted set of the tasks (by creation time) of a context (any: None) and an owner (any:
+    None; contexts are per caller, and owner ids, any string, are hashed so keys cannot
+    collide), in one state or any. States hold no ':', so every key is unambiguous."""
+    prefix = "il:" if state is None else f"il:st:{state.value}:"
+    if context_id:
+        return f"{prefix}ctx:{context_id}" if owner is None else f"{prefix}octx:{_digest(owner)}:{context_id}"
+    return f"{prefix}tasks" if owner is None else f"{prefix}own:{_digest(owner)}"
 
 
-def _ctx(context_id: str, owner: str | None = None) -> str:
-    """The index of a context's tasks: every owner's, or one owner's (contexts are per caller)."""
-    return f"il:ctx:{context_id}" if owner is None else f"il:octx:{_digest(owner)}:{context_id}"
+def _indexes(task: Task, state: TaskState | None) -> list[str]:
+    """The indexes ``task`` is in (for ``state``: those of that state), the global one first."""
+    scopes = [(None, None), (task.context_id, None)]
+    if task.owner is not None:
+        scopes += [(None, task.owner), (task.context_id, task.owner)]
+    return [_index(context, owner, state) for context, owner in scopes]
 
 
 def _digest(text: str) -> str:
@@ -274,9 +302,8 @@ class RedisTaskStore(TaskStore):
     @_translate
     async def submit(self, task: Task, agent: str, accepted_by: str) -> None:
         score = int(time.time() * 1000)
-        keys = [_q(agent), _t(task.id), "il:tasks", _ctx(task.context_id)]
-        if task.owner is not None:
-            keys += [_own(task.owner), _ctx(task.context_id, task.owner)]
+        anystate, instate = _indexes(task, None), _indexes(task, task.state)
+        keys = [_q(agent), _t(task.id), anystate[0], instate[0], *anystate[1:], *instate[1:]]
         nonce = uuid.uuid4().hex  # makes a retried submit (reply lost in a reconnect) idempotent
         retention_ms = self.limits.retention_s * 1000
         args = [task.model_dump_json(exclude_none=True), accepted_by, task.id, score, self.limits.max_queue, nonce]
@@ -296,10 +323,13 @@ class RedisTaskStore(TaskStore):
             self._known.popitem(last=False)
 
     async def _prune(self, now_ms: int) -> None:
-        # Ids of expired tasks linger in the index sets; drop the ones past retention (once a second).
+        # Ids of expired tasks linger in the global indexes; drop the ones past retention (once a second).
         if now_ms - self._pruned_at >= 1000:
             self._pruned_at = now_ms
-            await self.r.zremrangebyscore("il:tasks", 0, now_ms - self.limits.retention_s * 1000)
+            async with self.r.pipeline(transaction=False) as p:
+                for state in (None, *TaskState):
+                    p.zremrangebyscore(_index(state=state), 0, now_ms - self.limits.retention_s * 1000)
+                await p.execute()
 
     @_translate
     async def requeue(self, task: Task, agent: str) -> None:
@@ -312,13 +342,9 @@ class RedisTaskStore(TaskStore):
         return None if raw is None else Task.model_validate_json(raw)
 
     @_translate
-    async def list(self, context_id=None, limit=50, cursor=None, owner=None):
-        if context_id:
-            key = _ctx(context_id, owner)
-        else:
-            key = "il:tasks" if owner is None else _own(owner)
-        start = int(cursor) if cursor else 0
-        ids = await self.r.zrevrange(key, start, start + limit)  # one extra tells if more follow
+    async def list(self, context_id=None, limit=50, cursor=None, owner=None, state=None):
+        start = cursor_offset(cursor)
+        ids = await self.r.zrevrange(_index(context_id, owner, state), start, start + limit)  # one extra: more?
         more = len(ids) > limit
         ids = ids[:limit]
         tasks = []
@@ -329,6 +355,10 @@ class RedisTaskStore(TaskStore):
                 raws = await p.execute()
             tasks = [Task.model_validate_json(raw) for raw in raws if raw is not None]
         return tasks, str(start + limit) if more else None
+
+    @_translate
+    async def count(self, context_id=None, owner=None, state=None):
+        return int(await self.r.zcard(_index(context_id, owner, state)))
 
     @_translate
     async def apply(self, task_id: str, event: TaskEvent) -> tuple[Task, str]:
@@ -362,7 +392,13 @@ class RedisTaskStore(TaskStore):
                 task.route.agent if task.route else "",
                 self.limits.retention_s if task.state.terminal else "",
             ]
-            status, event_id = await self._apply(keys=[key, f"{key}:ev", "il:finished", _lock(task_id)], args=args)
+            keys = [key, f"{key}:ev", "il:finished", _lock(task_id)]
+            if task.state is not current.state:
+                left = _indexes(current, current.state)
+                keys += [*left, *_indexes(task, task.state)]
+                now_ms, retention_ms = int(time.time() * 1000), self.limits.retention_s * 1000
+                args += [len(left), now_ms - retention_ms, retention_ms, now_ms]
+            status, event_id = await self._apply(keys=keys, args=args)
             if status == -1:
                 raise TaskNotFound(f"task {task_id} not found")
             if status == 1:
