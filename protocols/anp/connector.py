@@ -158,14 +158,24 @@ class ANPConnector(Worker):
         """Another Interlace gateway: start the task without waiting, follow it with get_task, and
         cancel it there (cancel_task) when this task is canceled."""
         methods = remote.methods
-        result = await client.call(methods["send_message"].server_url, "send_message", {**params, "wait_s": 0}, rid)
-        remote_id = result.get("task_id") if isinstance(result, dict) else None
+        send = {**params, "wait_s": 0}
+        sending = asyncio.ensure_future(client.call(methods["send_message"].server_url, "send_message", send, rid))
+        result: Any = None
+        remote_id = None
         try:
+            # Shielded: a cancel that lands while the remote is starting the task still learns its
+            # id below, so the remote task is canceled too instead of running on unseen.
+            result = await asyncio.shield(sending)
+            remote_id = result.get("task_id") if isinstance(result, dict) else None
             while isinstance(remote_id, str) and result.get("state") in PENDING:
                 result = await client.call(
                     methods["get_task"].server_url, "get_task", {"task_id": remote_id, "wait_s": 30}, rid
                 )
         except asyncio.CancelledError:
+            if remote_id is None:
+                with contextlib.suppress(Exception):
+                    started = await asyncio.wait_for(sending, 5.0)
+                    remote_id = started.get("task_id") if isinstance(started, dict) else None
             if isinstance(remote_id, str):
                 with contextlib.suppress(Exception):
                     cancel = client.call(methods["cancel_task"].server_url, "cancel_task", {"task_id": remote_id}, rid)
