@@ -18,7 +18,7 @@ from gateway.app import create_app
 from protocols.mcp import MCPOptions, mount
 from schemas import Artifact, DataPart, Message, Part, TaskState, TextPart
 from tests.conftest import serve_app, test_config, wait_until
-from tests.fixtures.mcp_support import GetStream, RawSession
+from tests.fixtures.mcp_support import GetStream, ModernRaw, RawSession
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::DeprecationWarning", "ignore::mcp.shared.exceptions.MCPDeprecationWarning"
@@ -194,6 +194,23 @@ async def test_cancel_notification_cancels_the_task(env):
     await raw.post({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 5}})
     resp = await asyncio.wait_for(call_task, 5)
     assert resp.json()["error"]["code"] == -32800
+    tasks, _ = await server.runtime.backend.tasks.list()
+    await wait_until(lambda: _state(server, tasks[0].id, TaskState.CANCELED), timeout=5)
+
+
+async def test_closing_a_modern_request_cancels_the_task(env):
+    """2026-07-28 has no notifications/cancelled on HTTP: closing the connection is the signal."""
+    raw, _, server = env
+    modern = ModernRaw(raw.http, raw.url)
+    body = modern.body("tools/call", {"name": "parts", "arguments": {"message": "slow", "data": {"delay_ms": 5000}}})
+    call_task = asyncio.create_task(modern.post(body))
+
+    async def working():
+        tasks, _ = await server.runtime.backend.tasks.list()
+        return tasks and tasks[0].state is TaskState.WORKING
+
+    await wait_until(working, timeout=5)
+    call_task.cancel()  # the client gives up: its connection closes
     tasks, _ = await server.runtime.backend.tasks.list()
     await wait_until(lambda: _state(server, tasks[0].id, TaskState.CANCELED), timeout=5)
 

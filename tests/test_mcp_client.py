@@ -1,6 +1,7 @@
 """The official Python `mcp` client (2.3.0) against the gateway: high-level Client in legacy and
-auto mode, the low-level ClientSession, and the relays (sampling, elicitation, progress,
-logging), resources, prompts, completion, pagination and SSE resumption."""
+auto mode (the 2026-07-28 era in depth: tests/test_mcp_modern.py), the low-level ClientSession,
+and the relays (sampling, elicitation, progress, logging), resources, prompts, completion,
+pagination and SSE resumption."""
 
 from __future__ import annotations
 
@@ -51,20 +52,35 @@ async def test_legacy_client_lists_and_calls_tools(gw):
         assert not res.is_error and res.content[0].text == "to the agent"
 
 
-async def test_auto_mode_falls_back_from_discover_to_initialize(gw):
+async def test_auto_mode_is_modern_and_legacy_mode_keeps_its_session(gw):
+    """The same gateway, both eras: auto mode's server/discover probe is answered (no fallback to
+    initialize), legacy mode still opens a 2025-11-25 session; both see the same tools."""
     url, _ = gw
-    async with Client(url, mode="auto") as client:
-        assert client.protocol_version == "2025-11-25"
-        assert client.server_capabilities.tools is not None
-        res = await client.call_tool("everything__test_simple_text", {})
-        assert res.content[0].text == "This is a simple text response for testing."
+    seen = {}
+    for mode, version in (("auto", "2026-07-28"), ("legacy", "2025-11-25")):
+        async with Client(url, mode=mode) as client:
+            assert client.protocol_version == version and client.server_info.name == "interlace"
+            assert client.server_capabilities.tools is not None
+            res = await client.call_tool("everything__test_simple_text", {})
+            assert res.content[0].text == "This is a simple text response for testing."
+            seen[mode] = [t.name for t in (await client.list_tools()).tools]
+    assert seen["auto"] == seen["legacy"]
     async with httpx.AsyncClient(timeout=10) as http:
+        meta = {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+        }
         resp = await http.post(
             url,
-            json={"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {}},
-            headers={"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2026-07-28"},
+            json={"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": meta}},
+            headers={
+                "Accept": "application/json, text/event-stream",
+                "MCP-Protocol-Version": "2026-07-28",
+                "Mcp-Method": "server/discover",
+            },
         )
-        assert resp.status_code == 400 and resp.content == b""
+        assert resp.status_code == 200 and "2026-07-28" in resp.json()["result"]["supportedVersions"]
+        assert "mcp-session-id" not in resp.headers
 
 
 async def test_lowlevel_client_session(gw):

@@ -93,7 +93,7 @@ async def test_missing_and_unknown_session(raw):
     resp = await raw.http.post(raw.url, json=ping, headers={"Accept": ACCEPT, "Mcp-Session-Id": "0" * 32})
     assert resp.status_code == 404
     resp = await raw.http.get(raw.url, headers={"Accept": "text/event-stream"})
-    assert resp.status_code == 400
+    assert resp.status_code == 405 and resp.headers["allow"] == "POST"  # GET belongs to a session
 
 
 async def test_session_ids_are_random_visible_ascii(raw):

@@ -37,7 +37,7 @@ from registry.records import sign
 from schemas.agent_record import AgentRecord, Tombstone
 from tests.conftest import free_port, serve_app, test_config
 from tests.fixtures.anp_support import LocalResolver, make_caller, signed_post, signer
-from tests.fixtures.mcp_support import GetStream, RawSession, UpstreamProcess
+from tests.fixtures.mcp_support import GetStream, ModernRaw, RawSession, UpstreamProcess, listening, next_message
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
@@ -230,6 +230,68 @@ async def test_mcp_find_agents_and_send_task_never_name_or_pick_a_denied_agent(g
     for target in ("archive", "archived documents"):
         denied, missing = await sent(bob, target), await sent(bob, f"{UNKNOWN} {UNKNOWN}")
         assert denied["isError"] and renamed(denied, target, f"{UNKNOWN} {UNKNOWN}") == missing, (target, denied)
+
+
+async def modern_client(gw: Gateway, who: str | None) -> ModernRaw:
+    """Stateless (2026-07-28) requests with ``who``'s API key."""
+    http = gw.http(who)
+    gw.sessions.append(http)
+    return ModernRaw(http, gw.url + "/mcp")
+
+
+async def test_mcp_a_modern_request_gets_the_view_a_session_gets(gw):
+    lists = (
+        ("tools/list", "tools", "name"),
+        ("prompts/list", "prompts", "name"),
+        ("resources/list", "resources", "uri"),
+        ("resources/templates/list", "resourceTemplates", "uriTemplate"),
+    )
+    for who in ("alice", "bob"):
+        legacy, modern = await mcp_session(gw, who), await modern_client(gw, who)
+        for method, key, field in lists:
+            seen = (await legacy.call(method))["result"][key]
+            _, reply = await modern.call(method)
+            assert [x[field] for x in reply["result"][key]] == [x[field] for x in seen], (who, method)
+            assert reply["result"]["cacheScope"] == "private"  # what a caller lists is decided for them
+    resp, _ = await (await modern_client(gw, None)).call("tools/list")
+    assert resp.status_code == 401
+    bob = await modern_client(gw, "bob")
+    checks = [
+        ("tools/call", {"name": "archive", "arguments": {"message": "x"}}, "archive"),
+        ("tools/call", {"name": "everything__test_error_handling", "arguments": {}}, "test_error_handling"),
+        ("prompts/get", {"name": "everything__test_prompt_with_image"}, "test_prompt_with_image"),
+        ("resources/read", {"uri": "test://static-binary"}, "static-binary"),
+    ]
+    for method, params, name in checks:
+        _, denied = await bob.call(method, params)
+        _, missing = await bob.call(method, renamed(params, name, UNKNOWN))
+        assert renamed(denied["error"], name, UNKNOWN) == missing["error"], (method, denied)
+    _, echoed = await bob.call("tools/call", {"name": "everything__test_echo", "arguments": {"text": "hi"}})
+    assert echoed["result"]["content"][0]["text"] == "hi"
+
+
+async def test_mcp_listen_streams_follow_the_policy(gw):
+    """A listen stream is acknowledged only the resources its caller may read, is told when a
+    reload changes the caller's lists, and no longer gets updates of what it may not read."""
+    alice, bob = await modern_client(gw, "alice"), await modern_client(gw, "bob")
+    watched = ["test://watched-resource", "test://static-binary", "test://nothing"]
+    wanted = {"toolsListChanged": True, "resourceSubscriptions": watched}
+    try:
+        async with listening(bob, wanted) as (_, bob_ack, bobs), listening(alice, wanted) as (_, alice_ack, alices):
+            assert bob_ack["params"]["notifications"]["resourceSubscriptions"] == ["test://watched-resource"]
+            assert (
+                alice_ack["params"]["notifications"]["resourceSubscriptions"] == watched[:2]
+            )  # nobody serves the third
+            await gw.set_policy(policy_text(gw.carol.did, ["echo", "archive"], guest_upstream=False))
+            for stream in (bobs, alices):
+                assert (await next_message(stream))["method"] == "notifications/tools/list_changed"
+            _, touched = await alice.call("tools/call", {"name": "everything__test_touch_resource", "arguments": {}})
+            assert "result" in touched
+            assert (await next_message(alices))["params"]["uri"] == "test://watched-resource"
+            assert gw.app.state.runtime.policy_file.reload()  # a marker: list_changed to every stream
+            assert (await next_message(bobs))["method"] == "notifications/tools/list_changed"  # no update first
+    finally:
+        await gw.set_policy(policy_text(gw.carol.did, ["echo"]))
 
 
 # ---- A2A ------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from schemas import Message, TextPart
 from tests.conftest import running_gateway, test_config, wait_until
 from tests.fixtures.a2a_support import V10
 from tests.fixtures.anp_support import LocalResolver, anp_gateway, make_caller, signed_post, signer
-from tests.fixtures.mcp_support import ACCEPT, RawSession
+from tests.fixtures.mcp_support import ACCEPT, ModernRaw, RawSession
 
 ALICE, BOB = Principal(id="alice", kind="api_key"), Principal(id="bob", kind="api_key")
 ROOMY = dict(tasks_per_s=1000.0, task_burst=1000, concurrent_tasks=1000, mcp_sessions=1000, sse_streams=1000)
@@ -207,6 +207,19 @@ async def test_mcp_answers_429_with_its_json_rpc_error():
         assert stream.status_code == 429 and stream.json()["error"]["code"] == -32029
         await http.delete(url, headers=first.headers())  # ends the session: its place is free
         await RawSession(http, url).initialize()
+        assert await runtime.backend.tasks.count() == 0
+
+
+async def test_mcp_2026_answers_429_with_a_code_outside_the_range_that_revision_reserves():
+    """A stateless request a task quota refuses, and a listen stream past the quota of open
+    streams: 429, Retry-After, -31029 (2026-07-28 keeps -32020..-32099 for its own codes)."""
+    async with tight_gateway() as (http, runtime):
+        modern = ModernRaw(http, str(http.base_url).rstrip("/") + "/mcp")
+        resp, reply = await modern.call("tools/call", {"name": "echo", "arguments": {"message": "x"}})
+        assert resp.status_code == 429 and resp.headers["retry-after"] == "2"
+        assert reply["error"]["code"] == -31029 and reply["error"]["data"] == {"retryAfter": 2}
+        resp, reply = await modern.call("subscriptions/listen", {"notifications": {"toolsListChanged": True}})
+        assert resp.status_code == 429 and reply["error"]["code"] == -31029 and "retry-after" in resp.headers
         assert await runtime.backend.tasks.count() == 0
 
 

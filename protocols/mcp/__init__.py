@@ -1,11 +1,16 @@
-"""MCP adapter: the gateway's ``/mcp`` endpoint (Streamable HTTP, 2025-11-25 handshake era),
-federation of upstream MCP servers, and the outbound connector.
+"""MCP adapter: the gateway's ``/mcp`` endpoint (Streamable HTTP in both eras: 2026-07-28
+stateless, and the 2025-11-25 / 2025-06-18 / 2025-03-26 handshake with sessions), federation of
+upstream MCP servers, and the outbound connector.
 
 Layout: ``wire`` (JSON-RPC framing, versions, error codes), ``sessions`` (session state, resumable
 event log and cross-node mailboxes in the shared key/value store), ``streamable_http`` (the
-binding: POST/GET/DELETE, Host/Origin and session headers, SSE streams and resumption),
-``methods`` (``MCPService``: initialize, notifications, tools, resources, prompts, completion,
-logging; ``MCPOptions``), ``server`` (``routes``, ``mount``, the app's service), ``agents``
+binding: which era a POST belongs to, POST/GET/DELETE of sessions, Host/Origin and session
+headers, SSE streams and resumption), ``modern`` (the 2026-07-28 rules: the per-request envelope,
+the mirrored headers, the shape of an answer), ``stateless_http`` (the 2026-07-28 binding: one
+POST, one request, cancellation by closing the stream), ``listen`` (``subscriptions/listen``
+streams and the change feed nodes share), ``methods`` (``MCPService``: initialize, notifications,
+server/discover, tools, resources, prompts, completion, logging; ``MCPOptions``), ``server``
+(``routes``, ``mount``, the app's service), ``agents``
 (routable agents as tools, the meta tools and the canonical mapping), ``client`` (the MCP client:
 one pooled session with a remote MCP server), ``federation`` (the upstream set, aggregation,
 naming policy, rug-pull pins), ``connector`` (``MCPConnector``: an MCP server as the target of a
@@ -24,7 +29,7 @@ Options (``MCPOptions``, each also ``INTERLACE_MCP_<NAME>``): ``upstreams``, ``n
 pass-through), ``allowed_hosts`` / ``allowed_origins`` (DNS-rebinding defence: a foreign Host gets
 421, a foreign Origin 403; default loopback hosts only, so a gateway bound to 0.0.0.0 must list
 its public names, e.g. ``INTERLACE_MCP_ALLOWED_HOSTS=gw1:*,gw.example.com:*``),
-``call_timeout_s``, ``session_ttl_s``, ``event_ttl_s``, ``page_size``. Rug-pull state:
+``call_timeout_s``, ``session_ttl_s``, ``event_ttl_s``, ``page_size``, ``cache_ttl_ms``. Rug-pull state:
 ``GET /registry/agents/{did}`` shows ``mcp_tool_drift``; a re-registration (higher seq) re-pins,
 as does ``app.state.mcp.upstreams.repin(agent, tool)``.
 
@@ -43,7 +48,7 @@ Mapping between MCP and the canonical model (each row is tested in tests/test_mc
 | ``tools/call`` argument ``message`` (string) | user Message, first part ``TextPart(text)`` |
 | ``tools/call`` argument ``data`` (object) | second part ``DataPart(data)`` |
 | ``send_task`` ``task_id`` + ``message`` | ``runtime.continue_task(task_id, message)`` |
-| ``notifications/cancelled`` for the call | ``runtime.cancel(task_id)`` |
+| ``notifications/cancelled`` for the call (2026-07-28: its response stream closed) | ``runtime.cancel(task_id)`` |
 | ``_meta.progressToken`` on the call | each task event -> ``notifications/progress`` |
 | result ``content[]`` text | artifact ``TextPart`` |
 | result text (JSON) + ``structuredContent`` | artifact ``DataPart`` (one dict: it; several: ``{data:[...]}``) |

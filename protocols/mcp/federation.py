@@ -453,6 +453,11 @@ class UpstreamSet:
                 return q
         return None
 
+    def input_schema(self, name: str) -> Any:
+        """The input schema of the exposed upstream tool ``name`` (None: no such tool)."""
+        hit = self._tools.get(name)
+        return hit[1].get("inputSchema") if hit else None
+
     def resolve_prompt(self, name: str) -> tuple[UpstreamClient, str] | None:
         hit = self._prompts.get(name)
         return (hit[0], hit[1]["name"]) if hit else None

@@ -3,14 +3,25 @@
 ``MCPService`` handles ``initialize``, the client's notifications and responses, and every
 request method (``ping``, ``tools/*``, ``resources/*``, ``prompts/*``, ``completion/complete``,
 ``logging/setLevel``), each request given as an ``MCPCall``: its params, its session, its caller
-and the stream its messages go back on. Tools are the routable agents and the meta tools
-(agents.py) and the federated upstreams' tools (federation.py); resources and prompts are the
-upstreams'.
+and the stream its messages go back on. A 2026-07-28 request (``MCPCall.modern``) has no session:
+its envelope says what its client declared and the log level it wants (nothing without one);
+its methods (``modern_methods``) are those of its era (``server/discover``; no ``ping``,
+``logging/setLevel`` or ``resources/(un)subscribe``), its answer gets the era's shape
+(``modern.finish``: ``resultType``, ``serverInfo``, ``ttlMs`` of ``cache_ttl_ms``, 0 for a
+resource read, and ``cacheScope``: ``public`` only when the answer is everyone's, see
+``cache_scope``), an upstream's sampling, elicitation or roots request is refused upstream and,
+when the client did not declare the capability, the call answers -32021 naming it.
+
+Tools are the routable agents and the meta tools (agents.py) and the federated upstreams' tools
+(federation.py); resources and prompts are the upstreams'.
 
 It holds one gateway's MCP state in the shared key/value store (sessions, the resumable event
 log, the cross-node mailbox: sessions.py), runs the federation, and sends the server-initiated
 notifications (``list_changed``, ``resources/updated``, log messages) to the sessions' GET
-streams. The Streamable HTTP binding (streamable_http.py) turns HTTP requests into these calls.
+streams, and the change notifications to ``subscriptions/listen`` streams (listen.py; a listen
+stream's resources are subscribed upstream while it lasts, shared with the sessions'
+subscriptions). The Streamable HTTP bindings (streamable_http.py, stateless_http.py) turn HTTP
+requests into these calls.
 
 The policy (``gateway.core.policy``, action ``call``) decides what each caller sees and uses.
 Agent tools are the agents the caller may call (``ActingFor.known_agents``). An upstream's
@@ -50,7 +61,7 @@ import json
 import logging
 import secrets
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from gateway.core import __version__, audit
@@ -63,6 +74,8 @@ from protocols.mcp import wire
 from protocols.mcp.agents import META_TOOLS, AgentTools, agent_tool, tool_error
 from protocols.mcp.client import UpstreamClient, UpstreamTimeout, UpstreamUnavailable, describe
 from protocols.mcp.federation import Quarantined, UpstreamSet, Visible, configured_upstreams, registry_upstreams
+from protocols.mcp.listen import Filter, Hub, Listener
+from protocols.mcp.modern import ENVELOPE, Envelope, check_param_headers, finish
 from protocols.mcp.sessions import EventLog, Mailbox, Sessions
 from protocols.mcp.wire import INVALID_PARAMS, INVALID_REQUEST, MCPError
 
@@ -75,6 +88,12 @@ CAPABILITIES = {
     "logging": {},
     "completions": {},
 }
+LEGACY_ONLY = ("ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe")  # gone in 2026-07-28
+SERVER_INFO = {"name": "interlace", "title": "Interlace gateway", "version": __version__}
+INSTRUCTIONS = (
+    "Tools are the gateway's routable agents (send them a message), the meta tools "
+    "find_agents and send_task, and the tools of federated MCP servers."
+)
 
 
 @dataclasses.dataclass
@@ -91,6 +110,10 @@ class MCPOptions:
     call_timeout_s: float = 60.0  # bound on a relayed upstream request or an agent task
     client_request_timeout_s: float = 120.0  # bound on the client's answer to sampling/elicitation
     page_size: int = 100
+    # 2026-07-28 caching hint (ttlMs) on server/discover and the lists; their changes are also
+    # announced on subscriptions/listen. resources/read gets 0: an upstream's resource may change
+    # at any time.
+    cache_ttl_ms: int = 5000
     sse_retry_ms: int = 1000
     sse_max_s: float | None = None  # default: the gateway's sse_max_s
     agents_poll_s: float = 5.0  # agent set re-checked for tools/list_changed (changes are also signalled)
@@ -114,7 +137,8 @@ class Outbound(Protocol):
 
 
 class MCPCall:
-    """One client request being handled: its params, session and response stream."""
+    """One client request being handled: its params, its session (legacy) or envelope (modern:
+    no session), its caller and the stream its messages go back on."""
 
     def __init__(
         self,
@@ -124,13 +148,30 @@ class MCPCall:
         msg: dict[str, Any],
         out: Outbound,
         principal: Principal = LOCAL,
+        envelope: Envelope | None = None,
     ) -> None:
         self.service, self.sid, self.session, self.out = service, sid, session, out
-        self.principal = principal
+        self.principal, self.envelope = principal, envelope
         self.id, self.method = msg["id"], msg["method"]
         self.params: dict[str, Any] = msg.get("params") or {}
         meta = self.params.get("_meta")
         self.progress_token = meta.get("progressToken") if isinstance(meta, dict) else None
+        # capabilities an upstream needed of this (modern) client that it did not declare
+        self.missing_capabilities: dict[str, dict] = {}
+
+    @classmethod
+    def modern(
+        cls, service: MCPService, msg: dict[str, Any], out: Outbound, principal: Principal, envelope: Envelope
+    ) -> MCPCall:
+        """A 2026-07-28 request: its client is described by its envelope, not by a session."""
+        return cls(service, "", {}, msg, out, principal, envelope)
+
+    @property
+    def capabilities(self) -> dict[str, Any]:
+        """What the client declared: in this request's envelope, or when its session began."""
+        if self.envelope is not None:
+            return self.envelope.capabilities
+        return self.session.get("caps") or {}
 
     @functools.cached_property
     def rt(self) -> ActingFor:
@@ -219,6 +260,8 @@ class MCPService:
         self.listeners: dict[str, Principal] = {}  # sid -> the caller whose GET stream that is
         # uri -> {sid: its caller} of the sessions subscribed via this node
         self.subscriptions: dict[str, dict[str, Principal]] = defaultdict(dict)
+        self.listen = Hub(self.events, self.shared, self._listener_may_read)
+        self.held: dict[str, int] = defaultdict(int)  # uri -> listen streams of this node subscribed to it
         self._background: set[asyncio.Task] = set()
         self.methods = {
             "ping": self.ping,
@@ -233,6 +276,11 @@ class MCPService:
             "prompts/get": self.prompts_get,
             "completion/complete": self.complete,
             "logging/setLevel": self.set_level,
+        }
+        # 2026-07-28 (subscriptions/listen, a stream rather than one answer, is the binding's)
+        self.modern_methods = {
+            "server/discover": self.discover,
+            **{m: handler for m, handler in self.methods.items() if m not in LEGACY_ONLY},
         }
 
     async def start(self) -> None:
@@ -298,6 +346,7 @@ class MCPService:
             changed.clear()
 
     async def stop(self) -> None:
+        await self.listen.stop()
         for task in [*self.inflight.values(), *self._background]:
             task.cancel()
         for closed in self.get_streams.values():
@@ -332,9 +381,8 @@ class MCPService:
         result = {
             "protocolVersion": negotiated,
             "capabilities": CAPABILITIES,
-            "serverInfo": {"name": "interlace", "title": "Interlace gateway", "version": __version__},
-            "instructions": "Tools are the gateway's routable agents (send them a message), the meta tools "
-            "find_agents and send_task, and the tools of federated MCP servers.",
+            "serverInfo": SERVER_INFO,
+            "instructions": INSTRUCTIONS,
         }
         client = (info or {}).get("name")
         log.info("mcp session started", extra={"session": sid[:8], "client": client, "version": negotiated})
@@ -375,7 +423,25 @@ class MCPService:
 
     async def _run(self, call: MCPCall) -> None:
         try:
-            handler = self.methods.get(call.method)
+            reply = await self.answer(call)
+        except asyncio.CancelledError:
+            reply = wire.error(call.id, MCPError(wire.REQUEST_CANCELLED, "Request cancelled"))
+        await call.out.send(reply, final=True)
+
+    async def answer(self, call: MCPCall) -> dict[str, Any]:
+        """The JSON-RPC response to ``call`` (a result or an error, never an exception but
+        cancellation), by the methods and in the shape of its era."""
+        reply = await self._reply(call)
+        return reply if call.envelope is None else self.modern_reply(call, reply)
+
+    def modern_reply(self, call: MCPCall, reply: dict[str, Any]) -> dict[str, Any]:
+        """``reply`` in its 2026-07-28 shape, with this gateway's identity and caching hints."""
+        ttl_ms = 0 if call.method == "resources/read" else self.options.cache_ttl_ms
+        return finish(call.method, reply, server_info=SERVER_INFO, scope=self.cache_scope(call), ttl_ms=ttl_ms)
+
+    async def _reply(self, call: MCPCall) -> dict[str, Any]:
+        try:
+            handler = (self.methods if call.envelope is None else self.modern_methods).get(call.method)
             if handler is None:
                 raise MCPError(wire.METHOD_NOT_FOUND, f"Method not found: {call.method}")
             reply = wire.result(call.id, await handler(call))
@@ -383,12 +449,21 @@ class MCPService:
             reply = wire.error(call.id, exc)
         except QuotaExceeded as exc:
             reply = wire.error(call.id, wire.rate_limited(str(exc), exc.retry_after))
-        except asyncio.CancelledError:
-            reply = wire.error(call.id, MCPError(wire.REQUEST_CANCELLED, "Request cancelled"))
         except Exception:
             log.exception("mcp handler failed", extra={"method": call.method})
             reply = wire.error(call.id, MCPError(wire.INTERNAL_ERROR, "Internal error"))
-        await call.out.send(reply, final=True)
+        if call.missing_capabilities:  # whatever the upstream made of the refusal, this is the answer
+            names = ", ".join(sorted(call.missing_capabilities))
+            needed = {"requiredCapabilities": call.missing_capabilities}
+            return wire.error(
+                call.id,
+                MCPError(
+                    wire.MISSING_CLIENT_CAPABILITY,
+                    f"{call.method} needs undeclared client capabilities: {names}",
+                    needed,
+                ),
+            )
+        return reply
 
     async def end_session(self, sid: str) -> None:
         """The client ended the session: forget it, cancel its requests, close its GET stream."""
@@ -415,6 +490,7 @@ class MCPService:
             note = wire.notification(f"notifications/{kind}/list_changed")
             for sid in list(self.get_streams):
                 await self.events.append_get(sid, note)
+            await self.listen.publish({"kind": kind})
 
     async def _resource_updated(self, uri: str) -> None:
         note = wire.notification("notifications/resources/updated", {"uri": uri})
@@ -423,6 +499,11 @@ class MCPService:
             # Subscribed when it could read the resource; the policy may have changed since.
             if hit is not None and self._may_read(self.runtime.acting_for(caller), hit[0].name, uri, hit[1]):
                 await self.events.append_get(sid, note)
+        await self.listen.publish({"kind": "updated", "uri": uri})
+
+    def _listener_may_read(self, caller: Principal, uri: str) -> bool:
+        hit = self.upstreams.resolve_uri(uri)
+        return hit is not None and self._may_read(self.runtime.acting_for(caller), hit[0].name, uri, hit[1])
 
     async def _upstream_log(self, upstream: str, params: dict[str, Any]) -> None:
         for sid in list(self.get_streams):
@@ -431,15 +512,17 @@ class MCPService:
             if upstream not in offered:
                 continue  # a log of an upstream that offers the caller nothing is not its to read
             record = await self.sessions.get(sid)
-            if record and record.get("level") and self._level_ok(record, params.get("level")):
+            if record and record.get("level") and _passes(params.get("level"), record["level"]):
                 await self.events.append_get(sid, wire.notification("notifications/message", params))
 
-    @staticmethod
-    def _level_ok(session: dict[str, Any], level: Any) -> bool:
-        wanted = session.get("level")
-        if wanted is None or level not in wire.LOG_LEVELS:
-            return True
-        return wire.LOG_LEVELS.index(level) >= wire.LOG_LEVELS.index(wanted)
+    async def _wants_log(self, call: MCPCall, level: Any) -> bool:
+        """Whether a log message at ``level`` goes to ``call``'s client: a 2026-07-28 request
+        gets only what its ``logLevel`` asks for (nothing without one), a session what its
+        ``logging/setLevel`` asked for (everything before it)."""
+        if call.envelope is not None:
+            return call.envelope.log_level is not None and _passes(level, call.envelope.log_level)
+        session = await self.sessions.get(call.sid) or call.session
+        return _passes(level, session.get("level"))
 
     # ---- methods -------------------------------------------------------------------------------
 
@@ -549,6 +632,8 @@ class MCPService:
             )
         if hit is not None:
             client, original = hit
+            if call.envelope is not None and call.envelope.headers is not None:
+                check_param_headers(self.upstreams.input_schema(name), args, call.envelope.headers)
             return await self._relay(call, client, "tools/call", {"name": original, "arguments": args}, tool=True)
         agents = await self.agent_tools.agents(call.rt, exclude)
         if name in agents:
@@ -565,6 +650,8 @@ class MCPService:
         params = dict(params)
         meta = dict(call.params.get("_meta") or {}) if isinstance(call.params.get("_meta"), dict) else {}
         meta.pop("progressToken", None)
+        for key in ENVELOPE:  # a 2026-07-28 client's envelope describes it to us, not us upstream
+            meta.pop(key, None)
         if call.progress_token is not None:  # a token of ours: unique on the shared upstream session
             meta["progressToken"] = self.new_request_id()
         if meta:
@@ -592,8 +679,7 @@ class MCPService:
                     p["progressToken"] = call.progress_token
                     await call.notify("notifications/progress", p)
             elif msg["method"] == "notifications/message":
-                session = await self.sessions.get(call.sid) or call.session
-                if self._level_ok(session, p.get("level")):
+                if await self._wants_log(call, p.get("level")):
                     await call.notify("notifications/message", p)
 
         try:
@@ -614,8 +700,12 @@ class MCPService:
             need = needs.get(method)
             if need is None:
                 raise MCPError(wire.METHOD_NOT_FOUND, f"Method not found: {method}")
-            if need not in (call.session.get("caps") or {}):
+            if need not in call.capabilities:
+                if call.envelope is not None:  # the call then answers -32021 (MCPService._reply)
+                    call.missing_capabilities[need] = {}
                 raise MCPError(INVALID_REQUEST, f"the client did not declare the {need} capability")
+            if call.envelope is not None:  # no server->client requests on a 2026-07-28 stream
+                raise MCPError(INVALID_REQUEST, f"{method} is not relayed to a 2026-07-28 client")
             reply: dict[str, Any] | MCPError = await call.ask(method, params)
         except MCPError as exc:
             reply = exc
@@ -646,7 +736,7 @@ class MCPService:
 
     async def resources_subscribe(self, call: MCPCall) -> dict[str, Any]:
         uri, client = self._uri_owner(call)
-        if not self.subscriptions.get(uri):
+        if not self.subscriptions.get(uri) and not self.held.get(uri):
             await self._relay(call, client, "resources/subscribe", {"uri": uri})
         self.subscriptions[uri][call.sid] = call.principal
         return {}
@@ -658,7 +748,8 @@ class MCPService:
             subs.pop(call.sid, None)
             if not subs:
                 del self.subscriptions[uri]
-                await self._relay(call, client, "resources/unsubscribe", {"uri": uri})
+                if not self.held.get(uri):
+                    await self._relay(call, client, "resources/unsubscribe", {"uri": uri})
         return {}
 
     async def prompts_list(self, call: MCPCall) -> dict[str, Any]:
@@ -707,6 +798,69 @@ class MCPService:
             return {"completion": {"values": [], "hasMore": False}}
         return await self._relay(call, client, "completion/complete", {**call.params, "ref": new_ref})
 
+    # ---- 2026-07-28 ------------------------------------------------------------------------------
+
+    async def discover(self, call: MCPCall) -> dict[str, Any]:
+        versions = list(wire.ALL_VERSIONS)  # both eras: legacy clients may still open a session
+        return {"supportedVersions": versions, "capabilities": CAPABILITIES, "instructions": INSTRUCTIONS}
+
+    @staticmethod
+    def cache_scope(call: MCPCall) -> str:
+        """``public`` when the answer is the same for everyone: server/discover, and anything
+        when the gateway authenticates nobody (every caller is the local principal); else
+        ``private``, since what a caller lists and reads is decided for them."""
+        return "public" if call.method == "server/discover" or call.principal is LOCAL else "private"
+
+    async def listen_open(self, call: MCPCall, wanted: Filter) -> Listener:
+        """A listen stream for ``call`` (subscriptions/listen) with the filter ``wanted``
+        (``Filter.parse``), less the resources the caller may not read, no upstream serves, or
+        whose upstream refuses to subscribe (they are not acknowledged). ``listen_close`` ends it."""
+        held: list[str] = []
+        try:
+            for uri in wanted.uris:
+                if await self._hold(call.rt, uri):
+                    held.append(uri)
+        except BaseException:  # cancelled (the client left) while subscribing upstream
+            self._release(held)
+            raise
+        listener = Listener(call.id, dataclasses.replace(wanted, uris=tuple(held)), call.principal)
+        self.listen.open(listener)
+        return listener
+
+    def listen_close(self, listener: Listener) -> None:
+        self.listen.close(listener)
+        self._release(listener.filter.uris)
+
+    def _release(self, uris: Iterable[str]) -> None:
+        """One listen stream fewer holds each of ``uris``; the last one unsubscribes upstream."""
+        for uri in uris:
+            self.held[uri] -= 1
+            if self.held[uri] <= 0:
+                del self.held[uri]
+                if not self.subscriptions.get(uri):
+                    self._spawn(self._unsubscribe_upstream(uri))
+
+    async def _hold(self, rt: ActingFor, uri: str) -> bool:
+        """Keep ``uri`` subscribed upstream for one more listen stream of this node; False when
+        the caller may not read it, no upstream serves it, or its upstream refuses."""
+        client = self._readable(rt, uri)
+        if client is None:
+            return False
+        if not self.subscriptions.get(uri) and not self.held.get(uri):
+            try:
+                await client.request("resources/subscribe", {"uri": uri}, timeout=self.options.call_timeout_s)
+            except (MCPError, UpstreamUnavailable, UpstreamTimeout) as exc:
+                log.info("upstream refused a resource subscription", extra={"uri": uri, "error": str(exc)})
+                return False
+        self.held[uri] += 1
+        return True
+
+    async def _unsubscribe_upstream(self, uri: str) -> None:
+        hit = self.upstreams.resolve_uri(uri)
+        if hit is not None and not self.held.get(uri) and not self.subscriptions.get(uri):
+            with contextlib.suppress(MCPError, UpstreamUnavailable, UpstreamTimeout):
+                await hit[0].request("resources/unsubscribe", {"uri": uri}, timeout=self.options.call_timeout_s)
+
     async def set_level(self, call: MCPCall) -> dict[str, Any]:
         level = call.params.get("level")
         if level not in wire.LOG_LEVELS:
@@ -715,6 +869,14 @@ class MCPService:
         session["level"] = level
         await self.sessions.save(call.sid, session)
         return {}
+
+
+def _passes(level: Any, wanted: str | None) -> bool:
+    """Whether a log message at ``level`` passes a client's minimum ``wanted`` (None: anything;
+    a level this gateway does not know always passes)."""
+    if wanted is None or level not in wire.LOG_LEVELS:
+        return True
+    return wire.LOG_LEVELS.index(level) >= wire.LOG_LEVELS.index(wanted)
 
 
 def _refused(rt: ActingFor, upstream: str, name: str) -> None:

@@ -12,6 +12,9 @@ Keys (all with a lifetime; the embedded and Redis backends behave the same):
                                  another node than the one waiting for it
   mcp:c:{sid}:{id}               a notifications/cancelled that reached another node than the one
                                  running the request
+  mcp:e:~changes:g:{seq}, mcp:ghead:~changes
+                                 the cluster's change feed for subscriptions/listen (listen.py),
+                                 kept as the GET stream of a reserved session name
 
 Session ids are 128-bit values from ``secrets`` (visible ASCII, hex).
 """

@@ -1,10 +1,16 @@
-"""The Streamable HTTP binding of ``/mcp`` (2025-11-25, also 2025-06-18 and 2025-03-26).
+"""The Streamable HTTP binding of ``/mcp``, both eras on one path.
 
-``StreamableHTTP`` turns HTTP into calls of the MCP methods (methods.py): ``POST`` carries one
-JSON-RPC message (a request, a notification or a response to one of our requests), ``GET`` opens
-the session's stream of server-initiated messages or resumes a stream, ``DELETE`` ends the
-session. It checks Host and Origin (DNS-rebinding defence), the ``MCP-Protocol-Version`` and
-``Mcp-Session-Id`` headers, and the media types.
+``StreamableHTTP`` turns HTTP into calls of the MCP methods (methods.py). It checks Host and
+Origin (DNS-rebinding defence) and the media types of every request, then picks the era: a POST
+that ``modern.is_modern`` (its ``_meta`` names a protocol version, its ``MCP-Protocol-Version``
+header is 2026-07-28, or it is ``server/discover``) goes to the stateless binding
+(stateless_http.py) without any session lookup; everything else is the 2025-11-25 handshake era
+(also 2025-06-18 and 2025-03-26), served here: ``POST`` carries one JSON-RPC message (a request,
+a notification or a response to one of our requests; ``initialize`` opens a session), ``GET``
+opens the session's stream of server-initiated messages or resumes a stream, ``DELETE`` ends the
+session, each checked for its ``MCP-Protocol-Version`` and ``Mcp-Session-Id`` headers. A ``GET``
+or ``DELETE`` without a session (or with the 2026-07-28 version header) gets 405: they belong to
+sessions.
 
 A POST's reply is ``application/json`` when the first thing the handler produces is its
 result, and ``text/event-stream`` otherwise (priming event, then every message with an id
@@ -34,8 +40,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from gateway.core import sse
 from gateway.core.principal import LOCAL, principal_of
 from gateway.core.quotas import QuotaExceeded
-from protocols.mcp import wire
+from protocols.mcp import modern, wire
 from protocols.mcp.methods import MCPCall, MCPService
+from protocols.mcp.stateless_http import StatelessHTTP
 from protocols.mcp.wire import INVALID_REQUEST, MCPError
 
 LOOPBACK_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*")
@@ -117,6 +124,7 @@ class StreamableHTTP:
         self.allowed_origins = options.allowed_origins
         self.retry_ms = options.sse_retry_ms
         self.sse_max_s = options.sse_max_s or cfg.sse_max_s
+        self.stateless = StatelessHTTP(service, self.sse_max_s)
 
     # ---- checks --------------------------------------------------------------------------------
 
@@ -170,6 +178,10 @@ class StreamableHTTP:
             return bad
         if request.method == "POST":
             return await self._post(request)
+        headers = request.headers
+        if not headers.get("mcp-session-id") or headers.get("mcp-protocol-version") in wire.MODERN_VERSIONS:
+            # GET and DELETE belong to sessions; a modern client has none
+            return _rpc_error(405, INVALID_REQUEST, f"{request.method} needs a session", headers={"Allow": "POST"})
         if request.method == "GET":
             return await self._get(request)
         return await self._delete(request)
@@ -187,10 +199,8 @@ class StreamableHTTP:
             kind = wire.classify(msg)
         except MCPError as exc:
             return JSONResponse(wire.error(None, exc), status_code=400)
-        if kind == "request" and msg["method"] == "server/discover":
-            # A 2026-07-28 probe. A plain 4xx without a JSON-RPC body is not modern evidence:
-            # the official clients fall back to the initialize handshake.
-            return Response(status_code=400)
+        if modern.is_modern(msg, request.headers):
+            return await self.stateless.post(request, msg, kind, sse_ok)
         if kind == "request" and msg["method"] == "initialize":
             try:
                 sid, result = await self.service.initialize(msg.get("params") or {}, principal_of(request))

@@ -7,10 +7,12 @@ from typing import Any
 
 from gateway.core import strict_json
 
-# Handshake-era revisions this gateway serves (newest first). 2026-07-28 clients are sent back
-# to the handshake (see StreamableHTTP._post: server/discover gets a plain 400).
+# Handshake-era ("legacy") revisions this gateway serves with sessions (newest first).
 SUPPORTED_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")
 LATEST_VERSION = SUPPORTED_VERSIONS[0]
+# Stateless ("modern") revisions: every request carries its version in params._meta (modern.py).
+MODERN_VERSIONS = ("2026-07-28",)
+ALL_VERSIONS = (*MODERN_VERSIONS, *SUPPORTED_VERSIONS)  # server/discover's supportedVersions
 DEFAULT_HEADER_VERSION = "2025-03-26"  # assumed when MCP-Protocol-Version is absent (spec)
 PRIMING_SINCE = "2025-11-25"  # SSE priming events (id + empty data + retry) from this revision on
 
@@ -22,6 +24,12 @@ INTERNAL_ERROR = -32603
 RESOURCE_NOT_FOUND = -32002
 REQUEST_CANCELLED = -32800
 RATE_LIMITED = -32029  # the caller is past one of its quotas (HTTP 429: "29"); data {"retryAfter": seconds}
+# 2026-07-28 (each answered with HTTP 400). That revision reserves -32020..-32099 for the codes it
+# defines, so there a quota refusal is RATE_LIMITED_MODERN, outside JSON-RPC's reserved range.
+HEADER_MISMATCH = -32020
+MISSING_CLIENT_CAPABILITY = -32021
+UNSUPPORTED_VERSION = -32022
+RATE_LIMITED_MODERN = -31029
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
