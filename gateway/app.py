@@ -42,6 +42,7 @@ from protocols.acp.server import refusal_body as acp_refusal
 from protocols.mcp import routes as mcp_routes
 from protocols.mcp.server import service_for as mcp_service_for
 from protocols.mcp.server import tool_drift as mcp_tool_drift
+from registry.did_list import load_did_list
 from registry.service import stream_of
 from schemas import InvalidTransition
 
@@ -202,6 +203,6 @@ def create_app(
     app.state.authenticator = authenticator  # open routes whose answer depends on who asks (principal.py)
     app.state.signed_requests = signed_requests  # /bus verifies workers' signatures with it
     app.state.registry_writes = TokenBucket(config.registry_write_rate, config.registry_write_burst)
-    app.state.allowlist = registry_api.load_allowlist(config.allowlist)
+    app.state.allowlist = load_did_list(config.allowlist)
     app.state.record_annotations = [mcp_tool_drift(app)]  # facts added to GET /registry/agents/{did}
     return app

@@ -110,8 +110,9 @@ from gateway.core.http import HttpError, json_response, read_json
 from gateway.core.httpsig import RequestSigner
 from gateway.core.node_identity import node_key_path
 from gateway.core.principal import SYSTEM
-from gateway.registry_api import load_allowlist, relay_refusal
+from gateway.registry_api import relay_refusal
 from gateway.supervisor import Supervisor
+from registry.did_list import load_did_list
 from registry.gossip.envelope import ADDR, EnvelopeRejected
 from registry.gossip.swim import MemberEvent, State, SwimNode
 from registry.gossip.sync import RegistrySync
@@ -153,7 +154,7 @@ def check_config(config: Config) -> None:
             )
         return
     try:
-        trusted = load_allowlist(config.trust)
+        trusted = load_did_list(config.trust)
     except OSError as exc:
         raise ValueError(f"cannot read the trust file {config.trust}: {exc.strerror}") from None
     if not trusted:
@@ -197,8 +198,8 @@ class Cluster:
         self.swim_config = profile(cfg.gossip_profile)
         self.addr = advertised_url(cfg.host, cfg.port, cfg.public_url)
         self.seeds = seed_urls(cfg.join)
-        trusted = load_allowlist(cfg.trust) if cfg.trust else None
-        admit = functools.partial(relay_refusal, runtime.admission, load_allowlist(cfg.allowlist), trusted)
+        trusted = load_did_list(cfg.trust) if cfg.trust else None
+        admit = functools.partial(relay_refusal, runtime.admission, load_did_list(cfg.allowlist), trusted)
         self.sync = RegistrySync(runtime.registry, runtime.node_id, admit)
         self.node = SwimNode(runtime.node_id, self.addr, self.swim_config, rng=random.Random(), delegate=self.sync)
         self.client: httpx.AsyncClient | None = None  # made in start (an SSL context costs ms)

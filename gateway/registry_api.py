@@ -32,7 +32,6 @@ from __future__ import annotations
 import hmac
 import logging
 import math
-from pathlib import Path
 
 from pydantic import ValidationError
 from starlette.requests import Request
@@ -232,13 +231,6 @@ def relay_refusal(
     if admission == "token" and (trusted_nodes is None or via_did not in trusted_nodes):
         return "untrusted_node"
     return None
-
-
-def load_allowlist(path: str | None) -> frozenset[str]:
-    if not path:
-        return frozenset()
-    lines = Path(path).read_text().splitlines()
-    return frozenset(line.strip() for line in lines if line.strip() and not line.startswith("#"))
 
 
 routes = [
