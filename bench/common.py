@@ -182,10 +182,11 @@ class Processes:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen] = []
         self.env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self.cwd = REPO  # where (and, with PYTHONPATH, from which checkout) the next process starts
 
     def start(self, args: list[str], port: int, what: str, timeout: float = 30) -> str:
         """Run ``args`` (a server listening on ``port``) and wait until it accepts connections."""
-        proc = subprocess.Popen(args, env=self.env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(args, env=self.env, cwd=self.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.procs.append(proc)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
