@@ -287,15 +287,19 @@ class Egress:
         return httpx.AsyncClient(transport=transport, follow_redirects=False, **kw)
 
     def aiohttp_session(
-        self, url: str, *, limit: int = 100, keepalive_timeout: float = 15.0, timeout: aiohttp.ClientTimeout
+        self, url: str | None, *, limit: int = 100, keepalive_timeout: float = 15.0, timeout: aiohttp.ClientTimeout
     ) -> aiohttp.ClientSession:
         """An ``aiohttp.ClientSession`` that follows this policy, through the proxy (if any) that
-        the environment names for ``url``."""
+        the environment names for ``url`` (None: for many destinations, each request passes
+        ``proxy=self.proxy_for(its URL)``)."""
         connector = aiohttp.TCPConnector(
             limit=limit, keepalive_timeout=keepalive_timeout, resolver=_AiohttpResolver(self)
         )
         return aiohttp.ClientSession(
-            connector=connector, timeout=timeout, proxy=self.proxy_for(url), middlewares=(self._aiohttp_check,)
+            connector=connector,
+            timeout=timeout,
+            proxy=self.proxy_for(url) if url else None,
+            middlewares=(self._aiohttp_check,),
         )
 
     async def _aiohttp_check(self, request: aiohttp.ClientRequest, handler: Any) -> aiohttp.ClientResponse:

@@ -1,6 +1,7 @@
 """The MCP client: one session with a remote MCP server over Streamable HTTP (2025-11-25 handshake).
 
-``UpstreamClient`` runs over one pooled ``httpx.AsyncClient``: the handshake, re-creating the
+``UpstreamClient`` runs over one pooled client (``gateway.core.http_client.PooledClient``, aiohttp:
+the upstream hop is the hot path of a relayed call): the handshake, re-creating the
 session when the server forgets it, each request's response read as JSON or as an SSE stream
 (resumed with GET + ``Last-Event-ID`` when the server closes it early), and the server's GET
 stream for notifications. The federation (``protocols.mcp.federation``) keeps one per upstream
@@ -23,10 +24,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from gateway.core import sse
 from gateway.core.egress import UNREACHABLE
+from gateway.core.http_client import Disconnected, PooledClient, Response, TransportError
 from protocols.mcp import wire
 from protocols.mcp.wire import MCPError
 
@@ -74,7 +74,7 @@ class UpstreamClient:
     def __init__(
         self,
         upstream: Upstream,
-        http: httpx.AsyncClient,
+        http: PooledClient,
         *,
         on_notification: Callable[[UpstreamClient, dict[str, Any]], Awaitable[None]],
         connect_timeout_s: float = 10.0,
@@ -127,7 +127,7 @@ class UpstreamClient:
             except TimeoutError:
                 self.last_error = f"no answer to initialize within {self.connect_timeout_s:g} s"
                 raise UpstreamUnavailable(self.name, self.last_error) from None
-            except (httpx.HTTPError, OSError, MCPError, ValueError, UpstreamUnavailable) as exc:
+            except (TransportError, OSError, MCPError, ValueError, UpstreamUnavailable) as exc:
                 self.last_error = describe(exc)
                 raise UpstreamUnavailable(self.name, self.last_error) from None
 
@@ -187,7 +187,7 @@ class UpstreamClient:
             )
         if self.session_id:
             with contextlib.suppress(Exception):
-                await self.http.delete(self.url, headers=self._headers(), timeout=2.0)
+                await self.http.request("DELETE", self.url, headers=self._headers(), timeout=2.0)
         self.connected = False
 
     # ---- requests --------------------------------------------------------------------------
@@ -239,7 +239,7 @@ class UpstreamClient:
         await self._post_message(msg)
 
     async def _post_message(self, msg: dict[str, Any]) -> None:
-        resp = await self.http.post(self.url, json=msg, headers=self._headers(), timeout=10.0)
+        resp = await self.http.request("POST", self.url, json=msg, headers=self._headers(), timeout=10.0)
         if resp.status_code == 404 and self.session_id:
             self._lost("session expired")
         if resp.status_code >= 400:
@@ -261,12 +261,12 @@ class UpstreamClient:
                             raise UpstreamUnavailable(self.name, f"answered HTTP {resp.status_code}")
                     else:
                         reply = await self._read_reply(resp, rid, on_message)
-            except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            except Disconnected as exc:
                 if not answered and attempt == 0:
                     continue  # a pooled connection the upstream had just closed: nothing was read
                 self._lost(describe(exc))
                 raise UpstreamUnavailable(self.name, describe(exc)) from None
-            except (httpx.TransportError, OSError) as exc:
+            except (TransportError, OSError) as exc:
                 self._lost(describe(exc))
                 raise UpstreamUnavailable(self.name, describe(exc)) from None
             except sse.LineTooLong as exc:
@@ -281,7 +281,7 @@ class UpstreamClient:
         raise UpstreamUnavailable(self.name, "keeps forgetting the session")
 
     @staticmethod
-    async def _error_body(resp: httpx.Response) -> dict[str, Any] | None:
+    async def _error_body(resp: Response) -> dict[str, Any] | None:
         if not resp.headers.get("content-type", "").startswith("application/json"):
             return None
         with contextlib.suppress(Exception):
@@ -290,7 +290,7 @@ class UpstreamClient:
                 return msg
         return None
 
-    async def _read_reply(self, resp: httpx.Response, rid: int, on_message: MessageHandler | None) -> dict[str, Any]:
+    async def _read_reply(self, resp: Response, rid: int, on_message: MessageHandler | None) -> dict[str, Any]:
         ctype = resp.headers.get("content-type", "")
         if ctype.startswith("application/json"):
             try:
@@ -308,7 +308,7 @@ class UpstreamClient:
             if reply is not None:
                 # The server ends the stream after the response: read to the end so the pooled
                 # connection is reused (a half-read response would close it).
-                with contextlib.suppress(TimeoutError, httpx.HTTPError, sse.LineTooLong):
+                with contextlib.suppress(TimeoutError, TransportError, sse.LineTooLong):
                     async with asyncio.timeout(1.0):
                         async for _ in events:
                             pass
@@ -455,10 +455,7 @@ def describe(exc: BaseException) -> str:
     """What went wrong reaching an upstream, for the log (never for a client: see UpstreamUnavailable)."""
     if isinstance(exc, UpstreamUnavailable):
         return exc.detail
-    text = str(exc) or exc.__class__.__name__
-    if isinstance(exc, httpx.ConnectError):
-        return f"connection failed ({text})"
-    return text
+    return str(exc) or exc.__class__.__name__
 
 
 @dataclass

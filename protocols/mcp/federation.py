@@ -49,10 +49,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from gateway.core.backends.base import KeyValue
 from gateway.core.egress import Egress
+from gateway.core.http_client import PooledClient
 from gateway.core.runtime import Runtime
 from protocols.mcp.client import Upstream, UpstreamClient, describe
 
@@ -157,7 +156,7 @@ class UpstreamSet:
         self.call_timeout_s = call_timeout_s
         self.on_change, self.on_resource_updated, self.on_log = on_change, on_resource_updated, on_log
         self.local_names: set[str] = set()  # gateway tools (agent and meta tools) upstream names must not shadow
-        self.http: httpx.AsyncClient | None = None  # one pooled client for every upstream, made at start
+        self.http: PooledClient | None = None  # one pooled client for every upstream, made at start
         self.clients: dict[str, UpstreamClient] = {}
         self._wanted = [Upstream.of(u) for u in upstreams]
         self._tools: dict[str, tuple[UpstreamClient, dict[str, Any]]] = {}
@@ -193,12 +192,10 @@ class UpstreamSet:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.http = self.egress.httpx_client(
-            timeout=httpx.Timeout(10.0, read=None),
-            # Idle connections are dropped before a typical server's keep-alive timeout (uvicorn: 5 s)
-            # so a request rarely meets a connection the upstream is closing.
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=64, keepalive_expiry=2.0),
-        )
+        # Idle connections are dropped before a typical server's keep-alive timeout (uvicorn: 5 s)
+        # so a request rarely meets a connection the upstream is closing; calls are bounded by
+        # their own timeouts, connecting by 10 s.
+        self.http = PooledClient(self.egress, limit=200, keepalive_s=2.0, connect_timeout_s=10.0)
         self._started = True
         await self.set_upstreams(self._wanted)
 
