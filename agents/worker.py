@@ -29,12 +29,11 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import httpx
-
 from agents.links import WorkerLink
 from gateway.core.aio import wait_cancelled
 from gateway.core.backends import BackendUnavailable, Delivery
 from gateway.core.egress import Egress
+from gateway.core.http_client import TransportError
 from registry.identity import Identity
 from registry.records import RecordRejected, sign
 from schemas import InvalidTransition, Message, Task, TaskEvent, TaskState, TaskStatusUpdate, TextPart
@@ -189,7 +188,7 @@ class WorkerRunner:
                     continue
                 deliveries = await self.link.receive(agent, self.consumer, self.poll_ms, free)
                 backoff = 0.1
-            except (BackendUnavailable, OSError, httpx.HTTPError) as exc:
+            except (BackendUnavailable, OSError, TransportError) as exc:
                 log.warning("bus unavailable, retrying", extra={"agent": agent, "error": exc.__class__.__name__})
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

@@ -14,7 +14,8 @@ repeated (median reported), at concurrency 1 and 32:
   measured on a small machine), ``--calls`` calls per leg at concurrency 1, three times as many
   at 32, each reply parsed (JSON or SSE) and checked.
 
-Prints, per generator and era, throughput and p50/p99 per leg and the ratios. Targets: gateway
+Prints, per generator and era, throughput, p50/p99 and the CPU time per call of the process that
+answers (the upstream for the direct leg, the gateway for the other) per leg, and the ratios. Targets: gateway
 >= 0.7x direct throughput with < 0.5 ms added p50 at concurrency 1, >= 0.5x at 32. The load
 average is printed before and after (on a shared machine the figures are only as quiet as it).
 
@@ -159,7 +160,8 @@ async def python_leg(target: Target, calls: int, concurrency: int) -> dict[str, 
         start = time.perf_counter()
         await asyncio.gather(*(caller() for _ in range(concurrency)))
         seconds = time.perf_counter() - start
-    return {"rps": calls / seconds, "p50": percentile(latencies, 50) * 1000, "p99": percentile(latencies, 99) * 1000}
+    p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
+    return {"rps": calls / seconds, "p50": p50, "p99": p99, "calls": calls}
 
 
 # ---- wrk ------------------------------------------------------------------------------------------------
@@ -215,7 +217,8 @@ async def wrk_leg(script: Path, url: str, duration: float, concurrency: int) -> 
     r = json.loads(lines[-1])
     if r["bad"] or r["errors"]:
         raise RuntimeError(f"wrk saw {r['bad']} wrong replies and {r['errors']} errors against {url}")
-    return {"rps": r["requests"] / (r["duration_us"] / 1e6), "p50": r["p50_us"] / 1000, "p99": r["p99_us"] / 1000}
+    rps = r["requests"] / (r["duration_us"] / 1e6)
+    return {"rps": rps, "p50": r["p50_us"] / 1000, "p99": r["p99_us"] / 1000, "calls": r["requests"]}
 
 
 # ---- legs, interleaved ----------------------------------------------------------------------------------
@@ -223,22 +226,38 @@ async def wrk_leg(script: Path, url: str, duration: float, concurrency: int) -> 
 Leg = Callable[[str, int], Awaitable[dict[str, float]]]
 
 
-async def interleaved(leg: Leg, repeats: int) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux: /proc; elsewhere 0)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def interleaved(leg: Leg, repeats: int, pids: dict[str, int]) -> dict:
     """``leg(path, concurrency)`` for "direct" and "gateway" at concurrency 1 and 32, interleaved
-    so drift hits both alike; each figure is the median of ``repeats``."""
+    so drift hits both alike; each figure is the median of ``repeats``. ``cpu`` is the CPU time
+    per call of the process that answers the leg (``pids[path]``: the upstream, the gateway),
+    which a loaded machine disturbs far less than throughput."""
     results: dict = {}
     for concurrency in (1, 32):
         runs: dict[str, list[dict]] = {"direct": [], "gateway": []}
         for _ in range(repeats):
             for path, legs in runs.items():
-                legs.append(await leg(path, concurrency))
+                before = cpu_seconds(pids[path])
+                r = await leg(path, concurrency)
+                r["cpu"] = (cpu_seconds(pids[path]) - before) * 1000 / r.pop("calls")
+                legs.append(r)
         results[concurrency] = {
-            path: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")} for path, rs in runs.items()
+            path: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99", "cpu")}
+            for path, rs in runs.items()
         }
     return results
 
 
-async def measure(direct: str, gateway: str, args: argparse.Namespace) -> dict:
+async def measure(direct: str, gateway: str, args: argparse.Namespace, pids: dict[str, int]) -> dict:
     key = BENCH_KEY if args.auth else None
     out: dict = {}
     calls = {1: args.calls, 32: args.calls * 3}
@@ -250,7 +269,7 @@ async def measure(direct: str, gateway: str, args: argparse.Namespace) -> dict:
                 await python_leg(t, 300, 8)  # warm up connections, caches and the upstream pool
             if "python" in args.generators:
                 out[("python", era)] = await interleaved(
-                    lambda path, c, targets=targets: python_leg(targets[path], calls[c], c), args.repeats
+                    lambda path, c, targets=targets: python_leg(targets[path], calls[c], c), args.repeats, pids
                 )
             if "wrk" in args.generators:
                 with tempfile.TemporaryDirectory(prefix="bench-mcp-") as tmp:
@@ -260,6 +279,7 @@ async def measure(direct: str, gateway: str, args: argparse.Namespace) -> dict:
                             scripts[path], targets[path].url, args.duration, c
                         ),
                         args.repeats,
+                        pids,
                     )
             for t in targets.values():
                 await t.close(http)
@@ -269,11 +289,11 @@ async def measure(direct: str, gateway: str, args: argparse.Namespace) -> dict:
 def report(results: dict) -> None:
     for (generator, era), legs in results.items():
         print(f"\n[{generator}, {era} era]")
-        print(f"{'concurrency':>11} {'path':>8} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+        print(f"{'concurrency':>11} {'path':>8} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/call':>12}")
         for c, paths in legs.items():
             for name in ("direct", "gateway"):
                 r = paths[name]
-                print(f"{c:>11} {name:>8} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f}")
+                print(f"{c:>11} {name:>8} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['cpu']:>12.2f}")
         for c, paths in legs.items():
             d, g = paths["direct"], paths["gateway"]
             ratio, added = g["rps"] / d["rps"], g["p50"] - d["p50"]
@@ -339,7 +359,8 @@ def main() -> None:
             f"median of {args.repeats} runs; wrk {args.duration:g} s per leg, python {args.calls} calls per leg "
             f"at concurrency 1, {args.calls * 3} at 32; load average {load_average()} ({os.cpu_count()} CPUs)"
         )
-        results = asyncio.run(measure(upstream, f"{gateway}/mcp", args))
+        pids = {"direct": procs.procs[0].pid, "gateway": procs.procs[1].pid}
+        results = asyncio.run(measure(upstream, f"{gateway}/mcp", args, pids))
         report(results)
         print(f"\nload average after: {load_average()}")
 

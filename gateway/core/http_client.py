@@ -20,8 +20,9 @@ the benchmark machine), which was most of what the gateway added to a relayed MC
 - ``sign``: given, each request's headers are extended with what it returns for (method, URL,
   body bytes, headers): the body is serialised here, so what is signed is what is sent.
 
-Errors are ``TransportError`` (``ConnectFailed``, ``Disconnected``, ``TimedOut``), whatever the
-library underneath raised; the message is for the log (callers tell clients ``UNREACHABLE``).
+Errors are ``TransportError`` (``ConnectFailed``, ``Disconnected``, ``TimedOut``; ``StatusError``
+from ``raise_for_status``), whatever the library underneath raised; the message is for the log
+(callers tell clients ``UNREACHABLE``).
 """
 
 from __future__ import annotations
@@ -61,6 +62,15 @@ class TimedOut(TransportError):
     """A connect, request or body-reading bound of this client passed."""
 
 
+class StatusError(TransportError):
+    """``raise_for_status``: the server answered an HTTP error; ``response`` is its reply (its
+    body empty when it was not read)."""
+
+    def __init__(self, response: Reply) -> None:
+        super().__init__(f"answered HTTP {response.status_code}")
+        self.response = response
+
+
 def _translate(exc: BaseException, *, started: bool) -> TransportError:
     if isinstance(exc, TransportError):
         return exc
@@ -88,6 +98,10 @@ class Response:
         self.headers: CIMultiDictProxy[str] = resp.headers
         self.content_type = resp.headers.get("Content-Type", "")
 
+    def raise_for_status(self) -> None:
+        if self.status_code >= 400:
+            raise StatusError(Reply(self.status_code, self.headers, b""))
+
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
         """The body as it arrives (unbounded in total: an event stream's reader bounds it)."""
         try:
@@ -114,8 +128,16 @@ class Reply:
     headers: CIMultiDictProxy[str]
     content: bytes
 
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
     def json(self) -> Any:
         return json.loads(self.content)
+
+    def raise_for_status(self) -> None:
+        if self.status_code >= 400:
+            raise StatusError(self)
 
 
 class PooledClient:
