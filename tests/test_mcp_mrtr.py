@@ -32,7 +32,7 @@ from protocols.mcp.request_state import RequestStates
 from registry.identity import Identity
 from schemas import Artifact, Message, Task, TaskEvent, TaskState, TextPart
 from tests.conftest import serve_app, test_config
-from tests.fixtures.mcp_support import ModernRaw, UpstreamProcess, modern_meta
+from tests.fixtures.mcp_support import ModernRaw, UpstreamProcess
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),  # one cluster for the module
@@ -173,3 +173,163 @@ async def test_official_client_answers_an_agents_question(cluster):
     async with sdk_client(url, elicitation_callback=answer) as client:
         res = await client.call_tool("weather", {"message": "weather please"})
         assert res.content[-1].text == "Sunny in Oslo" and asked == ["Which city?"]
+
+
+# ---- any node resumes ---------------------------------------------------------------------------
+
+
+def asked_keys(reply: dict) -> dict[str, str]:
+    result = reply["result"]
+    assert result["resultType"] == "input_required" and isinstance(result["requestState"], str), reply
+    return {key: req["method"] for key, req in result["inputRequests"].items()}
+
+
+def retry(params: dict, reply: dict, responses: dict | None) -> dict:
+    out = {**params, "requestState": reply["result"]["requestState"]}
+    if responses is not None:
+        out["inputResponses"] = responses
+    return out
+
+
+def named(name: str) -> dict:
+    return {"action": "accept", "content": {"name": name}}
+
+
+async def test_each_round_may_reach_another_node(cluster, http):
+    """Round 1 on A, its retry on B (which holds no call: A's parked call answers through Redis),
+    round 2's state, minted by B, redeemed on A."""
+    url_a, url_b, _ = cluster
+    a, b = raw(http, url_a), raw(http, url_b)
+    params = {"name": "everything__test_input_required_result_multi_round", "arguments": {}}
+    _, first = await call(a, "tools/call", params)
+    assert asked_keys(first) == {"elicitation": "elicitation/create"}
+    assert first["result"]["inputRequests"]["elicitation"]["params"]["message"] == "Step 1: What is your name?"
+    _, second = await call(b, "tools/call", retry(params, first, {"elicitation": named("Bo")}))
+    assert asked_keys(second) == {"elicitation-2": "elicitation/create"}
+    colour = {"action": "accept", "content": {"color": "red"}}
+    status, done = await call(a, "tools/call", retry(params, second, {"elicitation-2": colour}))
+    assert status == 200 and done["result"]["content"][0]["text"] == "Bo likes red", done
+    assert done["result"]["resultType"] == "complete"
+
+
+async def test_an_agents_question_is_answered_on_another_node(cluster, http):
+    url_a, url_b, _ = cluster
+    a, b = raw(http, url_a), raw(http, url_b)
+    params = {"name": "weather", "arguments": {"message": "weather please"}}
+    _, asked = await call(a, "tools/call", params)
+    assert asked_keys(asked) == {"input": "elicitation/create"}
+    assert asked["result"]["inputRequests"]["input"]["params"]["message"] == "Which city?"
+    # no answer: asked again (the task still waits); then answered on B
+    _, again = await call(b, "tools/call", retry(params, asked, {"unrelated": {"action": "accept"}}))
+    assert asked_keys(again) == {"input": "elicitation/create"}
+    answer = {"input": {"action": "accept", "content": {"message": "Rome"}}}
+    _, done = await call(b, "tools/call", retry(params, again, answer))
+    assert done["result"]["content"][-1]["text"] == "Sunny in Rome", done
+
+
+async def test_a_declined_question_cancels_the_agents_task(cluster, http):
+    url_a, _, app_a = cluster
+    a = raw(http, url_a)
+    params = {"name": "weather", "arguments": {"message": "weather please"}}
+    _, asked = await call(a, "tools/call", params)
+    _, done = await call(a, "tools/call", retry(params, asked, {"input": {"action": "decline"}}))
+    assert done["result"]["isError"] and "canceled" in done["result"]["content"][0]["text"]
+
+
+async def test_a_client_without_elicitation_gets_the_task_to_continue(cluster, http):
+    url_a, _, _ = cluster
+    resp, reply = await raw(http, url_a).call("tools/call", {"name": "weather", "arguments": {"message": "hi"}})
+    result = reply["result"]
+    assert resp.status_code == 200 and result["resultType"] == "complete"
+    assert result["structuredContent"]["state"] == "input-required" and result["structuredContent"]["task_id"]
+
+
+async def test_only_what_the_client_declared_is_asked(cluster, http):
+    """The upstream asks for elicitation and sampling at once; a client that declared sampling
+    only is asked for sampling (the elicitation is refused upstream)."""
+    url_a, _, _ = cluster
+    a = raw(http, url_a)
+    params = {"name": "everything__test_input_required_result_capabilities", "arguments": {}}
+    meta = {"io.modelcontextprotocol/clientCapabilities": {"sampling": {}}}
+    _, reply = await a.call("tools/call", params, **meta)
+    assert asked_keys(reply) == {"sampling": "sampling/createMessage"}
+    sampled = {"role": "assistant", "content": {"type": "text", "text": "hi"}, "model": "m", "stopReason": "endTurn"}
+    _, done = await a.call("tools/call", retry(params, reply, {"sampling": sampled}), **meta)
+    assert done["result"]["content"][0]["text"] == "answered: refused, ok"
+
+
+async def test_lists_never_answer_input_required(cluster, http):
+    url_a, _, _ = cluster
+    for method in ("tools/list", "prompts/list"):
+        _, reply = await call(raw(http, url_a), method, {})
+        assert reply["result"]["resultType"] == "complete"
+
+
+# ---- attacks: refused with -32602, and nothing changes ------------------------------------------
+
+
+def tamper(state: str) -> list[str]:
+    """Ways to alter a state: its payload changed (same signature), its signature changed, junk."""
+    body, signature = state.split(".")
+    payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    payload["x"]["r"] = 7
+    changed = base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode().rstrip("=")
+    middle = len(signature) // 2
+    flipped = signature[:middle] + ("A" if signature[middle] != "A" else "B") + signature[middle + 1 :]
+    return [f"{changed}.{signature}", f"{body}.{flipped}", state + "-TAMPERED", "not-a-state", body]
+
+
+def forged(identity: Identity, state: str) -> str:
+    """The same payload signed by a key that is no node of the cluster."""
+    body = state.split(".")[0]
+    payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    payload["iss"] = identity.did
+    new = base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+    signature = base64.urlsafe_b64encode(identity.sign(new.encode())).decode().rstrip("=")
+    return f"{new}.{signature}"
+
+
+async def refused(r: ModernRaw, params: dict) -> None:
+    status, reply = await call(r, "tools/call", params)
+    assert status == 400 and reply["error"]["code"] == -32602, reply
+    assert reply["error"]["message"].startswith("Invalid requestState")
+
+
+async def test_bad_states_are_refused_and_change_nothing(cluster, http):
+    url_a, url_b, app_a = cluster
+    a, b = raw(http, url_a), raw(http, url_b)
+    params = {"name": ELICIT, "arguments": {}}
+    _, first = await call(a, "tools/call", params)
+    state = first["result"]["requestState"]
+    answer = {"elicitation": named("Cy")}
+    for bad in tamper(state):
+        await refused(b, {**params, "requestState": bad, "inputResponses": answer})
+    await refused(a, {**params, "requestState": forged(Identity.generate(), state), "inputResponses": answer})
+    runtime = app_a.state.runtime
+    expired = RequestStates(runtime.identity, runtime.kv, trust_file=None, ttl_s=-5)
+    lapsed = await expired.mint("alice", "tools/call", params, json.loads(_payload(state))["x"])
+    await refused(a, {**params, "requestState": lapsed, "inputResponses": answer})
+    await refused(raw(http, url_b, "bob"), retry(params, first, answer))  # another caller's
+    other = {"name": "everything__test_input_required_result_tampered_state", "arguments": {}}
+    await refused(a, retry(other, first, {"elicitation": {"action": "accept", "content": {"ok": True}}}))
+    await refused(a, retry({**params, "arguments": {"extra": 1}}, first, answer))  # other arguments
+    # the genuine state still resumes the parked call, once
+    _, done = await call(b, "tools/call", retry(params, first, answer))
+    assert done["result"]["content"][0]["text"] == "Hello, Cy!", done
+    for node in (a, b):  # replayed, on either node
+        await refused(node, retry(params, first, answer))
+
+
+def _payload(state: str) -> bytes:
+    body = state.split(".")[0]
+    return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+
+
+async def test_a_retry_without_responses_is_asked_again(cluster, http):
+    url_a, url_b, _ = cluster
+    params = {"name": ELICIT, "arguments": {}}
+    _, first = await call(raw(http, url_a), "tools/call", params)
+    _, again = await call(raw(http, url_b), "tools/call", retry(params, first, {"wrong_key": named("x")}))
+    assert asked_keys(again) == {"elicitation": "elicitation/create"}
+    _, done = await call(raw(http, url_a), "tools/call", retry(params, again, {"elicitation": named("Di")}))
+    assert done["result"]["content"][0]["text"] == "Hello, Di!"

@@ -9,8 +9,11 @@ its methods (``modern_methods``) are those of its era (``server/discover``; no `
 ``logging/setLevel`` or ``resources/(un)subscribe``), its answer gets the era's shape
 (``modern.finish``: ``resultType``, ``serverInfo``, ``ttlMs`` of ``cache_ttl_ms``, 0 for a
 resource read, and ``cacheScope``: ``public`` only when the answer is everyone's, see
-``cache_scope``), an upstream's sampling, elicitation or roots request is refused upstream and,
-when the client did not declare the capability, the call answers -32021 naming it.
+``cache_scope``). An upstream's sampling, elicitation or roots request, and an agent's question,
+become input-required results of ``tools/call``, ``prompts/get`` and ``resources/read`` whose
+retry (its ``requestState`` redeemed before anything runs) resumes the call (mrtr.py,
+request_state.py); a request the client did not declare the capability for is refused upstream
+and, when nothing is left to ask, the call answers -32021 naming it.
 
 Tools are the routable agents and the meta tools (agents.py) and the federated upstreams' tools
 (federation.py); resources and prompts are the upstreams'.
