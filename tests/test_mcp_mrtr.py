@@ -202,12 +202,16 @@ async def test_each_round_may_reach_another_node(cluster, http):
     a, b = raw(http, url_a), raw(http, url_b)
     params = {"name": "everything__test_input_required_result_multi_round", "arguments": {}}
     _, first = await call(a, "tools/call", params)
-    assert asked_keys(first) == {"elicitation": "elicitation/create"}
-    assert first["result"]["inputRequests"]["elicitation"]["params"]["message"] == "Step 1: What is your name?"
-    _, second = await call(b, "tools/call", retry(params, first, {"elicitation": named("Bo")}))
-    assert asked_keys(second) == {"elicitation-2": "elicitation/create"}
+    assert asked_keys(first) == {"step1": "elicitation/create"}
+    assert first["result"]["inputRequests"]["step1"]["params"] == {
+        "mode": "form",
+        "message": "Step 1: What is your name?",
+        "requestedSchema": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
+    }  # the key's name taken off
+    _, second = await call(b, "tools/call", retry(params, first, {"step1": named("Bo")}))
+    assert asked_keys(second) == {"step2": "elicitation/create"}
     colour = {"action": "accept", "content": {"color": "red"}}
-    status, done = await call(a, "tools/call", retry(params, second, {"elicitation-2": colour}))
+    status, done = await call(a, "tools/call", retry(params, second, {"step2": colour}))
     assert status == 200 and done["result"]["content"][0]["text"] == "Bo likes red", done
     assert done["result"]["resultType"] == "complete"
 
@@ -252,9 +256,9 @@ async def test_only_what_the_client_declared_is_asked(cluster, http):
     params = {"name": "everything__test_input_required_result_capabilities", "arguments": {}}
     meta = {"io.modelcontextprotocol/clientCapabilities": {"sampling": {}}}
     _, reply = await a.call("tools/call", params, **meta)
-    assert asked_keys(reply) == {"sampling": "sampling/createMessage"}
+    assert asked_keys(reply) == {"greeting": "sampling/createMessage"}
     sampled = {"role": "assistant", "content": {"type": "text", "text": "hi"}, "model": "m", "stopReason": "endTurn"}
-    _, done = await a.call("tools/call", retry(params, reply, {"sampling": sampled}), **meta)
+    _, done = await a.call("tools/call", retry(params, reply, {"greeting": sampled}), **meta)
     assert done["result"]["content"][0]["text"] == "answered: refused, ok"
 
 
@@ -301,7 +305,7 @@ async def test_bad_states_are_refused_and_change_nothing(cluster, http):
     params = {"name": ELICIT, "arguments": {}}
     _, first = await call(a, "tools/call", params)
     state = first["result"]["requestState"]
-    answer = {"elicitation": named("Cy")}
+    answer = {"user_name": named("Cy")}
     for bad in tamper(state):
         await refused(b, {**params, "requestState": bad, "inputResponses": answer})
     await refused(a, {**params, "requestState": forged(Identity.generate(), state), "inputResponses": answer})
@@ -311,7 +315,7 @@ async def test_bad_states_are_refused_and_change_nothing(cluster, http):
     await refused(a, {**params, "requestState": lapsed, "inputResponses": answer})
     await refused(raw(http, url_b, "bob"), retry(params, first, answer))  # another caller's
     other = {"name": "everything__test_input_required_result_tampered_state", "arguments": {}}
-    await refused(a, retry(other, first, {"elicitation": {"action": "accept", "content": {"ok": True}}}))
+    await refused(a, retry(other, first, {"confirm": {"action": "accept", "content": {"ok": True}}}))
     await refused(a, retry({**params, "arguments": {"extra": 1}}, first, answer))  # other arguments
     # the genuine state still resumes the parked call, once
     _, done = await call(b, "tools/call", retry(params, first, answer))
@@ -330,6 +334,24 @@ async def test_a_retry_without_responses_is_asked_again(cluster, http):
     params = {"name": ELICIT, "arguments": {}}
     _, first = await call(raw(http, url_a), "tools/call", params)
     _, again = await call(raw(http, url_b), "tools/call", retry(params, first, {"wrong_key": named("x")}))
-    assert asked_keys(again) == {"elicitation": "elicitation/create"}
-    _, done = await call(raw(http, url_a), "tools/call", retry(params, again, {"elicitation": named("Di")}))
+    assert asked_keys(again) == {"user_name": "elicitation/create"}
+    _, done = await call(raw(http, url_a), "tools/call", retry(params, again, {"user_name": named("Di")}))
     assert done["result"]["content"][0]["text"] == "Hello, Di!"
+
+
+async def test_a_request_the_upstream_names_no_key_for_gets_the_gateways(cluster, http):
+    url_a, url_b, _ = cluster
+    params = {"name": "everything__test_elicitation", "arguments": {"message": "Your email?"}}
+    _, first = await call(raw(http, url_a), "tools/call", params)
+    assert asked_keys(first) == {"elicitation": "elicitation/create"}
+    email = {"elicitation": {"action": "accept", "content": {"email": "eve@example.com"}}}
+    _, done = await call(raw(http, url_b), "tools/call", retry(params, first, email))
+    assert "eve@example.com" in done["result"]["content"][0]["text"], done
+
+
+async def test_answers_sent_with_the_first_request_are_used(cluster, http):
+    """A client may answer, without state, what it knows will be asked; unknown keys are ignored."""
+    url_a, _, _ = cluster
+    params = {"name": ELICIT, "arguments": {}, "inputResponses": {"user_name": named("Eve"), "other": {"x": 1}}}
+    _, done = await call(raw(http, url_a), "tools/call", params)
+    assert done["result"]["resultType"] == "complete" and done["result"]["content"][0]["text"] == "Hello, Eve!"

@@ -741,7 +741,7 @@ class MCPService:
             exchange_id, round = call.resume["x"], int(call.resume.get("r", 1))
             outcome = await self.parked.resume(exchange_id, round, call.params.get("inputResponses"))
             return await self._next_round(call, outcome, exchange_id, round + 1)
-        exchange = call.exchange = Exchange(upstream)
+        exchange = call.exchange = Exchange(upstream, call.params.get("inputResponses"))
         try:
             outcome = await exchange.next()
         except BaseException:  # cancelled: the client left before anything was asked

@@ -23,10 +23,16 @@ holds it and route the retry there over the cluster**, not to re-run it:
 So the first request runs the upstream call as an ``Exchange`` and waits for the first of: its
 result (answered at once, nothing parked), or its requests for input. Requests that arrive
 together (within ``GATHER_S`` of the first: an upstream that asks several things at once sends
-them back to back) become one input-required result; each gets a key of the gateway's making
-(``elicitation``, ``sampling``, ``roots``, numbered when one kind repeats), and only what the
-client declared in its envelope's capabilities is asked (MUST): a request it cannot answer is
-refused upstream, and when nothing is left to ask, the call answers -32021 as before. The call
+them back to back) become one input-required result. Each gets the key its upstream names in
+``params._meta["interlace/inputKey"]`` (taken off before the client sees it; the gateway's
+upstream client puts a 2026-07-28 upstream's own keys there, and a handshake-era server may name
+its requests so), else one of the gateway's making (``elicitation``, ``sampling``, ``roots``,
+numbered when one kind repeats). Only what the client declared in its envelope's capabilities is
+asked (MUST): a request it cannot answer is refused upstream, and when nothing is left to ask,
+the call answers -32021 as before. A first request that already carries ``inputResponses`` (a
+client answering, without state, what it knows will be asked, as a 2026-07-28 server's stateless
+retry allows) answers the upstream's requests of those keys on the spot, each once; keys never
+asked are ignored. The call
 is then parked (``Parked``), waiting at most ``client_request_timeout_s`` for the next round's
 answers in the shared mailbox (sessions.Mailbox: a future on this node, the key/value store
 across nodes), so a retry reaching any node finds it: that node posts the answers, the holding
@@ -62,6 +68,8 @@ log = logging.getLogger("interlace.mcp.mrtr")
 
 METHODS = frozenset({"tools/call", "prompts/get", "resources/read"})  # may answer input_required
 KINDS = {"elicitation/create": "elicitation", "sampling/createMessage": "sampling", "roots/list": "roots"}
+KEY_META = "interlace/inputKey"  # where an upstream names the key of its request for input
+MAX_KEY = 128
 GATHER_S = 0.05  # requests arriving this soon after the first are asked in the same round
 INPUT_KEY = "input"  # an agent's question
 ANSWER_SCHEMA = {
@@ -104,8 +112,10 @@ def answered(responses: Any) -> bool:
 class Exchange:
     """One upstream call of a modern client whose requests for input are answered in rounds."""
 
-    def __init__(self, run: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+    def __init__(self, run: Callable[[], Awaitable[dict[str, Any]]], answers: Any = None) -> None:
         self.id = secrets.token_urlsafe(12)
+        # answers the first request brought along, by key (each answers one request, once)
+        self.preset = {k: v for k, v in answers.items() if isinstance(v, dict)} if isinstance(answers, dict) else {}
         self.asked: dict[str, tuple[dict[str, Any], asyncio.Future]] = {}  # key -> (request, its answer)
         self.sent: set[str] = set()  # keys the client was asked in an earlier round
         self._arrived = asyncio.Event()
@@ -114,9 +124,9 @@ class Exchange:
 
     async def ask(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         """An upstream request for input (from the call's task): the client's answer, once given."""
-        kind = KINDS[method]
-        self._kinds[kind] += 1
-        key = kind if self._kinds[kind] == 1 else f"{kind}-{self._kinds[kind]}"
+        key, params = self._key(method, params)
+        if key in self.preset:
+            return self.preset.pop(key)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self.asked[key] = ({"method": method, "params": params}, fut)
         self._arrived.set()
@@ -124,6 +134,21 @@ class Exchange:
             return await fut
         finally:
             self.asked.pop(key, None)
+
+    def _key(self, method: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The request's key (the upstream's, when it names a free one) and its params for the client."""
+        meta = params.get("_meta")
+        named = meta.get(KEY_META) if isinstance(meta, dict) else None
+        if isinstance(meta, dict) and KEY_META in meta:
+            rest = {k: v for k, v in meta.items() if k != KEY_META}
+            params = {k: v for k, v in params.items() if k != "_meta"} | ({"_meta": rest} if rest else {})
+        if isinstance(named, str) and 0 < len(named) <= MAX_KEY and named not in self.asked:
+            return named, params
+        kind, key = KINDS[method], ""
+        while not key or key in self.asked:
+            self._kinds[kind] += 1
+            key = kind if self._kinds[kind] == 1 else f"{kind}-{self._kinds[kind]}"
+        return key, params
 
     def answer(self, responses: Any) -> None:
         """Hand the client's answers (by key) to the waiting upstream requests; others stay."""
