@@ -355,3 +355,15 @@ async def test_answers_sent_with_the_first_request_are_used(cluster, http):
     params = {"name": ELICIT, "arguments": {}, "inputResponses": {"user_name": named("Eve"), "other": {"x": 1}}}
     _, done = await call(raw(http, url_a), "tools/call", params)
     assert done["result"]["resultType"] == "complete" and done["result"]["content"][0]["text"] == "Hello, Eve!"
+
+
+async def test_a_retry_for_a_call_no_node_holds_fails_at_once(cluster, http):
+    """A genuine state whose parked call is gone (its node stopped): -32603, without waiting."""
+    url_a, url_b, app_a = cluster
+    params = {"name": ELICIT, "arguments": {}}
+    runtime = app_a.state.runtime
+    states = RequestStates(runtime.identity, runtime.kv, trust_file=None, ttl_s=60)
+    state = await states.mint("alice", "tools/call", params, {"k": "x", "x": "no-such-call", "r": 1})
+    async with asyncio.timeout(5):
+        status, reply = await call(raw(http, url_b), "tools/call", {**params, "requestState": state})
+    assert status == 200 and reply["error"]["code"] == -32603, reply

@@ -68,13 +68,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from gateway.core import __version__, audit
+from gateway.core.backends import TaskNotFound
 from gateway.core.policy import Action, Target
 from gateway.core.principal import LOCAL, Principal
 from gateway.core.quotas import QuotaExceeded
 from gateway.core.runtime import ActingFor, Runtime
 from gateway.core.settings import load_settings
 from protocols.mcp import mrtr, wire
-from protocols.mcp.agents import META_TOOLS, AgentTools, agent_tool, tool_error
+from protocols.mcp.agents import META_TOOLS, AgentTools, agent_tool, task_result, tool_error
 from protocols.mcp.client import UpstreamClient, UpstreamTimeout, UpstreamUnavailable, describe
 from protocols.mcp.federation import Quarantined, UpstreamSet, Visible, configured_upstreams, registry_upstreams
 from protocols.mcp.listen import Filter, Hub, Listener
@@ -92,6 +93,7 @@ from protocols.mcp.mrtr import (
 from protocols.mcp.request_state import RequestStates, refused
 from protocols.mcp.sessions import EventLog, Mailbox, Sessions
 from protocols.mcp.wire import INVALID_PARAMS, INVALID_REQUEST, MCPError
+from schemas import TaskState
 
 log = logging.getLogger("interlace.mcp")
 
@@ -749,7 +751,7 @@ class MCPService:
             raise
         if "ask" not in outcome:
             return outcome_reply(outcome)
-        self.parked.park(exchange, 1)
+        await self.parked.park(exchange, 1)
         return await self._next_round(call, outcome, exchange.id, 1)
 
     async def _next_round(self, call: MCPCall, outcome: mrtr.Outcome, exchange_id: str, round: int) -> dict[str, Any]:
@@ -784,8 +786,13 @@ class MCPService:
         if not isinstance(task_id, str):
             raise refused("it belongs to another request")
         responses = call.params.get("inputResponses")
-        if not answered(responses):  # asked again (the spec's SHOULD), the task still waits
-            task = await call.rt.get(task_id)
+        if not answered(responses):  # asked again (the spec's SHOULD) while the task still waits
+            try:
+                task = await call.rt.get(task_id)
+            except TaskNotFound as exc:
+                return tool_error(str(exc))
+            if task.state is not TaskState.INPUT_REQUIRED:
+                return task_result(task)
             question = task.status.message.text() if task.status.message else ""
             return await self._ask_agent_question(call, task_id, question)
         text = agent_answer(responses)

@@ -41,7 +41,10 @@ an error), and the retrying node answers the client with it (minting the next st
 A retry that leaves a request unanswered gets it asked again (the spec's SHOULD); keys the
 gateway did not ask are ignored. A parked call whose client never returns is cancelled when its
 wait ends, which withdraws its requests upstream. A retry whose holding node has gone answers
--32603 (the upstream call died with it).
+-32603 (the upstream call died with it): at once when that node stopped (a parked call is
+announced in the shared store while it waits), else once ``call_timeout_s`` passed without an
+answer. Progress and log messages the upstream sends after the first round have no stream to go
+to (the retry may be on another node) and are dropped.
 
 **An agent behind the gateway** whose canonical task ends ``input-required`` (an A2A, ACP or
 model-backed agent, exposed as a tool): the question becomes one ``elicitation/create`` under the
@@ -54,6 +57,7 @@ declined or cancelled one cancels it. Tasks live in the shared backend, so any n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections import Counter
@@ -117,7 +121,6 @@ class Exchange:
         # answers the first request brought along, by key (each answers one request, once)
         self.preset = {k: v for k, v in answers.items() if isinstance(v, dict)} if isinstance(answers, dict) else {}
         self.asked: dict[str, tuple[dict[str, Any], asyncio.Future]] = {}  # key -> (request, its answer)
-        self.sent: set[str] = set()  # keys the client was asked in an earlier round
         self._arrived = asyncio.Event()
         self._kinds: Counter[str] = Counter()
         self.job = asyncio.create_task(run())
@@ -169,7 +172,6 @@ class Exchange:
                 if not self.job.done():
                     pending = {k: req for k, (req, fut) in self.asked.items() if not fut.done()}
                     if pending:
-                        self.sent |= set(pending)
                         return {"ask": pending}
             if self.job.done():
                 return self._ended()
@@ -202,8 +204,14 @@ class Parked:
         self.mailbox, self.wait_s, self.round_s = mailbox, wait_s, round_s
         self.tasks: set[asyncio.Task] = set()
 
-    def park(self, exchange: Exchange, round: int) -> None:
-        """Keep ``exchange`` waiting for the answers of ``round`` (posted by ``resume``)."""
+    @staticmethod
+    def _held(exchange_id: str) -> str:
+        return f"mcp:mrtr:held:{exchange_id}"
+
+    async def park(self, exchange: Exchange, round: int) -> None:
+        """Keep ``exchange`` waiting for the answers of ``round`` (posted by ``resume``), and
+        say so in the shared store (a retry for a call no node holds fails at once)."""
+        await self.mailbox.kv.set(self._held(exchange.id), "1", max(1, int(self.wait_s) + 1))
         task = asyncio.create_task(self._hold(exchange, round))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -223,9 +231,13 @@ class Parked:
                 round += 1
         finally:
             exchange.cancel()
+            with contextlib.suppress(Exception):
+                await self.mailbox.kv.delete(self._held(exchange.id))
 
     async def resume(self, exchange_id: str, round: int, responses: Any) -> Outcome:
         """Send ``responses`` to the exchange (on whichever node holds it); what it did next."""
+        if await self.mailbox.kv.get(self._held(exchange_id)) is None:
+            raise MCPError(wire.INTERNAL_ERROR, "the call waiting for this input is gone")
         waiting = asyncio.create_task(self.mailbox.wait("mrtr-out", exchange_id, round, self.round_s))
         await asyncio.sleep(0)  # the wait is registered before the answers can produce an outcome
         try:
