@@ -3,8 +3,9 @@ request_state.py): a federated upstream's elicitation, sampling and roots, and a
 input-required task, become input-required results whose retries resume them, on any node.
 
 Real components: the official ``mcp`` 2.3 client in auto mode (which drives the rounds with its
-callbacks), the SDK-built fixture upstream (handshake era: it asks with server->client requests),
-an agent that asks a question, two gateway nodes sharing a real redis-server, and raw httpx for
+callbacks), the SDK-built fixture upstream (handshake era: it asks with server->client requests)
+and a second SDK upstream in process (a resource template that asks), an agent that asks a
+question, two gateway nodes sharing a real redis-server, and raw httpx for
 the attacks: a tampered, foreign-signed, expired, replayed, another caller's or another request's
 ``requestState`` is -32602 (HTTP 400) and changes nothing.
 """
@@ -23,6 +24,7 @@ import pytest
 import pytest_asyncio
 import yaml
 from mcp import Client
+from mcp.server.mcpserver import Context, MCPServer
 
 from agents.worker import Worker
 from gateway.app import create_app
@@ -69,10 +71,23 @@ def upstream():
         yield up
 
 
+def asking_upstream() -> MCPServer:
+    """A second SDK-built upstream, in process: a resource template whose read asks the user."""
+    server = MCPServer("asking", version="1.0.0")
+
+    @server.resource("test://ask/{topic}", name="ask", description="Asks which detail first", mime_type="text/plain")
+    async def ask(topic: str, ctx: Context) -> str:
+        schema = {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}
+        answer = await ctx.session.elicit(f"Which detail of {topic}?", schema, related_request_id=ctx.request_id)
+        return f"{topic}: {(answer.content or {}).get('detail')}"
+
+    return server
+
+
 @contextlib.asynccontextmanager
-async def node(name: str, redis_url: str, keys: str, upstream_url: str) -> AsyncIterator[tuple[str, object]]:
+async def node(name: str, redis_url: str, keys: str, upstreams: tuple) -> AsyncIterator[tuple[str, object]]:
     app = create_app(test_config(redis_url=redis_url, node_id=name, api_keys=keys), workers=[AskingWorker()])
-    service = mount(app, MCPOptions(upstreams=(("everything", upstream_url),), call_timeout_s=20))
+    service = mount(app, MCPOptions(upstreams=upstreams, call_timeout_s=20))
     async with serve_app(app) as base:
         async with asyncio.timeout(60):
             await asyncio.gather(*(c.first_attempt.wait() for c in service.upstreams.clients.values()))
@@ -85,11 +100,13 @@ async def cluster(redis_server, upstream, tmp_path_factory):
     redis_server.flush()
     keys = tmp_path_factory.mktemp("keys") / "keys.yaml"
     keys.write_text(yaml.safe_dump([{"principal": p, "key_sha256": api_key_digest(k)} for p, k in KEYS.items()]))
-    async with (
-        node("node-a", redis_server.url, str(keys), upstream.url) as (url_a, app_a),
-        node("node-b", redis_server.url, str(keys), upstream.url) as (url_b, _),
-    ):
-        yield url_a, url_b, app_a
+    async with serve_app(asking_upstream().streamable_http_app()) as asking:
+        upstreams = (("everything", upstream.url), ("asking", asking + "/mcp"))
+        async with (
+            node("node-a", redis_server.url, str(keys), upstreams) as (url_a, app_a),
+            node("node-b", redis_server.url, str(keys), upstreams) as (url_b, _),
+        ):
+            yield url_a, url_b, app_a
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -367,3 +384,15 @@ async def test_a_retry_for_a_call_no_node_holds_fails_at_once(cluster, http):
     async with asyncio.timeout(5):
         status, reply = await call(raw(http, url_b), "tools/call", {**params, "requestState": state})
     assert status == 200 and reply["error"]["code"] == -32603, reply
+
+
+async def test_a_resource_read_asks_too(cluster, http):
+    url_a, url_b, _ = cluster
+    params = {"uri": "test://ask/weather"}
+    _, first = await call(raw(http, url_a), "resources/read", params)
+    assert asked_keys(first) == {"elicitation": "elicitation/create"}
+    assert "ttlMs" not in first["result"]  # an input-required result is no cacheable answer
+    detail = {"elicitation": {"action": "accept", "content": {"detail": "wind"}}}
+    _, done = await call(raw(http, url_b), "resources/read", retry(params, first, detail))
+    assert done["result"]["contents"][0]["text"] == "weather: wind", done
+    assert done["result"]["ttlMs"] == 0
