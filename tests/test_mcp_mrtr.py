@@ -31,6 +31,7 @@ from gateway.app import create_app
 from gateway.core.auth import api_key_digest
 from protocols.mcp import MCPOptions, mount
 from protocols.mcp.request_state import RequestStates
+from protocols.mcp.wire import MCPError
 from registry.identity import Identity
 from schemas import Artifact, Message, Task, TaskEvent, TaskState, TextPart
 from tests.conftest import serve_app, test_config
@@ -396,3 +397,20 @@ async def test_a_resource_read_asks_too(cluster, http):
     _, done = await call(raw(http, url_b), "resources/read", retry(params, first, detail))
     assert done["result"]["contents"][0]["text"] == "weather: wind", done
     assert done["result"]["ttlMs"] == 0
+
+
+async def test_a_trust_file_decides_which_nodes_states_are_believed(cluster, tmp_path):
+    """Without a trust file, the nodes sharing the store (each announces its DID there) are the
+    cluster; with one, only the nodes it lists and this node itself."""
+    _, _, app_a = cluster
+    runtime = app_a.state.runtime
+    params = {"name": ELICIT, "arguments": {}}
+    other = Identity.generate()
+    state = await RequestStates(other, runtime.kv, trust_file=None, ttl_s=60).mint("alice", "tools/call", params, {})
+    listed = tmp_path / "trust.txt"
+    listed.write_text(f"# the member nodes\n{runtime.identity.did}\n")
+    strict = RequestStates(runtime.identity, runtime.kv, trust_file=str(listed), ttl_s=60)
+    with pytest.raises(MCPError, match="not minted by a node of this cluster"):
+        await strict.redeem(state, "alice", "tools/call", params)
+    announced = RequestStates(runtime.identity, runtime.kv, trust_file=None, ttl_s=60)
+    assert await announced.redeem(state, "alice", "tools/call", params) == {}
