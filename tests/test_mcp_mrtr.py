@@ -414,3 +414,26 @@ async def test_a_trust_file_decides_which_nodes_states_are_believed(cluster, tmp
         await strict.redeem(state, "alice", "tools/call", params)
     announced = RequestStates(runtime.identity, runtime.kv, trust_file=None, ttl_s=60)
     assert await announced.redeem(state, "alice", "tools/call", params) == {}
+
+
+async def test_a_parked_call_counts_among_the_callers_open_streams(upstream, http, tmp_path):
+    """Each parked upstream call holds a request open: past the quota of open streams, the next
+    one is refused (429, -31029) and nothing is left parked for it; answering frees the place."""
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(yaml.safe_dump([{"principal": "alice", "key_sha256": api_key_digest(KEYS["alice"])}]))
+    app = create_app(test_config(api_keys=str(keys), quota_sse_streams=1))
+    service = mount(app, MCPOptions(upstreams=(("everything", upstream.url),), call_timeout_s=20))
+    async with serve_app(app) as base:
+        async with asyncio.timeout(60):
+            await asyncio.gather(*(c.first_attempt.wait() for c in service.upstreams.clients.values()))
+        r = raw(http, base + "/mcp")
+        params = {"name": ELICIT, "arguments": {}}
+        _, first = await call(r, "tools/call", params)
+        assert asked_keys(first) == {"user_name": "elicitation/create"}
+        status, refused_one = await call(r, "tools/call", params)
+        assert status == 429 and refused_one["error"]["code"] == -31029, refused_one
+        assert len(service.parked.tasks) == 1
+        _, done = await call(r, "tools/call", retry(params, first, {"user_name": named("Fay")}))
+        assert done["result"]["content"][0]["text"] == "Hello, Fay!"
+        _, again = await call(r, "tools/call", params)  # its place was given back
+        assert asked_keys(again) == {"user_name": "elicitation/create"}

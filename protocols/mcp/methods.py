@@ -468,9 +468,9 @@ class MCPService:
             handler = (self.methods if call.envelope is None else self.modern_methods).get(call.method)
             if handler is None:
                 raise MCPError(wire.METHOD_NOT_FOUND, f"Method not found: {call.method}")
-            if call.envelope is not None and call.method in mrtr.METHODS and "requestState" in call.params:
+            state = call.params.get("requestState")
+            if call.envelope is not None and call.method in mrtr.METHODS and state is not None:
                 # verified (and used up) before anything runs: a refused state changes nothing
-                state = call.params["requestState"]
                 call.resume = await self.states.redeem(state, call.principal.id, call.method, call.params)
             reply = wire.result(call.id, await handler(call))
         except MCPError as exc:
@@ -751,7 +751,12 @@ class MCPService:
             raise
         if "ask" not in outcome:
             return outcome_reply(outcome)
-        await self.parked.park(exchange, 1)
+        try:  # a parked call holds an upstream request open: it counts as one of the caller's streams
+            release = call.rt.open_stream()
+        except QuotaExceeded:
+            exchange.cancel()
+            raise
+        await self.parked.park(exchange, 1, release)
         return await self._next_round(call, outcome, exchange.id, 1)
 
     async def _next_round(self, call: MCPCall, outcome: mrtr.Outcome, exchange_id: str, round: int) -> dict[str, Any]:

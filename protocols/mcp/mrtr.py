@@ -33,7 +33,8 @@ the call answers -32021 as before. A first request that already carries ``inputR
 client answering, without state, what it knows will be asked, as a 2026-07-28 server's stateless
 retry allows) answers the upstream's requests of those keys on the spot, each once; keys never
 asked are ignored. The call
-is then parked (``Parked``), waiting at most ``client_request_timeout_s`` for the next round's
+is then parked (``Parked``; it counts among the caller's open streams, ``gateway.core.quotas``,
+while it waits), waiting at most ``client_request_timeout_s`` for the next round's
 answers in the shared mailbox (sessions.Mailbox: a future on this node, the key/value store
 across nodes), so a retry reaching any node finds it: that node posts the answers, the holding
 node hands them to the upstream and posts what the call did next (its result, more requests, or
@@ -208,15 +209,16 @@ class Parked:
     def _held(exchange_id: str) -> str:
         return f"mcp:mrtr:held:{exchange_id}"
 
-    async def park(self, exchange: Exchange, round: int) -> None:
+    async def park(self, exchange: Exchange, round: int, release: Callable[[], None]) -> None:
         """Keep ``exchange`` waiting for the answers of ``round`` (posted by ``resume``), and
-        say so in the shared store (a retry for a call no node holds fails at once)."""
+        say so in the shared store (a retry for a call no node holds fails at once); ``release``
+        runs once it ends."""
         await self.mailbox.kv.set(self._held(exchange.id), "1", max(1, int(self.wait_s) + 1))
-        task = asyncio.create_task(self._hold(exchange, round))
+        task = asyncio.create_task(self._hold(exchange, round, release))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _hold(self, exchange: Exchange, round: int) -> None:
+    async def _hold(self, exchange: Exchange, round: int, release: Callable[[], None]) -> None:
         try:
             while True:
                 try:
@@ -225,11 +227,14 @@ class Parked:
                     return
                 exchange.answer(responses)
                 outcome = await exchange.next()
+                if "ask" not in outcome:
+                    release()  # before the answer goes out: the client's next call finds its place free
                 await self.mailbox.post("mrtr-out", exchange.id, round, outcome)
                 if "ask" not in outcome:
                     return
                 round += 1
         finally:
+            release()
             exchange.cancel()
             with contextlib.suppress(Exception):
                 await self.mailbox.kv.delete(self._held(exchange.id))
