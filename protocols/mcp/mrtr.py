@@ -122,7 +122,7 @@ class Exchange:
         # answers the first request brought along, by key (each answers one request, once)
         self.preset = {k: v for k, v in answers.items() if isinstance(v, dict)} if isinstance(answers, dict) else {}
         self.asked: dict[str, tuple[dict[str, Any], asyncio.Future]] = {}  # key -> (request, its answer)
-        self._arrived = asyncio.Event()
+        self._arrived: asyncio.Future = asyncio.get_running_loop().create_future()  # a request came
         self._kinds: Counter[str] = Counter()
         self.job = asyncio.create_task(run())
 
@@ -133,7 +133,8 @@ class Exchange:
             return self.preset.pop(key)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self.asked[key] = ({"method": method, "params": params}, fut)
-        self._arrived.set()
+        if not self._arrived.done():
+            self._arrived.set_result(None)
         try:
             return await fut
         finally:
@@ -176,12 +177,9 @@ class Exchange:
                         return {"ask": pending}
             if self.job.done():
                 return self._ended()
-            self._arrived.clear()
-            arrived = asyncio.create_task(self._arrived.wait())
-            try:
-                await asyncio.wait((self.job, arrived), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                arrived.cancel()
+            if self._arrived.done():
+                self._arrived = asyncio.get_running_loop().create_future()
+            await asyncio.wait((self.job, self._arrived), return_when=asyncio.FIRST_COMPLETED)
 
     def _ended(self) -> Outcome:
         try:
