@@ -20,10 +20,11 @@ answers (the upstream for the direct leg, the gateway for the other) per leg, an
 average is printed before and after (on a shared machine the figures are only as quiet as it).
 
     python -m bench.mcp [--eras legacy,modern] [--generators wrk,python] [--duration 15]
-                        [--calls 1000] [--repeats 3] [--auth] [--gateway-tree DIR]
+                        [--calls 1000] [--repeats 3] [--auth] [--compare DIR]
 
-``--gateway-tree DIR`` runs the gateway from another checkout (e.g. ``git archive main``
-unpacked in DIR) with this run's generators and upstream: a before/after on the same conditions.
+``--compare DIR`` also runs a gateway from another checkout (e.g. ``git archive main`` unpacked in
+DIR), federating the same upstream, measured as the leg ``compared``, interleaved with the other
+two: a before/after under the same conditions, drift included.
 """
 
 from __future__ import annotations
@@ -237,13 +238,14 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def interleaved(leg: Leg, repeats: int, pids: dict[str, int]) -> dict:
-    """``leg(path, concurrency)`` for "direct" and "gateway" at concurrency 1 and 32, interleaved
-    so drift hits both alike; each figure is the median of ``repeats``. ``cpu`` is the CPU time
-    per call of the process that answers the leg (``pids[path]``: the upstream, the gateway),
-    which a loaded machine disturbs far less than throughput."""
+    """``leg(path, concurrency)`` for each path of ``pids`` ("direct", "gateway", "compared") at
+    concurrency 1 and 32, interleaved so drift hits all alike; each figure is the median of
+    ``repeats``. ``cpu`` is the CPU time per call of the process that answers the leg
+    (``pids[path]``: the upstream, a gateway), which a loaded machine disturbs far less than
+    throughput."""
     results: dict = {}
     for concurrency in (1, 32):
-        runs: dict[str, list[dict]] = {"direct": [], "gateway": []}
+        runs: dict[str, list[dict]] = {path: [] for path in pids}
         for _ in range(repeats):
             for path, legs in runs.items():
                 before = cpu_seconds(pids[path])
@@ -257,13 +259,13 @@ async def interleaved(leg: Leg, repeats: int, pids: dict[str, int]) -> dict:
     return results
 
 
-async def measure(direct: str, gateway: str, args: argparse.Namespace, pids: dict[str, int]) -> dict:
+async def measure(urls: dict[str, str], args: argparse.Namespace, pids: dict[str, int]) -> dict:
     key = BENCH_KEY if args.auth else None
     out: dict = {}
     calls = {1: args.calls, 32: args.calls * 3}
     async with aiohttp.ClientSession() as http:
         for era in args.eras:
-            targets = {"direct": Target(direct, era, None), "gateway": Target(gateway, era, key)}
+            targets = {path: Target(url, era, None if path == "direct" else key) for path, url in urls.items()}
             for t in targets.values():
                 await t.open(http)
                 await python_leg(t, 300, 8)  # warm up connections, caches and the upstream pool
@@ -291,14 +293,14 @@ def report(results: dict) -> None:
         print(f"\n[{generator}, {era} era]")
         print(f"{'concurrency':>11} {'path':>8} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/call':>12}")
         for c, paths in legs.items():
-            for name in ("direct", "gateway"):
-                r = paths[name]
+            for name, r in paths.items():
                 print(f"{c:>11} {name:>8} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['cpu']:>12.2f}")
         for c, paths in legs.items():
-            d, g = paths["direct"], paths["gateway"]
-            ratio, added = g["rps"] / d["rps"], g["p50"] - d["p50"]
+            d = paths["direct"]
             target = "target >= 0.7x, < 0.5 ms added" if c == 1 else "target >= 0.5x"
-            print(f"concurrency {c}: gateway/direct = {ratio:.2f}x, added p50 {added:+.2f} ms ({target})")
+            for name in (n for n in paths if n != "direct"):
+                ratio, added = paths[name]["rps"] / d["rps"], paths[name]["p50"] - d["p50"]
+                print(f"concurrency {c}: {name}/direct = {ratio:.2f}x, added p50 {added:+.2f} ms ({target})")
 
 
 def load_average() -> str:
@@ -313,7 +315,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=1000, help="python: calls per leg at concurrency 1 (x3 at 32)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--auth", action="store_true", help="the gateway requires an API key (sent by the client)")
-    parser.add_argument("--gateway-tree", help="run the gateway from this checkout instead (before/after)")
+    parser.add_argument("--compare", metavar="DIR", help="also measure a gateway run from this checkout")
     parser.add_argument("--serve-gateway", nargs=3, metavar=("PORT", "UPSTREAM", "KEYS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_gateway:
@@ -327,8 +329,8 @@ def main() -> None:
     if "wrk" in args.generators and shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk): the wrk legs are skipped")
         args.generators.remove("wrk")
-    up_port, gw_port = free_port(), free_port()
-    tree = Path(args.gateway_tree).resolve() if args.gateway_tree else REPO
+    up_port = free_port()
+    trees = {"gateway": REPO, **({"compared": Path(args.compare).resolve()} if args.compare else {})}
     with Processes() as procs:
         upstream = (
             procs.start(
@@ -338,29 +340,21 @@ def main() -> None:
             )
             + "/mcp"
         )
-        procs.env["PYTHONPATH"] = str(tree)
-        procs.cwd = tree
-        gateway = procs.start(
-            [
-                sys.executable,
-                "-m",
-                "bench.mcp",
-                "--serve-gateway",
-                str(gw_port),
-                upstream,
-                api_key_file() if args.auth else "",
-            ],
-            gw_port,
-            "gateway",
-        )
+        urls, pids = {"direct": upstream}, {"direct": procs.procs[-1].pid}
+        keys = api_key_file() if args.auth else ""
+        for path, tree in trees.items():
+            port = free_port()
+            procs.env["PYTHONPATH"], procs.cwd = str(tree), tree  # the gateway's code is that checkout's
+            command = [sys.executable, "-m", "bench.mcp", "--serve-gateway", str(port), upstream, keys]
+            urls[path], pids[path] = procs.start(command, port, path) + "/mcp", procs.procs[-1].pid
+        gateways = ", ".join(f"{p}: {t}" for p, t in trees.items())
         print(
-            f"MCP tools/call test_echo: direct to the upstream (mcp SDK {package_version('mcp')}) "
-            f"vs. through the gateway ({tree}){' (API key required)' if args.auth else ''}; "
+            f"MCP tools/call test_echo: direct to the upstream (mcp SDK {package_version('mcp')}) vs. through the "
+            f"gateway ({gateways}){' (API key required)' if args.auth else ''}; "
             f"median of {args.repeats} runs; wrk {args.duration:g} s per leg, python {args.calls} calls per leg "
             f"at concurrency 1, {args.calls * 3} at 32; load average {load_average()} ({os.cpu_count()} CPUs)"
         )
-        pids = {"direct": procs.procs[0].pid, "gateway": procs.procs[1].pid}
-        results = asyncio.run(measure(upstream, f"{gateway}/mcp", args, pids))
+        results = asyncio.run(measure(urls, args, pids))
         report(results)
         print(f"\nload average after: {load_average()}")
 
