@@ -26,9 +26,10 @@ rebinding is closed); TLS SNI and certificate checks and the ``Host`` header kee
   ``_PinnedBackend``, an httpcore network backend that resolves, checks and connects to the
   checked address; the pool stays keyed by host name, so a connection made for one name is never
   reused for another (which rewriting URLs to addresses would do).
-* aiohttp (``Egress.aiohttp_session``, the A2A hot path): a resolver that returns only checked
-  addresses (aiohttp dials what its resolver returns) and a client middleware, run for every
-  request, that checks literal addresses (aiohttp never asks its resolver about those).
+* aiohttp (``Egress.aiohttp_session``, the hot paths: A2A, MCP upstreams, worker links): a
+  resolver that returns only checked addresses (aiohttp dials what its resolver returns) and a
+  client middleware, run for every request, that checks literal addresses (aiohttp never asks
+  its resolver about those).
 
 No redirect is followed: the httpx client is made with ``follow_redirects=False`` (and a hop
 followed anyway would be a request like any other, checked again), the aiohttp middleware
