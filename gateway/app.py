@@ -19,6 +19,7 @@ from gateway.authn import CallerAuthentication, NodeSignatures, protected_resour
 from gateway.cluster import Cluster
 from gateway.cluster import routes as cluster_routes
 from gateway.connectors import RegistryConnectors
+from gateway.console import Console
 from gateway.core.auth import Authenticator, AuthMode
 from gateway.core.backends import Backend, BackendUnavailable, InvalidCursor, QueueFull, TaskExists, TaskNotFound
 from gateway.core.config import Config
@@ -127,10 +128,12 @@ def create_app(
     )
     # Requests signed by other nodes (forwarded tasks) and by workers (/bus): one nonce store.
     signed_requests = DidKeyRequests(runtime.kv)
+    console = Console()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         await runtime.start()
+        await console.start(runtime)
         await supervisor.start_agents(workers)
         connectors.start()
         mcp = mcp_service_for(app)  # the one protocols.mcp.mount configured, or one from the environment
@@ -153,6 +156,7 @@ def create_app(
                 await mcp.stop()
                 await connectors.stop()
                 await supervisor.stop_all()
+                await console.stop()
                 await runtime.stop()
                 if authenticator is not None:
                     await authenticator.aclose()
@@ -172,6 +176,7 @@ def create_app(
         *tasks_api.routes,
         *worker_api.routes,
         *cluster_routes,  # /gossip, /cluster (federation)
+        *console.routes(),  # /ui: the operator's console
     ]
     handlers = {
         exc: _typed_error
@@ -200,6 +205,7 @@ def create_app(
     app.state.runtime = runtime
     app.state.connectors = connectors  # an adapter's mount may bind its connector factory to its options
     app.state.cluster = cluster
+    app.state.console = console
     app.state.authenticator = authenticator  # open routes whose answer depends on who asks (principal.py)
     app.state.signed_requests = signed_requests  # /bus verifies workers' signatures with it
     app.state.registry_writes = TokenBucket(config.registry_write_rate, config.registry_write_burst)

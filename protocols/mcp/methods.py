@@ -572,6 +572,10 @@ class MCPService:
 
     # ---- what the caller may use (module docstring) --------------------------------------------
 
+    def visible_to(self, rt: ActingFor) -> Visible | None:
+        """What ``rt``'s caller may use of the upstreams (for views such as the console)."""
+        return self._visible(rt)
+
     def _visible(self, rt: ActingFor) -> Visible | None:
         """What ``rt``'s caller may use of the upstreams; None: everything (no policy rules)."""
         if not rt.policy.rules:
