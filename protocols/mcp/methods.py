@@ -70,7 +70,7 @@ from gateway.core.principal import LOCAL, Principal
 from gateway.core.quotas import QuotaExceeded
 from gateway.core.runtime import ActingFor, Runtime
 from gateway.core.settings import load_settings
-from protocols.mcp import wire
+from protocols.mcp import telemetry, wire
 from protocols.mcp.agents import META_TOOLS, AgentTools, agent_tool, tool_error
 from protocols.mcp.client import UpstreamClient, UpstreamTimeout, UpstreamUnavailable, describe
 from protocols.mcp.federation import Quarantined, UpstreamSet, Visible, configured_upstreams, registry_upstreams
@@ -428,6 +428,7 @@ class MCPService:
             reply = wire.error(call.id, MCPError(wire.REQUEST_CANCELLED, "Request cancelled"))
         await call.out.send(reply, final=True)
 
+    @telemetry.server_span
     async def answer(self, call: MCPCall) -> dict[str, Any]:
         """The JSON-RPC response to ``call`` (a result or an error, never an exception but
         cancellation), by the methods and in the shape of its era."""
