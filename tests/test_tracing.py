@@ -8,6 +8,7 @@ and the outbound connector, whatever process or node each runs on.
   the context travels stored with the task.
 * A task forwarded between gossiping nodes (the forwarding connector's request to the agent's
   home node): one trace id end to end.
+* Once against a real OTLP/HTTP receiver: ``interlace serve``, configured by OTEL_* alone.
 * Off (the default), nothing is traced and tasks carry no context; the backends (both) store
   and hand out the context a task carries.
 """
@@ -15,6 +16,8 @@ and the outbound connector, whatever process or node each runs on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import subprocess
 
 import httpx
 import pytest
@@ -28,7 +31,15 @@ from gateway.app import create_app
 from gateway.core import tracing
 from protocols.a2a.connector import A2AConnector
 from schemas import Message, Route, Task, TextPart
-from tests.conftest import free_port, serve_app, test_config, wait_until
+from tests.conftest import (
+    free_port,
+    interlace_cmd,
+    serve_app,
+    stop_process,
+    subprocess_env,
+    test_config,
+    wait_until,
+)
 from tests.fixtures.mcp_support import ModernRaw
 
 pytestmark = pytest.mark.timeout(60)
@@ -224,3 +235,56 @@ async def test_both_backends_keep_the_context_a_task_carries(backend):
     taken, locked = await backend.take_run(delivery, "c1", 5_000)
     assert locked and taken.trace == carried
     assert (await backend.tasks.get(task.id)).trace == carried
+
+
+async def test_a_gateway_exports_its_spans_to_a_real_otlp_receiver():
+    """``interlace serve`` configured only by OTEL_* variables sends its spans over OTLP/HTTP to a
+    real receiver (oteltap, from PyPI: an embeddable OTLP/HTTP protobuf receiver)."""
+    from oteltap import OtelTapHttpProtobufReceiver, OtelTapHttpProtobufReceiverSettings
+
+    tap_port, port = free_port(), free_port()
+    env = subprocess_env(
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{tap_port}",
+        OTEL_SERVICE_NAME="interlace-test",
+        OTEL_BSP_SCHEDULE_DELAY="50",  # export within 50 ms, not the default 5 s
+    )
+    async with OtelTapHttpProtobufReceiver(OtelTapHttpProtobufReceiverSettings(http_port=tap_port)) as tap:
+        proc = subprocess.Popen(
+            interlace_cmd("serve", "--port", str(port), "--no-gossip"),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+
+                async def up():
+                    with contextlib.suppress(httpx.HTTPError):
+                        return (await http.get("/readyz")).status_code == 200
+
+                await wait_until(up, timeout=30)
+
+                def ours(name: str):
+                    return lambda span: span.name == name and span.trace_id.hex() == TRACE_ID
+
+                # oteltap hands a span only to those already waiting for it: wait, then call.
+                names = ("SendMessage", "invoke_agent echo", "process echo")
+                waits = [asyncio.ensure_future(tap.await_trace(ours(name), timeout=20)) for name in names]
+                body = {
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "SendMessage",
+                    "params": {
+                        "message": {"messageId": "m-2", "role": "ROLE_USER", "parts": [{"text": "hi"}]},
+                        "metadata": {"agent": "echo"},
+                    },
+                }
+                reply = (await http.post("/a2a", json=body, headers={**A2A, "traceparent": TRACEPARENT})).json()
+                assert reply["result"]["task"]["status"]["state"] == "TASK_STATE_COMPLETED"
+            server, invoke, worker = await asyncio.gather(*waits)
+        finally:
+            stop_process(proc)
+    assert server.parent_span_id.hex() == CALLER_SPAN
+    assert invoke.parent_span_id == server.span_id and worker.parent_span_id == invoke.span_id
+    attributes = {a.key: a.value.string_value for a in invoke.attributes}
+    assert attributes["interlace.task.id"] == reply["result"]["task"]["id"]
