@@ -8,6 +8,7 @@ and the outbound connector, whatever process or node each runs on.
   the context travels stored with the task.
 * A task forwarded between gossiping nodes (the forwarding connector's request to the agent's
   home node): one trace id end to end.
+* A worker of its own process (over ``/bus``) continues the trace of the task it takes.
 * Once against a real OTLP/HTTP receiver: ``interlace serve``, configured by OTEL_* alone.
 * Off (the default), nothing is traced and tasks carry no context; the backends (both) store
   and hand out the context a task carries.
@@ -27,6 +28,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from agents.echo import EchoWorker
+from agents.links import HttpLink
+from agents.worker import WorkerRunner
 from gateway.app import create_app
 from gateway.core import tracing
 from protocols.a2a.connector import A2AConnector
@@ -208,6 +211,27 @@ async def test_a_forwarded_call_between_gossiping_nodes_is_one_trace(spans):
     home = child(ours, forward, "invoke_agent echo")  # node A accepted the forwarded task
     assert home.attributes["interlace.task.id"] != done["id"]
     child(ours, home, "process echo")
+
+
+async def test_a_worker_of_its_own_process_continues_the_trace(spans):
+    """A worker that reaches the bus over HTTP (``/bus``, as ``interlace worker`` does) gets the
+    task with its trace context, and its run joins the caller's trace."""
+    async with serve_app(create_app(test_config(echo=False, gossip=False))) as url:
+        runner = WorkerRunner(EchoWorker(), HttpLink(url), poll_ms=200, lock_ttl_ms=5_000)
+        runner.start()
+        try:
+            async with httpx.AsyncClient(base_url=url, timeout=20) as http, asyncio.timeout(30):
+                await runner.ready.wait()
+                body = {"agent": "echo", "message": {"role": "user", "parts": [{"kind": "text", "text": "hi"}]}}
+                done = (await http.post("/tasks?wait=true", json=body, headers={"traceparent": TRACEPARENT})).json()
+                assert done["status"]["state"] == "completed", done
+                ended = await finished(spans, "process echo")
+        finally:
+            await runner.stop(2)
+    ours = [s for s in ended if hex_id(s.context.trace_id, 32) == TRACE_ID]
+    invoke = named(ours, "invoke_agent echo")
+    assert hex_id(invoke.parent.span_id, 16) == CALLER_SPAN  # the internal API's traceparent header
+    assert child(ours, invoke, "process echo").attributes["interlace.task.id"] == done["id"]
 
 
 async def _names_include(http: httpx.AsyncClient, name: str) -> bool:
