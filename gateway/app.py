@@ -20,6 +20,7 @@ from gateway.cluster import Cluster
 from gateway.cluster import routes as cluster_routes
 from gateway.connectors import RegistryConnectors
 from gateway.console import Console
+from gateway.core import tracing
 from gateway.core.auth import Authenticator, AuthMode
 from gateway.core.backends import Backend, BackendUnavailable, InvalidCursor, QueueFull, TaskExists, TaskNotFound
 from gateway.core.config import Config
@@ -200,6 +201,8 @@ def create_app(
     # Outermost: every reader of a request body (the authentication of signed requests too) is bounded.
     budget = BodyBudget(config.max_buffered_body_bytes)
     middleware.insert(0, Middleware(BodyGuard, timeout_s=config.body_timeout_s, budget=budget))
+    if tracing.configure():  # outermost: a caller's trace context covers everything its request causes
+        middleware.insert(0, Middleware(tracing.InboundContext))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers, middleware=middleware)
     app.router = IndexedRouter(routes, lifespan=lifespan)  # before the first request builds the stack
     app.state.runtime = runtime
