@@ -172,3 +172,12 @@ async def test_the_playground_refuses_bad_input_clearly(bad):
             resp = await http.post("/ui/playground", json=bad, headers={"X-CSRF-Token": token})
             assert resp.status_code == 400 and resp.json()["error"]["message"]
             assert "Traceback" not in resp.text
+
+
+def test_a_traced_task_shows_its_trace_id():
+    from gateway.console.views import _trace_id
+    from schemas import Task
+
+    traced = Task(trace={"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"})
+    assert _trace_id(traced) == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert _trace_id(Task()) is None and _trace_id(Task(trace={"traceparent": "garbage"})) is None

@@ -325,7 +325,7 @@ class Console:
             artifacts=[_artifact_view(a) for a in task.artifacts],
             events=[_event_row(e) for e in events],
             last_event=events[-1].event_id if events else "",
-            trace_id=(task.metadata or {}).get("interlace.trace_id"),
+            trace_id=_trace_id(task),
         )
 
     async def task_events(self, request: Request, visitor: Visitor) -> Response:
@@ -529,6 +529,12 @@ def _message(body: Any) -> Message:
     if not parts:
         raise ValueError("write a message, JSON data or attach a file")
     return Message(role="user", parts=parts)
+
+
+def _trace_id(task) -> str | None:
+    """The task's trace id (W3C ``traceparent``: version-traceid-spanid-flags), when tracing is on."""
+    parts = (task.trace or {}).get("traceparent", "").split("-")
+    return parts[1] if len(parts) == 4 else None
 
 
 def _drift(request: Request) -> dict[str, list[dict[str, Any]]]:
