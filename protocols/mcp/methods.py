@@ -68,7 +68,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from gateway.core import __version__, audit
-from gateway.core.backends import TaskNotFound
+from gateway.core.backends import BackendUnavailable, QueueFull, TaskNotFound
 from gateway.core.policy import Action, Target
 from gateway.core.principal import LOCAL, Principal
 from gateway.core.quotas import QuotaExceeded
@@ -478,6 +478,8 @@ class MCPService:
             reply = wire.error(call.id, exc)
         except QuotaExceeded as exc:
             reply = wire.error(call.id, wire.rate_limited(str(exc), exc.retry_after))
+        except (QueueFull, BackendUnavailable) as exc:  # transient: the other faces answer 503 + Retry-After
+            reply = wire.error(call.id, MCPError(wire.INTERNAL_ERROR, f"{exc}; try again shortly", {"retryAfter": 1}))
         except Exception:
             log.exception("mcp handler failed", extra={"method": call.method})
             reply = wire.error(call.id, MCPError(wire.INTERNAL_ERROR, "Internal error"))
