@@ -77,6 +77,7 @@ from protocols.mcp.federation import Quarantined, UpstreamSet, Visible, configur
 from protocols.mcp.listen import Filter, Hub, Listener
 from protocols.mcp.modern import ENVELOPE, Envelope, check_param_headers, finish
 from protocols.mcp.sessions import EventLog, Mailbox, Sessions
+from protocols.mcp.tasks_ext import EXTENSION, LEGACY_CAPABILITY, LEGACY_SINCE, MCPTasks
 from protocols.mcp.wire import INVALID_PARAMS, INVALID_REQUEST, MCPError
 
 log = logging.getLogger("interlace.mcp")
@@ -282,6 +283,10 @@ class MCPService:
             "server/discover": self.discover,
             **{m: handler for m, handler in self.methods.items() if m not in LEGACY_ONLY},
         }
+        # tasks: the 2025-11-25 utility in sessions, the extension statelessly (tasks_ext.py)
+        self.tasks = MCPTasks(self)
+        self.methods.update(self.tasks.legacy_methods())
+        self.modern_methods.update(self.tasks.modern_methods())
 
     async def start(self) -> None:
         await self.upstreams.start()
@@ -378,9 +383,10 @@ class MCPService:
         with self.runtime.quotas.session(principal, self.options.session_ttl_s) as counted:
             sid = await self.sessions.create(session)
             counted(sid)
+        tasks = {"tasks": LEGACY_CAPABILITY} if negotiated >= LEGACY_SINCE else {}  # the 2025-11-25 utility
         result = {
             "protocolVersion": negotiated,
-            "capabilities": CAPABILITIES,
+            "capabilities": {**CAPABILITIES, **tasks},
             "serverInfo": SERVER_INFO,
             "instructions": INSTRUCTIONS,
         }
@@ -634,9 +640,15 @@ class MCPService:
             client, original = hit
             if call.envelope is not None and call.envelope.headers is not None:
                 check_param_headers(self.upstreams.input_schema(name), args, call.envelope.headers)
+            ttl_ms = self.tasks.plan(call, name, self.upstreams.task_support(name))
+            if ttl_ms is not None:
+                return await self.tasks.start_call(call, client, name, original, args, ttl_ms)
             return await self._relay(call, client, "tools/call", {"name": original, "arguments": args}, tool=True)
         agents = await self.agent_tools.agents(call.rt, exclude)
         if name in agents:
+            ttl_ms = self.tasks.plan(call, name, "optional")
+            if ttl_ms is not None:
+                return await self.tasks.submit_agent(call, agents[name], args, ttl_ms)
             return await self.agent_tools.call(call.rt, agents[name], args, call.notify, call.progress_token)
         everyone = await self._agents()
         if name in everyone:  # an agent the caller may not call: answered as an unknown tool
@@ -802,7 +814,8 @@ class MCPService:
 
     async def discover(self, call: MCPCall) -> dict[str, Any]:
         versions = list(wire.ALL_VERSIONS)  # both eras: legacy clients may still open a session
-        return {"supportedVersions": versions, "capabilities": CAPABILITIES, "instructions": INSTRUCTIONS}
+        capabilities = {**CAPABILITIES, "extensions": {EXTENSION: {}}}
+        return {"supportedVersions": versions, "capabilities": capabilities, "instructions": INSTRUCTIONS}
 
     @staticmethod
     def cache_scope(call: MCPCall) -> str:
