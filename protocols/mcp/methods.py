@@ -616,6 +616,8 @@ class MCPService:
         if not isinstance(args, dict):
             raise MCPError(INVALID_PARAMS, "params.arguments must be an object")
         exclude = self.upstreams.names()
+        if name in ("find_agents", "send_task"):
+            self.tasks.plan(call, name, None)  # no task support: a 2025-11-25 task request is refused
         if name == "find_agents":
             query = args.get("query", "")
             if not isinstance(query, str):
@@ -827,7 +829,8 @@ class MCPService:
     async def listen_open(self, call: MCPCall, wanted: Filter) -> Listener:
         """A listen stream for ``call`` (subscriptions/listen) with the filter ``wanted``
         (``Filter.parse``), less the resources the caller may not read, no upstream serves, or
-        whose upstream refuses to subscribe (they are not acknowledged). ``listen_close`` ends it."""
+        whose upstream refuses to subscribe, and the task ids that are not the caller's tasks
+        (they are not acknowledged). ``listen_close`` ends it."""
         held: list[str] = []
         try:
             for uri in wanted.uris:
@@ -836,11 +839,16 @@ class MCPService:
         except BaseException:  # cancelled (the client left) while subscribing upstream
             self._release(held)
             raise
-        listener = Listener(call.id, dataclasses.replace(wanted, uris=tuple(held)), call.principal)
+        tasks = await self.tasks.owned(call, wanted.task_ids)  # the caller's own tasks only
+        listener = Listener(call.id, dataclasses.replace(wanted, uris=tuple(held), task_ids=tasks), call.principal)
         self.listen.open(listener)
+        if tasks:
+            listener.tasks_watch = self._spawn(self.tasks.watch(call.rt, listener))
         return listener
 
     def listen_close(self, listener: Listener) -> None:
+        if listener.tasks_watch is not None:
+            listener.tasks_watch.cancel()
         self.listen.close(listener)
         self._release(listener.filter.uris)
 

@@ -623,6 +623,50 @@ class MCPTasks:
             out["nextCursor"] = _cursor(end)
         return out
 
+    # ---- notifications/tasks on subscriptions/listen (2026-07-28) ----------------------------------
+
+    def check_listen(self, call: MCPCall) -> None:
+        if not self.declared(call):
+            raise MCPError(wire.MISSING_CLIENT_CAPABILITY, f"task notifications need {EXTENSION}", REQUIRED)
+
+    async def owned(self, call: MCPCall, task_ids: tuple[str, ...]) -> tuple[str, ...]:
+        """Those of ``task_ids`` that are the caller's tasks (others are not acknowledged)."""
+        out = []
+        for task_id in task_ids:
+            with contextlib.suppress(MCPError):
+                out.append((await self._find(call, task_id))["taskId"])
+        return tuple(out)
+
+    async def watch(self, rt: ActingFor, listener: Any) -> None:
+        """Queue ``notifications/tasks`` (the DetailedTask) on a listen stream: each task's
+        current state at once, then at each change of status or of its input requests."""
+        await asyncio.gather(*(self._watch(rt, listener, task_id) for task_id in listener.filter.task_ids))
+
+    async def _watch(self, rt: ActingFor, listener: Any, task_id: str) -> None:
+        last = None
+        while True:
+            rec = await self._load(task_id)
+            if rec is None:
+                return
+            state = await self._state(rt, rec)
+            view = self.detailed(rec, state)
+            mark = (view["status"], tuple(view.get("inputRequests") or ()))
+            if mark != last:
+                last = mark
+                try:
+                    listener.queue.put_nowait(listener.notification("notifications/tasks", view))
+                except asyncio.QueueFull:  # the stream does not keep up: the hub drops it
+                    return
+            if view["status"] in TERMINAL:
+                return
+            if rec["kind"] == "call":
+                await self._wait_change(task_id, 2 * self.poll_ms / 1000)
+            elif view["status"] == "input_required":  # rt.wait returns at once: poll for the follow-up
+                await asyncio.sleep(self.poll_ms / 1000)
+            else:
+                with contextlib.suppress(TaskNotFound):
+                    await rt.wait(task_id, 30.0)
+
     def legacy_methods(self) -> dict[str, Callable]:
         return {
             "tasks/get": self.get,
