@@ -141,6 +141,7 @@ class MCPTasks:
         self.kv = service.runtime.kv
         self.ttl_ms, self.max_ttl_ms, self.poll_ms = ttl_ms, max_ttl_ms, poll_ms
         self.jobs: dict[str, asyncio.Task] = {}  # gateway-run calls running on this node
+        self.asks: dict[str, set[asyncio.Task]] = defaultdict(set)  # their upstream requests waiting for input
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._changed: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self.watchers: list[Callable[[str], None]] = []  # told each task id whose status changed here
@@ -406,6 +407,9 @@ class MCPTasks:
         except Exception:
             log.exception("task call failed", extra={"task_id": task_id})
             outcome = {"status": "failed", "error": {"code": wire.INTERNAL_ERROR, "message": "Internal error"}}
+        finally:  # requests of the upstream still waiting for the client end with the call
+            for asking in self.asks.pop(task_id, set()):
+                asking.cancel()
         await self._finish(task_id, outcome)
 
     async def _finish(self, task_id: str, outcome: dict[str, Any]) -> None:
@@ -446,12 +450,17 @@ class MCPTasks:
                 rec["status"] = "working"
             return True
 
-        await self._update(task_id, add)
+        # Waiting before the request is visible: an answer cannot arrive before anyone waits for it.
+        waiter = asyncio.create_task(self.service.mailbox.wait("ti", task_id, key, ttl_s))
+        self.asks[task_id].add(asyncio.current_task())
         try:
-            answer = await self.service.mailbox.wait("ti", task_id, key, ttl_s)
+            await self._update(task_id, add)
+            answer = await waiter
         except TimeoutError:
             answer = None
         finally:
+            waiter.cancel()
+            self.asks[task_id].discard(asyncio.current_task())
             await asyncio.shield(self._update(task_id, remove))
         with contextlib.suppress(Exception):
             if isinstance(answer, dict):
