@@ -9,7 +9,9 @@ headers, SSE streams and resumption), ``modern`` (the 2026-07-28 rules: the per-
 the mirrored headers, the shape of an answer), ``stateless_http`` (the 2026-07-28 binding: one
 POST, one request, cancellation by closing the stream), ``listen`` (``subscriptions/listen``
 streams and the change feed nodes share), ``methods`` (``MCPService``: initialize, notifications,
-server/discover, tools, resources, prompts, completion, logging; ``MCPOptions``), ``server``
+server/discover, tools, resources, prompts, completion, logging; ``MCPOptions``), ``tasks_ext``
+(MCP tasks over canonical tasks: the 2026-07-28 ``io.modelcontextprotocol/tasks`` extension and
+the 2025-11-25 tasks utility), ``server``
 (``routes``, ``mount``, the app's service), ``agents``
 (routable agents as tools, the meta tools and the canonical mapping), ``client`` (the MCP client:
 one pooled session with a remote MCP server), ``federation`` (the upstream set, aggregation,
@@ -49,6 +51,9 @@ Mapping between MCP and the canonical model (each row is tested in tests/test_mc
 | ``tools/call`` argument ``data`` (object) | second part ``DataPart(data)`` |
 | ``send_task`` ``task_id`` + ``message`` | ``runtime.continue_task(task_id, message)`` |
 | ``notifications/cancelled`` for the call (2026-07-28: its response stream closed) | ``runtime.cancel(task_id)`` |
+| the call as an MCP task (*3) | the same task: MCP task id = canonical id |
+| ``tasks/get``; ``tasks/cancel`` | ``runtime.get``; ``runtime.cancel`` |
+| ``tasks/update`` answer (``tasks/result``'s elicitation, 2025-11-25) | ``runtime.continue_task`` |
 | ``_meta.progressToken`` on the call | each task event -> ``notifications/progress`` |
 | result ``content[]`` text | artifact ``TextPart`` |
 | result text (JSON) + ``structuredContent`` | artifact ``DataPart`` (one dict: it; several: ``{data:[...]}``) |
@@ -60,6 +65,8 @@ Mapping between MCP and the canonical model (each row is tested in tests/test_mc
 
 (*1) a task not final in time is then canceled.
 (*2) ``structuredContent`` is ``{task_id, state}``.
+(*3) the extension declared (2026-07-28) or ``params.task`` (2025-11-25); these rows are tested in
+tests/test_mcp_tasks.py, the status mapping is in tasks_ext.py.
 
 Upstream MCP tools, resources and prompts are relayed as MCP (no canonical task): their
 content passes through unchanged, and progress, logging, cancellation, sampling and elicitation

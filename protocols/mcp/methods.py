@@ -2,7 +2,8 @@
 
 ``MCPService`` handles ``initialize``, the client's notifications and responses, and every
 request method (``ping``, ``tools/*``, ``resources/*``, ``prompts/*``, ``completion/complete``,
-``logging/setLevel``), each request given as an ``MCPCall``: its params, its session, its caller
+``logging/setLevel``, and ``tasks/*`` with tasks_ext.py, which also decides which tool calls
+become tasks), each request given as an ``MCPCall``: its params, its session, its caller
 and the stream its messages go back on. A 2026-07-28 request (``MCPCall.modern``) has no session:
 its envelope says what its client declared and the log level it wants (nothing without one);
 its methods (``modern_methods``) are those of its era (``server/discover``; no ``ping``,
