@@ -31,7 +31,7 @@ from protocols.mcp import MCPOptions, mount
 from protocols.mcp.tasks_ext import EXTENSION, RELATED
 from schemas import Artifact, DataPart, Message, Task, TaskState, TextPart
 from tests.conftest import serve_app, test_config, wait_until
-from tests.fixtures.mcp_support import ModernRaw, RawSession, UpstreamProcess, listening, modern_meta
+from tests.fixtures.mcp_support import ModernRaw, RawSession, UpstreamProcess, listening, mcp_gateway, modern_meta
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::DeprecationWarning", "ignore::mcp.shared.exceptions.MCPDeprecationWarning"
@@ -383,3 +383,34 @@ async def test_upstream_tool_runs_as_a_gateway_task_with_its_elicitation_as_inpu
             _, reply = await ask(raw, "tools/call", {"name": "protocol_error_job", "arguments": {}})
             failed = await poll(raw, reply["result"]["taskId"], {"failed"})
             assert failed["error"]["code"] == -32603 and "result" not in failed
+
+
+async def test_a_task_made_on_one_node_is_answered_polled_and_cancelled_on_another(redis_server):
+    """Two nodes sharing Redis: the record is shared, answers and cancellations reach the node
+    running the upstream call through the mailbox."""
+    redis_server.flush()
+    config = test_config(redis_url=redis_server.url)
+    with UpstreamProcess("up") as upstream:
+        async with (
+            mcp_gateway([("up", upstream.url)], config=config, naming="pass-through") as (url_a, node_a),
+            mcp_gateway([("up", upstream.url)], config=config, naming="pass-through") as (url_b, _),
+            httpx.AsyncClient(timeout=15) as http,
+        ):
+            a, b = ModernRaw(http, url_a), ModernRaw(http, url_b)
+            _, reply = await ask(a, "tools/call", {"name": "confirm_delete", "arguments": {"filename": "b.txt"}})
+            task_id = reply["result"]["taskId"]
+            waiting = await poll(b, task_id, {"input_required"})
+            [key] = waiting["inputRequests"]
+            answer = {"action": "accept", "content": {"confirm": False}}
+            await ask(b, "tasks/update", {"taskId": task_id, "inputResponses": {key: answer}})
+            assert (await poll(b, task_id, {"completed"}))["result"]["content"][0]["text"] == "Kept b.txt"
+            _, reply = await ask(a, "tools/call", {"name": "slow_compute", "arguments": {"seconds": 60}})
+            task_id = reply["result"]["taskId"]
+            _, ack = await ask(b, "tasks/cancel", {"taskId": task_id})
+            assert "error" not in ack
+            assert (await poll(a, task_id, {"cancelled", "completed"}))["status"] == "cancelled"
+
+            async def stopped() -> bool:  # node A stopped the upstream call
+                return task_id not in node_a.tasks.jobs
+
+            await wait_until(stopped, timeout=10)
