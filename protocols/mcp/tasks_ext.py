@@ -112,6 +112,7 @@ ANSWER_SCHEMA = {
     "required": ["message"],
 }
 INDEX_MAX = 1000  # task ids kept per owner for tasks/list
+LOCK_STRIPES = 64
 
 
 def not_found(task_id: Any) -> MCPError:
@@ -142,9 +143,9 @@ class MCPTasks:
         self.ttl_ms, self.max_ttl_ms, self.poll_ms = ttl_ms, max_ttl_ms, poll_ms
         self.jobs: dict[str, asyncio.Task] = {}  # gateway-run calls running on this node
         self.asks: dict[str, set[asyncio.Task]] = defaultdict(set)  # their upstream requests waiting for input
-        self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._changed: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
-        self.watchers: list[Callable[[str], None]] = []  # told each task id whose status changed here
+        # record writes on this node, one at a time per task (striped: no lock per task to forget)
+        self._locks = [asyncio.Lock() for _ in range(LOCK_STRIPES)]
+        self._changed: dict[str, asyncio.Event] = {}  # task id -> set when this node changes it
 
     # ---- which era, which calls -----------------------------------------------------------------
 
@@ -204,17 +205,22 @@ class MCPTasks:
         if status_changed and rec.get("kind") == "call" and rec.get("sid"):
             await self._notify_session(rec["sid"], self._legacy_view(rec))
 
+    def _lock(self, key: str) -> asyncio.Lock:
+        return self._locks[int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % LOCK_STRIPES]
+
     def _signal(self, task_id: str) -> None:
         event = self._changed.pop(task_id, None)
         if event is not None:
             event.set()
-        for watcher in self.watchers:
-            watcher(task_id)
 
     async def _wait_change(self, task_id: str, timeout: float) -> None:
         """Until this node changes the task, or ``timeout`` (another node's change is seen then)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed[task_id].wait(), timeout)
+        event = self._changed.setdefault(task_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            if self._changed.get(task_id) is event:  # nobody set it: do not keep it around
+                del self._changed[task_id]
 
     def _owner_key(self, owner: str) -> str:
         return "mcp:tl:" + hashlib.sha256(owner.encode()).hexdigest()[:32]
@@ -234,7 +240,7 @@ class MCPTasks:
         }
         await self._save(rec)
         key = self._owner_key(call.principal.id)
-        async with self._locks[key]:
+        async with self._lock(key):
             ids = json.loads(await self.kv.get(key) or "[]")
             ids = [task_id, *ids][:INDEX_MAX]
             await self.kv.set(key, json.dumps(ids), max(1, self.max_ttl_ms // 1000))
@@ -257,7 +263,7 @@ class MCPTasks:
 
     async def _state(self, rt: ActingFor, rec: dict[str, Any]) -> dict[str, Any]:
         """The task's status with its payload (result, error, inputRequests) as the extension
-        names them, plus ``isError`` for the 2025-11-25 mapping."""
+        names them (the 2025-11-25 view derives its own from it: ``_legacy_task``)."""
         if rec["kind"] == "call":
             out = {k: rec[k] for k in ("status", "statusMessage", "lastUpdatedAt", "result", "error") if k in rec}
             if rec["status"] == "input_required":
@@ -312,11 +318,11 @@ class MCPTasks:
         status = state["status"]
         if status == "completed":
             result = dict(state["result"])
-            meta = result.get("_meta")
-            if isinstance(meta, dict) and RELATED in meta:
-                result["_meta"] = {k: v for k, v in meta.items() if k != RELATED} or None
-                if result["_meta"] is None:
-                    del result["_meta"]
+            meta = result.pop("_meta", None)
+            if isinstance(meta, dict):  # the task id is the DetailedTask's own: no related-task
+                meta = {k: v for k, v in meta.items() if k != RELATED}
+            if meta:
+                result["_meta"] = meta
             out["result"] = result
         elif status == "failed":
             out["error"] = state.get("error") or {"code": wire.INTERNAL_ERROR, "message": "the task failed"}
@@ -374,7 +380,7 @@ class MCPTasks:
 
     async def _update(self, task_id: str, change: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
         """Apply ``change`` to the record (it says whether it changed anything) and save it."""
-        async with self._locks[task_id]:
+        async with self._lock(task_id):
             rec = await self._load(task_id)
             if rec is None:
                 return None
