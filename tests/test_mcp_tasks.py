@@ -286,34 +286,33 @@ async def test_legacy_task_listed_result_blocks_and_status_is_notified(env, http
     assert got["status"] == "completed" and "ttl" in got and "ttlMs" not in got
 
 
-async def test_legacy_input_is_asked_on_the_tasks_result_stream(env, http):
-    url, _, _ = env
-    session = RawSession(http["alice"], url)
-    await session.initialize({"elicitation": {}})
-    args = {"message": "q", "data": {"ask": "Your name?"}}
-    task_id = (await session.call("tools/call", {"name": "held", "arguments": args, "task": {}}))["result"]["task"][
-        "taskId"
-    ]
-
-    async def waiting() -> bool:
-        return (await session.call("tasks/get", {"taskId": task_id}))["result"]["status"] == "input_required"
-
-    await wait_until(waiting, timeout=15, interval=0.05)
+async def result_answering(session: RawSession, task_id: str, answer: dict) -> tuple[list[dict], dict]:
+    """2025-11-25 ``tasks/result`` read as a stream, each request the gateway asks on it answered
+    with ``answer``: (the requests asked, the result)."""
     body = {"jsonrpc": "2.0", "id": "r1", "method": "tasks/result", "params": {"taskId": task_id}}
-    async with http["alice"].stream("POST", url, headers=session.headers(), content=json.dumps(body)) as resp:
+    asked = []
+    async with session.http.stream("POST", session.url, headers=session.headers(), content=json.dumps(body)) as resp:
         async with asyncio.timeout(15):
             async for event in sse.read_events(resp.aiter_bytes()):
-                if not event.data.strip():
-                    continue
-                msg = event.json()
-                if msg.get("method") == "elicitation/create":
-                    assert msg["params"]["message"] == "Your name?"
-                    assert msg["params"]["_meta"][RELATED] == {"taskId": task_id}
-                    answer = {"action": "accept", "content": {"message": "Ada"}}
+                msg = event.json() if event.data.strip() else {}
+                if "method" in msg and "id" in msg:
+                    asked.append(msg)
                     await session.post({"jsonrpc": "2.0", "id": msg["id"], "result": answer})
                 elif msg.get("id") == "r1":
-                    assert msg["result"]["content"] == [{"type": "text", "text": "Ada"}]
-                    break
+                    return asked, msg["result"]
+    raise AssertionError("tasks/result ended without its answer")
+
+
+async def test_legacy_input_is_asked_on_the_tasks_result_stream(env, http):
+    session = RawSession(http["alice"], env[0])
+    await session.initialize({"elicitation": {}})
+    args = {"message": "q", "data": {"ask": "Your name?"}}
+    reply = await session.call("tools/call", {"name": "held", "arguments": args, "task": {}})
+    task_id = reply["result"]["task"]["taskId"]
+    [asked], result = await result_answering(session, task_id, {"action": "accept", "content": {"message": "Ada"}})
+    assert asked["method"] == "elicitation/create" and asked["params"]["message"] == "Your name?"
+    assert asked["params"]["_meta"][RELATED] == {"taskId": task_id}
+    assert result["content"] == [{"type": "text", "text": "Ada"}]
 
 
 async def test_legacy_cancel_and_bad_requests(env, http):
@@ -383,6 +382,18 @@ async def test_upstream_tool_runs_as_a_gateway_task_with_its_elicitation_as_inpu
             _, reply = await ask(raw, "tools/call", {"name": "protocol_error_job", "arguments": {}})
             failed = await poll(raw, reply["result"]["taskId"], {"failed"})
             assert failed["error"]["code"] == -32603 and "result" not in failed
+
+            session = RawSession(http, base + "/mcp")  # 2025-11-25: asked on tasks/result's stream
+            await session.initialize({"elicitation": {}})
+            args = {"filename": "c.txt"}
+            reply = await session.call("tools/call", {"name": "confirm_delete", "arguments": args, "task": {}})
+            task_id = reply["result"]["task"]["taskId"]
+            [asked], result = await result_answering(
+                session, task_id, {"action": "accept", "content": {"confirm": True}}
+            )
+            assert asked["method"] == "elicitation/create" and asked["params"]["message"] == "Delete c.txt?"
+            assert asked["params"]["_meta"][RELATED] == {"taskId": task_id}
+            assert result["content"][0]["text"] == "Deleted c.txt" and result["_meta"][RELATED] == {"taskId": task_id}
 
 
 async def test_a_task_made_on_one_node_is_answered_polled_and_cancelled_on_another(redis_server):
