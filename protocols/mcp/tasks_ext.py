@@ -45,7 +45,8 @@ A gateway-run upstream call maps directly: a result (isError or not) is ``comple
 (2025-11-25: ``failed`` when isError), a JSON-RPC error ``failed`` with ``error``.
 
 Methods. 2026-07-28: ``tasks/get`` (the DetailedTask), ``tasks/update`` (answers the keys still
-outstanding, ignores others; answered keys leave ``inputRequests`` before the ack), ``tasks/cancel``
+outstanding, ignores others; answered keys leave ``inputRequests`` before the ack, or, when the
+call runs on another node, once the answer reaches it: the text's eventual consistency), ``tasks/cancel``
 (an empty ack, a terminal task too); each needs the extension declared (else -32021, checked
 before anything else) and ``Mcp-Name`` = ``params.taskId`` (modern.py); ``tasks/result`` and
 ``tasks/list`` do not exist (-32601). 2025-11-25: ``tasks/get``, ``tasks/result`` (blocks until
@@ -66,9 +67,10 @@ each change of a task it owns comes as ``notifications/tasks`` carrying the Deta
 
 Across nodes: records are in the shared store (``tasks/get`` works on any node, the record is
 written before ``CreateTaskResult`` is sent); answers and cancellations for a call running on
-another node go through the service's mailbox. Two writers racing on one record (an update and
-the running call on different nodes) can lose the later write of an input request's removal:
-the running call re-asserts its state at its next transition.
+another node go through the service's mailbox. A call's input requests are written by the node
+running it only (writes on one node are serialised), so no answer or request is lost to a race;
+a ``tasks/cancel`` on another node marks the record cancelled and the running node, stopping
+the call, writes cancelled again.
 """
 
 from __future__ import annotations
@@ -543,7 +545,10 @@ class MCPTasks:
                 current["status"] = "working"
             return bool(answered)
 
-        await self._update(task_id, take)
+        if task_id in self.jobs:  # the call runs here: the answered requests leave before the ack
+            await self._update(task_id, take)
+        else:  # its node removes them as the answers reach it (one writer of a call's inputs)
+            take(dict(rec, inputs=dict(rec.get("inputs") or {})))
         for key in answered:
             await self.service.mailbox.post("ti", task_id, key, responses[key])
 
