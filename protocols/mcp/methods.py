@@ -832,6 +832,7 @@ class MCPService:
         (``Filter.parse``), less the resources the caller may not read, no upstream serves, or
         whose upstream refuses to subscribe, and the task ids that are not the caller's tasks
         (they are not acknowledged). ``listen_close`` ends it."""
+        tasks = await self.tasks.owned(call, wanted.task_ids)  # the caller's own tasks only
         held: list[str] = []
         try:
             for uri in wanted.uris:
@@ -840,7 +841,6 @@ class MCPService:
         except BaseException:  # cancelled (the client left) while subscribing upstream
             self._release(held)
             raise
-        tasks = await self.tasks.owned(call, wanted.task_ids)  # the caller's own tasks only
         listener = Listener(call.id, dataclasses.replace(wanted, uris=tuple(held), task_ids=tasks), call.principal)
         self.listen.open(listener)
         if tasks:
