@@ -334,6 +334,17 @@ async def test_legacy_cancel_and_bad_requests(env, http):
     assert (await session.call("tasks/list", {"cursor": "bogus"}))["error"]["code"] == -32602
     assert (await session.call("tasks/result", {"taskId": "unknown"}))["error"]["code"] == -32602
     assert (await session.call("tasks/update", {"taskId": task_id}))["error"]["code"] == -32601  # the extension's
+    args = {"message": "q", "data": {"ask": "Sure?"}}
+    task_id = (await session.call("tools/call", {"name": "held", "arguments": args, "task": {}}))["result"]["task"][
+        "taskId"
+    ]
+
+    async def waiting() -> bool:
+        return (await session.call("tasks/get", {"taskId": task_id}))["result"]["status"] == "input_required"
+
+    await wait_until(waiting, timeout=15, interval=0.05)
+    reply = await session.call("tasks/result", {"taskId": task_id})  # this session declared no elicitation
+    assert reply["error"]["code"] == -32600 and "elicitation" in reply["error"]["message"]
 
     older = RawSession(http["alice"], url)
     resp = await older.http.post(

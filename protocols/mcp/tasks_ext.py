@@ -50,8 +50,9 @@ call runs on another node, once the answer reaches it: the text's eventual consi
 (an empty ack, a terminal task too); each needs the extension declared (else -32021, checked
 before anything else) and ``Mcp-Name`` = ``params.taskId`` (modern.py); ``tasks/result`` and
 ``tasks/list`` do not exist (-32601). 2025-11-25: ``tasks/get``, ``tasks/result`` (blocks until
-the task is terminal, asking the client for any input the task waits for on its own stream,
-then answers exactly what the call would have, with ``_meta`` related-task), ``tasks/list`` (the
+the task is terminal, asking the client for any input the task waits for on its own stream, or
+-32600 when the session did not declare the capability that input needs; then answers exactly
+what the call would have, with ``_meta`` related-task), ``tasks/list`` (the
 caller's tasks made through MCP, newest first, cursor paging), ``tasks/cancel`` (the cancelled
 task; a terminal one is -32602). An unknown task, another caller's task, a bad cursor or bad
 params are -32602 alike (a task another caller owns is never revealed).
@@ -107,7 +108,8 @@ LEGACY_SINCE = "2025-11-25"  # the first (and only) handshake revision with the 
 LEGACY_CAPABILITY = {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}
 REQUIRED = {"requiredCapabilities": {"extensions": {EXTENSION: {}}}}
 TERMINAL = ("completed", "failed", "cancelled")
-INPUT_METHODS = ("elicitation/create", "sampling/createMessage", "roots/list")
+NEEDS = {"elicitation/create": "elicitation", "sampling/createMessage": "sampling", "roots/list": "roots"}
+INPUT_METHODS = tuple(NEEDS)  # what an upstream may ask during a task (the client capability each needs)
 ANSWER_SCHEMA = {
     "type": "object",
     "properties": {"message": {"type": "string", "description": "Your answer to the agent"}},
@@ -603,6 +605,12 @@ class MCPTasks:
                 for key, request in (state.get("inputRequests") or {}).items():
                     if key in asked:
                         continue
+                    need = NEEDS.get(request["method"])
+                    if need not in call.capabilities:  # it could not answer: say so rather than wait
+                        raise MCPError(
+                            wire.INVALID_REQUEST,
+                            f"task {task_id} waits for {request['method']}: this session did not declare {need}",
+                        )
                     asked.add(key)
                     params = {**request["params"], "_meta": {RELATED: {"taskId": task_id}}}
                     reply = await call.ask(request["method"], params)
