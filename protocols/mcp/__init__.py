@@ -33,7 +33,8 @@ Options (``MCPOptions``, each also ``INTERLACE_MCP_<NAME>``): ``upstreams``, ``n
 pass-through), ``allowed_hosts`` / ``allowed_origins`` (DNS-rebinding defence: a foreign Host gets
 421, a foreign Origin 403; default loopback hosts only, so a gateway bound to 0.0.0.0 must list
 its public names, e.g. ``INTERLACE_MCP_ALLOWED_HOSTS=gw1:*,gw.example.com:*``),
-``call_timeout_s``, ``session_ttl_s``, ``event_ttl_s``, ``page_size``, ``cache_ttl_ms``. Rug-pull state:
+``call_timeout_s``, ``session_ttl_s``, ``event_ttl_s``, ``page_size``, ``cache_ttl_ms``,
+``task_ttl_ms`` and ``task_poll_ms`` (MCP tasks, tasks_ext.py). Rug-pull state:
 ``GET /registry/agents/{did}`` shows ``mcp_tool_drift``; a re-registration (higher seq) re-pins,
 as does ``app.state.mcp.upstreams.repin(agent, tool)``.
 

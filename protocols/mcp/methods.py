@@ -136,6 +136,8 @@ class MCPOptions:
     sse_max_s: float | None = None  # default: the gateway's sse_max_s
     agents_poll_s: float = 5.0  # agent set re-checked for tools/list_changed (changes are also signalled)
     follow_registry: bool = True  # federate every live registry record with an mcp endpoint
+    task_ttl_ms: int = 3_600_000  # an MCP task is kept this long (a 2025-11-25 client may ask for another)
+    task_poll_ms: int = 500  # the pollInterval MCP tasks suggest
     registry_poll_s: float = 2.0
 
     @classmethod
@@ -308,7 +310,7 @@ class MCPService:
             **{m: handler for m, handler in self.methods.items() if m not in LEGACY_ONLY},
         }
         # tasks: the 2025-11-25 utility in sessions, the extension statelessly (tasks_ext.py)
-        self.tasks = MCPTasks(self)
+        self.tasks = MCPTasks(self, ttl_ms=self.options.task_ttl_ms, poll_ms=self.options.task_poll_ms)
         self.methods.update(self.tasks.legacy_methods())
         self.modern_methods.update(self.tasks.modern_methods())
 

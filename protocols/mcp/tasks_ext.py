@@ -57,9 +57,11 @@ caller's tasks made through MCP, newest first, cursor paging), ``tasks/cancel`` 
 task; a terminal one is -32602). An unknown task, another caller's task, a bad cursor or bad
 params are -32602 alike (a task another caller owns is never revealed).
 
-TTL and polling: ``ttlMs``/``ttl`` is what the task is kept for (default ``ttl_ms``; a 2025-11-25
-request may ask for another, clamped to [1 s, ``max_ttl_ms``]); ``pollIntervalMs``/``pollInterval``
-is ``poll_ms``. A gateway-run call may run as long as its task lives.
+TTL and polling: ``ttlMs``/``ttl`` is what the task is kept for (default ``ttl_ms``, the option
+``task_ttl_ms``; a 2025-11-25 request may ask for another, clamped to [1 s, ``max_ttl_ms``]);
+``pollIntervalMs``/``pollInterval`` is ``poll_ms`` (``task_poll_ms``). A gateway-run call may run
+as long as its task lives; the task's record goes when its ttl ends, whatever its state (the
+text: a server may discard a task after its TTL).
 
 Status notifications: a 2025-11-25 session gets ``notifications/tasks/status`` on its GET stream
 at each status change of the tasks it created. A 2026-07-28 client listens with
