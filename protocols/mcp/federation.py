@@ -458,6 +458,12 @@ class UpstreamSet:
         hit = self._tools.get(name)
         return hit[1].get("inputSchema") if hit else None
 
+    def task_support(self, name: str) -> str | None:
+        """The ``execution.taskSupport`` the exposed upstream tool ``name`` declares (None: none)."""
+        hit = self._tools.get(name)
+        execution = hit[1].get("execution") if hit else None
+        return execution.get("taskSupport") if isinstance(execution, dict) else None
+
     def resolve_prompt(self, name: str) -> tuple[UpstreamClient, str] | None:
         hit = self._prompts.get(name)
         return (hit[0], hit[1]["name"]) if hit else None

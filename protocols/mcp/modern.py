@@ -13,7 +13,8 @@ else, ``initialize`` first of all, is served with sessions exactly as before
    -> -32602 (Invalid params)
 2. the mirrored headers agree with the body: ``MCP-Protocol-Version`` = the envelope's version,
    ``Mcp-Method`` = ``method``, and for tools/call and prompts/get ``Mcp-Name`` = ``params.name``,
-   for resources/read ``Mcp-Name`` = ``params.uri``; each header at most once, trimmed of
+   for resources/read ``Mcp-Name`` = ``params.uri``, for tasks/get, tasks/update and tasks/cancel
+   ``Mcp-Name`` = ``params.taskId`` (the tasks extension); each header at most once, trimmed of
    spaces and tabs, at most ``MAX_HEADER_VALUE`` bytes of visible ASCII, ``Mcp-Name`` possibly
    in the ``=?base64?...?=`` form (strict base64, canonical, UTF-8) -> -32020 (HeaderMismatch)
 3. the version is one this gateway serves statelessly -> -32022 (UnsupportedProtocolVersion)
@@ -63,7 +64,15 @@ ENVELOPE = (META_VERSION, META_CAPABILITIES, META_CLIENT_INFO, META_LOG_LEVEL)
 
 # Far above any real tool name or resource URI, far below what an HTTP server buffers per header.
 MAX_HEADER_VALUE = 8192
-NAME_FIELDS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+NAME_FIELDS = {
+    "tools/call": "name",
+    "prompts/get": "name",
+    "resources/read": "uri",
+    # the tasks extension's routing header (tasks_ext.py)
+    "tasks/get": "taskId",
+    "tasks/update": "taskId",
+    "tasks/cancel": "taskId",
+}
 CACHEABLE = frozenset(
     {"server/discover", "tools/list", "prompts/list", "resources/list", "resources/templates/list", "resources/read"}
 )
