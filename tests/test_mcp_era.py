@@ -190,7 +190,8 @@ async def test_an_upstream_that_lies_about_its_era_fails_clearly():
         client = service.upstreams.clients["liar"]
         assert client.era == "modern" and not client.connected
         assert client.last_error == (
-            "announced 2026-07-28 in server/discover, then answered tools/list with: -32022 Unsupported protocol version"
+            "announced 2026-07-28 in server/discover, then answered tools/list with: "
+            "-32022 Unsupported protocol version"
         )
         assert service.upstreams.m_up.labels("liar")._value.get() == 0
         async with Client(url, mode="legacy") as legacy:
