@@ -78,6 +78,16 @@ async def test_a_modern_upstream_is_discovered_and_spoken(modern_gw):
     client = service.upstreams.clients["modern"]
     assert (client.era, client.protocol_version, client.session_id) == ("modern", "2026-07-28", None)
     assert client.server_info["name"] == "modern-upstream"
+    assert service.upstreams.status() == [
+        {
+            "name": "modern",
+            "url": client.url,
+            "era": "modern",
+            "protocol_version": "2026-07-28",
+            "connected": True,
+            "last_error": None,
+        }
+    ]
     async with Client(url, mode="legacy") as legacy:
         names = {t.name for t in (await legacy.list_tools()).tools}
         assert {"modern__echo", "modern__greet", "modern__locate"} <= names
@@ -194,5 +204,6 @@ async def test_an_upstream_that_lies_about_its_era_fails_clearly():
             "-32022 Unsupported protocol version"
         )
         assert service.upstreams.m_up.labels("liar")._value.get() == 0
+        assert service.upstreams.status()[0]["connected"] is False
         async with Client(url, mode="legacy") as legacy:
             assert not any(t.name.startswith("liar__") for t in (await legacy.list_tools()).tools)

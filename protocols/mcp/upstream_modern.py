@@ -59,6 +59,7 @@ CLIENT_INFO = {"name": "interlace-gateway", "version": "0.1.0"}
 CLIENT_CAPABILITIES = {"sampling": {}, "elicitation": {"form": {}, "url": {}}, "roots": {"listChanged": True}}
 MAX_ROUNDS = 8  # input_required rounds of one request before the upstream is deemed stuck
 ACK_TIMEOUT_S = 10.0  # bound on the upstream's acknowledgement of a subscriptions/listen stream
+OPEN_ACK_S = 2.0  # ... while connecting: a slow acknowledgement must not fail the connection
 ANSWERED_HERE = {"ping": {}, "logging/setLevel": {}}  # removed from the era: nothing to relay
 LIST_FLAGS = {"tools": "toolsListChanged", "prompts": "promptsListChanged", "resources": "resourcesListChanged"}
 ACKNOWLEDGED = "notifications/subscriptions/acknowledged"
@@ -243,7 +244,7 @@ class ModernWire:
         tried again in the background (a handshake-era GET stream is too); one it does not
         serve at all (-32601) is not."""
         with contextlib.suppress(MCPError, UpstreamUnavailable):
-            await self._restart(keep_trying=True)
+            await self._restart(keep_trying=True, wait_s=OPEN_ACK_S)
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -281,7 +282,7 @@ class ModernWire:
             wanted["resourceSubscriptions"] = sorted(self._uris)
         return wanted
 
-    async def _restart(self, *, keep_trying: bool = False) -> None:
+    async def _restart(self, *, keep_trying: bool = False, wait_s: float = ACK_TIMEOUT_S) -> None:
         """Open a listen stream with the current filter, wait for its acknowledgement, then close
         the one it replaces. When it fails, the old one stays, unless ``keep_trying``."""
         async with self._relisten:
@@ -292,7 +293,7 @@ class ModernWire:
                 acked.add_done_callback(lambda f: f.cancelled() or f.exception())  # read, whoever waits
                 new = asyncio.create_task(self._listen(wanted, acked), name=f"mcp-listen-{self.client.name}")
                 try:
-                    async with asyncio.timeout(ACK_TIMEOUT_S):
+                    async with asyncio.timeout(wait_s):
                         await asyncio.shield(acked)
                 except (TimeoutError, MCPError, UpstreamUnavailable) as exc:
                     if not keep_trying:
