@@ -13,6 +13,7 @@ import mcp_types as types
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
+from starlette.responses import JSONResponse
 
 from tests.conftest import serve_app, wait_until
 from tests.fixtures import mcp_modern_upstream, mcp_upstream
@@ -173,6 +174,10 @@ async def test_a_modern_client_through_a_modern_upstream(modern_gw):
         assert res.content[0].text == "both modern"
         res = await modern.call_tool("modern__locate", {"region": "ap-south"})
         assert res.content[0].text == "region=ap-south"
+        # the upstream's input request needs a capability this client did not declare: -32021
+        with pytest.raises(MCPError) as refused:
+            await modern.call_tool("modern__greet", {})
+        assert refused.value.error.code == -32021
 
 
 async def test_a_legacy_upstream_is_found_by_falling_back_and_serves_a_modern_client():
@@ -207,3 +212,18 @@ async def test_an_upstream_that_lies_about_its_era_fails_clearly():
         assert service.upstreams.status()[0]["connected"] is False
         async with Client(url, mode="legacy") as legacy:
             assert not any(t.name.startswith("liar__") for t in (await legacy.list_tools()).tools)
+
+
+async def test_an_upstream_of_only_later_revisions_is_incompatible():
+    """-32022 naming no revision the gateway speaks is no reason to try initialize: it is said so."""
+
+    async def future_only(scope, receive, send):
+        if scope["type"] == "http":
+            error = {"code": -32022, "message": "Unsupported protocol version", "data": {"supported": ["2030-01-01"]}}
+            await JSONResponse({"jsonrpc": "2.0", "id": None, "error": error}, status_code=400)(scope, receive, send)
+
+    seen: list[str] = []
+    async with gateway_over(recording(future_only, seen), "future") as (_, service):
+        client = service.upstreams.clients["future"]
+        assert client.last_error == "speaks only protocol versions ['2030-01-01']" and client.era is None
+        assert "initialize" not in seen

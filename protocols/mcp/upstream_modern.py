@@ -32,6 +32,9 @@ the same requests, server->client requests and notifications as from a handshake
   go to ``on_notification`` as a handshake-era upstream's GET stream's do. ``ping`` and
   ``logging/setLevel`` (gone too) are answered here.
 
+It holds no HTTP code: it sends through its client's ``_exchange`` (one request, its stream's
+messages to ``on_message``) and ``post_stream`` (a listen stream), the client's transport.
+
 An upstream that announced 2026-07-28 and then refuses it (-32022, or an answer that is not
 JSON-RPC) fails the request with UpstreamUnavailable saying so, and its connection is dropped:
 the next use discovers its era again, so one that went back to the handshake era is followed.
