@@ -227,3 +227,26 @@ async def test_an_upstream_of_only_later_revisions_is_incompatible():
         client = service.upstreams.clients["future"]
         assert client.last_error == "speaks only protocol versions ['2030-01-01']" and client.era is None
         assert "initialize" not in seen
+
+
+async def test_an_upstreams_era_can_be_pinned():
+    """A dual-era server is spoken modern when discovered; pinned ``legacy``, it gets the handshake
+    (for tools that still ask through a session); pinned ``modern``, a handshake-only one is down."""
+    dual = mcp_upstream.build("dual").streamable_http_app(event_store=mcp_upstream.MemoryEventStore())
+    legacy_only = mcp_upstream.handshake_only(
+        mcp_upstream.build("old").streamable_http_app(event_store=mcp_upstream.MemoryEventStore())
+    )
+    async with serve_app(dual) as dual_url, serve_app(legacy_only) as old_url:
+        pinned = [
+            {"name": "auto", "url": dual_url + "/mcp"},
+            {"name": "pinned", "url": dual_url + "/mcp", "era": "legacy"},
+            {"name": "wrong", "url": old_url + "/mcp", "era": "modern"},
+        ]
+        async with mcp_gateway(pinned) as (url, service):
+            eras = {s["name"]: (s["era"], s["connected"]) for s in service.upstreams.status()}
+            assert eras == {"auto": ("modern", True), "pinned": ("legacy", True), "wrong": (None, False)}
+            wrong = service.upstreams.clients["wrong"]
+            assert wrong.last_error == "is pinned to 2026-07-28 and does not answer server/discover for it"
+            async with Client(url, mode="legacy", elicitation_callback=elicitation) as legacy:
+                res = await legacy.call_tool("pinned__test_elicitation", {"message": "name?"})
+                assert res.content[0].text == 'User response: action=accept, content={"name": "Ada"}'

@@ -43,19 +43,26 @@ MessageHandler = Callable[[dict[str, Any]], Awaitable[None]]
 
 @dataclass(frozen=True)
 class Upstream:
-    """One upstream MCP server: the agent's name, its MCP endpoint, and headers of its own
-    (its credentials; a client's token is never passed through)."""
+    """One upstream MCP server: the agent's name, its MCP endpoint, headers of its own (its
+    credentials; a client's token is never passed through), and its era: ``auto`` (discovered),
+    or pinned to ``legacy`` (the handshake, no discovery: a dual-era server whose tools still ask
+    through a session) or ``modern`` (2026-07-28 or nothing)."""
 
     name: str
     url: str
     headers: tuple[tuple[str, str], ...] = ()
+    era: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.era not in ("auto", "legacy", "modern"):
+            raise ValueError(f"upstream {self.name!r}: era must be auto, legacy or modern, not {self.era!r}")
 
     @classmethod
     def of(cls, item: Upstream | tuple | dict) -> Upstream:
         if isinstance(item, Upstream):
             return item
         if isinstance(item, dict):
-            return cls(item["name"], item["url"], tuple((item.get("headers") or {}).items()))
+            return cls(item["name"], item["url"], tuple((item.get("headers") or {}).items()), item.get("era") or "auto")
         name, url, *rest = item
         return cls(name, url, tuple((rest[0] if rest else {}).items()))
 
@@ -142,8 +149,12 @@ class UpstreamClient:
             await self.modern.close()
             self.modern = None
         self.session_id = None
-        found = await upstream_modern.discover(self)
+        found = None if self.upstream.era == "legacy" else await upstream_modern.discover(self)
         if found is None:
+            if self.upstream.era == "modern":
+                raise UpstreamUnavailable(
+                    self.name, "is pinned to 2026-07-28 and does not answer server/discover for it"
+                )
             await self._handshake()
             return
         self.modern = upstream_modern.ModernWire(self, found.version)

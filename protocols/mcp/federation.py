@@ -90,8 +90,9 @@ def template_regex(template: str) -> re.Pattern:
 
 def configured_upstreams(items: Iterable[Upstream | tuple | dict | str]) -> list[Upstream]:
     """The options' fixed upstreams: ``Upstream``, ``(name, url[, headers])``, ``{name, url,
-    headers?}`` or ``"name=url"`` (``INTERLACE_MCP_UPSTREAMS="name=http://host/mcp,other=http://..."``;
-    a malformed string is skipped)."""
+    headers?, era?}`` (``era``: ``auto``, ``legacy`` or ``modern``, see ``Upstream``) or
+    ``"name=url"`` (``INTERLACE_MCP_UPSTREAMS="name=http://host/mcp,other=http://..."``; a
+    malformed string is skipped)."""
     out = []
     for item in items:
         if isinstance(item, str):
