@@ -15,7 +15,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 from starlette.responses import JSONResponse
 
-from tests.conftest import serve_app, wait_until
+from tests.conftest import free_port, serve_app, wait_until
 from tests.fixtures import mcp_modern_upstream, mcp_upstream
 from tests.fixtures.mcp_support import GetStream, ModernRaw, RawSession, listening, mcp_gateway, next_message
 
@@ -163,7 +163,7 @@ async def test_listen_notifications_of_a_modern_upstream_reach_legacy_sessions_a
         # the last subscriber gone, the upstream's listen stream drops the resource
         assert (await raw.call("resources/unsubscribe", {"uri": "test://watched"}))["result"] == {}
         client = service.upstreams.clients["modern"]
-        await wait_until(lambda: asyncio.sleep(0, result="resourceSubscriptions" not in client.modern._filter()))
+        await wait_until(lambda: asyncio.sleep(0, result=not client.modern.subscribed))
 
 
 async def test_a_modern_client_through_a_modern_upstream(modern_gw):
@@ -250,3 +250,26 @@ async def test_an_upstreams_era_can_be_pinned():
             async with Client(url, mode="legacy", elicitation_callback=elicitation) as legacy:
                 res = await legacy.call_tool("pinned__test_elicitation", {"message": "name?"})
                 assert res.content[0].text == 'User response: action=accept, content={"name": "Ada"}'
+
+
+async def test_a_modern_upstreams_resource_subscriptions_outlive_its_restart():
+    port = free_port()
+    async with contextlib.AsyncExitStack() as first:
+        upstream = await first.enter_async_context(serve_app(mcp_modern_upstream.app(), port, grace_s=0.2))
+        async with (
+            mcp_gateway([("modern", upstream + "/mcp")]) as (url, service),
+            httpx.AsyncClient(timeout=15) as http,
+        ):
+            raw = RawSession(http, url)
+            await raw.initialize()
+            assert (await raw.call("resources/subscribe", {"uri": "test://watched"}))["result"] == {}
+            wire = service.upstreams.clients["modern"].modern
+            assert wire.listening.is_set()
+            await first.aclose()  # the upstream stops: its listen stream ends
+            await wait_until(lambda: asyncio.sleep(0, result=not wire.listening.is_set()))
+            async with serve_app(mcp_modern_upstream.app(), port, grace_s=0.2), GetStream(raw) as stream:
+                async with asyncio.timeout(20):
+                    await wire.listening.wait()  # listening again, the same filter
+                await raw.call("tools/call", {"name": "modern__touch", "arguments": {}})
+                updated = json.loads(await stream.until("notifications/resources/updated"))
+                assert updated["params"]["uri"] == "test://watched"

@@ -145,7 +145,9 @@ class UpstreamClient:
 
     async def _connect(self) -> None:
         """Discover the upstream's era and open it."""
+        subscribed: set[str] = set()  # a 2026-07-28 upstream's resource subscriptions outlive a reconnection
         if self.modern is not None:
+            subscribed = self.modern.subscribed
             await self.modern.close()
             self.modern = None
         self.session_id = None
@@ -157,7 +159,7 @@ class UpstreamClient:
                 )
             await self._handshake()
             return
-        self.modern = upstream_modern.ModernWire(self, found.version)
+        self.modern = upstream_modern.ModernWire(self, found.version, subscribed)
         self.protocol_version, self.capabilities, self.server_info = (
             found.version,
             found.capabilities,

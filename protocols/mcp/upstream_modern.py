@@ -46,6 +46,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -158,11 +159,12 @@ def _complete(result: dict[str, Any]) -> dict[str, Any]:
 class ModernWire:
     """The 2026-07-28 side of one ``UpstreamClient`` (module docstring)."""
 
-    def __init__(self, client: UpstreamClient, version: str) -> None:
+    def __init__(self, client: UpstreamClient, version: str, subscribed: Iterable[str] = ()) -> None:
         self.client, self.version = client, version
         self._answers: dict[str, asyncio.Future] = {}  # our ids of pending input requests -> their answer
-        self._uris: set[str] = set()  # resources subscribed on the listen stream
+        self.subscribed: set[str] = set(subscribed)  # resources subscribed on the listen stream
         self._listener: asyncio.Task | None = None
+        self.listening = asyncio.Event()  # set while the upstream's acknowledged listen stream lasts
         self._relisten = asyncio.Lock()
 
     # ---- requests ----------------------------------------------------------------------------
@@ -261,16 +263,16 @@ class ModernWire:
         uri = params.get("uri")
         if not isinstance(uri, str):
             raise MCPError(wire.INVALID_PARAMS, "params.uri (string) is required")
-        before = set(self._uris)
+        before = set(self.subscribed)
         if method == "resources/subscribe":
-            self._uris.add(uri)
+            self.subscribed.add(uri)
         else:
-            self._uris.discard(uri)
-        if self._uris != before:
+            self.subscribed.discard(uri)
+        if self.subscribed != before:
             try:
                 await self._restart()
             except (MCPError, UpstreamUnavailable):
-                self._uris = before
+                self.subscribed = before
                 raise
         return {}
 
@@ -281,8 +283,8 @@ class ModernWire:
             for cap, flag in LIST_FLAGS.items()
             if isinstance(caps.get(cap), dict) and caps[cap].get("listChanged")
         }
-        if self._uris:
-            wanted["resourceSubscriptions"] = sorted(self._uris)
+        if self.subscribed:
+            wanted["resourceSubscriptions"] = sorted(self.subscribed)
         return wanted
 
     async def _restart(self, *, keep_trying: bool = False, wait_s: float = ACK_TIMEOUT_S) -> None:
@@ -322,6 +324,7 @@ class ModernWire:
                 method = msg.get("method")
                 if method == ACKNOWLEDGED:
                     backoff = 0.5
+                    self.listening.set()
                     if not acked.done():
                         acked.set_result(None)
                 elif isinstance(method, str) and "id" not in msg:
@@ -336,6 +339,8 @@ class ModernWire:
                 if isinstance(exc, MCPError) and exc.code == wire.METHOD_NOT_FOUND:
                     return  # the upstream has no listen stream to offer
                 log.debug("upstream listen stream failed", extra={"upstream": client.name, "error": str(exc)})
+            if asyncio.current_task() is self._listener:  # not a stream being replaced
+                self.listening.clear()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
 
