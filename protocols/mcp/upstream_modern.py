@@ -256,8 +256,10 @@ class ModernWire:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
             self._listener = None
-        for future in self._answers.values():
-            future.cancel()
+        self.listening.clear()
+        for future in self._answers.values():  # the requests waiting on them end as a broken connection would
+            if not future.done():
+                future.set_exception(UpstreamUnavailable(self.client.name, "connection closed"))
 
     async def _subscription(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         uri = params.get("uri")
