@@ -99,6 +99,7 @@ async def test_a_modern_upstream_is_discovered_and_spoken(modern_gw):
         assert json.loads(res.content[0].text) == [
             "io.modelcontextprotocol/clientCapabilities",
             "io.modelcontextprotocol/clientInfo",
+            "io.modelcontextprotocol/logLevel",
             "io.modelcontextprotocol/protocolVersion",
         ]
         # x-mcp-header arguments are mirrored (the SDK refuses a call without them), plain or base64
@@ -107,6 +108,27 @@ async def test_a_modern_upstream_is_discovered_and_spoken(modern_gw):
             assert not res.is_error and res.content[0].text == f"region={region}"
         read = await legacy.read_resource("test://watched")
         assert read.contents[0].text == "watched content"
+
+
+async def test_progress_and_logs_of_a_modern_upstream_reach_a_legacy_client(modern_gw):
+    url, _ = modern_gw
+    logs, progress = [], []
+
+    async def on_log(params: types.LoggingMessageNotificationParams):
+        logs.append((params.level, params.data))
+
+    async def on_progress(value, total, message):
+        progress.append((value, total))
+
+    async with Client(url, mode="legacy", logging_callback=on_log) as legacy:
+        await legacy.set_logging_level("info")
+        res = await legacy.call_tool("modern__work", {}, progress_callback=on_progress)
+        assert res.content[0].text == "worked"
+        assert progress == [(1, 2), (2, 2)] and logs == [("info", "working")]
+        logs.clear()
+        await legacy.set_logging_level("error")  # filtered per session, as for a handshake-era upstream
+        await legacy.call_tool("modern__work", {})
+        assert logs == []
 
 
 async def test_a_legacy_client_answers_a_modern_upstreams_input_requests(modern_gw):

@@ -12,8 +12,9 @@ verdict at all and propagates.
 the same requests, server->client requests and notifications as from a handshake-era upstream:
 
 - every request carries the envelope in ``params._meta`` (protocol version, the gateway's client
-  capabilities and info, and log level ``debug`` when the upstream logs: one upstream serves many
-  clients, so messages are filtered per client at relay time, as in the handshake era) and the
+  capabilities and info, and log level ``debug``: one upstream serves many clients, so messages
+  are filtered per client at relay time, as in the handshake era; it is sent whether or not the
+  upstream declares ``logging``, which the SDK's modern servers do not, though they log) and the
   mirrored headers: ``MCP-Protocol-Version``, ``Mcp-Method``, ``Mcp-Name`` and, for
   ``tools/call``, ``Mcp-Param-{X}`` for each argument that the tool's input schema (from the
   client's catalog) marks ``x-mcp-header``;
@@ -78,15 +79,13 @@ class Discovery:
     server_info: dict[str, Any]
 
 
-def _envelope(version: str, capabilities: dict[str, Any] | None = None) -> dict[str, Any]:
-    meta = {
+def _envelope(version: str) -> dict[str, Any]:
+    return {
         modern.META_VERSION: version,
         modern.META_CAPABILITIES: CLIENT_CAPABILITIES,
         modern.META_CLIENT_INFO: CLIENT_INFO,
+        modern.META_LOG_LEVEL: "debug",
     }
-    if capabilities is not None and "logging" in capabilities:
-        meta[modern.META_LOG_LEVEL] = "debug"
-    return meta
 
 
 def _headers(client: UpstreamClient, version: str, method: str, params: dict[str, Any]) -> dict[str, str]:
@@ -175,7 +174,7 @@ class ModernWire:
         if method in ("resources/subscribe", "resources/unsubscribe"):
             return await self._subscription(method, params)
         meta = params.get("_meta")
-        first = {**params, "_meta": {**(meta if isinstance(meta, dict) else {}), **self._envelope()}}
+        first = {**params, "_meta": {**(meta if isinstance(meta, dict) else {}), **_envelope(self.version)}}
         sent = first
         for _ in range(MAX_ROUNDS):
             result = await self._send(method, sent, on_message)
@@ -185,9 +184,6 @@ class ModernWire:
             if isinstance(result.get("requestState"), str):
                 sent["requestState"] = result["requestState"]
         raise UpstreamUnavailable(self.client.name, f"still asked for input after {MAX_ROUNDS} rounds of {method}")
-
-    def _envelope(self) -> dict[str, Any]:
-        return _envelope(self.version, self.client.capabilities)
 
     async def _send(self, method: str, params: dict[str, Any], on_message: MessageHandler | None) -> dict[str, Any]:
         client = self.client
@@ -318,7 +314,7 @@ class ModernWire:
         """One listen stream, opened again (with backoff) whenever the upstream ends it."""
         client, backoff = self.client, 0.5
         while True:
-            params = {"notifications": wanted, "_meta": self._envelope()}
+            params = {"notifications": wanted, "_meta": _envelope(self.version)}
             rid = client.next_id()
 
             async def handle(msg: dict[str, Any]) -> None:
