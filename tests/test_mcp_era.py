@@ -25,9 +25,9 @@ pytestmark = pytest.mark.filterwarnings(
 
 
 @contextlib.asynccontextmanager
-async def gateway_over(app, name: str):
+async def gateway_over(app, name: str, **options):
     """A gateway federating ``app`` (served in this loop) as ``name``: (its /mcp URL, the service)."""
-    async with serve_app(app) as upstream, mcp_gateway([(name, upstream + "/mcp")]) as (url, service):
+    async with serve_app(app) as upstream, mcp_gateway([(name, upstream + "/mcp")], **options) as (url, service):
         yield url, service
 
 
@@ -295,3 +295,15 @@ async def test_a_modern_upstreams_resource_subscriptions_outlive_its_restart():
                 await raw.call("tools/call", {"name": "modern__touch", "arguments": {}})
                 updated = json.loads(await stream.until("notifications/resources/updated"))
                 assert updated["params"]["uri"] == "test://watched"
+
+
+async def test_a_call_to_a_modern_upstream_is_cancelled_by_closing_its_stream():
+    async with gateway_over(mcp_modern_upstream.app(), "modern", call_timeout_s=1.0) as (url, _):
+        async with Client(url, mode="legacy") as legacy:
+            res = await legacy.call_tool("modern__hang", {})
+            assert res.is_error and "did not answer" in res.content[0].text
+
+            async def cancelled():
+                return (await legacy.call_tool("modern__hang_ended", {})).content[0].text == "cancelled"
+
+            await wait_until(cancelled, timeout=10, interval=0.1)
