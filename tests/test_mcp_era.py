@@ -108,6 +108,13 @@ async def test_a_modern_upstream_is_discovered_and_spoken(modern_gw):
             assert not res.is_error and res.content[0].text == f"region={region}"
         read = await legacy.read_resource("test://watched")
         assert read.contents[0].text == "watched content"
+        with pytest.raises(MCPError) as missing:  # the handshake era's code for it
+            await legacy.read_resource("test://nope")
+        assert (missing.value.error.code, missing.value.error.data) == (-32002, {"uri": "test://nope"})
+    async with Client(url) as modern:  # and the modern era's
+        with pytest.raises(MCPError) as missing:
+            await modern.read_resource("test://nope")
+        assert (missing.value.error.code, missing.value.error.data) == (-32602, {"uri": "test://nope"})
 
 
 async def test_progress_and_logs_of_a_modern_upstream_reach_a_legacy_client(modern_gw):

@@ -25,7 +25,9 @@ the same requests, server->client requests and notifications as from a handshake
   the same request with the echoed ``requestState`` (at most ``MAX_ROUNDS`` rounds). A refused
   one ends the request with the refusal: the era has no error form for an input response;
 - ``resultType`` and the upstream's ``serverInfo`` are taken off results (the gateway's own era
-  shapes its answers); cache hints stay, so a modern client's answer can narrow them;
+  shapes its answers); cache hints stay, so a modern client's answer can narrow them; a resource
+  read's -32602 with ``data.uri`` is the handshake era's -32002 again (the modern face renumbers
+  it for modern clients);
 - ``resources/subscribe`` and ``resources/unsubscribe`` (gone from the era) change the resource
   list of the one ``subscriptions/listen`` stream kept open per upstream, and return once the
   upstream acknowledged the new filter (a new stream is opened before the old one is closed, so
@@ -142,6 +144,17 @@ async def discover(client: UpstreamClient) -> Discovery | None:
     return Discovery(version, caps if isinstance(caps, dict) else {}, info if isinstance(info, dict) else {})
 
 
+def _not_found(method: str, exc: MCPError) -> bool:
+    """Whether ``exc`` is this era's "resource not found": -32602 with ``data.uri`` (the handshake
+    era's -32002, which the gateway's modern face renumbers back for its modern clients)."""
+    return (
+        method == "resources/read"
+        and exc.code == wire.INVALID_PARAMS
+        and isinstance(exc.data, dict)
+        and isinstance(exc.data.get("uri"), str)
+    )
+
+
 def _complete(result: dict[str, Any]) -> dict[str, Any]:
     """A modern result without the era's bookkeeping."""
     out = {k: v for k, v in result.items() if k != "resultType"}
@@ -192,6 +205,8 @@ class ModernWire:
         try:
             return await client._exchange(wire.request(rid, method, params), rid, on_message, headers)
         except MCPError as exc:
+            if _not_found(method, exc):  # the gateway speaks the handshake era's code inside
+                raise MCPError(wire.RESOURCE_NOT_FOUND, exc.message, exc.data) from None
             if exc.code != wire.UNSUPPORTED_VERSION:
                 raise
             detail = f"-32022 {exc.message}"
