@@ -32,7 +32,9 @@ the same requests, server->client requests and notifications as from a handshake
   list of the one ``subscriptions/listen`` stream kept open per upstream, and return once the
   upstream acknowledged the new filter (a new stream is opened before the old one is closed, so
   nothing falls between them); that stream's list-changed and resource-updated notifications
-  go to ``on_notification`` as a handshake-era upstream's GET stream's do. ``ping`` and
+  go to ``on_notification`` as a handshake-era upstream's GET stream's do. A stream the upstream
+  ends is opened again with the same filter (backing off while it is down), and a reconnection
+  keeps the subscriptions; ``listening`` says whether an acknowledged stream is up. ``ping`` and
   ``logging/setLevel`` (gone too) are answered here.
 
 It holds no HTTP code: it sends through its client's ``_exchange`` (one request, its stream's
