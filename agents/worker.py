@@ -15,7 +15,11 @@ A subclass of ``Worker`` implements ``handle(task)`` as an async generator of ca
   claim) the runner signs that one;
 * cancels the handler when the task is canceled (it watches the task's event stream);
 * on ``stop``: stops taking work, lets running handlers finish within a grace period, and leaves
-  the rest pending (unacked) for redelivery, so no task is lost.
+  the rest pending (unacked) for redelivery, so no task is lost;
+* when what a worker serves from goes down (an inference engine), its handler raises
+  ``Unavailable``: the task is left pending for redelivery rather than failed, and the runner
+  takes no work until ``Worker.until_available`` returns. A worker whose card changes (what the
+  engine serves) sets ``card_changed`` and is re-registered at once.
 """
 
 from __future__ import annotations
@@ -47,6 +51,10 @@ class TaskFailed(Exception):
     """Raised by a handler to fail its task with a message meant for the client."""
 
 
+class Unavailable(Exception):
+    """Raised by a handler when what it serves from is down: the task is released for redelivery."""
+
+
 class Worker:
     agent: str = "worker"
     description: str = ""
@@ -56,6 +64,11 @@ class Worker:
     # worker without one the gateway's own. None outside a gateway: connectors then allow only
     # the public internet.
     egress: Egress | None = None
+    # Set by a worker whose card changed; the runner re-registers it and clears the event.
+    card_changed: asyncio.Event | None = None
+
+    async def until_available(self) -> None:
+        """Return once the worker can take work: at once, unless what it serves from is down."""
 
     def skills(self) -> list[dict]:
         return [{"id": self.agent, "name": self.agent, "description": self.description}]
@@ -127,6 +140,8 @@ class WorkerRunner:
         backoff, taken, adopted = 0.1, False, False
         while not self._stopping.is_set():
             try:
+                if self.worker.card_changed is not None:
+                    self.worker.card_changed.clear()
                 record = record_from_card(
                     self.worker.card(),
                     self.identity.did,
@@ -140,7 +155,7 @@ class WorkerRunner:
                 self._claimed_at = record.claimed_at
                 self.ready.set()
                 backoff, taken, adopted = 0.1, False, False
-                await self._sleep(self.lease_s / 3)
+                await self._sleep(self.lease_s / 3, self.worker.card_changed)
             except asyncio.CancelledError:
                 raise
             except RecordRejected as exc:
@@ -181,6 +196,7 @@ class WorkerRunner:
         agent, backoff = self.worker.agent, 0.1
         while not self._stopping.is_set():
             try:
+                await self.worker.until_available()  # stop() cancels this loop, waits included
                 free = self.worker.concurrency - len(self._inflight)
                 if free <= 0:
                     await asyncio.wait(
@@ -199,12 +215,16 @@ class WorkerRunner:
                 self._inflight[job] = delivery
                 job.add_done_callback(self._inflight.pop)
 
-    async def _sleep(self, seconds: float) -> None:
+    async def _sleep(self, seconds: float, wake: asyncio.Event | None = None) -> None:
+        """Wait ``seconds``, or less when the runner stops or ``wake`` is set."""
+        waits = [asyncio.ensure_future(self._stopping.wait())]
+        if wake is not None:
+            waits.append(asyncio.ensure_future(wake.wait()))
         try:
-            async with asyncio.timeout(seconds):  # not wait_for: it can swallow cancels (3.11)
-                await self._stopping.wait()
-        except TimeoutError:
-            pass
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop taking work; running handlers get ``grace_s`` to finish, the rest stay pending."""
@@ -285,8 +305,8 @@ class WorkerRunner:
             run.reason = "canceled"  # the task moved on (canceled) under us
         except TaskFailed as exc:
             await self._fail(task, str(exc))
-        except BackendUnavailable:
-            run.reason = "lost"  # left pending: redelivered once the bus is back
+        except (BackendUnavailable, Unavailable):
+            run.reason = "lost"  # left pending: redelivered once the bus (or the engine) is back
         except asyncio.CancelledError:
             raise
         except Exception as exc:
