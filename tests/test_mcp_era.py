@@ -142,15 +142,22 @@ async def test_a_legacy_client_answers_a_modern_upstreams_input_requests(modern_
     """input_required results become server->client requests on the legacy client's session; the
     gateway retries upstream with the answers and the requestState, over as many rounds as needed."""
     url, _ = modern_gw
+    metas = []
+
+    async def recording_elicitation(context, params):
+        metas.append(params.meta)
+        return await elicitation(context, params)
+
     async with Client(
         url,
         mode="legacy",
         sampling_callback=sampling,
-        elicitation_callback=elicitation,
+        elicitation_callback=recording_elicitation,
         list_roots_callback=roots,
     ) as legacy:
         res = await legacy.call_tool("modern__greet", {})
         assert res.content[0].text == "Hello, Ada"
+        assert metas == [None]  # the key the gateway passes along internally is not the session's business
         res = await legacy.call_tool("modern__ask_llm", {"prompt": "the sky"})
         assert res.content[0].text == "LLM says: nice (the sky)"
         res = await legacy.call_tool("modern__count_roots", {})
@@ -207,6 +214,20 @@ async def test_a_modern_client_through_a_modern_upstream(modern_gw):
         with pytest.raises(MCPError) as refused:
             await modern.call_tool("modern__greet", {})
         assert refused.value.error.code == -32021
+    # input-required results both sides of the gateway (mrtr.py on its modern face)
+    async with Client(
+        url, sampling_callback=sampling, elicitation_callback=elicitation, list_roots_callback=roots
+    ) as modern:
+        assert (await modern.call_tool("modern__greet", {})).content[0].text == "Hello, Ada"
+        assert (await modern.call_tool("modern__count_roots", {})).content[0].text.startswith("2 roots")
+        res = await modern.call_tool("modern__greet_and_ask", {})
+        assert res.content[0].text == "Ada: nice (Say something nice about Ada)"
+    # the upstream's own key names the request the gateway's client is asked
+    async with httpx.AsyncClient(timeout=15) as http:
+        caps = {"io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}}
+        _, reply = await ModernRaw(http, url).call("tools/call", {"name": "modern__greet", "arguments": {}}, **caps)
+        assert reply["result"]["resultType"] == "input_required"
+        assert list(reply["result"]["inputRequests"]) == ["tests.fixtures.mcp_modern_upstream:ask_name"]
 
 
 async def test_a_legacy_upstream_is_found_by_falling_back_and_serves_a_modern_client():

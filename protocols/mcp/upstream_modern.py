@@ -20,7 +20,9 @@ the same requests, server->client requests and notifications as from a handshake
   client's catalog) marks ``x-mcp-header``;
 - an ``input_required`` result becomes server->client requests (``elicitation/create``,
   ``sampling/createMessage``, ``roots/list``) handed to the request's ``on_message`` exactly as
-  a handshake-era upstream's would arrive, with ids of this module's making; their answers, given
+  a handshake-era upstream's would arrive, with ids of this module's making and the upstream's
+  key in ``params._meta["interlace/inputKey"]`` (mrtr.py asks a modern client by it, so the
+  key survives the gateway; a session's client is asked without it); their answers, given
   back through ``UpstreamClient.respond``, go to the upstream as ``inputResponses`` in a retry of
   the same request with the echoed ``requestState`` (at most ``MAX_ROUNDS`` rounds). A refused
   one ends the request with the refusal: the era has no error form for an input response;
@@ -56,6 +58,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from protocols.mcp import modern, wire
+from protocols.mcp.mrtr import KEY_META
 from protocols.mcp.upstream_errors import UpstreamRefused, UpstreamUnavailable
 from protocols.mcp.wire import MCPError
 
@@ -232,8 +235,11 @@ class ModernWire:
             self._answers[rid] = loop.create_future()
 
         async def one(key: str) -> Any:
-            rid = asked[key]
-            await on_message(wire.request(rid, requests[key]["method"], requests[key].get("params") or {}))
+            rid, params = asked[key], requests[key].get("params")
+            params = params if isinstance(params, dict) else {}
+            meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
+            keyed = {**params, "_meta": {**meta, KEY_META: key}}  # a modern client is asked by the same key
+            await on_message(wire.request(rid, requests[key]["method"], keyed))
             return await self._answers[rid]
 
         try:
