@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 
 from gateway.core import sse
-from protocols.mcp import upstream_modern, wire
+from protocols.mcp import telemetry, upstream_modern, wire
 from protocols.mcp.upstream_errors import UpstreamRefused, UpstreamTimeout, UpstreamUnavailable
 from protocols.mcp.wire import MCPError
 
@@ -231,6 +231,7 @@ class UpstreamClient:
 
     # ---- requests --------------------------------------------------------------------------
 
+    @telemetry.client_span
     async def request(
         self,
         method: str,

@@ -74,7 +74,7 @@ from gateway.core.principal import LOCAL, Principal
 from gateway.core.quotas import QuotaExceeded
 from gateway.core.runtime import ActingFor, Runtime
 from gateway.core.settings import load_settings
-from protocols.mcp import mrtr, wire
+from protocols.mcp import mrtr, telemetry, wire
 from protocols.mcp.agents import META_TOOLS, AgentTools, agent_tool, task_result, tool_error
 from protocols.mcp.client import UpstreamClient, UpstreamTimeout, UpstreamUnavailable, describe
 from protocols.mcp.federation import Quarantined, UpstreamSet, Visible, configured_upstreams, registry_upstreams
@@ -452,6 +452,7 @@ class MCPService:
             reply = wire.error(call.id, MCPError(wire.REQUEST_CANCELLED, "Request cancelled"))
         await call.out.send(reply, final=True)
 
+    @telemetry.server_span
     async def answer(self, call: MCPCall) -> dict[str, Any]:
         """The JSON-RPC response to ``call`` (a result or an error, never an exception but
         cancellation), by the methods and in the shape of its era."""
@@ -571,6 +572,10 @@ class MCPService:
         return {}
 
     # ---- what the caller may use (module docstring) --------------------------------------------
+
+    def visible_to(self, rt: ActingFor) -> Visible | None:
+        """What ``rt``'s caller may use of the upstreams (for views such as the console)."""
+        return self._visible(rt)
 
     def _visible(self, rt: ActingFor) -> Visible | None:
         """What ``rt``'s caller may use of the upstreams; None: everything (no policy rules)."""
