@@ -850,8 +850,8 @@ class MCPService:
                 reply = await call.exchange.ask(method, params)
             elif call.envelope is not None:  # no server->client requests on a 2026-07-28 stream
                 raise MCPError(INVALID_REQUEST, f"{method} is not relayed to a 2026-07-28 client")
-            else:
-                reply = await call.ask(method, params)
+            else:  # a session's client is asked by request, not by key
+                reply = await call.ask(method, mrtr.named_key(params)[1])
         except MCPError as exc:
             reply = exc
         with contextlib.suppress(Exception):

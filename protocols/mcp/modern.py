@@ -150,6 +150,14 @@ def decode(value: str, name: str) -> str:
         raise mismatch(f"{name} is not valid =?base64?...?= (strict, canonical base64 of UTF-8)") from None
 
 
+def encode(value: str) -> str:
+    """``value`` as a header value: verbatim when it is visible ASCII without edge whitespace,
+    else in the ``=?base64?...?=`` form (``decode`` undoes it; an upstream client's side)."""
+    if _HEADER_SAFE.fullmatch(value) and value == value.strip(" \t") and not _SENTINEL.fullmatch(value):
+        return value
+    return f"=?base64?{base64.b64encode(value.encode('utf-8')).decode('ascii')}?="
+
+
 def envelope(msg: dict[str, Any], headers: Headers | None) -> Envelope:
     """The request's envelope, checked as the module docstring says (raises MCPError)."""
     params = msg.get("params")
@@ -222,7 +230,7 @@ def mirrored_arguments(schema: Any) -> Iterator[tuple[tuple[str, ...], str]]:
             stack.extend(((*path, key), sub) for key, sub in props.items() if isinstance(key, str))
 
 
-def _argument(arguments: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+def argument_at(arguments: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     node: Any = arguments
     for key in path:
         if not isinstance(node, Mapping):
@@ -245,7 +253,7 @@ def check_param_headers(schema: Any, arguments: Mapping[str, Any], headers: Head
     for path, token in mirrored_arguments(schema):
         name = f"Mcp-Param-{token}"
         sent = header(headers, name)
-        value = _argument(arguments, path)
+        value = argument_at(arguments, path)
         where = ".".join(path)
         if value is None:
             if sent is not None:
