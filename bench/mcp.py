@@ -20,8 +20,10 @@ answers (the upstream for the direct leg, the gateway for the other) per leg, an
 average is printed before and after (on a shared machine the figures are only as quiet as it).
 
     python -m bench.mcp [--eras legacy,modern] [--generators wrk,python] [--duration 15]
-                        [--calls 1000] [--repeats 3] [--auth] [--compare DIR]
+                        [--calls 1000] [--repeats 3] [--auth] [--trace] [--compare DIR]
 
+``--trace`` adds a gateway with tracing on (every span sampled, exported over OTLP/HTTP to a real
+receiver on this machine), measured as the leg ``traced``: the cost of tracing.
 ``--compare DIR`` also runs a gateway from another checkout (e.g. ``git archive main`` unpacked in
 DIR), federating the same upstream, measured as the leg ``compared``, interleaved with the other
 two: a before/after under the same conditions, drift included.
@@ -50,6 +52,7 @@ from bench.common import (
     Processes,
     api_key_file,
     free_port,
+    otlp_receiver,
     package_version,
     percentile,
 )
@@ -301,6 +304,13 @@ def report(results: dict) -> None:
             for name in (n for n in paths if n != "direct"):
                 ratio, added = paths[name]["rps"] / d["rps"], paths[name]["p50"] - d["p50"]
                 print(f"concurrency {c}: {name}/direct = {ratio:.2f}x, added p50 {added:+.2f} ms ({target})")
+            g = paths["gateway"]
+            for name in (n for n in paths if n not in ("direct", "gateway")):
+                o = paths[name]
+                print(
+                    f"concurrency {c}: gateway vs {name}: throughput {g['rps'] / o['rps']:.2f}x, "
+                    f"p50 {g['p50'] - o['p50']:+.2f} ms, CPU per call {g['cpu']:.2f} vs {o['cpu']:.2f} ms"
+                )
 
 
 def load_average() -> str:
@@ -315,6 +325,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=1000, help="python: calls per leg at concurrency 1 (x3 at 32)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--auth", action="store_true", help="the gateway requires an API key (sent by the client)")
+    parser.add_argument("--trace", action="store_true", help="a leg through a gateway with tracing on (100%% sampled)")
     parser.add_argument("--compare", metavar="DIR", help="also measure a gateway run from this checkout")
     parser.add_argument("--serve-gateway", nargs=3, metavar=("PORT", "UPSTREAM", "KEYS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -330,7 +341,11 @@ def main() -> None:
         print("wrk is not installed (apt-get install wrk): the wrk legs are skipped")
         args.generators.remove("wrk")
     up_port = free_port()
-    trees = {"gateway": REPO, **({"compared": Path(args.compare).resolve()} if args.compare else {})}
+    trees = {"gateway": REPO}
+    if args.trace:
+        trees["traced"] = REPO
+    if args.compare:
+        trees["compared"] = Path(args.compare).resolve()
     with Processes() as procs:
         upstream = (
             procs.start(
@@ -346,7 +361,8 @@ def main() -> None:
             port = free_port()
             procs.env["PYTHONPATH"], procs.cwd = str(tree), tree  # the gateway's code is that checkout's
             command = [sys.executable, "-m", "bench.mcp", "--serve-gateway", str(port), upstream, keys]
-            urls[path], pids[path] = procs.start(command, port, path) + "/mcp", procs.procs[-1].pid
+            env = otlp_receiver(procs) if path == "traced" else None
+            urls[path], pids[path] = procs.start(command, port, path, env=env) + "/mcp", procs.procs[-1].pid
         gateways = ", ".join(f"{p}: {t}" for p, t in trees.items())
         print(
             f"MCP tools/call test_echo: direct to the upstream (mcp SDK {package_version('mcp')}) vs. through the "
