@@ -174,8 +174,13 @@ WRK_SCRIPT = """
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
 wrk.method = "POST"
-wrk.body = %(body)s
 %(headers)s
+-- A request id is never reused within a session (a legacy server may mix up replies otherwise).
+sent = 0
+function request()
+  sent = sent + 1
+  return wrk.format(nil, nil, nil, string.format(%(body)s, sent))
+end
 bad = 0
 function response(status, headers, body)
   if status ~= 200 or not string.find(body, %(expect)s, 1, true) then bad = bad + 1 end
@@ -192,8 +197,9 @@ end
 
 
 def wrk_script(target: Target, directory: Path, name: str) -> Path:
-    """The Lua script that makes wrk send ``target``'s call and check each reply."""
-    body = json.dumps(target.body(1, "wrk-echo"))
+    """The Lua script that makes wrk send ``target``'s call, each with an id of its own (wrk runs
+    one thread: a counter is unique), and check each reply."""
+    body = json.dumps(target.body(0, "wrk-echo")).replace('"id": 0,', '"id": %d,', 1)
     headers = "\n".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in target.headers().items())
     path = directory / f"{name}.lua"
     path.write_text(WRK_SCRIPT % {"body": json.dumps(body), "headers": headers, "expect": json.dumps('"wrk-echo"')})
@@ -347,9 +353,11 @@ def main() -> None:
     if args.compare:
         trees["compared"] = Path(args.compare).resolve()
     with Processes() as procs:
+        # The upstream serves both eras (the direct leg of each era needs it), so the gateway's
+        # era discovery speaks 2026-07-28 to it whatever era its own client speaks.
         upstream = (
             procs.start(
-                [sys.executable, str(REPO / "tests/fixtures/mcp_upstream.py"), "--port", str(up_port)],
+                [sys.executable, str(REPO / "tests/fixtures/mcp_upstream.py"), "--port", str(up_port), "--era", "dual"],
                 up_port,
                 "upstream",
             )
