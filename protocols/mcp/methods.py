@@ -72,11 +72,13 @@ from gateway.core.runtime import ActingFor, Runtime
 from gateway.core.settings import load_settings
 from protocols.mcp import wire
 from protocols.mcp.agents import META_TOOLS, AgentTools, agent_tool, tool_error
-from protocols.mcp.client import UpstreamClient, UpstreamTimeout, UpstreamUnavailable, describe
+from protocols.mcp.client import Upstream, UpstreamClient, UpstreamTimeout, UpstreamUnavailable, describe
 from protocols.mcp.federation import Quarantined, UpstreamSet, Visible, configured_upstreams, registry_upstreams
 from protocols.mcp.listen import Filter, Hub, Listener
 from protocols.mcp.modern import ENVELOPE, Envelope, check_param_headers, finish
 from protocols.mcp.sessions import EventLog, Mailbox, Sessions
+from protocols.mcp.stdio_upstream import StdioUpstream
+from protocols.mcp.upstreams_file import UpstreamsFile
 from protocols.mcp.wire import INVALID_PARAMS, INVALID_REQUEST, MCPError
 
 log = logging.getLogger("interlace.mcp")
@@ -101,6 +103,7 @@ class MCPOptions:
     """MCP endpoint options; each has an ``INTERLACE_MCP_*`` environment variable (see from_env)."""
 
     upstreams: tuple[Any, ...] = ()  # fixed upstream MCP servers (see federation.configured_upstreams)
+    upstreams_file: str | None = None  # YAML file of HTTP and stdio upstreams, reloaded on change (upstreams_file.py)
     naming: str = "prefix"  # upstream tool/prompt naming: "prefix" | "pass-through"
     separator: str = "__"
     allowed_hosts: tuple[str, ...] | None = None  # None: loopback (+ the bind host); ("*",): any
@@ -236,7 +239,10 @@ class MCPService:
         self.events = EventLog(kv, self.options.event_ttl_s)
         self.mailbox = Mailbox(kv, self.shared)
         self.agent_tools = AgentTools(self.options.call_timeout_s)
-        self.static_upstreams = configured_upstreams(self.options.upstreams)
+        # The operator's upstreams: the options' list and the upstream file's (a ValueError if it
+        # does not parse), which is reloaded while running.
+        self.upstreams_file = UpstreamsFile(self.options.upstreams_file) if self.options.upstreams_file else None
+        self.static_upstreams = self._operators_upstreams()
         self.upstreams = UpstreamSet(
             self.static_upstreams,
             kv=kv,
@@ -283,8 +289,20 @@ class MCPService:
             **{m: handler for m, handler in self.methods.items() if m not in LEGACY_ONLY},
         }
 
+    def _operators_upstreams(self) -> list[Upstream | StdioUpstream]:
+        listed = configured_upstreams(self.options.upstreams)
+        return listed + (self.upstreams_file.current if self.upstreams_file is not None else [])
+
+    async def _upstreams_file_changed(self, _: list[Upstream | StdioUpstream]) -> None:
+        self.static_upstreams = self._operators_upstreams()
+        static = {u.name for u in self.static_upstreams}
+        registered = [u for u in registry_upstreams(self.runtime) if u.name not in static]
+        await self.upstreams.set_upstreams([*self.static_upstreams, *registered], wait_s=0)
+
     async def start(self) -> None:
         await self.upstreams.start()
+        if self.upstreams_file is not None:
+            self.upstreams_file.start(self._upstreams_file_changed)
         self._spawn(self._watch_agents())
         if self.options.follow_registry:
             self._spawn(self._follow_registry())
@@ -346,6 +364,8 @@ class MCPService:
             changed.clear()
 
     async def stop(self) -> None:
+        if self.upstreams_file is not None:
+            await self.upstreams_file.stop()
         await self.listen.stop()
         for task in [*self.inflight.values(), *self._background]:
             task.cancel()

@@ -1,0 +1,396 @@
+"""An upstream MCP server that speaks stdio: a supervised child process behind the same
+``UpstreamClient`` protocol logic as an HTTP upstream (``protocols.mcp.client``).
+
+``StdioUpstream`` is the operator's entry (``{name, command: [argv...], env, env_passthrough,
+cwd, restart}``, see ``protocols.mcp.upstreams_file``); ``StdioUpstreamClient`` replaces the
+HTTP transport beneath ``UpstreamClient``: JSON-RPC messages are lines on the child's stdin and
+stdout (MCP stdio transport), the rest (requests, timeouts and cancellation, the catalog, what a
+server sends to a client) is the shared logic.
+
+One child serves every caller (a process is not a session): concurrent requests are multiplexed
+by request id. stdio carries no per-request stream, so what the server sends on its own is
+attributed like this:
+
+- a response: to the request with its id;
+- ``notifications/progress``: to the request whose progress token it names (the gateway gives
+  each relayed request a token of its own);
+- a request (sampling, elicitation, roots) or a log message: to the one relayed request in flight
+  that can take it; with none (or several: the wire cannot say which) a request is answered as an
+  HTTP upstream's unrelated request is, and a log message is the upstream's, shown to the callers
+  it offers something (``on_notification``);
+- ``notifications/cancelled`` of a request it sent: to whoever received that request;
+- the rest (list changes, resource updates): ``on_notification``, as an HTTP upstream's GET stream.
+
+Supervision (``gateway.core.children`` starts and stops the process): the child starts with
+exactly the environment named, in its own process group, ended with the gateway even on SIGKILL.
+It is (re)started with backoff: ``backoff_s`` doubling to ``max_backoff_s`` after each run shorter
+than ``stable_s``; ``crash_loop_restarts`` restarts within ``crash_loop_window_s`` is a crash loop
+(logged as an error, restarts every ``max_backoff_s``). ``restart``: ``always`` (default),
+``on-failure`` (not after a clean exit) or ``never``. A server that stops answering (no pong to a
+ping every ``ping_interval_s`` within ``ping_timeout_s``, no answer to ``initialize``), writes
+something that is not JSON-RPC to stdout, or a line over 16 MiB, is killed with its group and
+restarted. Meanwhile its calls fail at once (``UpstreamUnavailable``: ``agent unreachable``) and
+every other upstream keeps working. Its stderr goes to the gateway's log under its name, bounded
+(``gateway.core.children.StderrLog``). ``status()`` says where it stands (state, pid, restarts,
+last exit, stderr tail), for consoles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.core import children
+from gateway.core.aio import wait_cancelled
+from protocols.mcp import wire
+from protocols.mcp.client import MessageHandler, UpstreamClient, UpstreamTimeout, UpstreamUnavailable
+from protocols.mcp.wire import MCPError
+
+log = logging.getLogger("interlace.mcp.upstream")
+
+RESTART_POLICIES = ("always", "on-failure", "never")
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    policy: str = "always"
+    backoff_s: float = 0.5
+    max_backoff_s: float = 60.0
+    stable_s: float = 30.0
+    crash_loop_restarts: int = 5
+    crash_loop_window_s: float = 60.0
+    ping_interval_s: float = 15.0
+    ping_timeout_s: float = 10.0
+    stop_grace_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.policy not in RESTART_POLICIES:
+            raise ValueError(f"restart must be one of {', '.join(RESTART_POLICIES)}, not {self.policy!r}")
+
+
+@dataclass(frozen=True)
+class StdioUpstream:
+    """One stdio MCP server: its name, its command, the environment it gets (``env`` plus the
+    gateway's variables named in ``env_passthrough``, nothing else), its working directory."""
+
+    name: str
+    command: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    env_passthrough: tuple[str, ...] = ()
+    cwd: str | None = None
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+
+    url = ""  # not dialled: nothing for the egress policy to allow
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class StdioUpstreamClient(UpstreamClient):
+    """An ``UpstreamClient`` whose transport is a supervised child process (see the module docstring)."""
+
+    def __init__(
+        self,
+        upstream: StdioUpstream,
+        *,
+        on_notification: Callable[[UpstreamClient, dict[str, Any]], Awaitable[None]],
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        super().__init__(upstream, None, on_notification=on_notification, connect_timeout_s=connect_timeout_s)  # type: ignore[arg-type]
+        self.spec = upstream
+        self.policy = upstream.restart
+        self.state = "starting"
+        self.pid: int | None = None
+        self.restarts = 0
+        self.last_exit: str | None = None
+        self.started_at: float | None = None
+        self.next_start_at: float | None = None
+        self.stderr = children.StderrLog(upstream.name, log)
+        self._proc: asyncio.subprocess.Process | None = None
+        self._running = asyncio.Event()
+        self._supervisor: asyncio.Task | None = None
+        self._write_lock = asyncio.Lock()
+        self._kill_reason: str | None = None
+        self._failures = 0  # short runs in a row
+        self._recent: collections.deque[float] = collections.deque()  # restart times within the crash-loop window
+        # request id -> (its response, who takes what the server sends for it)
+        self._pending: dict[Any, tuple[asyncio.Future, MessageHandler | None]] = {}
+        self._progress: dict[str, MessageHandler] = {}  # progress token (JSON) -> its request's handler
+        self._asked: dict[str, MessageHandler] = {}  # server request id (JSON) -> the handler it went to
+
+    # ---- the process --------------------------------------------------------------------------
+
+    def _start_supervisor(self) -> None:
+        if self._supervisor is None and not self._closed:
+            self._supervisor = asyncio.create_task(self._supervise(), name=f"mcp-stdio-{self.name}")
+
+    async def _supervise(self) -> None:
+        spec, policy = self.spec, self.policy
+        env = children.child_environment(dict(spec.env), spec.env_passthrough)
+        delay = 0.0
+        while not self._closed:
+            if delay:
+                self.next_start_at = time.monotonic() + delay
+                await asyncio.sleep(delay)
+                self.next_start_at = None
+            self.state, self.started_at, self._kill_reason = "starting", None, None
+            try:
+                proc = await children.spawn(spec.command, env, spec.cwd, grace_s=policy.stop_grace_s)
+            except OSError as exc:  # e.g. a cwd that does not exist
+                outcome: int | str = f"could not start: {exc.strerror or exc}"
+            else:
+                outcome = await self._run(proc)
+            if self._closed:
+                break
+            self.last_exit = f"exited with code {outcome}" if isinstance(outcome, int) else outcome
+            self._lost(self.last_exit)
+            if policy.policy == "never" or (policy.policy == "on-failure" and outcome == 0):
+                self.state = "stopped"
+                log.warning("stdio upstream stopped", extra={"upstream": self.name, "reason": self.last_exit})
+                return
+            ran = time.monotonic() - self.started_at if self.started_at is not None else 0.0
+            delay = self._backoff(short=ran < policy.stable_s)
+            log.warning(
+                "stdio upstream restarting",
+                extra={"upstream": self.name, "reason": self.last_exit, "in_s": round(delay, 2), "state": self.state},
+            )
+
+    def _backoff(self, *, short: bool) -> float:
+        """The wait before the next start; sets ``state`` (backoff or crash-loop)."""
+        policy, now = self.policy, time.monotonic()
+        self.restarts += 1
+        self._failures = self._failures + 1 if short else 0
+        self._recent.append(now)
+        while self._recent and now - self._recent[0] > policy.crash_loop_window_s:
+            self._recent.popleft()
+        if len(self._recent) >= policy.crash_loop_restarts:
+            if self.state != "crash-loop":
+                log.error(
+                    "stdio upstream is crash-looping",
+                    extra={"upstream": self.name, "restarts": len(self._recent), "reason": self.last_exit},
+                )
+            self.state = "crash-loop"
+            return policy.max_backoff_s
+        self.state = "backoff"
+        return 0.0 if not self._failures else min(policy.backoff_s * 2 ** (self._failures - 1), policy.max_backoff_s)
+
+    async def _run(self, proc: asyncio.subprocess.Process) -> int | str:
+        """Serve through ``proc`` until it exits; its exit code, or why it was killed."""
+        self._proc, self.pid, self.started_at = proc, proc.pid, time.monotonic()
+        tasks = [
+            asyncio.create_task(self._read(proc), name=f"mcp-stdio-out-{self.name}"),
+            asyncio.create_task(self.stderr.drain(proc.stderr), name=f"mcp-stdio-err-{self.name}"),
+        ]
+        self.state = "running"
+        self._running.set()
+        health = asyncio.create_task(self._health(), name=f"mcp-stdio-health-{self.name}")
+        try:
+            code = await proc.wait()
+        finally:
+            self._running.clear()
+            health.cancel()
+            children.kill_group(proc)  # whatever it started goes with it
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 2.0)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(health, *tasks, return_exceptions=True)
+            self._proc = None
+            self._fail_pending(self._kill_reason or f"exited with code {proc.returncode}")
+        return self._kill_reason or code
+
+    def _kill(self, reason: str) -> None:
+        """End the current process now (it broke the protocol or hung); the supervisor restarts it."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None or self._kill_reason:
+            return
+        self._kill_reason = reason
+        log.warning("stdio upstream killed", extra={"upstream": self.name, "reason": reason})
+        children.kill_group(proc)
+
+    async def _health(self) -> None:
+        """Handshake at once (a restarted server serves again without waiting for a call), then
+        ping: a server that does not answer is killed."""
+        try:
+            await self.ensure()
+        except UpstreamUnavailable as exc:
+            self._kill(f"no session: {exc.detail}")
+            return
+        while True:
+            await asyncio.sleep(self.policy.ping_interval_s)
+            try:
+                await self.request("ping", {}, timeout=self.policy.ping_timeout_s)
+            except UpstreamTimeout:
+                self._kill(f"hung: no answer to ping within {self.policy.ping_timeout_s:g} s")
+                return
+            except MCPError:
+                pass  # an error is an answer
+            except UpstreamUnavailable:
+                return  # it is going away: the supervisor sees to it
+
+    def _fail_pending(self, reason: str) -> None:
+        for fut, _ in self._pending.values():
+            if not fut.done():
+                fut.set_exception(UpstreamUnavailable(self.name, reason))
+
+    async def close(self) -> None:
+        self._closed = True  # first: the supervisor must not restart what is being stopped
+        proc = self._proc
+        if proc is not None:
+            await children.stop(proc, self.policy.stop_grace_s)
+        if self._supervisor is not None:
+            await wait_cancelled(self._supervisor)
+        await super().close()
+        self.state = "stopped"
+
+    def status(self) -> dict[str, Any]:
+        """Where this upstream stands, for consoles and status pages."""
+        now = time.monotonic()
+        return {
+            "name": self.name,
+            "transport": "stdio",
+            "command": list(self.spec.command),
+            "state": self.state,
+            "connected": self.connected,
+            "pid": self.pid if self._proc is not None else None,
+            "restarts": self.restarts,
+            "last_exit": self.last_exit,
+            "last_error": self.last_error,
+            "uptime_s": round(now - self.started_at, 3) if self._proc is not None and self.started_at else None,
+            "next_start_in_s": round(max(0.0, self.next_start_at - now), 3) if self.next_start_at else None,
+            "stderr_tail": list(self.stderr.tail),
+            "stderr_lines_not_logged": self.stderr.dropped_total,
+        }
+
+    # ---- the transport beneath UpstreamClient -------------------------------------------------
+
+    async def _handshake(self) -> None:
+        self._start_supervisor()
+        if self.state in ("backoff", "crash-loop", "stopped"):
+            raise UpstreamUnavailable(self.name, f"{self.state} ({self.last_exit})")
+        await self._running.wait()  # starting: bounded by ensure()'s connect timeout
+        params = {
+            "protocolVersion": wire.LATEST_VERSION,
+            "capabilities": {"sampling": {}, "elicitation": {"form": {}, "url": {}}, "roots": {"listChanged": True}},
+            "clientInfo": {"name": "interlace-gateway", "version": "0.1.0"},
+        }
+        self._ids += 1
+        res = await self._exchange(wire.request(self._ids, "initialize", params), self._ids, None)
+        version = res.get("protocolVersion")
+        if version not in wire.SUPPORTED_VERSIONS:
+            raise UpstreamUnavailable(self.name, f"negotiated unsupported protocol version {version!r}")
+        self.protocol_version = version
+        self.generation += 1
+        self.capabilities = res.get("capabilities") or {}
+        self.server_info = res.get("serverInfo") or {}
+        await self._post_message(wire.notification("notifications/initialized"))
+        if "logging" in self.capabilities:
+            with contextlib.suppress(MCPError, UpstreamUnavailable, UpstreamTimeout):
+                await self._exchange_direct("logging/setLevel", {"level": "debug"})
+        self.connected, self.last_error = True, None
+
+    async def _listen(self) -> None:
+        """No GET stream: what it would carry arrives on stdout (``_route``)."""
+
+    async def _post_message(self, msg: dict[str, Any]) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None or not self._running.is_set():
+            raise UpstreamUnavailable(self.name, f"not running ({self.state})")
+        line = json.dumps(msg, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        try:
+            async with self._write_lock:
+                proc.stdin.write(line)
+                await proc.stdin.drain()
+        except (ConnectionError, RuntimeError) as exc:
+            raise UpstreamUnavailable(self.name, f"its stdin is closed ({exc.__class__.__name__})") from None
+
+    async def _exchange(self, body: dict[str, Any], rid: int, on_message: MessageHandler | None) -> dict[str, Any]:
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._pending[rid] = (fut, on_message)
+        meta = (body.get("params") or {}).get("_meta")
+        token = json.dumps(meta.get("progressToken")) if isinstance(meta, dict) and "progressToken" in meta else None
+        if token is not None and on_message is not None:
+            self._progress[token] = on_message
+        try:
+            await self._post_message(body)
+            reply = await fut
+        finally:
+            self._pending.pop(rid, None)
+            if token is not None:
+                self._progress.pop(token, None)
+            for key in [k for k, h in self._asked.items() if h is on_message]:
+                del self._asked[key]
+        if "error" in reply:
+            err = reply["error"] if isinstance(reply["error"], dict) else {}
+            raise MCPError(
+                err.get("code", wire.INTERNAL_ERROR), str(err.get("message", "upstream error")), err.get("data")
+            )
+        res = reply.get("result")
+        return res if isinstance(res, dict) else {}
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        """The child's stdout: one JSON-RPC message a line; anything else ends the process."""
+        assert proc.stdout is not None
+        while True:
+            try:
+                line = await proc.stdout.readline()
+            except ValueError:  # asyncio.LimitOverrunError, re-raised by readline as ValueError
+                self._kill("wrote a line on stdout longer than 16 MiB")
+                return
+            if not line:
+                return
+            if not line.strip():
+                continue
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                self._kill(f"wrote something that is not JSON-RPC on stdout: {line[:200]!r}")
+                return
+            for one in msg if isinstance(msg, list) else [msg]:
+                if not isinstance(one, dict):
+                    self._kill(f"wrote something that is not JSON-RPC on stdout: {line[:200]!r}")
+                    return
+                try:
+                    await self._route(one)
+                except Exception:  # a relay's bug must not stop the reader every caller depends on
+                    log.exception("stdio upstream message not relayed", extra={"upstream": self.name})
+
+    def _takers(self) -> list[MessageHandler]:
+        """The handlers of the relayed requests in flight (the gateway's own requests have none)."""
+        return [handler for _, handler in self._pending.values() if handler is not None]
+
+    async def _route(self, msg: dict[str, Any]) -> None:
+        method = msg.get("method")
+        if not isinstance(method, str):  # a response
+            hit = self._pending.get(msg.get("id"))
+            if hit is not None and not hit[0].done():
+                hit[0].set_result(msg)
+            return
+        params = msg.get("params") if isinstance(msg.get("params"), dict) else {}
+        takers = self._takers()
+        if "id" in msg:  # a request of the server's
+            if method != "ping" and len(takers) == 1:
+                self._asked[json.dumps(msg["id"])] = takers[0]
+                await self._dispatch(msg, takers[0])
+            elif len(takers) > 1 and method != "ping":
+                why = f"{method}: {len(takers)} calls are in flight and stdio cannot tell which one asks"
+                await self._post_quiet(wire.error(msg["id"], MCPError(wire.INVALID_REQUEST, why)))
+            else:
+                await self._on_get_message(msg)
+        elif method == "notifications/progress":
+            handler = self._progress.get(json.dumps(params.get("progressToken")))
+            if handler is not None:
+                await handler(msg)
+        elif method == "notifications/cancelled":
+            handler = self._asked.pop(json.dumps(params.get("requestId")), None)
+            if handler is not None:
+                await handler(msg)
+        elif method == "notifications/message" and len(takers) == 1:
+            await takers[0](msg)
+        else:
+            await self.on_notification(self, msg)
