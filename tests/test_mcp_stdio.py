@@ -1,0 +1,352 @@
+"""stdio upstreams: real stdio MCP servers as supervised children of the gateway (the SDK-built
+fixture in stdio mode, a misbehaving SDK-built server, the official everything server from npm),
+the relays through one shared child, the exact environment, faults (crash, hang, garbage on
+stdout, a stderr flood) that leave the gateway and other upstreams serving, no orphans (stop,
+removal, SIGKILL of the gateway), and the upstream file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import mcp_types as types
+import pytest
+import yaml
+from mcp import Client
+
+from protocols.mcp.stdio_upstream import RestartPolicy, StdioUpstream
+from protocols.mcp.upstreams_file import load_upstreams
+from tests.conftest import REPO, data_dir, free_port, wait_until
+from tests.fixtures.mcp_support import NODE_DIR, UPSTREAM_SCRIPT, mcp_gateway, node_tools
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning", "ignore::mcp.shared.exceptions.MCPDeprecationWarning"
+)
+
+FAULTY = REPO / "tests" / "fixtures" / "mcp_stdio_faulty.py"
+QUICK = RestartPolicy(backoff_s=0.1, max_backoff_s=1.0, ping_interval_s=0.5, ping_timeout_s=2.0, stop_grace_s=2.0)
+
+
+def sdk_server(name: str = "py") -> StdioUpstream:
+    return StdioUpstream(name, (sys.executable, str(UPSTREAM_SCRIPT), "--stdio", "--name", name), restart=QUICK)
+
+
+def faulty(name: str = "f", **kw) -> StdioUpstream:
+    return StdioUpstream(name, (sys.executable, str(FAULTY)), restart=QUICK, **kw)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"  # a zombie is dead, only not yet reaped
+    except OSError:
+        return False
+
+
+async def gone(*pids: int, timeout: float = 15) -> None:
+    await wait_until(lambda: asyncio.sleep(0, result=not any(alive(p) for p in pids)), timeout=timeout)
+
+
+def text(result) -> str:
+    return result.content[0].text
+
+
+async def test_sdk_stdio_server_serves_every_relay():
+    """Tools, prompts, resources and completion; progress, logging, sampling and elicitation
+    relayed to the one caller in flight, through one child shared by every client."""
+    seen, logs, progress = {}, [], []
+
+    async def sampling(context, params: types.CreateMessageRequestParams):
+        seen["sampling"] = params.messages[0].content.text
+        return types.CreateMessageResult(role="assistant", content=types.TextContent(text="four"), model="stub")
+
+    async def elicitation(context, params):
+        seen["elicitation"] = params.message
+        return types.ElicitResult(action="accept", content={"username": "ada", "email": "ada@example.com"})
+
+    async def on_log(params):
+        logs.append(params.data)
+
+    async def on_progress(value, total, message):
+        progress.append(value)
+
+    async with mcp_gateway([sdk_server()]) as (url, server), asyncio.timeout(90):
+        callbacks = dict(sampling_callback=sampling, elicitation_callback=elicitation, logging_callback=on_log)
+        async with Client(url, mode="legacy", **callbacks) as client:
+            names = {t.name for t in (await client.list_tools()).tools}
+            assert {"py__test_echo", "py__test_sampling", "echo"} <= names
+            assert text(await client.call_tool("py__test_echo", {"text": "over stdio"})) == "over stdio"
+            res = await client.call_tool("py__test_sampling", {"prompt": "2+2?"})
+            assert text(res) == "LLM response: four" and seen["sampling"] == "2+2?"
+            res = await client.call_tool("py__test_elicitation", {"message": "who are you?"})
+            assert "ada@example.com" in text(res) and seen["elicitation"] == "who are you?"
+            await client.set_logging_level("debug")
+            await client.call_tool("py__test_tool_with_logging", {})
+            assert logs == ["Tool execution started", "Tool processing data", "Tool execution completed"]
+            await client.call_tool("py__test_tool_with_progress", {}, progress_callback=on_progress)
+            assert progress == [0, 50, 100]
+            gp = await client.get_prompt("py__test_prompt_with_arguments", {"arg1": "a", "arg2": "b"})
+            assert "arg1='a'" in gp.messages[0].content.text
+            rr = await client.read_resource("test://template/42/data")
+            assert json.loads(rr.contents[0].text)["id"] == "42"
+        async with Client(url, mode="legacy") as first, Client(url, mode="auto") as second:
+            calls = [c.call_tool("py__test_echo", {"text": f"{i}"}) for i in range(25) for c in (first, second)]
+            results = await asyncio.gather(*calls)
+            assert sorted(text(r) for r in results) == sorted(str(i) for i in range(25) for _ in (0, 1))
+        [status] = server.upstreams.status()
+        assert status["state"] == "running" and status["restarts"] == 0 and status["transport"] == "stdio"
+        assert server.upstreams.clients["py"].generation == 1  # one child, one session, for everyone
+
+
+async def test_cancellation_reaches_the_stdio_server():
+    async with mcp_gateway([sdk_server()], call_timeout_s=0.5) as (url, _), asyncio.timeout(60):
+        async with Client(url, mode="legacy") as client:
+            res = await client.call_tool("py__test_slow", {"seconds": 30})
+            assert res.is_error and "did not answer" in text(res)
+
+            async def cancelled() -> bool:
+                return text(await client.call_tool("py__test_cancelled", {})) == "cancelled"
+
+            await wait_until(cancelled, timeout=10)
+
+
+async def test_the_child_gets_exactly_the_environment_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("GATEWAY_SECRET", "never-for-children")
+    monkeypatch.setenv("SERVER_TOKEN", "for-the-server")
+    up = faulty(env=(("MODE", "test"),), env_passthrough=("SERVER_TOKEN", "NOT_SET_ANYWHERE"), cwd=str(tmp_path))
+    async with mcp_gateway([up]) as (url, server), asyncio.timeout(60):
+        async with Client(url, mode="legacy") as client:
+            me = json.loads(text(await client.call_tool("f__whoami", {})))
+        assert me["cwd"] == str(tmp_path)
+        # The environment it was started with (Python later adds LC_CTYPE to its own, PEP 538).
+        with open(f"/proc/{me['pid']}/environ", "rb") as f:
+            env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if item)
+        assert env == {b"MODE": b"test", b"SERVER_TOKEN": b"for-the-server"}
+        assert server.upstreams.status()[0]["pid"] != me["pid"]  # the keeper's, the group leader
+
+
+async def other_upstream_works(client: Client) -> None:
+    assert text(await client.call_tool("ok__echo", {"text": "still here"})) == "still here"
+
+
+async def recovered(client: Client, server, restarts: int = 1) -> None:
+    """The faulty upstream was restarted and serves again."""
+
+    async def serving() -> bool:
+        status = server.upstreams.clients["f"].status()
+        if status["restarts"] < restarts or not status["connected"]:
+            return False
+        return not (await client.call_tool("f__echo", {"text": "back"})).is_error
+
+    await wait_until(serving, timeout=30, interval=0.1)
+
+
+@pytest.mark.parametrize(
+    "fault, reason",
+    [
+        ("crash", "exited with code 3"),
+        ("hang", "hung: no answer to ping"),
+        ("garbage", "not JSON-RPC on stdout"),
+    ],
+)
+async def test_a_broken_server_fails_its_calls_and_is_restarted(fault, reason):
+    async with mcp_gateway([faulty(), faulty("ok")], call_timeout_s=20) as (url, server), asyncio.timeout(90):
+        async with Client(url, mode="legacy") as client:
+            first_pid = server.upstreams.clients["f"].pid
+            started = time.monotonic()
+            res = await client.call_tool(f"f__{fault}", {})
+            assert res.is_error and text(res) == "upstream 'f': agent unreachable"
+            assert time.monotonic() - started < 15  # failed by the supervisor, not by the call timeout
+            await other_upstream_works(client)
+            await recovered(client, server)
+            status = server.upstreams.clients["f"].status()
+            assert reason in status["last_exit"] and status["pid"] != first_pid and status["state"] == "running"
+            await other_upstream_works(client)
+        assert not alive(first_pid)
+
+
+async def test_a_crash_loop_backs_off(tmp_path):
+    crasher = StdioUpstream(
+        "loop",
+        (sys.executable, "-c", "import sys; sys.stderr.write('no luck\\n'); sys.exit(7)"),
+        restart=RestartPolicy(backoff_s=0.05, max_backoff_s=30.0, crash_loop_restarts=3, crash_loop_window_s=60),
+    )
+    async with mcp_gateway([crasher, faulty("ok")]) as (url, server), asyncio.timeout(60):
+        client = server.upstreams.clients["loop"]
+        await wait_until(lambda: asyncio.sleep(0, result=client.state == "crash-loop"), timeout=20)
+        status = client.status()
+        assert status["restarts"] == 3 and status["last_exit"] == "exited with code 7"
+        assert status["stderr_tail"][-1] == "no luck" and 25 < status["next_start_in_s"] <= 30
+        async with Client(url, mode="legacy") as mcp:
+            await other_upstream_works(mcp)
+
+
+async def test_a_stderr_flood_is_bounded(caplog):
+    caplog.set_level("INFO", logger="interlace.mcp.upstream")
+    async with mcp_gateway([faulty(), faulty("ok")]) as (url, server), asyncio.timeout(90):
+        async with Client(url, mode="legacy") as client:
+            flood = asyncio.create_task(client.call_tool("f__flood", {"megabytes": 64}))
+            await other_upstream_works(client)  # the gateway serves while the flood runs
+            assert text(await flood) == "flooded"
+            assert text(await client.call_tool("f__echo", {"text": "fine"})) == "fine"
+        status = server.upstreams.clients["f"].status()
+        assert status["restarts"] == 0 and status["stderr_lines_not_logged"] > 60_000
+        assert len(status["stderr_tail"]) == 50 and status["stderr_tail"][-1] == "x" * 1023
+    logged = [r for r in caplog.records if getattr(r, "stream", None) == "stderr" and r.upstream == "f"]
+    assert 0 < len(logged) <= 1000  # 64 MiB of lines, a few hundred of them logged
+    assert any(getattr(r, "dropped", 0) for r in caplog.records)
+
+
+async def test_no_orphans_when_an_entry_goes_or_the_gateway_stops():
+    async with mcp_gateway([faulty(), faulty("g")]) as (url, server), asyncio.timeout(60):
+        async with Client(url, mode="legacy") as client:
+            f_child = json.loads(text(await client.call_tool("f__whoami", {})))["pid"]
+            f_grandchild = int(text(await client.call_tool("f__grandchild", {})))
+            g_child = json.loads(text(await client.call_tool("g__whoami", {})))["pid"]
+        keepers = [server.upstreams.clients[n].pid for n in ("f", "g")]
+        await server.upstreams.set_upstreams([faulty("g")])  # f goes, with what it started
+        await gone(f_child, f_grandchild, keepers[0])
+        assert alive(g_child)
+    await gone(g_child, keepers[1])
+
+
+async def test_no_orphans_when_the_gateway_is_killed(tmp_path):
+    """SIGKILL of `interlace serve` (no cleanup runs): the children and theirs die anyway."""
+    upstreams = tmp_path / "upstreams.yaml"
+    upstreams.write_text(yaml.safe_dump([{"name": "f", "command": [sys.executable, str(FAULTY)]}]))
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "INTERLACE_DATA_DIR": str(data_dir())}
+    args = ["serve", "--port", str(port), "--no-gossip", "--no-echo", "--mcp-upstreams", str(upstreams)]
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/mcp"
+
+        async def up() -> bool:
+            try:
+                async with Client(url, mode="legacy") as client:
+                    return "f__whoami" in {t.name for t in (await client.list_tools()).tools}
+            except Exception:
+                return False
+
+        async with asyncio.timeout(60):
+            await wait_until(up, timeout=40, interval=0.2)
+            async with Client(url, mode="legacy") as client:
+                child = json.loads(text(await client.call_tool("f__whoami", {})))["pid"]
+                grandchild = int(text(await client.call_tool("f__grandchild", {})))
+            keeper = int(open(f"/proc/{child}/stat").read().split(") ")[1].split()[1])  # its parent
+            assert alive(keeper) and keeper != gateway.pid
+            gateway.send_signal(signal.SIGKILL)
+            gateway.wait(10)
+            await gone(child, grandchild, keeper)
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+            gateway.wait(10)
+
+
+async def test_the_upstream_file_is_reloaded(tmp_path):
+    path = tmp_path / "upstreams.yaml"
+    entry = {"name": "f", "command": [sys.executable, str(FAULTY)], "restart": {"ping_interval_s": 1}}
+    path.write_text(yaml.safe_dump([entry]))
+    async with mcp_gateway(upstreams_file=str(path)) as (url, server), asyncio.timeout(60):
+        server.upstreams_file.interval_s = 0.05
+        first = server.upstreams.clients["f"].pid
+        path.write_text(yaml.safe_dump([{**entry, "name": "g"}]))
+
+        async def swapped() -> bool:
+            return set(server.upstreams.clients) == {"g"} and server.upstreams.clients["g"].connected
+
+        await wait_until(swapped, timeout=30)
+        await gone(first)
+        async with Client(url, mode="legacy") as client:
+            names = {t.name for t in (await client.list_tools()).tools}
+            assert "g__echo" in names and "f__echo" not in names
+        path.write_text("- name: [broken")  # a broken file keeps what is running
+        await asyncio.sleep(0.5)
+        assert set(server.upstreams.clients) == {"g"}
+
+
+def test_the_upstream_file_is_checked(tmp_path):
+    path = tmp_path / "u.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "upstreams": [
+                    {"name": "web", "url": "http://127.0.0.1:9/mcp", "headers": {"Authorization": "Bearer x"}},
+                    {
+                        "name": "fs",
+                        "command": ["npx", "-y", "@modelcontextprotocol/server-filesystem", "/srv"],
+                        "env": {"DEBUG": 1},
+                        "env_passthrough": ["PATH", "HOME"],
+                        "cwd": "/tmp",
+                        "restart": "on-failure",
+                    },
+                ]
+            }
+        )
+    )
+    web, fs = load_upstreams(path)
+    assert web.headers == (("Authorization", "Bearer x"),)
+    assert fs.command[0] == "npx" and fs.env == (("DEBUG", "1"),) and fs.restart.policy == "on-failure"
+    for bad, why in [
+        ([{"name": "x"}], "either url (HTTP) or command"),
+        ([{"name": "x", "command": "npx"}], "command must be a list"),
+        ([{"name": "x", "command": ["a"], "restart": "sometimes"}], "restart must be one of"),
+        ([{"name": "x", "command": ["a"], "environment": {}}], "unknown keys ['environment']"),
+        ([{"name": "x", "command": ["a"]}, {"name": "x", "url": "http://h/mcp"}], "names given twice: x"),
+    ]:
+        path.write_text(yaml.safe_dump(bad))
+        with pytest.raises(ValueError, match=why.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+            load_upstreams(path)
+
+
+@pytest.fixture(scope="module")
+def everything_server():
+    """The official everything server (npm, stdio mode) and the Node it runs on."""
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not installed")
+    node = node_tools() / "node"
+    script = NODE_DIR / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
+    return StdioUpstream("everything", (str(node), str(script), "stdio"), restart=QUICK)
+
+
+async def test_the_official_everything_server_over_stdio(everything_server):
+    progress, seen = [], {}
+
+    async def sampling(context, params: types.CreateMessageRequestParams):
+        seen["sampling"] = params.messages[0].content.text
+        return types.CreateMessageResult(role="assistant", content=types.TextContent(text="hi"), model="stub")
+
+    async def on_progress(value, total, message):
+        progress.append(value)
+
+    async with mcp_gateway([everything_server]) as (url, server), asyncio.timeout(120):
+        async with Client(url, mode="legacy", sampling_callback=sampling) as client:
+            tools = {t.name: t for t in (await client.list_tools()).tools}
+            assert {"everything__echo", "everything__get-sum"} <= set(tools), sorted(tools)
+            assert text(await client.call_tool("everything__echo", {"message": "via npm"})) == "Echo: via npm"
+            assert "5" in text(await client.call_tool("everything__get-sum", {"a": 2, "b": 3}))
+            if "everything__trigger-long-running-operation" in tools:
+                args = {"duration": 1, "steps": 2}
+                await client.call_tool(
+                    "everything__trigger-long-running-operation", args, progress_callback=on_progress
+                )
+                assert progress == [1, 2]
+            if "everything__trigger-sampling-request" in tools:
+                await client.call_tool("everything__trigger-sampling-request", {"prompt": "hello", "maxTokens": 5})
+                assert seen["sampling"] == "hello"
+            prompts = [p.name for p in (await client.list_prompts()).prompts]
+            assert any(p.startswith("everything__") for p in prompts)
+            resources = (await client.list_resources()).resources
+            if resources:
+                rr = await client.read_resource(str(resources[0].uri))
+                assert rr.contents
+        assert server.upstreams.status()[0]["state"] == "running"
