@@ -318,35 +318,39 @@ def everything_server():
     return StdioUpstream("everything", (str(node), str(script), "stdio"), restart=QUICK)
 
 
-async def test_the_official_everything_server_over_stdio(everything_server):
+async def test_the_official_everything_server_over_stdio(everything_server, monkeypatch):
+    monkeypatch.setenv("GATEWAY_SECRET", "never-for-children")
     progress, seen = [], {}
 
     async def sampling(context, params: types.CreateMessageRequestParams):
         seen["sampling"] = params.messages[0].content.text
         return types.CreateMessageResult(role="assistant", content=types.TextContent(text="hi"), model="stub")
 
+    async def elicitation(context, params):
+        seen["elicitation"] = params.message
+        return types.ElicitResult(action="decline")
+
     async def on_progress(value, total, message):
         progress.append(value)
 
+    callbacks = dict(sampling_callback=sampling, elicitation_callback=elicitation)
     async with mcp_gateway([everything_server]) as (url, server), asyncio.timeout(120):
-        async with Client(url, mode="legacy", sampling_callback=sampling) as client:
-            tools = {t.name: t for t in (await client.list_tools()).tools}
-            assert {"everything__echo", "everything__get-sum"} <= set(tools), sorted(tools)
+        async with Client(url, mode="legacy", **callbacks) as client:
+            tools = {t.name for t in (await client.list_tools()).tools}
+            assert {"everything__echo", "everything__get-sum", "everything__get-env"} <= tools, sorted(tools)
             assert text(await client.call_tool("everything__echo", {"message": "via npm"})) == "Echo: via npm"
             assert "5" in text(await client.call_tool("everything__get-sum", {"a": 2, "b": 3}))
-            if "everything__trigger-long-running-operation" in tools:
-                args = {"duration": 1, "steps": 2}
-                await client.call_tool(
-                    "everything__trigger-long-running-operation", args, progress_callback=on_progress
-                )
-                assert progress == [1, 2]
-            if "everything__trigger-sampling-request" in tools:
-                await client.call_tool("everything__trigger-sampling-request", {"prompt": "hello", "maxTokens": 5})
-                assert seen["sampling"] == "hello"
+            env = json.loads(text(await client.call_tool("everything__get-env", {})))
+            assert "GATEWAY_SECRET" not in env and "PATH" not in env  # nothing it was not given
+            name = "everything__trigger-long-running-operation"
+            await client.call_tool(name, {"duration": 1, "steps": 2}, progress_callback=on_progress)
+            assert progress == [1, 2]
+            await client.call_tool("everything__trigger-sampling-request", {"prompt": "hello", "maxTokens": 5})
+            assert seen["sampling"].endswith("hello")
+            res = await client.call_tool("everything__trigger-elicitation-request", {})
+            assert seen["elicitation"] and "decline" in json.dumps([c.model_dump() for c in res.content]).lower()
             prompts = [p.name for p in (await client.list_prompts()).prompts]
             assert any(p.startswith("everything__") for p in prompts)
             resources = (await client.list_resources()).resources
-            if resources:
-                rr = await client.read_resource(str(resources[0].uri))
-                assert rr.contents
+            assert resources and (await client.read_resource(str(resources[0].uri))).contents
         assert server.upstreams.status()[0]["state"] == "running"
