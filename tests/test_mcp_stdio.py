@@ -20,6 +20,7 @@ import pytest
 import yaml
 from mcp import Client
 
+from gateway.cli import build_parser
 from protocols.mcp.stdio_upstream import RestartPolicy, StdioUpstream
 from protocols.mcp.upstreams_file import load_upstreams
 from tests.conftest import REPO, data_dir, free_port, wait_until
@@ -306,6 +307,19 @@ def test_the_upstream_file_is_checked(tmp_path):
         path.write_text(yaml.safe_dump(bad))
         with pytest.raises(ValueError, match=why.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
             load_upstreams(path)
+
+
+def test_the_readme_examples_hold(tmp_path):
+    section = (REPO / "README.md").read_text().split("## MCP servers behind the gateway", 1)[1].split("\n## ", 1)[0]
+    example = tmp_path / "upstreams.yaml"
+    example.write_text(section.split("```yaml", 1)[1].split("```", 1)[0])
+    weather, files, github = load_upstreams(example)
+    assert weather.url.startswith("https://") and files.env_passthrough == ("PATH", "HOME")
+    assert github.cwd == "/srv/repos" and github.restart.policy == "on-failure"
+    host = json.loads(section.split("```json", 1)[1].split("```", 1)[0])["mcpServers"]["interlace"]
+    args = build_parser().parse_args(host["args"])
+    assert host["command"] == "interlace" and (args.command, args.kind) == ("mcp", "stdio")
+    assert args.gateway == "https://gw.example.com" and args.token_file
 
 
 @pytest.fixture(scope="module")
