@@ -54,6 +54,10 @@ async def gone(*pids: int, timeout: float = 15) -> None:
     await wait_until(lambda: asyncio.sleep(0, result=not any(alive(p) for p in pids)), timeout=timeout)
 
 
+def status_of(server, name: str) -> dict:
+    return next(s for s in server.upstreams.status() if s["name"] == name)
+
+
 def text(result) -> str:
     return result.content[0].text
 
@@ -140,7 +144,7 @@ async def recovered(client: Client, server, restarts: int = 1) -> None:
     """The faulty upstream was restarted and serves again."""
 
     async def serving() -> bool:
-        status = server.upstreams.clients["f"].status()
+        status = status_of(server, "f")
         if status["restarts"] < restarts or not status["connected"]:
             return False
         return not (await client.call_tool("f__echo", {"text": "back"})).is_error
@@ -166,7 +170,7 @@ async def test_a_broken_server_fails_its_calls_and_is_restarted(fault, reason):
             assert time.monotonic() - started < 15  # failed by the supervisor, not by the call timeout
             await other_upstream_works(client)
             await recovered(client, server)
-            status = server.upstreams.clients["f"].status()
+            status = status_of(server, "f")
             assert reason in status["last_exit"] and status["pid"] != first_pid and status["state"] == "running"
             await other_upstream_works(client)
         assert not alive(first_pid)
@@ -181,7 +185,7 @@ async def test_a_crash_loop_backs_off(tmp_path):
     async with mcp_gateway([crasher, faulty("ok")]) as (url, server), asyncio.timeout(60):
         client = server.upstreams.clients["loop"]
         await wait_until(lambda: asyncio.sleep(0, result=client.state == "crash-loop"), timeout=20)
-        status = client.status()
+        status = status_of(server, "loop")
         assert status["restarts"] == 3 and status["last_exit"] == "exited with code 7"
         assert status["stderr_tail"][-1] == "no luck" and 25 < status["next_start_in_s"] <= 30
         async with Client(url, mode="legacy") as mcp:
@@ -196,7 +200,7 @@ async def test_a_stderr_flood_is_bounded(caplog):
             await other_upstream_works(client)  # the gateway serves while the flood runs
             assert text(await flood) == "flooded"
             assert text(await client.call_tool("f__echo", {"text": "fine"})) == "fine"
-        status = server.upstreams.clients["f"].status()
+        status = status_of(server, "f")
         assert status["restarts"] == 0 and status["stderr_lines_not_logged"] > 60_000
         assert len(status["stderr_tail"]) == 50 and status["stderr_tail"][-1] == "x" * 1023
     logged = [r for r in caplog.records if getattr(r, "stream", None) == "stderr" and r.upstream == "f"]

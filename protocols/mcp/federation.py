@@ -260,24 +260,6 @@ class UpstreamSet:
             return StdioUpstreamClient(up, on_notification=self._on_notification)
         return UpstreamClient(up, self.http, on_notification=self._on_notification)
 
-    def status(self) -> list[dict[str, Any]]:
-        """Where each upstream stands (a stdio one: its process too, see ``StdioUpstreamClient.status``)."""
-        out = []
-        for client in self.clients.values():
-            if isinstance(client, StdioUpstreamClient):
-                out.append(client.status())
-            else:
-                out.append(
-                    {
-                        "name": client.name,
-                        "transport": "http",
-                        "url": client.url,
-                        "connected": client.connected,
-                        "last_error": client.last_error,
-                    }
-                )
-        return out
-
     @staticmethod
     async def _first_sync(clients: list[UpstreamClient]) -> None:
         await asyncio.gather(*(c.first_attempt.wait() for c in clients))
@@ -517,6 +499,21 @@ class UpstreamSet:
 
     def names(self) -> set[str]:
         return set(self.clients)
+
+    def status(self) -> list[dict[str, Any]]:
+        """Each upstream's connection: whether it is up and what went wrong last; a stdio
+        upstream's process too (``StdioUpstreamClient.process_status``: state, pid, restarts,
+        last exit, stderr tail)."""
+        return [
+            {
+                "name": c.name,
+                "url": c.url,
+                "connected": c.connected,
+                "last_error": c.last_error,
+                **(c.process_status() if isinstance(c, StdioUpstreamClient) else {}),
+            }
+            for c in self.clients.values()
+        ]
 
 
 def _listed(client: UpstreamClient, kind: str, key: str, visible: Visible | None) -> list[dict[str, Any]]:

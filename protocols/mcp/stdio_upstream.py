@@ -31,8 +31,8 @@ ping every ``ping_interval_s`` within ``ping_timeout_s``, no answer to ``initial
 something that is not JSON-RPC to stdout, or a line over 16 MiB, is killed with its group and
 restarted. Meanwhile its calls fail at once (``UpstreamUnavailable``: ``agent unreachable``) and
 every other upstream keeps working. Its stderr goes to the gateway's log under its name, bounded
-(``gateway.core.children.StderrLog``). ``status()`` says where it stands (state, pid, restarts,
-last exit, stderr tail), for consoles.
+(``gateway.core.children.StderrLog``). ``process_status()`` says where it stands (state, pid,
+restarts, last exit, stderr tail), for consoles (``UpstreamSet.status``).
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ class StdioUpstream:
 
     url = ""  # not dialled: nothing for the egress policy to allow
     headers: tuple[tuple[str, str], ...] = ()
+    era = "legacy"  # the handshake over stdio (no server/discover probe)
 
 
 class StdioUpstreamClient(UpstreamClient):
@@ -248,20 +249,18 @@ class StdioUpstreamClient(UpstreamClient):
         await super().close()
         self.state = "stopped"
 
-    def status(self) -> dict[str, Any]:
-        """Where this upstream stands, for consoles and status pages."""
+    def process_status(self) -> dict[str, Any]:
+        """Where the process stands, for consoles and status pages."""
         now = time.monotonic()
+        running = self._proc is not None
         return {
-            "name": self.name,
             "transport": "stdio",
             "command": list(self.spec.command),
             "state": self.state,
-            "connected": self.connected,
-            "pid": self.pid if self._proc is not None else None,
+            "pid": self.pid if running else None,
             "restarts": self.restarts,
             "last_exit": self.last_exit,
-            "last_error": self.last_error,
-            "uptime_s": round(now - self.started_at, 3) if self._proc is not None and self.started_at else None,
+            "uptime_s": round(now - self.started_at, 3) if running and self.started_at else None,
             "next_start_in_s": round(max(0.0, self.next_start_at - now), 3) if self.next_start_at else None,
             "stderr_tail": list(self.stderr.tail),
             "stderr_lines_not_logged": self.stderr.dropped_total,
