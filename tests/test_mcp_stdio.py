@@ -133,7 +133,7 @@ async def test_the_child_gets_exactly_the_environment_named(tmp_path, monkeypatc
         with open(f"/proc/{me['pid']}/environ", "rb") as f:
             env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if item)
         assert env == {b"MODE": b"test", b"SERVER_TOKEN": b"for-the-server"}
-        assert server.upstreams.status()[0]["pid"] != me["pid"]  # the keeper's, the group leader
+        assert server.upstreams.status()[0]["pgid"] != me["pid"]  # the keeper's, the group leader
 
 
 async def other_upstream_works(client: Client) -> None:
@@ -163,7 +163,7 @@ async def recovered(client: Client, server, restarts: int = 1) -> None:
 async def test_a_broken_server_fails_its_calls_and_is_restarted(fault, reason):
     async with mcp_gateway([faulty(), faulty("ok")], call_timeout_s=20) as (url, server), asyncio.timeout(90):
         async with Client(url, mode="legacy") as client:
-            first_pid = server.upstreams.clients["f"].pid
+            first_pid = server.upstreams.clients["f"].pgid
             started = time.monotonic()
             res = await client.call_tool(f"f__{fault}", {})
             assert res.is_error and text(res) == "upstream 'f': agent unreachable"
@@ -171,7 +171,7 @@ async def test_a_broken_server_fails_its_calls_and_is_restarted(fault, reason):
             await other_upstream_works(client)
             await recovered(client, server)
             status = status_of(server, "f")
-            assert reason in status["last_exit"] and status["pid"] != first_pid and status["state"] == "running"
+            assert reason in status["last_exit"] and status["pgid"] != first_pid and status["state"] == "running"
             await other_upstream_works(client)
         assert not alive(first_pid)
 
@@ -214,7 +214,7 @@ async def test_no_orphans_when_an_entry_goes_or_the_gateway_stops():
             f_child = json.loads(text(await client.call_tool("f__whoami", {})))["pid"]
             f_grandchild = int(text(await client.call_tool("f__grandchild", {})))
             g_child = json.loads(text(await client.call_tool("g__whoami", {})))["pid"]
-        keepers = [server.upstreams.clients[n].pid for n in ("f", "g")]
+        keepers = [server.upstreams.clients[n].pgid for n in ("f", "g")]
         await server.upstreams.set_upstreams([faulty("g")])  # f goes, with what it started
         await gone(f_child, f_grandchild, keepers[0])
         assert alive(g_child)
@@ -263,7 +263,7 @@ async def test_the_upstream_file_is_reloaded(tmp_path):
     path.write_text(yaml.safe_dump([entry]))
     async with mcp_gateway(upstreams_file=str(path)) as (url, server), asyncio.timeout(60):
         server.upstreams_file.interval_s = 0.05
-        first = server.upstreams.clients["f"].pid
+        first = server.upstreams.clients["f"].pgid
         path.write_text(yaml.safe_dump([{**entry, "name": "g"}]))
 
         async def swapped() -> bool:

@@ -31,8 +31,8 @@ ping every ``ping_interval_s`` within ``ping_timeout_s``, no answer to ``initial
 something that is not JSON-RPC to stdout, or a line over 16 MiB, is killed with its group and
 restarted. Meanwhile its calls fail at once (``UpstreamUnavailable``: ``agent unreachable``) and
 every other upstream keeps working. Its stderr goes to the gateway's log under its name, bounded
-(``gateway.core.children.StderrLog``). ``process_status()`` says where it stands (state, pid,
-restarts, last exit, stderr tail), for consoles (``UpstreamSet.status``).
+(``gateway.core.children.StderrLog``). ``process_status()`` says where it stands (state, process
+group, restarts, last exit, stderr tail), for consoles (``UpstreamSet.status``).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class StdioUpstreamClient(UpstreamClient):
         self.spec = upstream
         self.policy = upstream.restart
         self.state = "starting"
-        self.pid: int | None = None
+        self.pgid: int | None = None  # the child's process group
         self.restarts = 0
         self.last_exit: str | None = None
         self.started_at: float | None = None
@@ -141,7 +141,7 @@ class StdioUpstreamClient(UpstreamClient):
                 self.next_start_at = None
             self.state, self.started_at, self._kill_reason = "starting", None, None
             try:
-                proc = await children.spawn(spec.command, env, spec.cwd, grace_s=policy.stop_grace_s)
+                proc = await self._spawn(env)
             except OSError as exc:  # e.g. a cwd that does not exist
                 outcome: int | str = f"could not start: {exc.strerror or exc}"
             else:
@@ -160,6 +160,17 @@ class StdioUpstreamClient(UpstreamClient):
                 "stdio upstream restarting",
                 extra={"upstream": self.name, "reason": self.last_exit, "in_s": round(delay, 2), "state": self.state},
             )
+
+    async def _spawn(self, env: dict[str, str]) -> asyncio.subprocess.Process:
+        """Start the process; one started while the gateway was closing it is stopped, not lost."""
+        spec, grace_s = self.spec, self.policy.stop_grace_s
+        spawning = asyncio.ensure_future(children.spawn(spec.command, env, spec.cwd, grace_s=grace_s))
+        try:
+            return await asyncio.shield(spawning)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await children.stop(await spawning, grace_s)
+            raise
 
     def _backoff(self, *, short: bool) -> float:
         """The wait before the next start; sets ``state`` (backoff or crash-loop)."""
@@ -182,7 +193,7 @@ class StdioUpstreamClient(UpstreamClient):
 
     async def _run(self, proc: asyncio.subprocess.Process) -> int | str:
         """Serve through ``proc`` until it exits; its exit code, or why it was killed."""
-        self._proc, self.pid, self.started_at = proc, proc.pid, time.monotonic()
+        self._proc, self.pgid, self.started_at = proc, proc.pid, time.monotonic()
         tasks = [
             asyncio.create_task(self._read(proc), name=f"mcp-stdio-out-{self.name}"),
             asyncio.create_task(self.stderr.drain(proc.stderr), name=f"mcp-stdio-err-{self.name}"),
@@ -257,7 +268,7 @@ class StdioUpstreamClient(UpstreamClient):
             "transport": "stdio",
             "command": list(self.spec.command),
             "state": self.state,
-            "pid": self.pid if running else None,
+            "pgid": self.pgid if running else None,  # the keeper's pid (gateway.core.children)
             "restarts": self.restarts,
             "last_exit": self.last_exit,
             "uptime_s": round(now - self.started_at, 3) if running and self.started_at else None,
