@@ -50,7 +50,7 @@ from typing import Any
 from gateway.core import children
 from gateway.core.aio import wait_cancelled
 from protocols.mcp import wire
-from protocols.mcp.client import MessageHandler, UpstreamClient, UpstreamTimeout, UpstreamUnavailable
+from protocols.mcp.client import MessageHandler, UpstreamClient, UpstreamTimeout, UpstreamUnavailable, result_of
 from protocols.mcp.wire import MCPError
 
 log = logging.getLogger("interlace.mcp.upstream")
@@ -284,25 +284,8 @@ class StdioUpstreamClient(UpstreamClient):
         if self.state in ("backoff", "crash-loop", "stopped"):
             raise UpstreamUnavailable(self.name, f"{self.state} ({self.last_exit})")
         await self._running.wait()  # starting: bounded by ensure()'s connect timeout
-        params = {
-            "protocolVersion": wire.LATEST_VERSION,
-            "capabilities": {"sampling": {}, "elicitation": {"form": {}, "url": {}}, "roots": {"listChanged": True}},
-            "clientInfo": {"name": "interlace-gateway", "version": "0.1.0"},
-        }
-        self._ids += 1
-        res = await self._exchange(wire.request(self._ids, "initialize", params), self._ids, None)
-        version = res.get("protocolVersion")
-        if version not in wire.SUPPORTED_VERSIONS:
-            raise UpstreamUnavailable(self.name, f"negotiated unsupported protocol version {version!r}")
-        self.protocol_version = version
-        self.generation += 1
-        self.capabilities = res.get("capabilities") or {}
-        self.server_info = res.get("serverInfo") or {}
-        await self._post_message(wire.notification("notifications/initialized"))
-        if "logging" in self.capabilities:
-            with contextlib.suppress(MCPError, UpstreamUnavailable, UpstreamTimeout):
-                await self._exchange_direct("logging/setLevel", {"level": "debug"})
-        self.connected, self.last_error = True, None
+        rid, body = self._initialize_request()
+        await self._initialized(await self._reply(body, rid, None), None)
 
     async def _listen(self) -> None:
         """No GET stream: what it would carry arrives on stdout (``_route``)."""
@@ -320,6 +303,10 @@ class StdioUpstreamClient(UpstreamClient):
             raise UpstreamUnavailable(self.name, f"its stdin is closed ({exc.__class__.__name__})") from None
 
     async def _exchange(self, body: dict[str, Any], rid: int, on_message: MessageHandler | None) -> dict[str, Any]:
+        return result_of(await self._reply(body, rid, on_message))
+
+    async def _reply(self, body: dict[str, Any], rid: int, on_message: MessageHandler | None) -> dict[str, Any]:
+        """Send the request ``body``; its response (what the server sends for it goes to ``on_message``)."""
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._pending[rid] = (fut, on_message)
         meta = (body.get("params") or {}).get("_meta")
@@ -328,20 +315,13 @@ class StdioUpstreamClient(UpstreamClient):
             self._progress[token] = on_message
         try:
             await self._post_message(body)
-            reply = await fut
+            return await fut
         finally:
             self._pending.pop(rid, None)
             if token is not None:
                 self._progress.pop(token, None)
             for key in [k for k, h in self._asked.items() if h is on_message]:
                 del self._asked[key]
-        if "error" in reply:
-            err = reply["error"] if isinstance(reply["error"], dict) else {}
-            raise MCPError(
-                err.get("code", wire.INTERNAL_ERROR), str(err.get("message", "upstream error")), err.get("data")
-            )
-        res = reply.get("result")
-        return res if isinstance(res, dict) else {}
 
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
         """The child's stdout: one JSON-RPC message a line; anything else ends the process."""
