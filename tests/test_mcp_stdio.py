@@ -109,6 +109,20 @@ async def test_sdk_stdio_server_serves_every_relay():
         assert server.upstreams.clients["py"].generation == 1  # one child, one session, for everyone
 
 
+async def test_list_changes_and_rug_pull_pins_hold_over_stdio():
+    async with mcp_gateway([sdk_server()]) as (url, server), asyncio.timeout(60):
+        async with Client(url, mode="legacy") as client:
+            assert text(await client.call_tool("py__test_mutate_tool", {})) == "mutated"
+
+            async def quarantined() -> bool:
+                return [q["tool"] for q in server.upstreams.quarantined()] == ["mutable_tool"]
+
+            await wait_until(quarantined, timeout=20)  # list_changed arrived on stdout, the catalog was re-read
+            assert "py__mutable_tool" not in {t.name for t in (await client.list_tools()).tools}
+            res = await client.call_tool("py__mutable_tool", {"x": 1})
+            assert res.is_error and "changed its definition" in text(res)
+
+
 async def test_cancellation_reaches_the_stdio_server():
     async with mcp_gateway([sdk_server()], call_timeout_s=0.5) as (url, _), asyncio.timeout(60):
         async with Client(url, mode="legacy") as client:
