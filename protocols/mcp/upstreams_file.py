@@ -18,7 +18,9 @@ so a server that needs PATH or HOME names them. ``restart`` is ``always`` (defau
 ``entry(data)`` reads one entry. ``UpstreamsFile`` holds the current list and calls its
 listener after each change that parses (a broken file keeps the last good list and is logged),
 polled like the policy file (``gateway.core.watched_file``). A changed entry restarts its
-server; a removed one is stopped with its process group.
+server; a removed one is stopped with its process group. The egress policy allows the hosts of
+the HTTP entries present at start; one added later is dialled under the gateway's egress policy
+as it stands (``--egress-allow`` names what else may be reached).
 """
 
 from __future__ import annotations
