@@ -196,12 +196,19 @@ async def test_a_crash_loop_backs_off(tmp_path):
         (sys.executable, "-c", "import sys; sys.stderr.write('no luck\\n'); sys.exit(7)"),
         restart=RestartPolicy(backoff_s=0.05, max_backoff_s=30.0, crash_loop_restarts=3, crash_loop_window_s=60),
     )
-    async with mcp_gateway([crasher, faulty("ok")]) as (url, server), asyncio.timeout(60):
-        client = server.upstreams.clients["loop"]
-        await wait_until(lambda: asyncio.sleep(0, result=client.state == "crash-loop"), timeout=20)
+    missing = StdioUpstream("missing", ("no-such-server-anywhere",), restart=crasher.restart)
+    async with mcp_gateway([crasher, missing, faulty("ok")]) as (url, server), asyncio.timeout(60):
+
+        async def looping() -> bool:
+            return all(status_of(server, name)["state"] == "crash-loop" for name in ("loop", "missing"))
+
+        await wait_until(looping, timeout=20)
         status = status_of(server, "loop")
         assert status["restarts"] == 3 and status["last_exit"] == "exited with code 7"
         assert status["stderr_tail"][-1] == "no luck" and 25 < status["next_start_in_s"] <= 30
+        status = status_of(server, "missing")
+        assert status["last_exit"] == "exited with code 127"
+        assert status["stderr_tail"][-1] == "cannot start no-such-server-anywhere: No such file or directory"
         async with Client(url, mode="legacy") as mcp:
             await other_upstream_works(mcp)
 
