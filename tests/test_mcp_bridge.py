@@ -1,7 +1,8 @@
 """``interlace mcp stdio``: the official `mcp` SDK's stdio client launches the bridge, which relays
 to a real gateway that requires credentials (API keys), with the caller's token from a file:
 agent tools and a federated upstream's tools, a sampling request from the upstream answered by
-the host, and a token the gateway refuses."""
+the host, the gateway's own notifications (the session's GET stream), and a token the gateway
+refuses."""
 
 from __future__ import annotations
 
@@ -68,6 +69,27 @@ async def test_a_stdio_host_reaches_the_gateway_with_its_token(secured, tmp_path
         assert res.content[0].text == "LLM response: four" and asked["prompt"] == "2+2?"
         calls = [session.call_tool("u__test_echo", {"text": str(i)}) for i in range(10)]
         assert sorted(r.content[0].text for r in await asyncio.gather(*calls)) == sorted(map(str, range(10)))
+
+
+async def test_the_gateways_own_notifications_reach_the_host(secured, tmp_path):
+    """The session's GET stream, relayed: the host hears that the tool list changed."""
+    token = tmp_path / "token"
+    token.write_text(KEY)
+    changed = asyncio.Event()
+
+    async def on_message(message) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            changed.set()
+
+    async with (
+        asyncio.timeout(60),
+        stdio_client(bridge(secured, token)) as (read, write),
+        ClientSession(read, write, message_handler=on_message) as session,
+    ):
+        await session.initialize()
+        await session.list_tools()
+        assert (await session.call_tool("u__test_mutate_tool", {})).content[0].text == "mutated"
+        await changed.wait()
 
 
 async def test_a_refused_token_is_a_clear_error(secured, tmp_path):
