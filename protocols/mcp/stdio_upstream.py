@@ -105,7 +105,8 @@ class StdioUpstreamClient(UpstreamClient):
         super().__init__(upstream, None, on_notification=on_notification, connect_timeout_s=connect_timeout_s)  # type: ignore[arg-type]
         self.spec = upstream
         self.policy = upstream.restart
-        self.state = "starting"
+        self.state = "starting"  # running | exited | backoff | crash-loop | stopped (see _set_state)
+        self._state_changed = asyncio.Event()
         self.pgid: int | None = None  # the child's process group
         self.restarts = 0
         self.last_exit: str | None = None
@@ -113,11 +114,11 @@ class StdioUpstreamClient(UpstreamClient):
         self.next_start_at: float | None = None
         self.stderr = children.StderrLog(upstream.name, log)
         self._proc: asyncio.subprocess.Process | None = None
-        self._running = asyncio.Event()
         self._supervisor: asyncio.Task | None = None
         self._write_lock = asyncio.Lock()
         self._kill_reason: str | None = None
         self._failures = 0  # short runs in a row
+        self._crash_looping = False
         self._recent: collections.deque[float] = collections.deque()  # restart times within the crash-loop window
         # request id -> (its response, who takes what the server sends for it)
         self._pending: dict[Any, tuple[asyncio.Future, MessageHandler | None]] = {}
@@ -139,7 +140,8 @@ class StdioUpstreamClient(UpstreamClient):
                 self.next_start_at = time.monotonic() + delay
                 await asyncio.sleep(delay)
                 self.next_start_at = None
-            self.state, self.started_at, self._kill_reason = "starting", None, None
+            self.started_at, self._kill_reason = None, None
+            self._set_state("starting")
             try:
                 proc = await self._spawn(env)
             except OSError as exc:  # e.g. a cwd that does not exist
@@ -151,7 +153,7 @@ class StdioUpstreamClient(UpstreamClient):
             self.last_exit = f"exited with code {outcome}" if isinstance(outcome, int) else outcome
             self._lost(self.last_exit)
             if policy.policy == "never" or (policy.policy == "on-failure" and outcome == 0):
-                self.state = "stopped"
+                self._set_state("stopped")
                 log.warning("stdio upstream stopped", extra={"upstream": self.name, "reason": self.last_exit})
                 return
             ran = time.monotonic() - self.started_at if self.started_at is not None else 0.0
@@ -172,6 +174,11 @@ class StdioUpstreamClient(UpstreamClient):
                 await children.stop(await spawning, grace_s)
             raise
 
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        self._state_changed.set()  # wakes whoever waits for this change ...
+        self._state_changed = asyncio.Event()  # ... and the next waits for the next
+
     def _backoff(self, *, short: bool) -> float:
         """The wait before the next start; sets ``state`` (backoff or crash-loop)."""
         policy, now = self.policy, time.monotonic()
@@ -181,14 +188,16 @@ class StdioUpstreamClient(UpstreamClient):
         while self._recent and now - self._recent[0] > policy.crash_loop_window_s:
             self._recent.popleft()
         if len(self._recent) >= policy.crash_loop_restarts:
-            if self.state != "crash-loop":
+            if not self._crash_looping:  # said once, not at every restart of the loop
                 log.error(
                     "stdio upstream is crash-looping",
                     extra={"upstream": self.name, "restarts": len(self._recent), "reason": self.last_exit},
                 )
-            self.state = "crash-loop"
+            self._crash_looping = True
+            self._set_state("crash-loop")
             return policy.max_backoff_s
-        self.state = "backoff"
+        self._crash_looping = False
+        self._set_state("backoff")
         return 0.0 if not self._failures else min(policy.backoff_s * 2 ** (self._failures - 1), policy.max_backoff_s)
 
     async def _run(self, proc: asyncio.subprocess.Process) -> int | str:
@@ -198,13 +207,12 @@ class StdioUpstreamClient(UpstreamClient):
             asyncio.create_task(self._read(proc), name=f"mcp-stdio-out-{self.name}"),
             asyncio.create_task(self.stderr.drain(proc.stderr), name=f"mcp-stdio-err-{self.name}"),
         ]
-        self.state = "running"
-        self._running.set()
+        self._set_state("running")
         health = asyncio.create_task(self._health(), name=f"mcp-stdio-health-{self.name}")
         try:
             code = await proc.wait()
         finally:
-            self._running.clear()
+            self._set_state("exited")
             health.cancel()
             children.kill_group(proc)  # whatever it started goes with it
             with contextlib.suppress(TimeoutError):
@@ -258,7 +266,7 @@ class StdioUpstreamClient(UpstreamClient):
         if self._supervisor is not None:
             await wait_cancelled(self._supervisor)
         await super().close()
-        self.state = "stopped"
+        self._set_state("stopped")
 
     def process_status(self) -> dict[str, Any]:
         """Where the process stands, for consoles and status pages."""
@@ -281,9 +289,10 @@ class StdioUpstreamClient(UpstreamClient):
 
     async def _handshake(self) -> None:
         self._start_supervisor()
-        if self.state in ("backoff", "crash-loop", "stopped"):
-            raise UpstreamUnavailable(self.name, f"{self.state} ({self.last_exit})")
-        await self._running.wait()  # starting: bounded by ensure()'s connect timeout
+        while self.state != "running":  # starting: bounded by ensure()'s connect timeout
+            if self.state != "starting":
+                raise UpstreamUnavailable(self.name, f"{self.state} ({self.last_exit})")
+            await self._state_changed.wait()
         rid, body = self._initialize_request()
         await self._initialized(await self._reply(body, rid, None), None)
 
@@ -292,7 +301,7 @@ class StdioUpstreamClient(UpstreamClient):
 
     async def _post_message(self, msg: dict[str, Any]) -> None:
         proc = self._proc
-        if proc is None or proc.stdin is None or not self._running.is_set():
+        if proc is None or proc.stdin is None or self.state != "running":
             raise UpstreamUnavailable(self.name, f"not running ({self.state})")
         line = json.dumps(msg, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
         try:
