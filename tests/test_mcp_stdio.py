@@ -190,6 +190,19 @@ async def test_a_broken_server_fails_its_calls_and_is_restarted(fault, reason):
         assert not alive(first_pid)
 
 
+async def test_a_server_that_never_answers_initialize_is_restarted():
+    silent = StdioUpstream("silent", (sys.executable, "-c", "import time; time.sleep(600)"), restart=QUICK)
+    async with mcp_gateway([silent, faulty("ok")]) as (url, server), asyncio.timeout(60):
+
+        async def restarted() -> bool:
+            return status_of(server, "silent")["restarts"] >= 1
+
+        await wait_until(restarted, timeout=30)
+        assert status_of(server, "silent")["last_exit"].startswith("no session: no answer to")
+        async with Client(url, mode="legacy") as client:
+            await other_upstream_works(client)
+
+
 async def test_a_crash_loop_backs_off(tmp_path):
     crasher = StdioUpstream(
         "loop",
