@@ -2,7 +2,7 @@
 fixture in stdio mode, a misbehaving SDK-built server, the official everything server from npm),
 the relays through one shared child, the exact environment, faults (crash, hang, garbage on
 stdout, a stderr flood) that leave the gateway and other upstreams serving, no orphans (stop,
-removal, SIGKILL of the gateway), and the upstream file."""
+removal, SIGKILL of the gateway), the upstream file, and the console's view of a process."""
 
 from __future__ import annotations
 
@@ -15,16 +15,19 @@ import subprocess
 import sys
 import time
 
+import httpx
 import mcp_types as types
 import pytest
 import yaml
 from mcp import Client
 
 from gateway.cli import build_parser
+from gateway.core.auth import api_key_digest
 from protocols.mcp.stdio_upstream import RestartPolicy, StdioUpstream
 from protocols.mcp.upstreams_file import load_upstreams
-from tests.conftest import REPO, data_dir, free_port, wait_until
+from tests.conftest import REPO, data_dir, free_port, test_config, wait_until
 from tests.fixtures.mcp_support import NODE_DIR, UPSTREAM_SCRIPT, mcp_gateway, node_tools
+from tests.test_console import ADMIN_KEY, ALICE_KEY, signed_in
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::DeprecationWarning", "ignore::mcp.shared.exceptions.MCPDeprecationWarning"
@@ -411,3 +414,31 @@ async def test_the_official_everything_server_over_stdio(everything_server, monk
             resources = (await client.list_resources()).resources
             assert resources and (await client.read_resource(str(resources[0].uri))).contents
         assert server.upstreams.status()[0]["state"] == "running"
+
+
+async def test_the_console_shows_a_stdio_process_to_admins_only(tmp_path):
+    """/ui/upstreams: the process (state, command, stderr tail) is for admins; a caller who may
+    use the upstream's tools sees those, not the command line or its stderr."""
+    keys, policy = tmp_path / "keys.yaml", tmp_path / "policy.yaml"
+    keys.write_text(
+        yaml.safe_dump(
+            [
+                {"principal": "root", "key_sha256": api_key_digest(ADMIN_KEY), "groups": ["admin"]},
+                {"principal": "alice", "key_sha256": api_key_digest(ALICE_KEY), "groups": []},
+            ]
+        )
+    )
+    rules = [{"allow": {"groups": ["admin"]}}, {"allow": {"principal": "alice", "upstream": "f"}}]
+    policy.write_text(yaml.safe_dump({"rules": rules}))
+    config = test_config(api_keys=str(keys), policy=str(policy))
+    async with mcp_gateway([faulty()], config=config) as (url, server), asyncio.timeout(60):
+        server.upstreams.clients["f"].stderr.line(b"started on stdio")
+        async with httpx.AsyncClient(base_url=url.removesuffix("/mcp"), timeout=15) as http:
+            async with await signed_in(http, ADMIN_KEY) as admin:
+                page = (await admin.get("/ui/upstreams")).text
+                assert 'data-name="f"' in page and "running" in page and str(FAULTY) in page
+                assert "started on stdio" in page
+            async with await signed_in(http, ALICE_KEY) as alice:
+                page = (await alice.get("/ui/upstreams")).text
+                assert 'data-name="f"' in page and "echo" in page
+                assert str(FAULTY) not in page and "started on stdio" not in page
