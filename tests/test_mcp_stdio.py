@@ -20,11 +20,13 @@ import mcp_types as types
 import pytest
 import yaml
 from mcp import Client
+from opentelemetry.trace import SpanKind
 
 from gateway.cli import build_parser
 from gateway.core.auth import api_key_digest
 from protocols.mcp.stdio_upstream import RestartPolicy, StdioUpstream
 from protocols.mcp.upstreams_file import load_upstreams
+from tests import test_tracing
 from tests.conftest import REPO, data_dir, free_port, test_config, wait_until
 from tests.fixtures.mcp_support import NODE_DIR, UPSTREAM_SCRIPT, mcp_gateway, node_tools
 from tests.test_console import ADMIN_KEY, ALICE_KEY, signed_in
@@ -442,3 +444,19 @@ async def test_the_console_shows_a_stdio_process_to_admins_only(tmp_path):
                 page = (await alice.get("/ui/upstreams")).text
                 assert 'data-name="f"' in page and "echo" in page
                 assert str(FAULTY) not in page and "started on stdio" not in page
+
+
+spans = test_tracing.spans  # the in-memory exporter fixture
+
+
+async def test_a_traced_call_carries_its_context_over_the_pipe(spans):
+    async with mcp_gateway([sdk_server()]) as (url, _), asyncio.timeout(60):
+        async with Client(url, mode="legacy") as client:
+            keys = text(await client.call_tool("py__test_request_meta", {}))
+        assert "traceparent" in keys  # W3C trace context in params._meta, as over HTTP
+    [call] = [
+        s
+        for s in spans.get_finished_spans()
+        if s.kind == SpanKind.CLIENT and s.attributes.get("gen_ai.tool.name") == "test_request_meta"
+    ]
+    assert call.attributes["network.transport"] == "pipe" and "server.address" not in call.attributes
