@@ -102,6 +102,42 @@ async def test_conformance_alpha_requirements_pass_through_gateway(node_bin, ups
     )
 
 
+# The kit's tasks-* scenarios (the io.modelcontextprotocol/tasks extension: run at the 2026-07-28
+# wire, reported, never scored). tasks-status-notifications has no checks yet (the kit skips it:
+# its harness does not open subscriptions/listen; tests/test_mcp_tasks.py covers it).
+# tasks-mrtr-composition needs a tool (test_tool_with_task) that first gathers input with an
+# input-required result and only then becomes a task. The gateway makes a task of a federated
+# task-supporting call at once and carries the upstream's questions as the task's inputRequests
+# (what confirm_delete and multi_input need); a handshake-era upstream cannot say "ask first,
+# then a task", so the fixture has no such tool and this one check stays failing.
+TASKS_NOT_YET = {"tasks-mrtr-composition": "sep-2663-mrtr-synchronous-before-task-creation"}
+TASKS_CHECKS = 44  # checks the ten tasks-* scenarios of 0.2.0-alpha.12 report against this gateway
+
+
+async def test_conformance_tasks_scenarios_pass_through_gateway(node_bin, upstream, tmp_path):
+    """Every check of the kit's tasks-* scenarios passes (43 of 44) through the gateway, which
+    serves the fixture's long-running tools as its own tasks (protocols/mcp/tasks_ext.py)."""
+    env = node_env(node_bin, tmp_path)
+    rc, out = await run_node(
+        [str(node_bin / "node"), CONFORMANCE_ALPHA, "list", "--requirements", "2026-07-28"], env, 60
+    )
+    scenarios = re.findall(r"^\s+- (tasks-\S+) \[server\]", out, re.MULTILINE)
+    assert rc == 0 and len(scenarios) == 10, out
+    passed, failed, total = [], [], 0
+    async with mcp_gateway([("everything", upstream.url)], naming="pass-through") as (url, _):
+        url = url.replace("127.0.0.1", "localhost")
+        for scenario in scenarios:
+            args = [str(node_bin / "node"), CONFORMANCE_ALPHA, "server", "--url", url, "--scenario", scenario]
+            rc, out = await run_node(args, env, timeout=120)
+            counts = re.search(r"Passed: (\d+)/(\d+), (\d+) failed", out)
+            assert counts, out[-3000:]
+            total += int(counts.group(2))
+            for check, status in re.findall(r"\[([\w-]+)\s*\] (?:\x1b\[\d+m)?(SUCCESS|FAILURE|WARNING)", out):
+                (passed if status == "SUCCESS" else failed).append(f"{scenario}:{check}")
+    assert sorted(failed) == sorted(f"{s}:{c}" for s, c in TASKS_NOT_YET.items()), "\n".join(failed)
+    assert (len(passed), total) == (TASKS_CHECKS - len(TASKS_NOT_YET), TASKS_CHECKS), passed
+
+
 async def test_conformance_pending_scenarios_pass_too(node_bin, upstream, tmp_path):
     """0.1.16's pending scenarios: JSON Schema 2020-12 keywords survive the gateway, and SSE
     polling (a stream closed mid-call, resumed with Last-Event-ID)."""

@@ -1,9 +1,10 @@
 """Federation: the upstream MCP servers behind the gateway, their aggregated catalog, the naming
 policy and the rug-pull pins.
 
-``UpstreamSet`` holds one ``UpstreamClient`` (``protocols.mcp.client``) per (agent name, MCP URL)
-or per stdio server (``StdioUpstreamClient``, ``protocols.mcp.stdio_upstream``: a supervised child
-process; ``status()`` says where each upstream stands),
+``UpstreamSet`` holds one ``UpstreamClient`` (``protocols.mcp.client``) per (agent name, MCP URL),
+which speaks the upstream's own era (2026-07-28 or a handshake-era session), or per stdio server
+(``StdioUpstreamClient``, ``protocols.mcp.stdio_upstream``: a supervised child process);
+``status`` says where each stands,
 keeps each upstream's catalog (tools, resources, resource templates, prompts) fresh on
 ``list_changed``, and exposes the aggregate under a naming policy:
 
@@ -95,8 +96,10 @@ def configured_upstreams(
     items: Iterable[Upstream | StdioUpstream | tuple | dict | str],
 ) -> list[Upstream | StdioUpstream]:
     """The options' fixed upstreams: ``Upstream``, ``StdioUpstream``, ``(name, url[, headers])``,
-    ``{name, url, headers?}``, ``{name, command, ...}`` (stdio) or ``"name=url"`` (``INTERLACE_MCP_UPSTREAMS="name=http://host/mcp,other=http://..."``;
-    a malformed string is skipped)."""
+    ``{name, url, headers?, era?}`` (``era``: ``auto``, ``legacy`` or ``modern``, see ``Upstream``),
+    ``{name, command, ...}`` (stdio, see ``protocols.mcp.upstreams_file``) or ``"name=url"``
+    (``INTERLACE_MCP_UPSTREAMS="name=http://host/mcp,other=http://..."``; a malformed string is
+    skipped)."""
     out: list[Upstream | StdioUpstream] = []
     for item in items:
         if isinstance(item, str):
@@ -279,7 +282,8 @@ class UpstreamSet:
                     client.first_attempt.set()
                     self.m_up.labels(client.name).set(1)
                     log.info(
-                        "upstream connected", extra={"upstream": client.name, "tools": len(client.catalog["tools"])}
+                        "upstream connected",
+                        extra={"upstream": client.name, "era": client.era, "tools": len(client.catalog["tools"])},
                     )
                     await self._changed({"tools", "resources", "prompts"})
                     backoff = 0.5
@@ -481,6 +485,12 @@ class UpstreamSet:
         hit = self._tools.get(name)
         return hit[1].get("inputSchema") if hit else None
 
+    def task_support(self, name: str) -> str | None:
+        """The ``execution.taskSupport`` the exposed upstream tool ``name`` declares (None: none)."""
+        hit = self._tools.get(name)
+        execution = hit[1].get("execution") if hit else None
+        return execution.get("taskSupport") if isinstance(execution, dict) else None
+
     def resolve_prompt(self, name: str) -> tuple[UpstreamClient, str] | None:
         hit = self._prompts.get(name)
         return (hit[0], hit[1]["name"]) if hit else None
@@ -501,13 +511,16 @@ class UpstreamSet:
         return set(self.clients)
 
     def status(self) -> list[dict[str, Any]]:
-        """Each upstream's connection: whether it is up and what went wrong last; a stdio
-        upstream's process too (``StdioUpstreamClient.process_status``: state, pid, restarts,
-        last exit, stderr tail)."""
+        """Each upstream's connection: its era (``modern``, ``legacy``, None before it first
+        connected) and protocol revision, whether it is up, and what went wrong last; a stdio
+        upstream's process too (``StdioUpstreamClient.process_status``: state, process group,
+        restarts, last exit, stderr tail)."""
         return [
             {
                 "name": c.name,
                 "url": c.url,
+                "era": c.era,
+                "protocol_version": c.protocol_version if c.era else None,
                 "connected": c.connected,
                 "last_error": c.last_error,
                 **(c.process_status() if isinstance(c, StdioUpstreamClient) else {}),
