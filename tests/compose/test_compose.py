@@ -121,7 +121,7 @@ async def test_a_signed_agent_registered_at_one_gateway_answers_mcp_at_another_a
                 await session.initialize()
                 assert SIGNED_AGENT in [tool.name for tool in (await session.list_tools()).tools]
                 result = await session.call_tool(SIGNED_AGENT, {"message": "hello over MCP"})
-                assert not result.isError and result.content[0].text == "hello over MCP"
+                assert not result.is_error and result.content[0].text == "hello over MCP"
     credentials = InMemoryContextCredentialStore()
     await credentials.set_credentials("suite", "apiKey", stack.api_key)
     async with asyncio.timeout(60), httpx.AsyncClient(timeout=30) as http:
@@ -166,6 +166,20 @@ async def test_docker_kill_of_a_gateway_leaves_the_others_serving(stack: Stack, 
     compose("start", "gateway-2")
     await first_answer(stack, "gateway-2", "echo", timeout=60)
     assert await node_keys(stack, "gateway-2") == keys
+
+
+async def test_a_gateway_whose_process_ends_is_restarted_by_its_policy(stack: Stack):
+    # `docker kill` above is an operator's stop, which no restart policy undoes; a process that
+    # ends by itself (here: made to, with SIGTERM to the container's first process) is restarted.
+    service = "gateway-3"
+    before = inspect(service)["RestartCount"]
+    docker("exec", inspect(service)["Id"], "sh", "-c", "kill 1")
+
+    async def restarted() -> bool:
+        return inspect(service)["RestartCount"] > before
+
+    await wait_until(restarted, timeout=60, interval=0.5)
+    await first_answer(stack, service, "echo", timeout=60)
 
 
 async def test_a_redis_restart_under_load_loses_no_accepted_task(stack: Stack):
