@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import subprocess
 import time
 
@@ -59,8 +60,12 @@ def test_every_service_runs_confined_and_healthy(stack: Stack):
     for service in ("gateway-1", "echo-worker", "model-worker"):
         host = inspect(service)["HostConfig"]
         assert host["ReadonlyRootfs"] and host["CapDrop"] == ["ALL"], service
-    # Redis is on the internal network only: no port of it is published.
+    # Redis and the workers are on the internal network only, and no port of Redis is published.
     assert not inspect("redis")["HostConfig"]["PortBindings"]
+    for service in ("redis", "echo-worker", "model-worker"):
+        networks = list(inspect(service)["NetworkSettings"]["Networks"])
+        assert len(networks) == 1 and networks[0].endswith("_backend"), (service, networks)
+        assert json.loads(docker("network", "inspect", networks[0]).stdout)[0]["Internal"], networks[0]
 
 
 async def test_the_gateways_require_an_api_key_and_answer_with_one(stack: Stack):
