@@ -161,6 +161,17 @@ def test_compose_keeps_secrets_off_command_lines_and_state_in_volumes():
     )
 
 
+def test_ci_creates_the_compose_files_as_the_readme_says():
+    # .ci/run brings the stack up with the files README "Deploying with docker-compose" has an
+    # operator create, made by the same commands.
+    section = (REPO / "README.md").read_text().split("## Deploying with docker-compose", 1)[1]
+    block = section.split("```sh", 1)[1].split("```", 1)[0]
+    commands = [line.split("  #", 1)[0].strip() for line in block.splitlines()]
+    commands = [c for c in commands if c.startswith(("printf", "head", "chmod"))]
+    ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    assert len(commands) == 4 and all(c in ci for c in commands), commands
+
+
 @pytest.mark.parametrize(
     "name", [n for n, s in compose()["services"].items() if s.get("command", [""])[0] == "interlace"]
 )
