@@ -130,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     auth = serve.add_argument_group("who may call (required on a non-loopback bind)")
     auth.add_argument("--auth-issuer", metavar="URL", help="accept JWTs from this OIDC issuer (keys via discovery)")
     auth.add_argument("--auth-audience", metavar="URL", help="the audience tokens must name (default: --public-url)")
-    auth.add_argument("--api-keys", metavar="FILE", help="accept the API keys of this YAML file (hashed)")
+    auth.add_argument(
+        "--api-keys", metavar="FILE", help="accept the API keys of this YAML file (hashed; re-read on SIGHUP)"
+    )
     auth.add_argument(
         "--allow-anonymous",
         action="store_const",

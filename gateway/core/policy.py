@@ -80,7 +80,6 @@ import fnmatch
 import logging
 import os
 import re
-import signal
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -88,6 +87,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import yaml
 
 from gateway.core.aio import wait_cancelled
+from gateway.core.hangup import off_hangup, on_hangup
 from gateway.core.settings import yaml_problem
 
 if TYPE_CHECKING:  # read by attribute only
@@ -452,7 +452,7 @@ class PolicyFile:
         self._seen: tuple[int, ...] | None = None  # the file version last loaded or tried
         self._listeners: list[Callable[[Policy], None]] = []
         self._watcher: asyncio.Task | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None  # where our SIGHUP handler is
+        self._hup = False  # whether SIGHUP reloads it (gateway.core.hangup)
         self.current = Policy.EMPTY
         self.load()
 
@@ -496,20 +496,14 @@ class PolicyFile:
         if self._watcher is not None:
             return
         self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="policy-watcher")
-        hup = getattr(signal, "SIGHUP", None)
-        if hup is not None:
-            loop = asyncio.get_running_loop()
-            try:
-                loop.add_signal_handler(hup, self.reload)
-            except (NotImplementedError, RuntimeError, ValueError):  # Windows; not the main thread
-                log.info("no SIGHUP here: the policy file is reloaded when it changes", extra={"path": str(self.path)})
-            else:
-                self._loop = loop
+        self._hup = on_hangup(self.reload)
+        if not self._hup:
+            log.info("no SIGHUP here: the policy file is reloaded when it changes", extra={"path": str(self.path)})
 
     async def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.remove_signal_handler(signal.SIGHUP)
-            self._loop = None
+        if self._hup:
+            off_hangup(self.reload)
+            self._hup = False
         if self._watcher is not None:
             await wait_cancelled(self._watcher)
             self._watcher = None

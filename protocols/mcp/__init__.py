@@ -7,9 +7,13 @@ event log and cross-node mailboxes in the shared key/value store), ``streamable_
 binding: which era a POST belongs to, POST/GET/DELETE of sessions, Host/Origin and session
 headers, SSE streams and resumption), ``modern`` (the 2026-07-28 rules: the per-request envelope,
 the mirrored headers, the shape of an answer), ``stateless_http`` (the 2026-07-28 binding: one
-POST, one request, cancellation by closing the stream), ``listen`` (``subscriptions/listen``
+POST, one request, cancellation by closing the stream), ``mrtr`` (2026-07-28 input-required results
+for what an upstream or an agent asks of the client) and ``request_state`` (their signed
+``requestState``), ``listen`` (``subscriptions/listen``
 streams and the change feed nodes share), ``methods`` (``MCPService``: initialize, notifications,
-server/discover, tools, resources, prompts, completion, logging; ``MCPOptions``), ``server``
+server/discover, tools, resources, prompts, completion, logging; ``MCPOptions``), ``tasks_ext``
+(MCP tasks over canonical tasks: the 2026-07-28 ``io.modelcontextprotocol/tasks`` extension and
+the 2025-11-25 tasks utility), ``server``
 (``routes``, ``mount``, the app's service), ``agents``
 (routable agents as tools, the meta tools and the canonical mapping), ``client`` (the MCP client:
 one pooled session with a remote MCP server), ``federation`` (the upstream set, aggregation,
@@ -29,7 +33,8 @@ Options (``MCPOptions``, each also ``INTERLACE_MCP_<NAME>``): ``upstreams``, ``n
 pass-through), ``allowed_hosts`` / ``allowed_origins`` (DNS-rebinding defence: a foreign Host gets
 421, a foreign Origin 403; default loopback hosts only, so a gateway bound to 0.0.0.0 must list
 its public names, e.g. ``INTERLACE_MCP_ALLOWED_HOSTS=gw1:*,gw.example.com:*``),
-``call_timeout_s``, ``session_ttl_s``, ``event_ttl_s``, ``page_size``, ``cache_ttl_ms``. Rug-pull state:
+``call_timeout_s``, ``session_ttl_s``, ``event_ttl_s``, ``page_size``, ``cache_ttl_ms``,
+``task_ttl_ms`` and ``task_poll_ms`` (MCP tasks, tasks_ext.py). Rug-pull state:
 ``GET /registry/agents/{did}`` shows ``mcp_tool_drift``; a re-registration (higher seq) re-pins,
 as does ``app.state.mcp.upstreams.repin(agent, tool)``.
 
@@ -49,6 +54,9 @@ Mapping between MCP and the canonical model (each row is tested in tests/test_mc
 | ``tools/call`` argument ``data`` (object) | second part ``DataPart(data)`` |
 | ``send_task`` ``task_id`` + ``message`` | ``runtime.continue_task(task_id, message)`` |
 | ``notifications/cancelled`` for the call (2026-07-28: its response stream closed) | ``runtime.cancel(task_id)`` |
+| the call as an MCP task (*4) | the same task: MCP task id = canonical id |
+| ``tasks/get``; ``tasks/cancel`` | ``runtime.get``; ``runtime.cancel`` |
+| ``tasks/update`` answer (``tasks/result``'s elicitation, 2025-11-25) | ``runtime.continue_task`` |
 | ``_meta.progressToken`` on the call | each task event -> ``notifications/progress`` |
 | result ``content[]`` text | artifact ``TextPart`` |
 | result text (JSON) + ``structuredContent`` | artifact ``DataPart`` (one dict: it; several: ``{data:[...]}``) |
@@ -57,13 +65,21 @@ Mapping between MCP and the canonical model (each row is tested in tests/test_mc
 | result ``resource_link`` | ``FilePart`` with a ``url`` |
 | ``isError: true`` + the agent's message | task ``failed`` / ``rejected`` / ``canceled``, or not final in time (*1) |
 | result text = the agent's question, ``structuredContent`` (*2) | task ``input-required`` / ``auth-required`` |
+| (2026-07-28, elicitation declared) ``input_required``, ``inputRequests.input`` asks it (*3) | ``input-required`` |
+| retry: ``inputResponses.input`` accepted (``content.message``) | ``runtime.continue_task(task_id, message)`` |
+| retry: ``inputResponses.input`` declined or cancelled | ``runtime.cancel(task_id)`` |
 
 (*1) a task not final in time is then canceled.
 (*2) ``structuredContent`` is ``{task_id, state}``.
+(*3) tested in tests/test_mcp_mrtr.py, with the rows below it (mrtr.py).
+(*4) the extension declared (2026-07-28) or ``params.task`` (2025-11-25); this row and the two
+below it are tested in tests/test_mcp_tasks.py, the status mapping is in tasks_ext.py.
 
 Upstream MCP tools, resources and prompts are relayed as MCP (no canonical task): their
 content passes through unchanged, and progress, logging, cancellation, sampling and elicitation
-are relayed in both directions.
+are relayed in both directions (to a 2026-07-28 client, sampling, elicitation and roots as
+input-required results: mrtr.py). A tool that declares task support may run as a task the
+gateway holds instead (tasks_ext.py).
 """
 
 from protocols.mcp.connector import MCPConnector as Connector

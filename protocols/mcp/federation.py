@@ -2,6 +2,7 @@
 policy and the rug-pull pins.
 
 ``UpstreamSet`` holds one ``UpstreamClient`` (``protocols.mcp.client``) per (agent name, MCP URL),
+which speaks the upstream's own era (2026-07-28 or a handshake-era session: ``status`` says which),
 keeps each upstream's catalog (tools, resources, resource templates, prompts) fresh on
 ``list_changed``, and exposes the aggregate under a naming policy:
 
@@ -89,8 +90,9 @@ def template_regex(template: str) -> re.Pattern:
 
 def configured_upstreams(items: Iterable[Upstream | tuple | dict | str]) -> list[Upstream]:
     """The options' fixed upstreams: ``Upstream``, ``(name, url[, headers])``, ``{name, url,
-    headers?}`` or ``"name=url"`` (``INTERLACE_MCP_UPSTREAMS="name=http://host/mcp,other=http://..."``;
-    a malformed string is skipped)."""
+    headers?, era?}`` (``era``: ``auto``, ``legacy`` or ``modern``, see ``Upstream``) or
+    ``"name=url"`` (``INTERLACE_MCP_UPSTREAMS="name=http://host/mcp,other=http://..."``; a
+    malformed string is skipped)."""
     out = []
     for item in items:
         if isinstance(item, str):
@@ -256,7 +258,8 @@ class UpstreamSet:
                     client.first_attempt.set()
                     self.m_up.labels(client.name).set(1)
                     log.info(
-                        "upstream connected", extra={"upstream": client.name, "tools": len(client.catalog["tools"])}
+                        "upstream connected",
+                        extra={"upstream": client.name, "era": client.era, "tools": len(client.catalog["tools"])},
                     )
                     await self._changed({"tools", "resources", "prompts"})
                     backoff = 0.5
@@ -458,6 +461,12 @@ class UpstreamSet:
         hit = self._tools.get(name)
         return hit[1].get("inputSchema") if hit else None
 
+    def task_support(self, name: str) -> str | None:
+        """The ``execution.taskSupport`` the exposed upstream tool ``name`` declares (None: none)."""
+        hit = self._tools.get(name)
+        execution = hit[1].get("execution") if hit else None
+        return execution.get("taskSupport") if isinstance(execution, dict) else None
+
     def resolve_prompt(self, name: str) -> tuple[UpstreamClient, str] | None:
         hit = self._prompts.get(name)
         return (hit[0], hit[1]["name"]) if hit else None
@@ -476,6 +485,21 @@ class UpstreamSet:
 
     def names(self) -> set[str]:
         return set(self.clients)
+
+    def status(self) -> list[dict[str, Any]]:
+        """Each upstream's connection: its era (``modern``, ``legacy``, None before it first
+        connected) and protocol revision, whether it is up, and what went wrong last."""
+        return [
+            {
+                "name": c.name,
+                "url": c.url,
+                "era": c.era,
+                "protocol_version": c.protocol_version if c.era else None,
+                "connected": c.connected,
+                "last_error": c.last_error,
+            }
+            for c in self.clients.values()
+        ]
 
 
 def _listed(client: UpstreamClient, kind: str, key: str, visible: Visible | None) -> list[dict[str, Any]]:
