@@ -71,7 +71,7 @@ def test_every_service_runs_confined_and_healthy(stack: Stack):
         assert json.loads(docker("network", "inspect", networks[0]).stdout)[0]["Internal"], networks[0]
 
 
-async def test_the_gateways_require_an_api_key_and_answer_with_one(stack: Stack):
+async def test_the_gateways_and_their_console_require_an_api_key_and_answer_with_one(stack: Stack):
     for gateway, url in GATEWAYS.items():
         async with httpx.AsyncClient(base_url=url, timeout=30) as anonymous:
             assert (await anonymous.get("/healthz")).status_code == 200
@@ -82,6 +82,9 @@ async def test_the_gateways_require_an_api_key_and_answer_with_one(stack: Stack)
         async with stack.client(gateway) as client:
             done = await client.post("/tasks?wait=true", json=echo_task(f"via {gateway}"))
             assert done.json()["artifacts"][0]["parts"][0]["text"] == f"via {gateway}"
+            # The console is on the same port, behind the same key.
+            console = await client.get("/ui")
+            assert console.status_code == 200 and console.headers["content-type"].startswith("text/html"), gateway
 
 
 @pytest.fixture(scope="module")
