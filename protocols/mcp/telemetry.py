@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from gateway.core import tracing
 
@@ -83,10 +82,7 @@ def client_span(request: Callable[..., Awaitable[dict[str, Any]]]):
             return await request(client, method, params, **kw)
         params = dict(params or {})
         name, attributes = _attributes(method, params)
-        url = urlsplit(client.url)
-        attributes.update({"server.address": url.hostname or "", "network.transport": "tcp"})
-        if url.port:
-            attributes["server.port"] = url.port
+        attributes.update({**tracing.server_attributes(client.url), "network.transport": "tcp"})
         with tracing.span(name, tracing.CLIENT, attributes) as span:
             meta = dict(params.get("_meta") or {}) if isinstance(params.get("_meta"), dict) else {}
             tracing.inject(meta)
