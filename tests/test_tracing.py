@@ -12,9 +12,10 @@ and the outbound connector, whatever process or node each runs on.
 * ACP (``traceparent`` header) -> the ACP connector -> another gateway's ACP face -> its worker,
   and the internal API -> the ANP connector (signed JSON-RPC) -> another gateway's ANP face -> its
   worker: one trace id, each face's SERVER span and each connector's CLIENT span in the tree.
-* A follow-up that continues a task waiting for input (A2A, ACP resume, the internal API) is
-  traced under its own request's trace, linked to the task's first one; the worker's run for it
-  continues the follow-up's trace, and both backends keep the task's new context.
+* A follow-up that continues a task waiting for input (A2A, ACP resume, MCP send_task, the
+  internal API) is traced under its own request's trace, linked to the task's first one; the
+  worker's run for it continues the follow-up's trace, and both backends keep the task's new
+  context.
 * Once against a real OTLP/HTTP receiver: ``interlace serve``, configured by OTEL_* alone.
 * Off (the default), nothing is traced and tasks carry no context; the backends (both) store
   and hand out the context a task carries.
@@ -377,6 +378,13 @@ async def _follow_up(http: httpx.AsyncClient, face: str, task_id: str) -> None:
     elif face == "acp":
         body = {"await_resume": {"type": "message", "message": {"parts": [{"content": "Paris"}]}}, "mode": "sync"}
         resp = await http.post(f"/acp/runs/{task_id}", json=body, headers=headers)
+    elif face == "mcp":  # the send_task tool; trace context in params._meta (2026-07-28)
+        arguments = {"agent_or_query": "echo", "message": "Paris", "task_id": task_id}
+        raw = ModernRaw(http, str(http.base_url.join("/mcp")))
+        resp, answer = await raw.call(
+            "tools/call", {"name": "send_task", "arguments": arguments}, traceparent=FOLLOW_UP
+        )
+        assert not answer["result"].get("isError"), answer
     else:
         body = {"task_id": task_id, "message": {"role": "user", "parts": [{"kind": "text", "text": "Paris"}]}}
         resp = await http.post("/tasks?wait=true", json=body, headers=headers)
@@ -384,7 +392,7 @@ async def _follow_up(http: httpx.AsyncClient, face: str, task_id: str) -> None:
     assert (await http.get(f"/tasks/{task_id}")).json()["status"]["state"] == "completed"
 
 
-@pytest.mark.parametrize("face", ["a2a", "acp", "tasks"])
+@pytest.mark.parametrize("face", ["a2a", "acp", "mcp", "tasks"])
 async def test_a_follow_up_is_traced_in_its_own_trace_linked_to_the_tasks_first(spans, face):
     app = create_app(test_config())
     async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=20) as http, asyncio.timeout(30):
@@ -412,7 +420,9 @@ async def test_a_follow_up_is_traced_in_its_own_trace_linked_to_the_tasks_first(
         assert parent is None and hex_id(invoke.parent.span_id, 16) == FOLLOW_UP_SPAN
     else:
         assert parent is not None and parent.kind is SpanKind.SERVER
-        assert parent.name == ("SendMessage" if face == "a2a" else "POST /acp/runs/{run_id}")
+        assert (
+            parent.name == {"a2a": "SendMessage", "acp": "POST /acp/runs/{run_id}", "mcp": "tools/call send_task"}[face]
+        )
         assert hex_id(parent.parent.span_id, 16) == FOLLOW_UP_SPAN
     # The worker's run for the follow-up continues the follow-up's trace.
     child(ours, invoke, "process echo")
