@@ -18,10 +18,14 @@ inbound, ``InboundContext`` (an ASGI middleware the app adds only when on) makes
 headers the ambient context of the request, and a face may parent its span on a carrier of its own
 instead (MCP: ``params._meta``); the runtime stores the context of its span with the task
 (``Task.trace``, serialized by both backends), so the worker that takes the task, in any process
-or node, continues the trace; outbound, the egress module adds the current context to every HTTP
-request the gateway makes (``inject_missing``), and the MCP client also into ``params._meta``.
+or node, continues the trace (a follow-up that continues the task replaces it with the context of
+its own request's trace, its span linked to the first: ``span(link=...)``); outbound, the
+egress module adds the current context to every HTTP request the gateway makes
+(``inject_missing``), and the MCP client also into ``params._meta``.
 
-Span kinds are named here (``SERVER`` ...) so callers need no OpenTelemetry import. Tests install
+The faces' spans share ``task_attributes``/``record_task`` (the task a span handled) and
+``server_attributes`` (where a CLIENT span's request goes). Span kinds are named here
+(``SERVER`` ...) so callers need no OpenTelemetry import. Tests install
 an SDK provider of their own (``install``) and remove it (``reset``).
 """
 
