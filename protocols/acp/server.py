@@ -443,7 +443,8 @@ def build_routes(service: ACPService) -> list[BaseRoute]:
     n = ROUTE_PREFIX
 
     def route(path: str, handler: Handler, method: str, name: str) -> Route:
-        return Route(path, guarded(handler, method, path), methods=[method], name=f"{n}:{name}")
+        template = path.replace(":int}", "}")  # the span's http.route: no Starlette converters
+        return Route(path, guarded(handler, method, template), methods=[method], name=f"{n}:{name}")
 
     routes: list[BaseRoute] = [
         route("/acp/ping", service.ping, "GET", "ping"),
