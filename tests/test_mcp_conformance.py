@@ -1,6 +1,7 @@
 """The official MCP conformance suite and the MCP Inspector CLI (2.12.0) against the gateway,
 which fronts the SDK-built upstream fixture in pass-through naming mode next to its own tools
-(the agent tools and the meta tools): the 0.1.16 default suite, and 0.2.0-alpha.12 with
+(the agent tools and the meta tools): the 0.1.16 default suite (the fixture federated over HTTP,
+and again over stdio as a child process of the gateway), and 0.2.0-alpha.12 with
 ``--requirements 2025-11-25`` (the handshake era) and ``--requirements 2026-07-28`` (the
 stateless era), each leg counted in scored scenarios (the kit runs, but does not score, the
 extensions' scenarios, such as ``tasks-*``, and pending ones).
@@ -16,11 +17,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 
 import pytest
 import yaml
 
-from tests.fixtures.mcp_support import UpstreamProcess, mcp_gateway, node_env, node_tools, run_node
+from protocols.mcp.stdio_upstream import StdioUpstream
+from tests.fixtures.mcp_support import UPSTREAM_SCRIPT, UpstreamProcess, mcp_gateway, node_env, node_tools, run_node
 
 CONFORMANCE = "node_modules/@modelcontextprotocol/conformance/dist/index.js"
 CONFORMANCE_ALPHA = "node_modules/mcp-conformance-alpha/dist/index.js"
@@ -40,8 +43,15 @@ def upstream():
         yield up
 
 
-async def test_conformance_default_suite_passes_through_gateway(node_bin, upstream, tmp_path):
-    async with mcp_gateway([("everything", upstream.url)], naming="pass-through") as (url, _):
+def stdio_everything() -> StdioUpstream:
+    """The same SDK-built fixture, federated as a stdio server (a child process of the gateway)."""
+    return StdioUpstream("everything", (sys.executable, str(UPSTREAM_SCRIPT), "--stdio", "--name", "everything"))
+
+
+@pytest.mark.parametrize("transport", ["http", "stdio"])
+async def test_conformance_default_suite_passes_through_gateway(node_bin, upstream, tmp_path, transport):
+    federated = stdio_everything() if transport == "stdio" else ("everything", upstream.url)
+    async with mcp_gateway([federated], naming="pass-through") as (url, _):
         # The suite's DNS-rebinding scenario needs a localhost URL.
         url = url.replace("127.0.0.1", "localhost")
         rc, out = await run_node(

@@ -78,7 +78,6 @@ import dataclasses
 import enum
 import fnmatch
 import logging
-import os
 import re
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
@@ -89,6 +88,7 @@ import yaml
 from gateway.core.aio import wait_cancelled
 from gateway.core.hangup import off_hangup, on_hangup
 from gateway.core.settings import yaml_problem
+from gateway.core.watched_file import file_version, watch
 
 if TYPE_CHECKING:  # read by attribute only
     from gateway.core.principal import Principal
@@ -456,16 +456,9 @@ class PolicyFile:
         self.current = Policy.EMPTY
         self.load()
 
-    def _version(self) -> tuple[int, ...] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
     def load(self) -> Policy:
         """Read and parse the file now, make it current and return it; ValueError if it does not parse."""
-        self._seen = self._version()  # taken first: a write during the read shows as a newer version
+        self._seen = file_version(self.path)  # taken first: a write during the read shows as a newer version
         self.current = load_policy(self.path)
         return self.current
 
@@ -509,17 +502,4 @@ class PolicyFile:
             self._watcher = None
 
     async def _watch(self) -> None:
-        pending = None  # a new version seen once: loaded when the next poll sees it unchanged
-        while True:
-            await asyncio.sleep(self.interval_s)
-            version = self._version()
-            if version == self._seen:
-                pending = None
-            elif version != pending:
-                pending = version
-            else:
-                pending = None
-                try:
-                    self.reload()  # tried once per version: a broken file is logged once, not every second
-                except Exception:  # a bug, not the file: keep the policy in force and keep watching
-                    log.exception("policy reload failed", extra={"path": str(self.path)})
+        await watch(self.path, lambda: self._seen, self.reload, self.interval_s)

@@ -16,8 +16,10 @@ server/discover, tools, resources, prompts, completion, logging; ``MCPOptions``)
 the 2025-11-25 tasks utility), ``server``
 (``routes``, ``mount``, the app's service), ``agents``
 (routable agents as tools, the meta tools and the canonical mapping), ``client`` (the MCP client:
-one pooled session with a remote MCP server), ``federation`` (the upstream set, aggregation,
-naming policy, rug-pull pins), ``connector`` (``MCPConnector``: an MCP server as the target of a
+one pooled session with a remote MCP server), ``stdio_upstream`` (a stdio MCP server as a
+supervised child process beneath the same client logic), ``upstreams_file`` (the operator's
+upstream file, HTTP and stdio entries, reloaded on change), ``federation`` (the upstream set,
+aggregation, naming policy, rug-pull pins), ``connector`` (``MCPConnector``: an MCP server as the target of a
 task from any other protocol: one tool call; its mapping table is in that module).
 
 Use: ``create_app`` serves ``/mcp`` (started and stopped with the app) with the gateway's agents
@@ -29,7 +31,8 @@ federate fixed upstream MCP servers too, call ``mount(app, MCPOptions(upstreams=
 reads the environment for what is not given, ``MCPOptions(...)`` does not);
 ``app.state.mcp.upstreams.set_upstreams([...])`` swaps the set at run time.
 
-Options (``MCPOptions``, each also ``INTERLACE_MCP_<NAME>``): ``upstreams``, ``naming`` (prefix |
+Options (``MCPOptions``, each also ``INTERLACE_MCP_<NAME>``): ``upstreams``, ``upstreams_file``
+(``interlace serve --mcp-upstreams FILE``), ``naming`` (prefix |
 pass-through), ``allowed_hosts`` / ``allowed_origins`` (DNS-rebinding defence: a foreign Host gets
 421, a foreign Origin 403; default loopback hosts only, so a gateway bound to 0.0.0.0 must list
 its public names, e.g. ``INTERLACE_MCP_ALLOWED_HOSTS=gw1:*,gw.example.com:*``),

@@ -170,27 +170,31 @@ class UpstreamClient:
         await self.modern.open()
 
     async def _handshake(self) -> None:
+        self.session_id = None
+        rid, body = self._initialize_request()
+        async with self.http.stream("POST", self.url, json=body, headers=self._headers()) as resp:
+            if resp.status_code != 200:
+                raise UpstreamUnavailable(self.name, f"initialize answered HTTP {resp.status_code}")
+            sid = resp.headers.get("mcp-session-id")
+            reply = await self._read_reply(resp, rid, None)
+        await self._initialized(reply, sid)
+
+    def _initialize_request(self) -> tuple[int, dict[str, Any]]:
         params = {
             "protocolVersion": wire.LATEST_VERSION,
             "capabilities": upstream_modern.CLIENT_CAPABILITIES,
             "clientInfo": upstream_modern.CLIENT_INFO,
         }
         rid = self.next_id()
-        body = wire.request(rid, "initialize", params)
-        async with self.http.stream("POST", self.url, json=body, headers=self._headers()) as resp:
-            if resp.status_code != 200:
-                raise UpstreamUnavailable(self.name, f"initialize answered HTTP {resp.status_code}")
-            sid = resp.headers.get("mcp-session-id")
-            reply = await self._read_reply(resp, rid, None)
-        if "error" in reply:
-            raise MCPError(
-                reply["error"].get("code", wire.INTERNAL_ERROR), reply["error"].get("message", "initialize failed")
-            )
-        res = reply["result"]
+        return rid, wire.request(rid, "initialize", params)
+
+    async def _initialized(self, reply: dict[str, Any], session_id: str | None) -> None:
+        """The handshake once ``initialize`` was answered (whatever the transport: see stdio_upstream)."""
+        res = result_of(reply)
         version = res.get("protocolVersion")
         if version not in wire.SUPPORTED_VERSIONS:
             raise UpstreamUnavailable(self.name, f"negotiated unsupported protocol version {version!r}")
-        self.session_id, self.protocol_version = sid, version
+        self.session_id, self.protocol_version = session_id, version
         self.generation += 1
         self.capabilities = res.get("capabilities") or {}
         self.server_info = res.get("serverInfo") or {}
@@ -328,13 +332,7 @@ class UpstreamClient:
                 raise UpstreamUnavailable(self.name, describe(exc)) from None
             except sse.LineTooLong as exc:
                 raise UpstreamUnavailable(self.name, f"broke the protocol: {exc}") from None
-            if "error" in reply:
-                err = reply["error"] if isinstance(reply["error"], dict) else {}
-                raise MCPError(
-                    err.get("code", wire.INTERNAL_ERROR), str(err.get("message", "upstream error")), err.get("data")
-                )
-            res = reply.get("result")
-            return res if isinstance(res, dict) else {}
+            return result_of(reply)
         raise UpstreamUnavailable(self.name, "keeps forgetting the session")
 
     async def post_stream(self, body: dict[str, Any], headers: dict[str, str], handle: MessageHandler) -> None:
@@ -536,6 +534,15 @@ class UpstreamClient:
                 self.catalog[kind] = await self.list_all(method, key, timeout)
             else:
                 self.catalog[kind] = []
+
+
+def result_of(reply: dict[str, Any]) -> dict[str, Any]:
+    """A response's result, or its error as MCPError."""
+    if "error" in reply:
+        err = reply["error"] if isinstance(reply["error"], dict) else {}
+        raise MCPError(err.get("code", wire.INTERNAL_ERROR), str(err.get("message", "upstream error")), err.get("data"))
+    res = reply.get("result")
+    return res if isinstance(res, dict) else {}
 
 
 def describe(exc: BaseException) -> str:

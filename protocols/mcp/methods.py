@@ -77,7 +77,7 @@ from gateway.core.runtime import ActingFor, Runtime
 from gateway.core.settings import load_settings
 from protocols.mcp import mrtr, telemetry, wire
 from protocols.mcp.agents import META_TOOLS, AgentTools, agent_tool, task_result, tool_error
-from protocols.mcp.client import UpstreamClient, UpstreamTimeout, UpstreamUnavailable, describe
+from protocols.mcp.client import Upstream, UpstreamClient, UpstreamTimeout, UpstreamUnavailable, describe
 from protocols.mcp.federation import Quarantined, UpstreamSet, Visible, configured_upstreams, registry_upstreams
 from protocols.mcp.listen import Filter, Hub, Listener
 from protocols.mcp.modern import ENVELOPE, Envelope, check_param_headers, finish
@@ -93,7 +93,9 @@ from protocols.mcp.mrtr import (
 )
 from protocols.mcp.request_state import RequestStates, refused
 from protocols.mcp.sessions import EventLog, Mailbox, Sessions
+from protocols.mcp.stdio_upstream import StdioUpstream
 from protocols.mcp.tasks_ext import EXTENSION, LEGACY_CAPABILITY, LEGACY_SINCE, MCPTasks
+from protocols.mcp.upstreams_file import UpstreamsFile
 from protocols.mcp.wire import INVALID_PARAMS, INVALID_REQUEST, MCPError
 from schemas import TaskState
 
@@ -119,6 +121,7 @@ class MCPOptions:
     """MCP endpoint options; each has an ``INTERLACE_MCP_*`` environment variable (see from_env)."""
 
     upstreams: tuple[Any, ...] = ()  # fixed upstream MCP servers (see federation.configured_upstreams)
+    upstreams_file: str | None = None  # YAML file of HTTP and stdio upstreams, reloaded on change (upstreams_file.py)
     naming: str = "prefix"  # upstream tool/prompt naming: "prefix" | "pass-through"
     separator: str = "__"
     allowed_hosts: tuple[str, ...] | None = None  # None: loopback (+ the bind host); ("*",): any
@@ -263,7 +266,10 @@ class MCPService:
         )
         self.parked = Parked(self.mailbox, self.options.client_request_timeout_s, self.options.call_timeout_s)
         self.agent_tools = AgentTools(self.options.call_timeout_s)
-        self.static_upstreams = configured_upstreams(self.options.upstreams)
+        # The operator's upstreams: the options' list and the upstream file's (a ValueError if it
+        # does not parse), which is reloaded while running.
+        self.upstreams_file = UpstreamsFile(self.options.upstreams_file) if self.options.upstreams_file else None
+        self.static_upstreams = self._operators_upstreams()
         self.upstreams = UpstreamSet(
             self.static_upstreams,
             kv=kv,
@@ -314,8 +320,20 @@ class MCPService:
         self.methods.update(self.tasks.legacy_methods())
         self.modern_methods.update(self.tasks.modern_methods())
 
+    def _operators_upstreams(self) -> list[Upstream | StdioUpstream]:
+        listed = configured_upstreams(self.options.upstreams)
+        return listed + (self.upstreams_file.current if self.upstreams_file is not None else [])
+
+    async def _upstreams_file_changed(self, _: list[Upstream | StdioUpstream]) -> None:
+        self.static_upstreams = self._operators_upstreams()
+        static = {u.name for u in self.static_upstreams}
+        registered = [u for u in registry_upstreams(self.runtime) if u.name not in static]
+        await self.upstreams.set_upstreams([*self.static_upstreams, *registered], wait_s=0)
+
     async def start(self) -> None:
         await self.upstreams.start()
+        if self.upstreams_file is not None:
+            self.upstreams_file.start(self._upstreams_file_changed)
         self._spawn(self._watch_agents())
         if self.options.follow_registry:
             self._spawn(self._follow_registry())
@@ -377,6 +395,8 @@ class MCPService:
             changed.clear()
 
     async def stop(self) -> None:
+        if self.upstreams_file is not None:
+            await self.upstreams_file.stop()
         await self.listen.stop()
         await self.parked.stop()
         for task in [*self.inflight.values(), *self._background]:

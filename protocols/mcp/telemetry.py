@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.core import tracing
 
@@ -82,7 +83,13 @@ def client_span(request: Callable[..., Awaitable[dict[str, Any]]]):
             return await request(client, method, params, **kw)
         params = dict(params or {})
         name, attributes = _attributes(method, params)
-        attributes.update({**tracing.server_attributes(client.url), "network.transport": "tcp"})
+        url = urlsplit(client.url)
+        if url.hostname:
+            attributes.update({"server.address": url.hostname, "network.transport": "tcp"})
+            if url.port:
+                attributes["server.port"] = url.port
+        else:  # a stdio upstream (stdio_upstream.py): a child process, reached through pipes
+            attributes["network.transport"] = "pipe"
         with tracing.span(name, tracing.CLIENT, attributes) as span:
             meta = dict(params.get("_meta") or {}) if isinstance(params.get("_meta"), dict) else {}
             tracing.inject(meta)
