@@ -434,9 +434,22 @@ def stream_of(record: AgentRecord) -> str:
 def parse_signed(data: Any) -> Signed:
     """A record, tombstone or revocation from JSON data; raises pydantic ValidationError when
     malformed."""
+    if not _encodable(data):  # pydantic cannot even word its error about such a key: refuse it here
+        raise ValidationError.from_exception_data("AgentRecord", [{"type": "string_unicode", "loc": (), "input": None}])
     kind = data.get("type") if isinstance(data, dict) else None
     if kind == "tombstone":
         return Tombstone.model_validate(data)
     if kind == "revocation":
         return Revocation.model_validate(data)
     return AgentRecord.model_validate(data)
+
+
+def _encodable(value: Any) -> bool:
+    """Whether every key and string in ``value`` has a UTF-8 form (no unpaired surrogate)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    except (TypeError, ValueError, RecursionError):  # not JSON at all: pydantic words that itself
+        return True
+    return True
