@@ -35,6 +35,13 @@ class BackendUnavailable(BackendError):
     code = "unavailable"
 
 
+class BackendMisconfigured(BackendError):
+    """The backend's configuration cannot work (a cluster URL pointed at one Redis, or the
+    reverse; refused credentials): a start-up error for the operator, never retried."""
+
+    code = "misconfigured"
+
+
 class QueueFull(BackendError):
     code = "queue_full"
 
@@ -95,6 +102,9 @@ class Limits:
     retention_s: int = 24 * 3600  # finished tasks are dropped this long after they ended
     max_deliveries: int = 5
     max_finished_tasks: int = 100_000  # embedded backend: finished tasks kept in memory at most
+    # Redis: streams each agent's queue spans (a hot agent's queue on several cluster nodes);
+    # every gateway and worker of one Redis must agree. The bound ``max_queue`` is per stream.
+    queue_shards: int = 1
 
 
 class Bus(abc.ABC):
@@ -194,6 +204,9 @@ class Backend(abc.ABC):
     records: RecordStore
     kv: KeyValue
     limits: Limits
+
+    async def check(self) -> None:
+        """Raise BackendMisconfigured when the configuration cannot work (called at start-up)."""
 
     @abc.abstractmethod
     async def ping(self) -> None:
