@@ -206,7 +206,9 @@ class Backend(abc.ABC):
     limits: Limits
 
     async def check(self) -> None:
-        """Raise BackendMisconfigured when the configuration cannot work (called at start-up)."""
+        """Raise BackendMisconfigured when the configuration cannot work (called at start-up);
+        the embedded backend always can."""
+        return None
 
     @abc.abstractmethod
     async def ping(self) -> None:
