@@ -47,6 +47,10 @@ class Supervisor:
         runners = [self.start(worker) for worker in workers]
         await asyncio.gather(*(asyncio.wait_for(r.ready.wait(), timeout_s) for r in runners), return_exceptions=True)
 
+    def unregistered(self) -> list[str]:
+        """The in-process agents whose record is not in the registry now (not ready)."""
+        return sorted(r.worker.agent for r in self._runners if r.register and not r.registered)
+
     async def stop(self, runner: WorkerRunner) -> None:
         self._runners.discard(runner)
         await runner.stop(self.runtime.config.shutdown_grace_s)

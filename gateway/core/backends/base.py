@@ -102,9 +102,6 @@ class Limits:
     retention_s: int = 24 * 3600  # finished tasks are dropped this long after they ended
     max_deliveries: int = 5
     max_finished_tasks: int = 100_000  # embedded backend: finished tasks kept in memory at most
-    # Redis: streams each agent's queue spans (a hot agent's queue on several cluster nodes);
-    # every gateway and worker of one Redis must agree. The bound ``max_queue`` is per stream.
-    queue_shards: int = 1
 
 
 class Bus(abc.ABC):

@@ -4,8 +4,8 @@ One Redis, Redis Cluster (or Valkey cluster) and Sentinel are the same layout (U
 mapping: ``redis_client``). Keys (prefix ``il:``) carry a hash tag, so each script touches one
 cluster slot:
   q:{agent}          stream of task ids, consumer group ``workers``; acked entries are deleted,
-                     so XLEN is the queue depth and the bound on it is exact. With
-                     ``Limits.queue_shards`` N > 1, an agent's queue spans N streams
+                     so XLEN is the queue depth and the bound on it is exact. With the URL's
+                     ``queue_shards`` N > 1, an agent's queue spans N streams
                      (``q:{agent}``, ``q:{agent#1}`` ... on as many slots), a task going to the
                      one its id hashes to; workers read them all
   {b}:t:{id}         hash: ``task`` (canonical JSON), ``by`` (accepting node), ``applied``
@@ -245,10 +245,10 @@ class Keys:
 class Conn:
     """The client, its mode and key layout, and writes acknowledged as the URL asks (``replicas``)."""
 
-    def __init__(self, target: redis_client.Target, limits: Limits) -> None:
+    def __init__(self, target: redis_client.Target) -> None:
         self.target, self.r = target, redis_client.connect(target)
         self.cluster = target.mode == "cluster"
-        self.keys = Keys(CLUSTER_BUCKETS if self.cluster else 1, max(1, limits.queue_shards))
+        self.keys = Keys(CLUSTER_BUCKETS if self.cluster else 1, max(1, target.queue_shards))
 
     async def write(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """Run a write script; with ``replicas`` N, acknowledged only once N replicas have it."""
@@ -637,7 +637,7 @@ class RedisBackend(Backend):
     def __init__(self, url: str, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
         self.target = redis_client.parse(url)
-        self.conn = Conn(self.target, self.limits)
+        self.conn = Conn(self.target)
         self.r, self.keys = self.conn.r, self.conn.keys
         self.bus = RedisBus(self.conn, self.limits)
         self.tasks = RedisTaskStore(self.conn, self.limits)

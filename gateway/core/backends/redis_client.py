@@ -6,7 +6,9 @@ URLs:
                                                     of it, the client finds the rest
   redis+sentinel://host:port[,host:port...]/name[/db]   the primary of service ``name`` as the
                                                     Sentinels name it, followed across failovers
-Any of them may carry ``?replicas=N``: each write that accepts a task, records an event or acks
+Any of them may carry ``?queue_shards=N``: each agent's queue spans N streams (on a cluster, N
+slots: a hot agent's queue on several nodes; the bound on a queue is per stream), and
+``?replicas=N``: each write that accepts a task, records an event or acks
 an entry is acknowledged only once N replicas have it (Redis ``WAIT``), so that a failover
 loses no acknowledged write; when fewer replicas confirm within ``replica_timeout_ms`` the write
 is reported unavailable (503), never acknowledged. Default 0: Redis's own asynchronous
@@ -23,7 +25,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from gateway.core.backends.base import BackendMisconfigured, BackendUnavailable
 
@@ -79,25 +81,29 @@ def translate(fn):
     return wrapper
 
 
+_OPTIONS = ("replicas", "replica_timeout_ms", "queue_shards")  # Interlace's own URL options
+
+
 @dataclass(frozen=True)
 class Target:
     mode: str  # "single" | "cluster" | "sentinel"
     url: str
     replicas: int = 0
     replica_timeout_ms: int = 1_000
+    queue_shards: int = 1
 
 
 def parse(url: str) -> Target:
     scheme = url.split("://", 1)[0].lower()
     query = parse_qs(urlsplit(url).query)
-    replicas = int(query.get("replicas", ["0"])[0])
-    timeout = int(query.get("replica_timeout_ms", ["1000"])[0])
-    if scheme in ("redis+cluster", "rediss+cluster"):
-        return Target("cluster", url, replicas, timeout)
-    if scheme in ("redis+sentinel", "rediss+sentinel"):
-        return Target("sentinel", url, replicas, timeout)
-    if scheme in ("redis", "rediss", "unix"):
-        return Target("single", url, replicas, timeout)
+    try:
+        options = {name: int(query[name][0]) for name in _OPTIONS if name in query}
+    except ValueError as exc:
+        raise BackendMisconfigured(f"a Redis URL option is not a number: {exc}") from None
+    modes = {"redis": "single", "rediss": "single", "unix": "single", "redis+cluster": "cluster"}
+    modes |= {"rediss+cluster": "cluster", "redis+sentinel": "sentinel", "rediss+sentinel": "sentinel"}
+    if scheme in modes:
+        return Target(modes[scheme], url, **options)
     raise BackendMisconfigured(f"unknown Redis URL scheme {scheme!r}: redis://, redis+cluster:// or redis+sentinel://")
 
 
@@ -129,7 +135,9 @@ def connect(target: Target) -> Any:
     """A client for ``target``: ``redis.asyncio.Redis`` (single, Sentinel) or ``RedisCluster``."""
     parts = urlsplit(target.url)
     if target.mode == "single":
-        return aioredis.Redis.from_url(target.url.split("?", 1)[0], health_check_interval=15, **_COMMON, **_retry())
+        rest = [(k, v) for k, v in parse_qsl(parts.query) if k not in _OPTIONS]  # redis-py's own options stay
+        url = urlunsplit(parts._replace(query=urlencode(rest)))
+        return aioredis.Redis.from_url(url, health_check_interval=15, **_COMMON, **_retry())
     hosts, user, password = _hosts(parts.netloc)
     tls = parts.scheme.lower().startswith("rediss")
     if target.mode == "cluster":
