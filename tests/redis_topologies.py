@@ -43,10 +43,12 @@ class _Servers:
             raise RuntimeError("redis-server and redis-cli are needed: apt-get install -y redis-server")
         self.dir = Path(tempfile.mkdtemp(prefix="interlace-redis-topology-"))
         self.procs: dict[int, subprocess.Popen] = {}
+        self._args: dict[int, tuple[str, ...]] = {}
 
     def _spawn(self, port: int, *args: str) -> None:
         workdir = self.dir / str(port)
         workdir.mkdir(exist_ok=True)
+        self._args[port] = args
         base = ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", "", "--appendonly", "no"]
         self.procs[port] = subprocess.Popen(
             [self.binary, *base, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -58,6 +60,11 @@ class _Servers:
         proc = self.procs.pop(port)
         proc.send_signal(signal.SIGKILL)
         proc.wait(5)
+
+    def restart(self, port: int) -> None:
+        """Start a killed server again on its port, with its directory (a cluster node keeps its
+        node id and rejoins; a former master comes back as its successor's replica)."""
+        self._spawn(port, *self._args[port])
 
     def stop(self) -> None:
         for port in list(self.procs):

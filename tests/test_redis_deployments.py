@@ -68,6 +68,10 @@ async def test_a_gateway_on_a_misconfigured_url_fails_start_up_at_once(redis_clu
         rexc.SlotNotCoveredError("slot 12 not covered"),
         rexc.ResponseError("UNBLOCKED force unblock from blocking operation, instance state changed"),
         rexc.ResponseError("NOREPLICAS Not enough good replicas to write."),
+        rexc.ResponseError(
+            "Command # 2 (WAIT 1 1000) of pipeline caused error: ('WAIT cannot be used with replica instances."
+        ),
+        rexc.ResponseError("Command # 1 (EVALSHA x) of pipeline caused error: UNBLOCKED force unblock"),
         ConnectionResetError(),
     ],
     ids=lambda e: e.__class__.__name__ + ":" + str(e).split(" ")[0],

@@ -61,7 +61,13 @@ _TRANSIENT_REPLIES = ("UNBLOCKED", "NOREPLICAS", "LOADING", "MASTERDOWN", "CLUST
 def transient(exc: BaseException) -> bool:
     if isinstance(exc, _TRANSIENT):
         return True
-    return isinstance(exc, rexc.ResponseError) and str(exc).split(" ", 1)[0] in _TRANSIENT_REPLIES
+    if not isinstance(exc, rexc.ResponseError):
+        return False
+    reply = str(exc)
+    if "of pipeline caused error: " in reply:  # redis-py's note on an error inside a pipeline
+        reply = reply.split("of pipeline caused error: ", 1)[1].lstrip("('\"")
+    # WAIT sent to a primary demoted under us (Sentinel): the next command reconnects.
+    return reply.split(" ", 1)[0] in _TRANSIENT_REPLIES or "used with replica instances" in reply
 
 
 def translate(fn):
