@@ -37,7 +37,10 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 
 class _Servers:
-    def __init__(self) -> None:
+    """``extra``: more redis-server arguments for every server (the benchmarks ask for AOF)."""
+
+    def __init__(self, extra: tuple[str, ...] = ()) -> None:
+        self.extra = extra
         self.binary = shutil.which("redis-server")
         if self.binary is None or shutil.which("redis-cli") is None:
             raise RuntimeError("redis-server and redis-cli are needed: apt-get install -y redis-server")
@@ -51,7 +54,7 @@ class _Servers:
         self._args[port] = args
         base = ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", "", "--appendonly", "no"]
         self.procs[port] = subprocess.Popen(
-            [self.binary, *base, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [self.binary, *base, *args, *self.extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         wait_for(lambda: cli(port, "PING", timeout=1) == "PONG", 10, f"redis-server on {port}")
 
@@ -75,8 +78,8 @@ class _Servers:
 class RedisCluster(_Servers):
     """``masters`` masters (and ``replicas`` replicas each) on free loopback ports."""
 
-    def __init__(self, masters: int = 3, replicas: int = 0) -> None:
-        super().__init__()
+    def __init__(self, masters: int = 3, replicas: int = 0, extra: tuple[str, ...] = ()) -> None:
+        super().__init__(extra)
         self.ports = [free_port() for _ in range(masters * (1 + replicas))]
         self.replicas = replicas
         self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:masters])

@@ -154,6 +154,18 @@ async def test_unacked_entry_is_redelivered_after_visibility_timeout(backend):
     assert [(d.task_id, d.entry_id, d.attempt) for d in again] == [(task.id, first[0].entry_id, 2)]
 
 
+async def test_an_entry_its_own_consumer_let_go_comes_back_without_counting(backend):
+    """A worker that lets an entry go because the bus failed under it gets it back as the same
+    delivery: a bus outage must not use up a task's deliveries (the poison rule's count)."""
+    task = new_task()
+    await backend.tasks.submit(task, "echo", "n")
+    (first,) = await backend.bus.receive("echo", "c1", block_ms=1000)
+    again = await backend.bus.receive("echo", "c1", block_ms=3000)
+    assert [(d.entry_id, d.attempt) for d in again] == [(first.entry_id, 1)]
+    other = await backend.bus.receive("echo", "c2", block_ms=3000)  # c1 died holding it
+    assert [(d.entry_id, d.attempt) for d in other] == [(first.entry_id, 2)]
+
+
 async def test_extend_keeps_the_entry(backend):
     task = new_task()
     await backend.tasks.submit(task, "echo", "n")

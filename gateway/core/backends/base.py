@@ -107,7 +107,10 @@ class Limits:
 class Bus(abc.ABC):
     @abc.abstractmethod
     async def receive(self, agent: str, consumer: str, *, block_ms: int, count: int = 1) -> list[Delivery]:
-        """Entries for ``consumer``: stale ones of dead consumers first, then new ones."""
+        """Entries for ``consumer``: stale ones of dead consumers first, then new ones. A stale
+        entry counts as one delivery more (``attempt``, which the poison rule bounds) when
+        another consumer held it; one ``consumer`` let go itself, as a worker does when the bus
+        fails under it, comes back with its count unchanged: an outage uses up no deliveries."""
 
     @abc.abstractmethod
     async def extend(self, delivery: Delivery, consumer: str) -> None:

@@ -352,16 +352,26 @@ class RedisBus(Bus):
         return [Delivery(agent, eid, f["task"], 1) for _, entries in got or [] for eid, f in entries]
 
     async def _claim_stale(self, agent: str, stream: str, consumer: str, count: int) -> list[Delivery]:
-        _, claimed, _ = await self.r.xautoclaim(
-            stream, GROUP, consumer, self.limits.visibility_timeout_ms, "0-0", count=count
-        )
-        if not claimed:
+        """Entries idle past the visibility timeout. One another consumer held counts as a
+        delivery more (its holder died mid-run: the poison rule counts these); one this consumer
+        held itself does not: it let it go only because the bus failed under it (or it is
+        retrying after a lost lock), and a bus outage must not use up a task's deliveries."""
+        idle = self.limits.visibility_timeout_ms
+        stale = await self.r.xpending_range(stream, GROUP, min="-", max="+", count=count, idle=idle)
+        if not stale:
             return []
-        pending = await self.r.xpending_range(
-            stream, GROUP, min=claimed[0][0], max=claimed[-1][0], count=len(claimed) + 16
-        )
-        times = {p["message_id"]: p["times_delivered"] for p in pending}
-        return [Delivery(agent, eid, f["task"], int(times.get(eid, 2))) for eid, f in claimed if f]
+        calls = []
+        for p in stale:
+            own = p["consumer"] == consumer
+            retry = {"retrycount": int(p["times_delivered"])} if own else {}
+            calls.append(("xclaim", (stream, GROUP, consumer, idle, [p["message_id"]]), retry))
+        claimed = await self.c.each(calls)
+        out = []
+        for p, got in zip(stale, claimed):
+            own = p["consumer"] == consumer
+            times = int(p["times_delivered"]) + (0 if own else 1)
+            out += [Delivery(agent, eid, f["task"], times) for eid, f in got or [] if f]
+        return out
 
     @translate
     async def extend(self, delivery: Delivery, consumer: str) -> None:
