@@ -41,7 +41,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 # Transient by class: connections, timeouts, loading, a cluster down or failing over (CLUSTERDOWN,
 # MASTERDOWN, TRYAGAIN), redirections left over once the client's own retries are spent, a write
-# that reached a demoted primary, memory pressure, a slot no node serves yet.
+# that reached a demoted primary, memory pressure, a slot no node serves yet, a script that a
+# just-promoted replica has not loaded (the client loads it on its first miss; a second miss is
+# a topology change under the call).
 _TRANSIENT = (
     rexc.ConnectionError,
     rexc.TimeoutError,
@@ -49,6 +51,7 @@ _TRANSIENT = (
     rexc.AskError,
     rexc.TryAgainError,
     rexc.ReadOnlyError,
+    rexc.NoScriptError,
     rexc.OutOfMemoryError,
     rexc.RedisClusterException,
     OSError,
