@@ -108,9 +108,10 @@ class WorkerRunner:
         self._stopping = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
         self.ready = asyncio.Event()
-        # Whether its record is in the registry now: False until the first registration and
-        # again while re-signing fails (a gateway is not ready while one of its agents is not).
-        self.registered = False
+        # Whether its name is routable now: its record is in the registry, or the name belongs
+        # to another agent's record (tasks go to that holder). False until the first answer and
+        # again while re-signing fails: a gateway is not ready while one of its agents is not.
+        self.routable = False
 
     def start(self) -> asyncio.Task:
         if self.register:
@@ -141,7 +142,7 @@ class WorkerRunner:
                 )
                 await self.link.register(sign(record, self.identity))
                 self._claimed_at = record.claimed_at
-                self.registered = True
+                self.routable = True
                 self.ready.set()
                 backoff, taken, adopted = 0.1, False, False
                 await self._sleep(self.lease_s / 3)
@@ -159,6 +160,7 @@ class WorkerRunner:
                             extra={"agent": self.worker.agent, "did": self.identity.did},
                         )
                     taken = True
+                    self.routable = True
                     self.ready.set()  # the name is routable: to its holder
                     await self._sleep(self.lease_s / 3)
                     continue
@@ -168,7 +170,7 @@ class WorkerRunner:
 
     async def _retry(self, exc: Exception, backoff: float) -> float:
         """Log a failed registration, wait ``backoff``; the next backoff."""
-        self.registered = False
+        self.routable = False
         log.warning("registration failed, retrying", extra={"agent": self.worker.agent, "error": str(exc)[:300]})
         await self._sleep(backoff)
         return min(backoff * 2, self.lease_s / 3)

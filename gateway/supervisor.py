@@ -47,9 +47,9 @@ class Supervisor:
         runners = [self.start(worker) for worker in workers]
         await asyncio.gather(*(asyncio.wait_for(r.ready.wait(), timeout_s) for r in runners), return_exceptions=True)
 
-    def unregistered(self) -> list[str]:
-        """The in-process agents whose record is not in the registry now (not ready)."""
-        return sorted(r.worker.agent for r in self._runners if r.register and not r.registered)
+    def not_routable(self) -> list[str]:
+        """The in-process agents whose name is not routable now (/readyz: not ready)."""
+        return sorted(r.worker.agent for r in self._runners if r.register and not r.routable)
 
     async def stop(self, runner: WorkerRunner) -> None:
         self._runners.discard(runner)

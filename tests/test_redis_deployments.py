@@ -156,6 +156,17 @@ async def test_readyz_is_not_ready_while_an_in_process_agent_cannot_register():
                     assert "echo" in ready.json()["error"]["message"] and ready.headers["retry-after"] == "1"
 
 
+async def test_readyz_is_ready_when_an_in_process_agents_name_is_held_by_another(redis_server):
+    """Two gateways on one Redis, each with an echo agent of its own key: the second one's name
+    belongs to the first one's record, and tasks go there; both gateways are ready."""
+    redis_server.flush()
+    async with running_gateway(test_config(redis_url=redis_server.url)) as (first, _):
+        async with running_gateway(test_config(redis_url=redis_server.url)) as (second, _):
+            async with httpx.AsyncClient(timeout=10) as client:
+                for url in (first, second):
+                    assert (await client.get(f"{url}/readyz")).status_code == 200
+
+
 @pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
 async def test_a_hot_agents_queue_spans_several_streams(kind, request):
     from tests.conftest import REDIS_KINDS
