@@ -112,7 +112,7 @@ def gateway_process(*args: str, env: dict[str, str] | None = None):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # a loaded machine starts slowly
         while True:
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:

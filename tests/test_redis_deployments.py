@@ -194,3 +194,26 @@ async def test_a_hot_agents_queue_spans_several_streams(kind, request):
         assert await backend.bus.depth("hot") == 0
     finally:
         await backend.close()
+
+
+async def test_on_a_cluster_a_task_enqueued_before_it_is_stored_is_waited_for(redis_cluster, monkeypatch):
+    """A cluster submit enqueues first, then stores: a worker that is faster than the store
+    waits for it; an entry whose task never comes (its gateway died between) is dropped."""
+    from gateway.core.backends import redis as redis_backend
+
+    redis_cluster.flush()
+    backend = make_backend("redis-cluster", redis_cluster.url)
+    try:
+        late, never = new_task(), new_task()
+        for task in (late, never):  # the first half of a submit each
+            await backend.tasks._enqueue_on(backend.keys.queue("echo", task.id), task.id)
+        got = await backend.bus.receive("echo", "c", block_ms=1000, count=2)
+        by_task = {d.task_id: d for d in got}
+        taking = asyncio.create_task(backend.take_run(by_task[late.id], "c", 5_000))
+        await backend.tasks.submit(late, "echo", "n")  # the store lands (and enqueues again)
+        task, locked = await asyncio.wait_for(taking, 10)
+        assert task.id == late.id and locked
+        monkeypatch.setattr(redis_backend, "ORPHAN_GRACE_S", 0.3)
+        assert await asyncio.wait_for(backend.take_run(by_task[never.id], "c", 5_000), 10) == (None, False)
+    finally:
+        await backend.close()
