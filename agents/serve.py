@@ -66,13 +66,7 @@ async def serve_worker(worker: Worker, args: argparse.Namespace, config: Config,
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait([job, stopped], return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
-    died = job.done() and not job.cancelled() and job.exception() is not None
-    if died:  # the loop ended on an error it cannot retry: say why, and exit non-zero
-        exc = job.exception()
-        log.error(
-            "worker loop died",
-            extra={"agent": worker.agent, "error": f"{exc.__class__.__name__}: {str(exc)[:300]}"},
-        )
+    died = runner.died  # the loop ended on an error it cannot retry (the runner logged why)
     await runner.stop(config.shutdown_grace_s)
     if backend is not None:
         await backend.close()

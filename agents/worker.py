@@ -119,7 +119,20 @@ class WorkerRunner:
         else:
             self.ready.set()
         self._loop_task = asyncio.create_task(self.run(), name=f"worker-{self.worker.agent}")
+        self._loop_task.add_done_callback(self._loop_ended)
         return self._loop_task
+
+    @property
+    def died(self) -> bool:
+        """Whether the consuming loop ended on an error it could not retry (it takes no work)."""
+        job = self._loop_task
+        return job is not None and job.done() and not job.cancelled() and job.exception() is not None
+
+    def _loop_ended(self, job: asyncio.Task) -> None:
+        if self.died:  # never silent: the process (or the gateway's /readyz) reports it too
+            exc = job.exception()
+            error = f"{exc.__class__.__name__}: {str(exc)[:300]}"
+            log.error("worker loop died", extra={"agent": self.worker.agent, "error": error})
 
     def _next_seq(self) -> int:
         # Milliseconds keep seq increasing across restarts of the same key; +1 within one.

@@ -11,7 +11,7 @@ from redis import exceptions as rexc
 
 from gateway.core.backends import BackendMisconfigured, BackendUnavailable
 from gateway.core.backends.redis_client import transient
-from tests.conftest import interlace_cmd, make_backend, running_gateway, subprocess_env, test_config
+from tests.conftest import interlace_cmd, make_backend, running_gateway, subprocess_env, test_config, wait_until
 from tests.test_backends import new_task
 
 
@@ -154,6 +154,23 @@ async def test_readyz_is_not_ready_while_an_in_process_agent_cannot_register():
                 assert ready.status_code == expected
                 if expected == 503:
                     assert "echo" in ready.json()["error"]["message"] and ready.headers["retry-after"] == "1"
+
+
+async def test_readyz_is_not_ready_when_an_in_process_agents_loop_died(redis_server):
+    redis_server.flush()
+    backend = make_backend("redis", redis_server.url)
+    try:
+        await backend.r.set(backend.keys.queue("echo"), "not a stream")  # no outage: a loop-killing error
+    finally:
+        await backend.close()
+    async with running_gateway(test_config(redis_url=redis_server.url)) as (url, _):
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+
+            async def refused():
+                ready = await client.get("/readyz")
+                return ready.status_code == 503 and "echo" in ready.json()["error"]["message"]
+
+            await wait_until(refused)
 
 
 async def test_readyz_is_ready_when_an_in_process_agents_name_is_held_by_another(redis_server):
