@@ -270,7 +270,7 @@ class Conn:
         return result
 
     async def each(self, calls: list[tuple[str, tuple, dict]]) -> list[Any]:
-        """Several reads in one round trip (one per node on a cluster)."""
+        """Several commands in one round trip (one per node, in parallel, on a cluster)."""
         if len(calls) == 1:
             name, args, kwargs = calls[0]
             return [await getattr(self.r, name)(*args, **kwargs)]

@@ -116,13 +116,14 @@ def parse(url: str) -> Target:
     raise BackendMisconfigured(f"unknown Redis URL scheme {scheme!r}: redis://, redis+cluster:// or redis+sentinel://")
 
 
-def _hosts(netloc: str) -> tuple[list[tuple[str, int]], str | None, str | None]:
+def _hosts(netloc: str, default_port: int) -> tuple[list[tuple[str, int]], str | None, str | None]:
     auth, _, hosts = netloc.rpartition("@")
     user, _, password = auth.partition(":") if auth else ("", "", "")
     out = []
     for hostport in hosts.split(","):
-        host, _, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
-        out.append((host.strip("[]"), int(port or 6379)))
+        bare = ":" not in hostport or hostport.endswith("]")  # no port ("[::1]" is a whole host)
+        host, _, port = (hostport, "", "") if bare else hostport.rpartition(":")
+        out.append((host.strip("[]"), int(port or default_port)))
     return out, unquote(user) or None, unquote(password) or None
 
 
@@ -159,7 +160,7 @@ def connect(target: Target) -> Any:
         rest = [(k, v) for k, v in parse_qsl(parts.query) if k not in _OPTIONS]  # redis-py's own options stay
         url = urlunsplit(parts._replace(query=urlencode(rest)))
         return aioredis.Redis.from_url(url, health_check_interval=15, **_COMMON, **_retry())
-    hosts, user, password = _hosts(parts.netloc)
+    hosts, user, password = _hosts(parts.netloc, 6379 if target.mode == "cluster" else 26379)
     tls = parts.scheme.lower().startswith("rediss")
     if target.mode == "cluster":
         return _Cluster(
