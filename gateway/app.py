@@ -19,6 +19,8 @@ from gateway.authn import CallerAuthentication, NodeSignatures, protected_resour
 from gateway.cluster import Cluster
 from gateway.cluster import routes as cluster_routes
 from gateway.connectors import RegistryConnectors
+from gateway.console import Console
+from gateway.core import tracing
 from gateway.core.auth import Authenticator, AuthMode
 from gateway.core.backends import Backend, BackendUnavailable, InvalidCursor, QueueFull, TaskExists, TaskNotFound
 from gateway.core.config import Config
@@ -131,10 +133,12 @@ def create_app(
     )
     # Requests signed by other nodes (forwarded tasks) and by workers (/bus): one nonce store.
     signed_requests = DidKeyRequests(runtime.kv)
+    console = Console()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         await runtime.start()
+        await console.start(runtime)
         await supervisor.start_agents(workers)
         connectors.start()
         mcp = mcp_service_for(app)  # the one protocols.mcp.mount configured, or one from the environment
@@ -157,6 +161,7 @@ def create_app(
                 await mcp.stop()
                 await connectors.stop()
                 await supervisor.stop_all()
+                await console.stop()
                 await runtime.stop()
                 if authenticator is not None:
                     await authenticator.aclose()
@@ -176,6 +181,7 @@ def create_app(
         *tasks_api.routes,
         *worker_api.routes,
         *cluster_routes,  # /gossip, /cluster (federation)
+        *console.routes(),  # /ui: the operator's console
     ]
     handlers = {
         exc: _typed_error
@@ -199,12 +205,15 @@ def create_app(
     # Outermost: every reader of a request body (the authentication of signed requests too) is bounded.
     budget = BodyBudget(config.max_buffered_body_bytes)
     middleware.insert(0, Middleware(BodyGuard, timeout_s=config.body_timeout_s, budget=budget))
+    if tracing.configure():  # outermost: a caller's trace context covers everything its request causes
+        middleware.insert(0, Middleware(tracing.InboundContext))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers, middleware=middleware)
     app.router = IndexedRouter(routes, lifespan=lifespan)  # before the first request builds the stack
     app.state.runtime = runtime
     app.state.connectors = connectors  # an adapter's mount may bind its connector factory to its options
     app.state.cluster = cluster
     app.state.supervisor = supervisor  # /readyz: not ready while an agent run here cannot serve
+    app.state.console = console
     app.state.authenticator = authenticator  # open routes whose answer depends on who asks (principal.py)
     app.state.signed_requests = signed_requests  # /bus verifies workers' signatures with it
     app.state.registry_writes = TokenBucket(config.registry_write_rate, config.registry_write_burst)

@@ -241,6 +241,9 @@ class Task(Model):
     # The owner's groups when it submitted the task: a forwarded task is judged at its home node
     # (policy, admin rights) by the same groups it had here.
     owner_groups: list[str] | None = None
+    # The W3C trace context (traceparent, tracestate) of the runtime span that accepted the task,
+    # when tracing is on: the worker that runs it, in any process or node, continues that trace.
+    trace: dict[str, str] | None = None
 
     @property
     def state(self) -> TaskState:

@@ -1,9 +1,10 @@
 """The matrix: every client protocol against every kind of target agent, through ONE gateway.
 
-Clients (each the official one): MCP (the ``mcp`` SDK's Client), A2A (``a2a-sdk``'s client, 1.0,
-JSON-RPC), ACP (``acp-sdk``'s client, in its own environment), ANP (the ``anp`` package's
-ANPCrawler, signing as a did:wba) and the internal HTTP API (httpx). Targets: a bus worker in the
-gateway, and remote agents reached through the connector the gateway runs for their signed
+Clients (each the official one): MCP (the ``mcp`` SDK's Client, once per era: ``mcp`` opens a
+2025-11-25 session, ``mcp-modern`` connects in ``auto`` mode and speaks 2026-07-28, stateless),
+A2A (``a2a-sdk``'s client, 1.0, JSON-RPC), ACP (``acp-sdk``'s client, in its own environment),
+ANP (the ``anp`` package's ANPCrawler, signing as a did:wba) and the internal HTTP API (httpx).
+Targets: a bus worker in the gateway, and remote agents reached through the connector the gateway runs for their signed
 registry records: an MCP server (``mcp`` SDK), an A2A agent (``a2a-sdk`` server), an ACP agent
 (``acp-sdk`` server) and an ANP agent (FastANP). The fixture agents (tests/fixtures/matrix_*)
 echo what they receive; markers in the text make them send a file, stream, wait, or fail.
@@ -21,7 +22,7 @@ with a ``Bearer`` challenge (MCP's names its RFC 9728 ``resource_metadata``, A2A
 JSON-RPC error), or ANP's ``DIDWba`` challenge. Gateways without authentication are what the
 rest of the suite runs on.
 
-Each of the 25 cells is checked four ways:
+Each of the 30 cells (25 pairs, the MCP row twice) is checked four ways:
   ``test_content``   text + JSON data in, echoed back; text + a binary file in, echoed back; a
                      binary file out from the agent. Intact, or the documented degradation. The
                      task is owned by the client's principal, and no client credentials reached
@@ -103,11 +104,12 @@ pytestmark = [
 
 DATA = {"n": 1, "list": [1, 2.5, "x", None], "nested": {"ok": True, "ü": "✓"}}
 FILE_IN = (FILE, FILE_TYPE, FILE_NAME)
-FILE_AS_DATA = {"mcp", "anp"}  # clients whose protocol has no file input: base64 inside the data
-CLIENT_STREAMS = {"mcp", "a2a", "acp", "http"}
+MCP = {"mcp", "mcp-modern"}  # the MCP client in each era: a 2025-11-25 session, stateless 2026-07-28
+FILE_AS_DATA = {*MCP, "anp"}  # clients whose protocol has no file input: base64 inside the data
+CLIENT_STREAMS = {*MCP, "a2a", "acp", "http"}
 TARGET_STREAMS = {"bus", "mcp", "a2a", "acp"}
 NOT_STREAMED: set[tuple[str, str]] = set()  # every pair where both sides stream does stream
-RELAYED = {("mcp", "mcp")}  # MCP to MCP is federation: the server's own tools, relayed (no task)
+RELAYED = {(c, "mcp") for c in MCP}  # MCP to MCP is federation: the server's own tools, relayed (no task)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -178,7 +180,7 @@ async def test_streaming(env, client, target):
     assert "".join(out.texts).endswith(text)
     if client in CLIENT_STREAMS and target in TARGET_STREAMS and (client, target) not in NOT_STREAMED:
         assert len(pieces) >= 3, pieces
-        if client != "mcp" or target == "mcp":  # MCP progress names artifact events, it does not carry them
+        if client not in MCP or target == "mcp":  # MCP progress names artifact events, it does not carry them
             assert "".join(pieces[:3]) == text, pieces
     else:
         assert len(pieces) <= 1, pieces
@@ -232,6 +234,28 @@ def without_credentials(client: str, text: str) -> tuple[str, dict, dict]:
             },
             {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-11-25"},
         ),
+        "mcp-modern": (
+            "/mcp",
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "tools/call",
+                "params": {
+                    "name": agent,
+                    "arguments": {"message": text},
+                    "_meta": {
+                        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                        "io.modelcontextprotocol/clientCapabilities": {},
+                    },
+                },
+            },
+            {
+                "Accept": "application/json, text/event-stream",
+                "MCP-Protocol-Version": "2026-07-28",
+                "Mcp-Method": "tools/call",
+                "Mcp-Name": agent,
+            },
+        ),
         "a2a": (
             f"/a2a/agents/{agent}",
             {
@@ -268,7 +292,7 @@ async def test_without_credentials(env, client):
         assert challenge.startswith("DIDWba ") and "accept-signature" in resp.headers  # sign with RFC 9421
     else:
         assert challenge.startswith("Bearer") and "error=" not in challenge  # RFC 6750 3.1: none was sent
-    if client == "mcp":
+    if client in MCP:
         assert f'resource_metadata="{env.gateway}/.well-known/oauth-protected-resource/mcp"' in challenge
     if client == "a2a":
         assert resp.json()["error"]["code"] == -32000  # the JSON-RPC binding's authentication error

@@ -57,28 +57,6 @@ async def test_conformance_default_suite_passes_through_gateway(node_bin, upstre
     assert total and int(total.group(2)) == 0 and int(total.group(1)) >= 39, out[-2000:]
 
 
-# The 2026-07-28 checks that need input-required results (MRTR, issue 16 item 2: the gateway does
-# not yet turn an upstream's sampling, elicitation or roots into them, and the fixture upstream
-# lacks the kit's test_input_required_result_* tools). Listed per check: any other check of these
-# scenarios still has to pass, and the kit fails the run when one of these starts passing.
-NOT_YET_2026 = [
-    "input-required-result-basic-elicitation:sep-2322-elicitation-incomplete",
-    "input-required-result-basic-sampling:sep-2322-sampling-incomplete",
-    "input-required-result-basic-list-roots:sep-2322-list-roots-incomplete",
-    "input-required-result-request-state:sep-2322-request-state-incomplete",
-    "input-required-result-multiple-input-requests:sep-2322-multiple-inputs-incomplete",
-    "input-required-result-multi-round:sep-2322-multi-round-r1",
-    "input-required-result-non-tool-request:sep-2322-non-tool-incomplete",
-    "input-required-result-result-type:sep-2322-result-type-included",
-    "input-required-result-tampered-state:sep-2322-reject-tampered-state",
-    "input-required-result-capability-check:sep-2322-respect-client-capabilities",
-]
-# The same gap in two SHOULD checks: warnings, so their scenarios pass in the summary, but a run
-# with a baseline counts a warning as a failure.
-WARNED_2026 = [
-    "input-required-result-missing-input-response:sep-2322-missing-response-rerequests",
-    "input-required-result-ignore-extra-params:sep-2322-ignore-unexpected-params",
-]
 SCORED = {"2025-11-25": 30, "2026-07-28": 37}  # server scenarios in the frozen requirement sets
 
 
@@ -92,24 +70,24 @@ async def scored_scenarios(node_bin, env: dict[str, str], revision: str) -> list
 
 @pytest.mark.parametrize("revision", ["2025-11-25", "2026-07-28"])
 async def test_conformance_alpha_requirements_pass_through_gateway(node_bin, upstream, tmp_path, revision):
-    """Every scored scenario of the revision passes (2025-11-25: 30 of 30), but for the checks
-    that wait for input-required results (2026-07-28: 27 of 37 pass, server-stateless 30/30)."""
+    """Every scored scenario of the revision passes (2025-11-25: 30 of 30; 2026-07-28: 37 of 37,
+    server-stateless 30/30 and every check of the input-required-result-* scenarios). The run has
+    an empty baseline of expected failures, with which the kit counts a warning (a SHOULD not
+    met) as a failure too."""
     args = [str(node_bin / "node"), CONFORMANCE_ALPHA, "server", "--requirements", revision]
-    failing = NOT_YET_2026 if revision == "2026-07-28" else []
-    if failing:
-        baseline = tmp_path / "expected-failures.yml"
-        baseline.write_text(yaml.safe_dump({"server": [*failing, *WARNED_2026]}))
-        args += ["--expected-failures", str(baseline)]
+    baseline = tmp_path / "expected-failures.yml"
+    baseline.write_text(yaml.safe_dump({"server": []}))
+    args += ["--expected-failures", str(baseline)]
     env = node_env(node_bin, tmp_path)
     async with mcp_gateway([("everything", upstream.url)], naming="pass-through") as (url, _):
         args += ["--url", url.replace("127.0.0.1", "localhost"), "-o", str(tmp_path / "results")]
         rc, out = await run_node(args, env, timeout=300)
-    assert rc == 0, out[-6000:]  # every scored check passed, or failed as the baseline says
+    assert rc == 0, out[-6000:]  # every scored check passed, and none warned
     verdicts = {name: mark for mark, name in re.findall(r"^\s*([✓✗]) (\S+): \d+ passed", out, re.MULTILINE)}
     scored = await scored_scenarios(node_bin, env, revision)
     assert set(scored) <= set(verdicts), out[-3000:]
     passed = [name for name in scored if verdicts[name] == "✓"]
-    assert (len(passed), len(scored)) == (SCORED[revision] - len(failing), SCORED[revision]), (
+    assert (len(passed), len(scored)) == (SCORED[revision], SCORED[revision]), (
         f"{revision}: {len(passed)}/{len(scored)} scored scenarios pass"
     )
 

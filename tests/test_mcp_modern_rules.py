@@ -231,7 +231,7 @@ def test_errors_keep_their_shape_and_get_their_status():
         "message": "Resource not found",
         "data": {"uri": "u"},
     }
-    limited = {"jsonrpc": "2.0", "id": 1, "error": {"code": -32029, "message": "slow down", "data": {"retryAfter": 2}}}
+    limited = {"jsonrpc": "2.0", "id": 1, "error": {"code": -31029, "message": "slow down", "data": {"retryAfter": 2}}}
     assert modern.finish("tools/call", limited, server_info=INFO, scope="public", ttl_ms=0)["error"]["code"] == -31029
     statuses = ((-32601, 404), (-32020, 400), (-32021, 400), (-32022, 400), (-32602, 400), (-31029, 429), (-32603, 200))
     for code, status in statuses:

@@ -91,6 +91,9 @@ def test_options_come_from_the_task_then_the_last_message(worker):
         )
     )
     assert (options.max_tokens, options.temperature, options.stop, options.seed) == (7, 0.5, ["x"], 3)
+    # A2A metadata is a protobuf Struct: its integers arrive as doubles.
+    options, _ = worker.parse(_task(msg_meta={"max_tokens": 7.0, "seed": 3.0}))
+    assert (options.max_tokens, options.seed) == (7, 3) and isinstance(options.max_tokens, int)
     assert prompt.messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
     _, raw = worker.parse(_task("Once upon", msg_meta={"skill": "text-generation"}))
     assert raw.text == "Once upon" and raw.messages is None
@@ -105,6 +108,7 @@ def test_options_come_from_the_task_then_the_last_message(worker):
     [
         ({"max_tokens": "ten"}, "'max_tokens' must be an integer"),
         ({"max_tokens": 0}, "'max_tokens' must be an integer in [1, 2048]"),
+        ({"max_tokens": 7.5}, "'max_tokens' must be an integer"),
         ({"max_tokens": 10**6}, "'max_tokens' must be an integer"),
         ({"temperature": 9}, "'temperature' must be a number"),
         ({"temperature": True}, "'temperature' must be a number"),

@@ -193,7 +193,7 @@ async def test_mcp_answers_429_with_its_json_rpc_error():
             },
         )
         assert second.status_code == 429 and "mcp-session-id" not in second.headers
-        assert second.json()["error"]["code"] == -32029 and int(second.headers["retry-after"]) > 1000
+        assert second.json()["error"]["code"] == -31029 and int(second.headers["retry-after"]) > 1000
         call = {
             "jsonrpc": "2.0",
             "id": 5,
@@ -204,15 +204,15 @@ async def test_mcp_answers_429_with_its_json_rpc_error():
         assert resp.status_code == 429 and resp.headers["retry-after"] == "2"
         assert resp.json()["id"] == 5 and resp.json()["error"]["data"] == {"retryAfter": 2}
         stream = await http.get(url, headers=first.headers(Accept="text/event-stream"))
-        assert stream.status_code == 429 and stream.json()["error"]["code"] == -32029
+        assert stream.status_code == 429 and stream.json()["error"]["code"] == -31029
         await http.delete(url, headers=first.headers())  # ends the session: its place is free
         await RawSession(http, url).initialize()
         assert await runtime.backend.tasks.count() == 0
 
 
-async def test_mcp_2026_answers_429_with_a_code_outside_the_range_that_revision_reserves():
+async def test_mcp_2026_answers_429_with_the_same_code_outside_the_range_that_revision_reserves():
     """A stateless request a task quota refuses, and a listen stream past the quota of open
-    streams: 429, Retry-After, -31029 (2026-07-28 keeps -32020..-32099 for its own codes)."""
+    streams: 429, Retry-After, -31029 as in the handshake era (2026-07-28 keeps -32020..-32099)."""
     async with tight_gateway() as (http, runtime):
         modern = ModernRaw(http, str(http.base_url).rstrip("/") + "/mcp")
         resp, reply = await modern.call("tools/call", {"name": "echo", "arguments": {"message": "x"}})

@@ -12,6 +12,7 @@ Run::
     interlace worker model --model smollm2                       # the bundled GGUF
     interlace worker model --model /models/Qwen2.5-0.5B-Instruct --device cuda --max-batch 32
     interlace worker model --model ./my-model.Q4_K_M.gguf --backend llamacpp
+    interlace worker model --backend openai --base-url http://gpu-box:8000/v1 --model NAME
 
 Pointing the worker at your own model: ``--model`` takes a local path only (nothing is ever
 downloaded; ``HF_HUB_OFFLINE=1`` is set unless you set it, and every load is
@@ -34,6 +35,9 @@ Backends:
   float32 on CPU (``--dtype bfloat16`` is faster on CPUs with bf16 support); continuous batching
   of up to ``--max-batch`` sequences (design in that module's docstring).
 * ``llamacpp`` (``agents.model.llamacpp``): one request at a time on CPU.
+* ``openai`` (``agents.model.openai_api``, ``agents.model.engine_worker``): an inference engine
+  you already run (vLLM, SGLang, llama.cpp's server, Ollama, LM Studio) at ``--base-url``;
+  ``--model`` is the model's name there, and the engine does the batching.
 
 Requests: the task's history is the conversation; options (``max_tokens``, ``temperature``,
 ``top_p``, ``stop``, ``seed``, ``system``, ``skill``) come from the task's or the last

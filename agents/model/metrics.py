@@ -8,18 +8,24 @@ its registry on ``--metrics-port``. Every series has an ``agent`` label.
   interlace_model_queue_depth           requests waiting for a batch slot
   interlace_model_batch_size            sequences in the running batch
   interlace_model_gpu_memory_bytes      {kind=allocated|reserved}, only on GPU
-  interlace_model_requests_total        {outcome=completed|canceled|failed|oom}
+  interlace_model_requests_total        {outcome=completed|canceled|failed|oom|released}
   interlace_model_step_seconds          duration of one forward pass (prefill or decode)
+  interlace_model_ready                 1 while the model (or its engine) can serve, else 0
+
+``serve`` answers ``GET /metrics`` (Prometheus) and ``GET /healthz`` (200 ready, 503 not) on
+``--metrics-port``.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
@@ -49,8 +55,14 @@ class ModelMetrics:
         self._events: deque[tuple[float, int]] = deque()
         self._lock = threading.Lock()  # the scrape may run on another thread (--metrics-port)
         self._rate.labels(agent).set_function(self.tokens_per_second)
-        for outcome in ("completed", "canceled", "failed", "oom"):
+        for outcome in ("completed", "canceled", "failed", "oom", "released"):
             self._requests.labels(agent, outcome)
+        self._ready = Gauge("interlace_model_ready", "1 while the model can serve", ["agent"], registry=r)
+        self.set_ready(True)
+
+    def set_ready(self, ready: bool) -> None:
+        self.ready = ready
+        self._ready.labels(self.agent).set(1 if ready else 0)
 
     def generated(self, tokens: int, step_s: float | None = None) -> None:
         now = time.monotonic()
@@ -86,3 +98,21 @@ class ModelMetrics:
         kinds = probe()
         for kind in kinds:
             self._gpu.labels(self.agent, kind).set_function(lambda kind=kind: float(probe().get(kind, 0)))
+
+
+async def serve(registry: CollectorRegistry, metrics: ModelMetrics, host: str, port: int) -> web.AppRunner:
+    """Serve ``/metrics`` and ``/healthz`` until the returned runner is cleaned up."""
+
+    async def scrape(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def health(request: web.Request) -> web.Response:
+        body = json.dumps({"ready": metrics.ready, "agent": metrics.agent})
+        return web.Response(text=body, status=200 if metrics.ready else 503, content_type="application/json")
+
+    app = web.Application()
+    app.add_routes([web.get("/metrics", scrape), web.get("/healthz", health)])
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

@@ -18,7 +18,8 @@ Output: one artifact ``response`` streamed as appended text chunks (the last chu
 ``last_chunk``), then a ``completed`` status whose metadata carries ``usage``
 (prompt/completion tokens, finish reason). Cancel closes the generation (its batch slot is
 free after the step in flight). Out of memory fails only the affected task(s), with a clear
-message, and the worker keeps serving.
+message, and the worker keeps serving. A backend whose engine is down raises ``Unavailable``:
+the task is released for redelivery, not failed (``agents.model.engine_worker``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from agents.model.base import GenOptions, ModelBackend, ModelError, ModelOOM, Prompt, Usage
-from agents.worker import TaskFailed, Worker
+from agents.worker import TaskFailed, Unavailable, Worker
 from schemas import Artifact, DataPart, Task, TaskEvent, TaskState, TextPart
 
 log = logging.getLogger("interlace.model")
@@ -175,6 +176,9 @@ class ModelWorker(Worker):
             raise TaskFailed(str(exc)) from None
         except ModelError as exc:
             raise TaskFailed(str(exc)) from None
+        except Unavailable:
+            outcome = "released"
+            raise
         except BaseException as exc:
             if outcome and not isinstance(exc, Exception):  # canceled (or shut down): the slot is already freed
                 outcome = "canceled"
@@ -241,6 +245,8 @@ def _int(opts: dict, key: str, default: int | None, low: int, high: int) -> int 
     value = opts.get(key)
     if value is None:
         return default
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # A2A metadata is a protobuf Struct: every number arrives as a double
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise TaskFailed(f"option {key!r} must be an integer in [{low}, {high}]")
     return value

@@ -41,6 +41,10 @@ connection error), so callers treat it as any unreachable peer. What a client is
 ``UNREACHABLE``, the same text whatever happened (a refused port, an HTTP 404, a policy refusal:
 telling them apart would make the gateway a port scanner); the detail goes to the log.
 
+Traces: when tracing is on, every request carries the current trace context in its headers
+(W3C ``traceparent``; ``gateway.core.tracing``), so the agents, upstreams and peers it reaches
+continue the caller's trace.
+
 Cost: one resolution and check per new connection (pooled connections are reused), plus a check
 of literal addresses per request (microseconds).
 """
@@ -62,6 +66,7 @@ import aiohttp.abc
 import httpcore
 import httpx
 
+from gateway.core import tracing
 from gateway.core.config import is_loopback
 
 UNREACHABLE = "agent unreachable"
@@ -300,6 +305,7 @@ class Egress:
 
     async def _aiohttp_check(self, request: aiohttp.ClientRequest, handler: Any) -> aiohttp.ClientResponse:
         self.check_host(request.url.scheme, request.url.raw_host)
+        tracing.inject_missing(request.headers)
         response = await handler(request)
         if response.status in _REDIRECTS:
             response.close()
@@ -416,6 +422,7 @@ class _EgressTransport(httpx.AsyncBaseTransport):
             self.egress.check_host(request.url.scheme, request.url.host)
         except EgressRefused as exc:
             raise httpx.ConnectError(str(exc), request=request) from exc
+        tracing.inject_missing(request.headers)
         proxy = self.egress.proxy_for(str(request.url)) if self.egress.proxies else None
         if proxy is None:
             transport = self.direct

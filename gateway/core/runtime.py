@@ -18,7 +18,7 @@ import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 
-from gateway.core import audit
+from gateway.core import audit, tracing
 from gateway.core.aio import wait_cancelled
 from gateway.core.backends import (
     Backend,
@@ -250,9 +250,12 @@ class Runtime:
         """Accept a new task, owned by ``caller``, for ``agent`` (a name or DID) or for the best
         match of ``query``; it is stored and enqueued, or nothing happens (QuotaExceeded when
         the caller is at its quotas)."""
-        with self.quotas.task(caller) as claim:
+        with self.quotas.task(caller) as claim, tracing.span("invoke_agent", tracing.CLIENT, _INVOKE) as span:
             task, stream = await self._accept(message, agent, query, context_id, metadata, caller)
             claim.bind(task.id)
+            if span.is_recording():
+                span.update_name(f"invoke_agent {stream}")
+                span.set_attributes(_task_attributes(task))
         audit.record(caller, "call", stream, "ok", task.id)
         self.metrics.accepted.labels(stream).inc()
         self.capabilities.accepted(stream)
@@ -279,7 +282,9 @@ class Runtime:
                 raise ValueError("submit needs an agent or a capability query")
             self._check_tool(caller, records, tool_named(metadata, message.metadata) or route.skill)
             groups = sorted(caller.groups) or None
-            task = Task(metadata=metadata or {}, route=route, owner=caller.id, owner_groups=groups)
+            task = Task(
+                metadata=metadata or {}, route=route, owner=caller.id, owner_groups=groups, trace=tracing.carrier()
+            )
             if context_id:
                 task.context_id = context_id
             task.history.append(message.model_copy(update={"task_id": task.id, "context_id": task.context_id}))
@@ -482,6 +487,22 @@ class Runtime:
                 for fut in self._waiters.get(fin.task_id, []):
                     if not fut.done():
                         fut.set_result(fin.state)
+
+
+# The runtime's span of a submission (GenAI semantic conventions: invoke_agent; a CLIENT span, as
+# the agent runs elsewhere: a worker or a connector takes the task from the bus).
+_INVOKE = {"gen_ai.operation.name": "invoke_agent", "gen_ai.provider.name": "interlace"}
+
+
+def _task_attributes(task: Task) -> dict[str, str]:
+    """What a runtime span says about a task: its id, context, agent (stream) and route."""
+    attributes = {"interlace.task.id": task.id, "gen_ai.conversation.id": task.context_id}
+    if task.route is not None:
+        attributes["gen_ai.agent.name"] = task.route.agent
+        attributes["interlace.route.reason"] = task.route.reason or ""
+        if task.route.skill:
+            attributes["interlace.route.skill"] = task.route.skill
+    return attributes
 
 
 def _task_target(task: Task) -> Target:

@@ -7,7 +7,9 @@ event log and cross-node mailboxes in the shared key/value store), ``streamable_
 binding: which era a POST belongs to, POST/GET/DELETE of sessions, Host/Origin and session
 headers, SSE streams and resumption), ``modern`` (the 2026-07-28 rules: the per-request envelope,
 the mirrored headers, the shape of an answer), ``stateless_http`` (the 2026-07-28 binding: one
-POST, one request, cancellation by closing the stream), ``listen`` (``subscriptions/listen``
+POST, one request, cancellation by closing the stream), ``mrtr`` (2026-07-28 input-required results
+for what an upstream or an agent asks of the client) and ``request_state`` (their signed
+``requestState``), ``listen`` (``subscriptions/listen``
 streams and the change feed nodes share), ``methods`` (``MCPService``: initialize, notifications,
 server/discover, tools, resources, prompts, completion, logging; ``MCPOptions``), ``server``
 (``routes``, ``mount``, the app's service), ``agents``
@@ -57,13 +59,18 @@ Mapping between MCP and the canonical model (each row is tested in tests/test_mc
 | result ``resource_link`` | ``FilePart`` with a ``url`` |
 | ``isError: true`` + the agent's message | task ``failed`` / ``rejected`` / ``canceled``, or not final in time (*1) |
 | result text = the agent's question, ``structuredContent`` (*2) | task ``input-required`` / ``auth-required`` |
+| (2026-07-28, elicitation declared) ``input_required``, ``inputRequests.input`` asks it (*3) | ``input-required`` |
+| retry: ``inputResponses.input`` accepted (``content.message``) | ``runtime.continue_task(task_id, message)`` |
+| retry: ``inputResponses.input`` declined or cancelled | ``runtime.cancel(task_id)`` |
 
 (*1) a task not final in time is then canceled.
 (*2) ``structuredContent`` is ``{task_id, state}``.
+(*3) tested in tests/test_mcp_mrtr.py, with the rows below it (mrtr.py).
 
 Upstream MCP tools, resources and prompts are relayed as MCP (no canonical task): their
 content passes through unchanged, and progress, logging, cancellation, sampling and elicitation
-are relayed in both directions.
+are relayed in both directions (to a 2026-07-28 client, sampling, elicitation and roots as
+input-required results: mrtr.py).
 """
 
 from protocols.mcp.connector import MCPConnector as Connector

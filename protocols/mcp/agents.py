@@ -225,11 +225,7 @@ class AgentTools:
         if task_id is not None:
             if not isinstance(task_id, str):
                 return tool_error("argument 'task_id' must be a string")
-            try:
-                task, after = await rt.continue_task(task_id, message)
-            except (NotContinuable, TaskNotFound) as exc:
-                return tool_error(str(exc))
-            return await self._finish(rt, task, notify, progress_token, after)
+            return await self.continue_task(rt, task_id, message, notify, progress_token)
         agents = await self.agents(rt, exclude)
         agent = target if target in agents.values() else None
         if agent is None:
@@ -240,6 +236,18 @@ class AgentTools:
             agent = ranked[0][1]
         args = {"message": args["message"], "data": args.get("data")}
         return await self.call(rt, agent, args, notify, progress_token)
+
+    async def continue_task(
+        self, rt: ActingFor, task_id: str, message: Message | str, notify: Notify | None, progress_token: Any
+    ) -> dict[str, Any]:
+        """Answer a task that waits for input with ``message`` (a text or a message); its result."""
+        if isinstance(message, str):
+            message = Message(role="user", parts=[TextPart(text=message)])
+        try:
+            task, after = await rt.continue_task(task_id, message)
+        except (NotContinuable, TaskNotFound) as exc:
+            return tool_error(str(exc))
+        return await self._finish(rt, task, notify, progress_token, after)
 
     async def call(
         self, rt: ActingFor, agent: str, args: dict[str, Any], notify: Notify | None, progress_token: Any

@@ -27,7 +27,7 @@ import httpx
 
 from gateway.core import sse
 from gateway.core.egress import UNREACHABLE
-from protocols.mcp import wire
+from protocols.mcp import telemetry, wire
 from protocols.mcp.wire import MCPError
 
 log = logging.getLogger("interlace.mcp.upstream")
@@ -192,6 +192,7 @@ class UpstreamClient:
 
     # ---- requests --------------------------------------------------------------------------
 
+    @telemetry.client_span
     async def request(
         self,
         method: str,

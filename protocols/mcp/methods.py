@@ -9,8 +9,11 @@ its methods (``modern_methods``) are those of its era (``server/discover``; no `
 ``logging/setLevel`` or ``resources/(un)subscribe``), its answer gets the era's shape
 (``modern.finish``: ``resultType``, ``serverInfo``, ``ttlMs`` of ``cache_ttl_ms``, 0 for a
 resource read, and ``cacheScope``: ``public`` only when the answer is everyone's, see
-``cache_scope``), an upstream's sampling, elicitation or roots request is refused upstream and,
-when the client did not declare the capability, the call answers -32021 naming it.
+``cache_scope``). An upstream's sampling, elicitation or roots request, and an agent's question,
+become input-required results of ``tools/call``, ``prompts/get`` and ``resources/read`` whose
+retry (its ``requestState`` redeemed before anything runs) resumes the call (mrtr.py,
+request_state.py); a request the client did not declare the capability for is refused upstream
+and, when nothing is left to ask, the call answers -32021 naming it.
 
 Tools are the routable agents and the meta tools (agents.py) and the federated upstreams' tools
 (federation.py); resources and prompts are the upstreams'.
@@ -65,19 +68,32 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from gateway.core import __version__, audit
+from gateway.core.backends import BackendUnavailable, QueueFull, TaskNotFound
 from gateway.core.policy import Action, Target
 from gateway.core.principal import LOCAL, Principal
 from gateway.core.quotas import QuotaExceeded
 from gateway.core.runtime import ActingFor, Runtime
 from gateway.core.settings import load_settings
-from protocols.mcp import wire
-from protocols.mcp.agents import META_TOOLS, AgentTools, agent_tool, tool_error
+from protocols.mcp import mrtr, telemetry, wire
+from protocols.mcp.agents import META_TOOLS, AgentTools, agent_tool, task_result, tool_error
 from protocols.mcp.client import UpstreamClient, UpstreamTimeout, UpstreamUnavailable, describe
 from protocols.mcp.federation import Quarantined, UpstreamSet, Visible, configured_upstreams, registry_upstreams
 from protocols.mcp.listen import Filter, Hub, Listener
 from protocols.mcp.modern import ENVELOPE, Envelope, check_param_headers, finish
+from protocols.mcp.mrtr import (
+    Exchange,
+    Parked,
+    agent_answer,
+    agent_question,
+    answered,
+    input_required,
+    is_input_required,
+    outcome_reply,
+)
+from protocols.mcp.request_state import RequestStates, refused
 from protocols.mcp.sessions import EventLog, Mailbox, Sessions
 from protocols.mcp.wire import INVALID_PARAMS, INVALID_REQUEST, MCPError
+from schemas import TaskState
 
 log = logging.getLogger("interlace.mcp")
 
@@ -158,6 +174,8 @@ class MCPCall:
         self.progress_token = meta.get("progressToken") if isinstance(meta, dict) else None
         # capabilities an upstream needed of this (modern) client that it did not declare
         self.missing_capabilities: dict[str, dict] = {}
+        self.exchange: Exchange | None = None  # a modern call's upstream call asking in rounds (mrtr.py)
+        self.resume: dict[str, Any] | None = None  # what its verified requestState resumes
 
     @classmethod
     def modern(
@@ -235,6 +253,11 @@ class MCPService:
         self.sessions = Sessions(kv, self.options.session_ttl_s)
         self.events = EventLog(kv, self.options.event_ttl_s)
         self.mailbox = Mailbox(kv, self.shared)
+        # input-required results (mrtr.py): their signed states, and the upstream calls parked here
+        self.states = RequestStates(
+            runtime.identity, kv, trust_file=runtime.config.trust, ttl_s=self.options.client_request_timeout_s
+        )
+        self.parked = Parked(self.mailbox, self.options.client_request_timeout_s, self.options.call_timeout_s)
         self.agent_tools = AgentTools(self.options.call_timeout_s)
         self.static_upstreams = configured_upstreams(self.options.upstreams)
         self.upstreams = UpstreamSet(
@@ -347,6 +370,7 @@ class MCPService:
 
     async def stop(self) -> None:
         await self.listen.stop()
+        await self.parked.stop()
         for task in [*self.inflight.values(), *self._background]:
             task.cancel()
         for closed in self.get_streams.values():
@@ -428,6 +452,7 @@ class MCPService:
             reply = wire.error(call.id, MCPError(wire.REQUEST_CANCELLED, "Request cancelled"))
         await call.out.send(reply, final=True)
 
+    @telemetry.server_span
     async def answer(self, call: MCPCall) -> dict[str, Any]:
         """The JSON-RPC response to ``call`` (a result or an error, never an exception but
         cancellation), by the methods and in the shape of its era."""
@@ -444,15 +469,23 @@ class MCPService:
             handler = (self.methods if call.envelope is None else self.modern_methods).get(call.method)
             if handler is None:
                 raise MCPError(wire.METHOD_NOT_FOUND, f"Method not found: {call.method}")
+            state = call.params.get("requestState")
+            if call.envelope is not None and call.method in mrtr.METHODS and state is not None:
+                # verified (and used up) before anything runs: a refused state changes nothing
+                call.resume = await self.states.redeem(state, call.principal.id, call.method, call.params)
             reply = wire.result(call.id, await handler(call))
         except MCPError as exc:
             reply = wire.error(call.id, exc)
         except QuotaExceeded as exc:
             reply = wire.error(call.id, wire.rate_limited(str(exc), exc.retry_after))
+        except (QueueFull, BackendUnavailable) as exc:  # transient: the other faces answer 503 + Retry-After
+            reply = wire.error(call.id, MCPError(wire.INTERNAL_ERROR, f"{exc}; try again shortly", {"retryAfter": 1}))
         except Exception:
             log.exception("mcp handler failed", extra={"method": call.method})
             reply = wire.error(call.id, MCPError(wire.INTERNAL_ERROR, "Internal error"))
-        if call.missing_capabilities:  # whatever the upstream made of the refusal, this is the answer
+        # Whatever the upstream made of the refusal, this is the answer, unless there is still
+        # something the client can be asked.
+        if call.missing_capabilities and not is_input_required(reply.get("result")):
             names = ", ".join(sorted(call.missing_capabilities))
             needed = {"requiredCapabilities": call.missing_capabilities}
             return wire.error(
@@ -542,6 +575,10 @@ class MCPService:
 
     # ---- what the caller may use (module docstring) --------------------------------------------
 
+    def visible_to(self, rt: ActingFor) -> Visible | None:
+        """What ``rt``'s caller may use of the upstreams (for views such as the console)."""
+        return self._visible(rt)
+
     def _visible(self, rt: ActingFor) -> Visible | None:
         """What ``rt``'s caller may use of the upstreams; None: everything (no policy rules)."""
         if not rt.policy.rules:
@@ -617,7 +654,10 @@ class MCPService:
             offered = self.upstreams.offered_to(self._visible(call.rt))
             return await self.agent_tools.find_agents(call.rt, query, exclude, sorted(offered))
         if name == "send_task":
-            return await self.agent_tools.send_task(call.rt, args, exclude, call.notify, call.progress_token)
+            if call.resume is not None:
+                return await self._continue_agent(call)
+            result = await self.agent_tools.send_task(call.rt, args, exclude, call.notify, call.progress_token)
+            return await self._agent_asks(call, result)
         hit = self.upstreams.resolve_tool(name)
         if hit is not None:
             upstream, original = (hit.upstream, hit.tool) if isinstance(hit, Quarantined) else (hit[0].name, hit[1])
@@ -637,7 +677,10 @@ class MCPService:
             return await self._relay(call, client, "tools/call", {"name": original, "arguments": args}, tool=True)
         agents = await self.agent_tools.agents(call.rt, exclude)
         if name in agents:
-            return await self.agent_tools.call(call.rt, agents[name], args, call.notify, call.progress_token)
+            if call.resume is not None:
+                return await self._continue_agent(call)
+            result = await self.agent_tools.call(call.rt, agents[name], args, call.notify, call.progress_token)
+            return await self._agent_asks(call, result)
         everyone = await self._agents()
         if name in everyone:  # an agent the caller may not call: answered as an unknown tool
             audit.record(call.principal, Action.CALL, everyone[name], "denied")
@@ -682,15 +725,95 @@ class MCPService:
                 if await self._wants_log(call, p.get("level")):
                     await call.notify("notifications/message", p)
 
+        async def upstream() -> dict[str, Any]:
+            try:
+                timeout = self.options.call_timeout_s
+                return await client.request(method, params, on_message=on_message, timeout=timeout)
+            except (UpstreamUnavailable, UpstreamTimeout) as exc:
+                log.warning(
+                    "upstream call failed", extra={"upstream": client.name, "method": method, "error": describe(exc)}
+                )
+                if tool:
+                    return tool_error(str(exc))
+                raise MCPError(wire.INTERNAL_ERROR, str(exc)) from None
+
+        if call.envelope is None or call.method not in mrtr.METHODS:
+            return await upstream()
+        return await self._rounds(call, upstream)
+
+    async def _rounds(self, call: MCPCall, upstream) -> dict[str, Any]:
+        """A modern call relayed upstream, whose requests for input become input-required
+        results, or the retry that answers them (mrtr.py)."""
+        if call.resume is not None:
+            if call.resume.get("k") != "x" or not isinstance(call.resume.get("x"), str):
+                raise refused("it belongs to another request")
+            exchange_id, round = call.resume["x"], int(call.resume.get("r", 1))
+            outcome = await self.parked.resume(exchange_id, round, call.params.get("inputResponses"))
+            return await self._next_round(call, outcome, exchange_id, round + 1)
+        exchange = call.exchange = Exchange(upstream, call.params.get("inputResponses"))
         try:
-            return await client.request(method, params, on_message=on_message, timeout=self.options.call_timeout_s)
-        except (UpstreamUnavailable, UpstreamTimeout) as exc:
-            log.warning(
-                "upstream call failed", extra={"upstream": client.name, "method": method, "error": describe(exc)}
-            )
-            if tool:
+            outcome = await exchange.next()
+        except BaseException:  # cancelled: the client left before anything was asked
+            exchange.cancel()
+            raise
+        if "ask" not in outcome:
+            return outcome_reply(outcome)
+        try:  # a parked call holds an upstream request open: it counts as one of the caller's streams
+            release = call.rt.open_stream()
+        except QuotaExceeded:
+            exchange.cancel()
+            raise
+        await self.parked.park(exchange, 1, release)
+        return await self._next_round(call, outcome, exchange.id, 1)
+
+    async def _next_round(self, call: MCPCall, outcome: mrtr.Outcome, exchange_id: str, round: int) -> dict[str, Any]:
+        if "ask" not in outcome:
+            return outcome_reply(outcome)
+        resume = {"k": "x", "x": exchange_id, "r": round}
+        return input_required(
+            outcome["ask"], await self.states.mint(call.principal.id, call.method, call.params, resume)
+        )
+
+    async def _agent_asks(self, call: MCPCall, result: dict[str, Any]) -> dict[str, Any]:
+        """An agent tool's result; for a modern client that takes elicitation, a task that waits
+        for input becomes an input-required result asking its question (mrtr.py)."""
+        found = result.get("structuredContent")
+        if (
+            call.envelope is None
+            or "elicitation" not in call.capabilities
+            or not isinstance(found, dict)
+            or found.get("state") != "input-required"
+        ):
+            return result
+        texts = [c.get("text", "") for c in result.get("content", []) if c.get("type") == "text"]
+        return await self._ask_agent_question(call, found["task_id"], texts[-1] if texts else "")
+
+    async def _ask_agent_question(self, call: MCPCall, task_id: str, question: str) -> dict[str, Any]:
+        state = await self.states.mint(call.principal.id, call.method, call.params, {"k": "t", "t": task_id})
+        return input_required(agent_question(question or "The agent needs more input"), state)
+
+    async def _continue_agent(self, call: MCPCall) -> dict[str, Any]:
+        """The retry of an agent's input-required result: its answer continues the task."""
+        task_id = call.resume.get("t") if call.resume else None
+        if not isinstance(task_id, str):
+            raise refused("it belongs to another request")
+        responses = call.params.get("inputResponses")
+        if not answered(responses):  # asked again (the spec's SHOULD) while the task still waits
+            try:
+                task = await call.rt.get(task_id)
+            except TaskNotFound as exc:
                 return tool_error(str(exc))
-            raise MCPError(wire.INTERNAL_ERROR, str(exc)) from None
+            if task.state is not TaskState.INPUT_REQUIRED:
+                return task_result(task)
+            question = task.status.message.text() if task.status.message else ""
+            return await self._ask_agent_question(call, task_id, question)
+        text = agent_answer(responses)
+        if text is None:  # declined or cancelled: the task is not left waiting
+            with contextlib.suppress(Exception):
+                await call.rt.cancel(task_id)
+            return tool_error(f"the input was declined; task {task_id} was canceled")
+        result = await self.agent_tools.continue_task(call.rt, task_id, text, call.notify, call.progress_token)
+        return await self._agent_asks(call, result)
 
     async def _relay_request(self, call: MCPCall, client: UpstreamClient, msg: dict[str, Any]) -> None:
         """sampling/createMessage, elicitation/create, roots/list from upstream -> client -> upstream."""
@@ -704,9 +827,13 @@ class MCPService:
                 if call.envelope is not None:  # the call then answers -32021 (MCPService._reply)
                     call.missing_capabilities[need] = {}
                 raise MCPError(INVALID_REQUEST, f"the client did not declare the {need} capability")
-            if call.envelope is not None:  # no server->client requests on a 2026-07-28 stream
+            reply: dict[str, Any] | MCPError
+            if call.exchange is not None:  # asked in an input-required result (mrtr.py)
+                reply = await call.exchange.ask(method, params)
+            elif call.envelope is not None:  # no server->client requests on a 2026-07-28 stream
                 raise MCPError(INVALID_REQUEST, f"{method} is not relayed to a 2026-07-28 client")
-            reply: dict[str, Any] | MCPError = await call.ask(method, params)
+            else:
+                reply = await call.ask(method, params)
         except MCPError as exc:
             reply = exc
         with contextlib.suppress(Exception):

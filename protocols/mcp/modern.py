@@ -31,8 +31,8 @@ An answer (``finish``) gets ``resultType: "complete"`` and the gateway's ``serve
 ``_meta``; the cacheable ones (server/discover, tools/list, prompts/list, resources/list,
 resources/templates/list, resources/read) also get ``ttlMs`` and ``cacheScope`` (a relayed
 result's own hints can only shorten or narrow them). The retired -32002 (resource not found)
-becomes -32602 with the same ``data.uri``, and a quota's -32029 becomes -31029: this revision
-reserves -32020..-32099 for the codes it defines. ``http_status`` is the answer's HTTP status
+becomes -32602 with the same ``data.uri`` (this revision reserves -32020..-32099 for the codes it
+defines). ``http_status`` is the answer's HTTP status
 when nothing was streamed before it: 400 for -32020, -32021, -32022 and malformed requests or
 params (-32700, -32600, -32602, as the reference SDK answers them), 404 for -32601 (Method not
 found), 429 for a quota's refusal (-31029), else 200.
@@ -75,12 +75,12 @@ STATUS = {
     wire.MISSING_CLIENT_CAPABILITY: 400,
     wire.UNSUPPORTED_VERSION: 400,
     wire.METHOD_NOT_FOUND: 404,
-    wire.RATE_LIMITED_MODERN: 429,
+    wire.RATE_LIMITED: 429,
 }
 
 # Handshake-era codes this revision retires or reserves: -32002 is -32602 now (with the same
 # data.uri), and the quota refusal leaves the range -32020..-32099 kept for the spec's codes.
-RENUMBERED = {wire.RESOURCE_NOT_FOUND: INVALID_PARAMS, wire.RATE_LIMITED: wire.RATE_LIMITED_MODERN}
+RENUMBERED = {wire.RESOURCE_NOT_FOUND: INVALID_PARAMS}
 _HEADER_SAFE = re.compile(r"[\x20-\x7e\t]*")
 _SENTINEL = re.compile(r"=\?base64\?(.*)\?=", re.DOTALL)
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 field-name token

@@ -23,8 +23,7 @@ its method needs (the runtime's tasks, the change feed).
   down or ``sse_max_s`` passes (those two end with the listen request's result, a graceful
   close). It counts among the caller's open streams (``gateway.core.quotas``): past that quota,
   or when a task quota refuses a request, the answer is 429 with ``Retry-After`` and the error
-  -31029 (``data.retryAfter``; the handshake era's -32029 is in the range 2026-07-28 reserves
-  for its own codes).
+  -31029 (``data.retryAfter``), as in the handshake era.
 """
 
 from __future__ import annotations

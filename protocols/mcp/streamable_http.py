@@ -19,7 +19,7 @@ it on any node). Events are framed, kept alive and bounded in time by ``gateway.
 
 Quotas (``gateway.core.quotas``): ``initialize`` past the caller's quota of sessions, a request
 whose task a quota refuses, and a GET stream past the quota of open streams are answered 429
-with ``Retry-After`` and the JSON-RPC error -32029 (``data.retryAfter``). A POST's SSE reply is
+with ``Retry-After`` and the JSON-RPC error -31029 (``data.retryAfter``). A POST's SSE reply is
 not counted as an open stream: it lasts one request, bounded by the task quotas and the call
 timeout.
 """

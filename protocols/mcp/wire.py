@@ -23,13 +23,14 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 RESOURCE_NOT_FOUND = -32002
 REQUEST_CANCELLED = -32800
-RATE_LIMITED = -32029  # the caller is past one of its quotas (HTTP 429: "29"); data {"retryAfter": seconds}
-# 2026-07-28 (each answered with HTTP 400). That revision reserves -32020..-32099 for the codes it
-# defines, so there a quota refusal is RATE_LIMITED_MODERN, outside JSON-RPC's reserved range.
+# The caller is past one of its quotas (HTTP 429: "29"); data {"retryAfter": seconds}. Outside
+# -32000..-32099, which MCP keeps filling with codes of its own (2026-07-28 reserves -32020..-32099),
+# so one code serves both eras.
+RATE_LIMITED = -31029
+# 2026-07-28 (each answered with HTTP 400).
 HEADER_MISMATCH = -32020
 MISSING_CLIENT_CAPABILITY = -32021
 UNSUPPORTED_VERSION = -32022
-RATE_LIMITED_MODERN = -31029
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
