@@ -31,8 +31,9 @@ compare-and-set against the ``applied`` token this node last saw: state, event, 
 and expiries land together or not at all), end a run (ack + unlock). On a cluster the queue is
 in another slot than the task, so the steps that touch both split in two, each crash window
 closed: submit enqueues first, then stores (a worker that finds no task waits out
-``ORPHAN_GRACE_S`` for the store before it drops the entry, and a store that lands later than
-half that enqueues again, a duplicate being a plain redelivery); take and end run their task
+``ORPHAN_GRACE_S`` for the store before it drops the entry, a store that lands later than half
+that enqueues again, a duplicate being a plain redelivery, and a store that fails takes its
+entry back); take and end run their task
 half and queue half separately (a lock without a restarted entry clock, or an ack without an
 unlock, resolves itself when the lock's TTL lapses).
 """
@@ -40,6 +41,7 @@ unlock, resolves itself when the lock's TTL lapses).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 import uuid
@@ -70,7 +72,7 @@ from schemas import InvalidTransition, Task, TaskEvent, TaskState, TaskStatusUpd
 
 GROUP = "workers"
 CLUSTER_BUCKETS = 16  # spreads tasks over the slots of 16 tags: a few per master of a small cluster
-ORPHAN_GRACE_S = 4.0  # cluster: how long a delivered task id may wait for its task to be stored
+ORPHAN_GRACE_S = 2.0  # cluster: how long a delivered task id may wait for its task to be stored
 
 # KEYS: the task hash, the two global indexes (any state, the task's state), then the task's
 # indexes per context and owner (these expire with their last task and are pruned as they
@@ -242,6 +244,10 @@ class Keys:
         return [self.index(bucket, context, owner, state) for context, owner in scopes]
 
 
+class NotReplicated(BackendUnavailable):
+    """A write landed on the primary but fewer replicas than asked confirmed it in time."""
+
+
 class Conn:
     """The client, its mode and key layout, and writes acknowledged as the URL asks (``replicas``)."""
 
@@ -266,7 +272,7 @@ class Conn:
                 p.execute_command("WAIT", n, timeout)
                 result, acked = await p.execute()
         if int(acked) < n:
-            raise BackendUnavailable(f"redis: {acked} of {n} replicas confirmed a write within {timeout} ms")
+            raise NotReplicated(f"redis: {acked} of {n} replicas confirmed a write within {timeout} ms")
         return result
 
     async def each(self, calls: list[tuple[str, tuple, dict]]) -> list[Any]:
@@ -418,7 +424,16 @@ class RedisTaskStore(TaskStore):
         if self.c.cluster:
             started = time.monotonic()
             entry = await self._enqueue_on(queue, task.id)  # first: an entry without its task is dropped
-            result = await self.c.write(self._submit, keys, [*args, "0"])
+            try:
+                result = await self.c.write(self._submit, keys, [*args, "0"])
+            except NotReplicated:
+                raise  # stored, unconfirmed: the entry stays, in case the task survives
+            except Exception:
+                # Most likely not stored (the task's slot is failing over): take the entry back,
+                # so that no worker spends the grace waiting for a task that never comes.
+                with contextlib.suppress(Exception):
+                    await self.c.write(self._end, [queue], [GROUP, entry, ""])
+                raise
             if result == -1:  # not ours: take the entry back (one already read runs nothing)
                 await self.c.write(self._end, [queue], [GROUP, entry, ""])
             elif time.monotonic() - started > ORPHAN_GRACE_S / 2:
@@ -584,14 +599,18 @@ class RedisTaskStore(TaskStore):
                 read = self._feed_reads[feed] = (after, job)
             reads.append(read[1])
         await asyncio.wait(reads, timeout=block_ms / 1000 + 1, return_when=asyncio.FIRST_COMPLETED)
-        got = []
+        got, failed = [], []
         for feed, job in zip(feeds, reads):
-            if not job.done():
+            if job.done():
+                del self._feed_reads[feed]  # every finished read at once, failed ones too
+            if not job.done() or job.exception() is not None:
+                failed += [job.exception()] if job.done() else []
                 got.append(None)
                 continue
-            del self._feed_reads[feed]
-            got.append(job.result())  # raises what the read raised: translated by the caller
-        return got
+            got.append(job.result())
+        if failed and not any(got):  # nothing to hand out: the failure (translated by the caller)
+            raise failed[0]
+        return got  # a failed bucket's read is made again by the next call
 
     async def close(self) -> None:
         for _, job in self._feed_reads.values():
