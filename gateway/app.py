@@ -24,6 +24,7 @@ from gateway.core import tracing
 from gateway.core.auth import Authenticator, AuthMode
 from gateway.core.backends import Backend, BackendUnavailable, InvalidCursor, QueueFull, TaskExists, TaskNotFound
 from gateway.core.config import Config
+from gateway.core.hangup import off_hangup, on_hangup
 from gateway.core.http import (
     BodyBudget,
     BodyGuard,
@@ -135,6 +136,10 @@ def create_app(
     signed_requests = DidKeyRequests(runtime.kv)
     console = Console()
 
+    def reload_api_keys() -> None:
+        with contextlib.suppress(ValueError):  # logged by reload: the last good keys stay in force
+            authenticator.reload()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         await runtime.start()
@@ -147,6 +152,8 @@ def create_app(
             await cluster.start()
         if authenticator is not None and authenticator.issuer:
             await authenticator.refresh()  # the issuer's keys before the first token (logs, never raises)
+        if authenticator is not None and authenticator.api_keys_file:
+            on_hangup(reload_api_keys)  # SIGHUP re-reads the API key file, as it does the policy
         log.info(
             "gateway started",
             extra={"node": runtime.node_id, "backend": runtime.backend.name, "did": runtime.identity.did},
@@ -164,6 +171,7 @@ def create_app(
                 await console.stop()
                 await runtime.stop()
                 if authenticator is not None:
+                    off_hangup(reload_api_keys)
                     await authenticator.aclose()
             log.info("gateway stopped", extra={"node": runtime.node_id})
 

@@ -205,6 +205,9 @@ class TaskStatusUpdate(Model):
     status: TaskStatus
     final: bool = False
     metadata: dict[str, Any] | None = None
+    # The trace context of the follow-up that resumes a task (the runtime's continue): applying
+    # the event makes it the task's ``trace``. Never serialized: it is not part of the event.
+    trace: dict[str, str] | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
     def _final_matches_state(self) -> TaskStatusUpdate:
@@ -284,6 +287,8 @@ class Task(Model):
             task.status = event.status
             if event.status.message is not None:
                 task.history.append(event.status.message)
+            if event.trace is not None:
+                task.trace = event.trace
             return task
         if task.state.terminal:
             raise InvalidTransition(task.state, task.state)

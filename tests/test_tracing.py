@@ -9,6 +9,13 @@ and the outbound connector, whatever process or node each runs on.
 * A task forwarded between gossiping nodes (the forwarding connector's request to the agent's
   home node): one trace id end to end.
 * A worker of its own process (over ``/bus``) continues the trace of the task it takes.
+* ACP (``traceparent`` header) -> the ACP connector -> another gateway's ACP face -> its worker,
+  and the internal API -> the ANP connector (signed JSON-RPC) -> another gateway's ANP face -> its
+  worker: one trace id, each face's SERVER span and each connector's CLIENT span in the tree.
+* A follow-up that continues a task waiting for input (A2A, ACP resume, MCP send_task, the
+  internal API) is traced under its own request's trace, linked to the task's first one; the
+  worker's run for it continues the follow-up's trace, and both backends keep the task's new
+  context.
 * Once against a real OTLP/HTTP receiver: ``interlace serve``, configured by OTEL_* alone.
 * Off (the default), nothing is traced and tasks carry no context; the backends (both) store
   and hand out the context a task carries.
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import subprocess
 
 import httpx
@@ -33,7 +41,11 @@ from agents.worker import WorkerRunner
 from gateway.app import create_app
 from gateway.core import tracing
 from protocols.a2a.connector import A2AConnector
-from schemas import Message, Route, Task, TextPart
+from protocols.acp.connector import ACPConnector
+from protocols.anp.client import ANPSigner
+from protocols.anp.connector import ANPConnector
+from registry.identity import Identity
+from schemas import Message, Route, Task, TaskState, TextPart
 from tests.conftest import (
     free_port,
     interlace_cmd,
@@ -43,6 +55,7 @@ from tests.conftest import (
     test_config,
     wait_until,
 )
+from tests.fixtures.anp_support import LocalResolver, anp_gateway, make_caller, signer
 from tests.fixtures.mcp_support import ModernRaw
 
 pytestmark = pytest.mark.timeout(60)
@@ -50,6 +63,9 @@ pytestmark = pytest.mark.timeout(60)
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{CALLER_SPAN}-01"
+FOLLOW_UP_TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+FOLLOW_UP_SPAN = "b7ad6b7169203331"
+FOLLOW_UP = f"00-{FOLLOW_UP_TRACE_ID}-{FOLLOW_UP_SPAN}-01"
 A2A = {"A2A-Version": "1.0"}
 
 
@@ -232,6 +248,201 @@ async def test_a_worker_of_its_own_process_continues_the_trace(spans):
     invoke = named(ours, "invoke_agent echo")
     assert hex_id(invoke.parent.span_id, 16) == CALLER_SPAN  # the internal API's traceparent header
     assert child(ours, invoke, "process echo").attributes["interlace.task.id"] == done["id"]
+
+
+async def test_acp_face_to_a_remote_acp_agent_is_one_trace(spans):
+    """ACP create_run (traceparent header) -> the ACP connector -> another gateway's ACP face ->
+    its echo worker."""
+    remote = create_app(test_config(), workers=[EchoWorker()])
+    async with serve_app(remote) as remote_url:
+        gateway = create_app(test_config(echo=False), workers=[ACPConnector("far", f"{remote_url}/acp/agents/echo")])
+        async with serve_app(gateway) as url, httpx.AsyncClient(base_url=url, timeout=20) as http:
+            body = {"agent_name": "far", "input": [{"role": "user", "parts": [{"content": "hello"}]}], "mode": "sync"}
+            async with asyncio.timeout(30):
+                resp = await http.post("/acp/runs", json=body, headers={"traceparent": TRACEPARENT})
+            assert resp.status_code == 200 and resp.json()["status"] == "completed", resp.text
+            ended = await finished(spans, "process echo")
+
+    ours = [s for s in ended if hex_id(s.context.trace_id, 32) == TRACE_ID]
+    # Parented on the traceparent header (the remote gateway's span of the same name is further down).
+    (server,) = [s for s in ours if s.name == "POST /acp/runs" and hex_id(s.parent.span_id, 16) == CALLER_SPAN]
+    assert server.kind is SpanKind.SERVER
+    assert server.attributes["http.route"] == "/acp/runs"
+    assert server.attributes["http.response.status_code"] == 200
+    assert server.attributes["gen_ai.operation.name"] == "invoke_agent"
+    assert server.attributes["gen_ai.agent.name"] == "far"
+    invoke = child(ours, server, "invoke_agent far")
+    assert server.attributes["interlace.task.id"] == invoke.attributes["interlace.task.id"]
+    worker = child(ours, invoke, "process far")  # the connector, through the bus
+    send = child(ours, worker, "POST /runs")
+    assert send.kind is SpanKind.CLIENT
+    assert send.attributes["gen_ai.agent.name"] == "echo" and send.attributes["url.template"] == "/runs"
+    assert send.attributes["server.address"] == "127.0.0.1"
+    # The remote gateway's ACP face continued the trace from the connector's traceparent header.
+    remote_server = child(ours, send, "POST /acp/runs")
+    assert remote_server.kind is SpanKind.SERVER and remote_server.attributes["gen_ai.agent.name"] == "echo"
+    remote_invoke = child(ours, remote_server, "invoke_agent echo")
+    assert remote_server.attributes["interlace.task.id"] == remote_invoke.attributes["interlace.task.id"]
+    child(ours, remote_invoke, "process echo")
+
+
+async def test_anp_connector_to_a_remote_anp_face_is_one_trace(spans, tmp_path):
+    """The internal API (traceparent header) -> the ANP connector (signed JSON-RPC) -> another
+    gateway's ANP face -> its echo worker."""
+    key_file = tmp_path / "node.key"
+    identity = Identity.generate()
+    identity.save(key_file)
+    port = free_port()
+    signer = ANPSigner.for_host(identity, f"localhost:{port}")
+
+    async def resolve(did: str):
+        async with httpx.AsyncClient(timeout=5) as http:
+            doc = (await http.get(f"http://localhost:{port}/.well-known/did.json")).json()
+        return doc if doc.get("id") == did else None
+
+    async with anp_gateway(test_config(), resolve=resolve, workers=[EchoWorker()]) as (remote_url, _):
+        connector = ANPConnector("far", f"{remote_url}/anp/agents/echo/ad.json", signer=signer)
+        config = test_config(echo=False, node_key=str(key_file))
+        async with (
+            anp_gateway(config, workers=[connector], port=port) as (url, _),
+            httpx.AsyncClient(base_url=url, timeout=20) as http,
+        ):
+            body = {"agent": "far", "message": {"role": "user", "parts": [{"kind": "text", "text": "hi"}]}}
+            async with asyncio.timeout(30):
+                resp = await http.post("/tasks?wait=true", json=body, headers={"traceparent": TRACEPARENT})
+            assert resp.json()["status"]["state"] == "completed", resp.text
+            ended = await finished(spans, "process echo")
+
+    ours = [s for s in ended if hex_id(s.context.trace_id, 32) == TRACE_ID]
+    invoke = named(ours, "invoke_agent far")
+    assert hex_id(invoke.parent.span_id, 16) == CALLER_SPAN
+    worker = child(ours, invoke, "process far")
+    send = child(ours, worker, "send_message")  # the connector's call
+    assert send.kind is SpanKind.CLIENT
+    assert send.attributes["rpc.system.name"] == "jsonrpc" and send.attributes["rpc.method"] == "send_message"
+    assert send.attributes["jsonrpc.request.id"] == invoke.attributes["interlace.task.id"]
+    assert send.attributes["server.address"] == "localhost"
+    # The remote gateway's ANP face continued the trace from the connector's traceparent header.
+    remote_server = child(ours, send, "send_message")
+    assert remote_server.kind is SpanKind.SERVER
+    assert remote_server.attributes["gen_ai.operation.name"] == "invoke_agent"
+    assert remote_server.attributes["gen_ai.agent.name"] == "echo"
+    remote_invoke = child(ours, remote_server, "invoke_agent echo")
+    assert remote_server.attributes["interlace.task.id"] == remote_invoke.attributes["interlace.task.id"]
+    child(ours, remote_invoke, "process echo")
+
+
+async def test_failed_acp_and_anp_requests_mark_their_spans(spans, tmp_path):
+    """An ACP error (its code) and a JSON-RPC error of the ANP face (its code) set ``error.type``
+    on the face's SERVER span, in the caller's trace."""
+    alice = make_caller(tmp_path, "alice")
+    async with (
+        anp_gateway(resolve=LocalResolver(alice)) as (url, _),
+        httpx.AsyncClient(base_url=url, timeout=10) as http,
+    ):
+        missing = "/acp/runs/00000000-0000-4000-8000-000000000000"
+        assert (await http.get(missing, headers={"traceparent": TRACEPARENT})).status_code == 404
+        body = {"jsonrpc": "2.0", "id": 1, "method": "get_task", "params": {"task_id": "nope"}}
+        auth = signer(alice)
+        headers = auth.get_auth_header(f"{url}/anp/rpc", force_new=True, method="POST", body=json.dumps(body).encode())
+        resp = await http.post("/anp/rpc", content=json.dumps(body), headers={**headers, "traceparent": TRACEPARENT})
+        code = resp.json()["error"]["code"]
+    ended = [s for s in await finished(spans, "get_task") if hex_id(s.context.trace_id, 32) == TRACE_ID]
+    acp_span = named(ended, "GET /acp/runs/{run_id}")
+    assert acp_span.kind is SpanKind.SERVER and acp_span.attributes["error.type"] == "not_found"
+    assert acp_span.attributes["http.response.status_code"] == 404
+    anp_span = named(ended, "get_task")
+    assert anp_span.kind is SpanKind.SERVER and anp_span.attributes["rpc.method"] == "get_task"
+    assert anp_span.attributes["error.type"] == anp_span.attributes["rpc.response.status_code"] == str(code)
+
+
+def _ask(text: str) -> dict:
+    return {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "SendMessage",
+        "params": {
+            "message": {"messageId": text, "role": "ROLE_USER", "parts": [{"text": text}], "metadata": {"ask": "?"}},
+            "metadata": {"agent": "echo"},
+        },
+    }
+
+
+async def _follow_up(http: httpx.AsyncClient, face: str, task_id: str) -> None:
+    """Continue ``task_id`` over ``face``, in the follow-up trace; returns once it completed."""
+    headers = {"traceparent": FOLLOW_UP}
+    if face == "a2a":
+        message = {"messageId": "f-1", "role": "ROLE_USER", "parts": [{"text": "Paris"}], "taskId": task_id}
+        body = {"jsonrpc": "2.0", "id": 2, "method": "SendMessage", "params": {"message": message}}
+        resp = await http.post("/a2a", json=body, headers={**A2A, **headers})
+    elif face == "acp":
+        body = {"await_resume": {"type": "message", "message": {"parts": [{"content": "Paris"}]}}, "mode": "sync"}
+        resp = await http.post(f"/acp/runs/{task_id}", json=body, headers=headers)
+    elif face == "mcp":  # the send_task tool; trace context in params._meta (2026-07-28)
+        arguments = {"agent_or_query": "echo", "message": "Paris", "task_id": task_id}
+        raw = ModernRaw(http, str(http.base_url.join("/mcp")))
+        resp, answer = await raw.call(
+            "tools/call", {"name": "send_task", "arguments": arguments}, traceparent=FOLLOW_UP
+        )
+        assert not answer["result"].get("isError"), answer
+    else:
+        body = {"task_id": task_id, "message": {"role": "user", "parts": [{"kind": "text", "text": "Paris"}]}}
+        resp = await http.post("/tasks?wait=true", json=body, headers=headers)
+    assert resp.status_code == 200, resp.text
+    assert (await http.get(f"/tasks/{task_id}")).json()["status"]["state"] == "completed"
+
+
+@pytest.mark.parametrize("face", ["a2a", "acp", "mcp", "tasks"])
+async def test_a_follow_up_is_traced_in_its_own_trace_linked_to_the_tasks_first(spans, face):
+    app = create_app(test_config())
+    async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=20) as http, asyncio.timeout(30):
+        reply = (await http.post("/a2a", json=_ask("weather"), headers={**A2A, "traceparent": TRACEPARENT})).json()
+        task = reply["result"]["task"]
+        assert task["status"]["state"] == "TASK_STATE_INPUT_REQUIRED", reply
+        await finished(spans, "process echo")
+        await _follow_up(http, face, task["id"])
+        ended = await finished(spans, "process echo", 2)
+        stored = await app.state.runtime.backend.tasks.get(task["id"])
+
+    first = [s for s in ended if hex_id(s.context.trace_id, 32) == TRACE_ID]
+    first_invoke = named(first, "invoke_agent echo")
+    child(first, first_invoke, "process echo")  # the run that asked
+
+    ours = [s for s in ended if hex_id(s.context.trace_id, 32) == FOLLOW_UP_TRACE_ID]
+    invoke = named(ours, "invoke_agent echo")
+    assert invoke.kind is SpanKind.CLIENT and invoke.attributes["interlace.task.id"] == task["id"]
+    (link,) = invoke.links  # to the task's first trace: the span that accepted it
+    assert link.context.trace_id == first_invoke.context.trace_id
+    assert link.context.span_id == first_invoke.context.span_id
+    # Under the follow-up request: its face's SERVER span (the internal API has none), then the caller.
+    parent = next((s for s in ours if s.context.span_id == invoke.parent.span_id), None)
+    if face == "tasks":
+        assert parent is None and hex_id(invoke.parent.span_id, 16) == FOLLOW_UP_SPAN
+    else:
+        assert parent is not None and parent.kind is SpanKind.SERVER
+        assert (
+            parent.name == {"a2a": "SendMessage", "acp": "POST /acp/runs/{run_id}", "mcp": "tools/call send_task"}[face]
+        )
+        assert hex_id(parent.parent.span_id, 16) == FOLLOW_UP_SPAN
+    # The worker's run for the follow-up continues the follow-up's trace.
+    child(ours, invoke, "process echo")
+    assert stored.trace["traceparent"] == f"00-{FOLLOW_UP_TRACE_ID}-{hex_id(invoke.context.span_id, 16)}-01"
+
+
+@pytest.mark.parametrize("backend_kind", ["embedded", "redis"])
+async def test_both_backends_keep_the_context_a_follow_up_gives_a_task(backend):
+    first, follow_up = {"traceparent": TRACEPARENT}, {"traceparent": FOLLOW_UP}
+    message = Message(role="user", parts=[TextPart(text="x")])
+    task = Task(history=[message], route=Route(agent="a"), trace=first)
+    await backend.tasks.submit(task, "a", "node")
+    for state in (TaskState.WORKING, TaskState.INPUT_REQUIRED):
+        task, _ = await backend.tasks.apply(task.id, task.status_event(state))
+    resume = task.status_event(TaskState.WORKING, message)
+    resume.trace = follow_up
+    task, event_id = await backend.tasks.apply(task.id, resume)
+    assert task.trace == follow_up and (await backend.tasks.get(task.id)).trace == follow_up
+    (stored,) = [e for e in await backend.tasks.read_events(task.id, None, 0) if e.event_id == event_id]
+    assert "trace" not in stored.event.dump()  # the context is the task's: events never carry it out
 
 
 async def _names_include(http: httpx.AsyncClient, name: str) -> bool:

@@ -29,6 +29,7 @@ from gateway.core.policy import Action, Target
 from gateway.core.runtime import ActingFor
 from gateway.core.sse import sse_response
 from protocols.mcp.server import service_for
+from protocols.mcp.stdio_upstream import StdioUpstreamClient
 from registry.index import CapabilityQuery
 from registry.service import stream_of
 from schemas import DataPart, FilePart, Message, TaskState, TextPart
@@ -409,6 +410,7 @@ class Console:
     async def upstreams(self, request: Request, visitor: Visitor) -> Response:
         svc = service_for(request.app)
         visible = svc.visible_to(request.app.state.runtime.acting_for(visitor.principal))
+        admin = visitor.principal.is_admin(request.app.state.runtime.config.admin_group)
         views = []
         for name, client in sorted(svc.upstreams.clients.items()):
             catalog = {
@@ -427,10 +429,10 @@ class Console:
                     "url": getattr(client, "url", None),
                     "era": getattr(client, "era", None) or getattr(client, "protocol_version", None),
                     "catalog": catalog,
-                    "process": client.process_view() if hasattr(client, "process_view") else None,
+                    # a stdio server's command line and stderr may hold what only operators should read
+                    "process": _process(client) if admin else None,
                 }
             )
-        admin = visitor.principal.is_admin(request.app.state.runtime.config.admin_group)
         drift = svc.upstreams.quarantined() if admin else []
         return self._render(request, visitor, "upstreams.html", upstreams=views, drift=drift)
 
@@ -472,6 +474,15 @@ def _task_row(task) -> dict[str, Any]:
         "updated": task.status.timestamp,
         "note": note[:200],
     }
+
+
+def _process(client) -> dict[str, Any] | None:
+    """A stdio upstream's process (``StdioUpstreamClient.process_status``), its stderr tail as one text."""
+    if not isinstance(client, StdioUpstreamClient):
+        return None
+    status = client.process_status()
+    tail = status.pop("stderr_tail")
+    return {**status, "stderr": "\n".join(tail)}
 
 
 def _artifact_view(artifact) -> dict[str, Any]:

@@ -255,7 +255,7 @@ class Runtime:
             claim.bind(task.id)
             if span.is_recording():
                 span.update_name(f"invoke_agent {stream}")
-                span.set_attributes(_task_attributes(task))
+                span.set_attributes(tracing.task_attributes(task))
         audit.record(caller, "call", stream, "ok", task.id)
         self.metrics.accepted.labels(stream).inc()
         self.capabilities.accepted(stream)
@@ -302,6 +302,10 @@ class Runtime:
         Returns the resumed task and the id of its last event before the follow-up: whoever
         follows the task from there sees only what the follow-up caused, never the old
         input-required event (which is final, and would end the follow at once).
+
+        Traces: the follow-up is an ``invoke_agent`` span of the follow-up request's own trace,
+        linked to the task's first one (``Task.trace``), and becomes the task's trace: the worker's
+        run for the follow-up continues it.
         """
         task = await self.get(task_id, caller=caller, action="call")
         if not task.state.interrupted or task.route is None:
@@ -310,13 +314,21 @@ class Runtime:
             )
         tool = tool_named(task.metadata, message.metadata) or task.route.skill
         self._check_tool(caller, self.registry.resolve(task.route.agent), tool)
-        with self.quotas.task(caller) as claim:
+        agent = task.route.agent
+        with (
+            self.quotas.task(caller) as claim,
+            tracing.span(f"invoke_agent {agent}", tracing.CLIENT, _INVOKE, link=task.trace) as span,
+        ):
+            if span.is_recording():
+                span.set_attributes(tracing.task_attributes(task))
             after = await self.last_event_id(task.id)
             message = message.model_copy(update={"task_id": task.id, "context_id": task.context_id})
-            task, _ = await self.backend.tasks.apply(task.id, task.status_event(TaskState.WORKING, message))
-            await self.backend.tasks.requeue(task, task.route.agent)
+            resume = task.status_event(TaskState.WORKING, message)
+            resume.trace = tracing.carrier()
+            task, _ = await self.backend.tasks.apply(task.id, resume)
+            await self.backend.tasks.requeue(task, agent)
             claim.bind(task.id)
-        audit.record(caller, "call", task.route.agent, "ok", task.id)
+        audit.record(caller, "call", agent, "ok", task.id)
         return task, after
 
     def sees(self, caller: Principal, task: Task) -> bool:
@@ -492,17 +504,6 @@ class Runtime:
 # The runtime's span of a submission (GenAI semantic conventions: invoke_agent; a CLIENT span, as
 # the agent runs elsewhere: a worker or a connector takes the task from the bus).
 _INVOKE = {"gen_ai.operation.name": "invoke_agent", "gen_ai.provider.name": "interlace"}
-
-
-def _task_attributes(task: Task) -> dict[str, str]:
-    """What a runtime span says about a task: its id, context, agent (stream) and route."""
-    attributes = {"interlace.task.id": task.id, "gen_ai.conversation.id": task.context_id}
-    if task.route is not None:
-        attributes["gen_ai.agent.name"] = task.route.agent
-        attributes["interlace.route.reason"] = task.route.reason or ""
-        if task.route.skill:
-            attributes["interlace.route.skill"] = task.route.skill
-    return attributes
 
 
 def _task_target(task: Task) -> Target:

@@ -18,10 +18,14 @@ inbound, ``InboundContext`` (an ASGI middleware the app adds only when on) makes
 headers the ambient context of the request, and a face may parent its span on a carrier of its own
 instead (MCP: ``params._meta``); the runtime stores the context of its span with the task
 (``Task.trace``, serialized by both backends), so the worker that takes the task, in any process
-or node, continues the trace; outbound, the egress module adds the current context to every HTTP
-request the gateway makes (``inject_missing``), and the MCP client also into ``params._meta``.
+or node, continues the trace (a follow-up that continues the task replaces it with the context of
+its own request's trace, its span linked to the first: ``span(link=...)``); outbound, the
+egress module adds the current context to every HTTP request the gateway makes
+(``inject_missing``), and the MCP client also into ``params._meta``.
 
-Span kinds are named here (``SERVER`` ...) so callers need no OpenTelemetry import. Tests install
+The faces' spans share ``task_attributes``/``record_task`` (the task a span handled) and
+``server_attributes`` (where a CLIENT span's request goes). Span kinds are named here
+(``SERVER`` ...) so callers need no OpenTelemetry import. Tests install
 an SDK provider of their own (``install``) and remove it (``reset``).
 """
 
@@ -31,6 +35,9 @@ import logging
 import os
 from collections.abc import Mapping, MutableMapping
 from typing import Any
+from urllib.parse import urlsplit
+
+from schemas import Task
 
 log = logging.getLogger("interlace.tracing")
 
@@ -149,16 +156,26 @@ def reset() -> None:
 
 
 def span(
-    name: str, kind: str = INTERNAL, attributes: Mapping[str, Any] | None = None, parent: Mapping | None = None
+    name: str,
+    kind: str = INTERNAL,
+    attributes: Mapping[str, Any] | None = None,
+    parent: Mapping | None = None,
+    link: Mapping | None = None,
 ) -> Any:
     """A span to use as ``with span(...) as s:``: current inside the block, ended after it, status
     ERROR with the exception recorded if one escapes. Its parent is the context in ``parent`` (a
-    carrier: headers, MCP ``_meta``, ``Task.trace``) when that holds one, else the current span.
-    Never hold it across a ``yield`` of an async generator: use ``start`` there."""
+    carrier: headers, MCP ``_meta``, ``Task.trace``) when that holds one, else the current span;
+    ``link``, a carrier too, names a span of another trace it follows from (a span link: the
+    follow-up of a task links the task's first trace). Never hold it across a ``yield`` of an
+    async generator: use ``start`` there."""
     if not ON:
         return NO_SPAN
     return _tracer.start_as_current_span(
-        name, context=_parent(parent), kind=_otel.trace.SpanKind[kind], attributes=attributes or None
+        name,
+        context=_parent(parent),
+        kind=_otel.trace.SpanKind[kind],
+        attributes=attributes or None,
+        links=_links(link),
     )
 
 
@@ -181,6 +198,14 @@ def _parent(carrier: Mapping | None) -> Any:
     return _otel.propagate.extract({k: carrier[k] for k in TRACE_KEYS if isinstance(carrier.get(k), str)}, current)
 
 
+def _links(carrier: Mapping | None) -> list[Any] | None:
+    if not carrier or not isinstance(carrier.get("traceparent"), str):
+        return None
+    context = _otel.propagate.extract({k: carrier[k] for k in TRACE_KEYS if isinstance(carrier.get(k), str)})
+    linked = _otel.trace.get_current_span(context).get_span_context()
+    return [_otel.trace.Link(linked)] if linked.is_valid else None
+
+
 def current() -> Any:
     """The current span (``NO_SPAN`` when off)."""
     return _otel.trace.get_current_span() if ON else NO_SPAN
@@ -192,6 +217,35 @@ def fail(span: Any, error_type: str, description: str | None = None) -> None:
         return
     span.set_attribute("error.type", error_type)
     span.set_status(_otel.trace.Status(_otel.trace.StatusCode.ERROR, description))
+
+
+def task_attributes(task: Task) -> dict[str, str]:
+    """What a span says about the task it handles: its id, context, agent (stream) and route."""
+    attributes = {"interlace.task.id": task.id, "gen_ai.conversation.id": task.context_id}
+    if task.route is not None:
+        attributes["gen_ai.agent.name"] = task.route.agent
+        attributes["interlace.route.reason"] = task.route.reason or ""
+        if task.route.skill:
+            attributes["interlace.route.skill"] = task.route.skill
+    return attributes
+
+
+def record_task(task: Task) -> None:
+    """Put ``task_attributes`` on the current span: a face's span, once it knows the task its
+    request created, continued or read."""
+    if ON:
+        current_span = _otel.trace.get_current_span()
+        if current_span.is_recording():
+            current_span.set_attributes(task_attributes(task))
+
+
+def server_attributes(url: str) -> dict[str, Any]:
+    """``server.address`` and ``server.port`` of a CLIENT span's request to ``url``."""
+    parts = urlsplit(url)
+    attributes: dict[str, Any] = {"server.address": parts.hostname or ""}
+    if parts.port:
+        attributes["server.port"] = parts.port
+    return attributes
 
 
 def carrier() -> dict[str, str] | None:

@@ -16,7 +16,6 @@ to every request (a stream's span passes its own, ``tracing.headers_of``).
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from gateway.core import tracing
 
@@ -60,11 +59,7 @@ def answered(span: Any, result: Any) -> None:
 
 
 def _client_attributes(method: str, url: str, params: Any) -> dict[str, Any]:
-    parts = urlsplit(url)
-    attributes = {"a2a.method.name": method, "server.address": parts.hostname or "", **_params(params)}
-    if parts.port:
-        attributes["server.port"] = parts.port
-    return attributes
+    return {"a2a.method.name": method, **tracing.server_attributes(url), **_params(params)}
 
 
 def client_span(method: str, url: str, params: Any = None) -> Any:

@@ -84,9 +84,12 @@ def client_span(request: Callable[..., Awaitable[dict[str, Any]]]):
         params = dict(params or {})
         name, attributes = _attributes(method, params)
         url = urlsplit(client.url)
-        attributes.update({"server.address": url.hostname or "", "network.transport": "tcp"})
-        if url.port:
-            attributes["server.port"] = url.port
+        if url.hostname:
+            attributes.update({"server.address": url.hostname, "network.transport": "tcp"})
+            if url.port:
+                attributes["server.port"] = url.port
+        else:  # a stdio upstream (stdio_upstream.py): a child process, reached through pipes
+            attributes["network.transport"] = "pipe"
         with tracing.span(name, tracing.CLIENT, attributes) as span:
             meta = dict(params.get("_meta") or {}) if isinstance(params.get("_meta"), dict) else {}
             tracing.inject(meta)
