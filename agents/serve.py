@@ -31,14 +31,21 @@ def add_bus_flags(parser: argparse.ArgumentParser) -> None:
 
 async def serve_worker(worker: Worker, args: argparse.Namespace, config: Config, link: WorkerLink | None = None) -> int:
     """Consume ``worker``'s stream through ``--redis`` (directly) or ``--gateway`` (its /bus API,
-    each call signed with the agent's key)."""
+    each call signed with the agent's key). 0 after a signal; 1, with the reason logged, when the
+    configuration cannot work or the consuming loop died."""
     identity = Identity.load(args.key) if args.key else Identity.generate()
     backend = None
     if link is None and args.redis_url:
-        from gateway.core.backends import Limits, open_backend
+        from gateway.core.backends import BackendMisconfigured, Limits, open_backend
         from registry.service import Registry
 
         backend = open_backend(args.redis_url, Limits(visibility_timeout_ms=config.visibility_timeout_ms))
+        try:
+            await backend.check()
+        except BackendMisconfigured as exc:
+            log.error("the bus's configuration cannot work", extra={"agent": worker.agent, "error": str(exc)})
+            await backend.close()
+            return 1
         link = DirectLink(backend, Registry(backend.records, config.network, skew_s=config.skew_s))
     elif link is None:
         link = HttpLink(args.gateway or "http://127.0.0.1:8080", args.token or config.worker_token, identity)
@@ -56,9 +63,12 @@ async def serve_worker(worker: Worker, args: argparse.Namespace, config: Config,
         loop.add_signal_handler(sig, stop.set)
     job = runner.start()
     log.info("worker started", extra={"agent": worker.agent, "consumer": runner.consumer, "did": runner.identity.did})
-    await asyncio.wait([job, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait([job, stopped], return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    died = runner.died  # the loop ended on an error it cannot retry (the runner logged why)
     await runner.stop(config.shutdown_grace_s)
     if backend is not None:
         await backend.close()
     log.info("worker stopped", extra={"agent": worker.agent})
-    return 0
+    return 1 if died else 0

@@ -122,6 +122,10 @@ class WorkerRunner:
         self._stopping = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
         self.ready = asyncio.Event()
+        # Whether its name is routable now: its record is in the registry, or the name belongs
+        # to another agent's record (tasks go to that holder). False until the first answer and
+        # again while re-signing fails: a gateway is not ready while one of its agents is not.
+        self.routable = False
 
     def start(self) -> asyncio.Task:
         if self.register:
@@ -129,7 +133,20 @@ class WorkerRunner:
         else:
             self.ready.set()
         self._loop_task = asyncio.create_task(self.run(), name=f"worker-{self.worker.agent}")
+        self._loop_task.add_done_callback(self._loop_ended)
         return self._loop_task
+
+    @property
+    def died(self) -> bool:
+        """Whether the consuming loop ended on an error it could not retry (it takes no work)."""
+        job = self._loop_task
+        return job is not None and job.done() and not job.cancelled() and job.exception() is not None
+
+    def _loop_ended(self, job: asyncio.Task) -> None:
+        if self.died:  # never silent: the process (or the gateway's /readyz) reports it too
+            exc = job.exception()
+            error = f"{exc.__class__.__name__}: {str(exc)[:300]}"
+            log.error("worker loop died", extra={"agent": self.worker.agent, "error": error})
 
     def _next_seq(self) -> int:
         # Milliseconds keep seq increasing across restarts of the same key; +1 within one.
@@ -154,6 +171,7 @@ class WorkerRunner:
                 )
                 await self.link.register(sign(record, self.identity))
                 self._claimed_at = record.claimed_at
+                self.routable = True
                 self.ready.set()
                 backoff, taken, adopted = 0.1, False, False
                 await self._sleep(self.lease_s / 3, self.worker.card_changed)
@@ -171,6 +189,7 @@ class WorkerRunner:
                             extra={"agent": self.worker.agent, "did": self.identity.did},
                         )
                     taken = True
+                    self.routable = True
                     self.ready.set()  # the name is routable: to its holder
                     await self._sleep(self.lease_s / 3)
                     continue
@@ -180,6 +199,7 @@ class WorkerRunner:
 
     async def _retry(self, exc: Exception, backoff: float) -> float:
         """Log a failed registration, wait ``backoff``; the next backoff."""
+        self.routable = False
         log.warning("registration failed, retrying", extra={"agent": self.worker.agent, "error": str(exc)[:300]})
         await self._sleep(backoff)
         return min(backoff * 2, self.lease_s / 3)

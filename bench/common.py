@@ -119,7 +119,7 @@ def gateway_process(*args: str, env: dict[str, str] | None = None):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # a loaded machine starts slowly
         while True:
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
@@ -157,12 +157,17 @@ class RawHttp:
     async def request(
         self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
     ) -> tuple[int, bytes]:
-        conn = self._idle.pop() if self._idle else await asyncio.open_connection(self.host, self.port)
-        reader, writer = conn
         head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(body)}\r\n"
         head += "".join(f"{k}: {v}\r\n" for k, v in (headers or {"Content-Type": "application/json"}).items())
-        writer.write(head.encode() + b"\r\n" + body)
-        status_line = await reader.readline()
+        while True:
+            reused = bool(self._idle)
+            conn = self._idle.pop() if reused else await asyncio.open_connection(self.host, self.port)
+            reader, writer = conn
+            writer.write(head.encode() + b"\r\n" + body)
+            status_line = await reader.readline()
+            if status_line or not reused:
+                break
+            writer.close()  # the server closed it while idle (keep-alive timeout): nothing was read
         length, reusable = 0, True
         while (line := await reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode("latin-1").partition(":")

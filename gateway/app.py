@@ -63,6 +63,10 @@ async def readyz(request: Request) -> Response:
         await rt.ready()
     except BackendUnavailable as exc:
         return error_response(503, "not_ready", str(exc), headers={"Retry-After": "1"})
+    waiting = request.app.state.supervisor.not_serving()
+    if waiting:
+        note = f"agents not serving (registration failing, or their loop died): {', '.join(waiting)}"
+        return error_response(503, "not_ready", note, headers={"Retry-After": "1"})
     return JSONResponse({"status": "ready", "backend": rt.backend.name})
 
 
@@ -216,6 +220,7 @@ def create_app(
     app.state.runtime = runtime
     app.state.connectors = connectors  # an adapter's mount may bind its connector factory to its options
     app.state.cluster = cluster
+    app.state.supervisor = supervisor  # /readyz: not ready while an agent run here cannot serve
     app.state.console = console
     app.state.authenticator = authenticator  # open routes whose answer depends on who asks (principal.py)
     app.state.signed_requests = signed_requests  # /bus verifies workers' signatures with it

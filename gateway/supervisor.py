@@ -47,6 +47,11 @@ class Supervisor:
         runners = [self.start(worker) for worker in workers]
         await asyncio.gather(*(asyncio.wait_for(r.ready.wait(), timeout_s) for r in runners), return_exceptions=True)
 
+    def not_serving(self) -> list[str]:
+        """The agents run here that cannot serve now (/readyz: not ready): an in-process agent
+        whose name is not routable, or any worker whose consuming loop died."""
+        return sorted(r.worker.agent for r in self._runners if r.died or (r.register and not r.routable))
+
     async def stop(self, runner: WorkerRunner) -> None:
         self._runners.discard(runner)
         await runner.stop(self.runtime.config.shutdown_grace_s)

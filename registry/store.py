@@ -96,9 +96,10 @@ return 0
 
 
 class RedisRecordStore(RecordStore):
-    """Keys: ``il:reg:seq`` (did -> seq), ``il:reg`` (did -> entry), ``il:reg:feed`` (stream)."""
+    """Keys: ``il:{reg}:seq`` (did -> seq), ``il:{reg}:entries`` (did -> entry), ``il:{reg}:feed``
+    (stream); one hash tag, so each script touches one Redis Cluster slot."""
 
-    KEYS = ["il:reg:seq", "il:reg", "il:reg:feed"]
+    KEYS = ["il:{reg}:seq", "il:{reg}:entries", "il:{reg}:feed"]
 
     def __init__(self, redis: Any) -> None:
         self.r = redis

@@ -117,6 +117,36 @@ def redis_server():
     shutil.rmtree(server.dir, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A 3-master Redis Cluster (no replicas), shared by the session."""
+    from tests.redis_topologies import RedisCluster
+
+    cluster = RedisCluster(masters=3)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel():
+    """A Sentinel-watched primary with one replica, shared by the session."""
+    from tests.redis_topologies import RedisSentinel
+
+    sentinel = RedisSentinel()
+    try:
+        sentinel.start()
+        yield sentinel
+    finally:
+        sentinel.stop()
+
+
+# The Redis deployments a backend test runs against: backend kind -> its session fixture.
+REDIS_KINDS = {"redis": "redis_server", "redis-cluster": "redis_cluster", "redis-sentinel": "redis_sentinel"}
+
+
 FAST = Limits(visibility_timeout_ms=1_000, max_queue=1_000, max_deliveries=5, retention_s=600)
 
 
@@ -124,24 +154,30 @@ def make_backend(kind: str, redis_url: str | None, limits: Limits = FAST) -> Bac
     limits = dataclasses.replace(limits)  # tests tweak limits: never share one object
     if kind == "embedded":
         return EmbeddedBackend(limits)
+    assert kind in REDIS_KINDS, kind
     from gateway.core.backends.redis import RedisBackend
 
     return RedisBackend(redis_url, limits)
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(params=["embedded", *REDIS_KINDS])
 def backend_kind(request) -> str:
     return request.param
 
 
 @pytest.fixture
-async def backend(backend_kind, request) -> AsyncIterator[Backend]:
-    url = None
-    if backend_kind == "redis":
-        server = request.getfixturevalue("redis_server")
-        server.flush()
-        url = server.url
-    b = make_backend(backend_kind, url)
+def backend_url(backend_kind, request) -> str | None:
+    """The Redis URL of ``backend_kind``'s deployment, emptied for the test (None: embedded)."""
+    if backend_kind == "embedded":
+        return None
+    server = request.getfixturevalue(REDIS_KINDS[backend_kind])
+    server.flush()
+    return server.url
+
+
+@pytest.fixture
+async def backend(backend_kind, backend_url) -> AsyncIterator[Backend]:
+    b = make_backend(backend_kind, backend_url)
     yield b
     await b.close()
 

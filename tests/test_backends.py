@@ -1,4 +1,5 @@
-"""One behavioural suite for both backends (embedded and a real redis-server)."""
+"""One behavioural suite for every backend: embedded, and real Redis as one server, as a 3-master
+Redis Cluster and behind Sentinel (a primary and its replica)."""
 
 import asyncio
 import time
@@ -72,11 +73,9 @@ async def test_apply_checks_transitions_and_appends_events(backend):
         await backend.tasks.apply("missing", task.status_event(S.WORKING))
 
 
-async def test_subscriber_on_another_connection_sees_live_events(backend, backend_kind, request):
+async def test_subscriber_on_another_connection_sees_live_events(backend, backend_kind, backend_url):
     """Subscribe through a second backend object (for Redis: another client, as another process would)."""
-    other = backend
-    if backend_kind == "redis":
-        other = make_backend("redis", request.getfixturevalue("redis_server").url)
+    other = backend if backend_url is None else make_backend(backend_kind, backend_url)
     task = new_task()
     await backend.tasks.submit(task, "echo", "n")
 
@@ -93,12 +92,10 @@ async def test_subscriber_on_another_connection_sees_live_events(backend, backen
         await other.close()
 
 
-async def test_writers_on_two_connections_never_overwrite_each_other(backend, backend_kind, request):
+async def test_writers_on_two_connections_never_overwrite_each_other(backend, backend_kind, backend_url):
     """Each event is judged against the task as stored, even when this connection wrote the task
     last and another one changed it since (Redis: two clients, as two gateways would be)."""
-    other = backend
-    if backend_kind == "redis":
-        other = make_backend("redis", request.getfixturevalue("redis_server").url)
+    other = backend if backend_url is None else make_backend(backend_kind, backend_url)
     task = new_task()
     await backend.tasks.submit(task, "echo", "n")
     await backend.tasks.apply(task.id, task.status_event(S.INPUT_REQUIRED))
@@ -155,6 +152,18 @@ async def test_unacked_entry_is_redelivered_after_visibility_timeout(backend):
     # The consumer dies silently; another one gets the entry once the timeout has passed.
     again = await backend.bus.receive("echo", "live-consumer", block_ms=3000)
     assert [(d.task_id, d.entry_id, d.attempt) for d in again] == [(task.id, first[0].entry_id, 2)]
+
+
+async def test_an_entry_its_own_consumer_let_go_comes_back_without_counting(backend):
+    """A worker that lets an entry go because the bus failed under it gets it back as the same
+    delivery: a bus outage must not use up a task's deliveries (the poison rule's count)."""
+    task = new_task()
+    await backend.tasks.submit(task, "echo", "n")
+    (first,) = await backend.bus.receive("echo", "c1", block_ms=1000)
+    again = await backend.bus.receive("echo", "c1", block_ms=3000)
+    assert [(d.entry_id, d.attempt) for d in again] == [(first.entry_id, 1)]
+    other = await backend.bus.receive("echo", "c2", block_ms=3000)  # c1 died holding it
+    assert [(d.entry_id, d.attempt) for d in other] == [(first.entry_id, 2)]
 
 
 async def test_extend_keeps_the_entry(backend):

@@ -23,6 +23,7 @@ from gateway.core.aio import wait_cancelled
 from gateway.core.backends import (
     Backend,
     BackendError,
+    BackendMisconfigured,
     BackendUnavailable,
     KeyValue,
     Limits,
@@ -117,6 +118,11 @@ class Runtime:
     # ---- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        try:
+            await self.backend.check()
+        except BackendMisconfigured as exc:
+            log.error("the backend's configuration cannot work", extra={"error": str(exc)})
+            raise
         await self.registry.start()
         self._feed = asyncio.create_task(self._follow_finished(), name="finished-feed")
         if self.policy_file is not None:

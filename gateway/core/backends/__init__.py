@@ -3,6 +3,7 @@
 from gateway.core.backends.base import (
     Backend,
     BackendError,
+    BackendMisconfigured,
     BackendUnavailable,
     Delivery,
     Finished,
@@ -28,6 +29,7 @@ def open_backend(redis_url: str | None, limits: Limits | None = None) -> Backend
 __all__ = [
     "Backend",
     "BackendError",
+    "BackendMisconfigured",
     "BackendUnavailable",
     "Delivery",
     "EmbeddedBackend",

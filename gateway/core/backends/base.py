@@ -35,6 +35,13 @@ class BackendUnavailable(BackendError):
     code = "unavailable"
 
 
+class BackendMisconfigured(BackendError):
+    """The backend's configuration cannot work (a cluster URL pointed at one Redis, or the
+    reverse; refused credentials): a start-up error for the operator, never retried."""
+
+    code = "misconfigured"
+
+
 class QueueFull(BackendError):
     code = "queue_full"
 
@@ -100,7 +107,10 @@ class Limits:
 class Bus(abc.ABC):
     @abc.abstractmethod
     async def receive(self, agent: str, consumer: str, *, block_ms: int, count: int = 1) -> list[Delivery]:
-        """Entries for ``consumer``: stale ones of dead consumers first, then new ones."""
+        """Entries for ``consumer``: stale ones of dead consumers first, then new ones. A stale
+        entry counts as one delivery more (``attempt``, which the poison rule bounds) when
+        another consumer held it; one ``consumer`` let go itself, as a worker does when the bus
+        fails under it, comes back with its count unchanged: an outage uses up no deliveries."""
 
     @abc.abstractmethod
     async def extend(self, delivery: Delivery, consumer: str) -> None:
@@ -194,6 +204,11 @@ class Backend(abc.ABC):
     records: RecordStore
     kv: KeyValue
     limits: Limits
+
+    async def check(self) -> None:
+        """Raise BackendMisconfigured when the configuration cannot work (called at start-up);
+        the embedded backend always can."""
+        return None
 
     @abc.abstractmethod
     async def ping(self) -> None:

@@ -118,7 +118,9 @@ class EmbeddedBus(Bus):
             if len(out) >= count:
                 break
             if now - p.since_ms >= self.limits.visibility_timeout_ms:
-                p.consumer, p.since_ms, p.deliveries = consumer, now, p.deliveries + 1
+                # One this consumer let go itself is no new delivery (base.Bus.receive).
+                more = 0 if p.consumer == consumer else 1
+                p.consumer, p.since_ms, p.deliveries = consumer, now, p.deliveries + more
                 out.append(Delivery(agent, entry_id, p.task_id, p.deliveries))
         return out
 
