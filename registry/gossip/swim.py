@@ -36,7 +36,8 @@ that member's). The protocol, with the paper section each piece comes from:
   with cluster size). Recently dead members still get gossip (memberlist GossipToTheDeadTime) and
   a random dead member is contacted every reconnect interval (serf's reconnect), which is how a
   healed partition merges back. Dead and left members are reaped after `reap_timeout`.
-* Leave: the node gossips `Dead` about itself with itself as accuser; peers record it as left.
+* Leave: the node gossips `Dead` about itself with itself as accuser, and sends it to its seeds
+  directly (they know of it even when it knows of nobody yet); peers record it as left.
 
 Who is believed about what (not in SWIM, which trusts every member): a packet must never steer
 where this node sends. So
@@ -286,6 +287,7 @@ class _Probe:
     incarnation: int
     expected_nacks: int = 0
     nacks: int = 0
+    late: bool = False  # a timer of this probe fired late: this node was starved meanwhile
 
 
 @dataclass(slots=True)
@@ -332,6 +334,7 @@ class SwimNode:
         self._timers: list[tuple[float, int, int, Any]] = []
         self._timer_counter = 0
         self._next_gossip = math.inf
+        self._gossip_credit = 0.0  # gossip packets owed: fan-out scaled by local health
         self._seq = 0
         self._seeds: tuple[str, ...] = ()
         self._leaving = False
@@ -405,8 +408,8 @@ class SwimNode:
         """Fire every timer due at `now`, and gossip if a gossip round is due."""
         timers = self._timers
         while timers and timers[0][0] <= now:
-            _, _, kind, key = heapq.heappop(timers)
-            self._fire(kind, key, now)
+            when, _, kind, key = heapq.heappop(timers)
+            self._fire(kind, key, now, now - when)
         if now >= self._next_gossip:
             if self._membership_q or self._user_q:
                 self._gossip(now)
@@ -441,7 +444,12 @@ class SwimNode:
         """Leave gracefully: gossip `Dead(self, accuser=self)`; probing stops, gossip goes on
         until `leave_complete`."""
         self._leaving = True
-        self._on_dead(Dead(self.id, self.incarnation, self.id), now)
+        notice = Dead(self.id, self.incarnation, self.id)
+        self._on_dead(notice, now)
+        # The seeds first, directly: they learned of us when we joined, maybe before we learned
+        # of anyone (a node that leaves while its join is unanswered gossips to nobody).
+        for seed in self._seeds:
+            self._sends.append((seed, [notice]))
         if now > self._next_gossip:
             self._skip_gossip_rounds(now)
         return self._flush()
@@ -510,7 +518,9 @@ class SwimNode:
                     break
         return chosen
 
-    def _fire(self, kind: int, key: Any, now: float) -> None:
+    def _fire(self, kind: int, key: Any, now: float, lateness: float) -> None:
+        if kind in (_PROBE, _PROBE_TIMEOUT) and self._probe is not None and lateness > self._late_after():
+            self._probe.late = True
         if kind == _PROBE:
             self._probe_period(now)
         elif kind == _PROBE_TIMEOUT:
@@ -535,7 +545,12 @@ class SwimNode:
         """End the current probe period (SWIM 3.1) and start the next, whose length and timeout
         are scaled by the local health multiplier (Lifeguard LHM)."""
         probe, self._probe = self._probe, None
-        if probe is not None:
+        if probe is not None and probe.late:
+            # This node ran its probe's timers late: it was starved (CPU, GC pause), and the
+            # ack may be waiting unread. Its silence is no evidence against the target, but a
+            # sign of poor local health (Lifeguard's self-awareness, taken one step further).
+            self.awareness.apply(1)
+        elif probe is not None:
             # No ack in the whole period. Lifeguard: a missing nack means the fault may be ours;
             # with no helper to ask, the failed probe itself counts against our health.
             missing = probe.expected_nacks - probe.nacks if probe.expected_nacks else 1
@@ -555,6 +570,11 @@ class SwimNode:
         else:
             self._send(target.addr, Ping(self._probe.seq, target.id))
         self._schedule(now + self.awareness.scale(cfg.probe_timeout), _PROBE_TIMEOUT, self._probe.seq)
+
+    def _late_after(self) -> float:
+        """How late a probe timer may fire before this node counts itself starved: half the
+        (health-scaled) probe timeout, far beyond a healthy event loop's jitter."""
+        return self.awareness.scale(self.config.probe_timeout) / 2
 
     def _next_probe_target(self, now: float) -> Member | None:
         """Next alive or suspect member in the shuffled round-robin (SWIM 4.3); at the end of
@@ -753,7 +773,15 @@ class SwimNode:
                 or (m.state is _DEAD and now - m.state_change <= cfg.gossip_to_the_dead_time)
             )
 
-        for member in self._random_members(cfg.gossip_nodes, reachable):
+        # Lifeguard-aware fan-out: an unhealthy node (score s) sends gossip_nodes / (s + 1)
+        # packets per round on average, as its probes slow down by s + 1, so an overloaded
+        # cluster sheds its own gossip load instead of feeding it (issue 21's metastable collapse).
+        self._gossip_credit = min(self._gossip_credit + cfg.gossip_nodes / (self.awareness.score + 1), cfg.gossip_nodes)
+        fanout = int(self._gossip_credit)
+        if fanout == 0:
+            return
+        self._gossip_credit -= fanout
+        for member in self._random_members(fanout, reachable):
             msgs = self._take_broadcasts(cfg.packet_bytes)
             if not msgs:
                 return
