@@ -196,6 +196,9 @@ async def run(args: argparse.Namespace) -> bool:
             recovered = await wait_whole(http, cluster, args.recover_s, peak)
             t4 = time.time()
             phases.append(("after", t3, t4))
+            totals: Counter = Counter()
+            for view in await views(http, cluster.urls):
+                totals.update((view or {}).get("stats", {}))
     finally:
         cluster.close()
     events = marks(logdir, cluster.names)
@@ -212,6 +215,11 @@ async def run(args: argparse.Namespace) -> bool:
         print(f"{name:>8} {end - start:>8.1f} {c['suspect']:>8} {c['dead']:>6}")
     print(f"all nodes ready after {started:.1f} s; converged {converged:.1f} s later")
     print(f"whole again {recovered:.1f} s after the hog stopped")
+    rate = args.nodes * (phases[-1][2] - phases[0][1])
+    print(
+        "gossip per node per second: "
+        + ", ".join(f"{k.removeprefix('gossip.')} {v / rate:.1f}" for k, v in sorted(totals.items()) if "gossip." in k)
+    )
     print(f"peak health score {peak['health']}, peak incarnation {peak['incarnation']}")
     print(f"'Task exception was never retrieved' in logs: {bad_tasks}; logs in {logdir}")
     return (

@@ -26,8 +26,12 @@ that member's). The protocol, with the paper section each piece comes from:
   are scaled by (score + 1); a failed probe with missing nacks and every refutation raise the
   score, a successful probe lowers it. (2) Local Health Aware Suspicion: the suspicion timer
   starts at a maximum and shrinks towards a minimum as independent accusers confirm it
-  (memberlist suspicion.go). (3) Buddy system: a probe to a suspect carries the suspicion, so the
-  suspect can refute at once. Helpers answer with a `Nack` when the target stays silent.
+  (memberlist suspicion.go); the timer is scaled by the local health multiplier too, and state
+  merged from a push/pull never counts as a confirmation (it is not independent). (3) Buddy
+  system: a probe to a suspect carries the suspicion, so the suspect can refute at once. Helpers answer with a `Nack` when the target stays silent.
+* Overload (issue 21): a probe whose own timers fired late (this node was starved) accuses
+  nobody and counts against local health; gossip fan-out is gossip_nodes / (score + 1) per
+  round on average. So an overloaded cluster sheds its own protocol load.
 * Dissemination (SWIM 4.1): membership updates and user payloads are piggybacked on every
   packet and on gossip packets to `gossip_nodes` random members each `gossip_interval`, each
   sent at most retransmit_mult * ceil(log10(N + 1)) times (memberlist queue.go).
@@ -737,7 +741,10 @@ class SwimNode:
         # Expect SuspicionMult - 2 confirmations (the nominal timeout then lands two probe
         # periods early), none when the cluster is too small to provide them (memberlist).
         k = cfg.suspicion_mult - 2 if n - 2 >= cfg.suspicion_mult - 2 else 0
-        min_timeout = suspicion_timeout(cfg.suspicion_mult, n, cfg.probe_interval)
+        # Scaled by local health (score + 1, as the probe period is): a node that is itself
+        # overloaded gives a suspect longer to refute before it believes its own view. At
+        # score 0 (a healthy node) this is memberlist's timeout, so detection stays as fast.
+        min_timeout = self.awareness.scale(suspicion_timeout(cfg.suspicion_mult, n, cfg.probe_interval))
         suspicion = Suspicion(msg.accuser, k, min_timeout, cfg.suspicion_max_timeout_mult * min_timeout, now)
         self._suspicions[msg.node] = suspicion
         self._schedule(suspicion.deadline, _SUSPICION, msg.node)
@@ -829,7 +836,11 @@ class SwimNode:
                 self._on_alive(Alive(node_id, addr, incarnation), now)
             elif state == _LEFT:
                 self._on_dead(Dead(node_id, incarnation, node_id), now)
-            else:
+            elif node_id not in self._suspicions:
+                # A relayed story, not an observation: it may start our own suspicion (we then
+                # probe the member ourselves), but never counts as an independent confirmation
+                # of one running (memberlist counts it; with frequent push/pull that turns one
+                # accusation into N "confirmations" and N fresh rumours).
                 self._on_suspect(Suspect(node_id, incarnation, self.id), now)
         if not msg.reply:
             self._send_push_pull(src, msg.join, reply=True)
