@@ -28,7 +28,8 @@ that member's). The protocol, with the paper section each piece comes from:
   starts at a maximum and shrinks towards a minimum as independent accusers confirm it
   (memberlist suspicion.go); the timer is scaled by the local health multiplier too, and state
   merged from a push/pull never counts as a confirmation (it is not independent). (3) Buddy
-  system: a probe to a suspect carries the suspicion, so the suspect can refute at once. Helpers answer with a `Nack` when the target stays silent.
+  system: a probe to a suspect carries the suspicion, so the suspect can refute at once.
+  Helpers answer with a `Nack` when the target stays silent.
 * Overload (issue 21): a probe whose own timers fired late (this node was starved) accuses
   nobody and counts against local health; gossip fan-out is gossip_nodes / (score + 1) per
   round on average. So an overloaded cluster sheds its own protocol load.
