@@ -112,7 +112,7 @@ async def wait_ready(http: httpx.AsyncClient, urls: list[str], timeout: float) -
             raise SystemExit(f"{len(pending)} nodes not ready after {timeout:g} s")
         for url in list(pending):
             with contextlib.suppress(httpx.HTTPError):
-                if (await http.get(f"{url}/readyz")).status_code == 200:
+                if (await http.get(f"{url}/readyz", timeout=10)).status_code == 200:
                     pending.discard(url)
         await asyncio.sleep(0.2)
     return time.monotonic() - start

@@ -32,7 +32,8 @@ that member's). The protocol, with the paper section each piece comes from:
   Helpers answer with a `Nack` when the target stays silent.
 * Overload (issue 21): a probe whose own timers fired late (this node was starved) accuses
   nobody and counts against local health; gossip fan-out is gossip_nodes / (score + 1) per
-  round on average. So an overloaded cluster sheds its own protocol load.
+  round on average, and the push/pull and reconnect periods stretch by score + 1 as the probe
+  period does. So an overloaded cluster sheds its own protocol load.
 * Dissemination (SWIM 4.1): membership updates and user payloads are piggybacked on every
   packet and on gossip packets to `gossip_nodes` random members each `gossip_interval`, each
   sent at most retransmit_mult * ceil(log10(N + 1)) times (memberlist queue.go).
@@ -822,7 +823,9 @@ class SwimNode:
                 self._send_push_pull(seed, join=True, reply=False)
             self._schedule(now + self.config.probe_interval, _PUSH_PULL)
             return
-        self._schedule(now + self._push_pull_period(), _PUSH_PULL)
+        # Anti-entropy backs off with local health as probing does (full state is the largest
+        # packet there is); a healthy node keeps memberlist's period.
+        self._schedule(now + self.awareness.scale(self._push_pull_period()), _PUSH_PULL)
 
     def _on_push_pull(self, msg: PushPull, now: float, src: str) -> None:
         """Merge a peer's full state (memberlist mergeState): alive as alive, left as left, and
@@ -863,7 +866,7 @@ class SwimNode:
         This is what merges the two sides of a healed partition."""
         if self._leaving:
             return
-        self._schedule(now + self.config.reconnect_interval, _RECONNECT)
+        self._schedule(now + self.awareness.scale(self.config.reconnect_interval), _RECONNECT)
         dead = [m for m in self._others() if m.state is _DEAD]
         if not dead:
             return
