@@ -1,8 +1,9 @@
 """Gossip under CPU overload (issue 21): the protocol backs off instead of feeding the overload.
 
 * the state machine: a node whose probe timers fire late (it was starved) does not accuse the
-  target; gossip fan-out shrinks with the local health score; a leave reaches the seeds even
-  when the node knows no member yet;
+  target; gossip fan-out and the suspicion timeout follow the local health score; state merged
+  from a push/pull is no independent confirmation; a leave reaches the seeds even when the node
+  knows no member yet;
 * the simulator's CPU model: 30 nodes on the `fast` profile sharing 2 cores with 8 busy
   processes for 20 s, the real transport's discipline (answers first, bounded inbox): no false
   dead mark, whole again within 10 s;
@@ -28,7 +29,7 @@ import httpx
 from gateway.app import create_app
 from gateway.serving import build_server
 from registry.gossip.envelope import EnvelopeRejected, seal
-from registry.gossip.messages import Ack, Alive, Dead, Ping, UserMsg, encode_packet
+from registry.gossip.messages import Ack, Alive, Dead, Ping, PushPull, Suspect, UserMsg, encode_packet
 from registry.gossip.sim import Cpu, starvation
 from registry.gossip.swim import State, SwimNode
 from registry.gossip.transport import PROFILES, HttpGossip
@@ -75,6 +76,32 @@ def test_gossip_fan_out_shrinks_with_local_health():
 
     assert gossip_packets(0, 10) == 30
     assert gossip_packets(5, 10) == 5
+
+
+def test_push_pull_state_never_confirms_a_suspicion():
+    """Two push/pulls relaying the suspicion are not independent accusers: the lone accuser's
+    maximum timeout (24 s at N = 10) still holds, where two real confirmations make it 4 s."""
+    node = make_node()
+    suspect = peer(1)
+    node.receive(0.5, peer(0)[1], [Suspect(suspect[0], 0, peer(0)[0])], sender=peer(0)[0])
+    for j, i in enumerate((2, 3)):
+        state = PushPull(False, True, ((suspect[0], suspect[1], 0, "suspect"),), None)
+        node.receive(0.7 + 0.2 * j, peer(i)[1], [state], sender=peer(i)[0])
+    drive(node, 0.5 + 24 - 0.01)
+    assert node.members[suspect[0]].state is State.SUSPECT
+    drive(node, 0.5 + 24)
+    assert node.members[suspect[0]].state is State.DEAD
+
+
+def test_an_unhealthy_node_gives_a_suspect_longer():
+    """At health score 3 the lone accuser's timeout is (3 + 1) * 24 s; at 0 it is 24 s."""
+    node = make_node()
+    node.awareness.score = 3
+    node.receive(0.5, peer(0)[1], [Suspect(peer(1)[0], 0, peer(0)[0])], sender=peer(0)[0])
+    drive(node, 0.5 + 4 * 24 - 0.01)
+    assert node.members[peer(1)[0]].state is State.SUSPECT
+    drive(node, 0.5 + 4 * 24)
+    assert node.members[peer(1)[0]].state is State.DEAD
 
 
 def test_a_leave_reaches_the_seeds_before_anyone_answered_the_join():
