@@ -104,6 +104,20 @@ def test_an_unhealthy_node_gives_a_suspect_longer():
     assert node.members[peer(1)[0]].state is State.DEAD
 
 
+def test_a_suspicion_waits_longer_when_local_health_worsens_meanwhile():
+    """Suspected at score 0 (24 s for a lone accuser); the node then runs late, starved (a probe
+    started at 10.5 s has its timers run at 24.5 s): its score rises, so the timer stretches
+    instead of firing."""
+    node = make_node()
+    node.receive(0.5, peer(0)[1], [Suspect(peer(1)[0], 0, peer(0)[0])], sender=peer(0)[0])
+    node.tick(0.5 + 10)
+    node.tick(0.5 + 24)
+    assert node.awareness.score > 0
+    assert node.members[peer(1)[0]].state is State.SUSPECT
+    node.tick(0.5 + 24 * LAN.awareness_max_multiplier)
+    assert node.members[peer(1)[0]].state is State.DEAD
+
+
 def test_a_leave_reaches_the_seeds_before_anyone_answered_the_join():
     node = SwimNode(SELF, "10.0.0.254:7946", LAN, rng=random.Random(1))
     node.start(0.0, seeds=[peer(1)[1], peer(2)[1]])

@@ -26,7 +26,8 @@ that member's). The protocol, with the paper section each piece comes from:
   are scaled by (score + 1); a failed probe with missing nacks and every refutation raise the
   score, a successful probe lowers it. (2) Local Health Aware Suspicion: the suspicion timer
   starts at a maximum and shrinks towards a minimum as independent accusers confirm it
-  (memberlist suspicion.go); the timer is scaled by the local health multiplier too, and state
+  (memberlist suspicion.go); the timer is stretched by the worst local health multiplier seen
+  while it runs (a healthy node keeps memberlist's timing), and state
   merged from a push/pull never counts as a confirmation (it is not independent). (3) Buddy
   system: a probe to a suspect carries the suspicion, so the suspect can refute at once.
   Helpers answer with a `Nack` when the target stays silent.
@@ -260,7 +261,7 @@ class Suspicion:
     `start`. The first accuser does not count as a confirmation. With k < 1 it is `min_timeout`.
     """
 
-    __slots__ = ("start", "deadline", "_k", "_n", "_min", "_max", "_accusers")
+    __slots__ = ("start", "deadline", "multiplier", "_k", "_n", "_min", "_max", "_accusers")
 
     def __init__(self, accuser: str, k: int, min_timeout: float, max_timeout: float, start: float) -> None:
         self.start = start
@@ -270,6 +271,19 @@ class Suspicion:
         self._max = max_timeout
         self._accusers = {accuser}
         self.deadline = start + (max_timeout if k >= 1 else min_timeout)
+        self.multiplier = 1  # the local health multiplier the timeouts are stretched by
+
+    def stretch(self, multiplier: int) -> bool:
+        """Stretch both timeouts (and the deadline, from `start`) to `multiplier` times the
+        nominal ones, if that is more than now; True when it did."""
+        if multiplier <= self.multiplier:
+            return False
+        factor = multiplier / self.multiplier
+        self._min *= factor
+        self._max *= factor
+        self.deadline = self.start + (self.deadline - self.start) * factor
+        self.multiplier = multiplier
+        return True
 
     def confirm(self, accuser: str) -> bool:
         """Count an independent accuser; True when that was new and moved the deadline."""
@@ -538,6 +552,12 @@ class SwimNode:
         elif kind == _SUSPICION:
             suspicion = self._suspicions.get(key)
             if suspicion is not None and suspicion.deadline <= now:
+                if suspicion.stretch(self.awareness.score + 1):
+                    # This node's health got worse while the suspect had time to refute: its
+                    # view is less reliable than when it started the timer, so the timer
+                    # follows the worst health multiplier seen meanwhile.
+                    self._schedule(suspicion.deadline, _SUSPICION, key)
+                    return
                 member = self._members[key]
                 self._on_dead(Dead(key, member.incarnation, self.id), now)
         elif kind == _PUSH_PULL:
@@ -743,11 +763,13 @@ class SwimNode:
         # Expect SuspicionMult - 2 confirmations (the nominal timeout then lands two probe
         # periods early), none when the cluster is too small to provide them (memberlist).
         k = cfg.suspicion_mult - 2 if n - 2 >= cfg.suspicion_mult - 2 else 0
-        # Scaled by local health (score + 1, as the probe period is): a node that is itself
-        # overloaded gives a suspect longer to refute before it believes its own view. At
-        # score 0 (a healthy node) this is memberlist's timeout, so detection stays as fast.
-        min_timeout = self.awareness.scale(suspicion_timeout(cfg.suspicion_mult, n, cfg.probe_interval))
+        # Stretched by local health (score + 1, as the probe period is; the worst score seen
+        # until the timer fires): a node that is itself overloaded gives a suspect longer to
+        # refute before it believes its own view. At score 0 (a healthy node) this is
+        # memberlist's timeout, so detection stays as fast.
+        min_timeout = suspicion_timeout(cfg.suspicion_mult, n, cfg.probe_interval)
         suspicion = Suspicion(msg.accuser, k, min_timeout, cfg.suspicion_max_timeout_mult * min_timeout, now)
+        suspicion.stretch(self.awareness.score + 1)
         self._suspicions[msg.node] = suspicion
         self._schedule(suspicion.deadline, _SUSPICION, msg.node)
 
