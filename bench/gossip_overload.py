@@ -244,6 +244,8 @@ def main() -> None:
     parser.add_argument("--max-false-dead", type=int, default=0)
     parser.add_argument("--check", action="store_true", help="exit 1 unless the done-when holds")
     args = parser.parse_args()
+    # A timeout's SIGTERM unwinds like Ctrl-C, so the nodes and hogs are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ok = asyncio.run(run(args))
     if args.check:
         print("PASS" if ok else "FAIL")

@@ -31,8 +31,8 @@ that member's). The protocol, with the paper section each piece comes from:
   merged from a push/pull never counts as a confirmation (it is not independent). (3) Buddy
   system: a probe to a suspect carries the suspicion, so the suspect can refute at once.
   Helpers answer with a `Nack` when the target stays silent.
-* Overload (issue 21): a probe whose own timers fired late (this node was starved) accuses
-  nobody and counts against local health; gossip fan-out is gossip_nodes / (score + 1) per
+* Overload (issue 21): a node whose timers fire late (it was starved) counts that against its
+  local health, and the probe that was running accuses nobody; gossip fan-out is gossip_nodes / (score + 1) per
   round on average, and the push/pull and reconnect periods stretch by score + 1 as the probe
   period does. So an overloaded cluster sheds its own protocol load.
 * Dissemination (SWIM 4.1): membership updates and user payloads are piggybacked on every
@@ -427,9 +427,16 @@ class SwimNode:
     def tick(self, now: float) -> Output:
         """Fire every timer due at `now`, and gossip if a gossip round is due."""
         timers = self._timers
+        if timers and now - timers[0][0] > self._late_after():
+            # This node runs its timers late: it was starved (CPU, a GC pause). Lifeguard: a
+            # sign of poor local health, which stretches its timers (suspicions included, see
+            # _fire); and the current probe's silence is no evidence against its target.
+            self.awareness.apply(1)
+            if self._probe is not None:
+                self._probe.late = True
         while timers and timers[0][0] <= now:
-            when, _, kind, key = heapq.heappop(timers)
-            self._fire(kind, key, now, now - when)
+            _, _, kind, key = heapq.heappop(timers)
+            self._fire(kind, key, now)
         if now >= self._next_gossip:
             if self._membership_q or self._user_q:
                 self._gossip(now)
@@ -538,9 +545,7 @@ class SwimNode:
                     break
         return chosen
 
-    def _fire(self, kind: int, key: Any, now: float, lateness: float) -> None:
-        if kind in (_PROBE, _PROBE_TIMEOUT) and self._probe is not None and lateness > self._late_after():
-            self._probe.late = True
+    def _fire(self, kind: int, key: Any, now: float) -> None:
         if kind == _PROBE:
             self._probe_period(now)
         elif kind == _PROBE_TIMEOUT:
@@ -571,12 +576,8 @@ class SwimNode:
         """End the current probe period (SWIM 3.1) and start the next, whose length and timeout
         are scaled by the local health multiplier (Lifeguard LHM)."""
         probe, self._probe = self._probe, None
-        if probe is not None and probe.late:
-            # This node ran its probe's timers late: it was starved (CPU, GC pause), and the
-            # ack may be waiting unread. Its silence is no evidence against the target, but a
-            # sign of poor local health (Lifeguard's self-awareness, taken one step further).
-            self.awareness.apply(1)
-        elif probe is not None:
+        # A probe during which this node ran late (tick) proves nothing: the ack may be unread.
+        if probe is not None and not probe.late:
             # No ack in the whole period. Lifeguard: a missing nack means the fault may be ours;
             # with no helper to ask, the failed probe itself counts against our health.
             missing = probe.expected_nacks - probe.nacks if probe.expected_nacks else 1
@@ -598,7 +599,7 @@ class SwimNode:
         self._schedule(now + self.awareness.scale(cfg.probe_timeout), _PROBE_TIMEOUT, self._probe.seq)
 
     def _late_after(self) -> float:
-        """How late a probe timer may fire before this node counts itself starved: half the
+        """How late a timer may fire before this node counts itself starved: half the
         (health-scaled) probe timeout, far beyond a healthy event loop's jitter."""
         return self.awareness.scale(self.config.probe_timeout) / 2
 
