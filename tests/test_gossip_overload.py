@@ -1,9 +1,8 @@
 """Gossip under CPU overload (issue 21): the protocol backs off instead of feeding the overload.
 
 * the state machine: a node whose probe timers fire late (it was starved) does not accuse the
-  target; gossip fan-out and the suspicion timeout follow the local health score; state merged
-  from a push/pull is no independent confirmation; a leave reaches the seeds even when the node
-  knows no member yet;
+  target, stretches its suspicion timers and gossips less; a leave reaches the seeds even when
+  the node knows no member yet;
 * the simulator's CPU model: 30 nodes on the `fast` profile sharing 2 cores with 8 busy
   processes for 20 s, the real transport's discipline (answers first, bounded inbox): no false
   dead mark, whole again within 10 s;
@@ -22,14 +21,13 @@ import contextlib
 import random
 import socket
 import time
-from dataclasses import replace
 
 import httpx
 
 from gateway.app import create_app
 from gateway.serving import build_server
 from registry.gossip.envelope import EnvelopeRejected, seal
-from registry.gossip.messages import Ack, Alive, Dead, Ping, PushPull, Suspect, UserMsg, encode_packet
+from registry.gossip.messages import Ack, Alive, Dead, Ping, Suspect, UserMsg, encode_packet
 from registry.gossip.sim import Cpu, starvation
 from registry.gossip.swim import State, SwimNode
 from registry.gossip.transport import PROFILES, HttpGossip
@@ -58,50 +56,27 @@ def test_a_starved_prober_blames_itself_not_the_target():
     assert [e.new for out in outs for e in out.events] == [State.SUSPECT]
 
 
-def test_gossip_fan_out_shrinks_with_local_health():
-    """gossip_nodes / (score + 1) packets per round on average: 3 at score 0, 1 every other
-    round at score 5."""
+def test_a_starved_node_gossips_less():
+    """gossip_nodes / (score + 1) packets per round on average while starved: 3 a round when
+    not, 1 every other round at score 5 once the node has run its timers late."""
 
-    quiet = replace(LAN, probe_interval=1e6, probe_timeout=1e5, push_pull_interval=1e6, reconnect_interval=1e6)
-
-    def gossip_packets(score: int, rounds: int) -> int:
-        node = make_node(n_peers=20, config=quiet)
-        node.awareness.score = score
+    def gossip_packets(starve: bool, rounds: int = 10) -> int:
+        node = make_node(n_peers=20)
+        start = 5.0
+        if starve:
+            node.tick(start)  # the first probe was due before 1 s: 4 s late
+            node.awareness.score = 5
+        else:
+            drive(node, start)  # on time, every ping acked: score 0
         sent = 0
         for r in range(rounds):
             node.broadcast(f"k{r}", r)  # always something to gossip
-            out = node.tick(1.0 + r * LAN.gossip_interval)
-            sent += sum(1 for _, pkt in out.sends if all(isinstance(m, UserMsg) for m in pkt))
+            out = node.tick(start + (r + 1) * LAN.gossip_interval)
+            sent += sum(1 for _, pkt in out.sends if all(isinstance(m, UserMsg | Alive | Suspect | Dead) for m in pkt))
         return sent
 
-    assert gossip_packets(0, 10) == 30
-    assert gossip_packets(5, 10) == 5
-
-
-def test_push_pull_state_never_confirms_a_suspicion():
-    """Two push/pulls relaying the suspicion are not independent accusers: the lone accuser's
-    maximum timeout (24 s at N = 10) still holds, where two real confirmations make it 4 s."""
-    node = make_node()
-    suspect = peer(1)
-    node.receive(0.5, peer(0)[1], [Suspect(suspect[0], 0, peer(0)[0])], sender=peer(0)[0])
-    for j, i in enumerate((2, 3)):
-        state = PushPull(False, True, ((suspect[0], suspect[1], 0, "suspect"),), None)
-        node.receive(0.7 + 0.2 * j, peer(i)[1], [state], sender=peer(i)[0])
-    drive(node, 0.5 + 24 - 0.01)
-    assert node.members[suspect[0]].state is State.SUSPECT
-    drive(node, 0.5 + 24)
-    assert node.members[suspect[0]].state is State.DEAD
-
-
-def test_an_unhealthy_node_gives_a_suspect_longer():
-    """At health score 3 the lone accuser's timeout is (3 + 1) * 24 s; at 0 it is 24 s."""
-    node = make_node()
-    node.awareness.score = 3
-    node.receive(0.5, peer(0)[1], [Suspect(peer(1)[0], 0, peer(0)[0])], sender=peer(0)[0])
-    drive(node, 0.5 + 4 * 24 - 0.01)
-    assert node.members[peer(1)[0]].state is State.SUSPECT
-    drive(node, 0.5 + 4 * 24)
-    assert node.members[peer(1)[0]].state is State.DEAD
+    assert gossip_packets(starve=False) == 30
+    assert 4 <= gossip_packets(starve=True) <= 5  # 3 / 6 a round (a round may fall between ticks)
 
 
 def test_a_suspicion_waits_longer_when_local_health_worsens_meanwhile():

@@ -26,15 +26,14 @@ that member's). The protocol, with the paper section each piece comes from:
   are scaled by (score + 1); a failed probe with missing nacks and every refutation raise the
   score, a successful probe lowers it. (2) Local Health Aware Suspicion: the suspicion timer
   starts at a maximum and shrinks towards a minimum as independent accusers confirm it
-  (memberlist suspicion.go); the timer is stretched by the worst local health multiplier seen
-  while it runs (a healthy node keeps memberlist's timing), and state
-  merged from a push/pull never counts as a confirmation (it is not independent). (3) Buddy
+  (memberlist suspicion.go); a node that ran its own timers late while the timer ran stretches
+  it by its local health multiplier (one never late keeps memberlist's timing). (3) Buddy
   system: a probe to a suspect carries the suspicion, so the suspect can refute at once.
   Helpers answer with a `Nack` when the target stays silent.
 * Overload (issue 21): a node whose timers fire late (it was starved) counts that against its
-  local health, and the probe that was running accuses nobody; gossip fan-out is gossip_nodes / (score + 1) per
-  round on average, and the push/pull and reconnect periods stretch by score + 1 as the probe
-  period does. So an overloaded cluster sheds its own protocol load.
+  local health, the probe that was running accuses nobody, and its suspicion timers stretch;
+  while starved, its gossip fan-out is gossip_nodes / (score + 1) per round on average. So an
+  overloaded cluster sheds its own protocol load.
 * Dissemination (SWIM 4.1): membership updates and user payloads are piggybacked on every
   packet and on gossip packets to `gossip_nodes` random members each `gossip_interval`, each
   sent at most retransmit_mult * ceil(log10(N + 1)) times (memberlist queue.go).
@@ -355,6 +354,7 @@ class SwimNode:
         self._timer_counter = 0
         self._next_gossip = math.inf
         self._gossip_credit = 0.0  # gossip packets owed: fan-out scaled by local health
+        self._starved_at = -math.inf  # when this node last ran its timers late (tick)
         self._seq = 0
         self._seeds: tuple[str, ...] = ()
         self._leaving = False
@@ -432,6 +432,7 @@ class SwimNode:
             # sign of poor local health, which stretches its timers (suspicions included, see
             # _fire); and the current probe's silence is no evidence against its target.
             self.awareness.apply(1)
+            self._starved_at = now
             if self._probe is not None:
                 self._probe.late = True
         while timers and timers[0][0] <= now:
@@ -557,10 +558,12 @@ class SwimNode:
         elif kind == _SUSPICION:
             suspicion = self._suspicions.get(key)
             if suspicion is not None and suspicion.deadline <= now:
-                if suspicion.stretch(self.awareness.score + 1):
-                    # This node's health got worse while the suspect had time to refute: its
-                    # view is less reliable than when it started the timer, so the timer
-                    # follows the worst health multiplier seen meanwhile.
+                if self._starved_at >= suspicion.start and suspicion.stretch(self.awareness.score + 1):
+                    # This node was starved while the suspect had time to refute: the
+                    # refutation may be waiting unread, and its own view is stale. The timer
+                    # stretches by its health multiplier (the worst seen at the deadlines). A
+                    # node that was never late keeps memberlist's timing, so detection of a
+                    # really dead node (or a partition) is as fast as before.
                     self._schedule(suspicion.deadline, _SUSPICION, key)
                     return
                 member = self._members[key]
@@ -764,13 +767,8 @@ class SwimNode:
         # Expect SuspicionMult - 2 confirmations (the nominal timeout then lands two probe
         # periods early), none when the cluster is too small to provide them (memberlist).
         k = cfg.suspicion_mult - 2 if n - 2 >= cfg.suspicion_mult - 2 else 0
-        # Stretched by local health (score + 1, as the probe period is; the worst score seen
-        # until the timer fires): a node that is itself overloaded gives a suspect longer to
-        # refute before it believes its own view. At score 0 (a healthy node) this is
-        # memberlist's timeout, so detection stays as fast.
         min_timeout = suspicion_timeout(cfg.suspicion_mult, n, cfg.probe_interval)
         suspicion = Suspicion(msg.accuser, k, min_timeout, cfg.suspicion_max_timeout_mult * min_timeout, now)
-        suspicion.stretch(self.awareness.score + 1)
         self._suspicions[msg.node] = suspicion
         self._schedule(suspicion.deadline, _SUSPICION, msg.node)
 
@@ -805,10 +803,14 @@ class SwimNode:
                 or (m.state is _DEAD and now - m.state_change <= cfg.gossip_to_the_dead_time)
             )
 
-        # Lifeguard-aware fan-out: an unhealthy node (score s) sends gossip_nodes / (s + 1)
-        # packets per round on average, as its probes slow down by s + 1, so an overloaded
-        # cluster sheds its own gossip load instead of feeding it (issue 21's metastable collapse).
-        self._gossip_credit = min(self._gossip_credit + cfg.gossip_nodes / (self.awareness.score + 1), cfg.gossip_nodes)
+        # Lifeguard-aware fan-out: a node starved within its last (health-scaled) probe period
+        # sends gossip_nodes / (score + 1) packets per round on average, as its probes slow
+        # down by score + 1, so an overloaded cluster sheds its own gossip load instead of
+        # feeding it (issue 21's metastable collapse). A node that is merely unsure (missing
+        # nacks in a partition, loss) keeps the full fan-out: its news must still spread.
+        starved = now - self._starved_at <= self.awareness.scale(cfg.probe_interval)
+        share = cfg.gossip_nodes / (self.awareness.score + 1) if starved else cfg.gossip_nodes
+        self._gossip_credit = min(self._gossip_credit + share, cfg.gossip_nodes)
         fanout = int(self._gossip_credit)
         if fanout == 0:
             return
@@ -846,9 +848,7 @@ class SwimNode:
                 self._send_push_pull(seed, join=True, reply=False)
             self._schedule(now + self.config.probe_interval, _PUSH_PULL)
             return
-        # Anti-entropy backs off with local health as probing does (full state is the largest
-        # packet there is); a healthy node keeps memberlist's period.
-        self._schedule(now + self.awareness.scale(self._push_pull_period()), _PUSH_PULL)
+        self._schedule(now + self._push_pull_period(), _PUSH_PULL)
 
     def _on_push_pull(self, msg: PushPull, now: float, src: str) -> None:
         """Merge a peer's full state (memberlist mergeState): alive as alive, left as left, and
@@ -863,11 +863,7 @@ class SwimNode:
                 self._on_alive(Alive(node_id, addr, incarnation), now)
             elif state == _LEFT:
                 self._on_dead(Dead(node_id, incarnation, node_id), now)
-            elif node_id not in self._suspicions:
-                # A relayed story, not an observation: it may start our own suspicion (we then
-                # probe the member ourselves), but never counts as an independent confirmation
-                # of one running (memberlist counts it; with frequent push/pull that turns one
-                # accusation into N "confirmations" and N fresh rumours).
+            else:
                 self._on_suspect(Suspect(node_id, incarnation, self.id), now)
         if not msg.reply:
             self._send_push_pull(src, msg.join, reply=True)
@@ -889,7 +885,7 @@ class SwimNode:
         This is what merges the two sides of a healed partition."""
         if self._leaving:
             return
-        self._schedule(now + self.awareness.scale(self.config.reconnect_interval), _RECONNECT)
+        self._schedule(now + self.config.reconnect_interval, _RECONNECT)
         dead = [m for m in self._others() if m.state is _DEAD]
         if not dead:
             return
