@@ -5,8 +5,10 @@ is a thin wrapper over a DirectLink on the gateway side, so both behave the same
 agent's ``identity``, ``HttpLink`` signs every request with it (RFC 9421, did:key;
 ``gateway.core.httpsig.RequestSigner``), and the gateway lets it use only its own agent's
 stream; given a worker ``token``, it sends that too (gateways that do not verify signatures
-go by the token, or by the loopback rule, as before). Its client follows an egress policy
-(gateway/core/egress.py; default: only the gateway it was given, whose host is the operator's).
+go by the token, or by the loopback rule, as before). Its client (``gateway.core.http_client``,
+pooled aiohttp: a worker's every step is a request) follows an egress policy
+(gateway/core/egress.py; default: only the gateway it was given, whose host is the operator's);
+an HTTP error from the gateway is ``StatusError``, no answer another ``TransportError``.
 """
 
 from __future__ import annotations
@@ -15,11 +17,10 @@ import abc
 import json
 from collections.abc import AsyncIterator
 
-import httpx
-
 from gateway.core.backends import Backend, Delivery, StoredEvent
 from gateway.core.backends.base import EVENT_JSON
 from gateway.core.egress import Egress
+from gateway.core.http_client import PooledClient
 from gateway.core.httpsig import RequestSigner
 from gateway.core.sse import read_events
 from registry.identity import Identity
@@ -134,15 +135,16 @@ class HttpLink(WorkerLink):
         self, base_url: str, token: str | None = None, identity: Identity | None = None, egress: Egress | None = None
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = (egress or Egress().allowing(base_url)).httpx_client(
-            base_url=base_url.rstrip("/"),
+        self.http = PooledClient(
+            egress or Egress().allowing(base_url),
+            base_url=base_url,
             headers=headers,
-            timeout=httpx.Timeout(30.0),
-            auth=RequestSigner(identity) if identity is not None else None,
+            timeout_s=30.0,
+            sign=RequestSigner(identity).headers_for if identity is not None else None,
         )
 
     async def _post(self, path: str, body: dict) -> dict:
-        resp = await self.http.post(path, json=body)
+        resp = await self.http.request("POST", path, json=body)
         if resp.status_code == 409:
             raise InvalidTransition(TaskState.CANCELED, TaskState.WORKING)
         resp.raise_for_status()
@@ -162,7 +164,7 @@ class HttpLink(WorkerLink):
         if isinstance(model, Tombstone):
             resp = await self.http.request("DELETE", f"/registry/agents/{model.did}", json=model.dump())
         else:
-            resp = await self.http.post("/registry/agents", json=model.dump())
+            resp = await self.http.request("POST", "/registry/agents", json=model.dump())
         if resp.status_code >= 400:
             raise RegistrationFailed(resp.status_code, resp.text[:4000])
 

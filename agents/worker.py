@@ -33,12 +33,12 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import httpx
-
 from agents.links import WorkerLink
+from gateway.core import tracing
 from gateway.core.aio import wait_cancelled
 from gateway.core.backends import BackendUnavailable, Delivery
 from gateway.core.egress import Egress
+from gateway.core.http_client import TransportError
 from registry.identity import Identity
 from registry.records import RecordRejected, sign
 from schemas import InvalidTransition, Message, Task, TaskEvent, TaskState, TaskStatusUpdate, TextPart
@@ -109,6 +109,7 @@ class WorkerRunner:
         register: bool = True,
     ) -> None:
         self.worker, self.link = worker, link
+        tracing.configure()  # OTEL_* (once per process): a worker of its own process traces too
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.lock_ttl_ms, self.poll_ms = lock_ttl_ms, poll_ms
         self.identity = identity or Identity.generate()
@@ -205,7 +206,7 @@ class WorkerRunner:
                     continue
                 deliveries = await self.link.receive(agent, self.consumer, self.poll_ms, free)
                 backoff = 0.1
-            except (BackendUnavailable, OSError, httpx.HTTPError) as exc:
+            except (BackendUnavailable, OSError, TransportError) as exc:
                 log.warning("bus unavailable, retrying", extra={"agent": agent, "error": exc.__class__.__name__})
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -284,6 +285,24 @@ class WorkerRunner:
                 return
 
     async def _run(self, run: _Run) -> None:
+        # The run continues the trace of the runtime span that accepted the task (Task.trace).
+        with tracing.span(f"process {self.worker.agent}", tracing.CONSUMER, self._span_of(run), run.task.trace):
+            await self._run_traced(run)
+
+    def _span_of(self, run: _Run) -> dict | None:
+        if not tracing.ON:
+            return None
+        return {
+            "messaging.system": "interlace",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": self.worker.agent,
+            "messaging.consumer.group.name": self.worker.agent,
+            "gen_ai.agent.name": self.worker.agent,
+            "interlace.task.id": run.task.id,
+            "interlace.task.attempt": run.delivery.attempt,
+        }
+
+    async def _run_traced(self, run: _Run) -> None:
         task, watch = run.task, None
         try:
             meta = {"attempt": run.delivery.attempt} if run.delivery.attempt > 1 else {}
@@ -319,6 +338,7 @@ class WorkerRunner:
                 run.watcher.cancel()
 
     async def _fail(self, task: Task, text: str) -> None:
+        tracing.fail(tracing.current(), "task_failed", text)
         note = Message(role="agent", parts=[TextPart(text=text)], task_id=task.id, context_id=task.context_id)
         try:
             await self.link.emit(task.id, task.status_event(TaskState.FAILED, note))

@@ -4,9 +4,11 @@ same SendMessage sent directly to that agent (tests/fixtures/a2a_remote.py, JSON
 The agent and the gateway (embedded backend, the agent behind an A2AConnector as ``remote``) run
 as separate processes on this machine; one load client drives both in the same run, at
 concurrency 1 and 32, legs interleaved and repeated (median reported). Prints throughput,
-p50/p99 per leg and the ratios (target: gateway >= 0.5x direct throughput).
+p50/p99 per leg and the ratios (target: gateway >= 0.5x direct throughput). With ``--trace``, a
+second gateway with tracing on (every span sampled, exported over OTLP/HTTP to a real receiver on
+this machine) is a third leg, and the cost of tracing is printed.
 
-    python -m bench.a2a [--calls 600] [--repeats 5] [--connector auto|stream|send] [--auth]
+    python -m bench.a2a [--calls 600] [--repeats 5] [--connector auto|stream|send] [--auth] [--trace]
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ import sys
 
 from bench.common import (
     BENCH_KEY,
+    LEGS,
     REPO,
+    TRACED_LEGS,
     Processes,
     RawHttp,
     api_key_file,
     closed_loop,
     free_port,
     interleaved_legs,
+    otlp_receiver,
     package_version,
     report,
 )
@@ -76,12 +81,19 @@ async def leg(base: str, path: str, headers: dict[str, str], calls: int, concurr
     return {"rps": run.throughput, "p50": run.p(50) * 1000, "p99": run.p(99) * 1000}
 
 
-async def measure(direct: str, gateway: str, calls: int, repeats: int, auth: bool) -> dict:
+async def measure(direct: str, gateway: str, calls: int, repeats: int, auth: bool, traced: str | None = None) -> dict:
     gateway_headers = {**HEADERS, "Authorization": f"Bearer {BENCH_KEY}"} if auth else HEADERS
     targets = {"direct": (direct, "/", HEADERS), "gateway": (gateway, "/a2a/agents/remote", gateway_headers)}
+    if traced is not None:
+        targets["traced"] = (traced, "/a2a/agents/remote", gateway_headers)
     for base, path, headers in targets.values():
         await leg(base, path, headers, 100, 8)  # warm up the servers and the connector's pool
-    return await interleaved_legs(lambda name, n, concurrency: leg(*targets[name], n, concurrency), calls, repeats)
+    return await interleaved_legs(
+        lambda name, n, concurrency: leg(*targets[name], n, concurrency),
+        calls,
+        repeats,
+        TRACED_LEGS if traced else LEGS,
+    )
 
 
 def main() -> None:
@@ -96,6 +108,7 @@ def main() -> None:
         "a blocking SendMessage here), always SendStreamingMessage, or always SendMessage",
     )
     parser.add_argument("--auth", action="store_true", help="the gateway requires an API key (sent by the client)")
+    parser.add_argument("--trace", action="store_true", help="a third leg: a gateway with tracing on (100%% sampled)")
     parser.add_argument("--serve-gateway", nargs=4, metavar=("PORT", "REMOTE", "MODE", "KEYS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_gateway:
@@ -109,26 +122,21 @@ def main() -> None:
             remote_port,
             "remote agent",
         )
-        gateway = procs.start(
-            [
-                sys.executable,
-                "-m",
-                "bench.a2a",
-                "--serve-gateway",
-                str(gw_port),
-                remote,
-                args.connector,
-                api_key_file() if args.auth else "",
-            ],
-            gw_port,
-            "gateway",
-        )
+        keys = api_key_file() if args.auth else ""
+
+        def gateway(port: int, what: str, env: dict[str, str] | None = None) -> str:
+            command = [sys.executable, "-m", "bench.a2a", "--serve-gateway", str(port), remote, args.connector, keys]
+            return procs.start(command, port, what, env=env)
+
+        plain = gateway(gw_port, "gateway")
+        traced = gateway(free_port(), "traced gateway", otlp_receiver(procs)) if args.trace else None
         print(
             f"A2A SendMessage to an a2a-sdk {package_version('a2a-sdk')} echo agent: direct vs. through the gateway "
-            f"(connector: {args.connector}{'; API key required' if args.auth else ''}); "
+            f"(connector: {args.connector}{'; API key required' if args.auth else ''})"
+            f"{' and through one with tracing on' if args.trace else ''}; "
             f"median of {args.repeats} runs, {args.calls} calls per run at concurrency 1, {args.calls * 3} at 32"
         )
-        report(asyncio.run(measure(remote, gateway, args.calls, args.repeats, args.auth)))
+        report(asyncio.run(measure(remote, plain, args.calls, args.repeats, args.auth, traced)))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,10 @@ class Run:
         return percentile(self.latencies, q)
 
 
+LEGS = ("direct", "gateway")
+TRACED_LEGS = (*LEGS, "traced")  # --trace: a second gateway exporting every span (100% sampled)
+
+
 async def closed_loop(call: Callable[[int], Awaitable[None]], total: int, concurrency: int) -> Run:
     """``concurrency`` callers issue ``total`` calls back to back; latency of each is recorded."""
     latencies: list[float] = []
@@ -61,14 +65,17 @@ async def closed_loop(call: Callable[[int], Awaitable[None]], total: int, concur
     return Run(total, time.perf_counter() - start, latencies)
 
 
-async def interleaved_legs(leg: Callable[[str, int, int], Awaitable[dict]], calls: int, repeats: int) -> dict:
-    """``leg(name, calls, concurrency)`` for "direct" and "gateway" at concurrency 1 (``calls``)
-    and 32 (three times as many), interleaved so drift hits both alike; each figure is the median
-    of ``repeats``. The result is what ``report`` prints."""
+async def interleaved_legs(
+    leg: Callable[[str, int, int], Awaitable[dict]], calls: int, repeats: int, names: tuple[str, ...] = LEGS
+) -> dict:
+    """``leg(name, calls, concurrency)`` for each of ``names`` ("direct", "gateway", and "traced"
+    with ``--trace``) at concurrency 1 (``calls``) and 32 (three times as many), interleaved so
+    drift hits all alike; each figure is the median of ``repeats``. The result is what ``report``
+    prints."""
     results: dict = {}
     for concurrency in (1, 32):
         n = calls if concurrency == 1 else calls * 3
-        runs: dict[str, list[dict]] = {"direct": [], "gateway": []}
+        runs: dict[str, list[dict]] = {name: [] for name in names}
         for _ in range(repeats):
             for name, legs in runs.items():
                 legs.append(await leg(name, n, concurrency))
@@ -182,10 +189,15 @@ class Processes:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen] = []
         self.env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self.cwd = REPO  # where (and, with PYTHONPATH, from which checkout) the next process starts
 
-    def start(self, args: list[str], port: int, what: str, timeout: float = 30) -> str:
-        """Run ``args`` (a server listening on ``port``) and wait until it accepts connections."""
-        proc = subprocess.Popen(args, env=self.env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def start(
+        self, args: list[str], port: int, what: str, timeout: float = 30, env: dict[str, str] | None = None
+    ) -> str:
+        """Run ``args`` (a server listening on ``port``; ``env``: more environment) and wait until
+        it accepts connections."""
+        env = {**self.env, **(env or {})}
+        proc = subprocess.Popen(args, env=env, cwd=self.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.procs.append(proc)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -221,14 +233,13 @@ def package_version(distribution: str) -> str:
 
 
 def report(results: dict) -> None:
-    """Print direct vs gateway legs per concurrency and their ratios.
+    """Print the legs per concurrency and their ratios.
 
     ``results[concurrency][leg]`` is ``{"rps", "p50", "p99"}`` (milliseconds) for legs
-    "direct" and "gateway"."""
+    "direct" and "gateway", and "traced" (the gateway with tracing on) with ``--trace``."""
     print(f"{'concurrency':>11} {'path':>8} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
     for c, legs in results.items():
-        for name in ("direct", "gateway"):
-            r = legs[name]
+        for name, r in legs.items():
             print(f"{c:>11} {name:>8} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f}")
     for c, legs in results.items():
         d, g = legs["direct"], legs["gateway"]
@@ -237,6 +248,25 @@ def report(results: dict) -> None:
             f"p50 ratio = {g['p50'] / d['p50']:.2f}x (added {g['p50'] - d['p50']:.2f} ms); "
             f"p99 ratio = {g['p99'] / d['p99']:.2f}x"
         )
+        if "traced" in legs:
+            t = legs["traced"]
+            print(
+                f"concurrency {c}: tracing on (100% sampled, OTLP/HTTP export) vs off: throughput "
+                f"{t['rps'] / g['rps']:.2f}x, p50 {t['p50'] - g['p50']:+.2f} ms, p99 {t['p99'] - g['p99']:+.2f} ms"
+            )
+
+
+def otlp_receiver(procs: Processes) -> dict[str, str]:
+    """Start a real OTLP/HTTP receiver (oteltap, a dev dependency) on this machine; the
+    environment that makes a gateway export every span to it."""
+    port = free_port()
+    # The receiver prints what it receives; the benchmark discards it.
+    url = procs.start([sys.executable, "-m", "oteltap", "--port", str(port)], port, "OTLP receiver")
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": url,
+        "OTEL_TRACES_SAMPLER": "always_on",
+        "OTEL_SERVICE_NAME": "interlace-bench",
+    }
 
 
 BENCH_KEY = "bench-key-0123456789abcdef0123456789"  # a throwaway API key for --auth runs

@@ -19,9 +19,12 @@ from gateway.authn import CallerAuthentication, NodeSignatures, protected_resour
 from gateway.cluster import Cluster
 from gateway.cluster import routes as cluster_routes
 from gateway.connectors import RegistryConnectors
+from gateway.console import Console
+from gateway.core import tracing
 from gateway.core.auth import Authenticator, AuthMode
 from gateway.core.backends import Backend, BackendUnavailable, InvalidCursor, QueueFull, TaskExists, TaskNotFound
 from gateway.core.config import Config
+from gateway.core.hangup import off_hangup, on_hangup
 from gateway.core.http import (
     BodyBudget,
     BodyGuard,
@@ -127,10 +130,16 @@ def create_app(
     )
     # Requests signed by other nodes (forwarded tasks) and by workers (/bus): one nonce store.
     signed_requests = DidKeyRequests(runtime.kv)
+    console = Console()
+
+    def reload_api_keys() -> None:
+        with contextlib.suppress(ValueError):  # logged by reload: the last good keys stay in force
+            authenticator.reload()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         await runtime.start()
+        await console.start(runtime)
         await supervisor.start_agents(workers)
         connectors.start()
         mcp = mcp_service_for(app)  # the one protocols.mcp.mount configured, or one from the environment
@@ -139,6 +148,8 @@ def create_app(
             await cluster.start()
         if authenticator is not None and authenticator.issuer:
             await authenticator.refresh()  # the issuer's keys before the first token (logs, never raises)
+        if authenticator is not None and authenticator.api_keys_file:
+            on_hangup(reload_api_keys)  # SIGHUP re-reads the API key file, as it does the policy
         log.info(
             "gateway started",
             extra={"node": runtime.node_id, "backend": runtime.backend.name, "did": runtime.identity.did},
@@ -153,8 +164,10 @@ def create_app(
                 await mcp.stop()
                 await connectors.stop()
                 await supervisor.stop_all()
+                await console.stop()
                 await runtime.stop()
                 if authenticator is not None:
+                    off_hangup(reload_api_keys)
                     await authenticator.aclose()
             log.info("gateway stopped", extra={"node": runtime.node_id})
 
@@ -172,6 +185,7 @@ def create_app(
         *tasks_api.routes,
         *worker_api.routes,
         *cluster_routes,  # /gossip, /cluster (federation)
+        *console.routes(),  # /ui: the operator's console
     ]
     handlers = {
         exc: _typed_error
@@ -195,11 +209,14 @@ def create_app(
     # Outermost: every reader of a request body (the authentication of signed requests too) is bounded.
     budget = BodyBudget(config.max_buffered_body_bytes)
     middleware.insert(0, Middleware(BodyGuard, timeout_s=config.body_timeout_s, budget=budget))
+    if tracing.configure():  # outermost: a caller's trace context covers everything its request causes
+        middleware.insert(0, Middleware(tracing.InboundContext))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers, middleware=middleware)
     app.router = IndexedRouter(routes, lifespan=lifespan)  # before the first request builds the stack
     app.state.runtime = runtime
     app.state.connectors = connectors  # an adapter's mount may bind its connector factory to its options
     app.state.cluster = cluster
+    app.state.console = console
     app.state.authenticator = authenticator  # open routes whose answer depends on who asks (principal.py)
     app.state.signed_requests = signed_requests  # /bus verifies workers' signatures with it
     app.state.registry_writes = TokenBucket(config.registry_write_rate, config.registry_write_burst)

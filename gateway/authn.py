@@ -15,7 +15,8 @@ Routes that need no caller credentials, or check their own:
 - their own authentication: ``/gossip/*`` (envelopes signed by node keys), ``/bus/*`` (workers:
   their agent's signature, the worker token or loopback, see ``gateway.worker_api``), registry
   writes (agent-signed records plus the admission policy; the registration token travels as
-  ``Authorization: Bearer`` there) and ``/anp/*`` (DIDWba).
+  ``Authorization: Bearer`` there), ``/anp/*`` (DIDWba) and the console, ``/ui`` (a session
+  cookie from its sign-in page, or the same credentials as everywhere; ``gateway.console``).
 
 Requests from other gateway nodes (a task forwarded to the node its agent lives at: submit,
 follow, continue, cancel; see ``gateway.cluster``) carry no caller credentials: they are signed
@@ -64,7 +65,7 @@ log = logging.getLogger("interlace.authn")
 MCP_PATH = "/mcp"
 PRM_PATHS = ("/.well-known/oauth-protected-resource/mcp", "/.well-known/oauth-protected-resource")
 _OPEN = ("/healthz", "/readyz", "/metrics", "/a2a/jwks.json")
-_OWN_AUTH_PREFIXES = ("/gossip/", "/bus/", "/anp/")
+_OWN_AUTH_PREFIXES = ("/gossip/", "/bus/", "/anp/", "/ui/")
 ON_BEHALF_OF = "interlace-on-behalf-of"  # the owner a node asserts (JSON), covered by its signature
 _MAX_ASSERTED_GROUPS = 64
 
@@ -76,7 +77,7 @@ def needs_credentials(method: str, path: str) -> bool:
     """Whether a request must present caller credentials (see the module docstring)."""
     if path in _OPEN or path.startswith("/.well-known/") or path.endswith("/.well-known/agent-card.json"):
         return False
-    if path.startswith(_OWN_AUTH_PREFIXES) or path == "/anp":
+    if path.startswith(_OWN_AUTH_PREFIXES) or path in ("/anp", "/ui"):
         return False
     return not (path.startswith("/registry/agents") and method in ("POST", "DELETE"))
 

@@ -5,6 +5,7 @@ interlace worker echo [--gateway URL | --redis URL] [--concurrency N] [--name NA
 interlace worker model --model PATH [--device auto|cuda|cpu] [--backend transformers|llamacpp] ...
 interlace keys new|show FILE
 interlace agent register|list|show|deregister|revoke|unrevoke|revocations ...
+interlace mcp stdio --gateway URL [--token-file FILE]
 interlace version
 """
 
@@ -130,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     auth = serve.add_argument_group("who may call (required on a non-loopback bind)")
     auth.add_argument("--auth-issuer", metavar="URL", help="accept JWTs from this OIDC issuer (keys via discovery)")
     auth.add_argument("--auth-audience", metavar="URL", help="the audience tokens must name (default: --public-url)")
-    auth.add_argument("--api-keys", metavar="FILE", help="accept the API keys of this YAML file (hashed)")
+    auth.add_argument(
+        "--api-keys", metavar="FILE", help="accept the API keys of this YAML file (hashed; re-read on SIGHUP)"
+    )
     auth.add_argument(
         "--allow-anonymous",
         action="store_const",
@@ -154,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
         "else only public addresses; env INTERLACE_EGRESS_ALLOW)",
     )
     serve.add_argument(
+        "--mcp-upstreams",
+        dest="mcp_upstreams_file",
+        metavar="FILE",
+        help="upstream MCP servers to federate, HTTP ({name, url, headers}) and stdio ({name, command, env, "
+        "env_passthrough, cwd, restart}): a YAML file, reloaded on change (env INTERLACE_MCP_UPSTREAMS_FILE)",
+    )
+    serve.add_argument(
         "--gossip-faults", action="store_const", const=True, help=argparse.SUPPRESS
     )  # tests: POST /gossip/faults
 
@@ -169,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_model_worker(kinds)
 
+    mcp = sub.add_parser("mcp", help="MCP tools").add_subparsers(dest="kind", required=True)
+    bridge = mcp.add_parser("stdio", help="a stdio MCP server relaying to a gateway's /mcp (for desktop hosts)")
+    bridge.add_argument("--gateway", required=True, metavar="URL", help="the gateway (its /mcp is used)")
+    bridge.add_argument(
+        "--token-file", metavar="FILE", help="the caller's bearer token (API key or JWT); default env INTERLACE_TOKEN"
+    )
+
     sub.add_parser("version", help="print the version")
     agent_cli.add_parsers(sub)
     return parser
@@ -179,6 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         print(f"interlace {__version__}")
         return 0
+    if args.command == "mcp":
+        from gateway import mcp_bridge
+
+        logs.setup("info")  # on stderr: stdout is the MCP stream
+        try:
+            return asyncio.run(mcp_bridge.serve(args.gateway, args.token_file))
+        except ValueError as exc:
+            print(f"interlace: {exc}", file=sys.stderr)
+            return 2
     if args.command in ("keys", "agent"):
         token, token_file = (
             os.environ.get("INTERLACE_REGISTRATION_TOKEN"),
@@ -205,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
 
                 load_policy(config.policy)
             config.effective_admission()
+            if config.mcp_upstreams_file:
+                from protocols.mcp.upstreams_file import load_upstreams
+
+                load_upstreams(config.mcp_upstreams_file)  # a broken upstream file is refused here
             from gateway.core.egress import Egress
 
             Egress.from_config(config)  # a malformed --egress-allow is refused here

@@ -112,6 +112,7 @@ from gateway.core.backends import StoredEvent
 from gateway.core.config import Config, is_loopback
 from gateway.core.egress import Egress
 from gateway.core.http import HttpError, json_response, read_json
+from gateway.core.http_client import PooledClient, TransportError
 from gateway.core.httpsig import RequestSigner
 from gateway.core.node_identity import node_key_path
 from gateway.core.principal import SYSTEM
@@ -407,11 +408,12 @@ class _HomeLink(HttpLink):
     5 s), so a request never races the server closing the connection it reuses."""
 
     def __init__(self, base_url: str, identity: Identity, egress: Egress) -> None:  # HttpLink's only makes its client
-        self.http = egress.httpx_client(
-            base_url=base_url.rstrip("/"),
-            timeout=httpx.Timeout(30.0),
-            limits=httpx.Limits(keepalive_expiry=_KEEPALIVE_S),
-            auth=RequestSigner(identity, covered_headers=[ON_BEHALF_OF]),
+        self.http = PooledClient(
+            egress,
+            base_url=base_url,
+            timeout_s=30.0,
+            keepalive_s=_KEEPALIVE_S,
+            sign=RequestSigner(identity, covered_headers=[ON_BEHALF_OF]).headers_for,
         )
 
     def task_events(self, task_id: str, after: str | None, owner: dict[str, str]) -> AsyncIterator[StoredEvent]:
@@ -507,7 +509,7 @@ class ForwardWorker(Worker):
                         return
             except HomeGone:
                 raise TaskFailed(f"the agent's home node {self.home} failed while running the task") from None
-            except (httpx.HTTPError, OSError) as exc:
+            except (TransportError, OSError) as exc:
                 log.warning("lost the remote event stream", extra={"home": self.home, "error": exc.__class__.__name__})
             await asyncio.sleep(0.2 * (attempt + 1))
         raise TaskFailed(f"lost contact with the agent's home node {self.home}")
@@ -524,8 +526,8 @@ class ForwardWorker(Worker):
 
     async def _post(self, link: _HomeLink, path: str, body: dict[str, Any], owner: dict[str, str]) -> dict[str, Any]:
         try:
-            resp = await link.http.post(path, json=body, headers=owner, timeout=10.0)
-        except (httpx.HTTPError, OSError) as exc:
+            resp = await link.http.request("POST", path, json=body, headers=owner, timeout=10.0)
+        except (TransportError, OSError) as exc:
             raise TaskFailed(f"the agent's home node {self.home} is unreachable ({exc.__class__.__name__})") from None
         if resp.status_code >= 400:
             try:
@@ -537,7 +539,7 @@ class ForwardWorker(Worker):
 
     async def _cancel_remote(self, link: _HomeLink, task_id: str, owner: dict[str, str]) -> None:
         try:
-            await link.http.post(f"/tasks/{task_id}:cancel", headers=owner, timeout=3.0)
+            await link.http.request("POST", f"/tasks/{task_id}:cancel", headers=owner, timeout=3.0)
         except Exception:
             log.info("could not cancel the remote task", extra={"home": self.home, "task_id": task_id})
 

@@ -205,6 +205,9 @@ class TaskStatusUpdate(Model):
     status: TaskStatus
     final: bool = False
     metadata: dict[str, Any] | None = None
+    # The trace context of the follow-up that resumes a task (the runtime's continue): applying
+    # the event makes it the task's ``trace``. Never serialized: it is not part of the event.
+    trace: dict[str, str] | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
     def _final_matches_state(self) -> TaskStatusUpdate:
@@ -241,6 +244,9 @@ class Task(Model):
     # The owner's groups when it submitted the task: a forwarded task is judged at its home node
     # (policy, admin rights) by the same groups it had here.
     owner_groups: list[str] | None = None
+    # The W3C trace context (traceparent, tracestate) of the runtime span that accepted the task,
+    # when tracing is on: the worker that runs it, in any process or node, continues that trace.
+    trace: dict[str, str] | None = None
 
     @property
     def state(self) -> TaskState:
@@ -281,6 +287,8 @@ class Task(Model):
             task.status = event.status
             if event.status.message is not None:
                 task.history.append(event.status.message)
+            if event.trace is not None:
+                task.trace = event.trace
             return task
         if task.state.terminal:
             raise InvalidTransition(task.state, task.state)

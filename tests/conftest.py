@@ -147,12 +147,18 @@ async def backend(backend_kind, request) -> AsyncIterator[Backend]:
 
 
 @contextlib.asynccontextmanager
-async def serve_app(app, port: int | None = None, *, bounded: Config | None = None) -> AsyncIterator[str]:
+async def serve_app(
+    app, port: int | None = None, *, bounded: Config | None = None, grace_s: float | None = None
+) -> AsyncIterator[str]:
     """Run an ASGI app with uvicorn inside the test's event loop; yields its base URL. With
-    ``bounded``, the server is the one ``interlace serve`` runs, with that config's bounds."""
+    ``bounded``, the server is the one ``interlace serve`` runs, with that config's bounds; with
+    ``grace_s``, stopping it cuts the requests still open after that long (streams)."""
     port = port or free_port()
     if bounded is None:
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_config=None, lifespan="on", timeout_graceful_shutdown=grace_s
+        )
+        server = uvicorn.Server(config)
     else:
         server = build_server(app, dataclasses.replace(bounded, host="127.0.0.1", port=port))
     task = asyncio.create_task(server.serve())

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -13,6 +14,7 @@ import yaml
 
 from gateway.cli import build_parser
 from gateway.cluster import check_config
+from gateway.core.auth import AuthMode
 from gateway.core.config import Config
 from gateway.core.node_identity import default_data_dir
 from registry.identity import Identity
@@ -123,23 +125,51 @@ async def test_external_worker_through_the_gateway():
             assert (await client.get("/registry/agents")).json()["total"] == 0
 
 
-# ---- docker-compose.yml: Docker cannot run here, so check that every command is real -------
+# ---- docker-compose.yml: every command is real (tests/compose runs the stack itself) ---------
 
 
 def compose():
     return yaml.safe_load((REPO / "docker-compose.yml").read_text())
 
 
-def test_compose_has_redis_three_gateways_and_an_echo_worker():
+def test_compose_has_redis_three_gateways_an_echo_and_a_model_worker():
     services = compose()["services"]
     commands = {name: svc.get("command", []) for name, svc in services.items()}
     gateways = [n for n, c in commands.items() if c[:2] == ["interlace", "serve"]]
-    workers = [n for n, c in commands.items() if c[:3] == ["interlace", "worker", "echo"]]
-    assert "redis" in services and len(gateways) == 3 and len(workers) == 1
+    workers = [n for n, c in commands.items() if c[:2] == ["interlace", "worker"]]
+    assert "redis" in services and len(gateways) == 3
+    assert sorted(commands[n][2] for n in workers) == ["echo", "model"]
     for name, svc in services.items():
         for dep in svc.get("depends_on", {}):
             assert dep in services, f"{name} depends on unknown service {dep}"
+        # Trusted to run unattended: restarted when it fails, bounded in memory and CPU.
+        assert svc["restart"] == "unless-stopped" and svc["mem_limit"] and svc["cpus"], name
     assert (REPO / "Dockerfile").exists()
+
+
+def test_compose_keeps_secrets_off_command_lines_and_state_in_volumes():
+    spec = compose()
+    for name, svc in spec["services"].items():
+        assert not [a for a in svc.get("command", []) if "token" in a and a != "token"], name
+        assert not [k for k in svc.get("environment", {}) if "TOKEN" in k or "KEY" in k], name
+        for volume in svc.get("volumes", []):
+            assert volume.split(":")[0] in spec["volumes"], f"{name}: {volume} is not a named volume"
+    assert spec["secrets"]["api_keys"] == {"file": "./api-keys.yaml"}
+    redis = spec["services"]["redis"]["command"]
+    assert (
+        redis[redis.index("--appendonly") + 1] == "yes" and "redis-data:/data" in spec["services"]["redis"]["volumes"]
+    )
+
+
+def test_ci_creates_the_compose_files_as_the_readme_says():
+    # .ci/run brings the stack up with the files README "Deploying with docker-compose" has an
+    # operator create, made by the same commands.
+    section = (REPO / "README.md").read_text().split("## Deploying with docker-compose", 1)[1]
+    block = section.split("```sh", 1)[1].split("```", 1)[0]
+    commands = [line.split("  #", 1)[0].strip() for line in block.splitlines()]
+    commands = [c for c in commands if c.startswith(("printf", "head", "chmod"))]
+    ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    assert len(commands) == 4 and all(c in ci for c in commands), commands
 
 
 @pytest.mark.parametrize(
@@ -154,10 +184,16 @@ def test_compose_commands_are_valid_interlace_invocations(name):
         # The gateway would start: a public bind names its authentication (or explicitly none),
         # its admission, and its gossip (none: the gateways share Redis; else --trust).
         flags = {k: v for k, v in vars(args).items() if k not in ("command", "kind")}
-        env = {k: str(v) for k, v in compose()["services"][name].get("environment", {}).items()}
+        service = compose()["services"][name]
+        # The environment compose gives it: its own (defaults of ${NAME:-default} taken), and the
+        # .env file README "Deploying with docker-compose" has the operator write.
+        env = {k: re.sub(r"\$\{\w+:-(.*)\}", r"\1", str(v)) for k, v in service.get("environment", {}).items()}
+        assert service["env_file"] == ".env"
+        env["INTERLACE_REGISTRATION_TOKEN"] = "from-the-env-file"
         config = Config.load(flags, env=env)
-        config.effective_auth()
-        config.effective_admission()
+        assert config.effective_auth() is AuthMode.REQUIRED  # an API key on every call
+        assert config.api_keys == "/run/secrets/api_keys" and "api_keys" in service["secrets"]
+        assert config.effective_admission() == "token"
         check_config(config)
         assert config.gossip is False
     else:

@@ -1,6 +1,7 @@
 """The official MCP conformance suite and the MCP Inspector CLI (2.12.0) against the gateway,
 which fronts the SDK-built upstream fixture in pass-through naming mode next to its own tools
-(the agent tools and the meta tools): the 0.1.16 default suite, and 0.2.0-alpha.12 with
+(the agent tools and the meta tools): the 0.1.16 default suite (the fixture federated over HTTP,
+and again over stdio as a child process of the gateway), and 0.2.0-alpha.12 with
 ``--requirements 2025-11-25`` (the handshake era) and ``--requirements 2026-07-28`` (the
 stateless era), each leg counted in scored scenarios (the kit runs, but does not score, the
 extensions' scenarios, such as ``tasks-*``, and pending ones).
@@ -16,11 +17,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 
 import pytest
 import yaml
 
-from tests.fixtures.mcp_support import UpstreamProcess, mcp_gateway, node_env, node_tools, run_node
+from protocols.mcp.stdio_upstream import StdioUpstream
+from tests.fixtures.mcp_support import UPSTREAM_SCRIPT, UpstreamProcess, mcp_gateway, node_env, node_tools, run_node
 
 CONFORMANCE = "node_modules/@modelcontextprotocol/conformance/dist/index.js"
 CONFORMANCE_ALPHA = "node_modules/mcp-conformance-alpha/dist/index.js"
@@ -40,8 +43,15 @@ def upstream():
         yield up
 
 
-async def test_conformance_default_suite_passes_through_gateway(node_bin, upstream, tmp_path):
-    async with mcp_gateway([("everything", upstream.url)], naming="pass-through") as (url, _):
+def stdio_everything() -> StdioUpstream:
+    """The same SDK-built fixture, federated as a stdio server (a child process of the gateway)."""
+    return StdioUpstream("everything", (sys.executable, str(UPSTREAM_SCRIPT), "--stdio", "--name", "everything"))
+
+
+@pytest.mark.parametrize("transport", ["http", "stdio"])
+async def test_conformance_default_suite_passes_through_gateway(node_bin, upstream, tmp_path, transport):
+    federated = stdio_everything() if transport == "stdio" else ("everything", upstream.url)
+    async with mcp_gateway([federated], naming="pass-through") as (url, _):
         # The suite's DNS-rebinding scenario needs a localhost URL.
         url = url.replace("127.0.0.1", "localhost")
         rc, out = await run_node(
@@ -90,6 +100,42 @@ async def test_conformance_alpha_requirements_pass_through_gateway(node_bin, ups
     assert (len(passed), len(scored)) == (SCORED[revision], SCORED[revision]), (
         f"{revision}: {len(passed)}/{len(scored)} scored scenarios pass"
     )
+
+
+# The kit's tasks-* scenarios (the io.modelcontextprotocol/tasks extension: run at the 2026-07-28
+# wire, reported, never scored). tasks-status-notifications has no checks yet (the kit skips it:
+# its harness does not open subscriptions/listen; tests/test_mcp_tasks.py covers it).
+# tasks-mrtr-composition needs a tool (test_tool_with_task) that first gathers input with an
+# input-required result and only then becomes a task. The gateway makes a task of a federated
+# task-supporting call at once and carries the upstream's questions as the task's inputRequests
+# (what confirm_delete and multi_input need); a handshake-era upstream cannot say "ask first,
+# then a task", so the fixture has no such tool and this one check stays failing.
+TASKS_NOT_YET = {"tasks-mrtr-composition": "sep-2663-mrtr-synchronous-before-task-creation"}
+TASKS_CHECKS = 44  # checks the ten tasks-* scenarios of 0.2.0-alpha.12 report against this gateway
+
+
+async def test_conformance_tasks_scenarios_pass_through_gateway(node_bin, upstream, tmp_path):
+    """Every check of the kit's tasks-* scenarios passes (43 of 44) through the gateway, which
+    serves the fixture's long-running tools as its own tasks (protocols/mcp/tasks_ext.py)."""
+    env = node_env(node_bin, tmp_path)
+    rc, out = await run_node(
+        [str(node_bin / "node"), CONFORMANCE_ALPHA, "list", "--requirements", "2026-07-28"], env, 60
+    )
+    scenarios = re.findall(r"^\s+- (tasks-\S+) \[server\]", out, re.MULTILINE)
+    assert rc == 0 and len(scenarios) == 10, out
+    passed, failed, total = [], [], 0
+    async with mcp_gateway([("everything", upstream.url)], naming="pass-through") as (url, _):
+        url = url.replace("127.0.0.1", "localhost")
+        for scenario in scenarios:
+            args = [str(node_bin / "node"), CONFORMANCE_ALPHA, "server", "--url", url, "--scenario", scenario]
+            rc, out = await run_node(args, env, timeout=120)
+            counts = re.search(r"Passed: (\d+)/(\d+), (\d+) failed", out)
+            assert counts, out[-3000:]
+            total += int(counts.group(2))
+            for check, status in re.findall(r"\[([\w-]+)\s*\] (?:\x1b\[\d+m)?(SUCCESS|FAILURE|WARNING)", out):
+                (passed if status == "SUCCESS" else failed).append(f"{scenario}:{check}")
+    assert sorted(failed) == sorted(f"{s}:{c}" for s, c in TASKS_NOT_YET.items()), "\n".join(failed)
+    assert (len(passed), total) == (TASKS_CHECKS - len(TASKS_NOT_YET), TASKS_CHECKS), passed
 
 
 async def test_conformance_pending_scenarios_pass_too(node_bin, upstream, tmp_path):

@@ -3,11 +3,15 @@ gateway stays up."""
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 from mcp import Client
 
-from tests.conftest import free_port, wait_until
+from agents.worker import Worker
+from schemas import Artifact, TextPart
+from tests.conftest import free_port, running_gateway, test_config, wait_until
 from tests.fixtures.mcp_support import ACCEPT, RawSession, UpstreamProcess, mcp_gateway
 
 pytestmark = pytest.mark.filterwarnings(
@@ -271,3 +275,36 @@ async def test_client_cancellation_is_sent_upstream():
                 return r["result"]["content"][0]["text"] == "cancelled"
 
             await wait_until(cancelled, timeout=10, interval=0.1)
+
+
+class Blocker(Worker):
+    """Holds each task until released: its queue fills."""
+
+    agent = "blocker"
+    concurrency = 1
+
+    def __init__(self) -> None:
+        self.started, self.release = asyncio.Event(), asyncio.Event()
+
+    async def handle(self, task):
+        self.started.set()
+        await self.release.wait()
+        yield task.artifact_event(Artifact(parts=[TextPart(text="done")]))
+
+
+async def test_a_full_queue_is_a_clear_error_to_retry():
+    worker = Blocker()
+    async with running_gateway(test_config(max_queue=1, echo=False), workers=[worker]) as (url, app):
+        async with httpx.AsyncClient(timeout=15) as http:
+            raw = RawSession(http, f"{url}/mcp")
+            await raw.initialize()
+            first = asyncio.create_task(raw.call("tools/call", {"name": "blocker", "arguments": {"message": "one"}}))
+            async with asyncio.timeout(10):
+                await worker.started.wait()  # taken: the queue holds its one entry
+            reply = await raw.call("tools/call", {"name": "blocker", "arguments": {"message": "two"}})
+            error = reply["error"]
+            assert error["code"] == -32603 and "full" in error["message"] and error["data"] == {"retryAfter": 1}
+            assert await app.state.runtime.backend.tasks.count() == 1  # the refused call stored nothing
+            worker.release.set()
+            async with asyncio.timeout(10):
+                assert "result" in await first

@@ -36,6 +36,7 @@ from registry.identity import Identity
 from schemas import Artifact, Message, Task, TaskEvent, TaskState, TextPart
 from tests.conftest import serve_app, test_config
 from tests.fixtures.mcp_support import ModernRaw, UpstreamProcess
+from tests.fixtures.mcp_upstream import handshake_only
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),  # one cluster for the module
@@ -101,7 +102,8 @@ async def cluster(redis_server, upstream, tmp_path_factory):
     redis_server.flush()
     keys = tmp_path_factory.mktemp("keys") / "keys.yaml"
     keys.write_text(yaml.safe_dump([{"principal": p, "key_sha256": api_key_digest(k)} for p, k in KEYS.items()]))
-    async with serve_app(asking_upstream().streamable_http_app()) as asking:
+    # a handshake-era server (its read asks through the session), as the gateway's discovery finds it
+    async with serve_app(handshake_only(asking_upstream().streamable_http_app())) as asking:
         upstreams = (("everything", upstream.url), ("asking", asking + "/mcp"))
         async with (
             node("node-a", redis_server.url, str(keys), upstreams) as (url_a, app_a),

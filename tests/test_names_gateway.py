@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from agents.links import HttpLink
 from agents.worker import Worker, WorkerRunner
+from gateway.core.http_client import StatusError
 from registry.identity import Identity
 from registry.records import sign
 from schemas import Artifact, Task, TextPart
@@ -189,7 +190,7 @@ async def test_a_replica_named_by_the_owner_shares_the_queue_and_a_stranger_neve
                 assert refused.status_code == 409 and refused.json()["error"]["code"] == "name_taken"
                 runners.append(runner(Twin("stranger"), stranger))  # it tries anyway, over /bus
                 runners[2].start()
-                with pytest.raises(httpx.HTTPStatusError) as info:
+                with pytest.raises(StatusError) as info:
                     await HttpLink(url, identity=stranger).receive("twin", "x", 10, 1)
                 assert info.value.response.status_code == 401
                 assert {r.did for r in registry.by_name("twin")} == {owner.did, replica.did}

@@ -426,3 +426,33 @@ def test_the_readme_example_policy_means_what_the_readme_says():
     assert p.allows(publisher, "register", Target(agent="team-search"))
     assert not p.allows(publisher, "register", Target(agent="echo"))
     assert not p.allows(LOCAL, "admin") and not p.allows(MALLORY, "call", Target(agent="echo"))
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+async def test_one_sighup_reloads_the_api_keys_and_the_policy(tmp_path):
+    import httpx
+
+    from gateway.core.auth import api_key_digest
+
+    keys, policy = tmp_path / "keys.yaml", tmp_path / "policy.yaml"
+    keys.write_text(yaml.safe_dump([{"principal": "old", "key_sha256": api_key_digest("old-key-123456789012")}]))
+    policy.write_text(ALLOW_ECHO)
+    async with running_gateway(test_config(api_keys=str(keys), policy=str(policy))) as (url, app):
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            new = {"Authorization": "Bearer new-key-123456789012"}
+            assert (await http.get("/tasks", headers=new)).status_code == 401
+            replace(keys, yaml.safe_dump([{"principal": "new", "key_sha256": api_key_digest("new-key-123456789012")}]))
+            replace(policy, ALLOW_BOTH)
+            changed = asyncio.Event()
+            app.state.runtime.watch_agents(changed.set)
+            os.kill(os.getpid(), signal.SIGHUP)
+            async with asyncio.timeout(5):
+                await changed.wait()  # the policy reloaded; the keys reload in the same handler, first or after
+            assert (await http.get("/tasks", headers=new)).status_code == 200
+            assert (
+                await http.get("/tasks", headers={"Authorization": "Bearer old-key-123456789012"})
+            ).status_code == 401
+            # A key file that does not parse keeps the keys in force.
+            replace(keys, "- {principal: [broken")
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert (await http.get("/tasks", headers=new)).status_code == 200

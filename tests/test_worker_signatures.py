@@ -18,6 +18,7 @@ from agents.links import HttpLink
 from agents.worker import Worker, WorkerRunner
 from gateway.core.auth import api_key_digest
 from gateway.core.backends import Delivery
+from gateway.core.http_client import StatusError
 from gateway.core.httpsig import did_key_method, sign_request
 from registry.identity import Identity
 from schemas import Artifact, TaskState, TaskStatus, TaskStatusUpdate, TextPart
@@ -97,19 +98,19 @@ async def test_a_signed_worker_serves_its_own_agents_stream_and_nothing_else(tmp
             link = HttpLink(url, identity=identity)
             try:
                 assert [s.event.kind async for s in link.events(done["id"], None)][-1] == "status-update"
-                with pytest.raises(httpx.HTTPStatusError) as exc:
+                with pytest.raises(StatusError) as exc:
                     await link.receive("echo", "intruder", 0, 1)
                 refused(exc, 403, "not this worker's agent's")
-                with pytest.raises(httpx.HTTPStatusError) as exc:  # its own stream, another agent's task
+                with pytest.raises(StatusError) as exc:  # its own stream, another agent's task
                     await link.begin(Delivery("mine", "0-1", echoed["id"], 1), "intruder", 5_000)
                 refused(exc, 403, "is not routed to this worker's agent")
                 failed = TaskStatusUpdate(
                     task_id=echoed["id"], context_id=echoed["context_id"], status=TaskStatus(state=TaskState.FAILED)
                 )
-                with pytest.raises(httpx.HTTPStatusError) as exc:
+                with pytest.raises(StatusError) as exc:
                     await link.emit(echoed["id"], failed)
                 refused(exc, 403, "is not routed to this worker's agent")
-                with pytest.raises(httpx.HTTPStatusError) as exc:
+                with pytest.raises(StatusError) as exc:
                     [s async for s in link.events(echoed["id"], None)]
                 assert exc.value.response.status_code == 403
             finally:
@@ -133,7 +134,7 @@ async def test_unsigned_and_unregistered_workers_are_refused_under_required_auth
         unsigned = await http.post("/bus/receive", json=body)  # from loopback, but the bind is public
         assert unsigned.status_code == 401 and "sign /bus requests" in unsigned.json()["error"]["message"]
         stranger = HttpLink(url, identity=Identity.generate())  # a valid signature, no record
-        with pytest.raises(httpx.HTTPStatusError) as exc:
+        with pytest.raises(StatusError) as exc:
             await stranger.receive("echo", "x", 0, 1)
         refused(exc, 401, "has no live record")
         await stranger.close()

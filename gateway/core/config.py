@@ -87,6 +87,9 @@ class Config:
     # Where the gateway may connect out (gateway/core/egress.py): networks, host names, "loopback",
     # "private" or "none"; unset: loopback on a loopback bind, else only the public internet.
     egress_allow: tuple[str, ...] | None = None
+    # YAML file of the upstream MCP servers to federate, HTTP and stdio (protocols/mcp/upstreams_file.py);
+    # reloaded on change. Env INTERLACE_MCP_UPSTREAMS_FILE, as MCPOptions.upstreams_file.
+    mcp_upstreams_file: str | None = None
 
     def read_secret_files(self) -> None:
         """Fill the tokens from their ``*_file`` settings (``load`` does this once)."""

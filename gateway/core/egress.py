@@ -26,9 +26,10 @@ rebinding is closed); TLS SNI and certificate checks and the ``Host`` header kee
   ``_PinnedBackend``, an httpcore network backend that resolves, checks and connects to the
   checked address; the pool stays keyed by host name, so a connection made for one name is never
   reused for another (which rewriting URLs to addresses would do).
-* aiohttp (``Egress.aiohttp_session``, the A2A hot path): a resolver that returns only checked
-  addresses (aiohttp dials what its resolver returns) and a client middleware, run for every
-  request, that checks literal addresses (aiohttp never asks its resolver about those).
+* aiohttp (``Egress.aiohttp_session``, the hot paths: A2A, MCP upstreams, worker links): a
+  resolver that returns only checked addresses (aiohttp dials what its resolver returns) and a
+  client middleware, run for every request, that checks literal addresses (aiohttp never asks
+  its resolver about those).
 
 No redirect is followed: the httpx client is made with ``follow_redirects=False`` (and a hop
 followed anyway would be a request like any other, checked again), the aiohttp middleware
@@ -40,6 +41,10 @@ Failures: a refusal is ``EgressRefused`` (an ``OSError``, which each library tur
 connection error), so callers treat it as any unreachable peer. What a client is told is
 ``UNREACHABLE``, the same text whatever happened (a refused port, an HTTP 404, a policy refusal:
 telling them apart would make the gateway a port scanner); the detail goes to the log.
+
+Traces: when tracing is on, every request carries the current trace context in its headers
+(W3C ``traceparent``; ``gateway.core.tracing``), so the agents, upstreams and peers it reaches
+continue the caller's trace.
 
 Cost: one resolution and check per new connection (pooled connections are reused), plus a check
 of literal addresses per request (microseconds).
@@ -62,6 +67,7 @@ import aiohttp.abc
 import httpcore
 import httpx
 
+from gateway.core import tracing
 from gateway.core.config import is_loopback
 
 UNREACHABLE = "agent unreachable"
@@ -287,19 +293,24 @@ class Egress:
         return httpx.AsyncClient(transport=transport, follow_redirects=False, **kw)
 
     def aiohttp_session(
-        self, url: str, *, limit: int = 100, keepalive_timeout: float = 15.0, timeout: aiohttp.ClientTimeout
+        self, url: str | None, *, limit: int = 100, keepalive_timeout: float = 15.0, timeout: aiohttp.ClientTimeout
     ) -> aiohttp.ClientSession:
         """An ``aiohttp.ClientSession`` that follows this policy, through the proxy (if any) that
-        the environment names for ``url``."""
+        the environment names for ``url`` (None: for many destinations, each request passes
+        ``proxy=self.proxy_for(its URL)``)."""
         connector = aiohttp.TCPConnector(
             limit=limit, keepalive_timeout=keepalive_timeout, resolver=_AiohttpResolver(self)
         )
         return aiohttp.ClientSession(
-            connector=connector, timeout=timeout, proxy=self.proxy_for(url), middlewares=(self._aiohttp_check,)
+            connector=connector,
+            timeout=timeout,
+            proxy=self.proxy_for(url) if url else None,
+            middlewares=(self._aiohttp_check,),
         )
 
     async def _aiohttp_check(self, request: aiohttp.ClientRequest, handler: Any) -> aiohttp.ClientResponse:
         self.check_host(request.url.scheme, request.url.raw_host)
+        tracing.inject_missing(request.headers)
         response = await handler(request)
         if response.status in _REDIRECTS:
             response.close()
@@ -416,6 +427,7 @@ class _EgressTransport(httpx.AsyncBaseTransport):
             self.egress.check_host(request.url.scheme, request.url.host)
         except EgressRefused as exc:
             raise httpx.ConnectError(str(exc), request=request) from exc
+        tracing.inject_missing(request.headers)
         proxy = self.egress.proxy_for(str(request.url)) if self.egress.proxies else None
         if proxy is None:
             transport = self.direct

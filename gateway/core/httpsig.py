@@ -339,7 +339,8 @@ def did_key_method(did: str) -> str:
 
 
 class RequestSigner(httpx.Auth):
-    """Signs every request of an httpx client as ``identity`` (module docstring)."""
+    """Signs every request of an httpx client as ``identity`` (module docstring), or, through
+    ``headers_for``, of any client that hands it the request's parts."""
 
     requires_request_body = True
 
@@ -348,19 +349,14 @@ class RequestSigner(httpx.Auth):
         self.covered_headers = tuple(h.lower() for h in covered_headers)
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        covered = {h: request.headers[h] for h in self.covered_headers if h in request.headers}
-        request.headers.update(
-            sign_request(
-                self.identity,
-                self.keyid,
-                request.method,
-                str(request.url),
-                request.content,
-                lifetime_s=MAX_AGE_S,
-                covered=covered,
-            )
-        )
+        request.headers.update(self.headers_for(request.method, str(request.url), request.content, request.headers))
         yield request
+
+    def headers_for(self, method: str, url: str, body: bytes, headers: Mapping[str, str]) -> dict[str, str]:
+        """The signature headers of one request (``gateway.core.http_client.PooledClient``'s ``sign``)."""
+        lowered = {k.lower(): v for k, v in headers.items()}
+        covered = {h: lowered[h] for h in self.covered_headers if h in lowered}
+        return sign_request(self.identity, self.keyid, method, url, body, lifetime_s=MAX_AGE_S, covered=covered)
 
 
 class DidKeyRequests:

@@ -78,9 +78,7 @@ import dataclasses
 import enum
 import fnmatch
 import logging
-import os
 import re
-import signal
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -88,7 +86,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import yaml
 
 from gateway.core.aio import wait_cancelled
+from gateway.core.hangup import off_hangup, on_hangup
 from gateway.core.settings import yaml_problem
+from gateway.core.watched_file import file_version, watch
 
 if TYPE_CHECKING:  # read by attribute only
     from gateway.core.principal import Principal
@@ -452,20 +452,13 @@ class PolicyFile:
         self._seen: tuple[int, ...] | None = None  # the file version last loaded or tried
         self._listeners: list[Callable[[Policy], None]] = []
         self._watcher: asyncio.Task | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None  # where our SIGHUP handler is
+        self._hup = False  # whether SIGHUP reloads it (gateway.core.hangup)
         self.current = Policy.EMPTY
         self.load()
 
-    def _version(self) -> tuple[int, ...] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
     def load(self) -> Policy:
         """Read and parse the file now, make it current and return it; ValueError if it does not parse."""
-        self._seen = self._version()  # taken first: a write during the read shows as a newer version
+        self._seen = file_version(self.path)  # taken first: a write during the read shows as a newer version
         self.current = load_policy(self.path)
         return self.current
 
@@ -496,36 +489,17 @@ class PolicyFile:
         if self._watcher is not None:
             return
         self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="policy-watcher")
-        hup = getattr(signal, "SIGHUP", None)
-        if hup is not None:
-            loop = asyncio.get_running_loop()
-            try:
-                loop.add_signal_handler(hup, self.reload)
-            except (NotImplementedError, RuntimeError, ValueError):  # Windows; not the main thread
-                log.info("no SIGHUP here: the policy file is reloaded when it changes", extra={"path": str(self.path)})
-            else:
-                self._loop = loop
+        self._hup = on_hangup(self.reload)
+        if not self._hup:
+            log.info("no SIGHUP here: the policy file is reloaded when it changes", extra={"path": str(self.path)})
 
     async def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.remove_signal_handler(signal.SIGHUP)
-            self._loop = None
+        if self._hup:
+            off_hangup(self.reload)
+            self._hup = False
         if self._watcher is not None:
             await wait_cancelled(self._watcher)
             self._watcher = None
 
     async def _watch(self) -> None:
-        pending = None  # a new version seen once: loaded when the next poll sees it unchanged
-        while True:
-            await asyncio.sleep(self.interval_s)
-            version = self._version()
-            if version == self._seen:
-                pending = None
-            elif version != pending:
-                pending = version
-            else:
-                pending = None
-                try:
-                    self.reload()  # tried once per version: a broken file is logged once, not every second
-                except Exception:  # a bug, not the file: keep the policy in force and keep watching
-                    log.exception("policy reload failed", extra={"path": str(self.path)})
+        await watch(self.path, lambda: self._seen, self.reload, self.interval_s)

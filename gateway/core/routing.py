@@ -32,7 +32,8 @@ class CapabilityRouter:
         else:
             self.index.upsert(record)
 
-    def _stats(self, did: str) -> AgentStats:
+    def stats(self, did: str) -> AgentStats:
+        """What routing knows of an agent now: live, latency EWMA (ms), tasks in flight."""
         record = self.registry.get(did)
         if record is None:
             return AgentStats(live=False)
@@ -41,7 +42,7 @@ class CapabilityRouter:
         return AgentStats(latency_ewma_ms=None if ewma is None else ewma * 1000, load=self.inflight[stream])
 
     def route(self, query: CapabilityQuery, limit: int = 5) -> RouteResult:
-        return self.index.search(query, stats=self._stats, limit=limit)
+        return self.index.search(query, stats=self.stats, limit=limit)
 
     def accepted(self, stream: str) -> None:
         self.inflight[stream] += 1

@@ -18,7 +18,7 @@ import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 
-from gateway.core import audit
+from gateway.core import audit, tracing
 from gateway.core.aio import wait_cancelled
 from gateway.core.backends import (
     Backend,
@@ -244,9 +244,12 @@ class Runtime:
         """Accept a new task, owned by ``caller``, for ``agent`` (a name or DID) or for the best
         match of ``query``; it is stored and enqueued, or nothing happens (QuotaExceeded when
         the caller is at its quotas)."""
-        with self.quotas.task(caller) as claim:
+        with self.quotas.task(caller) as claim, tracing.span("invoke_agent", tracing.CLIENT, _INVOKE) as span:
             task, stream = await self._accept(message, agent, query, context_id, metadata, caller)
             claim.bind(task.id)
+            if span.is_recording():
+                span.update_name(f"invoke_agent {stream}")
+                span.set_attributes(tracing.task_attributes(task))
         audit.record(caller, "call", stream, "ok", task.id)
         self.metrics.accepted.labels(stream).inc()
         self.capabilities.accepted(stream)
@@ -273,7 +276,9 @@ class Runtime:
                 raise ValueError("submit needs an agent or a capability query")
             self._check_tool(caller, records, tool_named(metadata, message.metadata) or route.skill)
             groups = sorted(caller.groups) or None
-            task = Task(metadata=metadata or {}, route=route, owner=caller.id, owner_groups=groups)
+            task = Task(
+                metadata=metadata or {}, route=route, owner=caller.id, owner_groups=groups, trace=tracing.carrier()
+            )
             if context_id:
                 task.context_id = context_id
             task.history.append(message.model_copy(update={"task_id": task.id, "context_id": task.context_id}))
@@ -291,6 +296,10 @@ class Runtime:
         Returns the resumed task and the id of its last event before the follow-up: whoever
         follows the task from there sees only what the follow-up caused, never the old
         input-required event (which is final, and would end the follow at once).
+
+        Traces: the follow-up is an ``invoke_agent`` span of the follow-up request's own trace,
+        linked to the task's first one (``Task.trace``), and becomes the task's trace: the worker's
+        run for the follow-up continues it.
         """
         task = await self.get(task_id, caller=caller, action="call")
         if not task.state.interrupted or task.route is None:
@@ -299,13 +308,21 @@ class Runtime:
             )
         tool = tool_named(task.metadata, message.metadata) or task.route.skill
         self._check_tool(caller, self.registry.resolve(task.route.agent), tool)
-        with self.quotas.task(caller) as claim:
+        agent = task.route.agent
+        with (
+            self.quotas.task(caller) as claim,
+            tracing.span(f"invoke_agent {agent}", tracing.CLIENT, _INVOKE, link=task.trace) as span,
+        ):
+            if span.is_recording():
+                span.set_attributes(tracing.task_attributes(task))
             after = await self.last_event_id(task.id)
             message = message.model_copy(update={"task_id": task.id, "context_id": task.context_id})
-            task, _ = await self.backend.tasks.apply(task.id, task.status_event(TaskState.WORKING, message))
-            await self.backend.tasks.requeue(task, task.route.agent)
+            resume = task.status_event(TaskState.WORKING, message)
+            resume.trace = tracing.carrier()
+            task, _ = await self.backend.tasks.apply(task.id, resume)
+            await self.backend.tasks.requeue(task, agent)
             claim.bind(task.id)
-        audit.record(caller, "call", task.route.agent, "ok", task.id)
+        audit.record(caller, "call", agent, "ok", task.id)
         return task, after
 
     def sees(self, caller: Principal, task: Task) -> bool:
@@ -476,6 +493,11 @@ class Runtime:
                 for fut in self._waiters.get(fin.task_id, []):
                     if not fut.done():
                         fut.set_result(fin.state)
+
+
+# The runtime's span of a submission (GenAI semantic conventions: invoke_agent; a CLIENT span, as
+# the agent runs elsewhere: a worker or a connector takes the task from the bus).
+_INVOKE = {"gen_ai.operation.name": "invoke_agent", "gen_ai.provider.name": "interlace"}
 
 
 def _task_target(task: Task) -> Target:

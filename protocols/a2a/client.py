@@ -29,8 +29,10 @@ from typing import Any
 
 import aiohttp
 
+from gateway.core import tracing
 from gateway.core.egress import MAX_RESPONSE_BYTES, UNREACHABLE, ResponseTooLarge, read_body
 from gateway.core.sse import Event, LineTooLong, read_events
+from protocols.a2a import telemetry
 from protocols.a2a.errors import A2AError, RemoteAgentError
 from protocols.a2a.wire import V03, V03_REST, V10, Dialect, get
 from schemas import Message, Task, TaskArtifactUpdate, TaskStatusUpdate
@@ -184,10 +186,12 @@ class A2AClient:
         params = self.dialect.send_params_out(
             message, blocking=blocking, metadata=metadata, history_length=self.SENT_HISTORY
         )
-        if self.rest:
-            result = await self._rest("POST", "/message:send", params)
-        else:
-            result = await self._rpc("send", params)
+        with telemetry.client_span("SendMessage", self.base, params) as span:
+            if self.rest:
+                result = await self._rest("POST", "/message:send", params)
+            else:
+                result = await self._rpc("send", params)
+            telemetry.answered(span, result)
         item = self._parse(result)
         if not isinstance(item, (Task, Message)):
             raise _unreachable(
@@ -207,9 +211,10 @@ class A2AClient:
         return self._rpc_stream("subscribe", {"id": task_id})
 
     async def get_task(self, task_id: str) -> Task:
-        result = await (
-            self._rest("GET", f"/tasks/{task_id}", None) if self.rest else self._rpc("get", {"id": task_id})
-        )
+        with telemetry.client_span("GetTask", self.base, {"id": task_id}):
+            result = await (
+                self._rest("GET", f"/tasks/{task_id}", None) if self.rest else self._rpc("get", {"id": task_id})
+            )
         return self.dialect.task_in(result)
 
     async def list_tasks(self, context_id: str) -> list[Task]:
@@ -217,14 +222,18 @@ class A2AClient:
         if self.iface.version == "0.3":
             raise RemoteAgentError("A2A 0.3 has no ListTasks")
         query = {"contextId": context_id, "pageSize": 100}
-        result = await (self._rest("GET", "/tasks", None, params=query) if self.rest else self._rpc("list", query))
+        with telemetry.client_span("ListTasks", self.base):
+            result = await (self._rest("GET", "/tasks", None, params=query) if self.rest else self._rpc("list", query))
         tasks = result.get("tasks") if isinstance(result, dict) else None
         return [self.dialect.task_in(t) for t in tasks or []]
 
     async def cancel(self, task_id: str) -> Task:
-        result = await (
-            self._rest("POST", f"/tasks/{task_id}:cancel", {}) if self.rest else self._rpc("cancel", {"id": task_id})
-        )
+        with telemetry.client_span("CancelTask", self.base, {"id": task_id}):
+            result = await (
+                self._rest("POST", f"/tasks/{task_id}:cancel", {})
+                if self.rest
+                else self._rpc("cancel", {"id": task_id})
+            )
         return self.dialect.task_in(result)
 
     # ---- transport ---------------------------------------------------------------------------
@@ -278,19 +287,32 @@ class A2AClient:
         return data
 
     async def _rpc_stream(self, op: str, params: Any) -> AsyncIterator[StreamItem]:
-        async for data in self._sse("POST", self.base, self._envelope(op, params)):
+        async for data in self._sse(op, "POST", self.base, self._envelope(op, params)):
             item = self._parse(self._rpc_result(data))
             if item is not None:
                 yield item
 
     async def _rest_stream(self, method: str, path: str, body: Any) -> AsyncIterator[StreamItem]:
-        async for data in self._sse(method, f"{self.base}{self._v1}{path}", body):
+        op = "subscribe" if path.endswith(":subscribe") else "stream"
+        async for data in self._sse(op, method, f"{self.base}{self._v1}{path}", body):
             item = self._parse(data)
             if item is not None:
                 yield item
 
-    async def _sse(self, method: str, url: str, body: Any) -> AsyncIterator[Any]:
-        headers = {**self.headers, "Accept": "text/event-stream"}
+    async def _sse(self, op: str, method: str, url: str, body: Any) -> AsyncIterator[Any]:
+        # The stream's span is not made current: it lives across this generator's yields.
+        span = telemetry.start_client(_METHODS["1.0"][op], self.base, body.get("params", body) if body else None)
+        try:
+            async for payload in self._sse_traced(method, url, body, tracing.headers_of(span)):
+                yield payload
+        except Exception as exc:
+            tracing.fail(span, type(exc).__name__, str(exc)[:200])
+            raise
+        finally:
+            span.end()
+
+    async def _sse_traced(self, method: str, url: str, body: Any, trace: dict[str, str]) -> AsyncIterator[Any]:
+        headers = {**self.headers, "Accept": "text/event-stream", **trace}
         try:
             async with self.http.request(method, url, json=body, headers=headers) as resp:
                 if "text/event-stream" not in resp.headers.get("Content-Type", ""):

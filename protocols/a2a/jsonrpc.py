@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.core import strict_json
 from gateway.core.sse import sse_response
+from protocols.a2a import telemetry
 from protocols.a2a.errors import (
     A2AError,
     CallerRefusedError,
@@ -120,6 +121,7 @@ METHODS: dict[str, dict[str, Handler]] = {
     },
 }
 DIALECTS: dict[str, Dialect] = {"1.0": V10, "0.3": V03}
+OPERATIONS = {handler: name for name, handler in METHODS["1.0"].items()}  # the 1.0 name of each (traces)
 JSON_TYPES = ("application/json", "application/a2a+json", "application/json-rpc", "application/jsonrequest")
 
 
@@ -197,14 +199,18 @@ async def handle(service: A2AService, request: Request, call_for: Callable[[Dial
         if not isinstance(params, dict):
             raise InvalidParamsError("params must be an object")
         call = call_for(DIALECTS[version])
-        if method not in STREAMING:
-            return JSONResponse({"jsonrpc": "2.0", "id": rid, "result": await handler(service, call, params)})
-        release = call.rt.open_stream()  # before anything the stream is for happens
-        try:
-            result = await handler(service, call, params)
-        except BaseException:
-            release()
-            raise
+        name, agent = OPERATIONS.get(handler, method), request.path_params.get("agent")
+        with telemetry.server_span(name, version, params, request_id=rid, agent=agent) as span:
+            if method not in STREAMING:
+                result = await handler(service, call, params)
+                telemetry.answered(span, result)
+                return JSONResponse({"jsonrpc": "2.0", "id": rid, "result": result})
+            release = call.rt.open_stream()  # before anything the stream is for happens
+            try:
+                result = await handler(service, call, params)
+            except BaseException:
+                release()
+                raise
         frames = _frames(rid, result, version)
         return sse_response(frames, max_seconds=call.rt.config.sse_max_s, keepalive_s=15.0, release=release)
     except asyncio.CancelledError:

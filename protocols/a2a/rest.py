@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.core.sse import sse_response
+from protocols.a2a import telemetry
 from protocols.a2a.errors import A2AError, CallerRefusedError, InvalidParamsError, VersionNotSupportedError
 from protocols.a2a.jsonrpc import negotiate, parse_json, refusal_headers
 from protocols.a2a.service import A2ACall, A2AService, map_runtime_error
@@ -122,6 +123,23 @@ _TABLE_V03: list[tuple[str, list[str], Op]] = [(f"/v1{p}", m, op) for p, m, op i
 _TABLE_V10 = _TABLE + [("/extendedAgentCard", ["GET"], _extended_card)]
 
 
+# The A2A operation each is (its 1.0 method name: span names, gateway.core.tracing).
+_NAMES: dict[Op, str] = {
+    _send: "SendMessage",
+    _stream: "SendStreamingMessage",
+    _get: "GetTask",
+    _list: "ListTasks",
+    _cancel: "CancelTask",
+    _subscribe: "SubscribeToTask",
+    _push_create: "CreateTaskPushNotificationConfig",
+    _push_get: "GetTaskPushNotificationConfig",
+    _push_list: "ListTaskPushNotificationConfigs",
+    _push_delete: "DeleteTaskPushNotificationConfig",
+    _extended_card: "GetExtendedAgentCard",
+    _card_v03: "GetAgentCard",
+}
+
+
 def _endpoint(service: A2AService, op: Op, legacy_path: bool, call_for: CallFor):
     async def endpoint(request: Request) -> Response:
         version = "0.3" if legacy_path else "1.0"
@@ -133,14 +151,18 @@ def _endpoint(service: A2AService, op: Op, legacy_path: bool, call_for: CallFor)
                     "send A2A-Version: 1.0"
                 )
             call = call_for(request, V03_REST if legacy_path else V10)
-            if op not in STREAMING:
-                return JSONResponse(await op(service, call, request))
-            release = call.rt.open_stream()  # before anything the stream is for happens
-            try:
-                result = await op(service, call, request)
-            except BaseException:
-                release()
-                raise
+            named = {"id": request.path_params["task_id"]} if "task_id" in request.path_params else None
+            with telemetry.server_span(_NAMES[op], version, named, agent=request.path_params.get("agent")) as span:
+                if op not in STREAMING:
+                    result = await op(service, call, request)
+                    telemetry.answered(span, result)
+                    return JSONResponse(result)
+                release = call.rt.open_stream()  # before anything the stream is for happens
+                try:
+                    result = await op(service, call, request)
+                except BaseException:
+                    release()
+                    raise
             return sse_response(_frames(result, version), max_seconds=call.rt.config.sse_max_s, release=release)
         except asyncio.CancelledError:
             raise

@@ -16,8 +16,10 @@ from typing import Any
 
 import httpx
 
+from gateway.core import tracing
 from gateway.core.egress import UNREACHABLE
 from gateway.core.sse import read_events
+from protocols.acp import telemetry
 
 JSON = {"Content-Type": "application/json", "Accept": "application/json"}
 SSE = {"Content-Type": "application/json", "Accept": "text/event-stream"}
@@ -73,13 +75,18 @@ class ACPClient:
     def __init__(self, http: httpx.AsyncClient, base_url: str, headers: dict[str, str] | None = None) -> None:
         self.http, self.base, self.headers = http, base_url.rstrip("/"), headers or {}
 
-    async def _json(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> Any:
+    async def _json(self, method: str, route: str, path: str, body: Any = None, timeout: float | None = None) -> Any:
+        """One exchange: ``route`` is the path's template (the span's name), ``path`` the path."""
+        url = self.base + path
+        with telemetry.client_span(method, route, url):
+            return await self._exchange(method, url, body, timeout)
+
+    async def _exchange(self, method: str, url: str, body: Any, timeout: float | None) -> Any:
         kw: dict[str, Any] = {"headers": {**JSON, **self.headers}}
         if body is not None:
             kw["content"] = json.dumps(body)
         if timeout is not None:
             kw["timeout"] = timeout
-        url = self.base + path
         try:
             resp = await self.http.request(method, url, **kw)
         except httpx.HTTPError as exc:
@@ -94,13 +101,13 @@ class ACPClient:
             ) from None
 
     async def agent(self, name: str) -> dict[str, Any]:
-        return await self._json("GET", f"/agents/{name}")
+        return await self._json("GET", "/agents/{name}", f"/agents/{name}")
 
     async def get_run(self, run_id: str) -> dict[str, Any]:
-        return await self._json("GET", f"/runs/{run_id}")
+        return await self._json("GET", "/runs/{run_id}", f"/runs/{run_id}")
 
     async def cancel(self, run_id: str, timeout: float = 5.0) -> dict[str, Any]:
-        return await self._json("POST", f"/runs/{run_id}/cancel", {}, timeout=timeout)
+        return await self._json("POST", "/runs/{run_id}/cancel", f"/runs/{run_id}/cancel", {}, timeout=timeout)
 
     def create_stream(
         self, agent: str, messages: list[dict[str, Any]], session_id: str | None
@@ -108,19 +115,38 @@ class ACPClient:
         body: dict[str, Any] = {"agent_name": agent, "input": messages, "mode": "stream"}
         if session_id:
             body["session_id"] = session_id
-        return self._stream("/runs", body)
+        return self._stream("/runs", "/runs", body, agent)
 
-    def resume_stream(self, run_id: str, message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    def resume_stream(
+        self, run_id: str, message: dict[str, Any], agent: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
         body = {"run_id": run_id, "await_resume": {"type": "message", "message": message}, "mode": "stream"}
-        return self._stream(f"/runs/{run_id}", body)
+        return self._stream("/runs/{run_id}", f"/runs/{run_id}", body, agent)
 
-    async def _stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def _stream(
+        self, route: str, path: str, body: dict[str, Any], agent: str | None
+    ) -> AsyncIterator[dict[str, Any]]:
+        # The stream's span is not made current: it lives across this generator's yields.
+        span = telemetry.start_client("POST", route, self.base + path, agent)
+        try:
+            async for event in self._stream_traced(path, body, tracing.headers_of(span)):
+                yield event
+        except RemoteACPError as exc:
+            tracing.fail(span, exc.code or type(exc).__name__, exc.detail[:200])
+            raise
+        finally:
+            span.end()
+
+    async def _stream_traced(
+        self, path: str, body: dict[str, Any], trace: dict[str, str]
+    ) -> AsyncIterator[dict[str, Any]]:
         """The run's ACP events. The first item is ``{"type": "interlace.run_id", "run_id"}`` when
         the response names the run in its ``Run-ID`` header (before any event arrives). A server
         that answers a Run as JSON instead of a stream yields one ``run.<status>`` event."""
         started, url = False, self.base + path
+        headers = {**SSE, **self.headers, **trace}
         try:
-            async with self.http.stream("POST", url, content=json.dumps(body), headers={**SSE, **self.headers}) as resp:
+            async with self.http.stream("POST", url, content=json.dumps(body), headers=headers) as resp:
                 started = True
                 if resp.status_code >= 400:
                     raise _error(url, resp, await resp.aread())

@@ -278,7 +278,7 @@ class ACPConnector(Worker):
         waiting = self._waiting_run(task)
         if waiting is not None:
             relay.learn(waiting)
-            return client.resume_stream(waiting, message)
+            return client.resume_stream(waiting, message, self.remote_name)
         return client.create_stream(self.remote_name, [message], wire.as_uuid(task.context_id))
 
     @staticmethod

@@ -44,6 +44,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 
+from gateway.core import tracing
 from gateway.core.backends import BackendUnavailable, QueueFull, TaskNotFound
 from gateway.core.http import HttpError, public_base_url, read_json, replace_routes
 from gateway.core.principal import principal_of
@@ -51,7 +52,7 @@ from gateway.core.quotas import QuotaExceeded
 from gateway.core.runtime import ActingFor, NotCancelable, NotContinuable, UnknownAgent
 from gateway.core.settings import load_settings
 from gateway.core.sse import sse_response
-from protocols.acp import wire
+from protocols.acp import telemetry, wire
 from protocols.acp.wire import EventMapper, RunCreate, RunResume, WireError
 from registry.service import PROTOCOLS
 from schemas import STREAM_HINT, Task
@@ -130,21 +131,26 @@ def _error_for(exc: Exception) -> ACPError:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def guarded(handler: Handler) -> Handler:
-    """Every failure becomes an ACP error body with its status."""
+def guarded(handler: Handler, method: str, route: str) -> Handler:
+    """Every failure becomes an ACP error body with its status; each request is a span named by
+    its route (``telemetry``)."""
 
     @functools.wraps(handler)
     async def run(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except Exception as exc:
-            err = _error_for(exc)
-            headers = None
-            if err.status == 503:
-                headers = {"Retry-After": "1"}
-            elif err.status == 429:
-                headers = {"Retry-After": str(err.data["retry_after"])}
-            return acp_error(err.status, err.code, err.message, err.data, headers)
+        with telemetry.server_span(method, route) as span:
+            try:
+                response = await handler(request)
+            except Exception as exc:
+                err = _error_for(exc)
+                headers = None
+                if err.status == 503:
+                    headers = {"Retry-After": "1"}
+                elif err.status == 429:
+                    headers = {"Retry-After": str(err.data["retry_after"])}
+                telemetry.answered(span, err.status, err.code, err.message)
+                return acp_error(err.status, err.code, err.message, err.data, headers)
+            telemetry.answered(span, response.status_code)
+            return response
 
     return run
 
@@ -233,9 +239,11 @@ class ACPService:
         if task_id is None:
             raise not_found(f"Run {run_id} not found")
         try:
-            return await rt.get(task_id)
+            task = await rt.get(task_id)
         except TaskNotFound:
             raise not_found(f"Run {run_id} not found") from None
+        tracing.record_task(task)  # the run a request names, on its span
+        return task
 
     @staticmethod
     async def _events(rt: ActingFor, task: Task, after: str | None, *, created: bool) -> AsyncIterator[dict[str, Any]]:
@@ -319,6 +327,7 @@ class ACPService:
         await rt.resolve_agent(req.agent_name)  # an unknown agent leaves nothing behind
         with self._stream_place(rt, req.mode) as release:
             task = await rt.submit(message, agent=req.agent_name, context_id=context_id, metadata=metadata)
+            tracing.record_task(task)
             if req.session is not None and (req.session.history or req.session.state):  # once the run is on
                 carried = {"history": req.session.history, "state": req.session.state}
                 await rt.kv.set(_session_key(rt, context_id or ""), json.dumps(carried), int(rt.config.retention_s))
@@ -432,19 +441,22 @@ def _session_key(rt: ActingFor, context_id: str) -> str:
 
 def build_routes(service: ACPService) -> list[BaseRoute]:
     n = ROUTE_PREFIX
+
+    def route(path: str, handler: Handler, method: str, name: str) -> Route:
+        template = path.replace(":int}", "}")  # the span's http.route: no Starlette converters
+        return Route(path, guarded(handler, method, template), methods=[method], name=f"{n}:{name}")
+
     routes: list[BaseRoute] = [
-        Route("/acp/ping", guarded(service.ping), methods=["GET"], name=f"{n}:ping"),
-        Route("/acp/agents", guarded(service.agents), methods=["GET"], name=f"{n}:agents"),
-        Route("/acp/agents/{name}", guarded(service.agent), methods=["GET"], name=f"{n}:agent"),
-        Route("/acp/runs", guarded(service.create_run), methods=["POST"], name=f"{n}:runs"),
-        Route("/acp/runs/{run_id}", guarded(service.read_run), methods=["GET"], name=f"{n}:run"),
-        Route("/acp/runs/{run_id}", guarded(service.resume_run), methods=["POST"], name=f"{n}:resume"),
-        Route("/acp/runs/{run_id}/cancel", guarded(service.cancel_run), methods=["POST"], name=f"{n}:cancel"),
-        Route("/acp/runs/{run_id}/events", guarded(service.run_events), methods=["GET"], name=f"{n}:events"),
-        Route(
-            "/acp/runs/{run_id}/messages/{index:int}", guarded(service.message), methods=["GET"], name=f"{n}:message"
-        ),
-        Route("/acp/sessions/{session_id}", guarded(service.session), methods=["GET"], name=f"{n}:session"),
+        route("/acp/ping", service.ping, "GET", "ping"),
+        route("/acp/agents", service.agents, "GET", "agents"),
+        route("/acp/agents/{name}", service.agent, "GET", "agent"),
+        route("/acp/runs", service.create_run, "POST", "runs"),
+        route("/acp/runs/{run_id}", service.read_run, "GET", "run"),
+        route("/acp/runs/{run_id}", service.resume_run, "POST", "resume"),
+        route("/acp/runs/{run_id}/cancel", service.cancel_run, "POST", "cancel"),
+        route("/acp/runs/{run_id}/events", service.run_events, "GET", "events"),
+        route("/acp/runs/{run_id}/messages/{index:int}", service.message, "GET", "message"),
+        route("/acp/sessions/{session_id}", service.session, "GET", "session"),
     ]
     known = list(routes)
 

@@ -27,6 +27,7 @@ import httpx
 
 from gateway.core.egress import UNREACHABLE
 from gateway.core.httpsig import sign_request
+from protocols.anp import telemetry
 from protocols.anp.didwba import did_for_host
 from registry.identity import Identity
 
@@ -178,8 +179,17 @@ class ANPClient:
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise _unreachable(f"{url} is not JSON", retryable=False) from None
 
-    async def call(self, url: str, method: str, params: dict[str, Any], rid: str) -> Any:
-        """One JSON-RPC call; returns its result or raises RemoteError with the remote's message."""
+    async def call(self, url: str, method: str, params: dict[str, Any], rid: str, agent: str | None = None) -> Any:
+        """One JSON-RPC call (a CLIENT span, ``telemetry``; ``agent`` is the remote agent's name);
+        returns its result or raises RemoteError with the remote's message."""
+        with telemetry.client_span(method, url, rid, agent) as span:
+            try:
+                return await self._call(url, method, params, rid)
+            except RemoteError as exc:
+                telemetry.failed(span, exc.code if exc.code is not None else type(exc).__name__, exc.detail[:200])
+                raise
+
+    async def _call(self, url: str, method: str, params: dict[str, Any], rid: str) -> Any:
         body = json.dumps(
             {"jsonrpc": "2.0", "id": rid, "method": method, "params": params}, separators=(",", ":")
         ).encode()

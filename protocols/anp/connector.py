@@ -143,7 +143,7 @@ class ANPConnector(Worker):
             if method.name == "send_message" and GATEWAY_METHODS <= remote.methods.keys():
                 result = await self._remote_task(client, remote, params, task.id)
             else:
-                result = await client.call(method.server_url, method.name, params, task.id)
+                result = await client.call(method.server_url, method.name, params, task.id, remote.name)
         except RemoteError as exc:
             if exc.retryable:
                 self._remote = None
@@ -159,7 +159,9 @@ class ANPConnector(Worker):
         cancel it there (cancel_task) when this task is canceled."""
         methods = remote.methods
         send = {**params, "wait_s": 0}
-        sending = asyncio.ensure_future(client.call(methods["send_message"].server_url, "send_message", send, rid))
+        sending = asyncio.ensure_future(
+            client.call(methods["send_message"].server_url, "send_message", send, rid, remote.name)
+        )
         result: Any = None
         remote_id = None
         try:
@@ -169,7 +171,7 @@ class ANPConnector(Worker):
             remote_id = result.get("task_id") if isinstance(result, dict) else None
             while isinstance(remote_id, str) and result.get("state") in PENDING:
                 result = await client.call(
-                    methods["get_task"].server_url, "get_task", {"task_id": remote_id, "wait_s": 30}, rid
+                    methods["get_task"].server_url, "get_task", {"task_id": remote_id, "wait_s": 30}, rid, remote.name
                 )
         except asyncio.CancelledError:
             if remote_id is None:
@@ -178,7 +180,9 @@ class ANPConnector(Worker):
                     remote_id = started.get("task_id") if isinstance(started, dict) else None
             if isinstance(remote_id, str):
                 with contextlib.suppress(Exception):
-                    cancel = client.call(methods["cancel_task"].server_url, "cancel_task", {"task_id": remote_id}, rid)
+                    cancel = client.call(
+                        methods["cancel_task"].server_url, "cancel_task", {"task_id": remote_id}, rid, remote.name
+                    )
                     await asyncio.wait_for(asyncio.shield(cancel), 5.0)
             raise
         if isinstance(result, dict) and result.get("state") in ("failed", "rejected", "canceled"):

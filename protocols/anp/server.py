@@ -45,7 +45,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.core import strict_json
+from gateway.core import strict_json, tracing
 from gateway.core.backends import BackendUnavailable, QueueFull, TaskNotFound
 from gateway.core.egress import Egress
 from gateway.core.http import configured_base_url, error_response, public_base_url, replace_routes
@@ -53,7 +53,7 @@ from gateway.core.httpsig import request_urls
 from gateway.core.principal import Principal, principal_of
 from gateway.core.quotas import QuotaExceeded
 from gateway.core.runtime import ActingFor, NotCancelable, NotContinuable, Runtime, UnknownAgent
-from protocols.anp import wire
+from protocols.anp import telemetry, wire
 from protocols.anp.auth import AuthFailure, Caller, DidWbaAuth, HttpsResolver, challenge_headers, presents_credentials
 from protocols.anp.connector import ANPConnector
 from protocols.anp.didwba import DidError, did_for_host, gateway_document
@@ -210,32 +210,41 @@ class ANPService:
 
 
 def _method(fn):
-    """Every failure becomes a JSON-RPC error (never a traceback, never jsonrpcserver's own)."""
+    """Every failure becomes a JSON-RPC error (never a traceback, never jsonrpcserver's own);
+    each call is a span named by its method (``telemetry``)."""
 
     @functools.wraps(fn)  # jsonrpcserver checks the params against fn's signature (via __wrapped__)
     async def wrapper(call: ANPCall, *args: Any, **kwargs: Any):
-        try:
-            return Success(await fn(call, *args, **kwargs))
-        except RpcError as exc:
-            return Error(exc.code, exc.message, exc.data) if exc.data is not None else Error(exc.code, exc.message)
-        except TaskNotFound as exc:
-            return Error(wire.TASK_NOT_FOUND, str(exc))
-        except UnknownAgent as exc:
-            return Error(wire.UNKNOWN_AGENT, str(exc))
-        except (NotCancelable, NotContinuable, InvalidTransition) as exc:
-            return Error(wire.NOT_CANCELABLE, str(exc))
-        except (BackendUnavailable, QueueFull) as exc:
-            return Error(wire.UNAVAILABLE, f"service temporarily unavailable: {exc}")
-        except QuotaExceeded as exc:
-            call.retry_after = max(call.retry_after or 0, exc.retry_after)
-            return Error(wire.RATE_LIMITED, str(exc), {"retryAfter": exc.retry_after})
-        except ValidationError:
-            return Error(-32602, "invalid params")
-        except Exception:
-            log.exception("ANP method failed", extra={"method": fn.__name__})
-            return Error(-32603, "internal error")
+        with telemetry.server_span(fn.__name__, call.agent or kwargs.get("agent")) as span:
+            try:
+                return Success(await fn(call, *args, **kwargs))
+            except Exception as exc:
+                code, message, data = _error_of(exc, call, fn.__name__)
+                telemetry.failed(span, code, message)
+                return Error(code, message, data) if data is not None else Error(code, message)
 
     return wrapper
+
+
+def _error_of(exc: Exception, call: ANPCall, method: str) -> tuple[int, str, Any]:
+    """The JSON-RPC error (code, message, data) a method's failure is answered with."""
+    if isinstance(exc, RpcError):
+        return exc.code, exc.message, exc.data
+    if isinstance(exc, TaskNotFound):
+        return wire.TASK_NOT_FOUND, str(exc), None
+    if isinstance(exc, UnknownAgent):
+        return wire.UNKNOWN_AGENT, str(exc), None
+    if isinstance(exc, (NotCancelable, NotContinuable, InvalidTransition)):
+        return wire.NOT_CANCELABLE, str(exc), None
+    if isinstance(exc, (BackendUnavailable, QueueFull)):
+        return wire.UNAVAILABLE, f"service temporarily unavailable: {exc}", None
+    if isinstance(exc, QuotaExceeded):
+        call.retry_after = max(call.retry_after or 0, exc.retry_after)
+        return wire.RATE_LIMITED, str(exc), {"retryAfter": exc.retry_after}
+    if isinstance(exc, ValidationError):
+        return -32602, "invalid params", None
+    log.error("ANP method failed", exc_info=exc, extra={"method": method})
+    return -32603, "internal error", None
 
 
 async def _own_task(call: ANPCall, task_id: Any) -> Task:
@@ -249,6 +258,7 @@ async def _own_task(call: ANPCall, task_id: Any) -> Task:
             raise TaskNotFound(f"task {task_id} not found") from None
         if task.route is None or task.route.agent != stream:
             raise TaskNotFound(f"task {task_id} not found")
+    tracing.record_task(task)  # the task a call names, on its span
     return task
 
 
@@ -287,6 +297,7 @@ async def send_message(
             context_id=wire._string(context_id, "context_id"),
             metadata=wire.task_metadata(metadata),
         )
+        tracing.record_task(task)
     task = await call.rt.wait(task.id, wait)
     if task.state in wire.ENDED:
         raise wire.ended_error(task)

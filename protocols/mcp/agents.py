@@ -76,6 +76,7 @@ def agent_tool(agent: str, about: str = "") -> dict[str, Any]:
         "description": f"{about.strip()} ({description})" if about.strip() else description,
         "inputSchema": MESSAGE_SCHEMA,
         "annotations": {"openWorldHint": True},
+        "execution": {"taskSupport": "optional"},  # a client may poll its canonical task (tasks_ext.py)
     }
 
 

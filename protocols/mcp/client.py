@@ -1,10 +1,17 @@
-"""The MCP client: one session with a remote MCP server over Streamable HTTP (2025-11-25 handshake).
+"""The MCP client: one remote MCP server over Streamable HTTP, in the era it speaks.
 
-``UpstreamClient`` runs over one pooled ``httpx.AsyncClient``: the handshake, re-creating the
-session when the server forgets it, each request's response read as JSON or as an SSE stream
-(resumed with GET + ``Last-Event-ID`` when the server closes it early), and the server's GET
-stream for notifications. The federation (``protocols.mcp.federation``) keeps one per upstream
-server; the outbound connector (``protocols.mcp.connector``) one per remote server it calls.
+``UpstreamClient`` runs over one pooled client (``gateway.core.http_client.PooledClient``, aiohttp:
+the upstream hop is the hot path of a relayed call). It first discovers the server's
+era (``protocols.mcp.upstream_modern.discover``: ``server/discover``, then ``initialize`` when
+that is refused): a 2026-07-28 server is spoken statelessly by ``upstream_modern.ModernWire``
+behind the same methods (``request``, ``respond``, ``notify``, notifications to
+``on_notification``), so callers never branch on era; ``era`` and ``protocol_version`` say which
+(each connection discovers it again: an upstream may be upgraded). A handshake-era server gets
+the 2025-11-25 handshake, the session re-created when the server forgets it, each request's
+response read as JSON or as an SSE stream (resumed with GET + ``Last-Event-ID`` when the server
+closes it early), and the server's GET stream for notifications. The federation
+(``protocols.mcp.federation``) keeps one per upstream server; the outbound connector
+(``protocols.mcp.connector``) one per remote server it calls.
 
 It is not the SDK's ``ClientSession`` on purpose: the gateway must know which upstream request
 a server->client message belongs to (sampling, elicitation, progress, logging all ride the
@@ -23,11 +30,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from gateway.core import sse
-from gateway.core.egress import UNREACHABLE
-from protocols.mcp import wire
+from gateway.core.http_client import Disconnected, PooledClient, Response, TransportError
+from protocols.mcp import telemetry, upstream_modern, wire
+from protocols.mcp.upstream_errors import UpstreamRefused, UpstreamTimeout, UpstreamUnavailable
 from protocols.mcp.wire import MCPError
 
 log = logging.getLogger("interlace.mcp.upstream")
@@ -35,35 +41,28 @@ log = logging.getLogger("interlace.mcp.upstream")
 MessageHandler = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-class UpstreamUnavailable(Exception):
-    """The upstream cannot be reached or broke the protocol. The message is client-safe and the
-    same whatever happened (``agent unreachable``: telling a refused port from an HTTP 404 would
-    make the gateway a port scanner); ``detail`` says what happened, for the log."""
-
-    def __init__(self, name: str, detail: str) -> None:
-        super().__init__(f"upstream {name!r}: {UNREACHABLE}")
-        self.detail = detail
-
-
-class UpstreamTimeout(Exception):
-    pass
-
-
 @dataclass(frozen=True)
 class Upstream:
-    """One upstream MCP server: the agent's name, its MCP endpoint, and headers of its own
-    (its credentials; a client's token is never passed through)."""
+    """One upstream MCP server: the agent's name, its MCP endpoint, headers of its own (its
+    credentials; a client's token is never passed through), and its era: ``auto`` (discovered),
+    or pinned to ``legacy`` (the handshake, no discovery: a dual-era server whose tools still ask
+    through a session) or ``modern`` (2026-07-28 or nothing)."""
 
     name: str
     url: str
     headers: tuple[tuple[str, str], ...] = ()
+    era: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.era not in ("auto", "legacy", "modern"):
+            raise ValueError(f"upstream {self.name!r}: era must be auto, legacy or modern, not {self.era!r}")
 
     @classmethod
     def of(cls, item: Upstream | tuple | dict) -> Upstream:
         if isinstance(item, Upstream):
             return item
         if isinstance(item, dict):
-            return cls(item["name"], item["url"], tuple((item.get("headers") or {}).items()))
+            return cls(item["name"], item["url"], tuple((item.get("headers") or {}).items()), item.get("era") or "auto")
         name, url, *rest = item
         return cls(name, url, tuple((rest[0] if rest else {}).items()))
 
@@ -74,7 +73,7 @@ class UpstreamClient:
     def __init__(
         self,
         upstream: Upstream,
-        http: httpx.AsyncClient,
+        http: PooledClient,
         *,
         on_notification: Callable[[UpstreamClient, dict[str, Any]], Awaitable[None]],
         connect_timeout_s: float = 10.0,
@@ -94,6 +93,7 @@ class UpstreamClient:
             "resourceTemplates": [],
             "prompts": [],
         }
+        self.modern: upstream_modern.ModernWire | None = None  # set while the upstream speaks 2026-07-28
         self.connected = False
         self.last_error: str | None = None
         self.first_attempt = asyncio.Event()  # set once the first connect attempt succeeded or failed
@@ -105,6 +105,18 @@ class UpstreamClient:
         self._closed = False
 
     # ---- session ---------------------------------------------------------------------------
+
+    @property
+    def era(self) -> str | None:
+        """``modern`` (2026-07-28, stateless), ``legacy`` (a handshake-era session), or None before
+        the first connection."""
+        if self.modern is not None:
+            return "modern"
+        return "legacy" if self.session_id is not None or self.generation else None
+
+    def next_id(self) -> int:
+        self._ids += 1
+        return self._ids
 
     def _headers(self, *, sse_only: bool = False) -> dict[str, str]:
         h = dict(self.upstream.headers)
@@ -123,37 +135,66 @@ class UpstreamClient:
             if self._closed:
                 raise UpstreamUnavailable(self.name, "is closed")
             try:
-                await asyncio.wait_for(self._handshake(), self.connect_timeout_s)
+                await asyncio.wait_for(self._connect(), self.connect_timeout_s)
             except TimeoutError:
-                self.last_error = f"no answer to initialize within {self.connect_timeout_s:g} s"
+                self.last_error = f"no answer to server/discover or initialize within {self.connect_timeout_s:g} s"
                 raise UpstreamUnavailable(self.name, self.last_error) from None
-            except (httpx.HTTPError, OSError, MCPError, ValueError, UpstreamUnavailable) as exc:
+            except (TransportError, OSError, MCPError, ValueError, UpstreamUnavailable) as exc:
                 self.last_error = describe(exc)
                 raise UpstreamUnavailable(self.name, self.last_error) from None
 
+    async def _connect(self) -> None:
+        """Discover the upstream's era and open it."""
+        subscribed: set[str] = set()  # a 2026-07-28 upstream's resource subscriptions outlive a reconnection
+        if self.modern is not None:
+            subscribed = self.modern.subscribed
+            await self.modern.close()
+            self.modern = None
+        self.session_id = None
+        found = None if self.upstream.era == "legacy" else await upstream_modern.discover(self)
+        if found is None:
+            if self.upstream.era == "modern":
+                raise UpstreamUnavailable(
+                    self.name, "is pinned to 2026-07-28 and does not answer server/discover for it"
+                )
+            await self._handshake()
+            return
+        self.modern = upstream_modern.ModernWire(self, found.version, subscribed)
+        self.protocol_version, self.capabilities, self.server_info = (
+            found.version,
+            found.capabilities,
+            found.server_info,
+        )
+        self.generation += 1
+        self.connected, self.last_error = True, None
+        await self.modern.open()
+
     async def _handshake(self) -> None:
         self.session_id = None
-        params = {
-            "protocolVersion": wire.LATEST_VERSION,
-            "capabilities": {"sampling": {}, "elicitation": {"form": {}, "url": {}}, "roots": {"listChanged": True}},
-            "clientInfo": {"name": "interlace-gateway", "version": "0.1.0"},
-        }
-        self._ids += 1
-        body = wire.request(self._ids, "initialize", params)
+        rid, body = self._initialize_request()
         async with self.http.stream("POST", self.url, json=body, headers=self._headers()) as resp:
             if resp.status_code != 200:
                 raise UpstreamUnavailable(self.name, f"initialize answered HTTP {resp.status_code}")
             sid = resp.headers.get("mcp-session-id")
-            reply = await self._read_reply(resp, self._ids, None)
-        if "error" in reply:
-            raise MCPError(
-                reply["error"].get("code", wire.INTERNAL_ERROR), reply["error"].get("message", "initialize failed")
-            )
-        res = reply["result"]
+            reply = await self._read_reply(resp, rid, None)
+        await self._initialized(reply, sid)
+
+    def _initialize_request(self) -> tuple[int, dict[str, Any]]:
+        params = {
+            "protocolVersion": wire.LATEST_VERSION,
+            "capabilities": upstream_modern.CLIENT_CAPABILITIES,
+            "clientInfo": upstream_modern.CLIENT_INFO,
+        }
+        rid = self.next_id()
+        return rid, wire.request(rid, "initialize", params)
+
+    async def _initialized(self, reply: dict[str, Any], session_id: str | None) -> None:
+        """The handshake once ``initialize`` was answered (whatever the transport: see stdio_upstream)."""
+        res = result_of(reply)
         version = res.get("protocolVersion")
         if version not in wire.SUPPORTED_VERSIONS:
             raise UpstreamUnavailable(self.name, f"negotiated unsupported protocol version {version!r}")
-        self.session_id, self.protocol_version = sid, version
+        self.session_id, self.protocol_version = session_id, version
         self.generation += 1
         self.capabilities = res.get("capabilities") or {}
         self.server_info = res.get("serverInfo") or {}
@@ -168,8 +209,8 @@ class UpstreamClient:
             self._get_task = asyncio.create_task(self._listen(), name=f"mcp-upstream-get-{self.name}")
 
     async def _exchange_direct(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        self._ids += 1
-        return await self._exchange(wire.request(self._ids, method, params), self._ids, None)
+        rid = self.next_id()
+        return await self._exchange(wire.request(rid, method, params), rid, None)
 
     def _lost(self, why: str) -> None:
         if self.connected:
@@ -178,6 +219,8 @@ class UpstreamClient:
 
     async def close(self) -> None:
         self._closed = True
+        if self.modern is not None:
+            await self.modern.close()
         for task in [self._get_task, *self._background]:
             if task is not None:
                 task.cancel()
@@ -187,11 +230,12 @@ class UpstreamClient:
             )
         if self.session_id:
             with contextlib.suppress(Exception):
-                await self.http.delete(self.url, headers=self._headers(), timeout=2.0)
+                await self.http.request("DELETE", self.url, headers=self._headers(), timeout=2.0)
         self.connected = False
 
     # ---- requests --------------------------------------------------------------------------
 
+    @telemetry.client_span
     async def request(
         self,
         method: str,
@@ -207,17 +251,22 @@ class UpstreamClient:
         cancellation, ``notifications/cancelled`` is sent upstream.
         """
         await self.ensure()
-        self._ids += 1
-        rid = self._ids
-        body = wire.request(rid, method, params or {})
+        rid: int | None = None  # a 2026-07-28 request is cancelled by closing its stream
+        if self.modern is not None:
+            call = self.modern.request(method, params or {}, on_message)
+        else:
+            rid = self.next_id()
+            call = self._exchange(wire.request(rid, method, params or {}), rid, on_message)
         try:
             async with asyncio.timeout(timeout):
-                return await self._exchange(body, rid, on_message)
+                return await call
         except TimeoutError:
-            self._cancel_upstream(rid, f"gateway timeout after {timeout:g} s")
+            if rid is not None:
+                self._cancel_upstream(rid, f"gateway timeout after {timeout:g} s")
             raise UpstreamTimeout(f"upstream {self.name!r} did not answer {method} within {timeout:g} s") from None
         except asyncio.CancelledError:
-            self._cancel_upstream(rid, "cancelled by the client")
+            if rid is not None:
+                self._cancel_upstream(rid, "cancelled by the client")
             raise
 
     def _cancel_upstream(self, rid: int, reason: str) -> None:
@@ -232,24 +281,36 @@ class UpstreamClient:
             await self._post_message(msg)
 
     async def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
-        await self._post_message(wire.notification(method, params))
+        if self.modern is None:  # 2026-07-28 defines no client notifications
+            await self._post_message(wire.notification(method, params))
 
     async def respond(self, id: Any, *, result: dict[str, Any] | None = None, error: MCPError | None = None) -> None:
+        """Answer a server->client request (of a 2026-07-28 upstream: one of an input_required result's)."""
+        if self.modern is not None and self.modern.answer(id, result, error):
+            return
         msg = wire.error(id, error) if error is not None else wire.result(id, result or {})
         await self._post_message(msg)
 
     async def _post_message(self, msg: dict[str, Any]) -> None:
-        resp = await self.http.post(self.url, json=msg, headers=self._headers(), timeout=10.0)
+        resp = await self.http.request("POST", self.url, json=msg, headers=self._headers(), timeout=10.0)
         if resp.status_code == 404 and self.session_id:
             self._lost("session expired")
         if resp.status_code >= 400:
-            raise UpstreamUnavailable(self.name, f"answered HTTP {resp.status_code}")
+            raise UpstreamRefused(self.name, f"answered HTTP {resp.status_code}")
 
-    async def _exchange(self, body: dict[str, Any], rid: int, on_message: MessageHandler | None) -> dict[str, Any]:
+    async def _exchange(
+        self,
+        body: dict[str, Any],
+        rid: int,
+        on_message: MessageHandler | None,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """POST a request (with the session's headers unless ``headers``); its result."""
         for attempt in range(3):
             answered = False
             try:
-                async with self.http.stream("POST", self.url, json=body, headers=self._headers()) as resp:
+                sent = self._headers() if headers is None else headers
+                async with self.http.stream("POST", self.url, json=body, headers=sent) as resp:
                     answered = True
                     if resp.status_code == 404 and self.session_id and attempt < 2:
                         self._lost("session expired")  # the upstream restarted or dropped us
@@ -258,30 +319,54 @@ class UpstreamClient:
                     if resp.status_code >= 400:
                         reply = await self._error_body(resp)
                         if reply is None:
-                            raise UpstreamUnavailable(self.name, f"answered HTTP {resp.status_code}")
+                            raise UpstreamRefused(self.name, f"answered HTTP {resp.status_code}")
                     else:
                         reply = await self._read_reply(resp, rid, on_message)
-            except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            except Disconnected as exc:
                 if not answered and attempt == 0:
                     continue  # a pooled connection the upstream had just closed: nothing was read
                 self._lost(describe(exc))
                 raise UpstreamUnavailable(self.name, describe(exc)) from None
-            except (httpx.TransportError, OSError) as exc:
+            except (TransportError, OSError) as exc:
                 self._lost(describe(exc))
                 raise UpstreamUnavailable(self.name, describe(exc)) from None
             except sse.LineTooLong as exc:
                 raise UpstreamUnavailable(self.name, f"broke the protocol: {exc}") from None
-            if "error" in reply:
-                err = reply["error"] if isinstance(reply["error"], dict) else {}
-                raise MCPError(
-                    err.get("code", wire.INTERNAL_ERROR), str(err.get("message", "upstream error")), err.get("data")
-                )
-            res = reply.get("result")
-            return res if isinstance(res, dict) else {}
+            return result_of(reply)
         raise UpstreamUnavailable(self.name, "keeps forgetting the session")
 
+    async def post_stream(self, body: dict[str, Any], headers: dict[str, str], handle: MessageHandler) -> None:
+        """POST ``body`` and give each message of the answer to ``handle`` until the stream ends
+        (a ``subscriptions/listen`` stream). A JSON-RPC error raises MCPError; anything else
+        that is not JSON-RPC, UpstreamRefused; a broken connection, UpstreamUnavailable."""
+
+        async def deliver(msg: dict[str, Any]) -> None:
+            if "method" not in msg and isinstance(msg.get("error"), dict):
+                err = msg["error"]
+                raise MCPError(err.get("code", wire.INTERNAL_ERROR), str(err.get("message", "upstream error")))
+            await handle(msg)
+
+        try:
+            async with self.http.stream("POST", self.url, json=body, headers=headers) as resp:
+                if resp.status_code >= 400:
+                    reply = await self._error_body(resp)
+                    if reply is None:
+                        raise UpstreamRefused(self.name, f"answered HTTP {resp.status_code}")
+                    await deliver(reply)
+                elif not resp.headers.get("content-type", "").startswith("text/event-stream"):
+                    await deliver(await self._read_reply(resp, -1, None))
+                else:
+                    async with contextlib.aclosing(sse.read_events(resp.aiter_bytes())) as events:
+                        async for ev in events:
+                            with contextlib.suppress(json.JSONDecodeError):
+                                msg = json.loads(ev.data) if ev.data.strip() else None
+                                if isinstance(msg, dict):
+                                    await deliver(msg)
+        except (TransportError, OSError, sse.LineTooLong) as exc:
+            raise UpstreamUnavailable(self.name, describe(exc)) from None
+
     @staticmethod
-    async def _error_body(resp: httpx.Response) -> dict[str, Any] | None:
+    async def _error_body(resp: Response) -> dict[str, Any] | None:
         if not resp.headers.get("content-type", "").startswith("application/json"):
             return None
         with contextlib.suppress(Exception):
@@ -290,25 +375,25 @@ class UpstreamClient:
                 return msg
         return None
 
-    async def _read_reply(self, resp: httpx.Response, rid: int, on_message: MessageHandler | None) -> dict[str, Any]:
+    async def _read_reply(self, resp: Response, rid: int, on_message: MessageHandler | None) -> dict[str, Any]:
         ctype = resp.headers.get("content-type", "")
         if ctype.startswith("application/json"):
             try:
                 msg = json.loads(await resp.aread())
             except ValueError:
-                raise UpstreamUnavailable(self.name, "sent a reply that is not JSON") from None
+                raise UpstreamRefused(self.name, "sent a reply that is not JSON") from None
             if not isinstance(msg, dict):
-                raise UpstreamUnavailable(self.name, "sent a malformed response")
+                raise UpstreamRefused(self.name, "sent a malformed response")
             return msg
         if not ctype.startswith("text/event-stream"):
-            raise UpstreamUnavailable(self.name, f"answered with content type {ctype!r}")
+            raise UpstreamRefused(self.name, f"answered with content type {ctype!r}")
         cursor = _Cursor()
         async with contextlib.aclosing(sse.read_events(resp.aiter_bytes())) as events:
             reply = await self._read_events(events, rid, on_message, cursor)
             if reply is not None:
                 # The server ends the stream after the response: read to the end so the pooled
                 # connection is reused (a half-read response would close it).
-                with contextlib.suppress(TimeoutError, httpx.HTTPError, sse.LineTooLong):
+                with contextlib.suppress(TimeoutError, TransportError, sse.LineTooLong):
                     async with asyncio.timeout(1.0):
                         async for _ in events:
                             pass
@@ -378,7 +463,7 @@ class UpstreamClient:
     async def _listen(self) -> None:
         """The upstream's GET stream: list_changed, resource updates, unrelated requests."""
         backoff, last_id = 0.5, None
-        while not self._closed:
+        while not self._closed and self.modern is None:
             if not self.connected:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
@@ -451,14 +536,20 @@ class UpstreamClient:
                 self.catalog[kind] = []
 
 
+def result_of(reply: dict[str, Any]) -> dict[str, Any]:
+    """A response's result, or its error as MCPError."""
+    if "error" in reply:
+        err = reply["error"] if isinstance(reply["error"], dict) else {}
+        raise MCPError(err.get("code", wire.INTERNAL_ERROR), str(err.get("message", "upstream error")), err.get("data"))
+    res = reply.get("result")
+    return res if isinstance(res, dict) else {}
+
+
 def describe(exc: BaseException) -> str:
     """What went wrong reaching an upstream, for the log (never for a client: see UpstreamUnavailable)."""
     if isinstance(exc, UpstreamUnavailable):
         return exc.detail
-    text = str(exc) or exc.__class__.__name__
-    if isinstance(exc, httpx.ConnectError):
-        return f"connection failed ({text})"
-    return text
+    return str(exc) or exc.__class__.__name__
 
 
 @dataclass

@@ -59,10 +59,9 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
 from agents.worker import TaskFailed, Worker
 from gateway.core.egress import UNREACHABLE, Egress
+from gateway.core.http_client import PooledClient
 from gateway.core.runtime import Runtime
 from protocols.mcp import wire
 from protocols.mcp.client import Upstream, UpstreamClient, UpstreamTimeout, UpstreamUnavailable, describe
@@ -87,7 +86,7 @@ class MCPConnector(Worker):
         skills: list[dict] | None = None,
         headers: dict[str, str] | None = None,
         timeout_s: float = 300.0,
-        http: httpx.AsyncClient | None = None,
+        http: PooledClient | None = None,
         egress: Egress | None = None,
     ) -> None:
         self.agent, self.url, self.egress = agent_name, url, egress
@@ -96,7 +95,7 @@ class MCPConnector(Worker):
         self.headers = headers or {}
         self.timeout_s = timeout_s
         self._http = http  # a caller-supplied client replaces the internal pool
-        self._own_http: httpx.AsyncClient | None = None
+        self._own_http: PooledClient | None = None
         self._client: UpstreamClient | None = None
         self._tools: dict[str, dict[str, Any]] | None = None
         self._tools_generation = -1
@@ -121,11 +120,10 @@ class MCPConnector(Worker):
     def upstream(self) -> UpstreamClient:
         if self._client is None:
             if self._http is None and self._own_http is None:
-                self._own_http = (self.egress or Egress()).httpx_client(
-                    timeout=httpx.Timeout(10.0, read=None),  # calls are bounded by timeout_s instead
-                    limits=httpx.Limits(
-                        max_connections=self.concurrency + 4, max_keepalive_connections=16, keepalive_expiry=2.0
-                    ),
+                # Calls are bounded by timeout_s, connecting by 10 s; idle connections dropped
+                # before the server's keep-alive timeout (uvicorn: 5 s).
+                self._own_http = PooledClient(
+                    self.egress or Egress(), limit=self.concurrency + 4, keepalive_s=2.0, connect_timeout_s=10.0
                 )
             self._client = UpstreamClient(
                 Upstream(self.agent, self.url, tuple(self.headers.items())),

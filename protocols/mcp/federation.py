@@ -2,6 +2,9 @@
 policy and the rug-pull pins.
 
 ``UpstreamSet`` holds one ``UpstreamClient`` (``protocols.mcp.client``) per (agent name, MCP URL),
+which speaks the upstream's own era (2026-07-28 or a handshake-era session), or per stdio server
+(``StdioUpstreamClient``, ``protocols.mcp.stdio_upstream``: a supervised child process);
+``status`` says where each stands,
 keeps each upstream's catalog (tools, resources, resource templates, prompts) fresh on
 ``list_changed``, and exposes the aggregate under a naming policy:
 
@@ -49,12 +52,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from gateway.core.backends.base import KeyValue
 from gateway.core.egress import Egress
+from gateway.core.http_client import PooledClient
 from gateway.core.runtime import Runtime
 from protocols.mcp.client import Upstream, UpstreamClient, describe
+from protocols.mcp.stdio_upstream import StdioUpstream, StdioUpstreamClient
+from protocols.mcp.upstreams_file import entry
 
 log = logging.getLogger("interlace.mcp.upstream")
 
@@ -87,19 +91,33 @@ def template_regex(template: str) -> re.Pattern:
     return re.compile("^" + "".join(out) + "$")
 
 
-def configured_upstreams(items: Iterable[Upstream | tuple | dict | str]) -> list[Upstream]:
-    """The options' fixed upstreams: ``Upstream``, ``(name, url[, headers])``, ``{name, url,
-    headers?}`` or ``"name=url"`` (``INTERLACE_MCP_UPSTREAMS="name=http://host/mcp,other=http://..."``;
-    a malformed string is skipped)."""
-    out = []
+def configured_upstreams(
+    items: Iterable[Upstream | StdioUpstream | tuple | dict | str],
+) -> list[Upstream | StdioUpstream]:
+    """The options' fixed upstreams: ``Upstream``, ``StdioUpstream``, ``(name, url[, headers])``,
+    ``{name, url, headers?, era?}`` (``era``: ``auto``, ``legacy`` or ``modern``, see ``Upstream``),
+    ``{name, command, ...}`` (stdio, see ``protocols.mcp.upstreams_file``) or ``"name=url"``
+    (``INTERLACE_MCP_UPSTREAMS="name=http://host/mcp,other=http://..."``; a malformed string is
+    skipped)."""
+    out: list[Upstream | StdioUpstream] = []
     for item in items:
         if isinstance(item, str):
             name, sep, url = item.strip().partition("=")
             if sep and name.strip() and url.strip():
                 out.append(Upstream(name.strip(), url.strip()))
         else:
-            out.append(Upstream.of(item))
+            out.append(upstream_of(item))
     return out
+
+
+def upstream_of(item: Upstream | StdioUpstream | tuple | dict) -> Upstream | StdioUpstream:
+    """An upstream from any of its forms: a dict with ``command`` is a stdio one
+    (``protocols.mcp.upstreams_file.entry``)."""
+    if isinstance(item, StdioUpstream):
+        return item
+    if isinstance(item, dict) and "command" in item:
+        return entry(item)
+    return Upstream.of(item)
 
 
 def registry_upstreams(runtime: Runtime) -> list[Upstream]:
@@ -138,7 +156,7 @@ class UpstreamSet:
 
     def __init__(
         self,
-        upstreams: Iterable[Upstream | tuple | dict] = (),
+        upstreams: Iterable[Upstream | StdioUpstream | tuple | dict] = (),
         *,
         kv: KeyValue,
         naming: str = "prefix",
@@ -157,9 +175,9 @@ class UpstreamSet:
         self.call_timeout_s = call_timeout_s
         self.on_change, self.on_resource_updated, self.on_log = on_change, on_resource_updated, on_log
         self.local_names: set[str] = set()  # gateway tools (agent and meta tools) upstream names must not shadow
-        self.http: httpx.AsyncClient | None = None  # one pooled client for every upstream, made at start
+        self.http: PooledClient | None = None  # one pooled client for every upstream, made at start
         self.clients: dict[str, UpstreamClient] = {}
-        self._wanted = [Upstream.of(u) for u in upstreams]
+        self._wanted = [upstream_of(u) for u in upstreams]
         self._tools: dict[str, tuple[UpstreamClient, dict[str, Any]]] = {}
         self._prompts: dict[str, tuple[UpstreamClient, dict[str, Any]]] = {}
         self._resources: dict[str, UpstreamClient] = {}
@@ -193,12 +211,10 @@ class UpstreamSet:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.http = self.egress.httpx_client(
-            timeout=httpx.Timeout(10.0, read=None),
-            # Idle connections are dropped before a typical server's keep-alive timeout (uvicorn: 5 s)
-            # so a request rarely meets a connection the upstream is closing.
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=64, keepalive_expiry=2.0),
-        )
+        # Idle connections are dropped before a typical server's keep-alive timeout (uvicorn: 5 s)
+        # so a request rarely meets a connection the upstream is closing; calls are bounded by
+        # their own timeouts, connecting by 10 s.
+        self.http = PooledClient(self.egress, limit=200, keepalive_s=2.0, connect_timeout_s=10.0)
         self._started = True
         await self.set_upstreams(self._wanted)
 
@@ -211,10 +227,12 @@ class UpstreamSet:
         if self.http is not None:
             await self.http.aclose()
 
-    async def set_upstreams(self, upstreams: Iterable[Upstream | tuple | dict], wait_s: float = 5.0) -> None:
+    async def set_upstreams(
+        self, upstreams: Iterable[Upstream | StdioUpstream | tuple | dict], wait_s: float = 5.0
+    ) -> None:
         """Replace the set of upstreams (the registry feeds this); new ones are connected,
         removed ones closed. Waits up to ``wait_s`` for new upstreams' first catalog."""
-        wanted = {u.name: u for u in (Upstream.of(x) for x in upstreams)}
+        wanted = {u.name: u for u in (upstream_of(x) for x in upstreams)}
         self._wanted = list(wanted.values())
         if not self._started:
             return
@@ -229,13 +247,18 @@ class UpstreamSet:
         started = []
         for name, up in wanted.items():
             if name not in self.clients:
-                self.clients[name] = UpstreamClient(up, self.http, on_notification=self._on_notification)
+                self.clients[name] = self._client(up)
                 self._keepers[name] = asyncio.create_task(self._keep(self.clients[name]), name=f"mcp-keeper-{name}")
                 started.append(self.clients[name])
         if started:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._first_sync(started), wait_s)
         self._reindex()
+
+    def _client(self, up: Upstream | StdioUpstream) -> UpstreamClient:
+        if isinstance(up, StdioUpstream):
+            return StdioUpstreamClient(up, on_notification=self._on_notification)
+        return UpstreamClient(up, self.http, on_notification=self._on_notification)
 
     @staticmethod
     async def _first_sync(clients: list[UpstreamClient]) -> None:
@@ -256,7 +279,8 @@ class UpstreamSet:
                     client.first_attempt.set()
                     self.m_up.labels(client.name).set(1)
                     log.info(
-                        "upstream connected", extra={"upstream": client.name, "tools": len(client.catalog["tools"])}
+                        "upstream connected",
+                        extra={"upstream": client.name, "era": client.era, "tools": len(client.catalog["tools"])},
                     )
                     await self._changed({"tools", "resources", "prompts"})
                     backoff = 0.5
@@ -458,6 +482,12 @@ class UpstreamSet:
         hit = self._tools.get(name)
         return hit[1].get("inputSchema") if hit else None
 
+    def task_support(self, name: str) -> str | None:
+        """The ``execution.taskSupport`` the exposed upstream tool ``name`` declares (None: none)."""
+        hit = self._tools.get(name)
+        execution = hit[1].get("execution") if hit else None
+        return execution.get("taskSupport") if isinstance(execution, dict) else None
+
     def resolve_prompt(self, name: str) -> tuple[UpstreamClient, str] | None:
         hit = self._prompts.get(name)
         return (hit[0], hit[1]["name"]) if hit else None
@@ -476,6 +506,24 @@ class UpstreamSet:
 
     def names(self) -> set[str]:
         return set(self.clients)
+
+    def status(self) -> list[dict[str, Any]]:
+        """Each upstream's connection: its era (``modern``, ``legacy``, None before it first
+        connected) and protocol revision, whether it is up, and what went wrong last; a stdio
+        upstream's process too (``StdioUpstreamClient.process_status``: state, process group,
+        restarts, last exit, stderr tail)."""
+        return [
+            {
+                "name": c.name,
+                "url": c.url,
+                "era": c.era,
+                "protocol_version": c.protocol_version if c.era else None,
+                "connected": c.connected,
+                "last_error": c.last_error,
+                **(c.process_status() if isinstance(c, StdioUpstreamClient) else {}),
+            }
+            for c in self.clients.values()
+        ]
 
 
 def _listed(client: UpstreamClient, kind: str, key: str, visible: Visible | None) -> list[dict[str, Any]]:

@@ -4,8 +4,9 @@ Redis, from the others.
 
 A listen stream is a ``Listener``: the listen request's id (its subscription id), its caller,
 its ``Filter`` and a bounded queue. ``Filter.parse`` reads ``params.notifications``
-(``toolsListChanged``, ``promptsListChanged``, ``resourcesListChanged`` booleans and
-``resourceSubscriptions``, a list of URIs); a field of the wrong type is -32602, a field this
+(``toolsListChanged``, ``promptsListChanged``, ``resourcesListChanged`` booleans,
+``resourceSubscriptions``, a list of URIs, and the tasks extension's ``taskIds``, a list of task
+ids whose ``notifications/tasks`` the stream gets, see tasks_ext.py); a field of the wrong type is -32602, a field this
 gateway does not know is simply not acknowledged (the spec: the acknowledgement lists the
 subset the server honors). Which URIs are honored is the MCP service's business (the caller
 must be allowed to read them, see methods.py).
@@ -48,7 +49,7 @@ log = logging.getLogger("interlace.mcp")
 
 FEED = "~changes"  # the change feed's name in the event log (session ids are hex: no clash)
 FLAGS = {"tools": "toolsListChanged", "prompts": "promptsListChanged", "resources": "resourcesListChanged"}
-MAX_URIS = 1000  # resourceSubscriptions per listen request
+MAX_URIS = 1000  # resourceSubscriptions (and taskIds) per listen request
 QUEUE_DEPTH = 256
 CLOSED, LOST = "closed", "lost"  # queue sentinels: end gracefully / drop without the result
 
@@ -59,6 +60,7 @@ class Filter:
 
     kinds: frozenset[str] = frozenset()
     uris: tuple[str, ...] = ()
+    task_ids: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, params: dict[str, Any]) -> Filter:
@@ -80,13 +82,22 @@ class Filter:
             raise MCPError(INVALID_PARAMS, "notifications.resourceSubscriptions must be a list of URIs")
         if len(uris) > MAX_URIS:
             raise MCPError(INVALID_PARAMS, f"notifications.resourceSubscriptions holds more than {MAX_URIS} URIs")
-        return cls(frozenset(kinds), tuple(dict.fromkeys(uris)))
+        task_ids = wanted.get("taskIds")
+        if task_ids is None:
+            task_ids = []
+        if not isinstance(task_ids, list) or not all(isinstance(t, str) and t for t in task_ids):
+            raise MCPError(INVALID_PARAMS, "notifications.taskIds must be a list of task ids")
+        if len(task_ids) > MAX_URIS:
+            raise MCPError(INVALID_PARAMS, f"notifications.taskIds holds more than {MAX_URIS} ids")
+        return cls(frozenset(kinds), tuple(dict.fromkeys(uris)), tuple(dict.fromkeys(task_ids)))
 
     def acknowledged(self) -> dict[str, Any]:
         """The filter as the acknowledgement states it (only what is honored)."""
         out: dict[str, Any] = {FLAGS[kind]: True for kind in FLAGS if kind in self.kinds}
         if self.uris:
             out["resourceSubscriptions"] = list(self.uris)
+        if self.task_ids:
+            out["taskIds"] = list(self.task_ids)
         return out
 
 
@@ -96,6 +107,7 @@ class Listener:
     def __init__(self, id: Any, filter: Filter, principal: Principal) -> None:
         self.id, self.filter, self.principal = id, filter, principal
         self.queue: asyncio.Queue[dict[str, Any] | str] = asyncio.Queue(QUEUE_DEPTH)
+        self.tasks_watch: asyncio.Task | None = None  # the tasks it follows (tasks_ext.py)
 
     def notification(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         """A notification of this stream, tagged with its subscription id."""

@@ -2,7 +2,8 @@
 
 ``MCPService`` handles ``initialize``, the client's notifications and responses, and every
 request method (``ping``, ``tools/*``, ``resources/*``, ``prompts/*``, ``completion/complete``,
-``logging/setLevel``), each request given as an ``MCPCall``: its params, its session, its caller
+``logging/setLevel``, and ``tasks/*`` with tasks_ext.py, which also decides which tool calls
+become tasks), each request given as an ``MCPCall``: its params, its session, its caller
 and the stream its messages go back on. A 2026-07-28 request (``MCPCall.modern``) has no session:
 its envelope says what its client declared and the log level it wants (nothing without one);
 its methods (``modern_methods``) are those of its era (``server/discover``; no ``ping``,
@@ -68,15 +69,15 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from gateway.core import __version__, audit
-from gateway.core.backends import TaskNotFound
+from gateway.core.backends import BackendUnavailable, QueueFull, TaskNotFound
 from gateway.core.policy import Action, Target
 from gateway.core.principal import LOCAL, Principal
 from gateway.core.quotas import QuotaExceeded
 from gateway.core.runtime import ActingFor, Runtime
 from gateway.core.settings import load_settings
-from protocols.mcp import mrtr, wire
+from protocols.mcp import mrtr, telemetry, wire
 from protocols.mcp.agents import META_TOOLS, AgentTools, agent_tool, task_result, tool_error
-from protocols.mcp.client import UpstreamClient, UpstreamTimeout, UpstreamUnavailable, describe
+from protocols.mcp.client import Upstream, UpstreamClient, UpstreamTimeout, UpstreamUnavailable, describe
 from protocols.mcp.federation import Quarantined, UpstreamSet, Visible, configured_upstreams, registry_upstreams
 from protocols.mcp.listen import Filter, Hub, Listener
 from protocols.mcp.modern import ENVELOPE, Envelope, check_param_headers, finish
@@ -92,6 +93,9 @@ from protocols.mcp.mrtr import (
 )
 from protocols.mcp.request_state import RequestStates, refused
 from protocols.mcp.sessions import EventLog, Mailbox, Sessions
+from protocols.mcp.stdio_upstream import StdioUpstream
+from protocols.mcp.tasks_ext import EXTENSION, LEGACY_CAPABILITY, LEGACY_SINCE, MCPTasks
+from protocols.mcp.upstreams_file import UpstreamsFile
 from protocols.mcp.wire import INVALID_PARAMS, INVALID_REQUEST, MCPError
 from schemas import TaskState
 
@@ -117,6 +121,7 @@ class MCPOptions:
     """MCP endpoint options; each has an ``INTERLACE_MCP_*`` environment variable (see from_env)."""
 
     upstreams: tuple[Any, ...] = ()  # fixed upstream MCP servers (see federation.configured_upstreams)
+    upstreams_file: str | None = None  # YAML file of HTTP and stdio upstreams, reloaded on change (upstreams_file.py)
     naming: str = "prefix"  # upstream tool/prompt naming: "prefix" | "pass-through"
     separator: str = "__"
     allowed_hosts: tuple[str, ...] | None = None  # None: loopback (+ the bind host); ("*",): any
@@ -134,6 +139,8 @@ class MCPOptions:
     sse_max_s: float | None = None  # default: the gateway's sse_max_s
     agents_poll_s: float = 5.0  # agent set re-checked for tools/list_changed (changes are also signalled)
     follow_registry: bool = True  # federate every live registry record with an mcp endpoint
+    task_ttl_ms: int = 3_600_000  # an MCP task is kept this long (a 2025-11-25 client may ask for another)
+    task_poll_ms: int = 500  # the pollInterval MCP tasks suggest
     registry_poll_s: float = 2.0
 
     @classmethod
@@ -259,7 +266,10 @@ class MCPService:
         )
         self.parked = Parked(self.mailbox, self.options.client_request_timeout_s, self.options.call_timeout_s)
         self.agent_tools = AgentTools(self.options.call_timeout_s)
-        self.static_upstreams = configured_upstreams(self.options.upstreams)
+        # The operator's upstreams: the options' list and the upstream file's (a ValueError if it
+        # does not parse), which is reloaded while running.
+        self.upstreams_file = UpstreamsFile(self.options.upstreams_file) if self.options.upstreams_file else None
+        self.static_upstreams = self._operators_upstreams()
         self.upstreams = UpstreamSet(
             self.static_upstreams,
             kv=kv,
@@ -305,9 +315,25 @@ class MCPService:
             "server/discover": self.discover,
             **{m: handler for m, handler in self.methods.items() if m not in LEGACY_ONLY},
         }
+        # tasks: the 2025-11-25 utility in sessions, the extension statelessly (tasks_ext.py)
+        self.tasks = MCPTasks(self, ttl_ms=self.options.task_ttl_ms, poll_ms=self.options.task_poll_ms)
+        self.methods.update(self.tasks.legacy_methods())
+        self.modern_methods.update(self.tasks.modern_methods())
+
+    def _operators_upstreams(self) -> list[Upstream | StdioUpstream]:
+        listed = configured_upstreams(self.options.upstreams)
+        return listed + (self.upstreams_file.current if self.upstreams_file is not None else [])
+
+    async def _upstreams_file_changed(self, _: list[Upstream | StdioUpstream]) -> None:
+        self.static_upstreams = self._operators_upstreams()
+        static = {u.name for u in self.static_upstreams}
+        registered = [u for u in registry_upstreams(self.runtime) if u.name not in static]
+        await self.upstreams.set_upstreams([*self.static_upstreams, *registered], wait_s=0)
 
     async def start(self) -> None:
         await self.upstreams.start()
+        if self.upstreams_file is not None:
+            self.upstreams_file.start(self._upstreams_file_changed)
         self._spawn(self._watch_agents())
         if self.options.follow_registry:
             self._spawn(self._follow_registry())
@@ -369,6 +395,8 @@ class MCPService:
             changed.clear()
 
     async def stop(self) -> None:
+        if self.upstreams_file is not None:
+            await self.upstreams_file.stop()
         await self.listen.stop()
         await self.parked.stop()
         for task in [*self.inflight.values(), *self._background]:
@@ -402,9 +430,10 @@ class MCPService:
         with self.runtime.quotas.session(principal, self.options.session_ttl_s) as counted:
             sid = await self.sessions.create(session)
             counted(sid)
+        tasks = {"tasks": LEGACY_CAPABILITY} if negotiated >= LEGACY_SINCE else {}  # the 2025-11-25 utility
         result = {
             "protocolVersion": negotiated,
-            "capabilities": CAPABILITIES,
+            "capabilities": {**CAPABILITIES, **tasks},
             "serverInfo": SERVER_INFO,
             "instructions": INSTRUCTIONS,
         }
@@ -452,6 +481,7 @@ class MCPService:
             reply = wire.error(call.id, MCPError(wire.REQUEST_CANCELLED, "Request cancelled"))
         await call.out.send(reply, final=True)
 
+    @telemetry.server_span
     async def answer(self, call: MCPCall) -> dict[str, Any]:
         """The JSON-RPC response to ``call`` (a result or an error, never an exception but
         cancellation), by the methods and in the shape of its era."""
@@ -477,6 +507,8 @@ class MCPService:
             reply = wire.error(call.id, exc)
         except QuotaExceeded as exc:
             reply = wire.error(call.id, wire.rate_limited(str(exc), exc.retry_after))
+        except (QueueFull, BackendUnavailable) as exc:  # transient: the other faces answer 503 + Retry-After
+            reply = wire.error(call.id, MCPError(wire.INTERNAL_ERROR, f"{exc}; try again shortly", {"retryAfter": 1}))
         except Exception:
             log.exception("mcp handler failed", extra={"method": call.method})
             reply = wire.error(call.id, MCPError(wire.INTERNAL_ERROR, "Internal error"))
@@ -572,6 +604,10 @@ class MCPService:
 
     # ---- what the caller may use (module docstring) --------------------------------------------
 
+    def visible_to(self, rt: ActingFor) -> Visible | None:
+        """What ``rt``'s caller may use of the upstreams (for views such as the console)."""
+        return self._visible(rt)
+
     def _visible(self, rt: ActingFor) -> Visible | None:
         """What ``rt``'s caller may use of the upstreams; None: everything (no policy rules)."""
         if not rt.policy.rules:
@@ -640,6 +676,8 @@ class MCPService:
         if not isinstance(args, dict):
             raise MCPError(INVALID_PARAMS, "params.arguments must be an object")
         exclude = self.upstreams.names()
+        if name in ("find_agents", "send_task"):
+            self.tasks.plan(call, name, None)  # no task support: a 2025-11-25 task request is refused
         if name == "find_agents":
             query = args.get("query", "")
             if not isinstance(query, str):
@@ -667,11 +705,18 @@ class MCPService:
             client, original = hit
             if call.envelope is not None and call.envelope.headers is not None:
                 check_param_headers(self.upstreams.input_schema(name), args, call.envelope.headers)
+            # (a retry resumes its input-required exchange: it is no new call to make a task of)
+            ttl_ms = None if call.resume is not None else self.tasks.plan(call, name, self.upstreams.task_support(name))
+            if ttl_ms is not None:
+                return await self.tasks.start_call(call, client, name, original, args, ttl_ms)
             return await self._relay(call, client, "tools/call", {"name": original, "arguments": args}, tool=True)
         agents = await self.agent_tools.agents(call.rt, exclude)
         if name in agents:
             if call.resume is not None:
                 return await self._continue_agent(call)
+            ttl_ms = self.tasks.plan(call, name, "optional")
+            if ttl_ms is not None:
+                return await self.tasks.submit_agent(call, agents[name], args, ttl_ms)
             result = await self.agent_tools.call(call.rt, agents[name], args, call.notify, call.progress_token)
             return await self._agent_asks(call, result)
         everyone = await self._agents()
@@ -825,8 +870,8 @@ class MCPService:
                 reply = await call.exchange.ask(method, params)
             elif call.envelope is not None:  # no server->client requests on a 2026-07-28 stream
                 raise MCPError(INVALID_REQUEST, f"{method} is not relayed to a 2026-07-28 client")
-            else:
-                reply = await call.ask(method, params)
+            else:  # a session's client is asked by request, not by key
+                reply = await call.ask(method, mrtr.named_key(params)[1])
         except MCPError as exc:
             reply = exc
         with contextlib.suppress(Exception):
@@ -922,7 +967,8 @@ class MCPService:
 
     async def discover(self, call: MCPCall) -> dict[str, Any]:
         versions = list(wire.ALL_VERSIONS)  # both eras: legacy clients may still open a session
-        return {"supportedVersions": versions, "capabilities": CAPABILITIES, "instructions": INSTRUCTIONS}
+        capabilities = {**CAPABILITIES, "extensions": {EXTENSION: {}}}
+        return {"supportedVersions": versions, "capabilities": capabilities, "instructions": INSTRUCTIONS}
 
     @staticmethod
     def cache_scope(call: MCPCall) -> str:
@@ -934,7 +980,9 @@ class MCPService:
     async def listen_open(self, call: MCPCall, wanted: Filter) -> Listener:
         """A listen stream for ``call`` (subscriptions/listen) with the filter ``wanted``
         (``Filter.parse``), less the resources the caller may not read, no upstream serves, or
-        whose upstream refuses to subscribe (they are not acknowledged). ``listen_close`` ends it."""
+        whose upstream refuses to subscribe, and the task ids that are not the caller's tasks
+        (they are not acknowledged). ``listen_close`` ends it."""
+        tasks = await self.tasks.owned(call, wanted.task_ids)  # the caller's own tasks only
         held: list[str] = []
         try:
             for uri in wanted.uris:
@@ -943,11 +991,15 @@ class MCPService:
         except BaseException:  # cancelled (the client left) while subscribing upstream
             self._release(held)
             raise
-        listener = Listener(call.id, dataclasses.replace(wanted, uris=tuple(held)), call.principal)
+        listener = Listener(call.id, dataclasses.replace(wanted, uris=tuple(held), task_ids=tasks), call.principal)
         self.listen.open(listener)
+        if tasks:
+            listener.tasks_watch = self._spawn(self.tasks.watch(call.rt, listener))
         return listener
 
     def listen_close(self, listener: Listener) -> None:
+        if listener.tasks_watch is not None:
+            listener.tasks_watch.cancel()
         self.listen.close(listener)
         self._release(listener.filter.uris)
 

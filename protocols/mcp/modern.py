@@ -13,7 +13,8 @@ else, ``initialize`` first of all, is served with sessions exactly as before
    -> -32602 (Invalid params)
 2. the mirrored headers agree with the body: ``MCP-Protocol-Version`` = the envelope's version,
    ``Mcp-Method`` = ``method``, and for tools/call and prompts/get ``Mcp-Name`` = ``params.name``,
-   for resources/read ``Mcp-Name`` = ``params.uri``; each header at most once, trimmed of
+   for resources/read ``Mcp-Name`` = ``params.uri``, for tasks/get, tasks/update and tasks/cancel
+   ``Mcp-Name`` = ``params.taskId`` (the tasks extension); each header at most once, trimmed of
    spaces and tabs, at most ``MAX_HEADER_VALUE`` bytes of visible ASCII, ``Mcp-Name`` possibly
    in the ``=?base64?...?=`` form (strict base64, canonical, UTF-8) -> -32020 (HeaderMismatch)
 3. the version is one this gateway serves statelessly -> -32022 (UnsupportedProtocolVersion)
@@ -63,7 +64,15 @@ ENVELOPE = (META_VERSION, META_CAPABILITIES, META_CLIENT_INFO, META_LOG_LEVEL)
 
 # Far above any real tool name or resource URI, far below what an HTTP server buffers per header.
 MAX_HEADER_VALUE = 8192
-NAME_FIELDS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+NAME_FIELDS = {
+    "tools/call": "name",
+    "prompts/get": "name",
+    "resources/read": "uri",
+    # the tasks extension's routing header (tasks_ext.py)
+    "tasks/get": "taskId",
+    "tasks/update": "taskId",
+    "tasks/cancel": "taskId",
+}
 CACHEABLE = frozenset(
     {"server/discover", "tools/list", "prompts/list", "resources/list", "resources/templates/list", "resources/read"}
 )
@@ -141,6 +150,14 @@ def decode(value: str, name: str) -> str:
         raise mismatch(f"{name} is not valid =?base64?...?= (strict, canonical base64 of UTF-8)") from None
 
 
+def encode(value: str) -> str:
+    """``value`` as a header value: verbatim when it is visible ASCII without edge whitespace,
+    else in the ``=?base64?...?=`` form (``decode`` undoes it; an upstream client's side)."""
+    if _HEADER_SAFE.fullmatch(value) and value == value.strip(" \t") and not _SENTINEL.fullmatch(value):
+        return value
+    return f"=?base64?{base64.b64encode(value.encode('utf-8')).decode('ascii')}?="
+
+
 def envelope(msg: dict[str, Any], headers: Headers | None) -> Envelope:
     """The request's envelope, checked as the module docstring says (raises MCPError)."""
     params = msg.get("params")
@@ -213,7 +230,7 @@ def mirrored_arguments(schema: Any) -> Iterator[tuple[tuple[str, ...], str]]:
             stack.extend(((*path, key), sub) for key, sub in props.items() if isinstance(key, str))
 
 
-def _argument(arguments: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+def argument_at(arguments: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     node: Any = arguments
     for key in path:
         if not isinstance(node, Mapping):
@@ -236,7 +253,7 @@ def check_param_headers(schema: Any, arguments: Mapping[str, Any], headers: Head
     for path, token in mirrored_arguments(schema):
         name = f"Mcp-Param-{token}"
         sent = header(headers, name)
-        value = _argument(arguments, path)
+        value = argument_at(arguments, path)
         where = ".".join(path)
         if value is None:
             if sent is not None:

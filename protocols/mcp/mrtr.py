@@ -86,6 +86,16 @@ ANSWER_SCHEMA = {
 Outcome = dict[str, Any]  # {"result": ...} | {"error": {code, message, data?}} | {"ask": {key: request}}
 
 
+def named_key(params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The key an upstream named its request for input by (``KEY_META``; None when it named none)
+    and the request's params without it, as a client is asked."""
+    meta = params.get("_meta")
+    if not isinstance(meta, dict) or KEY_META not in meta:
+        return None, params
+    rest = {k: v for k, v in meta.items() if k != KEY_META}
+    return meta[KEY_META], {k: v for k, v in params.items() if k != "_meta"} | ({"_meta": rest} if rest else {})
+
+
 def input_required(requests: dict[str, dict[str, Any]], state: str) -> dict[str, Any]:
     return {"resultType": "input_required", "inputRequests": requests, "requestState": state}
 
@@ -142,11 +152,7 @@ class Exchange:
 
     def _key(self, method: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """The request's key (the upstream's, when it names a free one) and its params for the client."""
-        meta = params.get("_meta")
-        named = meta.get(KEY_META) if isinstance(meta, dict) else None
-        if isinstance(meta, dict) and KEY_META in meta:
-            rest = {k: v for k, v in meta.items() if k != KEY_META}
-            params = {k: v for k, v in params.items() if k != "_meta"} | ({"_meta": rest} if rest else {})
+        named, params = named_key(params)
         if isinstance(named, str) and 0 < len(named) <= MAX_KEY and named not in self.asked:
             return named, params
         kind, key = KINDS[method], ""

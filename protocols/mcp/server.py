@@ -24,11 +24,13 @@ METHODS = ["GET", "POST", "DELETE"]
 
 def service_for(app: Any, options: MCPOptions | None = None) -> MCPService:
     """The app's MCP service: the one ``mount`` set, else a new one with ``options`` (default:
-    ``INTERLACE_MCP_*``). The gateway app starts it with its lifespan and stops it before the
-    runtime."""
+    ``INTERLACE_MCP_*``, and the gateway's ``--mcp-upstreams`` file). The gateway app starts it
+    with its lifespan and stops it before the runtime."""
     service = getattr(app.state, "mcp", None)
     if service is None:
-        service = MCPService(app.state.runtime, options or MCPOptions.from_env())
+        runtime = app.state.runtime
+        options = options or MCPOptions.from_env(upstreams_file=runtime.config.mcp_upstreams_file)
+        service = MCPService(runtime, options)
         app.state.mcp = service
     return service
 

@@ -166,6 +166,8 @@ class StatelessHTTP:
             return JSONResponse(wire.error(call.id, refused), status_code=406)
         try:
             wanted = Filter.parse(call.params)
+            if wanted.task_ids:
+                self.service.tasks.check_listen(call)  # -32021 without the tasks extension
             release = call.rt.open_stream()  # a listen stream counts among the caller's open streams
         except MCPError as exc:
             return _json(self.service.modern_reply(call, wire.error(call.id, exc)))
