@@ -1,6 +1,6 @@
 """SWIM + Lifeguard membership (registry/gossip) in the simulator, beside memberlist/serf figures.
 
-    python -m bench.gossip
+    python -m bench.gossip [starvation]
 
 For N = 10, 100, 1000 (memberlist LAN defaults, 1-5 ms latency) it prints, each beside the
 reference figure and the ratio ours / reference:
@@ -9,23 +9,33 @@ reference figure and the ratio ours / reference:
   4 user broadcasts + 1 join each), at 0 % and 10 % loss;
 * packets and bytes (compact JSON) sent per node per second in steady state;
 * failure detection: seconds from a crash until every node has declared it dead;
-* false positives under 10 % loss: live nodes declared dead (and suspicions, all refuted).
+* false positives under 10 % loss: live nodes declared dead (and suspicions, all refuted);
+* CPU starvation (issue 21; `starvation` alone runs just this): N = 10, 20, 30 nodes on the
+  `fast` profile join through one seed, then busy processes share the CPU with them for 20 s
+  (registry.gossip.sim.Cpu: 2 cores, real per-packet costs). Without a CPU limit, then with 2
+  cores and the node handling its events in arrival order (a plain asyncio loop), then with the
+  transport's discipline (answers before timers, bounded inbox): convergence, false suspect and
+  dead marks, recovery after the hog.
 
 Simulated time is virtual: the numbers do not depend on this machine's speed.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 from registry.gossip.sim import (
+    Cpu,
     Simulator,
     detect_crash,
     false_positives,
     percentile,
     spread_rounds,
+    starvation,
 )
 from registry.gossip.swim import SwimConfig
+from registry.gossip.transport import PROFILES
 
 SIZES = (10, 100, 1000)
 CASES = [(loss, n) for loss in (0.0, 0.1) for n in SIZES]
@@ -117,8 +127,37 @@ def false_positive_rate() -> None:
         )
 
 
+STARVE_SIZES = (10, 20, 30)
+STARVE_CASES = [
+    ("no CPU limit", None, 0),
+    ("2 cores, arrival order", Cpu(), 0),
+    ("2 cores, arrival order, 8 hogs", Cpu(), 8),
+    ("2 cores, answers first", Cpu(packets_first=True, inbox_limit=512), 0),
+    ("2 cores, answers first, 8 hogs", Cpu(packets_first=True, inbox_limit=512), 8),
+]
+
+
+def starvation_figures() -> None:
+    print("\n== CPU starvation: fast profile, join through one seed, 20 s of hogs (seed 1) ==")
+    print(
+        f"{'case':>31} {'N':>3} {'converged s':>11} {'suspicions':>10} {'dead (hog)':>10} "
+        f"{'dead (all)':>10} {'whole after s':>13} {'max LHM':>7} {'pkts/node/s':>11}"
+    )
+    for label, cpu, hogs in STARVE_CASES:
+        for n in STARVE_SIZES:
+            r = starvation(n, seed=1, config=PROFILES["fast"], cpu=cpu, hogs=hogs)
+            print(
+                f"{label:>31} {n:>3} {r.converged_s:>11.2f} {r.suspicions:>10} {r.false_dead_hog:>10} "
+                f"{r.false_dead:>10} {r.whole_after_s:>13.2f} {r.max_awareness:>7} {r.packets_per_node_s:>11.1f}"
+            )
+
+
 def main() -> None:
     started = time.perf_counter()
+    if sys.argv[1:] == ["starvation"]:
+        starvation_figures()
+        print(f"\n(wall time {time.perf_counter() - started:.0f} s)")
+        return
     config = SwimConfig()
     print(
         "SWIM + Lifeguard simulator, memberlist LAN defaults: probe "
@@ -135,6 +174,7 @@ def main() -> None:
     load()
     detection()
     false_positive_rate()
+    starvation_figures()
     print(f"\n(wall time {time.perf_counter() - started:.0f} s)")
 
 

@@ -4,7 +4,8 @@ Each gateway runs one SWIM + Lifeguard member (``registry.gossip.swim``) over HT
 (``registry.gossip.transport``), with signed envelopes (``registry.gossip.envelope``) and the
 registry's anti-entropy as its delegate (``registry.gossip.sync``). This module is the glue:
 
-  POST /gossip/packet     a signed envelope from a peer (204; 4xx with a reason code if refused)
+  POST /gossip/packet     a signed envelope from a peer (204; 4xx with a reason code if refused,
+                          503 ``overloaded`` when the gossip inbox is full)
   GET  /cluster/members   this node's view: members with state and incarnation, counters
   POST /gossip/faults     test-only (``gossip_faults``, loopback): {"block": [addr, ...] | ["*"]}
 
@@ -15,6 +16,10 @@ an allowlist), ``public_url`` (the address peers reach this node at; default ``h
 ``gossip_profile`` (``lan``, ``local`` or ``fast``), ``gossip`` (off: no membership at all; nodes
 that share one Redis need none). The node's key, whose DID the other nodes' trust files list, is
 the same on every start (``gateway.core.node_identity``).
+
+Gossip starts (the node joins through its seeds) only once the HTTP listener is bound: the
+server calls ``Cluster.join`` (``gateway.serving.listening``); a node that fails to bind stops
+without ever having announced itself.
 
 Routing across nodes (the choice, documented here): every record names its ``home_node``; a
 home is a member id, through membership mapped to that member's public URL (the record's
@@ -136,6 +141,7 @@ _REJECT_STATUS = {
     "wrong_network": 403,
     "untrusted": 403,
     "impersonation": 403,
+    "overloaded": 503,
 }
 
 
@@ -218,6 +224,7 @@ class Cluster:
         self._links: dict[str, _HomeLink] = {}  # home base URL -> pooled client of its task API
         self._gone: dict[str, asyncio.Event] = {}  # member id -> set while it is dead or left
         self._sweeper: asyncio.Task | None = None
+        self.joined = False
         runtime.placement, runtime.reachable = self.place, self.reachable
         # revocations relayed by gossip count when signed by a node trusted as a forwarder is
         runtime.registry.revokers = lambda did: did == runtime.identity.did or self.trusts(did)
@@ -231,8 +238,16 @@ class Cluster:
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=_KEEPALIVE_S)
         )
         await self.sync.start()
-        self.gossip.start(self.seeds)
         self._sweeper = asyncio.create_task(self._sweep(), name="forwarder-sweep")
+
+    def join(self) -> None:
+        """Start gossip and join through the seeds; called once the HTTP listener is bound
+        (``gateway.serving.listening``), never before: a node that cannot serve its address
+        must not announce it. Idempotent."""
+        if self.joined:
+            return
+        self.joined = True
+        self.gossip.start(self.seeds)
         log.info(
             "gossip started",
             extra={"node": self.node_id, "addr": self.addr, "seeds": self.seeds, "profile": self.profile_name},

@@ -181,9 +181,32 @@ def connection_cap(wanted: int) -> int:
     return cap
 
 
+async def listening(app) -> None:
+    """Tell ``app`` its listener is bound: its gossip may join now (``gateway.cluster``). A
+    server that runs the app other than through ``build_server`` calls this once started."""
+    cluster = getattr(getattr(app, "state", None), "cluster", None)
+    if cluster is not None:
+        cluster.join()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn that calls ``listening`` once its sockets are bound (uvicorn runs the lifespan
+    startup before it binds, and exits when the bind fails)."""
+
+    def __init__(self, app, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._app = app
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            await listening(self._app)
+
+
 def build_server(app, config: Config) -> uvicorn.Server:
     """uvicorn serving ``app`` as ``interlace serve`` does (the CLI, benchmarks and tests use it)."""
-    return uvicorn.Server(
+    return _Server(
+        app,
         uvicorn.Config(
             app,
             host=config.host,
@@ -197,5 +220,5 @@ def build_server(app, config: Config) -> uvicorn.Server:
             # uvicorn believes X-Forwarded-For from 127.0.0.1 by default: only named proxies here
             proxy_headers=config.forwarded_allow_ips is not None,
             forwarded_allow_ips=config.forwarded_allow_ips or "",
-        )
+        ),
     )

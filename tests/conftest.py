@@ -31,7 +31,7 @@ from gateway.app import create_app
 from gateway.core.backends import Backend, EmbeddedBackend, Limits
 from gateway.core.config import Config
 from gateway.core.sse import read_events
-from gateway.serving import build_server
+from gateway.serving import build_server, listening
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -203,6 +203,7 @@ async def serve_app(
         if task.done() or time.monotonic() > deadline:
             raise RuntimeError("gateway did not start")
         await asyncio.sleep(0.01)
+    await listening(app)  # bound: gossip may join (build_server's server has said so already)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

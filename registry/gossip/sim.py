@@ -12,7 +12,15 @@ nodes' own choices) comes from one seed, so a run is reproducible. The network m
   through the seeds, and must out-number its old incarnation by refuting what the cluster says
   about it;
 * inject: a packet made up by a node (a member that lies);
-* leave: the node gossips its departure and stops once `leave_complete`.
+* leave: the node gossips its departure and stops once `leave_complete`;
+* CPU (`cpu=Cpu(...)`, off by default): every node is a single-threaded process on a machine of
+  `cores` cores shared with `hogs` busy processes (`hog(k)`). Each node handles its packets and
+  its timer wake-ups one at a time; handling costs CPU seconds (`receive_s` per packet,
+  `send_s` per packet sent, `tick_s` per wake-up), stretched by the share of a core it gets
+  while busy: cores / (busy nodes + hogs), at most 1. So a starved node processes messages late
+  and its timers fire late, and the protocol's own traffic feeds the starvation (the metastable
+  overload of issue 21). `Cpu.packets_first` serves queued packets before due timers (as the
+  real transport's inbox does); otherwise one FIFO queue (as a plain asyncio loop does).
 
 `wire=True` sends every packet through its JSON encoding (slower; proves the wire format), and
 `measure_bytes=True` counts the bytes of that encoding.
@@ -24,7 +32,7 @@ import heapq
 import json
 import math
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,8 +41,10 @@ from registry.gossip.messages import Message, decode_packet, encode_packet
 from registry.gossip.swim import Delegate, MemberEvent, Output, State, SwimConfig, SwimNode
 
 __all__ = [
+    "Cpu",
     "Detection",
     "FalsePositives",
+    "Starvation",
     "RecordingDelegate",
     "Simulator",
     "Spread",
@@ -43,6 +53,8 @@ __all__ = [
     "false_positives",
     "percentile",
     "spread_rounds",
+    "starvation",
+    "whole",
 ]
 
 #: listener(now, observer node, event) for every membership event of every node.
@@ -86,7 +98,22 @@ class Traffic:
     by_type: Counter[str] = field(default_factory=Counter)
 
 
-_DELIVER, _WAKE = 0, 1
+@dataclass(frozen=True)
+class Cpu:
+    """The CPU model (module docstring). The default costs are those of a real node's packet:
+    signing and verifying the envelope and its JSON take about 0.1 ms each, the HTTP around it
+    the rest (httpx about 2 ms per request on this machine class, see bench/common.py; the
+    server side with its middleware about 1.5 ms)."""
+
+    cores: float = 2.0
+    receive_s: float = 0.0015
+    send_s: float = 0.002
+    tick_s: float = 0.0002
+    packets_first: bool = False
+    inbox_limit: int | None = None  # packets queued past this are dropped (None: unbounded)
+
+
+_DELIVER, _WAKE, _SERVE = 0, 1, 2
 
 
 class Simulator:
@@ -101,8 +128,15 @@ class Simulator:
         latency: tuple[float, float] = (0.001, 0.005),
         wire: bool = False,
         measure_bytes: bool = False,
+        cpu: Cpu | None = None,
     ) -> None:
         self.config = config or SwimConfig()
+        self.cpu = cpu
+        self.hogs = 0
+        self.shed = 0  # packets dropped by full inboxes (cpu.inbox_limit)
+        self._inbox: dict[SwimNode, deque[tuple[Any, ...]]] = {}  # queued work of each node (cpu)
+        self._busy_until: dict[SwimNode, float] = {}
+        self._wake_queued: set[SwimNode] = set()  # a wake-up waits in the node's inbox
         self.rng = random.Random(seed)
         self.now = 0.0
         self.loss = loss
@@ -180,6 +214,10 @@ class Simulator:
     def heal(self) -> None:
         self._groups = {}
 
+    def hog(self, processes: int) -> None:
+        """Run `processes` CPU-bound processes beside the nodes from now on (needs `cpu`)."""
+        self.hogs = processes
+
     def inject(self, src: str, to: str, packet: list[Message]) -> None:
         """Send `packet` from the node at `src` as if it had made it (a member that lies)."""
         self._transmit(src, to, packet)
@@ -199,22 +237,92 @@ class Simulator:
         while heap and heap[0][0] <= until:
             event = heapq.heappop(heap)
             self.now = now = event[0]
-            if event[2] == _WAKE:
+            kind = event[2]
+            if kind == _WAKE:
                 node = event[3]
                 if wake.get(node) != now:
                     continue  # superseded or crashed
                 del wake[node]
-                self._apply(node, node.tick(now))
-                if node.addr in self._leaving and node.leave_complete:
-                    self._leaving.discard(node.addr)
-                    self.crash(node.addr)
-            else:
+                if self.cpu is not None:
+                    self._wake_queued.add(node)
+                    self._enqueue(node, (_WAKE,))
+                else:
+                    self._tick(node, now)
+            elif kind == _DELIVER:
                 to = event[3]
                 if to not in up:
                     continue
                 node = nodes[to]
-                self._apply(node, node.receive(now, event[4], event[5], sender=event[6]))
+                if self.cpu is not None:
+                    self._enqueue(node, event[2:])
+                else:
+                    self._apply(node, node.receive(now, event[4], event[5], sender=event[6]))
+            else:
+                self._serve(event[3])
         self.now = max(self.now, until)
+
+    def _tick(self, node: SwimNode, now: float) -> Output:
+        out = node.tick(now)
+        self._apply(node, out)
+        if node.addr in self._leaving and node.leave_complete:
+            self._leaving.discard(node.addr)
+            self.crash(node.addr)
+        return out
+
+    # ------------------------------------------------------------------ CPU model
+
+    def _enqueue(self, node: SwimNode, item: tuple[Any, ...]) -> None:
+        """Queue a packet or a wake-up for the node's single thread; start serving if idle."""
+        cpu = self.cpu
+        assert cpu is not None
+        inbox = self._inbox.setdefault(node, deque())
+        if item[0] == _DELIVER and cpu.inbox_limit is not None:
+            if sum(1 for queued in inbox if queued[0] == _DELIVER) >= cpu.inbox_limit:
+                self.shed += 1
+                return
+        inbox.append(item)
+        if len(inbox) == 1:
+            self._push(max(self.now, self._busy_until.get(node, self.now)), _SERVE, node)
+
+    def _serve(self, node: SwimNode) -> None:
+        """Handle the next queued item of `node` now, and hold its thread for the CPU time that
+        took at the share of a core it gets."""
+        cpu = self.cpu
+        assert cpu is not None
+        inbox = self._inbox.get(node)
+        if not inbox or node.addr not in self.up or self.nodes.get(node.addr) is not node:
+            if inbox:
+                inbox.clear()
+            return
+        item = inbox.popleft()
+        if cpu.packets_first and item[0] == _WAKE:
+            # Serve what arrived before the timers: acks and refutations before new probes.
+            packets = [queued for queued in inbox if queued[0] == _DELIVER]
+            if packets:
+                inbox.clear()
+                inbox.extend(packets)
+                inbox.append(item)
+                item = inbox.popleft()
+        now = self.now
+        if item[0] == _WAKE:
+            self._wake_queued.discard(node)
+            out = self._tick(node, now)
+            cost = cpu.tick_s
+        else:
+            out = node.receive(now, item[2], item[3], sender=item[4])
+            self._apply(node, out)
+            cost = cpu.receive_s
+        cost += cpu.send_s * len(out.sends)
+        busy = sum(1 for other, until in self._busy_until.items() if until > now and other is not node) + 1
+        share = min(1.0, cpu.cores / (busy + self.hogs))
+        done = now + cost / share
+        self._busy_until[node] = done
+        if inbox:
+            self._push(done, _SERVE, node)
+
+    def _push(self, when: float, kind: int, *args: Any) -> None:
+        self._counter += 1
+        heapq.heappush(self._heap, (when, self._counter, kind, *args))
 
     def run_until(self, done: Callable[[], bool], timeout: float, step: float = 0.1) -> float:
         """Run until `done()` (checked every `step` seconds) or `timeout` seconds pass; return
@@ -229,7 +337,7 @@ class Simulator:
     def _arm(self, node: SwimNode) -> None:
         """(Re)schedule the node's wake-up at its next deadline if that is earlier."""
         deadline = node.next_deadline()
-        if deadline == math.inf:
+        if deadline == math.inf or node in self._wake_queued:
             return
         deadline = max(deadline, self.now)
         current = self._wake.get(node)
@@ -412,3 +520,86 @@ def false_positives(
     sim.listeners.append(listener)
     sim.run(duration)
     return FalsePositives(len(suspicions), sim.false_dead, max_score)
+
+
+def whole(sim: Simulator) -> bool:
+    """Every running node sees every other running node alive."""
+    live = sim.live_nodes()
+    ids = [node.id for node in live]
+    for node in live:
+        members = node.members
+        for member_id in ids:
+            member = members.get(member_id)
+            if member is None or member.state is not State.ALIVE:
+                return False
+    return True
+
+
+@dataclass
+class Starvation:
+    """A cluster that joins through one seed, then runs `hogs` CPU-bound processes beside its
+    nodes for a while (`starvation`). Seconds are virtual; inf: never within the run."""
+
+    converged_s: float  # from the first start until membership is whole
+    suspicions: int  # suspect marks about running nodes, all run long
+    false_dead_hog: int  # dead marks about running nodes from the hog's start to its end
+    false_dead: int  # the same, all run long
+    whole_after_s: float  # from the hog's end until membership is whole again
+    max_awareness: int  # highest Lifeguard health score any node reached
+    packets_per_node_s: float  # packets each node sent per second, on average
+    shed: int  # packets dropped by full inboxes
+
+
+def starvation(
+    n: int,
+    *,
+    seed: int,
+    config: SwimConfig | None = None,
+    cpu: Cpu | None = None,
+    hogs: int = 1,
+    start_gap: float = 0.05,
+    settle: float = 10.0,
+    hog_seconds: float = 20.0,
+    recover: float = 30.0,
+) -> Starvation:
+    """n nodes start `start_gap` apart, joining through the first; `settle` seconds after the
+    last start (or once whole, if later, up to 60 s more) `hogs` processes take CPU for
+    `hog_seconds`; then up to `recover` seconds to become whole again. With `cpu` None there is
+    no CPU limit (and the hogs change nothing)."""
+    sim = Simulator(config, seed=seed, cpu=cpu)
+    seed_addr = sim.node_addr(0)
+    suspicions: set[tuple[str, str, int]] = set()
+    max_score = 0
+
+    def listener(now: float, node: SwimNode, event: MemberEvent) -> None:
+        nonlocal max_score
+        max_score = max(max_score, node.awareness.score)
+        if event.new is State.SUSPECT and event.addr in sim.up:
+            suspicions.add((node.id, event.member, event.incarnation))
+
+    sim.listeners.append(listener)
+    sim.spawn(0)
+    for i in range(1, n):
+        sim.run(sim.now + start_gap)
+        sim.spawn(i, seeds=[seed_addr])
+    started = start_gap * (n - 1)
+    converged = sim.run_until(lambda: whole(sim), 60.0 + settle, 0.05)
+    sim.run(max(sim.now, started + settle))
+    dead_before = sim.false_dead
+    sim.hog(hogs)
+    sim.run(sim.now + hog_seconds)
+    false_dead_hog = sim.false_dead - dead_before
+    sim.hog(0)
+    hog_end = sim.now
+    recovered = sim.run_until(lambda: whole(sim), recover, 0.05)
+    packets = sum(sim.traffic.packets.values()) / (n * sim.now)
+    return Starvation(
+        converged_s=converged,
+        suspicions=len(suspicions),
+        false_dead_hog=false_dead_hog,
+        false_dead=sim.false_dead,
+        whole_after_s=recovered - hog_end,
+        max_awareness=max_score,
+        packets_per_node_s=packets,
+        shed=sim.shed,
+    )

@@ -26,8 +26,14 @@ that member's). The protocol, with the paper section each piece comes from:
   are scaled by (score + 1); a failed probe with missing nacks and every refutation raise the
   score, a successful probe lowers it. (2) Local Health Aware Suspicion: the suspicion timer
   starts at a maximum and shrinks towards a minimum as independent accusers confirm it
-  (memberlist suspicion.go). (3) Buddy system: a probe to a suspect carries the suspicion, so the
-  suspect can refute at once. Helpers answer with a `Nack` when the target stays silent.
+  (memberlist suspicion.go); a node that ran its own timers late while the timer ran stretches
+  it by its local health multiplier (one never late keeps memberlist's timing). (3) Buddy
+  system: a probe to a suspect carries the suspicion, so the suspect can refute at once.
+  Helpers answer with a `Nack` when the target stays silent.
+* Overload (issue 21): a node whose timers fire late (it was starved) counts that against its
+  local health, the probe that was running accuses nobody, and its suspicion timers stretch;
+  while starved, its gossip fan-out is gossip_nodes / (score + 1) per round on average. So an
+  overloaded cluster sheds its own protocol load.
 * Dissemination (SWIM 4.1): membership updates and user payloads are piggybacked on every
   packet and on gossip packets to `gossip_nodes` random members each `gossip_interval`, each
   sent at most retransmit_mult * ceil(log10(N + 1)) times (memberlist queue.go).
@@ -36,7 +42,8 @@ that member's). The protocol, with the paper section each piece comes from:
   with cluster size). Recently dead members still get gossip (memberlist GossipToTheDeadTime) and
   a random dead member is contacted every reconnect interval (serf's reconnect), which is how a
   healed partition merges back. Dead and left members are reaped after `reap_timeout`.
-* Leave: the node gossips `Dead` about itself with itself as accuser; peers record it as left.
+* Leave: the node gossips `Dead` about itself with itself as accuser, and sends it to its seeds
+  directly (they know of it even when it knows of nobody yet); peers record it as left.
 
 Who is believed about what (not in SWIM, which trusts every member): a packet must never steer
 where this node sends. So
@@ -253,7 +260,7 @@ class Suspicion:
     `start`. The first accuser does not count as a confirmation. With k < 1 it is `min_timeout`.
     """
 
-    __slots__ = ("start", "deadline", "_k", "_n", "_min", "_max", "_accusers")
+    __slots__ = ("start", "deadline", "multiplier", "_k", "_n", "_min", "_max", "_accusers")
 
     def __init__(self, accuser: str, k: int, min_timeout: float, max_timeout: float, start: float) -> None:
         self.start = start
@@ -263,6 +270,19 @@ class Suspicion:
         self._max = max_timeout
         self._accusers = {accuser}
         self.deadline = start + (max_timeout if k >= 1 else min_timeout)
+        self.multiplier = 1  # the local health multiplier the timeouts are stretched by
+
+    def stretch(self, multiplier: int) -> bool:
+        """Stretch both timeouts (and the deadline, from `start`) to `multiplier` times the
+        nominal ones, if that is more than now; True when it did."""
+        if multiplier <= self.multiplier:
+            return False
+        factor = multiplier / self.multiplier
+        self._min *= factor
+        self._max *= factor
+        self.deadline = self.start + (self.deadline - self.start) * factor
+        self.multiplier = multiplier
+        return True
 
     def confirm(self, accuser: str) -> bool:
         """Count an independent accuser; True when that was new and moved the deadline."""
@@ -286,6 +306,7 @@ class _Probe:
     incarnation: int
     expected_nacks: int = 0
     nacks: int = 0
+    late: bool = False  # a timer of this probe fired late: this node was starved meanwhile
 
 
 @dataclass(slots=True)
@@ -332,6 +353,8 @@ class SwimNode:
         self._timers: list[tuple[float, int, int, Any]] = []
         self._timer_counter = 0
         self._next_gossip = math.inf
+        self._gossip_credit = 0.0  # gossip packets owed: fan-out scaled by local health
+        self._starved_at = -math.inf  # when this node last ran its timers late (tick)
         self._seq = 0
         self._seeds: tuple[str, ...] = ()
         self._leaving = False
@@ -404,6 +427,14 @@ class SwimNode:
     def tick(self, now: float) -> Output:
         """Fire every timer due at `now`, and gossip if a gossip round is due."""
         timers = self._timers
+        if timers and now - timers[0][0] > self._late_after():
+            # This node runs its timers late: it was starved (CPU, a GC pause). Lifeguard: a
+            # sign of poor local health, which stretches its timers (suspicions included, see
+            # _fire); and the current probe's silence is no evidence against its target.
+            self.awareness.apply(1)
+            self._starved_at = now
+            if self._probe is not None:
+                self._probe.late = True
         while timers and timers[0][0] <= now:
             _, _, kind, key = heapq.heappop(timers)
             self._fire(kind, key, now)
@@ -441,7 +472,12 @@ class SwimNode:
         """Leave gracefully: gossip `Dead(self, accuser=self)`; probing stops, gossip goes on
         until `leave_complete`."""
         self._leaving = True
-        self._on_dead(Dead(self.id, self.incarnation, self.id), now)
+        notice = Dead(self.id, self.incarnation, self.id)
+        self._on_dead(notice, now)
+        # The seeds first, directly: they learned of us when we joined, maybe before we learned
+        # of anyone (a node that leaves while its join is unanswered gossips to nobody).
+        for seed in self._seeds:
+            self._sends.append((seed, [notice]))
         if now > self._next_gossip:
             self._skip_gossip_rounds(now)
         return self._flush()
@@ -522,6 +558,14 @@ class SwimNode:
         elif kind == _SUSPICION:
             suspicion = self._suspicions.get(key)
             if suspicion is not None and suspicion.deadline <= now:
+                if self._starved_at >= suspicion.start and suspicion.stretch(self.awareness.score + 1):
+                    # This node was starved while the suspect had time to refute: the
+                    # refutation may be waiting unread, and its own view is stale. The timer
+                    # stretches by its health multiplier (the worst seen at the deadlines). A
+                    # node that was never late keeps memberlist's timing, so detection of a
+                    # really dead node (or a partition) is as fast as before.
+                    self._schedule(suspicion.deadline, _SUSPICION, key)
+                    return
                 member = self._members[key]
                 self._on_dead(Dead(key, member.incarnation, self.id), now)
         elif kind == _PUSH_PULL:
@@ -535,7 +579,8 @@ class SwimNode:
         """End the current probe period (SWIM 3.1) and start the next, whose length and timeout
         are scaled by the local health multiplier (Lifeguard LHM)."""
         probe, self._probe = self._probe, None
-        if probe is not None:
+        # A probe during which this node ran late (tick) proves nothing: the ack may be unread.
+        if probe is not None and not probe.late:
             # No ack in the whole period. Lifeguard: a missing nack means the fault may be ours;
             # with no helper to ask, the failed probe itself counts against our health.
             missing = probe.expected_nacks - probe.nacks if probe.expected_nacks else 1
@@ -555,6 +600,11 @@ class SwimNode:
         else:
             self._send(target.addr, Ping(self._probe.seq, target.id))
         self._schedule(now + self.awareness.scale(cfg.probe_timeout), _PROBE_TIMEOUT, self._probe.seq)
+
+    def _late_after(self) -> float:
+        """How late a timer may fire before this node counts itself starved: half the
+        (health-scaled) probe timeout, far beyond a healthy event loop's jitter."""
+        return self.awareness.scale(self.config.probe_timeout) / 2
 
     def _next_probe_target(self, now: float) -> Member | None:
         """Next alive or suspect member in the shuffled round-robin (SWIM 4.3); at the end of
@@ -753,7 +803,19 @@ class SwimNode:
                 or (m.state is _DEAD and now - m.state_change <= cfg.gossip_to_the_dead_time)
             )
 
-        for member in self._random_members(cfg.gossip_nodes, reachable):
+        # Lifeguard-aware fan-out: a node starved within its last (health-scaled) probe period
+        # sends gossip_nodes / (score + 1) packets per round on average, as its probes slow
+        # down by score + 1, so an overloaded cluster sheds its own gossip load instead of
+        # feeding it (issue 21's metastable collapse). A node that is merely unsure (missing
+        # nacks in a partition, loss) keeps the full fan-out: its news must still spread.
+        starved = now - self._starved_at <= self.awareness.scale(cfg.probe_interval)
+        share = cfg.gossip_nodes / (self.awareness.score + 1) if starved else cfg.gossip_nodes
+        self._gossip_credit = min(self._gossip_credit + share, cfg.gossip_nodes)
+        fanout = int(self._gossip_credit)
+        if fanout == 0:
+            return
+        self._gossip_credit -= fanout
+        for member in self._random_members(fanout, reachable):
             msgs = self._take_broadcasts(cfg.packet_bytes)
             if not msgs:
                 return

@@ -8,7 +8,15 @@ packet in its own signed envelope (``registry.gossip.envelope``) POSTed to
 
 Sends are fire-and-forget, like the UDP datagrams SWIM was designed for: a lost or refused
 packet is just a missed ack, which the protocol is built to survive. Sends in flight are
-bounded; past the bound a packet is dropped and counted.
+bounded; past the bound a packet is dropped and counted. No failure of a send (refused, timed
+out, or the client torn down under it at shutdown) escapes: each is counted as `send_failed`.
+
+Overload (issue 21): an authenticated SWIM packet is not handled in the HTTP request that
+brought it but queued in a bounded inbox, which the driving task drains before it fires the
+node's timers, answers (pings, acks, nacks) before the rest, and at most `max_batch` packets at
+a time, so timers are never starved either. So an ack that arrived is read before the probe it
+answers times out, however late the loop runs. When the inbox is full a packet is refused with
+`overloaded` before its signature is checked (the costliest step), like a full UDP buffer.
 
 Other envelope kinds (registry record transfers) share the endpoint, the signature, the trust
 list and the counters: a layer above registers a handler per kind (`on_kind`) and sends with
@@ -39,7 +47,7 @@ import contextlib
 import json
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
@@ -47,7 +55,7 @@ from typing import Any
 import httpx
 
 from registry.gossip.envelope import Envelope, EnvelopeRejected, ReplayCache, open_envelope, seal
-from registry.gossip.messages import WireError, decode_packet, encode_packet
+from registry.gossip.messages import Ack, Message, Nack, Ping, WireError, decode_packet, encode_packet
 from registry.gossip.swim import MemberEvent, Output, SwimConfig, SwimNode, suspicion_timeout
 from registry.identity import Identity
 
@@ -56,6 +64,8 @@ __all__ = ["PROFILES", "HttpGossip", "detection_bound", "profile"]
 log = logging.getLogger("interlace.gossip")
 
 PATH = "/gossip/packet"
+
+_ANSWERS = (Ping, Ack, Nack)  # packets answered (or awaited) within a probe timeout
 
 _HTTP = dict(packet_bytes=256 * 1024, packet_reserve=8 * 1024)
 PROFILES: dict[str, SwimConfig] = {
@@ -116,11 +126,17 @@ class HttpGossip:
         on_events: Callable[[list[MemberEvent]], None] | None = None,
         max_inflight: int = 256,
         send_timeout_s: float = 2.0,
+        max_inbox: int = 512,
+        max_batch: int = 64,
     ) -> None:
         self.node, self.identity, self.network = node, identity, network
         self.client, self.max_age_ms, self.trusted = client, max_age_ms, trusted
         self.on_events = on_events
         self.max_inflight, self.send_timeout_s = max_inflight, send_timeout_s
+        self.max_inbox, self.max_batch = max_inbox, max_batch
+        # Authenticated packets waiting for the node: answers first (module docstring).
+        self._answers: deque[tuple[Envelope, list[Message]]] = deque()
+        self._others: deque[tuple[Envelope, list[Message]]] = deque()
         self.stats: Counter[str] = Counter()
         self.dids: dict[str, str] = {}  # member id -> the DID bound to it (its packets' signer)
         self.current_sender: Envelope | None = None  # set while a packet is handled
@@ -159,19 +175,25 @@ class HttpGossip:
             self._loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
-            for task in list(self._inflight):
+            tasks = list(self._inflight)
+            for task in tasks:
                 task.cancel()
+            # Wait for them to end, so none outlives the HTTP client the caller closes next.
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _drive(self) -> None:
         node = self.node
         while not self._stopped:
             try:
+                self._drain()
                 self._dispatch(node.tick(time.monotonic()))
             except Exception:  # a bug must not stop membership; it is logged loudly
                 log.exception("gossip tick failed")
             delay = node.next_deadline() - time.monotonic()
             self._wake.clear()
-            if delay > 0:
+            if self._answers or self._others:
+                await asyncio.sleep(0)  # more queued than one batch: let the loop breathe
+            elif delay > 0:
                 try:
                     async with asyncio.timeout(min(delay, 1.0)):
                         await self._wake.wait()
@@ -190,7 +212,11 @@ class HttpGossip:
         self._handlers[kind] = handler
 
     def deliver(self, data: Any) -> Envelope:
-        """Authenticate and handle one received envelope; raise EnvelopeRejected."""
+        """Authenticate one received envelope and queue it (SWIM) or handle it (other kinds);
+        raise EnvelopeRejected."""
+        if len(self._answers) + len(self._others) >= self.max_inbox:
+            self.stats["rejected.overloaded"] += 1
+            raise EnvelopeRejected("overloaded", "this node's gossip inbox is full; the packet is dropped")
         try:
             env = open_envelope(
                 data,
@@ -214,27 +240,50 @@ class HttpGossip:
                 raise EnvelopeRejected("malformed", str(exc)) from None
         self._check_identity(env)
         self.stats["received"] += 1
+        if env.kind == "swim":
+            (self._answers if packet and isinstance(packet[0], _ANSWERS) else self._others).append((env, packet))
+            self._wake.set()
+            return env
         self.current_sender = env
         try:
-            if env.kind == "swim":
-                self._dispatch(self.node.receive(time.monotonic(), env.addr, packet, sender=env.node))
-                self._wake.set()  # the packet may have queued news to gossip
-            else:
-                handler = self._handlers.get(env.kind)
-                if handler is not None:
-                    handler(env)
+            handler = self._handlers.get(env.kind)
+            if handler is not None:
+                handler(env)
         finally:
             self.current_sender = None
-        if env.node in self.node.members:
-            self.dids.setdefault(env.node, env.sender)
+        self._bind(env)
         return env
 
-    def _check_identity(self, env: Envelope) -> None:
-        """Refuse an envelope that claims this node's id, or a member's bound to another DID."""
+    def _drain(self) -> None:
+        """Hand up to `max_batch` queued packets to the node, answers first."""
+        for _ in range(self.max_batch):
+            queue = self._answers or self._others
+            if not queue:
+                return
+            env, packet = queue.popleft()
+            if env.node == self.node.id or self._check_identity(env, count=False):
+                continue  # a member's id was bound to another DID while this one waited
+            self.current_sender = env
+            try:
+                self._dispatch(self.node.receive(time.monotonic(), env.addr, packet, sender=env.node))
+            finally:
+                self.current_sender = None
+            self._bind(env)
+
+    def _bind(self, env: Envelope) -> None:
+        if env.node in self.node.members:
+            self.dids.setdefault(env.node, env.sender)
+
+    def _check_identity(self, env: Envelope, count: bool = True) -> bool:
+        """Refuse an envelope that claims this node's id, or a member's bound to another DID
+        (raise when `count`; else return True for such an envelope)."""
         bound = self.identity.did if env.node == self.node.id else self.dids.get(env.node)
         if bound is not None and bound != env.sender:
             self.stats["rejected.impersonation"] += 1
+            if not count:
+                return True
             raise EnvelopeRejected("impersonation", f"member {env.node!r} is another node (its DID is {bound})")
+        return False
 
     # ---- sending ----------------------------------------------------------------------------
 
@@ -299,6 +348,12 @@ class HttpGossip:
             )
         except (httpx.HTTPError, OSError):
             self.stats["send_failed"] += 1
+            return
+        except Exception as exc:  # e.g. the client torn down under it at shutdown
+            # Fire-and-forget: nobody awaits this task, so nothing may escape it (it would be
+            # "Task exception was never retrieved"). A lost packet is what SWIM survives.
+            self.stats["send_failed"] += 1
+            log.debug("gossip send failed", extra={"peer": addr, "error": repr(exc)})
             return
         self.stats["sent"] += 1
         if resp.status_code >= 400:
