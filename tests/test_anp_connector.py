@@ -4,12 +4,9 @@ another Interlace gateway: signed calls, token reuse, each outbound row of the m
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
-import httpx
 import pytest
 
-from agents.echo import EchoWorker
 from agents.worker import TaskFailed
 from gateway.core.runtime import Runtime
 from protocols.anp import ANPOptions
@@ -21,13 +18,7 @@ from schemas import DataPart, FilePart, Message, Task, TaskState, TextPart
 from schemas.agent_record import record_from_card
 from tests.conftest import free_port, test_config, wait_until
 from tests.fixtures.anp_remote import fastanp_remote
-from tests.fixtures.anp_support import anp_gateway
-
-
-async def fetch_document(base: str, did: str) -> dict | None:
-    async with httpx.AsyncClient(timeout=5) as http:
-        doc = (await http.get(f"{base}/.well-known/did.json")).json()
-    return doc if doc.get("id") == did else None
+from tests.fixtures.anp_support import anp_gateway, fetch_document, two_gateways
 
 
 def message(*parts, **meta) -> Message:
@@ -128,32 +119,10 @@ async def test_unreachable_remote_fails_the_task():
     assert task.state is TaskState.FAILED and "unreachable" in task.status.message.text()
 
 
-@contextlib.asynccontextmanager
-async def two_gateways(tmp_path):
-    """A gateway whose agent 'far-echo' is the echo agent of another gateway, reached over ANP;
-    yields (the calling gateway's app, the remote gateway's app, the signer)."""
-    key_file = tmp_path / "node.key"
-    identity = Identity.generate()
-    identity.save(key_file)
-    port = free_port()
-    signer = ANPSigner.for_host(identity, f"localhost:{port}")
-
-    async def resolve(did: str):
-        return await fetch_document(f"http://localhost:{port}", did)
-
-    async with anp_gateway(test_config(), resolve=resolve, workers=[EchoWorker()]) as (remote_url, remote_app):
-        connector = ANPConnector("far-echo", f"{remote_url}/anp/agents/echo/ad.json", signer=signer)
-        async with anp_gateway(test_config(echo=False, node_key=str(key_file)), workers=[connector], port=port) as (
-            _,
-            app,
-        ):
-            yield app, remote_app, signer
-
-
 async def test_gateway_to_gateway(tmp_path):
     """The connector against another Interlace gateway's /anp/agents/echo: send_message is chosen,
     text -> message, an object data part -> data, and the remote task's result is the data artifact."""
-    async with two_gateways(tmp_path) as (app, remote_app, signer):
+    async with two_gateways(tmp_path) as (app, remote_app, signer, _):
         rt = app.state.runtime
         task = await rt.submit(message(TextPart(text="hi"), DataPart(data={"k": 1})), agent="far-echo")
         task = await rt.wait(task.id, 20)
@@ -222,7 +191,7 @@ def test_a_connector_from_a_registry_record_signs_as_the_gateway():
 
 
 async def test_gateway_to_gateway_cancel_reaches_the_remote_task(tmp_path):
-    async with two_gateways(tmp_path) as (app, remote_app, _):
+    async with two_gateways(tmp_path) as (app, remote_app, _, _):
         rt, remote_rt = app.state.runtime, remote_app.state.runtime
         params = {"message": "slow", "metadata": {"delay_ms": 30000}}
         task = await rt.submit(message(TextPart(text="x")), agent="far-echo", metadata={"anp.params": params})

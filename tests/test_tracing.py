@@ -42,9 +42,6 @@ from gateway.app import create_app
 from gateway.core import tracing
 from protocols.a2a.connector import A2AConnector
 from protocols.acp.connector import ACPConnector
-from protocols.anp.client import ANPSigner
-from protocols.anp.connector import ANPConnector
-from registry.identity import Identity
 from schemas import Message, Route, Task, TaskState, TextPart
 from tests.conftest import (
     free_port,
@@ -55,7 +52,7 @@ from tests.conftest import (
     test_config,
     wait_until,
 )
-from tests.fixtures.anp_support import LocalResolver, anp_gateway, make_caller, signer
+from tests.fixtures.anp_support import LocalResolver, anp_gateway, make_caller, signer, two_gateways
 from tests.fixtures.mcp_support import ModernRaw
 
 pytestmark = pytest.mark.timeout(60)
@@ -289,34 +286,17 @@ async def test_acp_face_to_a_remote_acp_agent_is_one_trace(spans):
 async def test_anp_connector_to_a_remote_anp_face_is_one_trace(spans, tmp_path):
     """The internal API (traceparent header) -> the ANP connector (signed JSON-RPC) -> another
     gateway's ANP face -> its echo worker."""
-    key_file = tmp_path / "node.key"
-    identity = Identity.generate()
-    identity.save(key_file)
-    port = free_port()
-    signer = ANPSigner.for_host(identity, f"localhost:{port}")
-
-    async def resolve(did: str):
-        async with httpx.AsyncClient(timeout=5) as http:
-            doc = (await http.get(f"http://localhost:{port}/.well-known/did.json")).json()
-        return doc if doc.get("id") == did else None
-
-    async with anp_gateway(test_config(), resolve=resolve, workers=[EchoWorker()]) as (remote_url, _):
-        connector = ANPConnector("far", f"{remote_url}/anp/agents/echo/ad.json", signer=signer)
-        config = test_config(echo=False, node_key=str(key_file))
-        async with (
-            anp_gateway(config, workers=[connector], port=port) as (url, _),
-            httpx.AsyncClient(base_url=url, timeout=20) as http,
-        ):
-            body = {"agent": "far", "message": {"role": "user", "parts": [{"kind": "text", "text": "hi"}]}}
-            async with asyncio.timeout(30):
-                resp = await http.post("/tasks?wait=true", json=body, headers={"traceparent": TRACEPARENT})
-            assert resp.json()["status"]["state"] == "completed", resp.text
-            ended = await finished(spans, "process echo")
+    async with two_gateways(tmp_path) as (_, _, _, url), httpx.AsyncClient(base_url=url, timeout=20) as http:
+        body = {"agent": "far-echo", "message": {"role": "user", "parts": [{"kind": "text", "text": "hi"}]}}
+        async with asyncio.timeout(30):
+            resp = await http.post("/tasks?wait=true", json=body, headers={"traceparent": TRACEPARENT})
+        assert resp.json()["status"]["state"] == "completed", resp.text
+        ended = await finished(spans, "process echo")
 
     ours = [s for s in ended if hex_id(s.context.trace_id, 32) == TRACE_ID]
-    invoke = named(ours, "invoke_agent far")
+    invoke = named(ours, "invoke_agent far-echo")
     assert hex_id(invoke.parent.span_id, 16) == CALLER_SPAN
-    worker = child(ours, invoke, "process far")
+    worker = child(ours, invoke, "process far-echo")
     send = child(ours, worker, "send_message")  # the connector's call
     assert send.kind is SpanKind.CLIENT
     assert send.attributes["rpc.system.name"] == "jsonrpc" and send.attributes["rpc.method"] == "send_message"
