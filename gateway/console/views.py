@@ -29,7 +29,6 @@ from gateway.core.policy import Action, Target
 from gateway.core.runtime import ActingFor
 from gateway.core.sse import sse_response
 from protocols.mcp.server import service_for
-from protocols.mcp.stdio_upstream import StdioUpstreamClient
 from registry.index import CapabilityQuery
 from registry.service import stream_of
 from schemas import DataPart, FilePart, Message, TaskState, TextPart
@@ -412,7 +411,8 @@ class Console:
         visible = svc.visible_to(request.app.state.runtime.acting_for(visitor.principal))
         admin = visitor.principal.is_admin(request.app.state.runtime.config.admin_group)
         views = []
-        for name, client in sorted(svc.upstreams.clients.items()):
+        for status in sorted(svc.upstreams.status(), key=lambda s: s["name"]):
+            name, client = status["name"], svc.upstreams.clients[status["name"]]
             catalog = {
                 kind: [
                     str(i.get(key))
@@ -426,11 +426,11 @@ class Console:
             views.append(
                 {
                     "name": name,
-                    "url": getattr(client, "url", None),
-                    "era": getattr(client, "era", None) or getattr(client, "protocol_version", None),
+                    "url": status["url"],
+                    "era": status["era"],
                     "catalog": catalog,
                     # a stdio server's command line and stderr may hold what only operators should read
-                    "process": _process(client) if admin else None,
+                    "process": _process(status) if admin else None,
                 }
             )
         drift = svc.upstreams.quarantined() if admin else []
@@ -476,13 +476,15 @@ def _task_row(task) -> dict[str, Any]:
     }
 
 
-def _process(client) -> dict[str, Any] | None:
-    """A stdio upstream's process (``StdioUpstreamClient.process_status``), its stderr tail as one text."""
-    if not isinstance(client, StdioUpstreamClient):
+def _process(status: dict[str, Any]) -> dict[str, Any] | None:
+    """A stdio upstream's process, from its ``UpstreamSet.status()`` entry; the stderr tail as one text."""
+    if status.get("transport") != "stdio":
         return None
-    status = client.process_status()
-    tail = status.pop("stderr_tail")
-    return {**status, "stderr": "\n".join(tail)}
+    process = {k: v for k, v in status.items() if k not in _CONNECTION and k != "stderr_tail"}
+    return {**process, "stderr": "\n".join(status["stderr_tail"])}
+
+
+_CONNECTION = ("name", "url", "era", "protocol_version", "connected", "last_error")  # the rest: the process
 
 
 def _artifact_view(artifact) -> dict[str, Any]:
