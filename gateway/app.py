@@ -46,7 +46,6 @@ from protocols.mcp import routes as mcp_routes
 from protocols.mcp.server import service_for as mcp_service_for
 from protocols.mcp.server import tool_drift as mcp_tool_drift
 from registry.did_list import load_did_list
-from registry.service import stream_of
 from schemas import InvalidTransition
 
 log = logging.getLogger("interlace.app")
@@ -73,8 +72,7 @@ async def readyz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     try:
-        for agent in {stream_of(r) for r in rt.registry.live()}:
-            rt.metrics.queue_depth.labels(agent).set(await rt.backend.bus.depth(agent))
+        await rt.measure_queue_depths()
     except BackendUnavailable:
         pass  # serve the counters we have; depth gauges keep their last value
     return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -18,7 +18,6 @@ from typing import Any
 from gateway.core.backends import BackendUnavailable
 from gateway.core.metrics import LATENCY_BUCKETS
 from gateway.core.runtime import Runtime
-from registry.service import stream_of
 
 
 class Sampler:
@@ -45,9 +44,8 @@ class Sampler:
     async def sample(self) -> dict[str, Any] | None:
         """Take one point (the first call only sets the baseline); returns it."""
         rt = self.runtime
-        with contextlib.suppress(BackendUnavailable):
-            for agent in {stream_of(r) for r in rt.registry.live()}:
-                rt.metrics.queue_depth.labels(agent).set(await rt.backend.bus.depth(agent))
+        with contextlib.suppress(BackendUnavailable):  # the gauges keep their last value
+            await rt.measure_queue_depths()
         now = time.time()
         accepted, buckets, depth = _read(rt.metrics.registry)
         last, self._last = self._last, (now, accepted, buckets)

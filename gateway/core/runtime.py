@@ -444,6 +444,12 @@ class Runtime:
                 return last
             last = batch[-1].event_id
 
+    async def measure_queue_depths(self) -> None:
+        """Set the queue-depth gauge of every live agent's stream from the bus (its metrics are read
+        at scrape time: ``/metrics`` and the console's sampler). Raises BackendUnavailable."""
+        for agent in {stream_of(r) for r in self.registry.live()}:
+            self.metrics.queue_depth.labels(agent).set(await self.backend.bus.depth(agent))
+
     @property
     def kv(self) -> KeyValue:
         """The shared key/value store, for adapters' own state (sessions, push configs, nonces)."""
